@@ -1,0 +1,114 @@
+//! The content store's files: payloads too large to keep inline, and content
+//! put on its own, under `cas/sha256/<2 hex>/<64 hex>`. Every read verifies
+//! the hash. Which content is referenced is the index's business (`cas`
+//! keyspace); this module only stores, reads and deletes bytes.
+
+use std::fs::{self, File};
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::error::{Result, StoreError};
+use crate::event::Hash;
+use crate::log::segment::sync_dir;
+
+/// The content store's directory.
+#[derive(Debug)]
+pub(crate) struct Cas {
+    dir: PathBuf,
+    tmp_counter: AtomicU64,
+}
+
+impl Cas {
+    pub(crate) fn open(dir: PathBuf) -> Result<Cas> {
+        fs::create_dir_all(dir.join("sha256")).map_err(StoreError::io("create content store"))?;
+        fs::create_dir_all(dir.join("tmp")).map_err(StoreError::io("create content store"))?;
+        // Leftovers of puts interrupted by a crash: never referenced.
+        if let Ok(entries) = fs::read_dir(dir.join("tmp")) {
+            for entry in entries.flatten() {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+        Ok(Cas { dir, tmp_counter: AtomicU64::new(0) })
+    }
+
+    pub(crate) fn path(&self, hash: &Hash) -> PathBuf {
+        let hex = hash.hex();
+        self.dir.join("sha256").join(&hex[..2]).join(hex)
+    }
+
+    pub(crate) fn has_file(&self, hash: &Hash) -> bool {
+        self.path(hash).is_file()
+    }
+
+    /// Stores `bytes` (whose hash is `hash`) durably: written, fsynced,
+    /// renamed into place, directory fsynced. A no-op if already present.
+    pub(crate) fn put(&self, hash: &Hash, bytes: &[u8]) -> Result<()> {
+        let path = self.path(hash);
+        if path.is_file() {
+            return Ok(());
+        }
+        let parent = path.parent().expect("content paths have a parent");
+        fs::create_dir_all(parent).map_err(StoreError::io("create content directory"))?;
+        let tmp = self.dir.join("tmp").join(format!(
+            "{}.{}.{}",
+            hash.hex(),
+            std::process::id(),
+            self.tmp_counter.fetch_add(1, Ordering::Relaxed)
+        ));
+        let mut file = File::create(&tmp).map_err(StoreError::io("create content file"))?;
+        file.write_all(bytes).map_err(StoreError::io("write content file"))?;
+        file.sync_data().map_err(StoreError::io("fdatasync content file"))?;
+        drop(file);
+        fs::rename(&tmp, &path).map_err(StoreError::io("rename content file"))?;
+        sync_dir(parent)
+    }
+
+    /// Reads and verifies the file for `hash`; `None` if there is none.
+    pub(crate) fn read(&self, hash: &Hash) -> Result<Option<Vec<u8>>> {
+        let path = self.path(hash);
+        let bytes = match fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(error) => return Err(StoreError::io(format!("read {}", path.display()))(error)),
+        };
+        verify(hash, &bytes, || format!("content file {}", path.display()))?;
+        Ok(Some(bytes))
+    }
+
+    /// Deletes the file for `hash`, if any.
+    pub(crate) fn delete(&self, hash: &Hash) -> Result<()> {
+        match fs::remove_file(self.path(hash)) {
+            Ok(()) => Ok(()),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(error) => Err(StoreError::io("delete content file")(error)),
+        }
+    }
+
+    /// Every hash with a file, for `verify`.
+    pub(crate) fn list(&self) -> Result<Vec<(Hash, PathBuf)>> {
+        let mut out = Vec::new();
+        let root = self.dir.join("sha256");
+        for shard in fs::read_dir(&root).map_err(StoreError::io("list content store"))?.flatten() {
+            for entry in fs::read_dir(shard.path()).map_err(StoreError::io("list content store"))?.flatten() {
+                let name = entry.file_name();
+                if let Some(hash) = name.to_str().and_then(|hex| Hash::parse(hex).ok()) {
+                    out.push((hash, entry.path()));
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Checks that `bytes` hash to `hash`; names the place otherwise.
+pub(crate) fn verify(hash: &Hash, bytes: &[u8], location: impl FnOnce() -> String) -> Result<()> {
+    let actual = Hash::of(bytes);
+    if actual != *hash {
+        return Err(StoreError::Corrupt {
+            location: location(),
+            detail: format!("content hashes to {} instead of {}", actual.sri(), hash.sri()),
+        });
+    }
+    Ok(())
+}

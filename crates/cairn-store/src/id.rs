@@ -1,0 +1,121 @@
+//! `EventId`: a SCRU128 id, the event's global position.
+//!
+//! Ids strictly increase in commit order; the writer guarantees that even when
+//! the clock steps back (see `IdGenerator`).
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::error::StoreError;
+
+/// A SCRU128 id: 25 characters in text, 16 bytes on disk, time-ordered.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct EventId(u128);
+
+impl EventId {
+    /// The smallest id; no event has it. "After `MIN`" means from the start.
+    pub const MIN: EventId = EventId(0);
+
+    /// Parses the 25-character text form.
+    pub fn parse(text: &str) -> Result<EventId, StoreError> {
+        scru128::Id::try_from_str(text).map(|id| EventId(id.to_u128())).map_err(|_| {
+            StoreError::invalid(
+                "id",
+                format!("{text:?} is not a SCRU128 id (25 characters of 0-9 and a-z)"),
+            )
+        })
+    }
+
+    /// The id as a number; order-preserving.
+    pub fn to_u128(self) -> u128 {
+        self.0
+    }
+
+    /// Builds an id from its numeric form.
+    pub fn from_u128(value: u128) -> EventId {
+        EventId(value)
+    }
+
+    /// Big-endian bytes: their byte order is the id order (index keys).
+    pub fn to_bytes(self) -> [u8; 16] {
+        self.0.to_be_bytes()
+    }
+
+    /// Inverse of [`EventId::to_bytes`].
+    pub fn from_bytes(bytes: [u8; 16]) -> EventId {
+        EventId(u128::from_be_bytes(bytes))
+    }
+
+    /// Milliseconds since the Unix epoch at which the event was committed.
+    pub fn timestamp_ms(self) -> u64 {
+        scru128::Id::from_u128(self.0).timestamp()
+    }
+
+    /// The next id in order (used to make ids strictly increasing).
+    pub(crate) fn successor(self) -> EventId {
+        EventId(self.0 + 1)
+    }
+}
+
+impl fmt::Display for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&scru128::Id::from_u128(self.0), f)
+    }
+}
+
+impl fmt::Debug for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "EventId({self})")
+    }
+}
+
+impl FromStr for EventId {
+    type Err = StoreError;
+    fn from_str(text: &str) -> Result<EventId, StoreError> {
+        EventId::parse(text)
+    }
+}
+
+impl serde::Serialize for EventId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for EventId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<EventId, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        EventId::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Hands out strictly increasing ids: SCRU128 from the clock, but never at or
+/// below the last id handed out (also across restarts).
+#[derive(Debug)]
+pub(crate) struct IdGenerator {
+    last: EventId,
+}
+
+impl IdGenerator {
+    pub(crate) fn new(last: EventId) -> IdGenerator {
+        IdGenerator { last }
+    }
+
+    pub(crate) fn next(&mut self) -> EventId {
+        let candidate = EventId(scru128::new().to_u128());
+        let id = if candidate > self.last { candidate } else { self.last.successor() };
+        self.last = id;
+        id
+    }
+
+    /// Moves the floor up after an imported event with an explicit id.
+    pub(crate) fn observe(&mut self, id: EventId) {
+        if id > self.last {
+            self.last = id;
+        }
+    }
+
+    pub(crate) fn last(&self) -> EventId {
+        self.last
+    }
+}

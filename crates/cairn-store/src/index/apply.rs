@@ -1,0 +1,206 @@
+//! Applying log records to the index. The same code runs in the writer (for
+//! new records) and in recovery (replaying the log's tail), so the index is a
+//! pure function of the log plus the retention sweeps.
+
+use std::collections::HashMap;
+
+use crate::error::Result;
+use crate::event::{Event, Hash, Payload, Ttl};
+use crate::id::EventId;
+use crate::index::txn::{Ks, Txn};
+use crate::index::{Head, decode_topic_value, topic_key};
+use crate::log::codec::Pos;
+
+/// The writer's cache of topic heads, loaded lazily from the index.
+#[derive(Default, Debug)]
+pub(crate) struct Heads {
+    cache: HashMap<String, Head>,
+}
+
+impl Heads {
+    pub(crate) fn get(&mut self, txn: &Txn<'_>, topic: &str) -> Result<Option<Head>> {
+        if let Some(head) = self.cache.get(topic) {
+            return Ok(Some(*head));
+        }
+        let head = txn.get(Ks::Heads, topic.as_bytes())?.and_then(|bytes| Head::from_bytes(&bytes));
+        if let Some(head) = head {
+            self.cache.insert(topic.to_owned(), head);
+        }
+        Ok(head)
+    }
+
+    fn put(&mut self, txn: &mut Txn<'_>, topic: &str, head: Head) {
+        txn.insert(Ks::Heads, topic.as_bytes().to_vec(), head.to_bytes().to_vec());
+        self.cache.insert(topic.to_owned(), head);
+    }
+
+    /// Forgets everything (after a failed write whose changes were discarded).
+    pub(crate) fn clear(&mut self) {
+        self.cache.clear();
+    }
+}
+
+/// Applies records within one transaction and collects side effects that
+/// must wait for its commit. Records are applied after they are written to
+/// the log, so every event it reads back is on disk (or in the page cache).
+pub(crate) struct Applier<'h> {
+    pub(crate) heads: &'h mut Heads,
+    /// Reads an event from the log by position.
+    read: &'h dyn Fn(Pos) -> Result<Event>,
+
+    /// Content-store files no event refers to any more; deleted after commit.
+    pub(crate) garbage: Vec<Hash>,
+    /// Events removed from the index by this transaction.
+    pub(crate) n_removed: u64,
+}
+
+impl<'h> Applier<'h> {
+    pub(crate) fn new(heads: &'h mut Heads, read: &'h dyn Fn(Pos) -> Result<Event>) -> Applier<'h> {
+        Applier { heads, read, garbage: Vec::new(), n_removed: 0 }
+    }
+
+    fn read(&self, pos: Pos) -> Result<Event> {
+        (self.read)(pos)
+    }
+
+    /// Indexes stored events (already positioned in the log).
+    pub(crate) fn insert_events(
+        &mut self,
+        txn: &mut Txn<'_>,
+        events: &[(Event, Pos)],
+        idempotency: Option<(&str, u64)>,
+    ) -> Result<()> {
+        let mut trims: Vec<(&str, u64)> = Vec::new();
+        for (event, pos) in events {
+            let topic = event.topic.as_str();
+            let id_bytes = event.id.to_bytes();
+            txn.insert(Ks::Ids, id_bytes.to_vec(), pos.to_bytes().to_vec());
+            let mut topic_value = Vec::with_capacity(28);
+            topic_value.extend_from_slice(&id_bytes);
+            topic_value.extend_from_slice(&pos.to_bytes());
+            txn.insert(Ks::Topics, topic_key(topic, event.seq), topic_value);
+            if let Some(hash) = event.hash {
+                let mut value = pos.to_bytes().to_vec();
+                value.push(u8::from(event.payload == Payload::Stored));
+                txn.insert(Ks::Cas, cas_key(hash, event.id), value);
+            }
+            if let Ttl::Time { ms } = event.ttl {
+                let expires = event.timestamp_ms().saturating_add(ms);
+                txn.insert(Ks::Expiry, expiry_key(expires, event.id), Vec::new());
+            }
+            let head = match self.heads.get(txn, topic)? {
+                Some(head) => Head { last_seq: event.seq, last_id: event.id, count: head.count + 1, ..head },
+                None => Head { last_seq: event.seq, last_id: event.id, count: 1, trimmed_below: 0 },
+            };
+            self.heads.put(txn, topic, head);
+            if let Ttl::Last { n } = event.ttl {
+                trims.retain(|(t, _)| *t != topic);
+                trims.push((topic, n));
+            }
+        }
+        for (topic, keep) in trims {
+            self.trim(txn, topic, keep)?;
+        }
+        if let Some((key, time_ms)) = idempotency {
+            let mut value = time_ms.to_be_bytes().to_vec();
+            for (event, _) in events {
+                value.extend_from_slice(&event.id.to_bytes());
+            }
+            txn.insert(Ks::Idem, key.as_bytes().to_vec(), value);
+        }
+        Ok(())
+    }
+
+    /// Keeps only the newest `keep` events of `topic`.
+    fn trim(&mut self, txn: &mut Txn<'_>, topic: &str, keep: u64) -> Result<()> {
+        let Some(head) = self.heads.get(txn, topic)? else { return Ok(()) };
+        let cutoff = (head.last_seq + 1).saturating_sub(keep);
+        for seq in head.trimmed_below..cutoff {
+            if let Some(value) = txn.get(Ks::Topics, &topic_key(topic, seq))? {
+                if let Some((id, pos)) = decode_topic_value(&value) {
+                    let event = self.read(pos)?;
+                    assert_eq!(event.id, id, "the topics index points at the wrong event");
+                    self.remove_decoded(txn, &event)?;
+                }
+            }
+        }
+        if let Some(head) = self.heads.get(txn, topic)? {
+            self.heads.put(txn, topic, Head { trimmed_below: cutoff.max(head.trimmed_below), ..head });
+        }
+        Ok(())
+    }
+
+    /// Removes the event `id` from the index. Returns whether it was there.
+    pub(crate) fn remove(&mut self, txn: &mut Txn<'_>, id: EventId) -> Result<bool> {
+        let Some(pos) = txn.get(Ks::Ids, &id.to_bytes())?.and_then(|bytes| Pos::from_bytes(&bytes)) else {
+            return Ok(false);
+        };
+        let event = self.read(pos)?;
+        self.remove_decoded(txn, &event)?;
+        Ok(true)
+    }
+
+    fn remove_decoded(&mut self, txn: &mut Txn<'_>, event: &Event) -> Result<()> {
+        let topic = event.topic.as_str();
+        txn.remove(Ks::Ids, event.id.to_bytes().to_vec());
+        txn.remove(Ks::Topics, topic_key(topic, event.seq));
+        if let Ttl::Time { ms } = event.ttl {
+            txn.remove(Ks::Expiry, expiry_key(event.timestamp_ms().saturating_add(ms), event.id));
+        }
+        if let Some(hash) = event.hash {
+            txn.remove(Ks::Cas, cas_key(hash, event.id));
+            if event.payload == Payload::Stored && !txn.has_prefix(Ks::Cas, &hash.0)? {
+                self.garbage.push(hash);
+            }
+        }
+        if let Some(head) = self.heads.get(txn, topic)? {
+            self.heads.put(txn, topic, Head { count: head.count.saturating_sub(1), ..head });
+        }
+        self.n_removed += 1;
+        Ok(())
+    }
+
+    /// Removes events whose time retention ran out by `now_ms`, at most
+    /// `limit`. Returns how many it removed.
+    pub(crate) fn expire(&mut self, txn: &mut Txn<'_>, now_ms: u64, limit: usize) -> Result<usize> {
+        let end = expiry_key(now_ms, EventId::from_u128(u128::MAX));
+        let mut due = Vec::new();
+        for guard in txn.index.expiry.range(..=end).take(limit) {
+            due.push(guard.key()?.to_vec());
+        }
+        let mut n_removed = 0;
+        for key in due {
+            let Some(id_bytes) = key.get(8..24) else { continue };
+            let id = EventId::from_bytes(id_bytes.try_into().expect("16 bytes"));
+            if self.remove(txn, id)? {
+                n_removed += 1;
+            } else {
+                // Its event was removed another way; drop the stale entry.
+                txn.remove(Ks::Expiry, key);
+            }
+        }
+        Ok(n_removed)
+    }
+
+    pub(crate) fn ack(&mut self, txn: &mut Txn<'_>, name: &str, id: EventId) {
+        txn.insert(Ks::Consumers, name.as_bytes().to_vec(), id.to_bytes().to_vec());
+    }
+
+    pub(crate) fn consumer_delete(&mut self, txn: &mut Txn<'_>, name: &str) {
+        txn.remove(Ks::Consumers, name.as_bytes().to_vec());
+    }
+}
+
+pub(crate) fn cas_key(hash: Hash, id: EventId) -> Vec<u8> {
+    let mut key = Vec::with_capacity(48);
+    key.extend_from_slice(&hash.0);
+    key.extend_from_slice(&id.to_bytes());
+    key
+}
+
+pub(crate) fn expiry_key(expires_ms: u64, id: EventId) -> Vec<u8> {
+    let mut key = Vec::with_capacity(24);
+    key.extend_from_slice(&expires_ms.to_be_bytes());
+    key.extend_from_slice(&id.to_bytes());
+    key
+}

@@ -1,0 +1,203 @@
+//! The derived indexes, kept in fjall: everything here can be rebuilt from
+//! the log. Only the writer (and recovery, before the writer starts) writes
+//! them, through a [`Txn`]; readers read committed state.
+//!
+//! Keyspaces and their keys (all integers big-endian so byte order is
+//! numeric order):
+//! - `ids`: id(16) → pos(12)
+//! - `topics`: topic, 0x00, seq(8) → id(16) pos(12)
+//! - `heads`: topic → [`Head`]
+//! - `cas`: hash(32) id(16) → pos(12) stored(1)
+//! - `expiry`: expires_ms(8) id(16) → empty
+//! - `idem`: key → time_ms(8) then id(16) per event
+//! - `consumers`: name → id(16)
+//! - `meta`: `applied` → segment(4) offset(4); `last_id` → id(16)
+
+mod apply;
+pub(crate) mod txn;
+
+use std::path::Path;
+
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+
+pub(crate) use apply::{Applier, Heads};
+pub(crate) use txn::Txn;
+
+use crate::error::Result;
+use crate::id::EventId;
+use crate::log::codec::Pos;
+use crate::topic::Topic;
+
+/// The fjall database and its keyspaces.
+pub(crate) struct Index {
+    db: Database,
+    pub(crate) ids: Keyspace,
+    pub(crate) topics: Keyspace,
+    pub(crate) heads: Keyspace,
+    pub(crate) cas: Keyspace,
+    pub(crate) expiry: Keyspace,
+    pub(crate) idem: Keyspace,
+    pub(crate) consumers: Keyspace,
+    pub(crate) meta: Keyspace,
+}
+
+/// What the index knows of one topic.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) struct Head {
+    /// Seq of the newest event ever appended (removed or not).
+    pub(crate) last_seq: u64,
+    /// Id of that event.
+    pub(crate) last_id: EventId,
+    /// Events of the topic still stored.
+    pub(crate) count: u64,
+    /// Every event with a seq below this was removed by `last:<n>` retention.
+    pub(crate) trimmed_below: u64,
+}
+
+impl Head {
+    pub(crate) fn to_bytes(self) -> [u8; 40] {
+        let mut out = [0u8; 40];
+        out[0..8].copy_from_slice(&self.last_seq.to_be_bytes());
+        out[8..24].copy_from_slice(&self.last_id.to_bytes());
+        out[24..32].copy_from_slice(&self.count.to_be_bytes());
+        out[32..40].copy_from_slice(&self.trimmed_below.to_be_bytes());
+        out
+    }
+
+    pub(crate) fn from_bytes(bytes: &[u8]) -> Option<Head> {
+        Some(Head {
+            last_seq: u64::from_be_bytes(bytes.get(0..8)?.try_into().ok()?),
+            last_id: EventId::from_bytes(bytes.get(8..24)?.try_into().ok()?),
+            count: u64::from_be_bytes(bytes.get(24..32)?.try_into().ok()?),
+            trimmed_below: u64::from_be_bytes(bytes.get(32..40)?.try_into().ok()?),
+        })
+    }
+}
+
+/// Where the index's knowledge of the log ends.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) struct Checkpoint {
+    pub(crate) segment: u32,
+    pub(crate) offset: u64,
+}
+
+pub(crate) const META_APPLIED: &[u8] = b"applied";
+pub(crate) const META_LAST_ID: &[u8] = b"last_id";
+
+impl Index {
+    pub(crate) fn open(path: &Path) -> Result<Index> {
+        let db = Database::builder(path)
+            // The log is the source of truth and is replayed from the last
+            // checkpoint on open, so the index's own journal need not be
+            // fsynced; a small journal keeps reopening fast.
+            .manual_journal_persist(true)
+            .max_journaling_size(64 * 1024 * 1024)
+            .worker_threads(1)
+            .open()?;
+        let ks = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default);
+        Ok(Index {
+            ids: ks("ids")?,
+            topics: ks("topics")?,
+            heads: ks("heads")?,
+            cas: ks("cas")?,
+            expiry: ks("expiry")?,
+            idem: ks("idem")?,
+            consumers: ks("consumers")?,
+            meta: ks("meta")?,
+            db,
+        })
+    }
+
+    pub(crate) fn txn(&self) -> Txn<'_> {
+        Txn::new(self, self.db.batch())
+    }
+
+    /// Empties every keyspace (before a full rebuild from the log).
+    pub(crate) fn clear(&self) -> Result<()> {
+        for ks in [&self.ids, &self.topics, &self.heads, &self.cas, &self.expiry, &self.idem, &self.consumers, &self.meta] {
+            ks.clear()?;
+        }
+        Ok(())
+    }
+
+    /// Writes the index's journal to the OS and flushes memtables, so the
+    /// next open replays little. Called on clean close.
+    pub(crate) fn flush(&self) -> Result<()> {
+        self.db.persist(PersistMode::SyncData)?;
+        for ks in [&self.ids, &self.topics, &self.heads, &self.cas, &self.expiry, &self.idem, &self.consumers, &self.meta] {
+            ks.rotate_memtable_and_wait()?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn checkpoint(&self) -> Result<Option<Checkpoint>> {
+        Ok(self.meta.get(META_APPLIED)?.and_then(|bytes| decode_checkpoint(&bytes)))
+    }
+
+    pub(crate) fn last_id(&self) -> Result<EventId> {
+        Ok(self
+            .meta
+            .get(META_LAST_ID)?
+            .and_then(|bytes| <[u8; 16]>::try_from(&*bytes).ok())
+            .map_or(EventId::MIN, EventId::from_bytes))
+    }
+
+    pub(crate) fn pos_of(&self, id: EventId) -> Result<Option<Pos>> {
+        Ok(self.ids.get(id.to_bytes())?.and_then(|bytes| Pos::from_bytes(&bytes)))
+    }
+
+    pub(crate) fn head(&self, topic: &str) -> Result<Option<Head>> {
+        Ok(self.heads.get(topic.as_bytes())?.and_then(|bytes| Head::from_bytes(&bytes)))
+    }
+
+    pub(crate) fn consumer(&self, name: &str) -> Result<Option<EventId>> {
+        Ok(self
+            .consumers
+            .get(name.as_bytes())?
+            .and_then(|bytes| <[u8; 16]>::try_from(&*bytes).ok())
+            .map(EventId::from_bytes))
+    }
+}
+
+pub(crate) fn encode_checkpoint(checkpoint: Checkpoint) -> [u8; 12] {
+    let mut out = [0u8; 12];
+    out[0..4].copy_from_slice(&checkpoint.segment.to_be_bytes());
+    out[4..12].copy_from_slice(&checkpoint.offset.to_be_bytes());
+    out
+}
+
+fn decode_checkpoint(bytes: &[u8]) -> Option<Checkpoint> {
+    Some(Checkpoint {
+        segment: u32::from_be_bytes(bytes.get(0..4)?.try_into().ok()?),
+        offset: u64::from_be_bytes(bytes.get(4..12)?.try_into().ok()?),
+    })
+}
+
+/// Key of `topic`'s event number `seq` in `topics`.
+pub(crate) fn topic_key(topic: &str, seq: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(topic.len() + 9);
+    key.extend_from_slice(topic.as_bytes());
+    key.push(0);
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+/// Prefix of all of `topic`'s keys in `topics`.
+pub(crate) fn topic_prefix(topic: &Topic) -> Vec<u8> {
+    let mut key = Vec::with_capacity(topic.as_str().len() + 1);
+    key.extend_from_slice(topic.as_str().as_bytes());
+    key.push(0);
+    key
+}
+
+/// Splits a `topics` value into id and position.
+pub(crate) fn decode_topic_value(bytes: &[u8]) -> Option<(EventId, Pos)> {
+    let id = EventId::from_bytes(bytes.get(0..16)?.try_into().ok()?);
+    Some((id, Pos::from_bytes(bytes.get(16..28)?)?))
+}
+
+/// The seq at the end of a `topics` key.
+pub(crate) fn seq_of_topic_key(key: &[u8]) -> Option<u64> {
+    let tail = key.get(key.len().checked_sub(8)?..)?;
+    Some(u64::from_be_bytes(tail.try_into().ok()?))
+}

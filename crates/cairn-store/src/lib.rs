@@ -1,0 +1,48 @@
+//! cairn-store: the cairn event store engine, embeddable, with no networking.
+//!
+//! A store is a directory. Events are appended to an append-only log of
+//! CRC-framed records by a single writer that commits whatever is waiting as
+//! one group (one write, one fdatasync). Indexes in fjall (by id, by topic
+//! and seq, consumers, idempotency keys) are derived from the log and rebuilt
+//! from its tail on open. Payloads above a small threshold live in a
+//! content-addressed store (sha256). Subscriptions read history from storage,
+//! then live events from an in-memory ring, with no gap at the switch.
+//!
+//! Code map:
+//! - [`Store`] (`store.rs`): the API; validation at the edge.
+//! - `log/`: `codec` (record format), `segment` (files, maps), `writer`
+//!   (group commit), `recovery` (tail scan, torn-tail cut, replay).
+//! - `index/`: fjall keyspaces, `Txn` (a batch that sees itself), `apply`
+//!   (records → index; shared by writer and recovery).
+//! - `read.rs` (queries), `live.rs` (recent events), `subscription.rs`.
+//! - `cas.rs` (content files), `verify.rs`, `limits.rs`, `error.rs`.
+//! - Value types: `event.rs`, `topic.rs`, `id.rs`.
+//!
+//! This crate never opens a socket.
+
+mod cas;
+mod error;
+mod event;
+mod id;
+mod index;
+pub mod limits;
+mod live;
+mod log;
+mod read;
+mod store;
+mod subscription;
+mod topic;
+mod verify;
+
+pub use error::{Result, StoreError};
+pub use event::{
+    Batch, Event, Expect, Hash, NewEvent, Payload, Ttl, check_idempotency_key, check_meta, check_meta_value, check_type,
+    check_user, parse_duration_ms,
+};
+pub use id::EventId;
+pub use log::recovery::{RecoveryReport, Truncation};
+pub use read::{Query, ReadIter};
+pub use store::{Imported, Options, Store, SyncMode, TopicInfo};
+pub use subscription::{Delivery, SubscribeOptions, Subscription};
+pub use topic::{Level, Pattern, SYSTEM_PREFIX, Topic};
+pub use verify::VerifyReport;

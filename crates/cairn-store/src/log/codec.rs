@@ -1,0 +1,346 @@
+//! The on-disk encoding of log records and events. Pure code, no I/O.
+//!
+//! A record is `[body_len u32 LE][crc32c(body) u32 LE][body]`. The body is
+//! `[FORMAT_VERSION u8][kind u8][...]`. Inside a batch record each event is
+//! framed the same way (`[len][crc][event]`), so one event can be read and
+//! verified on its own by its position. See ARCHITECTURE.md, "On-disk format".
+
+use std::sync::Arc;
+
+use crate::event::{Event, Hash, Payload, Ttl};
+use crate::id::EventId;
+use crate::topic::Topic;
+
+/// Version byte at the start of every record body.
+pub(crate) const FORMAT_VERSION: u8 = 1;
+
+/// Bytes of a frame header: length and crc.
+pub(crate) const FRAME_HEADER_BYTES: usize = 8;
+
+const KIND_BATCH: u8 = 1;
+const KIND_REMOVE: u8 = 2;
+const KIND_ACK: u8 = 3;
+const KIND_CONSUMER_DELETE: u8 = 4;
+
+const FLAG_IMPORTED: u8 = 1;
+const FLAG_HASH: u8 = 2;
+const FLAG_TYPE: u8 = 4;
+const FLAG_META: u8 = 8;
+const FLAG_USER: u8 = 16;
+
+const PAYLOAD_NONE: u8 = 0;
+const PAYLOAD_INLINE: u8 = 1;
+const PAYLOAD_STORED: u8 = 2;
+
+const TTL_FOREVER: u8 = 0;
+const TTL_EPHEMERAL: u8 = 1;
+const TTL_TIME: u8 = 2;
+const TTL_LAST: u8 = 3;
+
+/// Where an event's frame lives: segment number, byte offset of its frame
+/// header within the segment, and the length of its body.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) struct Pos {
+    pub(crate) segment: u32,
+    pub(crate) offset: u32,
+    pub(crate) len: u32,
+}
+
+impl Pos {
+    pub(crate) fn to_bytes(self) -> [u8; 12] {
+        let mut out = [0u8; 12];
+        out[0..4].copy_from_slice(&self.segment.to_be_bytes());
+        out[4..8].copy_from_slice(&self.offset.to_be_bytes());
+        out[8..12].copy_from_slice(&self.len.to_be_bytes());
+        out
+    }
+
+    pub(crate) fn from_bytes(bytes: &[u8]) -> Option<Pos> {
+        Some(Pos {
+            segment: u32::from_be_bytes(bytes.get(0..4)?.try_into().ok()?),
+            offset: u32::from_be_bytes(bytes.get(4..8)?.try_into().ok()?),
+            len: u32::from_be_bytes(bytes.get(8..12)?.try_into().ok()?),
+        })
+    }
+}
+
+/// Appends a frame (`[len][crc][body]`) whose body `fill` writes.
+pub(crate) fn frame(out: &mut Vec<u8>, fill: impl FnOnce(&mut Vec<u8>)) {
+    let start = out.len();
+    out.extend_from_slice(&[0u8; FRAME_HEADER_BYTES]);
+    fill(out);
+    let body_len = out.len() - start - FRAME_HEADER_BYTES;
+    let crc = crc32c::crc32c(&out[start + FRAME_HEADER_BYTES..]);
+    let len = u32::try_from(body_len).expect("record bodies are bounded by RECORD_BYTES_MAX");
+    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Reads a frame header from `bytes` and returns the body if it is complete
+/// and its crc matches. `Ok(None)` means "incomplete"; an error means damage.
+pub(crate) fn unframe(bytes: &[u8]) -> Result<Option<&[u8]>, String> {
+    let Some(header) = bytes.get(..FRAME_HEADER_BYTES) else {
+        return Ok(None);
+    };
+    let len = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes")) as usize;
+    let crc = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
+    if len < 2 {
+        return Err(format!("frame length {len} is too small"));
+    }
+    let Some(body) = bytes.get(FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + len) else {
+        return Ok(None);
+    };
+    if crc32c::crc32c(body) != crc {
+        return Err("checksum mismatch".to_owned());
+    }
+    Ok(Some(body))
+}
+
+/// Encodes a batch record holding `events`; returns, for each event, the
+/// offset of its frame relative to the start of the record and its body length.
+pub(crate) fn encode_batch(out: &mut Vec<u8>, key: Option<&str>, events: &[Event]) -> Vec<(u32, u32)> {
+    let record_start = out.len();
+    let mut offsets = Vec::with_capacity(events.len());
+    frame(out, |body| {
+        body.push(FORMAT_VERSION);
+        body.push(KIND_BATCH);
+        put_short(body, key.unwrap_or("").as_bytes());
+        body.extend_from_slice(&(events.len() as u32).to_le_bytes());
+        for event in events {
+            let event_start = out_len(body);
+            frame(body, |event_body| encode_event(event_body, event));
+            let event_len = out_len(body) - event_start - FRAME_HEADER_BYTES;
+            offsets.push((event_start, event_len as u32));
+        }
+    });
+    offsets.into_iter().map(|(start, len)| ((start - record_start) as u32, len)).collect()
+}
+
+fn out_len(out: &[u8]) -> usize {
+    out.len()
+}
+
+/// Encodes a remove record.
+pub(crate) fn encode_remove(out: &mut Vec<u8>, ids: &[EventId]) {
+    frame(out, |body| {
+        body.push(FORMAT_VERSION);
+        body.push(KIND_REMOVE);
+        body.extend_from_slice(&(ids.len() as u32).to_le_bytes());
+        for id in ids {
+            body.extend_from_slice(&id.to_bytes());
+        }
+    });
+}
+
+/// Encodes a consumer ack record.
+pub(crate) fn encode_ack(out: &mut Vec<u8>, name: &str, id: EventId) {
+    frame(out, |body| {
+        body.push(FORMAT_VERSION);
+        body.push(KIND_ACK);
+        put_short(body, name.as_bytes());
+        body.extend_from_slice(&id.to_bytes());
+    });
+}
+
+/// Encodes a consumer delete record.
+pub(crate) fn encode_consumer_delete(out: &mut Vec<u8>, name: &str) {
+    frame(out, |body| {
+        body.push(FORMAT_VERSION);
+        body.push(KIND_CONSUMER_DELETE);
+        put_short(body, name.as_bytes());
+    });
+}
+
+fn put_short(out: &mut Vec<u8>, bytes: &[u8]) {
+    let len = u8::try_from(bytes.len()).expect("short strings are validated to <= 255 bytes");
+    out.push(len);
+    out.extend_from_slice(bytes);
+}
+
+/// Encodes one event body (no frame).
+pub(crate) fn encode_event(out: &mut Vec<u8>, event: &Event) {
+    out.extend_from_slice(&event.id.to_bytes());
+    out.extend_from_slice(&event.seq.to_le_bytes());
+    let mut flags = 0;
+    if event.imported {
+        flags |= FLAG_IMPORTED;
+    }
+    if event.hash.is_some() {
+        flags |= FLAG_HASH;
+    }
+    if event.kind.is_some() {
+        flags |= FLAG_TYPE;
+    }
+    if event.meta.is_some() {
+        flags |= FLAG_META;
+    }
+    if event.user.is_some() {
+        flags |= FLAG_USER;
+    }
+    out.push(flags);
+    out.push(match event.payload {
+        Payload::None => PAYLOAD_NONE,
+        Payload::Inline(_) => PAYLOAD_INLINE,
+        Payload::Stored => PAYLOAD_STORED,
+    });
+    let (ttl_kind, ttl_value) = match event.ttl {
+        Ttl::Forever => (TTL_FOREVER, 0),
+        Ttl::Ephemeral => (TTL_EPHEMERAL, 0),
+        Ttl::Time { ms } => (TTL_TIME, ms),
+        Ttl::Last { n } => (TTL_LAST, n),
+    };
+    out.push(ttl_kind);
+    out.extend_from_slice(&ttl_value.to_le_bytes());
+    out.extend_from_slice(&event.size.to_le_bytes());
+    put_short(out, event.topic.as_str().as_bytes());
+    if let Some(kind) = &event.kind {
+        put_short(out, kind.as_bytes());
+    }
+    if let Some(user) = &event.user {
+        put_short(out, user.as_bytes());
+    }
+    if let Some(meta) = &event.meta {
+        out.extend_from_slice(&(meta.len() as u32).to_le_bytes());
+        out.extend_from_slice(meta.as_bytes());
+    }
+    if let Some(hash) = &event.hash {
+        out.extend_from_slice(&hash.0);
+    }
+    if let Payload::Inline(bytes) = &event.payload {
+        out.extend_from_slice(bytes);
+    }
+}
+
+/// A decoded record.
+#[derive(Debug)]
+pub(crate) enum Record {
+    /// Events committed together; each with its frame offset within the
+    /// record and its body length.
+    Batch { key: Option<String>, events: Vec<(Event, u32, u32)> },
+    Remove { ids: Vec<EventId> },
+    Ack { name: String, id: EventId },
+    ConsumerDelete { name: String },
+}
+
+/// Decodes a record body (already crc-checked).
+pub(crate) fn decode_record(body: &[u8]) -> Result<Record, String> {
+    let mut reader = Reader { bytes: body, at: 0 };
+    let version = reader.u8()?;
+    if version != FORMAT_VERSION {
+        return Err(format!("unknown record format version {version}"));
+    }
+    let record = match reader.u8()? {
+        KIND_BATCH => {
+            let key = reader.short_str()?;
+            let n = reader.u32()? as usize;
+            let mut events = Vec::with_capacity(n.min(body.len() / 40));
+            for _ in 0..n {
+                let frame_offset = reader.at + FRAME_HEADER_BYTES;
+                let event_body = unframe(&body[reader.at..])?.ok_or("event frame runs past its record")?;
+                let event = decode_event(event_body)?;
+                reader.at += FRAME_HEADER_BYTES + event_body.len();
+                events.push((event, frame_offset as u32, event_body.len() as u32));
+            }
+            Record::Batch { key: (!key.is_empty()).then_some(key), events }
+        }
+        KIND_REMOVE => {
+            let n = reader.u32()? as usize;
+            let mut ids = Vec::with_capacity(n.min(body.len() / 16));
+            for _ in 0..n {
+                ids.push(reader.id()?);
+            }
+            Record::Remove { ids }
+        }
+        KIND_ACK => Record::Ack { name: reader.short_str()?, id: reader.id()? },
+        KIND_CONSUMER_DELETE => Record::ConsumerDelete { name: reader.short_str()? },
+        kind => return Err(format!("unknown record kind {kind}")),
+    };
+    if reader.at != body.len() {
+        return Err("trailing bytes after record".to_owned());
+    }
+    Ok(record)
+}
+
+/// Decodes one event body.
+pub(crate) fn decode_event(body: &[u8]) -> Result<Event, String> {
+    let mut reader = Reader { bytes: body, at: 0 };
+    let id = reader.id()?;
+    let seq = reader.u64()?;
+    let flags = reader.u8()?;
+    let payload_kind = reader.u8()?;
+    let ttl_kind = reader.u8()?;
+    let ttl_value = reader.u64()?;
+    let ttl = match ttl_kind {
+        TTL_FOREVER => Ttl::Forever,
+        TTL_EPHEMERAL => Ttl::Ephemeral,
+        TTL_TIME => Ttl::Time { ms: ttl_value },
+        TTL_LAST => Ttl::Last { n: ttl_value },
+        other => return Err(format!("unknown ttl kind {other}")),
+    };
+    let size = reader.u64()?;
+    let topic_text = reader.short_str()?;
+    let topic = Topic::new(&topic_text).map_err(|error| error.to_string())?;
+    let kind = if flags & FLAG_TYPE != 0 { Some(reader.short_str()?) } else { None };
+    let user = if flags & FLAG_USER != 0 { Some(reader.short_str()?) } else { None };
+    let meta = if flags & FLAG_META != 0 {
+        let len = reader.u32()? as usize;
+        Some(String::from_utf8(reader.take(len)?.to_vec()).map_err(|_| "meta is not UTF-8")?)
+    } else {
+        None
+    };
+    let hash = if flags & FLAG_HASH != 0 {
+        Some(Hash(reader.take(32)?.try_into().expect("32 bytes")))
+    } else {
+        None
+    };
+    let payload = match payload_kind {
+        PAYLOAD_NONE => Payload::None,
+        PAYLOAD_INLINE => {
+            let bytes = reader.take(usize::try_from(size).map_err(|_| "size overflows")?)?;
+            Payload::Inline(Arc::from(bytes))
+        }
+        PAYLOAD_STORED => Payload::Stored,
+        other => return Err(format!("unknown payload kind {other}")),
+    };
+    if reader.at != body.len() {
+        return Err("trailing bytes after event".to_owned());
+    }
+    Ok(Event { id, topic, seq, kind, meta, hash, size, ttl, user, payload, imported: flags & FLAG_IMPORTED != 0 })
+}
+
+/// Reads just the topic of an event body, without decoding the rest.
+pub(crate) fn peek_topic(body: &[u8]) -> Option<&str> {
+    // id 16 + seq 8 + flags 1 + payload kind 1 + ttl 9 + size 8 = 43
+    let len = *body.get(43)? as usize;
+    std::str::from_utf8(body.get(44..44 + len)?).ok()
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        let end = self.at.checked_add(n).ok_or("length overflows")?;
+        let slice = self.bytes.get(self.at..end).ok_or("record ends early")?;
+        self.at = end;
+        Ok(slice)
+    }
+    fn u8(&mut self) -> Result<u8, String> {
+        Ok(self.take(1)?[0])
+    }
+    fn u32(&mut self) -> Result<u32, String> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
+    }
+    fn u64(&mut self) -> Result<u64, String> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
+    }
+    fn id(&mut self) -> Result<EventId, String> {
+        Ok(EventId::from_bytes(self.take(16)?.try_into().expect("16 bytes")))
+    }
+    fn short_str(&mut self) -> Result<String, String> {
+        let len = self.u8()? as usize;
+        String::from_utf8(self.take(len)?.to_vec()).map_err(|_| "string is not UTF-8".to_owned())
+    }
+}

@@ -1,0 +1,215 @@
+//! Opening the log: find where the index's knowledge ends (its checkpoint),
+//! scan the records after it, cut a torn tail, and replay the rest into the
+//! index. Costs O(tail), not O(log).
+//!
+//! A damaged record near the end of the log (within one group's worth of
+//! bytes) is a write that was never acknowledged: it and everything after it
+//! is cut and reported. Damage further back is not a torn write but rot, and
+//! opening fails with a `Corrupt` error naming the place, so nothing
+//! acknowledged is ever thrown away silently.
+
+use std::fs::OpenOptions;
+use std::sync::Arc;
+
+use crate::cas::Cas;
+use crate::error::{Result, StoreError};
+use crate::event::Event;
+use crate::index::txn::Ks;
+use crate::index::{Applier, Checkpoint, Heads, Index, META_APPLIED, META_LAST_ID, encode_checkpoint};
+use crate::log::codec::{self, FRAME_HEADER_BYTES, Pos, Record};
+use crate::log::segment::{SEGMENT_HEADER_BYTES, Segments, check_header, corrupt, create_segment};
+use crate::limits::{GROUP_BYTES_MAX, RECORD_BYTES_MAX};
+
+/// What recovery did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Records replayed into the index.
+    pub records_replayed: u64,
+    /// Whether the index was rebuilt from the whole log.
+    pub rebuilt: bool,
+    /// Bytes cut from the end of the log, if any, and why.
+    pub truncated: Option<Truncation>,
+}
+
+/// A cut torn tail.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Truncation {
+    /// Segment number.
+    pub segment: u32,
+    /// Offset where the log now ends.
+    pub offset: u64,
+    /// Bytes removed.
+    pub bytes: u64,
+    /// What was wrong there.
+    pub reason: String,
+}
+
+/// Where the writer continues after recovery.
+pub(crate) struct Tail {
+    pub(crate) segment: u32,
+    pub(crate) offset: u64,
+    pub(crate) heads: Heads,
+    pub(crate) last_id: crate::id::EventId,
+}
+
+const REPLAY_RECORDS_PER_TXN: usize = 1024;
+
+pub(crate) fn recover(segments: &Arc<Segments>, index: &Index, cas: &Cas) -> Result<(Tail, RecoveryReport)> {
+    let mut report = RecoveryReport::default();
+    let mut list = segments.list()?;
+    if list.is_empty() {
+        create_segment(segments.dir(), 0)?;
+        list.push(0);
+    }
+    let first = list[0];
+    let last = *list.last().expect("not empty");
+    let mut start = match index.checkpoint()? {
+        Some(checkpoint) if list.contains(&checkpoint.segment) => checkpoint,
+        Some(_) => {
+            tracing::warn!("index checkpoint names a missing segment; rebuilding the index from the log");
+            rebuild(index, &mut report)?;
+            Checkpoint { segment: first, offset: SEGMENT_HEADER_BYTES }
+        }
+        None => Checkpoint { segment: first, offset: SEGMENT_HEADER_BYTES },
+    };
+    let checkpoint_len = file_len(segments, start.segment)?;
+    if start.offset > checkpoint_len {
+        // The index saw bytes the log lost (only possible without fdatasync,
+        // in `interval` or `none` mode, after a power loss).
+        tracing::warn!("index is ahead of the log; rebuilding the index from the log");
+        rebuild(index, &mut report)?;
+        start = Checkpoint { segment: first, offset: SEGMENT_HEADER_BYTES };
+    }
+    let mut heads = Heads::default();
+    let mut last_id = index.last_id()?;
+    let mut end = Checkpoint { segment: start.segment, offset: start.offset };
+    for &segment in list.iter().filter(|&&s| s >= start.segment) {
+        let len = file_len(segments, segment)?;
+        segments.map(segment, len)?;
+        let bytes = segments.bytes(segment)?;
+        let bytes = &bytes[..len as usize];
+        if let Err(detail) = check_header(bytes, segment) {
+            if segment == last && len < SEGMENT_HEADER_BYTES + FRAME_HEADER_BYTES as u64 {
+                // A segment whose creation was cut short; recreate it.
+                std::fs::remove_file(segments.path(segment)).map_err(StoreError::io("remove torn segment"))?;
+                segments.unmap_all();
+                create_segment(segments.dir(), segment)?;
+                end = Checkpoint { segment, offset: SEGMENT_HEADER_BYTES };
+                continue;
+            }
+            return Err(corrupt(segment, 0, &detail));
+        }
+        let mut offset = if segment == start.segment { start.offset } else { SEGMENT_HEADER_BYTES };
+        let mut batch: Vec<(Record, u64)> = Vec::new();
+        let mut damage = None;
+        while offset < len {
+            match codec::unframe(&bytes[offset as usize..]) {
+                Ok(Some(body)) => match codec::decode_record(body) {
+                    Ok(record) => {
+                        batch.push((record, offset));
+                        offset += (FRAME_HEADER_BYTES + body.len()) as u64;
+                    }
+                    // A record with a good checksum that does not decode was
+                    // written by a newer cairn: never cut it.
+                    Err(detail) => return Err(corrupt(segment, offset as u32, &format!("{detail} (written by a newer cairn?)"))),
+                },
+                Ok(None) => {
+                    damage = Some("incomplete record".to_owned());
+                    break;
+                }
+                Err(detail) => {
+                    damage = Some(detail);
+                    break;
+                }
+            }
+            if batch.len() >= REPLAY_RECORDS_PER_TXN {
+                replay(segments, index, cas, &mut heads, &mut last_id, segment, std::mem::take(&mut batch), offset, &mut report)?;
+            }
+        }
+        replay(segments, index, cas, &mut heads, &mut last_id, segment, batch, offset, &mut report)?;
+        end = Checkpoint { segment, offset };
+        if let Some(reason) = damage {
+            let later_segments = list.iter().any(|&s| s > segment);
+            let bytes_after = len - offset;
+            if later_segments || bytes_after > (GROUP_BYTES_MAX + RECORD_BYTES_MAX) as u64 {
+                return Err(corrupt(segment, offset as u32, &format!("{reason}, with {bytes_after} bytes after it; run `cairn verify`")));
+            }
+            segments.unmap_all();
+            truncate(segments, segment, offset)?;
+            tracing::warn!(segment, offset, bytes = bytes_after, "cut a torn tail from the log: {reason}");
+            report.truncated = Some(Truncation { segment, offset, bytes: bytes_after, reason });
+            break;
+        }
+    }
+    Ok((Tail { segment: end.segment, offset: end.offset, heads, last_id }, report))
+}
+
+fn rebuild(index: &Index, report: &mut RecoveryReport) -> Result<()> {
+    index.clear()?;
+    report.rebuilt = true;
+    Ok(())
+}
+
+fn file_len(segments: &Segments, segment: u32) -> Result<u64> {
+    Ok(std::fs::metadata(segments.path(segment)).map_err(StoreError::io(format!("stat segment {segment}")))?.len())
+}
+
+fn truncate(segments: &Segments, segment: u32, offset: u64) -> Result<()> {
+    let file = OpenOptions::new().write(true).open(segments.path(segment)).map_err(StoreError::io("open segment to cut"))?;
+    file.set_len(offset).map_err(StoreError::io("cut torn tail"))?;
+    file.sync_all().map_err(StoreError::io("fdatasync after cutting torn tail"))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn replay(
+    segments: &Arc<Segments>,
+    index: &Index,
+    cas: &Cas,
+    heads: &mut Heads,
+    last_id: &mut crate::id::EventId,
+    segment: u32,
+    records: Vec<(Record, u64)>,
+    end: u64,
+    report: &mut RecoveryReport,
+) -> Result<()> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    let read = |pos: Pos| segments.read_event(pos);
+    let mut txn = index.txn();
+    let mut applier = Applier::new(heads, &read);
+    for (record, record_offset) in records {
+        report.records_replayed += 1;
+        match record {
+            Record::Batch { key, events } => {
+                let positioned: Vec<(Event, Pos)> = events
+                    .into_iter()
+                    .map(|(event, offset, len)| {
+                        let at = record_offset + u64::from(offset);
+                        (event, Pos { segment, offset: at as u32, len })
+                    })
+                    .collect();
+                if let Some((event, _)) = positioned.last() {
+                    *last_id = (*last_id).max(event.id);
+                }
+                let idem = key.as_deref().map(|k| (k, positioned.first().map_or(0, |(e, _)| e.timestamp_ms())));
+                applier.insert_events(&mut txn, &positioned, idem)?;
+            }
+            Record::Remove { ids } => {
+                for id in ids {
+                    applier.remove(&mut txn, id)?;
+                }
+            }
+            Record::Ack { name, id } => applier.ack(&mut txn, &name, id),
+            Record::ConsumerDelete { name } => applier.consumer_delete(&mut txn, &name),
+        }
+    }
+    let garbage = std::mem::take(&mut applier.garbage);
+    txn.insert(Ks::Meta, META_APPLIED.to_vec(), encode_checkpoint(Checkpoint { segment, offset: end }).to_vec());
+    txn.insert(Ks::Meta, META_LAST_ID.to_vec(), last_id.to_bytes().to_vec());
+    txn.commit()?;
+    for hash in garbage {
+        cas.delete(&hash)?;
+    }
+    Ok(())
+}

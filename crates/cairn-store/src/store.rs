@@ -1,0 +1,713 @@
+//! `Store`: the engine's public API. Validates input at the edge, places
+//! payloads (inline or content store), hands writes to the single writer and
+//! waits for its acknowledgement, and serves reads from the index and log.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read as _, Seek as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::oneshot;
+
+use crate::cas::{self, Cas};
+use crate::error::{Result, StoreError};
+use crate::event::{self, Batch, Event, Expect, Hash, NewEvent, Payload, Ttl};
+use crate::id::{EventId, IdGenerator};
+use crate::index::{Index, topic_prefix};
+use crate::limits::{self, BATCH_EVENTS_MAX, CONSUMER_NAME_BYTES_MAX, RECORD_BYTES_MAX};
+use crate::live::Live;
+use crate::log::recovery::{self, RecoveryReport};
+use crate::log::segment::Segments;
+use crate::log::writer::{Prepared, Request, Writer};
+use crate::read::{Query, ReadIter};
+use crate::subscription::{SubscribeOptions, Subscription};
+use crate::topic::{Pattern, Topic};
+
+/// When an append counts as durable (design §3).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub enum SyncMode {
+    /// fdatasync before every acknowledgement (shared by a group).
+    #[default]
+    Always,
+    /// fdatasync at most this often; acknowledged writes since the last one
+    /// can be lost on power loss (not on a process crash).
+    Interval(Duration),
+    /// Never fdatasync (OS page cache only): for tests and bulk loads.
+    None,
+}
+
+impl SyncMode {
+    /// Parses `always`, `interval:<duration>`, `none`.
+    pub fn parse(text: &str) -> Result<SyncMode> {
+        match text {
+            "always" => Ok(SyncMode::Always),
+            "none" => Ok(SyncMode::None),
+            _ => match text.strip_prefix("interval:") {
+                Some(duration) => {
+                    let ms = event::parse_duration_ms(duration).map_err(|rule| StoreError::invalid("sync", rule))?;
+                    if ms == 0 {
+                        return Err(StoreError::invalid("sync", "interval must be longer than zero"));
+                    }
+                    Ok(SyncMode::Interval(Duration::from_millis(ms)))
+                }
+                None => Err(StoreError::invalid(
+                    "sync",
+                    format!("{text:?} is not one of always, interval:<duration> (e.g. interval:100ms), none"),
+                )),
+            },
+        }
+    }
+}
+
+/// Settings of an open store.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Durability of appends.
+    pub sync: SyncMode,
+    /// Size at which the log rolls to a new segment, in bytes.
+    pub segment_bytes: u64,
+    /// Payloads up to this size are kept inline in the event record.
+    pub inline_payload_bytes: u64,
+    /// Largest payload accepted, in bytes.
+    pub payload_bytes_max: u64,
+    /// How long an idempotency key returns its original events.
+    pub idempotency_window: Duration,
+    /// How often expired (`time:<duration>`) events are removed.
+    pub retention_interval: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            sync: SyncMode::Always,
+            segment_bytes: limits::SEGMENT_BYTES_DEFAULT,
+            inline_payload_bytes: limits::INLINE_PAYLOAD_BYTES_DEFAULT,
+            payload_bytes_max: limits::PAYLOAD_BYTES_MAX_DEFAULT,
+            idempotency_window: Duration::from_millis(limits::IDEMPOTENCY_WINDOW_MS_DEFAULT),
+            retention_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+impl Options {
+    fn validate(&self) -> Result<()> {
+        if !(limits::SEGMENT_BYTES_MIN..=limits::SEGMENT_BYTES_MAX / 2).contains(&self.segment_bytes) {
+            return Err(StoreError::invalid(
+                "segment_bytes",
+                format!("must be between {} and {}", limits::SEGMENT_BYTES_MIN, limits::SEGMENT_BYTES_MAX / 2),
+            ));
+        }
+        if self.inline_payload_bytes > limits::INLINE_PAYLOAD_BYTES_CEILING {
+            return Err(StoreError::invalid(
+                "inline_payload_bytes",
+                format!("must be at most {}", limits::INLINE_PAYLOAD_BYTES_CEILING),
+            ));
+        }
+        if self.payload_bytes_max == 0 || self.payload_bytes_max > limits::PAYLOAD_BYTES_MAX_CEILING {
+            return Err(StoreError::invalid(
+                "payload_bytes_max",
+                format!("must be between 1 and {}", limits::PAYLOAD_BYTES_MAX_CEILING),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// State shared by the API, the writer thread and subscriptions.
+pub(crate) struct Shared {
+    pub(crate) dir: PathBuf,
+    pub(crate) options: Options,
+    pub(crate) segments: Arc<Segments>,
+    pub(crate) index: Index,
+    pub(crate) cas: Cas,
+    pub(crate) live: Live,
+    poison: Mutex<Option<String>>,
+}
+
+impl Shared {
+    pub(crate) fn poison(&self, reason: &str) {
+        tracing::error!("store refuses writes from now on: {reason}");
+        let mut poison = self.poison.lock().expect("poison lock");
+        if poison.is_none() {
+            *poison = Some(reason.to_owned());
+        }
+    }
+
+    pub(crate) fn poisoned(&self) -> Option<String> {
+        self.poison.lock().expect("poison lock").clone()
+    }
+
+    /// The events first written under `key`, if within the window.
+    pub(crate) fn idempotent_repeat(&self, key: &str) -> Result<Option<Vec<Event>>> {
+        let Some(value) = self.index.idem.get(key.as_bytes())? else { return Ok(None) };
+        let Some(time) = value.get(..8) else { return Ok(None) };
+        let time_ms = u64::from_be_bytes(time.try_into().expect("8 bytes"));
+        let window_ms = u64::try_from(self.options.idempotency_window.as_millis()).unwrap_or(u64::MAX);
+        if now_ms().saturating_sub(time_ms) > window_ms {
+            return Ok(None);
+        }
+        let mut events = Vec::new();
+        for chunk in value[8..].chunks_exact(16) {
+            let id = EventId::from_bytes(chunk.try_into().expect("16 bytes"));
+            if let Some(pos) = self.index.pos_of(id)? {
+                events.push(self.segments.read_event(pos)?);
+            }
+        }
+        Ok(Some(events))
+    }
+
+    pub(crate) fn get(&self, id: EventId) -> Result<Option<Event>> {
+        match self.index.pos_of(id)? {
+            Some(pos) => self.segments.read_event(pos).map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+/// What the store knows of one topic.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct TopicInfo {
+    /// The topic.
+    pub topic: Topic,
+    /// Events still stored.
+    pub count: u64,
+    /// Seq of the oldest stored event, if any is stored.
+    pub first_seq: Option<u64>,
+    /// Seq of the newest event ever appended.
+    pub last_seq: u64,
+    /// Id of the newest event ever appended.
+    pub last_id: EventId,
+}
+
+/// An event to import with its original id and seq (see [`Store::import`]).
+#[derive(Clone, Debug)]
+pub struct Imported {
+    /// Its id; imports must come in increasing id order, after the store's last id.
+    pub id: EventId,
+    /// Its seq; per topic increasing (gaps allowed: removed events).
+    pub seq: u64,
+    /// The rest of the event.
+    pub event: NewEvent,
+}
+
+/// An open store. Cheap to clone; closes when the last clone is dropped.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    requests: Option<SyncSender<Request>>,
+    writer: Option<JoinHandle<()>>,
+    sweeper: Option<(mpsc::Sender<()>, JoinHandle<()>)>,
+    report: RecoveryReport,
+    _lock: File,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some((stop, handle)) = self.sweeper.take() {
+            drop(stop);
+            let _ = handle.join();
+        }
+        drop(self.requests.take());
+        if let Some(handle) = self.writer.take() {
+            if handle.join().is_err() {
+                tracing::error!("the writer thread panicked");
+            }
+        }
+        self.shared.live.close();
+    }
+}
+
+impl Store {
+    /// Opens (creating if missing) the store in `dir` and takes its lock.
+    pub fn open(dir: impl AsRef<Path>, options: Options) -> Result<Store> {
+        options.validate()?;
+        let dir = dir.as_ref().to_path_buf();
+        fs::create_dir_all(&dir).map_err(StoreError::io(format!("create store directory {}", dir.display())))?;
+        let lock = lock(&dir)?;
+        let log_dir = dir.join("log");
+        fs::create_dir_all(&log_dir).map_err(StoreError::io("create log directory"))?;
+        let segments = Arc::new(Segments::new(log_dir));
+        let index = Index::open(&dir.join("index"))?;
+        let cas = Cas::open(dir.join("cas"))?;
+        let (tail, report) = recovery::recover(&segments, &index, &cas)?;
+        let file = OpenOptions::new()
+            .append(true)
+            .open(segments.path(tail.segment))
+            .map_err(StoreError::io("open the log's last segment"))?;
+        segments.map(tail.segment, tail.offset.max(options.segment_bytes))?;
+        let last_id = tail.last_id;
+        let shared = Arc::new(Shared {
+            dir,
+            options: options.clone(),
+            segments,
+            index,
+            cas,
+            live: Live::new(last_id),
+            poison: Mutex::new(None),
+        });
+        let writer = Writer::new(shared.clone(), file, tail.segment, tail.offset, tail.heads, IdGenerator::new(last_id));
+        let (requests, receiver) = mpsc::sync_channel(limits::WRITER_QUEUE_DEPTH);
+        let writer = std::thread::Builder::new()
+            .name("cairn-writer".to_owned())
+            .spawn(move || writer.run(receiver))
+            .map_err(StoreError::io("start the writer thread"))?;
+        let sweeper = spawn_sweeper(requests.clone(), options.retention_interval)?;
+        Ok(Store {
+            inner: Arc::new(Inner {
+                shared,
+                requests: Some(requests),
+                writer: Some(writer),
+                sweeper: Some(sweeper),
+                report,
+                _lock: lock,
+            }),
+        })
+    }
+
+    /// What opening found and repaired.
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.inner.report
+    }
+
+    /// The store directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.shared.dir
+    }
+
+    /// The options it was opened with.
+    pub fn options(&self) -> &Options {
+        &self.inner.shared.options
+    }
+
+    /// Id of the newest committed event (`EventId::MIN` for an empty store).
+    pub fn last_id(&self) -> EventId {
+        self.inner.shared.live.last()
+    }
+
+    /// Appends one event with an expectation on its topic.
+    pub fn append(&self, event: NewEvent, expect: Expect) -> Result<Event> {
+        let mut events = self.append_batch(Batch::single(event, expect))?;
+        Ok(events.remove(0))
+    }
+
+    /// Appends a batch atomically; blocks until it is durable. Do not call
+    /// from async code: use [`Store::append_batch_async`] there.
+    pub fn append_batch(&self, batch: Batch) -> Result<Vec<Event>> {
+        let (request, reply) = self.append_request(batch, false)?;
+        self.submit(request)?;
+        reply.blocking_recv().map_err(|_| StoreError::ShuttingDown)?
+    }
+
+    /// Appends a batch atomically; resolves once it is durable.
+    pub async fn append_batch_async(&self, batch: Batch) -> Result<Vec<Event>> {
+        let (request, reply) = self.append_request(batch, false)?;
+        self.submit(request)?;
+        reply.await.map_err(|_| StoreError::ShuttingDown)?
+    }
+
+    /// Appends to the store's own `cairn.*` topics (for servers: `cairn.start`).
+    pub fn append_system(&self, batch: Batch) -> Result<Vec<Event>> {
+        let (request, reply) = self.append_request(batch, true)?;
+        self.submit(request)?;
+        reply.blocking_recv().map_err(|_| StoreError::ShuttingDown)?
+    }
+
+    fn append_request(&self, batch: Batch, system: bool) -> Result<(Request, oneshot::Receiver<Result<Vec<Event>>>)> {
+        if batch.events.is_empty() {
+            return Err(StoreError::invalid("batch", "has no events"));
+        }
+        if batch.events.len() > BATCH_EVENTS_MAX {
+            return Err(StoreError::TooLarge { what: "batch", bytes: batch.events.len() as u64, max: BATCH_EVENTS_MAX as u64 });
+        }
+        if let Some(key) = &batch.idempotency_key {
+            event::check_idempotency_key(key)?;
+        }
+        let mut estimate = 16usize;
+        let mut events = Vec::with_capacity(batch.events.len());
+        for new_event in batch.events {
+            let prepared = self.prepare(new_event, system)?;
+            estimate += 128 + prepared.event.meta.as_ref().map_or(0, String::len) + prepared.event.inline_payload().map_or(0, <[u8]>::len);
+            events.push(prepared);
+        }
+        if estimate > RECORD_BYTES_MAX {
+            return Err(StoreError::TooLarge { what: "batch", bytes: estimate as u64, max: RECORD_BYTES_MAX as u64 });
+        }
+        let expect = batch.expect.into_iter().map(|(topic, expect)| (topic.as_str().to_owned(), expect)).collect();
+        let (reply, receiver) = oneshot::channel();
+        Ok((Request::Append { events, expect, key: batch.idempotency_key, reply }, receiver))
+    }
+
+    /// Validates an event and places its payload.
+    fn prepare(&self, new_event: NewEvent, system: bool) -> Result<Prepared> {
+        let topic = new_event.topic.ok_or_else(|| StoreError::invalid("topic", "is required"))?;
+        if !system {
+            topic.check_user_writable()?;
+        }
+        if let Some(kind) = &new_event.kind {
+            event::check_type(kind)?;
+        }
+        let meta = new_event.meta.as_deref().map(event::check_meta).transpose()?;
+        if let Some(user) = &new_event.user {
+            event::check_user(user)?;
+        }
+        let options = &self.inner.shared.options;
+        let (hash, size, payload, stored_bytes) = match new_event.payload {
+            None => (None, 0, Payload::None, None),
+            Some(bytes) => {
+                let size = bytes.len() as u64;
+                if size > options.payload_bytes_max {
+                    return Err(StoreError::TooLarge { what: "payload", bytes: size, max: options.payload_bytes_max });
+                }
+                let hash = Hash::of(&bytes);
+                if size <= options.inline_payload_bytes || new_event.ttl == Ttl::Ephemeral {
+                    (Some(hash), size, Payload::Inline(Arc::from(bytes)), None)
+                } else {
+                    self.inner.shared.cas.put(&hash, &bytes)?;
+                    (Some(hash), size, Payload::Stored, Some(bytes))
+                }
+            }
+        };
+        Ok(Prepared {
+            event: Event {
+                id: EventId::MIN,
+                topic,
+                seq: 0,
+                kind: new_event.kind,
+                meta,
+                hash,
+                size,
+                ttl: new_event.ttl,
+                user: new_event.user,
+                payload,
+                imported: false,
+            },
+            stored_bytes,
+        })
+    }
+
+    /// Appends events with their original ids and seqs (restoring an
+    /// export). Ids must increase and be after the store's last id.
+    pub fn import(&self, events: Vec<Imported>) -> Result<Vec<Event>> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut prepared = Vec::with_capacity(events.len());
+        for imported in events {
+            if imported.event.ttl == Ttl::Ephemeral {
+                return Err(StoreError::invalid("ttl", "ephemeral events are never stored, so they cannot be imported"));
+            }
+            let mut p = self.prepare(imported.event, true)?;
+            p.event.id = imported.id;
+            p.event.seq = imported.seq;
+            p.event.imported = true;
+            prepared.push(p);
+        }
+        let (reply, receiver) = oneshot::channel();
+        self.submit(Request::Import { events: prepared, reply })?;
+        receiver.blocking_recv().map_err(|_| StoreError::ShuttingDown)?
+    }
+
+    fn submit(&self, request: Request) -> Result<()> {
+        if let Some(reason) = self.inner.shared.poisoned() {
+            return Err(StoreError::Poisoned { reason });
+        }
+        let requests = self.inner.requests.as_ref().ok_or(StoreError::ShuttingDown)?;
+        requests.send(request).map_err(|_| StoreError::ShuttingDown)
+    }
+
+    fn call<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T>>) -> Request) -> Result<T> {
+        let (reply, receiver) = oneshot::channel();
+        self.submit(make(reply))?;
+        receiver.blocking_recv().map_err(|_| StoreError::ShuttingDown)?
+    }
+
+    /// The event with `id`, if stored.
+    pub fn get(&self, id: EventId) -> Result<Option<Event>> {
+        self.inner.shared.get(id)
+    }
+
+    /// The payload of `event`, verified against its hash.
+    pub fn content(&self, event: &Event) -> Result<Option<Vec<u8>>> {
+        match (&event.payload, event.hash) {
+            (Payload::None, _) => Ok(None),
+            (Payload::Inline(bytes), Some(hash)) => {
+                cas::verify(&hash, bytes, || format!("inline payload of event {}", event.id))?;
+                Ok(Some(bytes.to_vec()))
+            }
+            (Payload::Inline(bytes), None) => Ok(Some(bytes.to_vec())),
+            (Payload::Stored, Some(hash)) => match self.inner.shared.cas.read(&hash)? {
+                Some(bytes) => Ok(Some(bytes)),
+                None => Err(StoreError::Corrupt {
+                    location: format!("content {}", hash.sri()),
+                    detail: format!("the content file of event {} is missing", event.id),
+                }),
+            },
+            (Payload::Stored, None) => Err(StoreError::Corrupt {
+                location: format!("event {}", event.id),
+                detail: "stored payload without a hash".to_owned(),
+            }),
+        }
+    }
+
+    /// What the store knows of `topic`, if it ever had an event.
+    pub fn head(&self, topic: &Topic) -> Result<Option<TopicInfo>> {
+        let shared = &self.inner.shared;
+        let Some(head) = shared.index.head(topic.as_str())? else { return Ok(None) };
+        Ok(Some(self.topic_info(topic.clone(), head)?))
+    }
+
+    fn topic_info(&self, topic: Topic, head: crate::index::Head) -> Result<TopicInfo> {
+        let prefix = topic_prefix(&topic);
+        let first_seq = match self.inner.shared.index.topics.prefix(&prefix).next() {
+            Some(guard) => crate::index::seq_of_topic_key(&guard.key()?),
+            None => None,
+        };
+        Ok(TopicInfo { topic, count: head.count, first_seq, last_seq: head.last_seq, last_id: head.last_id })
+    }
+
+    /// Every topic that ever had an event, by name.
+    pub fn topics(&self) -> Result<Vec<TopicInfo>> {
+        let mut out = Vec::new();
+        for guard in self.inner.shared.index.heads.iter() {
+            let (key, value) = guard.into_inner()?;
+            let name = std::str::from_utf8(&key).map_err(|_| bad_index("heads"))?;
+            let topic = Topic::new(name).map_err(|_| bad_index("heads"))?;
+            let head = crate::index::Head::from_bytes(&value).ok_or_else(|| bad_index("heads"))?;
+            out.push(self.topic_info(topic, head)?);
+        }
+        Ok(out)
+    }
+
+    /// Stored events matching `query`, read lazily.
+    pub fn read(&self, query: &Query) -> Result<ReadIter> {
+        ReadIter::open(&self.inner.shared.index, self.inner.shared.segments.clone(), query)
+    }
+
+    /// History matching `query` (from `after`, `from_seq`, `last`, or the
+    /// beginning), then live events, with no gap and no duplicate.
+    pub fn subscribe(&self, query: &Query, options: SubscribeOptions) -> Result<Subscription> {
+        query.validate()?;
+        if query.reverse {
+            return Err(StoreError::invalid("reverse", "a subscription runs forward"));
+        }
+        let shared = self.inner.shared.clone();
+        let now = shared.live.last();
+        let before = |event: &Event| EventId::from_u128(event.id.to_u128() - 1);
+        let (cursor, min_seq) = if let Some(last) = query.last {
+            let newest = Query { last: Some(last), limit: Some(1), ..query.clone() };
+            match self.read(&newest)?.next().transpose()? {
+                Some(first) => (before(&first), None),
+                None => (query.after.unwrap_or(now).max(now), None),
+            }
+        } else if let Some(from_seq) = query.from_seq {
+            let first = Query { from_seq: Some(from_seq), limit: Some(1), ..query.clone() };
+            match self.read(&first)?.next().transpose()? {
+                Some(first) => (before(&first), Some(from_seq)),
+                None => (now, Some(from_seq)),
+            }
+        } else {
+            (query.after.unwrap_or(EventId::MIN), None)
+        };
+        Ok(Subscription::new(shared, query.pattern.clone(), cursor, min_seq, true, options))
+    }
+
+    /// Live events only: everything committed after this call.
+    pub fn subscribe_live(&self, pattern: Pattern, options: SubscribeOptions) -> Subscription {
+        let shared = self.inner.shared.clone();
+        let now = shared.live.last();
+        Subscription::new(shared, pattern, now, None, false, options)
+    }
+
+    /// Removes one event by id (its seq is never reused). Errors with
+    /// `NotFound` when it is not stored.
+    pub fn remove(&self, id: EventId) -> Result<()> {
+        let removed = self.call(|reply| Request::Remove { ids: vec![id], reply })?;
+        if removed.is_empty() {
+            return Err(StoreError::not_found("event", id.to_string()));
+        }
+        Ok(())
+    }
+
+    /// Stores content on its own; returns its hash. Content put this way is
+    /// kept until deleted: only content that events referred to is collected.
+    pub fn cas_put(&self, bytes: &[u8]) -> Result<Hash> {
+        let hash = Hash::of(bytes);
+        self.inner.shared.cas.put(&hash, bytes)?;
+        Ok(hash)
+    }
+
+    /// The content with `hash`, verified; `NotFound` if the store has none.
+    pub fn cas_get(&self, hash: &Hash) -> Result<Vec<u8>> {
+        let shared = &self.inner.shared;
+        if let Some(bytes) = shared.cas.read(hash)? {
+            return Ok(bytes);
+        }
+        for guard in shared.index.cas.prefix(hash.0) {
+            let key = guard.key()?;
+            let Some(id_bytes) = key.get(32..48) else { continue };
+            let id = EventId::from_bytes(id_bytes.try_into().expect("16 bytes"));
+            if let Some(event) = shared.get(id)? {
+                if let Some(bytes) = self.content(&event)? {
+                    return Ok(bytes);
+                }
+            }
+        }
+        Err(StoreError::not_found("content", hash.sri()))
+    }
+
+    /// Whether the store holds content with `hash`.
+    pub fn cas_has(&self, hash: &Hash) -> Result<bool> {
+        let shared = &self.inner.shared;
+        Ok(shared.cas.has_file(hash) || shared.index.cas.prefix(hash.0).next().is_some())
+    }
+
+    /// Records durably that consumer `name` has handled everything up to `id`.
+    pub fn ack(&self, name: &str, id: EventId) -> Result<()> {
+        check_consumer_name(name)?;
+        if id > self.last_id() {
+            return Err(StoreError::invalid("id", format!("{id} is after the newest event; acks name events that exist")));
+        }
+        self.call(|reply| Request::Ack { name: name.to_owned(), id, reply })
+    }
+
+    /// The last id consumer `name` acknowledged.
+    pub fn consumer(&self, name: &str) -> Result<Option<EventId>> {
+        check_consumer_name(name)?;
+        self.inner.shared.index.consumer(name)
+    }
+
+    /// Every consumer and its position.
+    pub fn consumers(&self) -> Result<Vec<(String, EventId)>> {
+        let mut out = Vec::new();
+        for guard in self.inner.shared.index.consumers.iter() {
+            let (key, value) = guard.into_inner()?;
+            let name = String::from_utf8(key.to_vec()).map_err(|_| bad_index("consumers"))?;
+            let id = <[u8; 16]>::try_from(&*value).map_err(|_| bad_index("consumers"))?;
+            out.push((name, EventId::from_bytes(id)));
+        }
+        Ok(out)
+    }
+
+    /// Deletes consumer `name`; false if there was none.
+    pub fn consumer_delete(&self, name: &str) -> Result<bool> {
+        check_consumer_name(name)?;
+        self.call(|reply| Request::ConsumerDelete { name: name.to_owned(), reply })
+    }
+
+    /// A query that resumes consumer `name` after its last ack.
+    pub fn consumer_query(&self, name: &str, pattern: Pattern) -> Result<Query> {
+        let after = self.consumer(name)?;
+        Ok(Query { after, ..Query::new(pattern) })
+    }
+
+    /// Removes events whose `time:` retention ran out now (the background
+    /// sweep does this every `retention_interval`). Returns how many.
+    pub fn expire_now(&self) -> Result<usize> {
+        let mut total = 0;
+        loop {
+            let n = self.call(|reply| Request::Expire { now_ms: now_ms(), reply })?;
+            total += n;
+            if n < limits::EXPIRE_EVENTS_PER_STEP {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Returns once everything acknowledged so far is fdatasynced, whatever
+    /// the sync mode.
+    pub fn sync(&self) -> Result<()> {
+        self.call(|reply| Request::Sync { reply })
+    }
+
+    /// Checks every record, the order invariants and every content hash.
+    pub fn verify(&self) -> Result<crate::verify::VerifyReport> {
+        crate::verify::verify(&self.inner.shared)
+    }
+
+    /// Closes the store, waiting for the writer to finish (also done on drop
+    /// of the last clone). Fails if other clones are still alive.
+    pub fn close(self) -> Result<()> {
+        match Arc::try_unwrap(self.inner) {
+            Ok(inner) => {
+                drop(inner);
+                Ok(())
+            }
+            Err(_) => Err(StoreError::invalid("close", "other handles to the store are still open")),
+        }
+    }
+}
+
+fn check_consumer_name(name: &str) -> Result<()> {
+    let valid = !name.is_empty()
+        && name.len() <= CONSUMER_NAME_BYTES_MAX
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '/' | ':'));
+    if !valid {
+        return Err(StoreError::invalid(
+            "consumer",
+            format!("{name:?}: names are 1-{CONSUMER_NAME_BYTES_MAX} bytes of A-Z a-z 0-9 _ - . / :"),
+        ));
+    }
+    Ok(())
+}
+
+fn bad_index(keyspace: &str) -> StoreError {
+    StoreError::Corrupt { location: format!("index keyspace {keyspace}"), detail: "malformed entry".to_owned() }
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Takes the store's exclusive lock (`<dir>/LOCK`) and writes who holds it.
+fn lock(dir: &Path) -> Result<File> {
+    let path = dir.join("LOCK");
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(StoreError::io(format!("open {}", path.display())))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = holder.trim().to_owned();
+            return Err(StoreError::Locked { dir: dir.to_path_buf(), holder: (!holder.is_empty()).then_some(holder) });
+        }
+        Err(fs::TryLockError::Error(error)) => return Err(StoreError::io("lock the store")(error)),
+    }
+    let command: Vec<String> = std::env::args().take(3).collect();
+    let holder = format!("pid {} ({})", std::process::id(), command.join(" "));
+    file.set_len(0).and_then(|()| file.rewind()).and_then(|()| file.write_all(holder.as_bytes())).map_err(StoreError::io("write the lock file"))?;
+    Ok(file)
+}
+
+fn spawn_sweeper(requests: SyncSender<Request>, interval: Duration) -> Result<(mpsc::Sender<()>, JoinHandle<()>)> {
+    let (stop, stopped) = mpsc::channel::<()>();
+    let handle = std::thread::Builder::new()
+        .name("cairn-retention".to_owned())
+        .spawn(move || {
+            while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(interval) {
+                let (reply, receiver) = oneshot::channel();
+                if requests.send(Request::Expire { now_ms: now_ms(), reply }).is_err() {
+                    return;
+                }
+                match receiver.blocking_recv() {
+                    Ok(Err(error)) => tracing::warn!("retention sweep failed: {error}"),
+                    Err(_) => return,
+                    Ok(Ok(_)) => {}
+                }
+            }
+        })
+        .map_err(StoreError::io("start the retention thread"))?;
+    Ok((stop, handle))
+}

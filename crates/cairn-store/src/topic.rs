@@ -1,0 +1,206 @@
+//! Topics (validated stream names) and topic patterns (NATS-style wildcards).
+//!
+//! Pure code: no I/O. Matching is used by reads, subscriptions and retention.
+
+use std::fmt;
+
+use crate::error::StoreError;
+use crate::limits::TOPIC_BYTES_MAX;
+
+/// The prefix of topics that belong to the store itself.
+pub const SYSTEM_PREFIX: &str = "cairn.";
+
+/// A valid topic: 1-255 bytes of `A-Z a-z 0-9 _ - . / :`.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Topic(Box<str>);
+
+impl Topic {
+    /// Validates a topic name. Names starting with `cairn.` are accepted
+    /// here; writes from users refuse them separately (see [`Topic::check_user_writable`]).
+    pub fn new(name: &str) -> Result<Topic, StoreError> {
+        if name.is_empty() {
+            return Err(StoreError::invalid("topic", "must not be empty"));
+        }
+        if name.len() > TOPIC_BYTES_MAX {
+            return Err(StoreError::invalid(
+                "topic",
+                format!("is {} bytes, the maximum is {TOPIC_BYTES_MAX}", name.len()),
+            ));
+        }
+        if let Some(bad) = name.chars().find(|&c| !is_topic_char(c)) {
+            return Err(StoreError::invalid(
+                "topic",
+                format!("{name:?} contains {bad:?}; allowed are A-Z a-z 0-9 _ - . / :"),
+            ));
+        }
+        if name.starts_with('.') || name.ends_with('.') || name.contains("..") {
+            return Err(StoreError::invalid(
+                "topic",
+                format!("{name:?} has an empty level; '.' separates non-empty levels"),
+            ));
+        }
+        Ok(Topic(name.into()))
+    }
+
+    /// Refuses the store's reserved `cairn.` prefix for writes by users.
+    pub fn check_user_writable(&self) -> Result<(), StoreError> {
+        if self.is_system() {
+            return Err(StoreError::invalid(
+                "topic",
+                format!("{:?}: topics starting with {SYSTEM_PREFIX:?} are reserved for the store", self.0),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether this is one of the store's own topics.
+    pub fn is_system(&self) -> bool {
+        self.0.starts_with(SYSTEM_PREFIX)
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+fn is_topic_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '/' | ':')
+}
+
+impl fmt::Display for Topic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for Topic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Topic({:?})", &*self.0)
+    }
+}
+
+impl serde::Serialize for Topic {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+/// A topic pattern: an exact topic, or levels where `*` matches one level and
+/// a final `>` matches one or more trailing levels. `>` alone matches all.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum Pattern {
+    /// Exactly one topic.
+    Exact(Topic),
+    /// A wildcard pattern, split at `.`.
+    Wildcard(Vec<Level>),
+}
+
+/// One level of a wildcard pattern.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum Level {
+    /// Matches this text exactly.
+    Literal(Box<str>),
+    /// `*`: any one level.
+    One,
+    /// `>`: one or more levels; only last.
+    Rest,
+}
+
+impl Pattern {
+    /// The pattern matching every topic.
+    pub fn all() -> Pattern {
+        Pattern::Wildcard(vec![Level::Rest])
+    }
+
+    /// Parses `orders.1`, `orders.*`, `orders.>`, `>`.
+    pub fn parse(text: &str) -> Result<Pattern, StoreError> {
+        if !text.split('.').any(|level| level == "*" || level == ">") {
+            return Topic::new(text).map(Pattern::Exact).map_err(|error| match error {
+                StoreError::Invalid { rule, .. } => StoreError::invalid("pattern", rule),
+                other => other,
+            });
+        }
+        if text.len() > TOPIC_BYTES_MAX {
+            return Err(StoreError::invalid("pattern", format!("is longer than {TOPIC_BYTES_MAX} bytes")));
+        }
+        let parts: Vec<&str> = text.split('.').collect();
+        let mut levels = Vec::with_capacity(parts.len());
+        for (idx, part) in parts.iter().enumerate() {
+            let level = match *part {
+                "*" => Level::One,
+                ">" if idx + 1 == parts.len() => Level::Rest,
+                ">" => return Err(StoreError::invalid("pattern", format!("{text:?}: '>' may only be the last level"))),
+                "" => return Err(StoreError::invalid("pattern", format!("{text:?} has an empty level"))),
+                literal => {
+                    if let Some(bad) = literal.chars().find(|&c| !is_topic_char(c)) {
+                        return Err(StoreError::invalid(
+                            "pattern",
+                            format!("{text:?} contains {bad:?}; levels are topic characters, '*' or a final '>'"),
+                        ));
+                    }
+                    Level::Literal(literal.into())
+                }
+            };
+            levels.push(level);
+        }
+        Ok(Pattern::Wildcard(levels))
+    }
+
+    /// Whether `topic` matches.
+    pub fn matches(&self, topic: &str) -> bool {
+        match self {
+            Pattern::Exact(exact) => exact.as_str() == topic,
+            Pattern::Wildcard(levels) => matches_levels(levels, topic),
+        }
+    }
+
+    /// The single topic of an exact pattern.
+    pub fn exact(&self) -> Option<&Topic> {
+        match self {
+            Pattern::Exact(topic) => Some(topic),
+            Pattern::Wildcard(_) => None,
+        }
+    }
+}
+
+fn matches_levels(levels: &[Level], topic: &str) -> bool {
+    let mut parts = topic.split('.');
+    for level in levels {
+        match level {
+            Level::Rest => return parts.next().is_some(),
+            Level::One => {
+                if parts.next().is_none() {
+                    return false;
+                }
+            }
+            Level::Literal(literal) => {
+                if parts.next() != Some(&**literal) {
+                    return false;
+                }
+            }
+        }
+    }
+    parts.next().is_none()
+}
+
+impl fmt::Display for Pattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Pattern::Exact(topic) => f.write_str(topic.as_str()),
+            Pattern::Wildcard(levels) => {
+                for (idx, level) in levels.iter().enumerate() {
+                    if idx > 0 {
+                        f.write_str(".")?;
+                    }
+                    match level {
+                        Level::Literal(literal) => f.write_str(literal)?,
+                        Level::One => f.write_str("*")?,
+                        Level::Rest => f.write_str(">")?,
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+}

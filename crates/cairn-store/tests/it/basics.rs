@@ -1,0 +1,237 @@
+//! Example-by-example behaviour of the public API.
+
+use cairn_store::{
+    Batch, Delivery, EventId, Expect, Hash, NewEvent, Pattern, Query, StoreError, SubscribeOptions, Ttl,
+};
+
+use crate::{open, topic};
+
+fn payload_of(store: &cairn_store::Store, event: &cairn_store::Event) -> Vec<u8> {
+    store.content(event).expect("content").expect("has payload")
+}
+
+#[test]
+fn append_assigns_increasing_ids_and_gapless_seqs() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let a0 = store.append(NewEvent::new(topic("a"), "x"), Expect::Any).unwrap();
+    let b0 = store.append(NewEvent::new(topic("b"), "y"), Expect::Any).unwrap();
+    let a1 = store.append(NewEvent::new(topic("a"), "z"), Expect::Any).unwrap();
+    assert_eq!((a0.seq, b0.seq, a1.seq), (0, 0, 1));
+    assert!(a0.id < b0.id && b0.id < a1.id);
+    assert_eq!(store.get(a1.id).unwrap().unwrap(), a1);
+    assert_eq!(payload_of(&store, &a1), b"z");
+    assert_eq!(a1.hash, Some(Hash::of(b"z")));
+    let head = store.head(&topic("a")).unwrap().unwrap();
+    assert_eq!((head.count, head.first_seq, head.last_seq, head.last_id), (2, Some(0), 1, a1.id));
+}
+
+#[test]
+fn expectations_fail_with_the_actual_seq_and_write_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let first = store.append(NewEvent::new(topic("t"), "1"), Expect::Empty).unwrap();
+    let error = store.append(NewEvent::new(topic("t"), "2"), Expect::Empty).unwrap_err();
+    assert!(matches!(error, StoreError::ExpectationFailed { actual_seq: Some(0), .. }), "{error}");
+    store.append(NewEvent::new(topic("t"), "2"), Expect::Seq(0)).unwrap();
+    let error = store.append(NewEvent::new(topic("t"), "3"), Expect::Seq(0)).unwrap_err();
+    assert!(matches!(error, StoreError::ExpectationFailed { actual_seq: Some(1), .. }), "{error}");
+    let error = store.append(NewEvent::new(topic("t"), "3"), Expect::UnchangedSince(first.id)).unwrap_err();
+    assert_eq!(error.code(), "expectation_failed");
+    // A batch over two topics with one failing expectation writes nothing.
+    let mut batch = Batch { events: vec![NewEvent::new(topic("u"), "a"), NewEvent::new(topic("t"), "b")], ..Batch::default() };
+    batch.expect.insert(topic("t"), Expect::Seq(7));
+    assert!(store.append_batch(batch).is_err());
+    assert!(store.head(&topic("u")).unwrap().is_none());
+    assert_eq!(store.head(&topic("t")).unwrap().unwrap().count, 2);
+}
+
+#[test]
+fn idempotency_key_returns_the_original_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let batch = Batch {
+        events: vec![NewEvent::new(topic("k"), "1"), NewEvent::new(topic("k"), "2")],
+        idempotency_key: Some("order-17".into()),
+        ..Batch::default()
+    };
+    let first = store.append_batch(batch.clone()).unwrap();
+    let again = store.append_batch(batch).unwrap();
+    assert_eq!(first, again);
+    assert_eq!(store.head(&topic("k")).unwrap().unwrap().count, 2);
+}
+
+#[test]
+fn large_payloads_go_to_the_content_store_and_are_collected() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let big = vec![7u8; 100_000];
+    let event = store.append(NewEvent::new(topic("big"), big.clone()), Expect::Any).unwrap();
+    assert_eq!(event.payload, cairn_store::Payload::Stored);
+    assert_eq!(payload_of(&store, &event), big);
+    let hash = event.hash.unwrap();
+    assert_eq!(store.cas_get(&hash).unwrap(), big);
+    assert_eq!(store.cas_get(&Hash::parse(&hash.hex()).unwrap()).unwrap(), big);
+    store.remove(event.id).unwrap();
+    assert!(store.get(event.id).unwrap().is_none());
+    assert!(!store.cas_has(&hash).unwrap(), "content of removed events is collected");
+    // Content put on its own is kept.
+    let own = store.cas_put(b"standalone").unwrap();
+    assert_eq!(store.cas_get(&own).unwrap(), b"standalone");
+    let missing = Hash::of(b"never stored");
+    assert_eq!(store.cas_get(&missing).unwrap_err().code(), "not_found");
+}
+
+#[test]
+fn retention_last_n_keeps_the_newest_without_renumbering() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    for n in 0..5 {
+        store.append(NewEvent::new(topic("cell"), format!("{n}")).with_ttl(Ttl::Last { n: 2 }), Expect::Any).unwrap();
+    }
+    let events: Vec<_> = store.read(&Query::new(Pattern::parse("cell").unwrap())).unwrap().map(Result::unwrap).collect();
+    assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![3, 4]);
+    let head = store.head(&topic("cell")).unwrap().unwrap();
+    assert_eq!((head.count, head.first_seq, head.last_seq), (2, Some(3), 4));
+}
+
+#[test]
+fn retention_time_removes_expired_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let short = store.append(NewEvent::new(topic("tmp"), "x").with_ttl(Ttl::Time { ms: 1 }), Expect::Any).unwrap();
+    let kept = store.append(NewEvent::new(topic("tmp"), "y"), Expect::Any).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    assert_eq!(store.expire_now().unwrap(), 1);
+    assert!(store.get(short.id).unwrap().is_none());
+    assert!(store.get(kept.id).unwrap().is_some());
+    assert_eq!(store.head(&topic("tmp")).unwrap().unwrap().last_seq, 1);
+}
+
+#[test]
+fn ephemeral_events_reach_live_subscribers_but_are_not_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let mut live = store.subscribe_live(Pattern::all(), SubscribeOptions::default());
+    let event = store.append(NewEvent::new(topic("e"), "now").with_ttl(Ttl::Ephemeral), Expect::Any).unwrap();
+    let got = runtime.block_on(live.next()).unwrap();
+    assert_eq!(got, Delivery::Event(std::sync::Arc::new(event.clone())));
+    assert!(store.get(event.id).unwrap().is_none());
+    assert!(store.head(&topic("e")).unwrap().is_none());
+}
+
+#[test]
+fn reads_by_pattern_after_seq_last_and_reverse() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let mut ids = Vec::new();
+    for n in 0..10 {
+        let name = if n % 2 == 0 { "orders.1" } else { "orders.2" };
+        ids.push(store.append(NewEvent::new(topic(name), format!("{n}")), Expect::Any).unwrap().id);
+    }
+    store.append(NewEvent::new(topic("users.1"), "u"), Expect::Any).unwrap();
+    let read = |query: Query| -> Vec<String> {
+        store.read(&query).unwrap().map(|e| String::from_utf8(payload_of(&store, &e.unwrap())).unwrap()).collect()
+    };
+    let pattern = |p: &str| Pattern::parse(p).unwrap();
+    assert_eq!(read(Query::new(pattern("orders.*"))).len(), 10);
+    assert_eq!(read(Query::new(pattern(">"))).len(), 11);
+    assert_eq!(read(Query { after: Some(ids[7]), ..Query::new(pattern("orders.>")) }), vec!["8", "9"]);
+    assert_eq!(read(Query { after: Some(ids[3]), ..Query::new(pattern("orders.1")) }), vec!["4", "6", "8"]);
+    assert_eq!(read(Query { from_seq: Some(3), ..Query::new(pattern("orders.2")) }), vec!["7", "9"]);
+    assert_eq!(read(Query { last: Some(2), ..Query::new(pattern("orders.*")) }), vec!["8", "9"]);
+    assert_eq!(read(Query { limit: Some(2), reverse: true, ..Query::new(pattern("orders.*")) }), vec!["9", "8"]);
+    assert_eq!(read(Query { limit: Some(3), ..Query::new(pattern("orders.1")) }), vec!["0", "2", "4"]);
+}
+
+#[test]
+fn consumers_resume_after_their_ack_across_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let ids: Vec<EventId>;
+    {
+        let store = open(dir.path());
+        ids = (0..4).map(|n| store.append(NewEvent::new(topic("jobs"), format!("{n}")), Expect::Any).unwrap().id).collect();
+        store.ack("worker", ids[1]).unwrap();
+    }
+    let store = open(dir.path());
+    assert_eq!(store.consumer("worker").unwrap(), Some(ids[1]));
+    let query = store.consumer_query("worker", Pattern::parse("jobs").unwrap()).unwrap();
+    let rest: Vec<EventId> = store.read(&query).unwrap().map(|e| e.unwrap().id).collect();
+    assert_eq!(rest, ids[2..]);
+    assert_eq!(store.consumers().unwrap(), vec![("worker".to_owned(), ids[1])]);
+    assert!(store.consumer_delete("worker").unwrap());
+    assert_eq!(store.consumer("worker").unwrap(), None);
+}
+
+#[test]
+fn a_second_opener_gets_a_clear_lock_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let _store = open(dir.path());
+    let error = cairn_store::Store::open(dir.path(), crate::test_options()).err().expect("locked");
+    assert_eq!(error.code(), "locked");
+    assert!(error.to_string().contains(&format!("pid {}", std::process::id())), "{error}");
+}
+
+#[test]
+fn bad_input_is_refused_with_the_field_named() {
+    let check = |result: Result<cairn_store::Topic, StoreError>, field: &str| {
+        let error = result.unwrap_err();
+        assert!(matches!(&error, StoreError::Invalid { field: f, .. } if *f == field), "{error}");
+    };
+    check(cairn_store::Topic::new(""), "topic");
+    check(cairn_store::Topic::new(&"a".repeat(256)), "topic");
+    check(cairn_store::Topic::new("has space"), "topic");
+    check(cairn_store::Topic::new("a..b"), "topic");
+    assert!(Pattern::parse("a.>.b").is_err());
+    assert!(Ttl::parse("time:5x").is_err());
+    assert!(Ttl::parse("last:0").is_err());
+    assert!(Expect::parse("maybe").is_err());
+    assert!(EventId::parse("not-an-id").is_err());
+    assert!(Hash::parse("sha256-xyz").is_err());
+    assert!(cairn_store::check_meta("[1,2]").is_err());
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = cairn_store::Store::open(
+        dir.path(),
+        cairn_store::Options { payload_bytes_max: 10, ..crate::test_options() },
+    )
+    .unwrap();
+    let error = store.append(NewEvent::new(topic("cairn.start"), "x"), Expect::Any).unwrap_err();
+    assert!(error.to_string().contains("reserved"), "{error}");
+    let error = store.append(NewEvent::new(topic("t"), vec![0u8; 11]), Expect::Any).unwrap_err();
+    assert_eq!(error.code(), "too_large");
+    let mut bad_meta = NewEvent::new(topic("t"), "x");
+    bad_meta.meta = Some("\"string\"".into());
+    assert_eq!(store.append(bad_meta, Expect::Any).unwrap_err().code(), "invalid");
+    assert!(store.head(&topic("t")).unwrap().is_none(), "nothing was written");
+}
+
+#[test]
+fn pattern_matching_examples() {
+    let check = |pattern: &str, topic: &str, expected: bool| {
+        assert_eq!(Pattern::parse(pattern).unwrap().matches(topic), expected, "{pattern} vs {topic}");
+    };
+    check("orders.*", "orders.1", true);
+    check("orders.*", "orders.1.x", false);
+    check("orders.*", "orders", false);
+    check("orders.>", "orders.1.x", true);
+    check("orders.>", "orders", false);
+    check(">", "anything.at.all", true);
+    check("*.created", "user.created", true);
+    check("orders:1", "orders:1", true);
+}
+
+#[test]
+fn verify_reports_a_clean_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    for n in 0..100 {
+        let size = if n % 10 == 0 { 5000 } else { 3000 };
+        store.append(NewEvent::new(topic("v"), vec![n as u8; size]), Expect::Any).unwrap();
+    }
+    let report = store.verify().unwrap();
+    assert!(report.ok(), "{:?}", report.problems);
+    assert_eq!((report.events, report.indexed, report.content_files), (100, 100, 10));
+    assert!(report.segments > 1, "small segments roll");
+}
