@@ -39,7 +39,10 @@ pub const INLINE_PAYLOAD_BYTES_CEILING: u64 = 64 * 1024;
 pub const BATCH_EVENTS_MAX: usize = 100_000;
 
 /// Largest encoded log record, in bytes. A batch bigger than this is refused.
-pub const RECORD_BYTES_MAX: usize = 256 * 1024 * 1024;
+/// Together with `GROUP_BYTES_MAX` it bounds how much of the log's end one
+/// unacknowledged write can cover, which recovery uses to tell a torn tail
+/// (cut it) from rot further back (refuse to open).
+pub const RECORD_BYTES_MAX: usize = 32 * 1024 * 1024;
 
 /// Default segment size at which the log rolls to a new file, in bytes.
 pub const SEGMENT_BYTES_DEFAULT: u64 = 256 * 1024 * 1024;
@@ -54,7 +57,7 @@ pub const SEGMENT_BYTES_MAX: u64 = u32::MAX as u64;
 pub const WRITER_QUEUE_DEPTH: usize = 16 * 1024;
 
 /// Most bytes the writer gathers into one group before it commits.
-pub const GROUP_BYTES_MAX: usize = 64 * 1024 * 1024;
+pub const GROUP_BYTES_MAX: usize = 8 * 1024 * 1024;
 
 /// Recently committed events kept in memory for live subscribers. A
 /// subscriber further behind than this reads from storage instead.
@@ -71,7 +74,6 @@ pub const EXPIRE_EVENTS_PER_STEP: usize = 4096;
 pub const IDEMPOTENCY_WINDOW_MS_DEFAULT: u64 = 24 * 60 * 60 * 1000;
 
 const _: () = assert!(INLINE_PAYLOAD_BYTES_CEILING < RECORD_BYTES_MAX as u64);
-const _: () = assert!(PAYLOAD_BYTES_MAX_CEILING <= RECORD_BYTES_MAX as u64 * 4);
 const _: () = assert!(SEGMENT_BYTES_MIN < SEGMENT_BYTES_DEFAULT);
 const _: () = assert!(SEGMENT_BYTES_DEFAULT <= SEGMENT_BYTES_MAX);
 const _: () = assert!(SUBSCRIBER_CHUNK_EVENTS < LIVE_RING_EVENTS);

@@ -235,3 +235,4 @@ fn verify_reports_a_clean_store() {
     assert_eq!((report.events, report.indexed, report.content_files), (100, 100, 10));
     assert!(report.segments > 1, "small segments roll");
 }
+
