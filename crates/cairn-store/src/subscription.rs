@@ -48,6 +48,7 @@ pub struct Subscription {
     /// The newest id looked at; everything up to it was delivered or skipped.
     cursor: EventId,
     catching_up: bool,
+    /// A threshold marker is owed once the first catch-up is over.
     threshold_due: bool,
     options: SubscribeOptions,
     buffer: VecDeque<Arc<Event>>,
@@ -70,7 +71,7 @@ impl Subscription {
             min_seq,
             cursor,
             catching_up: history,
-            threshold_due: options.threshold && !history,
+            threshold_due: options.threshold,
             options,
             buffer: VecDeque::new(),
             signal,
