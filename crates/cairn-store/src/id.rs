@@ -16,6 +16,11 @@ impl EventId {
     /// The smallest id; no event has it. "After `MIN`" means from the start.
     pub const MIN: EventId = EventId(0);
 
+    /// A fresh id from the clock, for synthetic frames that are never stored.
+    pub fn now() -> EventId {
+        EventId(scru128::new().to_u128())
+    }
+
     /// Parses the 25-character text form.
     pub fn parse(text: &str) -> Result<EventId, StoreError> {
         scru128::Id::try_from_str(text).map(|id| EventId(id.to_u128())).map_err(|_| {

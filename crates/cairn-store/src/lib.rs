@@ -15,6 +15,7 @@
 //! - `index/`: fjall keyspaces, `Txn` (a batch that sees itself), `apply`
 //!   (records → index; shared by writer and recovery).
 //! - `read.rs` (queries), `live.rs` (recent events), `subscription.rs`.
+//! - `json.rs`: the JSON form of events shared by all front ends.
 //! - `cas.rs` (content files), `verify.rs`, `limits.rs`, `error.rs`.
 //! - Value types: `event.rs`, `topic.rs`, `id.rs`.
 //!
@@ -25,6 +26,7 @@ mod error;
 mod event;
 mod id;
 mod index;
+pub mod json;
 pub mod limits;
 mod live;
 mod log;

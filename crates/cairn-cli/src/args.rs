@@ -1,0 +1,184 @@
+//! Command-line arguments (clap). Each subcommand's help has an example.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// cairn: an event store. Append events, read them back in order, follow them live.
+///
+/// The store is a directory (--store, else $CAIRN_STORE, else ./cairn-data).
+/// Output is NDJSON, one event per line, ready for jq.
+#[derive(Parser, Debug)]
+#[command(name = "cairn", version, about, long_about = None, propagate_version = true)]
+#[command(after_help = "Examples:\n  echo hello | cairn append greetings\n  cairn cat greetings --content\n  cairn cat 'orders.>' --follow --threshold")]
+pub struct Cli {
+    /// The store directory.
+    #[arg(long, global = true, env = "CAIRN_STORE", default_value = "./cairn-data", value_name = "DIR")]
+    pub store: PathBuf,
+
+    /// Durability of appends: always (fdatasync before each acknowledgement),
+    /// interval:<duration> (e.g. interval:100ms) or none.
+    #[arg(long, global = true, env = "CAIRN_SYNC", default_value = "always", value_name = "MODE")]
+    pub sync: String,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Append one event (payload from stdin), or a batch of NDJSON events with --batch.
+    #[command(after_help = "Examples:\n  echo '{\"sku\":42}' | cairn append orders.17 --type OrderPlaced --expect none\n  printf '{\"topic\":\"a\",\"content\":\"x\"}\\n{\"topic\":\"b\",\"content\":\"y\"}\\n' | cairn append --batch")]
+    Append(AppendArgs),
+    /// Print events matching a pattern (default: all), oldest first.
+    #[command(after_help = "Examples:\n  cairn cat                         everything\n  cairn cat 'orders.*' --last 10    the 10 newest events of orders.<x>\n  cairn cat orders.17 --from-seq 5  one topic from seq 5\n  cairn cat --follow --threshold    history, a threshold marker, then live events")]
+    Cat(CatArgs),
+    /// Print one event by id.
+    #[command(after_help = "Example:\n  cairn get 0v9z8sxa1jsk6wq3h1zfrm5hx --content")]
+    Get {
+        /// The event id.
+        id: String,
+        /// Include the payload (`content`, or `content_base64` when not UTF-8).
+        #[arg(long)]
+        content: bool,
+    },
+    /// Print the newest stored event of a topic.
+    #[command(after_help = "Example:\n  cairn head config --content")]
+    Head {
+        /// The topic.
+        topic: String,
+        /// Include the payload.
+        #[arg(long)]
+        content: bool,
+    },
+    /// List topics with their event count, first and last seq, and last id.
+    #[command(after_help = "Example:\n  cairn topics | jq -r .topic")]
+    Topics,
+    /// Remove one event by id (seqs of the others are unchanged).
+    #[command(after_help = "Example:\n  cairn rm 0v9z8sxa1jsk6wq3h1zfrm5hx")]
+    Rm {
+        /// The event id.
+        id: String,
+    },
+    /// The content store: payloads by sha256.
+    #[command(subcommand)]
+    Cas(CasCommand),
+    /// Durable consumers: named cursors that resume after their last ack.
+    #[command(subcommand)]
+    Consumer(ConsumerCommand),
+    /// Check every record checksum, the order invariants and every content hash.
+    #[command(after_help = "Example:\n  cairn verify && echo store is sound")]
+    Verify,
+    /// Write events (with content) as NDJSON for `cairn import`.
+    #[command(after_help = "Example:\n  cairn export > backup.ndjson\n  cairn --store restored import < backup.ndjson")]
+    Export {
+        /// Topic or pattern (`*` one level, `>` the rest); default: everything.
+        #[arg(default_value = ">")]
+        pattern: String,
+    },
+    /// Read an export (NDJSON) from stdin, keeping ids, seqs and payloads.
+    #[command(after_help = "Example:\n  cairn --store restored import < backup.ndjson")]
+    Import,
+}
+
+#[derive(Args, Debug)]
+pub struct AppendArgs {
+    /// The topic (1-255 bytes of A-Z a-z 0-9 _ - . / :). Not with --batch.
+    #[arg(required_unless_present = "batch")]
+    pub topic: Option<String>,
+    /// Event type, e.g. OrderPlaced.
+    #[arg(long = "type", value_name = "TYPE")]
+    pub kind: Option<String>,
+    /// Metadata: a JSON object.
+    #[arg(long, value_name = "JSON")]
+    pub meta: Option<String>,
+    /// Expectation on the topic: any, none (empty topic), <seq> (last seq), unchanged-since:<id>.
+    #[arg(long, value_name = "EXPECT")]
+    pub expect: Option<String>,
+    /// Retention: forever, ephemeral, time:<duration> (e.g. time:1h), last:<n>.
+    #[arg(long, value_name = "TTL")]
+    pub ttl: Option<String>,
+    /// Idempotency key: a retry with the same key returns the original event(s).
+    #[arg(long, value_name = "KEY")]
+    pub key: Option<String>,
+    /// Append an event with no payload (do not read stdin).
+    #[arg(long, conflicts_with = "batch")]
+    pub empty: bool,
+    /// Read NDJSON events from stdin ({"topic", "type"?, "meta"?, "content"|"content_base64"?, "ttl"?, "expect"?}) and commit them atomically.
+    #[arg(long, conflicts_with_all = ["topic", "kind", "meta", "ttl", "expect"])]
+    pub batch: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct CatArgs {
+    /// Topic or pattern: `orders.17`, `orders.*` (one level), `orders.>` (the rest), `>` (all).
+    #[arg(default_value = ">")]
+    pub pattern: String,
+    /// Only events after this id.
+    #[arg(long, value_name = "ID")]
+    pub after: Option<String>,
+    /// Only events from this seq on (single topic).
+    #[arg(long, value_name = "N")]
+    pub from_seq: Option<u64>,
+    /// Only the newest N events.
+    #[arg(long, value_name = "N")]
+    pub last: Option<u64>,
+    /// At most N events.
+    #[arg(long, value_name = "N")]
+    pub limit: Option<u64>,
+    /// Newest first.
+    #[arg(long, conflicts_with = "follow")]
+    pub reverse: bool,
+    /// After history, keep printing new events until interrupted.
+    #[arg(long, short = 'f')]
+    pub follow: bool,
+    /// With --follow: print a cairn.threshold frame when history is over.
+    #[arg(long, requires = "follow")]
+    pub threshold: bool,
+    /// With --follow: print a cairn.pulse frame after MS milliseconds without events.
+    #[arg(long, value_name = "MS", requires = "follow")]
+    pub pulse: Option<u64>,
+    /// Include payloads (`content`, or `content_base64` when not UTF-8).
+    #[arg(long)]
+    pub content: bool,
+    /// Resume after the last id this consumer acknowledged (see `cairn consumer`).
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["after", "from_seq", "last"])]
+    pub consumer: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CasCommand {
+    /// Store stdin in the content store; print its hash (SRI).
+    #[command(after_help = "Example:\n  cairn cas put < photo.jpg")]
+    Put,
+    /// Write the content with this hash (SRI or hex) to stdout, verified.
+    #[command(after_help = "Example:\n  cairn cas get sha256-LCa0a2j/xo/5m0U8HTBBNBNCLXBkg7+g+YpeiGJm564= > out.bin")]
+    Get {
+        /// sha256-<base64> or 64 hex digits.
+        hash: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConsumerCommand {
+    /// Record that NAME handled everything up to ID (durable).
+    #[command(after_help = "Example:\n  cairn consumer ack mailer 0v9z8sxa1jsk6wq3h1zfrm5hx")]
+    Ack {
+        /// Consumer name.
+        name: String,
+        /// The last handled event id.
+        id: String,
+    },
+    /// Show NAME's position.
+    Show {
+        /// Consumer name.
+        name: String,
+    },
+    /// List consumers and their positions.
+    List,
+    /// Delete a consumer.
+    Rm {
+        /// Consumer name.
+        name: String,
+    },
+}

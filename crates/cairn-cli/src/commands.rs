@@ -1,0 +1,278 @@
+//! One function per subcommand, over a locally opened store.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead as _, IsTerminal as _, Read as _, Write as _};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+use cairn_store::json::EventJson;
+use cairn_store::{
+    Batch, Delivery, EventId, Expect, Hash, NewEvent, Options, Pattern, Query, Store, SubscribeOptions, SyncMode,
+    Topic, Ttl,
+};
+
+use crate::args::{AppendArgs, CasCommand, CatArgs, Cli, Command, ConsumerCommand};
+use crate::output;
+
+/// Events per import call: big enough to amortise commits, small enough to
+/// bound memory.
+const IMPORT_CHUNK_EVENTS: usize = 1000;
+
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    let sync = SyncMode::parse(&cli.sync)?;
+    let options = Options { sync, ..Options::default() };
+    let store = Store::open(&cli.store, options).with_context(|| format!("open store {}", cli.store.display()))?;
+    if let Some(cut) = &store.recovery_report().truncated {
+        eprintln!(
+            "cairn: recovered: cut {} bytes of an unfinished write at segment {} offset {} ({})",
+            cut.bytes, cut.segment, cut.offset, cut.reason
+        );
+    }
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let code = match cli.command {
+        Command::Append(args) => append(&store, &mut out, args)?,
+        Command::Cat(args) => cat(&store, &mut out, args)?,
+        Command::Get { id, content } => {
+            let id = EventId::parse(&id)?;
+            let event = store.get(id)?.with_context(|| format!("event {id} not found"))?;
+            output::event_line(&mut out, &store, &event, content)?;
+            ExitCode::SUCCESS
+        }
+        Command::Head { topic, content } => {
+            let topic = Topic::new(&topic)?;
+            let query = Query { last: Some(1), ..Query::new(Pattern::Exact(topic.clone())) };
+            let event = store.read(&query)?.next().transpose()?.with_context(|| format!("topic {topic} has no events"))?;
+            output::event_line(&mut out, &store, &event, content)?;
+            ExitCode::SUCCESS
+        }
+        Command::Topics => {
+            for info in store.topics()? {
+                output::json_line(&mut out, &info)?;
+            }
+            ExitCode::SUCCESS
+        }
+        Command::Rm { id } => {
+            store.remove(EventId::parse(&id)?)?;
+            ExitCode::SUCCESS
+        }
+        Command::Cas(CasCommand::Put) => {
+            let mut bytes = Vec::new();
+            std::io::stdin().read_to_end(&mut bytes).context("read stdin")?;
+            let hash = store.cas_put(&bytes)?;
+            writeln!(out, "{}", hash.sri())?;
+            ExitCode::SUCCESS
+        }
+        Command::Cas(CasCommand::Get { hash }) => {
+            let bytes = store.cas_get(&Hash::parse(&hash)?)?;
+            out.write_all(&bytes)?;
+            ExitCode::SUCCESS
+        }
+        Command::Consumer(command) => consumer(&store, &mut out, command)?,
+        Command::Verify => {
+            let report = store.verify()?;
+            output::json_line(&mut out, &report)?;
+            if report.ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+        }
+        Command::Export { pattern } => {
+            let query = Query::new(Pattern::parse(&pattern)?);
+            for event in store.read(&query)? {
+                output::event_line(&mut out, &store, &event?, true)?;
+            }
+            ExitCode::SUCCESS
+        }
+        Command::Import => import(&store, &mut out)?,
+    };
+    out.flush()?;
+    Ok(code)
+}
+
+fn append(store: &Store, out: &mut impl std::io::Write, args: AppendArgs) -> Result<ExitCode> {
+    if let Some(key) = &args.key {
+        cairn_store::check_idempotency_key(key)?;
+    }
+    let batch = if args.batch {
+        batch_from_stdin(args.key)?
+    } else {
+        let topic = Topic::new(args.topic.as_deref().expect("clap requires a topic without --batch"))?;
+        let payload = if args.empty {
+            None
+        } else {
+            let mut bytes = Vec::new();
+            std::io::stdin().read_to_end(&mut bytes).context("read the payload from stdin")?;
+            Some(bytes)
+        };
+        let event = NewEvent {
+            topic: Some(topic),
+            kind: args.kind,
+            meta: args.meta.as_deref().map(cairn_store::check_meta).transpose()?,
+            payload,
+            ttl: args.ttl.as_deref().map(Ttl::parse).transpose()?.unwrap_or_default(),
+            user: None,
+        };
+        let expect = args.expect.as_deref().map(Expect::parse).transpose()?.unwrap_or_default();
+        let mut batch = Batch::single(event, expect);
+        batch.idempotency_key = args.key;
+        batch
+    };
+    for event in store.append_batch(batch)? {
+        output::event_line(out, store, &event, false)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One line of `append --batch`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchLine {
+    topic: String,
+    #[serde(rename = "type", default)]
+    kind: Option<String>,
+    #[serde(default)]
+    meta: Option<serde_json::Value>,
+    #[serde(default)]
+    content: Option<String>,
+    #[serde(default)]
+    content_base64: Option<String>,
+    #[serde(default)]
+    ttl: Option<String>,
+    #[serde(default)]
+    expect: Option<String>,
+}
+
+fn batch_from_stdin(key: Option<String>) -> Result<Batch> {
+    let mut batch = Batch { idempotency_key: key, ..Batch::default() };
+    let mut expectations: BTreeMap<Topic, Expect> = BTreeMap::new();
+    for (idx, line) in std::io::stdin().lock().lines().enumerate() {
+        let line = line.context("read stdin")?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let parsed: BatchLine = serde_json::from_str(&line).with_context(|| format!("line {}: not a batch event", idx + 1))?;
+        let topic = Topic::new(&parsed.topic).with_context(|| format!("line {}", idx + 1))?;
+        let payload = match (parsed.content, parsed.content_base64) {
+            (Some(_), Some(_)) => bail!("line {}: give content or content_base64, not both", idx + 1),
+            (Some(text), None) => Some(text.into_bytes()),
+            (None, Some(b64)) => {
+                use base64::Engine as _;
+                Some(base64::engine::general_purpose::STANDARD.decode(b64).with_context(|| format!("line {}: content_base64", idx + 1))?)
+            }
+            (None, None) => None,
+        };
+        if let Some(expect) = parsed.expect {
+            let expect = Expect::parse(&expect).with_context(|| format!("line {}", idx + 1))?;
+            if let Some(previous) = expectations.insert(topic.clone(), expect) {
+                if previous != expect {
+                    bail!("line {}: topic {topic} has two different expectations ({previous} and {expect})", idx + 1);
+                }
+            }
+        }
+        batch.events.push(NewEvent {
+            topic: Some(topic),
+            kind: parsed.kind,
+            meta: parsed.meta.as_ref().map(cairn_store::check_meta_value).transpose().with_context(|| format!("line {}", idx + 1))?,
+            payload,
+            ttl: parsed.ttl.as_deref().map(Ttl::parse).transpose().with_context(|| format!("line {}", idx + 1))?.unwrap_or_default(),
+            user: None,
+        });
+    }
+    if batch.events.is_empty() {
+        bail!("no events on stdin: give one JSON object per line");
+    }
+    batch.expect = expectations;
+    Ok(batch)
+}
+
+fn cat(store: &Store, out: &mut impl std::io::Write, args: CatArgs) -> Result<ExitCode> {
+    let pattern = Pattern::parse(&args.pattern)?;
+    let after = match (&args.consumer, &args.after) {
+        (Some(name), _) => store.consumer(name)?,
+        (None, Some(id)) => Some(EventId::parse(id)?),
+        (None, None) => None,
+    };
+    let query = Query { pattern, after, from_seq: args.from_seq, last: args.last, limit: args.limit, reverse: args.reverse };
+    if !args.follow {
+        for event in store.read(&query)? {
+            output::event_line(out, store, &event?, args.content)?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let options = SubscribeOptions { threshold: args.threshold, pulse: args.pulse.map(Duration::from_millis) };
+    let mut subscription = store.subscribe(&Query { limit: None, ..query }, options)?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let mut remaining = args.limit.unwrap_or(u64::MAX);
+    runtime.block_on(async {
+        let interrupted = tokio::signal::ctrl_c();
+        tokio::pin!(interrupted);
+        while remaining > 0 {
+            let delivery = tokio::select! {
+                _ = &mut interrupted => return Ok(()),
+                delivery = subscription.next() => delivery?,
+            };
+            match delivery {
+                Delivery::Event(event) => {
+                    output::event_line(out, store, &event, args.content)?;
+                    remaining -= 1;
+                }
+                Delivery::Threshold => output::synthetic_line(out, "cairn.threshold")?,
+                Delivery::Pulse => output::synthetic_line(out, "cairn.pulse")?,
+            }
+            out.flush()?;
+        }
+        Ok::<(), anyhow::Error>(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn consumer(store: &Store, out: &mut impl std::io::Write, command: ConsumerCommand) -> Result<ExitCode> {
+    match command {
+        ConsumerCommand::Ack { name, id } => store.ack(&name, EventId::parse(&id)?)?,
+        ConsumerCommand::Show { name } => {
+            let id = store.consumer(&name)?.with_context(|| format!("consumer {name} not found"))?;
+            output::json_line(out, &serde_json::json!({ "name": name, "acked": id }))?;
+        }
+        ConsumerCommand::List => {
+            for (name, id) in store.consumers()? {
+                output::json_line(out, &serde_json::json!({ "name": name, "acked": id }))?;
+            }
+        }
+        ConsumerCommand::Rm { name } => {
+            if !store.consumer_delete(&name)? {
+                bail!("consumer {name} not found");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn import(store: &Store, out: &mut impl std::io::Write) -> Result<ExitCode> {
+    let progress = std::io::stderr().is_terminal().then(|| {
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.set_style(indicatif::ProgressStyle::with_template("{spinner} {pos} events imported ({per_sec})").expect("valid template"));
+        bar
+    });
+    let mut chunk = Vec::with_capacity(IMPORT_CHUNK_EVENTS);
+    let mut total = 0u64;
+    for (idx, line) in std::io::stdin().lock().lines().enumerate() {
+        let line = line.context("read stdin")?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let json: EventJson = serde_json::from_str(&line).with_context(|| format!("line {}: not an exported event", idx + 1))?;
+        chunk.push(json.into_imported().with_context(|| format!("line {}", idx + 1))?);
+        if chunk.len() == IMPORT_CHUNK_EVENTS {
+            total += store.import(std::mem::take(&mut chunk)).with_context(|| format!("import up to line {}", idx + 1))?.len() as u64;
+            if let Some(bar) = &progress {
+                bar.set_position(total);
+            }
+        }
+    }
+    total += store.import(chunk).context("import")?.len() as u64;
+    store.sync()?;
+    if let Some(bar) = progress {
+        bar.finish_and_clear();
+    }
+    output::json_line(out, &serde_json::json!({ "imported": total }))?;
+    Ok(ExitCode::SUCCESS)
+}

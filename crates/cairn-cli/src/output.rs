@@ -1,0 +1,32 @@
+//! Printing events and other records as NDJSON, one per line. Every command
+//! prints through here so output is identical whichever path produced it.
+
+use std::io::Write;
+
+use anyhow::Result;
+use cairn_store::json::EventJson;
+use cairn_store::{Event, EventId, Store};
+
+/// Writes `event` as one JSON line, with its payload if `content`.
+pub fn event_line(out: &mut impl Write, store: &Store, event: &Event, content: bool) -> Result<()> {
+    let payload = if content { store.content(event)? } else { None };
+    let json = EventJson::from_event(event, payload.as_deref());
+    serde_json::to_writer(&mut *out, &json)?;
+    out.write_all(b"\n")?;
+    Ok(())
+}
+
+/// Writes a synthetic frame (`cairn.threshold`, `cairn.pulse`): never stored.
+pub fn synthetic_line(out: &mut impl Write, topic: &str) -> Result<()> {
+    let json = serde_json::json!({ "id": EventId::now().to_string(), "topic": topic, "seq": 0 });
+    serde_json::to_writer(&mut *out, &json)?;
+    out.write_all(b"\n")?;
+    Ok(())
+}
+
+/// Writes any serializable value as one JSON line.
+pub fn json_line(out: &mut impl Write, value: &impl serde::Serialize) -> Result<()> {
+    serde_json::to_writer(&mut *out, value)?;
+    out.write_all(b"\n")?;
+    Ok(())
+}

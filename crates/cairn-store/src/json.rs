@@ -1,0 +1,112 @@
+//! The JSON form of an event, shared by every front end (CLI NDJSON, HTTP,
+//! export/import), so an event looks the same everywhere. Field order is
+//! fixed; absent optional fields are omitted.
+
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::error::{Result, StoreError};
+use crate::event::{Event, Hash, NewEvent, Ttl, check_meta};
+use crate::id::EventId;
+use crate::store::Imported;
+use crate::topic::Topic;
+
+/// An event as JSON: `{"id","topic","seq","type","meta","hash","size","ttl","user","content"|"content_base64"}`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventJson {
+    /// SCRU128 id.
+    pub id: String,
+    /// Topic.
+    pub topic: String,
+    /// Seq within the topic.
+    pub seq: u64,
+    /// Event type.
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// The meta object, verbatim.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meta: Option<Box<RawValue>>,
+    /// SRI hash of the payload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash: Option<String>,
+    /// Payload size in bytes (with a payload only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    /// Retention, when not `forever`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<String>,
+    /// Who appended it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// The payload, when asked for and valid UTF-8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+    /// The payload, when asked for and not UTF-8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_base64: Option<String>,
+}
+
+impl EventJson {
+    /// The JSON form of `event`, with `content` inlined if given.
+    pub fn from_event(event: &Event, content: Option<&[u8]>) -> EventJson {
+        let (content, content_base64) = match content {
+            None => (None, None),
+            Some(bytes) => match std::str::from_utf8(bytes) {
+                Ok(text) => (Some(text.to_owned()), None),
+                Err(_) => (None, Some(base64::engine::general_purpose::STANDARD.encode(bytes))),
+            },
+        };
+        EventJson {
+            id: event.id.to_string(),
+            topic: event.topic.as_str().to_owned(),
+            seq: event.seq,
+            kind: event.kind.clone(),
+            meta: event.meta.as_ref().and_then(|meta| RawValue::from_string(meta.clone()).ok()),
+            hash: event.hash.map(|hash| hash.sri()),
+            size: event.hash.map(|_| event.size),
+            ttl: (event.ttl != Ttl::Forever).then(|| event.ttl.to_string()),
+            user: event.user.clone(),
+            content,
+            content_base64,
+        }
+    }
+
+    /// The payload carried in `content`/`content_base64`, if any.
+    pub fn payload(&self) -> Result<Option<Vec<u8>>> {
+        match (&self.content, &self.content_base64) {
+            (Some(_), Some(_)) => Err(StoreError::invalid("content", "give content or content_base64, not both")),
+            (Some(text), None) => Ok(Some(text.as_bytes().to_vec())),
+            (None, Some(b64)) => base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .map(Some)
+                .map_err(|_| StoreError::invalid("content_base64", "is not valid base64")),
+            (None, None) => Ok(None),
+        }
+    }
+
+    /// Turns an exported line back into an event to import, checking that
+    /// the content matches the hash.
+    pub fn into_imported(self) -> Result<Imported> {
+        let id = EventId::parse(&self.id)?;
+        let topic = Topic::new(&self.topic)?;
+        let payload = self.payload()?;
+        match (&self.hash, &payload) {
+            (Some(hash), Some(bytes)) => {
+                if Hash::parse(hash)? != Hash::of(bytes) {
+                    return Err(StoreError::invalid("content", format!("event {id}: content does not match its hash")));
+                }
+            }
+            (Some(_), None) => {
+                return Err(StoreError::invalid("content", format!("event {id} has a hash but no content; export with content")));
+            }
+            (None, Some(_)) => return Err(StoreError::invalid("hash", format!("event {id} has content but no hash"))),
+            (None, None) => {}
+        }
+        let meta = self.meta.as_ref().map(|raw| check_meta(raw.get())).transpose()?;
+        let ttl = self.ttl.as_deref().map(Ttl::parse).transpose()?.unwrap_or_default();
+        let event = NewEvent { topic: Some(topic), kind: self.kind, meta, payload, ttl, user: self.user };
+        Ok(Imported { id, seq: self.seq, event })
+    }
+}
