@@ -1,1 +1,56 @@
-fn main() {}
+//! cairn-bench: throughput and latency of the engine, printed side by side
+//! with a raw baseline written here (append + fdatasync on a plain file with
+//! the same batch sizes), so every figure comes with its ratio to what the
+//! disk itself can do. Numbers belong in the README, not in tests.
+
+mod measure;
+mod scenarios;
+
+use clap::{Parser, Subcommand};
+
+/// Benchmarks for cairn. Every run prints a markdown table.
+#[derive(Parser, Debug)]
+#[command(name = "cairn-bench", about)]
+struct Args {
+    /// Where to create the temporary stores (the disk under test).
+    #[arg(long, default_value = ".", global = true)]
+    dir: std::path::PathBuf,
+    #[command(subcommand)]
+    command: Option<Which>,
+}
+
+#[derive(Subcommand, Debug, Clone, Copy)]
+enum Which {
+    /// Everything below (the default).
+    All,
+    /// Durable appends: single from 1, 8, 64 tasks; batches of 64 and 1,024;
+    /// 100,000 events in one go; with the raw baseline.
+    Append,
+    /// Full scan of 1 million events.
+    Scan,
+    /// Publish-to-subscriber latency.
+    Latency,
+    /// Open time of a store with 10 million events.
+    Open,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let which = args.command.unwrap_or(Which::All);
+    let bench = scenarios::Bench::new(&args.dir)?;
+    println!("| benchmark | result | p50 | p99 | p99.9 | baseline | ratio |");
+    println!("|---|---|---|---|---|---|---|");
+    if matches!(which, Which::All | Which::Append) {
+        bench.append()?;
+    }
+    if matches!(which, Which::All | Which::Scan) {
+        bench.scan()?;
+    }
+    if matches!(which, Which::All | Which::Latency) {
+        bench.latency()?;
+    }
+    if matches!(which, Which::All | Which::Open) {
+        bench.open()?;
+    }
+    Ok(())
+}

@@ -15,6 +15,8 @@ use crate::log::codec::Pos;
 #[derive(Default, Debug)]
 pub(crate) struct Heads {
     cache: HashMap<String, Head>,
+    /// Topics whose head changed since the last `flush`.
+    dirty: Vec<String>,
 }
 
 impl Heads {
@@ -29,14 +31,36 @@ impl Heads {
         Ok(head)
     }
 
-    fn put(&mut self, txn: &mut Txn<'_>, topic: &str, head: Head) {
-        txn.insert(Ks::Heads, topic.as_bytes().to_vec(), head.to_bytes().to_vec());
-        self.cache.insert(topic.to_owned(), head);
+    /// Changes a head in the cache; `flush` writes it.
+    fn put(&mut self, topic: &str, head: Head) {
+        match self.cache.get_mut(topic) {
+            Some(cached) => {
+                if *cached == head {
+                    return;
+                }
+                *cached = head;
+            }
+            None => {
+                self.cache.insert(topic.to_owned(), head);
+            }
+        }
+        if !self.dirty.iter().any(|t| t == topic) {
+            self.dirty.push(topic.to_owned());
+        }
+    }
+
+    /// Writes every changed head into `txn` (once per topic per group).
+    pub(crate) fn flush(&mut self, txn: &mut Txn<'_>) {
+        for topic in self.dirty.drain(..) {
+            let head = self.cache[&topic];
+            txn.insert(Ks::Heads, topic.into_bytes(), head.to_bytes().to_vec());
+        }
     }
 
     /// Forgets everything (after a failed write whose changes were discarded).
     pub(crate) fn clear(&mut self) {
         self.cache.clear();
+        self.dirty.clear();
     }
 }
 
@@ -67,7 +91,7 @@ impl<'h> Applier<'h> {
     pub(crate) fn insert_events(
         &mut self,
         txn: &mut Txn<'_>,
-        events: &[(Event, Pos)],
+        events: &[(&Event, Pos)],
         idempotency: Option<(&str, u64)>,
     ) -> Result<()> {
         let mut trims: Vec<(&str, u64)> = Vec::new();
@@ -92,7 +116,7 @@ impl<'h> Applier<'h> {
                 Some(head) => Head { last_seq: event.seq, last_id: event.id, count: head.count + 1, ..head },
                 None => Head { last_seq: event.seq, last_id: event.id, count: 1, trimmed_below: 0 },
             };
-            self.heads.put(txn, topic, head);
+            self.heads.put(topic, head);
             if let Ttl::Last { n } = event.ttl {
                 trims.retain(|(t, _)| *t != topic);
                 trims.push((topic, n));
@@ -125,7 +149,7 @@ impl<'h> Applier<'h> {
             }
         }
         if let Some(head) = self.heads.get(txn, topic)? {
-            self.heads.put(txn, topic, Head { trimmed_below: cutoff.max(head.trimmed_below), ..head });
+            self.heads.put(topic, Head { trimmed_below: cutoff.max(head.trimmed_below), ..head });
         }
         Ok(())
     }
@@ -154,7 +178,7 @@ impl<'h> Applier<'h> {
             }
         }
         if let Some(head) = self.heads.get(txn, topic)? {
-            self.heads.put(txn, topic, Head { count: head.count.saturating_sub(1), ..head });
+            self.heads.put(topic, Head { count: head.count.saturating_sub(1), ..head });
         }
         self.n_removed += 1;
         Ok(())

@@ -26,12 +26,24 @@ pub(crate) enum Ks {
 pub(crate) struct Txn<'a> {
     pub(crate) index: &'a Index,
     batch: OwnedWriteBatch,
+    /// This transaction's writes, for reads through it; kept only when
+    /// `track` is on, because most groups (plain appends) never read back
+    /// what they wrote and the copies cost more than the index writes.
     overlay: HashMap<(Ks, Vec<u8>), Option<Vec<u8>>>,
+    track: bool,
+    n_writes: usize,
 }
 
 impl<'a> Txn<'a> {
     pub(crate) fn new(index: &'a Index, batch: OwnedWriteBatch) -> Txn<'a> {
-        Txn { index, batch, overlay: HashMap::new() }
+        Txn { index, batch, overlay: HashMap::new(), track: false, n_writes: 0 }
+    }
+
+    /// Makes later writes visible to reads through this transaction. Must be
+    /// on before the first write of a group that removes or trims events.
+    pub(crate) fn track_writes(&mut self) {
+        assert!(self.n_writes == 0 || self.track, "tracking must start before the first write");
+        self.track = true;
     }
 
     fn keyspace(&self, ks: Ks) -> &'a Keyspace {
@@ -57,14 +69,24 @@ impl<'a> Txn<'a> {
 
     pub(crate) fn insert(&mut self, ks: Ks, key: Vec<u8>, value: Vec<u8>) {
         let keyspace = self.keyspace(ks);
-        self.batch.insert(keyspace, key.clone(), value.clone());
-        self.overlay.insert((ks, key), Some(value));
+        self.n_writes += 1;
+        if self.track {
+            self.batch.insert(keyspace, key.clone(), value.clone());
+            self.overlay.insert((ks, key), Some(value));
+        } else {
+            self.batch.insert(keyspace, key, value);
+        }
     }
 
     pub(crate) fn remove(&mut self, ks: Ks, key: Vec<u8>) {
         let keyspace = self.keyspace(ks);
-        self.batch.remove(keyspace, key.clone());
-        self.overlay.insert((ks, key), None);
+        self.n_writes += 1;
+        if self.track {
+            self.batch.remove(keyspace, key.clone());
+            self.overlay.insert((ks, key), None);
+        } else {
+            self.batch.remove(keyspace, key);
+        }
     }
 
     /// Whether any live key starts with `prefix`.
@@ -86,7 +108,7 @@ impl<'a> Txn<'a> {
 
     /// Commits every write atomically (visible to readers at once).
     pub(crate) fn commit(self) -> Result<()> {
-        if self.overlay.is_empty() {
+        if self.n_writes == 0 {
             return Ok(());
         }
         self.batch.commit()?;

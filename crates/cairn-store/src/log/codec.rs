@@ -98,7 +98,7 @@ pub(crate) fn unframe(bytes: &[u8]) -> Result<Option<&[u8]>, String> {
 
 /// Encodes a batch record holding `events`; returns, for each event, the
 /// offset of its frame relative to the start of the record and its body length.
-pub(crate) fn encode_batch(out: &mut Vec<u8>, key: Option<&str>, events: &[Event]) -> Vec<(u32, u32)> {
+pub(crate) fn encode_batch(out: &mut Vec<u8>, key: Option<&str>, events: &[&Event]) -> Vec<(u32, u32)> {
     let record_start = out.len();
     let mut offsets = Vec::with_capacity(events.len());
     frame(out, |body| {

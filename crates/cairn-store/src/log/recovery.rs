@@ -177,6 +177,14 @@ fn replay(
     }
     let read = |pos: Pos| segments.read_event(pos);
     let mut txn = index.txn();
+    let removes = records.iter().any(|(record, _)| match record {
+        Record::Remove { .. } => true,
+        Record::Batch { events, .. } => events.iter().any(|(e, _, _)| matches!(e.ttl, crate::event::Ttl::Last { .. })),
+        _ => false,
+    });
+    if removes {
+        txn.track_writes();
+    }
     let mut applier = Applier::new(heads, &read);
     for (record, record_offset) in records {
         report.records_replayed += 1;
@@ -193,7 +201,8 @@ fn replay(
                     *last_id = (*last_id).max(event.id);
                 }
                 let idem = key.as_deref().map(|k| (k, positioned.first().map_or(0, |(e, _)| e.timestamp_ms())));
-                applier.insert_events(&mut txn, &positioned, idem)?;
+                let refs: Vec<(&Event, Pos)> = positioned.iter().map(|(e, p)| (e, *p)).collect();
+                applier.insert_events(&mut txn, &refs, idem)?;
             }
             Record::Remove { ids } => {
                 for id in ids {
@@ -205,6 +214,7 @@ fn replay(
         }
     }
     let garbage = std::mem::take(&mut applier.garbage);
+    heads.flush(&mut txn);
     txn.insert(Ks::Meta, META_APPLIED.to_vec(), encode_checkpoint(Checkpoint { segment, offset: end }).to_vec());
     txn.insert(Ks::Meta, META_LAST_ID.to_vec(), last_id.to_bytes().to_vec());
     txn.commit()?;

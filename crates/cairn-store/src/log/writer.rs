@@ -371,7 +371,7 @@ impl Writer {
                 tails.insert(event.topic.as_str().to_owned(), Some((event.seq, event.id)));
             }
         }
-        let stored_events: Vec<Event> = events.iter().filter(|e| e.ttl != Ttl::Ephemeral).cloned().collect();
+        let stored_events: Vec<&Event> = events.iter().filter(|e| e.ttl != Ttl::Ephemeral).collect();
         let mut stored = Vec::new();
         if !stored_events.is_empty() {
             let record = self.buf.len();
@@ -428,18 +428,26 @@ impl Writer {
         let shared = self.shared.clone();
         let read = move |pos: Pos| shared.segments.read_event(pos);
         let mut txn = self.shared.index.txn();
+        let removes = planned.iter().any(|plan| match plan {
+            Planned::Remove { .. } | Planned::Expire { .. } => true,
+            Planned::Append { events, .. } => events.iter().any(|e| matches!(e.ttl, Ttl::Last { .. })),
+            _ => false,
+        });
+        if removes {
+            txn.track_writes();
+        }
         let mut applier = Applier::new(&mut self.heads, &read);
         for plan in planned.iter_mut() {
             match plan {
                 Planned::Append { events, stored, key, .. } => {
                     for (record, offsets) in stored {
-                        let positioned: Vec<(Event, Pos)> = events
+                        let positioned: Vec<(&Event, Pos)> = events
                             .iter()
                             .filter(|e| e.ttl != Ttl::Ephemeral)
                             .zip(offsets)
                             .map(|(event, (offset, len))| {
                                 let at = base + *record as u64 + u64::from(*offset);
-                                (event.clone(), Pos { segment, offset: at as u32, len: *len })
+                                (event, Pos { segment, offset: at as u32, len: *len })
                             })
                             .collect();
                         let idem = key.as_deref().map(|k| (k, positioned.first().map_or(0, |(e, _)| e.timestamp_ms())));
@@ -460,6 +468,7 @@ impl Writer {
             }
         }
         let garbage = std::mem::take(&mut applier.garbage);
+        self.heads.flush(&mut txn);
         if !self.buf.is_empty() {
             txn.insert(Ks::Meta, META_APPLIED.to_vec(), encode_checkpoint(Checkpoint { segment, offset: self.offset }).to_vec());
             txn.insert(Ks::Meta, META_LAST_ID.to_vec(), self.ids.last().to_bytes().to_vec());

@@ -1,0 +1,227 @@
+//! The benchmark scenarios. Payloads are 100 bytes.
+
+use std::fs::OpenOptions;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use cairn_store::{Batch, Delivery, Expect, NewEvent, Options, Pattern, Query, Store, SubscribeOptions, SyncMode, Topic};
+
+use crate::measure::{Samples, format_duration, format_rate, row};
+
+const PAYLOAD: [u8; 100] = [b'x'; 100];
+/// Bytes the raw baseline writes per event: payload plus a record header of
+/// about cairn's size, so both write comparable bytes.
+const RAW_EVENT_BYTES: usize = 100 + 70;
+
+pub struct Bench {
+    root: tempfile::TempDir,
+}
+
+impl Bench {
+    pub fn new(dir: &Path) -> Result<Bench> {
+        Ok(Bench { root: tempfile::Builder::new().prefix("cairn-bench-").tempdir_in(dir)? })
+    }
+
+    fn fresh(&self, name: &str) -> PathBuf {
+        let path = self.root.path().join(name);
+        let _ = std::fs::remove_dir_all(&path);
+        path
+    }
+
+    /// Raw baseline: append `batch` events' worth of bytes, fdatasync; repeat.
+    fn raw(&self, batch: usize, n_events: usize) -> Result<(f64, Samples)> {
+        let path = self.fresh(&format!("raw-{batch}"));
+        std::fs::create_dir_all(&path)?;
+        let mut file = OpenOptions::new().create(true).append(true).open(path.join("log"))?;
+        let buf = vec![b'r'; batch * RAW_EVENT_BYTES];
+        let mut samples = Samples::default();
+        let started = Instant::now();
+        for _ in 0..n_events / batch {
+            let t = Instant::now();
+            file.write_all(&buf)?;
+            file.sync_data()?;
+            samples.push(t.elapsed());
+        }
+        Ok(((n_events / batch * batch) as f64 / started.elapsed().as_secs_f64(), samples))
+    }
+
+    fn store(&self, name: &str, sync: SyncMode) -> Result<Store> {
+        Ok(Store::open(self.fresh(name), Options { sync, ..Options::default() })?)
+    }
+
+    pub fn append(&self) -> Result<()> {
+        let topic = Topic::new("bench")?;
+        let (raw1, mut raw1_samples) = self.raw(1, 2_000)?;
+        row("raw: write + fdatasync, 1 event", &format_rate(raw1), Some(&mut raw1_samples), None, None);
+        let (raw64, mut raw64_samples) = self.raw(64, 64 * 1000)?;
+        row("raw: write + fdatasync, batch of 64", &format_rate(raw64), Some(&mut raw64_samples), None, None);
+        let (raw1024, mut raw1024_samples) = self.raw(1024, 1024 * 400)?;
+        row("raw: write + fdatasync, batch of 1,024", &format_rate(raw1024), Some(&mut raw1024_samples), None, None);
+
+        // Single durable appends from 1 task (blocking API).
+        let store = self.store("single", SyncMode::Always)?;
+        let mut samples = Samples::default();
+        let n = 2_000;
+        let started = Instant::now();
+        for _ in 0..n {
+            let t = Instant::now();
+            store.append(NewEvent::new(topic.clone(), PAYLOAD), Expect::Any)?;
+            samples.push(t.elapsed());
+        }
+        let rate = n as f64 / started.elapsed().as_secs_f64();
+        row("cairn: durable append, 1 task", &format_rate(rate), Some(&mut samples), Some(raw1), Some(rate));
+        drop(store);
+
+        for (tasks, per_task, baseline) in [(8, 1_000, raw1), (64, 500, raw64)] {
+            let store = self.store(&format!("tasks-{tasks}"), SyncMode::Always)?;
+            let (rate, mut samples) = concurrent(&store, tasks, per_task)?;
+            let name = format!("cairn: durable append, {tasks} tasks");
+            row(&name, &format_rate(rate), Some(&mut samples), Some(baseline), Some(rate));
+        }
+
+        for (size, n_batches, baseline) in [(64usize, 1000usize, raw64), (1024, 400, raw1024)] {
+            let store = self.store(&format!("batch-{size}"), SyncMode::Always)?;
+            let mut samples = Samples::default();
+            let started = Instant::now();
+            for _ in 0..n_batches {
+                let batch = Batch { events: vec![NewEvent::new(topic.clone(), PAYLOAD); size], ..Batch::default() };
+                let t = Instant::now();
+                store.append_batch(batch)?;
+                samples.push(t.elapsed());
+            }
+            let rate = (size * n_batches) as f64 / started.elapsed().as_secs_f64();
+            row(&format!("cairn: durable batch of {size}"), &format_rate(rate), Some(&mut samples), Some(baseline), Some(rate));
+        }
+
+        let store = self.store("bulk", SyncMode::Always)?;
+        let batch = Batch { events: vec![NewEvent::new(topic.clone(), PAYLOAD); 100_000], ..Batch::default() };
+        let started = Instant::now();
+        store.append_batch(batch)?;
+        let took = started.elapsed();
+        row("cairn: 100,000 events durably in one batch", &format_duration(took), None, Some(raw1024), Some(100_000.0 / took.as_secs_f64()));
+        Ok(())
+    }
+
+    pub fn scan(&self) -> Result<()> {
+        let store = self.store("scan", SyncMode::None)?;
+        fill(&store, 1_000_000, &["scan.a"])?;
+        let started = Instant::now();
+        let mut n = 0u64;
+        for event in store.read(&Query::new(Pattern::all()))? {
+            event?;
+            n += 1;
+        }
+        let took = started.elapsed();
+        assert_eq!(n, 1_000_000);
+        row("cairn: full scan of 1M events", &format_rate(n as f64 / took.as_secs_f64()), None, None, None);
+        let started = Instant::now();
+        let n = store.read(&Query::new(Pattern::parse("scan.a")?))?.count();
+        let took = started.elapsed();
+        row("cairn: scan of one topic, 1M events", &format_rate(n as f64 / took.as_secs_f64()), None, None, None);
+        Ok(())
+    }
+
+    pub fn latency(&self) -> Result<()> {
+        let store = self.store("latency", SyncMode::Always)?;
+        let topic = Topic::new("lat")?;
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+        let mut subscription = store.subscribe_live(Pattern::all(), SubscribeOptions::default());
+        let (tx, rx) = std::sync::mpsc::channel::<Instant>();
+        let n = 2_000;
+        let reader = runtime.spawn(async move {
+            let mut samples = Samples::default();
+            for _ in 0..n {
+                if let Ok(Delivery::Event(_)) = subscription.next().await {
+                    samples.push(Instant::now().duration_since(rx.recv().expect("sent")));
+                }
+            }
+            samples
+        });
+        for _ in 0..n {
+            // Time from the moment the append is handed to the store until
+            // a subscriber holds the event (includes the fdatasync).
+            let batch = Batch::single(NewEvent::new(topic.clone(), PAYLOAD), Expect::Any);
+            let sent = Instant::now();
+            tx.send(sent)?;
+            store.append_batch(batch)?;
+        }
+        let mut samples = runtime.block_on(reader)?;
+        row("cairn: publish → subscriber (durable)", &format!("{n} events"), Some(&mut samples), None, None);
+        Ok(())
+    }
+
+    pub fn open(&self) -> Result<()> {
+        let path = self.fresh("open");
+        let n = 10_000_000;
+        {
+            let store = Store::open(&path, Options { sync: SyncMode::None, ..Options::default() })?;
+            let started = Instant::now();
+            fill(&store, n, &["open.a", "open.b", "open.c", "open.d"])?;
+            let took = started.elapsed();
+            row("cairn: load 10M events (sync none, batches of 1,024)", &format_rate(n as f64 / took.as_secs_f64()), None, None, None);
+        }
+        let mut samples = Samples::default();
+        for _ in 0..3 {
+            let started = Instant::now();
+            let store = Store::open(&path, Options::default())?;
+            samples.push(started.elapsed());
+            drop(store);
+        }
+        let median = samples.quantile(0.5);
+        row("cairn: open a store of 10M events (clean close)", &median, None, None, None);
+        Ok(())
+    }
+}
+
+/// Appends `n` events round-robin over `topics` in batches of 1,024.
+fn fill(store: &Store, n: usize, topics: &[&str]) -> Result<()> {
+    let topics: Vec<Topic> = topics.iter().map(|t| Topic::new(t)).collect::<Result<_, _>>()?;
+    let mut left = n;
+    let mut idx = 0;
+    while left > 0 {
+        let size = left.min(1024);
+        let events = (0..size)
+            .map(|_| {
+                idx += 1;
+                NewEvent::new(topics[idx % topics.len()].clone(), PAYLOAD)
+            })
+            .collect();
+        store.append_batch(Batch { events, ..Batch::default() })?;
+        left -= size;
+    }
+    store.sync()?;
+    Ok(())
+}
+
+/// `tasks` async tasks each appending `per_task` single events durably.
+fn concurrent(store: &Store, tasks: usize, per_task: usize) -> Result<(f64, Samples)> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let store = Arc::new(store.clone());
+    let started = Instant::now();
+    let handles: Vec<_> = (0..tasks)
+        .map(|task| {
+            let store = store.clone();
+            runtime.spawn(async move {
+                let topic = Topic::new(&format!("bench.{task}")).expect("valid");
+                let mut samples = Samples::default();
+                for _ in 0..per_task {
+                    let batch = Batch::single(NewEvent::new(topic.clone(), PAYLOAD), Expect::Any);
+                    let t = Instant::now();
+                    store.append_batch_async(batch).await.expect("append");
+                    samples.push(t.elapsed());
+                }
+                samples
+            })
+        })
+        .collect();
+    let mut all = Samples::default();
+    for handle in handles {
+        all.extend(runtime.block_on(handle)?);
+    }
+    let rate = (tasks * per_task) as f64 / started.elapsed().as_secs_f64();
+    let _ = Duration::ZERO;
+    Ok((rate, all))
+}
