@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use cairn_store::{Batch, Delivery, Expect, NewEvent, Options, Pattern, Query, Store, SubscribeOptions, SyncMode, Topic};
+use cairn_store::{
+    Batch, Delivery, Expect, NewEvent, Options, Pattern, Query, Store, SubscribeOptions, SyncMode, Topic,
+};
 
 use crate::measure::{Samples, format_duration, format_rate, row};
 
@@ -93,7 +95,13 @@ impl Bench {
                 samples.push(t.elapsed());
             }
             let rate = (size * n_batches) as f64 / started.elapsed().as_secs_f64();
-            row(&format!("cairn: durable batch of {size}"), &format_rate(rate), Some(&mut samples), Some(baseline), Some(rate));
+            row(
+                &format!("cairn: durable batch of {size}"),
+                &format_rate(rate),
+                Some(&mut samples),
+                Some(baseline),
+                Some(rate),
+            );
         }
 
         let store = self.store("bulk", SyncMode::Always)?;
@@ -101,7 +109,13 @@ impl Bench {
         let started = Instant::now();
         store.append_batch(batch)?;
         let took = started.elapsed();
-        row("cairn: 100,000 events durably in one batch", &format_duration(took), None, Some(raw1024), Some(100_000.0 / took.as_secs_f64()));
+        row(
+            "cairn: 100,000 events durably in one batch",
+            &format_duration(took),
+            None,
+            Some(raw1024),
+            Some(100_000.0 / took.as_secs_f64()),
+        );
         Ok(())
     }
 
@@ -161,7 +175,13 @@ impl Bench {
             let started = Instant::now();
             fill(&store, n, &["open.a", "open.b", "open.c", "open.d"])?;
             let took = started.elapsed();
-            row("cairn: load 10M events (sync none, batches of 1,024)", &format_rate(n as f64 / took.as_secs_f64()), None, None, None);
+            row(
+                "cairn: load 10M events (sync none, batches of 1,024)",
+                &format_rate(n as f64 / took.as_secs_f64()),
+                None,
+                None,
+                None,
+            );
         }
         let mut samples = Samples::default();
         for _ in 0..3 {

@@ -10,7 +10,9 @@ use clap::{Args, Parser, Subcommand};
 /// Output is NDJSON, one event per line, ready for jq.
 #[derive(Parser, Debug)]
 #[command(name = "cairn", version, about, long_about = None, propagate_version = true)]
-#[command(after_help = "Examples:\n  echo hello | cairn append greetings\n  cairn cat greetings --content\n  cairn cat 'orders.>' --follow --threshold")]
+#[command(
+    after_help = "Examples:\n  echo hello | cairn append greetings\n  cairn cat greetings --content\n  cairn cat 'orders.>' --follow --threshold"
+)]
 pub struct Cli {
     /// The store directory.
     #[arg(long, global = true, env = "CAIRN_STORE", default_value = "./cairn-data", value_name = "DIR")]
@@ -28,10 +30,14 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Append one event (payload from stdin), or a batch of NDJSON events with --batch.
-    #[command(after_help = "Examples:\n  echo '{\"sku\":42}' | cairn append orders.17 --type OrderPlaced --expect none\n  printf '{\"topic\":\"a\",\"content\":\"x\"}\\n{\"topic\":\"b\",\"content\":\"y\"}\\n' | cairn append --batch")]
+    #[command(
+        after_help = "Examples:\n  echo '{\"sku\":42}' | cairn append orders.17 --type OrderPlaced --expect none\n  printf '{\"topic\":\"a\",\"content\":\"x\"}\\n{\"topic\":\"b\",\"content\":\"y\"}\\n' | cairn append --batch"
+    )]
     Append(AppendArgs),
     /// Print events matching a pattern (default: all), oldest first.
-    #[command(after_help = "Examples:\n  cairn cat                         everything\n  cairn cat 'orders.*' --last 10    the 10 newest events of orders.<x>\n  cairn cat orders.17 --from-seq 5  one topic from seq 5\n  cairn cat --follow --threshold    history, a threshold marker, then live events")]
+    #[command(
+        after_help = "Examples:\n  cairn cat                         everything\n  cairn cat 'orders.*' --last 10    the 10 newest events of orders.<x>\n  cairn cat orders.17 --from-seq 5  one topic from seq 5\n  cairn cat --follow --threshold    history, a threshold marker, then live events"
+    )]
     Cat(CatArgs),
     /// Print one event by id.
     #[command(after_help = "Example:\n  cairn get 0v9z8sxa1jsk6wq3h1zfrm5hx --content")]

@@ -43,7 +43,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Head { topic, content } => {
             let topic = Topic::new(&topic)?;
             let query = Query { last: Some(1), ..Query::new(Pattern::Exact(topic.clone())) };
-            let event = store.read(&query)?.next().transpose()?.with_context(|| format!("topic {topic} has no events"))?;
+            let event =
+                store.read(&query)?.next().transpose()?.with_context(|| format!("topic {topic} has no events"))?;
             output::event_line(&mut out, &store, &event, content)?;
             ExitCode::SUCCESS
         }
@@ -149,31 +150,47 @@ fn batch_from_stdin(key: Option<String>) -> Result<Batch> {
         if line.trim().is_empty() {
             continue;
         }
-        let parsed: BatchLine = serde_json::from_str(&line).with_context(|| format!("line {}: not a batch event", idx + 1))?;
+        let parsed: BatchLine =
+            serde_json::from_str(&line).with_context(|| format!("line {}: not a batch event", idx + 1))?;
         let topic = Topic::new(&parsed.topic).with_context(|| format!("line {}", idx + 1))?;
         let payload = match (parsed.content, parsed.content_base64) {
             (Some(_), Some(_)) => bail!("line {}: give content or content_base64, not both", idx + 1),
             (Some(text), None) => Some(text.into_bytes()),
             (None, Some(b64)) => {
                 use base64::Engine as _;
-                Some(base64::engine::general_purpose::STANDARD.decode(b64).with_context(|| format!("line {}: content_base64", idx + 1))?)
+                Some(
+                    base64::engine::general_purpose::STANDARD
+                        .decode(b64)
+                        .with_context(|| format!("line {}: content_base64", idx + 1))?,
+                )
             }
             (None, None) => None,
         };
         if let Some(expect) = parsed.expect {
             let expect = Expect::parse(&expect).with_context(|| format!("line {}", idx + 1))?;
-            if let Some(previous) = expectations.insert(topic.clone(), expect) {
-                if previous != expect {
-                    bail!("line {}: topic {topic} has two different expectations ({previous} and {expect})", idx + 1);
-                }
+            if let Some(previous) = expectations.insert(topic.clone(), expect)
+                && previous != expect
+            {
+                bail!("line {}: topic {topic} has two different expectations ({previous} and {expect})", idx + 1);
             }
         }
         batch.events.push(NewEvent {
             topic: Some(topic),
             kind: parsed.kind,
-            meta: parsed.meta.as_ref().map(cairn_store::check_meta_value).transpose().with_context(|| format!("line {}", idx + 1))?,
+            meta: parsed
+                .meta
+                .as_ref()
+                .map(cairn_store::check_meta_value)
+                .transpose()
+                .with_context(|| format!("line {}", idx + 1))?,
             payload,
-            ttl: parsed.ttl.as_deref().map(Ttl::parse).transpose().with_context(|| format!("line {}", idx + 1))?.unwrap_or_default(),
+            ttl: parsed
+                .ttl
+                .as_deref()
+                .map(Ttl::parse)
+                .transpose()
+                .with_context(|| format!("line {}", idx + 1))?
+                .unwrap_or_default(),
             user: None,
         });
     }
@@ -191,7 +208,8 @@ fn cat(store: &Store, out: &mut impl std::io::Write, args: CatArgs) -> Result<Ex
         (None, Some(id)) => Some(EventId::parse(id)?),
         (None, None) => None,
     };
-    let query = Query { pattern, after, from_seq: args.from_seq, last: args.last, limit: args.limit, reverse: args.reverse };
+    let query =
+        Query { pattern, after, from_seq: args.from_seq, last: args.last, limit: args.limit, reverse: args.reverse };
     if !args.follow {
         for event in store.read(&query)? {
             output::event_line(out, store, &event?, args.content)?;
@@ -249,7 +267,10 @@ fn consumer(store: &Store, out: &mut impl std::io::Write, command: ConsumerComma
 fn import(store: &Store, out: &mut impl std::io::Write) -> Result<ExitCode> {
     let progress = std::io::stderr().is_terminal().then(|| {
         let bar = indicatif::ProgressBar::new_spinner();
-        bar.set_style(indicatif::ProgressStyle::with_template("{spinner} {pos} events imported ({per_sec})").expect("valid template"));
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {pos} events imported ({per_sec})")
+                .expect("valid template"),
+        );
         bar
     });
     let mut chunk = Vec::with_capacity(IMPORT_CHUNK_EVENTS);
@@ -259,10 +280,14 @@ fn import(store: &Store, out: &mut impl std::io::Write) -> Result<ExitCode> {
         if line.trim().is_empty() {
             continue;
         }
-        let json: EventJson = serde_json::from_str(&line).with_context(|| format!("line {}: not an exported event", idx + 1))?;
+        let json: EventJson =
+            serde_json::from_str(&line).with_context(|| format!("line {}: not an exported event", idx + 1))?;
         chunk.push(json.into_imported().with_context(|| format!("line {}", idx + 1))?);
         if chunk.len() == IMPORT_CHUNK_EVENTS {
-            total += store.import(std::mem::take(&mut chunk)).with_context(|| format!("import up to line {}", idx + 1))?.len() as u64;
+            total += store
+                .import(std::mem::take(&mut chunk))
+                .with_context(|| format!("import up to line {}", idx + 1))?
+                .len() as u64;
             if let Some(bar) = &progress {
                 bar.set_position(total);
             }

@@ -148,7 +148,7 @@ pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
 
 fn format_duration_ms(ms: u64) -> String {
     for (factor, unit) in [(86_400_000, "d"), (3_600_000, "h"), (60_000, "m"), (1_000, "s")] {
-        if ms % factor == 0 {
+        if ms.is_multiple_of(factor) {
             return format!("{}{unit}", ms / factor);
         }
     }
@@ -240,7 +240,10 @@ pub fn check_meta_value(value: &serde_json::Value) -> Result<String, StoreError>
     }
     let compact = value.to_string();
     if compact.len() > META_BYTES_MAX {
-        return Err(StoreError::invalid("meta", format!("is {} bytes, the maximum is {META_BYTES_MAX}", compact.len())));
+        return Err(StoreError::invalid(
+            "meta",
+            format!("is {} bytes, the maximum is {META_BYTES_MAX}", compact.len()),
+        ));
     }
     Ok(compact)
 }
@@ -248,7 +251,10 @@ pub fn check_meta_value(value: &serde_json::Value) -> Result<String, StoreError>
 /// Validates a user name stamped on events.
 pub fn check_user(user: &str) -> Result<(), StoreError> {
     if user.is_empty() || user.len() > USER_BYTES_MAX || user.chars().any(char::is_control) {
-        return Err(StoreError::invalid("user", format!("must be 1-{USER_BYTES_MAX} bytes without control characters")));
+        return Err(StoreError::invalid(
+            "user",
+            format!("must be 1-{USER_BYTES_MAX} bytes without control characters"),
+        ));
     }
     Ok(())
 }
@@ -313,10 +319,10 @@ impl Batch {
     /// A batch of one event with an expectation on its topic.
     pub fn single(event: NewEvent, expect: Expect) -> Batch {
         let mut batch = Batch { events: vec![event], ..Batch::default() };
-        if expect != Expect::Any {
-            if let Some(topic) = batch.events[0].topic.clone() {
-                batch.expect.insert(topic, expect);
-            }
+        if expect != Expect::Any
+            && let Some(topic) = batch.events[0].topic.clone()
+        {
+            batch.expect.insert(topic, expect);
         }
         batch
     }

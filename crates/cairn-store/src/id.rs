@@ -24,10 +24,7 @@ impl EventId {
     /// Parses the 25-character text form.
     pub fn parse(text: &str) -> Result<EventId, StoreError> {
         scru128::Id::try_from_str(text).map(|id| EventId(id.to_u128())).map_err(|_| {
-            StoreError::invalid(
-                "id",
-                format!("{text:?} is not a SCRU128 id (25 characters of 0-9 and a-z)"),
-            )
+            StoreError::invalid("id", format!("{text:?} is not a SCRU128 id (25 characters of 0-9 and a-z)"))
         })
     }
 

@@ -99,7 +99,10 @@ impl EventJson {
                 }
             }
             (Some(_), None) => {
-                return Err(StoreError::invalid("content", format!("event {id} has a hash but no content; export with content")));
+                return Err(StoreError::invalid(
+                    "content",
+                    format!("event {id} has a hash but no content; export with content"),
+                ));
             }
             (None, Some(_)) => return Err(StoreError::invalid("hash", format!("event {id} has content but no hash"))),
             (None, None) => {}

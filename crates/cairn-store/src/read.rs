@@ -61,7 +61,13 @@ pub(crate) enum Scan {
 impl Scan {
     /// Events of `query.pattern` starting after `after` (or at `from_seq`),
     /// in the given direction, ignoring `last`/`limit`.
-    pub(crate) fn open(index: &Index, pattern: &Pattern, after: Option<EventId>, from_seq: Option<u64>, reverse: bool) -> Result<Scan> {
+    pub(crate) fn open(
+        index: &Index,
+        pattern: &Pattern,
+        after: Option<EventId>,
+        from_seq: Option<u64>,
+        reverse: bool,
+    ) -> Result<Scan> {
         match pattern.exact() {
             Some(topic) => {
                 let start_seq = match (from_seq, after) {
@@ -100,7 +106,8 @@ impl Scan {
                     },
                     Err(error) => return Some(Err(error.into())),
                 };
-                if matches!(pattern, Pattern::Wildcard(levels) if levels.len() == 1 && levels[0] == crate::topic::Level::Rest) {
+                if matches!(pattern, Pattern::Wildcard(levels) if levels.len() == 1 && levels[0] == crate::topic::Level::Rest)
+                {
                     return Some(Ok(pos));
                 }
                 let matched = segments.with_event_body(pos, |body| {

@@ -215,10 +215,10 @@ impl Drop for Inner {
             let _ = handle.join();
         }
         drop(self.requests.take());
-        if let Some(handle) = self.writer.take() {
-            if handle.join().is_err() {
-                tracing::error!("the writer thread panicked");
-            }
+        if let Some(handle) = self.writer.take()
+            && handle.join().is_err()
+        {
+            tracing::error!("the writer thread panicked");
         }
         self.shared.live.close();
     }
@@ -252,7 +252,8 @@ impl Store {
             live: Live::new(last_id),
             poison: Mutex::new(None),
         });
-        let writer = Writer::new(shared.clone(), file, tail.segment, tail.offset, tail.heads, IdGenerator::new(last_id));
+        let writer =
+            Writer::new(shared.clone(), file, tail.segment, tail.offset, tail.heads, IdGenerator::new(last_id));
         let (requests, receiver) = mpsc::sync_channel(limits::WRITER_QUEUE_DEPTH);
         let writer = std::thread::Builder::new()
             .name("cairn-writer".to_owned())
@@ -324,7 +325,11 @@ impl Store {
             return Err(StoreError::invalid("batch", "has no events"));
         }
         if batch.events.len() > BATCH_EVENTS_MAX {
-            return Err(StoreError::TooLarge { what: "batch", bytes: batch.events.len() as u64, max: BATCH_EVENTS_MAX as u64 });
+            return Err(StoreError::TooLarge {
+                what: "batch",
+                bytes: batch.events.len() as u64,
+                max: BATCH_EVENTS_MAX as u64,
+            });
         }
         if let Some(key) = &batch.idempotency_key {
             event::check_idempotency_key(key)?;
@@ -333,7 +338,9 @@ impl Store {
         let mut events = Vec::with_capacity(batch.events.len());
         for new_event in batch.events {
             let prepared = self.prepare(new_event, system)?;
-            estimate += 128 + prepared.event.meta.as_ref().map_or(0, String::len) + prepared.event.inline_payload().map_or(0, <[u8]>::len);
+            estimate += 128
+                + prepared.event.meta.as_ref().map_or(0, String::len)
+                + prepared.event.inline_payload().map_or(0, <[u8]>::len);
             events.push(prepared);
         }
         if estimate > RECORD_BYTES_MAX {
@@ -401,7 +408,10 @@ impl Store {
         let mut prepared = Vec::with_capacity(events.len());
         for imported in events {
             if imported.event.ttl == Ttl::Ephemeral {
-                return Err(StoreError::invalid("ttl", "ephemeral events are never stored, so they cannot be imported"));
+                return Err(StoreError::invalid(
+                    "ttl",
+                    "ephemeral events are never stored, so they cannot be imported",
+                ));
             }
             let mut p = self.prepare(imported.event, true)?;
             p.event.id = imported.id;
@@ -553,10 +563,10 @@ impl Store {
             let key = guard.key()?;
             let Some(id_bytes) = key.get(32..48) else { continue };
             let id = EventId::from_bytes(id_bytes.try_into().expect("16 bytes"));
-            if let Some(event) = shared.get(id)? {
-                if let Some(bytes) = self.content(&event)? {
-                    return Ok(bytes);
-                }
+            if let Some(event) = shared.get(id)?
+                && let Some(bytes) = self.content(&event)?
+            {
+                return Ok(bytes);
             }
         }
         Err(StoreError::not_found("content", hash.sri()))
@@ -572,7 +582,10 @@ impl Store {
     pub fn ack(&self, name: &str, id: EventId) -> Result<()> {
         check_consumer_name(name)?;
         if id > self.last_id() {
-            return Err(StoreError::invalid("id", format!("{id} is after the newest event; acks name events that exist")));
+            return Err(StoreError::invalid(
+                "id",
+                format!("{id} is after the newest event; acks name events that exist"),
+            ));
         }
         self.call(|reply| Request::Ack { name: name.to_owned(), id, reply })
     }
@@ -687,7 +700,10 @@ fn lock(dir: &Path) -> Result<File> {
     }
     let command: Vec<String> = std::env::args().take(3).collect();
     let holder = format!("pid {} ({})", std::process::id(), command.join(" "));
-    file.set_len(0).and_then(|()| file.rewind()).and_then(|()| file.write_all(holder.as_bytes())).map_err(StoreError::io("write the lock file"))?;
+    file.set_len(0)
+        .and_then(|()| file.rewind())
+        .and_then(|()| file.write_all(holder.as_bytes()))
+        .map_err(StoreError::io("write the lock file"))?;
     Ok(file)
 }
 

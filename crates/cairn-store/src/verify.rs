@@ -54,7 +54,9 @@ pub(crate) fn verify(shared: &Shared) -> Result<VerifyReport> {
             let body = match codec::unframe(&bytes[offset..]) {
                 Ok(Some(body)) => body,
                 Ok(None) => {
-                    report.problems.push(format!("segment {segment:010} offset {offset}: incomplete record at the end"));
+                    report
+                        .problems
+                        .push(format!("segment {segment:010} offset {offset}: incomplete record at the end"));
                     break;
                 }
                 Err(detail) => {
@@ -75,18 +77,22 @@ pub(crate) fn verify(shared: &Shared) -> Result<VerifyReport> {
                         if let Some(previous) = seqs.get(event.topic.as_str()) {
                             let gapless = event.seq == previous + 1 || (event.imported && event.seq > *previous);
                             if !gapless {
-                                report.problems.push(format!("{place}: seq {} of topic {} follows seq {previous}", event.seq, event.topic));
+                                report.problems.push(format!(
+                                    "{place}: seq {} of topic {} follows seq {previous}",
+                                    event.seq, event.topic
+                                ));
                             }
                         } else if event.seq != 0 && !event.imported {
                             report.problems.push(format!("{place}: topic {} starts at seq {}", event.topic, event.seq));
                         }
                         seqs.insert(event.topic.as_str().to_owned(), event.seq);
-                        if let (Payload::Inline(bytes), Some(hash)) = (&event.payload, event.hash) {
-                            if let Err(error) = cas::verify(&hash, bytes, || place.clone()) {
-                                report.problems.push(error.to_string());
-                            }
+                        if let (Payload::Inline(bytes), Some(hash)) = (&event.payload, event.hash)
+                            && let Err(error) = cas::verify(&hash, bytes, || place.clone())
+                        {
+                            report.problems.push(error.to_string());
                         }
-                        let pos = Pos { segment, offset: (offset as u64 + u64::from(event_offset)) as u32, len: event_len };
+                        let pos =
+                            Pos { segment, offset: (offset as u64 + u64::from(event_offset)) as u32, len: event_len };
                         match shared.index.pos_of(event.id) {
                             Ok(Some(indexed)) if indexed != pos => {
                                 report.problems.push(format!("{place}: the index points elsewhere ({indexed:?})"));

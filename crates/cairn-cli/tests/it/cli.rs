@@ -52,7 +52,8 @@ fn expectation_failure_names_the_actual_seq() {
 #[test]
 fn batch_is_atomic_and_idempotency_key_repeats() {
     let cairn = Cairn::new();
-    let lines = b"{\"topic\":\"a\",\"content\":\"1\"}\n{\"topic\":\"b\",\"content_base64\":\"/4A=\",\"type\":\"Bin\"}\n";
+    let lines =
+        b"{\"topic\":\"a\",\"content\":\"1\"}\n{\"topic\":\"b\",\"content_base64\":\"/4A=\",\"type\":\"Bin\"}\n";
     let written = cairn.ok(&["append", "--batch", "--key", "k1"], lines);
     assert_eq!(written.len(), 2);
     let again = cairn.ok(&["append", "--batch", "--key", "k1"], lines);
@@ -68,8 +69,9 @@ fn batch_is_atomic_and_idempotency_key_repeats() {
 #[test]
 fn rm_keeps_other_seqs() {
     let cairn = Cairn::new();
-    let ids: Vec<String> =
-        (0..3).map(|n| cairn.ok(&["append", "t"], format!("{n}").as_bytes())[0]["id"].as_str().unwrap().to_owned()).collect();
+    let ids: Vec<String> = (0..3)
+        .map(|n| cairn.ok(&["append", "t"], format!("{n}").as_bytes())[0]["id"].as_str().unwrap().to_owned())
+        .collect();
     cairn.ok(&["rm", &ids[1]], b"");
     let seqs: Vec<u64> = cairn.ok(&["cat"], b"").iter().map(|e| e["seq"].as_u64().unwrap()).collect();
     assert_eq!(seqs, [0, 2]);
@@ -98,13 +100,17 @@ fn cas_put_get_binary_to_a_file() {
 #[test]
 fn consumers_ack_show_list_rm_and_resume() {
     let cairn = Cairn::new();
-    let ids: Vec<String> =
-        (0..4).map(|n| cairn.ok(&["append", "jobs"], format!("{n}").as_bytes())[0]["id"].as_str().unwrap().to_owned()).collect();
+    let ids: Vec<String> = (0..4)
+        .map(|n| cairn.ok(&["append", "jobs"], format!("{n}").as_bytes())[0]["id"].as_str().unwrap().to_owned())
+        .collect();
     cairn.ok(&["consumer", "ack", "mailer", &ids[1]], b"");
     assert_eq!(cairn.ok(&["consumer", "show", "mailer"], b"")[0]["acked"], ids[1].as_str());
     assert_eq!(cairn.ok(&["consumer", "list"], b"").len(), 1);
-    let rest: Vec<String> =
-        cairn.ok(&["cat", "jobs", "--consumer", "mailer"], b"").iter().map(|e| e["id"].as_str().unwrap().to_owned()).collect();
+    let rest: Vec<String> = cairn
+        .ok(&["cat", "jobs", "--consumer", "mailer"], b"")
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_owned())
+        .collect();
     assert_eq!(rest, ids[2..]);
     cairn.ok(&["consumer", "rm", "mailer"], b"");
     cairn.fails(&["consumer", "show", "mailer"], b"", 1);
@@ -200,8 +206,18 @@ fn follow_with_limit_stops() {
 fn every_subcommand_has_help_with_an_example() {
     let cairn = Cairn::new();
     for sub in [
-        vec!["append"], vec!["cat"], vec!["get"], vec!["head"], vec!["topics"], vec!["rm"], vec!["cas", "put"], vec!["cas", "get"],
-        vec!["consumer", "ack"], vec!["verify"], vec!["export"], vec!["import"],
+        vec!["append"],
+        vec!["cat"],
+        vec!["get"],
+        vec!["head"],
+        vec!["topics"],
+        vec!["rm"],
+        vec!["cas", "put"],
+        vec!["cas", "get"],
+        vec!["consumer", "ack"],
+        vec!["verify"],
+        vec!["export"],
+        vec!["import"],
     ] {
         let mut args = sub.clone();
         args.push("--help");

@@ -5,6 +5,8 @@
 //! (NDJSON, parsed) and stderr. Long-running commands (`cat --follow`) are
 //! read line by line with a deadline and killed by a guard.
 
+#![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
+
 mod cli;
 mod errors;
 
@@ -16,6 +18,12 @@ use std::process::{Command, Output, Stdio};
 pub struct Cairn {
     _dir: tempfile::TempDir,
     store: PathBuf,
+}
+
+impl Default for Cairn {
+    fn default() -> Cairn {
+        Cairn::new()
+    }
 }
 
 impl Cairn {
@@ -40,7 +48,8 @@ impl Cairn {
 
     /// Runs with `stdin`; returns the whole output.
     pub fn run(&self, args: &[&str], stdin: &[u8]) -> Output {
-        let mut child = self.command(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let mut child =
+            self.command(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
         child.stdin.take().unwrap().write_all(stdin).unwrap();
         child.wait_with_output().unwrap()
     }
@@ -48,11 +57,7 @@ impl Cairn {
     /// Runs and expects success; returns stdout parsed as NDJSON.
     pub fn ok(&self, args: &[&str], stdin: &[u8]) -> Vec<serde_json::Value> {
         let output = self.run(args, stdin);
-        assert!(
-            output.status.success(),
-            "cairn {args:?} failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        assert!(output.status.success(), "cairn {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
         String::from_utf8(output.stdout)
             .unwrap()
             .lines()

@@ -140,12 +140,12 @@ impl<'h> Applier<'h> {
         let Some(head) = self.heads.get(txn, topic)? else { return Ok(()) };
         let cutoff = (head.last_seq + 1).saturating_sub(keep);
         for seq in head.trimmed_below..cutoff {
-            if let Some(value) = txn.get(Ks::Topics, &topic_key(topic, seq))? {
-                if let Some((id, pos)) = decode_topic_value(&value) {
-                    let event = self.read(pos)?;
-                    assert_eq!(event.id, id, "the topics index points at the wrong event");
-                    self.remove_decoded(txn, &event)?;
-                }
+            if let Some(value) = txn.get(Ks::Topics, &topic_key(topic, seq))?
+                && let Some((id, pos)) = decode_topic_value(&value)
+            {
+                let event = self.read(pos)?;
+                assert_eq!(event.id, id, "the topics index points at the wrong event");
+                self.remove_decoded(txn, &event)?;
             }
         }
         if let Some(head) = self.heads.get(txn, topic)? {

@@ -114,7 +114,9 @@ impl Index {
 
     /// Empties every keyspace (before a full rebuild from the log).
     pub(crate) fn clear(&self) -> Result<()> {
-        for ks in [&self.ids, &self.topics, &self.heads, &self.cas, &self.expiry, &self.idem, &self.consumers, &self.meta] {
+        for ks in
+            [&self.ids, &self.topics, &self.heads, &self.cas, &self.expiry, &self.idem, &self.consumers, &self.meta]
+        {
             ks.clear()?;
         }
         Ok(())

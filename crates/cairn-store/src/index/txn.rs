@@ -91,9 +91,10 @@ impl<'a> Txn<'a> {
 
     /// Whether any live key starts with `prefix`.
     pub(crate) fn has_prefix(&self, ks: Ks, prefix: &[u8]) -> Result<bool> {
-        let in_overlay = self.overlay.iter().any(|((entry_ks, key), value)| {
-            *entry_ks == ks && value.is_some() && key.starts_with(prefix)
-        });
+        let in_overlay = self
+            .overlay
+            .iter()
+            .any(|((entry_ks, key), value)| *entry_ks == ks && value.is_some() && key.starts_with(prefix));
         if in_overlay {
             return Ok(true);
         }

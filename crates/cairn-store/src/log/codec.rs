@@ -216,10 +216,20 @@ pub(crate) fn encode_event(out: &mut Vec<u8>, event: &Event) {
 pub(crate) enum Record {
     /// Events committed together; each with its frame offset within the
     /// record and its body length.
-    Batch { key: Option<String>, events: Vec<(Event, u32, u32)> },
-    Remove { ids: Vec<EventId> },
-    Ack { name: String, id: EventId },
-    ConsumerDelete { name: String },
+    Batch {
+        key: Option<String>,
+        events: Vec<(Event, u32, u32)>,
+    },
+    Remove {
+        ids: Vec<EventId>,
+    },
+    Ack {
+        name: String,
+        id: EventId,
+    },
+    ConsumerDelete {
+        name: String,
+    },
 }
 
 /// Decodes a record body (already crc-checked).
@@ -288,11 +298,7 @@ pub(crate) fn decode_event(body: &[u8]) -> Result<Event, String> {
     } else {
         None
     };
-    let hash = if flags & FLAG_HASH != 0 {
-        Some(Hash(reader.take(32)?.try_into().expect("32 bytes")))
-    } else {
-        None
-    };
+    let hash = if flags & FLAG_HASH != 0 { Some(Hash(reader.take(32)?.try_into().expect("32 bytes"))) } else { None };
     let payload = match payload_kind {
         PAYLOAD_NONE => Payload::None,
         PAYLOAD_INLINE => {

@@ -16,9 +16,9 @@ use crate::error::{Result, StoreError};
 use crate::event::Event;
 use crate::index::txn::Ks;
 use crate::index::{Applier, Checkpoint, Heads, Index, META_APPLIED, META_LAST_ID, encode_checkpoint};
+use crate::limits::{GROUP_BYTES_MAX, RECORD_BYTES_MAX};
 use crate::log::codec::{self, FRAME_HEADER_BYTES, Pos, Record};
 use crate::log::segment::{SEGMENT_HEADER_BYTES, Segments, check_header, corrupt, create_segment};
-use crate::limits::{GROUP_BYTES_MAX, RECORD_BYTES_MAX};
 
 /// What recovery did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -111,7 +111,9 @@ pub(crate) fn recover(segments: &Arc<Segments>, index: &Index, cas: &Cas) -> Res
                     }
                     // A record with a good checksum that does not decode was
                     // written by a newer cairn: never cut it.
-                    Err(detail) => return Err(corrupt(segment, offset as u32, &format!("{detail} (written by a newer cairn?)"))),
+                    Err(detail) => {
+                        return Err(corrupt(segment, offset as u32, &format!("{detail} (written by a newer cairn?)")));
+                    }
                 },
                 Ok(None) => {
                     damage = Some("incomplete record".to_owned());
@@ -123,7 +125,17 @@ pub(crate) fn recover(segments: &Arc<Segments>, index: &Index, cas: &Cas) -> Res
                 }
             }
             if batch.len() >= REPLAY_RECORDS_PER_TXN {
-                replay(segments, index, cas, &mut heads, &mut last_id, segment, std::mem::take(&mut batch), offset, &mut report)?;
+                replay(
+                    segments,
+                    index,
+                    cas,
+                    &mut heads,
+                    &mut last_id,
+                    segment,
+                    std::mem::take(&mut batch),
+                    offset,
+                    &mut report,
+                )?;
             }
         }
         replay(segments, index, cas, &mut heads, &mut last_id, segment, batch, offset, &mut report)?;
@@ -132,7 +144,11 @@ pub(crate) fn recover(segments: &Arc<Segments>, index: &Index, cas: &Cas) -> Res
             let later_segments = list.iter().any(|&s| s > segment);
             let bytes_after = len - offset;
             if later_segments || bytes_after > (GROUP_BYTES_MAX + RECORD_BYTES_MAX) as u64 {
-                return Err(corrupt(segment, offset as u32, &format!("{reason}, with {bytes_after} bytes after it; run `cairn verify`")));
+                return Err(corrupt(
+                    segment,
+                    offset as u32,
+                    &format!("{reason}, with {bytes_after} bytes after it; run `cairn verify`"),
+                ));
             }
             segments.unmap_all();
             truncate(segments, segment, offset)?;
@@ -155,7 +171,8 @@ fn file_len(segments: &Segments, segment: u32) -> Result<u64> {
 }
 
 fn truncate(segments: &Segments, segment: u32, offset: u64) -> Result<()> {
-    let file = OpenOptions::new().write(true).open(segments.path(segment)).map_err(StoreError::io("open segment to cut"))?;
+    let file =
+        OpenOptions::new().write(true).open(segments.path(segment)).map_err(StoreError::io("open segment to cut"))?;
     file.set_len(offset).map_err(StoreError::io("cut torn tail"))?;
     file.sync_all().map_err(StoreError::io("fdatasync after cutting torn tail"))
 }

@@ -77,9 +77,7 @@ impl Segments {
         if let Some(map) = self.maps.read().expect("segment map lock").get(&segment) {
             return Ok(map.clone());
         }
-        let len = fs::metadata(self.path(segment))
-            .map_err(StoreError::io(format!("stat segment {segment}")))?
-            .len();
+        let len = fs::metadata(self.path(segment)).map_err(StoreError::io(format!("stat segment {segment}")))?.len();
         self.map(segment, len)?;
         self.maps
             .read()
@@ -169,7 +167,5 @@ pub(crate) fn check_header(bytes: &[u8], segment: u32) -> std::result::Result<()
 
 /// fsyncs a directory so that created or renamed entries in it are durable.
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(StoreError::io(format!("fsync directory {}", dir.display())))
+    File::open(dir).and_then(|d| d.sync_all()).map_err(StoreError::io(format!("fsync directory {}", dir.display())))
 }

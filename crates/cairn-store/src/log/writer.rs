@@ -18,8 +18,8 @@ use tokio::sync::oneshot;
 use crate::error::{Result, StoreError};
 use crate::event::{Event, Expect, Payload, Ttl};
 use crate::id::{EventId, IdGenerator};
-use crate::index::{Applier, Checkpoint, Heads, META_APPLIED, META_LAST_ID, encode_checkpoint};
 use crate::index::txn::Ks;
+use crate::index::{Applier, Checkpoint, Heads, META_APPLIED, META_LAST_ID, encode_checkpoint};
 use crate::limits::{GROUP_BYTES_MAX, RECORD_BYTES_MAX};
 use crate::log::codec::{self, Pos};
 use crate::log::segment::{SEGMENT_HEADER_BYTES, create_segment};
@@ -86,12 +86,33 @@ pub(crate) struct Writer {
 /// One request after encoding, waiting for the commit.
 enum Planned {
     Done(Reply),
-    Append { events: Vec<Event>, stored: Vec<(usize, Vec<(u32, u32)>)>, key: Option<String>, reply: oneshot::Sender<Result<Vec<Event>>> },
-    Remove { ids: Vec<EventId>, reply: oneshot::Sender<Result<Vec<EventId>>> },
-    Ack { name: String, id: EventId, reply: oneshot::Sender<Result<()>> },
-    ConsumerDelete { name: String, reply: oneshot::Sender<Result<bool>> },
-    Expire { now_ms: u64, removed: usize, reply: oneshot::Sender<Result<usize>> },
-    Sync { reply: oneshot::Sender<Result<()>> },
+    Append {
+        events: Vec<Event>,
+        stored: Vec<(usize, Vec<(u32, u32)>)>,
+        key: Option<String>,
+        reply: oneshot::Sender<Result<Vec<Event>>>,
+    },
+    Remove {
+        ids: Vec<EventId>,
+        reply: oneshot::Sender<Result<Vec<EventId>>>,
+    },
+    Ack {
+        name: String,
+        id: EventId,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    ConsumerDelete {
+        name: String,
+        reply: oneshot::Sender<Result<bool>>,
+    },
+    Expire {
+        now_ms: u64,
+        removed: usize,
+        reply: oneshot::Sender<Result<usize>>,
+    },
+    Sync {
+        reply: oneshot::Sender<Result<()>>,
+    },
 }
 
 /// A reply decided before the commit (an error, or an idempotent repeat).
@@ -128,8 +149,25 @@ fn fail(request: Request, error: impl Fn() -> StoreError) {
 }
 
 impl Writer {
-    pub(crate) fn new(shared: Arc<Shared>, file: File, segment: u32, offset: u64, heads: Heads, ids: IdGenerator) -> Writer {
-        Writer { shared, file, segment, offset, heads, ids, buf: Vec::new(), unsynced: false, last_sync: Instant::now() }
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        file: File,
+        segment: u32,
+        offset: u64,
+        heads: Heads,
+        ids: IdGenerator,
+    ) -> Writer {
+        Writer {
+            shared,
+            file,
+            segment,
+            offset,
+            heads,
+            ids,
+            buf: Vec::new(),
+            unsynced: false,
+            last_sync: Instant::now(),
+        }
     }
 
     /// Runs until every sender is gone, then makes everything durable.
@@ -174,10 +212,10 @@ impl Writer {
     }
 
     fn sync_if_unsynced(&mut self) {
-        if self.unsynced {
-            if let Err(error) = self.sync() {
-                tracing::error!("failed to fdatasync the log: {error}");
-            }
+        if self.unsynced
+            && let Err(error) = self.sync()
+        {
+            tracing::error!("failed to fdatasync the log: {error}");
         }
     }
 
@@ -199,14 +237,17 @@ impl Writer {
             }
             return;
         }
-        if self.offset >= self.shared.options.segment_bytes {
-            if let Err(error) = self.roll() {
-                let message = error.to_string();
-                for request in group {
-                    fail(request, || StoreError::Io { context: message.clone(), source: std::io::Error::other("segment roll failed") });
-                }
-                return;
+        if self.offset >= self.shared.options.segment_bytes
+            && let Err(error) = self.roll()
+        {
+            let message = error.to_string();
+            for request in group {
+                fail(request, || StoreError::Io {
+                    context: message.clone(),
+                    source: std::io::Error::other("segment roll failed"),
+                });
             }
+            return;
         }
         self.buf.clear();
         let mut tails: HashMap<String, Option<(u64, EventId)>> = HashMap::new();
@@ -266,10 +307,8 @@ impl Writer {
                 }
             }
             Request::Remove { ids, reply } => {
-                let existing: Vec<EventId> = ids
-                    .into_iter()
-                    .filter(|id| self.shared.index.pos_of(*id).ok().flatten().is_some())
-                    .collect();
+                let existing: Vec<EventId> =
+                    ids.into_iter().filter(|id| self.shared.index.pos_of(*id).ok().flatten().is_some()).collect();
                 if existing.is_empty() {
                     return Planned::Done(Reply::Removed(reply, Ok(Vec::new())));
                 }
@@ -336,24 +375,32 @@ impl Writer {
             };
             if import {
                 if event.id <= ids_floor {
-                    return Err(StoreError::invalid("id", format!("imported id {} is not after the store's last id {ids_floor}; import into an empty store or after its last event", event.id)));
+                    return Err(StoreError::invalid(
+                        "id",
+                        format!(
+                            "imported id {} is not after the store's last id {ids_floor}; import into an empty store or after its last event",
+                            event.id
+                        ),
+                    ));
                 }
-                if let Some((last_seq, _)) = last {
-                    if event.seq <= last_seq {
-                        return Err(StoreError::invalid("seq", format!("imported seq {} of topic {topic} is not after its last seq {last_seq}", event.seq)));
-                    }
+                if let Some((last_seq, _)) = last
+                    && event.seq <= last_seq
+                {
+                    return Err(StoreError::invalid(
+                        "seq",
+                        format!("imported seq {} of topic {topic} is not after its last seq {last_seq}", event.seq),
+                    ));
                 }
                 ids_floor = event.id;
             } else {
                 event.id = EventId::MIN;
                 event.seq = last.map_or(0, |(seq, _)| seq + 1);
             }
-            if event.payload == Payload::Stored {
-                if let (Some(hash), Some(bytes)) = (event.hash, stored_bytes.as_deref()) {
-                    if !self.shared.cas.has_file(&hash) {
-                        self.shared.cas.put(&hash, bytes)?;
-                    }
-                }
+            if event.payload == Payload::Stored
+                && let (Some(hash), Some(bytes)) = (event.hash, stored_bytes.as_deref())
+                && !self.shared.cas.has_file(&hash)
+            {
+                self.shared.cas.put(&hash, bytes)?;
             }
             if event.ttl != Ttl::Ephemeral {
                 scratch.insert(topic, Some((event.seq, event.id)));
@@ -387,7 +434,11 @@ impl Writer {
         Ok(PlanOutcome::New(events, stored))
     }
 
-    fn tail(&mut self, tails: &mut HashMap<String, Option<(u64, EventId)>>, topic: &str) -> Result<Option<(u64, EventId)>> {
+    fn tail(
+        &mut self,
+        tails: &mut HashMap<String, Option<(u64, EventId)>>,
+        topic: &str,
+    ) -> Result<Option<(u64, EventId)>> {
         if let Some(tail) = tails.get(topic) {
             return Ok(*tail);
         }
@@ -470,7 +521,11 @@ impl Writer {
         let garbage = std::mem::take(&mut applier.garbage);
         self.heads.flush(&mut txn);
         if !self.buf.is_empty() {
-            txn.insert(Ks::Meta, META_APPLIED.to_vec(), encode_checkpoint(Checkpoint { segment, offset: self.offset }).to_vec());
+            txn.insert(
+                Ks::Meta,
+                META_APPLIED.to_vec(),
+                encode_checkpoint(Checkpoint { segment, offset: self.offset }).to_vec(),
+            );
             txn.insert(Ks::Meta, META_LAST_ID.to_vec(), self.ids.last().to_bytes().to_vec());
         }
         txn.commit()?;
@@ -513,7 +568,9 @@ fn request_bytes(request: &Request) -> usize {
 fn reply_error(plan: Planned, error: &StoreError, message: &str) {
     let make = || match error {
         StoreError::Poisoned { reason } => StoreError::Poisoned { reason: reason.clone() },
-        _ => StoreError::Io { context: message.to_owned(), source: std::io::Error::other("the write was not committed") },
+        _ => {
+            StoreError::Io { context: message.to_owned(), source: std::io::Error::other("the write was not committed") }
+        }
     };
     match plan {
         Planned::Done(reply) => reply.send(),

@@ -39,7 +39,8 @@ fn expectations_fail_with_the_actual_seq_and_write_nothing() {
     let error = store.append(NewEvent::new(topic("t"), "3"), Expect::UnchangedSince(first.id)).unwrap_err();
     assert_eq!(error.code(), "expectation_failed");
     // A batch over two topics with one failing expectation writes nothing.
-    let mut batch = Batch { events: vec![NewEvent::new(topic("u"), "a"), NewEvent::new(topic("t"), "b")], ..Batch::default() };
+    let mut batch =
+        Batch { events: vec![NewEvent::new(topic("u"), "a"), NewEvent::new(topic("t"), "b")], ..Batch::default() };
     batch.expect.insert(topic("t"), Expect::Seq(7));
     assert!(store.append_batch(batch).is_err());
     assert!(store.head(&topic("u")).unwrap().is_none());
@@ -89,7 +90,8 @@ fn retention_last_n_keeps_the_newest_without_renumbering() {
     for n in 0..5 {
         store.append(NewEvent::new(topic("cell"), format!("{n}")).with_ttl(Ttl::Last { n: 2 }), Expect::Any).unwrap();
     }
-    let events: Vec<_> = store.read(&Query::new(Pattern::parse("cell").unwrap())).unwrap().map(Result::unwrap).collect();
+    let events: Vec<_> =
+        store.read(&Query::new(Pattern::parse("cell").unwrap())).unwrap().map(Result::unwrap).collect();
     assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![3, 4]);
     let head = store.head(&topic("cell")).unwrap().unwrap();
     assert_eq!((head.count, head.first_seq, head.last_seq), (2, Some(3), 4));
@@ -151,7 +153,9 @@ fn consumers_resume_after_their_ack_across_reopen() {
     let ids: Vec<EventId>;
     {
         let store = open(dir.path());
-        ids = (0..4).map(|n| store.append(NewEvent::new(topic("jobs"), format!("{n}")), Expect::Any).unwrap().id).collect();
+        ids = (0..4)
+            .map(|n| store.append(NewEvent::new(topic("jobs"), format!("{n}")), Expect::Any).unwrap().id)
+            .collect();
         store.ack("worker", ids[1]).unwrap();
     }
     let store = open(dir.path());
@@ -192,11 +196,9 @@ fn bad_input_is_refused_with_the_field_named() {
     assert!(cairn_store::check_meta("[1,2]").is_err());
 
     let dir = tempfile::tempdir().unwrap();
-    let store = cairn_store::Store::open(
-        dir.path(),
-        cairn_store::Options { payload_bytes_max: 10, ..crate::test_options() },
-    )
-    .unwrap();
+    let store =
+        cairn_store::Store::open(dir.path(), cairn_store::Options { payload_bytes_max: 10, ..crate::test_options() })
+            .unwrap();
     let error = store.append(NewEvent::new(topic("cairn.start"), "x"), Expect::Any).unwrap_err();
     assert!(error.to_string().contains("reserved"), "{error}");
     let error = store.append(NewEvent::new(topic("t"), vec![0u8; 11]), Expect::Any).unwrap_err();
@@ -235,4 +237,3 @@ fn verify_reports_a_clean_store() {
     assert_eq!((report.events, report.indexed, report.content_files), (100, 100, 10));
     assert!(report.segments > 1, "small segments roll");
 }
-

@@ -36,7 +36,10 @@ fn crash_child() {
                     let payload = format!("{thread}:{n}:{}", "p".repeat(size));
                     let events = if n % 5 == 0 {
                         let batch = Batch {
-                            events: vec![NewEvent::new(topic(&name), payload.clone()), NewEvent::new(topic(&name), format!("{payload}+"))],
+                            events: vec![
+                                NewEvent::new(topic(&name), payload.clone()),
+                                NewEvent::new(topic(&name), format!("{payload}+")),
+                            ],
                             ..Batch::default()
                         };
                         store.append_batch(batch).unwrap()
@@ -130,11 +133,8 @@ fn check(dir: &std::path::Path, acked: &HashMap<EventId, (String, u64, String)>,
     }
     for thread in 0..THREADS {
         let name = format!("crash.{thread}");
-        let seqs: Vec<u64> = store
-            .read(&Query::new(Pattern::parse(&name).unwrap()))
-            .unwrap()
-            .map(|event| event.unwrap().seq)
-            .collect();
+        let seqs: Vec<u64> =
+            store.read(&Query::new(Pattern::parse(&name).unwrap())).unwrap().map(|event| event.unwrap().seq).collect();
         assert!(seqs.iter().enumerate().all(|(i, s)| *s == i as u64), "cycle {cycle}: seqs of {name} have a gap");
     }
     let report = store.verify().unwrap();

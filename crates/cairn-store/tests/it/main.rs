@@ -6,11 +6,14 @@
 //! the history/live switch under concurrent writers, and `crash` kills a
 //! child process that appends and checks every acknowledged event survives.
 
+#![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
+
 mod basics;
 mod crash;
 mod model;
 mod recovery;
 mod subscribe;
+mod tidy;
 
 use cairn_store::{Options, Store, SyncMode, Topic};
 

@@ -127,13 +127,14 @@ fn append(store: &Store, model: &mut Model, events: &[(usize, bool, bool)], expe
     batch.expect.insert(topic(expect_name), expectation);
     batch.idempotency_key = key.map(|k| format!("key-{k}"));
     let result = store.append_batch(batch);
-    if let Some(key) = key.map(|k| format!("key-{k}")) {
-        if let Some(ids) = model.keys.get(&key) {
-            let alive: Vec<EventId> = ids.iter().copied().filter(|id| model.events.iter().any(|e| e.id == *id && e.alive)).collect();
-            let got: Vec<EventId> = result.unwrap().iter().map(|e| e.id).collect();
-            assert_eq!(got, alive, "idempotent retry of {key}");
-            return;
-        }
+    if let Some(key) = key.map(|k| format!("key-{k}"))
+        && let Some(ids) = model.keys.get(&key)
+    {
+        let alive: Vec<EventId> =
+            ids.iter().copied().filter(|id| model.events.iter().any(|e| e.id == *id && e.alive)).collect();
+        let got: Vec<EventId> = result.unwrap().iter().map(|e| e.id).collect();
+        assert_eq!(got, alive, "idempotent retry of {key}");
+        return;
     }
     let satisfied = match expectation {
         Expect::Any => true,
@@ -172,7 +173,15 @@ fn append(store: &Store, model: &mut Model, events: &[(usize, bool, bool)], expe
     }
 }
 
-fn read(store: &Store, model: &Model, pattern: u8, after: Option<usize>, limit: Option<u64>, reverse: bool, last: Option<u64>) {
+fn read(
+    store: &Store,
+    model: &Model,
+    pattern: u8,
+    after: Option<usize>,
+    limit: Option<u64>,
+    reverse: bool,
+    last: Option<u64>,
+) {
     let text = match pattern {
         0..=2 => TOPICS[pattern as usize],
         3 => "m.*",

@@ -153,4 +153,3 @@ fn damage_far_from_the_tail_refuses_to_open_instead_of_cutting() {
     let error = Store::open(&dir, test_options()).err().expect("rot must not be cut silently");
     assert_eq!(error.code(), "corrupt", "{error}");
 }
-

@@ -38,7 +38,8 @@ async fn receive_all(subscription: &mut cairn_store::Subscription, total: usize,
     let mut thresholds = 0;
     while received < total {
         assert!(Instant::now() < deadline, "only {received} of {total} events arrived");
-        let delivery = tokio::time::timeout(Duration::from_secs(30), subscription.next()).await.expect("stalled").unwrap();
+        let delivery =
+            tokio::time::timeout(Duration::from_secs(30), subscription.next()).await.expect("stalled").unwrap();
         match delivery {
             Delivery::Event(event) => {
                 assert!(event.id > last, "ids out of order or duplicated");
