@@ -31,7 +31,11 @@ enum Which {
     /// Publish-to-subscriber latency.
     Latency,
     /// Open time of a store with 10 million events.
-    Open,
+    Open {
+        /// Events in the store.
+        #[arg(long, default_value_t = 10_000_000)]
+        events: usize,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -49,8 +53,10 @@ fn main() -> anyhow::Result<()> {
     if matches!(which, Which::All | Which::Latency) {
         bench.latency()?;
     }
-    if matches!(which, Which::All | Which::Open) {
-        bench.open()?;
+    match which {
+        Which::All => bench.open(10_000_000)?,
+        Which::Open { events } => bench.open(events)?,
+        _ => {}
     }
     Ok(())
 }

@@ -167,9 +167,8 @@ impl Bench {
         Ok(())
     }
 
-    pub fn open(&self) -> Result<()> {
+    pub fn open(&self, n: usize) -> Result<()> {
         let path = self.fresh("open");
-        let n = 10_000_000;
         {
             let store = Store::open(&path, Options { sync: SyncMode::None, ..Options::default() })?;
             let started = Instant::now();
@@ -191,7 +190,10 @@ impl Bench {
             drop(store);
         }
         let median = samples.quantile(0.5);
-        row("cairn: open a store of 10M events (clean close)", &median, None, None, None);
+        if std::env::var_os("CAIRN_BENCH_KEEP").is_some() {
+            let _ = std::process::Command::new("cp").arg("-r").arg(&path).arg("/work/kept-store").status();
+        }
+        row(&format!("cairn: open a store of {n} events (clean close)"), &median, None, None, None);
         Ok(())
     }
 }

@@ -7,7 +7,7 @@ use std::ops::Bound;
 use crate::error::{Result, StoreError};
 use crate::event::Event;
 use crate::id::EventId;
-use crate::index::{Index, decode_topic_value, topic_key, topic_prefix};
+use crate::index::{Index, Ks, decode_topic_value, strip, topic_key, topic_prefix};
 use crate::log::codec::{self, Pos};
 use crate::log::segment::Segments;
 use crate::topic::{Pattern, Topic};
@@ -77,12 +77,13 @@ impl Scan {
                 };
                 let start = topic_key(topic.as_str(), start_seq);
                 let end = topic_key(topic.as_str(), u64::MAX);
-                let iter = index.topics.range::<Vec<u8>, _>((Bound::Included(start), Bound::Included(end)));
+                let iter = index.range(Ks::Topics, Bound::Included(&start), Bound::Included(&end));
                 Ok(Scan::Topic { iter: directed(iter, reverse) })
             }
             None => {
-                let start = after.map_or(Bound::Unbounded, |id| Bound::Excluded(id.to_bytes().to_vec()));
-                let iter = index.ids.range::<Vec<u8>, _>((start, Bound::Unbounded));
+                let after = after.map(EventId::to_bytes);
+                let start = after.as_ref().map_or(Bound::Unbounded, |id| Bound::Excluded(&id[..]));
+                let iter = index.range(Ks::Ids, start, Bound::Unbounded);
                 Ok(Scan::Global { iter: directed(iter, reverse), pattern: pattern.clone() })
             }
         }
@@ -146,11 +147,11 @@ pub(crate) fn first_seq_after(index: &Index, topic: &Topic, after: EventId) -> R
     while lo < hi {
         let mid = lo + (hi - lo) / 2;
         // The first stored event at or after `mid` stands in for `mid`.
-        let found = index.topics.range(topic_key(topic.as_str(), mid)..).next();
+        let found = index.range(Ks::Topics, Bound::Included(&topic_key(topic.as_str(), mid)), Bound::Unbounded).next();
         let entry = match found {
             Some(guard) => {
                 let (key, value) = guard.into_inner()?;
-                if key.starts_with(&prefix) { decode_topic_value(&value).map(|(id, _)| id) } else { None }
+                if strip(&key).starts_with(&prefix) { decode_topic_value(&value).map(|(id, _)| id) } else { None }
             }
             None => None,
         };

@@ -16,7 +16,7 @@ use crate::cas::{self, Cas};
 use crate::error::{Result, StoreError};
 use crate::event::{self, Batch, Event, Expect, Hash, NewEvent, Payload, Ttl};
 use crate::id::{EventId, IdGenerator};
-use crate::index::{Index, topic_prefix};
+use crate::index::{Index, Ks, strip, topic_prefix};
 use crate::limits::{self, BATCH_EVENTS_MAX, CONSUMER_NAME_BYTES_MAX, RECORD_BYTES_MAX};
 use crate::live::Live;
 use crate::log::recovery::{self, RecoveryReport};
@@ -142,7 +142,7 @@ impl Shared {
 
     /// The events first written under `key`, if within the window.
     pub(crate) fn idempotent_repeat(&self, key: &str) -> Result<Option<Vec<Event>>> {
-        let Some(value) = self.index.idem.get(key.as_bytes())? else { return Ok(None) };
+        let Some(value) = self.index.get(Ks::Idem, key.as_bytes())? else { return Ok(None) };
         let Some(time) = value.get(..8) else { return Ok(None) };
         let time_ms = u64::from_be_bytes(time.try_into().expect("8 bytes"));
         let window_ms = u64::try_from(self.options.idempotency_window.as_millis()).unwrap_or(u64::MAX);
@@ -475,7 +475,7 @@ impl Store {
 
     fn topic_info(&self, topic: Topic, head: crate::index::Head) -> Result<TopicInfo> {
         let prefix = topic_prefix(&topic);
-        let first_seq = match self.inner.shared.index.topics.prefix(&prefix).next() {
+        let first_seq = match self.inner.shared.index.prefix(Ks::Topics, &prefix).next() {
             Some(guard) => crate::index::seq_of_topic_key(&guard.key()?),
             None => None,
         };
@@ -485,9 +485,9 @@ impl Store {
     /// Every topic that ever had an event, by name.
     pub fn topics(&self) -> Result<Vec<TopicInfo>> {
         let mut out = Vec::new();
-        for guard in self.inner.shared.index.heads.iter() {
+        for guard in self.inner.shared.index.prefix(Ks::Heads, b"") {
             let (key, value) = guard.into_inner()?;
-            let name = std::str::from_utf8(&key).map_err(|_| bad_index("heads"))?;
+            let name = std::str::from_utf8(strip(&key)).map_err(|_| bad_index("heads"))?;
             let topic = Topic::new(name).map_err(|_| bad_index("heads"))?;
             let head = crate::index::Head::from_bytes(&value).ok_or_else(|| bad_index("heads"))?;
             out.push(self.topic_info(topic, head)?);
@@ -559,9 +559,9 @@ impl Store {
         if let Some(bytes) = shared.cas.read(hash)? {
             return Ok(bytes);
         }
-        for guard in shared.index.cas.prefix(hash.0) {
+        for guard in shared.index.prefix(Ks::Cas, &hash.0) {
             let key = guard.key()?;
-            let Some(id_bytes) = key.get(32..48) else { continue };
+            let Some(id_bytes) = strip(&key).get(32..48) else { continue };
             let id = EventId::from_bytes(id_bytes.try_into().expect("16 bytes"));
             if let Some(event) = shared.get(id)?
                 && let Some(bytes) = self.content(&event)?
@@ -575,7 +575,7 @@ impl Store {
     /// Whether the store holds content with `hash`.
     pub fn cas_has(&self, hash: &Hash) -> Result<bool> {
         let shared = &self.inner.shared;
-        Ok(shared.cas.has_file(hash) || shared.index.cas.prefix(hash.0).next().is_some())
+        Ok(shared.cas.has_file(hash) || shared.index.prefix(Ks::Cas, &hash.0).next().is_some())
     }
 
     /// Records durably that consumer `name` has handled everything up to `id`.
@@ -599,9 +599,9 @@ impl Store {
     /// Every consumer and its position.
     pub fn consumers(&self) -> Result<Vec<(String, EventId)>> {
         let mut out = Vec::new();
-        for guard in self.inner.shared.index.consumers.iter() {
+        for guard in self.inner.shared.index.prefix(Ks::Consumers, b"") {
             let (key, value) = guard.into_inner()?;
-            let name = String::from_utf8(key.to_vec()).map_err(|_| bad_index("consumers"))?;
+            let name = String::from_utf8(strip(&key).to_vec()).map_err(|_| bad_index("consumers"))?;
             let id = <[u8; 16]>::try_from(&*value).map_err(|_| bad_index("consumers"))?;
             out.push((name, EventId::from_bytes(id)));
         }

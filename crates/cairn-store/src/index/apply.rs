@@ -189,8 +189,9 @@ impl<'h> Applier<'h> {
     pub(crate) fn expire(&mut self, txn: &mut Txn<'_>, now_ms: u64, limit: usize) -> Result<usize> {
         let end = expiry_key(now_ms, EventId::from_u128(u128::MAX));
         let mut due = Vec::new();
-        for guard in txn.index.expiry.range(..=end).take(limit) {
-            due.push(guard.key()?.to_vec());
+        let iter = txn.index.range(Ks::Expiry, std::ops::Bound::Unbounded, std::ops::Bound::Included(&end));
+        for guard in iter.take(limit) {
+            due.push(crate::index::strip(&guard.key()?).to_vec());
         }
         let mut n_removed = 0;
         for key in due {

@@ -4,23 +4,11 @@
 
 use std::collections::HashMap;
 
-use fjall::{Keyspace, OwnedWriteBatch};
+use fjall::OwnedWriteBatch;
 
 use crate::error::Result;
-use crate::index::Index;
-
-/// Which keyspace an overlay entry belongs to.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
-pub(crate) enum Ks {
-    Ids,
-    Topics,
-    Heads,
-    Cas,
-    Expiry,
-    Idem,
-    Consumers,
-    Meta,
-}
+pub(crate) use crate::index::Ks;
+use crate::index::{Index, key};
 
 /// Pending writes of one group.
 pub(crate) struct Txn<'a> {
@@ -46,46 +34,30 @@ impl<'a> Txn<'a> {
         self.track = true;
     }
 
-    fn keyspace(&self, ks: Ks) -> &'a Keyspace {
-        let index = self.index;
-        match ks {
-            Ks::Ids => &index.ids,
-            Ks::Topics => &index.topics,
-            Ks::Heads => &index.heads,
-            Ks::Cas => &index.cas,
-            Ks::Expiry => &index.expiry,
-            Ks::Idem => &index.idem,
-            Ks::Consumers => &index.consumers,
-            Ks::Meta => &index.meta,
-        }
-    }
-
     pub(crate) fn get(&self, ks: Ks, key: &[u8]) -> Result<Option<Vec<u8>>> {
         if let Some(value) = self.overlay.get(&(ks, key.to_vec())) {
             return Ok(value.clone());
         }
-        Ok(self.keyspace(ks).get(key)?.map(|slice| slice.to_vec()))
+        Ok(self.index.get(ks, key)?.map(|slice| slice.to_vec()))
     }
 
-    pub(crate) fn insert(&mut self, ks: Ks, key: Vec<u8>, value: Vec<u8>) {
-        let keyspace = self.keyspace(ks);
+    pub(crate) fn insert(&mut self, ks: Ks, suffix: Vec<u8>, value: Vec<u8>) {
+        let keyspace = self.index.keyspace();
         self.n_writes += 1;
         if self.track {
-            self.batch.insert(keyspace, key.clone(), value.clone());
-            self.overlay.insert((ks, key), Some(value));
+            self.batch.insert(keyspace, key(ks, &suffix), value.clone());
+            self.overlay.insert((ks, suffix), Some(value));
         } else {
-            self.batch.insert(keyspace, key, value);
+            self.batch.insert(keyspace, key(ks, &suffix), value);
         }
     }
 
-    pub(crate) fn remove(&mut self, ks: Ks, key: Vec<u8>) {
-        let keyspace = self.keyspace(ks);
+    pub(crate) fn remove(&mut self, ks: Ks, suffix: Vec<u8>) {
+        let keyspace = self.index.keyspace();
         self.n_writes += 1;
+        self.batch.remove(keyspace, key(ks, &suffix));
         if self.track {
-            self.batch.remove(keyspace, key.clone());
-            self.overlay.insert((ks, key), None);
-        } else {
-            self.batch.remove(keyspace, key);
+            self.overlay.insert((ks, suffix), None);
         }
     }
 
@@ -98,9 +70,9 @@ impl<'a> Txn<'a> {
         if in_overlay {
             return Ok(true);
         }
-        for guard in self.keyspace(ks).prefix(prefix) {
+        for guard in self.index.prefix(ks, prefix) {
             let key = guard.key()?;
-            if !matches!(self.overlay.get(&(ks, key.to_vec())), Some(None)) {
+            if !matches!(self.overlay.get(&(ks, crate::index::strip(&key).to_vec())), Some(None)) {
                 return Ok(true);
             }
         }
