@@ -30,6 +30,7 @@ pub mod json;
 pub mod limits;
 mod live;
 mod log;
+mod progress;
 mod read;
 mod store;
 mod subscription;

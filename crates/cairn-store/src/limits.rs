@@ -59,6 +59,14 @@ pub const WRITER_QUEUE_DEPTH: usize = 16 * 1024;
 /// Most bytes the writer gathers into one group before it commits.
 pub const GROUP_BYTES_MAX: usize = 8 * 1024 * 1024;
 
+/// How far (in log bytes) the index may fall behind the committed log
+/// before the writer waits for it. Bounds read-barrier waits and the replay
+/// after a crash.
+pub const INDEX_LAG_BYTES_MAX: u64 = 32 * 1024 * 1024;
+
+/// Records the indexer applies per fjall batch.
+pub const INDEX_RECORDS_PER_BATCH: usize = 4096;
+
 /// Recently committed events kept in memory for live subscribers. A
 /// subscriber further behind than this reads from storage instead.
 pub const LIVE_RING_EVENTS: usize = 16 * 1024;

@@ -16,12 +16,13 @@ use crate::cas::{self, Cas};
 use crate::error::{Result, StoreError};
 use crate::event::{self, Batch, Event, Expect, Hash, NewEvent, Payload, Ttl};
 use crate::id::{EventId, IdGenerator};
-use crate::index::{Index, Ks, strip, topic_prefix};
+use crate::index::{Checkpoint, Index, Ks, indexer, strip, topic_prefix};
 use crate::limits::{self, BATCH_EVENTS_MAX, CONSUMER_NAME_BYTES_MAX, RECORD_BYTES_MAX};
 use crate::live::Live;
 use crate::log::recovery::{self, RecoveryReport};
 use crate::log::segment::Segments;
 use crate::log::writer::{Prepared, Request, Writer};
+use crate::progress::Progress;
 use crate::read::{Query, ReadIter};
 use crate::subscription::{SubscribeOptions, Subscription};
 use crate::topic::{Pattern, Topic};
@@ -124,6 +125,7 @@ pub(crate) struct Shared {
     pub(crate) index: Index,
     pub(crate) cas: Cas,
     pub(crate) live: Live,
+    pub(crate) progress: Progress,
     poison: Mutex<Option<String>>,
 }
 
@@ -159,7 +161,13 @@ impl Shared {
         Ok(Some(events))
     }
 
+    /// Waits until the index covers everything committed so far.
+    pub(crate) fn barrier(&self) -> Result<()> {
+        self.progress.barrier()
+    }
+
     pub(crate) fn get(&self, id: EventId) -> Result<Option<Event>> {
+        self.barrier()?;
         match self.index.pos_of(id)? {
             Some(pos) => self.segments.read_event(pos).map(Some),
             None => Ok(None),
@@ -203,6 +211,7 @@ struct Inner {
     shared: Arc<Shared>,
     requests: Option<SyncSender<Request>>,
     writer: Option<JoinHandle<()>>,
+    indexer: Option<JoinHandle<()>>,
     sweeper: Option<(mpsc::Sender<()>, JoinHandle<()>)>,
     report: RecoveryReport,
     _lock: File,
@@ -214,11 +223,25 @@ impl Drop for Inner {
             drop(stop);
             let _ = handle.join();
         }
+        // The writer finishes the queued requests and syncs; then the indexer
+        // indexes everything committed; then the index is flushed, so the
+        // next open replays nothing.
         drop(self.requests.take());
         if let Some(handle) = self.writer.take()
             && handle.join().is_err()
         {
             tracing::error!("the writer thread panicked");
+        }
+        self.shared.progress.close();
+        if let Some(handle) = self.indexer.take()
+            && handle.join().is_err()
+        {
+            tracing::error!("the indexer thread panicked");
+        }
+        if self.shared.poisoned().is_none()
+            && let Err(error) = self.shared.index.flush()
+        {
+            tracing::warn!("failed to flush the index on close: {error}");
         }
         self.shared.live.close();
     }
@@ -243,6 +266,7 @@ impl Store {
             .map_err(StoreError::io("open the log's last segment"))?;
         segments.map(tail.segment, tail.offset.max(options.segment_bytes))?;
         let last_id = tail.last_id;
+        let end = Checkpoint { segment: tail.segment, offset: tail.offset };
         let shared = Arc::new(Shared {
             dir,
             options: options.clone(),
@@ -250,21 +274,28 @@ impl Store {
             index,
             cas,
             live: Live::new(last_id),
+            progress: Progress::new(end, last_id),
             poison: Mutex::new(None),
         });
-        let writer =
-            Writer::new(shared.clone(), file, tail.segment, tail.offset, tail.heads, IdGenerator::new(last_id));
+        let indexer_shared = shared.clone();
+        let heads = tail.heads;
+        let indexer = std::thread::Builder::new()
+            .name("cairn-indexer".to_owned())
+            .spawn(move || indexer::run(indexer_shared, heads, last_id))
+            .map_err(StoreError::io("start the indexer thread"))?;
+        let writer = Writer::new(shared.clone(), file, end, IdGenerator::new(last_id));
         let (requests, receiver) = mpsc::sync_channel(limits::WRITER_QUEUE_DEPTH);
         let writer = std::thread::Builder::new()
             .name("cairn-writer".to_owned())
             .spawn(move || writer.run(receiver))
             .map_err(StoreError::io("start the writer thread"))?;
-        let sweeper = spawn_sweeper(requests.clone(), options.retention_interval)?;
+        let sweeper = spawn_sweeper(shared.clone(), options.retention_interval)?;
         Ok(Store {
             inner: Arc::new(Inner {
                 shared,
                 requests: Some(requests),
                 writer: Some(writer),
+                indexer: Some(indexer),
                 sweeper: Some(sweeper),
                 report,
                 _lock: lock,
@@ -469,6 +500,7 @@ impl Store {
     /// What the store knows of `topic`, if it ever had an event.
     pub fn head(&self, topic: &Topic) -> Result<Option<TopicInfo>> {
         let shared = &self.inner.shared;
+        shared.barrier()?;
         let Some(head) = shared.index.head(topic.as_str())? else { return Ok(None) };
         Ok(Some(self.topic_info(topic.clone(), head)?))
     }
@@ -484,6 +516,7 @@ impl Store {
 
     /// Every topic that ever had an event, by name.
     pub fn topics(&self) -> Result<Vec<TopicInfo>> {
+        self.inner.shared.barrier()?;
         let mut out = Vec::new();
         for guard in self.inner.shared.index.prefix(Ks::Heads, b"") {
             let (key, value) = guard.into_inner()?;
@@ -497,6 +530,7 @@ impl Store {
 
     /// Stored events matching `query`, read lazily.
     pub fn read(&self, query: &Query) -> Result<ReadIter> {
+        self.inner.shared.barrier()?;
         ReadIter::open(&self.inner.shared.index, self.inner.shared.segments.clone(), query)
     }
 
@@ -538,11 +572,10 @@ impl Store {
     /// Removes one event by id (its seq is never reused). Errors with
     /// `NotFound` when it is not stored.
     pub fn remove(&self, id: EventId) -> Result<()> {
-        let removed = self.call(|reply| Request::Remove { ids: vec![id], reply })?;
-        if removed.is_empty() {
+        if self.get(id)?.is_none() {
             return Err(StoreError::not_found("event", id.to_string()));
         }
-        Ok(())
+        self.call(|reply| Request::Remove { ids: vec![id], reply })
     }
 
     /// Stores content on its own; returns its hash. Content put this way is
@@ -556,6 +589,7 @@ impl Store {
     /// The content with `hash`, verified; `NotFound` if the store has none.
     pub fn cas_get(&self, hash: &Hash) -> Result<Vec<u8>> {
         let shared = &self.inner.shared;
+        shared.barrier()?;
         if let Some(bytes) = shared.cas.read(hash)? {
             return Ok(bytes);
         }
@@ -575,6 +609,7 @@ impl Store {
     /// Whether the store holds content with `hash`.
     pub fn cas_has(&self, hash: &Hash) -> Result<bool> {
         let shared = &self.inner.shared;
+        shared.barrier()?;
         Ok(shared.cas.has_file(hash) || shared.index.prefix(Ks::Cas, &hash.0).next().is_some())
     }
 
@@ -593,11 +628,13 @@ impl Store {
     /// The last id consumer `name` acknowledged.
     pub fn consumer(&self, name: &str) -> Result<Option<EventId>> {
         check_consumer_name(name)?;
+        self.inner.shared.barrier()?;
         self.inner.shared.index.consumer(name)
     }
 
     /// Every consumer and its position.
     pub fn consumers(&self) -> Result<Vec<(String, EventId)>> {
+        self.inner.shared.barrier()?;
         let mut out = Vec::new();
         for guard in self.inner.shared.index.prefix(Ks::Consumers, b"") {
             let (key, value) = guard.into_inner()?;
@@ -610,8 +647,11 @@ impl Store {
 
     /// Deletes consumer `name`; false if there was none.
     pub fn consumer_delete(&self, name: &str) -> Result<bool> {
-        check_consumer_name(name)?;
-        self.call(|reply| Request::ConsumerDelete { name: name.to_owned(), reply })
+        if self.consumer(name)?.is_none() {
+            return Ok(false);
+        }
+        self.call(|reply| Request::ConsumerDelete { name: name.to_owned(), reply })?;
+        Ok(true)
     }
 
     /// A query that resumes consumer `name` after its last ack.
@@ -625,7 +665,13 @@ impl Store {
     pub fn expire_now(&self) -> Result<usize> {
         let mut total = 0;
         loop {
-            let n = self.call(|reply| Request::Expire { now_ms: now_ms(), reply })?;
+            let n = self
+                .inner
+                .shared
+                .progress
+                .request_expire(now_ms())
+                .blocking_recv()
+                .map_err(|_| StoreError::ShuttingDown)??;
             total += n;
             if n < limits::EXPIRE_EVENTS_PER_STEP {
                 return Ok(total);
@@ -641,6 +687,7 @@ impl Store {
 
     /// Checks every record, the order invariants and every content hash.
     pub fn verify(&self) -> Result<crate::verify::VerifyReport> {
+        self.inner.shared.barrier()?;
         crate::verify::verify(&self.inner.shared)
     }
 
@@ -707,17 +754,13 @@ fn lock(dir: &Path) -> Result<File> {
     Ok(file)
 }
 
-fn spawn_sweeper(requests: SyncSender<Request>, interval: Duration) -> Result<(mpsc::Sender<()>, JoinHandle<()>)> {
+fn spawn_sweeper(shared: Arc<Shared>, interval: Duration) -> Result<(mpsc::Sender<()>, JoinHandle<()>)> {
     let (stop, stopped) = mpsc::channel::<()>();
     let handle = std::thread::Builder::new()
         .name("cairn-retention".to_owned())
         .spawn(move || {
             while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(interval) {
-                let (reply, receiver) = oneshot::channel();
-                if requests.send(Request::Expire { now_ms: now_ms(), reply }).is_err() {
-                    return;
-                }
-                match receiver.blocking_recv() {
+                match shared.progress.request_expire(now_ms()).blocking_recv() {
                     Ok(Err(error)) => tracing::warn!("retention sweep failed: {error}"),
                     Err(_) => return,
                     Ok(Ok(_)) => {}

@@ -53,6 +53,11 @@ pub struct Subscription {
     options: SubscribeOptions,
     buffer: VecDeque<Arc<Event>>,
     signal: watch::Receiver<u64>,
+    /// Wakes when the indexer advances (for a subscriber behind both the
+    /// ring and the index).
+    indexed: watch::Receiver<u64>,
+    /// The cursor at the last catch-up that found storage exhausted.
+    exhausted_at: Option<EventId>,
 }
 
 impl Subscription {
@@ -65,6 +70,7 @@ impl Subscription {
         options: SubscribeOptions,
     ) -> Subscription {
         let signal = shared.live.watch();
+        let indexed = shared.progress.watch_indexed();
         Subscription {
             shared,
             pattern,
@@ -75,6 +81,8 @@ impl Subscription {
             options,
             buffer: VecDeque::new(),
             signal,
+            indexed,
+            exhausted_at: None,
         }
     }
 
@@ -91,6 +99,12 @@ impl Subscription {
                 return Ok(Delivery::Event(event));
             }
             if self.catching_up {
+                if self.exhausted_at == Some(self.cursor) {
+                    // Storage had nothing after the cursor and the ring has
+                    // moved past it: the indexer is behind. Wait for it.
+                    let _ = self.indexed.changed().await;
+                }
+                self.indexed.borrow_and_update();
                 self.catch_up()?;
                 continue;
             }
@@ -118,9 +132,14 @@ impl Subscription {
 
     /// Reads one chunk from storage; switches to live when storage is done.
     fn catch_up(&mut self) -> Result<()> {
-        // Everything up to `now` is in storage (or was ephemeral) before the
-        // scan starts: the writer publishes after the index commit.
-        let now = self.shared.live.last();
+        // Every stored event up to `now` is in the index before the scan
+        // starts; newer ones are in the ring or will be indexed. The ring's
+        // last id is read first: the writer publishes a group only after
+        // committing it, so if the index then covers everything committed,
+        // it covers every stored event up to that id.
+        let ring_last = self.shared.live.last();
+        let (indexed_last_id, caught_up) = self.shared.progress.indexed_snapshot()?;
+        let now = if caught_up { ring_last } else { indexed_last_id };
         let mut scan = Scan::open(&self.shared.index, &self.pattern, Some(self.cursor), None, false)?;
         let mut events = Vec::new();
         while events.len() < SUBSCRIBER_CHUNK_EVENTS {
@@ -135,6 +154,7 @@ impl Subscription {
         self.push(events);
         if done {
             self.cursor = self.cursor.max(now);
+            self.exhausted_at = Some(self.cursor);
             self.catching_up = false;
         }
         Ok(())

@@ -56,12 +56,6 @@ impl Heads {
             txn.insert(Ks::Heads, topic.into_bytes(), head.to_bytes().to_vec());
         }
     }
-
-    /// Forgets everything (after a failed write whose changes were discarded).
-    pub(crate) fn clear(&mut self) {
-        self.cache.clear();
-        self.dirty.clear();
-    }
 }
 
 /// Applies records within one transaction and collects side effects that

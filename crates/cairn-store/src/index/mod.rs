@@ -19,6 +19,7 @@
 //! - `meta`: `applied` → segment(4) offset(4); `last_id` → id(16)
 
 mod apply;
+pub(crate) mod indexer;
 pub(crate) mod txn;
 
 use std::path::Path;
@@ -101,8 +102,9 @@ impl Head {
     }
 }
 
-/// Where the index's knowledge of the log ends.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+/// A position in the log (segment, then byte offset): where the index's
+/// knowledge of the log ends, or where the committed log ends.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
 pub(crate) struct Checkpoint {
     pub(crate) segment: u32,
     pub(crate) offset: u64,

@@ -177,8 +177,10 @@ fn truncate(segments: &Segments, segment: u32, offset: u64) -> Result<()> {
     file.sync_all().map_err(StoreError::io("fdatasync after cutting torn tail"))
 }
 
+/// Applies `records` (of `segment`, each with its offset) to the index in
+/// one batch, with the checkpoint `end`. Shared by recovery and the indexer.
 #[allow(clippy::too_many_arguments)]
-fn replay(
+pub(crate) fn replay(
     segments: &Arc<Segments>,
     index: &Index,
     cas: &Cas,

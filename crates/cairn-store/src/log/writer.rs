@@ -1,7 +1,8 @@
 //! The single writer: drains every request waiting at that moment into one
 //! group, encodes the group's records into one buffer, writes it with one
-//! write and one fdatasync (group commit), applies it to the index in one
-//! atomic batch, publishes it to live subscribers, and only then replies.
+//! write and one fdatasync (group commit), publishes it to live subscribers,
+//! tells the indexer how far the log is committed, and replies. The index is
+//! updated by the indexer thread (`index::indexer`), off this path.
 //!
 //! It must never acknowledge a write that is not durable under the sync mode,
 //! and after a failed fdatasync it acknowledges nothing again (poisoned).
@@ -18,10 +19,9 @@ use tokio::sync::oneshot;
 use crate::error::{Result, StoreError};
 use crate::event::{Event, Expect, Payload, Ttl};
 use crate::id::{EventId, IdGenerator};
-use crate::index::txn::Ks;
-use crate::index::{Applier, Checkpoint, Heads, META_APPLIED, META_LAST_ID, encode_checkpoint};
+use crate::index::Checkpoint;
 use crate::limits::{GROUP_BYTES_MAX, RECORD_BYTES_MAX};
-use crate::log::codec::{self, Pos};
+use crate::log::codec;
 use crate::log::segment::{SEGMENT_HEADER_BYTES, create_segment};
 use crate::store::{Shared, SyncMode};
 
@@ -34,7 +34,8 @@ pub(crate) struct Prepared {
     pub(crate) stored_bytes: Option<Vec<u8>>,
 }
 
-/// What callers ask of the writer.
+/// What callers ask of the writer. Requests that name existing things
+/// (remove, consumer delete) were checked by the caller against the index.
 pub(crate) enum Request {
     Append {
         events: Vec<Prepared>,
@@ -48,7 +49,7 @@ pub(crate) enum Request {
     },
     Remove {
         ids: Vec<EventId>,
-        reply: oneshot::Sender<Result<Vec<EventId>>>,
+        reply: oneshot::Sender<Result<()>>,
     },
     Ack {
         name: String,
@@ -57,11 +58,7 @@ pub(crate) enum Request {
     },
     ConsumerDelete {
         name: String,
-        reply: oneshot::Sender<Result<bool>>,
-    },
-    Expire {
-        now_ms: u64,
-        reply: oneshot::Sender<Result<usize>>,
+        reply: oneshot::Sender<Result<()>>,
     },
     /// Replies once everything before it is durable (even in `none` mode).
     Sync {
@@ -71,98 +68,78 @@ pub(crate) enum Request {
 
 /// The writer's state; lives on its own thread.
 pub(crate) struct Writer {
-    pub(crate) shared: Arc<Shared>,
-    pub(crate) file: File,
-    pub(crate) segment: u32,
-    pub(crate) offset: u64,
-    pub(crate) heads: Heads,
-    pub(crate) ids: IdGenerator,
+    shared: Arc<Shared>,
+    file: File,
+    segment: u32,
+    offset: u64,
+    /// Last seq and id of every topic written since open. Other topics'
+    /// heads are read from the index, which covered the whole log at open.
+    tails: HashMap<String, (u64, EventId)>,
+    /// Idempotency keys whose events the indexer may not have applied yet,
+    /// with the log position after them.
+    recent_keys: HashMap<String, (Vec<Event>, Checkpoint)>,
+    ids: IdGenerator,
     buf: Vec<u8>,
     /// Bytes written but not yet fdatasynced (`interval` and `none` modes).
     unsynced: bool,
     last_sync: Instant,
 }
 
-/// One request after encoding, waiting for the commit.
+/// One request after planning, waiting for the write.
 enum Planned {
-    Done(Reply),
+    /// Decided without writing: an error or an idempotent repeat.
+    Done(oneshot::Sender<Result<Vec<Event>>>, Result<Vec<Event>>),
     Append {
         events: Vec<Event>,
-        stored: Vec<(usize, Vec<(u32, u32)>)>,
-        key: Option<String>,
         reply: oneshot::Sender<Result<Vec<Event>>>,
     },
-    Remove {
-        ids: Vec<EventId>,
-        reply: oneshot::Sender<Result<Vec<EventId>>>,
-    },
-    Ack {
-        name: String,
-        id: EventId,
-        reply: oneshot::Sender<Result<()>>,
-    },
-    ConsumerDelete {
-        name: String,
-        reply: oneshot::Sender<Result<bool>>,
-    },
-    Expire {
-        now_ms: u64,
-        removed: usize,
-        reply: oneshot::Sender<Result<usize>>,
-    },
-    Sync {
+    Unit {
         reply: oneshot::Sender<Result<()>>,
     },
 }
 
-/// A reply decided before the commit (an error, or an idempotent repeat).
-enum Reply {
-    Events(oneshot::Sender<Result<Vec<Event>>>, Result<Vec<Event>>),
-    Removed(oneshot::Sender<Result<Vec<EventId>>>, Result<Vec<EventId>>),
-    Unit(oneshot::Sender<Result<()>>, Result<()>),
-    Bool(oneshot::Sender<Result<bool>>, Result<bool>),
-    Count(oneshot::Sender<Result<usize>>, Result<usize>),
+/// Per-group state of planning.
+#[derive(Default)]
+struct GroupState {
+    tails: HashMap<String, (u64, EventId)>,
+    keys: HashMap<String, Vec<Event>>,
+    published: Vec<Arc<Event>>,
 }
 
-impl Reply {
-    fn send(self) {
-        // A caller that stopped waiting is not an error.
-        match self {
-            Reply::Events(tx, result) => drop(tx.send(result)),
-            Reply::Removed(tx, result) => drop(tx.send(result)),
-            Reply::Unit(tx, result) => drop(tx.send(result)),
-            Reply::Bool(tx, result) => drop(tx.send(result)),
-            Reply::Count(tx, result) => drop(tx.send(result)),
+fn fail(request: Request, error: &StoreError) {
+    let error = || clone_error(error);
+    match request {
+        Request::Append { reply, .. } | Request::Import { reply, .. } => drop(reply.send(Err(error()))),
+        Request::Remove { reply, .. }
+        | Request::Ack { reply, .. }
+        | Request::ConsumerDelete { reply, .. }
+        | Request::Sync { reply } => drop(reply.send(Err(error()))),
+    }
+}
+
+/// Errors are not `Clone` (they carry `io::Error`); a group's failure is
+/// reported to each of its requests as an equivalent error.
+fn clone_error(error: &StoreError) -> StoreError {
+    match error {
+        StoreError::Poisoned { reason } => StoreError::Poisoned { reason: reason.clone() },
+        StoreError::Io { context, source } => {
+            StoreError::Io { context: context.clone(), source: std::io::Error::new(source.kind(), source.to_string()) }
+        }
+        other => {
+            StoreError::Io { context: other.to_string(), source: std::io::Error::other("the write was not committed") }
         }
     }
 }
 
-fn fail(request: Request, error: impl Fn() -> StoreError) {
-    let reply = match request {
-        Request::Append { reply, .. } | Request::Import { reply, .. } => Reply::Events(reply, Err(error())),
-        Request::Remove { reply, .. } => Reply::Removed(reply, Err(error())),
-        Request::Ack { reply, .. } | Request::Sync { reply } => Reply::Unit(reply, Err(error())),
-        Request::ConsumerDelete { reply, .. } => Reply::Bool(reply, Err(error())),
-        Request::Expire { reply, .. } => Reply::Count(reply, Err(error())),
-    };
-    reply.send();
-}
-
 impl Writer {
-    pub(crate) fn new(
-        shared: Arc<Shared>,
-        file: File,
-        segment: u32,
-        offset: u64,
-        heads: Heads,
-        ids: IdGenerator,
-    ) -> Writer {
+    pub(crate) fn new(shared: Arc<Shared>, file: File, end: Checkpoint, ids: IdGenerator) -> Writer {
         Writer {
             shared,
             file,
-            segment,
-            offset,
-            heads,
+            segment: end.segment,
+            offset: end.offset,
+            tails: HashMap::new(),
+            recent_keys: HashMap::new(),
             ids,
             buf: Vec::new(),
             unsynced: false,
@@ -199,9 +176,6 @@ impl Writer {
             self.commit_group(group);
         }
         self.sync_if_unsynced();
-        if let Err(error) = self.shared.index.flush() {
-            tracing::warn!("failed to flush the index on close: {error}");
-        }
     }
 
     fn wait_timeout(&self) -> Option<Duration> {
@@ -232,119 +206,107 @@ impl Writer {
 
     fn commit_group(&mut self, group: Vec<Request>) {
         if let Some(reason) = self.shared.poisoned() {
-            for request in group {
-                fail(request, || StoreError::Poisoned { reason: reason.clone() });
-            }
+            let error = StoreError::Poisoned { reason };
+            group.into_iter().for_each(|request| fail(request, &error));
             return;
         }
-        if self.offset >= self.shared.options.segment_bytes
-            && let Err(error) = self.roll()
-        {
-            let message = error.to_string();
-            for request in group {
-                fail(request, || StoreError::Io {
-                    context: message.clone(),
-                    source: std::io::Error::other("segment roll failed"),
-                });
-            }
+        let ready = self
+            .shared
+            .progress
+            .wait_for_index_lag()
+            .and_then(|()| if self.offset >= self.shared.options.segment_bytes { self.roll() } else { Ok(()) });
+        if let Err(error) = ready {
+            group.into_iter().for_each(|request| fail(request, &error));
             return;
         }
+        let indexed = self.shared.progress.indexed();
+        self.recent_keys.retain(|_, (_, end)| *end > indexed);
         self.buf.clear();
-        let mut tails: HashMap<String, Option<(u64, EventId)>> = HashMap::new();
-        let mut keys: HashMap<String, Vec<Event>> = HashMap::new();
+        let mut state = GroupState::default();
         let mut planned = Vec::with_capacity(group.len());
-        let mut published: Vec<Arc<Event>> = Vec::new();
+        let mut force_sync = false;
         for request in group {
-            planned.push(self.plan(request, &mut tails, &mut keys, &mut published));
+            force_sync |= matches!(request, Request::Sync { .. });
+            planned.push(self.plan(request, &mut state));
         }
-        let has_sync = planned.iter().any(|p| matches!(p, Planned::Sync { .. }));
-        if let Err(error) = self.write_and_sync(has_sync) {
-            let message = error.to_string();
+        if let Err(error) = self.write_and_sync(force_sync) {
             for plan in planned {
-                reply_error(plan, &error, &message);
+                match plan {
+                    Planned::Done(reply, result) => drop(reply.send(result)),
+                    Planned::Append { reply, .. } => drop(reply.send(Err(clone_error(&error)))),
+                    Planned::Unit { reply } => drop(reply.send(Err(clone_error(&error)))),
+                }
             }
             return;
         }
-        let result = self.apply(&mut planned);
-        if let Err(error) = &result {
-            // The log holds the group; the index does not. Reopening replays it.
-            let reason = format!("index update failed: {error}");
-            self.shared.poison(&reason);
-            self.heads.clear();
-            for plan in planned {
-                reply_error(plan, &StoreError::Poisoned { reason: reason.clone() }, &reason);
-            }
-            return;
+        let bytes = self.buf.len() as u64;
+        self.offset += bytes;
+        if let Err(error) = self.shared.segments.map(self.segment, self.offset.max(self.shared.options.segment_bytes)) {
+            // The group is durable, but readers could not reach it.
+            self.shared.poison(&format!("mapping the log failed: {error}"));
         }
-        self.shared.live.publish(published, self.ids.last());
+        let end = Checkpoint { segment: self.segment, offset: self.offset };
+        self.tails.extend(state.tails);
+        for (key, events) in state.keys {
+            self.recent_keys.insert(key, (events, end));
+        }
+        if bytes > 0 {
+            self.shared.progress.committed(end, bytes);
+        }
+        self.shared.live.publish(state.published, self.ids.last());
         for plan in planned {
-            finish(plan);
+            match plan {
+                Planned::Done(reply, result) => drop(reply.send(result)),
+                Planned::Append { events, reply } => drop(reply.send(Ok(events))),
+                Planned::Unit { reply } => drop(reply.send(Ok(()))),
+            }
         }
     }
 
     /// Validates one request against the state including this group's earlier
     /// requests, assigns ids and seqs, and encodes its record into the buffer.
-    fn plan(
-        &mut self,
-        request: Request,
-        tails: &mut HashMap<String, Option<(u64, EventId)>>,
-        keys: &mut HashMap<String, Vec<Event>>,
-        published: &mut Vec<Arc<Event>>,
-    ) -> Planned {
+    fn plan(&mut self, request: Request, state: &mut GroupState) -> Planned {
         match request {
             Request::Append { events, expect, key, reply } => {
-                match self.plan_append(events, &expect, key.as_deref(), tails, keys, published, false) {
-                    Ok(PlanOutcome::Repeat(events)) => Planned::Done(Reply::Events(reply, Ok(events))),
-                    Ok(PlanOutcome::New(events, stored)) => Planned::Append { events, stored, key, reply },
-                    Err(error) => Planned::Done(Reply::Events(reply, Err(error))),
+                match self.plan_append(events, &expect, key.as_deref(), state, false) {
+                    Ok(PlanOutcome::Repeat(events)) => Planned::Done(reply, Ok(events)),
+                    Ok(PlanOutcome::New(events)) => Planned::Append { events, reply },
+                    Err(error) => Planned::Done(reply, Err(error)),
                 }
             }
-            Request::Import { events, reply } => {
-                match self.plan_append(events, &[], None, tails, keys, published, true) {
-                    Ok(PlanOutcome::New(events, stored)) => Planned::Append { events, stored, key: None, reply },
-                    Ok(PlanOutcome::Repeat(events)) => Planned::Done(Reply::Events(reply, Ok(events))),
-                    Err(error) => Planned::Done(Reply::Events(reply, Err(error))),
-                }
-            }
+            Request::Import { events, reply } => match self.plan_append(events, &[], None, state, true) {
+                Ok(PlanOutcome::New(events) | PlanOutcome::Repeat(events)) => Planned::Append { events, reply },
+                Err(error) => Planned::Done(reply, Err(error)),
+            },
             Request::Remove { ids, reply } => {
-                let existing: Vec<EventId> =
-                    ids.into_iter().filter(|id| self.shared.index.pos_of(*id).ok().flatten().is_some()).collect();
-                if existing.is_empty() {
-                    return Planned::Done(Reply::Removed(reply, Ok(Vec::new())));
-                }
-                codec::encode_remove(&mut self.buf, &existing);
-                Planned::Remove { ids: existing, reply }
+                codec::encode_remove(&mut self.buf, &ids);
+                Planned::Unit { reply }
             }
             Request::Ack { name, id, reply } => {
                 codec::encode_ack(&mut self.buf, &name, id);
-                Planned::Ack { name, id, reply }
+                Planned::Unit { reply }
             }
-            Request::ConsumerDelete { name, reply } => match self.shared.index.consumer(&name) {
-                Ok(Some(_)) => {
-                    codec::encode_consumer_delete(&mut self.buf, &name);
-                    Planned::ConsumerDelete { name, reply }
-                }
-                Ok(None) => Planned::Done(Reply::Bool(reply, Ok(false))),
-                Err(error) => Planned::Done(Reply::Bool(reply, Err(error))),
-            },
-            Request::Expire { now_ms, reply } => Planned::Expire { now_ms, removed: 0, reply },
-            Request::Sync { reply } => Planned::Sync { reply },
+            Request::ConsumerDelete { name, reply } => {
+                codec::encode_consumer_delete(&mut self.buf, &name);
+                Planned::Unit { reply }
+            }
+            Request::Sync { reply } => Planned::Unit { reply },
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn plan_append(
         &mut self,
         prepared: Vec<Prepared>,
         expect: &[(String, Expect)],
         key: Option<&str>,
-        tails: &mut HashMap<String, Option<(u64, EventId)>>,
-        keys: &mut HashMap<String, Vec<Event>>,
-        published: &mut Vec<Arc<Event>>,
+        state: &mut GroupState,
         import: bool,
     ) -> Result<PlanOutcome> {
         if let Some(key) = key {
-            if let Some(events) = keys.get(key) {
+            if let Some(events) = state.keys.get(key) {
+                return Ok(PlanOutcome::Repeat(events.clone()));
+            }
+            if let Some((events, _)) = self.recent_keys.get(key) {
                 return Ok(PlanOutcome::Repeat(events.clone()));
             }
             if let Some(events) = self.shared.idempotent_repeat(key)? {
@@ -352,7 +314,7 @@ impl Writer {
             }
         }
         for (topic, expectation) in expect {
-            let last = self.tail(tails, topic)?;
+            let last = self.tail(state, topic)?;
             if !expectation.check(last) {
                 return Err(StoreError::ExpectationFailed {
                     topic: topic.clone(),
@@ -362,50 +324,41 @@ impl Writer {
                 });
             }
         }
-        // Assign ids and seqs on a scratch copy of the tails so a refused
-        // import leaves the group's state untouched.
-        let mut scratch: HashMap<String, Option<(u64, EventId)>> = HashMap::new();
+        // Assign seqs on a scratch copy of the tails so a refused import
+        // leaves the group's state untouched.
+        let mut scratch: HashMap<String, (u64, EventId)> = HashMap::new();
         let mut events = Vec::with_capacity(prepared.len());
         let mut ids_floor = self.ids.last();
+        let mut stored_payloads = Vec::new();
         for Prepared { mut event, stored_bytes } in prepared {
-            let topic = event.topic.as_str().to_owned();
-            let last = match scratch.get(&topic) {
-                Some(last) => *last,
-                None => self.tail(tails, &topic)?,
+            let last = match scratch.get(event.topic.as_str()) {
+                Some(last) => Some(*last),
+                None => self.tail(state, event.topic.as_str())?,
             };
             if import {
-                if event.id <= ids_floor {
-                    return Err(StoreError::invalid(
-                        "id",
-                        format!(
-                            "imported id {} is not after the store's last id {ids_floor}; import into an empty store or after its last event",
-                            event.id
-                        ),
-                    ));
-                }
-                if let Some((last_seq, _)) = last
-                    && event.seq <= last_seq
-                {
-                    return Err(StoreError::invalid(
-                        "seq",
-                        format!("imported seq {} of topic {topic} is not after its last seq {last_seq}", event.seq),
-                    ));
-                }
+                check_import(&event, last, ids_floor)?;
                 ids_floor = event.id;
             } else {
-                event.id = EventId::MIN;
                 event.seq = last.map_or(0, |(seq, _)| seq + 1);
             }
-            if event.payload == Payload::Stored
-                && let (Some(hash), Some(bytes)) = (event.hash, stored_bytes.as_deref())
-                && !self.shared.cas.has_file(&hash)
-            {
-                self.shared.cas.put(&hash, bytes)?;
+            if let (Payload::Stored, Some(hash), Some(bytes)) = (&event.payload, event.hash, stored_bytes) {
+                stored_payloads.push((hash, bytes));
             }
             if event.ttl != Ttl::Ephemeral {
-                scratch.insert(topic, Some((event.seq, event.id)));
+                // One allocation per topic, not per event.
+                match scratch.get_mut(event.topic.as_str()) {
+                    Some(tail) => *tail = (event.seq, event.id),
+                    None => {
+                        scratch.insert(event.topic.as_str().to_owned(), (event.seq, event.id));
+                    }
+                }
             }
             events.push(event);
+        }
+        for (hash, bytes) in stored_payloads {
+            if !self.shared.cas.has_file(&hash) {
+                self.shared.cas.put(&hash, &bytes)?;
+            }
         }
         // Commit point of planning: assign ids in order, update the tails.
         for event in &mut events {
@@ -414,38 +367,32 @@ impl Writer {
             } else {
                 event.id = self.ids.next();
             }
-            if event.ttl != Ttl::Ephemeral {
-                tails.insert(event.topic.as_str().to_owned(), Some((event.seq, event.id)));
+        }
+        for event in events.iter().filter(|e| e.ttl != Ttl::Ephemeral) {
+            if let Some(tail) = scratch.get_mut(event.topic.as_str()) {
+                *tail = (event.seq, event.id);
             }
         }
+        state.tails.extend(scratch);
         let stored_events: Vec<&Event> = events.iter().filter(|e| e.ttl != Ttl::Ephemeral).collect();
-        let mut stored = Vec::new();
         if !stored_events.is_empty() {
             let record = self.buf.len();
-            let offsets = codec::encode_batch(&mut self.buf, key, &stored_events);
+            codec::encode_batch(&mut self.buf, key, &stored_events);
             // The store refuses batches whose estimate exceeds the limit.
             assert!(self.buf.len() - record <= RECORD_BYTES_MAX, "a record exceeds RECORD_BYTES_MAX");
-            stored.push((record, offsets));
         }
         if let Some(key) = key {
-            keys.insert(key.to_owned(), events.clone());
+            state.keys.insert(key.to_owned(), events.clone());
         }
-        published.extend(events.iter().cloned().map(Arc::new));
-        Ok(PlanOutcome::New(events, stored))
+        state.published.extend(events.iter().cloned().map(Arc::new));
+        Ok(PlanOutcome::New(events))
     }
 
-    fn tail(
-        &mut self,
-        tails: &mut HashMap<String, Option<(u64, EventId)>>,
-        topic: &str,
-    ) -> Result<Option<(u64, EventId)>> {
-        if let Some(tail) = tails.get(topic) {
-            return Ok(*tail);
+    fn tail(&mut self, state: &GroupState, topic: &str) -> Result<Option<(u64, EventId)>> {
+        if let Some(tail) = state.tails.get(topic).or_else(|| self.tails.get(topic)) {
+            return Ok(Some(*tail));
         }
-        let txn = self.shared.index.txn();
-        let tail = self.heads.get(&txn, topic)?.map(|head| (head.last_seq, head.last_id));
-        tails.insert(topic.to_owned(), tail);
-        Ok(tail)
+        Ok(self.shared.index.head(topic)?.map(|head| (head.last_seq, head.last_id)))
     }
 
     fn write_and_sync(&mut self, force_sync: bool) -> Result<()> {
@@ -470,73 +417,6 @@ impl Writer {
         Ok(())
     }
 
-    /// Applies the written group to the index and commits it.
-    fn apply(&mut self, planned: &mut [Planned]) -> Result<()> {
-        let base = self.offset;
-        let segment = self.segment;
-        self.offset += self.buf.len() as u64;
-        self.shared.segments.map(segment, self.offset.max(self.shared.options.segment_bytes))?;
-        let shared = self.shared.clone();
-        let read = move |pos: Pos| shared.segments.read_event(pos);
-        let mut txn = self.shared.index.txn();
-        let removes = planned.iter().any(|plan| match plan {
-            Planned::Remove { .. } | Planned::Expire { .. } => true,
-            Planned::Append { events, .. } => events.iter().any(|e| matches!(e.ttl, Ttl::Last { .. })),
-            _ => false,
-        });
-        if removes {
-            txn.track_writes();
-        }
-        let mut applier = Applier::new(&mut self.heads, &read);
-        for plan in planned.iter_mut() {
-            match plan {
-                Planned::Append { events, stored, key, .. } => {
-                    for (record, offsets) in stored {
-                        let positioned: Vec<(&Event, Pos)> = events
-                            .iter()
-                            .filter(|e| e.ttl != Ttl::Ephemeral)
-                            .zip(offsets)
-                            .map(|(event, (offset, len))| {
-                                let at = base + *record as u64 + u64::from(*offset);
-                                (event, Pos { segment, offset: at as u32, len: *len })
-                            })
-                            .collect();
-                        let idem = key.as_deref().map(|k| (k, positioned.first().map_or(0, |(e, _)| e.timestamp_ms())));
-                        applier.insert_events(&mut txn, &positioned, idem)?;
-                    }
-                }
-                Planned::Remove { ids, .. } => {
-                    for id in ids {
-                        applier.remove(&mut txn, *id)?;
-                    }
-                }
-                Planned::Ack { name, id, .. } => applier.ack(&mut txn, name, *id),
-                Planned::ConsumerDelete { name, .. } => applier.consumer_delete(&mut txn, name),
-                Planned::Expire { now_ms, removed, .. } => {
-                    *removed = applier.expire(&mut txn, *now_ms, crate::limits::EXPIRE_EVENTS_PER_STEP)?;
-                }
-                Planned::Done(_) | Planned::Sync { .. } => {}
-            }
-        }
-        let garbage = std::mem::take(&mut applier.garbage);
-        self.heads.flush(&mut txn);
-        if !self.buf.is_empty() {
-            txn.insert(
-                Ks::Meta,
-                META_APPLIED.to_vec(),
-                encode_checkpoint(Checkpoint { segment, offset: self.offset }).to_vec(),
-            );
-            txn.insert(Ks::Meta, META_LAST_ID.to_vec(), self.ids.last().to_bytes().to_vec());
-        }
-        txn.commit()?;
-        for hash in garbage {
-            if let Err(error) = self.shared.cas.delete(&hash) {
-                tracing::warn!("failed to delete unreferenced content {}: {error}", hash.sri());
-            }
-        }
-        Ok(())
-    }
-
     fn roll(&mut self) -> Result<()> {
         if self.unsynced {
             self.sync()?;
@@ -551,9 +431,30 @@ impl Writer {
     }
 }
 
+fn check_import(event: &Event, last: Option<(u64, EventId)>, ids_floor: EventId) -> Result<()> {
+    if event.id <= ids_floor {
+        return Err(StoreError::invalid(
+            "id",
+            format!(
+                "imported id {} is not after the store's last id {ids_floor}; import into an empty store or after its last event",
+                event.id
+            ),
+        ));
+    }
+    if let Some((last_seq, _)) = last
+        && event.seq <= last_seq
+    {
+        return Err(StoreError::invalid(
+            "seq",
+            format!("imported seq {} of topic {} is not after its last seq {last_seq}", event.seq, event.topic),
+        ));
+    }
+    Ok(())
+}
+
 enum PlanOutcome {
     Repeat(Vec<Event>),
-    New(Vec<Event>, Vec<(usize, Vec<(u32, u32)>)>),
+    New(Vec<Event>),
 }
 
 fn request_bytes(request: &Request) -> usize {
@@ -562,33 +463,5 @@ fn request_bytes(request: &Request) -> usize {
             events.iter().map(|p| 128 + p.event.inline_payload().map_or(0, <[u8]>::len)).sum()
         }
         _ => 64,
-    }
-}
-
-fn reply_error(plan: Planned, error: &StoreError, message: &str) {
-    let make = || match error {
-        StoreError::Poisoned { reason } => StoreError::Poisoned { reason: reason.clone() },
-        _ => {
-            StoreError::Io { context: message.to_owned(), source: std::io::Error::other("the write was not committed") }
-        }
-    };
-    match plan {
-        Planned::Done(reply) => reply.send(),
-        Planned::Append { reply, .. } => drop(reply.send(Err(make()))),
-        Planned::Remove { reply, .. } => drop(reply.send(Err(make()))),
-        Planned::Ack { reply, .. } | Planned::Sync { reply } => drop(reply.send(Err(make()))),
-        Planned::ConsumerDelete { reply, .. } => drop(reply.send(Err(make()))),
-        Planned::Expire { reply, .. } => drop(reply.send(Err(make()))),
-    }
-}
-
-fn finish(plan: Planned) {
-    match plan {
-        Planned::Done(reply) => reply.send(),
-        Planned::Append { events, reply, .. } => drop(reply.send(Ok(events))),
-        Planned::Remove { ids, reply, .. } => drop(reply.send(Ok(ids))),
-        Planned::Ack { reply, .. } | Planned::Sync { reply } => drop(reply.send(Ok(()))),
-        Planned::ConsumerDelete { reply, .. } => drop(reply.send(Ok(true))),
-        Planned::Expire { removed, reply, .. } => drop(reply.send(Ok(removed))),
     }
 }

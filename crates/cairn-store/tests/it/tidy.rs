@@ -25,9 +25,7 @@ fn every_module_starts_with_a_doc_comment() {
         }
     }
     assert!(files.len() > 20, "found the sources");
-    let missing: Vec<_> = files
-        .iter()
-        .filter(|path| !std::fs::read_to_string(path).unwrap().starts_with("//!"))
-        .collect();
+    let missing: Vec<_> =
+        files.iter().filter(|path| !std::fs::read_to_string(path).unwrap().starts_with("//!")).collect();
     assert!(missing.is_empty(), "modules without a //! comment: {missing:?}");
 }

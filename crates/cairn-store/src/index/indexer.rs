@@ -1,0 +1,105 @@
+//! The indexer: the only writer of the index once the store is open. It
+//! follows the committed log (as `Progress` reports it), applies its records
+//! with the same code recovery uses, and runs retention sweeps. Reads wait
+//! for it through `Progress::barrier`.
+
+use std::sync::Arc;
+
+use crate::error::{Result, StoreError};
+use crate::id::EventId;
+use crate::index::{Applier, Checkpoint, Heads};
+use crate::limits::{EXPIRE_EVENTS_PER_STEP, INDEX_RECORDS_PER_BATCH};
+use crate::log::codec::{self, FRAME_HEADER_BYTES};
+use crate::log::recovery::{RecoveryReport, replay};
+use crate::log::segment::{SEGMENT_HEADER_BYTES, corrupt};
+use crate::progress::Work;
+use crate::store::Shared;
+
+/// Runs until the store closes (after indexing everything committed) or the
+/// index fails (then the store is poisoned and readers get the reason).
+pub(crate) fn run(shared: Arc<Shared>, mut heads: Heads, mut last_id: EventId) {
+    while let Some(work) = shared.progress.next_work() {
+        if let Err(error) = step(&shared, &mut heads, &mut last_id, work) {
+            let reason = format!("index update failed: {error}");
+            shared.poison(&reason);
+            shared.progress.fail(reason);
+            return;
+        }
+    }
+}
+
+fn step(shared: &Shared, heads: &mut Heads, last_id: &mut EventId, work: Work) -> Result<()> {
+    let mut pos = work.from;
+    while pos < work.to {
+        pos = index_chunk(shared, heads, last_id, pos, work.to)?;
+    }
+    for (now_ms, reply) in work.expire {
+        let result = expire(shared, heads, now_ms);
+        let failed = result.as_ref().err().map(ToString::to_string);
+        let _ = reply.send(result);
+        if let Some(reason) = failed {
+            return Err(StoreError::Index(reason));
+        }
+    }
+    Ok(())
+}
+
+/// Indexes records from `from` towards `to`; returns where it stopped.
+fn index_chunk(
+    shared: &Shared,
+    heads: &mut Heads,
+    last_id: &mut EventId,
+    from: Checkpoint,
+    to: Checkpoint,
+) -> Result<Checkpoint> {
+    let segments = &shared.segments;
+    let end = if from.segment < to.segment {
+        std::fs::metadata(segments.path(from.segment))
+            .map_err(StoreError::io(format!("stat segment {}", from.segment)))?
+            .len()
+    } else {
+        to.offset
+    };
+    if from.offset >= end {
+        // The rest of this segment is indexed; the log continues in the next.
+        let next = Checkpoint { segment: from.segment + 1, offset: SEGMENT_HEADER_BYTES };
+        shared.progress.advance_indexed(next, 0, EventId::MIN);
+        return Ok(next);
+    }
+    let map = segments.bytes(from.segment)?;
+    let bytes = map.get(..end as usize).ok_or_else(|| corrupt(from.segment, from.offset as u32, "past the map"))?;
+    let mut offset = from.offset;
+    let mut records = Vec::new();
+    while offset < end && records.len() < INDEX_RECORDS_PER_BATCH {
+        let body = match codec::unframe(&bytes[offset as usize..]) {
+            Ok(Some(body)) => body,
+            Ok(None) => return Err(corrupt(from.segment, offset as u32, "committed record is incomplete")),
+            Err(detail) => return Err(corrupt(from.segment, offset as u32, &detail)),
+        };
+        let record = codec::decode_record(body).map_err(|detail| corrupt(from.segment, offset as u32, &detail))?;
+        records.push((record, offset));
+        offset += (FRAME_HEADER_BYTES + body.len()) as u64;
+    }
+    let mut report = RecoveryReport::default();
+    replay(segments, &shared.index, &shared.cas, heads, last_id, from.segment, records, offset, &mut report)?;
+    let next = Checkpoint { segment: from.segment, offset };
+    shared.progress.advance_indexed(next, offset - from.offset, *last_id);
+    Ok(next)
+}
+
+/// Removes events whose `time:` retention ran out by `now_ms`.
+fn expire(shared: &Shared, heads: &mut Heads, now_ms: u64) -> Result<usize> {
+    let segments = shared.segments.clone();
+    let read = move |pos| segments.read_event(pos);
+    let mut txn = shared.index.txn();
+    txn.track_writes();
+    let mut applier = Applier::new(heads, &read);
+    let removed = applier.expire(&mut txn, now_ms, EXPIRE_EVENTS_PER_STEP)?;
+    let garbage = std::mem::take(&mut applier.garbage);
+    heads.flush(&mut txn);
+    txn.commit()?;
+    for hash in garbage {
+        shared.cas.delete(&hash)?;
+    }
+    Ok(removed)
+}

@@ -1,0 +1,174 @@
+//! `Progress`: how far the log is committed and how far the index has
+//! caught up, shared by the writer, the indexer and readers.
+//!
+//! The writer acknowledges an append once the log holds it durably; the
+//! indexer applies committed records to the index on its own thread. Readers
+//! that need the index wait until it covers everything committed when they
+//! started (a read barrier), so a read after an acknowledged write sees it.
+//! The writer waits when the index falls more than `INDEX_LAG_BYTES_MAX`
+//! behind, which bounds memory, read latency and replay time after a crash.
+
+use std::sync::{Condvar, Mutex, MutexGuard};
+
+use tokio::sync::{oneshot, watch};
+
+use crate::error::{Result, StoreError};
+use crate::id::EventId;
+use crate::index::Checkpoint;
+use crate::limits::INDEX_LAG_BYTES_MAX;
+
+pub(crate) struct Progress {
+    state: Mutex<State>,
+    changed: Condvar,
+    /// Bumped whenever the index advances, for async waiters.
+    indexed_signal: watch::Sender<u64>,
+}
+
+pub(crate) struct State {
+    /// End of the durably written log.
+    pub(crate) committed: Checkpoint,
+    /// Bytes committed since open (for the lag bound across segments).
+    committed_bytes: u64,
+    /// End of what the index covers.
+    pub(crate) indexed: Checkpoint,
+    indexed_bytes: u64,
+    /// Every stored event with an id up to this is in the index.
+    pub(crate) indexed_last_id: EventId,
+    /// Retention sweeps asked of the indexer.
+    pub(crate) expire: Vec<(u64, oneshot::Sender<Result<usize>>)>,
+    /// Why the indexer stopped, if it failed.
+    failed: Option<String>,
+    /// The store is closing: the indexer finishes what is committed and stops.
+    pub(crate) closing: bool,
+}
+
+impl Progress {
+    pub(crate) fn new(end: Checkpoint, last_id: EventId) -> Progress {
+        let (indexed_signal, _) = watch::channel(0);
+        Progress {
+            state: Mutex::new(State {
+                committed: end,
+                committed_bytes: 0,
+                indexed: end,
+                indexed_bytes: 0,
+                indexed_last_id: last_id,
+                expire: Vec::new(),
+                failed: None,
+                closing: false,
+            }),
+            changed: Condvar::new(),
+            indexed_signal,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().expect("progress lock")
+    }
+
+    /// The writer made the log durable up to `end` (`bytes` more than before).
+    pub(crate) fn committed(&self, end: Checkpoint, bytes: u64) {
+        let mut state = self.lock();
+        state.committed = end;
+        state.committed_bytes += bytes;
+        drop(state);
+        self.changed.notify_all();
+    }
+
+    /// The writer waits here while the index lags too far behind.
+    pub(crate) fn wait_for_index_lag(&self) -> Result<()> {
+        let mut state = self.lock();
+        while state.committed_bytes - state.indexed_bytes > INDEX_LAG_BYTES_MAX && state.failed.is_none() {
+            state = self.changed.wait(state).expect("progress lock");
+        }
+        check_failed(&state)
+    }
+
+    /// Where the index's coverage of the log ends.
+    pub(crate) fn indexed(&self) -> Checkpoint {
+        self.lock().indexed
+    }
+
+    /// The indexer covered the log up to `end`, `bytes` more than before.
+    pub(crate) fn advance_indexed(&self, end: Checkpoint, bytes: u64, last_id: EventId) {
+        let mut state = self.lock();
+        state.indexed = end;
+        state.indexed_bytes += bytes;
+        state.indexed_last_id = state.indexed_last_id.max(last_id);
+        drop(state);
+        self.changed.notify_all();
+        self.indexed_signal.send_modify(|generation| *generation += 1);
+    }
+
+    pub(crate) fn fail(&self, reason: String) {
+        self.lock().failed = Some(reason);
+        self.changed.notify_all();
+        self.indexed_signal.send_modify(|generation| *generation += 1);
+    }
+
+    /// Blocks until the index covers everything committed now.
+    pub(crate) fn barrier(&self) -> Result<()> {
+        let mut state = self.lock();
+        let target = state.committed;
+        while state.indexed < target && state.failed.is_none() {
+            state = self.changed.wait(state).expect("progress lock");
+        }
+        check_failed(&state)
+    }
+
+    /// The id up to which every stored event is indexed, and whether the
+    /// index covers everything committed.
+    pub(crate) fn indexed_snapshot(&self) -> Result<(EventId, bool)> {
+        let state = self.lock();
+        check_failed(&state)?;
+        Ok((state.indexed_last_id, state.indexed >= state.committed))
+    }
+
+    pub(crate) fn watch_indexed(&self) -> watch::Receiver<u64> {
+        self.indexed_signal.subscribe()
+    }
+
+    /// Asks the indexer to remove events expired by `now_ms`.
+    pub(crate) fn request_expire(&self, now_ms: u64) -> oneshot::Receiver<Result<usize>> {
+        let (reply, receiver) = oneshot::channel();
+        self.lock().expire.push((now_ms, reply));
+        self.changed.notify_all();
+        receiver
+    }
+
+    pub(crate) fn close(&self) {
+        self.lock().closing = true;
+        self.changed.notify_all();
+    }
+
+    /// The indexer waits here for work; `None` once closing and done.
+    pub(crate) fn next_work(&self) -> Option<Work> {
+        let mut state = self.lock();
+        loop {
+            if state.failed.is_some() {
+                return None;
+            }
+            let expire = std::mem::take(&mut state.expire);
+            if state.indexed < state.committed || !expire.is_empty() {
+                return Some(Work { from: state.indexed, to: state.committed, expire });
+            }
+            if state.closing {
+                return None;
+            }
+            state = self.changed.wait(state).expect("progress lock");
+        }
+    }
+}
+
+/// What the indexer should do next.
+pub(crate) struct Work {
+    pub(crate) from: Checkpoint,
+    pub(crate) to: Checkpoint,
+    pub(crate) expire: Vec<(u64, oneshot::Sender<Result<usize>>)>,
+}
+
+fn check_failed(state: &State) -> Result<()> {
+    match &state.failed {
+        Some(reason) => Err(StoreError::Poisoned { reason: reason.clone() }),
+        None => Ok(()),
+    }
+}
