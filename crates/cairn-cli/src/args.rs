@@ -176,13 +176,16 @@ pub enum ConsumerCommand {
         id: String,
     },
     /// Show NAME's position.
+    #[command(after_help = "Example:\n  cairn consumer show mailer | jq -r .acked")]
     Show {
         /// Consumer name.
         name: String,
     },
     /// List consumers and their positions.
+    #[command(after_help = "Example:\n  cairn consumer list")]
     List,
     /// Delete a consumer.
+    #[command(after_help = "Example:\n  cairn consumer rm mailer")]
     Rm {
         /// Consumer name.
         name: String,

@@ -4,7 +4,7 @@
 //! random moment, reopens the store and checks that every acknowledged event
 //! is there with its exact id, seq and payload, that seqs are gapless, and
 //! that `verify` finds nothing wrong. `CAIRN_CRASH_CYCLES` sets the number of
-//! cycles (default 12; more under `CAIRN_SLOW_TESTS`).
+//! cycles (default 24; more under `CAIRN_SLOW_TESTS`).
 
 use std::collections::HashMap;
 use std::io::{BufRead as _, BufReader, Write as _};
@@ -65,7 +65,7 @@ fn cycles() -> usize {
     if let Ok(n) = std::env::var("CAIRN_CRASH_CYCLES") {
         return n.parse().expect("CAIRN_CRASH_CYCLES is a number");
     }
-    if std::env::var_os("CAIRN_SLOW_TESTS").is_some() { 200 } else { 12 }
+    if std::env::var_os("CAIRN_SLOW_TESTS").is_some() { 200 } else { 24 }
 }
 
 #[test]
