@@ -54,66 +54,75 @@ impl Bench {
         Ok(Store::open(self.fresh(name), Options { sync, ..Options::default() })?)
     }
 
+    /// Durable appends next to the raw baseline. The disk's fdatasync time
+    /// drifts during a run, so each cairn figure alternates with its baseline
+    /// in rounds, and both are summed over the rounds.
     pub fn append(&self) -> Result<()> {
         let topic = Topic::new("bench")?;
-        let (raw1, mut raw1_samples) = self.raw(1, 2_000)?;
-        row("raw: write + fdatasync, 1 event", &format_rate(raw1), Some(&mut raw1_samples), None, None);
-        let (raw64, mut raw64_samples) = self.raw(64, 64 * 1000)?;
-        row("raw: write + fdatasync, batch of 64", &format_rate(raw64), Some(&mut raw64_samples), None, None);
-        let (raw1024, mut raw1024_samples) = self.raw(1024, 1024 * 400)?;
-        row("raw: write + fdatasync, batch of 1,024", &format_rate(raw1024), Some(&mut raw1024_samples), None, None);
+        const ROUNDS: usize = 3;
 
         // Single durable appends from 1 task (blocking API).
         let store = self.store("single", SyncMode::Always)?;
-        let mut samples = Samples::default();
-        let n = 2_000;
-        let started = Instant::now();
-        for _ in 0..n {
-            let t = Instant::now();
-            store.append(NewEvent::new(topic.clone(), PAYLOAD), Expect::Any)?;
-            samples.push(t.elapsed());
-        }
-        let rate = n as f64 / started.elapsed().as_secs_f64();
-        row("cairn: durable append, 1 task", &format_rate(rate), Some(&mut samples), Some(raw1), Some(rate));
-        drop(store);
-
-        for (tasks, per_task, baseline) in [(8, 1_000, raw1), (64, 500, raw64)] {
-            let store = self.store(&format!("tasks-{tasks}"), SyncMode::Always)?;
-            let (rate, mut samples) = concurrent(&store, tasks, per_task)?;
-            let name = format!("cairn: durable append, {tasks} tasks");
-            row(&name, &format_rate(rate), Some(&mut samples), Some(baseline), Some(rate));
-        }
-
-        for (size, n_batches, baseline) in [(64usize, 1000usize, raw64), (1024, 400, raw1024)] {
-            let store = self.store(&format!("batch-{size}"), SyncMode::Always)?;
+        let (mut raw, mut cairn) = (Rounds::default(), Rounds::default());
+        for _ in 0..ROUNDS {
+            raw.add(self.raw(1, 700)?);
             let mut samples = Samples::default();
             let started = Instant::now();
-            for _ in 0..n_batches {
-                let batch = Batch { events: vec![NewEvent::new(topic.clone(), PAYLOAD); size], ..Batch::default() };
+            for _ in 0..700 {
                 let t = Instant::now();
-                store.append_batch(batch)?;
+                store.append(NewEvent::new(topic.clone(), PAYLOAD), Expect::Any)?;
                 samples.push(t.elapsed());
             }
-            let rate = (size * n_batches) as f64 / started.elapsed().as_secs_f64();
-            row(
-                &format!("cairn: durable batch of {size}"),
-                &format_rate(rate),
-                Some(&mut samples),
-                Some(baseline),
-                Some(rate),
-            );
+            cairn.add((700.0 / started.elapsed().as_secs_f64(), samples));
+        }
+        drop(store);
+        let raw1 = raw.report("raw: write + fdatasync, 1 event", None);
+        cairn.report("cairn: durable append, 1 task", Some(raw1));
+
+        for (tasks, per_task, raw_batch) in [(8, 250, 1), (64, 100, 64)] {
+            let store = self.store(&format!("tasks-{tasks}"), SyncMode::Always)?;
+            let (mut raw, mut cairn) = (Rounds::default(), Rounds::default());
+            for _ in 0..ROUNDS {
+                raw.add(self.raw(raw_batch, raw_batch * 300)?);
+                cairn.add(concurrent(&store, tasks, per_task)?);
+            }
+            let baseline =
+                raw.report(&format!("raw: write + fdatasync, batch of {raw_batch} (for {tasks} tasks)"), None);
+            cairn.report(&format!("cairn: durable append, {tasks} tasks"), Some(baseline));
+        }
+
+        for (size, n_batches) in [(64usize, 300usize), (1024, 130)] {
+            let store = self.store(&format!("batch-{size}"), SyncMode::Always)?;
+            let (mut raw, mut cairn) = (Rounds::default(), Rounds::default());
+            for _ in 0..ROUNDS {
+                raw.add(self.raw(size, size * n_batches)?);
+                let mut samples = Samples::default();
+                let started = Instant::now();
+                for _ in 0..n_batches {
+                    let batch = Batch { events: vec![NewEvent::new(topic.clone(), PAYLOAD); size], ..Batch::default() };
+                    let t = Instant::now();
+                    store.append_batch(batch)?;
+                    samples.push(t.elapsed());
+                }
+                cairn.add(((size * n_batches) as f64 / started.elapsed().as_secs_f64(), samples));
+            }
+            let baseline = raw.report(&format!("raw: write + fdatasync, batch of {size}"), None);
+            cairn.report(&format!("cairn: durable batch of {size}"), Some(baseline));
         }
 
         let store = self.store("bulk", SyncMode::Always)?;
         let batch = Batch { events: vec![NewEvent::new(topic.clone(), PAYLOAD); 100_000], ..Batch::default() };
+        let (raw_rate, _) = self.raw(100_000, 100_000)?;
         let started = Instant::now();
         store.append_batch(batch)?;
         let took = started.elapsed();
+        let raw_took = Duration::from_secs_f64(100_000.0 / raw_rate);
+        row("raw: 100,000 events' bytes, one write + fdatasync", &format_duration(raw_took), None, None, None);
         row(
             "cairn: 100,000 events durably in one batch",
             &format_duration(took),
             None,
-            Some(raw1024),
+            Some(raw_rate),
             Some(100_000.0 / took.as_secs_f64()),
         );
         Ok(())
@@ -218,6 +227,27 @@ fn fill(store: &Store, n: usize, topics: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// Rates and latencies of one benchmark over several rounds.
+#[derive(Default)]
+struct Rounds {
+    rates: Vec<f64>,
+    samples: Samples,
+}
+
+impl Rounds {
+    fn add(&mut self, (rate, samples): (f64, Samples)) {
+        self.rates.push(rate);
+        self.samples.extend(samples);
+    }
+
+    /// Prints a row with the mean rate; returns it.
+    fn report(&mut self, name: &str, baseline: Option<f64>) -> f64 {
+        let rate = self.rates.iter().sum::<f64>() / self.rates.len() as f64;
+        row(name, &format_rate(rate), Some(&mut self.samples), baseline, baseline.map(|_| rate));
+        rate
+    }
+}
+
 /// `tasks` async tasks each appending `per_task` single events durably.
 fn concurrent(store: &Store, tasks: usize, per_task: usize) -> Result<(f64, Samples)> {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
@@ -244,6 +274,5 @@ fn concurrent(store: &Store, tasks: usize, per_task: usize) -> Result<(f64, Samp
         all.extend(runtime.block_on(handle)?);
     }
     let rate = (tasks * per_task) as f64 / started.elapsed().as_secs_f64();
-    let _ = Duration::ZERO;
     Ok((rate, all))
 }

@@ -93,18 +93,46 @@ impl<'de> serde::Deserialize<'de> for EventId {
 
 /// Hands out strictly increasing ids: SCRU128 from the clock, but never at or
 /// below the last id handed out (also across restarts).
-#[derive(Debug)]
+///
+/// It owns its SCRU128 generator (the writer is its only user), which avoids
+/// the global generator's lock and per-id fork check.
 pub(crate) struct IdGenerator {
     last: EventId,
+    generator: scru128::Generator<SplitMix64>,
+}
+
+impl std::fmt::Debug for IdGenerator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IdGenerator").field("last", &self.last).finish_non_exhaustive()
+    }
+}
+
+/// The random part of SCRU128 ids only has to make collisions between
+/// stores unlikely; order comes from the timestamp and counters.
+struct SplitMix64(u64);
+
+impl scru128::generator::RandSource for SplitMix64 {
+    fn next_u32(&mut self) -> u32 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        ((z ^ (z >> 31)) >> 32) as u32
+    }
 }
 
 impl IdGenerator {
     pub(crate) fn new(last: EventId) -> IdGenerator {
-        IdGenerator { last }
+        let nanos =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+        let seed = nanos ^ (u64::from(std::process::id()) << 32) ^ (last.0 as u64);
+        let generator =
+            scru128::Generator::with_rand_and_time_sources(SplitMix64(seed), scru128::generator::StdSystemTime);
+        IdGenerator { last, generator }
     }
 
     pub(crate) fn next(&mut self) -> EventId {
-        let candidate = EventId(scru128::new().to_u128());
+        let candidate = EventId(self.generator.generate().to_u128());
         let id = if candidate > self.last { candidate } else { self.last.successor() };
         self.last = id;
         id

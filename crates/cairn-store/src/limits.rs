@@ -64,6 +64,13 @@ pub const GROUP_BYTES_MAX: usize = 8 * 1024 * 1024;
 /// after a crash.
 pub const INDEX_LAG_BYTES_MAX: u64 = 32 * 1024 * 1024;
 
+/// Unindexed log bytes at which a commit wakes the indexer at once.
+pub const INDEX_WAKE_BYTES: u64 = 1024 * 1024;
+
+/// Otherwise the indexer catches up this long after a commit, in ms, or as
+/// soon as a reader waits for it.
+pub const INDEX_WAKE_DELAY_MS: u64 = 2;
+
 /// Records the indexer applies per fjall batch.
 pub const INDEX_RECORDS_PER_BATCH: usize = 4096;
 

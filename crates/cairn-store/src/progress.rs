@@ -9,13 +9,14 @@
 //! behind, which bounds memory, read latency and replay time after a crash.
 
 use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use tokio::sync::{oneshot, watch};
 
 use crate::error::{Result, StoreError};
 use crate::id::EventId;
 use crate::index::Checkpoint;
-use crate::limits::INDEX_LAG_BYTES_MAX;
+use crate::limits::{INDEX_LAG_BYTES_MAX, INDEX_WAKE_BYTES, INDEX_WAKE_DELAY_MS};
 
 pub(crate) struct Progress {
     state: Mutex<State>,
@@ -40,6 +41,10 @@ pub(crate) struct State {
     failed: Option<String>,
     /// The store is closing: the indexer finishes what is committed and stops.
     pub(crate) closing: bool,
+    /// Readers blocked in `barrier`: the indexer works at once for them.
+    readers_waiting: usize,
+    /// When the oldest commit the index does not cover yet happened.
+    unindexed_since: Option<Instant>,
 }
 
 impl Progress {
@@ -55,6 +60,8 @@ impl Progress {
                 expire: Vec::new(),
                 failed: None,
                 closing: false,
+                readers_waiting: 0,
+                unindexed_since: None,
             }),
             changed: Condvar::new(),
             indexed_signal,
@@ -70,8 +77,14 @@ impl Progress {
         let mut state = self.lock();
         state.committed = end;
         state.committed_bytes += bytes;
+        state.unindexed_since.get_or_insert_with(Instant::now);
+        // The indexer batches small commits (it wakes by itself shortly);
+        // waking it for each one would cost a thread switch per append.
+        let urgent = state.committed_bytes - state.indexed_bytes >= INDEX_WAKE_BYTES || state.readers_waiting > 0;
         drop(state);
-        self.changed.notify_all();
+        if urgent {
+            self.changed.notify_all();
+        }
     }
 
     /// The writer waits here while the index lags too far behind.
@@ -94,6 +107,9 @@ impl Progress {
         state.indexed = end;
         state.indexed_bytes += bytes;
         state.indexed_last_id = state.indexed_last_id.max(last_id);
+        if state.indexed >= state.committed {
+            state.unindexed_since = None;
+        }
         drop(state);
         self.changed.notify_all();
         self.indexed_signal.send_modify(|generation| *generation += 1);
@@ -109,8 +125,13 @@ impl Progress {
     pub(crate) fn barrier(&self) -> Result<()> {
         let mut state = self.lock();
         let target = state.committed;
-        while state.indexed < target && state.failed.is_none() {
-            state = self.changed.wait(state).expect("progress lock");
+        if state.indexed < target {
+            state.readers_waiting += 1;
+            self.changed.notify_all();
+            while state.indexed < target && state.failed.is_none() {
+                state = self.changed.wait(state).expect("progress lock");
+            }
+            state.readers_waiting -= 1;
         }
         check_failed(&state)
     }
@@ -147,14 +168,26 @@ impl Progress {
             if state.failed.is_some() {
                 return None;
             }
-            let expire = std::mem::take(&mut state.expire);
-            if state.indexed < state.committed || !expire.is_empty() {
+            let behind = state.indexed < state.committed;
+            let delay = Duration::from_millis(INDEX_WAKE_DELAY_MS);
+            let waited = state.unindexed_since.map_or(Duration::ZERO, |since| since.elapsed());
+            let due = behind
+                && (state.closing
+                    || state.readers_waiting > 0
+                    || state.committed_bytes - state.indexed_bytes >= INDEX_WAKE_BYTES
+                    || waited >= delay);
+            if due || !state.expire.is_empty() {
+                let expire = std::mem::take(&mut state.expire);
                 return Some(Work { from: state.indexed, to: state.committed, expire });
             }
             if state.closing {
                 return None;
             }
-            state = self.changed.wait(state).expect("progress lock");
+            state = if behind {
+                self.changed.wait_timeout(state, delay - waited).expect("progress lock").0
+            } else {
+                self.changed.wait(state).expect("progress lock")
+            };
         }
     }
 }

@@ -7,10 +7,11 @@ use std::ops::Bound;
 use crate::error::{Result, StoreError};
 use crate::event::Event;
 use crate::id::EventId;
-use crate::index::{Index, Ks, decode_topic_value, strip, topic_key, topic_prefix};
-use crate::log::codec::{self, Pos};
+use crate::index::sparse::{ANCHOR_EVENTS, Anchor, Located, RemovedFilter, walk};
+use crate::index::{Index, Ks, strip, topic_key};
+use crate::log::codec::Pos;
 use crate::log::segment::Segments;
-use crate::topic::{Pattern, Topic};
+use crate::topic::{Level, Pattern, Topic};
 
 /// What to read.
 #[derive(Clone, Debug)]
@@ -50,77 +51,169 @@ impl Query {
     }
 }
 
-/// A cursor over stored events in one direction.
-pub(crate) enum Scan {
-    /// One topic, by seq.
-    Topic { iter: Guards },
-    /// All topics, by id, filtered by a pattern.
-    Global { iter: Guards, pattern: Pattern },
+/// A cursor over stored events in one direction: walks the blocks of the
+/// sparse index's anchors, skipping removed events.
+pub(crate) struct Scan {
+    anchors: Guards,
+    /// The current block's events still to return, next first.
+    block: std::collections::VecDeque<Located>,
+    kind: Kind,
+    removed: Option<RemovedFilter>,
+    reverse: bool,
+    done: bool,
+}
+
+enum Kind {
+    /// One topic, by seq, from `from_seq`.
+    Topic { topic: Topic, from_seq: u64 },
+    /// All topics, by id, after `after`, filtered by a pattern.
+    Global { pattern: Pattern, after: Option<EventId> },
 }
 
 impl Scan {
-    /// Events of `query.pattern` starting after `after` (or at `from_seq`),
-    /// in the given direction, ignoring `last`/`limit`.
+    /// Events of `pattern` after `after` (or from `from_seq`), in the given
+    /// direction, not removed.
     pub(crate) fn open(
         index: &Index,
+        segments: &Segments,
         pattern: &Pattern,
         after: Option<EventId>,
         from_seq: Option<u64>,
         reverse: bool,
     ) -> Result<Scan> {
+        Scan::open_inner(index, segments, pattern, after, from_seq, reverse, true)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn open_inner(
+        index: &Index,
+        segments: &Segments,
+        pattern: &Pattern,
+        after: Option<EventId>,
+        from_seq: Option<u64>,
+        reverse: bool,
+        skip_removed: bool,
+    ) -> Result<Scan> {
         match pattern.exact() {
             Some(topic) => {
-                let start_seq = match (from_seq, after) {
+                let from_seq = match (from_seq, after) {
                     (Some(seq), _) => seq,
-                    (None, Some(after)) => first_seq_after(index, topic, after)?,
+                    (None, Some(after)) => first_seq_after(index, segments, topic, after)?,
                     (None, None) => 0,
                 };
-                let start = topic_key(topic.as_str(), start_seq);
-                let end = topic_key(topic.as_str(), u64::MAX);
-                let iter = index.range(Ks::Topics, Bound::Included(&start), Bound::Included(&end));
-                Ok(Scan::Topic { iter: directed(iter, reverse) })
+                let first = topic_key(topic.as_str(), 0);
+                let last = topic_key(topic.as_str(), u64::MAX);
+                let wanted = topic_key(topic.as_str(), from_seq);
+                // The block holding `from_seq` starts at the last anchor at or before it.
+                let start = index
+                    .range(Ks::Topics, Bound::Included(&first), Bound::Included(&wanted))
+                    .next_back()
+                    .map(|guard| guard.key().map(|key| strip(&key).to_vec()))
+                    .transpose()?
+                    .unwrap_or_else(|| first.clone());
+                let anchors =
+                    directed(index.range(Ks::Topics, Bound::Included(&start), Bound::Included(&last)), reverse);
+                let removed = skip_removed.then(|| {
+                    let lo = if reverse { first.clone() } else { wanted.clone() };
+                    RemovedFilter::new(index, Ks::RemovedSeq, &lo, &last, reverse)
+                });
+                Ok(Scan {
+                    anchors,
+                    block: Default::default(),
+                    kind: Kind::Topic { topic: topic.clone(), from_seq },
+                    removed,
+                    reverse,
+                    done: false,
+                })
             }
             None => {
-                let after = after.map(EventId::to_bytes);
-                let start = after.as_ref().map_or(Bound::Unbounded, |id| Bound::Excluded(&id[..]));
-                let iter = index.range(Ks::Ids, start, Bound::Unbounded);
-                Ok(Scan::Global { iter: directed(iter, reverse), pattern: pattern.clone() })
+                let after_bytes = after.map(EventId::to_bytes);
+                let start = match &after_bytes {
+                    Some(bytes) => index
+                        .range(Ks::Ids, Bound::Unbounded, Bound::Included(&bytes[..]))
+                        .next_back()
+                        .map(|guard| guard.key().map(|key| strip(&key).to_vec()))
+                        .transpose()?,
+                    None => None,
+                };
+                let lo = start.as_deref().map_or(Bound::Unbounded, Bound::Included);
+                let anchors = directed(index.range(Ks::Ids, lo, Bound::Unbounded), reverse);
+                let removed = skip_removed.then(|| {
+                    let lo = after_bytes.unwrap_or([0; 16]);
+                    RemovedFilter::new(index, Ks::Removed, &lo, &[0xff; 16], reverse)
+                });
+                Ok(Scan {
+                    anchors,
+                    block: Default::default(),
+                    kind: Kind::Global { pattern: pattern.clone(), after },
+                    removed,
+                    reverse,
+                    done: false,
+                })
             }
         }
     }
 
     /// The next matching event's position.
     pub(crate) fn next_pos(&mut self, segments: &Segments) -> Option<Result<Pos>> {
-        match self {
-            Scan::Topic { iter } => {
-                let guard = iter.next()?;
-                Some(guard.value().map_err(StoreError::from).and_then(|value| {
-                    decode_topic_value(&value).map(|(_, pos)| pos).ok_or_else(|| bad_index("topics"))
-                }))
+        match self.next_located(segments) {
+            Ok(Some(located)) => Some(Ok(located.pos)),
+            Ok(None) => None,
+            Err(error) => {
+                self.done = true;
+                Some(Err(error))
             }
-            Scan::Global { iter, pattern } => loop {
-                let guard = iter.next()?;
-                let pos = match guard.value() {
-                    Ok(value) => match Pos::from_bytes(&value) {
-                        Some(pos) => pos,
-                        None => return Some(Err(bad_index("ids"))),
-                    },
-                    Err(error) => return Some(Err(error.into())),
-                };
-                if matches!(pattern, Pattern::Wildcard(levels) if levels.len() == 1 && levels[0] == crate::topic::Level::Rest)
-                {
-                    return Some(Ok(pos));
-                }
-                let matched = segments.with_event_body(pos, |body| {
-                    Ok(codec::peek_topic(body).is_some_and(|topic| pattern.matches(topic)))
-                });
-                match matched {
-                    Ok(true) => return Some(Ok(pos)),
-                    Ok(false) => continue,
-                    Err(error) => return Some(Err(error)),
-                }
-            },
         }
+    }
+
+    pub(crate) fn next_located(&mut self, segments: &Segments) -> Result<Option<Located>> {
+        while !self.done {
+            let Some(located) = self.block.pop_front() else {
+                if !self.fill(segments)? {
+                    self.done = true;
+                }
+                continue;
+            };
+            // Bounds: skip what lies before the start; stop past it going back.
+            let (before_start, key) = match &self.kind {
+                Kind::Topic { topic, from_seq } => (located.seq < *from_seq, topic_key(topic.as_str(), located.seq)),
+                Kind::Global { after, .. } => {
+                    (after.is_some_and(|after| located.id <= after), located.id.to_bytes().to_vec())
+                }
+            };
+            if before_start {
+                if self.reverse {
+                    self.done = true;
+                }
+                continue;
+            }
+            if let Some(removed) = &mut self.removed
+                && removed.contains(&key)?
+            {
+                continue;
+            }
+            return Ok(Some(located));
+        }
+        Ok(None)
+    }
+
+    /// Loads the next anchor's block; false when there is none.
+    fn fill(&mut self, segments: &Segments) -> Result<bool> {
+        let Some(guard) = self.anchors.next() else { return Ok(false) };
+        let anchor = Anchor::from_bytes(&guard.value()?)?;
+        let mut block = Vec::with_capacity(ANCHOR_EVENTS);
+        match &self.kind {
+            Kind::Topic { topic, .. } => walk(segments, anchor, Some(topic.as_str()), |_| true, &mut block)?,
+            Kind::Global { pattern, .. } => {
+                let all = matches!(pattern, Pattern::Wildcard(levels) if levels.len() == 1 && levels[0] == Level::Rest);
+                walk(segments, anchor, None, |topic| all || pattern.matches(topic), &mut block)?;
+            }
+        }
+        if self.reverse {
+            block.reverse();
+        }
+        self.block = block.into();
+        Ok(true)
     }
 }
 
@@ -131,33 +224,23 @@ fn directed(iter: fjall::Iter, reverse: bool) -> Guards {
     if reverse { Box::new(iter.rev()) } else { Box::new(iter) }
 }
 
-fn bad_index(keyspace: &str) -> StoreError {
-    StoreError::Corrupt { location: format!("index keyspace {keyspace}"), detail: "malformed value".to_owned() }
-}
-
 /// The smallest seq of `topic` whose event has an id above `after`, or one
-/// past the last seq when there is none. Binary search: ids increase with seq.
-pub(crate) fn first_seq_after(index: &Index, topic: &Topic, after: EventId) -> Result<u64> {
+/// past the last seq when there is none. Binary search over seqs (ids
+/// increase with seq); removed events still count, which keeps it monotonic.
+pub(crate) fn first_seq_after(index: &Index, segments: &Segments, topic: &Topic, after: EventId) -> Result<u64> {
     let Some(head) = index.head(topic.as_str())? else { return Ok(0) };
     if head.last_id <= after {
         return Ok(head.last_seq + 1);
     }
     let (mut lo, mut hi) = (0u64, head.last_seq + 1);
-    let prefix = topic_prefix(topic);
+    let pattern = Pattern::Exact(topic.clone());
     while lo < hi {
         let mid = lo + (hi - lo) / 2;
-        // The first stored event at or after `mid` stands in for `mid`.
-        let found = index.range(Ks::Topics, Bound::Included(&topic_key(topic.as_str(), mid)), Bound::Unbounded).next();
-        let entry = match found {
-            Some(guard) => {
-                let (key, value) = guard.into_inner()?;
-                if strip(&key).starts_with(&prefix) { decode_topic_value(&value).map(|(id, _)| id) } else { None }
-            }
-            None => None,
-        };
-        match entry {
-            Some(id) if id > after => hi = mid,
-            Some(_) => lo = mid + 1,
+        // The first event at or after `mid` stands in for `mid`.
+        let mut scan = Scan::open_inner(index, segments, &pattern, None, Some(mid), false, false)?;
+        match scan.next_located(segments)? {
+            Some(located) if located.id > after => hi = mid,
+            Some(located) => lo = located.seq.max(mid) + 1,
             None => hi = mid,
         }
     }
@@ -183,7 +266,7 @@ impl ReadIter {
         let source = match query.last {
             Some(last) => {
                 // The newest `last` of the selection: scan backward, then order.
-                let mut scan = Scan::open(index, &query.pattern, query.after, query.from_seq, true)?;
+                let mut scan = Scan::open(index, &segments, &query.pattern, query.after, query.from_seq, true)?;
                 let mut newest = Vec::new();
                 while (newest.len() as u64) < last {
                     let Some(pos) = scan.next_pos(&segments) else { break };
@@ -194,7 +277,9 @@ impl ReadIter {
                 }
                 Source::Gathered(newest.into_iter())
             }
-            None => Source::Scan(Scan::open(index, &query.pattern, query.after, query.from_seq, query.reverse)?),
+            None => {
+                Source::Scan(Scan::open(index, &segments, &query.pattern, query.after, query.from_seq, query.reverse)?)
+            }
         };
         Ok(ReadIter { segments, source, remaining })
     }

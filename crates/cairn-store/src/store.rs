@@ -16,7 +16,8 @@ use crate::cas::{self, Cas};
 use crate::error::{Result, StoreError};
 use crate::event::{self, Batch, Event, Expect, Hash, NewEvent, Payload, Ttl};
 use crate::id::{EventId, IdGenerator};
-use crate::index::{Checkpoint, Index, Ks, indexer, strip, topic_prefix};
+use crate::index::sparse::find_id;
+use crate::index::{Checkpoint, Index, Ks, indexer, strip};
 use crate::limits::{self, BATCH_EVENTS_MAX, CONSUMER_NAME_BYTES_MAX, RECORD_BYTES_MAX};
 use crate::live::Live;
 use crate::log::recovery::{self, RecoveryReport};
@@ -154,7 +155,7 @@ impl Shared {
         let mut events = Vec::new();
         for chunk in value[8..].chunks_exact(16) {
             let id = EventId::from_bytes(chunk.try_into().expect("16 bytes"));
-            if let Some(pos) = self.index.pos_of(id)? {
+            if let Some(pos) = find_id(&self.index, &self.segments, id)? {
                 events.push(self.segments.read_event(pos)?);
             }
         }
@@ -168,7 +169,7 @@ impl Shared {
 
     pub(crate) fn get(&self, id: EventId) -> Result<Option<Event>> {
         self.barrier()?;
-        match self.index.pos_of(id)? {
+        match find_id(&self.index, &self.segments, id)? {
             Some(pos) => self.segments.read_event(pos).map(Some),
             None => Ok(None),
         }
@@ -506,10 +507,20 @@ impl Store {
     }
 
     fn topic_info(&self, topic: Topic, head: crate::index::Head) -> Result<TopicInfo> {
-        let prefix = topic_prefix(&topic);
-        let first_seq = match self.inner.shared.index.prefix(Ks::Topics, &prefix).next() {
-            Some(guard) => crate::index::seq_of_topic_key(&guard.key()?),
-            None => None,
+        let shared = &self.inner.shared;
+        let pattern = Pattern::Exact(topic.clone());
+        let first_seq = if head.count == 0 {
+            None
+        } else {
+            let mut scan = crate::read::Scan::open(
+                &shared.index,
+                &shared.segments,
+                &pattern,
+                None,
+                Some(head.trimmed_below),
+                false,
+            )?;
+            scan.next_located(&shared.segments)?.map(|located| located.seq)
         };
         Ok(TopicInfo { topic, count: head.count, first_seq, last_seq: head.last_seq, last_id: head.last_id })
     }

@@ -140,7 +140,8 @@ impl Subscription {
         let ring_last = self.shared.live.last();
         let (indexed_last_id, caught_up) = self.shared.progress.indexed_snapshot()?;
         let now = if caught_up { ring_last } else { indexed_last_id };
-        let mut scan = Scan::open(&self.shared.index, &self.pattern, Some(self.cursor), None, false)?;
+        let mut scan =
+            Scan::open(&self.shared.index, &self.shared.segments, &self.pattern, Some(self.cursor), None, false)?;
         let mut events = Vec::new();
         while events.len() < SUBSCRIBER_CHUNK_EVENTS {
             let Some(pos) = scan.next_pos(&self.shared.segments) else { break };

@@ -12,7 +12,7 @@ pub const SYSTEM_PREFIX: &str = "cairn.";
 
 /// A valid topic: 1-255 bytes of `A-Z a-z 0-9 _ - . / :`.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Topic(Box<str>);
+pub struct Topic(std::sync::Arc<str>);
 
 impl Topic {
     /// Validates a topic name. Names starting with `cairn.` are accepted

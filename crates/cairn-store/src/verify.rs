@@ -93,7 +93,7 @@ pub(crate) fn verify(shared: &Shared) -> Result<VerifyReport> {
                         }
                         let pos =
                             Pos { segment, offset: (offset as u64 + u64::from(event_offset)) as u32, len: event_len };
-                        match shared.index.pos_of(event.id) {
+                        match crate::index::sparse::find_id(&shared.index, &shared.segments, event.id) {
                             Ok(Some(indexed)) if indexed != pos => {
                                 report.problems.push(format!("{place}: the index points elsewhere ({indexed:?})"));
                             }

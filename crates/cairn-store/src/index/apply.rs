@@ -7,9 +7,12 @@ use std::collections::HashMap;
 use crate::error::Result;
 use crate::event::{Event, Hash, Payload, Ttl};
 use crate::id::EventId;
+use crate::index::sparse::{ANCHOR_EVENTS, Anchor, find_id};
 use crate::index::txn::{Ks, Txn};
-use crate::index::{Head, decode_topic_value, topic_key};
+use crate::index::{Head, topic_key};
 use crate::log::codec::Pos;
+use crate::log::segment::Segments;
+use crate::read::Scan;
 
 /// The writer's cache of topic heads, loaded lazily from the index.
 #[derive(Default, Debug)]
@@ -60,12 +63,16 @@ impl Heads {
 
 /// Applies records within one transaction and collects side effects that
 /// must wait for its commit. Records are applied after they are written to
-/// the log, so every event it reads back is on disk (or in the page cache).
+/// the log, so every event it reads back is there.
 pub(crate) struct Applier<'h> {
     pub(crate) heads: &'h mut Heads,
-    /// Reads an event from the log by position.
-    read: &'h dyn Fn(Pos) -> Result<Event>,
-
+    segments: &'h Segments,
+    /// Whether this transaction's events must be findable before it commits
+    /// (it removes or trims).
+    track: bool,
+    /// Events indexed by this transaction (when tracking), by id and topic.
+    pending_ids: HashMap<EventId, Pos>,
+    pending_topics: HashMap<String, Vec<(u64, EventId)>>,
     /// Content-store files no event refers to any more; deleted after commit.
     pub(crate) garbage: Vec<Hash>,
     /// Events removed from the index by this transaction.
@@ -73,48 +80,73 @@ pub(crate) struct Applier<'h> {
 }
 
 impl<'h> Applier<'h> {
-    pub(crate) fn new(heads: &'h mut Heads, read: &'h dyn Fn(Pos) -> Result<Event>) -> Applier<'h> {
-        Applier { heads, read, garbage: Vec::new(), n_removed: 0 }
+    pub(crate) fn new(heads: &'h mut Heads, segments: &'h Segments, track: bool) -> Applier<'h> {
+        Applier {
+            heads,
+            segments,
+            track,
+            pending_ids: HashMap::new(),
+            pending_topics: HashMap::new(),
+            garbage: Vec::new(),
+            n_removed: 0,
+        }
     }
 
-    fn read(&self, pos: Pos) -> Result<Event> {
-        (self.read)(pos)
-    }
-
-    /// Indexes stored events (already positioned in the log).
+    /// Indexes the stored events of one batch record (already positioned in
+    /// the log; the record's events end at offset `record_end`).
     pub(crate) fn insert_events(
         &mut self,
         txn: &mut Txn<'_>,
         events: &[(&Event, Pos)],
+        record_end: u32,
         idempotency: Option<(&str, u64)>,
     ) -> Result<()> {
+        let mut by_topic: HashMap<&str, Vec<usize>> = HashMap::new();
         let mut trims: Vec<(&str, u64)> = Vec::new();
-        for (event, pos) in events {
+        for (idx, (event, pos)) in events.iter().enumerate() {
             let topic = event.topic.as_str();
-            let id_bytes = event.id.to_bytes();
-            txn.insert(Ks::Ids, id_bytes.to_vec(), pos.to_bytes().to_vec());
-            let mut topic_value = Vec::with_capacity(28);
-            topic_value.extend_from_slice(&id_bytes);
-            topic_value.extend_from_slice(&pos.to_bytes());
-            txn.insert(Ks::Topics, topic_key(topic, event.seq), topic_value);
+            if idx % ANCHOR_EVENTS == 0 {
+                let n = (events.len() - idx).min(ANCHOR_EVENTS) as u32;
+                let anchor = Anchor { segment: pos.segment, offset: pos.offset, end: record_end, n };
+                txn.insert(Ks::Ids, event.id.to_bytes().to_vec(), anchor.to_bytes().to_vec());
+            }
+            match by_topic.get_mut(topic) {
+                Some(indices) => indices.push(idx),
+                None => {
+                    by_topic.insert(topic, vec![idx]);
+                }
+            }
             if let Some(hash) = event.hash {
-                let mut value = pos.to_bytes().to_vec();
-                value.push(u8::from(event.payload == Payload::Stored));
-                txn.insert(Ks::Cas, cas_key(hash, event.id), value);
+                txn.insert(Ks::Cas, cas_key(hash, event.id), vec![u8::from(event.payload == Payload::Stored)]);
             }
             if let Ttl::Time { ms } = event.ttl {
                 let expires = event.timestamp_ms().saturating_add(ms);
                 txn.insert(Ks::Expiry, expiry_key(expires, event.id), Vec::new());
             }
-            let head = match self.heads.get(txn, topic)? {
-                Some(head) => Head { last_seq: event.seq, last_id: event.id, count: head.count + 1, ..head },
-                None => Head { last_seq: event.seq, last_id: event.id, count: 1, trimmed_below: 0 },
-            };
-            self.heads.put(topic, head);
             if let Ttl::Last { n } = event.ttl {
                 trims.retain(|(t, _)| *t != topic);
                 trims.push((topic, n));
             }
+            if self.track {
+                self.pending_ids.insert(event.id, *pos);
+                self.pending_topics.entry(topic.to_owned()).or_default().push((event.seq, event.id));
+            }
+        }
+        for (topic, indices) in by_topic {
+            for chunk in indices.chunks(ANCHOR_EVENTS) {
+                let (first, pos) = events[chunk[0]];
+                let anchor =
+                    Anchor { segment: pos.segment, offset: pos.offset, end: record_end, n: chunk.len() as u32 };
+                txn.insert(Ks::Topics, topic_key(topic, first.seq), anchor.to_bytes().to_vec());
+            }
+            let (last, _) = events[*indices.last().expect("a topic has events")];
+            let head = match self.heads.get(txn, topic)? {
+                Some(head) => {
+                    Head { last_seq: last.seq, last_id: last.id, count: head.count + indices.len() as u64, ..head }
+                }
+                None => Head { last_seq: last.seq, last_id: last.id, count: indices.len() as u64, trimmed_below: 0 },
+            };
+            self.heads.put(topic, head);
         }
         for (topic, keep) in trims {
             self.trim(txn, topic, keep)?;
@@ -131,16 +163,30 @@ impl<'h> Applier<'h> {
 
     /// Keeps only the newest `keep` events of `topic`.
     fn trim(&mut self, txn: &mut Txn<'_>, topic: &str, keep: u64) -> Result<()> {
+        assert!(self.track, "a transaction that trims must track its writes");
         let Some(head) = self.heads.get(txn, topic)? else { return Ok(()) };
         let cutoff = (head.last_seq + 1).saturating_sub(keep);
-        for seq in head.trimmed_below..cutoff {
-            if let Some(value) = txn.get(Ks::Topics, &topic_key(topic, seq))?
-                && let Some((id, pos)) = decode_topic_value(&value)
-            {
-                let event = self.read(pos)?;
-                assert_eq!(event.id, id, "the topics index points at the wrong event");
-                self.remove_decoded(txn, &event)?;
+        if head.trimmed_below >= cutoff {
+            return Ok(());
+        }
+        // Committed events of the topic in [trimmed_below, cutoff), then this
+        // transaction's own.
+        let mut doomed = Vec::new();
+        let pattern = crate::topic::Pattern::Exact(crate::topic::Topic::new(topic)?);
+        let mut scan = Scan::open(txn.index, self.segments, &pattern, None, Some(head.trimmed_below), false)?;
+        while let Some(located) = scan.next_located(self.segments)? {
+            if located.seq >= cutoff {
+                break;
             }
+            doomed.push(located.id);
+        }
+        if let Some(pending) = self.pending_topics.get(topic) {
+            doomed.extend(
+                pending.iter().filter(|(seq, _)| (head.trimmed_below..cutoff).contains(seq)).map(|(_, id)| *id),
+            );
+        }
+        for id in doomed {
+            self.remove(txn, id)?;
         }
         if let Some(head) = self.heads.get(txn, topic)? {
             self.heads.put(topic, Head { trimmed_below: cutoff.max(head.trimmed_below), ..head });
@@ -150,18 +196,24 @@ impl<'h> Applier<'h> {
 
     /// Removes the event `id` from the index. Returns whether it was there.
     pub(crate) fn remove(&mut self, txn: &mut Txn<'_>, id: EventId) -> Result<bool> {
-        let Some(pos) = txn.get(Ks::Ids, &id.to_bytes())?.and_then(|bytes| Pos::from_bytes(&bytes)) else {
+        assert!(self.track, "a transaction that removes must track its writes");
+        if txn.get(Ks::Removed, &id.to_bytes())?.is_some() {
             return Ok(false);
+        }
+        let pos = match self.pending_ids.get(&id) {
+            Some(pos) => Some(*pos),
+            None => find_id(txn.index, self.segments, id)?,
         };
-        let event = self.read(pos)?;
+        let Some(pos) = pos else { return Ok(false) };
+        let event = self.segments.read_event(pos)?;
         self.remove_decoded(txn, &event)?;
         Ok(true)
     }
 
     fn remove_decoded(&mut self, txn: &mut Txn<'_>, event: &Event) -> Result<()> {
         let topic = event.topic.as_str();
-        txn.remove(Ks::Ids, event.id.to_bytes().to_vec());
-        txn.remove(Ks::Topics, topic_key(topic, event.seq));
+        txn.insert(Ks::Removed, event.id.to_bytes().to_vec(), Vec::new());
+        txn.insert(Ks::RemovedSeq, topic_key(topic, event.seq), Vec::new());
         if let Ttl::Time { ms } = event.ttl {
             txn.remove(Ks::Expiry, expiry_key(event.timestamp_ms().saturating_add(ms), event.id));
         }

@@ -70,13 +70,15 @@ fn index_chunk(
     let bytes = map.get(..end as usize).ok_or_else(|| corrupt(from.segment, from.offset as u32, "past the map"))?;
     let mut offset = from.offset;
     let mut records = Vec::new();
+    let mut decoder = codec::Decoder::for_index();
     while offset < end && records.len() < INDEX_RECORDS_PER_BATCH {
         let body = match codec::unframe(&bytes[offset as usize..]) {
             Ok(Some(body)) => body,
             Ok(None) => return Err(corrupt(from.segment, offset as u32, "committed record is incomplete")),
             Err(detail) => return Err(corrupt(from.segment, offset as u32, &detail)),
         };
-        let record = codec::decode_record(body).map_err(|detail| corrupt(from.segment, offset as u32, &detail))?;
+        let record = codec::decode_record_with(body, &mut decoder)
+            .map_err(|detail| corrupt(from.segment, offset as u32, &detail))?;
         records.push((record, offset));
         offset += (FRAME_HEADER_BYTES + body.len()) as u64;
     }
@@ -89,11 +91,9 @@ fn index_chunk(
 
 /// Removes events whose `time:` retention ran out by `now_ms`.
 fn expire(shared: &Shared, heads: &mut Heads, now_ms: u64) -> Result<usize> {
-    let segments = shared.segments.clone();
-    let read = move |pos| segments.read_event(pos);
     let mut txn = shared.index.txn();
     txn.track_writes();
-    let mut applier = Applier::new(heads, &read);
+    let mut applier = Applier::new(heads, &shared.segments, true);
     let removed = applier.expire(&mut txn, now_ms, EXPIRE_EVENTS_PER_STEP)?;
     let garbage = std::mem::take(&mut applier.garbage);
     heads.flush(&mut txn);

@@ -9,10 +9,10 @@
 //!
 //! Indexes and their keys (after the index byte; integers big-endian so
 //! byte order is numeric order):
-//! - `ids`: id(16) → pos(12)
-//! - `topics`: topic, 0x00, seq(8) → id(16) pos(12)
+//! - `ids`, `topics`, `removed`, `removed_seq`: the sparse indexes over the
+//!   log, see `sparse.rs`
 //! - `heads`: topic → [`Head`]
-//! - `cas`: hash(32) id(16) → pos(12) stored(1)
+//! - `cas`: hash(32) id(16) → stored(1)
 //! - `expiry`: expires_ms(8) id(16) → empty
 //! - `idem`: key → time_ms(8) then id(16) per event
 //! - `consumers`: name → id(16)
@@ -20,6 +20,7 @@
 
 mod apply;
 pub(crate) mod indexer;
+pub(crate) mod sparse;
 pub(crate) mod txn;
 
 use std::path::Path;
@@ -33,8 +34,6 @@ pub(crate) use txn::Txn;
 
 use crate::error::Result;
 use crate::id::EventId;
-use crate::log::codec::Pos;
-use crate::topic::Topic;
 
 /// The fjall database and its one keyspace.
 pub(crate) struct Index {
@@ -54,6 +53,8 @@ pub(crate) enum Ks {
     Idem = b'k',
     Consumers = b'n',
     Meta = b'm',
+    Removed = b'r',
+    RemovedSeq = b'x',
 }
 
 /// `suffix` prefixed with the index byte of `ks`.
@@ -185,10 +186,6 @@ impl Index {
             .map_or(EventId::MIN, EventId::from_bytes))
     }
 
-    pub(crate) fn pos_of(&self, id: EventId) -> Result<Option<Pos>> {
-        Ok(self.get(Ks::Ids, &id.to_bytes())?.and_then(|bytes| Pos::from_bytes(&bytes)))
-    }
-
     pub(crate) fn head(&self, topic: &str) -> Result<Option<Head>> {
         Ok(self.get(Ks::Heads, topic.as_bytes())?.and_then(|bytes| Head::from_bytes(&bytes)))
     }
@@ -222,24 +219,4 @@ pub(crate) fn topic_key(topic: &str, seq: u64) -> Vec<u8> {
     key.push(0);
     key.extend_from_slice(&seq.to_be_bytes());
     key
-}
-
-/// Prefix of all of `topic`'s keys in `topics`.
-pub(crate) fn topic_prefix(topic: &Topic) -> Vec<u8> {
-    let mut key = Vec::with_capacity(topic.as_str().len() + 1);
-    key.extend_from_slice(topic.as_str().as_bytes());
-    key.push(0);
-    key
-}
-
-/// Splits a `topics` value into id and position.
-pub(crate) fn decode_topic_value(bytes: &[u8]) -> Option<(EventId, Pos)> {
-    let id = EventId::from_bytes(bytes.get(0..16)?.try_into().ok()?);
-    Some((id, Pos::from_bytes(bytes.get(16..28)?)?))
-}
-
-/// The seq at the end of a `topics` key.
-pub(crate) fn seq_of_topic_key(key: &[u8]) -> Option<u64> {
-    let tail = key.get(key.len().checked_sub(8)?..)?;
-    Some(u64::from_be_bytes(tail.try_into().ok()?))
 }

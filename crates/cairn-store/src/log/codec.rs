@@ -46,24 +46,6 @@ pub(crate) struct Pos {
     pub(crate) len: u32,
 }
 
-impl Pos {
-    pub(crate) fn to_bytes(self) -> [u8; 12] {
-        let mut out = [0u8; 12];
-        out[0..4].copy_from_slice(&self.segment.to_be_bytes());
-        out[4..8].copy_from_slice(&self.offset.to_be_bytes());
-        out[8..12].copy_from_slice(&self.len.to_be_bytes());
-        out
-    }
-
-    pub(crate) fn from_bytes(bytes: &[u8]) -> Option<Pos> {
-        Some(Pos {
-            segment: u32::from_be_bytes(bytes.get(0..4)?.try_into().ok()?),
-            offset: u32::from_be_bytes(bytes.get(4..8)?.try_into().ok()?),
-            len: u32::from_be_bytes(bytes.get(8..12)?.try_into().ok()?),
-        })
-    }
-}
-
 /// Appends a frame (`[len][crc][body]`) whose body `fill` writes.
 pub(crate) fn frame(out: &mut Vec<u8>, fill: impl FnOnce(&mut Vec<u8>)) {
     let start = out.len();
@@ -234,6 +216,42 @@ pub(crate) enum Record {
 
 /// Decodes a record body (already crc-checked).
 pub(crate) fn decode_record(body: &[u8]) -> Result<Record, String> {
+    decode_record_with(body, &mut Decoder::full())
+}
+
+/// Decoding options and a cache of recent topics, for decoding many records.
+pub(crate) struct Decoder {
+    /// Skip copying inline payloads (`Payload::None` stands in for them):
+    /// the indexer needs only an event's place, not its bytes.
+    skip_payloads: bool,
+    topics: Vec<Topic>,
+}
+
+impl Decoder {
+    pub(crate) fn full() -> Decoder {
+        Decoder { skip_payloads: false, topics: Vec::new() }
+    }
+
+    pub(crate) fn for_index() -> Decoder {
+        Decoder { skip_payloads: true, topics: Vec::new() }
+    }
+
+    /// The topic named by `bytes`, validated once and shared after that.
+    fn topic(&mut self, bytes: &[u8]) -> Result<Topic, String> {
+        if let Some(topic) = self.topics.iter().find(|t| t.as_str().as_bytes() == bytes) {
+            return Ok(topic.clone());
+        }
+        let text = std::str::from_utf8(bytes).map_err(|_| "topic is not UTF-8")?;
+        let topic = Topic::new(text).map_err(|error| error.to_string())?;
+        if self.topics.len() == 16 {
+            self.topics.remove(0);
+        }
+        self.topics.push(topic.clone());
+        Ok(topic)
+    }
+}
+
+pub(crate) fn decode_record_with(body: &[u8], decoder: &mut Decoder) -> Result<Record, String> {
     let mut reader = Reader { bytes: body, at: 0 };
     let version = reader.u8()?;
     if version != FORMAT_VERSION {
@@ -247,7 +265,7 @@ pub(crate) fn decode_record(body: &[u8]) -> Result<Record, String> {
             for _ in 0..n {
                 let frame_offset = reader.at + FRAME_HEADER_BYTES;
                 let event_body = unframe(&body[reader.at..])?.ok_or("event frame runs past its record")?;
-                let event = decode_event(event_body)?;
+                let event = decode_event_with(event_body, decoder)?;
                 reader.at += FRAME_HEADER_BYTES + event_body.len();
                 events.push((event, frame_offset as u32, event_body.len() as u32));
             }
@@ -273,6 +291,10 @@ pub(crate) fn decode_record(body: &[u8]) -> Result<Record, String> {
 
 /// Decodes one event body.
 pub(crate) fn decode_event(body: &[u8]) -> Result<Event, String> {
+    decode_event_with(body, &mut Decoder::full())
+}
+
+fn decode_event_with(body: &[u8], decoder: &mut Decoder) -> Result<Event, String> {
     let mut reader = Reader { bytes: body, at: 0 };
     let id = reader.id()?;
     let seq = reader.u64()?;
@@ -288,8 +310,8 @@ pub(crate) fn decode_event(body: &[u8]) -> Result<Event, String> {
         other => return Err(format!("unknown ttl kind {other}")),
     };
     let size = reader.u64()?;
-    let topic_text = reader.short_str()?;
-    let topic = Topic::new(&topic_text).map_err(|error| error.to_string())?;
+    let topic_len = reader.u8()? as usize;
+    let topic = decoder.topic(reader.take(topic_len)?)?;
     let kind = if flags & FLAG_TYPE != 0 { Some(reader.short_str()?) } else { None };
     let user = if flags & FLAG_USER != 0 { Some(reader.short_str()?) } else { None };
     let meta = if flags & FLAG_META != 0 {
@@ -303,7 +325,7 @@ pub(crate) fn decode_event(body: &[u8]) -> Result<Event, String> {
         PAYLOAD_NONE => Payload::None,
         PAYLOAD_INLINE => {
             let bytes = reader.take(usize::try_from(size).map_err(|_| "size overflows")?)?;
-            Payload::Inline(Arc::from(bytes))
+            if decoder.skip_payloads { Payload::None } else { Payload::Inline(Arc::from(bytes)) }
         }
         PAYLOAD_STORED => Payload::Stored,
         other => return Err(format!("unknown payload kind {other}")),

@@ -101,10 +101,11 @@ pub(crate) fn recover(segments: &Arc<Segments>, index: &Index, cas: &Cas) -> Res
         }
         let mut offset = if segment == start.segment { start.offset } else { SEGMENT_HEADER_BYTES };
         let mut batch: Vec<(Record, u64)> = Vec::new();
+        let mut decoder = codec::Decoder::for_index();
         let mut damage = None;
         while offset < len {
             match codec::unframe(&bytes[offset as usize..]) {
-                Ok(Some(body)) => match codec::decode_record(body) {
+                Ok(Some(body)) => match codec::decode_record_with(body, &mut decoder) {
                     Ok(record) => {
                         batch.push((record, offset));
                         offset += (FRAME_HEADER_BYTES + body.len()) as u64;
@@ -194,7 +195,6 @@ pub(crate) fn replay(
     if records.is_empty() {
         return Ok(());
     }
-    let read = |pos: Pos| segments.read_event(pos);
     let mut txn = index.txn();
     let removes = records.iter().any(|(record, _)| match record {
         Record::Remove { .. } => true,
@@ -204,7 +204,7 @@ pub(crate) fn replay(
     if removes {
         txn.track_writes();
     }
-    let mut applier = Applier::new(heads, &read);
+    let mut applier = Applier::new(heads, segments, removes);
     for (record, record_offset) in records {
         report.records_replayed += 1;
         match record {
@@ -221,7 +221,8 @@ pub(crate) fn replay(
                 }
                 let idem = key.as_deref().map(|k| (k, positioned.first().map_or(0, |(e, _)| e.timestamp_ms())));
                 let refs: Vec<(&Event, Pos)> = positioned.iter().map(|(e, p)| (e, *p)).collect();
-                applier.insert_events(&mut txn, &refs, idem)?;
+                let record_end = positioned.last().map_or(0, |(_, p)| p.offset + FRAME_HEADER_BYTES as u32 + p.len);
+                applier.insert_events(&mut txn, &refs, record_end, idem)?;
             }
             Record::Remove { ids } => {
                 for id in ids {

@@ -22,13 +22,22 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        6 => (proptest::collection::vec((0..3usize, any::<bool>(), prop::bool::weighted(0.15)), 1..4), (0..3usize, 0..4u8), proptest::option::weighted(0.3, 0..3u8))
+        6 => (events(), (0..3usize, 0..4u8), proptest::option::weighted(0.3, 0..3u8))
             .prop_map(|(events, expect, key)| Op::Append { events, expect, key }),
         1 => any::<usize>().prop_map(|pick| Op::Remove { pick }),
         1 => any::<usize>().prop_map(|pick| Op::Ack { pick }),
         3 => (0..5u8, proptest::option::of(any::<usize>()), proptest::option::of(1..6u64), any::<bool>(), proptest::option::weighted(0.2, 1..4u64))
             .prop_map(|(pattern, after, limit, reverse, last)| Op::Read { pattern, after, limit, reverse, last }),
         1 => Just(Op::Reopen),
+    ]
+}
+
+/// Mostly small batches; sometimes big ones, which span several blocks of
+/// the sparse index (256 events) with topics interleaved.
+fn events() -> impl Strategy<Value = Vec<(usize, bool, bool)>> {
+    prop_oneof![
+        8 => proptest::collection::vec((0..3usize, any::<bool>(), prop::bool::weighted(0.15)), 1..4),
+        1 => proptest::collection::vec((0..3usize, prop::bool::weighted(0.05), prop::bool::weighted(0.02)), 250..700),
     ]
 }
 
