@@ -250,6 +250,7 @@ pub(crate) fn first_seq_after(index: &Index, segments: &Segments, topic: &Topic,
 /// Events of a query, read lazily (except `last`, which is gathered first).
 pub struct ReadIter {
     segments: std::sync::Arc<Segments>,
+    decoder: crate::log::codec::Decoder,
     source: Source,
     remaining: u64,
 }
@@ -281,7 +282,7 @@ impl ReadIter {
                 Source::Scan(Scan::open(index, &segments, &query.pattern, query.after, query.from_seq, query.reverse)?)
             }
         };
-        Ok(ReadIter { segments, source, remaining })
+        Ok(ReadIter { segments, decoder: crate::log::codec::Decoder::full(), source, remaining })
     }
 }
 
@@ -297,7 +298,7 @@ impl Iterator for ReadIter {
             Source::Gathered(events) => events.next().map(Ok),
             Source::Scan(scan) => {
                 let pos = scan.next_pos(&self.segments)?;
-                Some(pos.and_then(|pos| self.segments.read_event(pos)))
+                Some(pos.and_then(|pos| self.segments.read_event_with(pos, &mut self.decoder)))
             }
         }
     }

@@ -143,9 +143,10 @@ impl Subscription {
         let mut scan =
             Scan::open(&self.shared.index, &self.shared.segments, &self.pattern, Some(self.cursor), None, false)?;
         let mut events = Vec::new();
+        let mut decoder = crate::log::codec::Decoder::full();
         while events.len() < SUBSCRIBER_CHUNK_EVENTS {
             let Some(pos) = scan.next_pos(&self.shared.segments) else { break };
-            let event = self.shared.segments.read_event(pos?)?;
+            let event = self.shared.segments.read_event_with(pos?, &mut decoder)?;
             events.push(Arc::new(event));
         }
         let done = events.len() < SUBSCRIBER_CHUNK_EVENTS;

@@ -290,11 +290,7 @@ pub(crate) fn decode_record_with(body: &[u8], decoder: &mut Decoder) -> Result<R
 }
 
 /// Decodes one event body.
-pub(crate) fn decode_event(body: &[u8]) -> Result<Event, String> {
-    decode_event_with(body, &mut Decoder::full())
-}
-
-fn decode_event_with(body: &[u8], decoder: &mut Decoder) -> Result<Event, String> {
+pub(crate) fn decode_event_with(body: &[u8], decoder: &mut Decoder) -> Result<Event, String> {
     let mut reader = Reader { bytes: body, at: 0 };
     let id = reader.id()?;
     let seq = reader.u64()?;

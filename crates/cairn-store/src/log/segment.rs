@@ -102,8 +102,14 @@ impl Segments {
 
     /// Reads and decodes the event at `pos`.
     pub(crate) fn read_event(&self, pos: Pos) -> Result<Event> {
+        self.read_event_with(pos, &mut codec::Decoder::full())
+    }
+
+    /// Reads and decodes the event at `pos`, sharing `decoder`'s topic cache
+    /// across the events of a scan.
+    pub(crate) fn read_event_with(&self, pos: Pos, decoder: &mut codec::Decoder) -> Result<Event> {
         self.with_event_body(pos, |body| {
-            codec::decode_event(body).map_err(|detail| corrupt(pos.segment, pos.offset, &detail))
+            codec::decode_event_with(body, decoder).map_err(|detail| corrupt(pos.segment, pos.offset, &detail))
         })
     }
 }
