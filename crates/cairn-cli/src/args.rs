@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 /// The store is a directory (--store, else $CAIRN_STORE, else ./cairn-data).
 /// Output is NDJSON, one event per line, ready for jq.
 #[derive(Parser, Debug)]
-#[command(name = "cairn", version, about, long_about = None, propagate_version = true)]
+#[command(name = "cairn", version, propagate_version = true)]
 #[command(
     after_help = "Examples:\n  echo hello | cairn append greetings\n  cairn cat greetings --content\n  cairn cat 'orders.>' --follow --threshold"
 )]
