@@ -131,8 +131,10 @@ impl IdGenerator {
         IdGenerator { last, generator }
     }
 
-    pub(crate) fn next(&mut self) -> EventId {
-        let candidate = EventId(self.generator.generate().to_u128());
+    /// The next id, for an event committed at `now_ms` (one clock reading
+    /// serves a whole batch).
+    pub(crate) fn next_at(&mut self, now_ms: u64) -> EventId {
+        let candidate = EventId(self.generator.generate_or_reset_with_ts(now_ms).to_u128());
         let id = if candidate > self.last { candidate } else { self.last.successor() };
         self.last = id;
         id

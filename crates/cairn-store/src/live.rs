@@ -47,10 +47,23 @@ impl Live {
         }
     }
 
-    /// Adds a committed group (in id order) and wakes subscribers.
-    pub(crate) fn publish(&self, events: Vec<Arc<Event>>, last: EventId) {
+    /// Whether any subscription exists (if none, groups need not be kept).
+    pub(crate) fn has_subscribers(&self) -> bool {
+        self.signal.receiver_count() > 0
+    }
+
+    /// Adds a committed group (in id order) and wakes subscribers. With
+    /// `complete` false the group's events were not collected (nobody was
+    /// subscribed when it was planned): the ring then forgets everything up
+    /// to `last`, and a subscriber that needs those events reads storage.
+    pub(crate) fn publish(&self, events: Vec<Arc<Event>>, last: EventId, complete: bool) {
         {
             let mut ring = self.state.lock().expect("live ring lock");
+            if !complete {
+                ring.events.clear();
+                ring.last = ring.last.max(last);
+                ring.floor = ring.last;
+            }
             for event in events {
                 debug_assert!(event.id > ring.last, "ids must increase in commit order");
                 ring.last = event.id;

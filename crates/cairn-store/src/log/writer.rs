@@ -104,6 +104,8 @@ struct GroupState {
     tails: HashMap<String, (u64, EventId)>,
     keys: HashMap<String, Vec<Event>>,
     published: Vec<Arc<Event>>,
+    /// Whether events are collected for the live ring (someone subscribes).
+    publish: bool,
 }
 
 fn fail(request: Request, error: &StoreError) {
@@ -222,7 +224,10 @@ impl Writer {
         let indexed = self.shared.progress.indexed();
         self.recent_keys.retain(|_, (_, end)| *end > indexed);
         self.buf.clear();
-        let mut state = GroupState::default();
+        // One allocation for the whole group's records, not a doubling per
+        // growth (a large batch otherwise copies its bytes several times).
+        self.buf.reserve(group.iter().map(request_bytes).sum());
+        let mut state = GroupState { publish: self.shared.live.has_subscribers(), ..GroupState::default() };
         let mut planned = Vec::with_capacity(group.len());
         let mut force_sync = false;
         for request in group {
@@ -253,7 +258,7 @@ impl Writer {
         if bytes > 0 {
             self.shared.progress.committed(end, bytes);
         }
-        self.shared.live.publish(state.published, self.ids.last());
+        self.shared.live.publish(state.published, self.ids.last(), state.publish);
         for plan in planned {
             match plan {
                 Planned::Done(reply, result) => drop(reply.send(result)),
@@ -361,11 +366,12 @@ impl Writer {
             }
         }
         // Commit point of planning: assign ids in order, update the tails.
+        let now_ms = crate::store::now_ms();
         for event in &mut events {
             if import {
                 self.ids.observe(event.id);
             } else {
-                event.id = self.ids.next();
+                event.id = self.ids.next_at(now_ms);
             }
         }
         for event in events.iter().filter(|e| e.ttl != Ttl::Ephemeral) {
@@ -384,7 +390,9 @@ impl Writer {
         if let Some(key) = key {
             state.keys.insert(key.to_owned(), events.clone());
         }
-        state.published.extend(events.iter().cloned().map(Arc::new));
+        if state.publish {
+            state.published.extend(events.iter().cloned().map(Arc::new));
+        }
         Ok(PlanOutcome::New(events))
     }
 
