@@ -19,7 +19,7 @@ struct Args {
     command: Option<Which>,
 }
 
-#[derive(Subcommand, Debug, Clone, Copy)]
+#[derive(Subcommand, Debug, Clone)]
 enum Which {
     /// Everything below (the default).
     All,
@@ -36,11 +36,22 @@ enum Which {
         #[arg(long, default_value_t = 10_000_000)]
         events: usize,
     },
+    /// (Used by `open`.) Fill a store, say so, and wait to be killed.
+    #[command(hide = true)]
+    FillAndWait {
+        /// The store.
+        store: std::path::PathBuf,
+        /// Events to append.
+        events: usize,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let which = args.command.unwrap_or(Which::All);
+    if let Which::FillAndWait { store, events } = which {
+        return scenarios::fill_and_wait(&store, events);
+    }
     let bench = scenarios::Bench::new(&args.dir)?;
     println!("| benchmark | result | p50 | p99 | p99.9 | baseline | ratio |");
     println!("|---|---|---|---|---|---|---|");

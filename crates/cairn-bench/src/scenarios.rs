@@ -199,11 +199,52 @@ impl Bench {
             drop(store);
         }
         let median = samples.quantile(0.5);
-        if std::env::var_os("CAIRN_BENCH_KEEP").is_some() {
-            let _ = std::process::Command::new("cp").arg("-r").arg(&path).arg("/work/kept-store").status();
-        }
         row(&format!("cairn: open a store of {n} events (clean close)"), &median, None, None, None);
+        self.open_after_kill(&path)?;
         Ok(())
+    }
+}
+
+impl Bench {
+    /// Appends to the store from a child process until the index lags as far
+    /// as it may, kills the child with SIGKILL, and times the next open
+    /// (which replays the unindexed log and fjall's journal).
+    fn open_after_kill(&self, path: &Path) -> Result<()> {
+        use std::io::BufRead as _;
+        let mut child = std::process::Command::new(std::env::current_exe()?)
+            .arg("fill-and-wait")
+            .arg(path)
+            .arg("1000000")
+            .stdout(std::process::Stdio::piped())
+            .spawn()?;
+        let stdout = child.stdout.take().expect("piped");
+        let mut line = String::new();
+        std::io::BufReader::new(stdout).read_line(&mut line)?;
+        anyhow::ensure!(line.trim() == "ready", "the child did not fill the store: {line:?}");
+        child.kill()?;
+        child.wait()?;
+        let started = Instant::now();
+        let store = Store::open(path, Options::default())?;
+        let took = started.elapsed();
+        let replayed = store.recovery_report().records_replayed;
+        row(
+            &format!("cairn: open after kill -9 during a load ({replayed} records replayed)"),
+            &format_duration(took),
+            None,
+            None,
+            None,
+        );
+        Ok(())
+    }
+}
+
+/// The child of `open_after_kill`: appends, prints `ready`, waits to be killed.
+pub fn fill_and_wait(path: &Path, n: usize) -> Result<()> {
+    let store = Store::open(path, Options { sync: SyncMode::None, ..Options::default() })?;
+    fill(&store, n, &["crash.a", "crash.b"])?;
+    println!("ready");
+    loop {
+        std::thread::sleep(Duration::from_secs(60));
     }
 }
 
