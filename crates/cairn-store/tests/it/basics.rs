@@ -237,3 +237,24 @@ fn verify_reports_a_clean_store() {
     assert_eq!((report.events, report.indexed, report.content_files), (100, 100, 10));
     assert!(report.segments > 1, "small segments roll");
 }
+
+#[test]
+fn every_sync_mode_keeps_data_across_a_clean_reopen() {
+    for mode in ["always", "interval:20ms", "none"] {
+        let dir = tempfile::tempdir().unwrap();
+        let options =
+            cairn_store::Options { sync: cairn_store::SyncMode::parse(mode).unwrap(), ..crate::test_options() };
+        {
+            let store = cairn_store::Store::open(dir.path(), options.clone()).unwrap();
+            for n in 0..10 {
+                store.append(NewEvent::new(topic("s"), format!("{n}")), Expect::Any).unwrap();
+            }
+            store.sync().unwrap();
+        }
+        let store = cairn_store::Store::open(dir.path(), options).unwrap();
+        assert_eq!(store.head(&topic("s")).unwrap().unwrap().count, 10, "sync {mode}");
+    }
+    for bad in ["sometimes", "interval:", "interval:0ms", "interval:5parsecs"] {
+        assert_eq!(cairn_store::SyncMode::parse(bad).unwrap_err().code(), "invalid", "{bad}");
+    }
+}
