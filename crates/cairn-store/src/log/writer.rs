@@ -25,6 +25,10 @@ use crate::log::codec;
 use crate::log::segment::{SEGMENT_HEADER_BYTES, create_segment};
 use crate::store::{Shared, SyncMode};
 
+/// How long the writer waits for more requests when the previous group was
+/// bigger than what is queued now, in µs.
+const LINGER_US: u64 = 100;
+
 /// An event ready for the writer: validated, payload placed.
 #[derive(Debug)]
 pub(crate) struct Prepared {
@@ -151,6 +155,7 @@ impl Writer {
 
     /// Runs until every sender is gone, then makes everything durable.
     pub(crate) fn run(mut self, requests: Receiver<Request>) {
+        let mut last_group_len = 1usize;
         loop {
             let first = match self.wait_timeout() {
                 None => requests.recv().map_err(|_| RecvTimeoutError::Disconnected),
@@ -166,8 +171,23 @@ impl Writer {
             };
             let mut group = vec![first];
             let mut group_bytes = request_bytes(&group[0]);
+            let linger_until = Instant::now() + Duration::from_micros(LINGER_US);
             while group_bytes < GROUP_BYTES_MAX {
-                match requests.try_recv() {
+                let next = match requests.try_recv() {
+                    Ok(request) => Ok(request),
+                    // Many appenders at once: while the previous group's
+                    // callers are still sending their next requests, a short
+                    // wait makes one fdatasync serve them all.
+                    Err(_)
+                        if self.shared.options.sync == SyncMode::Always
+                            && group.len() < last_group_len
+                            && Instant::now() < linger_until =>
+                    {
+                        requests.recv_timeout(linger_until.saturating_duration_since(Instant::now()))
+                    }
+                    Err(_) => break,
+                };
+                match next {
                     Ok(request) => {
                         group_bytes += request_bytes(&request);
                         group.push(request);
@@ -175,6 +195,7 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            last_group_len = group.len();
             self.commit_group(group);
         }
         self.sync_if_unsynced();
