@@ -328,13 +328,74 @@ impl Batch {
     }
 }
 
+/// Payload bytes kept inside the event record: owned, or (when read from
+/// the log) a view of the memory-mapped segment, so reading does not copy.
+#[derive(Clone)]
+pub struct InlineBytes(InlineRepr);
+
+#[derive(Clone)]
+enum InlineRepr {
+    Owned(Arc<[u8]>),
+    /// `len` bytes at `start` of a mapped segment. Segments are append-only
+    /// while mapped, so the bytes never change under the view.
+    Mapped {
+        map: Arc<memmap2::Mmap>,
+        start: usize,
+        len: usize,
+    },
+}
+
+impl InlineBytes {
+    /// A view of `len` bytes at `start` of `map`; `None` if out of range.
+    pub(crate) fn mapped(map: Arc<memmap2::Mmap>, start: usize, len: usize) -> Option<InlineBytes> {
+        map.get(start..start.checked_add(len)?)?;
+        Some(InlineBytes(InlineRepr::Mapped { map, start, len }))
+    }
+}
+
+impl From<Vec<u8>> for InlineBytes {
+    fn from(bytes: Vec<u8>) -> InlineBytes {
+        InlineBytes(InlineRepr::Owned(Arc::from(bytes)))
+    }
+}
+
+impl From<&[u8]> for InlineBytes {
+    fn from(bytes: &[u8]) -> InlineBytes {
+        InlineBytes(InlineRepr::Owned(Arc::from(bytes)))
+    }
+}
+
+impl std::ops::Deref for InlineBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match &self.0 {
+            InlineRepr::Owned(bytes) => bytes,
+            InlineRepr::Mapped { map, start, len } => &map[*start..*start + *len],
+        }
+    }
+}
+
+impl PartialEq for InlineBytes {
+    fn eq(&self, other: &InlineBytes) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for InlineBytes {}
+
+impl fmt::Debug for InlineBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "InlineBytes({} bytes)", self.len())
+    }
+}
+
 /// Where an event's payload lives.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Payload {
     /// No content.
     None,
     /// Kept inside the event record.
-    Inline(Arc<[u8]>),
+    Inline(InlineBytes),
     /// Kept in the content store under `Event::hash`.
     Stored,
 }

@@ -39,8 +39,8 @@ mod verify;
 
 pub use error::{Result, StoreError};
 pub use event::{
-    Batch, Event, Expect, Hash, NewEvent, Payload, Ttl, check_idempotency_key, check_meta, check_meta_value,
-    check_type, check_user, parse_duration_ms,
+    Batch, Event, Expect, Hash, InlineBytes, NewEvent, Payload, Ttl, check_idempotency_key, check_meta,
+    check_meta_value, check_type, check_user, parse_duration_ms,
 };
 pub use id::EventId;
 pub use log::recovery::{RecoveryReport, Truncation};

@@ -406,7 +406,7 @@ impl Store {
                 }
                 let hash = Hash::of(&bytes);
                 if size <= options.inline_payload_bytes || new_event.ttl == Ttl::Ephemeral {
-                    (Some(hash), size, Payload::Inline(Arc::from(bytes)), None)
+                    (Some(hash), size, Payload::Inline(bytes.into()), None)
                 } else {
                     self.inner.shared.cas.put(&hash, &bytes)?;
                     (Some(hash), size, Payload::Stored, Some(bytes))

@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use crate::event::{Event, Hash, Payload, Ttl};
+use crate::event::{Event, Hash, InlineBytes, Payload, Ttl};
 use crate::id::EventId;
 use crate::topic::Topic;
 
@@ -225,15 +225,34 @@ pub(crate) struct Decoder {
     /// the indexer needs only an event's place, not its bytes.
     skip_payloads: bool,
     topics: Vec<Topic>,
+    /// The mapped segment the bodies being decoded lie in: inline payloads
+    /// then become views of it instead of copies.
+    pub(crate) map: Option<Arc<memmap2::Mmap>>,
+    pub(crate) map_segment: Option<u32>,
 }
 
 impl Decoder {
     pub(crate) fn full() -> Decoder {
-        Decoder { skip_payloads: false, topics: Vec::new() }
+        Decoder { skip_payloads: false, topics: Vec::new(), map: None, map_segment: None }
     }
 
     pub(crate) fn for_index() -> Decoder {
-        Decoder { skip_payloads: true, topics: Vec::new() }
+        Decoder { skip_payloads: true, topics: Vec::new(), map: None, map_segment: None }
+    }
+
+    /// Inline payload bytes: a view of the mapped segment when they lie in
+    /// it, else a copy.
+    fn inline(&self, bytes: &[u8]) -> InlineBytes {
+        if let Some(map) = &self.map {
+            let base = map.as_ptr() as usize;
+            let at = bytes.as_ptr() as usize;
+            if at >= base
+                && let Some(view) = InlineBytes::mapped(map.clone(), at - base, bytes.len())
+            {
+                return view;
+            }
+        }
+        InlineBytes::from(bytes)
     }
 
     /// The topic named by `bytes`, validated once and shared after that.
@@ -321,7 +340,7 @@ pub(crate) fn decode_event_with(body: &[u8], decoder: &mut Decoder) -> Result<Ev
         PAYLOAD_NONE => Payload::None,
         PAYLOAD_INLINE => {
             let bytes = reader.take(usize::try_from(size).map_err(|_| "size overflows")?)?;
-            if decoder.skip_payloads { Payload::None } else { Payload::Inline(Arc::from(bytes)) }
+            if decoder.skip_payloads { Payload::None } else { Payload::Inline(decoder.inline(bytes)) }
         }
         PAYLOAD_STORED => Payload::Stored,
         other => return Err(format!("unknown payload kind {other}")),

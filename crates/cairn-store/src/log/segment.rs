@@ -87,19 +87,6 @@ impl Segments {
             .ok_or_else(|| corrupt(segment, 0, "segment vanished"))
     }
 
-    /// The body of the event frame at `pos`, crc-checked.
-    pub(crate) fn with_event_body<T>(&self, pos: Pos, f: impl FnOnce(&[u8]) -> Result<T>) -> Result<T> {
-        let map = self.bytes(pos.segment)?;
-        let start = pos.offset as usize;
-        let end = start + FRAME_HEADER_BYTES + pos.len as usize;
-        let frame = map.get(start..end).ok_or_else(|| corrupt(pos.segment, pos.offset, "position is past the end"))?;
-        match codec::unframe(frame) {
-            Ok(Some(body)) => f(body),
-            Ok(None) => Err(corrupt(pos.segment, pos.offset, "event frame is incomplete")),
-            Err(detail) => Err(corrupt(pos.segment, pos.offset, &detail)),
-        }
-    }
-
     /// Reads and decodes the event at `pos`.
     pub(crate) fn read_event(&self, pos: Pos) -> Result<Event> {
         self.read_event_with(pos, &mut codec::Decoder::full())
@@ -108,9 +95,26 @@ impl Segments {
     /// Reads and decodes the event at `pos`, sharing `decoder`'s topic cache
     /// across the events of a scan.
     pub(crate) fn read_event_with(&self, pos: Pos, decoder: &mut codec::Decoder) -> Result<Event> {
-        self.with_event_body(pos, |body| {
-            codec::decode_event_with(body, decoder).map_err(|detail| corrupt(pos.segment, pos.offset, &detail))
-        })
+        let end_needed = pos.offset as usize + FRAME_HEADER_BYTES + pos.len as usize;
+        let map = match &decoder.map {
+            // The segment of the previous event, mapped far enough: no lookup.
+            Some(map) if decoder.map_segment == Some(pos.segment) && map.len() >= end_needed => map.clone(),
+            _ => {
+                let map = self.bytes(pos.segment)?;
+                decoder.map = Some(map.clone());
+                decoder.map_segment = Some(pos.segment);
+                map
+            }
+        };
+        let start = pos.offset as usize;
+        let end = start + FRAME_HEADER_BYTES + pos.len as usize;
+        let frame = map.get(start..end).ok_or_else(|| corrupt(pos.segment, pos.offset, "position is past the end"))?;
+        let body = match codec::unframe(frame) {
+            Ok(Some(body)) => body,
+            Ok(None) => return Err(corrupt(pos.segment, pos.offset, "event frame is incomplete")),
+            Err(detail) => return Err(corrupt(pos.segment, pos.offset, &detail)),
+        };
+        codec::decode_event_with(body, decoder).map_err(|detail| corrupt(pos.segment, pos.offset, &detail))
     }
 }
 
