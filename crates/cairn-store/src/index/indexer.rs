@@ -72,11 +72,8 @@ fn index_chunk(
     let mut records = Vec::new();
     let mut decoder = codec::Decoder::for_index();
     while offset < end && records.len() < INDEX_RECORDS_PER_BATCH {
-        let body = match codec::unframe(&bytes[offset as usize..]) {
-            Ok(Some(body)) => body,
-            Ok(None) => return Err(corrupt(from.segment, offset as u32, "committed record is incomplete")),
-            Err(detail) => return Err(corrupt(from.segment, offset as u32, &detail)),
-        };
+        let body = codec::unframe_trusted(&bytes[offset as usize..])
+            .ok_or_else(|| corrupt(from.segment, offset as u32, "committed record is incomplete"))?;
         let record = codec::decode_record_with(body, &mut decoder)
             .map_err(|detail| corrupt(from.segment, offset as u32, &detail))?;
         records.push((record, offset));
