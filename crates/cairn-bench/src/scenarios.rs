@@ -188,7 +188,7 @@ impl Bench {
             fill(&store, n, &["open.a", "open.b", "open.c", "open.d"])?;
             let took = started.elapsed();
             row(
-                "cairn: load 10M events (sync none, batches of 1,024)",
+                &format!("cairn: load {n} events (sync none, batches of 1,024)"),
                 &format_rate(n as f64 / took.as_secs_f64()),
                 None,
                 None,
