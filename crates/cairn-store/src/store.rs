@@ -16,6 +16,7 @@ use crate::cas::{self, Cas};
 use crate::error::{Result, StoreError};
 use crate::event::{self, Batch, Event, Expect, Hash, NewEvent, Payload, Ttl};
 use crate::id::{EventId, IdGenerator};
+use crate::index::apply::CAS_KEY_HASH_BYTES;
 use crate::index::sparse::find_id;
 use crate::index::{Checkpoint, Index, Ks, indexer, strip};
 use crate::limits::{self, BATCH_EVENTS_MAX, CONSUMER_NAME_BYTES_MAX, RECORD_BYTES_MAX};
@@ -604,24 +605,36 @@ impl Store {
         if let Some(bytes) = shared.cas.read(hash)? {
             return Ok(bytes);
         }
-        for guard in shared.index.prefix(Ks::Cas, &hash.0) {
-            let key = guard.key()?;
-            let Some(id_bytes) = strip(&key).get(32..48) else { continue };
-            let id = EventId::from_bytes(id_bytes.try_into().expect("16 bytes"));
-            if let Some(event) = shared.get(id)?
-                && let Some(bytes) = self.content(&event)?
-            {
-                return Ok(bytes);
-            }
+        if let Some(event) = self.event_with_hash(hash)?
+            && let Some(bytes) = self.content(&event)?
+        {
+            return Ok(bytes);
         }
         Err(StoreError::not_found("content", hash.sri()))
+    }
+
+    /// A stored event whose payload has `hash`, found through the content
+    /// references (keyed by a prefix of the hash, so the full hash is checked).
+    fn event_with_hash(&self, hash: &Hash) -> Result<Option<Event>> {
+        let shared = &self.inner.shared;
+        for guard in shared.index.prefix(Ks::Cas, &hash.0[..CAS_KEY_HASH_BYTES]) {
+            let key = guard.key()?;
+            let Some(id_bytes) = strip(&key).get(CAS_KEY_HASH_BYTES..CAS_KEY_HASH_BYTES + 16) else { continue };
+            let id = EventId::from_bytes(id_bytes.try_into().expect("16 bytes"));
+            if let Some(event) = shared.get(id)?
+                && event.hash == Some(*hash)
+            {
+                return Ok(Some(event));
+            }
+        }
+        Ok(None)
     }
 
     /// Whether the store holds content with `hash`.
     pub fn cas_has(&self, hash: &Hash) -> Result<bool> {
         let shared = &self.inner.shared;
         shared.barrier()?;
-        Ok(shared.cas.has_file(hash) || shared.index.prefix(Ks::Cas, &hash.0).next().is_some())
+        Ok(shared.cas.has_file(hash) || self.event_with_hash(hash)?.is_some())
     }
 
     /// Records durably that consumer `name` has handled everything up to `id`.

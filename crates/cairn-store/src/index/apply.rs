@@ -219,7 +219,9 @@ impl<'h> Applier<'h> {
         }
         if let Some(hash) = event.hash {
             txn.remove(Ks::Cas, cas_key(hash, event.id));
-            if event.payload == Payload::Stored && !txn.has_prefix(Ks::Cas, &hash.0)? {
+            // Another event with the same hash prefix keeps the file (a
+            // different content sharing 8 hash bytes would only delay collection).
+            if event.payload == Payload::Stored && !txn.has_prefix(Ks::Cas, &hash.0[..CAS_KEY_HASH_BYTES])? {
                 self.garbage.push(hash);
             }
         }
@@ -262,9 +264,15 @@ impl<'h> Applier<'h> {
     }
 }
 
+/// Bytes of the hash that key a content reference. Eight bytes make
+/// collisions between different contents negligible (2^-64 per pair) and keep
+/// the per-event key short, which is most of the indexer's work; a lookup
+/// checks the full hash on the event it finds.
+pub(crate) const CAS_KEY_HASH_BYTES: usize = 8;
+
 pub(crate) fn cas_key(hash: Hash, id: EventId) -> Vec<u8> {
-    let mut key = Vec::with_capacity(48);
-    key.extend_from_slice(&hash.0);
+    let mut key = Vec::with_capacity(CAS_KEY_HASH_BYTES + 16);
+    key.extend_from_slice(&hash.0[..CAS_KEY_HASH_BYTES]);
     key.extend_from_slice(&id.to_bytes());
     key
 }

@@ -12,13 +12,13 @@
 //! - `ids`, `topics`, `removed`, `removed_seq`: the sparse indexes over the
 //!   log, see `sparse.rs`
 //! - `heads`: topic → [`Head`]
-//! - `cas`: hash(32) id(16) → stored(1)
+//! - `cas`: first 8 bytes of the hash, id(16) → stored(1)
 //! - `expiry`: expires_ms(8) id(16) → empty
 //! - `idem`: key → time_ms(8) then id(16) per event
 //! - `consumers`: name → id(16)
 //! - `meta`: `applied` → segment(4) offset(4); `last_id` → id(16)
 
-mod apply;
+pub(crate) mod apply;
 pub(crate) mod indexer;
 pub(crate) mod sparse;
 pub(crate) mod txn;
