@@ -153,19 +153,8 @@ fn batch_from_stdin(key: Option<String>) -> Result<Batch> {
         let parsed: BatchLine =
             serde_json::from_str(&line).with_context(|| format!("line {}: not a batch event", idx + 1))?;
         let topic = Topic::new(&parsed.topic).with_context(|| format!("line {}", idx + 1))?;
-        let payload = match (parsed.content, parsed.content_base64) {
-            (Some(_), Some(_)) => bail!("line {}: give content or content_base64, not both", idx + 1),
-            (Some(text), None) => Some(text.into_bytes()),
-            (None, Some(b64)) => {
-                use base64::Engine as _;
-                Some(
-                    base64::engine::general_purpose::STANDARD
-                        .decode(b64)
-                        .with_context(|| format!("line {}: content_base64", idx + 1))?,
-                )
-            }
-            (None, None) => None,
-        };
+        let payload = cairn_store::json::content_bytes(parsed.content.as_deref(), parsed.content_base64.as_deref())
+            .with_context(|| format!("line {}", idx + 1))?;
         if let Some(expect) = parsed.expect {
             let expect = Expect::parse(&expect).with_context(|| format!("line {}", idx + 1))?;
             if let Some(previous) = expectations.insert(topic.clone(), expect)

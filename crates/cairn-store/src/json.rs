@@ -12,6 +12,21 @@ use crate::id::EventId;
 use crate::store::Imported;
 use crate::topic::Topic;
 
+/// Payload bytes from the JSON fields `content` (UTF-8 text) or
+/// `content_base64`; at most one may be given. Shared by every front end
+/// that accepts events as JSON.
+pub fn content_bytes(content: Option<&str>, content_base64: Option<&str>) -> Result<Option<Vec<u8>>> {
+    match (content, content_base64) {
+        (Some(_), Some(_)) => Err(StoreError::invalid("content", "give content or content_base64, not both")),
+        (Some(text), None) => Ok(Some(text.as_bytes().to_vec())),
+        (None, Some(b64)) => base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .map(Some)
+            .map_err(|_| StoreError::invalid("content_base64", "is not valid base64")),
+        (None, None) => Ok(None),
+    }
+}
+
 /// An event as JSON: `{"id","topic","seq","type","meta","hash","size","ttl","user","content"|"content_base64"}`.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -75,15 +90,7 @@ impl EventJson {
 
     /// The payload carried in `content`/`content_base64`, if any.
     pub fn payload(&self) -> Result<Option<Vec<u8>>> {
-        match (&self.content, &self.content_base64) {
-            (Some(_), Some(_)) => Err(StoreError::invalid("content", "give content or content_base64, not both")),
-            (Some(text), None) => Ok(Some(text.as_bytes().to_vec())),
-            (None, Some(b64)) => base64::engine::general_purpose::STANDARD
-                .decode(b64)
-                .map(Some)
-                .map_err(|_| StoreError::invalid("content_base64", "is not valid base64")),
-            (None, None) => Ok(None),
-        }
+        content_bytes(self.content.as_deref(), self.content_base64.as_deref())
     }
 
     /// Turns an exported line back into an event to import, checking that

@@ -25,22 +25,22 @@ pub(crate) struct Progress {
     indexed_signal: watch::Sender<u64>,
 }
 
-pub(crate) struct State {
+struct State {
     /// End of the durably written log.
-    pub(crate) committed: Checkpoint,
+    committed: Checkpoint,
     /// Bytes committed since open (for the lag bound across segments).
     committed_bytes: u64,
     /// End of what the index covers.
-    pub(crate) indexed: Checkpoint,
+    indexed: Checkpoint,
     indexed_bytes: u64,
     /// Every stored event with an id up to this is in the index.
-    pub(crate) indexed_last_id: EventId,
+    indexed_last_id: EventId,
     /// Retention sweeps asked of the indexer.
-    pub(crate) expire: Vec<(u64, oneshot::Sender<Result<usize>>)>,
+    expire: Vec<(u64, oneshot::Sender<Result<usize>>)>,
     /// Why the indexer stopped, if it failed.
     failed: Option<String>,
     /// The store is closing: the indexer finishes what is committed and stops.
-    pub(crate) closing: bool,
+    closing: bool,
     /// Readers blocked in `barrier`: the indexer works at once for them.
     readers_waiting: usize,
     /// When the oldest commit the index does not cover yet happened.

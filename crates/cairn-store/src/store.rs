@@ -615,15 +615,17 @@ impl Store {
 
     /// A stored event whose payload has `hash`, found through the content
     /// references (keyed by a prefix of the hash, so the full hash is checked).
+    /// Call after the read barrier.
     fn event_with_hash(&self, hash: &Hash) -> Result<Option<Event>> {
         let shared = &self.inner.shared;
         for guard in shared.index.prefix(Ks::Cas, &hash.0[..CAS_KEY_HASH_BYTES]) {
             let key = guard.key()?;
             let Some(id_bytes) = strip(&key).get(CAS_KEY_HASH_BYTES..CAS_KEY_HASH_BYTES + 16) else { continue };
             let id = EventId::from_bytes(id_bytes.try_into().expect("16 bytes"));
-            if let Some(event) = shared.get(id)?
-                && event.hash == Some(*hash)
-            {
+            // The caller passed the read barrier already.
+            let Some(pos) = find_id(&shared.index, &shared.segments, id)? else { continue };
+            let event = shared.segments.read_event(pos)?;
+            if event.hash == Some(*hash) {
                 return Ok(Some(event));
             }
         }

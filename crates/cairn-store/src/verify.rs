@@ -8,9 +8,12 @@ use crate::cas;
 use crate::error::Result;
 use crate::event::Payload;
 use crate::id::EventId;
+use crate::index::sparse::Located;
 use crate::log::codec::{self, FRAME_HEADER_BYTES, Pos, Record};
 use crate::log::segment::{SEGMENT_HEADER_BYTES, check_header};
+use crate::read::Scan;
 use crate::store::Shared;
+use crate::topic::Pattern;
 
 /// What `verify` found.
 #[derive(Clone, Debug, Default, serde::Serialize)]
@@ -40,6 +43,9 @@ pub(crate) fn verify(shared: &Shared) -> Result<VerifyReport> {
     let mut report = VerifyReport::default();
     let mut last_id = EventId::MIN;
     let mut seqs: HashMap<String, u64> = HashMap::new();
+    // The index, read in id order alongside the log (also in id order): one
+    // pass over both instead of a lookup per event.
+    let mut indexed = IndexCursor::new(shared)?;
     for segment in shared.segments.list()? {
         report.segments += 1;
         let map = shared.segments.bytes(segment)?;
@@ -93,11 +99,12 @@ pub(crate) fn verify(shared: &Shared) -> Result<VerifyReport> {
                         }
                         let pos =
                             Pos { segment, offset: (offset as u64 + u64::from(event_offset)) as u32, len: event_len };
-                        match crate::index::sparse::find_id(&shared.index, &shared.segments, event.id) {
-                            Ok(Some(indexed)) if indexed != pos => {
-                                report.problems.push(format!("{place}: the index points elsewhere ({indexed:?})"));
+                        match indexed.seek(event.id) {
+                            Ok(Some(indexed_pos)) if indexed_pos != pos => {
+                                report.problems.push(format!("{place}: the index points elsewhere ({indexed_pos:?})"));
                             }
                             Ok(Some(_)) => report.indexed += 1,
+                            // Not served by the index: removed.
                             Ok(None) => {}
                             Err(error) => report.problems.push(format!("{place}: index lookup failed: {error}")),
                         }
@@ -108,6 +115,9 @@ pub(crate) fn verify(shared: &Shared) -> Result<VerifyReport> {
             }
             offset += FRAME_HEADER_BYTES + body.len();
         }
+    }
+    for stray in indexed.strays()? {
+        report.problems.push(format!("the index serves event {stray}, which the log does not hold in id order"));
     }
     for (hash, path) in shared.cas.list()? {
         report.content_files += 1;
@@ -121,4 +131,47 @@ pub(crate) fn verify(shared: &Shared) -> Result<VerifyReport> {
         }
     }
     Ok(report)
+}
+
+/// The events the index serves, in id order, consumed while the log is read.
+struct IndexCursor<'a> {
+    shared: &'a Shared,
+    scan: Scan,
+    next: Option<Located>,
+    strays: Vec<EventId>,
+}
+
+impl<'a> IndexCursor<'a> {
+    fn new(shared: &'a Shared) -> Result<IndexCursor<'a>> {
+        let mut scan = Scan::open(&shared.index, &shared.segments, &Pattern::all(), None, None, false)?;
+        let next = scan.next_located(&shared.segments)?;
+        Ok(IndexCursor { shared, scan, next, strays: Vec::new() })
+    }
+
+    /// Where the index has event `id` (the next event of the log), if it
+    /// serves it. Index entries before `id` that the log skipped are left
+    /// for `rest` to report.
+    fn seek(&mut self, id: EventId) -> Result<Option<Pos>> {
+        while let Some(located) = self.next {
+            if located.id > id {
+                return Ok(None);
+            }
+            self.next = self.scan.next_located(&self.shared.segments)?;
+            if located.id == id {
+                return Ok(Some(located.pos));
+            }
+            self.strays.push(located.id);
+        }
+        Ok(None)
+    }
+
+    /// Indexed events the log does not hold where the index says: the ones
+    /// skipped by `seek` and any left after the log's end.
+    fn strays(mut self) -> Result<Vec<EventId>> {
+        while let Some(located) = self.next {
+            self.strays.push(located.id);
+            self.next = self.scan.next_located(&self.shared.segments)?;
+        }
+        Ok(self.strays)
+    }
 }

@@ -75,8 +75,6 @@ pub(crate) struct Applier<'h> {
     pending_topics: HashMap<String, Vec<(u64, EventId)>>,
     /// Content-store files no event refers to any more; deleted after commit.
     pub(crate) garbage: Vec<Hash>,
-    /// Events removed from the index by this transaction.
-    pub(crate) n_removed: u64,
 }
 
 impl<'h> Applier<'h> {
@@ -88,7 +86,6 @@ impl<'h> Applier<'h> {
             pending_ids: HashMap::new(),
             pending_topics: HashMap::new(),
             garbage: Vec::new(),
-            n_removed: 0,
         }
     }
 
@@ -228,7 +225,6 @@ impl<'h> Applier<'h> {
         if let Some(head) = self.heads.get(txn, topic)? {
             self.heads.put(topic, Head { count: head.count.saturating_sub(1), ..head });
         }
-        self.n_removed += 1;
         Ok(())
     }
 

@@ -10,7 +10,7 @@ use crate::id::EventId;
 use crate::index::{Applier, Checkpoint, Heads};
 use crate::limits::{EXPIRE_EVENTS_PER_STEP, INDEX_RECORDS_PER_BATCH};
 use crate::log::codec::{self, FRAME_HEADER_BYTES};
-use crate::log::recovery::{RecoveryReport, replay};
+use crate::log::recovery::replay;
 use crate::log::segment::{SEGMENT_HEADER_BYTES, corrupt};
 use crate::progress::Work;
 use crate::store::Shared;
@@ -79,8 +79,7 @@ fn index_chunk(
         records.push((record, offset));
         offset += (FRAME_HEADER_BYTES + body.len()) as u64;
     }
-    let mut report = RecoveryReport::default();
-    replay(segments, &shared.index, &shared.cas, heads, last_id, from.segment, records, offset, &mut report)?;
+    replay(segments, &shared.index, &shared.cas, heads, last_id, from.segment, records, offset)?;
     let next = Checkpoint { segment: from.segment, offset };
     shared.progress.advance_indexed(next, offset - from.offset, *last_id);
     Ok(next)

@@ -87,28 +87,17 @@ pub(crate) fn unframe_trusted(bytes: &[u8]) -> Option<&[u8]> {
     bytes.get(FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + len)
 }
 
-/// Encodes a batch record holding `events`; returns, for each event, the
-/// offset of its frame relative to the start of the record and its body length.
-pub(crate) fn encode_batch(out: &mut Vec<u8>, key: Option<&str>, events: &[&Event]) -> Vec<(u32, u32)> {
-    let record_start = out.len();
-    let mut offsets = Vec::with_capacity(events.len());
+/// Encodes a batch record holding `events`, each in its own frame.
+pub(crate) fn encode_batch(out: &mut Vec<u8>, key: Option<&str>, events: &[&Event]) {
     frame(out, |body| {
         body.push(FORMAT_VERSION);
         body.push(KIND_BATCH);
         put_short(body, key.unwrap_or("").as_bytes());
         body.extend_from_slice(&(events.len() as u32).to_le_bytes());
         for event in events {
-            let event_start = out_len(body);
             frame(body, |event_body| encode_event(event_body, event));
-            let event_len = out_len(body) - event_start - FRAME_HEADER_BYTES;
-            offsets.push((event_start, event_len as u32));
         }
     });
-    offsets.into_iter().map(|(start, len)| ((start - record_start) as u32, len)).collect()
-}
-
-fn out_len(out: &[u8]) -> usize {
-    out.len()
 }
 
 /// Encodes a remove record.

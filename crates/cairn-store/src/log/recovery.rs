@@ -126,7 +126,7 @@ pub(crate) fn recover(segments: &Arc<Segments>, index: &Index, cas: &Cas) -> Res
                 }
             }
             if batch.len() >= REPLAY_RECORDS_PER_TXN {
-                replay(
+                report.records_replayed += replay(
                     segments,
                     index,
                     cas,
@@ -135,11 +135,10 @@ pub(crate) fn recover(segments: &Arc<Segments>, index: &Index, cas: &Cas) -> Res
                     segment,
                     std::mem::take(&mut batch),
                     offset,
-                    &mut report,
                 )?;
             }
         }
-        replay(segments, index, cas, &mut heads, &mut last_id, segment, batch, offset, &mut report)?;
+        report.records_replayed += replay(segments, index, cas, &mut heads, &mut last_id, segment, batch, offset)?;
         end = Checkpoint { segment, offset };
         if let Some(reason) = damage {
             let later_segments = list.iter().any(|&s| s > segment);
@@ -190,11 +189,11 @@ pub(crate) fn replay(
     segment: u32,
     records: Vec<(Record, u64)>,
     end: u64,
-    report: &mut RecoveryReport,
-) -> Result<()> {
+) -> Result<u64> {
     if records.is_empty() {
-        return Ok(());
+        return Ok(0);
     }
+    let n_records = records.len() as u64;
     let mut txn = index.txn();
     let removes = records.iter().any(|(record, _)| match record {
         Record::Remove { .. } => true,
@@ -206,7 +205,6 @@ pub(crate) fn replay(
     }
     let mut applier = Applier::new(heads, segments, removes);
     for (record, record_offset) in records {
-        report.records_replayed += 1;
         match record {
             Record::Batch { key, events } => {
                 let positioned: Vec<(Event, Pos)> = events
@@ -241,5 +239,5 @@ pub(crate) fn replay(
     for hash in garbage {
         cas.delete(&hash)?;
     }
-    Ok(())
+    Ok(n_records)
 }

@@ -196,7 +196,7 @@ impl Writer {
                 }
             }
             last_group_len = group.len();
-            self.commit_group(group);
+            self.commit_group(group, group_bytes);
         }
         self.sync_if_unsynced();
     }
@@ -227,7 +227,7 @@ impl Writer {
         Ok(())
     }
 
-    fn commit_group(&mut self, group: Vec<Request>) {
+    fn commit_group(&mut self, group: Vec<Request>, group_bytes: usize) {
         if let Some(reason) = self.shared.poisoned() {
             let error = StoreError::Poisoned { reason };
             group.into_iter().for_each(|request| fail(request, &error));
@@ -247,7 +247,7 @@ impl Writer {
         self.buf.clear();
         // One allocation for the whole group's records, not a doubling per
         // growth (a large batch otherwise copies its bytes several times).
-        self.buf.reserve(group.iter().map(request_bytes).sum());
+        self.buf.reserve(group_bytes);
         let mut state = GroupState { publish: self.shared.live.has_subscribers(), ..GroupState::default() };
         let mut planned = Vec::with_capacity(group.len());
         let mut force_sync = false;
