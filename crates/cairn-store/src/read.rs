@@ -81,19 +81,6 @@ impl Scan {
         from_seq: Option<u64>,
         reverse: bool,
     ) -> Result<Scan> {
-        Scan::open_inner(index, segments, pattern, after, from_seq, reverse, true)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn open_inner(
-        index: &Index,
-        segments: &Segments,
-        pattern: &Pattern,
-        after: Option<EventId>,
-        from_seq: Option<u64>,
-        reverse: bool,
-        skip_removed: bool,
-    ) -> Result<Scan> {
         match pattern.exact() {
             Some(topic) => {
                 let from_seq = match (from_seq, after) {
@@ -113,10 +100,8 @@ impl Scan {
                     .unwrap_or_else(|| first.clone());
                 let anchors =
                     directed(index.range(Ks::Topics, Bound::Included(&start), Bound::Included(&last)), reverse);
-                let removed = skip_removed.then(|| {
-                    let lo = if reverse { first.clone() } else { wanted.clone() };
-                    RemovedFilter::new(index, Ks::RemovedSeq, &lo, &last, reverse)
-                });
+                let removed_from = if reverse { &first } else { &wanted };
+                let removed = Some(RemovedFilter::new(index, Ks::RemovedSeq, removed_from, &last, reverse));
                 Ok(Scan {
                     anchors,
                     block: Default::default(),
@@ -138,10 +123,8 @@ impl Scan {
                 };
                 let lo = start.as_deref().map_or(Bound::Unbounded, Bound::Included);
                 let anchors = directed(index.range(Ks::Ids, lo, Bound::Unbounded), reverse);
-                let removed = skip_removed.then(|| {
-                    let lo = after_bytes.unwrap_or([0; 16]);
-                    RemovedFilter::new(index, Ks::Removed, &lo, &[0xff; 16], reverse)
-                });
+                let removed_from = after_bytes.unwrap_or([0; 16]);
+                let removed = Some(RemovedFilter::new(index, Ks::Removed, &removed_from, &[0xff; 16], reverse));
                 Ok(Scan {
                     anchors,
                     block: Default::default(),
@@ -152,6 +135,13 @@ impl Scan {
                 })
             }
         }
+    }
+
+    /// The same scan, removed events included (for searches by seq, where
+    /// they still mark their place).
+    fn including_removed(mut self) -> Scan {
+        self.removed = None;
+        self
     }
 
     /// The next matching event's position.
@@ -237,7 +227,7 @@ pub(crate) fn first_seq_after(index: &Index, segments: &Segments, topic: &Topic,
     while lo < hi {
         let mid = lo + (hi - lo) / 2;
         // The first event at or after `mid` stands in for `mid`.
-        let mut scan = Scan::open_inner(index, segments, &pattern, None, Some(mid), false, false)?;
+        let mut scan = Scan::open(index, segments, &pattern, None, Some(mid), false)?.including_removed();
         match scan.next_located(segments)? {
             Some(located) if located.id > after => hi = mid,
             Some(located) => lo = located.seq.max(mid) + 1,
