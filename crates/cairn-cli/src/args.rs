@@ -7,21 +7,39 @@ use clap::{Args, Parser, Subcommand};
 /// cairn: an event store. Append events, read them back in order, follow them live.
 ///
 /// The store is a directory (--store, else $CAIRN_STORE, else ./cairn-data).
-/// Output is NDJSON, one event per line, ready for jq.
+/// When a server runs on it (`cairn serve`), commands go through its socket
+/// (<store>/cairn.sock); otherwise they open the store themselves. --remote
+/// reaches a server over TCP. Output is NDJSON, one event per line, ready for jq.
 #[derive(Parser, Debug)]
 #[command(name = "cairn", version, propagate_version = true)]
 #[command(
-    after_help = "Examples:\n  echo hello | cairn append greetings\n  cairn cat greetings --content\n  cairn cat 'orders.>' --follow --threshold"
+    after_help = "Examples:\n  cairn serve                               a server on ./cairn-data\n  echo hello | cairn append greetings\n  cairn cat greetings --content\n  cairn cat 'orders.>' --follow --threshold\n  CAIRN_TOKEN=... cairn --remote https://host:8080 cat"
 )]
 pub struct Cli {
-    /// The store directory.
-    #[arg(long, global = true, env = "CAIRN_STORE", default_value = "./cairn-data", value_name = "DIR")]
-    pub store: PathBuf,
+    /// The store directory. [default: ./cairn-data]
+    #[arg(long, global = true, env = "CAIRN_STORE", value_name = "DIR")]
+    pub store: Option<PathBuf>,
 
-    /// Durability of appends: always (fdatasync before each acknowledgement),
-    /// interval:<duration> (e.g. interval:100ms) or none.
-    #[arg(long, global = true, env = "CAIRN_SYNC", default_value = "always", value_name = "MODE")]
-    pub sync: String,
+    /// Durability of appends when opening the store: always (fdatasync
+    /// before each acknowledgement), interval:<duration> (e.g.
+    /// interval:100ms) or none. [default: always]
+    #[arg(long, global = true, env = "CAIRN_SYNC", value_name = "MODE")]
+    pub sync: Option<String>,
+
+    /// Talk to the server at this URL (http://host:port or https://…)
+    /// instead of a local store. Authenticate with --user (password in
+    /// $CAIRN_PASSWORD) or a token in $CAIRN_TOKEN.
+    #[arg(long, global = true, env = "CAIRN_REMOTE", value_name = "URL")]
+    pub remote: Option<String>,
+
+    /// The user for --remote (its password comes from $CAIRN_PASSWORD).
+    #[arg(long, global = true, env = "CAIRN_USER", value_name = "NAME")]
+    pub user: Option<String>,
+
+    /// A PEM file of CA certificates to trust for https --remote (default:
+    /// the system's).
+    #[arg(long, global = true, env = "CAIRN_CACERT", value_name = "FILE")]
+    pub cacert: Option<PathBuf>,
 
     #[command(subcommand)]
     pub command: Command,
@@ -29,6 +47,16 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Serve the store over HTTP: on <store>/cairn.sock (trusted, mode 0600)
+    /// and, with --http, on TCP (authenticated). Stops cleanly on SIGINT/SIGTERM.
+    #[command(
+        after_help = "Examples:\n  cairn serve\n  cairn serve --http 127.0.0.1:8080\n  cairn serve --http 0.0.0.0:8443 --tls-cert cert.pem --tls-key key.pem\n  curl --unix-socket cairn-data/cairn.sock http://localhost/v1/events"
+    )]
+    Serve(Box<cairn_server::ServeArgs>),
+    /// Users for TCP access: passwords (argon2id), per-topic read/write
+    /// patterns, bearer tokens.
+    #[command(subcommand)]
+    User(UserCommand),
     /// Append one event (payload from stdin), or a batch of NDJSON events with --batch.
     #[command(
         after_help = "Examples:\n  echo '{\"sku\":42}' | cairn append orders.17 --type OrderPlaced --expect none\n  printf '{\"topic\":\"a\",\"content\":\"x\"}\\n{\"topic\":\"b\",\"content\":\"y\"}\\n' | cairn append --batch"
@@ -189,5 +217,60 @@ pub enum ConsumerCommand {
     Rm {
         /// Consumer name.
         name: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum UserCommand {
+    /// Add a user; the password is read from $CAIRN_PASSWORD or the first line of stdin.
+    #[command(
+        after_help = "Examples:\n  echo s3cret | cairn user add alice\n  echo s3cret | cairn user add billing --read 'orders.>' --write 'invoices.>'"
+    )]
+    Add {
+        /// User name (1-64 bytes of A-Z a-z 0-9 _ - .).
+        name: String,
+        /// Topic patterns the user may read (repeatable). [default: > (all)]
+        #[arg(long, value_name = "PATTERN")]
+        read: Vec<String>,
+        /// Topic patterns the user may write (repeatable). [default: > (all)]
+        #[arg(long, value_name = "PATTERN")]
+        write: Vec<String>,
+        /// May manage users, import, verify and delete consumers.
+        #[arg(long)]
+        admin: bool,
+    },
+    /// Set a user's password (from $CAIRN_PASSWORD or the first line of stdin).
+    #[command(after_help = "Example:\n  echo n3w | cairn user passwd alice")]
+    Passwd {
+        /// User name.
+        name: String,
+    },
+    /// Remove a user and its tokens.
+    #[command(after_help = "Example:\n  cairn user rm alice")]
+    Rm {
+        /// User name.
+        name: String,
+    },
+    /// List users, their patterns and their tokens' ids.
+    #[command(after_help = "Example:\n  cairn user list | jq -r .name")]
+    List,
+    /// Issue or revoke bearer tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCommand {
+    /// Issue a token for a user; it is printed once, keep it.
+    #[command(after_help = "Example:\n  export CAIRN_TOKEN=$(cairn user token issue alice | jq -r .token)")]
+    Issue {
+        /// User name.
+        name: String,
+    },
+    /// Revoke a token by its id (from `user list`) or by the token itself.
+    #[command(after_help = "Example:\n  cairn user token revoke 3f2a9c0d1e2b")]
+    Revoke {
+        /// Token id or token.
+        id: String,
     },
 }

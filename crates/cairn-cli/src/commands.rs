@@ -1,6 +1,6 @@
-//! One function per subcommand, over a locally opened store.
+//! Where a command runs (a new server, a running server, or the store
+//! opened here), and one function per subcommand over a local store.
 
-use std::collections::BTreeMap;
 use std::io::{BufRead as _, IsTerminal as _, Read as _, Write as _};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -12,7 +12,7 @@ use cairn_store::{
     Topic, Ttl,
 };
 
-use crate::args::{AppendArgs, CasCommand, CatArgs, Cli, Command, ConsumerCommand};
+use crate::args::{AppendArgs, CasCommand, CatArgs, Cli, Command, ConsumerCommand, TokenCommand, UserCommand};
 use crate::output;
 
 /// Events per import call: big enough to amortise commits, small enough to
@@ -20,9 +20,30 @@ use crate::output;
 const IMPORT_CHUNK_EVENTS: usize = 1000;
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
-    let sync = SyncMode::parse(&cli.sync)?;
+    if let Command::Serve(args) = cli.command {
+        let config = cairn_server::Config::resolve(*args, cli.store, cli.sync)?;
+        cairn_server::run(config)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(url) = &cli.remote {
+        let mut client = cairn_client::Client::tcp(url, cli.cacert.as_deref())?;
+        if let Some(user) = &cli.user {
+            let password = std::env::var("CAIRN_PASSWORD").context("--user needs the password in $CAIRN_PASSWORD")?;
+            client = client.with_basic(user, &password);
+        } else if let Ok(token) = std::env::var("CAIRN_TOKEN") {
+            client = client.with_token(&token);
+        }
+        return crate::remote::run(client, cli.command);
+    }
+    let dir = cli.store.unwrap_or_else(|| cairn_server::STORE_DEFAULT.into());
+    let socket = dir.join(cairn_server::SOCKET_NAME);
+    // A server owns the store: talk to it. (A stale socket does not answer.)
+    if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+        return crate::remote::run(cairn_client::Client::unix(&socket), cli.command);
+    }
+    let sync = SyncMode::parse(cli.sync.as_deref().unwrap_or("always"))?;
     let options = Options { sync, ..Options::default() };
-    let store = Store::open(&cli.store, options).with_context(|| format!("open store {}", cli.store.display()))?;
+    let store = Store::open(&dir, options).with_context(|| format!("open store {}", dir.display()))?;
     if let Some(cut) = &store.recovery_report().truncated {
         eprintln!(
             "cairn: recovered: cut {} bytes of an unfinished write at segment {} offset {} ({})",
@@ -32,6 +53,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let code = match cli.command {
+        Command::Serve(_) => unreachable!("serve returned above"),
+        Command::User(command) => user(&store, &mut out, command)?,
         Command::Append(args) => append(&store, &mut out, args)?,
         Command::Cat(args) => cat(&store, &mut out, args)?,
         Command::Get { id, content } => {
@@ -102,7 +125,8 @@ fn append(store: &Store, out: &mut impl std::io::Write, args: AppendArgs) -> Res
         } else {
             let mut bytes = Vec::new();
             std::io::stdin().read_to_end(&mut bytes).context("read the payload from stdin")?;
-            Some(bytes)
+            // As over HTTP: an empty body is an event without a payload.
+            (!bytes.is_empty()).then_some(bytes)
         };
         let event = NewEvent {
             topic: Some(topic),
@@ -123,71 +147,21 @@ fn append(store: &Store, out: &mut impl std::io::Write, args: AppendArgs) -> Res
     Ok(ExitCode::SUCCESS)
 }
 
-/// One line of `append --batch`.
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BatchLine {
-    topic: String,
-    #[serde(rename = "type", default)]
-    kind: Option<String>,
-    #[serde(default)]
-    meta: Option<serde_json::Value>,
-    #[serde(default)]
-    content: Option<String>,
-    #[serde(default)]
-    content_base64: Option<String>,
-    #[serde(default)]
-    ttl: Option<String>,
-    #[serde(default)]
-    expect: Option<String>,
-}
-
 fn batch_from_stdin(key: Option<String>) -> Result<Batch> {
-    let mut batch = Batch { idempotency_key: key, ..Batch::default() };
-    let mut expectations: BTreeMap<Topic, Expect> = BTreeMap::new();
+    let mut events = Vec::new();
     for (idx, line) in std::io::stdin().lock().lines().enumerate() {
         let line = line.context("read stdin")?;
         if line.trim().is_empty() {
             continue;
         }
-        let parsed: BatchLine =
+        let event: cairn_store::json::BatchEventJson =
             serde_json::from_str(&line).with_context(|| format!("line {}: not a batch event", idx + 1))?;
-        let topic = Topic::new(&parsed.topic).with_context(|| format!("line {}", idx + 1))?;
-        let payload = cairn_store::json::content_bytes(parsed.content.as_deref(), parsed.content_base64.as_deref())
-            .with_context(|| format!("line {}", idx + 1))?;
-        if let Some(expect) = parsed.expect {
-            let expect = Expect::parse(&expect).with_context(|| format!("line {}", idx + 1))?;
-            if let Some(previous) = expectations.insert(topic.clone(), expect)
-                && previous != expect
-            {
-                bail!("line {}: topic {topic} has two different expectations ({previous} and {expect})", idx + 1);
-            }
-        }
-        batch.events.push(NewEvent {
-            topic: Some(topic),
-            kind: parsed.kind,
-            meta: parsed
-                .meta
-                .as_ref()
-                .map(cairn_store::check_meta_value)
-                .transpose()
-                .with_context(|| format!("line {}", idx + 1))?,
-            payload,
-            ttl: parsed
-                .ttl
-                .as_deref()
-                .map(Ttl::parse)
-                .transpose()
-                .with_context(|| format!("line {}", idx + 1))?
-                .unwrap_or_default(),
-            user: None,
-        });
+        events.push(event);
     }
-    if batch.events.is_empty() {
+    if events.is_empty() {
         bail!("no events on stdin: give one JSON object per line");
     }
-    batch.expect = expectations;
-    Ok(batch)
+    Ok(cairn_store::json::batch_from_json(events, None, key)?)
 }
 
 fn cat(store: &Store, out: &mut impl std::io::Write, args: CatArgs) -> Result<ExitCode> {
@@ -288,5 +262,46 @@ fn import(store: &Store, out: &mut impl std::io::Write) -> Result<ExitCode> {
         bar.finish_and_clear();
     }
     output::json_line(out, &serde_json::json!({ "imported": total }))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A password from `$CAIRN_PASSWORD`, else the first line of stdin.
+pub fn password() -> Result<String> {
+    if let Ok(password) = std::env::var("CAIRN_PASSWORD") {
+        return Ok(password);
+    }
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line).context("read the password from stdin")?;
+    let password = line.trim_end_matches(['\n', '\r']).to_owned();
+    if password.is_empty() {
+        bail!("no password: give it on stdin (first line) or in $CAIRN_PASSWORD");
+    }
+    Ok(password)
+}
+
+fn user(store: &Store, out: &mut impl std::io::Write, command: UserCommand) -> Result<ExitCode> {
+    // This process holds the store's lock, so it is the only writer of the users file.
+    let users = cairn_server::Users::open(store.dir())?;
+    match command {
+        UserCommand::Add { name, read, write, admin } => {
+            let new = cairn_server::NewUser {
+                name,
+                password: password()?,
+                read: (!read.is_empty()).then_some(read),
+                write: (!write.is_empty()).then_some(write),
+                admin,
+            };
+            output::json_line(out, &users.add(new)?)?;
+        }
+        UserCommand::Passwd { name } => users.passwd(&name, &password()?)?,
+        UserCommand::Rm { name } => users.remove(&name)?,
+        UserCommand::List => {
+            for user in users.list() {
+                output::json_line(out, &user)?;
+            }
+        }
+        UserCommand::Token(TokenCommand::Issue { name }) => output::json_line(out, &users.issue_token(&name)?)?,
+        UserCommand::Token(TokenCommand::Revoke { id }) => users.revoke_token(&id)?,
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -29,7 +29,18 @@ impl Cas {
                 let _ = fs::remove_file(entry.path());
             }
         }
-        Ok(Cas { dir, tmp_counter: AtomicU64::new(0) })
+        // Files a delete had set aside when the process died: whether an
+        // event came to refer to them is unknown, so they go back.
+        fs::create_dir_all(dir.join("deleting")).map_err(StoreError::io("create content store"))?;
+        let cas = Cas { dir, tmp_counter: AtomicU64::new(0) };
+        if let Ok(entries) = fs::read_dir(cas.dir.join("deleting")) {
+            for entry in entries.flatten() {
+                if let Some(hash) = entry.file_name().to_str().and_then(|hex| Hash::parse(hex).ok()) {
+                    cas.restore(&hash, &entry.path())?;
+                }
+            }
+        }
+        Ok(cas)
     }
 
     pub(crate) fn path(&self, hash: &Hash) -> PathBuf {
@@ -83,6 +94,36 @@ impl Cas {
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(error) => Err(StoreError::io("delete content file")(error)),
         }
+    }
+
+    /// Moves the file for `hash` aside (for a checked delete); `None` if
+    /// there is none.
+    pub(crate) fn set_aside(&self, hash: &Hash) -> Result<Option<PathBuf>> {
+        let aside = self.dir.join("deleting").join(hash.hex());
+        match fs::rename(self.path(hash), &aside) {
+            Ok(()) => Ok(Some(aside)),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(error) => Err(StoreError::io("move content file aside")(error)),
+        }
+    }
+
+    /// Puts a file set aside back (unless the content was put again meanwhile).
+    pub(crate) fn restore(&self, hash: &Hash, aside: &std::path::Path) -> Result<()> {
+        if self.has_file(hash) {
+            return self.discard(aside);
+        }
+        let path = self.path(hash);
+        fs::rename(aside, &path).map_err(StoreError::io("restore content file"))?;
+        sync_dir(path.parent().expect("content paths have a parent"))
+    }
+
+    /// Deletes a file set aside.
+    pub(crate) fn discard(&self, aside: &std::path::Path) -> Result<()> {
+        fs::remove_file(aside).map_err(StoreError::io("delete content file"))?;
+        if let Some(parent) = aside.parent() {
+            sync_dir(parent)?;
+        }
+        Ok(())
     }
 
     /// Every hash with a file, for `verify`.

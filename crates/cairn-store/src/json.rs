@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::error::{Result, StoreError};
-use crate::event::{Event, Hash, NewEvent, Ttl, check_meta};
+use crate::event::{Batch, Event, Expect, Hash, NewEvent, Ttl, check_meta};
 use crate::id::EventId;
 use crate::store::Imported;
 use crate::topic::Topic;
@@ -119,4 +119,76 @@ impl EventJson {
         let event = NewEvent { topic: Some(topic), kind: self.kind, meta, payload, ttl, user: self.user };
         Ok(Imported { id, seq: self.seq, event })
     }
+}
+
+/// One event of a batch as JSON (`cairn append --batch`, `POST /v1/batch`):
+/// `{"topic", "type"?, "meta"?, "content"|"content_base64"?, "ttl"?, "expect"?}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchEventJson {
+    /// Topic.
+    pub topic: String,
+    /// Event type.
+    #[serde(rename = "type", default)]
+    pub kind: Option<String>,
+    /// Meta object.
+    #[serde(default)]
+    pub meta: Option<Box<RawValue>>,
+    /// Payload as text.
+    #[serde(default)]
+    pub content: Option<String>,
+    /// Payload as base64.
+    #[serde(default)]
+    pub content_base64: Option<String>,
+    /// Retention.
+    #[serde(default)]
+    pub ttl: Option<String>,
+    /// Expectation on the topic (one per topic per batch).
+    #[serde(default)]
+    pub expect: Option<String>,
+}
+
+/// Collects batch events into a [`Batch`], stamping `user` on each. `line`
+/// numbers errors from 1 (a line of NDJSON or an element of an array).
+pub fn batch_from_json(
+    events: impl IntoIterator<Item = BatchEventJson>,
+    user: Option<&str>,
+    idempotency_key: Option<String>,
+) -> Result<Batch> {
+    let mut batch = Batch { idempotency_key, ..Batch::default() };
+    for (idx, json) in events.into_iter().enumerate() {
+        let at = |error: StoreError| match error {
+            StoreError::Invalid { field, rule } => {
+                StoreError::Invalid { field, rule: format!("event {}: {rule}", idx + 1) }
+            }
+            other => other,
+        };
+        let topic = Topic::new(&json.topic).map_err(at)?;
+        let payload = content_bytes(json.content.as_deref(), json.content_base64.as_deref()).map_err(at)?;
+        if let Some(expect) = json.expect {
+            let expect = Expect::parse(&expect).map_err(at)?;
+            if let Some(previous) = batch.expect.insert(topic.clone(), expect)
+                && previous != expect
+            {
+                return Err(at(StoreError::invalid(
+                    "expect",
+                    format!("topic {topic} has two different expectations ({previous} and {expect})"),
+                )));
+            }
+        }
+        let meta = json.meta.as_ref().map(|raw| check_meta(raw.get())).transpose().map_err(at)?;
+        let ttl = json.ttl.as_deref().map(Ttl::parse).transpose().map_err(at)?.unwrap_or_default();
+        batch.events.push(NewEvent {
+            topic: Some(topic),
+            kind: json.kind,
+            meta,
+            payload,
+            ttl,
+            user: user.map(str::to_owned),
+        });
+    }
+    if batch.events.is_empty() {
+        return Err(StoreError::invalid("batch", "has no events"));
+    }
+    Ok(batch)
 }

@@ -45,7 +45,7 @@ pub use event::{
 pub use id::EventId;
 pub use log::recovery::{RecoveryReport, Truncation};
 pub use read::{Query, ReadIter};
-pub use store::{Imported, Options, Store, SyncMode, TopicInfo};
+pub use store::{Imported, Options, Store, StoreStats, SyncMode, TopicInfo};
 pub use subscription::{Delivery, SubscribeOptions, Subscription};
 pub use topic::{Level, Pattern, SYSTEM_PREFIX, Topic};
 pub use verify::VerifyReport;

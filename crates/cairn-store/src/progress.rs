@@ -87,6 +87,16 @@ impl Progress {
         }
     }
 
+    /// Bytes committed since open.
+    pub(crate) fn committed_bytes(&self) -> u64 {
+        self.lock().committed_bytes
+    }
+
+    /// Where the durably written log ends.
+    pub(crate) fn committed_end(&self) -> Checkpoint {
+        self.lock().committed
+    }
+
     /// The writer waits here while the index lags too far behind.
     pub(crate) fn wait_for_index_lag(&self) -> Result<()> {
         let mut state = self.lock();

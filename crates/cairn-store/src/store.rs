@@ -65,6 +65,16 @@ impl SyncMode {
     }
 }
 
+impl std::fmt::Display for SyncMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SyncMode::Always => f.write_str("always"),
+            SyncMode::Interval(interval) => write!(f, "interval:{}ms", interval.as_millis()),
+            SyncMode::None => f.write_str("none"),
+        }
+    }
+}
+
 /// Settings of an open store.
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -128,7 +138,36 @@ pub(crate) struct Shared {
     pub(crate) cas: Cas,
     pub(crate) live: Live,
     pub(crate) progress: Progress,
+    pub(crate) stats: Stats,
     poison: Mutex<Option<String>>,
+}
+
+/// Counters the writer keeps for monitoring (see [`Store::stats`]).
+#[derive(Default, Debug)]
+pub(crate) struct Stats {
+    pub(crate) events: std::sync::atomic::AtomicU64,
+    pub(crate) fsyncs: std::sync::atomic::AtomicU64,
+    pub(crate) fsync_nanos: std::sync::atomic::AtomicU64,
+    pub(crate) fsync_nanos_max: std::sync::atomic::AtomicU64,
+}
+
+/// What the store has done since it was opened, and how big it is.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct StoreStats {
+    /// Events appended (or imported) since open.
+    pub events_appended: u64,
+    /// fdatasync calls on the log since open.
+    pub fsyncs: u64,
+    /// Total time spent in them, in seconds.
+    pub fsync_seconds: f64,
+    /// The longest one, in seconds.
+    pub fsync_seconds_max: f64,
+    /// Bytes of log committed since open.
+    pub log_bytes_written: u64,
+    /// Bytes in log segments on disk.
+    pub log_bytes: u64,
+    /// Bytes in the content store.
+    pub content_bytes: u64,
 }
 
 impl Shared {
@@ -277,6 +316,7 @@ impl Store {
             cas,
             live: Live::new(last_id),
             progress: Progress::new(end, last_id),
+            stats: Stats::default(),
             poison: Mutex::new(None),
         });
         let indexer_shared = shared.clone();
@@ -639,6 +679,65 @@ impl Store {
         Ok(shared.cas.has_file(hash) || self.event_with_hash(hash)?.is_some())
     }
 
+    /// Counters since open, and the size of the log and the content store
+    /// (walks the content directory: for monitoring, not hot paths).
+    pub fn stats(&self) -> StoreStats {
+        use std::sync::atomic::Ordering::Relaxed;
+        let shared = &self.inner.shared;
+        let nanos = |value: u64| value as f64 / 1e9;
+        StoreStats {
+            events_appended: shared.stats.events.load(Relaxed),
+            fsyncs: shared.stats.fsyncs.load(Relaxed),
+            fsync_seconds: nanos(shared.stats.fsync_nanos.load(Relaxed)),
+            fsync_seconds_max: nanos(shared.stats.fsync_nanos_max.load(Relaxed)),
+            log_bytes_written: shared.progress.committed_bytes(),
+            log_bytes: dir_bytes(&shared.dir.join("log")),
+            content_bytes: dir_bytes(&shared.dir.join("cas")),
+        }
+    }
+
+    /// Deletes content that was put on its own ([`Store::cas_put`]) and that
+    /// no stored event refers to. Returns false if there was no such file;
+    /// errors with `Invalid` (field `content`) while an event refers to it.
+    ///
+    /// Safe against concurrent appends of the same bytes: the file is first
+    /// moved aside; a sync through the writer makes every append planned
+    /// before the move committed (appends planned after it put the file
+    /// again); only then are the references checked, and the file is put
+    /// back if any exists.
+    pub fn cas_delete(&self, hash: &Hash) -> Result<bool> {
+        let shared = &self.inner.shared;
+        let Some(aside) = shared.cas.set_aside(hash)? else { return Ok(false) };
+        let referenced = self.sync().and_then(|()| {
+            shared.barrier()?;
+            self.event_with_hash(hash)
+        });
+        match referenced {
+            Ok(None) => {
+                shared.cas.discard(&aside)?;
+                Ok(true)
+            }
+            Ok(Some(event)) => {
+                shared.cas.restore(hash, &aside)?;
+                Err(StoreError::invalid(
+                    "content",
+                    format!("{} is the payload of event {}; remove the event first", hash.sri(), event.id),
+                ))
+            }
+            Err(error) => {
+                shared.cas.restore(hash, &aside)?;
+                Err(error)
+            }
+        }
+    }
+
+    /// A value that changes whenever the log changes (appends, removals,
+    /// acks): an entity tag for reads.
+    pub fn version(&self) -> String {
+        let committed = self.inner.shared.progress.committed_end();
+        format!("{}.{}", committed.segment, committed.offset)
+    }
+
     /// Records durably that consumer `name` has handled everything up to `id`.
     pub fn ack(&self, name: &str, id: EventId) -> Result<()> {
         check_consumer_name(name)?;
@@ -728,6 +827,19 @@ impl Store {
             Err(_) => Err(StoreError::invalid("close", "other handles to the store are still open")),
         }
     }
+}
+
+/// Bytes of the files under `dir`, recursively (0 where unreadable).
+fn dir_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .map(|entry| match entry.file_type() {
+            Ok(kind) if kind.is_dir() => dir_bytes(&entry.path()),
+            Ok(_) => entry.metadata().map_or(0, |meta| meta.len()),
+            Err(_) => 0,
+        })
+        .sum()
 }
 
 fn check_consumer_name(name: &str) -> Result<()> {

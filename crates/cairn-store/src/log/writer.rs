@@ -217,7 +217,14 @@ impl Writer {
     }
 
     fn sync(&mut self) -> Result<()> {
-        if let Err(source) = self.file.sync_data() {
+        let started = Instant::now();
+        let result = self.file.sync_data();
+        let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let stats = &self.shared.stats;
+        stats.fsyncs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        stats.fsync_nanos.fetch_add(nanos, std::sync::atomic::Ordering::Relaxed);
+        stats.fsync_nanos_max.fetch_max(nanos, std::sync::atomic::Ordering::Relaxed);
+        if let Err(source) = result {
             let reason = format!("fdatasync of log segment {} failed: {source}", self.segment);
             self.shared.poison(&reason);
             return Err(StoreError::Poisoned { reason });
@@ -283,7 +290,10 @@ impl Writer {
         for plan in planned {
             match plan {
                 Planned::Done(reply, result) => drop(reply.send(result)),
-                Planned::Append { events, reply } => drop(reply.send(Ok(events))),
+                Planned::Append { events, reply } => {
+                    self.shared.stats.events.fetch_add(events.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                    drop(reply.send(Ok(events)));
+                }
                 Planned::Unit { reply } => drop(reply.send(Ok(()))),
             }
         }

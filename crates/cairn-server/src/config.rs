@@ -1,0 +1,172 @@
+//! `cairn serve` settings: flags, then `CAIRN_*` environment variables, then
+//! a TOML file (`--config`), then defaults. Clap handles the first two; the
+//! file fills what they left unset.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+use cairn_store::SyncMode;
+
+/// Default TCP connections served at once (the Unix socket shares the pool).
+const MAX_CONNECTIONS_DEFAULT: usize = 4096;
+/// Default time a client has to send a request's headers.
+const HEADER_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
+/// How long a shutdown waits for open requests before closing them.
+const SHUTDOWN_GRACE_DEFAULT: Duration = Duration::from_secs(10);
+
+/// Flags of `cairn serve` (each also read from the environment variable named
+/// in its help, and from the `--config` file under the key named there).
+#[derive(clap::Args, Debug, Default, Clone)]
+pub struct ServeArgs {
+    /// A TOML file of settings (keys: store, sync, http, socket, tls_cert,
+    /// tls_key, insecure_no_auth, max_connections, header_timeout,
+    /// shutdown_grace, compat_topic). Flags and environment variables win.
+    #[arg(long, env = "CAIRN_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Also listen for HTTP on this TCP address, e.g. 127.0.0.1:8080 (port 0
+    /// picks a free port; the bound address is printed). TCP requires
+    /// authentication unless --insecure-no-auth. [config: http]
+    #[arg(long, env = "CAIRN_HTTP", value_name = "ADDR")]
+    pub http: Option<SocketAddr>,
+
+    /// The Unix socket to listen on (mode 0600: local, trusted access).
+    /// [default: <store>/cairn.sock] [config: socket]
+    #[arg(long, env = "CAIRN_SOCKET", value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+
+    /// Serve HTTPS on --http with this PEM certificate chain (needs --tls-key). [config: tls_cert]
+    #[arg(long, env = "CAIRN_TLS_CERT", value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The PEM private key for --tls-cert. [config: tls_key]
+    #[arg(long, env = "CAIRN_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Serve TCP without authentication: anyone who reaches the port may
+    /// read and write everything. Logs a warning. [config: insecure_no_auth]
+    #[arg(long, env = "CAIRN_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
+
+    /// Connections served at once; more are answered 503 and closed.
+    /// [default: 4096] [config: max_connections]
+    #[arg(long, env = "CAIRN_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
+
+    /// Time a client has to send a request's headers before it is
+    /// disconnected (slow-loris defence), e.g. 10s. [default: 10s] [config: header_timeout]
+    #[arg(long, env = "CAIRN_HEADER_TIMEOUT", value_name = "DURATION")]
+    pub header_timeout: Option<String>,
+
+    /// On SIGINT/SIGTERM, how long open requests get to finish. [default: 10s] [config: shutdown_grace]
+    #[arg(long, env = "CAIRN_SHUTDOWN_GRACE", value_name = "DURATION")]
+    pub shutdown_grace: Option<String>,
+
+    /// The topic the compatibility routes (/events) write and read. [default: events] [config: compat_topic]
+    #[arg(long, env = "CAIRN_COMPAT_TOPIC", value_name = "TOPIC")]
+    pub compat_topic: Option<String>,
+}
+
+/// The settings file: the same settings as the flags, by the same names.
+#[derive(serde::Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    store: Option<PathBuf>,
+    sync: Option<String>,
+    http: Option<SocketAddr>,
+    socket: Option<PathBuf>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    insecure_no_auth: Option<bool>,
+    max_connections: Option<usize>,
+    header_timeout: Option<String>,
+    shutdown_grace: Option<String>,
+    compat_topic: Option<String>,
+}
+
+/// Resolved settings of a server.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The store directory.
+    pub store: PathBuf,
+    /// Durability of appends.
+    pub sync: SyncMode,
+    /// TCP address for HTTP, if any.
+    pub http: Option<SocketAddr>,
+    /// The Unix socket path.
+    pub socket: PathBuf,
+    /// Certificate and key for HTTPS.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// TCP without authentication.
+    pub insecure_no_auth: bool,
+    /// Connections served at once.
+    pub max_connections: usize,
+    /// Time to send request headers.
+    pub header_timeout: Duration,
+    /// Time open requests get on shutdown.
+    pub shutdown_grace: Duration,
+    /// Topic of the compatibility routes.
+    pub compat_topic: cairn_store::Topic,
+}
+
+impl Config {
+    /// Merges flags and environment (`args`, `store`, `sync`: `None` when not
+    /// given) over the config file over defaults.
+    pub fn resolve(args: ServeArgs, store: Option<PathBuf>, sync: Option<String>) -> Result<Config> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => ConfigFile::default(),
+        };
+        let store = store.or(file.store).unwrap_or_else(|| PathBuf::from(crate::STORE_DEFAULT));
+        let sync = SyncMode::parse(sync.or(file.sync).as_deref().unwrap_or("always"))?;
+        let socket = args.socket.or(file.socket).unwrap_or_else(|| store.join(crate::SOCKET_NAME));
+        let tls = match (args.tls_cert.or(file.tls_cert), args.tls_key.or(file.tls_key)) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            _ => bail!("TLS needs both a certificate (tls_cert) and a key (tls_key)"),
+        };
+        let duration = |name: &str, text: Option<String>, default: Duration| -> Result<Duration> {
+            match text {
+                None => Ok(default),
+                Some(text) => cairn_store::parse_duration_ms(&text)
+                    .map(Duration::from_millis)
+                    .map_err(|rule| anyhow::anyhow!("invalid {name}: {rule}")),
+            }
+        };
+        let max_connections = args.max_connections.or(file.max_connections).unwrap_or(MAX_CONNECTIONS_DEFAULT);
+        if max_connections == 0 {
+            bail!("invalid max_connections: must be at least 1");
+        }
+        let compat_topic =
+            cairn_store::Topic::new(args.compat_topic.or(file.compat_topic).as_deref().unwrap_or("events"))
+                .context("invalid compat_topic")?;
+        compat_topic.check_user_writable().context("invalid compat_topic")?;
+        Ok(Config {
+            store,
+            sync,
+            http: args.http.or(file.http),
+            socket,
+            tls,
+            insecure_no_auth: args.insecure_no_auth || file.insecure_no_auth.unwrap_or(false),
+            max_connections,
+            header_timeout: duration(
+                "header_timeout",
+                args.header_timeout.or(file.header_timeout),
+                HEADER_TIMEOUT_DEFAULT,
+            )?,
+            shutdown_grace: duration(
+                "shutdown_grace",
+                args.shutdown_grace.or(file.shutdown_grace),
+                SHUTDOWN_GRACE_DEFAULT,
+            )?,
+            compat_topic,
+        })
+    }
+}
+
+fn read_file(path: &Path) -> Result<ConfigFile> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("read config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("config file {}", path.display()))
+}

@@ -1,0 +1,153 @@
+//! `GET /openapi.json`: an OpenAPI 3.1 description of every route, built
+//! from the table below. A test compares the table with the router and
+//! calls every documented route on a real server.
+
+use axum::body::Body;
+use axum::http::{Response, StatusCode};
+use serde_json::{Map, Value, json};
+
+use super::json_response;
+
+/// Query parameters of reads and follows.
+const READ: &[(&str, &str)] = &[
+    ("after", "Start after this event id (exclusive)."),
+    ("from_seq", "Start at this seq (one topic only)."),
+    ("last", "Only the newest n events."),
+    ("limit", "At most n events."),
+    ("reverse", "Newest first (not with follow)."),
+    ("follow", "After history, keep streaming live events."),
+    ("threshold", "With follow: a cairn.threshold frame when history ends."),
+    ("pulse", "With follow: a cairn.pulse frame after this long without events (ms or a duration like 5s)."),
+    ("content", "Include payloads (content, or content_base64 when not UTF-8)."),
+];
+const TOPIC_PATTERN: &[(&str, &str)] =
+    &[("topic", "Topic or pattern: orders.17, orders.* (one level), orders.> (the rest); default > (all).")];
+const APPEND: &[(&str, &str)] = &[
+    ("type", "Event type (or header Cairn-Type)."),
+    ("meta", "Meta, a JSON object (or header Cairn-Meta)."),
+    ("expect", "any, none, <seq>, unchanged-since:<id> (or header Cairn-Expect); 409 when it fails."),
+    ("ttl", "forever, ephemeral, time:<duration>, last:<n> (or header Cairn-Ttl)."),
+    ("key", "Idempotency key (or header Idempotency-Key): a retry returns the original event."),
+];
+
+/// Query parameters: (name, description).
+type QueryParams = &'static [(&'static str, &'static str)];
+
+/// (method, path, summary, query parameters). Path parameters come from `{…}`.
+pub(crate) const ROUTES: &[(&str, &str, &str, &[QueryParams])] = &[
+    ("get", "/v1/topics", "Every topic with its count, first and last seq, and last id.", &[]),
+    ("get", "/v1/topics/{topic}", "A topic's head; its ETag is what If-Match on an append takes.", &[]),
+    (
+        "post",
+        "/v1/topics/{topic}/events",
+        "Append one event; the body is the payload. If-Match: a topic ETag (412 when it moved).",
+        &[APPEND],
+    ),
+    (
+        "get",
+        "/v1/topics/{topic}/events",
+        "Read (and follow) one topic. NDJSON, or SSE with Accept: text/event-stream.",
+        &[READ],
+    ),
+    (
+        "post",
+        "/v1/batch",
+        "Append an atomic batch: NDJSON or a JSON array of {topic, type?, meta?, content|content_base64?, ttl?, expect?}.",
+        &[&[("key", "Idempotency key (or header Idempotency-Key).")]],
+    ),
+    (
+        "get",
+        "/v1/events",
+        "Read (and follow) events of a topic or pattern. NDJSON, or SSE with Accept: text/event-stream (Last-Event-ID resumes).",
+        &[TOPIC_PATTERN, READ],
+    ),
+    ("get", "/v1/events/{id}", "One event by id.", &[&[("content", "Include the payload.")]]),
+    ("delete", "/v1/events/{id}", "Remove one event (others keep their seqs).", &[]),
+    ("post", "/v1/cas", "Store content; replies {hash, hex, size}.", &[]),
+    ("put", "/v1/cas", "Store content; replies {hash, hex, size}.", &[]),
+    ("get", "/v1/cas/{hash}", "Content by SRI (percent-encoded) or hex, verified.", &[]),
+    ("head", "/v1/cas/{hash}", "Whether content exists, and its length.", &[]),
+    ("delete", "/v1/cas/{hash}", "Delete content put on its own (409 while an event's payload).", &[]),
+    ("get", "/v1/consumers", "Every consumer and its last acknowledged id.", &[]),
+    ("get", "/v1/consumers/{name}", "A consumer's position.", &[]),
+    (
+        "put",
+        "/v1/consumers/{name}",
+        "Acknowledge up to an id (?id= or body {id}); durable on reply.",
+        &[&[("id", "The event id.")]],
+    ),
+    ("delete", "/v1/consumers/{name}", "Delete a consumer (admin).", &[]),
+    ("get", "/v1/consumers/{name}/events", "Read (and follow) after the consumer's last ack.", &[TOPIC_PATTERN, READ]),
+    ("get", "/v1/users", "List users (admin).", &[]),
+    ("post", "/v1/users", "Add a user (admin): {name, password, read?, write?, admin?}.", &[]),
+    ("delete", "/v1/users/{name}", "Remove a user and its tokens (admin).", &[]),
+    ("put", "/v1/users/{name}/password", "Set a password (admin or the user): {password}.", &[]),
+    ("post", "/v1/users/{name}/tokens", "Issue a bearer token (admin or the user); shown once.", &[]),
+    ("delete", "/v1/tokens/{id}", "Revoke a token by id (admin).", &[]),
+    ("post", "/v1/import", "Import an export (NDJSON with content), keeping ids and seqs (admin).", &[]),
+    ("post", "/v1/verify", "Check every record and content hash (admin).", &[]),
+    ("get", "/v1/info", "Version and store facts.", &[]),
+    ("get", "/healthz", "200 while serving, 503 while stopping; needs no credentials.", &[]),
+    ("get", "/metrics", "Prometheus metrics.", &[]),
+    ("get", "/openapi.json", "This document.", &[]),
+    (
+        "get",
+        "/events",
+        "Compatibility: events of the compatibility topic, from/to inclusive.",
+        &[&[("from", "First event id."), ("to", "Last event id.")]],
+    ),
+    ("head", "/events", "Compatibility: the ETag of the newest event.", &[]),
+    ("put", "/events", "Compatibility: append {eventType, body, eventId?}.", &[]),
+    ("post", "/events", "Compatibility: append {eventType, body, eventId?}.", &[]),
+    ("get", "/events/{id}", "Compatibility: one event.", &[]),
+    ("put", "/storage", "Compatibility: store content; {status, hash, url}.", &[]),
+    ("post", "/storage", "Compatibility: store content; {status, hash, url}.", &[]),
+    ("put", "/storage/", "Compatibility: store content; {status, hash, url}.", &[]),
+    ("post", "/storage/", "Compatibility: store content; {status, hash, url}.", &[]),
+    ("get", "/storage/{hash}", "Compatibility: content by hex hash.", &[]),
+    ("delete", "/storage/{hash}", "Compatibility: delete content.", &[]),
+    ("get", "/info", "Compatibility: version and store facts.", &[]),
+];
+
+/// The document.
+pub(crate) fn document() -> Value {
+    let mut paths = Map::new();
+    for (method, path, summary, groups) in ROUTES {
+        let mut parameters: Vec<Value> = path
+            .split('/')
+            .filter_map(|part| part.strip_prefix('{').and_then(|part| part.strip_suffix('}')))
+            .map(|name| json!({ "name": name, "in": "path", "required": true, "schema": { "type": "string" } }))
+            .collect();
+        for (name, description) in groups.iter().flat_map(|group| group.iter()) {
+            parameters.push(
+                json!({ "name": name, "in": "query", "description": description, "schema": { "type": "string" } }),
+            );
+        }
+        let operation = json!({
+            "summary": summary,
+            "operationId": format!("{method}{}", path.replace(['/', '{', '}', '.'], "_")),
+            "parameters": parameters,
+            "responses": {
+                "default": {
+                    "description": "Success, or an error {\"error\":{\"code\",\"message\"}} (compatibility routes: {\"status\":\"error\",\"errorMessage\"})."
+                }
+            }
+        });
+        let entry = paths.entry((*path).to_owned()).or_insert_with(|| Value::Object(Map::new()));
+        if let Value::Object(methods) = entry {
+            methods.insert((*method).to_owned(), operation);
+        }
+    }
+    json!({
+        "openapi": "3.1.0",
+        "info": { "title": "cairn", "version": env!("CARGO_PKG_VERSION"), "description": "An event store: append, read in order, follow live." },
+        "components": { "securitySchemes": { "basic": { "type": "http", "scheme": "basic" }, "bearer": { "type": "http", "scheme": "bearer" } } },
+        "security": [ { "basic": [] }, { "bearer": [] } ],
+        "paths": paths,
+    })
+}
+
+/// `GET /openapi.json`.
+pub(crate) async fn serve() -> Response<Body> {
+    json_response(StatusCode::OK, serde_json::to_vec(&document()).unwrap_or_default(), None)
+}

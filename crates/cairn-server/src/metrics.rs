@@ -1,0 +1,132 @@
+//! Server counters, rendered in the Prometheus text format at `/metrics`
+//! together with the engine's own ([`cairn_store::StoreStats`]).
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+
+use cairn_store::StoreStats;
+
+/// Counters and gauges of one server.
+#[derive(Default, Debug)]
+pub struct Metrics {
+    /// HTTP requests answered, by status class (1xx..5xx).
+    pub requests: [AtomicU64; 5],
+    /// Append requests (single or batch) that succeeded.
+    pub appends: AtomicU64,
+    /// Events those appends returned.
+    pub appended_events: AtomicU64,
+    /// Payload bytes received in appends.
+    pub appended_bytes: AtomicU64,
+    /// Streams (reads and follows) open now.
+    pub open_streams: AtomicI64,
+    /// Follow streams whose client is not keeping up now (their buffer is
+    /// full; they continue from storage when the client reads again).
+    pub streams_behind: AtomicI64,
+    /// Connections open now.
+    pub open_connections: AtomicI64,
+    /// Connections refused for being over the limit.
+    pub refused_connections: AtomicU64,
+}
+
+impl Metrics {
+    /// Counts a response.
+    pub fn response(&self, status: u16) {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        self.requests[class].fetch_add(1, Relaxed);
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self, store: &StoreStats) -> String {
+        let mut out = String::with_capacity(2048);
+        let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, String)]| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (labels, value) in samples {
+                let _ = writeln!(out, "{name}{labels} {value}");
+            }
+        };
+        let classes = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+        let requests: Vec<(String, String)> = classes
+            .iter()
+            .zip(&self.requests)
+            .map(|(class, count)| (format!("{{class=\"{class}\"}}"), count.load(Relaxed).to_string()))
+            .collect();
+        let requests: Vec<(&str, String)> = requests.iter().map(|(l, v)| (l.as_str(), v.clone())).collect();
+        metric("cairn_http_requests_total", "counter", "HTTP responses by status class.", &requests);
+        let one = |value: String| [("", value)];
+        metric(
+            "cairn_appends_total",
+            "counter",
+            "Successful append requests.",
+            &one(self.appends.load(Relaxed).to_string()),
+        );
+        metric(
+            "cairn_appended_events_total",
+            "counter",
+            "Events returned by successful append requests.",
+            &one(self.appended_events.load(Relaxed).to_string()),
+        );
+        metric(
+            "cairn_appended_bytes_total",
+            "counter",
+            "Payload bytes received in append requests.",
+            &one(self.appended_bytes.load(Relaxed).to_string()),
+        );
+        metric(
+            "cairn_store_events_total",
+            "counter",
+            "Events the store committed since it was opened.",
+            &one(store.events_appended.to_string()),
+        );
+        metric("cairn_fsyncs_total", "counter", "fdatasync calls on the log.", &one(store.fsyncs.to_string()));
+        metric(
+            "cairn_fsync_seconds_total",
+            "counter",
+            "Time spent in fdatasync of the log.",
+            &one(format!("{:.6}", store.fsync_seconds)),
+        );
+        metric(
+            "cairn_fsync_seconds_max",
+            "gauge",
+            "The longest fdatasync of the log since open.",
+            &one(format!("{:.6}", store.fsync_seconds_max)),
+        );
+        metric(
+            "cairn_log_written_bytes_total",
+            "counter",
+            "Log bytes committed since open.",
+            &one(store.log_bytes_written.to_string()),
+        );
+        metric("cairn_store_log_bytes", "gauge", "Bytes of log segments on disk.", &one(store.log_bytes.to_string()));
+        metric(
+            "cairn_store_content_bytes",
+            "gauge",
+            "Bytes in the content store.",
+            &one(store.content_bytes.to_string()),
+        );
+        metric(
+            "cairn_open_streams",
+            "gauge",
+            "Read and follow streams open.",
+            &one(self.open_streams.load(Relaxed).to_string()),
+        );
+        metric(
+            "cairn_streams_behind",
+            "gauge",
+            "Follow streams whose client is not reading (they resume from storage).",
+            &one(self.streams_behind.load(Relaxed).to_string()),
+        );
+        metric(
+            "cairn_open_connections",
+            "gauge",
+            "Client connections open.",
+            &one(self.open_connections.load(Relaxed).to_string()),
+        );
+        metric(
+            "cairn_refused_connections_total",
+            "counter",
+            "Connections refused over the connection limit.",
+            &one(self.refused_connections.load(Relaxed).to_string()),
+        );
+        out
+    }
+}
