@@ -7,8 +7,11 @@
 
 #![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
 
+mod auth;
 mod cli;
 mod errors;
+mod http;
+mod serve;
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
