@@ -90,8 +90,11 @@ pub(crate) fn tls_acceptor(cert: &PathBuf, key: &PathBuf) -> Result<TlsAcceptor>
 /// Accepts until `stop`, then waits (up to the grace period) for open
 /// connections to finish.
 pub(crate) async fn accept(app: Arc<App>, router: Router, listeners: Listeners, mut stop: watch::Receiver<bool>) {
+    // The trusted socket has its own pool, so a flood of TCP clients cannot
+    // lock out local tools.
     let limit = app.config.max_connections;
-    let permits = Arc::new(Semaphore::new(limit));
+    let tcp_permits = Arc::new(Semaphore::new(limit));
+    let unix_permits = Arc::new(Semaphore::new(limit));
     let (tcp, tls) = match listeners.tcp {
         Some((tcp, tls)) => (Some(tcp), tls),
         None => (None, None),
@@ -110,6 +113,10 @@ pub(crate) async fn accept(app: Arc<App>, router: Router, listeners: Listeners, 
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
                 continue;
             }
+        };
+        let permits = match accepted {
+            Accepted::Unix(_) => &unix_permits,
+            Accepted::Tcp(..) => &tcp_permits,
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             app.metrics.refused_connections.fetch_add(1, Relaxed);
@@ -142,7 +149,11 @@ pub(crate) async fn accept(app: Arc<App>, router: Router, listeners: Listeners, 
     drop(tcp);
     let grace = app.config.shutdown_grace;
     let all = u32::try_from(limit).unwrap_or(u32::MAX);
-    if tokio::time::timeout(grace, permits.acquire_many(all)).await.is_err() {
+    let drained = async {
+        let _ = tcp_permits.acquire_many(all).await;
+        let _ = unix_permits.acquire_many(all).await;
+    };
+    if tokio::time::timeout(grace, drained).await.is_err() {
         tracing::warn!("connections still open after {grace:?}; closing them");
     }
 }

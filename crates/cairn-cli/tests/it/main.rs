@@ -11,6 +11,7 @@ mod auth;
 mod cli;
 mod errors;
 mod http;
+mod lifecycle;
 mod serve;
 
 use std::io::Write as _;

@@ -30,8 +30,13 @@ impl Server {
 
     /// Starts `cairn <args>` (a serve command) and waits for its addresses.
     pub fn start_raw(cairn: &Cairn, args: &[&str]) -> Server {
-        let mut child =
-            cairn.command(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().unwrap();
+        Server::spawn(cairn.command(args))
+    }
+
+    /// Starts a prepared serve command and waits for its addresses.
+    pub fn spawn(mut command: std::process::Command) -> Server {
+        let mut child = command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().unwrap();
+        let args: Vec<String> = command.get_args().map(|arg| arg.to_string_lossy().into_owned()).collect();
         let stdout = child.stdout.take().unwrap();
         let (sender, receiver) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -44,7 +49,7 @@ impl Server {
         });
         let (mut socket, mut url) = (None, None);
         let deadline = Instant::now() + Duration::from_secs(20);
-        let wants_tcp = args.contains(&"--http");
+        let wants_tcp = args.iter().any(|arg| arg == "--http");
         while socket.is_none() || (wants_tcp && url.is_none()) {
             let line = receiver
                 .recv_timeout(deadline.saturating_duration_since(Instant::now()))

@@ -1,0 +1,394 @@
+//! A server's life and its clients: the CLI through the socket (same output
+//! as local), graceful shutdown, kill -9 during concurrent appends, stale and
+//! live sockets, settings precedence, and hostile clients.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::serve::{Server, call, signal};
+use crate::{Cairn, KillOnDrop};
+
+fn stdout(cairn: &Cairn, args: &[&str], stdin: &[u8]) -> Vec<u8> {
+    let output = cairn.run(args, stdin);
+    assert!(output.status.success(), "cairn {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    output.stdout
+}
+
+#[test]
+fn the_cli_through_the_socket_prints_what_it_prints_locally() {
+    let cairn = Cairn::new();
+    let a = stdout(&cairn, &["append", "orders.1", "--type", "Placed", "--meta", r#"{"k":1}"#], b"{\"sku\":1}");
+    let id = serde_json::from_slice::<serde_json::Value>(&a).unwrap()["id"].as_str().unwrap().to_owned();
+    stdout(&cairn, &["append", "orders.2"], &[0, 159, 146, 150]);
+    stdout(
+        &cairn,
+        &["append", "--batch", "--key", "b1"],
+        b"{\"topic\":\"x\",\"content\":\"1\"}\n{\"topic\":\"y\",\"content\":\"2\"}\n",
+    );
+    stdout(&cairn, &["consumer", "ack", "c1", &id], b"");
+    let reads: Vec<Vec<&str>> = vec![
+        vec!["cat", "orders.>", "--content"],
+        vec!["cat", "orders.*", "--reverse", "--limit", "1"],
+        vec!["cat", "orders.1", "--from-seq", "0", "--content"],
+        vec!["cat", "--consumer", "c1", "orders.>"],
+        vec!["get", &id, "--content"],
+        vec!["head", "orders.1", "--content"],
+        vec!["export", "orders.>"],
+        vec!["consumer", "show", "c1"],
+        vec!["consumer", "list"],
+        vec!["topics"],
+    ];
+    let local: Vec<Vec<u8>> = reads.iter().map(|args| stdout(&cairn, args, b"")).collect();
+    let server = Server::start_raw(&cairn, &["serve"]);
+    for (args, expected) in reads.iter().zip(&local) {
+        let through = stdout(&cairn, args, b"");
+        // `topics` now also lists cairn.start.
+        if args[0] == "topics" {
+            let through = String::from_utf8(through).unwrap();
+            let expected = String::from_utf8(expected.clone()).unwrap();
+            let kept: Vec<&str> = through.lines().filter(|line| !line.contains("\"cairn.")).collect();
+            assert_eq!(kept, expected.lines().collect::<Vec<_>>());
+            continue;
+        }
+        assert_eq!(String::from_utf8_lossy(&through), String::from_utf8_lossy(expected), "cairn {args:?}");
+    }
+    // Writes and errors through the socket.
+    let appended: serde_json::Value =
+        serde_json::from_slice(&stdout(&cairn, &["append", "orders.1", "--expect", "0"], b"next")).unwrap();
+    assert_eq!(appended["seq"], 1);
+    let stderr = cairn.fails(&["append", "orders.1", "--expect", "0"], b"again", 1);
+    assert!(stderr.contains("expectation failed") && stderr.contains("actual last seq 1"), "{stderr}");
+    let retried = stdout(
+        &cairn,
+        &["append", "--batch", "--key", "b1"],
+        b"{\"topic\":\"x\",\"content\":\"1\"}\n{\"topic\":\"y\",\"content\":\"2\"}\n",
+    );
+    assert_eq!(String::from_utf8(retried).unwrap().lines().count(), 2);
+    assert_eq!(
+        stdout(&cairn, &["cat", "x"], b"").iter().filter(|&&b| b == b'\n').count(),
+        1,
+        "the idempotent retry wrote nothing"
+    );
+    let hash = String::from_utf8(stdout(&cairn, &["cas", "put"], b"blob")).unwrap();
+    assert_eq!(stdout(&cairn, &["cas", "get", hash.trim()], b""), b"blob");
+    stdout(&cairn, &["rm", &id], b"");
+    assert!(cairn.fails(&["get", &id], b"", 1).contains("not found"));
+    let verify: serde_json::Value = serde_json::from_slice(&stdout(&cairn, &["verify"], b"")).unwrap();
+    assert_eq!(verify["problems"], serde_json::json!([]));
+    stdout(&cairn, &["consumer", "rm", "c1"], b"");
+    let exported = stdout(&cairn, &["export"], b"");
+    let other = Cairn::new();
+    let imported = other.ok(&["import"], &exported);
+    assert!(imported[0]["imported"].as_u64().unwrap() >= 5);
+
+    // `cat --follow` through the socket: history, threshold, live, SIGINT.
+    let child = cairn.command(&["cat", "orders.2", "--follow", "--threshold"]).stdout(Stdio::piped()).spawn().unwrap();
+    let mut child = KillOnDrop(child);
+    let mut lines = BufReader::new(child.0.stdout.take().unwrap()).lines();
+    assert!(lines.next().unwrap().unwrap().contains("\"orders.2\""));
+    assert!(lines.next().unwrap().unwrap().contains("cairn.threshold"));
+    stdout(&cairn, &["append", "orders.2"], b"live");
+    assert!(lines.next().unwrap().unwrap().contains("\"seq\":1"));
+    signal(&child.0, "INT");
+    assert!(child.0.wait().unwrap().success());
+    drop(server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_loses_nothing_and_ends_streams() {
+    let cairn = Cairn::new();
+    let server = Server::start(&cairn, &["--insecure-no-auth", "--sync", "always"]);
+    let unix = server.unix();
+    // A follower, open across the shutdown.
+    let mut follower = unix.connect().await.unwrap();
+    let mut stream = follower.request("GET", "/v1/events?topic=load&follow=true", &[], "".into()).await.unwrap();
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let mut writers = Vec::new();
+    for writer in 0..4 {
+        let (client, acked) = (unix.clone(), acked.clone());
+        writers.push(tokio::spawn(async move {
+            let Ok(mut connection) = client.connect().await else { return };
+            for n in 0.. {
+                let body = format!("w{writer}-{n}");
+                match connection.send("POST", "/v1/topics/load/events", &[], body.clone().into_bytes().into()).await {
+                    Ok(reply) if reply.status == 201 => {
+                        let json: serde_json::Value = reply.json().await.unwrap();
+                        acked.lock().unwrap().push((json["id"].as_str().unwrap().to_owned(), body));
+                    }
+                    _ => return,
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let status = tokio::task::spawn_blocking(move || server.terminate()).await.unwrap();
+    assert!(status.success(), "{status:?}");
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    // The follower's stream ended cleanly (no error frame).
+    let mut seen = Vec::new();
+    while let Ok(Some(chunk)) = stream.chunk().await {
+        seen.extend_from_slice(&chunk);
+    }
+    assert!(!String::from_utf8_lossy(&seen).contains("\"error\""));
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() > 10, "only {} appends", acked.len());
+    let stored: BTreeMap<String, String> = cairn
+        .ok(&["cat", "load", "--content"], b"")
+        .into_iter()
+        .map(|e| (e["id"].as_str().unwrap().to_owned(), e["content"].as_str().unwrap().to_owned()))
+        .collect();
+    for (id, body) in &acked {
+        assert_eq!(stored.get(id), Some(body), "acknowledged event {id} lost");
+    }
+    let system = cairn.ok(&["cat", "cairn.>"], b"");
+    assert_eq!(system.iter().map(|e| e["topic"].as_str().unwrap()).collect::<Vec<_>>(), ["cairn.start", "cairn.stop"]);
+    assert!(!cairn.store().join("cairn.sock").exists(), "the socket is removed on a clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_during_concurrent_appends_loses_no_acknowledged_event() {
+    let cairn = Cairn::new();
+    let cycles: usize = std::env::var("CAIRN_SERVER_CRASH_CYCLES").ok().and_then(|n| n.parse().ok()).unwrap_or(3);
+    let acked = Arc::new(Mutex::new(Vec::<(String, u64, String)>::new()));
+    for cycle in 0..cycles {
+        // The socket file of the killed server is stale: the next start replaces it.
+        let server = Server::start(&cairn, &["--insecure-no-auth", "--sync", "always"]);
+        let mut writers = Vec::new();
+        for writer in 0..6 {
+            let client = if writer % 2 == 0 { server.unix() } else { server.tcp() };
+            let acked = acked.clone();
+            writers.push(tokio::spawn(async move {
+                let Ok(mut connection) = client.connect().await else { return };
+                for n in 0.. {
+                    let body = format!("c{cycle}-w{writer}-{n}");
+                    let path = format!("/v1/topics/t.{}/events", writer % 3);
+                    match connection.send("POST", &path, &[], body.clone().into_bytes().into()).await {
+                        Ok(reply) if reply.status == 201 => {
+                            let Ok(json) = reply.json::<serde_json::Value>().await else { return };
+                            let id = json["id"].as_str().unwrap().to_owned();
+                            acked.lock().unwrap().push((id, json["seq"].as_u64().unwrap(), body));
+                        }
+                        _ => return,
+                    }
+                }
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(150 + 100 * cycle as u64)).await;
+        server.kill9();
+        for writer in writers {
+            writer.await.unwrap();
+        }
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() > 50, "only {} appends", acked.len());
+    let stored: BTreeMap<String, (u64, String)> = cairn
+        .ok(&["cat", "t.*", "--content"], b"")
+        .into_iter()
+        .map(|e| {
+            (
+                e["id"].as_str().unwrap().to_owned(),
+                (e["seq"].as_u64().unwrap(), e["content"].as_str().unwrap().to_owned()),
+            )
+        })
+        .collect();
+    for (id, seq, body) in &acked {
+        assert_eq!(stored.get(id), Some(&(*seq, body.clone())), "acknowledged event {id} lost or changed");
+    }
+    let verify = cairn.ok(&["verify"], b"");
+    assert_eq!(verify[0]["problems"], serde_json::json!([]));
+}
+
+#[test]
+fn a_live_socket_is_never_replaced() {
+    let cairn = Cairn::new();
+    let server = Server::start_raw(&cairn, &["serve"]);
+    // Same store: the lock says who holds it.
+    let output = cairn.command(&["serve"]).output().unwrap();
+    assert!(!output.status.success());
+    // Another store, the same socket path: refused, the first server unharmed.
+    let other = Cairn::new();
+    let socket = server.socket().to_str().unwrap().to_owned();
+    let output = other.command(&["serve", "--socket", &socket]).output().unwrap();
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("already listening"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(cairn.ok(&["topics"], b"").len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_come_from_flags_then_environment_then_file() {
+    let cairn = Cairn::new();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("cairn.toml");
+    std::fs::write(&config, "compat_topic = \"from-file\"\ninsecure_no_auth = true\nhttp = \"127.0.0.1:0\"\n").unwrap();
+    let config = config.to_str().unwrap();
+    let server = Server::start_raw(&cairn, &["serve", "--config", config, "--http", "127.0.0.1:0"]);
+    let tcp = server.tcp();
+    assert_eq!(call(&tcp, "PUT", "/events", &[], r#"{"eventType":"A","body":1}"#).await.status, 201);
+    assert_eq!(cairn_topics(&server).await, ["cairn.start", "from-file"]);
+    drop(server);
+    // The environment beats the file; a flag beats the environment.
+    let mut command = cairn.command(&["serve", "--config", config, "--http", "127.0.0.1:0"]);
+    command.env("CAIRN_COMPAT_TOPIC", "from-env");
+    let server = crate::serve::Server::spawn(command);
+    call(&server.tcp(), "PUT", "/events", &[], r#"{"eventType":"A","body":1}"#).await;
+    assert!(cairn_topics(&server).await.contains(&"from-env".to_owned()));
+    drop(server);
+    let mut command =
+        cairn.command(&["serve", "--config", config, "--http", "127.0.0.1:0", "--compat-topic", "from-flag"]);
+    command.env("CAIRN_COMPAT_TOPIC", "from-env");
+    let server = crate::serve::Server::spawn(command);
+    call(&server.tcp(), "PUT", "/events", &[], r#"{"eventType":"A","body":1}"#).await;
+    assert!(cairn_topics(&server).await.contains(&"from-flag".to_owned()));
+    drop(server);
+    // A bad file is a clear error.
+    std::fs::write(dir.path().join("bad.toml"), "colour = 1\n").unwrap();
+    let output = cairn.command(&["serve", "--config", dir.path().join("bad.toml").to_str().unwrap()]).output().unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("colour"), "{}", String::from_utf8_lossy(&output.stderr));
+}
+
+async fn cairn_topics(server: &Server) -> Vec<String> {
+    let topics = call(&server.unix(), "GET", "/v1/topics", &[], "").await.json();
+    topics.as_array().unwrap().iter().map(|t| t["topic"].as_str().unwrap().to_owned()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_clients_do_not_hurt_the_server() {
+    let cairn = Cairn::new();
+    let server = Server::start(&cairn, &["--insecure-no-auth", "--header-timeout", "500ms", "--max-connections", "64"]);
+    let address = server.url().trim_start_matches("http://").to_owned();
+    // Slow loris: half a request head, then nothing; the server hangs up.
+    let mut slow = std::net::TcpStream::connect(&address).unwrap();
+    slow.write_all(b"GET /v1/events HTTP/1.1\r\nHost: x\r\n").unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    let _ = slow.read_to_end(&mut rest);
+    assert!(started.elapsed() < Duration::from_secs(5), "slow client kept for {:?}", started.elapsed());
+    // An oversized head: an error status, not a crash.
+    let mut huge = std::net::TcpStream::connect(&address).unwrap();
+    let head = format!("GET /v1/events HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(200_000));
+    let _ = huge.write_all(head.as_bytes());
+    let mut reply = Vec::new();
+    let _ = huge.read_to_end(&mut reply);
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(reply.is_empty() || reply.starts_with("HTTP/1.1 431"), "{reply}");
+    // More connections than allowed: the extra ones get 503 and close.
+    let mut idle = Vec::new();
+    for _ in 0..64 {
+        idle.push(std::net::TcpStream::connect(&address).unwrap());
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let mut extra = std::net::TcpStream::connect(&address).unwrap();
+    extra.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut reply = String::new();
+    let _ = extra.read_to_string(&mut reply);
+    assert!(reply.starts_with("HTTP/1.1 503"), "{reply}");
+    // The trusted socket has its own pool: still served.
+    assert_eq!(call(&server.unix(), "GET", "/healthz", &[], "").await.status, 200);
+    drop(idle);
+    // Once they are gone, TCP serves again.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let reply =
+            async { server.tcp().connect().await.ok()?.send("GET", "/healthz", &[], "".into()).await.ok() }.await;
+        if reply.is_some_and(|reply| reply.status == 200) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "TCP not served again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A follower that never reads does not stall writers or grow memory.
+    // First a round of writes without it: the live ring, the index's
+    // memtable and the allocator reach their working size.
+    let unix = server.unix();
+    let mut connection = unix.connect().await.unwrap();
+    let batch: String =
+        (0..500).map(|_| format!("{{\"topic\":\"flood\",\"content\":\"{}\"}}\n", "z".repeat(1000))).collect();
+    let mut flood = async || {
+        let started = Instant::now();
+        for _ in 0..60 {
+            let reply = connection
+                .send(
+                    "POST",
+                    "/v1/batch",
+                    &[("content-type", "application/x-ndjson")],
+                    batch.clone().into_bytes().into(),
+                )
+                .await
+                .unwrap();
+            assert_eq!(reply.status, 201);
+            let _ = reply.bytes().await;
+        }
+        started.elapsed()
+    };
+    let unhindered = flood().await;
+    let rss_before = rss_kib(server.pid());
+    let mut stalled = std::net::TcpStream::connect(&address).unwrap();
+    stalled.write_all(b"GET /v1/events?topic=flood&follow=true&content=true HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut growth = Vec::new();
+    for _ in 0..3 {
+        let hindered = flood().await;
+        assert!(
+            hindered < unhindered * 3 + Duration::from_secs(2),
+            "writers stalled: {hindered:?} against {unhindered:?}"
+        );
+        growth.push(rss_kib(server.pid()).saturating_sub(rss_before));
+    }
+    let metrics = String::from_utf8(call(&unix, "GET", "/metrics", &[], "").await.body).unwrap();
+    assert!(metrics.contains("\ncairn_streams_behind 1"), "{metrics}");
+    // 90 MB were written past the stalled follower. Memory takes a one-off
+    // step (allocator arenas; measured ~25 MiB) and then grows only as
+    // without a follower (the index's memtable: ~5 MiB per round here),
+    // not with the bytes the follower has not read.
+    assert!(growth[0] < 64 * 1024, "anonymous RSS grew by {} KiB", growth[0]);
+    assert!(growth[2] - growth[1] < 10 * 1024, "anonymous RSS kept growing (KiB): {growth:?}");
+    // It is still served: reading now, it gets every event in order.
+    stalled.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut reader = BufReader::new(stalled);
+    let mut line = String::new();
+    while reader.read_line(&mut line).unwrap() > 0 && line.trim() != "0" {
+        if line.trim().is_empty() {
+            break;
+        }
+        line.clear();
+    }
+    let mut seqs = 0u64;
+    let mut buf = String::new();
+    while seqs < 120_000 {
+        buf.clear();
+        if reader.read_line(&mut buf).unwrap() == 0 {
+            break;
+        }
+        // Chunk-size lines of the chunked encoding are not events.
+        if let Some(event) =
+            buf.trim().starts_with('{').then(|| serde_json::from_str::<serde_json::Value>(buf.trim()).unwrap())
+        {
+            assert_eq!(event["seq"].as_u64(), Some(seqs), "out of order or missing");
+            seqs += 1;
+        }
+    }
+    assert_eq!(seqs, 120_000);
+}
+
+fn rss_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("RssAnon:"))
+        .unwrap()
+        .trim()
+        .trim_end_matches(" kB")
+        .trim()
+        .parse()
+        .unwrap()
+}
