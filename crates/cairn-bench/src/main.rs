@@ -3,6 +3,7 @@
 //! the same batch sizes), so every figure comes with its ratio to what the
 //! disk itself can do. Numbers belong in the README, not in tests.
 
+mod http;
 mod measure;
 mod scenarios;
 
@@ -30,6 +31,9 @@ enum Which {
     Scan,
     /// Publish-to-subscriber latency.
     Latency,
+    /// The HTTP server over its Unix socket: durable appends from 1 and 16
+    /// clients, NDJSON catch-up of 1 million events, follow latency.
+    Http,
     /// Open time of a store with 10 million events.
     Open {
         /// Events in the store.
@@ -63,6 +67,9 @@ fn main() -> anyhow::Result<()> {
     }
     if matches!(which, Which::All | Which::Latency) {
         bench.latency()?;
+    }
+    if matches!(which, Which::All | Which::Http) {
+        bench.http()?;
     }
     match which {
         Which::All => bench.open(10_000_000)?,

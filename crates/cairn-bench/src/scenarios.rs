@@ -27,6 +27,11 @@ impl Bench {
         Ok(Bench { root: tempfile::Builder::new().prefix("cairn-bench-").tempdir_in(dir)? })
     }
 
+    /// A fresh, empty directory path under the bench root.
+    pub fn fresh_dir(&self, name: &str) -> PathBuf {
+        self.fresh(name)
+    }
+
     fn fresh(&self, name: &str) -> PathBuf {
         let path = self.root.path().join(name);
         let _ = std::fs::remove_dir_all(&path);

@@ -24,7 +24,7 @@ mod server;
 pub use auth::{IssuedToken, NewUser, USERS_FILE, UserInfo, Users};
 pub use config::{Config, ServeArgs};
 pub use error::ApiError;
-pub use server::run;
+pub use server::{run, serve};
 
 /// The store directory when none is given.
 pub const STORE_DEFAULT: &str = "./cairn-data";

@@ -34,10 +34,25 @@ pub fn run(config: Config) -> Result<()> {
         .thread_name("cairn-server")
         .build()
         .context("start the async runtime")?;
-    runtime.block_on(serve(config))
+    runtime.block_on(async {
+        // Installed before the store opens, so a signal during start-up is
+        // a clean stop too.
+        let signals = signals()?;
+        serve(config, signals, |addresses| {
+            let mut stdout = std::io::stdout().lock();
+            for address in addresses {
+                let _ = writeln!(stdout, "cairn: listening on {address}");
+            }
+            let _ = stdout.flush();
+        })
+        .await
+    })
 }
 
-async fn serve(config: Config) -> Result<()> {
+/// Serves until `stop` resolves, then shuts down cleanly. `ready` gets the
+/// bound addresses (`unix:<path>`, `http://<addr>`) once clients can
+/// connect. For embedding (benchmarks, tests); `run` is the CLI's entry.
+pub async fn serve(config: Config, until: impl Future<Output = ()>, ready: impl FnOnce(&[String])) -> Result<()> {
     let options = Options { sync: config.sync, ..Options::default() };
     let dir = config.store.clone();
     let store = tokio::task::spawn_blocking(move || Store::open(&dir, options))
@@ -93,15 +108,8 @@ async fn serve(config: Config) -> Result<()> {
 
     let router = crate::http::router(app.clone());
     let accepting = tokio::spawn(listen::accept(app.clone(), router, Listeners { unix, tcp }, stopping));
-    {
-        let mut stdout = std::io::stdout().lock();
-        for address in &addresses {
-            writeln!(stdout, "cairn: listening on {address}")?;
-        }
-        stdout.flush()?;
-    }
-
-    wait_for_signal().await?;
+    ready(&addresses);
+    until.await;
     tracing::info!("stopping: finishing open requests");
     let _ = stop.send(true);
     accepting.await?;
@@ -129,15 +137,17 @@ async fn lifecycle_event(app: &Arc<App>, topic: &str, meta: serde_json::Value) -
     Ok(())
 }
 
-async fn wait_for_signal() -> Result<()> {
+/// Resolves on SIGINT or SIGTERM.
+fn signals() -> Result<impl Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut terminate = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
-    tokio::select! {
-        _ = terminate.recv() => {}
-        _ = interrupt.recv() => {}
-    }
-    Ok(())
+    Ok(async move {
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
+        }
+    })
 }
 
 /// Resolves once the server is stopping.

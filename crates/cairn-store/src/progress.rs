@@ -45,6 +45,8 @@ struct State {
     readers_waiting: usize,
     /// When the oldest commit the index does not cover yet happened.
     unindexed_since: Option<Instant>,
+    /// A subscriber waits for the index: index now, not after the delay.
+    hurry: bool,
 }
 
 impl Progress {
@@ -62,6 +64,7 @@ impl Progress {
                 closing: false,
                 readers_waiting: 0,
                 unindexed_since: None,
+                hurry: false,
             }),
             changed: Condvar::new(),
             indexed_signal,
@@ -75,12 +78,18 @@ impl Progress {
     /// The writer made the log durable up to `end` (`bytes` more than before).
     pub(crate) fn committed(&self, end: Checkpoint, bytes: u64) {
         let mut state = self.lock();
+        // The indexer sleeps without a timeout when it has nothing to do:
+        // the first commit after that wakes it (it then batches the commits
+        // that follow for up to INDEX_WAKE_DELAY_MS); waking it for every
+        // commit would cost a thread switch per append.
+        let was_idle = state.indexed >= state.committed;
         state.committed = end;
         state.committed_bytes += bytes;
         state.unindexed_since.get_or_insert_with(Instant::now);
-        // The indexer batches small commits (it wakes by itself shortly);
-        // waking it for each one would cost a thread switch per append.
-        let urgent = state.committed_bytes - state.indexed_bytes >= INDEX_WAKE_BYTES || state.readers_waiting > 0;
+        let urgent = was_idle
+            || state.committed_bytes - state.indexed_bytes >= INDEX_WAKE_BYTES
+            || state.readers_waiting > 0
+            || state.hurry;
         drop(state);
         if urgent {
             self.changed.notify_all();
@@ -154,6 +163,17 @@ impl Progress {
         Ok((state.indexed_last_id, state.indexed >= state.committed))
     }
 
+    /// A subscriber is waiting for the index to cover what is committed:
+    /// the indexer works now instead of batching.
+    pub(crate) fn hurry(&self) {
+        let mut state = self.lock();
+        if state.indexed < state.committed {
+            state.hurry = true;
+            drop(state);
+            self.changed.notify_all();
+        }
+    }
+
     pub(crate) fn watch_indexed(&self) -> watch::Receiver<u64> {
         self.indexed_signal.subscribe()
     }
@@ -184,9 +204,11 @@ impl Progress {
             let due = behind
                 && (state.closing
                     || state.readers_waiting > 0
+                    || state.hurry
                     || state.committed_bytes - state.indexed_bytes >= INDEX_WAKE_BYTES
                     || waited >= delay);
             if due || !state.expire.is_empty() {
+                state.hurry = false;
                 let expire = std::mem::take(&mut state.expire);
                 return Some(Work { from: state.indexed, to: state.committed, expire });
             }

@@ -102,6 +102,7 @@ impl Subscription {
                 if self.exhausted_at == Some(self.cursor) {
                     // Storage had nothing after the cursor and the ring has
                     // moved past it: the indexer is behind. Wait for it.
+                    self.shared.progress.hurry();
                     let _ = self.indexed.changed().await;
                 }
                 self.indexed.borrow_and_update();
