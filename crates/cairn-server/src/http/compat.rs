@@ -215,10 +215,7 @@ pub(crate) async fn list(
         buf.push(b']');
         let _ = sender.blocking_send(Bytes::from(buf));
     });
-    let stream = futures_util::stream::unfold(receiver, |mut receiver| async move {
-        receiver.recv().await.map(|chunk| (Ok::<_, std::convert::Infallible>(chunk), receiver))
-    });
-    let mut response = Response::new(Body::from_stream(stream));
+    let mut response = Response::new(super::stream::channel_body(receiver));
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
         .headers_mut()
@@ -263,23 +260,6 @@ pub(crate) async fn storage_put(
     Ok(json_response(StatusCode::OK, to_json(&json)?, None))
 }
 
-/// `GET /storage/{hash}`: the bytes, verified.
-pub(crate) async fn storage_get(
-    AxumState(app): State,
-    Segment(hash): Segment,
-    params: Params,
-    headers: HeaderMap,
-) -> ApiResult<Response<Body>> {
-    params.finish()?;
-    let hash = Hash::parse(&hash)?;
-    let etag = format!("\"{}\"", hash.hex());
-    if not_modified(&headers, &etag) {
-        return Ok(not_modified_response(&etag));
-    }
-    let bytes = blocking(&app, move |store| Ok(store.cas_get(&hash)?)).await?;
-    super::cas::content_response(bytes, &etag, false)
-}
-
 /// `DELETE /storage/{hash}`: `{"status":"ok"}`; 409 while an event uses it.
 pub(crate) async fn storage_delete(
     AxumState(app): State,
@@ -292,13 +272,6 @@ pub(crate) async fn storage_delete(
     let hash = Hash::parse(&hash)?;
     blocking(&app, move |store| super::cas::delete_content(store, &hash)).await?;
     Ok(json_response(StatusCode::OK, br#"{"status":"ok"}"#.to_vec(), None))
-}
-
-/// `GET /info`: version and store facts.
-pub(crate) async fn info(AxumState(app): State, params: Params) -> ApiResult<Response<Body>> {
-    params.finish()?;
-    let json = blocking(&app.clone(), move |_| Ok(super::admin::info_json(&app))).await?;
-    Ok(json_response(StatusCode::OK, to_json(&json)?, None))
 }
 
 /// `2026-11-28T09:35:16.123Z` from Unix milliseconds.

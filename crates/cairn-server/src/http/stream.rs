@@ -232,11 +232,17 @@ fn deliver(
     }
 }
 
-fn body_response(receiver: mpsc::Receiver<Bytes>, format: Format) -> Response<Body> {
+/// A body that sends the chunks a producer puts in `receiver`, ending
+/// when the producer drops its sender.
+pub(crate) fn channel_body(receiver: mpsc::Receiver<Bytes>) -> Body {
     let stream = futures_util::stream::unfold(receiver, |mut receiver| async move {
         receiver.recv().await.map(|chunk| (Ok::<_, std::convert::Infallible>(chunk), receiver))
     });
-    let mut response = Response::new(Body::from_stream(stream));
+    Body::from_stream(stream)
+}
+
+fn body_response(receiver: mpsc::Receiver<Bytes>, format: Format) -> Response<Body> {
+    let mut response = Response::new(channel_body(receiver));
     *response.status_mut() = StatusCode::OK;
     let kind = match format {
         Format::Ndjson => "application/x-ndjson",
