@@ -43,9 +43,10 @@ pub use event::{
     check_meta_value, check_type, check_user, parse_duration_ms,
 };
 pub use id::EventId;
+pub use log::codec::StateOp;
 pub use log::recovery::{RecoveryReport, Truncation};
 pub use read::{Query, ReadIter};
-pub use store::{Imported, Options, Store, StoreStats, SyncMode, TopicInfo};
+pub use store::{Imported, Options, Pending, Store, StoreStats, SyncMode, TopicInfo};
 pub use subscription::{Delivery, SubscribeOptions, Subscription};
 pub use topic::{Level, Pattern, SYSTEM_PREFIX, Topic};
 pub use verify::VerifyReport;

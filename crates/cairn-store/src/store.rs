@@ -21,6 +21,7 @@ use crate::index::sparse::find_id;
 use crate::index::{Checkpoint, Index, Ks, indexer, strip};
 use crate::limits::{self, BATCH_EVENTS_MAX, CONSUMER_NAME_BYTES_MAX, RECORD_BYTES_MAX};
 use crate::live::Live;
+use crate::log::codec::StateOp;
 use crate::log::recovery::{self, RecoveryReport};
 use crate::log::segment::Segments;
 use crate::log::writer::{Prepared, Request, Writer};
@@ -242,6 +243,18 @@ pub struct Imported {
     pub event: NewEvent,
 }
 
+/// An acknowledgement still to come from the writer: resolves once the
+/// request is durable (under the sync mode) or has failed.
+pub struct Pending<T>(oneshot::Receiver<Result<T>>);
+
+impl<T> std::future::Future for Pending<T> {
+    type Output = Result<T>;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<T>> {
+        std::pin::Pin::new(&mut self.0).poll(cx).map(|reply| reply.map_err(|_| StoreError::ShuttingDown)?)
+    }
+}
+
 /// An open store. Cheap to clone; closes when the last clone is dropped.
 #[derive(Clone)]
 pub struct Store {
@@ -384,6 +397,50 @@ impl Store {
         let (request, reply) = self.append_request(batch, false)?;
         self.submit(request)?;
         reply.await.map_err(|_| StoreError::ShuttingDown)?
+    }
+
+    /// Submits a batch at once and returns its acknowledgement to await:
+    /// a caller with several appends in hand (a pipelining connection)
+    /// submits them all before waiting, so they share one commit.
+    pub fn append_start(&self, batch: Batch) -> Result<Pending<Vec<Event>>> {
+        let (request, reply) = self.append_request(batch, false)?;
+        self.submit(request)?;
+        Ok(Pending(reply))
+    }
+
+    /// Writes front-end state (consumer groups) durably through the log, in
+    /// submission order, and returns the acknowledgement to await. Keys and
+    /// values are opaque; [`Store::state_scan`] reads them back.
+    pub fn state_write(&self, ops: Vec<StateOp>) -> Result<Pending<()>> {
+        let bytes: usize = ops
+            .iter()
+            .map(|op| match op {
+                StateOp::Put(key, value) => 9 + key.len() + value.len(),
+                StateOp::Delete(key) => 5 + key.len(),
+            })
+            .sum();
+        if bytes > RECORD_BYTES_MAX {
+            return Err(StoreError::TooLarge {
+                what: "state change",
+                bytes: bytes as u64,
+                max: RECORD_BYTES_MAX as u64,
+            });
+        }
+        let (reply, receiver) = oneshot::channel();
+        self.submit(Request::State { ops, reply })?;
+        Ok(Pending(receiver))
+    }
+
+    /// Every state entry whose key starts with `prefix`, by key, as of every
+    /// acknowledged [`Store::state_write`].
+    pub fn state_scan(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.inner.shared.barrier()?;
+        let mut out = Vec::new();
+        for guard in self.inner.shared.index.prefix(Ks::State, prefix) {
+            let (key, value) = guard.into_inner()?;
+            out.push((strip(&key).to_vec(), value.to_vec()));
+        }
+        Ok(out)
     }
 
     /// Appends to the store's own `cairn.*` topics (for servers: `cairn.start`).

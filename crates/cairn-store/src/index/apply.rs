@@ -258,6 +258,15 @@ impl<'h> Applier<'h> {
     pub(crate) fn consumer_delete(&mut self, txn: &mut Txn<'_>, name: &str) {
         txn.remove(Ks::Consumers, name.as_bytes().to_vec());
     }
+
+    pub(crate) fn state(&mut self, txn: &mut Txn<'_>, ops: Vec<crate::log::codec::StateOp>) {
+        for op in ops {
+            match op {
+                crate::log::codec::StateOp::Put(key, value) => txn.insert(Ks::State, key, value),
+                crate::log::codec::StateOp::Delete(key) => txn.remove(Ks::State, key),
+            }
+        }
+    }
 }
 
 /// Bytes of the hash that key a content reference. Eight bytes make

@@ -55,6 +55,8 @@ pub(crate) enum Ks {
     Meta = b'm',
     Removed = b'r',
     RemovedSeq = b'x',
+    /// Front ends' durable state (consumer groups), see `Store::state_write`.
+    State = b's',
 }
 
 /// `suffix` prefixed with the index byte of `ks`.

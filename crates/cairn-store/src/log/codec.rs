@@ -21,6 +21,10 @@ const KIND_BATCH: u8 = 1;
 const KIND_REMOVE: u8 = 2;
 const KIND_ACK: u8 = 3;
 const KIND_CONSUMER_DELETE: u8 = 4;
+const KIND_STATE: u8 = 5;
+
+const STATE_PUT: u8 = 1;
+const STATE_DELETE: u8 = 2;
 
 const FLAG_IMPORTED: u8 = 1;
 const FLAG_HASH: u8 = 2;
@@ -131,6 +135,34 @@ pub(crate) fn encode_consumer_delete(out: &mut Vec<u8>, name: &str) {
     });
 }
 
+/// Encodes a state record: puts and deletes of front-end state (consumer
+/// groups), applied to the index in order.
+pub(crate) fn encode_state(out: &mut Vec<u8>, ops: &[StateOp]) {
+    frame(out, |body| {
+        body.push(FORMAT_VERSION);
+        body.push(KIND_STATE);
+        body.extend_from_slice(&(ops.len() as u32).to_le_bytes());
+        for op in ops {
+            match op {
+                StateOp::Put(key, value) => {
+                    body.push(STATE_PUT);
+                    put_long(body, key);
+                    put_long(body, value);
+                }
+                StateOp::Delete(key) => {
+                    body.push(STATE_DELETE);
+                    put_long(body, key);
+                }
+            }
+        }
+    });
+}
+
+fn put_long(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+    out.extend_from_slice(bytes);
+}
+
 fn put_short(out: &mut Vec<u8>, bytes: &[u8]) {
     let len = u8::try_from(bytes.len()).expect("short strings are validated to <= 255 bytes");
     out.push(len);
@@ -210,6 +242,19 @@ pub(crate) enum Record {
     ConsumerDelete {
         name: String,
     },
+    State {
+        ops: Vec<StateOp>,
+    },
+}
+
+/// One change to the durable state kept for front ends (see
+/// [`crate::Store::state_write`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StateOp {
+    /// Sets `key` to `value`.
+    Put(Vec<u8>, Vec<u8>),
+    /// Removes `key` (nothing if it is absent).
+    Delete(Vec<u8>),
 }
 
 /// Decodes a record body (already crc-checked).
@@ -298,6 +343,19 @@ pub(crate) fn decode_record_with(body: &[u8], decoder: &mut Decoder) -> Result<R
         }
         KIND_ACK => Record::Ack { name: reader.short_str()?, id: reader.id()? },
         KIND_CONSUMER_DELETE => Record::ConsumerDelete { name: reader.short_str()? },
+        KIND_STATE => {
+            let n = reader.u32()? as usize;
+            let mut ops = Vec::with_capacity(n.min(body.len() / 5));
+            for _ in 0..n {
+                let op = match reader.u8()? {
+                    STATE_PUT => StateOp::Put(reader.long()?.to_vec(), reader.long()?.to_vec()),
+                    STATE_DELETE => StateOp::Delete(reader.long()?.to_vec()),
+                    other => return Err(format!("unknown state operation {other}")),
+                };
+                ops.push(op);
+            }
+            Record::State { ops }
+        }
         kind => return Err(format!("unknown record kind {kind}")),
     };
     if reader.at != body.len() {
@@ -379,6 +437,10 @@ impl<'a> Reader<'a> {
     }
     fn id(&mut self) -> Result<EventId, String> {
         Ok(EventId::from_bytes(self.take(16)?.try_into().expect("16 bytes")))
+    }
+    fn long(&mut self) -> Result<&'a [u8], String> {
+        let len = self.u32()? as usize;
+        self.take(len)
     }
     fn short_str(&mut self) -> Result<String, String> {
         let len = self.u8()? as usize;

@@ -229,6 +229,7 @@ pub(crate) fn replay(
             }
             Record::Ack { name, id } => applier.ack(&mut txn, &name, id),
             Record::ConsumerDelete { name } => applier.consumer_delete(&mut txn, &name),
+            Record::State { ops } => applier.state(&mut txn, ops),
         }
     }
     let garbage = std::mem::take(&mut applier.garbage);

@@ -64,6 +64,10 @@ pub(crate) enum Request {
         name: String,
         reply: oneshot::Sender<Result<()>>,
     },
+    State {
+        ops: Vec<codec::StateOp>,
+        reply: oneshot::Sender<Result<()>>,
+    },
     /// Replies once everything before it is durable (even in `none` mode).
     Sync {
         reply: oneshot::Sender<Result<()>>,
@@ -119,6 +123,7 @@ fn fail(request: Request, error: &StoreError) {
         Request::Remove { reply, .. }
         | Request::Ack { reply, .. }
         | Request::ConsumerDelete { reply, .. }
+        | Request::State { reply, .. }
         | Request::Sync { reply } => drop(reply.send(Err(error()))),
     }
 }
@@ -324,6 +329,10 @@ impl Writer {
             }
             Request::ConsumerDelete { name, reply } => {
                 codec::encode_consumer_delete(&mut self.buf, &name);
+                Planned::Unit { reply }
+            }
+            Request::State { ops, reply } => {
+                codec::encode_state(&mut self.buf, &ops);
                 Planned::Unit { reply }
             }
             Request::Sync { reply } => Planned::Unit { reply },

@@ -258,3 +258,25 @@ fn every_sync_mode_keeps_data_across_a_clean_reopen() {
         assert_eq!(cairn_store::SyncMode::parse(bad).unwrap_err().code(), "invalid", "{bad}");
     }
 }
+
+#[test]
+fn state_writes_are_durable_in_order_and_survive_an_index_rebuild() {
+    use cairn_store::StateOp::{Delete, Put};
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path());
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let first = store.state_write(vec![Put(b"g/a".to_vec(), b"1".to_vec()), Put(b"g/b".to_vec(), b"2".to_vec())]);
+        let second = store.state_write(vec![Delete(b"g/a".to_vec()), Put(b"g/b".to_vec(), b"3".to_vec())]);
+        runtime.block_on(first.unwrap()).unwrap();
+        runtime.block_on(second.unwrap()).unwrap();
+        store.state_write(vec![Put(b"h/x".to_vec(), vec![0, 13, 10])]).map(|p| runtime.block_on(p)).unwrap().unwrap();
+        assert_eq!(store.state_scan(b"g/").unwrap(), vec![(b"g/b".to_vec(), b"3".to_vec())]);
+    }
+    let expected = vec![(b"g/b".to_vec(), b"3".to_vec()), (b"h/x".to_vec(), vec![0, 13, 10])];
+    assert_eq!(open(dir.path()).state_scan(b"").unwrap(), expected);
+    std::fs::remove_dir_all(dir.path().join("index")).unwrap();
+    let store = open(dir.path());
+    assert_eq!(store.state_scan(b"").unwrap(), expected);
+    assert!(store.verify().unwrap().ok());
+}
