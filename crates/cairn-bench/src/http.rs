@@ -22,7 +22,7 @@ struct Running {
 
 impl Running {
     fn start(store: std::path::PathBuf, sync: &str) -> Result<Running> {
-        let args = cairn_server::ServeArgs::default();
+        let args = cairn_server::ServeArgs { no_resp: true, ..cairn_server::ServeArgs::default() };
         let config = cairn_server::Config::resolve(args, Some(store), Some(sync.to_owned()))?;
         let socket = config.socket.clone();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -13,6 +13,8 @@ use cairn_store::SyncMode;
 const MAX_CONNECTIONS_DEFAULT: usize = 4096;
 /// Default time a client has to send a request's headers.
 const HEADER_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
+/// Default Redis-protocol address: MeiliES's port, on loopback.
+const RESP_DEFAULT: &str = "127.0.0.1:6480";
 /// How long a shutdown waits for open requests before closing them.
 const SHUTDOWN_GRACE_DEFAULT: Duration = Duration::from_secs(10);
 
@@ -22,7 +24,8 @@ const SHUTDOWN_GRACE_DEFAULT: Duration = Duration::from_secs(10);
 pub struct ServeArgs {
     /// A TOML file of settings (keys: store, sync, http, socket, tls_cert,
     /// tls_key, insecure_no_auth, max_connections, header_timeout,
-    /// shutdown_grace, compat_topic). Flags and environment variables win.
+    /// shutdown_grace, compat_topic, resp, no_resp, resp_require_auth,
+    /// allow_delete). Flags and environment variables win.
     #[arg(long, env = "CAIRN_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 
@@ -67,6 +70,26 @@ pub struct ServeArgs {
     /// The topic the compatibility routes (/events) write and read. [default: events] [config: compat_topic]
     #[arg(long, env = "CAIRN_COMPAT_TOPIC", value_name = "TOPIC")]
     pub compat_topic: Option<String>,
+
+    /// Serve the Redis protocol (RESP2/RESP3: MeiliES commands and Redis
+    /// Streams) on this TCP address (port 0 picks a free port). Open on
+    /// loopback; any other address requires AUTH. [default: 127.0.0.1:6480] [config: resp]
+    #[arg(long, env = "CAIRN_RESP", value_name = "ADDR")]
+    pub resp: Option<SocketAddr>,
+
+    /// Do not serve the Redis protocol (wins over --resp). [config: no_resp]
+    #[arg(long, env = "CAIRN_NO_RESP")]
+    pub no_resp: bool,
+
+    /// Require AUTH on the Redis port even on loopback (MeiliES clients
+    /// cannot authenticate, so loopback is open by default). [config: resp_require_auth]
+    #[arg(long, env = "CAIRN_RESP_REQUIRE_AUTH")]
+    pub resp_require_auth: bool,
+
+    /// Let Redis DEL remove every event of a topic (refused by default:
+    /// events are kept). [config: allow_delete]
+    #[arg(long, env = "CAIRN_ALLOW_DELETE")]
+    pub allow_delete: bool,
 }
 
 /// The settings file: the same settings as the flags, by the same names.
@@ -84,6 +107,10 @@ struct ConfigFile {
     header_timeout: Option<String>,
     shutdown_grace: Option<String>,
     compat_topic: Option<String>,
+    resp: Option<SocketAddr>,
+    no_resp: Option<bool>,
+    resp_require_auth: Option<bool>,
+    allow_delete: Option<bool>,
 }
 
 /// Resolved settings of a server.
@@ -109,6 +136,12 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Topic of the compatibility routes.
     pub compat_topic: cairn_store::Topic,
+    /// TCP address of the Redis protocol, if served.
+    pub resp: Option<SocketAddr>,
+    /// Redis clients must AUTH first (always when `resp` is not loopback).
+    pub resp_require_auth: bool,
+    /// Redis DEL may remove a topic's events.
+    pub allow_delete: bool,
 }
 
 impl Config {
@@ -143,6 +176,14 @@ impl Config {
             cairn_store::Topic::new(args.compat_topic.or(file.compat_topic).as_deref().unwrap_or("events"))
                 .context("invalid compat_topic")?;
         compat_topic.check_user_writable().context("invalid compat_topic")?;
+        let resp = if args.no_resp || (args.resp.is_none() && file.no_resp.unwrap_or(false)) {
+            None
+        } else {
+            Some(args.resp.or(file.resp).unwrap_or_else(|| RESP_DEFAULT.parse().expect("valid default address")))
+        };
+        let resp_require_auth = args.resp_require_auth
+            || file.resp_require_auth.unwrap_or(false)
+            || resp.is_some_and(|addr| !addr.ip().is_loopback());
         Ok(Config {
             store,
             sync,
@@ -162,6 +203,9 @@ impl Config {
                 SHUTDOWN_GRACE_DEFAULT,
             )?,
             compat_topic,
+            resp,
+            resp_require_auth,
+            allow_delete: args.allow_delete || file.allow_delete.unwrap_or(false),
         })
     }
 }

@@ -1,5 +1,5 @@
 //! cairn-server: the network front ends of a cairn store (HTTP over a Unix
-//! socket and TCP; the Redis protocol comes next), authentication, and the
+//! socket and TCP; the Redis protocol on TCP), authentication, and the
 //! server's lifecycle. Every front end is a thin view of one
 //! [`cairn_store::Store`]; failures map to [`ApiError`] in one place.
 //!
@@ -8,6 +8,8 @@
 //! - `listen.rs`: accept loops, connection limits, header timeouts, TLS.
 //! - `http/`: the router (`mod.rs`), one module per resource, `stream.rs`
 //!   (NDJSON and SSE bodies), `compat.rs` (seed 004's routes), `openapi.rs`.
+//! - `resp/`: the Redis protocol: `frame.rs` (wire format), `conn.rs`,
+//!   `command.rs`, `meilies.rs`, `streams.rs`, `groups.rs`, `entry.rs`.
 //! - `auth.rs`: users, passwords (argon2id), tokens, per-topic access.
 //! - `config.rs`: flags, environment, TOML file.
 //! - `error.rs`: [`ApiError`] and the mapping of engine errors.
@@ -19,6 +21,7 @@ mod error;
 mod http;
 mod listen;
 mod metrics;
+mod resp;
 mod server;
 
 pub use auth::{IssuedToken, NewUser, USERS_FILE, UserInfo, Users};

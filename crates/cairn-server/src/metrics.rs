@@ -26,6 +26,8 @@ pub struct Metrics {
     pub open_connections: AtomicI64,
     /// Connections refused for being over the limit.
     pub refused_connections: AtomicU64,
+    /// Redis-protocol connections accepted since start.
+    pub resp_connections: AtomicU64,
 }
 
 impl Metrics {

@@ -20,6 +20,8 @@ pub(crate) struct App {
     pub(crate) store: Store,
     pub(crate) users: Users,
     pub(crate) metrics: Metrics,
+    /// Redis consumer groups.
+    pub(crate) groups: crate::resp::Groups,
     pub(crate) config: Config,
     /// Turns true when the server stops: streams end, connections close.
     pub(crate) stopping: watch::Receiver<bool>,
@@ -90,11 +92,30 @@ pub async fn serve(config: Config, until: impl Future<Output = ()>, ready: impl 
             Some((listener, tls))
         }
     };
+    let resp = match config.resp {
+        None => None,
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("listen for the Redis protocol on {addr} (--resp ADDR or --no-resp)"))?;
+            let bound = listener.local_addr()?;
+            addresses.push(format!("redis://{bound}"));
+            if config.resp_require_auth && users.is_empty() {
+                tracing::warn!("the Redis port requires AUTH but there are no users yet (`cairn user add`)");
+            }
+            Some(listener)
+        }
+    };
+    let groups = {
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || crate::resp::Groups::load(&store)).await?.context("load consumer groups")?
+    };
     let (stop, stopping) = watch::channel(false);
     let app = Arc::new(App {
         store,
         users,
         metrics: Metrics::default(),
+        groups,
         config,
         stopping: stopping.clone(),
         started: Instant::now(),
@@ -107,12 +128,17 @@ pub async fn serve(config: Config, until: impl Future<Output = ()>, ready: impl 
     .await?;
 
     let router = crate::http::router(app.clone());
+    let resp_accepting =
+        resp.map(|listener| tokio::spawn(crate::resp::accept(app.clone(), listener, stopping.clone())));
     let accepting = tokio::spawn(listen::accept(app.clone(), router, Listeners { unix, tcp }, stopping));
     ready(&addresses);
     until.await;
     tracing::info!("stopping: finishing open requests");
     let _ = stop.send(true);
     accepting.await?;
+    if let Some(resp_accepting) = resp_accepting {
+        resp_accepting.await?;
+    }
     lifecycle_event(&app, "cairn.stop", serde_json::json!({ "pid": std::process::id() })).await?;
     let _ = std::fs::remove_file(&app.config.socket);
     // Streams that outlived the grace period may still hold the store; the

@@ -687,6 +687,26 @@ impl Store {
         self.call(|reply| Request::Remove { ids: vec![id], reply })
     }
 
+    /// Removes the stored events among `ids` in one durable record; returns
+    /// how many were stored (the others are skipped, not an error).
+    pub fn remove_many(&self, ids: &[EventId]) -> Result<usize> {
+        let mut stored = Vec::with_capacity(ids.len());
+        let mut seen = std::collections::HashSet::with_capacity(ids.len());
+        for &id in ids {
+            if seen.insert(id) && self.get(id)?.is_some() {
+                stored.push(id);
+            }
+        }
+        if stored.is_empty() {
+            return Ok(0);
+        }
+        let n = stored.len();
+        for chunk in stored.chunks(RECORD_BYTES_MAX / 32) {
+            self.call(|reply| Request::Remove { ids: chunk.to_vec(), reply })?;
+        }
+        Ok(n)
+    }
+
     /// Stores content on its own; returns its hash. Content put this way is
     /// kept until deleted: only content that events referred to is collected.
     pub fn cas_put(&self, bytes: &[u8]) -> Result<Hash> {

@@ -12,6 +12,7 @@ mod cli;
 mod errors;
 mod http;
 mod lifecycle;
+mod resp;
 mod serve;
 
 use std::io::Write as _;
@@ -47,6 +48,8 @@ impl Cairn {
     pub fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_cairn"));
         command.arg("--store").arg(&self.store).args(args).env_remove("CAIRN_STORE").env("CAIRN_SYNC", "none");
+        // A server's Redis port: a free one, never the machine's 6480.
+        command.env("CAIRN_RESP", "127.0.0.1:0");
         command
     }
 

@@ -17,6 +17,7 @@ pub struct Server {
     child: Option<Child>,
     socket: PathBuf,
     url: Option<String>,
+    resp: Option<std::net::SocketAddr>,
 }
 
 impl Server {
@@ -47,20 +48,29 @@ impl Server {
                 }
             }
         });
-        let (mut socket, mut url) = (None, None);
+        let (mut socket, mut url, mut resp) = (None, None, None);
         let deadline = Instant::now() + Duration::from_secs(20);
         let wants_tcp = args.iter().any(|arg| arg == "--http");
-        while socket.is_none() || (wants_tcp && url.is_none()) {
+        let wants_resp =
+            !args.iter().any(|arg| arg == "--no-resp") && command.get_envs().all(|(k, _)| k != "CAIRN_NO_RESP");
+        while socket.is_none() || (wants_tcp && url.is_none()) || (wants_resp && resp.is_none()) {
             let line = receiver
                 .recv_timeout(deadline.saturating_duration_since(Instant::now()))
                 .expect("server did not start");
             if let Some(path) = line.strip_prefix("cairn: listening on unix:") {
                 socket = Some(PathBuf::from(path));
+            } else if let Some(address) = line.strip_prefix("cairn: listening on redis://") {
+                resp = Some(address.parse().unwrap());
             } else if let Some(address) = line.strip_prefix("cairn: listening on ") {
                 url = Some(address.to_owned());
             }
         }
-        Server { child: Some(child), socket: socket.unwrap(), url }
+        Server { child: Some(child), socket: socket.unwrap(), url, resp }
+    }
+
+    /// The Redis-protocol address.
+    pub fn resp(&self) -> std::net::SocketAddr {
+        self.resp.expect("server serves the Redis protocol")
     }
 
     /// The Unix socket.

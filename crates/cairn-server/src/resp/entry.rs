@@ -1,0 +1,246 @@
+//! Events as Redis stream entries: ids and field-value pairs.
+//!
+//! An entry id is `<ms>-<seq>`: the event's time in milliseconds and its
+//! topic seq. Both grow with the topic, so ids increase strictly per key
+//! and compare like Redis ids.
+//!
+//! Field form (documented in the README):
+//! - `XADD k * f1 v1 f2 v2` stores the payload `{"f1":"v1","f2":"v2"}` (a
+//!   JSON object, pairs in order, repeated fields kept). When a field or
+//!   value is not UTF-8, every key and value is base64 and the event's meta
+//!   says `{"redis_encoding":"base64"}`.
+//! - Reading any event as an entry: `type <type>` first when it has a type,
+//!   then, for a JSON-object payload, its members in order (strings as they
+//!   are, other values as JSON text); for any other payload, `data <bytes>`.
+
+use base64::Engine as _;
+use cairn_store::{Event, NewEvent, Topic};
+use serde::de::{Deserializer as _, MapAccess, Visitor};
+
+use crate::error::{ApiError, ApiResult};
+
+/// The meta of an XADD whose fields are base64.
+const BASE64_META: &str = r#"{"redis_encoding":"base64"}"#;
+
+/// A stream entry id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct StreamId {
+    pub(crate) ms: u64,
+    pub(crate) seq: u64,
+}
+
+impl StreamId {
+    pub(crate) const MIN: StreamId = StreamId { ms: 0, seq: 0 };
+    pub(crate) const MAX: StreamId = StreamId { ms: u64::MAX, seq: u64::MAX };
+
+    pub(crate) fn of(event: &Event) -> StreamId {
+        StreamId { ms: event.timestamp_ms(), seq: event.seq }
+    }
+
+    /// Parses `ms` or `ms-seq`; a bare `ms` takes `missing_seq`.
+    pub(crate) fn parse(text: &[u8], missing_seq: u64) -> ApiResult<StreamId> {
+        let invalid = || ApiError::invalid("stream ID", "Invalid stream ID specified as stream command argument");
+        let text = std::str::from_utf8(text).map_err(|_| invalid())?;
+        let number = |part: &str| {
+            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(invalid());
+            }
+            part.parse::<u64>().map_err(|_| invalid())
+        };
+        match text.split_once('-') {
+            None => Ok(StreamId { ms: number(text)?, seq: missing_seq }),
+            Some((ms, seq)) => Ok(StreamId { ms: number(ms)?, seq: number(seq)? }),
+        }
+    }
+
+    /// The next id (for exclusive starts); `None` after the last.
+    pub(crate) fn next(self) -> Option<StreamId> {
+        match self.seq.checked_add(1) {
+            Some(seq) => Some(StreamId { ms: self.ms, seq }),
+            None => self.ms.checked_add(1).map(|ms| StreamId { ms, seq: 0 }),
+        }
+    }
+
+    /// The previous id (for exclusive ends); `None` before the first.
+    pub(crate) fn prev(self) -> Option<StreamId> {
+        match self.seq.checked_sub(1) {
+            Some(seq) => Some(StreamId { ms: self.ms, seq }),
+            None => self.ms.checked_sub(1).map(|ms| StreamId { ms, seq: u64::MAX }),
+        }
+    }
+
+    /// The 16 big-endian bytes used in state keys (sorted like ids).
+    pub(crate) fn to_key(self) -> [u8; 16] {
+        let mut key = [0u8; 16];
+        key[..8].copy_from_slice(&self.ms.to_be_bytes());
+        key[8..].copy_from_slice(&self.seq.to_be_bytes());
+        key
+    }
+
+    pub(crate) fn from_key(bytes: &[u8]) -> Option<StreamId> {
+        let bytes: [u8; 16] = bytes.try_into().ok()?;
+        Some(StreamId {
+            ms: u64::from_be_bytes(bytes[..8].try_into().ok()?),
+            seq: u64::from_be_bytes(bytes[8..].try_into().ok()?),
+        })
+    }
+}
+
+impl std::fmt::Display for StreamId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.ms, self.seq)
+    }
+}
+
+/// The event an `XADD` of `pairs` appends to `topic`.
+pub(crate) fn event_from_pairs(topic: Topic, pairs: &[bytes::Bytes]) -> NewEvent {
+    let all_text = pairs.iter().all(|bytes| std::str::from_utf8(bytes).is_ok());
+    let mut json = String::with_capacity(pairs.iter().map(|p| p.len() + 4).sum::<usize>() + 2);
+    json.push('{');
+    for (n, pair) in pairs.chunks(2).enumerate() {
+        if n > 0 {
+            json.push(',');
+        }
+        for (side, bytes) in pair.iter().enumerate() {
+            let text = match std::str::from_utf8(bytes) {
+                Ok(text) if all_text => serde_json::to_string(text),
+                _ => serde_json::to_string(&base64::engine::general_purpose::STANDARD.encode(bytes)),
+            };
+            json.push_str(&text.expect("strings serialize"));
+            if side == 0 {
+                json.push(':');
+            }
+        }
+    }
+    json.push('}');
+    let mut event = NewEvent::new(topic, json.into_bytes());
+    if !all_text {
+        event.meta = Some(BASE64_META.to_owned());
+    }
+    event
+}
+
+/// An event's field-value pairs (see the module docs). `content` is its
+/// payload (`None` without one).
+pub(crate) fn pairs_of(event: &Event, content: Option<&[u8]>) -> Vec<Vec<u8>> {
+    let mut pairs = Vec::new();
+    if let Some(kind) = &event.kind {
+        pairs.push(b"type".to_vec());
+        pairs.push(kind.as_bytes().to_vec());
+    }
+    let Some(content) = content else { return pairs };
+    match object_members(content) {
+        Some(members) => {
+            let base64 = event.meta.as_deref() == Some(BASE64_META);
+            for (key, value) in members {
+                let decode = |text: String| {
+                    if base64 {
+                        base64::engine::general_purpose::STANDARD.decode(&text).unwrap_or_else(|_| text.into_bytes())
+                    } else {
+                        text.into_bytes()
+                    }
+                };
+                let value = match value {
+                    serde_json::Value::String(text) => decode(text),
+                    other => other.to_string().into_bytes(),
+                };
+                pairs.push(decode(key));
+                pairs.push(value);
+            }
+        }
+        None => {
+            pairs.push(b"data".to_vec());
+            pairs.push(content.to_vec());
+        }
+    }
+    pairs
+}
+
+/// The members of a JSON object in order, duplicates kept; `None` when
+/// `bytes` is not one.
+fn object_members(bytes: &[u8]) -> Option<Vec<(String, serde_json::Value)>> {
+    if bytes.first() != Some(&b'{') {
+        return None;
+    }
+    struct Members;
+    impl<'de> Visitor<'de> for Members {
+        type Value = Vec<(String, serde_json::Value)>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut members = Vec::new();
+            while let Some(member) = map.next_entry::<String, serde_json::Value>()? {
+                members.push(member);
+            }
+            Ok(members)
+        }
+    }
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let members = deserializer.deserialize_map(Members).ok()?;
+    deserializer.end().ok()?;
+    Some(members)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn stored(new: NewEvent) -> (Event, Vec<u8>) {
+        let payload = new.payload.clone().unwrap_or_default();
+        let event = Event {
+            id: cairn_store::EventId::now(),
+            topic: new.topic.clone().unwrap(),
+            seq: 0,
+            kind: new.kind.clone(),
+            meta: new.meta.clone(),
+            hash: None,
+            size: payload.len() as u64,
+            ttl: cairn_store::Ttl::Forever,
+            user: None,
+            payload: cairn_store::Payload::None,
+            imported: false,
+        };
+        (event, payload)
+    }
+
+    #[test]
+    fn pairs_round_trip_in_order_with_repeats_and_binary() {
+        let topic = Topic::new("s").unwrap();
+        for pairs in
+            [vec![&b"f"[..], b"v", b"g", b"{\"x\":1}", b"f", b"again"], vec![&b"a\r\n\0"[..], b"\xff\xfe", b"k", b""]]
+        {
+            let input: Vec<bytes::Bytes> = pairs.iter().map(|p| bytes::Bytes::copy_from_slice(p)).collect();
+            let (event, payload) = stored(event_from_pairs(topic.clone(), &input));
+            let output = pairs_of(&event, Some(&payload));
+            assert_eq!(output, pairs.iter().map(|p| p.to_vec()).collect::<Vec<_>>());
+        }
+    }
+
+    #[test]
+    fn other_events_read_as_type_and_data_or_their_object() {
+        let topic = Topic::new("s").unwrap();
+        let (event, payload) = stored(NewEvent::new(topic.clone(), "Hello\r\n").with_type("greeting"));
+        let expected: Vec<Vec<u8>> = vec![b"type".into(), b"greeting".into(), b"data".into(), b"Hello\r\n".into()];
+        assert_eq!(pairs_of(&event, Some(&payload)), expected);
+        let (event, payload) = stored(NewEvent::new(topic, r#"{"n":1,"s":"t","o":{"a":[true]}}"#));
+        let expected: Vec<Vec<u8>> =
+            vec![b"n".into(), b"1".into(), b"s".into(), b"t".into(), b"o".into(), br#"{"a":[true]}"#.into()];
+        assert_eq!(pairs_of(&event, Some(&payload)), expected);
+    }
+
+    #[test]
+    fn ids_parse_and_order_like_redis() {
+        assert_eq!(StreamId::parse(b"5-3", 0).unwrap(), StreamId { ms: 5, seq: 3 });
+        assert_eq!(StreamId::parse(b"5", u64::MAX).unwrap(), StreamId { ms: 5, seq: u64::MAX });
+        for bad in [&b"-"[..], b"5-", b"a-1", b"1-2-3", b"", b"+5", b"18446744073709551616"] {
+            assert!(StreamId::parse(bad, 0).is_err(), "{bad:?}");
+        }
+        assert!(StreamId { ms: 1, seq: 9 } < StreamId { ms: 2, seq: 0 });
+        assert_eq!(StreamId { ms: 1, seq: u64::MAX }.next(), Some(StreamId { ms: 2, seq: 0 }));
+        assert_eq!(StreamId::MIN.prev(), None);
+        let id = StreamId { ms: 7, seq: 1 };
+        assert_eq!(StreamId::from_key(&id.to_key()), Some(id));
+    }
+}

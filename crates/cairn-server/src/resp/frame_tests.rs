@@ -1,0 +1,103 @@
+#![allow(clippy::unwrap_used)]
+
+use proptest::prelude::*;
+
+use super::*;
+
+fn args(buf: &[u8]) -> Vec<Vec<u8>> {
+    match parse(buf, 1024).unwrap().unwrap() {
+        (Request::Args(ranges), _) => ranges.into_iter().map(|r| buf[r].to_vec()).collect(),
+        (Request::Inline(args), _) => args,
+    }
+}
+
+#[test]
+fn multibulk_is_binary_safe_and_reports_its_length() {
+    let frame = b"*2\r\n$3\r\nSET\r\n$4\r\na\r\n\0\r\n*1\r\n";
+    let (request, used) = parse(frame, 1024).unwrap().unwrap();
+    assert_eq!(used, 23);
+    assert_eq!(request, Request::Args(vec![8..11, 17..21]));
+    assert_eq!(args(frame), vec![b"SET".to_vec(), b"a\r\n\0".to_vec()]);
+}
+
+#[test]
+fn every_prefix_of_a_frame_is_incomplete() {
+    let frame = b"*3\r\n$7\r\npublish\r\n$1\r\ns\r\n$0\r\n\r\n";
+    for end in 0..frame.len() {
+        assert_eq!(parse(&frame[..end], 1024), Ok(None), "prefix of {end} bytes");
+    }
+    assert!(parse(frame, 1024).unwrap().is_some());
+}
+
+#[test]
+fn inline_commands_split_and_unquote_like_redis() {
+    assert_eq!(args(b"PING\r\n"), vec![b"PING".to_vec()]);
+    assert_eq!(args(b"  set  k  v\n"), vec![b"set".to_vec(), b"k".to_vec(), b"v".to_vec()]);
+    assert_eq!(args(b"echo \"a b\\n\\x41\" 'c d'\r\n"), vec![b"echo".to_vec(), b"a b\nA".to_vec(), b"c d".to_vec()]);
+    assert_eq!(parse(b"\r\n", 1024).unwrap().unwrap().0, Request::Inline(vec![]));
+    assert!(parse(b"echo \"open\r\n", 1024).is_err());
+    assert!(parse(b"echo \"a\"b\r\n", 1024).is_err());
+}
+
+#[test]
+fn broken_framing_is_an_error_not_a_wait() {
+    for frame in
+        [&b"*x\r\n"[..], b"*1\r\n+OK\r\n", b"*1\r\n$-1\r\n", b"*1\r\n$2000\r\n", b"*1\r\n$1\r\nab\r\n", b"*1\r\n$1\nx"]
+    {
+        assert!(parse(frame, 1024).is_err(), "{:?}", String::from_utf8_lossy(frame));
+    }
+    assert!(parse(format!("*{}\r\n", ARGS_MAX + 1).as_bytes(), 1024).is_err());
+    assert!(parse(&vec![b'a'; INLINE_BYTES_MAX + 2], 1024).is_err());
+    assert!(parse(b"*12345678901234567890123456789012345", 1024).is_err());
+}
+
+#[test]
+fn replies_follow_the_protocol_version() {
+    let mut out = Out::new();
+    out.map(1);
+    out.simple("a\r\nb");
+    out.null();
+    out.set(0);
+    assert_eq!(&out.buf[..], b"*2\r\n+a  b\r\n$-1\r\n*0\r\n");
+    let mut out = Out::new();
+    out.proto = 3;
+    out.map(1);
+    out.null();
+    out.null_array();
+    out.set(0);
+    out.error("ERR x");
+    out.int(-3);
+    out.bulk(b"\0");
+    assert_eq!(&out.buf[..], b"%1\r\n_\r\n_\r\n~0\r\n-ERR x\r\n:-3\r\n$1\r\n\0\r\n");
+}
+
+proptest! {
+    /// Arbitrary bytes never panic, and a reported frame fits the buffer.
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+        if let Ok(Some((request, used))) = parse(&bytes, 64) {
+            prop_assert!(used <= bytes.len());
+            if let Request::Args(ranges) = request {
+                prop_assert!(ranges.iter().all(|r| r.end <= used));
+            }
+        }
+    }
+
+    /// Any command encoded as multibulk parses back to itself, whole or
+    /// split anywhere (a truncated frame is incomplete, never an error).
+    #[test]
+    fn encoded_commands_round_trip(
+        command in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..40), 1..6),
+        cut in 0usize..400,
+    ) {
+        let mut frame = format!("*{}\r\n", command.len()).into_bytes();
+        for arg in &command {
+            frame.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+            frame.extend_from_slice(arg);
+            frame.extend_from_slice(b"\r\n");
+        }
+        prop_assert_eq!(args(&frame), command);
+        let cut = cut.min(frame.len() - 1);
+        prop_assert_eq!(parse(&frame[..cut], 1024), Ok(None));
+    }
+}

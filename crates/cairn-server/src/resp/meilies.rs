@@ -1,0 +1,234 @@
+//! MeiliES's commands, byte for byte as MeiliES speaks them (seed 001):
+//! `publish <stream> <event-name> <data>` → `+OK`; `subscribe <spec>…` →
+//! `*2 +subscribed +<stream>` per spec, then pushes
+//! `*5 +event +<stream> :<number> +<event-name> $<data>`;
+//! `last-event-number <stream>`; `stream-names`. A stream is a topic, the
+//! event number its seq, the event name its type, the data its payload.
+//! MeiliES views leave out the store's own `cairn.*` topics.
+
+use bytes::{BufMut as _, Bytes, BytesMut};
+use cairn_store::{Batch, Delivery, Event, Expect, NewEvent, Pattern, Query, SubscribeOptions, Topic};
+
+use super::command::{CmdResult, Fail, err};
+use super::conn::{Awaiting, Conn};
+use super::streams::topic;
+
+/// What one `subscribe` spec asks for.
+#[derive(Debug, PartialEq, Eq)]
+struct Spec {
+    /// `None` for `$all`.
+    topic: Option<Topic>,
+    /// History from this event number; `None` is live only.
+    from: Option<u64>,
+    /// Stop before this event number.
+    to: Option<u64>,
+}
+
+impl Spec {
+    /// Parses `name`, `name:from`, `name:from:to` (and the same for `$all`).
+    fn parse(text: &[u8]) -> Result<Spec, Fail> {
+        let invalid = |why: &str| err(format!("invalid stream spec '{}': {why}", String::from_utf8_lossy(text)));
+        let text = std::str::from_utf8(text).map_err(|_| invalid("not UTF-8"))?;
+        let mut parts = text.split(':');
+        let name = parts.next().unwrap_or_default();
+        let number = |part: Option<&str>| -> Result<Option<u64>, Fail> {
+            match part {
+                None => Ok(None),
+                Some(part) if !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()) => {
+                    part.parse().map(Some).map_err(|_| invalid("event number out of range"))
+                }
+                Some(_) => Err(invalid("event numbers are decimal digits")),
+            }
+        };
+        let from = number(parts.next())?;
+        let to = number(parts.next())?;
+        if parts.next().is_some() {
+            return Err(invalid("expected name[:from[:to]]"));
+        }
+        if let (Some(from), Some(to)) = (from, to)
+            && from >= to
+        {
+            return Err(invalid("from must be less than to (to is exclusive)"));
+        }
+        let topic = match name {
+            "$all" => None,
+            name => Some(Topic::new(name).map_err(|error| invalid(&error.to_string()))?),
+        };
+        Ok(Spec { topic, from, to })
+    }
+
+    fn name(&self) -> &str {
+        self.topic.as_ref().map_or("$all", Topic::as_str)
+    }
+}
+
+/// `publish <stream> <event-name> <data>`, submitted without waiting.
+pub(crate) fn start_publish(conn: &mut Conn, args: &[Bytes]) -> Awaiting {
+    let started = || -> Result<Awaiting, Fail> {
+        let principal = conn.principal.as_ref().ok_or_else(|| Fail("NOAUTH Authentication required.".to_owned()))?;
+        let topic = topic(&args[1])?;
+        principal.check_write(&topic)?;
+        let kind = std::str::from_utf8(&args[2]).map_err(|_| err("invalid event name: not UTF-8"))?;
+        let mut event = NewEvent::new(topic, args[3].to_vec());
+        if !kind.is_empty() {
+            event.kind = Some(kind.to_owned());
+        }
+        event.user = principal.user_name().map(str::to_owned);
+        Ok(Awaiting::Published(conn.app.store.append_start(Batch::single(event, Expect::Any))?))
+    };
+    started().unwrap_or_else(Awaiting::Failed)
+}
+
+/// The MeiliES commands other than `publish`; `None` for others.
+pub(crate) async fn dispatch(conn: &mut Conn, name: &str, args: &[Bytes]) -> Option<CmdResult> {
+    Some(match name {
+        "subscribe" => subscribe(conn, args),
+        "last-event-number" => last_event_number(conn, args),
+        "stream-names" => stream_names(conn),
+        "publish" => Err(err("wrong number of arguments for 'publish' command")),
+        _ => return None,
+    })
+}
+
+fn subscribe(conn: &mut Conn, args: &[Bytes]) -> CmdResult {
+    let specs = args[1..].iter().map(|spec| Spec::parse(spec)).collect::<Result<Vec<_>, _>>()?;
+    let principal = conn.principal.clone().expect("authenticated");
+    for spec in &specs {
+        match &spec.topic {
+            Some(topic) => principal.check_read(&Pattern::Exact(topic.clone()))?,
+            None => principal.check_read(&Pattern::all())?,
+        }
+    }
+    for spec in specs {
+        let store = &conn.app.store;
+        let pattern = spec.topic.clone().map_or_else(Pattern::all, Pattern::Exact);
+        let subscription = match spec.from {
+            None => store.subscribe_live(pattern, SubscribeOptions::default()),
+            Some(from) => {
+                let from_seq = spec.topic.is_some().then_some(from);
+                let query = Query { from_seq, ..Query::new(pattern) };
+                tokio::task::block_in_place(|| store.subscribe(&query, SubscribeOptions::default()))?
+            }
+        };
+        conn.out.array(2);
+        conn.out.simple("subscribed");
+        conn.out.simple(spec.name());
+        let (store, pushes, proto) = (store.clone(), conn.pushes.clone(), conn.out.proto);
+        let mut stop = conn.stop.clone();
+        let task = tokio::spawn(async move {
+            let mut subscription = subscription;
+            loop {
+                let delivery = tokio::select! {
+                    delivery = subscription.next() => delivery,
+                    () = crate::server::stopped(&mut stop) => return,
+                };
+                let event = match delivery {
+                    Ok(Delivery::Event(event)) => event,
+                    Ok(_) => continue,
+                    Err(error) => {
+                        tracing::warn!("subscription ended: {error}");
+                        return;
+                    }
+                };
+                if spec.topic.is_none() && event.topic.is_system() {
+                    continue;
+                }
+                if spec.from.is_some_and(|from| event.seq < from) {
+                    continue;
+                }
+                if spec.to.is_some_and(|to| event.seq >= to) {
+                    if spec.topic.is_some() {
+                        return;
+                    }
+                    continue;
+                }
+                let data = match event.inline_payload() {
+                    Some(bytes) => bytes.to_vec(),
+                    None => match tokio::task::block_in_place(|| store.content(&event)) {
+                        Ok(content) => content.unwrap_or_default(),
+                        Err(error) => {
+                            tracing::warn!("subscription ended: {error}");
+                            return;
+                        }
+                    },
+                };
+                if pushes.send(push_frame(&event, &data, proto)).await.is_err() {
+                    return;
+                }
+                if spec.topic.is_some() && spec.to.is_some_and(|to| event.seq + 1 >= to) {
+                    return;
+                }
+            }
+        });
+        conn.subscriptions.push(task.abort_handle());
+    }
+    Ok(())
+}
+
+/// `*5 +event +<stream> :<number> +<event-name> $<data>`.
+fn push_frame(event: &Event, data: &[u8], proto: u8) -> Bytes {
+    let mut frame = BytesMut::with_capacity(64 + event.topic.as_str().len() + data.len());
+    frame.put_slice(if proto == 3 { b">5\r\n+event\r\n+" } else { b"*5\r\n+event\r\n+" });
+    frame.put_slice(event.topic.as_str().as_bytes());
+    frame.put_slice(b"\r\n:");
+    frame.put_slice(itoa::Buffer::new().format(event.seq).as_bytes());
+    frame.put_slice(b"\r\n+");
+    // Types are validated text; a line break would break the frame.
+    frame.put_slice(event.kind.as_deref().unwrap_or("").replace(['\r', '\n'], " ").as_bytes());
+    frame.put_slice(b"\r\n$");
+    frame.put_slice(itoa::Buffer::new().format(data.len()).as_bytes());
+    frame.put_slice(b"\r\n");
+    frame.put_slice(data);
+    frame.put_slice(b"\r\n");
+    frame.freeze()
+}
+
+fn last_event_number(conn: &mut Conn, args: &[Bytes]) -> CmdResult {
+    let topic = topic(&args[1])?;
+    conn.principal.as_ref().expect("authenticated").check_read(&Pattern::Exact(topic.clone()))?;
+    let store = &conn.app.store;
+    let head = tokio::task::block_in_place(|| store.head(&topic))?;
+    conn.out.array(3);
+    conn.out.simple("last-event-number");
+    conn.out.simple(topic.as_str());
+    match head {
+        Some(head) => conn.out.int(head.last_seq as i64),
+        None => conn.out.buf.put_slice(b"$-1\r\n"),
+    }
+    Ok(())
+}
+
+fn stream_names(conn: &mut Conn) -> CmdResult {
+    let store = &conn.app.store;
+    let topics = tokio::task::block_in_place(|| store.topics())?;
+    let principal = conn.principal.as_ref().expect("authenticated");
+    let names: Vec<Topic> = topics
+        .into_iter()
+        .map(|info| info.topic)
+        .filter(|topic| !topic.is_system() && principal.check_read(&Pattern::Exact(topic.clone())).is_ok())
+        .collect();
+    conn.out.array(names.len() + 1);
+    conn.out.simple("stream-names");
+    for name in names {
+        conn.out.simple(name.as_str());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::Spec;
+
+    #[test]
+    fn specs_parse_like_meilies_and_refuse_the_malformed() {
+        let spec = Spec::parse(b"s:3:5").unwrap();
+        assert_eq!((spec.name(), spec.from, spec.to), ("s", Some(3), Some(5)));
+        let spec = Spec::parse(b"$all:2").unwrap();
+        assert_eq!((spec.name(), spec.from, spec.to), ("$all", Some(2), None));
+        assert_eq!(Spec::parse(b"s").unwrap().from, None);
+        for bad in [&b"a:"[..], b"a::1", b"a:x", b"a:5:2", b"a:5:5", b"a:1:2:3", b":1", b"a b", b"a:-1"] {
+            assert!(Spec::parse(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+    }
+}

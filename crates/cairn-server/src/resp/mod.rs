@@ -1,0 +1,76 @@
+//! The Redis protocol front end (RESP2, RESP3 after `HELLO 3`) on TCP.
+//!
+//! Code map:
+//! - `frame.rs`: parsing commands and writing replies, sans IO.
+//! - `conn.rs`: one connection: read, run every complete command (a run
+//!   of appends is submitted at once so it shares one commit), write the
+//!   replies in one go; subscription pushes arrive on a channel and are
+//!   written between replies, never inside one.
+//! - `command.rs`: connection and server commands (PING, HELLO, AUTH,
+//!   CLIENT, COMMAND, INFO, keys).
+//! - `meilies.rs`: MeiliES's `publish`, `subscribe`, `last-event-number`,
+//!   `stream-names`, byte for byte.
+//! - `streams.rs`: XADD, XRANGE, XREAD and friends over topics.
+//! - `groups.rs`: consumer groups, kept in memory and written through the
+//!   store's durable state records.
+//! - `entry.rs`: events as stream entries (ids, field-value pairs).
+
+mod command;
+mod conn;
+mod entry;
+mod frame;
+mod groups;
+mod meilies;
+mod streams;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+
+pub(crate) use groups::Groups;
+
+use crate::server::App;
+
+/// Accepts RESP connections until the server stops.
+pub(crate) async fn accept(app: Arc<App>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
+    let permits = Arc::new(Semaphore::new(app.config.max_connections));
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = crate::server::stopped(&mut stop) => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!("accept failed: {error}");
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            app.metrics.refused_connections.fetch_add(1, Relaxed);
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt as _;
+                let mut stream = stream;
+                let refuse = stream.write_all(b"-ERR max number of clients reached\r\n");
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(1), refuse).await;
+            });
+            continue;
+        };
+        let (app, stop) = (app.clone(), stop.clone());
+        app.metrics.resp_connections.fetch_add(1, Relaxed);
+        tokio::spawn(async move {
+            app.metrics.open_connections.fetch_add(1, Relaxed);
+            conn::serve(app.clone(), stream, peer, stop).await;
+            app.metrics.open_connections.fetch_sub(1, Relaxed);
+            drop(permit);
+        });
+    }
+    let grace = app.config.shutdown_grace;
+    let all = u32::try_from(app.config.max_connections).unwrap_or(u32::MAX);
+    if tokio::time::timeout(grace, permits.acquire_many(all)).await.is_err() {
+        tracing::warn!("Redis-protocol connections still open after {grace:?}; closing them");
+    }
+}
