@@ -5,6 +5,7 @@
 
 mod http;
 mod measure;
+mod redis;
 mod scenarios;
 
 use clap::{Parser, Subcommand};
@@ -34,6 +35,10 @@ enum Which {
     /// The HTTP server over its Unix socket: durable appends from 1 and 16
     /// clients, NDJSON catch-up of 1 million events, follow latency.
     Http,
+    /// The Redis protocol next to a real redis-server (AOF always, and no
+    /// persistence) in the same run: redis-benchmark XADD at 1, 50, and 50
+    /// pipelined clients; XRANGE of 1 million entries; XREAD BLOCK latency.
+    Redis,
     /// Open time of a store with 10 million events.
     Open {
         /// Events in the store.
@@ -70,6 +75,9 @@ fn main() -> anyhow::Result<()> {
     }
     if matches!(which, Which::All | Which::Http) {
         bench.http()?;
+    }
+    if matches!(which, Which::All | Which::Redis) {
+        bench.redis()?;
     }
     match which {
         Which::All => bench.open(10_000_000)?,

@@ -38,6 +38,11 @@ impl Bench {
         path
     }
 
+    /// The disk's rate of single-event durable writes (write + fdatasync).
+    pub fn fsync_rate(&self) -> Result<f64> {
+        Ok(self.raw(1, 3000)?.0)
+    }
+
     /// Raw baseline: append `batch` events' worth of bytes, fdatasync; repeat.
     fn raw(&self, batch: usize, n_events: usize) -> Result<(f64, Samples)> {
         let path = self.fresh(&format!("raw-{batch}"));

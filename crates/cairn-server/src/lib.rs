@@ -29,6 +29,20 @@ pub use config::{Config, ServeArgs};
 pub use error::ApiError;
 pub use server::{run, serve};
 
+/// Entry points for fuzz targets (`fuzz/`); not a stable API.
+#[doc(hidden)]
+pub mod fuzzing {
+    /// Parses every command in `bytes` with the RESP parser, as a
+    /// connection would, until it needs more input or the framing breaks.
+    pub fn resp_parse(bytes: &[u8]) {
+        let mut at = 0;
+        while let Ok(Some((_, used))) = crate::resp::frame::parse(&bytes[at..], 1 << 20) {
+            assert!(used > 0 && at + used <= bytes.len(), "the parser must make progress within the input");
+            at += used;
+        }
+    }
+}
+
 /// The store directory when none is given.
 pub const STORE_DEFAULT: &str = "./cairn-data";
 /// The socket's file name in the store directory.

@@ -1,3 +1,6 @@
+//! Tests of the RESP wire format: examples, broken framing, and properties
+//! over random and truncated frames.
+
 #![allow(clippy::unwrap_used)]
 
 use proptest::prelude::*;
@@ -69,6 +72,17 @@ fn replies_follow_the_protocol_version() {
     out.int(-3);
     out.bulk(b"\0");
     assert_eq!(&out.buf[..], b"%1\r\n_\r\n_\r\n~0\r\n-ERR x\r\n:-3\r\n$1\r\n\0\r\n");
+}
+
+#[test]
+fn the_fuzz_corpus_parses_without_panic() {
+    let corpus = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/resp_parse");
+    let mut n = 0;
+    for entry in std::fs::read_dir(corpus).unwrap() {
+        crate::fuzzing::resp_parse(&std::fs::read(entry.unwrap().path()).unwrap());
+        n += 1;
+    }
+    assert!(n >= 3, "the committed corpus is there");
 }
 
 proptest! {

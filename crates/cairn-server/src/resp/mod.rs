@@ -18,7 +18,7 @@
 mod command;
 mod conn;
 mod entry;
-mod frame;
+pub(crate) mod frame;
 mod groups;
 mod meilies;
 mod streams;
