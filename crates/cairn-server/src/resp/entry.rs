@@ -13,6 +13,8 @@
 //!   then, for a JSON-object payload, its members in order (strings as they
 //!   are, other values as JSON text); for any other payload, `data <bytes>`.
 
+use std::borrow::Cow;
+
 use base64::Engine as _;
 use cairn_store::{Event, NewEvent, Topic};
 use serde::de::{Deserializer as _, MapAccess, Visitor};
@@ -120,64 +122,72 @@ pub(crate) fn event_from_pairs(topic: Topic, pairs: &[bytes::Bytes]) -> NewEvent
     event
 }
 
-/// An event's field-value pairs (see the module docs). `content` is its
-/// payload (`None` without one).
-pub(crate) fn pairs_of(event: &Event, content: Option<&[u8]>) -> Vec<Vec<u8>> {
+/// An event's field-value pairs (see the module docs), borrowing from
+/// `content` where it can. `content` is its payload (`None` without one).
+pub(crate) fn pairs_of<'a>(event: &'a Event, content: Option<&'a [u8]>) -> Vec<Cow<'a, [u8]>> {
     let mut pairs = Vec::new();
     if let Some(kind) = &event.kind {
-        pairs.push(b"type".to_vec());
-        pairs.push(kind.as_bytes().to_vec());
+        pairs.push(Cow::Borrowed(&b"type"[..]));
+        pairs.push(Cow::Borrowed(kind.as_bytes()));
     }
     let Some(content) = content else { return pairs };
     match object_members(content) {
         Some(members) => {
             let base64 = event.meta.as_deref() == Some(BASE64_META);
-            for (key, value) in members {
-                let decode = |text: String| {
-                    if base64 {
-                        base64::engine::general_purpose::STANDARD.decode(&text).unwrap_or_else(|_| text.into_bytes())
-                    } else {
-                        text.into_bytes()
-                    }
-                };
-                let value = match value {
-                    serde_json::Value::String(text) => decode(text),
-                    other => other.to_string().into_bytes(),
-                };
-                pairs.push(decode(key));
-                pairs.push(value);
+            let bytes = |text: Cow<'a, str>| -> Cow<'a, [u8]> {
+                if base64 && let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(text.as_bytes()) {
+                    return Cow::Owned(decoded);
+                }
+                match text {
+                    Cow::Borrowed(text) => Cow::Borrowed(text.as_bytes()),
+                    Cow::Owned(text) => Cow::Owned(text.into_bytes()),
+                }
+            };
+            for (Text(key), value) in members {
+                pairs.push(bytes(key));
+                let raw = value.get();
+                match serde_json::from_str::<Text<'a>>(raw) {
+                    Ok(Text(text)) if raw.starts_with('"') => pairs.push(bytes(text)),
+                    _ => pairs.push(Cow::Borrowed(raw.as_bytes())),
+                }
             }
         }
         None => {
-            pairs.push(b"data".to_vec());
-            pairs.push(content.to_vec());
+            pairs.push(Cow::Borrowed(&b"data"[..]));
+            pairs.push(Cow::Borrowed(content));
         }
     }
     pairs
 }
 
-/// The members of a JSON object in order, duplicates kept; `None` when
-/// `bytes` is not one.
-fn object_members(bytes: &[u8]) -> Option<Vec<(String, serde_json::Value)>> {
+/// A JSON string, borrowed when it has no escapes.
+#[derive(serde::Deserialize)]
+struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
+
+type Members<'a> = Vec<(Text<'a>, &'a serde_json::value::RawValue)>;
+
+/// The members of a JSON object in order, duplicates kept, values as their
+/// JSON text; `None` when `bytes` is not one.
+fn object_members(bytes: &[u8]) -> Option<Members<'_>> {
     if bytes.first() != Some(&b'{') {
         return None;
     }
-    struct Members;
-    impl<'de> Visitor<'de> for Members {
-        type Value = Vec<(String, serde_json::Value)>;
+    struct Visit;
+    impl<'de> Visitor<'de> for Visit {
+        type Value = Members<'de>;
         fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
             f.write_str("a JSON object")
         }
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
             let mut members = Vec::new();
-            while let Some(member) = map.next_entry::<String, serde_json::Value>()? {
+            while let Some(member) = map.next_entry::<Text<'de>, &'de serde_json::value::RawValue>()? {
                 members.push(member);
             }
             Ok(members)
         }
     }
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
-    let members = deserializer.deserialize_map(Members).ok()?;
+    let members = deserializer.deserialize_map(Visit).ok()?;
     deserializer.end().ok()?;
     Some(members)
 }
@@ -213,7 +223,7 @@ mod tests {
         {
             let input: Vec<bytes::Bytes> = pairs.iter().map(|p| bytes::Bytes::copy_from_slice(p)).collect();
             let (event, payload) = stored(event_from_pairs(topic.clone(), &input));
-            let output = pairs_of(&event, Some(&payload));
+            let output: Vec<Vec<u8>> = pairs_of(&event, Some(&payload)).into_iter().map(Cow::into_owned).collect();
             assert_eq!(output, pairs.iter().map(|p| p.to_vec()).collect::<Vec<_>>());
         }
     }
@@ -223,11 +233,12 @@ mod tests {
         let topic = Topic::new("s").unwrap();
         let (event, payload) = stored(NewEvent::new(topic.clone(), "Hello\r\n").with_type("greeting"));
         let expected: Vec<Vec<u8>> = vec![b"type".into(), b"greeting".into(), b"data".into(), b"Hello\r\n".into()];
-        assert_eq!(pairs_of(&event, Some(&payload)), expected);
-        let (event, payload) = stored(NewEvent::new(topic, r#"{"n":1,"s":"t","o":{"a":[true]}}"#));
+        let owned = |pairs: Vec<Cow<'_, [u8]>>| pairs.into_iter().map(Cow::into_owned).collect::<Vec<_>>();
+        assert_eq!(owned(pairs_of(&event, Some(&payload))), expected);
+        let (event, payload) = stored(NewEvent::new(topic, r#"{"n":1,"s":"t\u0041","o":{"a":[true]}}"#));
         let expected: Vec<Vec<u8>> =
-            vec![b"n".into(), b"1".into(), b"s".into(), b"t".into(), b"o".into(), br#"{"a":[true]}"#.into()];
-        assert_eq!(pairs_of(&event, Some(&payload)), expected);
+            vec![b"n".into(), b"1".into(), b"s".into(), b"tA".into(), b"o".into(), br#"{"a":[true]}"#.into()];
+        assert_eq!(owned(pairs_of(&event, Some(&payload))), expected);
     }
 
     #[test]

@@ -324,7 +324,7 @@ async fn xreadgroup(conn: &mut Conn, args: &[Bytes]) -> CmdResult {
             Some(subscription) => subscription,
             None => subscription.insert(streams::wait_on(&store, &read.keys, cursor)?),
         };
-        if !streams::wait_for_event(conn, subscription, &read.keys, deadline).await {
+        if streams::wait_for_event(conn, subscription, &read.keys, deadline).await.is_none() {
             conn.out.null_array();
             return Ok(());
         }

@@ -460,8 +460,39 @@ async fn xread(conn: &mut Conn, args: &[Bytes]) -> CmdResult {
             Some(subscription) => subscription,
             None => subscription.insert(wait_on(&store, &read.keys, cursor)?),
         };
-        if !wait_for_event(conn, subscription, &read.keys, deadline).await {
+        let Some(first) = wait_for_event(conn, subscription, &read.keys, deadline).await else {
             conn.out.null_array();
+            return Ok(());
+        };
+        // The subscription hands over the new events themselves: reply with
+        // them (and any already committed behind them) without a read.
+        let mut events = vec![first];
+        while events.len() < 1024
+            && let Some(Ok(cairn_store::Delivery::Event(event))) =
+                futures_util::FutureExt::now_or_never(subscription.next())
+        {
+            events.push(event);
+        }
+        let mut found: Vec<(Topic, Vec<Entry>)> = Vec::new();
+        for event in events {
+            let Some(index) = read.keys.iter().position(|key| *key == event.topic) else { continue };
+            if StreamId::of(&event) <= after[index] {
+                continue;
+            }
+            let entries = match found.iter().position(|(key, _)| *key == event.topic) {
+                Some(at) => &mut found[at].1,
+                None => {
+                    found.push((event.topic.clone(), Vec::new()));
+                    &mut found.last_mut().expect("just pushed").1
+                }
+            };
+            if entries.len() < read.count {
+                let event = std::sync::Arc::unwrap_or_clone(event);
+                entries.push(tokio::task::block_in_place(|| with_content(&store, event))?);
+            }
+        }
+        if !found.is_empty() {
+            write_keyed(conn, &found);
             return Ok(());
         }
     }
@@ -477,14 +508,14 @@ pub(crate) fn wait_on(store: &Store, keys: &[Topic], cursor: EventId) -> Result<
     Ok(tokio::task::block_in_place(|| store.subscribe(&query, SubscribeOptions::default()))?)
 }
 
-/// Waits until an event of `keys` commits (true), the deadline passes or the
-/// server stops (false). `None` waits without a deadline.
+/// Waits until an event of `keys` commits (and returns it), the deadline
+/// passes or the server stops (`None`). No deadline waits for ever.
 pub(crate) async fn wait_for_event(
     conn: &mut Conn,
     subscription: &mut cairn_store::Subscription,
     keys: &[Topic],
     deadline: Option<Instant>,
-) -> bool {
+) -> Option<std::sync::Arc<Event>> {
     let mut stop = conn.stop.clone();
     loop {
         let next = async {
@@ -495,11 +526,11 @@ pub(crate) async fn wait_for_event(
         };
         let delivery = tokio::select! {
             delivery = next => delivery,
-            () = crate::server::stopped(&mut stop) => return false,
+            () = crate::server::stopped(&mut stop) => return None,
         };
         match delivery {
-            None | Some(Err(_)) => return false,
-            Some(Ok(cairn_store::Delivery::Event(event))) if keys.contains(&event.topic) => return true,
+            None | Some(Err(_)) => return None,
+            Some(Ok(cairn_store::Delivery::Event(event))) if keys.contains(&event.topic) => return Some(event),
             Some(Ok(_)) => {}
         }
     }

@@ -28,6 +28,9 @@ use crate::store::{Shared, SyncMode};
 /// How long the writer waits for more requests when the previous group was
 /// bigger than what is queued now, in µs.
 const LINGER_US: u64 = 100;
+/// Size at which merged appends are closed as one record (a request alone
+/// may be bigger; records stay within `RECORD_BYTES_MAX`).
+const MERGED_RECORD_BYTES: usize = 4 * 1024 * 1024;
 
 /// An event ready for the writer: validated, payload placed.
 #[derive(Debug)]
@@ -114,6 +117,11 @@ struct GroupState {
     published: Vec<Arc<Event>>,
     /// Whether events are collected for the live ring (someone subscribes).
     publish: bool,
+    /// Events of appends without an idempotency key, not yet encoded: they
+    /// share one batch record, so concurrent single appends cost the index
+    /// one anchor per block instead of one per event (see `merge`).
+    merged: Vec<Event>,
+    merged_bytes: usize,
 }
 
 fn fail(request: Request, error: &StoreError) {
@@ -267,6 +275,7 @@ impl Writer {
             force_sync |= matches!(request, Request::Sync { .. });
             planned.push(self.plan(request, &mut state));
         }
+        self.encode_merged(&mut state);
         if let Err(error) = self.write_and_sync(force_sync) {
             for plan in planned {
                 match plan {
@@ -307,6 +316,10 @@ impl Writer {
     /// Validates one request against the state including this group's earlier
     /// requests, assigns ids and seqs, and encodes its record into the buffer.
     fn plan(&mut self, request: Request, state: &mut GroupState) -> Planned {
+        // Records keep the order of requests: merged appends go first.
+        if !matches!(&request, Request::Append { key: None, .. } | Request::Sync { .. }) {
+            self.encode_merged(state);
+        }
         match request {
             Request::Append { events, expect, key, reply } => {
                 match self.plan_append(events, &expect, key.as_deref(), state, false) {
@@ -421,7 +434,20 @@ impl Writer {
         }
         state.tails.extend(scratch);
         let stored_events: Vec<&Event> = events.iter().filter(|e| e.ttl != Ttl::Ephemeral).collect();
-        if !stored_events.is_empty() {
+        if key.is_none() && !import {
+            let estimate = |event: &Event| {
+                128 + event.meta.as_ref().map_or(0, String::len) + event.inline_payload().map_or(0, <[u8]>::len)
+            };
+            let bytes: usize = stored_events.iter().map(|event| estimate(event)).sum();
+            if state.merged_bytes + bytes > MERGED_RECORD_BYTES {
+                self.encode_merged(state);
+            }
+            state.merged_bytes += bytes;
+            state.merged.extend(stored_events.into_iter().cloned());
+            if state.merged_bytes >= MERGED_RECORD_BYTES {
+                self.encode_merged(state);
+            }
+        } else if !stored_events.is_empty() {
             let record = self.buf.len();
             codec::encode_batch(&mut self.buf, key, &stored_events);
             // The store refuses batches whose estimate exceeds the limit.
@@ -434,6 +460,22 @@ impl Writer {
             state.published.extend(events.iter().cloned().map(Arc::new));
         }
         Ok(PlanOutcome::New(events))
+    }
+
+    /// Encodes the merged appends of this group as one batch record. Merging
+    /// independent appends into one record is safe: the group is written and
+    /// synced as a whole before any of them is acknowledged, and a record is
+    /// all or nothing on recovery, as the group is.
+    fn encode_merged(&mut self, state: &mut GroupState) {
+        if state.merged.is_empty() {
+            return;
+        }
+        let refs: Vec<&Event> = state.merged.iter().collect();
+        let record = self.buf.len();
+        codec::encode_batch(&mut self.buf, None, &refs);
+        assert!(self.buf.len() - record <= RECORD_BYTES_MAX, "a merged record exceeds RECORD_BYTES_MAX");
+        state.merged.clear();
+        state.merged_bytes = 0;
     }
 
     fn tail(&mut self, state: &GroupState, topic: &str) -> Result<Option<(u64, EventId)>> {
