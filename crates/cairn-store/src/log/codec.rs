@@ -104,6 +104,25 @@ pub(crate) fn encode_batch(out: &mut Vec<u8>, key: Option<&str>, events: &[&Even
     });
 }
 
+/// Appends one event's frame, for a batch record closed later by
+/// [`encode_batch_of_frames`].
+pub(crate) fn encode_event_frame(out: &mut Vec<u8>, event: &Event) {
+    frame(out, |event_body| encode_event(event_body, event));
+}
+
+/// Encodes a batch record (without idempotency key) of `count` event frames
+/// already encoded back to back in `frames`: the same bytes as
+/// [`encode_batch`] of those events.
+pub(crate) fn encode_batch_of_frames(out: &mut Vec<u8>, count: usize, frames: &[u8]) {
+    frame(out, |body| {
+        body.push(FORMAT_VERSION);
+        body.push(KIND_BATCH);
+        put_short(body, b"");
+        body.extend_from_slice(&(count as u32).to_le_bytes());
+        body.extend_from_slice(frames);
+    });
+}
+
 /// Encodes a remove record.
 pub(crate) fn encode_remove(out: &mut Vec<u8>, ids: &[EventId]) {
     frame(out, |body| {
@@ -445,5 +464,39 @@ impl<'a> Reader<'a> {
     fn short_str(&mut self) -> Result<String, String> {
         let len = self.u8()? as usize;
         String::from_utf8(self.take(len)?.to_vec()).map_err(|_| "string is not UTF-8".to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_of_frames_is_the_same_record_as_a_batch() {
+        let topic = Topic::new("t").expect("valid topic");
+        let events: Vec<Event> = (0..3)
+            .map(|seq| Event {
+                id: EventId::from_u128(1000 + u128::from(seq)),
+                topic: topic.clone(),
+                seq,
+                kind: Some("k".to_owned()),
+                meta: None,
+                hash: None,
+                size: 3,
+                ttl: Ttl::Forever,
+                user: None,
+                payload: Payload::Inline(InlineBytes::from(&b"abc"[..])),
+                imported: false,
+            })
+            .collect();
+        let mut whole = Vec::new();
+        encode_batch(&mut whole, None, &events.iter().collect::<Vec<_>>());
+        let mut frames = Vec::new();
+        for event in &events {
+            encode_event_frame(&mut frames, event);
+        }
+        let mut merged = Vec::new();
+        encode_batch_of_frames(&mut merged, events.len(), &frames);
+        assert_eq!(merged, whole);
     }
 }

@@ -120,8 +120,8 @@ struct GroupState {
     /// Events of appends without an idempotency key, not yet encoded: they
     /// share one batch record, so concurrent single appends cost the index
     /// one anchor per block instead of one per event (see `merge`).
-    merged: Vec<Event>,
-    merged_bytes: usize,
+    merged: Vec<u8>,
+    merged_events: usize,
 }
 
 fn fail(request: Request, error: &StoreError) {
@@ -439,12 +439,14 @@ impl Writer {
                 128 + event.meta.as_ref().map_or(0, String::len) + event.inline_payload().map_or(0, <[u8]>::len)
             };
             let bytes: usize = stored_events.iter().map(|event| estimate(event)).sum();
-            if state.merged_bytes + bytes > MERGED_RECORD_BYTES {
+            if state.merged.len() + bytes > MERGED_RECORD_BYTES {
                 self.encode_merged(state);
             }
-            state.merged_bytes += bytes;
-            state.merged.extend(stored_events.into_iter().cloned());
-            if state.merged_bytes >= MERGED_RECORD_BYTES {
+            for event in stored_events {
+                codec::encode_event_frame(&mut state.merged, event);
+                state.merged_events += 1;
+            }
+            if state.merged.len() >= MERGED_RECORD_BYTES {
                 self.encode_merged(state);
             }
         } else if !stored_events.is_empty() {
@@ -467,15 +469,14 @@ impl Writer {
     /// synced as a whole before any of them is acknowledged, and a record is
     /// all or nothing on recovery, as the group is.
     fn encode_merged(&mut self, state: &mut GroupState) {
-        if state.merged.is_empty() {
+        if state.merged_events == 0 {
             return;
         }
-        let refs: Vec<&Event> = state.merged.iter().collect();
         let record = self.buf.len();
-        codec::encode_batch(&mut self.buf, None, &refs);
+        codec::encode_batch_of_frames(&mut self.buf, state.merged_events, &state.merged);
         assert!(self.buf.len() - record <= RECORD_BYTES_MAX, "a merged record exceeds RECORD_BYTES_MAX");
         state.merged.clear();
-        state.merged_bytes = 0;
+        state.merged_events = 0;
     }
 
     fn tail(&mut self, state: &GroupState, topic: &str) -> Result<Option<(u64, EventId)>> {
