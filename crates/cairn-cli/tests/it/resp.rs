@@ -67,6 +67,9 @@ impl Raw {
             }
             "*" | ">" | "%" | "~" => {
                 let n: i64 = rest.parse().unwrap();
+                if n < 0 {
+                    return Value::Line(line);
+                }
                 let n = if kind == "%" { n * 2 } else { n };
                 Value::Array((0..n.max(0)).map(|_| self.frame()).collect())
             }
@@ -671,4 +674,153 @@ fn kill9_during_concurrent_xadd_keeps_every_acknowledged_entry() {
     drop(con);
     drop(server);
     cairn.ok(&["verify"], b"");
+}
+
+/// Sends one command and returns its whole reply.
+fn ask(raw: &mut Raw, args: &[&[u8]]) -> Value {
+    raw.command(args);
+    raw.frame()
+}
+
+fn bulk(text: &str) -> Value {
+    Value::Bulk(text.as_bytes().to_vec())
+}
+
+fn line(text: &str) -> Value {
+    Value::Line(text.to_owned())
+}
+
+fn array(items: Vec<Value>) -> Value {
+    Value::Array(items)
+}
+
+#[test]
+fn the_rest_of_the_command_surface_answers_as_redis_does() {
+    let cairn = Cairn::new();
+    let server = Server::start(&cairn, &[]);
+    let mut raw = Raw::connect(server.resp());
+    // Connection commands.
+    assert_eq!(ask(&mut raw, &[b"CLIENT", b"GETNAME"]), line("$-1"));
+    assert_eq!(ask(&mut raw, &[b"CLIENT", b"SETNAME", b"worker-1"]), line("+OK"));
+    assert_eq!(ask(&mut raw, &[b"CLIENT", b"GETNAME"]), bulk("worker-1"));
+    assert!(ask(&mut raw, &[b"CLIENT", b"SETNAME", b"has space"]).to_string_lossy().starts_with("-ERR"));
+    let Value::Line(id) = ask(&mut raw, &[b"CLIENT", b"ID"]) else { panic!() };
+    let Value::Bulk(info) = ask(&mut raw, &[b"CLIENT", b"INFO"]) else { panic!() };
+    assert!(String::from_utf8_lossy(&info).starts_with(&format!("id={} ", &id[1..])), "{info:?}");
+    assert_eq!(ask(&mut raw, &[b"CLIENT", b"SETINFO", b"LIB-NAME", b"test"]), line("+OK"));
+    assert_eq!(ask(&mut raw, &[b"RESET"]), line("+RESET"));
+    assert_eq!(ask(&mut raw, &[b"CLIENT", b"GETNAME"]), line("$-1"));
+    assert_eq!(ask(&mut raw, &[b"ECHO", b"a\r\nb"]), bulk("a\r\nb"));
+    assert_eq!(ask(&mut raw, &[b"PING", b"hi"]), bulk("hi"));
+    assert_eq!(ask(&mut raw, &[b"SELECT", b"0"]), line("+OK"));
+    let Value::Array(info) = ask(&mut raw, &[b"COMMAND", b"INFO", b"xadd", b"nosuch"]) else { panic!() };
+    assert_eq!(
+        info[0],
+        array(vec![
+            bulk("xadd"),
+            line(":-5"),
+            array(vec![line("+write"), line("+fast")]),
+            line(":1"),
+            line(":1"),
+            line(":1"),
+            array(vec![]),
+            array(vec![]),
+            array(vec![]),
+            array(vec![]),
+        ])
+    );
+    assert_eq!(info[1], line("*-1"));
+
+    // XADD options: NOMKSTREAM on a missing key, MAXLEN and MINID trims.
+    assert_eq!(ask(&mut raw, &[b"XADD", b"s", b"NOMKSTREAM", b"*", b"f", b"v"]), line("$-1"));
+    let mut ids = Vec::new();
+    for n in 0..6 {
+        let Value::Bulk(id) = ask(&mut raw, &[b"XADD", b"s", b"*", b"n", n.to_string().as_bytes()]) else { panic!() };
+        ids.push(String::from_utf8(id).unwrap());
+    }
+    let Value::Bulk(id) = ask(&mut raw, &[b"XADD", b"s", b"MAXLEN", b"~", b"5", b"*", b"n", b"6"]) else { panic!() };
+    ids.push(String::from_utf8(id).unwrap());
+    assert_eq!(ask(&mut raw, &[b"XLEN", b"s"]), line(":5"));
+    assert_eq!(ask(&mut raw, &[b"XTRIM", b"s", b"MINID", ids[4].as_bytes()]), line(":2"));
+    let Value::Array(kept) = ask(&mut raw, &[b"XRANGE", b"s", b"-", b"+"]) else { panic!() };
+    let kept: Vec<Value> = kept
+        .into_iter()
+        .map(|entry| match entry {
+            Value::Array(mut parts) => parts.remove(0),
+            other => other,
+        })
+        .collect();
+    assert_eq!(kept, ids[4..].iter().map(|id| bulk(id)).collect::<Vec<_>>());
+    // XREAD with + gives the last entry; XREVRANGE with exclusive bounds.
+    let last =
+        array(vec![array(vec![bulk("s"), array(vec![array(vec![bulk(&ids[6]), array(vec![bulk("n"), bulk("6")])])])])]);
+    assert_eq!(ask(&mut raw, &[b"XREAD", b"STREAMS", b"s", b"+"]), last);
+    let excl = format!("({}", ids[6]);
+    let Value::Array(before) = ask(&mut raw, &[b"XREVRANGE", b"s", excl.as_bytes(), b"-"]) else { panic!() };
+    assert_eq!(before.len(), 2);
+    // Keys over topics.
+    assert_eq!(ask(&mut raw, &[b"EXISTS", b"s", b"nope", b"s"]), line(":2"));
+    assert_eq!(ask(&mut raw, &[b"TYPE", b"nope"]), line("+none"));
+    let Value::Array(scan) = ask(&mut raw, &[b"SCAN", b"0", b"MATCH", b"s*", b"COUNT", b"100"]) else { panic!() };
+    assert_eq!(scan, vec![bulk("0"), array(vec![bulk("s")])]);
+    let Value::Bulk(info) = ask(&mut raw, &[b"INFO", b"keyspace"]) else { panic!() };
+    assert!(String::from_utf8_lossy(&info).contains("db0:keys=2"), "{info:?}");
+
+    // Groups: SETID, CREATECONSUMER, DELCONSUMER, XPENDING IDLE, XINFO.
+    assert!(ask(&mut raw, &[b"XGROUP", b"CREATE", b"nope", b"g", b"$"]).to_string_lossy().contains("MKSTREAM"));
+    assert_eq!(ask(&mut raw, &[b"XGROUP", b"CREATE", b"fresh", b"g", b"$", b"MKSTREAM"]), line("+OK"));
+    assert_eq!(ask(&mut raw, &[b"XGROUP", b"CREATE", b"s", b"g", b"0"]), line("+OK"));
+    assert_eq!(ask(&mut raw, &[b"XGROUP", b"CREATECONSUMER", b"s", b"g", b"c1"]), line(":1"));
+    assert_eq!(ask(&mut raw, &[b"XGROUP", b"CREATECONSUMER", b"s", b"g", b"c1"]), line(":0"));
+    let Value::Array(read) = ask(&mut raw, &[b"XREADGROUP", b"GROUP", b"g", b"c1", b"STREAMS", b"s", b">"]) else {
+        panic!()
+    };
+    assert_eq!(read.len(), 1);
+    let Value::Array(idle) = ask(&mut raw, &[b"XPENDING", b"s", b"g", b"IDLE", b"60000", b"-", b"+", b"10"]) else {
+        panic!()
+    };
+    assert!(idle.is_empty(), "nothing has been idle for a minute");
+    let Value::Array(all) = ask(&mut raw, &[b"XPENDING", b"s", b"g", b"-", b"+", b"10", b"c1"]) else { panic!() };
+    assert_eq!(all.len(), 3);
+    let Value::Array(consumers) = ask(&mut raw, &[b"XINFO", b"CONSUMERS", b"s", b"g"]) else { panic!() };
+    assert_eq!(consumers.len(), 1);
+    let Value::Array(stream) = ask(&mut raw, &[b"XINFO", b"STREAM", b"s"]) else { panic!() };
+    assert_eq!(stream[0..2], [bulk("length"), line(":3")]);
+    assert_eq!(stream[14..16], [bulk("groups"), line(":1")]);
+    // History re-delivery of c1's own pending entries, then SETID back.
+    let Value::Array(history) = ask(&mut raw, &[b"XREADGROUP", b"GROUP", b"g", b"c1", b"STREAMS", b"s", b"0"]) else {
+        panic!()
+    };
+    let Value::Array(key_and_entries) = &history[0] else { panic!() };
+    assert_eq!(key_and_entries[1].len(), 3);
+    assert_eq!(ask(&mut raw, &[b"XGROUP", b"DELCONSUMER", b"s", b"g", b"c1"]), line(":3"));
+    assert_eq!(
+        ask(&mut raw, &[b"XPENDING", b"s", b"g"]),
+        array(vec![line(":0"), line("$-1"), line("$-1"), line("*-1")])
+    );
+    assert_eq!(ask(&mut raw, &[b"XGROUP", b"SETID", b"s", b"g", b"0"]), line("+OK"));
+    let Value::Array(again) =
+        ask(&mut raw, &[b"XREADGROUP", b"GROUP", b"g", b"c2", b"COUNT", b"1", b"STREAMS", b"s", b">"])
+    else {
+        panic!()
+    };
+    assert_eq!(again.len(), 1);
+    assert!(ask(&mut raw, &[b"XGROUP", b"SETID", b"s", b"nosuch", b"0"]).to_string_lossy().starts_with("-NOGROUP"));
+    assert_eq!(ask(&mut raw, &[b"XGROUP", b"DESTROY", b"s", b"nosuch"]), line(":0"));
+}
+
+impl Value {
+    fn to_string_lossy(&self) -> String {
+        match self {
+            Value::Line(line) => line.clone(),
+            other => format!("{other:?}"),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Value::Array(items) => items.len(),
+            _ => 0,
+        }
+    }
 }
