@@ -4,15 +4,15 @@
 use std::io::Write;
 
 use anyhow::Result;
-use cairn_store::json::EventJson;
 use cairn_store::{Event, EventId, Store};
 
 /// Writes `event` as one JSON line, with its payload if `content`.
 pub fn event_line(out: &mut impl Write, store: &Store, event: &Event, content: bool) -> Result<()> {
     let payload = if content { store.content(event)? } else { None };
-    let json = EventJson::from_event(event, payload.as_deref());
-    serde_json::to_writer(&mut *out, &json)?;
-    out.write_all(b"\n")?;
+    let mut line = Vec::with_capacity(256);
+    cairn_store::json::write_event(&mut line, event, payload.as_deref());
+    line.push(b'\n');
+    out.write_all(&line)?;
     Ok(())
 }
 

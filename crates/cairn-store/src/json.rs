@@ -121,6 +121,63 @@ impl EventJson {
     }
 }
 
+/// Writes the JSON form of `event` (the bytes `serde_json` writes for
+/// [`EventJson::from_event`]) straight into `out`, without building the
+/// owned `EventJson` first: streaming reads write millions of these.
+pub fn write_event(out: &mut Vec<u8>, event: &Event, content: Option<&[u8]>) {
+    use std::io::Write as _;
+    let string = |out: &mut Vec<u8>, text: &str| {
+        serde_json::to_writer(&mut *out, text).expect("writing a string to a Vec cannot fail");
+    };
+    out.extend_from_slice(b"{\"id\":\"");
+    let _ = write!(out, "{}", event.id);
+    out.extend_from_slice(b"\",\"topic\":");
+    string(out, event.topic.as_str());
+    out.extend_from_slice(b",\"seq\":");
+    let _ = write!(out, "{}", event.seq);
+    if let Some(kind) = &event.kind {
+        out.extend_from_slice(b",\"type\":");
+        string(out, kind);
+    }
+    if let Some(meta) = &event.meta {
+        out.extend_from_slice(b",\"meta\":");
+        out.extend_from_slice(meta.as_bytes());
+    }
+    if let Some(hash) = &event.hash {
+        out.extend_from_slice(b",\"hash\":\"sha256-");
+        let mut encoded = [0u8; 44];
+        let n = base64::engine::general_purpose::STANDARD
+            .encode_slice(hash.0, &mut encoded)
+            .expect("44 bytes hold a base64 sha256");
+        out.extend_from_slice(&encoded[..n]);
+        out.extend_from_slice(b"\",\"size\":");
+        let _ = write!(out, "{}", event.size);
+    }
+    if event.ttl != Ttl::Forever {
+        out.extend_from_slice(b",\"ttl\":");
+        string(out, &event.ttl.to_string());
+    }
+    if let Some(user) = &event.user {
+        out.extend_from_slice(b",\"user\":");
+        string(out, user);
+    }
+    match content.map(std::str::from_utf8) {
+        None => {}
+        Some(Ok(text)) => {
+            out.extend_from_slice(b",\"content\":");
+            string(out, text);
+        }
+        Some(Err(_)) => {
+            out.extend_from_slice(b",\"content_base64\":\"");
+            out.extend_from_slice(
+                base64::engine::general_purpose::STANDARD.encode(content.unwrap_or_default()).as_bytes(),
+            );
+            out.push(b'"');
+        }
+    }
+    out.push(b'}');
+}
+
 /// One event of a batch as JSON (`cairn append --batch`, `POST /v1/batch`):
 /// `{"topic", "type"?, "meta"?, "content"|"content_base64"?, "ttl"?, "expect"?}`.
 #[derive(Debug, Deserialize)]
@@ -191,4 +248,49 @@ pub fn batch_from_json(
         return Err(StoreError::invalid("batch", "has no events"));
     }
     Ok(batch)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{InlineBytes, Payload};
+
+    #[test]
+    fn write_event_writes_what_serde_writes_for_event_json() {
+        let topic = Topic::new("orders.1").expect("valid topic");
+        let plain = Event {
+            id: EventId::now(),
+            topic: topic.clone(),
+            seq: 7,
+            kind: None,
+            meta: None,
+            hash: None,
+            size: 0,
+            ttl: Ttl::Forever,
+            user: None,
+            payload: Payload::None,
+            imported: false,
+        };
+        let full = Event {
+            kind: Some("Quote\"d \u{e9}".to_owned()),
+            meta: Some(r#"{"a":[1,2],"b":"\n"}"#.to_owned()),
+            hash: Some(Hash::of(b"x")),
+            size: 1,
+            ttl: Ttl::Last { n: 3 },
+            user: Some("alice".to_owned()),
+            payload: Payload::Inline(InlineBytes::from(&b"x"[..])),
+            ..plain.clone()
+        };
+        for (event, content) in [
+            (&plain, None),
+            (&full, None),
+            (&full, Some(&b"line\n\"quoted\"\t\x01"[..])),
+            (&full, Some(&b"\xff\x00"[..])),
+        ] {
+            let mut direct = Vec::new();
+            write_event(&mut direct, event, content);
+            let via_serde = serde_json::to_vec(&EventJson::from_event(event, content)).expect("serializes");
+            assert_eq!(String::from_utf8_lossy(&direct), String::from_utf8_lossy(&via_serde));
+        }
+    }
 }

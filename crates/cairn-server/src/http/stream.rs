@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, HeaderValue, Response, StatusCode, header};
-use cairn_store::json::EventJson;
 use cairn_store::{Delivery, Event, EventId, Pattern, Query, Store, SubscribeOptions};
 use futures_util::FutureExt as _;
 use tokio::sync::mpsc;
@@ -260,14 +259,15 @@ pub(crate) fn write_event(
     event: &Event,
     content: bool,
 ) -> ApiResult<()> {
+    // Verified against its hash, inline or not.
     let payload = if content { store.content(event)? } else { None };
-    let json = EventJson::from_event(event, payload.as_deref());
     if format == Format::Sse {
+        use std::io::Write as _;
         buf.extend_from_slice(b"id: ");
-        buf.extend_from_slice(json.id.as_bytes());
+        let _ = write!(buf, "{}", event.id);
         buf.extend_from_slice(b"\ndata: ");
     }
-    serde_json::to_writer(&mut *buf, &json).map_err(|error| ApiError::internal(error.to_string()))?;
+    cairn_store::json::write_event(buf, event, payload.as_deref());
     buf.extend_from_slice(if format == Format::Sse { b"\n\n" } else { b"\n" });
     Ok(())
 }

@@ -142,15 +142,18 @@ fn subscribe(conn: &mut Conn, args: &[Bytes]) -> CmdResult {
                     }
                     continue;
                 }
-                let data = match event.inline_payload() {
-                    Some(bytes) => bytes.to_vec(),
-                    None => match tokio::task::block_in_place(|| store.content(&event)) {
-                        Ok(content) => content.unwrap_or_default(),
-                        Err(error) => {
-                            tracing::warn!("subscription ended: {error}");
-                            return;
-                        }
-                    },
+                // Verified against its hash, inline or not.
+                let content = if event.inline_payload().is_some() {
+                    store.content(&event)
+                } else {
+                    tokio::task::block_in_place(|| store.content(&event))
+                };
+                let data = match content {
+                    Ok(content) => content.unwrap_or_default(),
+                    Err(error) => {
+                        tracing::warn!("subscription ended: {error}");
+                        return;
+                    }
                 };
                 if pushes.send(push_frame(&event, &data, proto)).await.is_err() {
                     return;

@@ -54,12 +54,9 @@ pub(crate) fn write_entries(conn: &mut Conn, entries: &[Entry]) {
     }
 }
 
-/// Loads the payload of `event`.
+/// Loads the payload of `event`, verified against its hash.
 pub(crate) fn with_content(store: &Store, event: Event) -> Result<Entry, Fail> {
-    let content = match event.inline_payload() {
-        Some(bytes) => Some(bytes.to_vec()),
-        None => store.content(&event)?,
-    };
+    let content = store.content(&event)?;
     Ok(Entry { id: StreamId::of(&event), event: Some((event, content)) })
 }
 
