@@ -75,7 +75,7 @@ pub async fn serve(config: Config, until: impl Future<Output = ()>, ready: impl 
     let tcp = match config.http {
         None => None,
         Some(addr) => {
-            let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listen on {addr}"))?;
+            let listener = listen::bind_tcp(addr).with_context(|| format!("listen on {addr}"))?;
             let bound = listener.local_addr()?;
             let tls = match &config.tls {
                 Some((cert, key)) => Some(listen::tls_acceptor(cert, key)?),
@@ -95,8 +95,7 @@ pub async fn serve(config: Config, until: impl Future<Output = ()>, ready: impl 
     let resp = match config.resp {
         None => None,
         Some(addr) => {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
+            let listener = listen::bind_tcp(addr)
                 .with_context(|| format!("listen for the Redis protocol on {addr} (--resp ADDR or --no-resp)"))?;
             let bound = listener.local_addr()?;
             addresses.push(format!("redis://{bound}"));

@@ -392,3 +392,61 @@ fn rss_kib(pid: i32) -> u64 {
         .parse()
         .unwrap()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_of_connections_are_served_or_refused_cleanly() {
+    let cairn = Cairn::new();
+    let server =
+        Server::start(&cairn, &["--insecure-no-auth", "--max-connections", "1000", "--header-timeout", "120s"]);
+    let address = server.url().trim_start_matches("http://").to_owned();
+    // 3,000 connections at once over HTTP and 1,500 over the Redis port.
+    let started = Instant::now();
+    let http: Vec<std::net::TcpStream> = (0..3000).map(|_| std::net::TcpStream::connect(&address).unwrap()).collect();
+    let resp: Vec<std::net::TcpStream> =
+        (0..1500).map(|_| std::net::TcpStream::connect(server.resp()).unwrap()).collect();
+    eprintln!("4,500 connections made in {:?}", started.elapsed());
+    std::thread::sleep(Duration::from_millis(500));
+    // Every connection over the limit is told why and closed; the others
+    // stay open, waiting for a request.
+    let sort = |streams: Vec<std::net::TcpStream>, expected: &str| {
+        let (mut refused, mut open) = (0, Vec::new());
+        for mut stream in streams {
+            stream.set_nonblocking(true).unwrap();
+            let mut reply = String::new();
+            match stream.read_to_string(&mut reply) {
+                Ok(_) => {
+                    assert!(reply.starts_with(expected), "{reply:?}");
+                    refused += 1;
+                }
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock && reply.is_empty() => {
+                    stream.set_nonblocking(false).unwrap();
+                    open.push(stream);
+                }
+                Err(error) => panic!("{error}: {reply:?}"),
+            }
+        }
+        (refused, open)
+    };
+    let (refused, http) = sort(http, "HTTP/1.1 503");
+    assert_eq!((refused, http.len()), (2000, 1000));
+    let (refused, resp) = sort(resp, "-ERR max number of clients reached");
+    assert_eq!((refused, resp.len()), (500, 1000));
+    // The accepted ones are served: a request on an HTTP connection, a
+    // command on a Redis one.
+    let (mut http, mut resp) = (http, resp);
+    let mut first = http.remove(0);
+    first.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    first.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut reply = String::new();
+    first.read_to_string(&mut reply).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    let mut redis = resp.remove(0);
+    redis.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    redis.write_all(b"PING\r\n").unwrap();
+    let mut pong = [0u8; 7];
+    redis.read_exact(&mut pong).unwrap();
+    assert_eq!(&pong, b"+PONG\r\n");
+    // The server stops cleanly with two thousand connections still open.
+    assert!(server.terminate().success());
+    drop((http, resp, redis));
+}
