@@ -263,6 +263,12 @@ async fn compatibility_routes() {
     let upto = call(&tcp, "GET", &format!("/events?to={a}"), &[], "").await.json();
     assert_eq!(upto.as_array().unwrap().len(), 1);
     assert_eq!(call(&tcp, "GET", &format!("/events/{b}"), &[], "").await.json()["body"], "text");
+    // A client's eventId names its event everywhere.
+    assert_eq!(a, "client-1");
+    assert_eq!(call(&tcp, "GET", "/events/client-1", &[], "").await.json(), first);
+    let from_client = call(&tcp, "GET", "/events?from=client-1&to=client-1", &[], "").await.json();
+    assert_eq!(from_client.as_array().unwrap().len(), 1);
+    assert_eq!(call(&tcp, "GET", "/events/client-2", &[], "").await.status, 404);
     // HEAD, ETag, 304, 412.
     let head = call(&tcp, "HEAD", "/events", &[], "").await;
     let etag = head.header("etag").unwrap().to_owned();

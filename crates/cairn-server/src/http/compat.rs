@@ -1,9 +1,11 @@
 //! Compatibility routes for clients of the minimal Haskell backend (seed
 //! 004): `/events`, `/storage`, `/info`. Thin views of the same store: the
 //! events live on one topic (`--compat-topic`, default `events`), an event's
-//! `eventType` is its type, its `body` (any JSON) is its payload, and a
-//! client's `eventId` is its idempotency key (a retry returns the original
-//! event within the store's idempotency window). Errors are
+//! `eventType` is its type, its `body` (any JSON) is its payload. A
+//! client's `eventId` is kept in the event's meta (`{"eventId": …}`), is
+//! the `eventId` the routes show for it, names it in `GET /events/{id}`
+//! and in `from`/`to`, and is its idempotency key (a retry returns the
+//! original event within the store's idempotency window). Errors are
 //! `{"status":"error","errorMessage":…}` with the native statuses; `handle`
 //! rewrites native errors on these paths, so every error takes this form.
 
@@ -72,12 +74,42 @@ fn compat_event<'a>(event: &'a Event, payload: Option<&[u8]>) -> CompatEvent<'a>
         })
         .unwrap_or_else(|| RawValue::from_string("null".to_owned()).expect("null is JSON"));
     CompatEvent {
-        event_id: event.id.to_string(),
+        event_id: client_id(event).unwrap_or_else(|| event.id.to_string()),
         event_type: event.kind.as_deref(),
         body,
         created_by: event.user.as_deref().unwrap_or("local"),
         created_at: rfc3339(event.timestamp_ms()),
     }
+}
+
+/// The `eventId` a client gave the event, kept in its meta.
+fn client_id(event: &Event) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Meta {
+        #[serde(rename = "eventId")]
+        event_id: Option<String>,
+    }
+    let meta = event.meta.as_deref()?;
+    serde_json::from_str::<Meta>(meta).ok()?.event_id
+}
+
+/// The event named `id` on the compatibility topic: cairn's own id, or
+/// else an `eventId` a client gave (found by scanning the topic from its
+/// newest event; client ids are the rarer case).
+fn find(store: &cairn_store::Store, topic: &cairn_store::Topic, id: &str) -> ApiResult<Event> {
+    if let Ok(cairn_id) = EventId::parse(id)
+        && let Some(event) = store.get(cairn_id)?.filter(|event| event.topic == *topic)
+    {
+        return Ok(event);
+    }
+    let query = Query { reverse: true, ..Query::new(Pattern::Exact(topic.clone())) };
+    for event in store.read(&query)? {
+        let event = event?;
+        if event.meta.is_some() && client_id(&event).as_deref() == Some(id) {
+            return Ok(event);
+        }
+    }
+    Err(ApiError::not_found("event", id))
 }
 
 /// `PUT`/`POST /events`: `{"eventType","body","eventId"?}`.
@@ -109,9 +141,11 @@ pub(crate) async fn append(
         cairn_store::check_idempotency_key(key)?;
     }
     let expect = if_match(&headers)?;
+    let meta = new.event_id.as_ref().map(|id| serde_json::json!({ "eventId": id }).to_string());
     let event = NewEvent {
         topic: Some(topic),
         kind: Some(new.event_type),
+        meta,
         payload: Some(new.body.get().as_bytes().to_vec()),
         user: principal.user_name().map(str::to_owned),
         ..NewEvent::default()
@@ -167,11 +201,17 @@ pub(crate) async fn list(
     mut params: Params,
     headers: HeaderMap,
 ) -> ApiResult<Response<Body>> {
-    let from = params.take("from")?.map(|id| EventId::parse(&id)).transpose()?;
-    let to = params.take("to")?.map(|id| EventId::parse(&id)).transpose()?;
+    let from = params.take("from")?;
+    let to = params.take("to")?;
     params.finish()?;
     let pattern = Pattern::Exact(app.config.compat_topic.clone());
     principal.check_read(&pattern)?;
+    let topic = app.config.compat_topic.clone();
+    let (from, to) = blocking(&app, move |store| {
+        let resolve = |id: Option<String>| id.map(|id| find(store, &topic, &id).map(|event| event.id)).transpose();
+        Ok((resolve(from)?, resolve(to)?))
+    })
+    .await?;
     let etag = compat_etag(&app).await?;
     if not_modified(&headers, &etag) {
         return Ok(not_modified_response(&etag));
@@ -233,15 +273,14 @@ pub(crate) async fn get_event(
     params.finish()?;
     let topic = app.config.compat_topic.clone();
     principal.check_read(&Pattern::Exact(topic.clone()))?;
-    let id = EventId::parse(&id)?;
     let (event, payload) = blocking(&app, move |store| {
-        let event =
-            store.get(id)?.filter(|event| event.topic == topic).ok_or_else(|| ApiError::not_found("event", id))?;
+        let event = find(store, &topic, &id)?;
         let payload = store.content(&event)?;
         Ok((event, payload))
     })
     .await?;
-    Ok(json_response(StatusCode::OK, to_json(&compat_event(&event, payload.as_deref()))?, Some(&format!("\"{id}\""))))
+    let etag = format!("\"{}\"", event.id);
+    Ok(json_response(StatusCode::OK, to_json(&compat_event(&event, payload.as_deref()))?, Some(&etag)))
 }
 
 /// `PUT /storage/`: stores the body; `{"status":"ok","hash":"<hex>","url"}`.
