@@ -424,3 +424,70 @@ async fn bad_input_gets_clear_errors() {
 fn bytes_of(n: usize) -> bytes::Bytes {
     bytes::Bytes::from(vec![b'x'; n])
 }
+
+/// Runs curl with `args`; returns stdout (curl must be installed).
+fn curl(args: &[&str]) -> String {
+    let output = std::process::Command::new("curl").args(["-sS", "--max-time", "10"]).args(args).output().unwrap();
+    assert!(output.status.success(), "curl {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).unwrap()
+}
+
+#[test]
+fn curl_transcript_over_the_socket_and_tcp() {
+    let cairn = Cairn::new();
+    cairn.ok(&["user", "add", "alice", "--read", "orders.>", "--write", "orders.>"], b"s3cret\n");
+    let server = Server::start(&cairn, &[]);
+    let socket = server.socket().to_str().unwrap().to_owned();
+    let base = "http://localhost";
+    // The socket needs no credentials.
+    let appended = curl(&[
+        "--unix-socket",
+        &socket,
+        &format!("{base}/v1/topics/greetings/events"),
+        "-d",
+        "hi there",
+        "-H",
+        "Cairn-Type: Greeting",
+    ]);
+    let event: serde_json::Value = serde_json::from_str(&appended).unwrap();
+    assert_eq!(
+        (event["topic"].as_str(), event["seq"].as_u64(), event["type"].as_str()),
+        (Some("greetings"), Some(0), Some("Greeting"))
+    );
+    let read = curl(&["--unix-socket", &socket, &format!("{base}/v1/events?topic=greetings&content=true")]);
+    let line: serde_json::Value = serde_json::from_str(read.trim()).unwrap();
+    assert_eq!(line["content"], "hi there");
+    // TCP: 401 without credentials, then Basic auth within alice's patterns.
+    let url = server.url();
+    let status = curl(&["-o", "/dev/null", "-w", "%{http_code}", &format!("{url}/v1/topics")]);
+    assert_eq!(status, "401");
+    let appended = curl(&["-u", "alice:s3cret", &format!("{url}/v1/topics/orders.1/events"), "-d", r#"{"sku":1}"#]);
+    assert!(appended.contains(r#""topic":"orders.1""#), "{appended}");
+    let status = curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-u",
+        "alice:s3cret",
+        &format!("{url}/v1/topics/other/events"),
+        "-d",
+        "x",
+    ]);
+    assert_eq!(status, "403");
+    // ETag and 304 as curl sees them.
+    let headers = curl(&["--unix-socket", &socket, "-I", &format!("{base}/v1/topics/greetings")]);
+    let etag = headers.lines().find_map(|l| l.strip_prefix("etag: ")).unwrap().trim().to_owned();
+    let status = curl(&[
+        "--unix-socket",
+        &socket,
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-H",
+        &format!("If-None-Match: {etag}"),
+        &format!("{base}/v1/topics/greetings"),
+    ]);
+    assert_eq!(status, "304");
+}
