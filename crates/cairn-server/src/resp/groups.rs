@@ -303,10 +303,10 @@ async fn xreadgroup(conn: &mut Conn, args: &[Bytes]) -> CmdResult {
         check_read(conn, key)?;
     }
     let store = conn.app.store.clone();
-    let cursor = store.last_id();
+    // Taken before the first look, so a wait misses nothing committed after it.
+    let mut subscription = read.block.is_some().then(|| streams::wait_on(&store, &read.keys));
     let history = read.ids.iter().any(|id| &id[..] != b">");
     let deadline = read.block.map(|block| (block > Duration::ZERO).then(|| Instant::now() + block));
-    let mut subscription = None;
     loop {
         let (found, pending) = deliver(conn, &store, &read, &group, &consumer).await?;
         durable(pending).await?;
@@ -320,10 +320,7 @@ async fn xreadgroup(conn: &mut Conn, args: &[Bytes]) -> CmdResult {
             conn.out.null_array();
             return Ok(());
         };
-        let subscription = match &mut subscription {
-            Some(subscription) => subscription,
-            None => subscription.insert(streams::wait_on(&store, &read.keys, cursor)?),
-        };
+        let subscription = subscription.as_mut().expect("taken when blocking");
         if streams::wait_for_event(conn, subscription, &read.keys, deadline).await.is_none() {
             conn.out.null_array();
             return Ok(());

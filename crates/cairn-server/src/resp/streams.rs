@@ -409,7 +409,7 @@ async fn xread(conn: &mut Conn, args: &[Bytes]) -> CmdResult {
     }
     let store = conn.app.store.clone();
     // Taken before the first look, so a wait misses nothing committed after it.
-    let cursor = store.last_id();
+    let mut subscription = read.block.is_some().then(|| wait_on(&store, &read.keys));
     let mut after = Vec::with_capacity(read.keys.len());
     let mut last_of = Vec::new();
     for (key, id) in read.keys.iter().zip(&read.ids) {
@@ -423,7 +423,6 @@ async fn xread(conn: &mut Conn, args: &[Bytes]) -> CmdResult {
         }
     }
     let deadline = read.block.map(|block| (block > Duration::ZERO).then(|| Instant::now() + block));
-    let mut subscription = None;
     loop {
         let found = tokio::task::block_in_place(|| -> Result<Vec<(Topic, Vec<Entry>)>, Fail> {
             let mut found = Vec::new();
@@ -453,10 +452,7 @@ async fn xread(conn: &mut Conn, args: &[Bytes]) -> CmdResult {
         };
         // `+` asks for the last entry; once a new one exists it qualifies.
         last_of.clear();
-        let subscription = match &mut subscription {
-            Some(subscription) => subscription,
-            None => subscription.insert(wait_on(&store, &read.keys, cursor)?),
-        };
+        let subscription = subscription.as_mut().expect("taken when blocking");
         let Some(first) = wait_for_event(conn, subscription, &read.keys, deadline).await else {
             conn.out.null_array();
             return Ok(());
@@ -495,14 +491,15 @@ async fn xread(conn: &mut Conn, args: &[Bytes]) -> CmdResult {
     }
 }
 
-/// A subscription that wakes on every commit to `keys` after `cursor`.
-pub(crate) fn wait_on(store: &Store, keys: &[Topic], cursor: EventId) -> Result<cairn_store::Subscription, Fail> {
+/// Live events of `keys` from now on: taken before a blocking read's first
+/// look, so an event committed in between still wakes it. Live only, so a
+/// wake-up needs no index lookup (the ring hands the event over).
+pub(crate) fn wait_on(store: &Store, keys: &[Topic]) -> cairn_store::Subscription {
     let pattern = match keys {
         [key] => Pattern::Exact(key.clone()),
         _ => Pattern::all(),
     };
-    let query = Query { after: Some(cursor), ..Query::new(pattern) };
-    Ok(tokio::task::block_in_place(|| store.subscribe(&query, SubscribeOptions::default()))?)
+    store.subscribe_live(pattern, SubscribeOptions::default())
 }
 
 /// Waits until an event of `keys` commits (and returns it), the deadline
