@@ -17,6 +17,7 @@
 //! - `read.rs` (queries), `live.rs` (recent events), `subscription.rs`.
 //! - `json.rs`: the JSON form of events shared by all front ends.
 //! - `cas.rs` (content files), `verify.rs`, `limits.rs`, `error.rs`.
+//! - `faults.rs`: fault injection for tests (crash, power loss, EIO, ENOSPC).
 //! - Value types: `event.rs`, `topic.rs`, `id.rs`.
 //!
 //! This crate never opens a socket.
@@ -24,6 +25,7 @@
 mod cas;
 mod error;
 mod event;
+pub mod faults;
 mod id;
 mod index;
 pub mod json;

@@ -91,6 +91,9 @@ pub struct Options {
     pub idempotency_window: Duration,
     /// How often expired (`time:<duration>`) events are removed.
     pub retention_interval: Duration,
+    /// Fault injection for tests (crashes, power loss, EIO, ENOSPC); `None`
+    /// in real use.
+    pub faults: Option<Arc<crate::faults::Faults>>,
 }
 
 impl Default for Options {
@@ -102,6 +105,7 @@ impl Default for Options {
             payload_bytes_max: limits::PAYLOAD_BYTES_MAX_DEFAULT,
             idempotency_window: Duration::from_millis(limits::IDEMPOTENCY_WINDOW_MS_DEFAULT),
             retention_interval: Duration::from_secs(1),
+            faults: None,
         }
     }
 }
@@ -317,6 +321,8 @@ impl Store {
         let file = OpenOptions::new()
             .append(true)
             .open(segments.path(tail.segment))
+            .map_err(StoreError::io("open the log's last segment"))?;
+        let file = crate::faults::LogFile::new(file, &segments.path(tail.segment), options.faults.clone())
             .map_err(StoreError::io("open the log's last segment"))?;
         segments.map(tail.segment, tail.offset.max(options.segment_bytes))?;
         let last_id = tail.last_id;

@@ -8,8 +8,6 @@
 //! and after a failed fdatasync it acknowledges nothing again (poisoned).
 
 use std::collections::HashMap;
-use std::fs::File;
-use std::io::Write as _;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
@@ -18,6 +16,7 @@ use tokio::sync::oneshot;
 
 use crate::error::{Result, StoreError};
 use crate::event::{Event, Expect, Payload, Ttl};
+use crate::faults::LogFile;
 use crate::id::{EventId, IdGenerator};
 use crate::index::Checkpoint;
 use crate::limits::{GROUP_BYTES_MAX, RECORD_BYTES_MAX};
@@ -80,7 +79,7 @@ pub(crate) enum Request {
 /// The writer's state; lives on its own thread.
 pub(crate) struct Writer {
     shared: Arc<Shared>,
-    file: File,
+    file: LogFile,
     segment: u32,
     offset: u64,
     /// Last seq and id of every topic written since open. Other topics'
@@ -151,7 +150,7 @@ fn clone_error(error: &StoreError) -> StoreError {
 }
 
 impl Writer {
-    pub(crate) fn new(shared: Arc<Shared>, file: File, end: Checkpoint, ids: IdGenerator) -> Writer {
+    pub(crate) fn new(shared: Arc<Shared>, file: LogFile, end: Checkpoint, ids: IdGenerator) -> Writer {
         Writer {
             shared,
             file,
@@ -490,9 +489,7 @@ impl Writer {
         if !self.buf.is_empty() {
             if let Err(source) = self.file.write_all(&self.buf) {
                 // Cut the partial write so the log ends at the last good record.
-                let _ = self.file.set_len(self.offset);
-                use std::io::Seek as _;
-                let _ = self.file.seek(std::io::SeekFrom::Start(self.offset));
+                let _ = self.file.cut(self.offset);
                 return Err(StoreError::Io { context: format!("write log segment {}", self.segment), source });
             }
             self.unsynced = true;
@@ -513,8 +510,15 @@ impl Writer {
             self.sync()?;
         }
         let next = self.segment + 1;
+        if self.file.crashed() {
+            return Err(StoreError::Io {
+                context: "roll the log".to_owned(),
+                source: std::io::Error::other("fault injection: the process has crashed"),
+            });
+        }
         let file = create_segment(self.shared.segments.dir(), next)?;
-        self.file = file;
+        self.file = LogFile::new(file, &self.shared.segments.path(next), self.shared.options.faults.clone())
+            .map_err(StoreError::io("open the new log segment"))?;
         self.segment = next;
         self.offset = SEGMENT_HEADER_BYTES;
         self.shared.segments.map(next, self.shared.options.segment_bytes)?;

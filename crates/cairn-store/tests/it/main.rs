@@ -4,7 +4,9 @@
 //! example, `model` checks random operation sequences against an in-memory
 //! model, `recovery` damages the log's tail byte by byte, `subscribe` checks
 //! the history/live switch under concurrent writers, and `crash` kills a
-//! child process that appends and checks every acknowledged event survives.
+//! child process that appends and checks every acknowledged event survives,
+//! and `simulation` crashes and cuts power to a store under a seeded random
+//! workload through the fault layer (`cairn_store::faults`).
 
 #![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
 
@@ -12,6 +14,7 @@ mod basics;
 mod crash;
 mod model;
 mod recovery;
+mod simulation;
 mod subscribe;
 mod tidy;
 

@@ -1,0 +1,175 @@
+//! Fault injection for tests: a store opened with [`Options::faults`] sends
+//! its log writes through [`LogFile`], which can fail an fdatasync with EIO,
+//! refuse writes with ENOSPC, tear a write, or stop writing altogether (a
+//! crash), and which remembers how much of each log file was fdatasynced.
+//! After a crash, [`Faults::lose_power`] cuts every log file back to what
+//! was synced (keeping a chosen part of the rest: a torn write), as a power
+//! loss would. Not a mock: the engine runs unchanged over real files.
+//!
+//! [`Options::faults`]: crate::Options::faults
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, Seek as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// What to break, shared between a test and the store it opened.
+#[derive(Default)]
+pub struct Faults {
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    /// fdatasyncs still to fail with EIO.
+    failing_syncs: u32,
+    /// Writes fail with ENOSPC while set.
+    no_space: bool,
+    /// The next write persists only this many bytes, then the process
+    /// "dies" (everything after fails).
+    tear_next_write_at: Option<usize>,
+    /// Nothing reaches the files any more.
+    crashed: bool,
+    /// Length and fdatasynced length of every log file written.
+    files: HashMap<PathBuf, Lengths>,
+}
+
+#[derive(Clone, Copy, Default)]
+struct Lengths {
+    written: u64,
+    synced: u64,
+}
+
+impl std::fmt::Debug for Faults {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Faults")
+    }
+}
+
+impl Faults {
+    /// The next `n` fdatasyncs of the log fail with EIO.
+    pub fn fail_next_syncs(&self, n: u32) {
+        self.lock().failing_syncs = n;
+    }
+
+    /// While `on`, log writes fail with ENOSPC (and write nothing).
+    pub fn set_no_space(&self, on: bool) {
+        self.lock().no_space = on;
+    }
+
+    /// The next log write persists its first `at` bytes, then the process
+    /// dies (as [`Faults::crash`]).
+    pub fn tear_next_write_at(&self, at: usize) {
+        self.lock().tear_next_write_at = Some(at);
+    }
+
+    /// The process dies: from now on nothing reaches the log files.
+    pub fn crash(&self) {
+        self.lock().crashed = true;
+    }
+
+    /// After a crash, what a power loss leaves: each log file is cut back to
+    /// its fdatasynced length plus `keep(unsynced)` bytes of what followed
+    /// (at most all of it). Returns the bytes cut.
+    pub fn lose_power(&self, mut keep: impl FnMut(u64) -> u64) -> io::Result<u64> {
+        let state = self.lock();
+        assert!(state.crashed, "lose_power needs a crashed store (call crash() and drop the store first)");
+        let mut cut = 0;
+        for (path, lengths) in &state.files {
+            let len = std::fs::metadata(path)?.len();
+            let unsynced = len.saturating_sub(lengths.synced);
+            let kept = lengths.synced + keep(unsynced).min(unsynced);
+            if kept < len {
+                std::fs::OpenOptions::new().write(true).open(path)?.set_len(kept)?;
+                cut += len - kept;
+            }
+        }
+        Ok(cut)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// A log segment file as the writer sees it: a plain file, or one whose
+/// writes go through [`Faults`].
+pub(crate) struct LogFile {
+    file: File,
+    path: PathBuf,
+    faults: Option<std::sync::Arc<Faults>>,
+}
+
+fn crashed() -> io::Error {
+    io::Error::other("fault injection: the process has crashed")
+}
+
+impl LogFile {
+    /// Wraps `file` at `path`; everything in it now counts as synced.
+    pub(crate) fn new(file: File, path: &Path, faults: Option<std::sync::Arc<Faults>>) -> io::Result<LogFile> {
+        if let Some(faults) = &faults {
+            let len = file.metadata()?.len();
+            faults.lock().files.insert(path.to_owned(), Lengths { written: len, synced: len });
+        }
+        Ok(LogFile { file, path: path.to_owned(), faults })
+    }
+
+    /// Whether nothing may be written any more (a simulated crash).
+    pub(crate) fn crashed(&self) -> bool {
+        self.faults.as_ref().is_some_and(|faults| faults.lock().crashed)
+    }
+
+    pub(crate) fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let Some(faults) = &self.faults else { return self.file.write_all(bytes) };
+        let mut state = faults.lock();
+        if state.crashed {
+            return Err(crashed());
+        }
+        if state.no_space {
+            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+        }
+        if let Some(at) = state.tear_next_write_at.take() {
+            let at = at.min(bytes.len());
+            self.file.write_all(&bytes[..at])?;
+            state.files.entry(self.path.clone()).or_default().written += at as u64;
+            state.crashed = true;
+            return Err(crashed());
+        }
+        self.file.write_all(bytes)?;
+        state.files.entry(self.path.clone()).or_default().written += bytes.len() as u64;
+        Ok(())
+    }
+
+    pub(crate) fn sync_data(&self) -> io::Result<()> {
+        let Some(faults) = &self.faults else { return self.file.sync_data() };
+        let mut state = faults.lock();
+        if state.crashed {
+            return Err(crashed());
+        }
+        if state.failing_syncs > 0 {
+            state.failing_syncs -= 1;
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        self.file.sync_data()?;
+        let lengths = state.files.entry(self.path.clone()).or_default();
+        lengths.synced = lengths.written;
+        Ok(())
+    }
+
+    /// Cuts the file back to `len` (after a failed write).
+    pub(crate) fn cut(&mut self, len: u64) -> io::Result<()> {
+        if let Some(faults) = &self.faults {
+            let mut state = faults.lock();
+            if state.crashed {
+                return Err(crashed());
+            }
+            let lengths = state.files.entry(self.path.clone()).or_default();
+            lengths.written = len;
+            lengths.synced = lengths.synced.min(len);
+        }
+        self.file.set_len(len)?;
+        self.file.seek(io::SeekFrom::Start(len))?;
+        Ok(())
+    }
+}
