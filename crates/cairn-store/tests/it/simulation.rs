@@ -315,3 +315,60 @@ fn a_torn_write_is_cut_on_recovery_and_nothing_of_it_is_visible() {
         assert!(store.verify().unwrap().ok());
     }
 }
+
+/// Flips one byte of `path` at the first occurrence of `needle`.
+fn flip(path: &std::path::Path, needle: &[u8]) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let at = bytes.windows(needle.len()).position(|w| w == needle).expect("needle in file");
+    bytes[at + needle.len() / 2] ^= 0x20;
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn bit_rot_at_rest_is_an_error_on_read_and_named_by_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), options(None)).unwrap();
+    let rotten = store.append(NewEvent::new(topic("t"), "NEEDLE-IN-A-SEALED-SEGMENT"), Expect::Any).unwrap();
+    let big = vec![b'c'; 6000];
+    let stored = store.append(NewEvent::new(topic("t"), big.clone()), Expect::Any).unwrap();
+    // Enough to seal the first segment (16 KiB).
+    for n in 0..200 {
+        store.append(NewEvent::new(topic("t"), format!("filler {n} {}", "f".repeat(100))), Expect::Any).unwrap();
+    }
+    drop(store);
+    flip(&dir.path().join("log").join("0000000000.seg"), b"NEEDLE-IN-A-SEALED-SEGMENT");
+    let mut cas_files = Vec::new();
+    for entry in walk(&dir.path().join("cas")) {
+        if std::fs::read(&entry).unwrap() == big {
+            cas_files.push(entry);
+        }
+    }
+    assert_eq!(cas_files.len(), 1, "the content file of the big payload");
+    flip(&cas_files[0], b"cccccccc");
+    let store = Store::open(dir.path(), options(None)).unwrap();
+    // Reads fail with an error naming the place, never return wrong bytes.
+    let error = store.get(rotten.id).and_then(|e| store.content(&e.expect("indexed"))).unwrap_err();
+    assert_eq!(error.code(), "corrupt", "{error}");
+    let event = store.get(stored.id).unwrap().unwrap();
+    let error = store.content(&event).unwrap_err();
+    assert_eq!(error.code(), "corrupt", "{error}");
+    // verify names both places.
+    let report = store.verify().unwrap();
+    assert!(!report.ok());
+    let problems = report.problems.join("\n");
+    assert!(problems.contains("segment 0000000000"), "{problems}");
+    assert!(problems.contains(&cairn_store::Hash::of(&big).sri()) || problems.contains("content"), "{problems}");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
