@@ -1,5 +1,5 @@
 //! A server's life and its clients: the CLI through the socket (same output
-//! as local), graceful shutdown, kill -9 during concurrent appends, stale and
+//! as local), graceful shutdown, kill -9 during load on every interface, stale and
 //! live sockets, settings precedence, and hostile clients.
 
 use std::collections::BTreeMap;
@@ -150,16 +150,38 @@ async fn graceful_shutdown_loses_nothing_and_ends_streams() {
     assert!(!cairn.store().join("cairn.sock").exists(), "the socket is removed on a clean stop");
 }
 
+/// Acknowledgements clients received before a kill -9.
+#[derive(Default)]
+struct Acked {
+    /// HTTP appends: id, seq, body.
+    http: Vec<(String, u64, String)>,
+    /// XADDs: key, entry id, value.
+    resp: Vec<(String, String, String)>,
+    /// XACKed entry ids of the group `workers` on `r.jobs`.
+    xacked: Vec<String>,
+}
+
+/// The crash harness: kill -9 of `cairn serve` at random moments while
+/// clients append over the Unix socket and TCP (HTTP) and the Redis
+/// protocol, and a consumer-group worker reads and XACKs; after each
+/// restart every acknowledgement must hold. `CAIRN_SERVER_CRASH_CYCLES=N`
+/// (default 3); `scripts/crash-long` runs many in release and prints the
+/// totals.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill9_during_concurrent_appends_loses_no_acknowledged_event() {
+async fn kill9_during_load_on_every_interface_loses_nothing_acknowledged() {
     let cairn = Cairn::new();
     let cycles: usize = std::env::var("CAIRN_SERVER_CRASH_CYCLES").ok().and_then(|n| n.parse().ok()).unwrap_or(3);
-    let acked = Arc::new(Mutex::new(Vec::<(String, u64, String)>::new()));
+    let acked = Arc::new(Mutex::new(Acked::default()));
+    let mut checked_after_restart = 0;
     for cycle in 0..cycles {
         // The socket file of the killed server is stale: the next start replaces it.
         let server = Server::start(&cairn, &["--insecure-no-auth", "--sync", "always"]);
+        if cycle > 0 {
+            checked_after_restart += check_group(&server, &acked.lock().unwrap().xacked);
+        }
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut writers = Vec::new();
-        for writer in 0..6 {
+        for writer in 0..4 {
             let client = if writer % 2 == 0 { server.unix() } else { server.tcp() };
             let acked = acked.clone();
             writers.push(tokio::spawn(async move {
@@ -171,21 +193,97 @@ async fn kill9_during_concurrent_appends_loses_no_acknowledged_event() {
                         Ok(reply) if reply.status == 201 => {
                             let Ok(json) = reply.json::<serde_json::Value>().await else { return };
                             let id = json["id"].as_str().unwrap().to_owned();
-                            acked.lock().unwrap().push((id, json["seq"].as_u64().unwrap(), body));
+                            acked.lock().unwrap().http.push((id, json["seq"].as_u64().unwrap(), body));
                         }
                         _ => return,
                     }
                 }
             }));
         }
-        tokio::time::sleep(Duration::from_millis(150 + 100 * cycle as u64)).await;
+        let addr = server.resp();
+        let mut threads = Vec::new();
+        for writer in 0..3 {
+            let (acked, stop) = (acked.clone(), stop.clone());
+            threads.push(std::thread::spawn(move || {
+                let Ok(mut con) = redis::Client::open(format!("redis://{addr}/")).and_then(|c| c.get_connection())
+                else {
+                    return;
+                };
+                let key = if writer == 0 { "r.jobs".to_owned() } else { format!("r.{writer}") };
+                for n in 0.. {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        return;
+                    }
+                    let value = format!("c{cycle}-x{writer}-{n}");
+                    match redis::cmd("XADD").arg(&key).arg("*").arg("v").arg(&value).query::<String>(&mut con) {
+                        Ok(id) => acked.lock().unwrap().resp.push((key.clone(), id, value)),
+                        Err(_) => return,
+                    }
+                }
+            }));
+        }
+        // A consumer-group worker: read, then XACK what it read.
+        let (worker_acked, worker_stop) = (acked.clone(), stop.clone());
+        threads.push(std::thread::spawn(move || {
+            let Ok(mut con) = redis::Client::open(format!("redis://{addr}/")).and_then(|c| c.get_connection()) else {
+                return;
+            };
+            let _ = redis::cmd("XGROUP")
+                .arg("CREATE")
+                .arg("r.jobs")
+                .arg("workers")
+                .arg("0")
+                .arg("MKSTREAM")
+                .query::<()>(&mut con);
+            while !worker_stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let reply: redis::RedisResult<Option<redis::streams::StreamReadReply>> = redis::cmd("XREADGROUP")
+                    .arg("GROUP")
+                    .arg("workers")
+                    .arg("w")
+                    .arg("COUNT")
+                    .arg(20)
+                    .arg("BLOCK")
+                    .arg(100)
+                    .arg("STREAMS")
+                    .arg("r.jobs")
+                    .arg(">")
+                    .query(&mut con);
+                let Ok(reply) = reply else { return };
+                let ids: Vec<String> =
+                    reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids).map(|e| e.id).collect();
+                if ids.is_empty() {
+                    continue;
+                }
+                match redis::cmd("XACK").arg("r.jobs").arg("workers").arg(&ids).query::<u64>(&mut con) {
+                    Ok(_) => worker_acked.lock().unwrap().xacked.extend(ids),
+                    Err(_) => return,
+                }
+            }
+        }));
+        // A pseudo-random moment: between 150 and 650 ms into the load.
+        let jitter = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() % 500;
+        tokio::time::sleep(Duration::from_millis(150 + u64::from(jitter))).await;
         server.kill9();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
         for writer in writers {
             writer.await.unwrap();
         }
+        for thread in threads {
+            thread.join().unwrap();
+        }
     }
-    let acked = acked.lock().unwrap().clone();
-    assert!(acked.len() > 50, "only {} appends", acked.len());
+    // A last restart checks the group, then the store is read directly.
+    let server = Server::start(&cairn, &["--insecure-no-auth"]);
+    checked_after_restart += check_group(&server, &acked.lock().unwrap().xacked);
+    let stored_resp = resp_entries(&server, &["r.jobs", "r.1", "r.2"]);
+    drop(server);
+    let acked = std::mem::take(&mut *acked.lock().unwrap());
+    assert!(
+        acked.http.len() > 50 && acked.resp.len() > 50,
+        "too few appends: {} and {}",
+        acked.http.len(),
+        acked.resp.len()
+    );
     let stored: BTreeMap<String, (u64, String)> = cairn
         .ok(&["cat", "t.*", "--content"], b"")
         .into_iter()
@@ -196,31 +294,56 @@ async fn kill9_during_concurrent_appends_loses_no_acknowledged_event() {
             )
         })
         .collect();
-    for (id, seq, body) in &acked {
+    for (id, seq, body) in &acked.http {
         assert_eq!(stored.get(id), Some(&(*seq, body.clone())), "acknowledged event {id} lost or changed");
+    }
+    for (key, id, value) in &acked.resp {
+        assert_eq!(
+            stored_resp.get(&(key.clone(), id.clone())),
+            Some(value),
+            "acknowledged entry {key} {id} lost or changed"
+        );
     }
     let verify = cairn.ok(&["verify"], b"");
     assert_eq!(verify[0]["problems"], serde_json::json!([]));
+    eprintln!(
+        "crash harness: {cycles} kill -9 cycles, {} acknowledged events checked ({} HTTP, {} Redis), {} XACKs checked over {} restarts, 0 violations",
+        acked.http.len() + acked.resp.len(),
+        acked.http.len(),
+        acked.resp.len(),
+        acked.xacked.len(),
+        checked_after_restart,
+    );
 }
 
-#[test]
-fn a_live_socket_is_never_replaced() {
-    let cairn = Cairn::new();
-    let server = Server::start_raw(&cairn, &["serve"]);
-    // Same store: the lock says who holds it.
-    let output = cairn.command(&["serve"]).output().unwrap();
-    assert!(!output.status.success());
-    // Another store, the same socket path: refused, the first server unharmed.
-    let other = Cairn::new();
-    let socket = server.socket().to_str().unwrap().to_owned();
-    let output = other.command(&["serve", "--socket", &socket]).output().unwrap();
-    assert!(!output.status.success());
-    assert!(
-        String::from_utf8_lossy(&output.stderr).contains("already listening"),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert_eq!(cairn.ok(&["topics"], b"").len(), 1);
+/// Checks that no XACKed entry is pending in the group after a restart;
+/// returns 1 (a restart checked).
+fn check_group(server: &Server, xacked: &[String]) -> usize {
+    let mut con = redis::Client::open(format!("redis://{}/", server.resp())).unwrap().get_connection().unwrap();
+    let pending: redis::RedisResult<Vec<(String, String, u64, u64)>> =
+        redis::cmd("XPENDING").arg("r.jobs").arg("workers").arg("-").arg("+").arg(1_000_000).query(&mut con);
+    // Before the first XGROUP CREATE there is no group yet.
+    let Ok(pending) = pending else { return 1 };
+    let pending: std::collections::HashSet<String> = pending.into_iter().map(|(id, ..)| id).collect();
+    for id in xacked {
+        assert!(!pending.contains(id), "XACKed entry {id} is pending again after kill -9");
+    }
+    1
+}
+
+/// Every entry of `keys`: (key, id) → value of field `v`.
+fn resp_entries(server: &Server, keys: &[&str]) -> BTreeMap<(String, String), String> {
+    let mut con = redis::Client::open(format!("redis://{}/", server.resp())).unwrap().get_connection().unwrap();
+    let mut out = BTreeMap::new();
+    for key in keys {
+        let range: redis::streams::StreamRangeReply =
+            redis::cmd("XRANGE").arg(*key).arg("-").arg("+").query(&mut con).unwrap();
+        for entry in range.ids {
+            let value: String = entry.get("v").unwrap();
+            out.insert(((*key).to_owned(), entry.id.clone()), value);
+        }
+    }
+    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
