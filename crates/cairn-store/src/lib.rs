@@ -39,6 +39,44 @@ mod subscription;
 mod topic;
 mod verify;
 
+/// Entry points for fuzz targets and property tests (`fuzz/`); not a
+/// stable API.
+#[doc(hidden)]
+pub mod fuzzing {
+    /// Decodes a record body (its crc already checked) as recovery would.
+    pub fn decode_record(body: &[u8]) -> bool {
+        crate::log::codec::decode_record(body).is_ok()
+    }
+
+    /// Frames `body` as a record (length and crc) and reads it back as the
+    /// tail scan does.
+    pub fn frame_and_unframe(body: &[u8]) -> bool {
+        let mut framed = Vec::new();
+        crate::log::codec::frame(&mut framed, |out| out.extend_from_slice(body));
+        matches!(crate::log::codec::unframe(&framed), Ok(Some(read)) if read == body)
+    }
+
+    /// Every value parser of the store's API, on one input.
+    pub fn parse_values(text: &str) {
+        let _ = crate::Topic::new(text);
+        let _ = crate::Pattern::parse(text);
+        let _ = crate::parse_duration_ms(text);
+        let _ = crate::EventId::parse(text);
+        let _ = crate::Hash::parse(text);
+        let _ = crate::Expect::parse(text);
+        let _ = crate::Ttl::parse(text);
+        let _ = crate::check_meta(text);
+        let _ = crate::SyncMode::parse(text);
+    }
+
+    /// One line of an NDJSON export, as `import` reads it.
+    pub fn import_line(line: &[u8]) {
+        if let Ok(json) = serde_json::from_slice::<crate::json::EventJson>(line) {
+            let _ = json.into_imported();
+        }
+    }
+}
+
 pub use error::{Result, StoreError};
 pub use event::{
     Batch, Event, Expect, Hash, InlineBytes, NewEvent, Payload, Ttl, check_idempotency_key, check_meta,

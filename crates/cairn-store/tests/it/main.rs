@@ -13,6 +13,7 @@
 mod basics;
 mod crash;
 mod model;
+mod parsers;
 mod recovery;
 mod simulation;
 mod subscribe;
