@@ -3,7 +3,7 @@
 //! touching storage. Writers never wait for readers: the ring drops its
 //! oldest events, and a subscriber behind them reads from storage instead.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
@@ -17,7 +17,11 @@ use crate::topic::Pattern;
 pub(crate) struct Live {
     state: Mutex<Ring>,
     closed: std::sync::atomic::AtomicBool,
+    /// Wakes subscriptions to wildcard patterns on every group.
     signal: watch::Sender<u64>,
+    /// Wakes subscriptions to one topic only when a group touches it, so a
+    /// thousand followers of quiet topics cost a busy writer nothing.
+    topics: Mutex<HashMap<Box<str>, watch::Sender<u64>>>,
 }
 
 struct Ring {
@@ -44,12 +48,13 @@ impl Live {
             state: Mutex::new(Ring { events: VecDeque::new(), floor: last, last }),
             closed: std::sync::atomic::AtomicBool::new(false),
             signal,
+            topics: Mutex::new(HashMap::new()),
         }
     }
 
     /// Whether any subscription exists (if none, groups need not be kept).
     pub(crate) fn has_subscribers(&self) -> bool {
-        self.signal.receiver_count() > 0
+        self.signal.receiver_count() > 0 || !self.topics.lock().expect("topic signals lock").is_empty()
     }
 
     /// Adds a committed group (in id order) and wakes subscribers. With
@@ -57,6 +62,7 @@ impl Live {
     /// subscribed when it was planned): the ring then forgets everything up
     /// to `last`, and a subscriber that needs those events reads storage.
     pub(crate) fn publish(&self, events: Vec<Arc<Event>>, last: EventId, complete: bool) {
+        let touched = complete.then(|| self.touched(&events));
         {
             let mut ring = self.state.lock().expect("live ring lock");
             if !complete {
@@ -78,13 +84,54 @@ impl Live {
                 ring.floor = ring.last;
             }
         }
+        // After the ring holds the group, so no woken subscriber misses it.
+        self.wake_topics(touched);
         self.signal.send_modify(|generation| *generation += 1);
+    }
+
+    /// The topics of `events` that someone follows on their own.
+    fn touched(&self, events: &[Arc<Event>]) -> Vec<crate::topic::Topic> {
+        let topics = self.topics.lock().expect("topic signals lock");
+        let mut touched: Vec<crate::topic::Topic> = Vec::new();
+        if topics.is_empty() {
+            return touched;
+        }
+        for event in events {
+            if topics.contains_key(event.topic.as_str()) && !touched.contains(&event.topic) {
+                touched.push(event.topic.clone());
+            }
+        }
+        touched
+    }
+
+    /// A signal that fires when a group touches `topic` (or the store closes).
+    pub(crate) fn watch_topic(&self, topic: &str) -> watch::Receiver<u64> {
+        let mut topics = self.topics.lock().expect("topic signals lock");
+        topics.entry(topic.into()).or_insert_with(|| watch::channel(0).0).subscribe()
     }
 
     /// Ends every subscription: the store is closing.
     pub(crate) fn close(&self) {
         self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.wake_topics(None);
         self.signal.send_modify(|generation| *generation += 1);
+    }
+
+    /// Fires the signals of `touched` topics (of every topic with `None`)
+    /// and drops the signals nobody listens to any more.
+    fn wake_topics(&self, touched: Option<Vec<crate::topic::Topic>>) {
+        let mut topics = self.topics.lock().expect("topic signals lock");
+        topics.retain(|_, sender| sender.receiver_count() > 0);
+        match touched {
+            None => topics.values().for_each(|sender| sender.send_modify(|generation| *generation += 1)),
+            Some(touched) => {
+                for topic in touched {
+                    if let Some(sender) = topics.get(topic.as_str()) {
+                        sender.send_modify(|generation| *generation += 1);
+                    }
+                }
+            }
+        }
     }
 
     pub(crate) fn is_closed(&self) -> bool {

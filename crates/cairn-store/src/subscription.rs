@@ -69,7 +69,11 @@ impl Subscription {
         history: bool,
         options: SubscribeOptions,
     ) -> Subscription {
-        let signal = shared.live.watch();
+        // A subscription to one topic wakes only for that topic's commits.
+        let signal = match pattern.exact() {
+            Some(topic) => shared.live.watch_topic(topic.as_str()),
+            None => shared.live.watch(),
+        };
         let indexed = shared.progress.watch_indexed();
         Subscription {
             shared,

@@ -14,6 +14,7 @@ mod http;
 mod lifecycle;
 mod resp;
 mod serve;
+mod soak;
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
