@@ -491,3 +491,211 @@ fn curl_transcript_over_the_socket_and_tcp() {
     ]);
     assert_eq!(status, "304");
 }
+
+/// splitmix64, for reproducible random requests.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
+        items[(self.next() % items.len() as u64) as usize]
+    }
+}
+
+/// One random request built from the real surface: routes with good and bad
+/// path parts, known and unknown parameters with good and bad values,
+/// headers, and bodies (JSON, NDJSON, binary, empty).
+fn random_request(rng: &mut Rng) -> Vec<u8> {
+    const METHODS: &[&str] = &["GET", "POST", "PUT", "DELETE", "HEAD", "PATCH", "OPTIONS"];
+    const ROUTES: &[&str] = &[
+        "/v1/topics",
+        "/v1/topics/{}",
+        "/v1/topics/{}/events",
+        "/v1/batch",
+        "/v1/events",
+        "/v1/events/{}",
+        "/v1/cas",
+        "/v1/cas/{}",
+        "/v1/consumers",
+        "/v1/consumers/{}",
+        "/v1/consumers/{}/events",
+        "/v1/users",
+        "/v1/users/{}",
+        "/v1/users/{}/password",
+        "/v1/users/{}/tokens",
+        "/v1/tokens/{}",
+        "/v1/import",
+        "/v1/verify",
+        "/v1/info",
+        "/healthz",
+        "/metrics",
+        "/openapi.json",
+        "/events",
+        "/events/{}",
+        "/storage/",
+        "/storage/{}",
+        "/info",
+        "/nope",
+        "/v1/",
+        "//",
+        "/v1/topics/{}/events/extra",
+    ];
+    const PARTS: &[&str] = &[
+        "orders.1",
+        "a%2Fb",
+        "bad%20topic",
+        "%ff%fe",
+        "..",
+        "%2e%2e",
+        "0372hq7d8m0x0f0hk3rnms0ao",
+        "not-an-id",
+        "sha256-LCa0a2j%2Fxo%2F5m0U8HTBBNBNCLXBkg7%2Bg%2BYpeiGJm564%3D",
+        "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae",
+        "cairn.start",
+        "x",
+        "",
+    ];
+    const PARAMS: &[&str] = &[
+        "topic",
+        "after",
+        "from_seq",
+        "last",
+        "limit",
+        "reverse",
+        "threshold",
+        "pulse",
+        "content",
+        "type",
+        "meta",
+        "expect",
+        "ttl",
+        "key",
+        "from",
+        "to",
+        "bogus",
+        "follow",
+    ];
+    const VALUES: &[&str] = &[
+        "orders.%3E",
+        "*",
+        "1",
+        "0",
+        "-1",
+        "18446744073709551616",
+        "true",
+        "false",
+        "yes",
+        "%7B%7D",
+        "%7B",
+        "any",
+        "none",
+        "5",
+        "time:5m",
+        "last:0",
+        "ephemeral",
+        "abc",
+        "",
+        "%00",
+        "0372hq7d8m0x0f0hk3rnms0ao",
+    ];
+    const HEADERS: &[&str] = &[
+        "Content-Type: application/json",
+        "Content-Type: application/x-ndjson",
+        "Content-Type: text/plain",
+        "Accept: text/event-stream",
+        "Cairn-Type: T",
+        "Cairn-Meta: {\"a\":1}",
+        "Cairn-Meta: nope",
+        "Cairn-Expect: 3",
+        "Cairn-Expect: zz",
+        "Cairn-Ttl: last:2",
+        "If-Match: \"nope\"",
+        "If-None-Match: *",
+        "Last-Event-ID: junk",
+        "Idempotency-Key: k1",
+        "Authorization: Basic !!!",
+        "Authorization: Bearer x",
+    ];
+    const BODIES: &[&str] = &[
+        "",
+        "hello",
+        "{}",
+        "[]",
+        "{\"topic\":\"a\"}",
+        "{\"topic\":\"a\",\"content\":\"x\"}\n{\"topic\":\"b\"}",
+        "[{\"topic\":\"a\",\"content_base64\":\"!!\"}]",
+        "{\"eventType\":\"X\",\"body\":1}",
+        "{\"name\":\"u\"}",
+        "{\"id\":\"x\",\"topic\":\"t\",\"seq\":0}",
+        "\u{0}\u{1}\u{ff}",
+        "{\"password\":\"\"}",
+    ];
+    let method = rng.pick(METHODS);
+    let mut path = rng.pick(ROUTES).replace("{}", rng.pick(PARTS));
+    let n_params = rng.next() % 4;
+    for n in 0..n_params {
+        let name = rng.pick(PARAMS);
+        let value = if name == "follow" { "false" } else { rng.pick(VALUES) };
+        path.push(if n == 0 { '?' } else { '&' });
+        path.push_str(&format!("{name}={value}"));
+    }
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
+    for _ in 0..rng.next() % 4 {
+        request.push_str(rng.pick(HEADERS));
+        request.push_str("\r\n");
+    }
+    let body = rng.pick(BODIES);
+    request.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    request.into_bytes()
+}
+
+/// Random requests over the whole HTTP surface: each gets a well-formed
+/// reply that is not a server error, the server stays up, the store stays
+/// sound. `CAIRN_HTTP_CASES=N` (default 400); `CAIRN_HTTP_SEED=S` replays.
+#[test]
+fn random_requests_over_the_http_surface_never_hurt_the_server() {
+    let cairn = Cairn::new();
+    let server = Server::start(&cairn, INSECURE);
+    let address = server.url().trim_start_matches("http://").to_owned();
+    let seed = std::env::var("CAIRN_HTTP_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+    });
+    let cases: u64 = std::env::var("CAIRN_HTTP_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(400);
+    let mut rng = Rng(seed);
+    let mut statuses = std::collections::BTreeMap::<u16, u64>::new();
+    for case in 0..cases {
+        use std::io::{Read as _, Write as _};
+        let request = random_request(&mut rng);
+        let mut stream = std::net::TcpStream::connect(&address).unwrap();
+        stream.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+        stream.write_all(&request).unwrap();
+        let mut reply = Vec::new();
+        let _ = stream.read_to_end(&mut reply);
+        let head = String::from_utf8_lossy(&reply[..reply.len().min(200)]).to_string();
+        let shown = String::from_utf8_lossy(&request).to_string();
+        let status: u16 = head
+            .strip_prefix("HTTP/1.1 ")
+            .and_then(|rest| rest.get(..3))
+            .and_then(|code| code.parse().ok())
+            .unwrap_or_else(|| panic!("seed {seed} case {case}: no status for {shown:?}: {head:?}"));
+        assert!(status < 500, "seed {seed} case {case}: {status} for {shown:?}: {head:?}");
+        *statuses.entry(status).or_default() += 1;
+    }
+    eprintln!("{cases} random requests (seed {seed}), replies by status: {statuses:?}");
+    assert!(statuses.keys().any(|s| *s < 300) && statuses.keys().any(|s| *s >= 400), "{statuses:?}");
+    let mut probe = std::net::TcpStream::connect(&address).unwrap();
+    std::io::Write::write_all(&mut probe, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut reply = String::new();
+    std::io::Read::read_to_string(&mut probe, &mut reply).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    drop(server);
+    let verify = cairn.ok(&["verify"], b"");
+    assert_eq!(verify[0]["problems"], serde_json::json!([]));
+}

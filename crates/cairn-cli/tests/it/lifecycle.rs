@@ -522,12 +522,12 @@ async fn thousands_of_connections_are_served_or_refused_cleanly() {
     let server =
         Server::start(&cairn, &["--insecure-no-auth", "--max-connections", "1000", "--header-timeout", "120s"]);
     let address = server.url().trim_start_matches("http://").to_owned();
-    // 3,000 connections at once over HTTP and 1,500 over the Redis port.
+    // 10,000 connection attempts in a burst: 7,000 over HTTP, 3,000 over the Redis port.
     let started = Instant::now();
-    let http: Vec<std::net::TcpStream> = (0..3000).map(|_| std::net::TcpStream::connect(&address).unwrap()).collect();
+    let http: Vec<std::net::TcpStream> = (0..7000).map(|_| std::net::TcpStream::connect(&address).unwrap()).collect();
     let resp: Vec<std::net::TcpStream> =
-        (0..1500).map(|_| std::net::TcpStream::connect(server.resp()).unwrap()).collect();
-    eprintln!("4,500 connections made in {:?}", started.elapsed());
+        (0..3000).map(|_| std::net::TcpStream::connect(server.resp()).unwrap()).collect();
+    eprintln!("10,000 connections made in {:?}", started.elapsed());
     std::thread::sleep(Duration::from_millis(500));
     // Every connection over the limit is told why and closed; the others
     // stay open, waiting for a request.
@@ -551,9 +551,9 @@ async fn thousands_of_connections_are_served_or_refused_cleanly() {
         (refused, open)
     };
     let (refused, http) = sort(http, "HTTP/1.1 503");
-    assert_eq!((refused, http.len()), (2000, 1000));
+    assert_eq!((refused, http.len()), (6000, 1000));
     let (refused, resp) = sort(resp, "-ERR max number of clients reached");
-    assert_eq!((refused, resp.len()), (500, 1000));
+    assert_eq!((refused, resp.len()), (2000, 1000));
     // The accepted ones are served: a request on an HTTP connection, a
     // command on a Redis one.
     let (mut http, mut resp) = (http, resp);
