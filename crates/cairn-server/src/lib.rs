@@ -41,6 +41,61 @@ pub mod fuzzing {
             at += used;
         }
     }
+
+    /// Sends `bytes` as they are to an HTTP server running in this process
+    /// (started on first use on a temporary store: TCP, no authentication,
+    /// sync none) and reads its reply. (Under cargo-fuzz, libFuzzer's panic
+    /// hook aborts on any panic, the server's tasks included.)
+    pub fn http_request(bytes: &[u8]) {
+        use std::io::{Read as _, Write as _};
+        static SERVER: std::sync::OnceLock<std::net::SocketAddr> = std::sync::OnceLock::new();
+        let addr = *SERVER.get_or_init(start_http);
+        let mut stream = std::net::TcpStream::connect(addr).expect("the server answers");
+        let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+        let _ = stream.write_all(bytes);
+        let _ = stream.shutdown(std::net::Shutdown::Write);
+        let mut reply = Vec::new();
+        let _ = stream.read_to_end(&mut reply);
+    }
+
+    fn start_http() -> std::net::SocketAddr {
+        let dir = std::env::temp_dir().join(format!("cairn-fuzz-http-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let args = crate::ServeArgs {
+            http: Some("127.0.0.1:0".parse().expect("an address")),
+            insecure_no_auth: true,
+            no_resp: true,
+            header_timeout: Some("2s".to_owned()),
+            ..crate::ServeArgs::default()
+        };
+        let config = crate::Config::resolve(args, Some(dir), Some("none".to_owned())).expect("settings");
+        let (ready, is_ready) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a runtime");
+            let served = runtime.block_on(crate::serve(config, std::future::pending(), move |addresses| {
+                let http = addresses.iter().find_map(|a| a.strip_prefix("http://")).map(str::to_owned);
+                let _ = ready.send(http);
+            }));
+            panic!("the fuzzing server stopped: {served:?}");
+        });
+        is_ready.recv().expect("the server starts").expect("it listens on TCP").parse().expect("an address")
+    }
+
+    #[cfg(test)]
+    #[allow(clippy::unwrap_used)]
+    mod tests {
+        #[test]
+        fn the_http_fuzz_corpus_replays_against_a_real_server() {
+            let corpus = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/http_request");
+            let mut n = 0;
+            for entry in std::fs::read_dir(corpus).unwrap() {
+                super::http_request(&std::fs::read(entry.unwrap().path()).unwrap());
+                n += 1;
+            }
+            assert!(n >= 3, "the committed corpus is there");
+            super::http_request(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+        }
+    }
 }
 
 /// The store directory when none is given.
