@@ -1,7 +1,8 @@
 //! Fault injection for tests: a store opened with [`Options::faults`] sends
 //! its log writes through [`LogFile`], which can fail an fdatasync with EIO,
 //! refuse writes with ENOSPC, tear a write, or stop writing altogether (a
-//! crash), and which remembers how much of each log file was fdatasynced.
+//! crash), and which remembers how much of each log file was fdatasynced;
+//! [`Faults::flip_bit`] rots data at rest.
 //! After a crash, [`Faults::lose_power`] cuts every log file back to what
 //! was synced (keeping a chosen part of the rest: a torn write), as a power
 //! loss would. Not a mock: the engine runs unchanged over real files.
@@ -86,6 +87,20 @@ impl Faults {
             }
         }
         Ok(cut)
+    }
+
+    /// Bit rot at rest: flips one bit of the byte at `offset` of `path` (a
+    /// segment, a content file), as a failing disk would.
+    pub fn flip_bit(path: &Path, offset: u64, bit: u8) -> io::Result<()> {
+        let mut bytes = std::fs::read(path)?;
+        let at = usize::try_from(offset).ok().filter(|at| *at < bytes.len()).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("offset {offset} is past the end of {}", path.display()),
+            )
+        })?;
+        bytes[at] ^= 1 << (bit % 8);
+        std::fs::write(path, bytes)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {

@@ -1,6 +1,7 @@
 //! Deterministic, seeded simulation of crashes and power loss (in the
 //! spirit of TigerBeetle's): random workloads of appends, atomic batches,
 //! expectations, removals and consumer acks, many in flight at once; at a
+//! random moments the disk fills up for a while or an fdatasync fails; at a
 //! random moment the process "crashes" (the fault layer stops every write),
 //! power is lost (each log file is cut back to what was fdatasynced, plus a
 //! random part of the rest: a torn write), sometimes the index is lost too,
@@ -96,6 +97,14 @@ fn run_seed(seed: u64) {
         for step in 0..steps {
             if step == crash_at {
                 faults.crash();
+            }
+            // Faults short of a crash: a full disk for a while, or a failed
+            // fdatasync (which stops all writing until the next round).
+            match rng.below(40) {
+                0 => faults.set_no_space(true),
+                1 => faults.set_no_space(false),
+                2 if rng.chance(4) => faults.fail_next_syncs(1),
+                _ => {}
             }
             match rng.below(10) {
                 0..=5 => {
@@ -316,12 +325,11 @@ fn a_torn_write_is_cut_on_recovery_and_nothing_of_it_is_visible() {
     }
 }
 
-/// Flips one byte of `path` at the first occurrence of `needle`.
+/// Flips one bit of `path` in the middle of the first occurrence of `needle`.
 fn flip(path: &std::path::Path, needle: &[u8]) {
-    let mut bytes = std::fs::read(path).unwrap();
+    let bytes = std::fs::read(path).unwrap();
     let at = bytes.windows(needle.len()).position(|w| w == needle).expect("needle in file");
-    bytes[at + needle.len() / 2] ^= 0x20;
-    std::fs::write(path, bytes).unwrap();
+    Faults::flip_bit(path, (at + needle.len() / 2) as u64, 5).unwrap();
 }
 
 #[test]
