@@ -7,13 +7,16 @@
 //! random part of the rest: a torn write), sometimes the index is lost too,
 //! and the store is reopened. After each crash:
 //! - every acknowledged event is there, exactly (id, topic, seq, payload),
-//!   unless an acknowledged removal took it;
+//!   unless a removal took it (an acknowledged one must have; one that
+//!   failed, after a failed fdatasync say, may have: its record may have
+//!   reached the disk anyway, as a failed append's may);
 //! - every batch is all there or not at all (nothing half-visible);
 //! - seqs are gapless and ids ordered (`verify`);
 //! - consumers are at least where their last acknowledged ack put them.
 //!
 //! `CAIRN_SIM_SEEDS=N` runs N seeds (default 12); `CAIRN_SIM_SEED=S` replays
-//! one. A failure names its seed.
+//! one (`CAIRN_SIM_TRACE=1` prints its faults, acks and removals). A
+//! failure names its seed.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -54,6 +57,9 @@ struct Model {
     acked: BTreeMap<EventId, (String, u64, Vec<u8>)>,
     /// Acknowledged removals.
     removed: HashSet<EventId>,
+    /// Removals that failed (a failed fdatasync, say): their record may
+    /// still have reached the disk, so they may or may not have happened.
+    maybe_removed: HashSet<EventId>,
     /// Size of every batch ever attempted, by batch number.
     batch_sizes: HashMap<u64, usize>,
     /// The newest acknowledged consumer position.
@@ -100,11 +106,30 @@ fn run_seed(seed: u64) {
             }
             // Faults short of a crash: a full disk for a while, or a failed
             // fdatasync (which stops all writing until the next round).
+            let trace = std::env::var("CAIRN_SIM_TRACE").is_ok();
             match rng.below(40) {
-                0 => faults.set_no_space(true),
-                1 => faults.set_no_space(false),
-                2 if rng.chance(4) => faults.fail_next_syncs(1),
+                0 => {
+                    if trace {
+                        eprintln!("round {_round} step {step}: disk full");
+                    }
+                    faults.set_no_space(true)
+                }
+                1 => {
+                    if trace {
+                        eprintln!("round {_round} step {step}: disk has space");
+                    }
+                    faults.set_no_space(false)
+                }
+                2 if rng.chance(4) => {
+                    if trace {
+                        eprintln!("round {_round} step {step}: next fdatasync fails");
+                    }
+                    faults.fail_next_syncs(1)
+                }
                 _ => {}
+            }
+            if trace && step == crash_at {
+                eprintln!("round {_round} step {step}: crash");
             }
             match rng.below(10) {
                 0..=5 => {
@@ -140,8 +165,14 @@ fn run_seed(seed: u64) {
                         model.acked.keys().filter(|id| !model.removed.contains(id)).copied().collect();
                     if !live.is_empty() {
                         let id = live[rng.below(live.len() as u64) as usize];
-                        if store.remove(id).is_ok() {
+                        let removed = store.remove(id);
+                        if std::env::var("CAIRN_SIM_TRACE").is_ok() {
+                            eprintln!("  remove {id}: {removed:?}");
+                        }
+                        if removed.is_ok() {
                             model.removed.insert(id);
+                        } else {
+                            model.maybe_removed.insert(id);
                         }
                     }
                 }
@@ -169,7 +200,11 @@ fn run_seed(seed: u64) {
                 _ => unsynced * fraction / 100,
             })
             .unwrap();
-        if rng.chance(3) {
+        let lose_index = rng.chance(3);
+        if std::env::var("CAIRN_SIM_TRACE").is_ok() {
+            eprintln!("round {_round}: power lost (keep {keep}, {fraction}%), index lost: {lose_index}");
+        }
+        if lose_index {
             std::fs::remove_dir_all(dir.path().join("index")).unwrap();
         }
         check(&Store::open(dir.path(), options(None)).unwrap(), &model);
@@ -184,7 +219,17 @@ fn settle(
     model: &mut Model,
 ) {
     for pending in in_flight.drain(..) {
-        if let Ok(events) = runtime.block_on(pending) {
+        let result = runtime.block_on(pending);
+        if std::env::var("CAIRN_SIM_TRACE").is_ok() {
+            match &result {
+                Ok(events) => eprintln!(
+                    "  acked {:?}",
+                    events.iter().map(|e| (e.id.to_string(), e.topic.as_str().to_owned(), e.seq)).collect::<Vec<_>>()
+                ),
+                Err(error) => eprintln!("  failed: {error}"),
+            }
+        }
+        if let Ok(events) = result {
             for event in events {
                 let payload = store.content(&event).unwrap().unwrap_or_default();
                 model.acked.insert(event.id, (event.topic.as_str().to_owned(), event.seq, payload));
@@ -203,6 +248,9 @@ fn check(store: &Store, model: &Model) {
             assert!(event.is_none(), "acknowledged removal of {id} undone");
             continue;
         }
+        if event.is_none() && model.maybe_removed.contains(id) {
+            continue;
+        }
         let event = event.unwrap_or_else(|| panic!("acknowledged event {id} lost"));
         assert_eq!((event.topic.as_str(), event.seq), (topic_name.as_str(), *seq), "event {id} changed");
         let content = store.content(&event).unwrap().unwrap_or_default();
@@ -213,7 +261,10 @@ fn check(store: &Store, model: &Model) {
     // Batches: all or nothing (removals aside).
     let mut present: HashMap<u64, usize> = HashMap::new();
     let mut removed_per_batch: HashMap<u64, usize> = HashMap::new();
-    for id in &model.removed {
+    for id in model.removed.union(&model.maybe_removed) {
+        if store.get(*id).unwrap().is_some() {
+            continue;
+        }
         if let Some((_, _, payload)) = model.acked.get(id) {
             *removed_per_batch.entry(parse_payload(payload).0).or_default() += 1;
         }
