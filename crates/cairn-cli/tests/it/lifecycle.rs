@@ -8,7 +8,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::serve::{Server, call, signal};
+use crate::serve::{Server, call, rss_kib, signal};
 use crate::{Cairn, KillOnDrop};
 
 fn stdout(cairn: &Cairn, args: &[&str], stdin: &[u8]) -> Vec<u8> {
@@ -501,19 +501,6 @@ async fn hostile_clients_do_not_hurt_the_server() {
         }
     }
     assert_eq!(seqs, 120_000);
-}
-
-fn rss_kib(pid: i32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("RssAnon:"))
-        .unwrap()
-        .trim()
-        .trim_end_matches(" kB")
-        .trim()
-        .parse()
-        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

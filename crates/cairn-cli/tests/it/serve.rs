@@ -184,3 +184,17 @@ pub async fn call(
     let body = response.bytes().await.unwrap().to_vec();
     Reply { status, headers, body }
 }
+
+/// The anonymous resident memory of process `pid`, in KiB (Linux).
+pub fn rss_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("RssAnon:"))
+        .unwrap()
+        .trim()
+        .trim_end_matches(" kB")
+        .trim()
+        .parse()
+        .unwrap()
+}

@@ -18,16 +18,10 @@ use std::time::{Duration, Instant};
 use cairn_client::{Client, Response};
 
 use crate::Cairn;
-use crate::serve::Server;
+use crate::serve::{Server, rss_kib};
 
 fn setting(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|value| value.parse().ok()).unwrap_or(default)
-}
-
-fn rss_kib(pid: i32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find_map(|line| line.strip_prefix("RssAnon:")).unwrap();
-    line.trim().trim_end_matches(" kB").trim().parse().unwrap()
 }
 
 /// Reads a follow stream until it has seen `expected` events (read from the
