@@ -414,9 +414,16 @@ async fn bad_input_gets_clear_errors() {
         }
     });
     let mut connection = tcp.connect().await.unwrap();
-    let reply =
-        connection.send("POST", "/v1/topics/t/events", &[], cairn_client::RequestBody::Stream(receiver)).await.unwrap();
-    assert_eq!(reply.status, 413);
+    let sent = connection.send("POST", "/v1/topics/t/events", &[], cairn_client::RequestBody::Stream(receiver)).await;
+    match sent {
+        Ok(reply) => assert_eq!(reply.status, 413),
+        // The server answers 413 and closes while the client is still
+        // sending: the client may see the closed connection first.
+        Err(error) => assert!(
+            error.to_string().to_lowercase().contains("broken pipe") || error.to_string().contains("reset"),
+            "{error}"
+        ),
+    }
     // Nothing of all this was written.
     assert_eq!(call(&tcp, "GET", "/v1/events?topic=t", &[], "").await.body, b"");
 }
