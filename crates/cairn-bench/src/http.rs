@@ -13,16 +13,27 @@ use crate::scenarios::Bench;
 
 const PAYLOAD: &[u8] = &[b'x'; 100];
 
-/// A server on a fresh store, stopped on drop.
-struct Running {
+/// A server in this process on a fresh store, stopped on drop (also used
+/// by the Redis benchmark).
+pub(crate) struct Running {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<Result<()>>>,
     socket: std::path::PathBuf,
+    /// What it listens on (`unix:…`, `redis://…`).
+    pub(crate) addresses: Vec<String>,
 }
 
 impl Running {
+    /// The Unix socket only.
     fn start(store: std::path::PathBuf, sync: &str) -> Result<Running> {
-        let args = cairn_server::ServeArgs { no_resp: true, ..cairn_server::ServeArgs::default() };
+        Running::start_with(
+            cairn_server::ServeArgs { no_resp: true, ..cairn_server::ServeArgs::default() },
+            store,
+            sync,
+        )
+    }
+
+    pub(crate) fn start_with(args: cairn_server::ServeArgs, store: std::path::PathBuf, sync: &str) -> Result<Running> {
         let config = cairn_server::Config::resolve(args, Some(store), Some(sync.to_owned()))?;
         let socket = config.socket.clone();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -34,13 +45,13 @@ impl Running {
                 async {
                     let _ = stopped.await;
                 },
-                move |_| {
-                    let _ = ready.send(());
+                move |addresses| {
+                    let _ = ready.send(addresses.to_vec());
                 },
             ))
         });
-        is_ready.recv().context("the server did not start")?;
-        Ok(Running { stop: Some(stop), thread: Some(thread), socket })
+        let addresses = is_ready.recv().context("the server did not start")?;
+        Ok(Running { stop: Some(stop), thread: Some(thread), socket, addresses })
     }
 }
 

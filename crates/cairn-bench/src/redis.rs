@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 
+use crate::http::Running;
 use crate::measure::{Samples, format_rate, row};
 use crate::scenarios::Bench;
 
@@ -29,7 +30,7 @@ struct Peer {
     name: &'static str,
     addr: SocketAddr,
     _process: Option<KillOnDrop>,
-    _cairn: Option<CairnServer>,
+    _cairn: Option<Running>,
 }
 
 struct KillOnDrop(Child);
@@ -41,48 +42,11 @@ impl Drop for KillOnDrop {
     }
 }
 
-/// cairn in this process, stopped on drop.
-struct CairnServer {
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<Result<()>>>,
-}
-
-impl Drop for CairnServer {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
 fn start_cairn(store: &Path) -> Result<Peer> {
     let args = cairn_server::ServeArgs { resp: Some("127.0.0.1:0".parse()?), ..cairn_server::ServeArgs::default() };
-    let config = cairn_server::Config::resolve(args, Some(store.to_owned()), Some("always".to_owned()))?;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let (ready, is_ready) = std::sync::mpsc::channel();
-    let thread = std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-        runtime.block_on(cairn_server::serve(
-            config,
-            async {
-                let _ = stopped.await;
-            },
-            move |addresses| {
-                let resp = addresses.iter().find_map(|a| a.strip_prefix("redis://")).map(str::to_owned);
-                let _ = ready.send(resp);
-            },
-        ))
-    });
-    let addr = is_ready.recv().context("cairn did not start")?.context("cairn has no Redis port")?;
-    Ok(Peer {
-        name: "cairn (sync always)",
-        addr: addr.parse()?,
-        _process: None,
-        _cairn: Some(CairnServer { stop: Some(stop), thread: Some(thread) }),
-    })
+    let cairn = Running::start_with(args, store.to_owned(), "always")?;
+    let addr = cairn.addresses.iter().find_map(|a| a.strip_prefix("redis://")).context("cairn has no Redis port")?;
+    Ok(Peer { name: "cairn (sync always)", addr: addr.parse()?, _process: None, _cairn: Some(cairn) })
 }
 
 fn free_port() -> Result<u16> {

@@ -767,3 +767,19 @@ impl Value {
         }
     }
 }
+
+#[test]
+fn del_removes_a_topics_events_only_when_deletes_are_enabled() {
+    let cairn = Cairn::new();
+    let server = Server::start(&cairn, &["--allow-delete"]);
+    let mut raw = Raw::connect(server.resp());
+    for n in 0..3 {
+        assert!(matches!(ask(&mut raw, &[b"XADD", b"s", b"*", b"n", n.to_string().as_bytes()]), Value::Bulk(_)));
+    }
+    assert_eq!(ask(&mut raw, &[b"DEL", b"s", b"nope"]), line(":1"));
+    assert_eq!(ask(&mut raw, &[b"XLEN", b"s"]), line(":0"));
+    assert_eq!(ask(&mut raw, &[b"EXISTS", b"s"]), line(":0"));
+    // Seqs are never reused.
+    let Value::Bulk(id) = ask(&mut raw, &[b"XADD", b"s", b"*", b"n", b"3"]) else { panic!() };
+    assert!(String::from_utf8(id).unwrap().ends_with("-3"));
+}

@@ -483,10 +483,8 @@ async fn del(conn: &mut Conn, args: &[Bytes]) -> CmdResult {
             let query = cairn_store::Query::new(cairn_store::Pattern::Exact(topic));
             let ids: Vec<cairn_store::EventId> =
                 store.read(&query)?.map(|e| e.map(|e| e.id)).collect::<Result<_, _>>()?;
-            for id in &ids {
-                store.remove(*id)?;
-            }
-            Ok(ids.len())
+            // One removal record for the whole topic, not one per event.
+            store.remove_many(&ids)
         })
         .await
         .map_err(err)??;

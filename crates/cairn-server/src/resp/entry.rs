@@ -24,8 +24,8 @@ use crate::error::{ApiError, ApiResult};
 /// The meta of an XADD whose fields are base64.
 const BASE64_META: &str = r#"{"redis_encoding":"base64"}"#;
 
-/// A stream entry id.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// A stream entry id (`Default` is `0-0`, the start of every stream).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(crate) struct StreamId {
     pub(crate) ms: u64,
     pub(crate) seq: u64,

@@ -49,12 +49,6 @@ struct Pending {
     count: u64,
 }
 
-impl Default for StreamId {
-    fn default() -> StreamId {
-        StreamId::MIN
-    }
-}
-
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
