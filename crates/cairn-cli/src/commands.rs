@@ -180,8 +180,8 @@ fn cat(store: &Store, out: &mut impl std::io::Write, args: CatArgs) -> Result<Ex
         return Ok(ExitCode::SUCCESS);
     }
     let options = SubscribeOptions { threshold: args.threshold, pulse: args.pulse.map(Duration::from_millis) };
-    let mut subscription = store.subscribe(&Query { limit: None, ..query }, options)?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let mut subscription = runtime.block_on(store.subscribe(&Query { limit: None, ..query }, options))?;
     let mut remaining = args.limit.unwrap_or(u64::MAX);
     runtime.block_on(async {
         let interrupted = tokio::signal::ctrl_c();

@@ -4,11 +4,14 @@
 //! what happened and, where it helps, what to do next.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use crate::id::EventId;
 
-/// Every way an engine call can fail.
-#[derive(Debug, thiserror::Error)]
+/// Every way an engine call can fail. Cloneable, so one failure can be
+/// reported to every waiter it concerns (a commit group) as the same error,
+/// I/O kind included.
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
     /// A value from the outside broke a rule; nothing was written.
@@ -52,6 +55,14 @@ pub enum StoreError {
         /// Its key as given.
         key: String,
     },
+    /// Content cannot be deleted while a stored event's payload is that content.
+    #[error("{hash} is the payload of event {event}; remove the event first")]
+    InUse {
+        /// The content's hash (SRI).
+        hash: String,
+        /// An event whose payload it is.
+        event: EventId,
+    },
     /// Another process holds the store's lock.
     #[error("store {} is locked by another process{}; stop it or talk to it through its socket", dir.display(), holder.as_ref().map(|h| format!(" ({h})")).unwrap_or_default())]
     Locked {
@@ -86,9 +97,9 @@ pub enum StoreError {
     Io {
         /// What the engine was doing.
         context: String,
-        /// The underlying error.
+        /// The underlying error, shared (not copied) between waiters.
         #[source]
-        source: std::io::Error,
+        source: Arc<std::io::Error>,
     },
 }
 
@@ -100,6 +111,7 @@ impl StoreError {
             StoreError::ExpectationFailed { .. } => "expectation_failed",
             StoreError::TooLarge { .. } => "too_large",
             StoreError::NotFound { .. } => "not_found",
+            StoreError::InUse { .. } => "in_use",
             StoreError::Locked { .. } => "locked",
             StoreError::ShuttingDown => "shutting_down",
             StoreError::Poisoned { .. } => "poisoned",
@@ -115,7 +127,15 @@ impl StoreError {
 
     pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> StoreError {
         let context = context.into();
-        move |source| StoreError::Io { context, source }
+        move |source| StoreError::Io { context, source: Arc::new(source) }
+    }
+
+    /// The kind of the underlying I/O error, if this is one.
+    pub fn io_kind(&self) -> Option<std::io::ErrorKind> {
+        match self {
+            StoreError::Io { source, .. } => Some(source.kind()),
+            _ => None,
+        }
     }
 
     pub(crate) fn not_found(what: &'static str, key: impl Into<String>) -> StoreError {

@@ -163,6 +163,8 @@ pub enum Expect {
     Any,
     /// The topic has never had an event.
     Empty,
+    /// The topic has had at least one event (HTTP `If-Match: *`).
+    Exists,
     /// The topic's last seq is exactly this.
     Seq(u64),
     /// No event was appended to the topic after this id (evt's base revision).
@@ -170,11 +172,12 @@ pub enum Expect {
 }
 
 impl Expect {
-    /// Parses `any`, `none`, `<seq>`, `unchanged-since:<id>`.
+    /// Parses `any`, `none`, `exists`, `<seq>`, `unchanged-since:<id>`.
     pub fn parse(text: &str) -> Result<Expect, StoreError> {
         match text {
             "any" => Ok(Expect::Any),
             "none" => Ok(Expect::Empty),
+            "exists" => Ok(Expect::Exists),
             _ => {
                 if let Some(id) = text.strip_prefix("unchanged-since:") {
                     return EventId::parse(id).map(Expect::UnchangedSince).map_err(|_| {
@@ -184,7 +187,7 @@ impl Expect {
                 text.parse::<u64>().map(Expect::Seq).map_err(|_| {
                     StoreError::invalid(
                         "expect",
-                        format!("{text:?} is not one of any, none, <seq>, unchanged-since:<id>"),
+                        format!("{text:?} is not one of any, none, exists, <seq>, unchanged-since:<id>"),
                     )
                 })
             }
@@ -196,6 +199,7 @@ impl Expect {
         match (self, last) {
             (Expect::Any, _) => true,
             (Expect::Empty, last) => last.is_none(),
+            (Expect::Exists, last) => last.is_some(),
             (Expect::Seq(seq), Some((last_seq, _))) => *seq == last_seq,
             (Expect::Seq(_), None) => false,
             (Expect::UnchangedSince(id), Some((_, last_id))) => last_id <= *id,
@@ -209,6 +213,7 @@ impl fmt::Display for Expect {
         match self {
             Expect::Any => f.write_str("any"),
             Expect::Empty => f.write_str("none"),
+            Expect::Exists => f.write_str("exists"),
             Expect::Seq(seq) => write!(f, "{seq}"),
             Expect::UnchangedSince(id) => write!(f, "unchanged-since:{id}"),
         }

@@ -14,7 +14,12 @@
 //!   (group commit), `recovery` (tail scan, torn-tail cut, replay).
 //! - `index/`: fjall keyspaces, `Txn` (a batch that sees itself), `apply`
 //!   (records → index; shared by writer and recovery).
-//! - `read.rs` (queries), `live.rs` (recent events), `subscription.rs`.
+//! - `read.rs` (queries), `live.rs` (recent events).
+//! - `storage.rs`: the storage seam ([`Storage`]), the async contract a
+//!   service needs from any backend; `local.rs` ([`Local`]) is this
+//!   engine behind it, with the blocking policy; `subscription.rs` is the
+//!   history-then-live algorithm, written once over the seam;
+//!   `conformance.rs` checks any backend against the contract.
 //! - `json.rs`: the JSON form of events shared by all front ends.
 //! - `cas.rs` (content files), `verify.rs`, `limits.rs`, `error.rs`.
 //! - `faults.rs`: fault injection for tests (crash, power loss, EIO, ENOSPC).
@@ -23,6 +28,7 @@
 //! This crate never opens a socket.
 
 mod cas;
+pub mod conformance;
 mod error;
 mod event;
 pub mod faults;
@@ -31,9 +37,11 @@ mod index;
 pub mod json;
 pub mod limits;
 mod live;
+mod local;
 mod log;
 mod progress;
 mod read;
+mod storage;
 mod store;
 mod subscription;
 mod topic;
@@ -83,9 +91,11 @@ pub use event::{
     check_meta_value, check_type, check_user, parse_duration_ms,
 };
 pub use id::EventId;
+pub use local::Local;
 pub use log::codec::StateOp;
 pub use log::recovery::{RecoveryReport, Truncation};
 pub use read::{Query, ReadIter};
+pub use storage::{BoxFuture, History, Limits, Reader, StateEntries, Storage, Window};
 pub use store::{Imported, Options, Pending, Store, StoreStats, SyncMode, TopicInfo};
 pub use subscription::{Delivery, SubscribeOptions, Subscription};
 pub use topic::{Level, Pattern, SYSTEM_PREFIX, Topic};

@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use crate::event::Event;
 use crate::id::EventId;
 use crate::limits::LIVE_RING_EVENTS;
+use crate::storage::Window;
 use crate::topic::Pattern;
 
 /// Recently committed events and a signal for each new group.
@@ -30,15 +31,6 @@ struct Ring {
     floor: EventId,
     /// Id of the newest committed (or ephemeral) event.
     last: EventId,
-}
-
-/// What the ring holds after a cursor.
-pub(crate) enum Window {
-    /// Matching events after the cursor, and the new cursor (the newest id
-    /// looked at, matching or not).
-    Events(Vec<Arc<Event>>, EventId),
-    /// The ring no longer holds everything after the cursor: read storage.
-    Behind,
 }
 
 impl Live {

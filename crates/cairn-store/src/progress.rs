@@ -11,7 +11,7 @@
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 
 use crate::error::{Result, StoreError};
 use crate::id::EventId;
@@ -21,8 +21,6 @@ use crate::limits::{INDEX_LAG_BYTES_MAX, INDEX_WAKE_BYTES, INDEX_WAKE_DELAY_MS};
 pub(crate) struct Progress {
     state: Mutex<State>,
     changed: Condvar,
-    /// Bumped whenever the index advances, for async waiters.
-    indexed_signal: watch::Sender<u64>,
 }
 
 struct State {
@@ -45,13 +43,10 @@ struct State {
     readers_waiting: usize,
     /// When the oldest commit the index does not cover yet happened.
     unindexed_since: Option<Instant>,
-    /// A subscriber waits for the index: index now, not after the delay.
-    hurry: bool,
 }
 
 impl Progress {
     pub(crate) fn new(end: Checkpoint, last_id: EventId) -> Progress {
-        let (indexed_signal, _) = watch::channel(0);
         Progress {
             state: Mutex::new(State {
                 committed: end,
@@ -64,10 +59,8 @@ impl Progress {
                 closing: false,
                 readers_waiting: 0,
                 unindexed_since: None,
-                hurry: false,
             }),
             changed: Condvar::new(),
-            indexed_signal,
         }
     }
 
@@ -86,10 +79,8 @@ impl Progress {
         state.committed = end;
         state.committed_bytes += bytes;
         state.unindexed_since.get_or_insert_with(Instant::now);
-        let urgent = was_idle
-            || state.committed_bytes - state.indexed_bytes >= INDEX_WAKE_BYTES
-            || state.readers_waiting > 0
-            || state.hurry;
+        let urgent =
+            was_idle || state.committed_bytes - state.indexed_bytes >= INDEX_WAKE_BYTES || state.readers_waiting > 0;
         drop(state);
         if urgent {
             self.changed.notify_all();
@@ -131,13 +122,11 @@ impl Progress {
         }
         drop(state);
         self.changed.notify_all();
-        self.indexed_signal.send_modify(|generation| *generation += 1);
     }
 
     pub(crate) fn fail(&self, reason: String) {
         self.lock().failed = Some(reason);
         self.changed.notify_all();
-        self.indexed_signal.send_modify(|generation| *generation += 1);
     }
 
     /// Blocks until the index covers everything committed now.
@@ -161,21 +150,6 @@ impl Progress {
         let state = self.lock();
         check_failed(&state)?;
         Ok((state.indexed_last_id, state.indexed >= state.committed))
-    }
-
-    /// A subscriber is waiting for the index to cover what is committed:
-    /// the indexer works now instead of batching.
-    pub(crate) fn hurry(&self) {
-        let mut state = self.lock();
-        if state.indexed < state.committed {
-            state.hurry = true;
-            drop(state);
-            self.changed.notify_all();
-        }
-    }
-
-    pub(crate) fn watch_indexed(&self) -> watch::Receiver<u64> {
-        self.indexed_signal.subscribe()
     }
 
     /// Asks the indexer to remove events expired by `now_ms`.
@@ -204,11 +178,9 @@ impl Progress {
             let due = behind
                 && (state.closing
                     || state.readers_waiting > 0
-                    || state.hurry
                     || state.committed_bytes - state.indexed_bytes >= INDEX_WAKE_BYTES
                     || waited >= delay);
             if due || !state.expire.is_empty() {
-                state.hurry = false;
                 let expire = std::mem::take(&mut state.expire);
                 return Some(Work { from: state.indexed, to: state.committed, expire });
             }

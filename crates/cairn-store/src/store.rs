@@ -144,6 +144,9 @@ pub(crate) struct Shared {
     pub(crate) live: Live,
     pub(crate) progress: Progress,
     pub(crate) stats: Stats,
+    /// Notified by the writer whenever it takes requests off its queue, so
+    /// async submitters wait for room without blocking a thread.
+    pub(crate) queue_space: tokio::sync::Notify,
     poison: Mutex<Option<String>>,
 }
 
@@ -247,15 +250,38 @@ pub struct Imported {
     pub event: NewEvent,
 }
 
-/// An acknowledgement still to come from the writer: resolves once the
-/// request is durable (under the sync mode) or has failed.
-pub struct Pending<T>(oneshot::Receiver<Result<T>>);
+/// An acknowledgement still to come: resolves once the request is durable
+/// (under the sync mode) or has failed.
+pub struct Pending<T>(PendingInner<T>);
+
+enum PendingInner<T> {
+    /// The local writer's reply.
+    Writer(oneshot::Receiver<Result<T>>),
+    /// Any other backend's acknowledgement (or a decided result).
+    Future(crate::storage::BoxFuture<'static, Result<T>>),
+}
+
+impl<T> Pending<T> {
+    pub(crate) fn writer(reply: oneshot::Receiver<Result<T>>) -> Pending<T> {
+        Pending(PendingInner::Writer(reply))
+    }
+
+    /// An acknowledgement that `future` gives (for other backends).
+    pub fn from_future(future: impl std::future::Future<Output = Result<T>> + Send + 'static) -> Pending<T> {
+        Pending(PendingInner::Future(Box::pin(future)))
+    }
+}
 
 impl<T> std::future::Future for Pending<T> {
     type Output = Result<T>;
 
     fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<T>> {
-        std::pin::Pin::new(&mut self.0).poll(cx).map(|reply| reply.map_err(|_| StoreError::ShuttingDown)?)
+        match &mut self.0 {
+            PendingInner::Writer(reply) => {
+                std::pin::Pin::new(reply).poll(cx).map(|reply| reply.map_err(|_| StoreError::ShuttingDown)?)
+            }
+            PendingInner::Future(future) => future.as_mut().poll(cx),
+        }
     }
 }
 
@@ -336,6 +362,7 @@ impl Store {
             live: Live::new(last_id),
             progress: Progress::new(end, last_id),
             stats: Stats::default(),
+            queue_space: tokio::sync::Notify::new(),
             poison: Mutex::new(None),
         });
         let indexer_shared = shared.clone();
@@ -411,30 +438,45 @@ impl Store {
     pub fn append_start(&self, batch: Batch) -> Result<Pending<Vec<Event>>> {
         let (request, reply) = self.append_request(batch, false)?;
         self.submit(request)?;
-        Ok(Pending(reply))
+        Ok(Pending::writer(reply))
     }
 
     /// Writes front-end state (consumer groups) durably through the log, in
     /// submission order, and returns the acknowledgement to await. Keys and
     /// values are opaque; [`Store::state_scan`] reads them back.
     pub fn state_write(&self, ops: Vec<StateOp>) -> Result<Pending<()>> {
-        let bytes: usize = ops
-            .iter()
-            .map(|op| match op {
-                StateOp::Put(key, value) => 9 + key.len() + value.len(),
-                StateOp::Delete(key) => 5 + key.len(),
-            })
-            .sum();
-        if bytes > RECORD_BYTES_MAX {
-            return Err(StoreError::TooLarge {
-                what: "state change",
-                bytes: bytes as u64,
-                max: RECORD_BYTES_MAX as u64,
-            });
+        let (request, receiver) = state_request(ops)?;
+        self.submit(request)?;
+        Ok(Pending::writer(receiver))
+    }
+
+    /// Submits without blocking the calling thread: waits (asynchronously)
+    /// for room in the writer's queue when it is full.
+    pub(crate) async fn submit_async(&self, request: Request) -> Result<()> {
+        let mut request = request;
+        loop {
+            if let Some(reason) = self.inner.shared.poisoned() {
+                return Err(StoreError::Poisoned { reason });
+            }
+            let requests = self.inner.requests.as_ref().ok_or(StoreError::ShuttingDown)?;
+            // Registered before the attempt, so a wake-up between the
+            // attempt and the wait is not lost.
+            let notified = self.inner.shared.queue_space.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            match requests.try_send(request) {
+                Ok(()) => return Ok(()),
+                Err(mpsc::TrySendError::Disconnected(_)) => return Err(StoreError::ShuttingDown),
+                Err(mpsc::TrySendError::Full(back)) => {
+                    request = back;
+                    notified.await;
+                }
+            }
         }
-        let (reply, receiver) = oneshot::channel();
-        self.submit(Request::State { ops, reply })?;
-        Ok(Pending(receiver))
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.inner.shared
     }
 
     /// Every state entry whose key starts with `prefix`, by key, as of every
@@ -456,7 +498,11 @@ impl Store {
         reply.blocking_recv().map_err(|_| StoreError::ShuttingDown)?
     }
 
-    fn append_request(&self, batch: Batch, system: bool) -> Result<(Request, oneshot::Receiver<Result<Vec<Event>>>)> {
+    pub(crate) fn append_request(
+        &self,
+        batch: Batch,
+        system: bool,
+    ) -> Result<(Request, oneshot::Receiver<Result<Vec<Event>>>)> {
         if batch.events.is_empty() {
             return Err(StoreError::invalid("batch", "has no events"));
         }
@@ -649,39 +695,22 @@ impl Store {
         ReadIter::open(&self.inner.shared.index, self.inner.shared.segments.clone(), query)
     }
 
+    /// This store behind the storage seam, as services and subscriptions
+    /// use it (blocking calls on the blocking pool).
+    pub fn storage(&self) -> Arc<dyn crate::Storage> {
+        Arc::new(crate::Local::new(self.clone()))
+    }
+
     /// History matching `query` (from `after`, `from_seq`, `last`, or the
-    /// beginning), then live events, with no gap and no duplicate.
-    pub fn subscribe(&self, query: &Query, options: SubscribeOptions) -> Result<Subscription> {
-        query.validate()?;
-        if query.reverse {
-            return Err(StoreError::invalid("reverse", "a subscription runs forward"));
-        }
-        let shared = self.inner.shared.clone();
-        let now = shared.live.last();
-        let before = |event: &Event| EventId::from_u128(event.id.to_u128() - 1);
-        let (cursor, min_seq) = if let Some(last) = query.last {
-            let newest = Query { last: Some(last), limit: Some(1), ..query.clone() };
-            match self.read(&newest)?.next().transpose()? {
-                Some(first) => (before(&first), None),
-                None => (query.after.unwrap_or(now).max(now), None),
-            }
-        } else if let Some(from_seq) = query.from_seq {
-            let first = Query { from_seq: Some(from_seq), limit: Some(1), ..query.clone() };
-            match self.read(&first)?.next().transpose()? {
-                Some(first) => (before(&first), Some(from_seq)),
-                None => (now, Some(from_seq)),
-            }
-        } else {
-            (query.after.unwrap_or(EventId::MIN), None)
-        };
-        Ok(Subscription::new(shared, query.pattern.clone(), cursor, min_seq, true, options))
+    /// beginning), then live events, with no gap and no duplicate (the one
+    /// algorithm over the seam, [`Subscription::start`]).
+    pub async fn subscribe(&self, query: &Query, options: SubscribeOptions) -> Result<Subscription> {
+        Subscription::start(self.storage(), query, options).await
     }
 
     /// Live events only: everything committed after this call.
     pub fn subscribe_live(&self, pattern: Pattern, options: SubscribeOptions) -> Subscription {
-        let shared = self.inner.shared.clone();
-        let now = shared.live.last();
-        Subscription::new(shared, pattern, now, None, false, options)
+        Subscription::live(self.storage(), pattern, options)
     }
 
     /// Removes one event by id (its seq is never reused). Errors with
@@ -755,6 +784,26 @@ impl Store {
         Ok(None)
     }
 
+    /// The distinct topics of stored events whose payload is `hash`,
+    /// looking at no more than `max` of those events (content shared by
+    /// very many events costs a bounded amount).
+    pub fn content_topics(&self, hash: &Hash, max: usize) -> Result<Vec<Topic>> {
+        let shared = &self.inner.shared;
+        shared.barrier()?;
+        let mut topics: Vec<Topic> = Vec::new();
+        for guard in shared.index.prefix(Ks::Cas, &hash.0[..CAS_KEY_HASH_BYTES]).take(max) {
+            let key = guard.key()?;
+            let Some(id_bytes) = strip(&key).get(CAS_KEY_HASH_BYTES..CAS_KEY_HASH_BYTES + 16) else { continue };
+            let id = EventId::from_bytes(id_bytes.try_into().expect("16 bytes"));
+            let Some(pos) = find_id(&shared.index, &shared.segments, id)? else { continue };
+            let event = shared.segments.read_event(pos)?;
+            if event.hash == Some(*hash) && !topics.contains(&event.topic) {
+                topics.push(event.topic);
+            }
+        }
+        Ok(topics)
+    }
+
     /// Whether the store holds content with `hash`.
     pub fn cas_has(&self, hash: &Hash) -> Result<bool> {
         let shared = &self.inner.shared;
@@ -781,7 +830,7 @@ impl Store {
 
     /// Deletes content that was put on its own ([`Store::cas_put`]) and that
     /// no stored event refers to. Returns false if there was no such file;
-    /// errors with `Invalid` (field `content`) while an event refers to it.
+    /// errors with `InUse` while an event refers to it.
     ///
     /// Safe against concurrent appends of the same bytes: the file is first
     /// moved aside; a sync through the writer makes every append planned
@@ -802,10 +851,7 @@ impl Store {
             }
             Ok(Some(event)) => {
                 shared.cas.restore(hash, &aside)?;
-                Err(StoreError::invalid(
-                    "content",
-                    format!("{} is the payload of event {}; remove the event first", hash.sri(), event.id),
-                ))
+                Err(StoreError::InUse { hash: hash.sri(), event: event.id })
             }
             Err(error) => {
                 shared.cas.restore(hash, &aside)?;
@@ -990,4 +1036,20 @@ fn spawn_sweeper(shared: Arc<Shared>, interval: Duration) -> Result<(mpsc::Sende
         })
         .map_err(StoreError::io("start the retention thread"))?;
     Ok((stop, handle))
+}
+
+/// A state change as a writer request, checked against the record limit.
+pub(crate) fn state_request(ops: Vec<StateOp>) -> Result<(Request, oneshot::Receiver<Result<()>>)> {
+    let bytes: usize = ops
+        .iter()
+        .map(|op| match op {
+            StateOp::Put(key, value) => 9 + key.len() + value.len(),
+            StateOp::Delete(key) => 5 + key.len(),
+        })
+        .sum();
+    if bytes > RECORD_BYTES_MAX {
+        return Err(StoreError::TooLarge { what: "state change", bytes: bytes as u64, max: RECORD_BYTES_MAX as u64 });
+    }
+    let (reply, receiver) = oneshot::channel();
+    Ok((Request::State { ops, reply }, receiver))
 }

@@ -1,8 +1,16 @@
-//! `Subscription`: history from storage, then live events from the ring, with
-//! no gap and no duplicate at the switch, and back to storage whenever the
-//! subscriber falls behind the ring. It only ever moves a cursor (the id of
-//! the last event it looked at) forward, so the same loop handles catch-up,
-//! the switch, and falling behind.
+//! `Subscription`: history from storage, then live events, with no gap and
+//! no duplicate at the switch, and back to storage whenever the subscriber
+//! falls behind what memory holds. Written once over the storage seam
+//! ([`Storage`]), so every backend gets the same algorithm.
+//!
+//! It only ever moves a cursor (the id of the last event it looked at)
+//! forward, so the same loop handles catch-up, the switch, and falling
+//! behind: while catching up it asks `Storage::history` for the next chunk
+//! after the cursor; a short chunk moves the cursor to the point up to
+//! which storage was complete, and the subscription turns to the live
+//! window; when the window no longer reaches back to the cursor, it
+//! catches up again. Its wake-up signal is marked seen before every look
+//! at the window, so no commit between a look and a wait is missed.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -14,9 +22,8 @@ use crate::error::{Result, StoreError};
 use crate::event::Event;
 use crate::id::EventId;
 use crate::limits::SUBSCRIBER_CHUNK_EVENTS;
-use crate::live::Window;
-use crate::read::Scan;
-use crate::store::Shared;
+use crate::read::Query;
+use crate::storage::{Storage, Window};
 use crate::topic::Pattern;
 
 /// What a subscription yields.
@@ -41,7 +48,7 @@ pub struct SubscribeOptions {
 
 /// An ordered stream of events: history, then live. See the module docs.
 pub struct Subscription {
-    shared: Arc<Shared>,
+    storage: Arc<dyn Storage>,
     pattern: Pattern,
     /// Only events with at least this seq (a `from_seq` on one topic).
     min_seq: Option<u64>,
@@ -53,30 +60,53 @@ pub struct Subscription {
     options: SubscribeOptions,
     buffer: VecDeque<Arc<Event>>,
     signal: watch::Receiver<u64>,
-    /// Wakes when the indexer advances (for a subscriber behind both the
-    /// ring and the index).
-    indexed: watch::Receiver<u64>,
-    /// The cursor at the last catch-up that found storage exhausted.
-    exhausted_at: Option<EventId>,
 }
 
 impl Subscription {
-    pub(crate) fn new(
-        shared: Arc<Shared>,
+    /// History matching `query` (from `after`, `from_seq`, `last`, or the
+    /// beginning), then live events. `limit` is the caller's business.
+    pub async fn start(storage: Arc<dyn Storage>, query: &Query, options: SubscribeOptions) -> Result<Subscription> {
+        query.validate()?;
+        if query.reverse {
+            return Err(StoreError::invalid("reverse", "a subscription runs forward"));
+        }
+        let now = storage.last_id();
+        let before = |event: &Event| EventId::from_u128(event.id.to_u128().saturating_sub(1));
+        let (cursor, min_seq) = if let Some(last) = query.last {
+            let newest = Query { last: Some(last), limit: Some(1), ..query.clone() };
+            match first(&*storage, newest).await? {
+                Some(first) => (before(&first), None),
+                None => (query.after.unwrap_or(now).max(now), None),
+            }
+        } else if let Some(from_seq) = query.from_seq {
+            let from = Query { from_seq: Some(from_seq), limit: Some(1), ..query.clone() };
+            match first(&*storage, from).await? {
+                Some(first) => (before(&first), Some(from_seq)),
+                None => (now, Some(from_seq)),
+            }
+        } else {
+            (query.after.unwrap_or(EventId::MIN), None)
+        };
+        Ok(Subscription::new(storage, query.pattern.clone(), cursor, min_seq, true, options))
+    }
+
+    /// Live events only: everything committed after this call.
+    pub fn live(storage: Arc<dyn Storage>, pattern: Pattern, options: SubscribeOptions) -> Subscription {
+        let now = storage.last_id();
+        Subscription::new(storage, pattern, now, None, false, options)
+    }
+
+    fn new(
+        storage: Arc<dyn Storage>,
         pattern: Pattern,
         cursor: EventId,
         min_seq: Option<u64>,
         history: bool,
         options: SubscribeOptions,
     ) -> Subscription {
-        // A subscription to one topic wakes only for that topic's commits.
-        let signal = match pattern.exact() {
-            Some(topic) => shared.live.watch_topic(topic.as_str()),
-            None => shared.live.watch(),
-        };
-        let indexed = shared.progress.watch_indexed();
+        let signal = storage.watch(&pattern);
         Subscription {
-            shared,
+            storage,
             pattern,
             min_seq,
             cursor,
@@ -85,8 +115,6 @@ impl Subscription {
             options,
             buffer: VecDeque::new(),
             signal,
-            indexed,
-            exhausted_at: None,
         }
     }
 
@@ -95,73 +123,75 @@ impl Subscription {
         self.cursor
     }
 
-    /// The next delivery. Errors (a damaged record, say) leave the cursor
-    /// before the failing event, so a new subscription after it can resume.
+    /// The pattern followed.
+    pub fn pattern(&self) -> &Pattern {
+        &self.pattern
+    }
+
+    /// The next delivery. Cancel-safe: dropping the future loses nothing.
+    /// Errors (a damaged record, say) leave the cursor before the failing
+    /// event, so a new subscription after it can resume.
     pub async fn next(&mut self) -> Result<Delivery> {
         loop {
-            if let Some(event) = self.buffer.pop_front() {
-                return Ok(Delivery::Event(event));
+            if let Some(delivery) = self.ready() {
+                return delivery;
             }
             if self.catching_up {
-                if self.exhausted_at == Some(self.cursor) {
-                    // Storage had nothing after the cursor and the ring has
-                    // moved past it: the indexer is behind. Wait for it.
-                    self.shared.progress.hurry();
-                    let _ = self.indexed.changed().await;
-                }
-                self.indexed.borrow_and_update();
-                self.catch_up()?;
+                self.catch_up().await?;
                 continue;
+            }
+            if self.buffer.is_empty() && !self.wait().await {
+                return Ok(Delivery::Pulse);
+            }
+        }
+    }
+
+    /// A delivery that is ready without waiting or reading storage:
+    /// buffered events, the threshold marker, or events in the live window.
+    pub fn ready(&mut self) -> Option<Result<Delivery>> {
+        loop {
+            if let Some(event) = self.buffer.pop_front() {
+                return Some(Ok(Delivery::Event(event)));
+            }
+            if self.catching_up {
+                return None;
             }
             if self.threshold_due {
                 self.threshold_due = false;
-                return Ok(Delivery::Threshold);
+                return Some(Ok(Delivery::Threshold));
             }
             // Mark the signal seen before looking, so no wake-up is lost.
             self.signal.borrow_and_update();
-            if self.shared.live.is_closed() {
-                return Err(StoreError::ShuttingDown);
+            if self.storage.is_closed() {
+                return Some(Err(StoreError::ShuttingDown));
             }
-            match self.shared.live.after(self.cursor, &self.pattern, SUBSCRIBER_CHUNK_EVENTS) {
-                Window::Behind => self.catching_up = true,
+            match self.storage.live_after(self.cursor, &self.pattern, SUBSCRIBER_CHUNK_EVENTS) {
+                Window::Behind => {
+                    self.catching_up = true;
+                    return None;
+                }
                 Window::Events(events, cursor) => {
+                    let moved = cursor != self.cursor;
                     self.cursor = cursor;
                     self.push(events);
-                    if self.buffer.is_empty() && !self.wait().await {
-                        return Ok(Delivery::Pulse);
+                    if self.buffer.is_empty() && !moved {
+                        return None;
                     }
                 }
             }
         }
     }
 
-    /// Reads one chunk from storage; switches to live when storage is done.
-    fn catch_up(&mut self) -> Result<()> {
-        // Every stored event up to `now` is in the index before the scan
-        // starts; newer ones are in the ring or will be indexed. The ring's
-        // last id is read first: the writer publishes a group only after
-        // committing it, so if the index then covers everything committed,
-        // it covers every stored event up to that id.
-        let ring_last = self.shared.live.last();
-        let (indexed_last_id, caught_up) = self.shared.progress.indexed_snapshot()?;
-        let now = if caught_up { ring_last } else { indexed_last_id };
-        let mut scan =
-            Scan::open(&self.shared.index, &self.shared.segments, &self.pattern, Some(self.cursor), None, false)?;
-        let mut events = Vec::new();
-        let mut decoder = crate::log::codec::Decoder::full();
-        while events.len() < SUBSCRIBER_CHUNK_EVENTS {
-            let Some(pos) = scan.next_pos(&self.shared.segments) else { break };
-            let event = self.shared.segments.read_event_with(pos?, &mut decoder)?;
-            events.push(Arc::new(event));
-        }
-        let done = events.len() < SUBSCRIBER_CHUNK_EVENTS;
-        if let Some(last) = events.last() {
+    /// Reads one chunk of history; switches to live when storage is done.
+    async fn catch_up(&mut self) -> Result<()> {
+        let history = self.storage.history(self.pattern.clone(), self.cursor, SUBSCRIBER_CHUNK_EVENTS).await?;
+        let done = history.events.len() < SUBSCRIBER_CHUNK_EVENTS;
+        if let Some(last) = history.events.last() {
             self.cursor = last.id;
         }
-        self.push(events);
+        self.push(history.events);
         if done {
-            self.cursor = self.cursor.max(now);
-            self.exhausted_at = Some(self.cursor);
+            self.cursor = self.cursor.max(history.through);
             self.catching_up = false;
         }
         Ok(())
@@ -173,8 +203,9 @@ impl Subscription {
     }
 
     /// Waits for a new commit; false when the pulse interval passed first.
-    /// (The sender lives as long as this subscription's `Shared`, so
-    /// `changed` cannot fail; closing is signalled through `Live::close`.)
+    /// (Closing storage changes the signal too, and `ready` then reports it.
+    /// The signal's sender lives as long as the storage this subscription
+    /// holds, so `changed` does not fail while it waits.)
     async fn wait(&mut self) -> bool {
         match self.options.pulse {
             Some(pulse) => tokio::time::timeout(pulse, self.signal.changed()).await.is_ok(),
@@ -184,4 +215,9 @@ impl Subscription {
             }
         }
     }
+}
+
+/// The first event `query` reads.
+async fn first(storage: &dyn Storage, query: Query) -> Result<Option<Event>> {
+    Ok(storage.read(query).await?.next(1).await?.pop())
 }

@@ -95,9 +95,7 @@ pub(crate) fn delete_content(store: &cairn_store::Store, hash: &Hash) -> ApiResu
     match store.cas_delete(hash) {
         Ok(true) => Ok(()),
         Ok(false) => Err(ApiError::not_found("content", hash.sri())),
-        Err(error @ StoreError::Invalid { field: "content", .. }) => {
-            Err(ApiError::new(StatusCode::CONFLICT, "in_use", error.to_string()))
-        }
+        Err(error @ StoreError::InUse { .. }) => Err(ApiError::new(StatusCode::CONFLICT, "in_use", error.to_string())),
         Err(error) => Err(error.into()),
     }
 }

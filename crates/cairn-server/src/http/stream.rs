@@ -151,7 +151,7 @@ pub(crate) async fn respond(
 
 async fn follow(app: &Arc<App>, spec: ReadSpec) -> ApiResult<Response<Body>> {
     let (query, options) = (Query { limit: None, ..spec.query.clone() }, spec.options);
-    let mut subscription = blocking(app, move |store| Ok(store.subscribe(&query, options)?)).await?;
+    let mut subscription = app.store.subscribe(&query, options).await?;
     let (sender, receiver) = mpsc::channel::<Bytes>(CHUNKS_BUFFERED);
     let store = app.store.clone();
     let guard = StreamGuard::new(app);

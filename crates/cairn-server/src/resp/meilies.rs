@@ -82,7 +82,7 @@ pub(crate) fn start_publish(conn: &mut Conn, args: &[Bytes]) -> Awaiting {
 /// The MeiliES commands other than `publish`; `None` for others.
 pub(crate) async fn dispatch(conn: &mut Conn, name: &str, args: &[Bytes]) -> Option<CmdResult> {
     Some(match name {
-        "subscribe" => subscribe(conn, args),
+        "subscribe" => subscribe(conn, args).await,
         "last-event-number" => last_event_number(conn, args),
         "stream-names" => stream_names(conn),
         "publish" => Err(err("wrong number of arguments for 'publish' command")),
@@ -90,7 +90,7 @@ pub(crate) async fn dispatch(conn: &mut Conn, name: &str, args: &[Bytes]) -> Opt
     })
 }
 
-fn subscribe(conn: &mut Conn, args: &[Bytes]) -> CmdResult {
+async fn subscribe(conn: &mut Conn, args: &[Bytes]) -> CmdResult {
     let specs = args[1..].iter().map(|spec| Spec::parse(spec)).collect::<Result<Vec<_>, _>>()?;
     let principal = conn.principal.clone().expect("authenticated");
     for spec in &specs {
@@ -107,7 +107,7 @@ fn subscribe(conn: &mut Conn, args: &[Bytes]) -> CmdResult {
             Some(from) => {
                 let from_seq = spec.topic.is_some().then_some(from);
                 let query = Query { from_seq, ..Query::new(pattern) };
-                tokio::task::block_in_place(|| store.subscribe(&query, SubscribeOptions::default()))?
+                store.subscribe(&query, SubscribeOptions::default()).await?
             }
         };
         conn.out.array(2);

@@ -124,7 +124,7 @@ struct GroupState {
 }
 
 fn fail(request: Request, error: &StoreError) {
-    let error = || clone_error(error);
+    let error = || error.clone();
     match request {
         Request::Append { reply, .. } | Request::Import { reply, .. } => drop(reply.send(Err(error()))),
         Request::Remove { reply, .. }
@@ -132,20 +132,6 @@ fn fail(request: Request, error: &StoreError) {
         | Request::ConsumerDelete { reply, .. }
         | Request::State { reply, .. }
         | Request::Sync { reply } => drop(reply.send(Err(error()))),
-    }
-}
-
-/// Errors are not `Clone` (they carry `io::Error`); a group's failure is
-/// reported to each of its requests as an equivalent error.
-fn clone_error(error: &StoreError) -> StoreError {
-    match error {
-        StoreError::Poisoned { reason } => StoreError::Poisoned { reason: reason.clone() },
-        StoreError::Io { context, source } => {
-            StoreError::Io { context: context.clone(), source: std::io::Error::new(source.kind(), source.to_string()) }
-        }
-        other => {
-            StoreError::Io { context: other.to_string(), source: std::io::Error::other("the write was not committed") }
-        }
     }
 }
 
@@ -208,6 +194,8 @@ impl Writer {
                 }
             }
             last_group_len = group.len();
+            // Room in the queue again: wake async submitters waiting for it.
+            self.shared.queue_space.notify_waiters();
             self.commit_group(group, group_bytes);
         }
         self.sync_if_unsynced();
@@ -279,8 +267,8 @@ impl Writer {
             for plan in planned {
                 match plan {
                     Planned::Done(reply, result) => drop(reply.send(result)),
-                    Planned::Append { reply, .. } => drop(reply.send(Err(clone_error(&error)))),
-                    Planned::Unit { reply } => drop(reply.send(Err(clone_error(&error)))),
+                    Planned::Append { reply, .. } => drop(reply.send(Err(error.clone()))),
+                    Planned::Unit { reply } => drop(reply.send(Err(error.clone()))),
                 }
             }
             return;
@@ -490,7 +478,10 @@ impl Writer {
             if let Err(source) = self.file.write_all(&self.buf) {
                 // Cut the partial write so the log ends at the last good record.
                 let _ = self.file.cut(self.offset);
-                return Err(StoreError::Io { context: format!("write log segment {}", self.segment), source });
+                return Err(StoreError::Io {
+                    context: format!("write log segment {}", self.segment),
+                    source: Arc::new(source),
+                });
             }
             self.unsynced = true;
         }
@@ -513,7 +504,7 @@ impl Writer {
         if self.file.crashed() {
             return Err(StoreError::Io {
                 context: "roll the log".to_owned(),
-                source: std::io::Error::other("fault injection: the process has crashed"),
+                source: Arc::new(std::io::Error::other("fault injection: the process has crashed")),
             });
         }
         let file = create_segment(self.shared.segments.dir(), next)?;

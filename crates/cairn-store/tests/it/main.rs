@@ -1,7 +1,8 @@
 //! Engine tests: the store against its specification, through its public API.
 //!
-//! One binary (see the style guide): `basics` pins behaviour example by
-//! example, `model` checks random operation sequences against an in-memory
+//! One binary (see the style guide): `conformance` runs the storage seam's
+//! conformance suite against the engine, `basics` pins the engine's own
+//! behaviour example by example, `model` checks random operation sequences against an in-memory
 //! model, `recovery` damages the log's tail byte by byte, `subscribe` checks
 //! the history/live switch under concurrent writers, and `crash` kills a
 //! child process that appends and checks every acknowledged event survives,
@@ -11,6 +12,7 @@
 #![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
 
 mod basics;
+mod conformance;
 mod crash;
 mod model;
 mod parsers;

@@ -22,7 +22,7 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        6 => (events(), (0..3usize, 0..4u8), proptest::option::weighted(0.3, 0..3u8))
+        6 => (events(), (0..3usize, 0..5u8), proptest::option::weighted(0.3, 0..3u8))
             .prop_map(|(events, expect, key)| Op::Append { events, expect, key }),
         1 => any::<usize>().prop_map(|pick| Op::Remove { pick }),
         1 => any::<usize>().prop_map(|pick| Op::Ack { pick }),
@@ -131,6 +131,7 @@ fn append(store: &Store, model: &mut Model, events: &[(usize, bool, bool)], expe
         0 => Expect::Any,
         1 => Expect::Empty,
         2 => current.map_or(Expect::Empty, Expect::Seq),
+        3 => Expect::Exists,
         _ => Expect::Seq(current.map_or(5, |s| s + 3)),
     };
     batch.expect.insert(topic(expect_name), expectation);
@@ -148,6 +149,7 @@ fn append(store: &Store, model: &mut Model, events: &[(usize, bool, bool)], expe
     let satisfied = match expectation {
         Expect::Any => true,
         Expect::Empty => current.is_none(),
+        Expect::Exists => current.is_some(),
         Expect::Seq(seq) => current == Some(seq),
         Expect::UnchangedSince(_) => unreachable!(),
     };
