@@ -1,15 +1,17 @@
 //! Where a command runs (a new server, a running server, or the store
-//! opened here), and one function per subcommand over a local store.
+//! opened here), and one function per subcommand over a local store. The
+//! local path is an adapter over the same service a server runs
+//! (`cairn_service::Service`, as the trusted `Principal::Local`), so a
+//! command does the same thing and prints the same lines either way.
 
 use std::io::{BufRead as _, IsTerminal as _, Read as _, Write as _};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
-use cairn_store::json::EventJson;
-use cairn_store::{
-    Batch, Delivery, EventId, Expect, Hash, NewEvent, Options, Pattern, Query, Store, SubscribeOptions, SyncMode,
-    Topic, Ttl,
+use cairn_service::{
+    Batch, Delivered, EventId, Expect, FollowOptions, Hash, NewEvent, NewUser, Pattern, Principal, Query, Service,
+    ServiceOptions, StoreOptions, SyncMode, Topic, Ttl,
 };
 
 use crate::args::{AppendArgs, CasCommand, CatArgs, Cli, Command, ConsumerCommand, TokenCommand, UserCommand};
@@ -18,6 +20,11 @@ use crate::output;
 /// Events per import call: big enough to amortise commits, small enough to
 /// bound memory.
 const IMPORT_CHUNK_EVENTS: usize = 1000;
+/// Events read per step of a local read.
+const READ_CHUNK_EVENTS: usize = 4096;
+
+/// The trusted principal of the store's own directory.
+const LOCAL: Principal = Principal::Local;
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
     if let Command::Serve(args) = cli.command {
@@ -27,24 +34,33 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     }
     if let Some(url) = &cli.remote {
         let mut client = cairn_client::Client::tcp(url, cli.cacert.as_deref())?;
+        let mut login_password = None;
         if let Some(user) = &cli.user {
             let password = std::env::var("CAIRN_PASSWORD").context("--user needs the password in $CAIRN_PASSWORD")?;
             client = client.with_basic(user, &password);
+            login_password = Some(password);
         } else if let Ok(token) = std::env::var("CAIRN_TOKEN") {
             client = client.with_token(&token);
         }
-        return crate::remote::run(client, cli.command);
+        return crate::remote::run(client, cli.command, login_password);
     }
     let dir = cli.store.unwrap_or_else(|| cairn_server::STORE_DEFAULT.into());
     let socket = dir.join(cairn_server::SOCKET_NAME);
     // A server owns the store: talk to it. (A stale socket does not answer.)
     if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
-        return crate::remote::run(cairn_client::Client::unix(&socket), cli.command);
+        return crate::remote::run(cairn_client::Client::unix(&socket), cli.command, None);
     }
     let sync = SyncMode::parse(cli.sync.as_deref().unwrap_or("always"))?;
-    let options = Options { sync, ..Options::default() };
-    let store = Store::open(&dir, options).with_context(|| format!("open store {}", dir.display()))?;
-    if let Some(cut) = &store.recovery_report().truncated {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(local(dir, sync, cli.command))
+}
+
+async fn local(dir: std::path::PathBuf, sync: SyncMode, command: Command) -> Result<ExitCode> {
+    let options = StoreOptions { sync, ..StoreOptions::default() };
+    let (service, truncated) = cairn_service::open_local(dir.clone(), options, ServiceOptions::default())
+        .await
+        .with_context(|| format!("open store {}", dir.display()))?;
+    if let Some(cut) = &truncated {
         eprintln!(
             "cairn: recovered: cut {} bytes of an unfinished write at segment {} offset {} ({})",
             cut.bytes, cut.segment, cut.offset, cut.reason
@@ -52,69 +68,76 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     }
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    let code = match cli.command {
+    let result = command_on(&service, &mut out, command).await;
+    let flushed = out.flush();
+    service.close().await;
+    let code = result?;
+    flushed?;
+    Ok(code)
+}
+
+async fn command_on(service: &Service, out: &mut impl std::io::Write, command: Command) -> Result<ExitCode> {
+    match command {
         Command::Serve(_) => unreachable!("serve returned above"),
-        Command::User(command) => user(&store, &mut out, command)?,
-        Command::Append(args) => append(&store, &mut out, args)?,
-        Command::Cat(args) => cat(&store, &mut out, args)?,
+        Command::User(command) => user(service, out, command).await?,
+        Command::Append(args) => append(service, out, args).await?,
+        Command::Cat(args) => return cat(service, out, args).await,
         Command::Get { id, content } => {
             let id = EventId::parse(&id)?;
-            let event = store.get(id)?.with_context(|| format!("event {id} not found"))?;
-            output::event_line(&mut out, &store, &event, content)?;
-            ExitCode::SUCCESS
+            let item = service.get(&LOCAL, id, content).await?;
+            output::event_line(out, &item.event, item.content.as_deref())?;
         }
         Command::Head { topic, content } => {
             let topic = Topic::new(&topic)?;
             let query = Query { last: Some(1), ..Query::new(Pattern::Exact(topic.clone())) };
-            let event =
-                store.read(&query)?.next().transpose()?.with_context(|| format!("topic {topic} has no events"))?;
-            output::event_line(&mut out, &store, &event, content)?;
-            ExitCode::SUCCESS
+            let mut items = service.read_all(&LOCAL, query, content).await?;
+            let item = items.pop().with_context(|| format!("topic {topic} has no events"))?;
+            output::event_line(out, &item.event, item.content.as_deref())?;
         }
         Command::Topics => {
-            for info in store.topics()? {
-                output::json_line(&mut out, &info)?;
+            for info in service.topics(&LOCAL).await? {
+                output::json_line(out, &info)?;
             }
-            ExitCode::SUCCESS
         }
-        Command::Rm { id } => {
-            store.remove(EventId::parse(&id)?)?;
-            ExitCode::SUCCESS
-        }
+        Command::Rm { id } => service.remove(&LOCAL, EventId::parse(&id)?).await?,
         Command::Cas(CasCommand::Put) => {
             let mut bytes = Vec::new();
             std::io::stdin().read_to_end(&mut bytes).context("read stdin")?;
-            let hash = store.cas_put(&bytes)?;
+            let hash = service.cas_put(&LOCAL, bytes).await?;
             writeln!(out, "{}", hash.sri())?;
-            ExitCode::SUCCESS
         }
         Command::Cas(CasCommand::Get { hash }) => {
-            let bytes = store.cas_get(&Hash::parse(&hash)?)?;
+            let bytes = service.cas_get(&LOCAL, &Hash::parse(&hash)?).await?;
             out.write_all(&bytes)?;
-            ExitCode::SUCCESS
         }
-        Command::Consumer(command) => consumer(&store, &mut out, command)?,
+        Command::Consumer(command) => consumer(service, out, command).await?,
         Command::Verify => {
-            let report = store.verify()?;
-            output::json_line(&mut out, &report)?;
-            if report.ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+            let report = service.verify(&LOCAL).await?;
+            output::json_line(out, &report)?;
+            if !report.ok() {
+                return Ok(ExitCode::FAILURE);
+            }
         }
         Command::Export { pattern } => {
-            let query = Query::new(Pattern::parse(&pattern)?);
-            for event in store.read(&query)? {
-                output::event_line(&mut out, &store, &event?, true)?;
+            let mut read = service.read(&LOCAL, Query::new(Pattern::parse(&pattern)?), true).await?;
+            loop {
+                let items = read.next(READ_CHUNK_EVENTS).await?;
+                if items.is_empty() {
+                    break;
+                }
+                for item in items {
+                    output::event_line(out, &item.event, item.content.as_deref())?;
+                }
             }
-            ExitCode::SUCCESS
         }
-        Command::Import => import(&store, &mut out)?,
-    };
-    out.flush()?;
-    Ok(code)
+        Command::Import => import(service, out).await?,
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
-fn append(store: &Store, out: &mut impl std::io::Write, args: AppendArgs) -> Result<ExitCode> {
+async fn append(service: &Service, out: &mut impl std::io::Write, args: AppendArgs) -> Result<()> {
     if let Some(key) = &args.key {
-        cairn_store::check_idempotency_key(key)?;
+        cairn_service::check_idempotency_key(key)?;
     }
     let batch = if args.batch {
         batch_from_stdin(args.key)?
@@ -131,7 +154,7 @@ fn append(store: &Store, out: &mut impl std::io::Write, args: AppendArgs) -> Res
         let event = NewEvent {
             topic: Some(topic),
             kind: args.kind,
-            meta: args.meta.as_deref().map(cairn_store::check_meta).transpose()?,
+            meta: args.meta.as_deref().map(cairn_service::check_meta).transpose()?,
             payload,
             ttl: args.ttl.as_deref().map(Ttl::parse).transpose()?.unwrap_or_default(),
             user: None,
@@ -141,10 +164,10 @@ fn append(store: &Store, out: &mut impl std::io::Write, args: AppendArgs) -> Res
         batch.idempotency_key = args.key;
         batch
     };
-    for event in store.append_batch(batch)? {
-        output::event_line(out, store, &event, false)?;
+    for event in service.append(&LOCAL, batch).await? {
+        output::event_line(out, &event, None)?;
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 fn batch_from_stdin(key: Option<String>) -> Result<Batch> {
@@ -154,80 +177,89 @@ fn batch_from_stdin(key: Option<String>) -> Result<Batch> {
         if line.trim().is_empty() {
             continue;
         }
-        let event: cairn_store::json::BatchEventJson =
+        let event: cairn_service::json::BatchEventJson =
             serde_json::from_str(&line).with_context(|| format!("line {}: not a batch event", idx + 1))?;
         events.push(event);
     }
     if events.is_empty() {
         bail!("no events on stdin: give one JSON object per line");
     }
-    Ok(cairn_store::json::batch_from_json(events, None, key)?)
+    Ok(cairn_service::json::batch_from_json(events, None, key)?)
 }
 
-fn cat(store: &Store, out: &mut impl std::io::Write, args: CatArgs) -> Result<ExitCode> {
+async fn cat(service: &Service, out: &mut impl std::io::Write, args: CatArgs) -> Result<ExitCode> {
     let pattern = Pattern::parse(&args.pattern)?;
     let after = match (&args.consumer, &args.after) {
-        (Some(name), _) => store.consumer(name)?,
+        (Some(name), _) => service.consumer(&LOCAL, None, name).await?.map(|cursor| cursor.acked),
         (None, Some(id)) => Some(EventId::parse(id)?),
         (None, None) => None,
     };
     let query =
         Query { pattern, after, from_seq: args.from_seq, last: args.last, limit: args.limit, reverse: args.reverse };
     if !args.follow {
-        for event in store.read(&query)? {
-            output::event_line(out, store, &event?, args.content)?;
-        }
-        return Ok(ExitCode::SUCCESS);
-    }
-    let options = SubscribeOptions { threshold: args.threshold, pulse: args.pulse.map(Duration::from_millis) };
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let mut subscription = runtime.block_on(store.subscribe(&Query { limit: None, ..query }, options))?;
-    let mut remaining = args.limit.unwrap_or(u64::MAX);
-    runtime.block_on(async {
-        let interrupted = tokio::signal::ctrl_c();
-        tokio::pin!(interrupted);
-        while remaining > 0 {
-            let delivery = tokio::select! {
-                _ = &mut interrupted => return Ok(()),
-                delivery = subscription.next() => delivery?,
-            };
-            match delivery {
-                Delivery::Event(event) => {
-                    output::event_line(out, store, &event, args.content)?;
-                    remaining -= 1;
-                }
-                Delivery::Threshold => output::synthetic_line(out, "cairn.threshold")?,
-                Delivery::Pulse => output::synthetic_line(out, "cairn.pulse")?,
+        let mut read = service.read(&LOCAL, query, args.content).await?;
+        loop {
+            let items = read.next(READ_CHUNK_EVENTS).await?;
+            if items.is_empty() {
+                return Ok(ExitCode::SUCCESS);
             }
-            out.flush()?;
+            for item in items {
+                output::event_line(out, &item.event, item.content.as_deref())?;
+            }
         }
-        Ok::<(), anyhow::Error>(())
-    })?;
+    }
+    let options = FollowOptions {
+        threshold: args.threshold,
+        pulse: args.pulse.map(Duration::from_millis),
+        content: args.content,
+        limit: args.limit,
+    };
+    let mut follow = service.follow(&LOCAL, query, options).await?;
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
+    while !follow.is_done() {
+        let deliveries = tokio::select! {
+            _ = &mut interrupted => return Ok(ExitCode::SUCCESS),
+            deliveries = follow.next(512) => deliveries?,
+        };
+        for delivery in deliveries {
+            match delivery {
+                Delivered::Event(event, content) => output::event_line(out, &event, content.as_deref())?,
+                Delivered::Threshold => output::synthetic_line(out, "cairn.threshold")?,
+                Delivered::Pulse => output::synthetic_line(out, "cairn.pulse")?,
+            }
+        }
+        out.flush()?;
+    }
     Ok(ExitCode::SUCCESS)
 }
 
-fn consumer(store: &Store, out: &mut impl std::io::Write, command: ConsumerCommand) -> Result<ExitCode> {
+async fn consumer(service: &Service, out: &mut impl std::io::Write, command: ConsumerCommand) -> Result<()> {
+    let line = |cursor: &cairn_service::Cursor| serde_json::json!({ "name": cursor.name, "owner": cursor.owner, "acked": cursor.acked });
     match command {
-        ConsumerCommand::Ack { name, id } => store.ack(&name, EventId::parse(&id)?)?,
+        ConsumerCommand::Ack { name, id } => {
+            service.consumer_ack(&LOCAL, None, &name, EventId::parse(&id)?).await?;
+        }
         ConsumerCommand::Show { name } => {
-            let id = store.consumer(&name)?.with_context(|| format!("consumer {name} not found"))?;
-            output::json_line(out, &serde_json::json!({ "name": name, "acked": id }))?;
+            let cursor =
+                service.consumer(&LOCAL, None, &name).await?.with_context(|| format!("consumer {name} not found"))?;
+            output::json_line(out, &line(&cursor))?;
         }
         ConsumerCommand::List => {
-            for (name, id) in store.consumers()? {
-                output::json_line(out, &serde_json::json!({ "name": name, "acked": id }))?;
+            for cursor in service.consumers(&LOCAL).await? {
+                output::json_line(out, &line(&cursor))?;
             }
         }
         ConsumerCommand::Rm { name } => {
-            if !store.consumer_delete(&name)? {
+            if !service.consumer_delete(&LOCAL, None, &name).await? {
                 bail!("consumer {name} not found");
             }
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
-fn import(store: &Store, out: &mut impl std::io::Write) -> Result<ExitCode> {
+async fn import(service: &Service, out: &mut impl std::io::Write) -> Result<()> {
     let progress = std::io::stderr().is_terminal().then(|| {
         let bar = indicatif::ProgressBar::new_spinner();
         bar.set_style(
@@ -243,26 +275,25 @@ fn import(store: &Store, out: &mut impl std::io::Write) -> Result<ExitCode> {
         if line.trim().is_empty() {
             continue;
         }
-        let json: EventJson =
-            serde_json::from_str(&line).with_context(|| format!("line {}: not an exported event", idx + 1))?;
-        chunk.push(json.into_imported().with_context(|| format!("line {}", idx + 1))?);
+        chunk.push(Service::import_line(line.as_bytes()).with_context(|| format!("line {}", idx + 1))?);
         if chunk.len() == IMPORT_CHUNK_EVENTS {
-            total += store
-                .import(std::mem::take(&mut chunk))
-                .with_context(|| format!("import up to line {}", idx + 1))?
-                .len() as u64;
+            let events = std::mem::take(&mut chunk);
+            total +=
+                service.import(&LOCAL, events).await.with_context(|| format!("import up to line {}", idx + 1))? as u64;
             if let Some(bar) = &progress {
                 bar.set_position(total);
             }
         }
     }
-    total += store.import(chunk).context("import")?.len() as u64;
-    store.sync()?;
+    if !chunk.is_empty() {
+        total += service.import(&LOCAL, chunk).await.context("import")? as u64;
+    }
+    service.sync(&LOCAL).await?;
     if let Some(bar) = progress {
         bar.finish_and_clear();
     }
     output::json_line(out, &serde_json::json!({ "imported": total }))?;
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 /// A password from `$CAIRN_PASSWORD`, else the first line of stdin.
@@ -270,6 +301,11 @@ pub fn password() -> Result<String> {
     if let Ok(password) = std::env::var("CAIRN_PASSWORD") {
         return Ok(password);
     }
+    stdin_password()
+}
+
+/// A password from the first line of stdin.
+pub fn stdin_password() -> Result<String> {
     let mut line = String::new();
     std::io::stdin().lock().read_line(&mut line).context("read the password from stdin")?;
     let password = line.trim_end_matches(['\n', '\r']).to_owned();
@@ -279,29 +315,30 @@ pub fn password() -> Result<String> {
     Ok(password)
 }
 
-fn user(store: &Store, out: &mut impl std::io::Write, command: UserCommand) -> Result<ExitCode> {
+async fn user(service: &Service, out: &mut impl std::io::Write, command: UserCommand) -> Result<()> {
     // This process holds the store's lock, so it is the only writer of the users file.
-    let users = cairn_server::Users::open(store.dir())?;
     match command {
         UserCommand::Add { name, read, write, admin } => {
-            let new = cairn_server::NewUser {
+            let new = NewUser {
                 name,
                 password: password()?,
                 read: (!read.is_empty()).then_some(read),
                 write: (!write.is_empty()).then_some(write),
                 admin,
             };
-            output::json_line(out, &users.add(new)?)?;
+            output::json_line(out, &service.user_add(&LOCAL, new).await?)?;
         }
-        UserCommand::Passwd { name } => users.passwd(&name, &password()?)?,
-        UserCommand::Rm { name } => users.remove(&name)?,
+        UserCommand::Passwd { name } => service.user_passwd(&LOCAL, &name, &password()?, None).await?,
+        UserCommand::Rm { name } => service.user_remove(&LOCAL, &name).await?,
         UserCommand::List => {
-            for user in users.list() {
+            for user in service.users_list(&LOCAL).await? {
                 output::json_line(out, &user)?;
             }
         }
-        UserCommand::Token(TokenCommand::Issue { name }) => output::json_line(out, &users.issue_token(&name)?)?,
-        UserCommand::Token(TokenCommand::Revoke { id }) => users.revoke_token(&id)?,
+        UserCommand::Token(TokenCommand::Issue { name }) => {
+            output::json_line(out, &service.token_issue(&LOCAL, &name, None).await?)?;
+        }
+        UserCommand::Token(TokenCommand::Revoke { id }) => service.token_revoke(&LOCAL, &id).await?,
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }

@@ -4,13 +4,12 @@
 use std::io::Write;
 
 use anyhow::Result;
-use cairn_store::{Event, EventId, Store};
+use cairn_service::{Event, EventId};
 
-/// Writes `event` as one JSON line, with its payload if `content`.
-pub fn event_line(out: &mut impl Write, store: &Store, event: &Event, content: bool) -> Result<()> {
-    let payload = if content { store.content(event)? } else { None };
+/// Writes `event` as one JSON line, with its payload if given.
+pub fn event_line(out: &mut impl Write, event: &Event, content: Option<&[u8]>) -> Result<()> {
     let mut line = Vec::with_capacity(256);
-    cairn_store::json::write_event(&mut line, event, payload.as_deref());
+    cairn_service::json::write_event(&mut line, event, content);
     line.push(b'\n');
     out.write_all(&line)?;
     Ok(())

@@ -12,12 +12,15 @@ use serde_json::value::RawValue;
 
 use crate::args::{AppendArgs, CasCommand, CatArgs, Command, ConsumerCommand, TokenCommand, UserCommand};
 
-pub fn run(client: Client, command: Command) -> Result<ExitCode> {
+/// Runs `command` through a server; `login_password` is the password a
+/// `--user` logged in with (a user changing its own password gives it as
+/// the old one).
+pub fn run(client: Client, command: Command, login_password: Option<String>) -> Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    runtime.block_on(dispatch(client, command))
+    runtime.block_on(dispatch(client, command, login_password))
 }
 
-async fn dispatch(client: Client, command: Command) -> Result<ExitCode> {
+async fn dispatch(client: Client, command: Command, login_password: Option<String>) -> Result<ExitCode> {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut code = ExitCode::SUCCESS;
@@ -87,7 +90,7 @@ async fn dispatch(client: Client, command: Command) -> Result<ExitCode> {
                 &client.request("POST", "/v1/import", &headers, RequestBody::Stream(receiver)).await?.bytes().await?,
             )?;
         }
-        Command::User(command) => user(&client, &mut out, command).await?,
+        Command::User(command) => user(&client, &mut out, command, login_password).await?,
     }
     out.flush()?;
     Ok(code)
@@ -235,7 +238,12 @@ async fn consumer(client: &Client, out: &mut impl std::io::Write, command: Consu
     Ok(())
 }
 
-async fn user(client: &Client, out: &mut impl std::io::Write, command: UserCommand) -> Result<()> {
+async fn user(
+    client: &Client,
+    out: &mut impl std::io::Write,
+    command: UserCommand,
+    login_password: Option<String>,
+) -> Result<()> {
     match command {
         UserCommand::Add { name, read, write, admin } => {
             let body = serde_json::json!({
@@ -256,7 +264,11 @@ async fn user(client: &Client, out: &mut impl std::io::Write, command: UserComma
             )?;
         }
         UserCommand::Passwd { name } => {
-            let body = serde_json::json!({ "password": crate::commands::password()? });
+            // Logged in with a password: that is the old one, the new one is on stdin.
+            let body = match login_password {
+                Some(old) => serde_json::json!({ "password": crate::commands::stdin_password()?, "old_password": old }),
+                None => serde_json::json!({ "password": crate::commands::password()? }),
+            };
             let path = format!("/v1/users/{}/password", encode(&name));
             client
                 .request("PUT", &path, &[("content-type", "application/json")], serde_json::to_vec(&body)?.into())

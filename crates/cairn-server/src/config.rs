@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
-use cairn_store::SyncMode;
+use cairn_service::SyncMode;
 
 /// Default TCP connections served at once (the Unix socket shares the pool).
 const MAX_CONNECTIONS_DEFAULT: usize = 4096;
@@ -17,6 +17,13 @@ const HEADER_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
 const RESP_DEFAULT: &str = "127.0.0.1:6480";
 /// How long a shutdown waits for open requests before closing them.
 const SHUTDOWN_GRACE_DEFAULT: Duration = Duration::from_secs(10);
+/// Default time a request body has to arrive (or, streamed, between chunks).
+const BODY_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
+/// Default bound on one Redis command's arguments, in bytes (each argument
+/// also counts 16 bytes): a payload of the largest default size and room.
+const RESP_COMMAND_BYTES_MAX_DEFAULT: usize = 9 * 1024 * 1024;
+/// Default bound on one command before the client authenticated.
+const RESP_UNAUTHENTICATED_BYTES_MAX_DEFAULT: usize = 16 * 1024;
 
 /// Flags of `cairn serve` (each also read from the environment variable named
 /// in its help, and from the `--config` file under the key named there).
@@ -24,8 +31,10 @@ const SHUTDOWN_GRACE_DEFAULT: Duration = Duration::from_secs(10);
 pub struct ServeArgs {
     /// A TOML file of settings (keys: store, sync, http, socket, tls_cert,
     /// tls_key, insecure_no_auth, max_connections, header_timeout,
-    /// shutdown_grace, compat_topic, resp, no_resp, resp_require_auth,
-    /// allow_delete). Flags and environment variables win.
+    /// body_timeout, shutdown_grace, compat_topic, allow_host, allow_origin,
+    /// resp, no_resp, resp_require_auth, resp_command_bytes_max,
+    /// resp_unauthenticated_bytes_max, allow_delete). Flags and environment
+    /// variables win.
     #[arg(long, env = "CAIRN_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 
@@ -63,6 +72,25 @@ pub struct ServeArgs {
     #[arg(long, env = "CAIRN_HEADER_TIMEOUT", value_name = "DURATION")]
     pub header_timeout: Option<String>,
 
+    /// Time a request body has to arrive, and the longest pause between the
+    /// chunks of a streamed one (import); a slower client gets 408 and is
+    /// disconnected. [default: 30s] [config: body_timeout]
+    #[arg(long, env = "CAIRN_BODY_TIMEOUT", value_name = "DURATION")]
+    pub body_timeout: Option<String>,
+
+    /// Another name clients use for this server (Host header), e.g.
+    /// events.example.com:8080. Without authentication only this server's
+    /// own address and loopback names are accepted (a defence against DNS
+    /// rebinding); repeat for more. [config: allow_host]
+    #[arg(long = "allow-host", env = "CAIRN_ALLOW_HOST", value_name = "HOST", value_delimiter = ',')]
+    pub allow_hosts: Vec<String>,
+
+    /// A web origin whose pages may call this server from a browser, e.g.
+    /// https://app.example.com; other sites' requests (which browsers mark
+    /// with Origin) are refused. Repeat for more. [config: allow_origin]
+    #[arg(long = "allow-origin", env = "CAIRN_ALLOW_ORIGIN", value_name = "ORIGIN", value_delimiter = ',')]
+    pub allow_origins: Vec<String>,
+
     /// On SIGINT/SIGTERM, how long open requests get to finish. [default: 10s] [config: shutdown_grace]
     #[arg(long, env = "CAIRN_SHUTDOWN_GRACE", value_name = "DURATION")]
     pub shutdown_grace: Option<String>,
@@ -86,6 +114,18 @@ pub struct ServeArgs {
     #[arg(long, env = "CAIRN_RESP_REQUIRE_AUTH")]
     pub resp_require_auth: bool,
 
+    /// The most bytes one Redis command may carry (its arguments, each also
+    /// counting 16); a bigger one closes the connection.
+    /// [default: 9437184] [config: resp_command_bytes_max]
+    #[arg(long, env = "CAIRN_RESP_COMMAND_BYTES_MAX", value_name = "BYTES")]
+    pub resp_command_bytes_max: Option<usize>,
+
+    /// The same bound before the client authenticated (where AUTH is
+    /// required), so an unauthenticated peer costs little.
+    /// [default: 16384] [config: resp_unauthenticated_bytes_max]
+    #[arg(long, env = "CAIRN_RESP_UNAUTHENTICATED_BYTES_MAX", value_name = "BYTES")]
+    pub resp_unauthenticated_bytes_max: Option<usize>,
+
     /// Let Redis DEL remove every event of a topic (refused by default:
     /// events are kept). [config: allow_delete]
     #[arg(long, env = "CAIRN_ALLOW_DELETE")]
@@ -105,11 +145,16 @@ struct ConfigFile {
     insecure_no_auth: Option<bool>,
     max_connections: Option<usize>,
     header_timeout: Option<String>,
+    body_timeout: Option<String>,
     shutdown_grace: Option<String>,
     compat_topic: Option<String>,
+    allow_host: Option<Vec<String>>,
+    allow_origin: Option<Vec<String>>,
     resp: Option<SocketAddr>,
     no_resp: Option<bool>,
     resp_require_auth: Option<bool>,
+    resp_command_bytes_max: Option<usize>,
+    resp_unauthenticated_bytes_max: Option<usize>,
     allow_delete: Option<bool>,
 }
 
@@ -132,14 +177,24 @@ pub struct Config {
     pub max_connections: usize,
     /// Time to send request headers.
     pub header_timeout: Duration,
+    /// Time a request body has to arrive.
+    pub body_timeout: Duration,
     /// Time open requests get on shutdown.
     pub shutdown_grace: Duration,
     /// Topic of the compatibility routes.
-    pub compat_topic: cairn_store::Topic,
+    pub compat_topic: cairn_service::Topic,
+    /// More names of this server (Host headers accepted without authentication).
+    pub allow_hosts: Vec<String>,
+    /// Web origins whose pages may call this server.
+    pub allow_origins: Vec<String>,
     /// TCP address of the Redis protocol, if served.
     pub resp: Option<SocketAddr>,
     /// Redis clients must AUTH first (always when `resp` is not loopback).
     pub resp_require_auth: bool,
+    /// The most bytes of one Redis command.
+    pub resp_command_bytes_max: usize,
+    /// The most bytes of one Redis command before AUTH.
+    pub resp_unauthenticated_bytes_max: usize,
     /// Redis DEL may remove a topic's events.
     pub allow_delete: bool,
 }
@@ -163,7 +218,7 @@ impl Config {
         let duration = |name: &str, text: Option<String>, default: Duration| -> Result<Duration> {
             match text {
                 None => Ok(default),
-                Some(text) => cairn_store::parse_duration_ms(&text)
+                Some(text) => cairn_service::parse_duration_ms(&text)
                     .map(Duration::from_millis)
                     .map_err(|rule| anyhow::anyhow!("invalid {name}: {rule}")),
             }
@@ -173,9 +228,28 @@ impl Config {
             bail!("invalid max_connections: must be at least 1");
         }
         let compat_topic =
-            cairn_store::Topic::new(args.compat_topic.or(file.compat_topic).as_deref().unwrap_or("events"))
+            cairn_service::Topic::new(args.compat_topic.or(file.compat_topic).as_deref().unwrap_or("events"))
                 .context("invalid compat_topic")?;
         compat_topic.check_user_writable().context("invalid compat_topic")?;
+        let listed = |given: Vec<String>, file: Option<Vec<String>>| -> Vec<String> {
+            let given = if given.is_empty() { file.unwrap_or_default() } else { given };
+            given
+                .into_iter()
+                .map(|item| item.trim().trim_end_matches('/').to_ascii_lowercase())
+                .filter(|item| !item.is_empty())
+                .collect()
+        };
+        let allow_hosts = listed(args.allow_hosts, file.allow_host);
+        let allow_origins = listed(args.allow_origins, file.allow_origin);
+        let resp_command_bytes_max =
+            args.resp_command_bytes_max.or(file.resp_command_bytes_max).unwrap_or(RESP_COMMAND_BYTES_MAX_DEFAULT);
+        let resp_unauthenticated_bytes_max = args
+            .resp_unauthenticated_bytes_max
+            .or(file.resp_unauthenticated_bytes_max)
+            .unwrap_or(RESP_UNAUTHENTICATED_BYTES_MAX_DEFAULT);
+        if resp_command_bytes_max < 1024 || resp_unauthenticated_bytes_max < 1024 {
+            bail!("invalid resp_command_bytes_max or resp_unauthenticated_bytes_max: at least 1024 bytes");
+        }
         let resp = if args.no_resp || (args.resp.is_none() && file.no_resp.unwrap_or(false)) {
             None
         } else {
@@ -197,14 +271,19 @@ impl Config {
                 args.header_timeout.or(file.header_timeout),
                 HEADER_TIMEOUT_DEFAULT,
             )?,
+            body_timeout: duration("body_timeout", args.body_timeout.or(file.body_timeout), BODY_TIMEOUT_DEFAULT)?,
             shutdown_grace: duration(
                 "shutdown_grace",
                 args.shutdown_grace.or(file.shutdown_grace),
                 SHUTDOWN_GRACE_DEFAULT,
             )?,
             compat_topic,
+            allow_hosts,
+            allow_origins,
             resp,
             resp_require_auth,
+            resp_command_bytes_max,
+            resp_unauthenticated_bytes_max,
             allow_delete: args.allow_delete || file.allow_delete.unwrap_or(false),
         })
     }

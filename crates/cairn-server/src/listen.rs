@@ -30,8 +30,8 @@ const HEAD_BYTES_MAX: usize = 64 * 1024;
 pub(crate) enum Door {
     /// The Unix socket: trusted by its file mode.
     Unix,
-    /// TCP (plain or TLS).
-    Tcp,
+    /// TCP (plain or TLS), from this peer.
+    Tcp(SocketAddr),
 }
 
 /// The sockets a server accepts on.
@@ -41,9 +41,12 @@ pub(crate) struct Listeners {
 }
 
 /// Binds the Unix socket at `path`, replacing a stale file left by a killed
-/// server but never a live one; mode 0600.
+/// server but never a live one. The socket is created with its final mode
+/// (0600): bound inside a fresh directory only this user can enter, given
+/// its mode there, then moved into place, so it never exists at `path`
+/// with another mode, whatever the umask.
 pub(crate) fn bind_unix(path: &Path) -> Result<UnixListener> {
-    use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
+    use std::os::unix::fs::{DirBuilderExt as _, FileTypeExt as _, PermissionsExt as _};
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {
             bail!("{} exists and is not a socket; move it away or pick another --socket", path.display());
@@ -56,12 +59,25 @@ pub(crate) fn bind_unix(path: &Path) -> Result<UnixListener> {
             }
         }
     }
-    let listener = UnixListener::bind(path).with_context(|| {
-        format!("listen on {} (socket paths are limited to 107 bytes; --socket picks another)", path.display())
-    })?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("set mode 0600 on {}", path.display()))?;
-    Ok(listener)
+    let parent = path.parent().filter(|parent| !parent.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let staging = parent.join(format!(".cs{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&staging)
+        .with_context(|| format!("create {} to bind the socket in", staging.display()))?;
+    let staged = staging.join("s");
+    let bound = (|| -> Result<UnixListener> {
+        let listener = UnixListener::bind(&staged).with_context(|| {
+            format!("listen on {} (socket paths are limited to 107 bytes; --socket picks another)", path.display())
+        })?;
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("set mode 0600 on {}", staged.display()))?;
+        std::fs::rename(&staged, path).with_context(|| format!("move the socket to {}", path.display()))?;
+        Ok(listener)
+    })();
+    let _ = std::fs::remove_dir_all(&staging);
+    bound
 }
 
 /// Pending connections the kernel queues before `accept` (tokio's default
@@ -143,11 +159,11 @@ pub(crate) async fn accept(app: Arc<App>, router: Router, listeners: Listeners, 
             match accepted {
                 Accepted::Unix(stream) => connection(&app, router, stream, Door::Unix, stop).await,
                 Accepted::Tcp(stream, peer) => match tls {
-                    None => connection(&app, router, stream, Door::Tcp, stop).await,
+                    None => connection(&app, router, stream, Door::Tcp(peer), stop).await,
                     Some(tls) => {
                         let timeout = app.config.header_timeout;
                         match tokio::time::timeout(timeout, tls.accept(stream)).await {
-                            Ok(Ok(stream)) => connection(&app, router, stream, Door::Tcp, stop).await,
+                            Ok(Ok(stream)) => connection(&app, router, stream, Door::Tcp(peer), stop).await,
                             Ok(Err(error)) => tracing::debug!("TLS handshake with {peer} failed: {error}"),
                             Err(_) => tracing::debug!("TLS handshake with {peer} timed out"),
                         }

@@ -1,10 +1,10 @@
 //! Server counters, rendered in the Prometheus text format at `/metrics`
-//! together with the engine's own ([`cairn_store::StoreStats`]).
+//! together with storage's own ([`cairn_service::StoreStats`]).
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 
-use cairn_store::StoreStats;
+use cairn_service::StoreStats;
 
 /// Counters and gauges of one server.
 #[derive(Default, Debug)]

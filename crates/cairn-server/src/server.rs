@@ -1,31 +1,57 @@
-//! A server's life: open the store, bind the sockets, append `cairn.start`,
-//! serve until SIGINT/SIGTERM, then stop accepting, let open requests finish
-//! (streams end cleanly), append `cairn.stop` and close the store.
+//! A server's life: open the store and its service, bind the sockets,
+//! append `cairn.start`, serve until SIGINT/SIGTERM, then stop accepting,
+//! let open requests finish (streams end cleanly), append `cairn.stop` and
+//! close the store.
 
 use std::io::Write as _;
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
 
 use anyhow::{Context as _, Result};
-use cairn_store::{Batch, Expect, NewEvent, Options, Store, Topic};
+use cairn_service::{Service, ServiceOptions, StoreOptions};
 use tokio::sync::watch;
 
-use crate::auth::Users;
 use crate::config::Config;
 use crate::listen::{self, Listeners};
 use crate::metrics::Metrics;
 
 /// What every request handler shares.
 pub(crate) struct App {
-    pub(crate) store: Store,
-    pub(crate) users: Users,
+    /// Every operation goes through it.
+    pub(crate) service: Service,
     pub(crate) metrics: Metrics,
-    /// Redis consumer groups.
-    pub(crate) groups: crate::resp::Groups,
     pub(crate) config: Config,
+    /// The HTTP address bound on TCP, if any (its names are this server's).
+    pub(crate) http: Option<SocketAddr>,
     /// Turns true when the server stops: streams end, connections close.
     pub(crate) stopping: watch::Receiver<bool>,
-    pub(crate) started: Instant,
+}
+
+impl App {
+    /// Whether `host` (a `Host` header, lower-cased) names this server:
+    /// its bound address, a loopback name with its port, or an allowed host.
+    pub(crate) fn known_host(&self, host: &str) -> bool {
+        if self.config.allow_hosts.iter().any(|allowed| allowed.eq_ignore_ascii_case(host)) {
+            return true;
+        }
+        let Some(bound) = self.http else { return false };
+        let port = bound.port().to_string();
+        let (name, given_port) = match host.strip_prefix('[') {
+            Some(bracketed) => match bracketed.split_once(']') {
+                Some((name, tail)) => (name, tail.strip_prefix(':')),
+                None => return false,
+            },
+            None => match host.rsplit_once(':') {
+                Some((name, port)) => (name, Some(port)),
+                None => (host, None),
+            },
+        };
+        if given_port.is_some_and(|given| given != port) {
+            return false;
+        }
+        let loopback = matches!(name, "localhost" | "127.0.0.1" | "::1") || name.ends_with(".localhost");
+        loopback || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip == bound.ip())
+    }
 }
 
 /// Runs a server until SIGINT or SIGTERM. Prints the addresses it listens
@@ -55,12 +81,12 @@ pub fn run(config: Config) -> Result<()> {
 /// bound addresses (`unix:<path>`, `http://<addr>`) once clients can
 /// connect. For embedding (benchmarks, tests); `run` is the CLI's entry.
 pub async fn serve(config: Config, until: impl Future<Output = ()>, ready: impl FnOnce(&[String])) -> Result<()> {
-    let options = Options { sync: config.sync, ..Options::default() };
-    let dir = config.store.clone();
-    let store = tokio::task::spawn_blocking(move || Store::open(&dir, options))
-        .await?
+    let store_options = StoreOptions { sync: config.sync, ..StoreOptions::default() };
+    let options = ServiceOptions { allow_delete: config.allow_delete };
+    let (service, truncated) = cairn_service::open_local(config.store.clone(), store_options, options)
+        .await
         .with_context(|| format!("open store {}", config.store.display()))?;
-    if let Some(cut) = &store.recovery_report().truncated {
+    if let Some(cut) = &truncated {
         tracing::warn!(
             "recovered: cut {} bytes of an unfinished write at segment {} offset {} ({})",
             cut.bytes,
@@ -69,11 +95,10 @@ pub async fn serve(config: Config, until: impl Future<Output = ()>, ready: impl 
             cut.reason
         );
     }
-    let users = Users::open(&config.store)?;
     let unix = listen::bind_unix(&config.socket)?;
     let mut addresses = vec![format!("unix:{}", config.socket.display())];
-    let tcp = match config.http {
-        None => None,
+    let (tcp, http) = match config.http {
+        None => (None, None),
         Some(addr) => {
             let listener = listen::bind_tcp(addr).with_context(|| format!("listen on {addr}"))?;
             let bound = listener.local_addr()?;
@@ -86,10 +111,10 @@ pub async fn serve(config: Config, until: impl Future<Output = ()>, ready: impl 
                 tracing::warn!(
                     "serving {bound} WITHOUT AUTHENTICATION (--insecure-no-auth): anyone who reaches it may read and write"
                 );
-            } else if users.is_empty() {
+            } else if service.users().is_empty() {
                 tracing::warn!("no users yet: TCP clients cannot authenticate until `cairn user add` creates one");
             }
-            Some((listener, tls))
+            (Some((listener, tls)), Some(bound))
         }
     };
     let resp = match config.resp {
@@ -99,32 +124,17 @@ pub async fn serve(config: Config, until: impl Future<Output = ()>, ready: impl 
                 .with_context(|| format!("listen for the Redis protocol on {addr} (--resp ADDR or --no-resp)"))?;
             let bound = listener.local_addr()?;
             addresses.push(format!("redis://{bound}"));
-            if config.resp_require_auth && users.is_empty() {
+            if config.resp_require_auth && service.users().is_empty() {
                 tracing::warn!("the Redis port requires AUTH but there are no users yet (`cairn user add`)");
             }
             Some(listener)
         }
     };
-    let groups = {
-        let store = store.clone();
-        tokio::task::spawn_blocking(move || crate::resp::Groups::load(&store)).await?.context("load consumer groups")?
-    };
     let (stop, stopping) = watch::channel(false);
-    let app = Arc::new(App {
-        store,
-        users,
-        metrics: Metrics::default(),
-        groups,
-        config,
-        stopping: stopping.clone(),
-        started: Instant::now(),
-    });
-    lifecycle_event(
-        &app,
-        "cairn.start",
-        serde_json::json!({ "version": env!("CARGO_PKG_VERSION"), "pid": std::process::id(), "listen": addresses }),
-    )
-    .await?;
+    let app = Arc::new(App { service, metrics: Metrics::default(), config, http, stopping: stopping.clone() });
+    let start =
+        serde_json::json!({ "version": env!("CARGO_PKG_VERSION"), "pid": std::process::id(), "listen": addresses });
+    app.service.append_system("cairn.start", start).await.context("append cairn.start")?;
 
     let router = crate::http::router(app.clone());
     let resp_accepting =
@@ -134,31 +144,19 @@ pub async fn serve(config: Config, until: impl Future<Output = ()>, ready: impl 
     until.await;
     tracing::info!("stopping: finishing open requests");
     let _ = stop.send(true);
+    app.service.shutdown();
     accepting.await?;
     if let Some(resp_accepting) = resp_accepting {
         resp_accepting.await?;
     }
-    lifecycle_event(&app, "cairn.stop", serde_json::json!({ "pid": std::process::id() })).await?;
+    let stop_meta = serde_json::json!({ "pid": std::process::id() });
+    app.service.append_system("cairn.stop", stop_meta).await.context("append cairn.stop")?;
     let _ = std::fs::remove_file(&app.config.socket);
     // Streams that outlived the grace period may still hold the store; the
     // last handle to go closes it (flushing the index) either way.
-    let store = app.store.clone();
+    let service = app.service.clone();
     drop(app);
-    tokio::task::spawn_blocking(move || {
-        if let Err(error) = store.close() {
-            tracing::debug!("store closes with its last handle: {error}");
-        }
-    })
-    .await?;
-    Ok(())
-}
-
-async fn lifecycle_event(app: &Arc<App>, topic: &str, meta: serde_json::Value) -> Result<()> {
-    let event = NewEvent { topic: Some(Topic::new(topic)?), meta: Some(meta.to_string()), ..NewEvent::default() };
-    let store = app.store.clone();
-    tokio::task::spawn_blocking(move || store.append_system(Batch::single(event, Expect::Any)))
-        .await?
-        .with_context(|| format!("append {topic}"))?;
+    service.close().await;
     Ok(())
 }
 

@@ -144,7 +144,9 @@ pub async fn atomic_batches(backend: &mut dyn Backend) {
 }
 
 /// An idempotency key returns the original events (and writes nothing
-/// more), within one process and across a restart.
+/// more), within one process and across a restart; the same key for a
+/// different write (topics, payloads, types) is a conflict that writes
+/// nothing.
 pub async fn idempotency(backend: &mut dyn Backend) {
     let storage = backend.open().await;
     let batch = Batch {
@@ -158,10 +160,23 @@ pub async fn idempotency(backend: &mut dyn Backend) {
     // Concurrent repeats in one commit group agree too.
     let (x, y) = tokio::join!(append(&*storage, batch.clone()), append(&*storage, batch.clone()));
     assert_eq!((x.unwrap(), y.unwrap()), (first.clone(), first.clone()));
+    let conflicts =
+        |events: Vec<NewEvent>| Batch { events, idempotency_key: Some("order-17".into()), ..Batch::default() };
+    let other_payload = conflicts(vec![event("k", "1"), event("k", "two")]);
+    let other_topic = conflicts(vec![event("k", "1"), event("j", "2")]);
+    let other_type = conflicts(vec![event("k", "1"), event("k", "2").with_type("Other")]);
+    let fewer = conflicts(vec![event("k", "1")]);
+    for different in [&other_payload, &other_topic, &other_type, &fewer] {
+        let error = append(&*storage, different.clone()).await.unwrap_err();
+        assert_eq!(error.code(), "idempotency_conflict", "{different:?}");
+    }
     drop(storage);
     let storage = backend.open().await;
     assert_eq!(append(&*storage, batch).await.unwrap(), first, "keys hold across a restart");
+    let error = append(&*storage, other_payload).await.unwrap_err();
+    assert_eq!(error.code(), "idempotency_conflict", "conflicts are found across a restart");
     assert_eq!(storage.head(topic("k")).await.unwrap().unwrap().count, 2);
+    assert!(storage.head(topic("j")).await.unwrap().is_none(), "a conflict writes nothing");
 }
 
 /// Ephemeral events reach live followers only; `last:<n>` keeps the newest

@@ -37,6 +37,13 @@ pub enum StoreError {
         /// The id of the topic's last event, if any.
         actual_id: Option<EventId>,
     },
+    /// An idempotency key was used before, within the window, for a
+    /// different write (other topics, payloads or types); nothing was written.
+    #[error("idempotency key {key:?} was used for a different write; use a new key for a new write")]
+    IdempotencyConflict {
+        /// The key as the store keeps it.
+        key: String,
+    },
     /// A payload or batch is bigger than allowed.
     #[error("{what} too large: {bytes} bytes, the maximum is {max}")]
     TooLarge {
@@ -109,6 +116,7 @@ impl StoreError {
         match self {
             StoreError::Invalid { .. } => "invalid",
             StoreError::ExpectationFailed { .. } => "expectation_failed",
+            StoreError::IdempotencyConflict { .. } => "idempotency_conflict",
             StoreError::TooLarge { .. } => "too_large",
             StoreError::NotFound { .. } => "not_found",
             StoreError::InUse { .. } => "in_use",

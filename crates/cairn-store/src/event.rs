@@ -272,6 +272,24 @@ pub fn check_idempotency_key(key: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// What an idempotency key remembers of the write it was first used for:
+/// sha256 over each stored event's topic, payload hash and type, in order.
+/// A later write under the key must have the same (else it is a conflict).
+pub(crate) fn fingerprint<'a>(events: impl Iterator<Item = &'a Event>) -> [u8; 32] {
+    let mut digest = sha2::Sha256::new();
+    for event in events.filter(|event| event.ttl != Ttl::Ephemeral) {
+        digest.update(event.topic.as_str().as_bytes());
+        digest.update([0]);
+        match &event.hash {
+            Some(hash) => digest.update([[1u8].as_slice(), &hash.0].concat()),
+            None => digest.update([0]),
+        }
+        digest.update(event.kind.as_deref().unwrap_or("").as_bytes());
+        digest.update([0]);
+    }
+    digest.finalize().into()
+}
+
 /// An event to append.
 #[derive(Clone, Debug, Default)]
 pub struct NewEvent {

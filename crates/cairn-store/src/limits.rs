@@ -15,8 +15,9 @@ pub const USER_BYTES_MAX: usize = 255;
 /// Longest consumer name, in bytes.
 pub const CONSUMER_NAME_BYTES_MAX: usize = 255;
 
-/// Longest idempotency key, in bytes.
-pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 255;
+/// Longest idempotency key the store keeps, in bytes. Services scope a
+/// caller's key (at most 255 bytes) by who gave it, so stored keys are longer.
+pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 512;
 
 /// Largest `meta` JSON object, in bytes of its compact text.
 pub const META_BYTES_MAX: usize = 64 * 1024;

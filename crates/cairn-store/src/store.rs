@@ -191,8 +191,10 @@ impl Shared {
         self.poison.lock().expect("poison lock").clone()
     }
 
-    /// The events first written under `key`, if within the window.
-    pub(crate) fn idempotent_repeat(&self, key: &str) -> Result<Option<Vec<Event>>> {
+    /// The events first written under `key` (those still stored), and the
+    /// fingerprint of that write (none for entries older than fingerprints),
+    /// if within the window.
+    pub(crate) fn idempotent_repeat(&self, key: &str) -> Result<Option<Repeat>> {
         let Some(value) = self.index.get(Ks::Idem, key.as_bytes())? else { return Ok(None) };
         let Some(time) = value.get(..8) else { return Ok(None) };
         let time_ms = u64::from_be_bytes(time.try_into().expect("8 bytes"));
@@ -200,14 +202,18 @@ impl Shared {
         if now_ms().saturating_sub(time_ms) > window_ms {
             return Ok(None);
         }
+        let (fingerprint, ids) = match value.len() % 16 {
+            9 => (value[8..40].try_into().ok(), &value[41..]),
+            _ => (None, &value[8..]),
+        };
         let mut events = Vec::new();
-        for chunk in value[8..].chunks_exact(16) {
+        for chunk in ids.chunks_exact(16) {
             let id = EventId::from_bytes(chunk.try_into().expect("16 bytes"));
             if let Some(pos) = find_id(&self.index, &self.segments, id)? {
                 events.push(self.segments.read_event(pos)?);
             }
         }
-        Ok(Some(events))
+        Ok(Some((events, fingerprint)))
     }
 
     /// Waits until the index covers everything committed so far.
@@ -223,6 +229,10 @@ impl Shared {
         }
     }
 }
+
+/// What an idempotency key found: the original events still stored, and
+/// the fingerprint of their write (none for entries older than fingerprints).
+pub(crate) type Repeat = (Vec<Event>, Option<[u8; 32]>);
 
 /// What the store knows of one topic.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]

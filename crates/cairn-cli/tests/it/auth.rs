@@ -83,9 +83,13 @@ async fn tcp_requires_credentials_and_patterns_limit_users() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    // Password change and removal.
+    // Password change (a user's own needs the old one) and removal.
     let body = r#"{"password":"looking-glass"}"#;
-    assert_eq!(call(&alice, "PUT", "/v1/users/alice/password", &[], body).await.status, 204);
+    assert_eq!(call(&alice, "PUT", "/v1/users/alice/password", &[], body).await.status, 403);
+    let wrong = r#"{"password":"looking-glass","old_password":"guess"}"#;
+    assert_eq!(call(&alice, "PUT", "/v1/users/alice/password", &[], wrong).await.status, 403);
+    let with_old = r#"{"password":"looking-glass","old_password":"wonderland"}"#;
+    assert_eq!(call(&alice, "PUT", "/v1/users/alice/password", &[], with_old).await.status, 204);
     assert_eq!(call(&alice, "GET", "/v1/events?topic=orders.1", &[], "").await.status, 401);
     let alice = server.tcp().with_basic("alice", "looking-glass");
     assert_eq!(call(&alice, "GET", "/v1/events?topic=orders.1", &[], "").await.status, 200);

@@ -226,10 +226,18 @@ async fn content_store_and_consumers() {
     assert_eq!(call(&tcp, "GET", "/v1/consumers/mailer/events?after=x", &[], "").await.code(), "invalid");
     assert_eq!(call(&tcp, "PUT", "/v1/consumers/mailer", &[], "").await.code(), "invalid");
     assert_eq!(call(&tcp, "PUT", "/v1/consumers/mailer?id=03zzzzzzzzzzzzzzzzzzzzzzz", &[], "").await.code(), "invalid");
-    // Anonymous TCP is not an admin; the socket is.
-    assert_eq!(call(&tcp, "DELETE", "/v1/consumers/mailer", &[], "").await.status, 403);
-    assert_eq!(call(&server.unix(), "DELETE", "/v1/consumers/mailer", &[], "").await.status, 204);
+    // Consumers belong to who acked them: the socket's `mailer` is its own;
+    // it sees every owner's, and acts on another's by naming the owner.
+    assert_eq!(call(&server.unix(), "GET", "/v1/consumers/mailer", &[], "").await.status, 404);
+    let all = call(&server.unix(), "GET", "/v1/consumers", &[], "").await.json();
+    assert_eq!(all[0]["owner"], "anonymous");
+    let theirs = "/v1/consumers/mailer?owner=anonymous";
+    assert_eq!(call(&server.unix(), "GET", theirs, &[], "").await.json()["acked"], id);
+    assert_eq!(call(&tcp, "GET", "/v1/consumers/mailer?owner=local", &[], "").await.status, 403);
+    assert_eq!(call(&tcp, "DELETE", "/v1/consumers/mailer", &[], "").await.status, 204);
     assert_eq!(call(&tcp, "GET", "/v1/consumers/mailer", &[], "").await.status, 404);
+    assert_eq!(call(&server.unix(), "DELETE", "/v1/consumers/other?owner=anonymous", &[], "").await.status, 204);
+    assert_eq!(call(&tcp, "GET", "/v1/consumers", &[], "").await.json().as_array().unwrap().len(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -519,7 +527,7 @@ impl Rng {
 /// One random request built from the real surface: routes with good and bad
 /// path parts, known and unknown parameters with good and bad values,
 /// headers, and bodies (JSON, NDJSON, binary, empty).
-fn random_request(rng: &mut Rng) -> Vec<u8> {
+fn random_request(rng: &mut Rng, host: &str) -> Vec<u8> {
     const METHODS: &[&str] = &["GET", "POST", "PUT", "DELETE", "HEAD", "PATCH", "OPTIONS"];
     const ROUTES: &[&str] = &[
         "/v1/topics",
@@ -653,7 +661,7 @@ fn random_request(rng: &mut Rng) -> Vec<u8> {
         path.push(if n == 0 { '?' } else { '&' });
         path.push_str(&format!("{name}={value}"));
     }
-    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
     for _ in 0..rng.next() % 4 {
         request.push_str(rng.pick(HEADERS));
         request.push_str("\r\n");
@@ -679,7 +687,7 @@ fn random_requests_over_the_http_surface_never_hurt_the_server() {
     let mut statuses = std::collections::BTreeMap::<u16, u64>::new();
     for case in 0..cases {
         use std::io::{Read as _, Write as _};
-        let request = random_request(&mut rng);
+        let request = random_request(&mut rng, &address);
         let mut stream = std::net::TcpStream::connect(&address).unwrap();
         stream.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
         stream.write_all(&request).unwrap();

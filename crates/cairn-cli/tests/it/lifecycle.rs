@@ -457,7 +457,8 @@ async fn hostile_clients_do_not_hurt_the_server() {
     let unhindered = flood().await;
     let rss_before = rss_kib(server.pid());
     let mut stalled = std::net::TcpStream::connect(&address).unwrap();
-    stalled.write_all(b"GET /v1/events?topic=flood&follow=true&content=true HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let follow = format!("GET /v1/events?topic=flood&follow=true&content=true HTTP/1.1\r\nHost: {address}\r\n\r\n");
+    stalled.write_all(follow.as_bytes()).unwrap();
     let mut growth = Vec::new();
     for _ in 0..3 {
         let hindered = flood().await;

@@ -1,128 +1,125 @@
-//! Users and tokens, import, verify, info, health and metrics.
+//! Users and tokens, import, verify, info, health and metrics. Who may do
+//! what is the service's business (`cairn_service::Service::user_add` and
+//! friends); these handlers parse and render.
 
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::State as AxumState;
 use axum::http::{HeaderMap, HeaderValue, Response, StatusCode, header};
-use cairn_store::json::EventJson;
+use cairn_service::{Imported, NewUser, Service};
 
-use super::{Params, Segment, State, blocking, json_response, read_body, to_json};
-use crate::auth::{NewUser, Principal};
-use crate::error::{ApiError, ApiResult};
+use super::{
+    ApiError, ApiResult, Params, Segment, State, Who, json_response, next_chunk, parse_json, read_body, to_json,
+};
 
 /// Events per import call (as the CLI does locally).
 const IMPORT_CHUNK_EVENTS: usize = 1000;
 /// The longest line of an import.
 const IMPORT_LINE_BYTES_MAX: usize = 48 * 1024 * 1024;
-
-fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes, shape: &str) -> ApiResult<T> {
-    serde_json::from_slice(body).map_err(|error| ApiError::invalid("body", format!("expected {shape}: {error}")))
-}
-
-/// Blocking user-file work (argon2 is slow) off the async threads.
-async fn users_call<T: Send + 'static>(
-    app: &std::sync::Arc<crate::server::App>,
-    work: impl FnOnce(&crate::auth::Users) -> ApiResult<T> + Send + 'static,
-) -> ApiResult<T> {
-    let app = app.clone();
-    tokio::task::spawn_blocking(move || work(&app.users))
-        .await
-        .map_err(|error| ApiError::internal(error.to_string()))?
-}
+/// The largest body of a user-management request.
+const USER_BODY_BYTES_MAX: u64 = 64 * 1024;
 
 /// `GET /v1/users` (admin).
-pub(crate) async fn users(AxumState(app): State, principal: Principal, params: Params) -> ApiResult<Response<Body>> {
+pub(crate) async fn users(AxumState(app): State, Who(principal): Who, params: Params) -> ApiResult<Response<Body>> {
     params.finish()?;
-    principal.check_admin()?;
-    Ok(json_response(StatusCode::OK, to_json(&app.users.list())?, None))
+    let users = app.service.users_list(&principal).await?;
+    Ok(json_response(StatusCode::OK, to_json(&users), None))
 }
 
 /// `POST /v1/users` (admin): `{"name","password","read"?,"write"?,"admin"?}`.
 pub(crate) async fn user_add(
     AxumState(app): State,
-    principal: Principal,
+    Who(principal): Who,
     params: Params,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response<Body>> {
     params.finish()?;
-    principal.check_admin()?;
-    let body = read_body(&headers, body, "body", 64 * 1024).await?;
+    let body = read_body(&app, &headers, body, "body", USER_BODY_BYTES_MAX).await?;
     let new: NewUser = parse_json(&body, r#"{"name","password","read"?,"write"?,"admin"?}"#)?;
-    let info = users_call(&app, move |users| users.add(new)).await?;
-    Ok(json_response(StatusCode::CREATED, to_json(&info)?, None))
+    let info = app.service.user_add(&principal, new).await?;
+    Ok(json_response(StatusCode::CREATED, to_json(&info), None))
 }
 
 /// `DELETE /v1/users/{name}` (admin).
 pub(crate) async fn user_remove(
     AxumState(app): State,
-    principal: Principal,
+    Who(principal): Who,
     Segment(name): Segment,
     params: Params,
 ) -> ApiResult<Response<Body>> {
     params.finish()?;
-    principal.check_admin()?;
-    users_call(&app, move |users| users.remove(&name)).await?;
+    app.service.user_remove(&principal, &name).await?;
     Ok(super::no_content())
 }
 
-/// `PUT /v1/users/{name}/password` (admin, or the user itself): `{"password"}`.
+/// `PUT /v1/users/{name}/password`: `{"password", "old_password"?}`; an
+/// admin sets anyone's, a user its own with the old one.
 pub(crate) async fn user_passwd(
     AxumState(app): State,
-    principal: Principal,
+    Who(principal): Who,
     Segment(name): Segment,
     params: Params,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response<Body>> {
     params.finish()?;
-    if principal.user_name() != Some(name.as_str()) {
-        principal.check_admin()?;
-    }
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Password {
         password: String,
+        #[serde(default)]
+        old_password: Option<String>,
     }
-    let body = read_body(&headers, body, "body", 64 * 1024).await?;
-    let Password { password } = parse_json(&body, r#"{"password": "…"}"#)?;
-    users_call(&app, move |users| users.passwd(&name, &password)).await?;
+    let body = read_body(&app, &headers, body, "body", USER_BODY_BYTES_MAX).await?;
+    let Password { password, old_password } = parse_json(&body, r#"{"password": "…", "old_password"?: "…"}"#)?;
+    app.service.user_passwd(&principal, &name, &password, old_password.as_deref()).await?;
     Ok(super::no_content())
 }
 
-/// `POST /v1/users/{name}/tokens` (admin, or the user itself): a new bearer
-/// token, shown only in this reply.
+/// `POST /v1/users/{name}/tokens`: a new bearer token, shown only in this
+/// reply. An admin issues anyone's; a user its own, logged in with its
+/// password (or giving it: `{"password"}`), never from a token.
 pub(crate) async fn token_issue(
     AxumState(app): State,
-    principal: Principal,
+    Who(principal): Who,
     Segment(name): Segment,
     params: Params,
+    headers: HeaderMap,
+    body: Body,
 ) -> ApiResult<Response<Body>> {
     params.finish()?;
-    if principal.user_name() != Some(name.as_str()) {
-        principal.check_admin()?;
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Proof {
+        password: String,
     }
-    let issued = users_call(&app, move |users| users.issue_token(&name)).await?;
-    Ok(json_response(StatusCode::CREATED, to_json(&issued)?, None))
+    let body = read_body(&app, &headers, body, "body", USER_BODY_BYTES_MAX).await?;
+    let password =
+        if body.is_empty() { None } else { Some(parse_json::<Proof>(&body, r#"{"password": "…"}"#)?.password) };
+    let issued = app.service.token_issue(&principal, &name, password.as_deref()).await?;
+    Ok(json_response(StatusCode::CREATED, to_json(&issued), None))
 }
 
-/// `DELETE /v1/tokens/{id}` (admin): revokes a token by id (or by itself).
+/// `DELETE /v1/tokens/{id}`: revokes a token by id (or by itself): an
+/// admin any, a user its own.
 pub(crate) async fn token_revoke(
     AxumState(app): State,
-    principal: Principal,
+    Who(principal): Who,
     Segment(id): Segment,
     params: Params,
 ) -> ApiResult<Response<Body>> {
     params.finish()?;
-    principal.check_admin()?;
-    users_call(&app, move |users| users.revoke_token(&id)).await?;
+    app.service.token_revoke(&principal, &id).await?;
     Ok(super::no_content())
 }
 
 /// `POST /v1/import` (admin): an export (NDJSON events with content),
-/// keeping ids and seqs; replies `{"imported": n}` once durable.
+/// keeping ids and seqs; replies `{"imported": n}` once durable. Lines are
+/// found in one pass over what arrives (linear in the body), and an idle
+/// gap longer than the body timeout ends the request.
 pub(crate) async fn import(
     AxumState(app): State,
-    principal: Principal,
+    Who(principal): Who,
     params: Params,
     body: Body,
 ) -> ApiResult<Response<Body>> {
@@ -130,24 +127,26 @@ pub(crate) async fn import(
     principal.check_admin()?;
     let mut body = body.into_data_stream();
     let mut pending: Vec<u8> = Vec::new();
+    // Bytes of `pending` known to hold no newline.
+    let mut scanned = 0usize;
     let mut chunk = Vec::with_capacity(IMPORT_CHUNK_EVENTS);
     let mut line_number = 0usize;
     let mut total = 0u64;
     loop {
-        let data = futures_util::StreamExt::next(&mut body).await;
+        let data = next_chunk(app.config.body_timeout, &mut body).await?;
         let finished = data.is_none();
-        match data {
-            Some(Ok(bytes)) => pending.extend_from_slice(&bytes),
-            Some(Err(error)) => return Err(ApiError::invalid("body", format!("could not be read: {error}"))),
-            None => {}
+        if let Some(bytes) = data {
+            pending.extend_from_slice(&bytes);
         }
         let mut start = 0;
-        while let Some(end) = pending[start..].iter().position(|&b| b == b'\n').map(|at| start + at) {
+        while let Some(end) = pending[scanned..].iter().position(|&b| b == b'\n').map(|at| scanned + at) {
             line_number += 1;
             parse_import_line(&pending[start..end], line_number, &mut chunk)?;
             start = end + 1;
+            scanned = start;
         }
         pending.drain(..start);
+        scanned = pending.len();
         if finished && !pending.is_empty() {
             line_number += 1;
             parse_import_line(&std::mem::take(&mut pending), line_number, &mut chunk)?;
@@ -157,74 +156,53 @@ pub(crate) async fn import(
         }
         if chunk.len() >= IMPORT_CHUNK_EVENTS || (finished && !chunk.is_empty()) {
             let events = std::mem::take(&mut chunk);
-            let at = line_number;
-            total += blocking(&app, move |store| {
-                store.import(events).map(|events| events.len() as u64).map_err(|error| {
-                    let mut error = ApiError::from(error);
-                    error.message = format!("import up to line {at}: {}", error.message);
-                    error
-                })
-            })
-            .await?;
+            let imported = app
+                .service
+                .import(&principal, events)
+                .await
+                .map_err(|error| ApiError::invalid("body", format!("import up to line {line_number}: {error}")));
+            total += imported? as u64;
         }
         if finished {
             break;
         }
     }
-    blocking(&app, |store| Ok(store.sync()?)).await?;
-    Ok(json_response(StatusCode::OK, to_json(&serde_json::json!({ "imported": total }))?, None))
+    app.service.sync(&principal).await?;
+    Ok(json_response(StatusCode::OK, to_json(&serde_json::json!({ "imported": total })), None))
 }
 
-fn parse_import_line(line: &[u8], number: usize, chunk: &mut Vec<cairn_store::Imported>) -> ApiResult<()> {
+fn parse_import_line(line: &[u8], number: usize, chunk: &mut Vec<Imported>) -> ApiResult<()> {
     if line.iter().all(u8::is_ascii_whitespace) {
         return Ok(());
     }
-    let json: EventJson = serde_json::from_slice(line)
-        .map_err(|error| ApiError::invalid("body", format!("line {number}: not an exported event: {error}")))?;
-    let imported = json.into_imported().map_err(|error| {
-        let mut error = ApiError::from(error);
-        error.message = format!("line {number}: {}", error.message);
-        error
-    })?;
+    let imported =
+        Service::import_line(line).map_err(|error| ApiError::invalid("body", format!("line {number}: {error}")))?;
     chunk.push(imported);
     Ok(())
 }
 
 /// `POST /v1/verify` (admin): checks every record and content hash.
-pub(crate) async fn verify(AxumState(app): State, principal: Principal, params: Params) -> ApiResult<Response<Body>> {
+pub(crate) async fn verify(AxumState(app): State, Who(principal): Who, params: Params) -> ApiResult<Response<Body>> {
     params.finish()?;
-    principal.check_admin()?;
-    let report = blocking(&app, |store| Ok(store.verify()?)).await?;
-    Ok(json_response(StatusCode::OK, to_json(&report)?, None))
+    let report = app.service.verify(&principal).await?;
+    Ok(json_response(StatusCode::OK, to_json(&report), None))
 }
 
-/// What `/v1/info` and `/info` show: version and store facts (no
-/// environment, paths or settings an attacker could use).
-pub(crate) fn info_json(app: &crate::server::App) -> serde_json::Value {
-    let stats = app.store.stats();
-    serde_json::json!({
-        "name": "cairn",
-        "version": env!("CARGO_PKG_VERSION"),
-        "uptime_seconds": app.started.elapsed().as_secs(),
-        "last_id": app.store.last_id(),
-        "events_appended_since_start": stats.events_appended,
-        "log_bytes": stats.log_bytes,
-        "content_bytes": stats.content_bytes,
-        "sync": app.config.sync.to_string(),
-    })
-}
-
-/// `GET /v1/info`.
-pub(crate) async fn info(AxumState(app): State, params: Params) -> ApiResult<Response<Body>> {
+/// `GET /v1/info` (and the compatibility `/info`): version and store facts.
+pub(crate) async fn info(AxumState(app): State, Who(principal): Who, params: Params) -> ApiResult<Response<Body>> {
     params.finish()?;
-    let json = blocking(&app.clone(), move |_| Ok(info_json(&app))).await?;
-    Ok(json_response(StatusCode::OK, to_json(&json)?, None))
+    let info = app.service.info(&principal).await?;
+    let mut json = serde_json::to_value(&info).unwrap_or_default();
+    if let Some(object) = json.as_object_mut() {
+        object.insert("sync".to_owned(), serde_json::Value::String(app.config.sync.to_string()));
+    }
+    Ok(json_response(StatusCode::OK, to_json(&json), None))
 }
 
 /// `GET /healthz`: 200 while serving, 503 while stopping. Open on TCP.
 pub(crate) async fn healthz(AxumState(app): State) -> ApiResult<Response<Body>> {
     if *app.stopping.borrow() {
-        return Err(cairn_store::StoreError::ShuttingDown.into());
+        return Err(ApiError::Service(cairn_service::ServiceError::ShuttingDown));
     }
     Ok(json_response(StatusCode::OK, br#"{"status":"ok"}"#.to_vec(), None))
 }
@@ -232,7 +210,8 @@ pub(crate) async fn healthz(AxumState(app): State) -> ApiResult<Response<Body>> 
 /// `GET /metrics`: Prometheus text format.
 pub(crate) async fn metrics(AxumState(app): State, params: Params) -> ApiResult<Response<Body>> {
     params.finish()?;
-    let text = blocking(&app.clone(), move |store| Ok(app.metrics.render(&store.stats()))).await?;
+    let stats = app.service.stats().await;
+    let text = app.metrics.render(&stats);
     let mut response = Response::new(Body::from(text));
     response
         .headers_mut()

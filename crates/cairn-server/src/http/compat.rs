@@ -1,53 +1,28 @@
 //! Compatibility routes for clients of the minimal Haskell backend (seed
-//! 004): `/events`, `/storage`, `/info`. Thin views of the same store: the
-//! events live on one topic (`--compat-topic`, default `events`), an event's
-//! `eventType` is its type, its `body` (any JSON) is its payload. A
+//! 004): `/events`, `/storage`, `/info`. Thin views of the same service:
+//! the events live on one topic (`--compat-topic`, default `events`), an
+//! event's `eventType` is its type, its `body` (any JSON) is its payload. A
 //! client's `eventId` is kept in the event's meta (`{"eventId": …}`), is
 //! the `eventId` the routes show for it, names it in `GET /events/{id}`
 //! and in `from`/`to`, and is its idempotency key (a retry returns the
-//! original event within the store's idempotency window). Errors are
-//! `{"status":"error","errorMessage":…}` with the native statuses; `handle`
-//! rewrites native errors on these paths, so every error takes this form.
+//! original event within the store's idempotency window). Errors take the
+//! form `{"status":"error","errorMessage":…}` with the native statuses
+//! (rendered by `error.rs`, chosen by `handle` for these paths).
 
 use axum::body::{Body, Bytes};
 use axum::extract::State as AxumState;
 use axum::http::{HeaderMap, HeaderValue, Response, StatusCode, header};
-use cairn_store::{Batch, Event, EventId, Hash, NewEvent, Pattern, Query};
+use cairn_service::{Batch, Event, EventId, Hash, Item, NewEvent, Pattern, Principal, Query, topic_etag};
 use serde_json::value::RawValue;
 
-use super::events::{if_match, precondition, topic_etag};
-use super::{Params, Segment, State, blocking, json_response, not_modified, not_modified_response, read_body, to_json};
-use crate::auth::Principal;
-use crate::error::{ApiError, ApiResult};
+use super::{
+    ApiError, ApiResult, Params, Segment, State, Who, if_match, json_response, not_modified, not_modified_response,
+    read_body, to_json,
+};
 use crate::server::App;
 
-/// The compatibility form of an error.
-pub(crate) fn error_response(error: ApiError) -> Response<Body> {
-    let body = serde_json::json!({ "status": "error", "errorMessage": error.message });
-    let mut response = json_response(error.status, serde_json::to_vec(&body).unwrap_or_default(), None);
-    if error.status == StatusCode::UNAUTHORIZED {
-        response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"cairn\""));
-    }
-    response
-}
-
-/// Rewrites a native error response (`{"error":{"code","message"}}`) into
-/// the compatibility form.
-pub(crate) async fn rewrite_error(response: Response<Body>) -> Response<Body> {
-    let (parts, body) = response.into_parts();
-    let bytes = http_body_util::BodyExt::collect(body).await.map(|collected| collected.to_bytes()).unwrap_or_default();
-    let message = serde_json::from_slice::<serde_json::Value>(&bytes)
-        .ok()
-        .and_then(|json| json.pointer("/error/message").and_then(|m| m.as_str()).map(str::to_owned))
-        .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
-    let mut response = error_response(ApiError::new(parts.status, "compat", message));
-    for name in [header::WWW_AUTHENTICATE, header::ETAG] {
-        if let Some(value) = parts.headers.get(&name) {
-            response.headers_mut().insert(name, value.clone());
-        }
-    }
-    response
-}
+/// Events read per step of a listing.
+const LIST_CHUNK_EVENTS: usize = 1024;
 
 /// An event in the compatibility form.
 #[derive(serde::Serialize)]
@@ -96,26 +71,35 @@ fn client_id(event: &Event) -> Option<String> {
 /// The event named `id` on the compatibility topic: cairn's own id, or
 /// else an `eventId` a client gave (found by scanning the topic from its
 /// newest event; client ids are the rarer case).
-fn find(store: &cairn_store::Store, topic: &cairn_store::Topic, id: &str) -> ApiResult<Event> {
-    if let Ok(cairn_id) = EventId::parse(id)
-        && let Some(event) = store.get(cairn_id)?.filter(|event| event.topic == *topic)
-    {
-        return Ok(event);
-    }
-    let query = Query { reverse: true, ..Query::new(Pattern::Exact(topic.clone())) };
-    for event in store.read(&query)? {
-        let event = event?;
-        if event.meta.is_some() && client_id(&event).as_deref() == Some(id) {
-            return Ok(event);
+async fn find(app: &App, principal: &Principal, id: &str) -> ApiResult<Item> {
+    let topic = &app.config.compat_topic;
+    if let Ok(cairn_id) = EventId::parse(id) {
+        match app.service.get(principal, cairn_id, true).await {
+            Ok(item) if item.event.topic == *topic => return Ok(item),
+            Ok(_) | Err(cairn_service::ServiceError::NotFound { .. }) => {}
+            Err(error) => return Err(error.into()),
         }
     }
-    Err(ApiError::not_found("event", id))
+    let query = Query { reverse: true, ..Query::new(Pattern::Exact(topic.clone())) };
+    let mut read = app.service.read(principal, query, false).await?;
+    loop {
+        let items = read.next(LIST_CHUNK_EVENTS).await?;
+        if items.is_empty() {
+            return Err(ApiError::not_found("event", id));
+        }
+        if let Some(item) =
+            items.into_iter().find(|item| item.event.meta.is_some() && client_id(&item.event).as_deref() == Some(id))
+        {
+            let content = app.service.content(principal, &item.event).await?;
+            return Ok(Item { content, ..item });
+        }
+    }
 }
 
 /// `PUT`/`POST /events`: `{"eventType","body","eventId"?}`.
 pub(crate) async fn append(
     AxumState(app): State,
-    principal: Principal,
+    Who(principal): Who,
     params: Params,
     headers: HeaderMap,
     body: Body,
@@ -130,66 +114,57 @@ pub(crate) async fn append(
         #[serde(rename = "eventId", default)]
         event_id: Option<String>,
     }
-    let topic = app.config.compat_topic.clone();
-    principal.check_write(&topic)?;
-    let max = app.store.options().payload_bytes_max + 64 * 1024;
-    let bytes = read_body(&headers, body, "event", max).await?;
+    let max = app.service.limits().payload_bytes_max + 64 * 1024;
+    let bytes = read_body(&app, &headers, body, "event", max).await?;
     let new: NewCompatEvent = serde_json::from_slice(&bytes).map_err(|error| {
         ApiError::invalid("body", format!(r#"expected {{"eventType": "…", "body": …, "eventId"?: "…"}}: {error}"#))
     })?;
     if let Some(key) = &new.event_id {
-        cairn_store::check_idempotency_key(key)?;
+        cairn_service::check_idempotency_key(key)?;
     }
-    let expect = if_match(&headers)?;
     let meta = new.event_id.as_ref().map(|id| serde_json::json!({ "eventId": id }).to_string());
     let event = NewEvent {
-        topic: Some(topic),
+        topic: Some(app.config.compat_topic.clone()),
         kind: Some(new.event_type),
         meta,
         payload: Some(new.body.get().as_bytes().to_vec()),
-        user: principal.user_name().map(str::to_owned),
         ..NewEvent::default()
     };
-    let mut batch = Batch::single(event, expect.unwrap_or_default());
+    let mut batch = Batch::single(event, cairn_service::Expect::Any);
     batch.idempotency_key = new.event_id;
-    let events = app.store.append_batch_async(batch).await.map_err(|error| precondition(error, expect.is_some()))?;
-    let event = events.first().ok_or_else(|| ApiError::internal("append returned no event"))?;
-    let payload = event.inline_payload().map(<[u8]>::to_vec);
-    let payload = match payload {
-        Some(bytes) => Some(bytes),
-        None => {
-            let (store, event) = (app.store.clone(), event.clone());
-            tokio::task::spawn_blocking(move || store.content(&event))
-                .await
-                .map_err(|e| ApiError::internal(e.to_string()))??
-        }
+    let events = match if_match(&headers)? {
+        Some(condition) => app.service.append_if_match(&principal, batch, &condition).await?,
+        None => app.service.append(&principal, batch).await?,
     };
-    Ok(json_response(StatusCode::CREATED, to_json(&compat_event(event, payload.as_deref()))?, None))
+    let event = events.first().ok_or_else(|| ApiError::not_found("event", "appended"))?;
+    let payload = match event.inline_payload() {
+        Some(bytes) => Some(bytes.to_vec()),
+        None => app.service.content(&principal, event).await?,
+    };
+    Ok(json_response(StatusCode::CREATED, to_json(&compat_event(event, payload.as_deref())), None))
 }
 
-async fn compat_etag(app: &std::sync::Arc<App>) -> ApiResult<String> {
-    let topic = app.config.compat_topic.clone();
-    let head = blocking(app, move |store| Ok(store.head(&topic)?)).await?;
-    Ok(topic_etag(head.map(|info| info.last_id)))
+async fn compat_etag(app: &App, principal: &Principal) -> ApiResult<String> {
+    let head = app.service.head(principal, &app.config.compat_topic).await?;
+    Ok(topic_etag(head.as_ref()))
 }
 
 /// `HEAD /events`: the ETag of the newest event (`If-None-Match` → 304).
 pub(crate) async fn head(
     AxumState(app): State,
-    principal: Principal,
+    Who(principal): Who,
     params: Params,
     headers: HeaderMap,
 ) -> ApiResult<Response<Body>> {
     params.finish()?;
-    principal.check_read(&Pattern::Exact(app.config.compat_topic.clone()))?;
-    let etag = compat_etag(&app).await?;
+    let etag = compat_etag(&app, &principal).await?;
     if not_modified(&headers, &etag) {
         return Ok(not_modified_response(&etag));
     }
     let mut response = Response::new(Body::empty());
-    response
-        .headers_mut()
-        .insert(header::ETAG, HeaderValue::from_str(&etag).map_err(|e| ApiError::internal(e.to_string()))?);
+    if let Ok(value) = HeaderValue::from_str(&etag) {
+        response.headers_mut().insert(header::ETAG, value);
+    }
     Ok(response)
 }
 
@@ -197,119 +172,117 @@ pub(crate) async fn head(
 /// inclusive, oldest first.
 pub(crate) async fn list(
     AxumState(app): State,
-    principal: Principal,
+    Who(principal): Who,
     mut params: Params,
     headers: HeaderMap,
 ) -> ApiResult<Response<Body>> {
     let from = params.take("from")?;
     let to = params.take("to")?;
     params.finish()?;
-    let pattern = Pattern::Exact(app.config.compat_topic.clone());
-    principal.check_read(&pattern)?;
-    let topic = app.config.compat_topic.clone();
-    let (from, to) = blocking(&app, move |store| {
-        let resolve = |id: Option<String>| id.map(|id| find(store, &topic, &id).map(|event| event.id)).transpose();
-        Ok((resolve(from)?, resolve(to)?))
-    })
-    .await?;
-    let etag = compat_etag(&app).await?;
+    let from = match from {
+        Some(id) => Some(find(&app, &principal, &id).await?.event.id),
+        None => None,
+    };
+    let to = match to {
+        Some(id) => Some(find(&app, &principal, &id).await?.event.id),
+        None => None,
+    };
+    let etag = compat_etag(&app, &principal).await?;
     if not_modified(&headers, &etag) {
         return Ok(not_modified_response(&etag));
     }
     let after = from.and_then(|id| id.to_u128().checked_sub(1)).map(EventId::from_u128);
-    let query = Query { after, ..Query::new(pattern) };
-    let events = blocking(&app, move |store| Ok(store.read(&query)?)).await?;
-    let store = app.store.clone();
+    let query = Query { after, ..Query::new(Pattern::Exact(app.config.compat_topic.clone())) };
+    let mut read = app.service.read(&principal, query, true).await?;
     let (sender, receiver) = tokio::sync::mpsc::channel::<Bytes>(4);
-    tokio::task::spawn_blocking(move || {
+    tokio::spawn(async move {
         let mut buf = b"[".to_vec();
         let mut first = true;
-        for event in events {
-            let item = event.map_err(ApiError::from).and_then(|event| {
-                if to.is_some_and(|to| event.id > to) {
-                    return Ok(None);
-                }
-                let payload = store.content(&event)?;
-                Ok(Some(to_json(&compat_event(&event, payload.as_deref()))?))
-            });
-            match item {
-                Ok(Some(json)) => {
-                    if !std::mem::take(&mut first) {
-                        buf.push(b',');
-                    }
-                    buf.extend_from_slice(&json);
-                }
-                Ok(None) => break,
+        'read: loop {
+            let items = match read.next(LIST_CHUNK_EVENTS).await {
+                Ok(items) if items.is_empty() => break,
+                Ok(items) => items,
                 Err(error) => {
                     // The array stays unterminated: a client sees invalid
                     // JSON rather than a silently short list.
                     tracing::error!("compat read failed mid-stream: {error}");
-                    let _ = sender.blocking_send(Bytes::from(buf));
+                    let _ = sender.send(Bytes::from(buf)).await;
+                    return;
+                }
+            };
+            for item in items {
+                if to.is_some_and(|to| item.event.id > to) {
+                    break 'read;
+                }
+                if !std::mem::take(&mut first) {
+                    buf.push(b',');
+                }
+                buf.extend_from_slice(&to_json(&compat_event(&item.event, item.content.as_deref())));
+                if buf.len() >= 64 * 1024 && sender.send(Bytes::from(std::mem::take(&mut buf))).await.is_err() {
                     return;
                 }
             }
-            if buf.len() >= 64 * 1024 && sender.blocking_send(Bytes::from(std::mem::take(&mut buf))).is_err() {
-                return;
-            }
         }
         buf.push(b']');
-        let _ = sender.blocking_send(Bytes::from(buf));
+        let _ = sender.send(Bytes::from(buf)).await;
     });
     let mut response = Response::new(super::stream::channel_body(receiver));
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    response
-        .headers_mut()
-        .insert(header::ETAG, HeaderValue::from_str(&etag).map_err(|e| ApiError::internal(e.to_string()))?);
+    if let Ok(value) = HeaderValue::from_str(&etag) {
+        response.headers_mut().insert(header::ETAG, value);
+    }
     Ok(response)
 }
 
 /// `GET /events/{id}`: one event of the compatibility topic.
 pub(crate) async fn get_event(
     AxumState(app): State,
-    principal: Principal,
+    Who(principal): Who,
     Segment(id): Segment,
     params: Params,
 ) -> ApiResult<Response<Body>> {
     params.finish()?;
-    let topic = app.config.compat_topic.clone();
-    principal.check_read(&Pattern::Exact(topic.clone()))?;
-    let (event, payload) = blocking(&app, move |store| {
-        let event = find(store, &topic, &id)?;
-        let payload = store.content(&event)?;
-        Ok((event, payload))
-    })
-    .await?;
-    let etag = format!("\"{}\"", event.id);
-    Ok(json_response(StatusCode::OK, to_json(&compat_event(&event, payload.as_deref()))?, Some(&etag)))
+    let item = find(&app, &principal, &id).await?;
+    let etag = format!("\"{}\"", item.event.id);
+    Ok(json_response(StatusCode::OK, to_json(&compat_event(&item.event, item.content.as_deref())), Some(&etag)))
 }
 
 /// `PUT /storage/`: stores the body; `{"status":"ok","hash":"<hex>","url"}`.
 pub(crate) async fn storage_put(
     AxumState(app): State,
-    principal: Principal,
+    Who(principal): Who,
     params: Params,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response<Body>> {
     params.finish()?;
-    super::cas::check_any_write(&principal)?;
-    let bytes = read_body(&headers, body, "content", app.store.options().payload_bytes_max).await?;
-    let hash = blocking(&app, move |store| Ok(store.cas_put(&bytes)?)).await?;
+    let bytes = read_body(&app, &headers, body, "content", app.service.limits().payload_bytes_max).await?;
+    let hash = app.service.cas_put(&principal, bytes.to_vec()).await?;
     let json = serde_json::json!({ "status": "ok", "hash": hash.hex(), "url": format!("/storage/{}", hash.hex()) });
-    Ok(json_response(StatusCode::OK, to_json(&json)?, None))
+    Ok(json_response(StatusCode::OK, to_json(&json), None))
+}
+
+/// `GET /storage/{hash}`: the bytes, as `/v1/cas/{hash}` serves them.
+pub(crate) async fn storage_get(
+    state: State,
+    who: Who,
+    segment: Segment,
+    params: Params,
+    headers: HeaderMap,
+) -> ApiResult<Response<Body>> {
+    super::cas::get(state, who, segment, params, headers).await
 }
 
 /// `DELETE /storage/{hash}`: `{"status":"ok"}`; 409 while an event uses it.
 pub(crate) async fn storage_delete(
     AxumState(app): State,
-    principal: Principal,
+    Who(principal): Who,
     Segment(hash): Segment,
     params: Params,
 ) -> ApiResult<Response<Body>> {
     params.finish()?;
-    super::cas::check_any_write(&principal)?;
     let hash = Hash::parse(&hash)?;
-    blocking(&app, move |store| super::cas::delete_content(store, &hash)).await?;
+    app.service.cas_delete(&principal, &hash).await?;
     Ok(json_response(StatusCode::OK, br#"{"status":"ok"}"#.to_vec(), None))
 }
 

@@ -1,50 +1,57 @@
-//! Durable consumers: named positions (the last acknowledged id) and reads
-//! that resume after them. Names are shared by everyone who may read;
-//! deleting one needs an admin.
+//! Durable consumers (cursors): named positions (the last acknowledged id)
+//! and reads that resume after them. A cursor belongs to its owner: names
+//! are per owner, and only the socket and admins see or act on another's
+//! (with `?owner=user:<name>`).
 
 use axum::body::Body;
 use axum::extract::State as AxumState;
 use axum::http::{HeaderMap, Response, StatusCode};
-use cairn_store::{EventId, Pattern};
+use cairn_service::{Cursor, EventId, Pattern};
 
 use super::stream::{self, ReadSpec};
-use super::{Params, Segment, State, blocking, json_response, read_body, to_json};
-use crate::auth::Principal;
-use crate::error::{ApiError, ApiResult};
+use super::{ApiError, ApiResult, Params, Segment, State, Who, json_response, parse_json, read_body, to_json};
 
-fn position(name: &str, acked: EventId) -> serde_json::Value {
-    serde_json::json!({ "name": name, "acked": acked })
+fn position(cursor: &Cursor) -> serde_json::Value {
+    serde_json::json!({ "name": cursor.name, "owner": cursor.owner, "acked": cursor.acked })
 }
 
-/// `GET /v1/consumers`: every consumer and its position.
-pub(crate) async fn list(AxumState(app): State, params: Params) -> ApiResult<Response<Body>> {
+/// `GET /v1/consumers`: the caller's consumers (every one, for the socket
+/// and admins).
+pub(crate) async fn list(AxumState(app): State, Who(principal): Who, params: Params) -> ApiResult<Response<Body>> {
     params.finish()?;
-    let consumers = blocking(&app, |store| Ok(store.consumers()?)).await?;
-    let json: Vec<_> = consumers.iter().map(|(name, acked)| position(name, *acked)).collect();
-    Ok(json_response(StatusCode::OK, to_json(&json)?, None))
+    let cursors = app.service.consumers(&principal).await?;
+    let json: Vec<_> = cursors.iter().map(position).collect();
+    Ok(json_response(StatusCode::OK, to_json(&json), None))
 }
 
 /// `GET /v1/consumers/{name}`: its position.
-pub(crate) async fn show(AxumState(app): State, Segment(name): Segment, params: Params) -> ApiResult<Response<Body>> {
+pub(crate) async fn show(
+    AxumState(app): State,
+    Who(principal): Who,
+    Segment(name): Segment,
+    mut params: Params,
+) -> ApiResult<Response<Body>> {
+    let owner = params.take("owner")?;
     params.finish()?;
-    let lookup = name.clone();
-    let acked = blocking(&app, move |store| Ok(store.consumer(&lookup)?)).await?;
-    let acked = acked.ok_or_else(|| ApiError::not_found("consumer", &name))?;
-    Ok(json_response(StatusCode::OK, to_json(&position(&name, acked))?, None))
+    let cursor = app.service.consumer(&principal, owner.as_deref(), &name).await?;
+    let cursor = cursor.ok_or_else(|| ApiError::not_found("consumer", &name))?;
+    Ok(json_response(StatusCode::OK, to_json(&position(&cursor)), None))
 }
 
 /// `PUT /v1/consumers/{name}`: acknowledges everything up to an id, given as
 /// `?id=` or a body `{"id": "…"}`; durable when the reply comes.
 pub(crate) async fn ack(
     AxumState(app): State,
+    Who(principal): Who,
     Segment(name): Segment,
     mut params: Params,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response<Body>> {
     let from_param = params.take("id")?;
+    let owner = params.take("owner")?;
     params.finish()?;
-    let body = read_body(&headers, body, "body", 4096).await?;
+    let body = read_body(&app, &headers, body, "body", 4096).await?;
     let id = match (from_param, body.is_empty()) {
         (Some(id), true) => id,
         (None, false) => {
@@ -53,30 +60,26 @@ pub(crate) async fn ack(
             struct Ack {
                 id: String,
             }
-            serde_json::from_slice::<Ack>(&body)
-                .map_err(|error| ApiError::invalid("body", format!("expected {{\"id\": \"<event id>\"}}: {error}")))?
-                .id
+            parse_json::<Ack>(&body, "{\"id\": \"<event id>\"}")?.id
         }
         (Some(_), false) => return Err(ApiError::invalid("id", "give it as ?id= or in the body, not both")),
         (None, true) => return Err(ApiError::invalid("id", "missing: give ?id=<event id> or a body {\"id\": \"…\"}")),
     };
     let id = EventId::parse(&id)?;
-    let ack_name = name.clone();
-    blocking(&app, move |store| Ok(store.ack(&ack_name, id)?)).await?;
-    Ok(json_response(StatusCode::OK, to_json(&position(&name, id))?, None))
+    let cursor = app.service.consumer_ack(&principal, owner.as_deref(), &name, id).await?;
+    Ok(json_response(StatusCode::OK, to_json(&position(&cursor)), None))
 }
 
-/// `DELETE /v1/consumers/{name}` (admin).
+/// `DELETE /v1/consumers/{name}`: deletes the caller's consumer.
 pub(crate) async fn delete(
     AxumState(app): State,
-    principal: Principal,
+    Who(principal): Who,
     Segment(name): Segment,
-    params: Params,
+    mut params: Params,
 ) -> ApiResult<Response<Body>> {
+    let owner = params.take("owner")?;
     params.finish()?;
-    principal.check_admin()?;
-    let lookup = name.clone();
-    if !blocking(&app, move |store| Ok(store.consumer_delete(&lookup)?)).await? {
+    if !app.service.consumer_delete(&principal, owner.as_deref(), &name).await? {
         return Err(ApiError::not_found("consumer", name));
     }
     Ok(super::no_content())
@@ -86,7 +89,7 @@ pub(crate) async fn delete(
 /// consumer's last ack; the same parameters as `/v1/events` except `after`.
 pub(crate) async fn read(
     AxumState(app): State,
-    principal: Principal,
+    Who(principal): Who,
     Segment(name): Segment,
     mut params: Params,
     headers: HeaderMap,
@@ -95,12 +98,12 @@ pub(crate) async fn read(
     if params.take("after")?.is_some() {
         return Err(ApiError::invalid("after", "a consumer read starts after the consumer's last ack"));
     }
-    let lookup = name.clone();
-    let acked = blocking(&app, move |store| Ok(store.consumer(&lookup)?)).await?;
+    let owner = params.take("owner")?;
+    let cursor = app.service.consumer(&principal, owner.as_deref(), &name).await?;
     let mut spec = ReadSpec::parse(&mut params, &headers, pattern)?;
     params.finish()?;
     if spec.query.after.is_none() {
-        spec.query.after = acked;
+        spec.query.after = cursor.map(|cursor| cursor.acked);
     }
     stream::respond(&app, &principal, &headers, spec).await
 }

@@ -1,21 +1,25 @@
 //! The HTTP API: one router for the Unix socket and TCP. `handle` is the
-//! front door (authentication, metrics); `router` lists every route (each
-//! also described in `openapi.rs`, which a test checks against this list).
+//! front door (browser checks, authentication, metrics); `router` lists
+//! every route (each also described in `openapi.rs`, which a test checks
+//! against this list). Handlers are thin: parse the request, call the
+//! service (`cairn_service::Service`, which authorizes), render the reply.
 //!
-//! Conventions: JSON bodies; errors `{"error":{"code","message"}}` through
-//! [`ApiError`]'s `IntoResponse`; query parameters parsed by [`Params`],
-//! which names the bad field and refuses unknown ones; blocking engine
-//! calls run on the blocking pool through [`blocking`].
+//! Conventions: JSON bodies; errors through [`ApiError`] (`error.rs`, the
+//! one renderer); query parameters parsed by [`Params`], which names the
+//! bad field and refuses unknown ones; bodies read by [`read_body`], with a
+//! size limit and a deadline.
 
 mod admin;
 mod cas;
 mod compat;
 mod consumers;
+pub(crate) mod error;
 mod events;
 pub(crate) mod openapi;
 mod stream;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -24,12 +28,11 @@ use axum::http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header, 
 use axum::response::IntoResponse;
 use axum::routing::{get, post, put};
 use base64::Engine as _;
-use cairn_store::Store;
+use cairn_service::{Principal, ServiceError};
 use http_body_util::BodyExt as _;
 use tower::ServiceExt as _;
 
-use crate::auth::Principal;
-use crate::error::{ApiError, ApiResult};
+pub(crate) use self::error::{ApiError, ApiResult};
 use crate::listen::Door;
 use crate::server::App;
 
@@ -64,7 +67,7 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/events/{id}", get(compat::get_event))
         .route("/storage", put(compat::storage_put).post(compat::storage_put))
         .route("/storage/", put(compat::storage_put).post(compat::storage_put))
-        .route("/storage/{hash}", get(cas::get).delete(compat::storage_delete))
+        .route("/storage/{hash}", get(compat::storage_get).delete(compat::storage_delete))
         .route("/info", get(admin::info))
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
@@ -76,7 +79,8 @@ fn is_compat(path: &str) -> bool {
     path == "/events" || path.starts_with("/events/") || path.starts_with("/storage") || path == "/info"
 }
 
-/// The front door: authenticates, routes, counts.
+/// The front door: refuses cross-site requests, authenticates, routes,
+/// renders compatibility errors, counts.
 pub(crate) async fn handle(
     app: Arc<App>,
     router: Router,
@@ -84,93 +88,106 @@ pub(crate) async fn handle(
     mut request: Request<hyper::body::Incoming>,
 ) -> Response<Body> {
     let compat = is_compat(request.uri().path());
-    let response = match authenticate(&app, &door, &request).await {
+    let admitted = match check_browser(&app, &door, request.uri().path(), request.headers()) {
+        Ok(()) => authenticate(&app, &door, &request).await,
+        Err(error) => Err(error),
+    };
+    let response = match admitted {
         Ok(principal) => {
             request.extensions_mut().insert(principal);
             let response = match router.oneshot(request).await {
                 Ok(response) => response,
                 Err(infallible) => match infallible {},
             };
-            if compat && (response.status().is_client_error() || response.status().is_server_error()) {
-                compat::rewrite_error(response).await
-            } else {
-                response
+            match response.extensions().get::<ApiError>() {
+                Some(error) if compat => error.compat_response(),
+                _ => response,
             }
         }
-        Err(error) if compat => compat::error_response(error),
+        Err(error) if compat => error.compat_response(),
         Err(error) => error.into_response(),
     };
     app.metrics.response(response.status().as_u16());
     response
 }
 
-async fn authenticate<B>(app: &Arc<App>, door: &Door, request: &Request<B>) -> ApiResult<Principal> {
-    if matches!(door, Door::Unix) {
-        return Ok(Principal::Local);
+/// Browser-reachable doors (TCP) refuse a request whose `Origin` is
+/// another site (a page making the browser send it: CSRF), and, while
+/// TCP needs no authentication, one whose `Host` is not this server (DNS
+/// rebinding; `/healthz`, which tells nothing, answers any name for load
+/// balancers). `--allow-origin` and `--allow-host` widen the lists.
+fn check_browser(app: &App, door: &Door, path: &str, headers: &HeaderMap) -> ApiResult<()> {
+    let Door::Tcp(_) = door else { return Ok(()) };
+    let host = headers.get(header::HOST).and_then(|value| value.to_str().ok()).map(str::to_ascii_lowercase);
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let origin = origin.to_str().unwrap_or("").to_ascii_lowercase();
+        let same_site = origin
+            .split_once("://")
+            .filter(|(scheme, _)| matches!(*scheme, "http" | "https"))
+            .is_some_and(|(_, authority)| host.as_deref() == Some(authority));
+        if !same_site && !app.config.allow_origins.iter().any(|allowed| allowed.eq_ignore_ascii_case(&origin)) {
+            return Err(ApiError::CrossOrigin(format!(
+                "requests from the web page at origin {origin:?} are refused (--allow-origin lets a site in)"
+            )));
+        }
     }
+    if (app.config.insecure_no_auth || !app.config.allow_hosts.is_empty()) && path != "/healthz" {
+        let known = host.as_deref().is_some_and(|host| app.known_host(host));
+        if !known {
+            return Err(ApiError::CrossOrigin(format!(
+                "Host {:?} is not this server's name (--allow-host adds names)",
+                host.unwrap_or_default()
+            )));
+        }
+    }
+    Ok(())
+}
+
+async fn authenticate<B>(app: &Arc<App>, door: &Door, request: &Request<B>) -> ApiResult<Principal> {
+    let Door::Tcp(peer) = door else { return Ok(Principal::Local) };
     let credentials = request.headers().get(header::AUTHORIZATION).map(|value| value.to_str().unwrap_or(""));
     let Some(credentials) = credentials else {
         if app.config.insecure_no_auth || request.uri().path() == "/healthz" {
             return Ok(Principal::Anonymous);
         }
-        return Err(ApiError::unauthorized("authentication required: HTTP Basic or a bearer token"));
+        return Err(ServiceError::unauthenticated("authentication required: HTTP Basic or a bearer token").into());
     };
+    let service = &app.service;
     if let Some(token) = credentials.strip_prefix("Bearer ") {
-        return app.users.authenticate_token(token.trim()).map(Principal::User);
+        return Ok(service.login_token(token.trim())?);
     }
     if let Some(encoded) = credentials.strip_prefix("Basic ") {
+        let malformed = || ApiError::Service(ServiceError::unauthenticated("malformed Basic credentials"));
         let decoded = base64::engine::general_purpose::STANDARD
             .decode(encoded.trim())
             .ok()
             .and_then(|bytes| String::from_utf8(bytes).ok())
-            .ok_or_else(|| ApiError::unauthorized("malformed Basic credentials"))?;
-        let (name, password) =
-            decoded.split_once(':').ok_or_else(|| ApiError::unauthorized("malformed Basic credentials"))?;
-        let (name, password) = (name.to_owned(), password.to_owned());
-        let app = app.clone();
-        // argon2id is deliberately slow: off the async threads.
-        return tokio::task::spawn_blocking(move || app.users.authenticate_password(&name, &password))
-            .await
-            .map_err(|error| ApiError::internal(error.to_string()))?
-            .map(Principal::User);
+            .ok_or_else(malformed)?;
+        let (name, password) = decoded.split_once(':').ok_or_else(malformed)?;
+        return Ok(service.login_password(name, password, Some(peer.ip())).await?);
     }
-    Err(ApiError::unauthorized("unsupported Authorization scheme: use Basic or Bearer"))
+    Err(ServiceError::unauthenticated("unsupported Authorization scheme: use Basic or Bearer").into())
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> axum::response::Response {
-        let mut response = (self.status, axum::Json(self.to_json())).into_response();
-        if self.status == StatusCode::UNAUTHORIZED {
-            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"cairn\""));
-        }
-        response
-    }
-}
+/// The caller, as the front door authenticated them.
+pub(crate) struct Who(pub(crate) Principal);
 
-impl<S: Send + Sync> FromRequestParts<S> for Principal {
+impl<S: Send + Sync> FromRequestParts<S> for Who {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Principal, ApiError> {
-        parts.extensions.get::<Principal>().cloned().ok_or_else(|| ApiError::internal("request was not authenticated"))
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Who, ApiError> {
+        let principal = parts.extensions.get::<Principal>().cloned();
+        principal.map(Who).ok_or_else(|| ServiceError::unauthenticated("request was not authenticated").into())
     }
 }
 
 async fn no_route(request: Request<Body>) -> Response<Body> {
-    let error = ApiError::new(
-        StatusCode::NOT_FOUND,
-        "no_route",
-        format!("no route {} {}; GET /openapi.json lists them", request.method(), request.uri().path()),
-    );
-    if is_compat(request.uri().path()) { compat::error_response(error) } else { error.into_response() }
+    ApiError::NoRoute { method: request.method().to_string(), path: request.uri().path().to_owned() }.into_response()
 }
 
 async fn method_not_allowed(request: Request<Body>) -> Response<Body> {
-    let error = ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        format!("{} is not allowed on {}; GET /openapi.json lists the routes", request.method(), request.uri().path()),
-    );
-    if is_compat(request.uri().path()) { compat::error_response(error) } else { error.into_response() }
+    ApiError::MethodNotAllowed { method: request.method().to_string(), path: request.uri().path().to_owned() }
+        .into_response()
 }
 
 /// A path segment, percent-decoded, with a JSON error when it is not UTF-8.
@@ -197,13 +214,13 @@ impl<S: Send + Sync> FromRequestParts<S> for Params {
         let query = parts.uri.query().unwrap_or("");
         serde_urlencoded::from_str::<Vec<(String, String)>>(query)
             .map(Params)
-            .map_err(|error| ApiError::invalid("query string", error))
+            .map_err(|error| ApiError::invalid("query string", error.to_string()))
     }
 }
 
 impl Params {
     /// The value of `name`, if given (once).
-    pub(crate) fn take(&mut self, name: &str) -> ApiResult<Option<String>> {
+    pub(crate) fn take(&mut self, name: &'static str) -> ApiResult<Option<String>> {
         let mut found = None;
         let mut idx = 0;
         while idx < self.0.len() {
@@ -220,7 +237,7 @@ impl Params {
     }
 
     /// A flag: absent is false; present is `true`, `1`, empty (true) or `false`, `0`.
-    pub(crate) fn flag(&mut self, name: &str) -> ApiResult<bool> {
+    pub(crate) fn flag(&mut self, name: &'static str) -> ApiResult<bool> {
         match self.take(name)?.as_deref() {
             None | Some("false" | "0") => Ok(false),
             Some("" | "true" | "1") => Ok(true),
@@ -229,7 +246,7 @@ impl Params {
     }
 
     /// A non-negative integer.
-    pub(crate) fn number(&mut self, name: &str) -> ApiResult<Option<u64>> {
+    pub(crate) fn number(&mut self, name: &'static str) -> ApiResult<Option<u64>> {
         self.take(name)?
             .map(|text| {
                 text.parse::<u64>()
@@ -247,47 +264,70 @@ impl Params {
     }
 }
 
-/// Runs a blocking engine call on the blocking pool.
-pub(crate) async fn blocking<T, F>(app: &Arc<App>, work: F) -> ApiResult<T>
-where
-    F: FnOnce(&Store) -> ApiResult<T> + Send + 'static,
-    T: Send + 'static,
-{
-    let store = app.store.clone();
-    tokio::task::spawn_blocking(move || work(&store)).await.map_err(|error| ApiError::internal(error.to_string()))?
-}
-
-/// Reads a whole body of at most `max` bytes; 413 (without reading on) when
-/// it is bigger, by its Content-Length or as it arrives.
-pub(crate) async fn read_body(headers: &HeaderMap, body: Body, what: &str, max: u64) -> ApiResult<Bytes> {
+/// Reads a whole body of at most `max` bytes within the server's body
+/// timeout: 413 (without reading on) when it is bigger, by its
+/// Content-Length or as it arrives; 408 (and the connection closes) when
+/// it arrives too slowly, so slow senders cannot hold connection slots.
+pub(crate) async fn read_body(
+    app: &App,
+    headers: &HeaderMap,
+    body: Body,
+    what: &'static str,
+    max: u64,
+) -> ApiResult<Bytes> {
     if let Some(length) = headers.get(header::CONTENT_LENGTH).and_then(|value| value.to_str().ok()?.parse::<u64>().ok())
         && length > max
     {
         return Err(ApiError::too_large(what, max));
     }
     let limit = usize::try_from(max).unwrap_or(usize::MAX);
-    match http_body_util::Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(error) if error.is::<http_body_util::LengthLimitError>() => Err(ApiError::too_large(what, max)),
-        Err(error) => Err(ApiError::invalid("body", format!("could not be read: {error}"))),
+    let collect = http_body_util::Limited::new(body, limit).collect();
+    match tokio::time::timeout(app.config.body_timeout, collect).await {
+        Err(_) => Err(ApiError::BodyTimeout),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(error)) if error.is::<http_body_util::LengthLimitError>() => Err(ApiError::too_large(what, max)),
+        Ok(Err(error)) => Err(ApiError::invalid("body", format!("could not be read: {error}"))),
+    }
+}
+
+/// The next chunk of a streamed body, within the body timeout (an idle
+/// gap longer than it ends the request).
+pub(crate) async fn next_chunk(timeout: Duration, body: &mut axum::body::BodyDataStream) -> ApiResult<Option<Bytes>> {
+    match tokio::time::timeout(timeout, futures_util::StreamExt::next(body)).await {
+        Err(_) => Err(ApiError::BodyTimeout),
+        Ok(None) => Ok(None),
+        Ok(Some(Ok(bytes))) => Ok(Some(bytes)),
+        Ok(Some(Err(error))) => Err(ApiError::invalid("body", format!("could not be read: {error}"))),
     }
 }
 
 /// A header's value as text, if present.
-pub(crate) fn header_text<'h>(headers: &'h HeaderMap, name: &str) -> ApiResult<Option<&'h str>> {
+pub(crate) fn header_text<'h>(headers: &'h HeaderMap, name: &'static str) -> ApiResult<Option<&'h str>> {
     headers
         .get(name)
         .map(|value| value.to_str().map_err(|_| ApiError::invalid(name, "is not visible ASCII")))
         .transpose()
 }
 
-/// Whether `If-None-Match` lists `etag` (or `*`).
+/// Whether `If-None-Match` lists `etag` (or `*`), by weak comparison.
 pub(crate) fn not_modified(headers: &HeaderMap, etag: &str) -> bool {
     let Some(value) = headers.get(header::IF_NONE_MATCH).and_then(|value| value.to_str().ok()) else { return false };
     value
         .split(',')
         .map(str::trim)
         .any(|tag| tag == "*" || tag.trim_start_matches("W/") == etag.trim_start_matches("W/"))
+}
+
+/// `If-Match` as the service's condition (RFC 9110 §13.1.1): `*`, or a
+/// list of entity tags compared strongly (a weak tag never matches; an
+/// unknown one matches nothing: 412 from the service, never 400).
+pub(crate) fn if_match(headers: &HeaderMap) -> ApiResult<Option<cairn_service::IfMatch>> {
+    let Some(value) = header_text(headers, "if-match")? else { return Ok(None) };
+    if value.trim() == "*" {
+        return Ok(Some(cairn_service::IfMatch::Any));
+    }
+    let tags = value.split(',').map(str::trim).filter(|tag| !tag.starts_with("W/")).map(str::to_owned).collect();
+    Ok(Some(cairn_service::IfMatch::Tags(tags)))
 }
 
 /// A 304 with the entity tag.
@@ -316,6 +356,11 @@ pub(crate) fn json_response(status: StatusCode, body: Vec<u8>, etag: Option<&str
 }
 
 /// Serializes a value to JSON bytes.
-pub(crate) fn to_json(value: &impl serde::Serialize) -> ApiResult<Vec<u8>> {
-    serde_json::to_vec(value).map_err(|error| ApiError::internal(error.to_string()))
+pub(crate) fn to_json(value: &impl serde::Serialize) -> Vec<u8> {
+    serde_json::to_vec(value).expect("values of this API serialize")
+}
+
+/// Parses a JSON body of the given shape.
+pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes, shape: &str) -> ApiResult<T> {
+    serde_json::from_slice(body).map_err(|error| ApiError::invalid("body", format!("expected {shape}: {error}")))
 }

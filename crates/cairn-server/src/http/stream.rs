@@ -1,11 +1,14 @@
-//! Streaming reads: stored events (a blocking producer) or history then
-//! live events (an async follower), as NDJSON or Server-Sent Events.
+//! Streaming reads: stored events, or history then live events (the
+//! service's follow), as NDJSON or Server-Sent Events.
 //!
-//! Both producers hand the body fixed-size chunks through a small bounded
-//! channel, so a client that does not read holds at most a few chunks of
-//! memory: a stored read waits, a follower's subscription falls behind the
-//! live ring and later catches up from storage. Writers never wait for
-//! readers. Shutdown ends follow streams cleanly (the body just ends).
+//! A producer task fills fixed-size chunks and hands them to the body
+//! through a small bounded channel, so a client that does not read holds
+//! at most a few chunks of memory: a stored read's producer waits; a
+//! follow's subscription falls behind the live ring and later catches up
+//! from storage. Writers never wait for readers. A stored read fetches its
+//! next chunk of events while it writes the current one. Shutdown ends
+//! follow streams cleanly (the body just ends); a revoked credential ends
+//! them with an error frame.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -13,13 +16,10 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, HeaderValue, Response, StatusCode, header};
-use cairn_store::{Delivery, Event, EventId, Pattern, Query, Store, SubscribeOptions};
-use futures_util::FutureExt as _;
+use cairn_service::{Delivered, Event, EventId, FollowOptions, Item, Pattern, Principal, Query, ServiceError};
 use tokio::sync::mpsc;
 
-use super::{Params, blocking, not_modified, not_modified_response};
-use crate::auth::Principal;
-use crate::error::{ApiError, ApiResult};
+use super::{ApiError, ApiResult, Params, not_modified, not_modified_response};
 use crate::metrics::Metrics;
 use crate::server::App;
 
@@ -27,6 +27,10 @@ use crate::server::App;
 const CHUNK_BYTES: usize = 64 * 1024;
 /// Chunks buffered per stream between producer and connection.
 const CHUNKS_BUFFERED: usize = 4;
+/// Events fetched from storage per step of a stored read.
+const READ_CHUNK_EVENTS: usize = 2048;
+/// Deliveries taken from a follow per step.
+const FOLLOW_CHUNK_EVENTS: usize = 512;
 
 /// How a stream is framed.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -41,7 +45,8 @@ pub(crate) enum Format {
 pub(crate) struct ReadSpec {
     pub(crate) query: Query,
     pub(crate) follow: bool,
-    pub(crate) options: SubscribeOptions,
+    pub(crate) threshold: bool,
+    pub(crate) pulse: Option<Duration>,
     pub(crate) content: bool,
     pub(crate) format: Format,
 }
@@ -80,14 +85,14 @@ impl ReadSpec {
             return Err(ApiError::invalid("reverse", "a follow runs forward"));
         }
         query.validate()?;
-        Ok(ReadSpec { query, follow, options: SubscribeOptions { threshold, pulse }, content, format })
+        Ok(ReadSpec { query, follow, threshold, pulse, content, format })
     }
 }
 
 fn parse_pulse(text: &str) -> ApiResult<Duration> {
     let ms = match text.parse::<u64>() {
         Ok(ms) => ms,
-        Err(_) => cairn_store::parse_duration_ms(text).map_err(|rule| ApiError::invalid("pulse", rule))?,
+        Err(_) => cairn_service::parse_duration_ms(text).map_err(|rule| ApiError::invalid("pulse", rule))?,
     };
     if ms == 0 {
         return Err(ApiError::invalid("pulse", "must be at least 1ms"));
@@ -103,88 +108,105 @@ fn accepts_sse(headers: &HeaderMap) -> bool {
         .any(|value| value.split(',').any(|kind| kind.trim().starts_with("text/event-stream")))
 }
 
-/// Answers a read: checks access, then streams.
+/// Answers a read: the service checks access, then the events stream.
 pub(crate) async fn respond(
     app: &Arc<App>,
     principal: &Principal,
     headers: &HeaderMap,
     spec: ReadSpec,
 ) -> ApiResult<Response<Body>> {
-    principal.check_read(&spec.query.pattern)?;
     if spec.follow {
-        return follow(app, spec).await;
+        return follow(app, principal, spec).await;
     }
-    let etag = format!("W/\"{}\"", app.store.version());
+    let etag = format!("W/\"{}\"", app.service.version());
     if not_modified(headers, &etag) {
         return Ok(not_modified_response(&etag));
     }
-    let query = spec.query.clone();
-    let events = blocking(app, move |store| Ok(store.read(&query)?)).await?;
+    let mut read = app.service.read(principal, spec.query.clone(), spec.content).await?;
     let (sender, receiver) = mpsc::channel(CHUNKS_BUFFERED);
-    let store = app.store.clone();
     let guard = StreamGuard::new(app);
-    tokio::task::spawn_blocking(move || {
+    let format = spec.format;
+    tokio::spawn(async move {
         let _guard = guard;
         let mut buf = Vec::with_capacity(CHUNK_BYTES + 4096);
-        for event in events {
-            let written = event
-                .map_err(ApiError::from)
-                .and_then(|event| write_event(&mut buf, spec.format, &store, &event, spec.content));
-            if let Err(error) = written {
-                write_error(&mut buf, spec.format, &error);
-                break;
-            }
-            if buf.len() >= CHUNK_BYTES && sender.blocking_send(Bytes::from(std::mem::take(&mut buf))).is_err() {
+        let mut next = read.next(READ_CHUNK_EVENTS).await;
+        loop {
+            let items = match next {
+                Ok(items) if items.is_empty() => break,
+                Ok(items) => items,
+                Err(error) => {
+                    write_error(&mut buf, format, &error.into());
+                    break;
+                }
+            };
+            // Fetch the next chunk while this one is written.
+            let (written, fetched) =
+                tokio::join!(write_items(&mut buf, format, &items, &sender), read.next(READ_CHUNK_EVENTS));
+            if !written {
                 return;
             }
+            next = fetched;
         }
         if !buf.is_empty() {
-            let _ = sender.blocking_send(Bytes::from(buf));
+            let _ = sender.send(Bytes::from(buf)).await;
         }
     });
     let mut response = body_response(receiver, spec.format);
-    response
-        .headers_mut()
-        .insert(header::ETAG, HeaderValue::from_str(&etag).map_err(|e| ApiError::internal(e.to_string()))?);
+    if let Ok(value) = HeaderValue::from_str(&etag) {
+        response.headers_mut().insert(header::ETAG, value);
+    }
     Ok(response)
 }
 
-async fn follow(app: &Arc<App>, spec: ReadSpec) -> ApiResult<Response<Body>> {
-    let (query, options) = (Query { limit: None, ..spec.query.clone() }, spec.options);
-    let mut subscription = app.store.subscribe(&query, options).await?;
+/// Writes `items` into `buf`, handing full chunks to `sender`; false once
+/// the client is gone.
+async fn write_items(buf: &mut Vec<u8>, format: Format, items: &[Item], sender: &mpsc::Sender<Bytes>) -> bool {
+    for item in items {
+        write_event(buf, format, &item.event, item.content.as_deref());
+        if buf.len() >= CHUNK_BYTES && sender.send(Bytes::from(std::mem::take(buf))).await.is_err() {
+            return false;
+        }
+    }
+    true
+}
+
+async fn follow(app: &Arc<App>, principal: &Principal, spec: ReadSpec) -> ApiResult<Response<Body>> {
+    let options =
+        FollowOptions { threshold: spec.threshold, pulse: spec.pulse, content: spec.content, limit: spec.query.limit };
+    let mut follow = app.service.follow(principal, spec.query, options).await?;
     let (sender, receiver) = mpsc::channel::<Bytes>(CHUNKS_BUFFERED);
-    let store = app.store.clone();
     let guard = StreamGuard::new(app);
-    let mut stopping = app.stopping.clone();
-    let mut remaining = spec.query.limit.unwrap_or(u64::MAX);
+    let format = spec.format;
     tokio::spawn(async move {
         let guard = guard;
         let mut buf = Vec::with_capacity(CHUNK_BYTES + 4096);
-        while remaining > 0 {
-            let delivery = tokio::select! {
-                biased;
-                () = crate::server::stopped(&mut stopping) => break,
+        while !follow.is_done() {
+            let deliveries = tokio::select! {
                 () = sender.closed() => break,
-                delivery = subscription.next() => delivery,
+                deliveries = follow.next(FOLLOW_CHUNK_EVENTS) => deliveries,
             };
-            let mut failed = !deliver(&mut buf, spec.format, &store, delivery, spec.content, &mut remaining);
-            // Whatever is ready now goes in the same chunk.
-            while !failed && remaining > 0 && buf.len() < CHUNK_BYTES {
-                match subscription.next().now_or_never() {
-                    Some(delivery) => {
-                        failed = !deliver(&mut buf, spec.format, &store, delivery, spec.content, &mut remaining)
+            let failed = match deliveries {
+                Ok(deliveries) => {
+                    for delivery in &deliveries {
+                        write_delivery(&mut buf, format, delivery);
                     }
-                    None => break,
+                    false
                 }
-            }
+                Err(ServiceError::ShuttingDown) => break,
+                Err(error) => {
+                    write_error(&mut buf, format, &error.into());
+                    true
+                }
+            };
             let chunk = Bytes::from(std::mem::take(&mut buf));
             match sender.try_send(chunk) {
                 Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(chunk)) => {
                     guard.metrics().streams_behind.fetch_add(1, Relaxed);
+                    let mut stopping = guard.0.service.stopping();
                     let sent = tokio::select! {
                         sent = sender.send(chunk) => sent.is_ok(),
-                        () = crate::server::stopped(&mut stopping) => false,
+                        _ = stopping.wait_for(|stopping| *stopping) => false,
                     };
                     guard.metrics().streams_behind.fetch_sub(1, Relaxed);
                     if !sent {
@@ -203,31 +225,11 @@ async fn follow(app: &Arc<App>, spec: ReadSpec) -> ApiResult<Response<Body>> {
     Ok(response)
 }
 
-/// Writes one delivery; false (after writing an error frame) if it failed.
-fn deliver(
-    buf: &mut Vec<u8>,
-    format: Format,
-    store: &Store,
-    delivery: cairn_store::Result<Delivery>,
-    content: bool,
-    remaining: &mut u64,
-) -> bool {
-    let written = match delivery {
-        Ok(Delivery::Event(event)) => {
-            *remaining -= 1;
-            write_event(buf, format, store, &event, content)
-        }
-        Ok(Delivery::Threshold) => write_synthetic(buf, format, "cairn.threshold"),
-        Ok(Delivery::Pulse) => write_synthetic(buf, format, "cairn.pulse"),
-        Err(cairn_store::StoreError::ShuttingDown) => return false,
-        Err(error) => Err(error.into()),
-    };
-    match written {
-        Ok(()) => true,
-        Err(error) => {
-            write_error(buf, format, &error);
-            false
-        }
+fn write_delivery(buf: &mut Vec<u8>, format: Format, delivery: &Delivered) {
+    match delivery {
+        Delivered::Event(event, content) => write_event(buf, format, event, content.as_deref()),
+        Delivered::Threshold => write_synthetic(buf, format, "cairn.threshold"),
+        Delivered::Pulse => write_synthetic(buf, format, "cairn.pulse"),
     }
 }
 
@@ -251,47 +253,40 @@ fn body_response(receiver: mpsc::Receiver<Bytes>, format: Format) -> Response<Bo
     response
 }
 
-/// Writes one event frame.
-pub(crate) fn write_event(
-    buf: &mut Vec<u8>,
-    format: Format,
-    store: &Store,
-    event: &Event,
-    content: bool,
-) -> ApiResult<()> {
-    // Verified against its hash, inline or not.
-    let payload = if content { store.content(event)? } else { None };
+/// Writes one event frame (its payload already verified, when given).
+pub(crate) fn write_event(buf: &mut Vec<u8>, format: Format, event: &Event, content: Option<&[u8]>) {
     if format == Format::Sse {
         use std::io::Write as _;
         buf.extend_from_slice(b"id: ");
         let _ = write!(buf, "{}", event.id);
         buf.extend_from_slice(b"\ndata: ");
     }
-    cairn_store::json::write_event(buf, event, payload.as_deref());
+    cairn_service::json::write_event(buf, event, content);
     buf.extend_from_slice(if format == Format::Sse { b"\n\n" } else { b"\n" });
-    Ok(())
 }
 
 /// A synthetic frame (`cairn.threshold`, `cairn.pulse`); in SSE it carries
 /// no `id:`, so a reconnect never resumes from it.
-fn write_synthetic(buf: &mut Vec<u8>, format: Format, topic: &str) -> ApiResult<()> {
+fn write_synthetic(buf: &mut Vec<u8>, format: Format, topic: &str) {
     let json = serde_json::json!({ "id": EventId::now().to_string(), "topic": topic, "seq": 0 });
     if format == Format::Sse {
         buf.extend_from_slice(b"event: ");
         buf.extend_from_slice(topic.as_bytes());
         buf.extend_from_slice(b"\ndata: ");
     }
-    serde_json::to_writer(&mut *buf, &json).map_err(|error| ApiError::internal(error.to_string()))?;
+    buf.extend_from_slice(&super::to_json(&json));
     buf.extend_from_slice(if format == Format::Sse { b"\n\n" } else { b"\n" });
-    Ok(())
 }
 
 /// The last frame of a stream that failed after it started.
 fn write_error(buf: &mut Vec<u8>, format: Format, error: &ApiError) {
+    if error.status().is_server_error() {
+        tracing::error!("a stream failed: {error}");
+    }
     if format == Format::Sse {
         buf.extend_from_slice(b"event: error\ndata: ");
     }
-    let _ = serde_json::to_writer(&mut *buf, &error.to_json());
+    buf.extend_from_slice(&super::to_json(&error.to_json()));
     buf.extend_from_slice(if format == Format::Sse { b"\n\n" } else { b"\n" });
 }
 

@@ -1,12 +1,17 @@
 //! One RESP connection: reads what the client sent, runs every complete
 //! command in order, and writes all replies in one write. Consecutive
-//! appends (`XADD`, `publish`) are submitted together and awaited in order,
-//! so a pipelining client's appends share one commit (one fdatasync)
-//! instead of waiting for one each. Subscription tasks send finished push
-//! frames over a bounded channel; the connection writes them between
-//! replies, so frames never interleave and a client that stops reading
-//! holds back its subscriptions (which then wait, reading from storage
-//! later), not the server.
+//! appends (`XADD`, `publish`) are submitted one after another (each
+//! queued before the next, so their order holds) and awaited after, so a
+//! pipelining client's appends share one commit (one fdatasync) instead of
+//! waiting for one each. Subscription tasks send finished push frames over
+//! a bounded channel; the connection writes them between replies, so
+//! frames never interleave and a client that stops reading holds back its
+//! subscriptions (which then wait, reading from storage later), not the
+//! server.
+//!
+//! Bounds: a command is limited in total, far more tightly before the
+//! client authenticated (where AUTH is required). Sessions: when the
+//! connection's credential is revoked, the connection is told and closed.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -15,14 +20,14 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use cairn_store::{Event, Pending};
+use cairn_service::{Appending, Principal};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 
-use super::command::{self, Fail};
-use super::frame::{self, Out, Request};
-use crate::auth::Principal;
+use super::error::Fail;
+use super::frame::{self, Out, Parser, Request};
+use super::table;
 use crate::server::App;
 
 /// Push frames waiting for a slow client, per connection.
@@ -52,12 +57,37 @@ pub(crate) struct Conn {
     pub(crate) stop: watch::Receiver<bool>,
 }
 
-/// A reply still waiting for the writer's acknowledgement.
+impl Conn {
+    /// The principal a command runs as (commands that need none are let
+    /// through before it is known; the others are refused earlier).
+    pub(crate) fn who(&self) -> Result<&Principal, Fail> {
+        self.principal.as_ref().ok_or_else(super::error::noauth)
+    }
+
+    /// What an unauthenticated connection starts as.
+    pub(crate) fn initial_principal(app: &App) -> Option<Principal> {
+        (!app.config.resp_require_auth).then_some(Principal::Anonymous)
+    }
+
+    /// The command bounds for the connection's state.
+    fn limits(&self) -> frame::Limits {
+        let config = &self.app.config;
+        let bulk = usize::try_from(self.app.service.limits().payload_bytes_max).unwrap_or(usize::MAX);
+        let total = if self.principal.is_some() {
+            config.resp_command_bytes_max
+        } else {
+            config.resp_unauthenticated_bytes_max
+        };
+        frame::Limits { bulk_bytes_max: bulk.min(total), command_bytes_max: total }
+    }
+}
+
+/// A reply still waiting for durability.
 pub(crate) enum Awaiting {
     /// An `XADD`: replies with the entry id.
-    Entry(Pending<Vec<Event>>),
+    Entry(Appending),
     /// A MeiliES `publish`: replies `+OK`.
-    Published(Pending<Vec<Event>>),
+    Published(Appending),
     /// Decided already (an error).
     Failed(Fail),
 }
@@ -74,8 +104,9 @@ impl Drop for Conn {
 pub(crate) async fn serve(app: Arc<App>, stream: TcpStream, peer: SocketAddr, stop: watch::Receiver<bool>) {
     let (mut reader, mut writer) = stream.into_split();
     let (pushes, mut push_queue) = mpsc::channel::<Bytes>(PUSH_QUEUE_FRAMES);
-    let principal = if app.config.resp_require_auth { None } else { Some(Principal::Anonymous) };
+    let mut sessions = app.service.session_changes();
     let mut conn = Conn {
+        principal: Conn::initial_principal(&app),
         app,
         out: Out::new(),
         id: NEXT_CLIENT_ID.fetch_add(1, Relaxed),
@@ -84,19 +115,18 @@ pub(crate) async fn serve(app: Arc<App>, stream: TcpStream, peer: SocketAddr, st
         name: None,
         lib_name: None,
         lib_version: None,
-        principal,
         pushes,
         subscriptions: Vec::new(),
         closing: false,
         stop: stop.clone(),
     };
-    let bulk_max = usize::try_from(conn.app.store.options().payload_bytes_max).unwrap_or(usize::MAX);
+    let mut parser = Parser::new(conn.limits());
     let mut input = BytesMut::with_capacity(READ_CHUNK_BYTES);
     let mut stop = stop;
     loop {
         let mut commands = Vec::new();
         loop {
-            match frame::parse(&input, bulk_max) {
+            match parser.parse(&input) {
                 Ok(Some((request, used))) => {
                     let bytes = input.split_to(used).freeze();
                     let args: Vec<Bytes> = match request {
@@ -113,6 +143,11 @@ pub(crate) async fn serve(app: Arc<App>, stream: TcpStream, peer: SocketAddr, st
                     if !args.is_empty() {
                         commands.push(args);
                     }
+                    // Commands after an AUTH are bounded as its outcome says:
+                    // run what is parsed so far before parsing on.
+                    if conn.principal.is_none() {
+                        break;
+                    }
                 }
                 Ok(None) => break,
                 Err(error) => {
@@ -122,7 +157,9 @@ pub(crate) async fn serve(app: Arc<App>, stream: TcpStream, peer: SocketAddr, st
                 }
             }
         }
+        let parsed_any = !commands.is_empty();
         run(&mut conn, commands).await;
+        parser.set_limits(conn.limits());
         if !conn.out.buf.is_empty() {
             if writer.write_all(&conn.out.buf).await.is_err() {
                 return;
@@ -132,6 +169,10 @@ pub(crate) async fn serve(app: Arc<App>, stream: TcpStream, peer: SocketAddr, st
         if conn.closing {
             let _ = writer.shutdown().await;
             return;
+        }
+        if parsed_any && !input.is_empty() {
+            // More may be complete already (after an AUTH, say).
+            continue;
         }
         input.reserve(READ_CHUNK_BYTES);
         tokio::select! {
@@ -150,9 +191,22 @@ pub(crate) async fn serve(app: Arc<App>, stream: TcpStream, peer: SocketAddr, st
                     }
                 }
             }
+            changed = sessions.changed() => {
+                if changed.is_ok() && revoked(&conn) {
+                    let _ = writer.write_all(b"-NOAUTH the connection's credentials were revoked\r\n").await;
+                    let _ = writer.shutdown().await;
+                    return;
+                }
+            }
             () = crate::server::stopped(&mut stop) => return,
         }
     }
+}
+
+/// Whether the connection's user session ended (token revoked, password
+/// changed, user removed).
+fn revoked(conn: &Conn) -> bool {
+    conn.principal.as_ref().is_some_and(|principal| !conn.app.service.is_current(principal))
 }
 
 /// Runs `commands` in order, appending their replies to `conn.out`.
@@ -162,12 +216,19 @@ async fn run(conn: &mut Conn, commands: Vec<Vec<Bytes>>) {
         if conn.closing {
             break;
         }
-        if let Some(started) = command::start_append(conn, &args) {
-            awaiting.push_back(started);
+        if revoked(conn) {
+            settle(conn, &mut awaiting).await;
+            conn.out.error("NOAUTH the connection's credentials were revoked");
+            conn.closing = true;
+            break;
+        }
+        if let Some(submitted) = table::submit(conn, &args) {
+            let awaiting_reply = submitted.await;
+            awaiting.push_back(awaiting_reply);
             continue;
         }
         settle(conn, &mut awaiting).await;
-        command::execute(conn, args).await;
+        table::execute(conn, &args).await;
     }
     settle(conn, &mut awaiting).await;
 }
@@ -176,11 +237,11 @@ async fn run(conn: &mut Conn, commands: Vec<Vec<Bytes>>) {
 async fn settle(conn: &mut Conn, awaiting: &mut VecDeque<Awaiting>) {
     while let Some(next) = awaiting.pop_front() {
         let result = match next {
-            Awaiting::Entry(pending) => pending.await.map(|events| {
-                let id = super::entry::StreamId::of(&events[0]);
+            Awaiting::Entry(appending) => appending.await.map(|events| {
+                let id = cairn_service::StreamId::of(&events[0]);
                 conn.out.bulk(id.to_string().as_bytes());
             }),
-            Awaiting::Published(pending) => pending.await.map(|_| conn.out.simple("OK")),
+            Awaiting::Published(appending) => appending.await.map(|_| conn.out.simple("OK")),
             Awaiting::Failed(fail) => {
                 conn.out.error(&fail.0);
                 Ok(())

@@ -1,8 +1,5 @@
-//! Events as Redis stream entries: ids and field-value pairs.
-//!
-//! An entry id is `<ms>-<seq>`: the event's time in milliseconds and its
-//! topic seq. Both grow with the topic, so ids increase strictly per key
-//! and compare like Redis ids.
+//! Events as Redis stream entries: field-value pairs (entry ids are the
+//! service's `StreamId`, `<ms>-<seq>`).
 //!
 //! Field form (documented in the README):
 //! - `XADD k * f1 v1 f2 v2` stores the payload `{"f1":"v1","f2":"v2"}` (a
@@ -16,83 +13,11 @@
 use std::borrow::Cow;
 
 use base64::Engine as _;
-use cairn_store::{Event, NewEvent, Topic};
+use cairn_service::{Event, NewEvent, Topic};
 use serde::de::{Deserializer as _, MapAccess, Visitor};
-
-use crate::error::{ApiError, ApiResult};
 
 /// The meta of an XADD whose fields are base64.
 const BASE64_META: &str = r#"{"redis_encoding":"base64"}"#;
-
-/// A stream entry id (`Default` is `0-0`, the start of every stream).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub(crate) struct StreamId {
-    pub(crate) ms: u64,
-    pub(crate) seq: u64,
-}
-
-impl StreamId {
-    pub(crate) const MIN: StreamId = StreamId { ms: 0, seq: 0 };
-    pub(crate) const MAX: StreamId = StreamId { ms: u64::MAX, seq: u64::MAX };
-
-    pub(crate) fn of(event: &Event) -> StreamId {
-        StreamId { ms: event.timestamp_ms(), seq: event.seq }
-    }
-
-    /// Parses `ms` or `ms-seq`; a bare `ms` takes `missing_seq`.
-    pub(crate) fn parse(text: &[u8], missing_seq: u64) -> ApiResult<StreamId> {
-        let invalid = || ApiError::invalid("stream ID", "Invalid stream ID specified as stream command argument");
-        let text = std::str::from_utf8(text).map_err(|_| invalid())?;
-        let number = |part: &str| {
-            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(invalid());
-            }
-            part.parse::<u64>().map_err(|_| invalid())
-        };
-        match text.split_once('-') {
-            None => Ok(StreamId { ms: number(text)?, seq: missing_seq }),
-            Some((ms, seq)) => Ok(StreamId { ms: number(ms)?, seq: number(seq)? }),
-        }
-    }
-
-    /// The next id (for exclusive starts); `None` after the last.
-    pub(crate) fn next(self) -> Option<StreamId> {
-        match self.seq.checked_add(1) {
-            Some(seq) => Some(StreamId { ms: self.ms, seq }),
-            None => self.ms.checked_add(1).map(|ms| StreamId { ms, seq: 0 }),
-        }
-    }
-
-    /// The previous id (for exclusive ends); `None` before the first.
-    pub(crate) fn prev(self) -> Option<StreamId> {
-        match self.seq.checked_sub(1) {
-            Some(seq) => Some(StreamId { ms: self.ms, seq }),
-            None => self.ms.checked_sub(1).map(|ms| StreamId { ms, seq: u64::MAX }),
-        }
-    }
-
-    /// The 16 big-endian bytes used in state keys (sorted like ids).
-    pub(crate) fn to_key(self) -> [u8; 16] {
-        let mut key = [0u8; 16];
-        key[..8].copy_from_slice(&self.ms.to_be_bytes());
-        key[8..].copy_from_slice(&self.seq.to_be_bytes());
-        key
-    }
-
-    pub(crate) fn from_key(bytes: &[u8]) -> Option<StreamId> {
-        let bytes: [u8; 16] = bytes.try_into().ok()?;
-        Some(StreamId {
-            ms: u64::from_be_bytes(bytes[..8].try_into().ok()?),
-            seq: u64::from_be_bytes(bytes[8..].try_into().ok()?),
-        })
-    }
-}
-
-impl std::fmt::Display for StreamId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}-{}", self.ms, self.seq)
-    }
-}
 
 /// The event an `XADD` of `pairs` appends to `topic`.
 pub(crate) fn event_from_pairs(topic: Topic, pairs: &[bytes::Bytes]) -> NewEvent {
@@ -200,16 +125,16 @@ mod tests {
     fn stored(new: NewEvent) -> (Event, Vec<u8>) {
         let payload = new.payload.clone().unwrap_or_default();
         let event = Event {
-            id: cairn_store::EventId::now(),
+            id: cairn_service::EventId::now(),
             topic: new.topic.clone().unwrap(),
             seq: 0,
             kind: new.kind.clone(),
             meta: new.meta.clone(),
             hash: None,
             size: payload.len() as u64,
-            ttl: cairn_store::Ttl::Forever,
+            ttl: cairn_service::Ttl::Forever,
             user: None,
-            payload: cairn_store::Payload::None,
+            payload: cairn_service::Payload::None,
             imported: false,
         };
         (event, payload)
@@ -239,19 +164,5 @@ mod tests {
         let expected: Vec<Vec<u8>> =
             vec![b"n".into(), b"1".into(), b"s".into(), b"tA".into(), b"o".into(), br#"{"a":[true]}"#.into()];
         assert_eq!(owned(pairs_of(&event, Some(&payload))), expected);
-    }
-
-    #[test]
-    fn ids_parse_and_order_like_redis() {
-        assert_eq!(StreamId::parse(b"5-3", 0).unwrap(), StreamId { ms: 5, seq: 3 });
-        assert_eq!(StreamId::parse(b"5", u64::MAX).unwrap(), StreamId { ms: 5, seq: u64::MAX });
-        for bad in [&b"-"[..], b"5-", b"a-1", b"1-2-3", b"", b"+5", b"18446744073709551616"] {
-            assert!(StreamId::parse(bad, 0).is_err(), "{bad:?}");
-        }
-        assert!(StreamId { ms: 1, seq: 9 } < StreamId { ms: 2, seq: 0 });
-        assert_eq!(StreamId { ms: 1, seq: u64::MAX }.next(), Some(StreamId { ms: 2, seq: 0 }));
-        assert_eq!(StreamId::MIN.prev(), None);
-        let id = StreamId { ms: 7, seq: 1 };
-        assert_eq!(StreamId::from_key(&id.to_key()), Some(id));
     }
 }

@@ -1,9 +1,15 @@
-//! The RESP wire format, sans IO: [`parse`] finds one command in a buffer
+//! The RESP wire format, sans IO: [`Parser`] finds one command in a buffer
 //! (a multibulk array of bulk strings, or an inline line as telnet and
 //! `redis-cli` in some modes send), and [`Out`] writes replies in RESP2 or
 //! RESP3. "Incomplete" (read more) and "invalid" (reply and close) are kept
-//! apart: a parse error means the framing is broken and the connection must
-//! close, while a bad command inside a good frame is the handler's business.
+//! apart: a parse error means the framing is broken or a bound was crossed,
+//! and the connection must close; a bad command inside a good frame is the
+//! handler's business.
+//!
+//! The parser resumes where it stopped: a command that arrives in many
+//! small reads is scanned once, not once per read (linear in the input,
+//! whatever the reads), and every command is bounded in total (`Limits`),
+//! checked against the lengths it declares before their bytes arrive.
 
 use std::ops::Range;
 
@@ -13,6 +19,9 @@ use bytes::{BufMut as _, BytesMut};
 pub(crate) const ARGS_MAX: usize = 1024 * 1024;
 /// Longest inline command line.
 pub(crate) const INLINE_BYTES_MAX: usize = 64 * 1024;
+/// What each argument costs beyond its bytes (its place in memory), in
+/// the command's total.
+pub(crate) const ARG_OVERHEAD_BYTES: usize = 16;
 
 /// One command found in the input.
 #[derive(Debug, PartialEq, Eq)]
@@ -27,47 +36,137 @@ pub(crate) enum Request {
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct ProtocolError(pub(crate) String);
 
-/// Finds the first complete command in `buf`: `Ok(None)` when more bytes
-/// are needed, else the command and how many bytes it used. `bulk_max`
-/// bounds one argument.
-pub(crate) fn parse(buf: &[u8], bulk_max: usize) -> Result<Option<(Request, usize)>, ProtocolError> {
-    match buf.first() {
-        None => Ok(None),
-        Some(b'*') => parse_multibulk(buf, bulk_max),
-        Some(_) => parse_inline(buf),
-    }
+/// Bounds of one command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Limits {
+    /// The longest argument, in bytes.
+    pub(crate) bulk_bytes_max: usize,
+    /// The most bytes of all arguments together, each counting
+    /// [`ARG_OVERHEAD_BYTES`] more.
+    pub(crate) command_bytes_max: usize,
 }
 
-fn parse_multibulk(buf: &[u8], bulk_max: usize) -> Result<Option<(Request, usize)>, ProtocolError> {
-    let Some((count, mut at)) = line_number(buf, 1, "multibulk length")? else { return Ok(None) };
-    if count > ARGS_MAX as i64 {
-        return Err(ProtocolError("invalid multibulk length".to_owned()));
+/// A resumable command parser (see the module docs).
+#[derive(Debug)]
+pub(crate) struct Parser {
+    limits: Limits,
+    /// A multibulk command read in part.
+    partial: Option<Partial>,
+    /// Bytes of an inline line already known to hold no newline.
+    inline_scanned: usize,
+}
+
+#[derive(Debug)]
+struct Partial {
+    count: usize,
+    args: Vec<Range<usize>>,
+    /// Where the next argument starts.
+    at: usize,
+    /// The command's total so far.
+    bytes: usize,
+}
+
+impl Parser {
+    pub(crate) fn new(limits: Limits) -> Parser {
+        Parser { limits, partial: None, inline_scanned: 0 }
     }
-    let count = usize::try_from(count).unwrap_or(0);
-    let mut args = Vec::with_capacity(count.min(64));
-    for _ in 0..count {
-        match buf.get(at) {
-            None => return Ok(None),
-            Some(b'$') => {}
-            Some(&other) => {
-                return Err(ProtocolError(format!("expected '$', got '{}'", char::from(other).escape_default())));
+
+    /// Changes the bounds (after authentication), from the next command on.
+    pub(crate) fn set_limits(&mut self, limits: Limits) {
+        self.limits = limits;
+    }
+
+    /// Finds the first complete command in `buf`: `Ok(None)` when more
+    /// bytes are needed, else the command and how many bytes it used.
+    /// Until it returns a command, each call must see the same buffer,
+    /// possibly longer; after one, the buffer starts after the used bytes.
+    pub(crate) fn parse(&mut self, buf: &[u8]) -> Result<Option<(Request, usize)>, ProtocolError> {
+        if self.partial.is_some() {
+            return self.multibulk(buf);
+        }
+        match buf.first() {
+            None => Ok(None),
+            Some(b'*') if self.inline_scanned == 0 => self.multibulk(buf),
+            Some(_) => self.inline(buf),
+        }
+    }
+
+    fn multibulk(&mut self, buf: &[u8]) -> Result<Option<(Request, usize)>, ProtocolError> {
+        let mut partial = match self.partial.take() {
+            Some(partial) => partial,
+            None => {
+                let Some((count, at)) = line_number(buf, 1, "multibulk length")? else { return Ok(None) };
+                if count > ARGS_MAX as i64 {
+                    return Err(ProtocolError("invalid multibulk length".to_owned()));
+                }
+                let count = usize::try_from(count).unwrap_or(0);
+                if count.saturating_mul(ARG_OVERHEAD_BYTES) > self.limits.command_bytes_max {
+                    return Err(ProtocolError(format!(
+                        "command too large: {count} arguments (at most {} bytes per command)",
+                        self.limits.command_bytes_max
+                    )));
+                }
+                Partial { count, args: Vec::with_capacity(count.min(64)), at, bytes: 0 }
             }
+        };
+        while partial.args.len() < partial.count {
+            let at = partial.at;
+            match buf.get(at) {
+                None => {
+                    self.partial = Some(partial);
+                    return Ok(None);
+                }
+                Some(b'$') => {}
+                Some(&other) => {
+                    return Err(ProtocolError(format!("expected '$', got '{}'", char::from(other).escape_default())));
+                }
+            }
+            let Some((len, start)) = line_number(buf, at + 1, "bulk length")? else {
+                self.partial = Some(partial);
+                return Ok(None);
+            };
+            if len < 0 || len as u64 > self.limits.bulk_bytes_max as u64 {
+                return Err(ProtocolError("invalid bulk length".to_owned()));
+            }
+            let len = len as usize;
+            let bytes = partial.bytes + len + ARG_OVERHEAD_BYTES;
+            if bytes > self.limits.command_bytes_max {
+                return Err(ProtocolError(format!(
+                    "command too large (at most {} bytes per command)",
+                    self.limits.command_bytes_max
+                )));
+            }
+            let end = start + len;
+            if buf.len() < end + 2 {
+                self.partial = Some(partial);
+                return Ok(None);
+            }
+            if &buf[end..end + 2] != b"\r\n" {
+                return Err(ProtocolError("bulk string is not followed by CRLF".to_owned()));
+            }
+            partial.args.push(start..end);
+            partial.bytes = bytes;
+            partial.at = end + 2;
         }
-        let Some((len, start)) = line_number(buf, at + 1, "bulk length")? else { return Ok(None) };
-        if len < 0 || len as u64 > bulk_max as u64 {
-            return Err(ProtocolError("invalid bulk length".to_owned()));
-        }
-        let end = start + len as usize;
-        if buf.len() < end + 2 {
-            return Ok(None);
-        }
-        if &buf[end..end + 2] != b"\r\n" {
-            return Err(ProtocolError("bulk string is not followed by CRLF".to_owned()));
-        }
-        args.push(start..end);
-        at = end + 2;
+        Ok(Some((Request::Args(partial.args), partial.at)))
     }
-    Ok(Some((Request::Args(args), at)))
+
+    fn inline(&mut self, buf: &[u8]) -> Result<Option<(Request, usize)>, ProtocolError> {
+        let max = INLINE_BYTES_MAX.min(self.limits.command_bytes_max);
+        let from = self.inline_scanned.min(buf.len());
+        let window = &buf[from..buf.len().min(max + 1)];
+        let Some(newline) = window.iter().position(|&b| b == b'\n').map(|at| from + at) else {
+            if buf.len() > max {
+                return Err(ProtocolError("too big inline request".to_owned()));
+            }
+            self.inline_scanned = buf.len();
+            return Ok(None);
+        };
+        self.inline_scanned = 0;
+        let line = buf[..newline].strip_suffix(b"\r").unwrap_or(&buf[..newline]);
+        let args = split_inline(line).ok_or_else(|| ProtocolError("unbalanced quotes in request".to_owned()))?;
+        Ok(Some((Request::Inline(args), newline + 1)))
+    }
 }
 
 /// Reads the decimal number from `from` up to CRLF; returns it and the
@@ -91,19 +190,6 @@ fn line_number(buf: &[u8], from: usize, what: &str) -> Result<Option<(i64, usize
         .and_then(|text| text.parse::<i64>().ok())
         .ok_or_else(|| ProtocolError(format!("invalid {what}")))?;
     Ok(Some((number, from + cr + 2)))
-}
-
-fn parse_inline(buf: &[u8]) -> Result<Option<(Request, usize)>, ProtocolError> {
-    let Some(newline) = buf.iter().take(INLINE_BYTES_MAX + 1).position(|&b| b == b'\n') else {
-        return if buf.len() > INLINE_BYTES_MAX {
-            Err(ProtocolError("too big inline request".to_owned()))
-        } else {
-            Ok(None)
-        };
-    };
-    let line = buf[..newline].strip_suffix(b"\r").unwrap_or(&buf[..newline]);
-    let args = split_inline(line).ok_or_else(|| ProtocolError("unbalanced quotes in request".to_owned()))?;
-    Ok(Some((Request::Inline(args), newline + 1)))
 }
 
 /// Splits an inline line on spaces, honouring "double quotes" (with \n,

@@ -7,6 +7,11 @@ use proptest::prelude::*;
 
 use super::*;
 
+/// One command from a fresh parser with a bulk bound of `bulk_max`.
+fn parse(buf: &[u8], bulk_max: usize) -> Result<Option<(Request, usize)>, ProtocolError> {
+    Parser::new(Limits { bulk_bytes_max: bulk_max, command_bytes_max: 64 << 20 }).parse(buf)
+}
+
 fn args(buf: &[u8]) -> Vec<Vec<u8>> {
     match parse(buf, 1024).unwrap().unwrap() {
         (Request::Args(ranges), _) => ranges.into_iter().map(|r| buf[r].to_vec()).collect(),
@@ -54,6 +59,67 @@ fn broken_framing_is_an_error_not_a_wait() {
     assert!(parse(b"*12345678901234567890123456789012345", 1024).is_err());
 }
 
+/// Feeds `frame` to one parser in pieces of `step` bytes, as reads would
+/// deliver it; returns the command's arguments.
+fn parse_in_pieces(parser: &mut Parser, frame: &[u8], step: usize) -> Vec<Vec<u8>> {
+    let mut end = 0;
+    loop {
+        end = (end + step).min(frame.len());
+        if let Some((request, used)) = parser.parse(&frame[..end]).unwrap() {
+            assert_eq!(used, frame.len());
+            return match request {
+                Request::Args(ranges) => ranges.into_iter().map(|r| frame[r].to_vec()).collect(),
+                Request::Inline(args) => args,
+            };
+        }
+        assert!(end < frame.len(), "the whole frame is a command");
+    }
+}
+
+#[test]
+fn a_command_arriving_in_small_pieces_is_parsed_once_not_once_per_piece() {
+    // 200,000 one-byte arguments, a byte at a time: resuming, the parser
+    // looks at each byte a bounded number of times (re-parsing from the
+    // start on every read took minutes here).
+    let n = 200_000;
+    let mut frame = format!("*{n}\r\n").into_bytes();
+    for _ in 0..n {
+        frame.extend_from_slice(b"$1\r\na\r\n");
+    }
+    let started = std::time::Instant::now();
+    let mut parser = Parser::new(Limits { bulk_bytes_max: 1024, command_bytes_max: 64 << 20 });
+    assert_eq!(parse_in_pieces(&mut parser, &frame, 1).len(), n);
+    assert!(started.elapsed() < std::time::Duration::from_secs(20), "took {:?}", started.elapsed());
+    // The same for a long inline line.
+    let line = [b"echo ".as_slice(), &vec![b'x'; 60_000], b"\r\n"].concat();
+    assert_eq!(parse_in_pieces(&mut parser, &line, 1)[1].len(), 60_000);
+    // And the parser is ready for the next command.
+    assert_eq!(parse_in_pieces(&mut parser, b"*1\r\n$4\r\nPING\r\n", 3), vec![b"PING".to_vec()]);
+}
+
+#[test]
+fn a_command_is_bounded_in_total_before_its_bytes_arrive() {
+    let limits = Limits { bulk_bytes_max: 1 << 20, command_bytes_max: 16 * 1024 };
+    // Declared lengths over the total fail at once, with only headers read.
+    assert!(Parser::new(limits).parse(b"*2\r\n$10000\r\n").unwrap().is_none());
+    let mut parser = Parser::new(limits);
+    assert!(parser.parse(b"*2\r\n$10000\r\n").unwrap().is_none());
+    let mut two = b"*2\r\n$10000\r\n".to_vec();
+    two.extend(vec![b'a'; 10_000]);
+    two.extend_from_slice(b"\r\n$10000\r\n");
+    assert!(parser.parse(&two).is_err(), "20,000 declared bytes over a 16 KiB bound");
+    // Many empty arguments count too.
+    assert!(Parser::new(limits).parse(b"*100000\r\n").is_err());
+    let mut many = b"*1500\r\n".to_vec();
+    for _ in 0..1500 {
+        many.extend_from_slice(b"$0\r\n\r\n");
+    }
+    assert!(Parser::new(limits).parse(&many).is_err());
+    assert!(Parser::new(Limits { command_bytes_max: 1 << 20, ..limits }).parse(&many).unwrap().is_some());
+    // An inline line is bounded by the total too.
+    assert!(Parser::new(limits).parse(&vec![b'a'; 16 * 1024 + 2]).is_err());
+}
+
 #[test]
 fn replies_follow_the_protocol_version() {
     let mut out = Out::new();
@@ -97,8 +163,29 @@ proptest! {
         }
     }
 
+    /// Arbitrary bytes fed in pieces to one parser never panic either.
+    #[test]
+    fn arbitrary_bytes_in_pieces_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256), step in 1usize..8) {
+        let mut parser = Parser::new(Limits { bulk_bytes_max: 64, command_bytes_max: 1024 });
+        let mut start = 0;
+        let mut end = 0;
+        while end < bytes.len() {
+            end = (end + step).min(bytes.len());
+            match parser.parse(&bytes[start..end]) {
+                Ok(Some((_, used))) => {
+                    prop_assert!(used > 0 && start + used <= end);
+                    start += used;
+                    end = start;
+                }
+                Ok(None) => {}
+                Err(_) => break,
+            }
+        }
+    }
+
     /// Any command encoded as multibulk parses back to itself, whole or
-    /// split anywhere (a truncated frame is incomplete, never an error).
+    /// split anywhere (a truncated frame is incomplete, never an error),
+    /// and fed in pieces.
     #[test]
     fn encoded_commands_round_trip(
         command in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..40), 1..6),
@@ -110,8 +197,10 @@ proptest! {
             frame.extend_from_slice(arg);
             frame.extend_from_slice(b"\r\n");
         }
-        prop_assert_eq!(args(&frame), command);
+        prop_assert_eq!(args(&frame), command.clone());
         let cut = cut.min(frame.len() - 1);
         prop_assert_eq!(parse(&frame[..cut], 1024), Ok(None));
+        let mut parser = Parser::new(Limits { bulk_bytes_max: 1024, command_bytes_max: 1 << 20 });
+        prop_assert_eq!(parse_in_pieces(&mut parser, &frame, cut % 7 + 1), command);
     }
 }

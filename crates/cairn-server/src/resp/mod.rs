@@ -1,35 +1,34 @@
 //! The Redis protocol front end (RESP2, RESP3 after `HELLO 3`) on TCP.
 //!
 //! Code map:
-//! - `frame.rs`: parsing commands and writing replies, sans IO.
+//! - `frame.rs`: parsing commands (resumable, bounded) and writing
+//!   replies, sans IO.
 //! - `conn.rs`: one connection: read, run every complete command (a run
 //!   of appends is submitted at once so it shares one commit), write the
 //!   replies in one go; subscription pushes arrive on a channel and are
 //!   written between replies, never inside one.
-//! - `command.rs`: connection and server commands (PING, HELLO, AUTH,
-//!   CLIENT, COMMAND, INFO, keys).
-//! - `meilies.rs`: MeiliES's `publish`, `subscribe`, `last-event-number`,
-//!   `stream-names`, byte for byte.
-//! - `streams.rs`: XADD, XRANGE, XREAD and friends over topics.
-//! - `groups.rs`: consumer groups, kept in memory and written through the
-//!   store's durable state records.
-//! - `entry.rs`: events as stream entries (ids, field-value pairs).
+//! - `table.rs`: the one command table (name, arity, flags, docs for
+//!   COMMAND, handler); `cmd/`: the handlers, one file per family.
+//! - `error.rs`: failed commands as error lines, service errors rendered
+//!   in one place.
+//! - `entry.rs`: events as stream entries (field-value pairs).
+//!
+//! Every command calls the service (`cairn_service::Service`) as the
+//! connection's principal: authorization, users, groups and storage are
+//! the service's.
 
-mod command;
+mod cmd;
 mod conn;
 mod entry;
+mod error;
 pub(crate) mod frame;
-mod groups;
-mod meilies;
-mod streams;
+mod table;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
-
-pub(crate) use groups::Groups;
 
 use crate::server::App;
 

@@ -150,6 +150,8 @@ impl<'h> Applier<'h> {
         }
         if let Some((key, time_ms)) = idempotency {
             let mut value = time_ms.to_be_bytes().to_vec();
+            value.extend_from_slice(&crate::event::fingerprint(events.iter().map(|(event, _)| *event)));
+            value.push(IDEM_FINGERPRINT_MARK);
             for (event, _) in events {
                 value.extend_from_slice(&event.id.to_bytes());
             }
@@ -274,6 +276,11 @@ impl<'h> Applier<'h> {
 /// the per-event key short, which is most of the indexer's work; a lookup
 /// checks the full hash on the event it finds.
 pub(crate) const CAS_KEY_HASH_BYTES: usize = 8;
+
+/// An idempotency entry is `time(8) fingerprint(32) mark(1) id(16)…`: 9
+/// bytes beyond a multiple of 16, where entries written before fingerprints
+/// (`time(8) id(16)…`) are 8 beyond, so both read unambiguously.
+pub(crate) const IDEM_FINGERPRINT_MARK: u8 = 1;
 
 pub(crate) fn cas_key(hash: Hash, id: EventId) -> Vec<u8> {
     let mut key = Vec::with_capacity(CAS_KEY_HASH_BYTES + 16);

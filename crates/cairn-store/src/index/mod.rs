@@ -14,7 +14,8 @@
 //! - `heads`: topic → [`Head`]
 //! - `cas`: first 8 bytes of the hash, id(16) → stored(1)
 //! - `expiry`: expires_ms(8) id(16) → empty
-//! - `idem`: key → time_ms(8) then id(16) per event
+//! - `idem`: key → time_ms(8), the write's fingerprint(32), 1, then id(16)
+//!   per event (older entries lack the fingerprint and the 1)
 //! - `consumers`: name → id(16)
 //! - `meta`: `applied` → segment(4) offset(4); `last_id` → id(16)
 

@@ -87,7 +87,7 @@ pub(crate) struct Writer {
     tails: HashMap<String, (u64, EventId)>,
     /// Idempotency keys whose events the indexer may not have applied yet,
     /// with the log position after them.
-    recent_keys: HashMap<String, (Vec<Event>, Checkpoint)>,
+    recent_keys: HashMap<String, (Vec<Event>, [u8; 32], Checkpoint)>,
     ids: IdGenerator,
     buf: Vec<u8>,
     /// Bytes written but not yet fdatasynced (`interval` and `none` modes).
@@ -112,7 +112,7 @@ enum Planned {
 #[derive(Default)]
 struct GroupState {
     tails: HashMap<String, (u64, EventId)>,
-    keys: HashMap<String, Vec<Event>>,
+    keys: HashMap<String, (Vec<Event>, [u8; 32])>,
     published: Vec<Arc<Event>>,
     /// Whether events are collected for the live ring (someone subscribes).
     publish: bool,
@@ -250,7 +250,7 @@ impl Writer {
             return;
         }
         let indexed = self.shared.progress.indexed();
-        self.recent_keys.retain(|_, (_, end)| *end > indexed);
+        self.recent_keys.retain(|_, (_, _, end)| *end > indexed);
         self.buf.clear();
         // One allocation for the whole group's records, not a doubling per
         // growth (a large batch otherwise copies its bytes several times).
@@ -281,8 +281,8 @@ impl Writer {
         }
         let end = Checkpoint { segment: self.segment, offset: self.offset };
         self.tails.extend(state.tails);
-        for (key, events) in state.keys {
-            self.recent_keys.insert(key, (events, end));
+        for (key, (events, fingerprint)) in state.keys {
+            self.recent_keys.insert(key, (events, fingerprint, end));
         }
         if bytes > 0 {
             self.shared.progress.committed(end, bytes);
@@ -347,15 +347,20 @@ impl Writer {
         state: &mut GroupState,
         import: bool,
     ) -> Result<PlanOutcome> {
-        if let Some(key) = key {
-            if let Some(events) = state.keys.get(key) {
-                return Ok(PlanOutcome::Repeat(events.clone()));
+        let fingerprint = key.map(|_| crate::event::fingerprint(prepared.iter().map(|p| &p.event)));
+        if let (Some(key), Some(fingerprint)) = (key, fingerprint) {
+            let conflict = || StoreError::IdempotencyConflict { key: key.to_owned() };
+            if let Some((events, first)) = state.keys.get(key) {
+                return if *first == fingerprint { Ok(PlanOutcome::Repeat(events.clone())) } else { Err(conflict()) };
             }
-            if let Some((events, _)) = self.recent_keys.get(key) {
-                return Ok(PlanOutcome::Repeat(events.clone()));
+            if let Some((events, first, _)) = self.recent_keys.get(key) {
+                return if *first == fingerprint { Ok(PlanOutcome::Repeat(events.clone())) } else { Err(conflict()) };
             }
-            if let Some(events) = self.shared.idempotent_repeat(key)? {
-                return Ok(PlanOutcome::Repeat(events));
+            if let Some((events, first)) = self.shared.idempotent_repeat(key)? {
+                return match first {
+                    Some(first) if first != fingerprint => Err(conflict()),
+                    _ => Ok(PlanOutcome::Repeat(events)),
+                };
             }
         }
         for (topic, expectation) in expect {
@@ -442,8 +447,8 @@ impl Writer {
             // The store refuses batches whose estimate exceeds the limit.
             assert!(self.buf.len() - record <= RECORD_BYTES_MAX, "a record exceeds RECORD_BYTES_MAX");
         }
-        if let Some(key) = key {
-            state.keys.insert(key.to_owned(), events.clone());
+        if let (Some(key), Some(fingerprint)) = (key, fingerprint) {
+            state.keys.insert(key.to_owned(), (events.clone(), fingerprint));
         }
         if state.publish {
             state.published.extend(events.iter().cloned().map(Arc::new));

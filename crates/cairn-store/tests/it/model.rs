@@ -54,7 +54,8 @@ struct Stored {
 struct Model {
     events: Vec<Stored>,
     heads: HashMap<String, u64>,
-    keys: HashMap<String, Vec<EventId>>,
+    /// Keys used, with the events they wrote and the batch that wrote them.
+    keys: HashMap<String, (Vec<EventId>, Batch)>,
     consumer: Option<EventId>,
     n_payloads: usize,
 }
@@ -136,16 +137,22 @@ fn append(store: &Store, model: &mut Model, events: &[(usize, bool, bool)], expe
     };
     batch.expect.insert(topic(expect_name), expectation);
     batch.idempotency_key = key.map(|k| format!("key-{k}"));
-    let result = store.append_batch(batch);
     if let Some(key) = key.map(|k| format!("key-{k}"))
-        && let Some(ids) = model.keys.get(&key)
+        && let Some((ids, original)) = model.keys.get(&key)
     {
-        let alive: Vec<EventId> =
-            ids.iter().copied().filter(|id| model.events.iter().any(|e| e.id == *id && e.alive)).collect();
-        let got: Vec<EventId> = result.unwrap().iter().map(|e| e.id).collect();
-        assert_eq!(got, alive, "idempotent retry of {key}");
+        // A used key: the same write again is a repeat, another is a conflict.
+        if events.len().is_multiple_of(2) {
+            let alive: Vec<EventId> =
+                ids.iter().copied().filter(|id| model.events.iter().any(|e| e.id == *id && e.alive)).collect();
+            let got: Vec<EventId> = store.append_batch(original.clone()).unwrap().iter().map(|e| e.id).collect();
+            assert_eq!(got, alive, "idempotent retry of {key}");
+        } else {
+            let error = store.append_batch(batch).unwrap_err();
+            assert_eq!(error.code(), "idempotency_conflict", "another write under {key}");
+        }
         return;
     }
+    let result = store.append_batch(batch.clone());
     let satisfied = match expectation {
         Expect::Any => true,
         Expect::Empty => current.is_none(),
@@ -180,7 +187,7 @@ fn append(store: &Store, model: &mut Model, events: &[(usize, bool, bool)], expe
         }
     }
     if let Some(key) = key {
-        model.keys.insert(format!("key-{key}"), appended.iter().map(|e| e.id).collect());
+        model.keys.insert(format!("key-{key}"), (appended.iter().map(|e| e.id).collect(), batch));
     }
 }
 

@@ -29,3 +29,22 @@ fn every_module_starts_with_a_doc_comment() {
         files.iter().filter(|path| !std::fs::read_to_string(path).unwrap().starts_with("//!")).collect();
     assert!(missing.is_empty(), "modules without a //! comment: {missing:?}");
 }
+
+/// The layering of ARCHITECTURE.md: the front ends (`cairn-server`,
+/// `cairn-cli`) reach storage only through the service, so they do not
+/// depend on the engine crate at all, and name it nowhere.
+#[test]
+fn front_ends_reach_storage_only_through_the_service() {
+    let crates = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    for front_end in ["cairn-server", "cairn-cli"] {
+        let manifest = std::fs::read_to_string(crates.join(front_end).join("Cargo.toml")).unwrap();
+        assert!(!manifest.contains("cairn-store"), "{front_end} depends on cairn-store");
+        assert!(manifest.contains("cairn-service"), "{front_end} uses the service");
+        let mut files = Vec::new();
+        rust_files(&crates.join(front_end).join("src"), &mut files);
+        for file in files {
+            let text = std::fs::read_to_string(&file).unwrap();
+            assert!(!text.contains("cairn_store::"), "{} names cairn_store", file.display());
+        }
+    }
+}

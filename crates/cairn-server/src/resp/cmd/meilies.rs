@@ -7,15 +7,19 @@
 //! MeiliES views leave out the store's own `cairn.*` topics.
 
 use bytes::{BufMut as _, Bytes, BytesMut};
-use cairn_store::{Batch, Delivery, Event, Expect, NewEvent, Pattern, Query, SubscribeOptions, Topic};
+use cairn_service::{Batch, Delivered, Event, Expect, FollowOptions, NewEvent, Pattern, Query, ServiceError, Topic};
+use futures_util::future::BoxFuture;
 
-use super::command::{CmdResult, Fail, err};
-use super::conn::{Awaiting, Conn};
-use super::streams::topic;
+use super::topic;
+use crate::resp::conn::{Awaiting, Conn};
+use crate::resp::error::{CmdResult, Fail, err};
+
+/// Deliveries a subscription takes per step.
+const SUBSCRIPTION_CHUNK_EVENTS: usize = 64;
 
 /// What one `subscribe` spec asks for.
 #[derive(Debug, PartialEq, Eq)]
-struct Spec {
+pub(crate) struct Spec {
     /// `None` for `$all`.
     topic: Option<Topic>,
     /// History from this event number; `None` is live only.
@@ -26,7 +30,7 @@ struct Spec {
 
 impl Spec {
     /// Parses `name`, `name:from`, `name:from:to` (and the same for `$all`).
-    fn parse(text: &[u8]) -> Result<Spec, Fail> {
+    pub(crate) fn parse(text: &[u8]) -> Result<Spec, Fail> {
         let invalid = |why: &str| err(format!("invalid stream spec '{}': {why}", String::from_utf8_lossy(text)));
         let text = std::str::from_utf8(text).map_err(|_| invalid("not UTF-8"))?;
         let mut parts = text.split(':');
@@ -60,106 +64,95 @@ impl Spec {
     fn name(&self) -> &str {
         self.topic.as_ref().map_or("$all", Topic::as_str)
     }
+
+    fn pattern(&self) -> Pattern {
+        self.topic.clone().map_or_else(Pattern::all, Pattern::Exact)
+    }
 }
 
 /// `publish <stream> <event-name> <data>`, submitted without waiting.
-pub(crate) fn start_publish(conn: &mut Conn, args: &[Bytes]) -> Awaiting {
-    let started = || -> Result<Awaiting, Fail> {
-        let principal = conn.principal.as_ref().ok_or_else(|| Fail("NOAUTH Authentication required.".to_owned()))?;
-        let topic = topic(&args[1])?;
-        principal.check_write(&topic)?;
-        let kind = std::str::from_utf8(&args[2]).map_err(|_| err("invalid event name: not UTF-8"))?;
-        let mut event = NewEvent::new(topic, args[3].to_vec());
-        if !kind.is_empty() {
-            event.kind = Some(kind.to_owned());
-        }
-        event.user = principal.user_name().map(str::to_owned);
-        Ok(Awaiting::Published(conn.app.store.append_start(Batch::single(event, Expect::Any))?))
-    };
-    started().unwrap_or_else(Awaiting::Failed)
+pub(crate) fn submit_publish<'a>(conn: &'a mut Conn, args: &'a [Bytes]) -> Option<BoxFuture<'a, Awaiting>> {
+    Some(Box::pin(async move {
+        let submitted = async {
+            let topic = topic(&args[1])?;
+            let kind = std::str::from_utf8(&args[2]).map_err(|_| err("invalid event name: not UTF-8"))?;
+            let mut event = NewEvent::new(topic, args[3].to_vec());
+            if !kind.is_empty() {
+                event.kind = Some(kind.to_owned());
+            }
+            let who = conn.who()?;
+            Ok::<_, Fail>(Awaiting::Published(conn.app.service.submit(who, Batch::single(event, Expect::Any)).await?))
+        };
+        submitted.await.unwrap_or_else(Awaiting::Failed)
+    }))
 }
 
-/// The MeiliES commands other than `publish`; `None` for others.
-pub(crate) async fn dispatch(conn: &mut Conn, name: &str, args: &[Bytes]) -> Option<CmdResult> {
-    Some(match name {
-        "subscribe" => subscribe(conn, args).await,
-        "last-event-number" => last_event_number(conn, args),
-        "stream-names" => stream_names(conn),
-        "publish" => Err(err("wrong number of arguments for 'publish' command")),
-        _ => return None,
-    })
-}
-
-async fn subscribe(conn: &mut Conn, args: &[Bytes]) -> CmdResult {
-    let specs = args[1..].iter().map(|spec| Spec::parse(spec)).collect::<Result<Vec<_>, _>>()?;
-    let principal = conn.principal.clone().expect("authenticated");
-    for spec in &specs {
-        match &spec.topic {
-            Some(topic) => principal.check_read(&Pattern::Exact(topic.clone()))?,
-            None => principal.check_read(&Pattern::all())?,
+/// `publish` when not submitted on its own (not reached for well-formed
+/// commands: they are all submitted).
+pub(crate) async fn publish(conn: &mut Conn, args: &[Bytes]) -> CmdResult {
+    let awaiting = submit_publish(conn, args).expect("publish is always submitted").await;
+    match awaiting {
+        Awaiting::Published(appending) => {
+            appending.await?;
+            conn.out.simple("OK");
+            Ok(())
         }
+        Awaiting::Failed(fail) => Err(fail),
+        Awaiting::Entry(_) => unreachable!("publish submits a publish"),
     }
+}
+
+pub(crate) async fn subscribe(conn: &mut Conn, args: &[Bytes]) -> CmdResult {
+    let specs = args[1..].iter().map(|spec| Spec::parse(spec)).collect::<Result<Vec<_>, _>>()?;
+    let who = conn.who()?.clone();
+    for spec in &specs {
+        who.check_read(&spec.pattern())?;
+    }
+    let service = &conn.app.service;
     for spec in specs {
-        let store = &conn.app.store;
-        let pattern = spec.topic.clone().map_or_else(Pattern::all, Pattern::Exact);
-        let subscription = match spec.from {
-            None => store.subscribe_live(pattern, SubscribeOptions::default()),
+        let options = FollowOptions { content: true, ..FollowOptions::default() };
+        let mut follow = match spec.from {
+            None => service.follow_live(&who, spec.pattern(), options)?,
             Some(from) => {
                 let from_seq = spec.topic.is_some().then_some(from);
-                let query = Query { from_seq, ..Query::new(pattern) };
-                store.subscribe(&query, SubscribeOptions::default()).await?
+                service.follow(&who, Query { from_seq, ..Query::new(spec.pattern()) }, options).await?
             }
         };
         conn.out.array(2);
         conn.out.simple("subscribed");
         conn.out.simple(spec.name());
-        let (store, pushes, proto) = (store.clone(), conn.pushes.clone(), conn.out.proto);
-        let mut stop = conn.stop.clone();
+        let (pushes, proto) = (conn.pushes.clone(), conn.out.proto);
         let task = tokio::spawn(async move {
-            let mut subscription = subscription;
             loop {
-                let delivery = tokio::select! {
-                    delivery = subscription.next() => delivery,
-                    () = crate::server::stopped(&mut stop) => return,
-                };
-                let event = match delivery {
-                    Ok(Delivery::Event(event)) => event,
-                    Ok(_) => continue,
+                let deliveries = match follow.next(SUBSCRIPTION_CHUNK_EVENTS).await {
+                    Ok(deliveries) => deliveries,
+                    Err(ServiceError::ShuttingDown) => return,
                     Err(error) => {
-                        tracing::warn!("subscription ended: {error}");
+                        tracing::info!("a subscription ended: {error}");
                         return;
                     }
                 };
-                if spec.topic.is_none() && event.topic.is_system() {
-                    continue;
-                }
-                if spec.from.is_some_and(|from| event.seq < from) {
-                    continue;
-                }
-                if spec.to.is_some_and(|to| event.seq >= to) {
-                    if spec.topic.is_some() {
+                for delivery in deliveries {
+                    let Delivered::Event(event, content) = delivery else { continue };
+                    if spec.topic.is_none() && event.topic.is_system() {
+                        continue;
+                    }
+                    if spec.from.is_some_and(|from| event.seq < from) {
+                        continue;
+                    }
+                    if spec.to.is_some_and(|to| event.seq >= to) {
+                        if spec.topic.is_some() {
+                            return;
+                        }
+                        continue;
+                    }
+                    let frame = push_frame(&event, content.as_deref().unwrap_or_default(), proto);
+                    if pushes.send(frame).await.is_err() {
                         return;
                     }
-                    continue;
-                }
-                // Verified against its hash, inline or not.
-                let content = if event.inline_payload().is_some() {
-                    store.content(&event)
-                } else {
-                    tokio::task::block_in_place(|| store.content(&event))
-                };
-                let data = match content {
-                    Ok(content) => content.unwrap_or_default(),
-                    Err(error) => {
-                        tracing::warn!("subscription ended: {error}");
+                    if spec.topic.is_some() && spec.to.is_some_and(|to| event.seq + 1 >= to) {
                         return;
                     }
-                };
-                if pushes.send(push_frame(&event, &data, proto)).await.is_err() {
-                    return;
-                }
-                if spec.topic.is_some() && spec.to.is_some_and(|to| event.seq + 1 >= to) {
-                    return;
                 }
             }
         });
@@ -186,11 +179,9 @@ fn push_frame(event: &Event, data: &[u8], proto: u8) -> Bytes {
     frame.freeze()
 }
 
-fn last_event_number(conn: &mut Conn, args: &[Bytes]) -> CmdResult {
+pub(crate) async fn last_event_number(conn: &mut Conn, args: &[Bytes]) -> CmdResult {
     let topic = topic(&args[1])?;
-    conn.principal.as_ref().expect("authenticated").check_read(&Pattern::Exact(topic.clone()))?;
-    let store = &conn.app.store;
-    let head = tokio::task::block_in_place(|| store.head(&topic))?;
+    let head = conn.app.service.head(conn.who()?, &topic).await?;
     conn.out.array(3);
     conn.out.simple("last-event-number");
     conn.out.simple(topic.as_str());
@@ -201,15 +192,9 @@ fn last_event_number(conn: &mut Conn, args: &[Bytes]) -> CmdResult {
     Ok(())
 }
 
-fn stream_names(conn: &mut Conn) -> CmdResult {
-    let store = &conn.app.store;
-    let topics = tokio::task::block_in_place(|| store.topics())?;
-    let principal = conn.principal.as_ref().expect("authenticated");
-    let names: Vec<Topic> = topics
-        .into_iter()
-        .map(|info| info.topic)
-        .filter(|topic| !topic.is_system() && principal.check_read(&Pattern::Exact(topic.clone())).is_ok())
-        .collect();
+pub(crate) async fn stream_names(conn: &mut Conn, _args: &[Bytes]) -> CmdResult {
+    let topics = conn.app.service.topics(conn.who()?).await?;
+    let names: Vec<Topic> = topics.into_iter().map(|info| info.topic).filter(|topic| !topic.is_system()).collect();
     conn.out.array(names.len() + 1);
     conn.out.simple("stream-names");
     for name in names {

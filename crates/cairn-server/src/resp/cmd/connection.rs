@@ -1,0 +1,193 @@
+//! Connection commands: PING, ECHO, HELLO, AUTH, SELECT, QUIT, RESET, CLIENT.
+//!
+//! `AUTH [user] secret`: a user's password, or a bearer token (`cairn_…`)
+//! in place of the password; no user name means the user `default`.
+//! Password checks go through the service's login budget (bounded
+//! concurrency, backoff per client address and per user).
+
+use bytes::Bytes;
+use cairn_service::{Principal, ServiceError};
+
+use super::word;
+use crate::resp::conn::Conn;
+use crate::resp::error::{CmdResult, Fail, arity, err, syntax};
+
+/// The Redis version cairn reports: the Streams commands it implements
+/// behave as in this version.
+pub(crate) const REDIS_VERSION: &str = "7.2.0";
+
+pub(crate) async fn ping(conn: &mut Conn, args: &[Bytes]) -> CmdResult {
+    match args.get(1) {
+        Some(message) if args.len() == 2 => conn.out.bulk(message),
+        Some(_) => return Err(arity("ping")),
+        None => conn.out.simple("PONG"),
+    }
+    Ok(())
+}
+
+pub(crate) async fn echo(conn: &mut Conn, args: &[Bytes]) -> CmdResult {
+    conn.out.bulk(&args[1]);
+    Ok(())
+}
+
+pub(crate) async fn select(conn: &mut Conn, args: &[Bytes]) -> CmdResult {
+    match &args[1][..] {
+        b"0" => conn.out.simple("OK"),
+        _ => return Err(err("DB index is out of range")),
+    }
+    Ok(())
+}
+
+pub(crate) async fn quit(conn: &mut Conn, _args: &[Bytes]) -> CmdResult {
+    conn.out.simple("OK");
+    conn.closing = true;
+    Ok(())
+}
+
+pub(crate) async fn reset(conn: &mut Conn, _args: &[Bytes]) -> CmdResult {
+    for subscription in conn.subscriptions.drain(..) {
+        subscription.abort();
+    }
+    conn.name = None;
+    conn.out.proto = 2;
+    conn.principal = Conn::initial_principal(&conn.app);
+    conn.out.simple("RESET");
+    Ok(())
+}
+
+pub(crate) async fn auth(conn: &mut Conn, args: &[Bytes]) -> CmdResult {
+    let (user, secret) = match args.len() {
+        2 => (None, &args[1]),
+        3 => (Some(&args[1]), &args[2]),
+        _ => return Err(syntax()),
+    };
+    conn.principal = Some(authenticate(conn, user, secret).await?);
+    conn.out.simple("OK");
+    Ok(())
+}
+
+/// Checks a user and password, or a token.
+async fn authenticate(conn: &Conn, user: Option<&Bytes>, secret: &Bytes) -> Result<Principal, Fail> {
+    let wrong = || Fail::from(ServiceError::unauthenticated("wrong user name or password"));
+    let secret = std::str::from_utf8(secret).map_err(|_| wrong())?;
+    if user.is_none() && secret.starts_with("cairn_") {
+        return Ok(conn.app.service.login_token(secret)?);
+    }
+    let name = match user {
+        Some(user) => std::str::from_utf8(user).map_err(|_| wrong())?,
+        None => "default",
+    };
+    Ok(conn.app.service.login_password(name, secret, Some(conn.peer.ip())).await?)
+}
+
+pub(crate) async fn hello(conn: &mut Conn, args: &[Bytes]) -> CmdResult {
+    let mut at = 1;
+    let mut proto = conn.out.proto;
+    if let Some(version) = args.get(1) {
+        proto = match &version[..] {
+            b"2" => 2,
+            b"3" => 3,
+            _ => return Err(Fail("NOPROTO unsupported protocol version".to_owned())),
+        };
+        at = 2;
+    }
+    let mut name = None;
+    while at < args.len() {
+        let option = word(&args[at]);
+        match option.as_str() {
+            "auth" if at + 2 < args.len() => {
+                let principal = authenticate(conn, Some(&args[at + 1]), &args[at + 2]).await?;
+                conn.principal = Some(principal);
+                at += 3;
+            }
+            "setname" if at + 1 < args.len() => {
+                name = Some(args[at + 1].clone());
+                at += 2;
+            }
+            _ => return Err(err(format!("Syntax error in HELLO option '{option}'"))),
+        }
+    }
+    if conn.principal.is_none() {
+        return Err(Fail("NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time".to_owned()));
+    }
+    if let Some(name) = name {
+        check_client_name(&name)?;
+        conn.name = Some(name);
+    }
+    conn.out.proto = proto;
+    let out = &mut conn.out;
+    out.map(7);
+    out.text("server");
+    out.text("redis");
+    out.text("version");
+    out.text(REDIS_VERSION);
+    out.text("proto");
+    out.int(i64::from(proto));
+    out.text("id");
+    out.int(conn.id as i64);
+    out.text("mode");
+    out.text("standalone");
+    out.text("role");
+    out.text("master");
+    out.text("modules");
+    out.array(0);
+    Ok(())
+}
+
+fn check_client_name(name: &[u8]) -> CmdResult {
+    if name.iter().any(|&b| b <= b' ' || b > b'~') {
+        return Err(err("Client names cannot contain spaces, newlines or special characters."));
+    }
+    Ok(())
+}
+
+pub(crate) async fn client(conn: &mut Conn, args: &[Bytes]) -> CmdResult {
+    let sub = word(&args[1]);
+    match (sub.as_str(), args.len()) {
+        ("setname", 3) => {
+            check_client_name(&args[2])?;
+            conn.name = (!args[2].is_empty()).then(|| args[2].clone());
+            conn.out.simple("OK");
+        }
+        ("getname", 2) => match &conn.name {
+            Some(name) => conn.out.bulk(name),
+            None => conn.out.null(),
+        },
+        ("id", 2) => conn.out.int(conn.id as i64),
+        ("info" | "list", 2) => {
+            let line = client_line(conn);
+            conn.out.bulk(line.as_bytes());
+        }
+        ("setinfo", 4) => {
+            let attribute = word(&args[2]);
+            check_client_name(&args[3])?;
+            match attribute.as_str() {
+                "lib-name" => conn.lib_name = Some(args[3].clone()),
+                "lib-ver" => conn.lib_version = Some(args[3].clone()),
+                _ => return Err(err(format!("Unrecognized option '{attribute}'"))),
+            }
+            conn.out.simple("OK");
+        }
+        ("setname" | "getname" | "id" | "info" | "list" | "setinfo", _) => {
+            return Err(err(format!("wrong number of arguments for 'client|{sub}' command")));
+        }
+        _ => return Err(err(format!("unknown subcommand '{sub}'. Try CLIENT HELP."))),
+    }
+    Ok(())
+}
+
+fn client_line(conn: &Conn) -> String {
+    let text =
+        |bytes: &Option<Bytes>| bytes.as_ref().map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default();
+    format!(
+        "id={} addr={} name={} age={} db=0 sub={} resp={} lib-name={} lib-ver={}\n",
+        conn.id,
+        conn.peer,
+        text(&conn.name),
+        conn.created.elapsed().as_secs(),
+        conn.subscriptions.len(),
+        conn.out.proto,
+        text(&conn.lib_name),
+        text(&conn.lib_version),
+    )
+}

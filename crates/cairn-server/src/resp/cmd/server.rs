@@ -1,0 +1,133 @@
+//! Server commands: COMMAND (from the command table) and INFO (its
+//! keyspace counts only the topics the caller may read).
+
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering::Relaxed;
+
+use bytes::Bytes;
+
+use super::connection::REDIS_VERSION;
+use super::word;
+use crate::resp::conn::Conn;
+use crate::resp::error::{CmdResult, err};
+use crate::resp::frame::Out;
+use crate::resp::table::{self, SPECS, Spec};
+
+/// `COMMAND`, `COMMAND COUNT|LIST|INFO name…|DOCS [name…]`.
+pub(crate) async fn command(conn: &mut Conn, args: &[Bytes]) -> CmdResult {
+    let sub = args.get(1).map(|a| word(a));
+    let out = &mut conn.out;
+    match sub.as_deref() {
+        None => {
+            out.array(SPECS.len());
+            for spec in SPECS {
+                info_of(out, spec);
+            }
+        }
+        Some("count") => out.int(SPECS.len() as i64),
+        Some("list") => {
+            out.array(SPECS.len());
+            for spec in SPECS {
+                out.bulk(spec.name.as_bytes());
+            }
+        }
+        Some("info") => {
+            out.array(args.len() - 2);
+            for name in &args[2..] {
+                match table::find(name) {
+                    Some(spec) => info_of(out, spec),
+                    None => out.null_array(),
+                }
+            }
+        }
+        Some("docs") => {
+            let specs: Vec<&Spec> = if args.len() > 2 {
+                args[2..].iter().filter_map(|name| table::find(name)).collect()
+            } else {
+                SPECS.iter().collect()
+            };
+            out.map(specs.len());
+            for spec in specs {
+                out.bulk(spec.name.as_bytes());
+                out.map(3);
+                out.bulk(b"summary");
+                out.bulk(spec.summary.as_bytes());
+                out.bulk(b"since");
+                out.bulk(b"1.0.0");
+                out.bulk(b"group");
+                out.bulk(spec.group.as_bytes());
+            }
+        }
+        Some(other) => return Err(err(format!("unknown subcommand '{other}'. Try COMMAND HELP."))),
+    }
+    Ok(())
+}
+
+fn info_of(out: &mut Out, spec: &Spec) {
+    out.array(10);
+    out.bulk(spec.name.as_bytes());
+    out.int(spec.arity);
+    out.set(spec.flags.len());
+    for flag in spec.flags {
+        out.simple(flag);
+    }
+    out.int(spec.keys.0);
+    out.int(spec.keys.1);
+    out.int(spec.keys.2);
+    out.set(0);
+    out.set(0);
+    out.array(0);
+    out.array(0);
+}
+
+/// `INFO [section…]`.
+pub(crate) async fn info(conn: &mut Conn, args: &[Bytes]) -> CmdResult {
+    let wanted: Vec<String> = args[1..].iter().map(|a| word(a)).collect();
+    let all = wanted.is_empty() || wanted.iter().any(|w| w == "all" || w == "everything" || w == "default");
+    let show = |section: &str| all || wanted.iter().any(|w| w == section);
+    let app = conn.app.clone();
+    let who = conn.who()?.clone();
+    let info = app.service.info(&who).await?;
+    let stats = app.service.stats().await;
+    let mut text = String::new();
+    if show("server") {
+        let _ = write!(
+            text,
+            "# Server\r\nredis_version:{REDIS_VERSION}\r\ncairn_version:{}\r\nredis_mode:standalone\r\nos:{}\r\narch_bits:64\r\nprocess_id:{}\r\ntcp_port:{}\r\nuptime_in_seconds:{}\r\n\r\n",
+            info.version,
+            std::env::consts::OS,
+            std::process::id(),
+            app.config.resp.map_or(0, |addr| addr.port()),
+            info.uptime_seconds,
+        );
+    }
+    if show("clients") {
+        let _ = write!(text, "# Clients\r\nconnected_clients:{}\r\n\r\n", app.metrics.open_connections.load(Relaxed));
+    }
+    if show("persistence") {
+        let _ = write!(
+            text,
+            "# Persistence\r\nloading:0\r\naof_enabled:1\r\ncairn_sync:{}\r\ncairn_fsyncs:{}\r\ncairn_fsync_seconds_total:{:.6}\r\ncairn_log_bytes:{}\r\ncairn_content_bytes:{}\r\n\r\n",
+            app.config.sync, stats.fsyncs, stats.fsync_seconds, stats.log_bytes, stats.content_bytes,
+        );
+    }
+    if show("stats") {
+        let _ = write!(
+            text,
+            "# Stats\r\ntotal_connections_received:{}\r\nrejected_connections:{}\r\ncairn_events_appended:{}\r\ncairn_log_bytes_written:{}\r\n\r\n",
+            app.metrics.resp_connections.load(Relaxed),
+            app.metrics.refused_connections.load(Relaxed),
+            stats.events_appended,
+            stats.log_bytes_written,
+        );
+    }
+    if show("keyspace") {
+        let topics = super::keys::names(conn).await?;
+        let _ = write!(text, "# Keyspace\r\n");
+        if !topics.is_empty() {
+            let _ = write!(text, "db0:keys={},expires=0,avg_ttl=0\r\n", topics.len());
+        }
+    }
+    conn.out.bulk(text.as_bytes());
+    Ok(())
+}

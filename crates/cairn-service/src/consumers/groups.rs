@@ -1,0 +1,550 @@
+//! Consumer groups as service operations: authorization, reading the
+//! entries, and durability around the pure state machine (`group.rs`).
+//!
+//! The table lives in memory behind one async lock, loaded from the state
+//! records on first use. Every change is submitted to storage while the
+//! lock is held, so storage has the changes in the order they were made,
+//! and the call returns once they are durable.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use cairn_store::{Pattern, Pending, Query, StateOp, Topic};
+use tokio::sync::{Mutex, MutexGuard};
+
+use super::group::{Claim, GroupError, GroupTable};
+use crate::error::{Result, ServiceError};
+use crate::principal::Principal;
+use crate::service::{Item, Service};
+use crate::stream_id::StreamId;
+
+/// The groups of a service, loaded on first use.
+#[derive(Default)]
+pub(crate) struct Groups {
+    table: Mutex<Option<GroupTable>>,
+}
+
+/// Where a new group starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GroupStart {
+    /// After the topic's newest entry (`$`).
+    Newest,
+    /// After this id.
+    After(StreamId),
+}
+
+/// What one topic of a group read asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GroupRead {
+    /// Entries never delivered to the group (`>`).
+    New,
+    /// The consumer's own pending entries after this id.
+    Pending(StreamId),
+}
+
+/// An entry handed out by a group: its id and, unless it was removed since
+/// it was delivered, the event with its payload.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    /// The entry id.
+    pub id: StreamId,
+    /// The event and payload; `None` for an entry no longer stored.
+    pub item: Option<Item>,
+}
+
+/// XPENDING's summary of a group.
+#[derive(Clone, Debug, Default)]
+pub struct PendingSummary {
+    /// Entries pending.
+    pub count: usize,
+    /// The smallest and largest pending ids.
+    pub range: Option<(StreamId, StreamId)>,
+    /// Pending entries per consumer holding any.
+    pub owners: Vec<(Bytes, usize)>,
+}
+
+/// One row of XPENDING's extended form.
+#[derive(Clone, Debug)]
+pub struct PendingRow {
+    /// The entry.
+    pub id: StreamId,
+    /// Who holds it.
+    pub consumer: Bytes,
+    /// Milliseconds since it was last delivered.
+    pub idle_ms: u64,
+    /// How many times it was delivered.
+    pub deliveries: u64,
+}
+
+/// XINFO GROUPS's row.
+#[derive(Clone, Debug)]
+pub struct GroupInfo {
+    /// The group.
+    pub name: Bytes,
+    /// Its members.
+    pub consumers: usize,
+    /// Its pending entries.
+    pub pending: usize,
+    /// The last delivered id.
+    pub last_delivered: StreamId,
+    /// Entries before the next undelivered one.
+    pub entries_read: u64,
+    /// Entries not yet delivered.
+    pub lag: u64,
+}
+
+/// XINFO CONSUMERS's row.
+#[derive(Clone, Debug)]
+pub struct MemberInfo {
+    /// The consumer.
+    pub name: Bytes,
+    /// Entries it holds.
+    pub pending: usize,
+    /// Milliseconds since it last asked for entries.
+    pub idle_ms: u64,
+    /// Milliseconds since it last got new ones, if ever.
+    pub inactive_ms: Option<u64>,
+}
+
+/// XAUTOCLAIM's result.
+#[derive(Clone, Debug)]
+pub struct AutoClaimed {
+    /// Where the next call should start (`0-0` when the list is done).
+    pub next: StreamId,
+    /// The entries claimed.
+    pub claimed: Vec<Entry>,
+    /// Entries dropped from the list because they are no longer stored.
+    pub deleted: Vec<StreamId>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// No such group: named by its topic (front ends know the group's name).
+fn no_group(topic: &Topic, _group: &[u8]) -> ServiceError {
+    ServiceError::not_found("group", topic)
+}
+
+fn group_error(error: GroupError, topic: &Topic, group: &[u8]) -> ServiceError {
+    match error {
+        GroupError::NoGroup => no_group(topic, group),
+        GroupError::Exists => {
+            ServiceError::Exists { what: "group", key: format!("{} of {topic}", String::from_utf8_lossy(group)) }
+        }
+    }
+}
+
+/// Groups change state: using them needs read and write access to the topic.
+fn check_use(who: &Principal, topic: &Topic) -> Result<()> {
+    who.check_read(&Pattern::Exact(topic.clone()))?;
+    who.check_write(topic)
+}
+
+impl Service {
+    async fn groups(&self) -> Result<MutexGuard<'_, Option<GroupTable>>> {
+        let mut table = self.inner.groups.table.lock().await;
+        if table.is_none() {
+            let mut entries = Vec::new();
+            for prefix in [b"g", b"c", b"p"] {
+                entries.extend(self.storage().state_scan(prefix.to_vec()).await?);
+            }
+            *table = Some(GroupTable::load(&entries));
+        }
+        Ok(table)
+    }
+
+    /// Submits a group change while the table's lock is held.
+    async fn persist(&self, ops: Vec<StateOp>) -> Result<Option<Pending<()>>> {
+        if ops.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(self.storage().state_submit(ops).await?))
+    }
+
+    async fn durable(pending: Option<Pending<()>>) -> Result<()> {
+        if let Some(pending) = pending {
+            pending.await?;
+        }
+        Ok(())
+    }
+
+    async fn start_id(&self, who: &Principal, topic: &Topic, start: GroupStart) -> Result<StreamId> {
+        match start {
+            GroupStart::After(id) => Ok(id),
+            GroupStart::Newest => {
+                Ok(self.last_entry(who, topic).await?.map_or(StreamId::MIN, |item| StreamId::of(&item.event)))
+            }
+        }
+    }
+
+    /// XGROUP CREATE: `NotFound` (topic) when the topic has no events and
+    /// `mkstream` is not given; `Exists` when the group exists.
+    pub async fn group_create(
+        &self,
+        who: &Principal,
+        topic: &Topic,
+        group: Bytes,
+        start: GroupStart,
+        mkstream: bool,
+    ) -> Result<()> {
+        self.admit(who)?;
+        check_use(who, topic)?;
+        let last = self.start_id(who, topic, start).await?;
+        if !mkstream && self.storage().head(topic.clone()).await?.is_none() {
+            return Err(ServiceError::not_found("topic", topic));
+        }
+        let mut table = self.groups().await?;
+        let created = table.as_mut().expect("loaded").create(topic, group.clone(), last);
+        let ops = created.map_err(|error| group_error(error, topic, &group))?;
+        let pending = self.persist(ops).await?;
+        drop(table);
+        Self::durable(pending).await
+    }
+
+    /// XGROUP SETID.
+    pub async fn group_set_id(&self, who: &Principal, topic: &Topic, group: &[u8], start: GroupStart) -> Result<()> {
+        self.admit(who)?;
+        check_use(who, topic)?;
+        let last = self.start_id(who, topic, start).await?;
+        let mut table = self.groups().await?;
+        let ops =
+            table.as_mut().expect("loaded").set_last(topic, group, last).map_err(|e| group_error(e, topic, group))?;
+        let pending = self.persist(ops).await?;
+        drop(table);
+        Self::durable(pending).await
+    }
+
+    /// XGROUP DESTROY: false when there was no such group.
+    pub async fn group_destroy(&self, who: &Principal, topic: &Topic, group: &[u8]) -> Result<bool> {
+        self.admit(who)?;
+        check_use(who, topic)?;
+        let mut table = self.groups().await?;
+        let Some(ops) = table.as_mut().expect("loaded").destroy(topic, group) else { return Ok(false) };
+        let pending = self.persist(ops).await?;
+        drop(table);
+        Self::durable(pending).await?;
+        Ok(true)
+    }
+
+    /// XGROUP CREATECONSUMER: false when it was a member already.
+    pub async fn group_create_consumer(
+        &self,
+        who: &Principal,
+        topic: &Topic,
+        group: &[u8],
+        consumer: Bytes,
+    ) -> Result<bool> {
+        self.admit(who)?;
+        check_use(who, topic)?;
+        let mut table = self.groups().await?;
+        let created = table
+            .as_mut()
+            .expect("loaded")
+            .create_consumer(topic, group, consumer, now_ms())
+            .map_err(|e| group_error(e, topic, group))?;
+        let Some(ops) = created else { return Ok(false) };
+        let pending = self.persist(ops).await?;
+        drop(table);
+        Self::durable(pending).await?;
+        Ok(true)
+    }
+
+    /// XGROUP DELCONSUMER: how many pending entries it held.
+    pub async fn group_delete_consumer(
+        &self,
+        who: &Principal,
+        topic: &Topic,
+        group: &[u8],
+        consumer: &[u8],
+    ) -> Result<usize> {
+        self.admit(who)?;
+        check_use(who, topic)?;
+        let mut table = self.groups().await?;
+        let (held, ops) = table
+            .as_mut()
+            .expect("loaded")
+            .delete_consumer(topic, group, consumer)
+            .map_err(|e| group_error(e, topic, group))?;
+        let pending = self.persist(ops).await?;
+        drop(table);
+        Self::durable(pending).await?;
+        Ok(held)
+    }
+
+    /// The entry `id` of `topic`, or a removed-entry marker.
+    async fn load_entry(&self, who: &Principal, topic: &Topic, id: StreamId) -> Result<Entry> {
+        let query = Query { from_seq: Some(id.seq), limit: Some(1), ..Query::new(Pattern::Exact(topic.clone())) };
+        let mut found = self.read_all(who, query, true).await?;
+        Ok(match found.pop() {
+            Some(item) if StreamId::of(&item.event) == id => Entry { id, item: Some(item) },
+            _ => Entry { id, item: None },
+        })
+    }
+
+    /// XREADGROUP: hands entries of each topic to `consumer` (new ones:
+    /// after the group's last delivered id, which moves on, pending unless
+    /// `noack`; or its own pending ones after an id, delivered again).
+    /// Resolves once the group's new state is durable.
+    pub async fn group_read(
+        &self,
+        who: &Principal,
+        reads: &[(Topic, GroupRead)],
+        group: &Bytes,
+        consumer: &Bytes,
+        count: usize,
+        noack: bool,
+    ) -> Result<Vec<(Topic, Vec<Entry>)>> {
+        self.admit(who)?;
+        for (topic, _) in reads {
+            check_use(who, topic)?;
+        }
+        let mut table = self.groups().await?;
+        let now = now_ms();
+        let mut ops = Vec::new();
+        let mut found = Vec::new();
+        for (topic, read) in reads {
+            let state = table.as_mut().expect("loaded");
+            let entries = match *read {
+                GroupRead::Pending(after) => {
+                    let (ids, changes) = state
+                        .redeliver(topic, group, consumer, after, count, now)
+                        .map_err(|e| group_error(e, topic, group))?;
+                    ops.extend(changes);
+                    let mut entries = Vec::with_capacity(ids.len());
+                    for id in ids {
+                        entries.push(self.load_entry(who, topic, id).await?);
+                    }
+                    entries
+                }
+                GroupRead::New => {
+                    let last = state.get(topic, group).ok_or_else(|| no_group(topic, group))?.last;
+                    let items = match last.next() {
+                        Some(start) => self.range(who, topic, start, StreamId::MAX, count, false).await?,
+                        None => Vec::new(),
+                    };
+                    let ids: Vec<StreamId> = items.iter().map(|item| StreamId::of(&item.event)).collect();
+                    let state = table.as_mut().expect("loaded");
+                    ops.extend(
+                        state
+                            .deliver_new(topic, group, consumer, &ids, noack, now)
+                            .map_err(|e| group_error(e, topic, group))?,
+                    );
+                    items.into_iter().map(|item| Entry { id: StreamId::of(&item.event), item: Some(item) }).collect()
+                }
+            };
+            found.push((topic.clone(), entries));
+        }
+        let pending = self.persist(ops).await?;
+        drop(table);
+        Self::durable(pending).await?;
+        Ok(found)
+    }
+
+    /// XACK: how many of `ids` were pending.
+    pub async fn group_ack(&self, who: &Principal, topic: &Topic, group: &[u8], ids: &[StreamId]) -> Result<usize> {
+        self.admit(who)?;
+        check_use(who, topic)?;
+        let mut table = self.groups().await?;
+        let (acked, ops) = table.as_mut().expect("loaded").ack(topic, group, ids);
+        let pending = self.persist(ops).await?;
+        drop(table);
+        Self::durable(pending).await?;
+        Ok(acked)
+    }
+
+    /// XPENDING's summary.
+    pub async fn group_pending(&self, who: &Principal, topic: &Topic, group: &[u8]) -> Result<PendingSummary> {
+        self.admit(who)?;
+        who.check_read(&Pattern::Exact(topic.clone()))?;
+        let table = self.groups().await?;
+        let entry = table.as_ref().expect("loaded").get(topic, group).ok_or_else(|| no_group(topic, group))?;
+        let range = entry.pel.keys().next().zip(entry.pel.keys().next_back()).map(|(a, b)| (*a, *b));
+        let owners = entry
+            .consumers
+            .iter()
+            .filter(|(_, member)| !member.pending.is_empty())
+            .map(|(name, member)| (name.clone(), member.pending.len()))
+            .collect();
+        Ok(PendingSummary { count: entry.pel.len(), range, owners })
+    }
+
+    /// XPENDING's extended form: pending entries in `start..=end`, at most
+    /// `count`, of one consumer if given, idle at least `min_idle_ms`.
+    #[allow(clippy::too_many_arguments)] // XPENDING's own arguments.
+    pub async fn group_pending_rows(
+        &self,
+        who: &Principal,
+        topic: &Topic,
+        group: &[u8],
+        start: StreamId,
+        end: StreamId,
+        count: usize,
+        owner: Option<&[u8]>,
+        min_idle_ms: u64,
+    ) -> Result<Vec<PendingRow>> {
+        self.admit(who)?;
+        who.check_read(&Pattern::Exact(topic.clone()))?;
+        let table = self.groups().await?;
+        let entry = table.as_ref().expect("loaded").get(topic, group).ok_or_else(|| no_group(topic, group))?;
+        let now = now_ms();
+        if start > end {
+            return Ok(Vec::new());
+        }
+        Ok(entry
+            .pel
+            .range(start..=end)
+            .filter(|(_, pending)| owner.is_none_or(|owner| *owner == pending.consumer[..]))
+            .filter(|(_, pending)| now.saturating_sub(pending.delivered_ms) >= min_idle_ms)
+            .take(count)
+            .map(|(id, pending)| PendingRow {
+                id: *id,
+                consumer: pending.consumer.clone(),
+                idle_ms: now.saturating_sub(pending.delivered_ms),
+                deliveries: pending.count,
+            })
+            .collect())
+    }
+
+    /// Loads the entries a claim may take, to tell which are still stored.
+    async fn present(&self, who: &Principal, topic: &Topic, ids: &[StreamId]) -> Result<Vec<Entry>> {
+        let mut entries = Vec::with_capacity(ids.len());
+        for id in ids {
+            entries.push(self.load_entry(who, topic, *id).await?);
+        }
+        Ok(entries)
+    }
+
+    /// XCLAIM: the entries now held by `consumer`.
+    pub async fn group_claim(
+        &self,
+        who: &Principal,
+        topic: &Topic,
+        group: &[u8],
+        consumer: &Bytes,
+        claim: Claim,
+    ) -> Result<Vec<Entry>> {
+        self.admit(who)?;
+        check_use(who, topic)?;
+        let mut table = self.groups().await?;
+        if table.as_ref().expect("loaded").get(topic, group).is_none() {
+            return Err(no_group(topic, group));
+        }
+        let loaded = self.present(who, topic, &claim.ids).await?;
+        let stored = |id: StreamId| loaded.iter().any(|entry| entry.id == id && entry.item.is_some());
+        let claimed = table
+            .as_mut()
+            .expect("loaded")
+            .claim(topic, group, consumer, &claim, &stored, now_ms())
+            .map_err(|e| group_error(e, topic, group))?;
+        let pending = self.persist(claimed.ops).await?;
+        drop(table);
+        Self::durable(pending).await?;
+        let mut out = Vec::with_capacity(claimed.claimed.len());
+        for id in claimed.claimed {
+            if let Some(entry) = loaded.iter().find(|entry| entry.id == id) {
+                out.push(entry.clone());
+            }
+        }
+        Ok(out)
+    }
+
+    /// XAUTOCLAIM: up to `count` pending entries from `start`, idle at least
+    /// `min_idle_ms`, taken by `consumer`.
+    #[allow(clippy::too_many_arguments)] // XAUTOCLAIM's own arguments.
+    pub async fn group_autoclaim(
+        &self,
+        who: &Principal,
+        topic: &Topic,
+        group: &[u8],
+        consumer: &Bytes,
+        start: StreamId,
+        count: usize,
+        min_idle_ms: u64,
+        justid: bool,
+    ) -> Result<AutoClaimed> {
+        self.admit(who)?;
+        check_use(who, topic)?;
+        let mut table = self.groups().await?;
+        let (ids, next) = table
+            .as_ref()
+            .expect("loaded")
+            .autoclaim_candidates(topic, group, start, count)
+            .map_err(|e| group_error(e, topic, group))?;
+        let loaded = self.present(who, topic, &ids).await?;
+        let stored = |id: StreamId| loaded.iter().any(|entry| entry.id == id && entry.item.is_some());
+        let now = now_ms();
+        let claim = Claim { ids, min_idle_ms, delivered_ms: now, retry: None, justid, force: false };
+        let claimed = table
+            .as_mut()
+            .expect("loaded")
+            .claim(topic, group, consumer, &claim, &stored, now)
+            .map_err(|e| group_error(e, topic, group))?;
+        let pending = self.persist(claimed.ops).await?;
+        drop(table);
+        Self::durable(pending).await?;
+        let entries =
+            claimed.claimed.iter().filter_map(|id| loaded.iter().find(|entry| entry.id == *id).cloned()).collect();
+        Ok(AutoClaimed { next, claimed: entries, deleted: claimed.deleted })
+    }
+
+    /// How many groups `topic` has.
+    pub async fn group_count(&self, who: &Principal, topic: &Topic) -> Result<usize> {
+        self.admit(who)?;
+        who.check_read(&Pattern::Exact(topic.clone()))?;
+        let table = self.groups().await?;
+        Ok(table.as_ref().expect("loaded").of_topic(topic).map_or(0, |groups| groups.len()))
+    }
+
+    /// XINFO GROUPS: `None` when the topic has neither events nor groups.
+    pub async fn group_infos(&self, who: &Principal, topic: &Topic) -> Result<Option<Vec<GroupInfo>>> {
+        self.admit(who)?;
+        who.check_read(&Pattern::Exact(topic.clone()))?;
+        let head = self.storage().head(topic.clone()).await?;
+        let rows: Vec<(Bytes, usize, usize, StreamId)> = {
+            let table = self.groups().await?;
+            let Some(groups) = table.as_ref().expect("loaded").of_topic(topic) else {
+                return Ok(head.map(|_| Vec::new()));
+            };
+            groups.iter().map(|(name, g)| (name.clone(), g.consumers.len(), g.pel.len(), g.last)).collect()
+        };
+        let added = head.as_ref().map_or(0, |head| head.last_seq + 1);
+        let mut out = Vec::with_capacity(rows.len());
+        for (name, consumers, pending, last) in rows {
+            // Entries read: how many entries precede the next undelivered one.
+            let next = match last.next() {
+                Some(start) => self.range(who, topic, start, StreamId::MAX, 1, false).await?.pop().map(|i| i.event.seq),
+                None => None,
+            };
+            let read = if last == StreamId::MIN { 0 } else { next.unwrap_or(added) };
+            out.push(GroupInfo {
+                name,
+                consumers,
+                pending,
+                last_delivered: last,
+                entries_read: read,
+                lag: added - read.min(added),
+            });
+        }
+        Ok(Some(out))
+    }
+
+    /// XINFO CONSUMERS.
+    pub async fn group_members(&self, who: &Principal, topic: &Topic, group: &[u8]) -> Result<Vec<MemberInfo>> {
+        self.admit(who)?;
+        who.check_read(&Pattern::Exact(topic.clone()))?;
+        let table = self.groups().await?;
+        let entry = table.as_ref().expect("loaded").get(topic, group).ok_or_else(|| no_group(topic, group))?;
+        let now = now_ms();
+        Ok(entry
+            .consumers
+            .iter()
+            .map(|(name, member)| MemberInfo {
+                name: name.clone(),
+                pending: member.pending.len(),
+                idle_ms: now.saturating_sub(member.seen_ms),
+                inactive_ms: member.active_ms.map(|active| now.saturating_sub(active)),
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,167 @@
+//! Consumers: durable positions in the log, kept by the service in state
+//! records (one mechanism, written through the storage seam like events,
+//! sharing their commit), of two kinds layered on it:
+//! - cursors (`/v1/consumers`, `cairn consumer`): a named position, the
+//!   last acknowledged event id, that reads resume after. A cursor belongs
+//!   to whoever acknowledged it first: names are per owner (`alice`'s
+//!   `billing` is not `bob`'s), so no user lists, moves or deletes
+//!   another's. The socket and admin users see every cursor and may name
+//!   an owner to act on another's;
+//! - consumer groups (Redis `XGROUP`): a position per topic and group plus
+//!   the pending entries, with Redis's semantics (`group.rs`, a pure state
+//!   machine; `groups.rs`, its service operations). A group belongs to its
+//!   topic: whoever may read and write the topic may use its groups, as
+//!   competing workers of one stream do.
+//!
+//! Cursor records: `C<owner scope>\0<name>` → the acknowledged id (16 bytes).
+
+pub(crate) mod group;
+pub(crate) mod groups;
+
+use cairn_store::{EventId, StateOp, Store};
+
+use crate::error::{Result, ServiceError};
+use crate::principal::Principal;
+use crate::service::Service;
+
+/// Longest consumer name, in bytes.
+pub const CONSUMER_NAME_BYTES_MAX: usize = 255;
+
+/// A cursor and where it stands.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Cursor {
+    /// Who it belongs to: `local`, `anonymous` or `user:<name>`.
+    pub owner: String,
+    /// Its name (per owner).
+    pub name: String,
+    /// The last acknowledged event id.
+    pub acked: EventId,
+}
+
+fn cursor_prefix(owner: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(2 + owner.len());
+    key.push(b'C');
+    key.extend_from_slice(owner.as_bytes());
+    key.push(0);
+    key
+}
+
+fn cursor_key(owner: &str, name: &str) -> Vec<u8> {
+    let mut key = cursor_prefix(owner);
+    key.extend_from_slice(name.as_bytes());
+    key
+}
+
+fn parse_cursor(key: &[u8], value: &[u8]) -> Option<Cursor> {
+    let rest = key.strip_prefix(b"C")?;
+    let split = rest.iter().position(|&b| b == 0)?;
+    let owner = std::str::from_utf8(&rest[..split]).ok()?.to_owned();
+    let name = std::str::from_utf8(&rest[split + 1..]).ok()?.to_owned();
+    let acked = EventId::from_bytes(value.try_into().ok()?);
+    Some(Cursor { owner, name, acked })
+}
+
+/// Validates a consumer name.
+pub fn check_consumer_name(name: &str) -> Result<()> {
+    let valid = !name.is_empty()
+        && name.len() <= CONSUMER_NAME_BYTES_MAX
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '/' | ':'));
+    if !valid {
+        return Err(ServiceError::invalid(
+            "consumer",
+            format!("{name:?}: names are 1-{CONSUMER_NAME_BYTES_MAX} bytes of A-Z a-z 0-9 _ - . / :"),
+        ));
+    }
+    Ok(())
+}
+
+/// Whose cursor `who` means: its own, or (socket and admins only) the named
+/// owner's.
+fn owner_of(who: &Principal, owner: Option<&str>) -> Result<String> {
+    let own = who.scope();
+    match owner {
+        None => Ok(own),
+        Some(owner) if owner == own => Ok(own),
+        Some(owner) if who.is_admin() => {
+            let valid = owner == "local"
+                || owner == "anonymous"
+                || owner.strip_prefix("user:").is_some_and(|name| crate::users::check_name(name).is_ok());
+            if !valid {
+                return Err(ServiceError::invalid("owner", "is local, anonymous or user:<name>"));
+            }
+            Ok(owner.to_owned())
+        }
+        Some(_) => Err(ServiceError::forbidden("only admins act on another owner's consumers")),
+    }
+}
+
+impl Service {
+    /// Records durably that cursor `name` has handled everything up to
+    /// `id` (which must not be after the newest event).
+    pub async fn consumer_ack(&self, who: &Principal, owner: Option<&str>, name: &str, id: EventId) -> Result<Cursor> {
+        self.admit(who)?;
+        check_consumer_name(name)?;
+        let owner = owner_of(who, owner)?;
+        if id > self.storage().last_id() {
+            return Err(ServiceError::invalid(
+                "id",
+                format!("{id} is after the newest event; acks name events that exist"),
+            ));
+        }
+        let ops = vec![StateOp::Put(cursor_key(&owner, name), id.to_bytes().to_vec())];
+        self.storage().state_submit(ops).await?.await?;
+        Ok(Cursor { owner, name: name.to_owned(), acked: id })
+    }
+
+    /// Where cursor `name` stands, if it exists.
+    pub async fn consumer(&self, who: &Principal, owner: Option<&str>, name: &str) -> Result<Option<Cursor>> {
+        self.admit(who)?;
+        check_consumer_name(name)?;
+        let owner = owner_of(who, owner)?;
+        let key = cursor_key(&owner, name);
+        let found = self.storage().state_scan(key.clone()).await?;
+        Ok(found.iter().find(|(k, _)| *k == key).and_then(|(k, v)| parse_cursor(k, v)))
+    }
+
+    /// `who`'s cursors (every cursor, for the socket and admins), by owner and name.
+    pub async fn consumers(&self, who: &Principal) -> Result<Vec<Cursor>> {
+        self.admit(who)?;
+        let prefix = if who.is_admin() { b"C".to_vec() } else { cursor_prefix(&who.scope()) };
+        let entries = self.storage().state_scan(prefix).await?;
+        Ok(entries.iter().filter_map(|(key, value)| parse_cursor(key, value)).collect())
+    }
+
+    /// Deletes cursor `name`; false if there was none.
+    pub async fn consumer_delete(&self, who: &Principal, owner: Option<&str>, name: &str) -> Result<bool> {
+        let Some(cursor) = self.consumer(who, owner, name).await? else { return Ok(false) };
+        let ops = vec![StateOp::Delete(cursor_key(&cursor.owner, &cursor.name))];
+        self.storage().state_submit(ops).await?.await?;
+        Ok(true)
+    }
+
+    /// Moves positions older versions kept in the engine's own cursors
+    /// into cursors owned by the socket, then drops the engine's.
+    pub(crate) async fn adopt_engine_cursors(&self, store: &Store, legacy: Vec<(String, EventId)>) -> Result<()> {
+        let existing = self.consumers(&Principal::Local).await?;
+        let mut ops = Vec::new();
+        for (name, id) in &legacy {
+            if !existing.iter().any(|cursor| cursor.owner == "local" && cursor.name == *name) {
+                ops.push(StateOp::Put(cursor_key("local", name), id.to_bytes().to_vec()));
+            }
+        }
+        if !ops.is_empty() {
+            self.storage().state_submit(ops).await?.await?;
+        }
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            for (name, _) in legacy {
+                store.consumer_delete(&name)?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|error| ServiceError::invalid("store", error.to_string()))??;
+        tracing::info!("moved consumer positions of an older version into the service's consumers");
+        Ok(())
+    }
+}

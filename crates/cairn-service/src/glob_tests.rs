@@ -1,0 +1,128 @@
+//! Glob examples (Redis's behaviour), hostile patterns, and a proptest
+//! against a plain recursive reference on small inputs.
+
+use proptest::prelude::*;
+
+use super::Glob;
+
+#[track_caller]
+fn check(pattern: &str, text: &str, expected: bool) {
+    assert_eq!(Glob::new(pattern.as_bytes()).matches(text.as_bytes()), expected, "{pattern:?} vs {text:?}");
+}
+
+#[test]
+fn matches_like_redis() {
+    check("*", "anything", true);
+    check("*", "", true);
+    check("", "", true);
+    check("", "a", false);
+    check("orders:*", "orders:12", true);
+    check("orders:*", "order", false);
+    check("h?llo", "hello", true);
+    check("h?llo", "hllo", false);
+    check("h[ae]llo", "hallo", true);
+    check("h[^e]llo", "hello", false);
+    check("h[^e]llo", "hallo", true);
+    check("h[a-b]llo", "hbllo", true);
+    check("h[b-a]llo", "hallo", true);
+    check("a\\*", "a*", true);
+    check("a\\*", "ab", false);
+    check("[\\]]", "]", true);
+    check("[abc", "b", true);
+    check("[]", "a", false);
+    check("*a*b*c", "xaybzc", true);
+    check("*a*b*c", "xaybz", false);
+    check("a*", "a", true);
+    check("**a**", "bab", true);
+    check("\\", "\\", true);
+}
+
+#[test]
+fn hostile_patterns_cost_little() {
+    let started = std::time::Instant::now();
+    let stars = "*".repeat(30_000);
+    let text = "a".repeat(255);
+    assert!(Glob::new(stars.as_bytes()).matches(text.as_bytes()));
+    let mut alternating = "*a".repeat(200);
+    alternating.push('b');
+    assert!(!Glob::new(alternating.as_bytes()).matches(text.as_bytes()));
+    let long = "*a".repeat(500_000);
+    assert!(!Glob::new(long.as_bytes()).matches(text.as_bytes()), "more fixed bytes than a topic has");
+    let classes = "[a-z]".repeat(100_000);
+    assert!(!Glob::new(classes.as_bytes()).matches(text.as_bytes()));
+    assert!(started.elapsed() < std::time::Duration::from_secs(2), "took {:?}", started.elapsed());
+}
+
+/// The plain definition, recursive: fine for the small inputs below.
+fn reference(pattern: &[u8], text: &[u8]) -> bool {
+    match pattern.first() {
+        None => text.is_empty(),
+        Some(b'*') => (0..=text.len()).any(|skip| reference(&pattern[1..], &text[skip..])),
+        Some(b'?') => !text.is_empty() && reference(&pattern[1..], &text[1..]),
+        Some(b'\\') if pattern.len() > 1 => text.first() == Some(&pattern[1]) && reference(&pattern[2..], &text[1..]),
+        Some(b'[') => {
+            let Some(&byte) = text.first() else { return false };
+            let mut at = 1;
+            let negate = pattern.get(at) == Some(&b'^');
+            if negate {
+                at += 1;
+            }
+            let mut found = false;
+            loop {
+                match pattern.get(at) {
+                    None => break,
+                    Some(b']') => {
+                        at += 1;
+                        break;
+                    }
+                    Some(b'\\') if at + 1 < pattern.len() => {
+                        found |= pattern[at + 1] == byte;
+                        at += 2;
+                    }
+                    Some(&lo) if at + 2 < pattern.len() && pattern[at + 1] == b'-' => {
+                        let hi = pattern[at + 2];
+                        found |= (lo.min(hi)..=lo.max(hi)).contains(&byte);
+                        at += 3;
+                    }
+                    Some(&other) => {
+                        found |= other == byte;
+                        at += 1;
+                    }
+                }
+            }
+            found != negate && reference(&pattern[at..], &text[1..])
+        }
+        Some(&literal) => text.first() == Some(&literal) && reference(&pattern[1..], &text[1..]),
+    }
+}
+
+fn glob_bytes() -> impl Strategy<Value = Vec<u8>> {
+    proptest::collection::vec(
+        prop_oneof![
+            Just(b'*'),
+            Just(b'?'),
+            Just(b'['),
+            Just(b']'),
+            Just(b'^'),
+            Just(b'-'),
+            Just(b'\\'),
+            Just(b'a'),
+            Just(b'b')
+        ],
+        0..10,
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn agrees_with_the_reference(pattern in glob_bytes(), text in proptest::collection::vec(prop_oneof![Just(b'a'), Just(b'b'), Just(b'-'), Just(b']')], 0..8)) {
+        prop_assert_eq!(Glob::new(&pattern).matches(&text), reference(&pattern, &text));
+    }
+
+    #[test]
+    fn any_bytes_compile_and_match_without_panic(pattern in proptest::collection::vec(any::<u8>(), 0..300), text in proptest::collection::vec(any::<u8>(), 0..300)) {
+        let _ = Glob::new(&pattern).matches(&text);
+    }
+}
