@@ -3,7 +3,9 @@
 //! argon2id costs about 19 MiB and tens of milliseconds per check, which is
 //! the point against offline guessing and the danger online: unbounded, a
 //! hundred concurrent wrong passwords took a server from 200 MB to 2 GB. So:
-//! - at most `LOGIN_CHECKS_CONCURRENT` checks run at once, and at most
+//! - checks run on `LOGIN_CHECKS_CONCURRENT` threads of their own (so the
+//!   memory argon2 takes is reused by those threads, not kept by one
+//!   allocator arena per blocking-pool thread), and at most
 //!   `LOGIN_CHECKS_QUEUED_MAX` wait; beyond that a login is refused as
 //!   `Overloaded` without any work;
 //! - failures are counted per client address and per user name; past a few
@@ -19,11 +21,10 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
-use tokio::sync::Semaphore;
+use tokio::sync::oneshot;
 
 use crate::error::{Result, ServiceError};
 
@@ -60,26 +61,37 @@ struct Failures {
     blocked_until: Option<Instant>,
 }
 
+/// A password check to run on a login thread.
+type Check = Box<dyn FnOnce() + Send>;
+
 /// The login budget of one service.
+#[derive(Default)]
 pub struct Logins {
-    checks: Semaphore,
-    waiting: AtomicUsize,
+    /// The queue of the login threads (started on first use).
+    checks: OnceLock<mpsc::SyncSender<Check>>,
     failures: Mutex<HashMap<Key, Failures>>,
 }
 
-impl Default for Logins {
-    fn default() -> Logins {
-        Logins {
-            checks: Semaphore::new(LOGIN_CHECKS_CONCURRENT),
-            waiting: AtomicUsize::new(0),
-            failures: Mutex::default(),
+/// Starts the login threads; they end when the queue's sender is dropped.
+fn start_threads() -> mpsc::SyncSender<Check> {
+    let (sender, receiver) = mpsc::sync_channel::<Check>(LOGIN_CHECKS_QUEUED_MAX);
+    let receiver = Arc::new(Mutex::new(receiver));
+    for n in 0..LOGIN_CHECKS_CONCURRENT {
+        let receiver = receiver.clone();
+        let started = std::thread::Builder::new().name(format!("cairn-login-{n}")).spawn(move || {
+            loop {
+                let next = receiver.lock().expect("login queue lock").recv();
+                match next {
+                    Ok(check) => check(),
+                    Err(_) => return,
+                }
+            }
+        });
+        if let Err(error) = started {
+            tracing::warn!("could not start a login thread: {error}");
         }
     }
-}
-
-/// A turn to run one password check.
-pub(crate) struct Turn<'a> {
-    _permit: tokio::sync::SemaphorePermit<'a>,
+    sender
 }
 
 impl Logins {
@@ -99,16 +111,21 @@ impl Logins {
         }
     }
 
-    /// Waits for a turn to check a password; `Overloaded` when too many wait.
-    pub(crate) async fn turn(&self) -> Result<Turn<'_>> {
-        if self.waiting.fetch_add(1, Ordering::SeqCst) >= LOGIN_CHECKS_QUEUED_MAX {
-            self.waiting.fetch_sub(1, Ordering::SeqCst);
-            return Err(ServiceError::Overloaded { reason: "too many password checks waiting" });
+    /// Runs `check` on a login thread and returns its result;
+    /// `Overloaded` at once when too many checks wait.
+    pub(crate) async fn run<T: Send + 'static>(&self, check: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+        let (reply, result) = oneshot::channel();
+        let job: Check = Box::new(move || {
+            let _ = reply.send(check());
+        });
+        match self.checks.get_or_init(start_threads).try_send(job) {
+            Ok(()) => {}
+            Err(mpsc::TrySendError::Full(_)) => {
+                return Err(ServiceError::Overloaded { reason: "too many password checks waiting" });
+            }
+            Err(mpsc::TrySendError::Disconnected(_)) => return Err(ServiceError::ShuttingDown),
         }
-        let permit = self.checks.acquire().await;
-        self.waiting.fetch_sub(1, Ordering::SeqCst);
-        let permit = permit.map_err(|_| ServiceError::ShuttingDown)?;
-        Ok(Turn { _permit: permit })
+        result.await.map_err(|_| ServiceError::ShuttingDown)
     }
 
     /// Counts a failed check against `name` and `from`.

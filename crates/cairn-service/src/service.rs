@@ -248,11 +248,15 @@ impl Service {
         }
         let logins = &self.inner.logins;
         logins.admit(name, from)?;
-        let _turn = logins.turn().await?;
         let (service, user, secret) = (self.clone(), name.to_owned(), password.to_owned());
-        let verified = tokio::task::spawn_blocking(move || service.inner.users.verify_password(&user, &secret))
-            .await
-            .map_err(|_| ServiceError::ShuttingDown)?;
+        let verified = logins
+            .run(move || {
+                // Failures may have come in while this waited: back off
+                // without the work, then.
+                service.inner.logins.admit(&user, from)?;
+                Ok::<_, ServiceError>(service.inner.users.verify_password(&user, &secret))
+            })
+            .await??;
         match verified {
             Some(session) => {
                 logins.succeeded(name, from);

@@ -3,7 +3,7 @@
 //! the hash. Which content is referenced is the index's business (`cas`
 //! keyspace); this module only stores, reads and deletes bytes.
 
-use std::fs::{self, File};
+use std::fs;
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,8 +21,9 @@ pub(crate) struct Cas {
 
 impl Cas {
     pub(crate) fn open(dir: PathBuf) -> Result<Cas> {
-        fs::create_dir_all(dir.join("sha256")).map_err(StoreError::io("create content store"))?;
-        fs::create_dir_all(dir.join("tmp")).map_err(StoreError::io("create content store"))?;
+        for sub in ["sha256", "tmp", "deleting"] {
+            crate::private::ensure_private_dir(&dir.join(sub)).map_err(StoreError::io("create content store"))?;
+        }
         // Leftovers of puts interrupted by a crash: never referenced.
         if let Ok(entries) = fs::read_dir(dir.join("tmp")) {
             for entry in entries.flatten() {
@@ -31,7 +32,6 @@ impl Cas {
         }
         // Files a delete had set aside when the process died: whether an
         // event came to refer to them is unknown, so they go back.
-        fs::create_dir_all(dir.join("deleting")).map_err(StoreError::io("create content store"))?;
         let cas = Cas { dir, tmp_counter: AtomicU64::new(0) };
         if let Ok(entries) = fs::read_dir(cas.dir.join("deleting")) {
             for entry in entries.flatten() {
@@ -60,14 +60,19 @@ impl Cas {
             return Ok(());
         }
         let parent = path.parent().expect("content paths have a parent");
-        fs::create_dir_all(parent).map_err(StoreError::io("create content directory"))?;
+        crate::private::create_dir(parent).map_err(StoreError::io("create content directory"))?;
         let tmp = self.dir.join("tmp").join(format!(
             "{}.{}.{}",
             hash.hex(),
             std::process::id(),
             self.tmp_counter.fetch_add(1, Ordering::Relaxed)
         ));
-        let mut file = File::create(&tmp).map_err(StoreError::io("create content file"))?;
+        let mut file = crate::private::file_options()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .map_err(StoreError::io("create content file"))?;
         file.write_all(bytes).map_err(StoreError::io("write content file"))?;
         file.sync_data().map_err(StoreError::io("fdatasync content file"))?;
         drop(file);

@@ -39,6 +39,7 @@ pub mod limits;
 mod live;
 mod local;
 mod log;
+mod private;
 mod progress;
 mod read;
 mod storage;

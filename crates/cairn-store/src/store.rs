@@ -346,10 +346,12 @@ impl Store {
     pub fn open(dir: impl AsRef<Path>, options: Options) -> Result<Store> {
         options.validate()?;
         let dir = dir.as_ref().to_path_buf();
-        fs::create_dir_all(&dir).map_err(StoreError::io(format!("create store directory {}", dir.display())))?;
+        crate::private::ensure_private_dir(&dir)
+            .map_err(StoreError::io(format!("create store directory {}", dir.display())))?;
         let lock = lock(&dir)?;
         let log_dir = dir.join("log");
-        fs::create_dir_all(&log_dir).map_err(StoreError::io("create log directory"))?;
+        crate::private::ensure_private_dir(&log_dir).map_err(StoreError::io("create log directory"))?;
+        crate::private::ensure_private_dir(&dir.join("index")).map_err(StoreError::io("create index directory"))?;
         let segments = Arc::new(Segments::new(log_dir));
         let index = Index::open(&dir.join("index"))?;
         let cas = Cas::open(dir.join("cas"))?;
@@ -1005,7 +1007,7 @@ pub(crate) fn now_ms() -> u64 {
 /// Takes the store's exclusive lock (`<dir>/LOCK`) and writes who holds it.
 fn lock(dir: &Path) -> Result<File> {
     let path = dir.join("LOCK");
-    let mut file = OpenOptions::new()
+    let mut file = crate::private::file_options()
         .read(true)
         .write(true)
         .create(true)

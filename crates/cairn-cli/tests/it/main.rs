@@ -13,6 +13,7 @@ mod errors;
 mod http;
 mod lifecycle;
 mod resp;
+mod security;
 mod serve;
 mod soak;
 

@@ -12,29 +12,29 @@ use crate::Cairn;
 use crate::serve::Server;
 
 /// A raw connection that checks replies byte for byte.
-struct Raw {
+pub(crate) struct Raw {
     reader: BufReader<TcpStream>,
-    writer: TcpStream,
+    pub(crate) writer: TcpStream,
 }
 
 impl Raw {
-    fn connect(addr: SocketAddr) -> Raw {
+    pub(crate) fn connect(addr: SocketAddr) -> Raw {
         let stream = TcpStream::connect(addr).unwrap();
         stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         Raw { reader: BufReader::new(stream.try_clone().unwrap()), writer: stream }
     }
 
-    fn send(&mut self, bytes: &[u8]) {
+    pub(crate) fn send(&mut self, bytes: &[u8]) {
         self.writer.write_all(bytes).unwrap();
     }
 
     /// Sends `args` as a multibulk command.
-    fn command(&mut self, args: &[&[u8]]) {
+    pub(crate) fn command(&mut self, args: &[&[u8]]) {
         self.send(&encode(args));
     }
 
     /// Reads exactly `expected.len()` bytes and compares them.
-    fn expect(&mut self, expected: &[u8]) {
+    pub(crate) fn expect(&mut self, expected: &[u8]) {
         let mut got = vec![0u8; expected.len()];
         self.reader.read_exact(&mut got).unwrap_or_else(|error| {
             panic!("waiting for {:?}: {error}", String::from_utf8_lossy(expected));
@@ -43,14 +43,14 @@ impl Raw {
     }
 
     /// Reads one reply line (without CRLF).
-    fn line(&mut self) -> String {
+    pub(crate) fn line(&mut self) -> String {
         let mut line = String::new();
         self.reader.read_line(&mut line).unwrap();
         line.trim_end_matches("\r\n").to_owned()
     }
 
     /// Reads one whole reply of any shape, as text (for logs and checks).
-    fn frame(&mut self) -> Value {
+    pub(crate) fn frame(&mut self) -> Value {
         let line = self.line();
         let (kind, rest) = line.split_at(1);
         match kind {
@@ -78,20 +78,20 @@ impl Raw {
     }
 
     /// True when the server closed the connection (EOF within the timeout).
-    fn closed(&mut self) -> bool {
+    pub(crate) fn closed(&mut self) -> bool {
         let mut byte = [0u8; 1];
         matches!(self.reader.read(&mut byte), Ok(0) | Err(_))
     }
 }
 
 #[derive(Debug, PartialEq)]
-enum Value {
+pub(crate) enum Value {
     Line(String),
     Bulk(Vec<u8>),
     Array(Vec<Value>),
 }
 
-fn encode(args: &[&[u8]]) -> Vec<u8> {
+pub(crate) fn encode(args: &[&[u8]]) -> Vec<u8> {
     let mut out = format!("*{}\r\n", args.len()).into_bytes();
     for arg in args {
         out.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
@@ -620,20 +620,20 @@ fn redis_cli_interactive_mode_starts_and_answers() {
 }
 
 /// Sends one command and returns its whole reply.
-fn ask(raw: &mut Raw, args: &[&[u8]]) -> Value {
+pub(crate) fn ask(raw: &mut Raw, args: &[&[u8]]) -> Value {
     raw.command(args);
     raw.frame()
 }
 
-fn bulk(text: &str) -> Value {
+pub(crate) fn bulk(text: &str) -> Value {
     Value::Bulk(text.as_bytes().to_vec())
 }
 
-fn line(text: &str) -> Value {
+pub(crate) fn line(text: &str) -> Value {
     Value::Line(text.to_owned())
 }
 
-fn array(items: Vec<Value>) -> Value {
+pub(crate) fn array(items: Vec<Value>) -> Value {
     Value::Array(items)
 }
 

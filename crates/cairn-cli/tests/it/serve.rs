@@ -198,3 +198,14 @@ pub fn rss_kib(pid: i32) -> u64 {
         .parse()
         .unwrap()
 }
+
+/// CPU time process `pid` used so far (user and system), in seconds (Linux).
+pub fn cpu_seconds(pid: i32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may hold spaces): state is 3rd,
+    // utime and stime are the 14th and 15th.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    ticks as f64 / 100.0
+}

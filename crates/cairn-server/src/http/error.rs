@@ -132,8 +132,10 @@ impl ApiError {
 
     fn respond(&self, body: Vec<u8>) -> Response<Body> {
         let status = self.status();
-        if status.is_server_error() {
-            tracing::error!("request failed: {}", self.message());
+        if let ApiError::Service(error) = self
+            && error.is_internal()
+        {
+            tracing::error!("request failed: {error}");
         }
         let mut response = Response::new(Body::from(body));
         *response.status_mut() = status;

@@ -280,7 +280,9 @@ fn write_synthetic(buf: &mut Vec<u8>, format: Format, topic: &str) {
 
 /// The last frame of a stream that failed after it started.
 fn write_error(buf: &mut Vec<u8>, format: Format, error: &ApiError) {
-    if error.status().is_server_error() {
+    if let ApiError::Service(service) = error
+        && service.is_internal()
+    {
         tracing::error!("a stream failed: {error}");
     }
     if format == Format::Sse {

@@ -5,7 +5,7 @@
 //! them, which are always below the committed end.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
@@ -145,7 +145,7 @@ pub(crate) fn list_segments(dir: &Path) -> Result<Vec<u32>> {
 /// Creates segment `segment` with its header, fsyncs it and the directory.
 pub(crate) fn create_segment(dir: &Path, segment: u32) -> Result<File> {
     let path = segment_path(dir, segment);
-    let mut file = OpenOptions::new()
+    let mut file = crate::private::file_options()
         .create_new(true)
         .read(true)
         .write(true)
