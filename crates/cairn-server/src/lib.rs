@@ -43,6 +43,11 @@ pub mod fuzzing {
         }
     }
 
+    /// Parses `bytes` as a MeiliES `subscribe` spec (`name[:from[:to]]`).
+    pub fn meilies_spec(bytes: &[u8]) {
+        let _ = crate::resp::cmd::meilies::Spec::parse(bytes);
+    }
+
     /// Sends `bytes` as they are to an HTTP server running in this process
     /// (started on first use on a temporary store: TCP, no authentication,
     /// sync none) and reads its reply. (Under cargo-fuzz, libFuzzer's panic

@@ -53,6 +53,21 @@ fn hostile_patterns_cost_little() {
     assert!(started.elapsed() < std::time::Duration::from_secs(2), "took {:?}", started.elapsed());
 }
 
+#[test]
+fn the_fuzz_corpus_replays() {
+    let corpus = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/glob");
+    let mut n = 0;
+    for entry in std::fs::read_dir(corpus).expect("the committed corpus") {
+        let bytes = std::fs::read(entry.expect("an entry").path()).expect("readable");
+        // As the fuzz target splits its input: the first byte is the pattern's length.
+        let Some((&split, rest)) = bytes.split_first() else { continue };
+        let (pattern, text) = rest.split_at(usize::from(split).min(rest.len()));
+        let _ = Glob::new(pattern).matches(text);
+        n += 1;
+    }
+    assert!(n >= 3, "the committed corpus is there");
+}
+
 /// The plain definition, recursive: fine for the small inputs below.
 fn reference(pattern: &[u8], text: &[u8]) -> bool {
     match pattern.first() {

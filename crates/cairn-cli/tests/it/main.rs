@@ -10,6 +10,7 @@
 mod auth;
 mod cli;
 mod errors;
+mod hostile;
 mod http;
 mod lifecycle;
 mod resp;

@@ -17,7 +17,7 @@
 //! connection's principal: authorization, users, groups and storage are
 //! the service's.
 
-mod cmd;
+pub(crate) mod cmd;
 mod conn;
 mod entry;
 mod error;

@@ -206,7 +206,42 @@ pub(crate) async fn stream_names(conn: &mut Conn, _args: &[Bytes]) -> CmdResult 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::Spec;
+
+    proptest! {
+        /// Any bytes parse or fail cleanly.
+        #[test]
+        fn any_bytes_parse_or_fail_cleanly(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let _ = Spec::parse(&bytes);
+        }
+
+        /// Well-formed specs parse to what they say.
+        #[test]
+        fn well_formed_specs_parse_back(name in "[a-z][a-z0-9._-]{0,20}", from in proptest::option::of(0u64..1000), span in 1u64..1000) {
+            let text = match from {
+                None => name.clone(),
+                Some(from) => format!("{name}:{from}:{}", from + span),
+            };
+            prop_assume!(!name.ends_with('.') && !name.contains(".."));
+            let spec = Spec::parse(text.as_bytes()).unwrap();
+            prop_assert_eq!(spec.name(), name.as_str());
+            prop_assert_eq!(spec.from, from);
+            prop_assert_eq!(spec.to, from.map(|from| from + span));
+        }
+    }
+
+    #[test]
+    fn the_fuzz_corpus_replays() {
+        let corpus = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/meilies_spec");
+        let mut n = 0;
+        for entry in std::fs::read_dir(corpus).unwrap() {
+            crate::fuzzing::meilies_spec(&std::fs::read(entry.unwrap().path()).unwrap());
+            n += 1;
+        }
+        assert!(n >= 3, "the committed corpus is there");
+    }
 
     #[test]
     fn specs_parse_like_meilies_and_refuse_the_malformed() {
