@@ -235,12 +235,16 @@ pub enum UserCommand {
         /// Topic patterns the user may write (repeatable). [default: > (all)]
         #[arg(long, value_name = "PATTERN")]
         write: Vec<String>,
-        /// May manage users, import, verify and delete consumers.
+        /// May manage users and tokens, import, verify, and act on every owner's consumers.
         #[arg(long)]
         admin: bool,
     },
-    /// Set a user's password (from $CAIRN_PASSWORD or the first line of stdin).
-    #[command(after_help = "Example:\n  echo n3w | cairn user passwd alice")]
+    /// Set a user's password (from $CAIRN_PASSWORD or the first line of
+    /// stdin). With --remote --user NAME (not an admin) a user changes its
+    /// own: $CAIRN_PASSWORD is the old password, stdin the new one.
+    #[command(
+        after_help = "Examples:\n  echo n3w | cairn user passwd alice\n  echo n3w | CAIRN_PASSWORD=old cairn --remote https://host:8080 --user alice user passwd alice"
+    )]
     Passwd {
         /// User name.
         name: String,

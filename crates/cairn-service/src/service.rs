@@ -12,6 +12,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+pub use cairn_store::Item;
 use cairn_store::json::EventJson;
 use cairn_store::{
     Batch, Event, EventId, Expect, Hash, Imported, Limits, NewEvent, Pattern, Pending, Query, StoreStats, Topic,
@@ -53,15 +54,6 @@ pub(crate) struct Inner {
     pub(crate) options: ServiceOptions,
     pub(crate) started: Instant,
     pub(crate) stopping: watch::Sender<bool>,
-}
-
-/// An event with its payload, when asked for.
-#[derive(Clone, Debug)]
-pub struct Item {
-    /// The event.
-    pub event: Event,
-    /// Its payload, verified, if asked for and it has one.
-    pub content: Option<Vec<u8>>,
 }
 
 /// An append on its way: resolves once durable (see [`Service::submit`]).
@@ -136,25 +128,13 @@ pub struct Info {
 /// A read in chunks (see [`Service::read`]).
 pub struct Read {
     reader: Box<dyn Reader>,
-    content: bool,
-    storage: Arc<dyn Storage>,
 }
 
 impl Read {
     /// Up to `max` more events (with payloads when asked); empty at the end.
     pub async fn next(&mut self, max: usize) -> Result<Vec<Item>> {
-        let events = self.reader.next(max).await?;
-        load_content(&*self.storage, events, self.content).await
+        Ok(self.reader.next(max).await?)
     }
-}
-
-async fn load_content(storage: &dyn Storage, events: Vec<Event>, content: bool) -> Result<Vec<Item>> {
-    let mut items = Vec::with_capacity(events.len());
-    for event in events {
-        let content = if content { storage.content(&event).await? } else { None };
-        items.push(Item { event, content });
-    }
-    Ok(items)
 }
 
 impl Service {
@@ -359,8 +339,8 @@ impl Service {
     pub async fn read(&self, who: &Principal, query: Query, content: bool) -> Result<Read> {
         self.admit(who)?;
         who.check_read(&query.pattern)?;
-        let reader = self.inner.storage.read(query).await?;
-        Ok(Read { reader, content, storage: self.inner.storage.clone() })
+        let reader = self.inner.storage.read(query, content).await?;
+        Ok(Read { reader })
     }
 
     /// Every event `query` reads, with payloads if `content` (for bounded
@@ -455,14 +435,14 @@ impl Service {
 
     /// Every stored event of `topic` (for removals: write access suffices).
     async fn all_of(&self, topic: &Topic) -> Result<Vec<Event>> {
-        let mut reader = self.inner.storage.read(Query::new(Pattern::Exact(topic.clone()))).await?;
+        let mut reader = self.inner.storage.read(Query::new(Pattern::Exact(topic.clone())), false).await?;
         let mut out = Vec::new();
         loop {
             let chunk = reader.next(SCAN_CHUNK_EVENTS).await?;
             if chunk.is_empty() {
                 return Ok(out);
             }
-            out.extend(chunk);
+            out.extend(chunk.into_iter().map(|item| item.event));
         }
     }
 
@@ -474,9 +454,9 @@ impl Service {
         let mut remove = Vec::new();
         for id in ids {
             let query = Query { from_seq: Some(id.seq), limit: Some(1), ..Query::new(Pattern::Exact(topic.clone())) };
-            let found = self.inner.storage.read(query).await?.next(1).await?;
-            if let Some(event) = found.first().filter(|event| StreamId::of(event) == *id) {
-                remove.push(event.id);
+            let found = self.inner.storage.read(query, false).await?.next(1).await?;
+            if let Some(item) = found.first().filter(|item| StreamId::of(&item.event) == *id) {
+                remove.push(item.event.id);
             }
         }
         Ok(self.inner.storage.remove(remove).await?)
@@ -495,25 +475,25 @@ impl Service {
                     return Ok(0);
                 }
                 let query = Query { limit: Some(excess), ..Query::new(Pattern::Exact(topic.clone())) };
-                let mut reader = self.inner.storage.read(query).await?;
+                let mut reader = self.inner.storage.read(query, false).await?;
                 let mut ids = Vec::new();
                 loop {
                     let chunk = reader.next(SCAN_CHUNK_EVENTS).await?;
                     if chunk.is_empty() {
                         break ids;
                     }
-                    ids.extend(chunk.iter().map(|event| event.id));
+                    ids.extend(chunk.iter().map(|item| item.event.id));
                 }
             }
             Trim::MinId(min) => {
-                let mut reader = self.inner.storage.read(Query::new(Pattern::Exact(topic.clone()))).await?;
+                let mut reader = self.inner.storage.read(Query::new(Pattern::Exact(topic.clone())), false).await?;
                 let mut ids = Vec::new();
                 'scan: loop {
                     let chunk = reader.next(SCAN_CHUNK_EVENTS).await?;
                     if chunk.is_empty() {
                         break;
                     }
-                    for event in chunk {
+                    for Item { event, .. } in chunk {
                         if StreamId::of(&event) >= min {
                             break 'scan;
                         }
@@ -618,14 +598,14 @@ impl Service {
             let after = (start.ms > 0).then(|| EventId::from_u128((u128::from(start.ms) << 80) - 1));
             Query { after, ..Query::new(pattern) }
         };
-        let mut reader = self.inner.storage.read(query).await?;
+        let mut reader = self.inner.storage.read(query, true).await?;
         loop {
             let chunk = reader.next(count.saturating_sub(out.len()).clamp(16, SCAN_CHUNK_EVENTS)).await?;
             if chunk.is_empty() {
                 return Ok(out);
             }
-            for event in chunk {
-                let id = StreamId::of(&event);
+            for item in chunk {
+                let id = StreamId::of(&item.event);
                 let (before, beyond) = if reverse { (id > end, id < start) } else { (id < start, id > end) };
                 if before {
                     continue;
@@ -633,8 +613,7 @@ impl Service {
                 if beyond {
                     return Ok(out);
                 }
-                let content = self.inner.storage.content(&event).await?;
-                out.push(Item { event, content });
+                out.push(item);
                 if out.len() >= count {
                     return Ok(out);
                 }

@@ -62,14 +62,14 @@ async fn append_one(storage: &dyn Storage, new: NewEvent, expect: Expect) -> Res
 }
 
 async fn read_all(storage: &dyn Storage, query: Query) -> Vec<Event> {
-    let mut reader = storage.read(query).await.unwrap();
+    let mut reader = storage.read(query, false).await.unwrap();
     let mut out = Vec::new();
     loop {
         let chunk = reader.next(3).await.unwrap();
         if chunk.is_empty() {
             return out;
         }
-        out.extend(chunk);
+        out.extend(chunk.into_iter().map(|item| item.event));
     }
 }
 
@@ -256,7 +256,12 @@ pub async fn reads(backend: &mut dyn Backend) {
     let limit = Query { limit: Some(3), ..Query::new(pattern("orders.1")) };
     assert_eq!(texts(read_all(s, limit).await), ["0", "2", "4"]);
     let bad = Query { from_seq: Some(1), ..Query::new(pattern("orders.*")) };
-    assert_eq!(s.read(bad).await.err().unwrap().code(), "invalid");
+    assert_eq!(s.read(bad, false).await.err().unwrap().code(), "invalid");
+    // With content, each payload comes verified with its event.
+    let mut reader = s.read(Query::new(pattern("orders.1")), true).await.unwrap();
+    let items = reader.next(2).await.unwrap();
+    let payloads: Vec<&[u8]> = items.iter().map(|item| item.content.as_deref().unwrap()).collect();
+    assert_eq!(payloads, [&b"0"[..], b"2"]);
 }
 
 /// Content by hash: event payloads (inline and stored) and content put on

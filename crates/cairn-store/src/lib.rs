@@ -96,7 +96,7 @@ pub use local::Local;
 pub use log::codec::StateOp;
 pub use log::recovery::{RecoveryReport, Truncation};
 pub use read::{Query, ReadIter};
-pub use storage::{BoxFuture, History, Limits, Reader, StateEntries, Storage, Window};
+pub use storage::{BoxFuture, History, Item, Limits, Reader, StateEntries, Storage, Window};
 pub use store::{Imported, Options, Pending, Store, StoreStats, SyncMode, TopicInfo};
 pub use subscription::{Delivery, SubscribeOptions, Subscription};
 pub use topic::{Level, Pattern, SYSTEM_PREFIX, Topic};

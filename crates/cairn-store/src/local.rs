@@ -16,7 +16,7 @@ use crate::event::{Batch, Event, Hash, Payload};
 use crate::id::EventId;
 use crate::log::codec::StateOp;
 use crate::read::{Query, ReadIter, Scan};
-use crate::storage::{BoxFuture, History, Limits, Reader, StateEntries, Storage, Window};
+use crate::storage::{BoxFuture, History, Item, Limits, Reader, StateEntries, Storage, Window};
 use crate::store::{Imported, Pending, Store, StoreStats, TopicInfo};
 use crate::topic::{Pattern, Topic};
 use crate::verify::VerifyReport;
@@ -122,10 +122,10 @@ impl Storage for Local {
         Box::pin(self.blocking(move |store| store.get(id)))
     }
 
-    fn read(&self, query: Query) -> BoxFuture<'_, Result<Box<dyn Reader>>> {
+    fn read(&self, query: Query, content: bool) -> BoxFuture<'_, Result<Box<dyn Reader>>> {
         Box::pin(async move {
             let iter = self.blocking(move |store| store.read(&query)).await?;
-            Ok(Box::new(LocalReader { iter: Some(iter) }) as Box<dyn Reader>)
+            Ok(Box::new(LocalReader { store: self.store.clone(), iter: Some(iter), content }) as Box<dyn Reader>)
         })
     }
 
@@ -239,21 +239,30 @@ fn history(store: &Store, pattern: &Pattern, after: EventId, max: usize) -> Resu
     Ok(History { events, through })
 }
 
-/// A read in chunks: the iterator moves to the blocking pool and back.
+/// A read in chunks: the iterator moves to the blocking pool and back, and
+/// payloads are loaded (and verified) there too.
 struct LocalReader {
+    store: Store,
     iter: Option<ReadIter>,
+    content: bool,
 }
 
 impl Reader for LocalReader {
-    fn next(&mut self, max: usize) -> BoxFuture<'_, Result<Vec<Event>>> {
+    fn next(&mut self, max: usize) -> BoxFuture<'_, Result<Vec<Item>>> {
         Box::pin(async move {
             let Some(mut iter) = self.iter.take() else { return Ok(Vec::new()) };
+            let (store, content) = (self.store.clone(), self.content);
             let (iter, events) = tokio::task::spawn_blocking(move || {
                 let mut events = Vec::with_capacity(max.min(4096));
                 let mut failed = None;
                 while events.len() < max {
-                    match iter.next() {
-                        Some(Ok(event)) => events.push(event),
+                    let loaded = iter.next().map(|event| {
+                        let event = event?;
+                        let content = if content { store.content(&event)? } else { None };
+                        Ok(Item { event, content })
+                    });
+                    match loaded {
+                        Some(Ok(item)) => events.push(item),
                         Some(Err(error)) => {
                             failed = Some(error);
                             break;

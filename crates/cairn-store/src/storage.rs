@@ -85,8 +85,9 @@ pub trait Storage: Send + Sync + 'static {
     /// The stored event with `id`.
     fn get(&self, id: EventId) -> BoxFuture<'_, Result<Option<Event>>>;
 
-    /// Stored events matching `query`, read in chunks.
-    fn read(&self, query: Query) -> BoxFuture<'_, Result<Box<dyn Reader>>>;
+    /// Stored events matching `query`, read in chunks, with their payloads
+    /// (verified) when `content`.
+    fn read(&self, query: Query, content: bool) -> BoxFuture<'_, Result<Box<dyn Reader>>>;
 
     /// What storage knows of `topic`, if it ever had an event.
     fn head(&self, topic: Topic) -> BoxFuture<'_, Result<Option<TopicInfo>>>;
@@ -145,7 +146,16 @@ pub trait Storage: Send + Sync + 'static {
 /// A lazily read sequence of stored events.
 pub trait Reader: Send {
     /// Up to `max` more events; empty once the read is over.
-    fn next(&mut self, max: usize) -> BoxFuture<'_, Result<Vec<Event>>>;
+    fn next(&mut self, max: usize) -> BoxFuture<'_, Result<Vec<Item>>>;
+}
+
+/// An event as a read returns it, with its payload when asked for.
+#[derive(Clone, Debug)]
+pub struct Item {
+    /// The event.
+    pub event: Event,
+    /// Its payload, verified, if asked for and it has one.
+    pub content: Option<Vec<u8>>,
 }
 
 /// Bounds of a storage, for front ends to check early and to report.

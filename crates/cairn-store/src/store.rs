@@ -466,21 +466,32 @@ impl Store {
     /// for room in the writer's queue when it is full.
     pub(crate) async fn submit_async(&self, request: Request) -> Result<()> {
         let mut request = request;
+        let mut waited = false;
         loop {
             if let Some(reason) = self.inner.shared.poisoned() {
                 return Err(StoreError::Poisoned { reason });
             }
             let requests = self.inner.requests.as_ref().ok_or(StoreError::ShuttingDown)?;
-            // Registered before the attempt, so a wake-up between the
-            // attempt and the wait is not lost.
+            // The common case first: room in the queue, no waiter to register.
+            let full = match requests.try_send(request) {
+                Ok(()) => return Ok(()),
+                Err(mpsc::TrySendError::Disconnected(_)) => return Err(StoreError::ShuttingDown),
+                Err(mpsc::TrySendError::Full(back)) => back,
+            };
+            // Registered before the second attempt, so a wake-up between
+            // the attempt and the wait is not lost.
             let notified = self.inner.shared.queue_space.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            match requests.try_send(request) {
+            match requests.try_send(full) {
                 Ok(()) => return Ok(()),
                 Err(mpsc::TrySendError::Disconnected(_)) => return Err(StoreError::ShuttingDown),
                 Err(mpsc::TrySendError::Full(back)) => {
                     request = back;
+                    if !waited {
+                        tracing::debug!("the writer's queue is full: waiting for room");
+                    }
+                    waited = true;
                     notified.await;
                 }
             }

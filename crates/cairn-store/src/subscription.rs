@@ -219,5 +219,5 @@ impl Subscription {
 
 /// The first event `query` reads.
 async fn first(storage: &dyn Storage, query: Query) -> Result<Option<Event>> {
-    Ok(storage.read(query).await?.next(1).await?.pop())
+    Ok(storage.read(query, false).await?.next(1).await?.pop().map(|item| item.event))
 }

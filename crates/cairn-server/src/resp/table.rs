@@ -227,15 +227,26 @@ pub(crate) fn find(name: &[u8]) -> Option<&'static Spec> {
 /// Why `args` cannot run: unknown, wrong arity, or not before AUTH.
 fn check(conn: &Conn, args: &[Bytes]) -> Result<&'static Spec, Fail> {
     let Some(spec) = find(&args[0]) else {
-        let name = String::from_utf8_lossy(&args[0]).to_lowercase();
-        let shown: String = name.chars().take(128).collect();
-        let rest: String = args[1..]
-            .iter()
-            .take(8)
-            .map(|a| format!("'{}' ", String::from_utf8_lossy(a).chars().take(64).collect::<String>()))
-            .collect();
-        return Err(err(format!("unknown command '{shown}', with args beginning with: {rest}")));
+        return Err(unknown(args));
     };
+    check_spec(conn, args, spec)
+}
+
+/// Redis's words for an unknown command (bounded: 128 characters of the
+/// name, 8 arguments of 64).
+fn unknown(args: &[Bytes]) -> Fail {
+    let name = String::from_utf8_lossy(&args[0]).to_lowercase();
+    let shown: String = name.chars().take(128).collect();
+    let rest: String = args[1..]
+        .iter()
+        .take(8)
+        .map(|a| format!("'{}' ", String::from_utf8_lossy(a).chars().take(64).collect::<String>()))
+        .collect();
+    err(format!("unknown command '{shown}', with args beginning with: {rest}"))
+}
+
+/// Whether `spec`'s command may run with `args` now.
+fn check_spec(conn: &Conn, args: &[Bytes], spec: &'static Spec) -> Result<&'static Spec, Fail> {
     let n = args.len() as i64;
     if (spec.arity > 0 && n != spec.arity) || (spec.arity < 0 && n < -spec.arity) {
         return Err(arity(spec.name));
@@ -251,7 +262,7 @@ fn check(conn: &Conn, args: &[Bytes]) -> Result<&'static Spec, Fail> {
 pub(crate) fn submit<'a>(conn: &'a mut Conn, args: &'a [Bytes]) -> Option<BoxFuture<'a, Awaiting>> {
     let spec = find(args.first()?)?;
     let submit = spec.submit?;
-    if check(conn, args).is_err() {
+    if check_spec(conn, args, spec).is_err() {
         return None;
     }
     submit(conn, args)

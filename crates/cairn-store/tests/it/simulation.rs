@@ -344,6 +344,18 @@ fn a_full_disk_refuses_writes_clearly_keeps_reads_and_recovers() {
     assert_eq!(error.code(), "io", "{error}");
     assert!(error.to_string().to_lowercase().contains("space"), "{error}");
     assert_eq!(store.read(&Query::new(Pattern::parse("t").unwrap())).unwrap().count(), 1);
+    // Appends that share the failed group's write each get the same error,
+    // its I/O kind kept (not turned into an "other" error).
+    let appenders: Vec<_> = (0..8)
+        .map(|n| {
+            let store = store.clone();
+            std::thread::spawn(move || store.append(NewEvent::new(topic("t"), format!("late {n}")), Expect::Any))
+        })
+        .collect();
+    for appender in appenders {
+        let error = appender.join().unwrap().unwrap_err();
+        assert_eq!(error.io_kind(), Some(std::io::ErrorKind::StorageFull), "{error}");
+    }
     faults.set_no_space(false);
     let second = store.append(NewEvent::new(topic("t"), "three"), Expect::Any).unwrap();
     assert_eq!(second.seq, first.seq + 1, "a refused write leaves no gap");
