@@ -191,7 +191,8 @@ pub(crate) async fn serve(app: Arc<App>, stream: TcpStream, peer: SocketAddr, st
                     }
                 }
             }
-            changed = sessions.changed() => {
+            // Only a user's session can be revoked.
+            changed = sessions.changed(), if matches!(conn.principal, Some(Principal::User(_))) => {
                 if changed.is_ok() && revoked(&conn) {
                     let _ = writer.write_all(b"-NOAUTH the connection's credentials were revoked\r\n").await;
                     let _ = writer.shutdown().await;

@@ -221,7 +221,8 @@ pub(crate) const SPECS: &[Spec] = &[
 
 /// The command named `name` (any case).
 pub(crate) fn find(name: &[u8]) -> Option<&'static Spec> {
-    SPECS.iter().find(|spec| spec.name.as_bytes().eq_ignore_ascii_case(name))
+    // Lengths first: most names differ in length, and it is the cheap test.
+    SPECS.iter().find(|spec| spec.name.len() == name.len() && spec.name.as_bytes().eq_ignore_ascii_case(name))
 }
 
 /// Why `args` cannot run: unknown, wrong arity, or not before AUTH.
