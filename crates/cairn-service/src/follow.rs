@@ -12,6 +12,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use cairn_store::limits::READ_CHUNK_CONTENT_BYTES;
 use cairn_store::{Delivery, Event, Pattern, Query, SubscribeOptions, Subscription, Topic};
 use tokio::sync::watch;
 
@@ -115,7 +116,8 @@ impl Service {
 
 impl Follow {
     /// Waits for the next delivery and returns it with whatever else is
-    /// ready now, at most `max`; empty once the limit is reached.
+    /// ready now, at most `max` and no more once the payloads loaded reach
+    /// [`READ_CHUNK_CONTENT_BYTES`]; empty once the limit is reached.
     /// Cancel-safe while it waits for events (dropping it then loses
     /// nothing); dropped while loading payloads, it loses what it took.
     pub async fn next(&mut self, max: usize) -> Result<Vec<Delivered>> {
@@ -135,10 +137,10 @@ impl Follow {
                     delivery = self.subscription.next() => break delivery?,
                 }
             };
-            self.push(&mut out, first).await?;
-            while out.len() < max.max(1) && self.remaining > 0 {
+            let mut bytes = self.push(&mut out, first).await?;
+            while out.len() < max.max(1) && self.remaining > 0 && bytes < READ_CHUNK_CONTENT_BYTES {
                 match self.subscription.ready() {
-                    Some(delivery) => self.push(&mut out, delivery?).await?,
+                    Some(delivery) => bytes += self.push(&mut out, delivery?).await?,
                     None => break,
                 }
             }
@@ -146,18 +148,21 @@ impl Follow {
         Ok(out)
     }
 
-    async fn push(&mut self, out: &mut Vec<Delivered>, delivery: Delivery) -> Result<()> {
+    /// Adds a delivery to `out`; returns the bytes of payload it loaded.
+    async fn push(&mut self, out: &mut Vec<Delivered>, delivery: Delivery) -> Result<usize> {
+        let mut bytes = 0;
         out.push(match delivery {
-            Delivery::Event(event) if !self.only.is_empty() && !self.only.contains(&event.topic) => return Ok(()),
+            Delivery::Event(event) if !self.only.is_empty() && !self.only.contains(&event.topic) => return Ok(0),
             Delivery::Event(event) => {
                 self.remaining -= 1;
                 let content = if self.content { self.service.storage().content(&event).await? } else { None };
+                bytes = content.as_ref().map_or(0, Vec::len);
                 Delivered::Event(event, content)
             }
             Delivery::Threshold => Delivered::Threshold,
             Delivery::Pulse => Delivered::Pulse,
         });
-        Ok(())
+        Ok(bytes)
     }
 
     /// Whether the limit is reached.

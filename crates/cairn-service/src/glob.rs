@@ -2,7 +2,8 @@
 //! `\x`, with Redis's rules (a class runs to `]` or to the end of the
 //! pattern; `\` escapes inside a class too).
 //!
-//! A pattern is compiled once into elements, then matched with the classic
+//! A pattern is compiled once into elements (a class into a set of 256
+//! bits, one lookup however long it was written), then matched with the classic
 //! two-pointer algorithm that backtracks only to the last `*`: a loop, no
 //! recursion, at most (elements × text length) steps. Since topics are at
 //! most `TOPIC_BYTES_MAX` bytes, a pattern with more fixed elements than
@@ -27,8 +28,38 @@ enum Element {
     Any,
     /// One byte exactly.
     Byte(u8),
-    /// `[...]`: one byte in (or, negated, not in) the ranges.
-    Class { negate: bool, ranges: Vec<(u8, u8)> },
+    /// `[...]`: one byte of the set (negation is applied when compiled):
+    /// a class is one lookup however long it was written.
+    Class(Box<ByteSet>),
+}
+
+/// A set of bytes, one bit each.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+struct ByteSet([u64; 4]);
+
+impl ByteSet {
+    /// Adds `lo..=hi`: a mask per word, not a step per byte.
+    fn insert_range(&mut self, lo: u8, hi: u8) {
+        for (index, word) in (0u16..).zip(self.0.iter_mut()) {
+            let base = index * 64;
+            let (from, to) = (u16::from(lo).max(base), u16::from(hi).min(base + 63));
+            if from <= to {
+                let width = to - from + 1;
+                let bits = if width == 64 { u64::MAX } else { (1u64 << width) - 1 };
+                *word |= bits << (from - base);
+            }
+        }
+    }
+
+    fn contains(&self, byte: u8) -> bool {
+        self.0[usize::from(byte >> 6)] & (1 << (byte & 63)) != 0
+    }
+
+    fn negate(&mut self) {
+        for word in &mut self.0 {
+            *word = !*word;
+        }
+    }
 }
 
 impl Glob {
@@ -65,9 +96,13 @@ impl Glob {
                 }
             };
             fixed += 1;
+            if fixed > TOPIC_BYTES_MAX {
+                // Longer than any topic: decided now, the rest not compiled.
+                return Glob { elements: Vec::new(), hopeless: true };
+            }
             elements.push(element);
         }
-        Glob { elements, hopeless: fixed > TOPIC_BYTES_MAX }
+        Glob { elements, hopeless: false }
     }
 
     /// Whether `text` matches.
@@ -111,7 +146,7 @@ fn matches_one(element: &Element, byte: u8) -> bool {
         Element::Star => true,
         Element::Any => true,
         Element::Byte(expected) => *expected == byte,
-        Element::Class { negate, ranges } => ranges.iter().any(|(lo, hi)| (*lo..=*hi).contains(&byte)) != *negate,
+        Element::Class(set) => set.contains(byte),
     }
 }
 
@@ -122,26 +157,30 @@ fn class(pattern: &[u8], mut at: usize) -> (Element, usize) {
     if negate {
         at += 1;
     }
-    let mut ranges = Vec::new();
-    loop {
+    let mut set = ByteSet::default();
+    let end = loop {
         match pattern.get(at) {
-            None => return (Element::Class { negate, ranges }, at),
-            Some(b']') => return (Element::Class { negate, ranges }, at + 1),
+            None => break at,
+            Some(b']') => break at + 1,
             Some(b'\\') if at + 1 < pattern.len() => {
-                ranges.push((pattern[at + 1], pattern[at + 1]));
+                set.insert_range(pattern[at + 1], pattern[at + 1]);
                 at += 2;
             }
             Some(&lo) if at + 2 < pattern.len() && pattern[at + 1] == b'-' => {
                 let hi = pattern[at + 2];
-                ranges.push((lo.min(hi), lo.max(hi)));
+                set.insert_range(lo.min(hi), lo.max(hi));
                 at += 3;
             }
             Some(&byte) => {
-                ranges.push((byte, byte));
+                set.insert_range(byte, byte);
                 at += 1;
             }
         }
+    };
+    if negate {
+        set.negate();
     }
+    (Element::Class(Box::new(set)), end)
 }
 
 #[cfg(test)]

@@ -47,15 +47,15 @@ pub use consumers::group::Claim;
 pub use consumers::groups::{
     AutoClaimed, Entry, GroupInfo, GroupRead, GroupStart, MemberInfo, PendingRow, PendingSummary,
 };
-pub use consumers::{CONSUMER_NAME_BYTES_MAX, Cursor, check_consumer_name};
+pub use consumers::{CONSUMER_NAME_BYTES_MAX, Cursor, GROUP_NAME_BYTES_MAX, check_consumer_name};
 pub use error::{Result, ServiceError};
 pub use follow::{Delivered, Follow, FollowOptions};
 pub use glob::Glob;
 pub use logins::{LOGIN_CHECKS_CONCURRENT, LOGIN_CHECKS_QUEUED_MAX};
 pub use principal::{Principal, Session, User, covers};
 pub use service::{
-    Appending, IDEMPOTENCY_KEY_BYTES_MAX, IfMatch, Info, Item, Read, Service, ServiceOptions, Trim,
-    check_idempotency_key, parse_hash, topic_etag,
+    Appending, Budget, IDEMPOTENCY_KEY_BYTES_MAX, IfMatch, Info, Item, REPLY_BYTES_MAX, REPLY_ENTRY_BYTES, Read,
+    Service, ServiceOptions, Trim, check_idempotency_key, parse_hash, topic_etag,
 };
 pub use stream_id::StreamId;
 pub use users::{IssuedToken, NewUser, USERS_FILE, UserInfo, Users};

@@ -92,6 +92,13 @@ impl Principal {
         }
     }
 
+    /// Whether this principal sees the whole store: every topic, all
+    /// content and store-wide counters (the socket, an unauthenticated
+    /// server's clients, admins).
+    pub fn sees_all(&self) -> bool {
+        matches!(self, Principal::Local | Principal::Anonymous) || self.is_admin()
+    }
+
     /// Whether this principal may read every topic `pattern` matches.
     pub fn can_read(&self, pattern: &Pattern) -> bool {
         match self {

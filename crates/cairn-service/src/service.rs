@@ -106,7 +106,9 @@ pub enum Trim {
 }
 
 /// What `info` shows: the version and store facts, no environment, paths
-/// or settings an attacker could use.
+/// or settings an attacker could use. Store-wide counters only to whoever
+/// sees the whole store ([`Principal::sees_all`]): to others they would
+/// tell of writes and content they may not see.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Info {
     /// `cairn`.
@@ -115,14 +117,18 @@ pub struct Info {
     pub version: &'static str,
     /// Seconds since the service started.
     pub uptime_seconds: u64,
-    /// The newest event's id.
+    /// The newest event's id (ids are global positions: any writer learns
+    /// them from its own events).
     pub last_id: EventId,
     /// Events appended since open.
-    pub events_appended_since_start: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub events_appended_since_start: Option<u64>,
     /// Bytes of log on disk.
-    pub log_bytes: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_bytes: Option<u64>,
     /// Bytes of content on disk.
-    pub content_bytes: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content_bytes: Option<u64>,
 }
 
 /// A read in chunks (see [`Service::read`]).
@@ -553,28 +559,34 @@ impl Service {
         Ok(self.inner.storage.verify().await?)
     }
 
-    /// Version and store facts.
+    /// Version and store facts (the counters only for who sees all).
     pub async fn info(&self, who: &Principal) -> Result<Info> {
         self.admit(who)?;
-        let stats = self.inner.storage.stats().await;
+        let stats = if who.sees_all() { Some(self.inner.storage.stats().await) } else { None };
         Ok(Info {
             name: "cairn",
             version: env!("CARGO_PKG_VERSION"),
             uptime_seconds: self.inner.started.elapsed().as_secs(),
             last_id: self.inner.storage.last_id(),
-            events_appended_since_start: stats.events_appended,
-            log_bytes: stats.log_bytes,
-            content_bytes: stats.content_bytes,
+            events_appended_since_start: stats.as_ref().map(|stats| stats.events_appended),
+            log_bytes: stats.as_ref().map(|stats| stats.log_bytes),
+            content_bytes: stats.as_ref().map(|stats| stats.content_bytes),
         })
     }
 
-    /// Storage counters, for metrics.
-    pub async fn stats(&self) -> StoreStats {
-        self.inner.storage.stats().await
+    /// Storage counters, for metrics: only for who sees the whole store.
+    pub async fn stats(&self, who: &Principal) -> Result<StoreStats> {
+        self.admit(who)?;
+        if !who.sees_all() {
+            return Err(ServiceError::forbidden("store-wide statistics are for admins"));
+        }
+        Ok(self.inner.storage.stats().await)
     }
 
     /// Entries of `topic` with ids in `start..=end`, oldest first (newest
-    /// first when `reverse`), at most `count`, with payloads.
+    /// first when `reverse`), at most `count`, with payloads, within what
+    /// is left of `budget` (which they use up).
+    #[allow(clippy::too_many_arguments)] // A range's own bounds.
     pub async fn range(
         &self,
         who: &Principal,
@@ -583,6 +595,7 @@ impl Service {
         end: StreamId,
         count: usize,
         reverse: bool,
+        budget: &mut Budget,
     ) -> Result<Vec<Item>> {
         self.admit(who)?;
         let pattern = Pattern::Exact(topic.clone());
@@ -593,6 +606,8 @@ impl Service {
         }
         let query = if reverse {
             Query { reverse: true, ..Query::new(pattern) }
+        } else if start.ms > EventId::MAX_MS {
+            return Ok(out);
         } else {
             // Every event of millisecond `start.ms` or later.
             let after = (start.ms > 0).then(|| EventId::from_u128((u128::from(start.ms) << 80) - 1));
@@ -613,6 +628,9 @@ impl Service {
                 if beyond {
                     return Ok(out);
                 }
+                if !budget.take(&item, out.is_empty())? {
+                    return Ok(out);
+                }
                 out.push(item);
                 if out.len() >= count {
                     return Ok(out);
@@ -626,6 +644,58 @@ impl Service {
         let query = Query { last: Some(1), ..Query::new(Pattern::Exact(topic.clone())) };
         let mut items = self.read_all(who, query, true).await?;
         Ok(items.pop())
+    }
+}
+
+/// Most bytes one reply gathers from reads (Redis range and group reads),
+/// counting each entry's payload and [`REPLY_ENTRY_BYTES`]: a COUNT-less
+/// XRANGE of a topic whose events share one large payload would otherwise
+/// build gigabytes for eight megabytes stored.
+pub const REPLY_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+/// What an entry counts against a reply's budget besides its payload.
+pub const REPLY_ENTRY_BYTES: usize = 64;
+
+/// What one reply may still gather, in payload bytes, and what a read does
+/// when an entry would go beyond it.
+#[derive(Debug)]
+pub struct Budget {
+    left: usize,
+    whole: bool,
+}
+
+impl Budget {
+    /// For a reply that must hold every entry asked for (XRANGE): going
+    /// beyond the budget is an error that says to ask for fewer.
+    pub fn whole() -> Self {
+        Budget { left: REPLY_BYTES_MAX, whole: true }
+    }
+
+    /// For a reply that may stop short (reads that resume after their last
+    /// entry, like XREAD and XREADGROUP).
+    pub fn partial() -> Self {
+        Budget { left: REPLY_BYTES_MAX, whole: false }
+    }
+
+    /// Takes `item` from the budget: false (or, for a whole reply, an
+    /// error) when it does not fit. A reply's first entry always fits.
+    pub(crate) fn take(&mut self, item: &Item, first: bool) -> Result<bool> {
+        let bytes = REPLY_ENTRY_BYTES + item.content.as_ref().map_or(0, Vec::len);
+        if bytes <= self.left || first {
+            self.left = self.left.saturating_sub(bytes);
+            return Ok(true);
+        }
+        if self.whole {
+            return Err(ServiceError::invalid(
+                "count",
+                format!(
+                    "the entries asked for make a reply of more than {REPLY_BYTES_MAX} bytes; \
+                     ask for fewer at a time with COUNT"
+                ),
+            ));
+        }
+        self.left = 0;
+        Ok(false)
     }
 }
 

@@ -53,12 +53,14 @@ impl Cas {
     }
 
     /// Stores `bytes` (whose hash is `hash`) durably: written, fsynced,
-    /// renamed into place, directory fsynced. A no-op if already present.
+    /// renamed into place, directory fsynced.
+    ///
+    /// Content already present is written and synced just the same, to a
+    /// file then removed: a put takes as long whether or not someone else
+    /// stored those bytes, so its timing does not tell a caller that they
+    /// exist (content is shared between users; see SECURITY.md).
     pub(crate) fn put(&self, hash: &Hash, bytes: &[u8]) -> Result<()> {
         let path = self.path(hash);
-        if path.is_file() {
-            return Ok(());
-        }
         let parent = path.parent().expect("content paths have a parent");
         crate::private::create_dir(parent).map_err(StoreError::io("create content directory"))?;
         let tmp = self.dir.join("tmp").join(format!(
@@ -76,6 +78,9 @@ impl Cas {
         file.write_all(bytes).map_err(StoreError::io("write content file"))?;
         file.sync_data().map_err(StoreError::io("fdatasync content file"))?;
         drop(file);
+        if path.is_file() {
+            return fs::remove_file(&tmp).map_err(StoreError::io("remove a copy of present content"));
+        }
         fs::rename(&tmp, &path).map_err(StoreError::io("rename content file"))?;
         sync_dir(parent)
     }

@@ -16,6 +16,9 @@ impl EventId {
     /// The smallest id; no event has it. "After `MIN`" means from the start.
     pub const MIN: EventId = EventId(0);
 
+    /// The latest millisecond an id can hold (its top 48 bits).
+    pub const MAX_MS: u64 = (1 << 48) - 1;
+
     /// A fresh id from the clock, for synthetic frames that are never stored.
     pub fn now() -> EventId {
         EventId(scru128::new().to_u128())

@@ -19,6 +19,11 @@ pub const CONSUMER_NAME_BYTES_MAX: usize = 255;
 /// caller's key (at most 255 bytes) by who gave it, so stored keys are longer.
 pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 512;
 
+/// Longest state key, in bytes. The index's keys are limited to 64 KiB
+/// (fjall asserts it), and a state key is stored under a short prefix;
+/// front ends build state keys from names they bound themselves.
+pub const STATE_KEY_BYTES_MAX: usize = 4 * 1024;
+
 /// Largest `meta` JSON object, in bytes of its compact text.
 pub const META_BYTES_MAX: usize = 64 * 1024;
 
@@ -81,6 +86,11 @@ pub const LIVE_RING_EVENTS: usize = 16 * 1024;
 
 /// Events a subscriber reads from storage per step while catching up.
 pub const SUBSCRIBER_CHUNK_EVENTS: usize = 512;
+
+/// Payload bytes at which one step of a read stops loading more events
+/// (it always returns at least one): a chunk of events of the largest
+/// payloads stays a few MiB, not thousands of times the payload limit.
+pub const READ_CHUNK_CONTENT_BYTES: usize = 4 * 1024 * 1024;
 
 /// Expired events removed per retention sweep step, so the writer is never
 /// held for long.

@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use crate::error::{Result, StoreError};
 use crate::event::{Batch, Event, Hash, Payload};
 use crate::id::EventId;
+use crate::limits::READ_CHUNK_CONTENT_BYTES;
 use crate::log::codec::StateOp;
 use crate::read::{Query, ReadIter, Scan};
 use crate::storage::{BoxFuture, History, Item, Limits, Reader, StateEntries, Storage, Window};
@@ -254,24 +255,23 @@ impl Reader for LocalReader {
             let (store, content) = (self.store.clone(), self.content);
             let (iter, events) = tokio::task::spawn_blocking(move || {
                 let mut events = Vec::with_capacity(max.min(4096));
-                let mut failed = None;
-                while events.len() < max {
+                let mut bytes = 0;
+                while events.len() < max && bytes < READ_CHUNK_CONTENT_BYTES {
                     let loaded = iter.next().map(|event| {
                         let event = event?;
                         let content = if content { store.content(&event)? } else { None };
                         Ok(Item { event, content })
                     });
                     match loaded {
-                        Some(Ok(item)) => events.push(item),
-                        Some(Err(error)) => {
-                            failed = Some(error);
-                            break;
+                        Some(Ok(item)) => {
+                            bytes += item.content.as_ref().map_or(0, Vec::len);
+                            events.push(item);
                         }
-                        None => break,
+                        Some(Err(error)) => return (None, Err(error)),
+                        None => return (None, Ok(events)),
                     }
                 }
-                let more = events.len() == max && failed.is_none();
-                (more.then_some(iter), failed.map_or(Ok(events), Err))
+                (Some(iter), Ok(events))
             })
             .await
             .map_err(|error| task_failed(&error))?;

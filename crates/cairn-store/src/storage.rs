@@ -145,7 +145,9 @@ pub trait Storage: Send + Sync + 'static {
 
 /// A lazily read sequence of stored events.
 pub trait Reader: Send {
-    /// Up to `max` more events; empty once the read is over.
+    /// Up to `max` more events, fewer once their payloads reach
+    /// [`READ_CHUNK_CONTENT_BYTES`](crate::limits::READ_CHUNK_CONTENT_BYTES)
+    /// (at least one); empty once the read is over.
     fn next(&mut self, max: usize) -> BoxFuture<'_, Result<Vec<Item>>>;
 }
 

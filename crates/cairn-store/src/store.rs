@@ -19,7 +19,7 @@ use crate::id::{EventId, IdGenerator};
 use crate::index::apply::CAS_KEY_HASH_BYTES;
 use crate::index::sparse::find_id;
 use crate::index::{Checkpoint, Index, Ks, indexer, strip};
-use crate::limits::{self, BATCH_EVENTS_MAX, CONSUMER_NAME_BYTES_MAX, RECORD_BYTES_MAX};
+use crate::limits::{self, BATCH_EVENTS_MAX, CONSUMER_NAME_BYTES_MAX, RECORD_BYTES_MAX, STATE_KEY_BYTES_MAX};
 use crate::live::Live;
 use crate::log::codec::StateOp;
 use crate::log::recovery::{self, RecoveryReport};
@@ -157,7 +157,14 @@ pub(crate) struct Stats {
     pub(crate) fsyncs: std::sync::atomic::AtomicU64,
     pub(crate) fsync_nanos: std::sync::atomic::AtomicU64,
     pub(crate) fsync_nanos_max: std::sync::atomic::AtomicU64,
+    /// When the log and content directories were last measured, and their
+    /// bytes: measured at most once per [`DISK_USAGE_FRESH`], by one caller
+    /// at a time, however often stats are asked for.
+    pub(crate) disk: Mutex<Option<(std::time::Instant, u64, u64)>>,
 }
+
+/// How long a measurement of the store's disk use is reused.
+const DISK_USAGE_FRESH: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What the store has done since it was opened, and how big it is.
 #[derive(Clone, Debug, Default, serde::Serialize)]
@@ -840,14 +847,29 @@ impl Store {
         use std::sync::atomic::Ordering::Relaxed;
         let shared = &self.inner.shared;
         let nanos = |value: u64| value as f64 / 1e9;
+        let (log_bytes, content_bytes) = self.disk_usage();
         StoreStats {
             events_appended: shared.stats.events.load(Relaxed),
             fsyncs: shared.stats.fsyncs.load(Relaxed),
             fsync_seconds: nanos(shared.stats.fsync_nanos.load(Relaxed)),
             fsync_seconds_max: nanos(shared.stats.fsync_nanos_max.load(Relaxed)),
             log_bytes_written: shared.progress.committed_bytes(),
-            log_bytes: dir_bytes(&shared.dir.join("log")),
-            content_bytes: dir_bytes(&shared.dir.join("cas")),
+            log_bytes,
+            content_bytes,
+        }
+    }
+
+    /// Bytes of the log and content directories (see `Stats::disk`).
+    fn disk_usage(&self) -> (u64, u64) {
+        let shared = &self.inner.shared;
+        let mut disk = shared.stats.disk.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match *disk {
+            Some((at, log, content)) if at.elapsed() < DISK_USAGE_FRESH => (log, content),
+            _ => {
+                let (log, content) = (dir_bytes(&shared.dir.join("log")), dir_bytes(&shared.dir.join("cas")));
+                *disk = Some((std::time::Instant::now(), log, content));
+                (log, content)
+            }
         }
     }
 
@@ -1063,6 +1085,12 @@ fn spawn_sweeper(shared: Arc<Shared>, interval: Duration) -> Result<(mpsc::Sende
 
 /// A state change as a writer request, checked against the record limit.
 pub(crate) fn state_request(ops: Vec<StateOp>) -> Result<(Request, oneshot::Receiver<Result<()>>)> {
+    for op in &ops {
+        let (StateOp::Put(key, _) | StateOp::Delete(key)) = op;
+        if key.is_empty() || key.len() > STATE_KEY_BYTES_MAX {
+            return Err(StoreError::invalid("key", format!("state keys are 1-{STATE_KEY_BYTES_MAX} bytes")));
+        }
+    }
     let bytes: usize = ops
         .iter()
         .map(|op| match op {

@@ -593,3 +593,112 @@ fn parsing_costs_linear_time_in_the_input() {
     let spent = cpu_seconds(server.pid()) - before;
     assert!(spent < 2.0, "the server spent {spent:.2} s of CPU on one import line");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_wide_counters_are_for_admins() {
+    // Write counts, bytes on disk and connection counts tell a user of
+    // writes and content it may not see.
+    let cairn = three_users();
+    let server = Server::start(&cairn, &["--resp-require-auth"]);
+    let alice = server.tcp().with_basic("alice", "alice-pw");
+    let root = server.tcp().with_basic("root", "root-pw");
+    assert_eq!(call(&alice, "GET", "/metrics", &[], "").await.status, 403);
+    let metrics = call(&root, "GET", "/metrics", &[], "").await;
+    assert_eq!(metrics.status, 200);
+    assert!(String::from_utf8_lossy(&metrics.body).contains("cairn_fsync"));
+    let info = call(&alice, "GET", "/v1/info", &[], "").await.json();
+    assert!(info.get("log_bytes").is_none() && info.get("events_appended_since_start").is_none(), "{info}");
+    assert!(info["version"].is_string());
+    let info = call(&root, "GET", "/v1/info", &[], "").await.json();
+    assert!(info["log_bytes"].is_u64(), "{info}");
+    let text = |value: Value| match value {
+        Value::Bulk(bytes) => String::from_utf8(bytes).unwrap(),
+        other => panic!("{other:?}"),
+    };
+    let alice_info = text(ask(&mut resp_as(&server, "alice", "alice-pw"), &[b"INFO"]));
+    for hidden in ["cairn_log_bytes", "cairn_events_appended", "connected_clients", "process_id"] {
+        assert!(!alice_info.contains(hidden), "{hidden} in {alice_info}");
+    }
+    let root_info = text(ask(&mut resp_as(&server, "root", "root-pw"), &[b"INFO"]));
+    assert!(root_info.contains("cairn_log_bytes") && root_info.contains("connected_clients"), "{root_info}");
+}
+
+#[test]
+fn unauthenticated_redis_connections_are_bounded_per_address_and_in_time() {
+    let cairn = three_users();
+    let server = Server::start(&cairn, &["--resp-require-auth"]);
+    // 64 connections from one address may wait for AUTH; the 65th is refused.
+    let mut waiting: Vec<Raw> = (0..64)
+        .map(|_| {
+            let mut raw = Raw::connect(server.resp());
+            assert!(ask(&mut raw, &[b"PING"]) == line("-NOAUTH Authentication required."));
+            raw
+        })
+        .collect();
+    let mut refused = Raw::connect(server.resp());
+    assert!(refused.line().starts_with("-ERR too many connections awaiting AUTH"));
+    assert!(refused.closed());
+    // One that authenticates frees its place.
+    assert_eq!(ask(&mut waiting[0], &[b"AUTH", b"alice", b"alice-pw"]), line("+OK"));
+    let mut next = Raw::connect(server.resp());
+    assert_eq!(ask(&mut next, &[b"PING"]), line("-NOAUTH Authentication required."));
+    // The rest are closed once their time to authenticate is up; the
+    // authenticated one stays.
+    let started = Instant::now();
+    waiting[1].writer.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    assert!(waiting[1].line().starts_with("-NOAUTH Authentication required within"));
+    assert!(waiting[1].closed());
+    assert!(started.elapsed() < Duration::from_secs(15));
+    assert_eq!(ask(&mut waiting[0], &[b"PING"]), line("+PONG"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_names_and_subscriptions_are_bounded() {
+    let cairn = three_users();
+    let server = Server::start(&cairn, &["--resp-require-auth"]);
+    let mut alice = resp_as(&server, "alice", "alice-pw");
+    // Nine events sharing one payload of nearly 8 MiB are stored once, but
+    // a COUNT-less XRANGE of them would build a 72 MiB reply.
+    let value = vec![b'x'; 8 * 1024 * 1024 - 16];
+    for _ in 0..9 {
+        assert!(matches!(ask(&mut alice, &[b"XADD", b"orders.big", b"*", b"f", &value]), Value::Bulk(_)));
+    }
+    let refused = ask(&mut alice, &[b"XRANGE", b"orders.big", b"-", b"+"]);
+    assert!(
+        matches!(&refused, Value::Line(reply) if reply.starts_with("-ERR") && reply.contains("COUNT")),
+        "{refused:?}"
+    );
+    let Value::Array(page) = ask(&mut alice, &[b"XRANGE", b"orders.big", b"-", b"+", b"COUNT", b"3"]) else { panic!() };
+    assert_eq!(page.len(), 3);
+    // A read that resumes after its last entry stops short instead.
+    let Value::Array(streams) = ask(&mut alice, &[b"XREAD", b"COUNT", b"100", b"STREAMS", b"orders.big", b"0"]) else {
+        panic!()
+    };
+    let Value::Array(stream) = &streams[0] else { panic!() };
+    let Value::Array(entries) = &stream[1] else { panic!() };
+    assert!((1..9).contains(&entries.len()), "{} entries", entries.len());
+    // Names that become part of stored keys are bounded.
+    let long = vec![b'g'; 300];
+    let reply = ask(&mut alice, &[b"XGROUP", b"CREATE", b"orders.big", &long, b"0"]);
+    assert!(matches!(&reply, Value::Line(reply) if reply.starts_with("-ERR")), "{reply:?}");
+    assert_eq!(ask(&mut alice, &[b"XGROUP", b"CREATE", b"orders.big", b"g", b"0"]), line("+OK"));
+    let reply = ask(&mut alice, &[b"XREADGROUP", b"GROUP", b"g", &long, b"STREAMS", b"orders.big", b">"]);
+    assert!(matches!(&reply, Value::Line(reply) if reply.starts_with("-ERR")), "{reply:?}");
+    // One connection holds a bounded number of subscriptions.
+    let specs: Vec<Vec<u8>> = (0..257).map(|n| format!("orders.s{n}").into_bytes()).collect();
+    let mut command: Vec<&[u8]> = vec![b"subscribe"];
+    command.extend(specs.iter().map(Vec::as_slice));
+    let reply = ask(&mut alice, &command);
+    assert!(matches!(&reply, Value::Line(reply) if reply.contains("at most 256 subscriptions")), "{reply:?}");
+    // A batch is refused at its 100,001st event, not after building them all.
+    let http = server.tcp().with_basic("alice", "alice-pw");
+    let body = "{\"topic\":\"orders.b\"}\n".repeat(100_001);
+    let reply = call(&http, "POST", "/v1/batch", &[("content-type", "application/x-ndjson")], body).await;
+    assert_eq!(reply.status, 400);
+    assert!(String::from_utf8_lossy(&reply.body).contains("at most 100000 events"));
+    let body = format!("[{}]", vec!["{\"topic\":\"orders.b\"}"; 100_001].join(","));
+    let reply = call(&http, "POST", "/v1/batch", &[("content-type", "application/json")], body).await;
+    assert_eq!(reply.status, 400);
+    assert!(String::from_utf8_lossy(&reply.body).contains("at most 100000 events"));
+    assert_eq!(ask(&mut alice, &[b"XLEN", b"orders.b"]), line(":0"));
+}

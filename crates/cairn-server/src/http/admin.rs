@@ -207,10 +207,10 @@ pub(crate) async fn healthz(AxumState(app): State) -> ApiResult<Response<Body>> 
     Ok(json_response(StatusCode::OK, br#"{"status":"ok"}"#.to_vec(), None))
 }
 
-/// `GET /metrics`: Prometheus text format.
-pub(crate) async fn metrics(AxumState(app): State, params: Params) -> ApiResult<Response<Body>> {
+/// `GET /metrics`: Prometheus text format (admins: the counters are store-wide).
+pub(crate) async fn metrics(AxumState(app): State, Who(principal): Who, params: Params) -> ApiResult<Response<Body>> {
     params.finish()?;
-    let stats = app.service.stats().await;
+    let stats = app.service.stats(&principal).await?;
     let text = app.metrics.render(&stats);
     let mut response = Response::new(Body::from(text));
     response

@@ -14,6 +14,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::State as AxumState;
 use axum::http::{HeaderMap, Response, StatusCode, header};
 use cairn_service::json::{BatchEventJson, EventJson};
+use cairn_service::limits::BATCH_EVENTS_MAX;
 use cairn_service::{Batch, Event, EventId, Expect, NewEvent, Pattern, Topic, Ttl, topic_etag};
 
 use super::stream::{self, ReadSpec};
@@ -103,6 +104,13 @@ pub(crate) async fn batch(
             )));
         }
     };
+    // Refused before the body is read, for a caller who may write nothing.
+    if !principal.writes_something() {
+        return Err(ApiError::Service(cairn_service::ServiceError::forbidden(format!(
+            "user {} may not write anything",
+            principal.user_name().unwrap_or_default()
+        ))));
+    }
     let body = read_body(&app, &headers, body, "batch", BATCH_BODY_BYTES_MAX).await?;
     let events = parse_batch(&body, ndjson)?;
     let bytes = events.iter().map(|event| event.content.as_ref().map_or(0, String::len) as u64).sum();
@@ -113,15 +121,27 @@ pub(crate) async fn batch(
     Ok(json_response(StatusCode::CREATED, to_json(&json), None))
 }
 
+/// Parses a batch body, stopping at the first event over the batch limit
+/// (parsing it all first would build millions of events from a large
+/// body of tiny ones).
 fn parse_batch(body: &Bytes, ndjson: bool) -> ApiResult<Vec<BatchEventJson>> {
+    let too_many = || ApiError::invalid("body", format!("a batch holds at most {BATCH_EVENTS_MAX} events"));
     if !ndjson {
-        return serde_json::from_slice(body)
-            .map_err(|error| ApiError::invalid("body", format!("not a JSON array of batch events: {error}")));
+        return serde_json::from_slice::<BoundedBatch>(body).map(|batch| batch.0).map_err(|error| {
+            if error.to_string().starts_with(TOO_MANY) {
+                too_many()
+            } else {
+                ApiError::invalid("body", format!("not a JSON array of batch events: {error}"))
+            }
+        });
     }
     let mut events = Vec::new();
     for (idx, line) in body.split(|&byte| byte == b'\n').enumerate() {
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
+        }
+        if events.len() == BATCH_EVENTS_MAX {
+            return Err(too_many());
         }
         events.push(
             serde_json::from_slice(line)
@@ -129,6 +149,34 @@ fn parse_batch(body: &Bytes, ndjson: bool) -> ApiResult<Vec<BatchEventJson>> {
         );
     }
     Ok(events)
+}
+
+const TOO_MANY: &str = "too many events";
+
+/// A JSON array of batch events, refused once it holds more than a batch may.
+struct BoundedBatch(Vec<BatchEventJson>);
+
+impl<'de> serde::Deserialize<'de> for BoundedBatch {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Events;
+        impl<'de> serde::de::Visitor<'de> for Events {
+            type Value = BoundedBatch;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an array of batch events")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<BoundedBatch, A::Error> {
+                let mut events = Vec::new();
+                while let Some(event) = seq.next_element()? {
+                    if events.len() == BATCH_EVENTS_MAX {
+                        return Err(serde::de::Error::custom(TOO_MANY));
+                    }
+                    events.push(event);
+                }
+                Ok(BoundedBatch(events))
+            }
+        }
+        deserializer.deserialize_seq(Events)
+    }
 }
 
 fn count_append(app: &Arc<App>, events: &[Event], bytes: u64) {

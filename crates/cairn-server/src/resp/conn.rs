@@ -13,17 +13,20 @@
 //! client authenticated (where AUTH is required). Sessions: when the
 //! connection's credential is revoked, the connection is told and closed.
 
+use std::collections::HashMap;
 use std::collections::VecDeque;
+use std::net::IpAddr;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use cairn_service::{Appending, Principal};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
 use super::error::Fail;
 use super::frame::{self, Out, Parser, Request};
@@ -32,6 +35,17 @@ use crate::server::App;
 
 /// Push frames waiting for a slow client, per connection.
 const PUSH_QUEUE_FRAMES: usize = 256;
+/// Bytes of push frames waiting for a slow client, per connection (a
+/// larger frame waits for the queue to empty).
+const PUSH_QUEUE_BYTES: usize = 8 * 1024 * 1024;
+/// How long a connection may take to authenticate where AUTH is required.
+const AUTH_DEADLINE: Duration = Duration::from_secs(10);
+/// Connections from one address (an IPv6 /64) that may await AUTH at once.
+const AWAITING_AUTH_PER_ADDRESS_MAX: usize = 64;
+/// Reply bytes at which a pipeline's replies are written before its next
+/// command runs: a pipeline of large reads holds one batch of replies, not
+/// all of them.
+const REPLY_FLUSH_BYTES: usize = 1024 * 1024;
 /// Input read per system call, at least.
 const READ_CHUNK_BYTES: usize = 16 * 1024;
 
@@ -50,7 +64,7 @@ pub(crate) struct Conn {
     /// Who is speaking; `None` until `AUTH` where authentication is required.
     pub(crate) principal: Option<Principal>,
     /// Where subscription tasks send push frames.
-    pub(crate) pushes: mpsc::Sender<Bytes>,
+    pub(crate) pushes: Pushes,
     pub(crate) subscriptions: Vec<tokio::task::AbortHandle>,
     /// Close after writing the replies (QUIT, a cross-protocol request).
     pub(crate) closing: bool,
@@ -92,6 +106,29 @@ pub(crate) enum Awaiting {
     Failed(Fail),
 }
 
+/// Where a connection's subscription tasks send push frames: bounded in
+/// frames and in bytes, so a client that does not read holds its
+/// subscriptions back instead of filling the server's memory.
+#[derive(Clone)]
+pub(crate) struct Pushes {
+    frames: mpsc::Sender<(Bytes, OwnedSemaphorePermit)>,
+    room: Arc<Semaphore>,
+}
+
+impl Pushes {
+    fn new() -> (Pushes, mpsc::Receiver<(Bytes, OwnedSemaphorePermit)>) {
+        let (frames, queue) = mpsc::channel(PUSH_QUEUE_FRAMES);
+        (Pushes { frames, room: Arc::new(Semaphore::new(PUSH_QUEUE_BYTES)) }, queue)
+    }
+
+    /// Queues `frame` once there is room; false when the connection is gone.
+    pub(crate) async fn send(&self, frame: Bytes) -> bool {
+        let bytes = u32::try_from(frame.len().clamp(1, PUSH_QUEUE_BYTES)).expect("the queue's bytes fit a u32");
+        let Ok(permit) = self.room.clone().acquire_many_owned(bytes).await else { return false };
+        self.frames.send((frame, permit)).await.is_ok()
+    }
+}
+
 impl Drop for Conn {
     fn drop(&mut self) {
         for subscription in &self.subscriptions {
@@ -100,10 +137,63 @@ impl Drop for Conn {
     }
 }
 
+/// Connections not yet authenticated, per address: an unauthenticated
+/// peer holds at most [`AWAITING_AUTH_PER_ADDRESS_MAX`] connections, each
+/// for at most [`AUTH_DEADLINE`], so it cannot take every connection slot.
+#[derive(Default)]
+pub(crate) struct AwaitingAuth {
+    by_address: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One connection counted in [`AwaitingAuth`]; uncounted when dropped.
+struct AwaitingTicket {
+    awaiting: Arc<AwaitingAuth>,
+    address: IpAddr,
+}
+
+impl AwaitingAuth {
+    fn enter(self: &Arc<Self>, peer: IpAddr) -> Option<AwaitingTicket> {
+        let address = match peer {
+            IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
+                let mut segments = v6.segments();
+                segments[4..].fill(0);
+                IpAddr::V6(segments.into())
+            }
+            IpAddr::V6(v6) => IpAddr::V4(v6.to_ipv4_mapped().expect("checked")),
+            v4 => v4,
+        };
+        let mut by_address = self.by_address.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let count = by_address.entry(address).or_default();
+        if *count >= AWAITING_AUTH_PER_ADDRESS_MAX {
+            return None;
+        }
+        *count += 1;
+        Some(AwaitingTicket { awaiting: self.clone(), address })
+    }
+}
+
+impl Drop for AwaitingTicket {
+    fn drop(&mut self) {
+        let mut by_address = self.awaiting.by_address.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(count) = by_address.get_mut(&self.address) {
+            *count -= 1;
+            if *count == 0 {
+                by_address.remove(&self.address);
+            }
+        }
+    }
+}
+
 /// Serves one client until it leaves, breaks the framing, or the server stops.
-pub(crate) async fn serve(app: Arc<App>, stream: TcpStream, peer: SocketAddr, stop: watch::Receiver<bool>) {
+pub(crate) async fn serve(
+    app: Arc<App>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    stop: watch::Receiver<bool>,
+    awaiting: Arc<AwaitingAuth>,
+) {
     let (mut reader, mut writer) = stream.into_split();
-    let (pushes, mut push_queue) = mpsc::channel::<Bytes>(PUSH_QUEUE_FRAMES);
+    let (pushes, mut push_queue) = Pushes::new();
     let mut sessions = app.service.session_changes();
     let mut conn = Conn {
         principal: Conn::initial_principal(&app),
@@ -120,6 +210,15 @@ pub(crate) async fn serve(app: Arc<App>, stream: TcpStream, peer: SocketAddr, st
         closing: false,
         stop: stop.clone(),
     };
+    let mut ticket = None;
+    if conn.principal.is_none() {
+        ticket = awaiting.enter(peer.ip());
+        if ticket.is_none() {
+            let _ = writer.write_all(b"-ERR too many connections awaiting AUTH from this address\r\n").await;
+            return;
+        }
+    }
+    let auth_deadline = tokio::time::Instant::now() + AUTH_DEADLINE;
     let mut parser = Parser::new(conn.limits());
     let mut input = BytesMut::with_capacity(READ_CHUNK_BYTES);
     let mut stop = stop;
@@ -158,13 +257,22 @@ pub(crate) async fn serve(app: Arc<App>, stream: TcpStream, peer: SocketAddr, st
             }
         }
         let parsed_any = !commands.is_empty();
-        run(&mut conn, commands).await;
-        parser.set_limits(conn.limits());
-        if !conn.out.buf.is_empty() {
-            if writer.write_all(&conn.out.buf).await.is_err() {
-                return;
+        let mut commands = VecDeque::from(commands);
+        loop {
+            run(&mut conn, &mut commands).await;
+            if !conn.out.buf.is_empty() {
+                if writer.write_all(&conn.out.buf).await.is_err() {
+                    return;
+                }
+                conn.out.buf.clear();
             }
-            conn.out.buf.clear();
+            if commands.is_empty() || conn.closing {
+                break;
+            }
+        }
+        parser.set_limits(conn.limits());
+        if conn.principal.is_some() {
+            ticket = None;
         }
         if conn.closing {
             let _ = writer.shutdown().await;
@@ -185,7 +293,7 @@ pub(crate) async fn serve(app: Arc<App>, stream: TcpStream, peer: SocketAddr, st
                 while frames.len() < 64 && let Ok(more) = push_queue.try_recv() {
                     frames.push(more);
                 }
-                for frame in frames {
+                for (frame, _room) in frames {
                     if writer.write_all(&frame).await.is_err() {
                         return;
                     }
@@ -199,6 +307,11 @@ pub(crate) async fn serve(app: Arc<App>, stream: TcpStream, peer: SocketAddr, st
                     return;
                 }
             }
+            () = tokio::time::sleep_until(auth_deadline), if ticket.is_some() => {
+                let _ = writer.write_all(b"-NOAUTH Authentication required within 10 seconds; closing\r\n").await;
+                let _ = writer.shutdown().await;
+                return;
+            }
             () = crate::server::stopped(&mut stop) => return,
         }
     }
@@ -210,10 +323,13 @@ fn revoked(conn: &Conn) -> bool {
     conn.principal.as_ref().is_some_and(|principal| !conn.app.service.is_current(principal))
 }
 
-/// Runs `commands` in order, appending their replies to `conn.out`.
-async fn run(conn: &mut Conn, commands: Vec<Vec<Bytes>>) {
+/// Runs `commands` in order, appending their replies to `conn.out`, until
+/// they are done or the replies pass [`REPLY_FLUSH_BYTES`].
+async fn run(conn: &mut Conn, commands: &mut VecDeque<Vec<Bytes>>) {
     let mut awaiting: VecDeque<Awaiting> = VecDeque::new();
-    for args in commands {
+    while conn.out.buf.len() < REPLY_FLUSH_BYTES
+        && let Some(args) = commands.pop_front()
+    {
         if conn.closing {
             break;
         }

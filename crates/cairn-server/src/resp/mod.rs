@@ -35,6 +35,7 @@ use crate::server::App;
 /// Accepts RESP connections until the server stops.
 pub(crate) async fn accept(app: Arc<App>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
     let permits = Arc::new(Semaphore::new(app.config.max_connections));
+    let awaiting = Arc::new(conn::AwaitingAuth::default());
     loop {
         let (stream, peer) = tokio::select! {
             () = crate::server::stopped(&mut stop) => break,
@@ -58,11 +59,11 @@ pub(crate) async fn accept(app: Arc<App>, listener: TcpListener, mut stop: watch
             });
             continue;
         };
-        let (app, stop) = (app.clone(), stop.clone());
+        let (app, stop, awaiting) = (app.clone(), stop.clone(), awaiting.clone());
         app.metrics.resp_connections.fetch_add(1, Relaxed);
         tokio::spawn(async move {
             app.metrics.open_connections.fetch_add(1, Relaxed);
-            conn::serve(app.clone(), stream, peer, stop).await;
+            conn::serve(app.clone(), stream, peer, stop, awaiting).await;
             app.metrics.open_connections.fetch_sub(1, Relaxed);
             drop(permit);
         });

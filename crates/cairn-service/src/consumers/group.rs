@@ -281,7 +281,7 @@ impl GroupTable {
         let ids: Vec<StreamId> = member.pending.range(after..).filter(|&&id| id > after).take(count).copied().collect();
         for id in &ids {
             let pending = group.pel.get_mut(id).expect("a member's pending entry is in its group's list");
-            pending.count += 1;
+            pending.count = pending.count.saturating_add(1);
             pending.delivered_ms = now;
             ops.push(StateOp::Put(pending_key(topic, name, *id), pending_value(pending)));
         }
@@ -363,7 +363,7 @@ impl GroupTable {
             if let Some(retry) = claim.retry {
                 pending.count = retry;
             } else if !claim.justid {
-                pending.count += 1;
+                pending.count = pending.count.saturating_add(1);
             }
             out.ops.push(StateOp::Put(pending_key(topic, name, id), pending_value(pending)));
             if let Some(owner) = group.consumers.get_mut(&previous) {

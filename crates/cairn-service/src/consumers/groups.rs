@@ -9,13 +9,14 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use cairn_store::{Pattern, Pending, Query, StateOp, Topic};
+use cairn_store::{Pattern, Query, StateOp, Topic};
 use tokio::sync::{Mutex, MutexGuard};
 
+use super::GROUP_NAME_BYTES_MAX;
 use super::group::{Claim, GroupError, GroupTable};
 use crate::error::{Result, ServiceError};
 use crate::principal::Principal;
-use crate::service::{Item, Service};
+use crate::service::{Budget, Item, Service};
 use crate::stream_id::StreamId;
 
 /// The groups of a service, loaded on first use.
@@ -135,6 +136,19 @@ fn group_error(error: GroupError, topic: &Topic, group: &[u8]) -> ServiceError {
     }
 }
 
+/// Most entries one group read or claim hands out (over all its topics):
+/// the state change recording them stays well inside one log record.
+pub const GROUP_ENTRIES_PER_CALL_MAX: usize = 10_000;
+
+/// Checks a group's or consumer's name: 1 to [`GROUP_NAME_BYTES_MAX`]
+/// bytes (they become part of state keys).
+fn check_name(what: &'static str, name: &[u8]) -> Result<()> {
+    if name.is_empty() || name.len() > GROUP_NAME_BYTES_MAX {
+        return Err(ServiceError::invalid(what, format!("{what} names are 1-{GROUP_NAME_BYTES_MAX} bytes")));
+    }
+    Ok(())
+}
+
 /// Groups change state: using them needs read and write access to the topic.
 fn check_use(who: &Principal, topic: &Topic) -> Result<()> {
     who.check_read(&Pattern::Exact(topic.clone()))?;
@@ -154,17 +168,24 @@ impl Service {
         Ok(table)
     }
 
-    /// Submits a group change while the table's lock is held.
-    async fn persist(&self, ops: Vec<StateOp>) -> Result<Option<Pending<()>>> {
+    /// Makes a change to the table durable and releases the table. The
+    /// change was made in memory first; should storage refuse or fail it,
+    /// the table is dropped, to be loaded again from what storage holds.
+    async fn commit(&self, mut table: MutexGuard<'_, Option<GroupTable>>, ops: Vec<StateOp>) -> Result<()> {
         if ops.is_empty() {
-            return Ok(None);
+            return Ok(());
         }
-        Ok(Some(self.storage().state_submit(ops).await?))
-    }
-
-    async fn durable(pending: Option<Pending<()>>) -> Result<()> {
-        if let Some(pending) = pending {
-            pending.await?;
+        let pending = match self.storage().state_submit(ops).await {
+            Ok(pending) => pending,
+            Err(error) => {
+                *table = None;
+                return Err(error.into());
+            }
+        };
+        drop(table);
+        if let Err(error) = pending.await {
+            *self.inner.groups.table.lock().await = None;
+            return Err(error.into());
         }
         Ok(())
     }
@@ -190,6 +211,7 @@ impl Service {
     ) -> Result<()> {
         self.admit(who)?;
         check_use(who, topic)?;
+        check_name("group", &group)?;
         let last = self.start_id(who, topic, start).await?;
         if !mkstream && self.storage().head(topic.clone()).await?.is_none() {
             return Err(ServiceError::not_found("topic", topic));
@@ -197,9 +219,7 @@ impl Service {
         let mut table = self.groups().await?;
         let created = table.as_mut().expect("loaded").create(topic, group.clone(), last);
         let ops = created.map_err(|error| group_error(error, topic, &group))?;
-        let pending = self.persist(ops).await?;
-        drop(table);
-        Self::durable(pending).await
+        self.commit(table, ops).await
     }
 
     /// XGROUP SETID.
@@ -210,9 +230,7 @@ impl Service {
         let mut table = self.groups().await?;
         let ops =
             table.as_mut().expect("loaded").set_last(topic, group, last).map_err(|e| group_error(e, topic, group))?;
-        let pending = self.persist(ops).await?;
-        drop(table);
-        Self::durable(pending).await
+        self.commit(table, ops).await
     }
 
     /// XGROUP DESTROY: false when there was no such group.
@@ -221,9 +239,7 @@ impl Service {
         check_use(who, topic)?;
         let mut table = self.groups().await?;
         let Some(ops) = table.as_mut().expect("loaded").destroy(topic, group) else { return Ok(false) };
-        let pending = self.persist(ops).await?;
-        drop(table);
-        Self::durable(pending).await?;
+        self.commit(table, ops).await?;
         Ok(true)
     }
 
@@ -237,6 +253,7 @@ impl Service {
     ) -> Result<bool> {
         self.admit(who)?;
         check_use(who, topic)?;
+        check_name("consumer", &consumer)?;
         let mut table = self.groups().await?;
         let created = table
             .as_mut()
@@ -244,9 +261,7 @@ impl Service {
             .create_consumer(topic, group, consumer, now_ms())
             .map_err(|e| group_error(e, topic, group))?;
         let Some(ops) = created else { return Ok(false) };
-        let pending = self.persist(ops).await?;
-        drop(table);
-        Self::durable(pending).await?;
+        self.commit(table, ops).await?;
         Ok(true)
     }
 
@@ -266,26 +281,50 @@ impl Service {
             .expect("loaded")
             .delete_consumer(topic, group, consumer)
             .map_err(|e| group_error(e, topic, group))?;
-        let pending = self.persist(ops).await?;
-        drop(table);
-        Self::durable(pending).await?;
+        self.commit(table, ops).await?;
         Ok(held)
     }
 
-    /// The entry `id` of `topic`, or a removed-entry marker.
-    async fn load_entry(&self, who: &Principal, topic: &Topic, id: StreamId) -> Result<Entry> {
+    /// The entry `id` of `topic` (with its payload when `content`), or a
+    /// removed-entry marker.
+    async fn load_entry(&self, who: &Principal, topic: &Topic, id: StreamId, content: bool) -> Result<Entry> {
         let query = Query { from_seq: Some(id.seq), limit: Some(1), ..Query::new(Pattern::Exact(topic.clone())) };
-        let mut found = self.read_all(who, query, true).await?;
+        let mut found = self.read_all(who, query, content).await?;
         Ok(match found.pop() {
             Some(item) if StreamId::of(&item.event) == id => Entry { id, item: Some(item) },
             _ => Entry { id, item: None },
         })
     }
 
+    /// Loads the entries `ids` in order, as many as fit in `budget`
+    /// (payloads only when `content`).
+    async fn load_entries(
+        &self,
+        who: &Principal,
+        topic: &Topic,
+        ids: &[StreamId],
+        content: bool,
+        budget: &mut Budget,
+    ) -> Result<Vec<Entry>> {
+        let mut entries = Vec::with_capacity(ids.len());
+        for id in ids {
+            let entry = self.load_entry(who, topic, *id, content).await?;
+            if let Some(item) = &entry.item
+                && !budget.take(item, entries.is_empty())?
+            {
+                break;
+            }
+            entries.push(entry);
+        }
+        Ok(entries)
+    }
+
     /// XREADGROUP: hands entries of each topic to `consumer` (new ones:
     /// after the group's last delivered id, which moves on, pending unless
-    /// `noack`; or its own pending ones after an id, delivered again).
-    /// Resolves once the group's new state is durable.
+    /// `noack`; or its own pending ones after an id, delivered again), at
+    /// most `count` per topic, [`GROUP_ENTRIES_PER_CALL_MAX`] in all, and
+    /// no more than fit in one reply's budget. Resolves once the group's
+    /// new state is durable.
     pub async fn group_read(
         &self,
         who: &Principal,
@@ -296,6 +335,8 @@ impl Service {
         noack: bool,
     ) -> Result<Vec<(Topic, Vec<Entry>)>> {
         self.admit(who)?;
+        check_name("group", group)?;
+        check_name("consumer", consumer)?;
         for (topic, _) in reads {
             check_use(who, topic)?;
         }
@@ -303,25 +344,34 @@ impl Service {
         let now = now_ms();
         let mut ops = Vec::new();
         let mut found = Vec::new();
+        let mut left = GROUP_ENTRIES_PER_CALL_MAX;
+        let mut budget = Budget::partial();
         for (topic, read) in reads {
             let state = table.as_mut().expect("loaded");
+            let group_state = state.get(topic, group).ok_or_else(|| no_group(topic, group))?;
+            let count = count.min(left);
             let entries = match *read {
                 GroupRead::Pending(after) => {
+                    // Load first (the table does not change meanwhile: its
+                    // lock is held), then deliver again what was loaded.
+                    let ids: Vec<StreamId> = group_state.consumers.get(consumer).map_or_else(Vec::new, |member| {
+                        member.pending.range(after..).filter(|&&id| id > after).take(count).copied().collect()
+                    });
+                    let entries = self.load_entries(who, topic, &ids, true, &mut budget).await?;
+                    let state = table.as_mut().expect("loaded");
                     let (ids, changes) = state
-                        .redeliver(topic, group, consumer, after, count, now)
+                        .redeliver(topic, group, consumer, after, entries.len(), now)
                         .map_err(|e| group_error(e, topic, group))?;
+                    debug_assert!(ids.iter().eq(entries.iter().map(|entry| &entry.id)));
                     ops.extend(changes);
-                    let mut entries = Vec::with_capacity(ids.len());
-                    for id in ids {
-                        entries.push(self.load_entry(who, topic, id).await?);
-                    }
                     entries
                 }
                 GroupRead::New => {
-                    let last = state.get(topic, group).ok_or_else(|| no_group(topic, group))?.last;
-                    let items = match last.next() {
-                        Some(start) => self.range(who, topic, start, StreamId::MAX, count, false).await?,
-                        None => Vec::new(),
+                    let items = match group_state.last.next() {
+                        Some(start) if count > 0 => {
+                            self.range(who, topic, start, StreamId::MAX, count, false, &mut budget).await?
+                        }
+                        _ => Vec::new(),
                     };
                     let ids: Vec<StreamId> = items.iter().map(|item| StreamId::of(&item.event)).collect();
                     let state = table.as_mut().expect("loaded");
@@ -333,11 +383,10 @@ impl Service {
                     items.into_iter().map(|item| Entry { id: StreamId::of(&item.event), item: Some(item) }).collect()
                 }
             };
+            left -= entries.len();
             found.push((topic.clone(), entries));
         }
-        let pending = self.persist(ops).await?;
-        drop(table);
-        Self::durable(pending).await?;
+        self.commit(table, ops).await?;
         Ok(found)
     }
 
@@ -347,9 +396,7 @@ impl Service {
         check_use(who, topic)?;
         let mut table = self.groups().await?;
         let (acked, ops) = table.as_mut().expect("loaded").ack(topic, group, ids);
-        let pending = self.persist(ops).await?;
-        drop(table);
-        Self::durable(pending).await?;
+        self.commit(table, ops).await?;
         Ok(acked)
     }
 
@@ -406,15 +453,6 @@ impl Service {
             .collect())
     }
 
-    /// Loads the entries a claim may take, to tell which are still stored.
-    async fn present(&self, who: &Principal, topic: &Topic, ids: &[StreamId]) -> Result<Vec<Entry>> {
-        let mut entries = Vec::with_capacity(ids.len());
-        for id in ids {
-            entries.push(self.load_entry(who, topic, *id).await?);
-        }
-        Ok(entries)
-    }
-
     /// XCLAIM: the entries now held by `consumer`.
     pub async fn group_claim(
         &self,
@@ -426,20 +464,26 @@ impl Service {
     ) -> Result<Vec<Entry>> {
         self.admit(who)?;
         check_use(who, topic)?;
+        check_name("consumer", consumer)?;
+        if claim.ids.len() > GROUP_ENTRIES_PER_CALL_MAX {
+            return Err(ServiceError::invalid(
+                "ids",
+                format!("a claim takes at most {GROUP_ENTRIES_PER_CALL_MAX} entries at a time"),
+            ));
+        }
         let mut table = self.groups().await?;
         if table.as_ref().expect("loaded").get(topic, group).is_none() {
             return Err(no_group(topic, group));
         }
-        let loaded = self.present(who, topic, &claim.ids).await?;
+        // Every entry named must be answered for: the reply is whole.
+        let loaded = self.load_entries(who, topic, &claim.ids, !claim.justid, &mut Budget::whole()).await?;
         let stored = |id: StreamId| loaded.iter().any(|entry| entry.id == id && entry.item.is_some());
         let claimed = table
             .as_mut()
             .expect("loaded")
             .claim(topic, group, consumer, &claim, &stored, now_ms())
             .map_err(|e| group_error(e, topic, group))?;
-        let pending = self.persist(claimed.ops).await?;
-        drop(table);
-        Self::durable(pending).await?;
+        self.commit(table, claimed.ops).await?;
         let mut out = Vec::with_capacity(claimed.claimed.len());
         for id in claimed.claimed {
             if let Some(entry) = loaded.iter().find(|entry| entry.id == id) {
@@ -465,13 +509,19 @@ impl Service {
     ) -> Result<AutoClaimed> {
         self.admit(who)?;
         check_use(who, topic)?;
+        check_name("consumer", consumer)?;
         let mut table = self.groups().await?;
-        let (ids, next) = table
+        let (mut ids, mut next) = table
             .as_ref()
             .expect("loaded")
-            .autoclaim_candidates(topic, group, start, count)
+            .autoclaim_candidates(topic, group, start, count.min(GROUP_ENTRIES_PER_CALL_MAX))
             .map_err(|e| group_error(e, topic, group))?;
-        let loaded = self.present(who, topic, &ids).await?;
+        // As many as fit in one reply; the next call starts at the first left.
+        let loaded = self.load_entries(who, topic, &ids, !justid, &mut Budget::partial()).await?;
+        if loaded.len() < ids.len() {
+            next = ids[loaded.len()];
+            ids.truncate(loaded.len());
+        }
         let stored = |id: StreamId| loaded.iter().any(|entry| entry.id == id && entry.item.is_some());
         let now = now_ms();
         let claim = Claim { ids, min_idle_ms, delivered_ms: now, retry: None, justid, force: false };
@@ -480,9 +530,7 @@ impl Service {
             .expect("loaded")
             .claim(topic, group, consumer, &claim, &stored, now)
             .map_err(|e| group_error(e, topic, group))?;
-        let pending = self.persist(claimed.ops).await?;
-        drop(table);
-        Self::durable(pending).await?;
+        self.commit(table, claimed.ops).await?;
         let entries =
             claimed.claimed.iter().filter_map(|id| loaded.iter().find(|entry| entry.id == *id).cloned()).collect();
         Ok(AutoClaimed { next, claimed: entries, deleted: claimed.deleted })
@@ -513,7 +561,11 @@ impl Service {
         for (name, consumers, pending, last) in rows {
             // Entries read: how many entries precede the next undelivered one.
             let next = match last.next() {
-                Some(start) => self.range(who, topic, start, StreamId::MAX, 1, false).await?.pop().map(|i| i.event.seq),
+                Some(start) => self
+                    .range(who, topic, start, StreamId::MAX, 1, false, &mut Budget::partial())
+                    .await?
+                    .pop()
+                    .map(|i| i.event.seq),
                 None => None,
             };
             let read = if last == StreamId::MIN { 0 } else { next.unwrap_or(added) };

@@ -27,6 +27,10 @@ use crate::service::Service;
 /// Longest consumer name, in bytes.
 pub const CONSUMER_NAME_BYTES_MAX: usize = 255;
 
+/// Longest consumer group name, and longest name of a group's member, in
+/// bytes (Redis has no bound; these become part of state keys).
+pub const GROUP_NAME_BYTES_MAX: usize = 255;
+
 /// A cursor and where it stands.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Cursor {

@@ -263,6 +263,13 @@ impl<'h> Applier<'h> {
 
     pub(crate) fn state(&mut self, txn: &mut Txn<'_>, ops: Vec<crate::log::codec::StateOp>) {
         for op in ops {
+            // The writer refuses longer keys; a log written before it did
+            // must still open, so such a change is skipped, not indexed.
+            let (crate::log::codec::StateOp::Put(key, _) | crate::log::codec::StateOp::Delete(key)) = &op;
+            if key.len() > crate::limits::STATE_KEY_BYTES_MAX {
+                tracing::warn!(bytes = key.len(), "skipping a logged state change whose key is too long to index");
+                continue;
+            }
             match op {
                 crate::log::codec::StateOp::Put(key, value) => txn.insert(Ks::State, key, value),
                 crate::log::codec::StateOp::Delete(key) => txn.remove(Ks::State, key),

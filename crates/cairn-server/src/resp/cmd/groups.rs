@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use cairn_service::{Claim, Entry, GroupRead, GroupStart, ServiceError, StreamId, Topic};
+use cairn_service::{Budget, Claim, Entry, GroupRead, GroupStart, ServiceError, StreamId, Topic};
 
 use super::streams::{self, parse_bound, write_entry};
 use super::{parse_count, topic, word};
@@ -356,8 +356,9 @@ pub(crate) async fn xinfo(conn: &mut Conn, args: &[Bytes]) -> CmdResult {
     match sub.as_str() {
         "stream" => {
             let head = service.head(&who, &topic).await?.ok_or_else(no_key)?;
-            let first = service.range(&who, &topic, StreamId::MIN, StreamId::MAX, 1, false).await?.pop();
-            let last = service.range(&who, &topic, StreamId::MIN, StreamId::MAX, 1, true).await?.pop();
+            let (all, mut budget) = ((StreamId::MIN, StreamId::MAX), Budget::partial());
+            let first = service.range(&who, &topic, all.0, all.1, 1, false, &mut budget).await?.pop();
+            let last = service.range(&who, &topic, all.0, all.1, 1, true, &mut budget).await?.pop();
             let groups = service.group_count(&who, &topic).await?;
             let last_generated = head.last_id.to_u128() >> 80;
             let out = &mut conn.out;

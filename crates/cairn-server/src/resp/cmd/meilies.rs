@@ -16,6 +16,8 @@ use crate::resp::error::{CmdResult, Fail, err};
 
 /// Deliveries a subscription takes per step.
 const SUBSCRIPTION_CHUNK_EVENTS: usize = 64;
+/// Subscriptions one connection may hold at once (each is a follow of its own).
+const SUBSCRIPTIONS_PER_CONNECTION_MAX: usize = 256;
 
 /// What one `subscribe` spec asks for.
 #[derive(Debug, PartialEq, Eq)]
@@ -105,6 +107,13 @@ pub(crate) async fn publish(conn: &mut Conn, args: &[Bytes]) -> CmdResult {
 pub(crate) async fn subscribe(conn: &mut Conn, args: &[Bytes]) -> CmdResult {
     let specs = args[1..].iter().map(|spec| Spec::parse(spec)).collect::<Result<Vec<_>, _>>()?;
     let who = conn.who()?.clone();
+    conn.subscriptions.retain(|task| !task.is_finished());
+    if conn.subscriptions.len() + specs.len() > SUBSCRIPTIONS_PER_CONNECTION_MAX {
+        return Err(err(format!(
+            "a connection holds at most {SUBSCRIPTIONS_PER_CONNECTION_MAX} subscriptions; it has {}",
+            conn.subscriptions.len()
+        )));
+    }
     for spec in &specs {
         who.check_read(&spec.pattern())?;
     }
@@ -147,7 +156,7 @@ pub(crate) async fn subscribe(conn: &mut Conn, args: &[Bytes]) -> CmdResult {
                         continue;
                     }
                     let frame = push_frame(&event, content.as_deref().unwrap_or_default(), proto);
-                    if pushes.send(frame).await.is_err() {
+                    if !pushes.send(frame).await {
                         return;
                     }
                     if spec.topic.is_some() && spec.to.is_some_and(|to| event.seq + 1 >= to) {

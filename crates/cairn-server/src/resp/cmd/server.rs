@@ -88,30 +88,43 @@ pub(crate) async fn info(conn: &mut Conn, args: &[Bytes]) -> CmdResult {
     let app = conn.app.clone();
     let who = conn.who()?.clone();
     let info = app.service.info(&who).await?;
-    let stats = app.service.stats().await;
+    // Store-wide counters and the process only for who sees the whole store.
+    let stats = if who.sees_all() { Some(app.service.stats(&who).await?) } else { None };
     let mut text = String::new();
     if show("server") {
         let _ = write!(
             text,
-            "# Server\r\nredis_version:{REDIS_VERSION}\r\ncairn_version:{}\r\nredis_mode:standalone\r\nos:{}\r\narch_bits:64\r\nprocess_id:{}\r\ntcp_port:{}\r\nuptime_in_seconds:{}\r\n\r\n",
+            "# Server\r\nredis_version:{REDIS_VERSION}\r\ncairn_version:{}\r\nredis_mode:standalone\r\nos:{}\r\narch_bits:64\r\n",
             info.version,
             std::env::consts::OS,
-            std::process::id(),
+        );
+        if stats.is_some() {
+            let _ = write!(text, "process_id:{}\r\n", std::process::id());
+        }
+        let _ = write!(
+            text,
+            "tcp_port:{}\r\nuptime_in_seconds:{}\r\n\r\n",
             app.config.resp.map_or(0, |addr| addr.port()),
             info.uptime_seconds,
         );
     }
-    if show("clients") {
+    if show("clients") && stats.is_some() {
         let _ = write!(text, "# Clients\r\nconnected_clients:{}\r\n\r\n", app.metrics.open_connections.load(Relaxed));
     }
     if show("persistence") {
-        let _ = write!(
-            text,
-            "# Persistence\r\nloading:0\r\naof_enabled:1\r\ncairn_sync:{}\r\ncairn_fsyncs:{}\r\ncairn_fsync_seconds_total:{:.6}\r\ncairn_log_bytes:{}\r\ncairn_content_bytes:{}\r\n\r\n",
-            app.config.sync, stats.fsyncs, stats.fsync_seconds, stats.log_bytes, stats.content_bytes,
-        );
+        let _ = write!(text, "# Persistence\r\nloading:0\r\naof_enabled:1\r\n");
+        if let Some(stats) = &stats {
+            let _ = write!(
+                text,
+                "cairn_sync:{}\r\ncairn_fsyncs:{}\r\ncairn_fsync_seconds_total:{:.6}\r\ncairn_log_bytes:{}\r\ncairn_content_bytes:{}\r\n",
+                app.config.sync, stats.fsyncs, stats.fsync_seconds, stats.log_bytes, stats.content_bytes,
+            );
+        }
+        text.push_str("\r\n");
     }
-    if show("stats") {
+    if show("stats")
+        && let Some(stats) = &stats
+    {
         let _ = write!(
             text,
             "# Stats\r\ntotal_connections_received:{}\r\nrejected_connections:{}\r\ncairn_events_appended:{}\r\ncairn_log_bytes_written:{}\r\n\r\n",

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use cairn_service::{Batch, Delivered, Expect, Follow, FollowOptions, Item, Pattern, StreamId, Topic, Trim};
+use cairn_service::{Batch, Budget, Delivered, Expect, Follow, FollowOptions, Item, Pattern, StreamId, Topic, Trim};
 use futures_util::future::BoxFuture;
 
 use super::{parse_count, topic, word};
@@ -200,7 +200,9 @@ async fn range(conn: &mut Conn, args: &[Bytes], reverse: bool) -> CmdResult {
     let who = conn.who()?.clone();
     who.check_read(&Pattern::Exact(topic.clone()))?;
     let items = match (start, end) {
-        (Some(start), Some(end)) => conn.app.service.range(&who, &topic, start, end, count, reverse).await?,
+        (Some(start), Some(end)) => {
+            conn.app.service.range(&who, &topic, start, end, count, reverse, &mut Budget::whole()).await?
+        }
         _ => Vec::new(),
     };
     write_items(conn, &items);
@@ -337,12 +339,13 @@ pub(crate) async fn xread(conn: &mut Conn, args: &[Bytes]) -> CmdResult {
     }
     let deadline = read.block.map(|block| (block > Duration::ZERO).then(|| Instant::now() + block));
     let mut found: Vec<(Topic, Vec<Item>)> = Vec::new();
+    let mut budget = Budget::partial();
     for (key, after) in read.keys.iter().zip(&after) {
         let items = if last_of.contains(key) {
             service.last_entry(&who, key).await?.into_iter().collect()
         } else {
             match after.next() {
-                Some(start) => service.range(&who, key, start, StreamId::MAX, read.count, false).await?,
+                Some(start) => service.range(&who, key, start, StreamId::MAX, read.count, false, &mut budget).await?,
                 None => Vec::new(),
             }
         };
