@@ -25,6 +25,9 @@ use crate::log::segment::{SEGMENT_HEADER_BYTES, Segments, check_header, corrupt,
 pub struct RecoveryReport {
     /// Records replayed into the index.
     pub records_replayed: u64,
+    /// Bytes of the index's own journal read back on open (none after a
+    /// clean close).
+    pub index_journal_bytes: u64,
     /// Whether the index was rebuilt from the whole log.
     pub rebuilt: bool,
     /// Bytes cut from the end of the log, if any, and why.
@@ -55,7 +58,7 @@ pub(crate) struct Tail {
 const REPLAY_RECORDS_PER_TXN: usize = 1024;
 
 pub(crate) fn recover(segments: &Arc<Segments>, index: &Index, cas: &Cas) -> Result<(Tail, RecoveryReport)> {
-    let mut report = RecoveryReport::default();
+    let mut report = RecoveryReport { index_journal_bytes: index.journal_bytes_at_open, ..RecoveryReport::default() };
     let mut list = segments.list()?;
     if list.is_empty() {
         create_segment(segments.dir(), 0)?;

@@ -153,3 +153,42 @@ fn damage_far_from_the_tail_refuses_to_open_instead_of_cutting() {
     let error = Store::open(&dir, test_options()).err().expect("rot must not be cut silently");
     assert_eq!(error.code(), "corrupt", "{error}");
 }
+
+/// Bytes of fjall journal files in `index`.
+fn journal_bytes(index: &Path) -> u64 {
+    fs::read_dir(index)
+        .unwrap()
+        .map(|entry| entry.unwrap())
+        .filter(|entry| entry.path().extension().is_some_and(|ext| ext == "jnl"))
+        .map(|entry| entry.metadata().unwrap().len())
+        .sum()
+}
+
+#[test]
+fn an_open_after_a_clean_close_replays_nothing() {
+    // Counted, not timed: after a clean close, neither the log nor the
+    // index's journal is read back, however many closes came before (fjall
+    // rotates its journal only every 64 MB: each open used to read back
+    // every earlier run's index writes).
+    let dir = tempfile::tempdir().unwrap();
+    for run in 0..4 {
+        let store = Store::open(dir.path(), crate::test_options()).unwrap();
+        let report = store.recovery_report().clone();
+        if run > 0 {
+            assert_eq!(
+                (report.records_replayed, report.index_journal_bytes, report.rebuilt),
+                (0, 0, false),
+                "run {run}"
+            );
+        }
+        for chunk in 0..10 {
+            let events =
+                (0..1000).map(|n| cairn_store::NewEvent::new(topic("open"), format!("{run}-{chunk}-{n}"))).collect();
+            store.append_batch(cairn_store::Batch { events, ..cairn_store::Batch::default() }).unwrap();
+        }
+        drop(store);
+        assert!(journal_bytes(&dir.path().join("index")) > 100_000, "the run's index writes are in the journal");
+    }
+    let store = Store::open(dir.path(), crate::test_options()).unwrap();
+    assert_eq!(store.read(&Query::new(Pattern::Exact(topic("open")))).unwrap().count(), 40_000);
+}
