@@ -3,6 +3,7 @@
 //! the same batch sizes), so every figure comes with its ratio to what the
 //! disk itself can do. Numbers belong in the README, not in tests.
 
+mod cli;
 mod http;
 mod measure;
 mod redis;
@@ -45,6 +46,14 @@ enum Which {
         #[arg(long, default_value_t = 10_000_000)]
         events: usize,
     },
+    /// The command line on stores of several sizes: `cairn head` and one
+    /// durable `cairn append`, each its own process, next to the process's
+    /// start alone (needs target/release/cairn).
+    Cli {
+        /// Store sizes, in events (comma-separated).
+        #[arg(long, value_delimiter = ',', default_values_t = [0, 1_000_000, 10_000_000])]
+        events: Vec<usize>,
+    },
     /// (Used by `open`.) Fill a store, say so, and wait to be killed.
     #[command(hide = true)]
     FillAndWait {
@@ -82,6 +91,7 @@ fn main() -> anyhow::Result<()> {
     match which {
         Which::All => bench.open(10_000_000)?,
         Which::Open { events } => bench.open(events)?,
+        Which::Cli { events } => bench.cli(&events)?,
         _ => {}
     }
     Ok(())

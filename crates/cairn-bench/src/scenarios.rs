@@ -243,9 +243,13 @@ impl Bench {
         let started = Instant::now();
         let store = Store::open(path, Options::default())?;
         let took = started.elapsed();
-        let replayed = store.recovery_report().records_replayed;
+        let report = store.recovery_report();
+        let (replayed, journal) = (report.records_replayed, report.index_journal_bytes);
         row(
-            &format!("cairn: open after kill -9 during a load ({replayed} records replayed)"),
+            &format!(
+                "cairn: open after kill -9 during a load ({replayed} records replayed, {:.1} MB of index journal)",
+                journal as f64 / 1e6
+            ),
             &format_duration(took),
             None,
             None,

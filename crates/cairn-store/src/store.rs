@@ -325,8 +325,8 @@ impl Drop for Inner {
             let _ = handle.join();
         }
         // The writer finishes the queued requests and syncs; then the indexer
-        // indexes everything committed; then the index is flushed, so the
-        // next open replays nothing.
+        // indexes everything committed; then the index is flushed (unless
+        // what it lacks is small), so the next open replays little or nothing.
         drop(self.requests.take());
         if let Some(handle) = self.writer.take()
             && handle.join().is_err()
@@ -340,7 +340,7 @@ impl Drop for Inner {
             tracing::error!("the indexer thread panicked");
         }
         if self.shared.poisoned().is_none()
-            && let Err(error) = self.shared.index.flush()
+            && let Err(error) = self.shared.index.close()
         {
             tracing::warn!("failed to flush the index on close: {error}");
         }

@@ -260,6 +260,11 @@ pub(crate) async fn serve(
         let mut commands = VecDeque::from(commands);
         loop {
             run(&mut conn, &mut commands).await;
+            if conn.principal.is_some() {
+                // Authenticated: its place among those awaiting AUTH is
+                // free before the client reads the reply.
+                ticket = None;
+            }
             if !conn.out.buf.is_empty() {
                 if writer.write_all(&conn.out.buf).await.is_err() {
                     return;
@@ -271,9 +276,6 @@ pub(crate) async fn serve(
             }
         }
         parser.set_limits(conn.limits());
-        if conn.principal.is_some() {
-            ticket = None;
-        }
         if conn.closing {
             let _ = writer.shutdown().await;
             return;

@@ -43,17 +43,53 @@ pub(crate) struct Index {
     data: Keyspace,
     /// Where it lives (for the clean-close marker).
     path: std::path::PathBuf,
-    /// Bytes of fjall journal found on open, which fjall read back.
-    pub(crate) journal_bytes_at_open: u64,
+    /// What opening found of fjall's journal (see [`Journal`]).
+    pub(crate) journal: Journal,
+    /// Bytes of log applied since open, counting those replayed on open: at
+    /// least what the tables may lack (fjall may have flushed some).
+    applied_log_bytes: std::sync::atomic::AtomicU64,
 }
 
-/// A file in the index directory saying that the last close flushed every
-/// memtable into tables: fjall's journal then holds nothing the tables
-/// lack, and the next open removes it instead of reading it back. fjall
-/// rotates its journal only every 64 MB, so without this every open read
-/// back up to 64 MB of journal it had already flushed (1.1 s for a store
-/// filled by ten command-line batches).
+/// A clean close flushes the memtable when it holds this much, or when the
+/// log applied since open reaches [`CLOSE_FLUSH_LOG_BYTES`]; otherwise it
+/// leaves the memtable unflushed and the next open replays that bit of log.
+/// Each flush adds a table, and every few tables fjall merges them into the
+/// rest of the index, which the closing process then waits for (2.4 s at
+/// 1M events): a command that appended one event should not pay that.
+const CLOSE_FLUSH_MEMTABLE_BYTES: u64 = 1024 * 1024;
+/// See [`CLOSE_FLUSH_MEMTABLE_BYTES`]: the bound on what an open replays
+/// after a clean close that did not flush.
+const CLOSE_FLUSH_LOG_BYTES: u64 = 1024 * 1024;
+
+/// What an open found of fjall's journal, which it removed unread.
+///
+/// fjall replays its whole active journal on open, flushed or not, and
+/// rotates it only every 64 MB: a store filled by ten command-line batches
+/// took 1.6 s per command (47 MB of journal), and an open after a kill -9
+/// during a load 2 s. The index needs no journal of its own: each index
+/// batch carries the log position it covers (the checkpoint), fjall flushes
+/// memtables in order, so its tables always hold a prefix of the batches,
+/// and recovery replays the log from the checkpoint those tables hold. So
+/// the journal is removed unread, always; the log after the checkpoint is
+/// bounded by the memtable's size and the index's lag.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Journal {
+    /// Bytes of journal files removed.
+    pub(crate) bytes: u64,
+    /// Whether the last close was clean (the marker was there).
+    pub(crate) clean: bool,
+    /// Whether that close also flushed every memtable into tables: then
+    /// they hold every index change, retention sweeps included, which are
+    /// not in the log.
+    pub(crate) flushed: bool,
+}
+
+/// A file in the index directory saying that the last close was clean;
+/// it holds [`FLUSHED`] when that close flushed the index, [`UNFLUSHED`]
+/// when it left a little log to replay.
 const CLEAN_CLOSE: &str = "cairn-clean-close";
+const FLUSHED: &[u8] = b"flushed\n";
+const UNFLUSHED: &[u8] = b"unflushed\n";
 
 /// Which index a key belongs to: its first byte.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
@@ -132,7 +168,7 @@ pub(crate) const META_LAST_ID: &[u8] = b"last_id";
 
 impl Index {
     pub(crate) fn open(path: &Path) -> Result<Index> {
-        let journal_bytes_at_open = drop_flushed_journal(path)?;
+        let journal = drop_journal(path)?;
         let db = Database::builder(path)
             // The log is the source of truth and is replayed from the last
             // checkpoint on open, so the index's own journal need not be
@@ -144,7 +180,7 @@ impl Index {
         // Small memtables keep fjall's journal, and so the replay on open
         // after a crash, short.
         let data = db.keyspace("index", || KeyspaceCreateOptions::default().max_memtable_size(8 * 1024 * 1024))?;
-        Ok(Index { db, data, path: path.to_path_buf(), journal_bytes_at_open })
+        Ok(Index { db, data, path: path.to_path_buf(), journal, applied_log_bytes: Default::default() })
     }
 
     pub(crate) fn keyspace(&self) -> &Keyspace {
@@ -184,19 +220,38 @@ impl Index {
         Ok(self.data.clear()?)
     }
 
-    /// Flushes the memtable and makes everything durable, then marks the
-    /// close clean, so the next open replays neither fjall's journal nor
-    /// the log. Called on clean close, once nothing writes the index.
-    pub(crate) fn flush(&self) -> Result<()> {
-        self.db.persist(PersistMode::SyncData)?;
-        self.data.rotate_memtable_and_wait()?;
+    /// Counts `bytes` of log applied to the index.
+    pub(crate) fn applied(&self, bytes: u64) {
+        self.applied_log_bytes.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// On clean close, once nothing writes the index (and the log is
+    /// synced): flushes the memtable into tables, so the next open replays
+    /// nothing, unless it is small (see [`CLOSE_FLUSH_MEMTABLE_BYTES`]);
+    /// then marks the close clean. Returns whether it flushed.
+    pub(crate) fn close(&self) -> Result<bool> {
+        use fjall::AbstractTree as _;
+        let memtable = self.data.tree.active_memtable().size();
+        let applied = self.applied_log_bytes.load(std::sync::atomic::Ordering::Relaxed);
+        let flush = memtable >= CLOSE_FLUSH_MEMTABLE_BYTES || applied >= CLOSE_FLUSH_LOG_BYTES;
+        if flush {
+            self.db.persist(PersistMode::SyncData)?;
+            self.data.rotate_memtable_and_wait()?;
+        }
+        self.mark_clean(if flush { FLUSHED } else { UNFLUSHED })?;
+        Ok(flush)
+    }
+
+    fn mark_clean(&self, how: &[u8]) -> Result<()> {
+        use std::io::Write as _;
         let marker = self.path.join(CLEAN_CLOSE);
-        let file = crate::private::file_options()
+        let mut file = crate::private::file_options()
             .write(true)
             .create(true)
             .truncate(true)
             .open(&marker)
             .map_err(StoreError::io("create the index's clean-close marker"))?;
+        file.write_all(how).map_err(StoreError::io("write the index's clean-close marker"))?;
         file.sync_all().map_err(StoreError::io("fsync the index's clean-close marker"))?;
         sync_dir(&self.path)
     }
@@ -224,41 +279,35 @@ impl Index {
     }
 }
 
-/// Before fjall opens: after a clean close (the marker), removes fjall's
-/// journal files, which hold only what its tables hold, then the marker.
-/// Returns the bytes of journal left for fjall to read back (after a crash:
-/// whatever was not flushed; the log after the index's checkpoint is
-/// replayed as well, so losing that part of the index would be safe too).
-fn drop_flushed_journal(path: &Path) -> Result<u64> {
-    let journals = || -> Result<Vec<(std::path::PathBuf, u64)>> {
-        let mut found = Vec::new();
-        let entries = match std::fs::read_dir(path) {
-            Ok(entries) => entries,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(found),
-            Err(error) => return Err(StoreError::io("list the index directory")(error)),
-        };
-        for entry in entries {
-            let entry = entry.map_err(StoreError::io("list the index directory"))?;
-            let file = entry.path();
-            if file.extension().is_some_and(|ext| ext == "jnl") {
-                let len = entry.metadata().map_err(StoreError::io("stat an index journal"))?.len();
-                found.push((file, len));
-            }
-        }
-        Ok(found)
+/// Before fjall opens: removes fjall's journal files (see [`Journal`]),
+/// then the clean-close marker, if any.
+fn drop_journal(path: &Path) -> Result<Journal> {
+    let mut journal = Journal::default();
+    let entries = match std::fs::read_dir(path) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(journal),
+        Err(error) => return Err(StoreError::io("list the index directory")(error)),
     };
+    for entry in entries {
+        let file = entry.map_err(StoreError::io("list the index directory"))?.path();
+        if file.extension().is_some_and(|ext| ext == "jnl") {
+            journal.bytes += std::fs::metadata(&file).map_err(StoreError::io("stat an index journal"))?.len();
+            std::fs::remove_file(&file).map_err(StoreError::io("remove an index journal"))?;
+        }
+    }
     let marker = path.join(CLEAN_CLOSE);
-    if !marker.exists() {
-        return Ok(journals()?.iter().map(|(_, len)| len).sum());
+    match std::fs::read(&marker) {
+        Ok(how) => (journal.clean, journal.flushed) = (true, how == FLUSHED),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(StoreError::io("read the index's clean-close marker")(error)),
     }
-    for (file, _) in journals()? {
-        std::fs::remove_file(&file).map_err(StoreError::io("remove a flushed index journal"))?;
+    if journal.clean {
+        // Gone before anything is written again: a later crash must not
+        // pass for a clean close.
+        std::fs::remove_file(&marker).map_err(StoreError::io("remove the index's clean-close marker"))?;
     }
-    // Gone before anything is written again: a later crash must find the
-    // new journal, not a marker that would let it be removed unread.
-    std::fs::remove_file(&marker).map_err(StoreError::io("remove the index's clean-close marker"))?;
     sync_dir(path)?;
-    Ok(0)
+    Ok(journal)
 }
 
 pub(crate) fn encode_checkpoint(checkpoint: Checkpoint) -> [u8; 12] {

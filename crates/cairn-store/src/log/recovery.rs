@@ -16,7 +16,7 @@ use crate::error::{Result, StoreError};
 use crate::event::Event;
 use crate::index::txn::Ks;
 use crate::index::{Applier, Checkpoint, Heads, Index, META_APPLIED, META_LAST_ID, encode_checkpoint};
-use crate::limits::{GROUP_BYTES_MAX, RECORD_BYTES_MAX};
+use crate::limits::{EXPIRE_EVENTS_PER_STEP, GROUP_BYTES_MAX, RECORD_BYTES_MAX};
 use crate::log::codec::{self, FRAME_HEADER_BYTES, Pos, Record};
 use crate::log::segment::{SEGMENT_HEADER_BYTES, Segments, check_header, corrupt, create_segment};
 
@@ -25,9 +25,17 @@ use crate::log::segment::{SEGMENT_HEADER_BYTES, Segments, check_header, corrupt,
 pub struct RecoveryReport {
     /// Records replayed into the index.
     pub records_replayed: u64,
-    /// Bytes of the index's own journal read back on open (none after a
-    /// clean close).
+    /// Bytes of the index's own journal (fjall's) removed unread on open:
+    /// the log is replayed from the index's checkpoint instead.
     pub index_journal_bytes: u64,
+    /// Whether the store was closed cleanly (its log synced to the end).
+    pub clean_close: bool,
+    /// Whether that close flushed the index (nothing to replay).
+    pub flushed_on_close: bool,
+    /// Expired events removed on open, after a close that did not flush the
+    /// index (retention sweeps are not in the log, so one that was lost is
+    /// run again before anything reads).
+    pub expired_on_open: u64,
     /// Whether the index was rebuilt from the whole log.
     pub rebuilt: bool,
     /// Bytes cut from the end of the log, if any, and why.
@@ -58,7 +66,12 @@ pub(crate) struct Tail {
 const REPLAY_RECORDS_PER_TXN: usize = 1024;
 
 pub(crate) fn recover(segments: &Arc<Segments>, index: &Index, cas: &Cas) -> Result<(Tail, RecoveryReport)> {
-    let mut report = RecoveryReport { index_journal_bytes: index.journal_bytes_at_open, ..RecoveryReport::default() };
+    let mut report = RecoveryReport {
+        index_journal_bytes: index.journal.bytes,
+        clean_close: index.journal.clean,
+        flushed_on_close: index.journal.flushed,
+        ..RecoveryReport::default()
+    };
     let mut list = segments.list()?;
     if list.is_empty() {
         create_segment(segments.dir(), 0)?;
@@ -160,7 +173,34 @@ pub(crate) fn recover(segments: &Arc<Segments>, index: &Index, cas: &Cas) -> Res
             break;
         }
     }
+    if !index.journal.flushed {
+        report.expired_on_open = expire_all(segments, index, cas, &mut heads)?;
+    }
     Ok((Tail { segment: end.segment, offset: end.offset, heads, last_id }, report))
+}
+
+/// Removes every event whose `time:` retention has run out (after a close
+/// that did not flush the index: a sweep whose index change was not yet in fjall's tables
+/// is lost with the journal, and its content files may be gone already).
+fn expire_all(segments: &Arc<Segments>, index: &Index, cas: &Cas, heads: &mut Heads) -> Result<u64> {
+    let now_ms = crate::store::now_ms();
+    let mut removed = 0;
+    loop {
+        let mut txn = index.txn();
+        txn.track_writes();
+        let mut applier = Applier::new(heads, segments, true);
+        let step = applier.expire(&mut txn, now_ms, EXPIRE_EVENTS_PER_STEP)?;
+        let garbage = std::mem::take(&mut applier.garbage);
+        heads.flush(&mut txn);
+        txn.commit()?;
+        for hash in garbage {
+            cas.delete(&hash)?;
+        }
+        removed += step as u64;
+        if step < EXPIRE_EVENTS_PER_STEP {
+            return Ok(removed);
+        }
+    }
 }
 
 fn rebuild(index: &Index, report: &mut RecoveryReport) -> Result<()> {
@@ -197,6 +237,7 @@ pub(crate) fn replay(
         return Ok(0);
     }
     let n_records = records.len() as u64;
+    let first = records[0].1;
     let mut txn = index.txn();
     let removes = records.iter().any(|(record, _)| match record {
         Record::Remove { .. } => true,
@@ -240,6 +281,7 @@ pub(crate) fn replay(
     txn.insert(Ks::Meta, META_APPLIED.to_vec(), encode_checkpoint(Checkpoint { segment, offset: end }).to_vec());
     txn.insert(Ks::Meta, META_LAST_ID.to_vec(), last_id.to_bytes().to_vec());
     txn.commit()?;
+    index.applied(end.saturating_sub(first));
     for hash in garbage {
         cas.delete(&hash)?;
     }

@@ -402,9 +402,12 @@ fn bit_rot_at_rest_is_an_error_on_read_and_named_by_verify() {
     let rotten = store.append(NewEvent::new(topic("t"), "NEEDLE-IN-A-SEALED-SEGMENT"), Expect::Any).unwrap();
     let big = vec![b'c'; 6000];
     let stored = store.append(NewEvent::new(topic("t"), big.clone()), Expect::Any).unwrap();
-    // Enough to seal the first segment (16 KiB).
-    for n in 0..200 {
-        store.append(NewEvent::new(topic("t"), format!("filler {n} {}", "f".repeat(100))), Expect::Any).unwrap();
+    // Enough to seal the first segment (16 KiB), and for the close to
+    // flush the index (1 MiB of log), so the rot is in what it covers.
+    for chunk in 0..12 {
+        let events =
+            (0..1000).map(|n| NewEvent::new(topic("t"), format!("filler {chunk} {n} {}", "f".repeat(100)))).collect();
+        store.append_batch(cairn_store::Batch { events, ..cairn_store::Batch::default() }).unwrap();
     }
     drop(store);
     flip(&dir.path().join("log").join("0000000000.seg"), b"NEEDLE-IN-A-SEALED-SEGMENT");
