@@ -203,7 +203,10 @@ pub enum ConsumerCommand {
         /// The last handled event id.
         id: String,
     },
-    /// Show NAME's position.
+    /// Keep a snapshot (a projection's state, say) with NAME's position.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+    /// Show NAME's position (and its snapshot's, if it has one).
     #[command(after_help = "Example:\n  cairn consumer show mailer | jq -r .acked")]
     Show {
         /// Consumer name.
@@ -215,6 +218,29 @@ pub enum ConsumerCommand {
     /// Delete a consumer.
     #[command(after_help = "Example:\n  cairn consumer rm mailer")]
     Rm {
+        /// Consumer name.
+        name: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SnapshotCommand {
+    /// Store stdin (at most 16 MiB) as NAME's snapshot made at event ID, and
+    /// move NAME to ID: one atomic, durable step. A new snapshot replaces
+    /// the old; a later `ack` moves the consumer, not the snapshot.
+    #[command(
+        after_help = "Example:\n  jq -c . state.json | cairn consumer snapshot put totals 0v9z8sxa1jsk6wq3h1zfrm5hx\n  cairn cat --consumer totals    # what came after the snapshot"
+    )]
+    Put {
+        /// Consumer name.
+        name: String,
+        /// The last event the snapshot includes.
+        id: String,
+    },
+    /// Write NAME's snapshot to stdout (`cairn consumer show NAME` tells
+    /// the id it was made at).
+    #[command(after_help = "Example:\n  cairn consumer snapshot get totals > state.json")]
+    Get {
         /// Consumer name.
         name: String,
     },

@@ -14,7 +14,9 @@ use cairn_service::{
     ServiceOptions, StoreOptions, SyncMode, Topic, Ttl,
 };
 
-use crate::args::{AppendArgs, CasCommand, CatArgs, Cli, Command, ConsumerCommand, TokenCommand, UserCommand};
+use crate::args::{
+    AppendArgs, CasCommand, CatArgs, Cli, Command, ConsumerCommand, SnapshotCommand, TokenCommand, UserCommand,
+};
 use crate::output;
 
 /// Events per import call: big enough to amortise commits, small enough to
@@ -243,7 +245,23 @@ async fn consumer(service: &Service, out: &mut impl std::io::Write, command: Con
         ConsumerCommand::Show { name } => {
             let cursor =
                 service.consumer(&LOCAL, None, &name).await?.with_context(|| format!("consumer {name} not found"))?;
-            output::json_line(out, &line(&cursor))?;
+            let mut json = line(&cursor);
+            if let Some(snapshot) = service.consumer_snapshot(&LOCAL, None, &name).await? {
+                json["snapshot"] = serde_json::json!({ "at": snapshot.at, "bytes": snapshot.bytes.len() });
+            }
+            output::json_line(out, &json)?;
+        }
+        ConsumerCommand::Snapshot(SnapshotCommand::Put { name, id }) => {
+            let mut bytes = Vec::new();
+            std::io::stdin().read_to_end(&mut bytes).context("read the snapshot from stdin")?;
+            service.consumer_snapshot_put(&LOCAL, None, &name, EventId::parse(&id)?, &bytes).await?;
+        }
+        ConsumerCommand::Snapshot(SnapshotCommand::Get { name }) => {
+            let snapshot = service
+                .consumer_snapshot(&LOCAL, None, &name)
+                .await?
+                .with_context(|| format!("consumer {name} has no snapshot"))?;
+            out.write_all(&snapshot.bytes)?;
         }
         ConsumerCommand::List => {
             for cursor in service.consumers(&LOCAL).await? {

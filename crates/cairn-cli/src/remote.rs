@@ -10,7 +10,9 @@ use anyhow::{Context as _, Result, bail};
 use cairn_client::{Client, RequestBody, Response, encode};
 use serde_json::value::RawValue;
 
-use crate::args::{AppendArgs, CasCommand, CatArgs, Command, ConsumerCommand, TokenCommand, UserCommand};
+use crate::args::{
+    AppendArgs, CasCommand, CatArgs, Command, ConsumerCommand, SnapshotCommand, TokenCommand, UserCommand,
+};
 
 /// Runs `command` through a server; `login_password` is the password a
 /// `--user` logged in with (a user changing its own password gives it as
@@ -229,6 +231,14 @@ async fn consumer(client: &Client, out: &mut impl std::io::Write, command: Consu
                     .bytes()
                     .await?,
             )?;
+        }
+        ConsumerCommand::Snapshot(SnapshotCommand::Put { name, id }) => {
+            let path = format!("/v1/consumers/{}/snapshot?id={}", encode(&name), encode(&id));
+            client.request("PUT", &path, &[], stdin_bytes()?.into()).await?;
+        }
+        ConsumerCommand::Snapshot(SnapshotCommand::Get { name }) => {
+            let path = format!("/v1/consumers/{}/snapshot", encode(&name));
+            out.write_all(&client.request("GET", &path, &[], empty()).await?.bytes().await?)?;
         }
         ConsumerCommand::List => lines(out, client.request("GET", "/v1/consumers", &[], empty()).await?).await?,
         ConsumerCommand::Rm { name } => {

@@ -47,7 +47,9 @@ pub use consumers::group::Claim;
 pub use consumers::groups::{
     AutoClaimed, Entry, GroupInfo, GroupRead, GroupStart, MemberInfo, PendingRow, PendingSummary,
 };
-pub use consumers::{CONSUMER_NAME_BYTES_MAX, Cursor, GROUP_NAME_BYTES_MAX, check_consumer_name};
+pub use consumers::{
+    CONSUMER_NAME_BYTES_MAX, Cursor, GROUP_NAME_BYTES_MAX, SNAPSHOT_BYTES_MAX, Snapshot, check_consumer_name,
+};
 pub use error::{Result, ServiceError};
 pub use follow::{Delivered, Follow, FollowOptions};
 pub use glob::Glob;

@@ -116,6 +116,53 @@ fn consumers_ack_show_list_rm_and_resume() {
     cairn.fails(&["consumer", "show", "mailer"], b"", 1);
 }
 
+/// A projection's state kept with its position, through the store itself
+/// and through a running server's socket (the same commands, the same output).
+fn snapshots_keep_state_with_the_position(cairn: &Cairn) {
+    let ids: Vec<String> = (0..4)
+        .map(|n| cairn.ok(&["append", "sums"], format!("{n}").as_bytes())[0]["id"].as_str().unwrap().to_owned())
+        .collect();
+    let state = b"{\"total\":1}\n\x00binary too";
+    cairn.ok(&["consumer", "snapshot", "put", "totals", &ids[1]], state);
+    let shown = &cairn.ok(&["consumer", "show", "totals"], b"")[0];
+    assert_eq!(shown["acked"], ids[1].as_str());
+    assert_eq!(shown["snapshot"], serde_json::json!({ "at": ids[1], "bytes": state.len() }));
+    assert_eq!(cairn.run(&["consumer", "snapshot", "get", "totals"], b"").stdout, state);
+    let rest: Vec<_> =
+        cairn.ok(&["cat", "sums", "--consumer", "totals"], b"").iter().map(|e| e["id"].clone()).collect();
+    assert_eq!(rest, [ids[2].as_str(), ids[3].as_str()]);
+    // An ack moves the consumer, not the snapshot; a new snapshot replaces it.
+    cairn.ok(&["consumer", "ack", "totals", &ids[2]], b"");
+    let shown = &cairn.ok(&["consumer", "show", "totals"], b"")[0];
+    assert_eq!(
+        (shown["acked"].as_str(), shown["snapshot"]["at"].as_str()),
+        (Some(ids[2].as_str()), Some(ids[1].as_str()))
+    );
+    cairn.ok(&["consumer", "snapshot", "put", "totals", &ids[3]], b"{\"total\":6}");
+    assert_eq!(cairn.run(&["consumer", "snapshot", "get", "totals"], b"").stdout, b"{\"total\":6}");
+    assert_eq!(cairn.ok(&["consumer", "show", "totals"], b"")[0]["acked"], ids[3].as_str());
+    // Bad input is refused and changes nothing.
+    assert!(cairn.fails(&["consumer", "snapshot", "put", "totals", "nonsense"], b"x", 1).contains("id"));
+    let future = "7zzzzzzzzzzzzzzzzzzzzzzzz";
+    cairn.fails(&["consumer", "snapshot", "put", "totals", future], b"x", 1);
+    assert_eq!(cairn.run(&["consumer", "snapshot", "get", "totals"], b"").stdout, b"{\"total\":6}");
+    // Removing the consumer removes its snapshot.
+    cairn.ok(&["consumer", "rm", "totals"], b"");
+    assert!(cairn.fails(&["consumer", "snapshot", "get", "totals"], b"", 1).contains("totals"));
+}
+
+#[test]
+fn consumer_snapshots_on_a_store() {
+    snapshots_keep_state_with_the_position(&Cairn::new());
+}
+
+#[test]
+fn consumer_snapshots_through_a_server() {
+    let cairn = Cairn::new();
+    let _server = crate::serve::Server::start(&cairn, &[]);
+    snapshots_keep_state_with_the_position(&cairn);
+}
+
 #[test]
 fn export_import_is_byte_identical() {
     let source = Cairn::new();
@@ -218,6 +265,8 @@ fn every_subcommand_has_help_with_an_example() {
         vec!["consumer", "show"],
         vec!["consumer", "list"],
         vec!["consumer", "rm"],
+        vec!["consumer", "snapshot", "put"],
+        vec!["consumer", "snapshot", "get"],
         vec!["verify"],
         vec!["export"],
         vec!["import"],

@@ -561,3 +561,59 @@ async fn thousands_of_connections_are_served_or_refused_cleanly() {
     assert!(server.terminate().success());
     drop((http, resp, redis));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_snapshot_and_its_position_survive_kill9_together() {
+    // Snapshots are put back to back (each naming the id it was made at, as
+    // its content) while the server is killed: after each restart the
+    // consumer's snapshot and position are one pair, at or after the last
+    // acknowledged put, never a mix of two puts.
+    let cairn = Cairn::new();
+    let mut server = Server::start(&cairn, &[]);
+    let mut ids = Vec::new();
+    for n in 0..400 {
+        let event = call(&server.unix(), "POST", "/v1/topics/sums/events", &[], format!("{n}")).await.json();
+        ids.push(event["id"].as_str().unwrap().to_owned());
+    }
+    let mut last_acked: Option<usize> = None;
+    let mut next = 0;
+    for cycle in 0..3 {
+        let client = server.unix();
+        let acked = Arc::new(Mutex::new(last_acked));
+        let putter = {
+            let (acked, ids) = (acked.clone(), ids.clone());
+            tokio::spawn(async move {
+                for (n, id) in ids.iter().enumerate().skip(next) {
+                    let body = format!("state at {id} ").repeat(1000);
+                    let path = format!("/v1/consumers/totals/snapshot?id={id}");
+                    let Ok(mut connection) = client.connect().await else { return };
+                    let Ok(response) = connection.send("PUT", &path, &[], body.into_bytes().into()).await else {
+                        return;
+                    };
+                    if response.status == 200 {
+                        *acked.lock().unwrap() = Some(n);
+                    }
+                }
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(150 + 100 * cycle)).await;
+        server.kill9();
+        let _ = putter.await;
+        last_acked = *acked.lock().unwrap();
+        server = Server::start(&cairn, &[]);
+        let got = call(&server.unix(), "GET", "/v1/consumers/totals/snapshot", &[], "").await;
+        let Some(acked) = last_acked else {
+            assert!(got.status == 404 || got.status == 200);
+            continue;
+        };
+        assert_eq!(got.status, 200, "the acknowledged snapshot is there (cycle {cycle})");
+        let at = got.header("cairn-snapshot-at").unwrap().to_owned();
+        assert_eq!(String::from_utf8(got.body).unwrap(), format!("state at {at} ").repeat(1000));
+        let position = ids.iter().position(|id| *id == at).unwrap();
+        assert!(position >= acked, "snapshot at {position}, but {acked} was acknowledged");
+        let shown = call(&server.unix(), "GET", "/v1/consumers/totals", &[], "").await.json();
+        assert_eq!(shown["acked"], at.as_str(), "the position is the snapshot's");
+        next = position + 1;
+    }
+    assert!(last_acked.is_some(), "some puts were acknowledged");
+}

@@ -702,3 +702,37 @@ async fn replies_names_and_subscriptions_are_bounded() {
     assert!(String::from_utf8_lossy(&reply.body).contains("at most 100000 events"));
     assert_eq!(ask(&mut alice, &[b"XLEN", b"orders.b"]), line(":0"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_snapshots_belong_to_their_owner() {
+    let cairn = three_users();
+    let server = Server::start(&cairn, &[]);
+    let alice = server.tcp().with_basic("alice", "alice-pw");
+    let bob = server.tcp().with_basic("bob", "bob-pw");
+    let root = server.tcp().with_basic("root", "root-pw");
+    let event = call(&alice, "POST", "/v1/topics/orders.1/events", &[], "x").await.json();
+    let id = event["id"].as_str().unwrap().to_owned();
+    let put = call(&alice, "PUT", &format!("/v1/consumers/totals/snapshot?id={id}"), &[], "alice's secret state").await;
+    assert_eq!(put.status, 200);
+    assert_eq!(put.json()["snapshot"], serde_json::json!({ "at": id, "bytes": 20 }));
+    let got = call(&alice, "GET", "/v1/consumers/totals/snapshot", &[], "").await;
+    assert_eq!((got.status, got.body.as_slice()), (200, b"alice's secret state".as_slice()));
+    assert_eq!(got.header("cairn-snapshot-at"), Some(id.as_str()));
+    // bob: his `totals` is his own, alice's is not his to read or replace.
+    assert_eq!(call(&bob, "GET", "/v1/consumers/totals/snapshot", &[], "").await.status, 404);
+    assert_eq!(call(&bob, "GET", "/v1/consumers/totals/snapshot?owner=user:alice", &[], "").await.status, 403);
+    let replace = call(&bob, "PUT", &format!("/v1/consumers/totals/snapshot?owner=user:alice&id={id}"), &[], "x").await;
+    assert_eq!(replace.status, 403);
+    assert_eq!(call(&bob, "PUT", &format!("/v1/consumers/totals/snapshot?id={id}"), &[], "bob's").await.status, 200);
+    let got = call(&alice, "GET", "/v1/consumers/totals/snapshot", &[], "").await;
+    assert_eq!(got.body, b"alice's secret state");
+    // An admin reads it by owner; a snapshot over 16 MiB is refused whole.
+    let by_admin = call(&root, "GET", "/v1/consumers/totals/snapshot?owner=user:alice", &[], "").await;
+    assert_eq!(by_admin.body, b"alice's secret state");
+    let huge = vec![b'x'; 16 * 1024 * 1024 + 1];
+    assert_eq!(call(&alice, "PUT", &format!("/v1/consumers/totals/snapshot?id={id}"), &[], huge).await.status, 413);
+    assert_eq!(call(&alice, "PUT", "/v1/consumers/totals/snapshot", &[], "no id").await.status, 400);
+    assert_eq!(call(&alice, "GET", "/v1/consumers/totals/snapshot", &[], "").await.body, b"alice's secret state");
+    // Unauthenticated: nothing.
+    assert_eq!(call(&server.tcp(), "GET", "/v1/consumers/totals/snapshot", &[], "").await.status, 401);
+}

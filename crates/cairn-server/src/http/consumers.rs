@@ -5,14 +5,24 @@
 
 use axum::body::Body;
 use axum::extract::State as AxumState;
-use axum::http::{HeaderMap, Response, StatusCode};
-use cairn_service::{Cursor, EventId, Pattern};
+use axum::http::{HeaderMap, HeaderValue, Response, StatusCode, header};
+use cairn_service::{Cursor, EventId, Pattern, SNAPSHOT_BYTES_MAX};
 
 use super::stream::{self, ReadSpec};
 use super::{ApiError, ApiResult, Params, Segment, State, Who, json_response, parse_json, read_body, to_json};
 
 fn position(cursor: &Cursor) -> serde_json::Value {
     serde_json::json!({ "name": cursor.name, "owner": cursor.owner, "acked": cursor.acked })
+}
+
+/// A cursor with what it knows of its snapshot (`cairn consumer show`
+/// prints the same).
+fn position_with(cursor: &Cursor, snapshot: Option<(EventId, usize)>) -> serde_json::Value {
+    let mut json = position(cursor);
+    if let Some((at, bytes)) = snapshot {
+        json["snapshot"] = serde_json::json!({ "at": at, "bytes": bytes });
+    }
+    json
 }
 
 /// `GET /v1/consumers`: the caller's consumers (every one, for the socket
@@ -35,7 +45,51 @@ pub(crate) async fn show(
     params.finish()?;
     let cursor = app.service.consumer(&principal, owner.as_deref(), &name).await?;
     let cursor = cursor.ok_or_else(|| ApiError::not_found("consumer", &name))?;
-    Ok(json_response(StatusCode::OK, to_json(&position(&cursor)), None))
+    let snapshot = app.service.consumer_snapshot(&principal, owner.as_deref(), &name).await?;
+    let snapshot = snapshot.map(|snapshot| (snapshot.at, snapshot.bytes.len()));
+    Ok(json_response(StatusCode::OK, to_json(&position_with(&cursor, snapshot)), None))
+}
+
+/// `PUT /v1/consumers/{name}/snapshot?id=<event id>`: stores the body as
+/// the consumer's snapshot made at `id` and moves the consumer to `id`, in
+/// one atomic durable step.
+pub(crate) async fn snapshot_put(
+    AxumState(app): State,
+    Who(principal): Who,
+    Segment(name): Segment,
+    mut params: Params,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response<Body>> {
+    let id =
+        params.take("id")?.ok_or_else(|| ApiError::invalid("id", "missing: the event id the snapshot was made at"))?;
+    let owner = params.take("owner")?;
+    params.finish()?;
+    let id = EventId::parse(&id)?;
+    let bytes = read_body(&app, &headers, body, "snapshot", SNAPSHOT_BYTES_MAX as u64).await?;
+    let cursor = app.service.consumer_snapshot_put(&principal, owner.as_deref(), &name, id, &bytes).await?;
+    Ok(json_response(StatusCode::OK, to_json(&position_with(&cursor, Some((id, bytes.len())))), None))
+}
+
+/// `GET /v1/consumers/{name}/snapshot`: the snapshot's bytes, with the id
+/// it was made at in `Cairn-Snapshot-At`.
+pub(crate) async fn snapshot_get(
+    AxumState(app): State,
+    Who(principal): Who,
+    Segment(name): Segment,
+    mut params: Params,
+) -> ApiResult<Response<Body>> {
+    let owner = params.take("owner")?;
+    params.finish()?;
+    let snapshot = app.service.consumer_snapshot(&principal, owner.as_deref(), &name).await?;
+    let snapshot = snapshot.ok_or_else(|| ApiError::not_found("consumer snapshot", &name))?;
+    let at = snapshot.at.to_string();
+    let mut response = Response::new(Body::from(snapshot.bytes));
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert("cairn-snapshot-at", HeaderValue::from_str(&at).expect("an id is a header value"));
+    Ok(response)
 }
 
 /// `PUT /v1/consumers/{name}`: acknowledges everything up to an id, given as

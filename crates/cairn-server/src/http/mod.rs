@@ -52,6 +52,7 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/v1/consumers", get(consumers::list))
         .route("/v1/consumers/{name}", get(consumers::show).put(consumers::ack).delete(consumers::delete))
         .route("/v1/consumers/{name}/events", get(consumers::read))
+        .route("/v1/consumers/{name}/snapshot", get(consumers::snapshot_get).put(consumers::snapshot_put))
         .route("/v1/users", get(admin::users).post(admin::user_add))
         .route("/v1/users/{name}", axum::routing::delete(admin::user_remove))
         .route("/v1/users/{name}/password", put(admin::user_passwd))

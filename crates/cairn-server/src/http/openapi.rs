@@ -78,6 +78,18 @@ pub(crate) const ROUTES: &[(&str, &str, &str, &[QueryParams])] = &[
     ),
     ("delete", "/v1/consumers/{name}", "Delete a consumer (admin).", &[]),
     ("get", "/v1/consumers/{name}/events", "Read (and follow) after the consumer's last ack.", &[TOPIC_PATTERN, READ]),
+    (
+        "put",
+        "/v1/consumers/{name}/snapshot",
+        "Store the body (at most 16 MiB) as the consumer's snapshot made at an event, and move the consumer there, atomically.",
+        &[&[("id", "The event id the snapshot was made at."), ("owner", "Another owner's consumer (admins).")]],
+    ),
+    (
+        "get",
+        "/v1/consumers/{name}/snapshot",
+        "The consumer's snapshot; the id it was made at is in Cairn-Snapshot-At.",
+        &[&[("owner", "Another owner's consumer (admins).")]],
+    ),
     ("get", "/v1/users", "List users (admin).", &[]),
     ("post", "/v1/users", "Add a user (admin): {name, password, read?, write?, admin?}.", &[]),
     ("delete", "/v1/users/{name}", "Remove a user and its tokens (admin).", &[]),

@@ -13,7 +13,14 @@
 //!   topic: whoever may read and write the topic may use its groups, as
 //!   competing workers of one stream do.
 //!
-//! Cursor records: `C<owner scope>\0<name>` → the acknowledged id (16 bytes).
+//! A cursor may keep a snapshot: opaque bytes (a projection's state, say)
+//! stored together with the position they were made at, in one atomic
+//! durable step, so a consumer that restarts loads its state and resumes
+//! after that position (simple-event-sourcing's consumers keep theirs so).
+//!
+//! Cursor records: `C<owner scope>\0<name>` → the acknowledged id (16
+//! bytes); `S<owner scope>\0<name>\0` → the snapshot's id (16 bytes) then
+//! its bytes (the last `\0` ends the name, so a scan finds one snapshot).
 
 pub(crate) mod group;
 pub(crate) mod groups;
@@ -54,6 +61,25 @@ fn cursor_key(owner: &str, name: &str) -> Vec<u8> {
     let mut key = cursor_prefix(owner);
     key.extend_from_slice(name.as_bytes());
     key
+}
+
+fn snapshot_key(owner: &str, name: &str) -> Vec<u8> {
+    let mut key = cursor_key(owner, name);
+    key[0] = b'S';
+    key.push(0);
+    key
+}
+
+/// Largest consumer snapshot, in bytes (it is written as one log record).
+pub const SNAPSHOT_BYTES_MAX: usize = 16 * 1024 * 1024;
+
+/// A consumer's snapshot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    /// The position it was made at: the consumer resumes after it.
+    pub at: EventId,
+    /// Its bytes, as given.
+    pub bytes: Vec<u8>,
 }
 
 fn parse_cursor(key: &[u8], value: &[u8]) -> Option<Cursor> {
@@ -135,10 +161,69 @@ impl Service {
         Ok(entries.iter().filter_map(|(key, value)| parse_cursor(key, value)).collect())
     }
 
-    /// Deletes cursor `name`; false if there was none.
+    /// Stores `bytes` as cursor `name`'s snapshot made at `at`, and moves
+    /// the cursor to `at`, in one atomic durable step (a new snapshot
+    /// replaces the old one; a later ack moves the cursor, not the snapshot).
+    pub async fn consumer_snapshot_put(
+        &self,
+        who: &Principal,
+        owner: Option<&str>,
+        name: &str,
+        at: EventId,
+        bytes: &[u8],
+    ) -> Result<Cursor> {
+        self.admit(who)?;
+        check_consumer_name(name)?;
+        let owner = owner_of(who, owner)?;
+        if bytes.len() > SNAPSHOT_BYTES_MAX {
+            return Err(ServiceError::TooLarge {
+                what: "consumer snapshot",
+                bytes: bytes.len() as u64,
+                max: SNAPSHOT_BYTES_MAX as u64,
+            });
+        }
+        if at > self.storage().last_id() {
+            return Err(ServiceError::invalid(
+                "id",
+                format!("{at} is after the newest event; a snapshot is made at an event that exists"),
+            ));
+        }
+        let mut value = Vec::with_capacity(16 + bytes.len());
+        value.extend_from_slice(&at.to_bytes());
+        value.extend_from_slice(bytes);
+        let ops = vec![
+            StateOp::Put(cursor_key(&owner, name), at.to_bytes().to_vec()),
+            StateOp::Put(snapshot_key(&owner, name), value),
+        ];
+        self.storage().state_submit(ops).await?.await?;
+        Ok(Cursor { owner, name: name.to_owned(), acked: at })
+    }
+
+    /// Cursor `name`'s snapshot, if it has one.
+    pub async fn consumer_snapshot(
+        &self,
+        who: &Principal,
+        owner: Option<&str>,
+        name: &str,
+    ) -> Result<Option<Snapshot>> {
+        self.admit(who)?;
+        check_consumer_name(name)?;
+        let owner = owner_of(who, owner)?;
+        let key = snapshot_key(&owner, name);
+        let found = self.storage().state_scan(key.clone()).await?;
+        Ok(found.into_iter().find(|(k, _)| *k == key).and_then(|(_, value)| {
+            let at = EventId::from_bytes(value.get(..16)?.try_into().ok()?);
+            Some(Snapshot { at, bytes: value[16..].to_vec() })
+        }))
+    }
+
+    /// Deletes cursor `name` and its snapshot; false if there was none.
     pub async fn consumer_delete(&self, who: &Principal, owner: Option<&str>, name: &str) -> Result<bool> {
         let Some(cursor) = self.consumer(who, owner, name).await? else { return Ok(false) };
-        let ops = vec![StateOp::Delete(cursor_key(&cursor.owner, &cursor.name))];
+        let ops = vec![
+            StateOp::Delete(cursor_key(&cursor.owner, &cursor.name)),
+            StateOp::Delete(snapshot_key(&cursor.owner, &cursor.name)),
+        ];
         self.storage().state_submit(ops).await?.await?;
         Ok(true)
     }

@@ -288,12 +288,30 @@ fn drop_journal(path: &Path) -> Result<Journal> {
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(journal),
         Err(error) => return Err(StoreError::io("list the index directory")(error)),
     };
+    let mut journals = Vec::new();
     for entry in entries {
         let file = entry.map_err(StoreError::io("list the index directory"))?.path();
-        if file.extension().is_some_and(|ext| ext == "jnl") {
+        let id = file.file_name().and_then(|name| name.to_str()?.strip_suffix(".jnl")?.parse::<u64>().ok());
+        if let Some(id) = id {
             journal.bytes += std::fs::metadata(&file).map_err(StoreError::io("stat an index journal"))?.len();
+            journals.push((id, file));
+        }
+    }
+    // The newest stays, emptied: with no journal at all, fjall would not
+    // take its sequence numbers up to its tables' (it does so only after
+    // replaying an existing journal), and every later write would be older
+    // than what the tables hold, so invisible.
+    journals.sort();
+    if let Some((_, newest)) = journals.pop() {
+        for (_, file) in journals {
             std::fs::remove_file(&file).map_err(StoreError::io("remove an index journal"))?;
         }
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&newest)
+            .map_err(StoreError::io("open the index journal to empty it"))?;
+        file.set_len(0).map_err(StoreError::io("empty the index journal"))?;
+        file.sync_all().map_err(StoreError::io("fsync the emptied index journal"))?;
     }
     let marker = path.join(CLEAN_CLOSE);
     match std::fs::read(&marker) {

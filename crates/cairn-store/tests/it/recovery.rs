@@ -178,6 +178,12 @@ fn an_open_after_a_clean_close_replays_nothing() {
             let flags = (report.records_replayed, report.rebuilt, report.clean_close, report.flushed_on_close);
             assert_eq!(flags, (0, false, true, true), "run {run}");
             assert!(report.index_journal_bytes > 0, "the journal was there, and removed unread");
+            // What this open writes is newer than what the tables hold.
+            assert_eq!(store.head(&topic("open")).unwrap().unwrap().last_seq, run * 50_000 - 1);
+            store.append(cairn_store::NewEvent::new(topic("small"), format!("{run}")), Expect::Any).unwrap();
+            store.ack("c", store.head(&topic("small")).unwrap().unwrap().last_id).unwrap();
+            let last = store.head(&topic("small")).unwrap().unwrap();
+            assert_eq!((last.last_seq, store.consumer("c").unwrap()), (run - 1, Some(last.last_id)));
         }
         for chunk in 0..50 {
             let events = (0..1000)
