@@ -70,6 +70,8 @@ async fn world() -> (Cairn, Server, Alice) {
     let own = call(&alice, "PUT", "/v1/cas", &[], "ALICE-SECRET-file").await.json();
     hashes.push(own["hash"].as_str().unwrap().to_owned());
     assert_eq!(call(&alice, "PUT", &format!("/v1/consumers/billing?id={}", ids[1]), &[], "").await.status, 200);
+    let path = format!("/v1/consumers/billing/snapshot?id={}", ids[0]);
+    assert_eq!(call(&alice, "PUT", &path, &[], "ALICE-SECRET-snapshot").await.status, 200);
     let token = call(&alice, "POST", "/v1/users/alice/tokens", &[], "").await.json();
     let mut raw = Raw::connect(server.resp());
     assert!(matches!(ask(&mut raw, &[b"AUTH", b"alice", b"alice-pw"]), Value::Line(ok) if ok == "+OK"));
@@ -105,6 +107,8 @@ async fn snapshot(server: &Server) -> Vec<String> {
     for (client, path) in [
         (&alice, "/v1/events?topic=orders.%3E&content=true"),
         (&alice, "/v1/consumers"),
+        (&alice, "/v1/consumers/billing"),
+        (&alice, "/v1/consumers/billing/snapshot"),
         (&root, "/v1/users"),
         (&root, "/v1/consumers"),
     ] {
@@ -177,6 +181,7 @@ async fn a_hostile_user_over_http_reaches_nothing_of_another_user() {
         "/v1/consumers",
         "/v1/consumers/{}",
         "/v1/consumers/{}/events",
+        "/v1/consumers/{}/snapshot",
         "/v1/users",
         "/v1/users/{}",
         "/v1/users/{}/password",
