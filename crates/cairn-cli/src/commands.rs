@@ -246,14 +246,16 @@ async fn consumer(service: &Service, out: &mut impl std::io::Write, command: Con
             let cursor =
                 service.consumer(&LOCAL, None, &name).await?.with_context(|| format!("consumer {name} not found"))?;
             let mut json = line(&cursor);
-            if let Some(snapshot) = service.consumer_snapshot(&LOCAL, None, &name).await? {
-                json["snapshot"] = serde_json::json!({ "at": snapshot.at, "bytes": snapshot.bytes.len() });
+            if let Some((at, bytes)) = service.consumer_snapshot_info(&LOCAL, None, &name).await? {
+                json["snapshot"] = serde_json::json!({ "at": at, "bytes": bytes });
             }
             output::json_line(out, &json)?;
         }
         ConsumerCommand::Snapshot(SnapshotCommand::Put { name, id }) => {
+            // One byte past the limit is enough to be refused with a clear error.
             let mut bytes = Vec::new();
-            std::io::stdin().read_to_end(&mut bytes).context("read the snapshot from stdin")?;
+            let limit = cairn_service::SNAPSHOT_BYTES_MAX as u64 + 1;
+            std::io::stdin().take(limit).read_to_end(&mut bytes).context("read the snapshot from stdin")?;
             service.consumer_snapshot_put(&LOCAL, None, &name, EventId::parse(&id)?, &bytes).await?;
         }
         ConsumerCommand::Snapshot(SnapshotCommand::Get { name }) => {

@@ -46,8 +46,10 @@ impl Service {
     pub async fn user_remove(&self, who: &Principal, name: &str) -> Result<()> {
         self.admit(who)?;
         who.check_admin()?;
+        let owner = format!("user:{name}");
         let name = name.to_owned();
-        self.users_call(move |users| users.remove(&name)).await
+        self.users_call(move |users| users.remove(&name)).await?;
+        self.consumers_forget(&owner).await
     }
 
     /// Sets a password (ending the user's password sessions): admins for

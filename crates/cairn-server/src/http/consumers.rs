@@ -17,7 +17,7 @@ fn position(cursor: &Cursor) -> serde_json::Value {
 
 /// A cursor with what it knows of its snapshot (`cairn consumer show`
 /// prints the same).
-fn position_with(cursor: &Cursor, snapshot: Option<(EventId, usize)>) -> serde_json::Value {
+fn position_with(cursor: &Cursor, snapshot: Option<(EventId, u64)>) -> serde_json::Value {
     let mut json = position(cursor);
     if let Some((at, bytes)) = snapshot {
         json["snapshot"] = serde_json::json!({ "at": at, "bytes": bytes });
@@ -45,8 +45,7 @@ pub(crate) async fn show(
     params.finish()?;
     let cursor = app.service.consumer(&principal, owner.as_deref(), &name).await?;
     let cursor = cursor.ok_or_else(|| ApiError::not_found("consumer", &name))?;
-    let snapshot = app.service.consumer_snapshot(&principal, owner.as_deref(), &name).await?;
-    let snapshot = snapshot.map(|snapshot| (snapshot.at, snapshot.bytes.len()));
+    let snapshot = app.service.consumer_snapshot_info(&principal, owner.as_deref(), &name).await?;
     Ok(json_response(StatusCode::OK, to_json(&position_with(&cursor, snapshot)), None))
 }
 
@@ -68,7 +67,7 @@ pub(crate) async fn snapshot_put(
     let id = EventId::parse(&id)?;
     let bytes = read_body(&app, &headers, body, "snapshot", SNAPSHOT_BYTES_MAX as u64).await?;
     let cursor = app.service.consumer_snapshot_put(&principal, owner.as_deref(), &name, id, &bytes).await?;
-    Ok(json_response(StatusCode::OK, to_json(&position_with(&cursor, Some((id, bytes.len())))), None))
+    Ok(json_response(StatusCode::OK, to_json(&position_with(&cursor, Some((id, bytes.len() as u64)))), None))
 }
 
 /// `GET /v1/consumers/{name}/snapshot`: the snapshot's bytes, with the id

@@ -20,7 +20,8 @@
 //!
 //! Cursor records: `C<owner scope>\0<name>` → the acknowledged id (16
 //! bytes); `S<owner scope>\0<name>\0` → the snapshot's id (16 bytes) then
-//! its bytes (the last `\0` ends the name, so a scan finds one snapshot).
+//! its bytes (the last `\0` ends the name, so a scan finds one snapshot);
+//! `I<owner scope>\0<name>\0` → the snapshot's id and size (8 bytes).
 
 pub(crate) mod group;
 pub(crate) mod groups;
@@ -67,6 +68,14 @@ fn snapshot_key(owner: &str, name: &str) -> Vec<u8> {
     let mut key = cursor_key(owner, name);
     key[0] = b'S';
     key.push(0);
+    key
+}
+
+/// What `show` tells of a snapshot (its id and size), kept apart so that
+/// telling it does not load the snapshot.
+fn snapshot_info_key(owner: &str, name: &str) -> Vec<u8> {
+    let mut key = snapshot_key(owner, name);
+    key[0] = b'I';
     key
 }
 
@@ -175,6 +184,11 @@ impl Service {
         self.admit(who)?;
         check_consumer_name(name)?;
         let owner = owner_of(who, owner)?;
+        // Storing bytes is writing: a read-only user stores none (as with
+        // content put on its own).
+        if !who.writes_something() {
+            return Err(ServiceError::forbidden("a user who may write nothing keeps no snapshots"));
+        }
         if bytes.len() > SNAPSHOT_BYTES_MAX {
             return Err(ServiceError::TooLarge {
                 what: "consumer snapshot",
@@ -191,9 +205,12 @@ impl Service {
         let mut value = Vec::with_capacity(16 + bytes.len());
         value.extend_from_slice(&at.to_bytes());
         value.extend_from_slice(bytes);
+        let mut info = at.to_bytes().to_vec();
+        info.extend_from_slice(&(bytes.len() as u64).to_be_bytes());
         let ops = vec![
             StateOp::Put(cursor_key(&owner, name), at.to_bytes().to_vec()),
             StateOp::Put(snapshot_key(&owner, name), value),
+            StateOp::Put(snapshot_info_key(&owner, name), info),
         ];
         self.storage().state_submit(ops).await?.await?;
         Ok(Cursor { owner, name: name.to_owned(), acked: at })
@@ -217,12 +234,49 @@ impl Service {
         }))
     }
 
+    /// The id cursor `name`'s snapshot was made at and its size in bytes,
+    /// without loading it.
+    pub async fn consumer_snapshot_info(
+        &self,
+        who: &Principal,
+        owner: Option<&str>,
+        name: &str,
+    ) -> Result<Option<(EventId, u64)>> {
+        self.admit(who)?;
+        check_consumer_name(name)?;
+        let owner = owner_of(who, owner)?;
+        let key = snapshot_info_key(&owner, name);
+        let found = self.storage().state_scan(key.clone()).await?;
+        Ok(found.into_iter().find(|(k, _)| *k == key).and_then(|(_, value)| {
+            let at = EventId::from_bytes(value.get(..16)?.try_into().ok()?);
+            Some((at, u64::from_be_bytes(value.get(16..24)?.try_into().ok()?)))
+        }))
+    }
+
+    /// Deletes every cursor and snapshot of `owner` (when its user is
+    /// removed: a later user of the same name must not inherit them).
+    pub(crate) async fn consumers_forget(&self, owner: &str) -> Result<()> {
+        let mut ops = Vec::new();
+        for kind in [b'C', b'S', b'I'] {
+            let mut prefix = cursor_prefix(owner);
+            prefix[0] = kind;
+            for (key, _) in self.storage().state_scan(prefix).await?.iter() {
+                ops.push(StateOp::Delete(key.to_vec()));
+            }
+        }
+        if !ops.is_empty() {
+            self.storage().state_submit(ops).await?.await?;
+        }
+        Ok(())
+    }
+
     /// Deletes cursor `name` and its snapshot; false if there was none.
     pub async fn consumer_delete(&self, who: &Principal, owner: Option<&str>, name: &str) -> Result<bool> {
         let Some(cursor) = self.consumer(who, owner, name).await? else { return Ok(false) };
         let ops = vec![
             StateOp::Delete(cursor_key(&cursor.owner, &cursor.name)),
             StateOp::Delete(snapshot_key(&cursor.owner, &cursor.name)),
+            StateOp::Delete(snapshot_info_key(&cursor.owner, &cursor.name)),
         ];
         self.storage().state_submit(ops).await?.await?;
         Ok(true)

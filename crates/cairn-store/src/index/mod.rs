@@ -233,13 +233,21 @@ impl Index {
         use fjall::AbstractTree as _;
         let memtable = self.data.tree.active_memtable().size();
         let applied = self.applied_log_bytes.load(std::sync::atomic::Ordering::Relaxed);
-        let flush = memtable >= CLOSE_FLUSH_MEMTABLE_BYTES || applied >= CLOSE_FLUSH_LOG_BYTES;
-        if flush {
+        let mut flushed = false;
+        if memtable >= CLOSE_FLUSH_MEMTABLE_BYTES || applied >= CLOSE_FLUSH_LOG_BYTES {
             self.db.persist(PersistMode::SyncData)?;
             self.data.rotate_memtable_and_wait()?;
+            // A memtable sealed earlier (fjall seals at 8 MB) may still wait
+            // for the worker, and fjall waits only for the one it sealed
+            // itself: wait for every one, or do not call the close flushed.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            while self.data.sealed_memtable_count() > 0 && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            flushed = self.data.sealed_memtable_count() == 0;
         }
-        self.mark_clean(if flush { FLUSHED } else { UNFLUSHED })?;
-        Ok(flush)
+        self.mark_clean(if flushed { FLUSHED } else { UNFLUSHED })?;
+        Ok(flushed)
     }
 
     fn mark_clean(&self, how: &[u8]) -> Result<()> {
