@@ -228,9 +228,10 @@ impl Service {
         let owner = owner_of(who, owner)?;
         let key = snapshot_key(&owner, name);
         let found = self.storage().state_scan(key.clone()).await?;
-        Ok(found.into_iter().find(|(k, _)| *k == key).and_then(|(_, value)| {
+        Ok(found.into_iter().find(|(k, _)| *k == key).and_then(|(_, mut value)| {
             let at = EventId::from_bytes(value.get(..16)?.try_into().ok()?);
-            Some(Snapshot { at, bytes: value[16..].to_vec() })
+            value.drain(..16);
+            Some(Snapshot { at, bytes: value })
         }))
     }
 
