@@ -328,6 +328,34 @@ fn auth_is_required_where_configured_and_checks_users_and_tokens() {
     raw.expect(b"+OK\r\n");
     raw.command(&[b"XLEN", b"public.a"]);
     raw.expect(b":1\r\n");
+    raw.command(&[b"ACL", b"WHOAMI"]);
+    raw.expect(b"$6\r\nreader\r\n");
+    // A token as the password of `default` (what redis-py, ioredis and
+    // node-redis send when given only a password) or of its own user, in
+    // AUTH and in HELLO; never as another user's password.
+    for user in [&b"default"[..], b"reader"] {
+        let mut raw = Raw::connect(server.resp());
+        raw.command(&[b"AUTH", user, token.as_bytes()]);
+        raw.expect(b"+OK\r\n");
+        raw.command(&[b"ACL", b"WHOAMI"]);
+        raw.expect(b"$6\r\nreader\r\n");
+        let mut raw = Raw::connect(server.resp());
+        raw.command(&[b"HELLO", b"3", b"AUTH", user, token.as_bytes()]);
+        assert!(matches!(raw.frame(), crate::resp::Value::Array(_)), "HELLO 3 AUTH {user:?} <token>");
+        raw.command(&[b"PING"]);
+        raw.expect(b"+PONG\r\n");
+    }
+    let mut raw = Raw::connect(server.resp());
+    raw.command(&[b"AUTH", b"someone", token.as_bytes()]);
+    raw.expect(b"-WRONGPASS invalid username-password pair or user is disabled.\r\n");
+    raw.command(&[b"AUTH", b"default", b"cairn_0000"]);
+    raw.expect(b"-WRONGPASS invalid username-password pair or user is disabled.\r\n");
+    raw.command(&[b"AUTH", b"default", b"pw1"]);
+    raw.expect(b"+OK\r\n");
+    raw.command(&[b"ACL", b"WHOAMI"]);
+    raw.expect(b"$7\r\ndefault\r\n");
+    raw.command(&[b"ACL", b"SETUSER", b"x"]);
+    assert!(raw.line().starts_with("-ERR unknown subcommand 'setuser'"));
     // The appending user is stamped on the event.
     drop(raw);
     drop(server);

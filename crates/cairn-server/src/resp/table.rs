@@ -86,6 +86,7 @@ pub(crate) const SPECS: &[Spec] = &[
         handler!(connection::auth),
     ),
     spec("select", 2, F, NONE, "connection", "Selects the database (only 0 exists).", handler!(connection::select)),
+    spec("acl", -2, F, NONE, "server", "ACL WHOAMI: the authenticated user's name.", handler!(connection::acl)),
     spec("quit", -1, PRE, NONE, "connection", "Closes the connection.", handler!(connection::quit)),
     spec("reset", 1, PRE, NONE, "connection", "Resets the connection.", handler!(connection::reset)),
     spec(

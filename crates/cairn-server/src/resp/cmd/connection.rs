@@ -30,6 +30,23 @@ pub(crate) async fn echo(conn: &mut Conn, args: &[Bytes]) -> CmdResult {
     Ok(())
 }
 
+/// `ACL WHOAMI`: the authenticated user's name (`default` for the socket's
+/// and an open port's clients). Other ACL subcommands are not offered:
+/// users are managed with `cairn user` and `/v1/users`.
+pub(crate) async fn acl(conn: &mut Conn, args: &[Bytes]) -> CmdResult {
+    match word(&args[1]).as_str() {
+        "whoami" if args.len() == 2 => {
+            let name = conn.who()?.user_name().unwrap_or("default").to_owned();
+            conn.out.bulk(name.as_bytes());
+            Ok(())
+        }
+        "whoami" => Err(arity("acl|whoami")),
+        other => Err(err(format!(
+            "unknown subcommand '{other}'. cairn offers ACL WHOAMI; users are managed with `cairn user`"
+        ))),
+    }
+}
+
 pub(crate) async fn select(conn: &mut Conn, args: &[Bytes]) -> CmdResult {
     match &args[1][..] {
         b"0" => conn.out.simple("OK"),
@@ -70,13 +87,24 @@ pub(crate) async fn auth(conn: &mut Conn, args: &[Bytes]) -> CmdResult {
 async fn authenticate(conn: &Conn, user: Option<&Bytes>, secret: &Bytes) -> Result<Principal, Fail> {
     let wrong = || Fail::from(ServiceError::unauthenticated("wrong user name or password"));
     let secret = std::str::from_utf8(secret).map_err(|_| wrong())?;
-    if user.is_none() && secret.starts_with("cairn_") {
-        return Ok(conn.app.service.login_token(secret)?);
-    }
     let name = match user {
         Some(user) => std::str::from_utf8(user).map_err(|_| wrong())?,
         None => "default",
     };
+    // A token as the password: alone, with the user `default` (what
+    // redis-py, ioredis and node-redis send when only a password is set),
+    // or with the token's own user name.
+    if secret.starts_with("cairn_") {
+        match conn.app.service.login_token(secret) {
+            Ok(principal) if user.is_none() || name == "default" || principal.user_name() == Some(name) => {
+                return Ok(principal);
+            }
+            Ok(_) => return Err(wrong()),
+            Err(error) if user.is_none() => return Err(error.into()),
+            // A password that only looks like a token.
+            Err(_) => {}
+        }
+    }
     Ok(conn.app.service.login_password(name, secret, Some(conn.peer.ip())).await?)
 }
 
