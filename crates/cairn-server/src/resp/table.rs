@@ -109,6 +109,7 @@ pub(crate) const SPECS: &[Spec] = &[
     ),
     spec("info", -1, R, NONE, "server", "Returns information and statistics about the server.", handler!(server::info)),
     spec("dbsize", 1, R, NONE, "server", "Returns the number of topics the caller may read.", handler!(keys::dbsize)),
+    spec("time", 1, R, NONE, "server", "Returns the server's time (seconds, microseconds).", handler!(server::time)),
     spec("exists", -2, R, (1, -1, 1), "generic", "Counts the given topics that exist.", handler!(keys::exists)),
     spec("type", 2, R, KEY1, "generic", "Returns 'stream' for a topic, 'none' otherwise.", handler!(keys::kind)),
     spec("keys", 2, R, NONE, "generic", "Returns the readable topics matching a glob pattern.", handler!(keys::keys)),

@@ -4,16 +4,22 @@
 //! patterns are matched by the service's bounded, iterative matcher.
 
 use bytes::Bytes;
-use cairn_service::{Glob, Pattern, Topic};
+use cairn_service::{Glob, Pattern, SYSTEM_PREFIX, Topic};
 
 use super::{topic, word};
 use crate::resp::conn::Conn;
 use crate::resp::error::{CmdResult, Fail, err, syntax};
 
-/// The readable topics that have events kept, by name.
+/// The readable topics that have events kept, by name, without the
+/// store's own (`cairn.start`, …): a Redis client listing its keys expects
+/// its own (they are still there by name: `EXISTS`, `XRANGE`).
 pub(crate) async fn names(conn: &Conn) -> Result<Vec<String>, Fail> {
     let topics = conn.app.service.topics(conn.who()?).await?;
-    Ok(topics.into_iter().filter(|info| info.count > 0).map(|info| info.topic.as_str().to_owned()).collect())
+    Ok(topics
+        .into_iter()
+        .filter(|info| info.count > 0 && !info.topic.as_str().starts_with(SYSTEM_PREFIX))
+        .map(|info| info.topic.as_str().to_owned())
+        .collect())
 }
 
 /// The head of the topic named `key` if it has events kept and the caller

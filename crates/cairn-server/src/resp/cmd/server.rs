@@ -81,6 +81,15 @@ fn info_of(out: &mut Out, spec: &Spec) {
 }
 
 /// `INFO [section…]`.
+/// `TIME`: the server's clock, seconds and microseconds since the epoch.
+pub(crate) async fn time(conn: &mut Conn, _args: &[Bytes]) -> CmdResult {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    conn.out.array(2);
+    conn.out.bulk(now.as_secs().to_string().as_bytes());
+    conn.out.bulk(now.subsec_micros().to_string().as_bytes());
+    Ok(())
+}
+
 pub(crate) async fn info(conn: &mut Conn, args: &[Bytes]) -> CmdResult {
     let wanted: Vec<String> = args[1..].iter().map(|a| word(a)).collect();
     let all = wanted.is_empty() || wanted.iter().any(|w| w == "all" || w == "everything" || w == "default");
