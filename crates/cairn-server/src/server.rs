@@ -23,6 +23,9 @@ pub(crate) struct App {
     pub(crate) config: Config,
     /// The HTTP address bound on TCP, if any (its names are this server's).
     pub(crate) http: Option<SocketAddr>,
+    /// The Redis-protocol address bound, if any (port 0 in the settings
+    /// becomes the port picked).
+    pub(crate) resp: Option<SocketAddr>,
     /// Turns true when the server stops: streams end, connections close.
     pub(crate) stopping: watch::Receiver<bool>,
 }
@@ -127,11 +130,20 @@ pub async fn serve(config: Config, until: impl Future<Output = ()>, ready: impl 
             if config.resp_require_auth && service.users().is_empty() {
                 tracing::warn!("the Redis port requires AUTH but there are no users yet (`cairn user add`)");
             }
-            Some(listener)
+            Some((listener, bound))
         }
     };
+    let resp_bound = resp.as_ref().map(|(_, bound)| *bound);
+    let resp = resp.map(|(listener, _)| listener);
     let (stop, stopping) = watch::channel(false);
-    let app = Arc::new(App { service, metrics: Metrics::default(), config, http, stopping: stopping.clone() });
+    let app = Arc::new(App {
+        service,
+        metrics: Metrics::default(),
+        config,
+        http,
+        resp: resp_bound,
+        stopping: stopping.clone(),
+    });
     let start =
         serde_json::json!({ "version": env!("CARGO_PKG_VERSION"), "pid": std::process::id(), "listen": addresses });
     app.service.append_system("cairn.start", start).await.context("append cairn.start")?;

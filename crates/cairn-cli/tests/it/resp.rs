@@ -578,11 +578,19 @@ fn redis_cli_session_covers_each_command_family() {
     assert_eq!(cli(&["EXISTS", "s", "nope"]), "2\n".replace('2', "1"));
     assert_eq!(cli(&["CLIENT", "SETNAME", "me"]), "OK\n");
     assert!(cli(&["INFO", "server"]).contains("redis_version:"));
+    assert!(cli(&["INFO", "server"]).contains(&format!("tcp_port:{port}\r\n")), "the port bound, not the 0 asked for");
     assert!(cli(&["COMMAND", "COUNT"]).trim().parse::<u32>().unwrap() > 30);
     // The store's own topics (cairn.start) are not listed, but are there by name.
     assert_eq!(cli(&["DBSIZE"]), "2\n");
     assert_eq!(cli(&["KEYS", "*"]).lines().filter(|key| key.starts_with("cairn.")).count(), 0);
     assert_eq!(cli(&["EXISTS", "cairn.start"]), "1\n");
+    // CONFIG GET answers what clients ask, from cairn's settings; SET is refused.
+    // (The test servers run with sync none: fdatasync "no".)
+    assert_eq!(cli(&["CONFIG", "GET", "appendfsync"]), "appendfsync\nno\n");
+    assert_eq!(cli(&["CONFIG", "GET", "databases", "save"]), "databases\n1\nsave\n\n");
+    assert_eq!(cli(&["CONFIG", "GET", "port"]), format!("port\n{port}\n"));
+    assert_eq!(cli(&["CONFIG", "GET", "nothing-like-it*"]).trim(), "");
+    assert!(cli(&["CONFIG", "SET", "appendfsync", "no"]).starts_with("ERR CONFIG SET is not offered"));
     let time = cli(&["TIME"]);
     let parts: Vec<u64> = time.lines().map(|part| part.parse().unwrap()).collect();
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();

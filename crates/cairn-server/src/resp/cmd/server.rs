@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::Ordering::Relaxed;
 
 use bytes::Bytes;
+use cairn_service::Glob;
 
 use super::connection::REDIS_VERSION;
 use super::word;
@@ -81,6 +82,53 @@ fn info_of(out: &mut Out, spec: &Spec) {
 }
 
 /// `INFO [section…]`.
+/// `CONFIG GET pattern…`: the settings Redis clients and tools ask about,
+/// answered from cairn's own (read-only: `CONFIG SET`, `REWRITE` and
+/// `RESETSTAT` are refused; cairn's settings are its flags).
+pub(crate) async fn config(conn: &mut Conn, args: &[Bytes]) -> CmdResult {
+    let sub = word(&args[1]);
+    if sub != "get" {
+        return Err(err(format!(
+            "CONFIG {} is not offered: cairn's settings are set when it starts (cairn serve --help); CONFIG GET reads them",
+            sub.to_uppercase()
+        )));
+    }
+    if args.len() < 3 {
+        return Err(crate::resp::error::arity("config|get"));
+    }
+    let config = &conn.app.config;
+    let appendfsync = match config.sync {
+        cairn_service::SyncMode::Always => "always",
+        cairn_service::SyncMode::Interval(_) => "everysec",
+        cairn_service::SyncMode::None => "no",
+    };
+    let port = conn.app.resp.map_or(0, |addr| addr.port()).to_string();
+    let bind = conn.app.resp.map_or_else(String::new, |addr| addr.ip().to_string());
+    let settings: [(&str, String); 12] = [
+        ("appendonly", "yes".to_owned()),
+        ("appendfsync", appendfsync.to_owned()),
+        ("bind", bind),
+        ("databases", "1".to_owned()),
+        ("maxclients", config.max_connections.to_string()),
+        ("maxmemory", "0".to_owned()),
+        ("maxmemory-policy", "noeviction".to_owned()),
+        ("port", port),
+        ("proto-max-bulk-len", config.resp_command_bytes_max.to_string()),
+        ("protected-mode", if config.resp_require_auth { "yes" } else { "no" }.to_owned()),
+        ("save", String::new()),
+        ("timeout", "0".to_owned()),
+    ];
+    let globs: Vec<Glob> = args[2..].iter().map(|pattern| Glob::new(&pattern.to_ascii_lowercase())).collect();
+    let found: Vec<&(&str, String)> =
+        settings.iter().filter(|(name, _)| globs.iter().any(|glob| glob.matches(name.as_bytes()))).collect();
+    conn.out.map(found.len());
+    for (name, value) in found {
+        conn.out.bulk(name.as_bytes());
+        conn.out.bulk(value.as_bytes());
+    }
+    Ok(())
+}
+
 /// `TIME`: the server's clock, seconds and microseconds since the epoch.
 pub(crate) async fn time(conn: &mut Conn, _args: &[Bytes]) -> CmdResult {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
@@ -113,7 +161,7 @@ pub(crate) async fn info(conn: &mut Conn, args: &[Bytes]) -> CmdResult {
         let _ = write!(
             text,
             "tcp_port:{}\r\nuptime_in_seconds:{}\r\n\r\n",
-            app.config.resp.map_or(0, |addr| addr.port()),
+            app.resp.map_or(0, |addr| addr.port()),
             info.uptime_seconds,
         );
     }
