@@ -60,8 +60,7 @@ impl Service {
         if who.sees_all() {
             return Ok(true);
         }
-        let claim = claim_key(hash, who);
-        if self.storage().state_scan(claim.clone()).await?.iter().any(|(key, _)| *key == claim) {
+        if self.state_get(claim_key(hash, who)).await?.is_some() {
             return Ok(true);
         }
         let topics = self.storage().content_topics(*hash, REFERENCES_LOOKED_AT_MAX).await?;

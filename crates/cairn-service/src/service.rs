@@ -180,6 +180,12 @@ impl Service {
         &*self.inner.storage
     }
 
+    /// The value of state key `key` exactly (the seam scans by prefix).
+    pub(crate) async fn state_get(&self, key: Vec<u8>) -> Result<Option<Vec<u8>>> {
+        let found = self.storage().state_scan(key.clone()).await?;
+        Ok(found.into_iter().find(|(k, _)| *k == key).map(|(_, value)| value))
+    }
+
     /// The storage's bounds.
     pub fn limits(&self) -> Limits {
         self.inner.storage.limits()

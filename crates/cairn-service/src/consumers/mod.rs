@@ -158,8 +158,7 @@ impl Service {
         check_consumer_name(name)?;
         let owner = owner_of(who, owner)?;
         let key = cursor_key(&owner, name);
-        let found = self.storage().state_scan(key.clone()).await?;
-        Ok(found.iter().find(|(k, _)| *k == key).and_then(|(k, v)| parse_cursor(k, v)))
+        Ok(self.state_get(key.clone()).await?.and_then(|value| parse_cursor(&key, &value)))
     }
 
     /// `who`'s cursors (every cursor, for the socket and admins), by owner and name.
@@ -226,9 +225,7 @@ impl Service {
         self.admit(who)?;
         check_consumer_name(name)?;
         let owner = owner_of(who, owner)?;
-        let key = snapshot_key(&owner, name);
-        let found = self.storage().state_scan(key.clone()).await?;
-        Ok(found.into_iter().find(|(k, _)| *k == key).and_then(|(_, mut value)| {
+        Ok(self.state_get(snapshot_key(&owner, name)).await?.and_then(|mut value| {
             let at = EventId::from_bytes(value.get(..16)?.try_into().ok()?);
             value.drain(..16);
             Some(Snapshot { at, bytes: value })
@@ -246,9 +243,7 @@ impl Service {
         self.admit(who)?;
         check_consumer_name(name)?;
         let owner = owner_of(who, owner)?;
-        let key = snapshot_info_key(&owner, name);
-        let found = self.storage().state_scan(key.clone()).await?;
-        Ok(found.into_iter().find(|(k, _)| *k == key).and_then(|(_, value)| {
+        Ok(self.state_get(snapshot_info_key(&owner, name)).await?.and_then(|value| {
             let at = EventId::from_bytes(value.get(..16)?.try_into().ok()?);
             Some((at, u64::from_be_bytes(value.get(16..24)?.try_into().ok()?)))
         }))
@@ -258,12 +253,17 @@ impl Service {
     /// removed: a later user of the same name must not inherit them).
     pub(crate) async fn consumers_forget(&self, owner: &str) -> Result<()> {
         let mut ops = Vec::new();
-        for kind in [b'C', b'S', b'I'] {
-            let mut prefix = cursor_prefix(owner);
-            prefix[0] = kind;
-            for (key, _) in self.storage().state_scan(prefix).await?.iter() {
-                ops.push(StateOp::Delete(key.to_vec()));
-            }
+        for (key, _) in self.storage().state_scan(cursor_prefix(owner)).await? {
+            ops.push(StateOp::Delete(key));
+        }
+        // Snapshots found by their small info records (scanning the
+        // snapshots themselves would load every one of them).
+        let mut info_prefix = cursor_prefix(owner);
+        info_prefix[0] = b'I';
+        for (mut key, _) in self.storage().state_scan(info_prefix).await? {
+            ops.push(StateOp::Delete(key.clone()));
+            key[0] = b'S';
+            ops.push(StateOp::Delete(key));
         }
         if !ops.is_empty() {
             self.storage().state_submit(ops).await?.await?;

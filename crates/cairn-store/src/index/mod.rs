@@ -61,7 +61,7 @@ const CLOSE_FLUSH_MEMTABLE_BYTES: u64 = 1024 * 1024;
 /// after a clean close that did not flush.
 const CLOSE_FLUSH_LOG_BYTES: u64 = 1024 * 1024;
 
-/// What an open found of fjall's journal, which it removed unread.
+/// What an open found of fjall's journal, which it emptied unread.
 ///
 /// fjall replays its whole active journal on open, flushed or not, and
 /// rotates it only every 64 MB: a store filled by ten command-line batches
@@ -70,11 +70,11 @@ const CLOSE_FLUSH_LOG_BYTES: u64 = 1024 * 1024;
 /// batch carries the log position it covers (the checkpoint), fjall flushes
 /// memtables in order, so its tables always hold a prefix of the batches,
 /// and recovery replays the log from the checkpoint those tables hold. So
-/// the journal is removed unread, always; the log after the checkpoint is
+/// the journal is emptied unread, always; the log after the checkpoint is
 /// bounded by the memtable's size and the index's lag.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Journal {
-    /// Bytes of journal files removed.
+    /// Bytes of journal found, all emptied or removed.
     pub(crate) bytes: u64,
     /// Whether the last close was clean (the marker was there).
     pub(crate) clean: bool,
@@ -287,7 +287,7 @@ impl Index {
     }
 }
 
-/// Before fjall opens: removes fjall's journal files (see [`Journal`]),
+/// Before fjall opens: empties fjall's journal (see [`Journal`]),
 /// then the clean-close marker, if any.
 fn drop_journal(path: &Path) -> Result<Journal> {
     let mut journal = Journal::default();

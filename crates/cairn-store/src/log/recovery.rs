@@ -25,7 +25,7 @@ use crate::log::segment::{SEGMENT_HEADER_BYTES, Segments, check_header, corrupt,
 pub struct RecoveryReport {
     /// Records replayed into the index.
     pub records_replayed: u64,
-    /// Bytes of the index's own journal (fjall's) removed unread on open:
+    /// Bytes of the index's own journal (fjall's) emptied unread on open:
     /// the log is replayed from the index's checkpoint instead.
     pub index_journal_bytes: u64,
     /// Whether the store was closed cleanly (its log synced to the end).
