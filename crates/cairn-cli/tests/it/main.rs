@@ -13,6 +13,7 @@ mod errors;
 mod hostile;
 mod http;
 mod lifecycle;
+mod redis_clients;
 mod resp;
 mod security;
 mod serve;

@@ -23,11 +23,12 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use cairn_service::{Appending, Principal};
+use cairn_service::{Appending, Principal, Topic};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
+use super::cmd::transactions::{self, Multi};
 use super::error::Fail;
 use super::frame::{self, Out, Parser, Request};
 use super::table;
@@ -69,6 +70,12 @@ pub(crate) struct Conn {
     /// Close after writing the replies (QUIT, a cross-protocol request).
     pub(crate) closing: bool,
     pub(crate) stop: watch::Receiver<bool>,
+    /// The transaction being queued, between MULTI and EXEC.
+    pub(crate) multi: Option<Multi>,
+    /// Topics WATCH saw, with what it saw.
+    pub(crate) watched: Vec<(Topic, Option<(u64, u64)>)>,
+    /// Running EXEC's commands (blocking reads answer at once).
+    pub(crate) in_exec: bool,
 }
 
 impl Conn {
@@ -209,6 +216,9 @@ pub(crate) async fn serve(
         subscriptions: Vec::new(),
         closing: false,
         stop: stop.clone(),
+        multi: None,
+        watched: Vec::new(),
+        in_exec: false,
     };
     let mut ticket = None;
     if conn.principal.is_none() {
@@ -340,6 +350,11 @@ async fn run(conn: &mut Conn, commands: &mut VecDeque<Vec<Bytes>>) {
             conn.out.error("NOAUTH the connection's credentials were revoked");
             conn.closing = true;
             break;
+        }
+        if conn.multi.is_some() && !transactions::is_control(&args[0]) {
+            settle(conn, &mut awaiting).await;
+            transactions::queue(conn, args);
+            continue;
         }
         if let Some(submitted) = table::submit(conn, &args) {
             let awaiting_reply = submitted.await;

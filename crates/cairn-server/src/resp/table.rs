@@ -7,7 +7,7 @@
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 
-use super::cmd::{connection, groups, keys, meilies, server, streams};
+use super::cmd::{connection, groups, keys, meilies, server, streams, transactions};
 use super::conn::{Awaiting, Conn};
 use super::error::{CmdResult, Fail, arity, err, noauth};
 
@@ -60,6 +60,8 @@ const W: &[&str] = &["write", "fast"];
 const PRE: &[&str] = &["fast", "no-auth"];
 /// Connection commands that need AUTH where it is required.
 const F: &[&str] = &["fast"];
+/// Transaction control (never queued).
+const TX: &[&str] = &["fast", "no-multi"];
 const NONE: (i64, i64, i64) = (0, 0, 0);
 const KEY1: (i64, i64, i64) = (1, 1, 1);
 
@@ -147,7 +149,7 @@ pub(crate) const SPECS: &[Spec] = &[
     spec(
         "subscribe",
         -2,
-        R,
+        &["readonly", "no-multi"],
         NONE,
         "meilies",
         "MeiliES: follows streams: name[:from[:to]] or $all[:from[:to]].",
@@ -227,6 +229,27 @@ pub(crate) const SPECS: &[Spec] = &[
         "Takes over pending entries idle for long enough.",
         handler!(groups::xautoclaim),
     ),
+    spec("multi", 1, TX, NONE, "transactions", "Starts a transaction.", handler!(transactions::multi)),
+    spec(
+        "exec",
+        1,
+        TX,
+        NONE,
+        "transactions",
+        "Runs the queued commands; their appends commit as one atomic batch.",
+        handler!(transactions::exec),
+    ),
+    spec("discard", 1, TX, NONE, "transactions", "Drops the queued commands.", handler!(transactions::discard)),
+    spec(
+        "watch",
+        -2,
+        TX,
+        (1, -1, 1),
+        "transactions",
+        "Aborts the next EXEC if a topic gains or loses entries before it.",
+        handler!(transactions::watch),
+    ),
+    spec("unwatch", 1, F, NONE, "transactions", "Forgets the watched topics.", handler!(transactions::unwatch)),
     spec("xinfo", -2, R, NONE, "stream", "XINFO STREAM|GROUPS|CONSUMERS.", handler!(groups::xinfo)),
 ];
 
@@ -237,7 +260,7 @@ pub(crate) fn find(name: &[u8]) -> Option<&'static Spec> {
 }
 
 /// Why `args` cannot run: unknown, wrong arity, or not before AUTH.
-fn check(conn: &Conn, args: &[Bytes]) -> Result<&'static Spec, Fail> {
+pub(crate) fn check(conn: &Conn, args: &[Bytes]) -> Result<&'static Spec, Fail> {
     let Some(spec) = find(&args[0]) else {
         return Err(unknown(args));
     };

@@ -66,6 +66,8 @@ pub(crate) async fn reset(conn: &mut Conn, _args: &[Bytes]) -> CmdResult {
         subscription.abort();
     }
     conn.name = None;
+    conn.multi = None;
+    conn.watched.clear();
     conn.out.proto = 2;
     conn.principal = Conn::initial_principal(&conn.app);
     conn.out.simple("RESET");

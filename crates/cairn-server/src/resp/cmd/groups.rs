@@ -127,7 +127,11 @@ pub(crate) async fn xreadgroup(conn: &mut Conn, args: &[Bytes]) -> CmdResult {
         return Err(syntax());
     }
     let (group, consumer) = (args[2].clone(), args[3].clone());
-    let read = streams::parse_read(args, 4, true)?;
+    let mut read = streams::parse_read(args, 4, true)?;
+    if conn.in_exec {
+        // Inside EXEC a blocking read answers at once, as in Redis.
+        read.block = None;
+    }
     let reads = read
         .keys
         .iter()

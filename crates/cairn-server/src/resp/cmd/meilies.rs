@@ -76,17 +76,23 @@ impl Spec {
 pub(crate) fn submit_publish<'a>(conn: &'a mut Conn, args: &'a [Bytes]) -> Option<BoxFuture<'a, Awaiting>> {
     Some(Box::pin(async move {
         let submitted = async {
-            let topic = topic(&args[1])?;
-            let kind = std::str::from_utf8(&args[2]).map_err(|_| err("invalid event name: not UTF-8"))?;
-            let mut event = NewEvent::new(topic, args[3].to_vec());
-            if !kind.is_empty() {
-                event.kind = Some(kind.to_owned());
-            }
+            let event = publish_event(args)?;
             let who = conn.who()?;
             Ok::<_, Fail>(Awaiting::Published(conn.app.service.submit(who, Batch::single(event, Expect::Any)).await?))
         };
         submitted.await.unwrap_or_else(Awaiting::Failed)
     }))
+}
+
+/// The event of `publish <stream> <event-name> <data>`.
+pub(crate) fn publish_event(args: &[Bytes]) -> Result<NewEvent, Fail> {
+    let topic = topic(&args[1])?;
+    let kind = std::str::from_utf8(&args[2]).map_err(|_| err("invalid event name: not UTF-8"))?;
+    let mut event = NewEvent::new(topic, args[3].to_vec());
+    if !kind.is_empty() {
+        event.kind = Some(kind.to_owned());
+    }
+    Ok(event)
 }
 
 /// `publish` when not submitted on its own (not reached for well-formed

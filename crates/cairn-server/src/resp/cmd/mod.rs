@@ -1,7 +1,8 @@
 //! Command handlers, one file per family: `connection.rs` (PING, HELLO,
 //! AUTH, CLIENT…), `server.rs` (COMMAND, INFO), `keys.rs` (topics as
 //! keys), `meilies.rs` (MeiliES's commands), `streams.rs` (XADD, XRANGE,
-//! XREAD…), `groups.rs` (consumer groups). Each parses its arguments,
+//! XREAD…), `groups.rs` (consumer groups), `transactions.rs` (MULTI,
+//! EXEC, WATCH). Each parses its arguments,
 //! calls the service as the connection's principal, and writes the reply;
 //! the table (`table.rs`) binds them to their names.
 
@@ -11,6 +12,7 @@ pub(crate) mod keys;
 pub(crate) mod meilies;
 pub(crate) mod server;
 pub(crate) mod streams;
+pub(crate) mod transactions;
 
 use cairn_service::Topic;
 

@@ -5,7 +5,9 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use cairn_service::{Batch, Budget, Delivered, Expect, Follow, FollowOptions, Item, Pattern, StreamId, Topic, Trim};
+use cairn_service::{
+    Batch, Budget, Delivered, Expect, Follow, FollowOptions, Item, NewEvent, Pattern, StreamId, Topic, Trim,
+};
 use futures_util::future::BoxFuture;
 
 use super::{parse_count, topic, word};
@@ -62,33 +64,52 @@ pub(crate) fn submit_xadd<'a>(conn: &'a mut Conn, args: &'a [Bytes]) -> Option<B
     }))
 }
 
+/// A parsed `XADD`: its event and options.
+pub(crate) struct XAdd {
+    pub(crate) event: NewEvent,
+    /// NOMKSTREAM: only onto a stream that exists.
+    pub(crate) nomkstream: bool,
+    /// MAXLEN or MINID: trimmed after the append.
+    pub(crate) trim: Option<Trim>,
+}
+
+impl XAdd {
+    /// Parses `XADD key [NOMKSTREAM] [MAXLEN|MINID …] *|id field value…`.
+    pub(crate) fn parse(args: &[Bytes]) -> Result<XAdd, Fail> {
+        let topic = topic(args.get(1).ok_or_else(|| arity("xadd"))?)?;
+        let mut at = 2;
+        let (mut nomkstream, mut trim) = (false, None);
+        loop {
+            let option = args.get(at).ok_or_else(|| arity("xadd"))?;
+            if option.eq_ignore_ascii_case(b"nomkstream") {
+                nomkstream = true;
+                at += 1;
+            } else if option.eq_ignore_ascii_case(b"maxlen") || option.eq_ignore_ascii_case(b"minid") {
+                let (parsed, next) = parse_trim(args, at)?;
+                trim = Some(parsed);
+                at = next;
+            } else {
+                break;
+            }
+        }
+        if args[at][..] != *b"*" {
+            return Err(err(
+                "cairn assigns entry ids: give * (an id is <ms>-<seq>: the event's time and its topic seq)",
+            ));
+        }
+        let pairs = &args[at + 1..];
+        if pairs.is_empty() || !pairs.len().is_multiple_of(2) {
+            return Err(arity("xadd"));
+        }
+        Ok(XAdd { event: entry::event_from_pairs(topic, pairs), nomkstream, trim })
+    }
+}
+
 /// `XADD key [NOMKSTREAM] [MAXLEN|MINID …] *|id field value…`.
 pub(crate) async fn xadd(conn: &mut Conn, args: &[Bytes]) -> CmdResult {
-    let topic = topic(&args[1])?;
-    let mut at = 2;
-    let (mut nomkstream, mut trim) = (false, None);
-    loop {
-        let option = args.get(at).ok_or_else(|| arity("xadd"))?;
-        if option.eq_ignore_ascii_case(b"nomkstream") {
-            nomkstream = true;
-            at += 1;
-        } else if option.eq_ignore_ascii_case(b"maxlen") || option.eq_ignore_ascii_case(b"minid") {
-            let (parsed, next) = parse_trim(args, at)?;
-            trim = Some(parsed);
-            at = next;
-        } else {
-            break;
-        }
-    }
-    if args[at][..] != *b"*" {
-        return Err(err("cairn assigns entry ids: give * (an id is <ms>-<seq>: the event's time and its topic seq)"));
-    }
-    let pairs = &args[at + 1..];
-    if pairs.is_empty() || !pairs.len().is_multiple_of(2) {
-        return Err(arity("xadd"));
-    }
+    let XAdd { event, nomkstream, trim } = XAdd::parse(args)?;
+    let topic = event.topic.clone().expect("parsed with a topic");
     let (service, who) = (conn.app.service.clone(), conn.who()?.clone());
-    let event = entry::event_from_pairs(topic.clone(), pairs);
     // NOMKSTREAM: only onto a stream that exists, decided with the write.
     let expect = if nomkstream { Expect::Exists } else { Expect::Any };
     let events = match service.append(&who, Batch::single(event, expect)).await {
@@ -311,7 +332,11 @@ pub(crate) async fn wait_for_events(
 }
 
 pub(crate) async fn xread(conn: &mut Conn, args: &[Bytes]) -> CmdResult {
-    let read = parse_read(args, 1, false)?;
+    let mut read = parse_read(args, 1, false)?;
+    if conn.in_exec {
+        // Inside EXEC a blocking read answers at once, as in Redis.
+        read.block = None;
+    }
     let who = conn.who()?.clone();
     for key in &read.keys {
         who.check_read(&Pattern::Exact(key.clone()))?;

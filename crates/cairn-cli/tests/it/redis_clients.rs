@@ -1,0 +1,264 @@
+//! Redis as client libraries use it, against a real `cairn serve`:
+//! transactions (MULTI/EXEC/DISCARD/WATCH) and Redis pub/sub beside
+//! MeiliES's commands over raw sockets, then the real libraries (redis-py,
+//! ioredis, node-redis) where they are installed (`.ci/run` installs them).
+
+use crate::Cairn;
+use crate::resp::{Raw, Value};
+use crate::serve::Server;
+
+fn line(text: &str) -> Value {
+    Value::Line(text.to_owned())
+}
+
+fn xlen(raw: &mut Raw, key: &[u8]) -> String {
+    raw.command(&[b"XLEN", key]);
+    raw.line()
+}
+
+#[test]
+fn transactions_queue_then_commit_their_appends_as_one_batch() {
+    let cairn = Cairn::new();
+    let server = Server::start(&cairn, &[]);
+    let mut raw = Raw::connect(server.resp());
+
+    // Queued commands run at EXEC; a read placed before the first append
+    // sees the store without the transaction's appends.
+    raw.command(&[b"MULTI"]);
+    raw.expect(b"+OK\r\n");
+    raw.command(&[b"XLEN", b"orders"]);
+    raw.expect(b"+QUEUED\r\n");
+    raw.command(&[b"XADD", b"orders", b"*", b"item", b"1"]);
+    raw.expect(b"+QUEUED\r\n");
+    raw.command(&[b"publish", b"audit", b"ordered", b"{}"]);
+    raw.expect(b"+QUEUED\r\n");
+    raw.command(&[b"XADD", b"orders", b"MAXLEN", b"5", b"*", b"item", b"2"]);
+    raw.expect(b"+QUEUED\r\n");
+    raw.command(&[b"XLEN", b"orders"]);
+    raw.expect(b"+QUEUED\r\n");
+    // Nothing ran yet: another connection sees nothing.
+    let mut other = Raw::connect(server.resp());
+    assert_eq!(xlen(&mut other, b"orders"), ":0");
+    raw.command(&[b"EXEC"]);
+    let Value::Array(replies) = raw.frame() else { panic!("EXEC answers an array") };
+    assert_eq!(replies.len(), 5, "{replies:?}");
+    assert_eq!(replies[0], line(":0"));
+    let (Value::Bulk(first), Value::Bulk(second)) = (&replies[1], &replies[3]) else { panic!("{replies:?}") };
+    assert!(first.ends_with(b"-0") && second.ends_with(b"-1"), "{replies:?}");
+    assert_eq!(replies[2], line("+OK"));
+    assert_eq!(replies[4], line(":2"));
+    // The three appends, and only they, are in the store.
+    drop(raw);
+    let all = cairn.ok(&["cat", "*"], b"");
+    assert_eq!(all.len(), 3, "{all:?}");
+
+    // A queued command with a syntax, arity or unknown-command error, or
+    // one the user may not run, makes EXEC answer EXECABORT: nothing applied.
+    let mut raw = Raw::connect(server.resp());
+    for bad in [
+        &[&b"XADD"[..], b"orders"][..],
+        &[b"XADD", b"orders", b"MAXLEN", b"x", b"*", b"f", b"v"],
+        &[b"XADD", b"orders", b"*", b"odd"],
+        &[b"NOSUCHCOMMAND", b"x"],
+        &[b"XADD", b"bad\nkey", b"*", b"f", b"v"],
+        &[b"subscribe", b"orders"],
+    ] {
+        raw.command(&[b"MULTI"]);
+        raw.expect(b"+OK\r\n");
+        raw.command(&[b"XADD", b"orders", b"*", b"item", b"x"]);
+        raw.expect(b"+QUEUED\r\n");
+        raw.command(bad);
+        assert!(raw.line().starts_with("-ERR"), "{bad:?}");
+        raw.command(&[b"XADD", b"orders", b"*", b"item", b"y"]);
+        raw.expect(b"+QUEUED\r\n");
+        raw.command(&[b"EXEC"]);
+        raw.expect(b"-EXECABORT Transaction discarded because of previous errors.\r\n");
+        assert_eq!(xlen(&mut raw, b"orders"), ":2", "{bad:?}");
+    }
+
+    // An append refused at commit (an event name over 255 bytes) refuses
+    // the whole batch: every append answers the error, none is applied.
+    let long_name = vec![b'n'; 300];
+    raw.command(&[b"MULTI"]);
+    raw.expect(b"+OK\r\n");
+    raw.command(&[b"XADD", b"orders", b"*", b"item", b"3"]);
+    raw.expect(b"+QUEUED\r\n");
+    raw.command(&[b"publish", b"audit", &long_name, b"{}"]);
+    raw.expect(b"+QUEUED\r\n");
+    raw.command(&[b"EXEC"]);
+    let Value::Array(replies) = raw.frame() else { panic!("EXEC answers an array") };
+    assert!(replies.iter().all(|reply| matches!(reply, Value::Line(text) if text.starts_with("-ERR"))), "{replies:?}");
+    assert_eq!(xlen(&mut raw, b"orders"), ":2");
+
+    // DISCARD drops the queue; control commands outside a transaction.
+    raw.command(&[b"MULTI"]);
+    raw.expect(b"+OK\r\n");
+    raw.command(&[b"XADD", b"orders", b"*", b"item", b"4"]);
+    raw.expect(b"+QUEUED\r\n");
+    raw.command(&[b"MULTI"]);
+    raw.expect(b"-ERR MULTI calls can not be nested\r\n");
+    raw.command(&[b"WATCH", b"orders"]);
+    raw.expect(b"-ERR WATCH inside MULTI is not allowed\r\n");
+    raw.command(&[b"DISCARD"]);
+    raw.expect(b"+OK\r\n");
+    raw.command(&[b"EXEC"]);
+    raw.expect(b"-ERR EXEC without MULTI\r\n");
+    raw.command(&[b"DISCARD"]);
+    raw.expect(b"-ERR DISCARD without MULTI\r\n");
+    assert_eq!(xlen(&mut raw, b"orders"), ":2");
+
+    // A blocking read inside EXEC answers at once; NOMKSTREAM onto a
+    // missing stream answers null and does not stop the other appends.
+    raw.command(&[b"MULTI"]);
+    raw.expect(b"+OK\r\n");
+    raw.command(&[b"XREAD", b"BLOCK", b"0", b"STREAMS", b"orders", b"$"]);
+    raw.expect(b"+QUEUED\r\n");
+    raw.command(&[b"XADD", b"missing", b"NOMKSTREAM", b"*", b"f", b"v"]);
+    raw.expect(b"+QUEUED\r\n");
+    raw.command(&[b"XADD", b"orders", b"NOMKSTREAM", b"*", b"item", b"5"]);
+    raw.expect(b"+QUEUED\r\n");
+    raw.command(&[b"EXEC"]);
+    let Value::Array(replies) = raw.frame() else { panic!("EXEC answers an array") };
+    assert_eq!(replies[0], line("*-1"));
+    assert_eq!(replies[1], line("$-1"));
+    assert!(matches!(&replies[2], Value::Bulk(id) if id.ends_with(b"-2")), "{replies:?}");
+    raw.command(&[b"EXISTS", b"missing"]);
+    raw.expect(b":0\r\n");
+
+    // RESP3: the same shapes, null as `_`.
+    raw.command(&[b"HELLO", b"3"]);
+    let _ = raw.frame();
+    raw.command(&[b"MULTI"]);
+    raw.expect(b"+OK\r\n");
+    raw.command(&[b"XLEN", b"orders"]);
+    raw.expect(b"+QUEUED\r\n");
+    raw.command(&[b"EXEC"]);
+    raw.expect(b"*1\r\n:3\r\n");
+}
+
+#[test]
+fn watch_aborts_exec_when_a_watched_topic_gained_or_lost_entries() {
+    let cairn = Cairn::new();
+    let server = Server::start(&cairn, &[]);
+    let mut raw = Raw::connect(server.resp());
+    let mut other = Raw::connect(server.resp());
+    other.command(&[b"XADD", b"stock", b"*", b"n", b"1"]);
+    let _ = other.frame();
+
+    // Unchanged: EXEC runs.
+    raw.command(&[b"WATCH", b"stock", b"never-written"]);
+    raw.expect(b"+OK\r\n");
+    raw.command(&[b"MULTI"]);
+    raw.expect(b"+OK\r\n");
+    raw.command(&[b"XADD", b"orders", b"*", b"n", b"1"]);
+    raw.expect(b"+QUEUED\r\n");
+    raw.command(&[b"EXEC"]);
+    assert!(matches!(raw.frame(), Value::Array(replies) if replies.len() == 1));
+
+    // Gained an entry from another connection: null, nothing applied.
+    raw.command(&[b"WATCH", b"stock"]);
+    raw.expect(b"+OK\r\n");
+    other.command(&[b"XADD", b"stock", b"*", b"n", b"2"]);
+    let Value::Bulk(second) = other.frame() else { panic!("XADD answers the id") };
+    raw.command(&[b"MULTI"]);
+    raw.expect(b"+OK\r\n");
+    raw.command(&[b"XADD", b"orders", b"*", b"n", b"2"]);
+    raw.expect(b"+QUEUED\r\n");
+    raw.command(&[b"EXEC"]);
+    raw.expect(b"*-1\r\n");
+    assert_eq!(xlen(&mut raw, b"orders"), ":1");
+
+    // Lost an entry: null too. EXEC forgot the watch, so the next runs.
+    raw.command(&[b"WATCH", b"stock"]);
+    raw.expect(b"+OK\r\n");
+    other.command(&[b"XDEL", b"stock", &second]);
+    other.expect(b":1\r\n");
+    raw.command(&[b"MULTI"]);
+    raw.expect(b"+OK\r\n");
+    raw.command(&[b"XADD", b"orders", b"*", b"n", b"3"]);
+    raw.expect(b"+QUEUED\r\n");
+    raw.command(&[b"EXEC"]);
+    raw.expect(b"*-1\r\n");
+    raw.command(&[b"MULTI"]);
+    raw.expect(b"+OK\r\n");
+    raw.command(&[b"XADD", b"orders", b"*", b"n", b"4"]);
+    raw.expect(b"+QUEUED\r\n");
+    raw.command(&[b"EXEC"]);
+    assert!(matches!(raw.frame(), Value::Array(replies) if replies.len() == 1));
+    assert_eq!(xlen(&mut raw, b"orders"), ":2");
+
+    // A watched topic that did not exist and now does; UNWATCH forgets.
+    raw.command(&[b"WATCH", b"fresh"]);
+    raw.expect(b"+OK\r\n");
+    other.command(&[b"XADD", b"fresh", b"*", b"n", b"1"]);
+    let _ = other.frame();
+    raw.command(&[b"MULTI"]);
+    raw.expect(b"+OK\r\n");
+    raw.command(&[b"EXEC"]);
+    raw.expect(b"*-1\r\n");
+    raw.command(&[b"WATCH", b"fresh"]);
+    raw.expect(b"+OK\r\n");
+    other.command(&[b"XADD", b"fresh", b"*", b"n", b"2"]);
+    let _ = other.frame();
+    raw.command(&[b"UNWATCH"]);
+    raw.expect(b"+OK\r\n");
+    raw.command(&[b"MULTI"]);
+    raw.expect(b"+OK\r\n");
+    raw.command(&[b"EXEC"]);
+    raw.expect(b"*0\r\n");
+}
+
+#[test]
+fn transactions_are_authorized_per_command_and_bounded() {
+    let cairn = Cairn::new();
+    cairn.ok(&["user", "add", "admin", "--admin"], b"pw0\n");
+    cairn.ok(&["user", "add", "alice", "--read", "alice.>", "--write", "alice.>"], b"pw1\n");
+    let server = Server::start(&cairn, &["--resp-require-auth"]);
+    let mut raw = Raw::connect(server.resp());
+    // Before AUTH nothing queues.
+    raw.command(&[b"MULTI"]);
+    raw.expect(b"-NOAUTH Authentication required.\r\n");
+    raw.command(&[b"AUTH", b"alice", b"pw1"]);
+    raw.expect(b"+OK\r\n");
+    // Another user's topic: NOPERM at queue time, EXECABORT, nothing applied.
+    raw.command(&[b"MULTI"]);
+    raw.expect(b"+OK\r\n");
+    raw.command(&[b"XADD", b"alice.a", b"*", b"f", b"v"]);
+    raw.expect(b"+QUEUED\r\n");
+    raw.command(&[b"XADD", b"bob.a", b"*", b"f", b"v"]);
+    assert!(raw.line().starts_with("-NOPERM"));
+    raw.command(&[b"EXEC"]);
+    raw.expect(b"-EXECABORT Transaction discarded because of previous errors.\r\n");
+    raw.command(&[b"WATCH", b"bob.a"]);
+    assert!(raw.line().starts_with("-NOPERM"));
+    // A queued read of another user's topic fails inside EXEC, alone.
+    raw.command(&[b"MULTI"]);
+    raw.expect(b"+OK\r\n");
+    raw.command(&[b"XADD", b"alice.a", b"*", b"f", b"v"]);
+    raw.expect(b"+QUEUED\r\n");
+    raw.command(&[b"XRANGE", b"bob.a", b"-", b"+"]);
+    raw.expect(b"+QUEUED\r\n");
+    raw.command(&[b"EXEC"]);
+    let Value::Array(replies) = raw.frame() else { panic!("EXEC answers an array") };
+    assert!(matches!(&replies[0], Value::Bulk(_)), "{replies:?}");
+    assert!(matches!(&replies[1], Value::Line(error) if error.starts_with("-NOPERM")), "{replies:?}");
+    // A queue that grows past its bound is refused and dropped.
+    raw.command(&[b"MULTI"]);
+    raw.expect(b"+OK\r\n");
+    let big = vec![b'x'; 1024 * 1024];
+    let mut refused = false;
+    for _ in 0..80 {
+        raw.command(&[b"XADD", b"alice.big", b"*", b"f", &big]);
+        let reply = raw.line();
+        if reply.starts_with("-ERR a transaction queues at most") {
+            refused = true;
+            break;
+        }
+        assert_eq!(reply, "+QUEUED");
+    }
+    assert!(refused, "a 80 MiB transaction was queued");
+    raw.command(&[b"EXEC"]);
+    raw.expect(b"-EXECABORT Transaction discarded because of previous errors.\r\n");
+    raw.command(&[b"EXISTS", b"alice.big"]);
+    raw.expect(b":0\r\n");
+}
