@@ -28,6 +28,8 @@ pub(crate) struct App {
     pub(crate) resp: Option<SocketAddr>,
     /// Turns true when the server stops: streams end, connections close.
     pub(crate) stopping: watch::Receiver<bool>,
+    /// Redis pub/sub's channels and patterns.
+    pub(crate) pubsub: crate::resp::pubsub::Broker,
 }
 
 impl App {
@@ -143,6 +145,7 @@ pub async fn serve(config: Config, until: impl Future<Output = ()>, ready: impl 
         http,
         resp: resp_bound,
         stopping: stopping.clone(),
+        pubsub: Default::default(),
     });
     let start =
         serde_json::json!({ "version": env!("CARGO_PKG_VERSION"), "pid": std::process::id(), "listen": addresses });

@@ -314,6 +314,11 @@ fn a_hostile_user_over_the_redis_protocol_reaches_nothing_of_another_user() {
             words(&[b"stream-names"]),
             words(&[b"subscribe", b"orders.1:0"]),
             words(&[b"subscribe", b"$all:0"]),
+            words(&[b"PUBLISH", b"orders.1", b"forged"]),
+            words(&[b"PUBSUB", b"CHANNELS"]),
+            words(&[b"PUBSUB", b"NUMSUB", b"orders.1"]),
+            words(&[b"PUBSUB", b"NUMPAT"]),
+            words(&[b"WATCH", b"orders.1"]),
             words(&[b"AUTH", b"alice", b"wrong"]),
             words(&[b"CLIENT", b"LIST"]),
         ]

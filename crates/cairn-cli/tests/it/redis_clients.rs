@@ -262,3 +262,182 @@ fn transactions_are_authorized_per_command_and_bounded() {
     raw.command(&[b"EXISTS", b"alice.big"]);
     raw.expect(b":0\r\n");
 }
+
+/// Reads one push and returns its parts as text.
+fn push_parts(raw: &mut Raw) -> Vec<String> {
+    let Value::Array(parts) = raw.frame() else { panic!("a push is an array") };
+    parts
+        .into_iter()
+        .map(|part| match part {
+            Value::Bulk(bytes) => String::from_utf8(bytes).unwrap(),
+            Value::Line(line) => line,
+            Value::Array(_) => panic!("nested"),
+        })
+        .collect()
+}
+
+#[test]
+fn redis_pub_sub_beside_meilies_subscriptions() {
+    let cairn = Cairn::new();
+    let server = Server::start(&cairn, &[]);
+    let mut sub = Raw::connect(server.resp());
+    sub.command(&[b"SUBSCRIBE", b"news", b"chat"]);
+    assert_eq!(push_parts(&mut sub), ["subscribe", "news", ":1"]);
+    assert_eq!(push_parts(&mut sub), ["subscribe", "chat", ":2"]);
+    sub.command(&[b"PSUBSCRIBE", b"n*"]);
+    assert_eq!(push_parts(&mut sub), ["psubscribe", "n*", ":3"]);
+    // Subscribed mode (RESP2): other commands are refused, PING answers.
+    sub.command(&[b"XLEN", b"news"]);
+    assert!(sub.line().starts_with("-ERR Can't execute 'xlen'"));
+    sub.command(&[b"PING"]);
+    assert_eq!(push_parts(&mut sub), ["pong", ""]);
+
+    // A MeiliES client on its own connection: same names, its own replies.
+    let mut meilies = Raw::connect(server.resp());
+    meilies.command(&[b"subscribe", b"news"]);
+    meilies.expect(b"*2\r\n+subscribed\r\n+news\r\n");
+
+    let mut publisher = Raw::connect(server.resp());
+    publisher.command(&[b"PUBLISH", b"news", b"hello"]);
+    publisher.expect(b":2\r\n");
+    assert_eq!(push_parts(&mut sub), ["message", "news", "hello"]);
+    assert_eq!(push_parts(&mut sub), ["pmessage", "n*", "news", "hello"]);
+    publisher.command(&[b"PUBLISH", b"nobody", b"x"]);
+    publisher.expect(b":1\r\n"); // the pattern n*
+    assert_eq!(push_parts(&mut sub), ["pmessage", "n*", "nobody", "x"]);
+    publisher.command(&[b"PUBLISH", b"other", b"x"]);
+    publisher.expect(b":0\r\n");
+    // Pub/sub messages are not events: nothing was appended.
+    publisher.command(&[b"EXISTS", b"news", b"nobody"]);
+    publisher.expect(b":0\r\n");
+    // MeiliES's publish (three arguments) appends, and its subscriber gets it.
+    publisher.command(&[b"publish", b"news", b"posted", b"data"]);
+    publisher.expect(b"+OK\r\n");
+    meilies.expect(b"*5\r\n+event\r\n+news\r\n:0\r\n+posted\r\n$4\r\ndata\r\n");
+
+    publisher.command(&[b"PUBSUB", b"CHANNELS"]);
+    publisher.expect(b"*2\r\n$4\r\nchat\r\n$4\r\nnews\r\n");
+    publisher.command(&[b"PUBSUB", b"CHANNELS", b"n*"]);
+    publisher.expect(b"*1\r\n$4\r\nnews\r\n");
+    publisher.command(&[b"PUBSUB", b"NUMSUB", b"news", b"other"]);
+    publisher.expect(b"*4\r\n$4\r\nnews\r\n:1\r\n$5\r\nother\r\n:0\r\n");
+    publisher.command(&[b"PUBSUB", b"NUMPAT"]);
+    publisher.expect(b":1\r\n");
+
+    sub.command(&[b"UNSUBSCRIBE", b"chat"]);
+    assert_eq!(push_parts(&mut sub), ["unsubscribe", "chat", ":2"]);
+    sub.command(&[b"PUNSUBSCRIBE"]);
+    assert_eq!(push_parts(&mut sub), ["punsubscribe", "n*", ":1"]);
+    sub.command(&[b"UNSUBSCRIBE"]);
+    assert_eq!(push_parts(&mut sub), ["unsubscribe", "news", ":0"]);
+    sub.command(&[b"UNSUBSCRIBE"]);
+    assert_eq!(push_parts(&mut sub), ["unsubscribe", "$-1", ":0"]);
+    // Out of subscribed mode: commands run again.
+    sub.command(&[b"XLEN", b"news"]);
+    sub.expect(b":1\r\n");
+
+    // RESP3: pushes are `>`, and other commands run while subscribed.
+    let mut resp3 = Raw::connect(server.resp());
+    resp3.command(&[b"HELLO", b"3"]);
+    let _ = resp3.frame();
+    resp3.command(&[b"SUBSCRIBE", b"q"]);
+    resp3.expect(b">3\r\n$9\r\nsubscribe\r\n$1\r\nq\r\n:1\r\n");
+    resp3.command(&[b"XLEN", b"news"]);
+    resp3.expect(b":1\r\n");
+    publisher.command(&[b"PUBLISH", b"q", b"hi"]);
+    publisher.expect(b":1\r\n");
+    resp3.expect(b">3\r\n$7\r\nmessage\r\n$1\r\nq\r\n$2\r\nhi\r\n");
+
+    // A connection that leaves is no longer counted.
+    drop(resp3);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        publisher.command(&[b"PUBSUB", b"NUMSUB", b"q"]);
+        if publisher.frame() == Value::Array(vec![Value::Bulk(b"q".to_vec()), line(":0")]) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "a closed subscriber stayed counted");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+
+    // Channel names follow the topic rules; the bound on subscriptions.
+    publisher.command(&[b"PUBLISH", b"bad\nname", b"x"]);
+    assert!(publisher.line().starts_with("-ERR invalid channel"));
+    let names: Vec<Vec<u8>> = (0..10_001).map(|n| format!("c{n}").into_bytes()).collect();
+    let mut command: Vec<&[u8]> = vec![b"SUBSCRIBE"];
+    command.extend(names.iter().map(Vec::as_slice));
+    let mut many = Raw::connect(server.resp());
+    many.command(&command);
+    assert!(many.line().contains("at most 10000 channel and pattern subscriptions"));
+}
+
+#[test]
+fn pub_sub_is_authorized_like_topics_and_never_waits_for_a_subscriber() {
+    let cairn = Cairn::new();
+    cairn.ok(&["user", "add", "alice", "--read", "alice.>", "--write", "alice.>"], b"pw1\n");
+    cairn.ok(&["user", "add", "bob", "--read", "bob.>", "--write", "bob.>"], b"pw2\n");
+    let server = Server::start(&cairn, &["--resp-require-auth"]);
+    let login = |user: &[u8], password: &[u8]| {
+        let mut raw = Raw::connect(server.resp());
+        raw.command(&[b"AUTH", user, password]);
+        raw.expect(b"+OK\r\n");
+        raw
+    };
+    let mut alice = login(b"alice", b"pw1");
+    let mut bob = login(b"bob", b"pw2");
+    // Nothing before AUTH.
+    let mut stranger = Raw::connect(server.resp());
+    stranger.command(&[b"SUBSCRIBE", b"alice.news"]);
+    stranger.expect(b"-NOAUTH Authentication required.\r\n");
+    stranger.command(&[b"PUBLISH", b"alice.news", b"x"]);
+    stranger.expect(b"-NOAUTH Authentication required.\r\n");
+    // Another user's channels: refused, all or none.
+    alice.command(&[b"SUBSCRIBE", b"alice.news", b"bob.news"]);
+    assert!(alice.line().starts_with("-NOPERM"));
+    alice.command(&[b"PUBLISH", b"bob.news", b"x"]);
+    assert!(alice.line().starts_with("-NOPERM"));
+    // A pattern receives only the channels its user may read.
+    alice.command(&[b"PSUBSCRIBE", b"*"]);
+    assert_eq!(push_parts(&mut alice), ["psubscribe", "*", ":1"]);
+    bob.command(&[b"SUBSCRIBE", b"bob.news"]);
+    assert_eq!(push_parts(&mut bob), ["subscribe", "bob.news", ":1"]);
+    let mut bob_publisher = login(b"bob", b"pw2");
+    bob_publisher.command(&[b"PUBLISH", b"bob.news", b"secret"]);
+    bob_publisher.expect(b":1\r\n");
+    assert_eq!(push_parts(&mut bob), ["message", "bob.news", "secret"]);
+    let mut alice_publisher = login(b"alice", b"pw1");
+    alice_publisher.command(&[b"PUBLISH", b"alice.news", b"mine"]);
+    alice_publisher.expect(b":1\r\n");
+    // The first thing alice's pattern delivers is her own channel's.
+    assert_eq!(push_parts(&mut alice), ["pmessage", "*", "alice.news", "mine"]);
+    // Bob's channels are not listed or counted for alice.
+    alice_publisher.command(&[b"PUBSUB", b"CHANNELS"]);
+    alice_publisher.expect(b"*0\r\n");
+    alice_publisher.command(&[b"PUBSUB", b"NUMSUB", b"bob.news"]);
+    alice_publisher.expect(b"*2\r\n$8\r\nbob.news\r\n:0\r\n");
+    alice_publisher.command(&[b"PUBSUB", b"NUMPAT"]);
+    alice_publisher.expect(b":1\r\n");
+    bob_publisher.command(&[b"PUBSUB", b"NUMPAT"]);
+    bob_publisher.expect(b":0\r\n");
+
+    // A subscriber that never reads: the publisher is never held up, and
+    // the subscriber is disconnected once its queue is full.
+    alice.command(&[b"PUNSUBSCRIBE"]);
+    assert_eq!(push_parts(&mut alice), ["punsubscribe", "*", ":0"]);
+    let mut idle = login(b"alice", b"pw1");
+    idle.command(&[b"SUBSCRIBE", b"alice.flood"]);
+    assert_eq!(push_parts(&mut idle), ["subscribe", "alice.flood", ":1"]);
+    let message = vec![b'm'; 64 * 1024];
+    let started = std::time::Instant::now();
+    let mut reached = Vec::new();
+    for _ in 0..2_000 {
+        alice_publisher.command(&[b"PUBLISH", b"alice.flood", &message]);
+        reached.push(alice_publisher.line());
+    }
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    assert_eq!(reached[0], ":1");
+    assert_eq!(reached.last().unwrap(), ":0", "the idle subscriber was not dropped");
+    idle.writer.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    let mut sink = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut idle.writer, &mut sink);
+}

@@ -684,11 +684,13 @@ async fn replies_names_and_subscriptions_are_bounded() {
     assert_eq!(ask(&mut alice, &[b"XGROUP", b"CREATE", b"orders.big", b"g", b"0"]), line("+OK"));
     let reply = ask(&mut alice, &[b"XREADGROUP", b"GROUP", b"g", &long, b"STREAMS", b"orders.big", b">"]);
     assert!(matches!(&reply, Value::Line(reply) if reply.starts_with("-ERR")), "{reply:?}");
-    // One connection holds a bounded number of subscriptions.
+    // One connection holds a bounded number of subscriptions (MeiliES's:
+    // a connection that sent only AUTH and MeiliES's commands).
+    let mut meilies = resp_as(&server, "alice", "alice-pw");
     let specs: Vec<Vec<u8>> = (0..257).map(|n| format!("orders.s{n}").into_bytes()).collect();
     let mut command: Vec<&[u8]> = vec![b"subscribe"];
     command.extend(specs.iter().map(Vec::as_slice));
-    let reply = ask(&mut alice, &command);
+    let reply = ask(&mut meilies, &command);
     assert!(matches!(&reply, Value::Line(reply) if reply.contains("at most 256 subscriptions")), "{reply:?}");
     // A batch is refused at its 100,001st event, not after building them all.
     let http = server.tcp().with_basic("alice", "alice-pw");

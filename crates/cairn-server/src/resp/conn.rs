@@ -13,13 +13,13 @@
 //! client authenticated (where AUTH is required). Sessions: when the
 //! connection's credential is revoked, the connection is told and closed.
 
-use std::collections::HashMap;
 use std::collections::VecDeque;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -28,6 +28,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
+use super::cmd::pubsub;
 use super::cmd::transactions::{self, Multi};
 use super::error::Fail;
 use super::frame::{self, Out, Parser, Request};
@@ -76,6 +77,12 @@ pub(crate) struct Conn {
     pub(crate) watched: Vec<(Topic, Option<(u64, u64)>)>,
     /// Running EXEC's commands (blocking reads answer at once).
     pub(crate) in_exec: bool,
+    /// Redis pub/sub channels and patterns subscribed.
+    pub(crate) channels: HashSet<Bytes>,
+    pub(crate) patterns: HashSet<Bytes>,
+    /// The connection has sent something other than MeiliES's commands as
+    /// MeiliES sends them: its `subscribe` is Redis's (`cmd/pubsub.rs`).
+    pub(crate) redis_client: bool,
 }
 
 impl Conn {
@@ -88,6 +95,12 @@ impl Conn {
     /// What an unauthenticated connection starts as.
     pub(crate) fn initial_principal(app: &App) -> Option<Principal> {
         (!app.config.resp_require_auth).then_some(Principal::Anonymous)
+    }
+
+    /// Whether the connection is in Redis's subscribed mode (RESP2 then
+    /// accepts only the pub/sub commands, PING, QUIT and RESET).
+    pub(crate) fn subscribed(&self) -> bool {
+        !self.channels.is_empty() || !self.patterns.is_empty()
     }
 
     /// The command bounds for the connection's state.
@@ -120,12 +133,39 @@ pub(crate) enum Awaiting {
 pub(crate) struct Pushes {
     frames: mpsc::Sender<(Bytes, OwnedSemaphorePermit)>,
     room: Arc<Semaphore>,
+    /// A frame could not be queued without waiting ([`Pushes::try_send`]):
+    /// the connection closes.
+    overflowed: Arc<AtomicBool>,
 }
 
 impl Pushes {
     fn new() -> (Pushes, mpsc::Receiver<(Bytes, OwnedSemaphorePermit)>) {
         let (frames, queue) = mpsc::channel(PUSH_QUEUE_FRAMES);
-        (Pushes { frames, room: Arc::new(Semaphore::new(PUSH_QUEUE_BYTES)) }, queue)
+        let pushes = Pushes {
+            frames,
+            room: Arc::new(Semaphore::new(PUSH_QUEUE_BYTES)),
+            overflowed: Arc::new(AtomicBool::new(false)),
+        };
+        (pushes, queue)
+    }
+
+    /// Queues `frame` if there is room now (pub/sub never waits for a
+    /// subscriber); otherwise marks the connection overflowed, to be
+    /// closed. True when queued.
+    pub(crate) fn try_send(&self, frame: Bytes) -> bool {
+        let bytes = u32::try_from(frame.len().clamp(1, PUSH_QUEUE_BYTES)).expect("the queue's bytes fit a u32");
+        let queued = match self.room.clone().try_acquire_many_owned(bytes) {
+            Ok(permit) => self.frames.try_send((frame, permit)).is_ok(),
+            Err(_) => false,
+        };
+        if !queued {
+            self.overflowed.store(true, Relaxed);
+        }
+        queued
+    }
+
+    fn overflowed(&self) -> bool {
+        self.overflowed.load(Relaxed)
     }
 
     /// Queues `frame` once there is room; false when the connection is gone.
@@ -140,6 +180,12 @@ impl Drop for Conn {
     fn drop(&mut self) {
         for subscription in &self.subscriptions {
             subscription.abort();
+        }
+        for channel in &self.channels {
+            self.app.pubsub.unsubscribe(self.id, channel);
+        }
+        for pattern in &self.patterns {
+            self.app.pubsub.punsubscribe(self.id, pattern);
         }
     }
 }
@@ -219,6 +265,9 @@ pub(crate) async fn serve(
         multi: None,
         watched: Vec::new(),
         in_exec: false,
+        channels: HashSet::new(),
+        patterns: HashSet::new(),
+        redis_client: false,
     };
     let mut ticket = None;
     if conn.principal.is_none() {
@@ -310,6 +359,11 @@ pub(crate) async fn serve(
                         return;
                     }
                 }
+                if conn.pushes.overflowed() {
+                    tracing::warn!("{peer}: closing a pub/sub client that does not read its messages (queue full)");
+                    let _ = writer.shutdown().await;
+                    return;
+                }
             }
             // Only a user's session can be revoked.
             changed = sessions.changed(), if matches!(conn.principal, Some(Principal::User(_))) => {
@@ -350,6 +404,9 @@ async fn run(conn: &mut Conn, commands: &mut VecDeque<Vec<Bytes>>) {
             conn.out.error("NOAUTH the connection's credentials were revoked");
             conn.closing = true;
             break;
+        }
+        if !conn.redis_client && !pubsub::is_meilies_form(&args) {
+            conn.redis_client = true;
         }
         if conn.multi.is_some() && !transactions::is_control(&args[0]) {
             settle(conn, &mut awaiting).await;

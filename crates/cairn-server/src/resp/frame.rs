@@ -323,6 +323,11 @@ impl Out {
         self.buf.put_slice(if self.proto == 3 { b"_\r\n" } else { b"*-1\r\n" });
     }
 
+    /// A push of `len` elements (`>` in RESP3; an array in RESP2).
+    pub(crate) fn push(&mut self, len: usize) {
+        self.header(if self.proto == 3 { b'>' } else { b'*' }, len);
+    }
+
     pub(crate) fn array(&mut self, len: usize) {
         self.header(b'*', len);
     }

@@ -12,6 +12,8 @@
 //! - `error.rs`: failed commands as error lines, service errors rendered
 //!   in one place.
 //! - `entry.rs`: events as stream entries (field-value pairs).
+//! - `pubsub.rs`: Redis pub/sub's broker (channels, patterns; in memory,
+//!   fire and forget).
 //!
 //! Every command calls the service (`cairn_service::Service`) as the
 //! connection's principal: authorization, users, groups and storage are
@@ -22,6 +24,7 @@ mod conn;
 mod entry;
 mod error;
 pub(crate) mod frame;
+pub(crate) mod pubsub;
 mod table;
 
 use std::sync::Arc;

@@ -7,7 +7,7 @@
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 
-use super::cmd::{connection, groups, keys, meilies, server, streams, transactions};
+use super::cmd::{connection, groups, keys, meilies, pubsub, server, streams, transactions};
 use super::conn::{Awaiting, Conn};
 use super::error::{CmdResult, Fail, arity, err, noauth};
 
@@ -60,6 +60,8 @@ const W: &[&str] = &["write", "fast"];
 const PRE: &[&str] = &["fast", "no-auth"];
 /// Connection commands that need AUTH where it is required.
 const F: &[&str] = &["fast"];
+/// Pub/sub commands (allowed in subscribed mode, not in a transaction).
+const PUBSUB: &[&str] = &["pubsub", "no-multi"];
 /// Transaction control (never queued).
 const TX: &[&str] = &["fast", "no-multi"];
 const NONE: (i64, i64, i64) = (0, 0, 0);
@@ -138,22 +140,58 @@ pub(crate) const SPECS: &[Spec] = &[
         submit: Some(meilies::submit_publish),
         ..spec(
             "publish",
-            4,
+            -3,
             W,
             KEY1,
-            "meilies",
-            "MeiliES: appends <event-name> <data> to a stream.",
+            "pubsub",
+            "PUBLISH channel message (Redis pub/sub); publish stream event-name data (MeiliES: appends).",
             handler!(meilies::publish),
         )
     },
     spec(
         "subscribe",
         -2,
-        &["readonly", "no-multi"],
+        PUBSUB,
         NONE,
-        "meilies",
-        "MeiliES: follows streams: name[:from[:to]] or $all[:from[:to]].",
-        handler!(meilies::subscribe),
+        "pubsub",
+        "SUBSCRIBE channel… (Redis pub/sub); MeiliES: follows streams name[:from[:to]] or $all[:from[:to]].",
+        handler!(pubsub::subscribe),
+    ),
+    spec(
+        "psubscribe",
+        -2,
+        PUBSUB,
+        NONE,
+        "pubsub",
+        "Receives the messages of channels matching glob patterns.",
+        handler!(pubsub::psubscribe),
+    ),
+    spec(
+        "unsubscribe",
+        -1,
+        PUBSUB,
+        NONE,
+        "pubsub",
+        "Stops receiving channels (all without arguments).",
+        handler!(pubsub::unsubscribe),
+    ),
+    spec(
+        "punsubscribe",
+        -1,
+        PUBSUB,
+        NONE,
+        "pubsub",
+        "Stops receiving patterns (all without arguments).",
+        handler!(pubsub::punsubscribe),
+    ),
+    spec(
+        "pubsub",
+        -2,
+        R,
+        NONE,
+        "pubsub",
+        "PUBSUB CHANNELS [pattern] | NUMSUB [channel…] | NUMPAT.",
+        handler!(pubsub::pubsub),
     ),
     spec(
         "last-event-number",
@@ -288,6 +326,15 @@ fn check_spec(conn: &Conn, args: &[Bytes], spec: &'static Spec) -> Result<&'stat
     }
     if conn.principal.is_none() && !spec.flags.contains(&"no-auth") {
         return Err(noauth());
+    }
+    if conn.out.proto == 2
+        && conn.subscribed()
+        && !matches!(spec.name, "subscribe" | "psubscribe" | "unsubscribe" | "punsubscribe" | "ping" | "quit" | "reset")
+    {
+        return Err(err(format!(
+            "Can't execute '{}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context",
+            spec.name
+        )));
     }
     Ok(spec)
 }

@@ -17,6 +17,16 @@ use crate::resp::error::{CmdResult, Fail, arity, err, syntax};
 pub(crate) const REDIS_VERSION: &str = "7.2.0";
 
 pub(crate) async fn ping(conn: &mut Conn, args: &[Bytes]) -> CmdResult {
+    if args.len() > 2 {
+        return Err(arity("ping"));
+    }
+    if conn.out.proto == 2 && conn.subscribed() {
+        // Subscribed mode (RESP2): Redis answers `["pong", message]`.
+        conn.out.array(2);
+        conn.out.bulk(b"pong");
+        conn.out.bulk(args.get(1).map_or(&b""[..], |message| &message[..]));
+        return Ok(());
+    }
     match args.get(1) {
         Some(message) if args.len() == 2 => conn.out.bulk(message),
         Some(_) => return Err(arity("ping")),
@@ -68,6 +78,12 @@ pub(crate) async fn reset(conn: &mut Conn, _args: &[Bytes]) -> CmdResult {
     conn.name = None;
     conn.multi = None;
     conn.watched.clear();
+    for channel in conn.channels.drain() {
+        conn.app.pubsub.unsubscribe(conn.id, &channel);
+    }
+    for pattern in conn.patterns.drain() {
+        conn.app.pubsub.punsubscribe(conn.id, &pattern);
+    }
     conn.out.proto = 2;
     conn.principal = Conn::initial_principal(&conn.app);
     conn.out.simple("RESET");

@@ -74,6 +74,10 @@ impl Spec {
 
 /// `publish <stream> <event-name> <data>`, submitted without waiting.
 pub(crate) fn submit_publish<'a>(conn: &'a mut Conn, args: &'a [Bytes]) -> Option<BoxFuture<'a, Awaiting>> {
+    if args.len() != 4 {
+        // Redis's PUBLISH, or a wrong number of arguments.
+        return None;
+    }
     Some(Box::pin(async move {
         let submitted = async {
             let event = publish_event(args)?;
@@ -98,6 +102,11 @@ pub(crate) fn publish_event(args: &[Bytes]) -> Result<NewEvent, Fail> {
 /// `publish` when not submitted on its own (not reached for well-formed
 /// commands: they are all submitted).
 pub(crate) async fn publish(conn: &mut Conn, args: &[Bytes]) -> CmdResult {
+    match args.len() {
+        3 => return super::pubsub::publish(conn, args).await,
+        4 => {}
+        _ => return Err(crate::resp::error::arity("publish")),
+    }
     let awaiting = submit_publish(conn, args).expect("publish is always submitted").await;
     match awaiting {
         Awaiting::Published(appending) => {

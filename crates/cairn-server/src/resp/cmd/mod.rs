@@ -1,6 +1,6 @@
 //! Command handlers, one file per family: `connection.rs` (PING, HELLO,
 //! AUTH, CLIENT…), `server.rs` (COMMAND, INFO), `keys.rs` (topics as
-//! keys), `meilies.rs` (MeiliES's commands), `streams.rs` (XADD, XRANGE,
+//! keys), `meilies.rs` (MeiliES's commands), `pubsub.rs` (Redis pub/sub), `streams.rs` (XADD, XRANGE,
 //! XREAD…), `groups.rs` (consumer groups), `transactions.rs` (MULTI,
 //! EXEC, WATCH). Each parses its arguments,
 //! calls the service as the connection's principal, and writes the reply;
@@ -10,6 +10,7 @@ pub(crate) mod connection;
 pub(crate) mod groups;
 pub(crate) mod keys;
 pub(crate) mod meilies;
+pub(crate) mod pubsub;
 pub(crate) mod server;
 pub(crate) mod streams;
 pub(crate) mod transactions;
