@@ -117,7 +117,7 @@ pub enum Command {
 
 #[derive(Args, Debug)]
 pub struct AppendArgs {
-    /// The topic (1-255 bytes of A-Z a-z 0-9 _ - . / :). Not with --batch.
+    /// The topic (1-255 bytes of printable UTF-8 but `*` `>` `,`; `.` separates levels). Not with --batch.
     #[arg(required_unless_present = "batch")]
     pub topic: Option<String>,
     /// Event type, e.g. OrderPlaced.

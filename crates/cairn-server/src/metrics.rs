@@ -28,9 +28,55 @@ pub struct Metrics {
     pub refused_connections: AtomicU64,
     /// Redis-protocol connections accepted since start.
     pub resp_connections: AtomicU64,
+    /// Redis-protocol commands run since start.
+    pub resp_commands: AtomicU64,
+    /// Redis-protocol connections in a blocking read now.
+    pub blocked_clients: AtomicI64,
+    /// The last sample of `resp_commands` for a rate: when, how many, and
+    /// the rate it gave.
+    ops_sample: std::sync::Mutex<Option<(std::time::Instant, u64, f64)>>,
+}
+
+/// Counts a connection as blocked while it lives.
+pub struct Blocked<'a>(&'a AtomicI64);
+
+impl<'a> Blocked<'a> {
+    pub fn new(metrics: &'a Metrics) -> Blocked<'a> {
+        metrics.blocked_clients.fetch_add(1, Relaxed);
+        Blocked(&metrics.blocked_clients)
+    }
+}
+
+impl Drop for Blocked<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
 }
 
 impl Metrics {
+    /// Redis-protocol commands per second, over the time since the previous
+    /// sample (taken at most once a second).
+    pub fn ops_per_second(&self) -> f64 {
+        let now = std::time::Instant::now();
+        let count = self.resp_commands.load(Relaxed);
+        let mut sample = self.ops_sample.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match *sample {
+            Some((at, before, rate)) => {
+                let seconds = now.duration_since(at).as_secs_f64();
+                if seconds < 1.0 {
+                    return rate;
+                }
+                let rate = (count - before) as f64 / seconds;
+                *sample = Some((now, count, rate));
+                rate
+            }
+            None => {
+                *sample = Some((now, count, 0.0));
+                0.0
+            }
+        }
+    }
+
     /// Counts a response.
     pub fn response(&self, status: u16) {
         let class = usize::from(status / 100).clamp(1, 5) - 1;

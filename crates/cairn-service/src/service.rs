@@ -464,14 +464,20 @@ impl Service {
         self.admit(who)?;
         Self::check_remove(who, topic)?;
         let mut remove = Vec::new();
+        let mut largest = None;
         for id in ids {
             let query = Query { from_seq: Some(id.seq), limit: Some(1), ..Query::new(Pattern::Exact(topic.clone())) };
             let found = self.inner.storage.read(query, false).await?.next(1).await?;
             if let Some(item) = found.first().filter(|item| StreamId::of(&item.event) == *id) {
                 remove.push(item.event.id);
+                largest = largest.max(Some(*id));
             }
         }
-        Ok(self.inner.storage.remove(remove).await?)
+        let removed = self.inner.storage.remove(remove).await?;
+        if let Some(largest) = largest {
+            self.note_deleted(topic, largest).await?;
+        }
+        Ok(removed)
     }
 
     /// Removes entries from the oldest end of `topic` (Redis `XTRIM`, and

@@ -10,7 +10,8 @@ use crate::limits::TOPIC_BYTES_MAX;
 /// The prefix of topics that belong to the store itself.
 pub const SYSTEM_PREFIX: &str = "cairn.";
 
-/// A valid topic: 1-255 bytes of `A-Z a-z 0-9 _ - . / :`.
+/// A valid topic: 1-255 bytes of printable UTF-8 (see [`is_topic_char`]),
+/// levels separated by `.`.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Topic(std::sync::Arc<str>);
 
@@ -28,10 +29,10 @@ impl Topic {
             ));
         }
         if let Some(bad) = name.chars().find(|&c| !is_topic_char(c)) {
-            return Err(StoreError::invalid(
-                "topic",
-                format!("{name:?} contains {bad:?}; allowed are A-Z a-z 0-9 _ - . / :"),
-            ));
+            return Err(StoreError::invalid("topic", format!("{name:?} contains {bad:?}; {TOPIC_CHARS}")));
+        }
+        if name.starts_with(' ') || name.ends_with(' ') {
+            return Err(StoreError::invalid("topic", format!("{name:?} starts or ends with a space")));
         }
         if name.starts_with('.') || name.ends_with('.') || name.contains("..") {
             return Err(StoreError::invalid(
@@ -64,8 +65,21 @@ impl Topic {
     }
 }
 
-fn is_topic_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '/' | ':')
+/// What [`is_topic_char`] allows, for error messages.
+const TOPIC_CHARS: &str = "topics are printable UTF-8: not '*' or '>' (pattern wildcards), ',' (it separates lists), control characters, whitespace other than a space, or invisible formatting characters";
+
+/// Whether `c` may be part of a topic name: any printable character (the
+/// characters Redis key conventions use, `{` `}` `#` `@` `:` `/`, and
+/// letters of any script) except the pattern wildcards `*` and `>`, the
+/// list separator `,`, control characters, whitespace other than a plain
+/// space, and the invisible formatting characters that would let two
+/// different names look alike (zero-width characters, bidirectional
+/// overrides, the byte-order mark). Every front end carries such names:
+/// HTTP percent-encodes them in paths and queries, JSON escapes what it
+/// must, RESP is binary-safe.
+pub fn is_topic_char(c: char) -> bool {
+    let invisible = matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}' | '\u{00AD}');
+    !(c.is_control() || (c.is_whitespace() && c != ' ') || invisible || matches!(c, '*' | '>' | ','))
 }
 
 impl fmt::Display for Topic {

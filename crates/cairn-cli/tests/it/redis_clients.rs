@@ -441,3 +441,141 @@ fn pub_sub_is_authorized_like_topics_and_never_waits_for_a_subscriber() {
     let mut sink = Vec::new();
     let _ = std::io::Read::read_to_end(&mut idle.writer, &mut sink);
 }
+
+/// Keys as Redis users name them, through every front end: RESP, HTTP
+/// (percent-encoded paths), the command line, MeiliES, user patterns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_with_redis_punctuation_and_any_script_work_in_every_front_end() {
+    let cairn = Cairn::new();
+    cairn.ok(&["user", "add", "carol", "--read", "{user:1}.>", "--write", "{user:1}.>"], b"pw\n");
+    let server = Server::start(&cairn, &[]);
+    let names = ["{user:1}.cart", "socket.io#/#", "user@example.com", "orders 2026", "café.menü", "日本.東京"];
+    let mut raw = Raw::connect(server.resp());
+    for name in names {
+        raw.command(&[b"XADD", name.as_bytes(), b"*", b"f", name.as_bytes()]);
+        assert!(matches!(raw.frame(), Value::Bulk(_)), "{name}");
+        raw.command(&[b"XRANGE", name.as_bytes(), b"-", b"+"]);
+        let Value::Array(entries) = raw.frame() else { panic!("{name}") };
+        assert_eq!(entries.len(), 1, "{name}");
+    }
+    raw.command(&[b"KEYS", b"*"]);
+    let Value::Array(keys) = raw.frame() else { panic!() };
+    assert_eq!(keys.len(), names.len());
+    raw.command(&[b"XADD", b"a*b", b"*", b"f", b"v"]);
+    let refused = raw.line();
+    assert!(refused.contains("'*'") && refused.contains("pattern wildcards"), "{refused}");
+    raw.command(&[b"stream-names"]);
+    let Value::Array(streams) = raw.frame() else { panic!() };
+    assert_eq!(streams.len(), names.len() + 1);
+
+    // HTTP: the name percent-encoded in the path (the socket's trusted door).
+    let http = server.unix();
+    for name in names {
+        let path = format!("/v1/topics/{}/events?content=true", cairn_client::encode(name));
+        let reply = crate::serve::call(&http, "GET", &path, &[], Vec::new()).await;
+        assert_eq!(reply.status, 200, "{name}: {}", String::from_utf8_lossy(&reply.body));
+        let lines = reply.lines();
+        assert_eq!(lines.len(), 1, "{name}");
+        assert_eq!(lines[0]["topic"], name);
+    }
+    // A user's patterns name such topics too.
+    let carol = server.tcp().with_basic("carol", "pw");
+    let reply = crate::serve::call(&carol, "GET", "/v1/events?topic=%7Buser%3A1%7D.%3E", &[], Vec::new()).await;
+    assert_eq!(reply.status, 200, "{}", String::from_utf8_lossy(&reply.body));
+    assert_eq!(reply.lines().len(), 1);
+    let reply = crate::serve::call(&carol, "GET", "/v1/topics/socket.io%23%2F%23/events", &[], Vec::new()).await;
+    assert_eq!(reply.status, 403, "another user's topic");
+    // The command line.
+    drop(server);
+    for name in names {
+        let events = cairn.ok(&["cat", name], b"");
+        assert_eq!(events.len(), 1, "{name}");
+        assert_eq!(events[0]["topic"], name);
+    }
+    let appended = cairn.ok(&["append", "chat room #1"], b"hi");
+    assert_eq!(appended[0]["topic"], "chat room #1");
+}
+
+/// `tests/clients`: the real client libraries' scripts and their pins.
+fn clients_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/clients")
+}
+
+/// Installs the pinned client libraries once per test run (`install` does
+/// nothing when they are in place).
+fn install_clients() {
+    static INSTALLED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    let installed = INSTALLED.get_or_init(|| {
+        let output = std::process::Command::new(clients_dir().join("install"))
+            .output()
+            .map_err(|error| format!("tests/clients/install could not run: {error}"))?;
+        if output.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "tests/clients/install failed (it needs node, npm and python3 with venv):\n{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            ))
+        }
+    });
+    if let Err(why) = installed {
+        panic!("{why}");
+    }
+}
+
+/// A server that requires AUTH, with an administrator `admin` (password
+/// `adminpw`) and a user `app` (password `pw`, and a token) on `app.>`.
+fn server_for_clients() -> (Cairn, Server, String) {
+    let cairn = Cairn::new();
+    cairn.ok(&["user", "add", "admin", "--admin"], b"adminpw\n");
+    cairn.ok(&["user", "add", "app", "--read", "app.>", "--write", "app.>"], b"pw\n");
+    let token = cairn.ok(&["user", "token", "issue", "app"], b"")[0]["token"].as_str().unwrap().to_owned();
+    let server = Server::start(&cairn, &["--resp-require-auth"]);
+    (cairn, server, token)
+}
+
+/// Runs a client script to its end (at most two minutes) and checks it
+/// printed `done`.
+fn run_client(program: &str, args: &[&str]) {
+    let mut child = std::process::Command::new(program)
+        .args(args)
+        .current_dir(clients_dir())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|error| panic!("{program}: {error}"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let output = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.lines().last() == Some("done"),
+        "{program} {args:?} failed ({}):\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn redis_py_sync_asyncio_and_resp3() {
+    install_clients();
+    let (_cairn, server, token) = server_for_clients();
+    let port = server.resp().port().to_string();
+    let python = clients_dir().join(".venv/bin/python");
+    run_client(python.to_str().unwrap(), &["redis_py.py", &port, &token, "app", "pw", "adminpw"]);
+}
+
+#[test]
+fn ioredis_node_redis_and_the_socket_io_streams_adapter() {
+    install_clients();
+    let (_cairn, server, token) = server_for_clients();
+    let port = server.resp().port().to_string();
+    run_client("node", &["node.mjs", &port, &token]);
+}

@@ -257,7 +257,7 @@ fn connections_pipeline_take_inline_commands_and_survive_bad_input() {
     raw.expect(b"-ERR unknown command 'nosuch', with args beginning with: 'x' \r\n");
     raw.command(&[b"XADD", b"s"]);
     raw.expect(b"-ERR wrong number of arguments for 'xadd' command\r\n");
-    raw.command(&[b"XADD", b"bad topic", b"*", b"f", b"v"]);
+    raw.command(&[b"XADD", b"bad\ttopic", b"*", b"f", b"v"]);
     assert!(raw.line().starts_with("-ERR invalid topic"));
     raw.command(&[b"XRANGE", b"s", b"x", b"+"]);
     raw.expect(b"-ERR Invalid stream ID specified as stream command argument\r\n");

@@ -405,6 +405,7 @@ async fn run(conn: &mut Conn, commands: &mut VecDeque<Vec<Bytes>>) {
             conn.closing = true;
             break;
         }
+        conn.app.metrics.resp_commands.fetch_add(1, Relaxed);
         if !conn.redis_client && !pubsub::is_meilies_form(&args) {
             conn.redis_client = true;
         }

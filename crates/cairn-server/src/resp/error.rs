@@ -45,7 +45,10 @@ impl From<ServiceError> for Fail {
             ServiceError::Unauthenticated { .. } => {
                 Fail("WRONGPASS invalid username-password pair or user is disabled.".to_owned())
             }
-            ServiceError::Throttled { .. } => Fail(format!("ERR {error}")),
+            // A login refused without a check: clients file it with the
+            // wrong passwords (redis-py raises AuthenticationError), and it
+            // tells nothing about the password.
+            ServiceError::Throttled { .. } => Fail(format!("WRONGPASS {error}")),
             ServiceError::Storage(_) => {
                 tracing::error!("command failed: {error}");
                 err(error)

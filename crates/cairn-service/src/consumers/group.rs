@@ -139,6 +139,11 @@ impl GroupTable {
         self.groups.get(topic).filter(|groups| !groups.is_empty())
     }
 
+    /// Every topic with a group.
+    pub fn topics(&self) -> impl Iterator<Item = &Topic> {
+        self.groups.iter().filter(|(_, groups)| !groups.is_empty()).map(|(topic, _)| topic)
+    }
+
     fn group_mut(&mut self, topic: &Topic, name: &[u8]) -> Option<&mut Group> {
         self.groups.get_mut(topic)?.get_mut(name)
     }

@@ -536,6 +536,35 @@ impl Service {
         Ok(AutoClaimed { next, claimed: entries, deleted: claimed.deleted })
     }
 
+    /// The topics `who` may read that have a group (a stream made by
+    /// `XGROUP CREATE … MKSTREAM` has a group and no entry yet).
+    pub async fn group_topics(&self, who: &Principal) -> Result<Vec<Topic>> {
+        self.admit(who)?;
+        let table = self.groups().await?;
+        Ok(table.as_ref().expect("loaded").topics().filter(|topic| who.can_read_topic(topic)).cloned().collect())
+    }
+
+    /// The largest id XDEL removed from `topic` (Redis's
+    /// `max-deleted-entry-id`), if any.
+    pub async fn max_deleted(&self, who: &Principal, topic: &Topic) -> Result<Option<StreamId>> {
+        self.admit(who)?;
+        who.check_read(&Pattern::Exact(topic.clone()))?;
+        Ok(self.state_get(max_deleted_key(topic)).await?.and_then(|value| StreamId::from_key(&value)))
+    }
+
+    /// Records that XDEL removed `removed` from `topic`, keeping the largest.
+    pub(crate) async fn note_deleted(&self, topic: &Topic, removed: StreamId) -> Result<()> {
+        // Under the groups' lock, so two removals cannot lower the record.
+        let _table = self.groups().await?;
+        let key = max_deleted_key(topic);
+        let known = self.state_get(key.clone()).await?.and_then(|value| StreamId::from_key(&value));
+        if known.is_some_and(|known| known >= removed) {
+            return Ok(());
+        }
+        self.storage().state_submit(vec![StateOp::Put(key, removed.to_key().to_vec())]).await?.await?;
+        Ok(())
+    }
+
     /// How many groups `topic` has.
     pub async fn group_count(&self, who: &Principal, topic: &Topic) -> Result<usize> {
         self.admit(who)?;
@@ -599,4 +628,11 @@ impl Service {
             })
             .collect())
     }
+}
+
+/// The state key of a topic's largest XDEL-removed id.
+fn max_deleted_key(topic: &Topic) -> Vec<u8> {
+    let mut key = b"d".to_vec();
+    key.extend_from_slice(topic.as_str().as_bytes());
+    key
 }

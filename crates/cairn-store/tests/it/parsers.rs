@@ -66,3 +66,54 @@ fn the_fuzz_corpora_replay_without_panic() {
     }
     assert!(n >= 6, "the committed corpora are there");
 }
+
+/// Topic names as Redis users write keys: accepted with their punctuation
+/// and letters of any script; wildcards, separators and what cannot be
+/// seen refused; wildcard patterns still match them by level.
+#[test]
+fn topic_names_take_redis_key_conventions() {
+    use cairn_store::{Pattern, Topic};
+    for name in [
+        "{user:1}.cart",
+        "socket.io#/#",
+        "user@example.com",
+        "orders 2026",
+        "café.menü",
+        "日本.東京",
+        "a/b:c-d_e~f!g$h%i&j(k)l+m;n=o?p[q]r^s`t|u'v\"w\\x",
+    ] {
+        let topic = Topic::new(name).unwrap_or_else(|error| panic!("{name:?}: {error}"));
+        assert_eq!(topic.as_str(), name);
+    }
+    for name in [
+        "a*b",
+        "a>b",
+        "a,b",
+        "tab\there",
+        "new\nline",
+        "nul\0",
+        "zero\u{200B}width",
+        "bidi\u{202E}",
+        " lead",
+        "trail ",
+        "a..b",
+        ".a",
+        "",
+    ] {
+        assert!(Topic::new(name).is_err(), "{name:?} was accepted");
+    }
+    let pattern = Pattern::parse("socket.>").unwrap();
+    assert!(pattern.matches("socket.io#/#"));
+    let pattern = Pattern::parse("{user:1}.*").unwrap();
+    assert!(pattern.matches("{user:1}.cart") && !pattern.matches("{user:2}.cart"));
+}
+
+proptest! {
+    /// Any accepted name is printable and free of the refused characters.
+    #[test]
+    fn accepted_topic_names_hold_the_rules(name in "\\PC{1,40}") {
+        if let Ok(topic) = cairn_store::Topic::new(&name) {
+            prop_assert!(topic.as_str().chars().all(|c| !c.is_control() && !matches!(c, '*' | '>' | ',')));
+        }
+    }
+}

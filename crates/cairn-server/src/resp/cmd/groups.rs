@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use cairn_service::{Budget, Claim, Entry, GroupRead, GroupStart, ServiceError, StreamId, Topic};
 
-use super::streams::{self, parse_bound, write_entry};
-use super::{parse_count, topic, word};
+use super::streams::{self, parse_bound, write_entry, write_items};
+use super::{keys, parse_count, topic, word};
 use crate::resp::conn::Conn;
 use crate::resp::error::{CmdResult, Fail, err, invalid_id, syntax};
 
@@ -146,6 +146,8 @@ pub(crate) async fn xreadgroup(conn: &mut Conn, args: &[Bytes]) -> CmdResult {
         who.check_write(key)?;
     }
     // Taken before the first look, so a wait misses nothing committed after it.
+    let app = conn.app.clone();
+    let _blocked = read.block.map(|_| crate::metrics::Blocked::new(&app.metrics));
     let mut follow = match read.block {
         Some(_) => Some(streams::wait_on(conn, &read.keys)?),
         None => None,
@@ -359,40 +361,18 @@ pub(crate) async fn xinfo(conn: &mut Conn, args: &[Bytes]) -> CmdResult {
     let no_key = || err("no such key");
     match sub.as_str() {
         "stream" => {
-            let head = service.head(&who, &topic).await?.ok_or_else(no_key)?;
-            let (all, mut budget) = ((StreamId::MIN, StreamId::MAX), Budget::partial());
-            let first = service.range(&who, &topic, all.0, all.1, 1, false, &mut budget).await?.pop();
-            let last = service.range(&who, &topic, all.0, all.1, 1, true, &mut budget).await?.pop();
-            let groups = service.group_count(&who, &topic).await?;
-            let last_generated = head.last_id.to_u128() >> 80;
-            let out = &mut conn.out;
-            out.map(10);
-            out.text("length");
-            out.int(head.count as i64);
-            out.text("radix-tree-keys");
-            out.int(1);
-            out.text("radix-tree-nodes");
-            out.int(2);
-            out.text("last-generated-id");
-            out.text(&StreamId { ms: last_generated as u64, seq: head.last_seq }.to_string());
-            out.text("max-deleted-entry-id");
-            out.text("0-0");
-            out.text("entries-added");
-            out.int(head.last_seq as i64 + 1);
-            out.text("recorded-first-entry-id");
-            out.text(&first.as_ref().map_or("0-0".to_owned(), |item| StreamId::of(&item.event).to_string()));
-            out.text("groups");
-            out.int(groups as i64);
-            conn.out.text("first-entry");
-            match &first {
-                Some(item) => write_entry(conn, StreamId::of(&item.event), Some(item)),
-                None => conn.out.null(),
+            let full = match args.len() {
+                3 => None,
+                4 if args[3].eq_ignore_ascii_case(b"full") => Some(10),
+                6 if args[3].eq_ignore_ascii_case(b"full") && args[4].eq_ignore_ascii_case(b"count") => {
+                    Some(parse_count(&args[5])? as usize)
+                }
+                _ => return Err(syntax()),
+            };
+            if !keys::exists_key(conn, key).await? {
+                return Err(no_key());
             }
-            conn.out.text("last-entry");
-            match &last {
-                Some(item) => write_entry(conn, StreamId::of(&item.event), Some(item)),
-                None => conn.out.null(),
-            }
+            stream_info(conn, &topic, full).await?;
         }
         "groups" => {
             if args.len() != 3 {
@@ -438,6 +418,110 @@ pub(crate) async fn xinfo(conn: &mut Conn, args: &[Bytes]) -> CmdResult {
             }
         }
         _ => return Err(err(format!("unknown subcommand '{sub}'. Try XINFO HELP."))),
+    }
+    Ok(())
+}
+
+/// XINFO STREAM, and with `full` (entries and pending rows shown, at most
+/// that many; 0 for all the reply budget holds) XINFO STREAM … FULL.
+async fn stream_info(conn: &mut Conn, topic: &Topic, full: Option<usize>) -> CmdResult {
+    let (service, who) = (conn.app.service.clone(), conn.who()?.clone());
+    let head = service.head(&who, topic).await?;
+    let (all, mut budget) = ((StreamId::MIN, StreamId::MAX), Budget::partial());
+    let first = service.range(&who, topic, all.0, all.1, 1, false, &mut budget).await?.pop();
+    let last_generated = head
+        .as_ref()
+        .map_or(StreamId::MIN, |head| StreamId { ms: (head.last_id.to_u128() >> 80) as u64, seq: head.last_seq });
+    let max_deleted = service.max_deleted(&who, topic).await?.unwrap_or(StreamId::MIN);
+    let groups = service.group_infos(&who, topic).await?.unwrap_or_default();
+    let out = &mut conn.out;
+    out.map(if full.is_some() { 9 } else { 10 });
+    out.text("length");
+    out.int(head.as_ref().map_or(0, |head| head.count) as i64);
+    out.text("radix-tree-keys");
+    out.int(1);
+    out.text("radix-tree-nodes");
+    out.int(2);
+    out.text("last-generated-id");
+    out.text(&last_generated.to_string());
+    out.text("max-deleted-entry-id");
+    out.text(&max_deleted.to_string());
+    out.text("entries-added");
+    out.int(head.as_ref().map_or(0, |head| head.last_seq + 1) as i64);
+    out.text("recorded-first-entry-id");
+    out.text(&first.as_ref().map_or(StreamId::MIN, |item| StreamId::of(&item.event)).to_string());
+    let Some(count) = full else {
+        let last = service.range(&who, topic, all.0, all.1, 1, true, &mut budget).await?.pop();
+        conn.out.text("groups");
+        conn.out.int(groups.len() as i64);
+        conn.out.text("first-entry");
+        match &first {
+            Some(item) => write_entry(conn, StreamId::of(&item.event), Some(item)),
+            None => conn.out.null(),
+        }
+        conn.out.text("last-entry");
+        match &last {
+            Some(item) => write_entry(conn, StreamId::of(&item.event), Some(item)),
+            None => conn.out.null(),
+        }
+        return Ok(());
+    };
+    let count = if count == 0 { usize::MAX } else { count };
+    let entries = service.range(&who, topic, all.0, all.1, count, false, &mut budget).await?;
+    conn.out.text("entries");
+    write_items(conn, &entries);
+    conn.out.text("groups");
+    conn.out.array(groups.len());
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+    for group in groups {
+        let (first, last) = (StreamId::MIN, StreamId::MAX);
+        let rows = service.group_pending_rows(&who, topic, &group.name, first, last, count, None, 0).await?;
+        let members = service.group_members(&who, topic, &group.name).await?;
+        let out = &mut conn.out;
+        out.map(7);
+        out.text("name");
+        out.bulk(&group.name);
+        out.text("last-delivered-id");
+        out.text(&group.last_delivered.to_string());
+        out.text("entries-read");
+        out.int(group.entries_read as i64);
+        out.text("lag");
+        out.int(group.lag as i64);
+        out.text("pel-count");
+        out.int(group.pending as i64);
+        out.text("pending");
+        out.array(rows.len());
+        for row in &rows {
+            out.array(4);
+            out.text(&row.id.to_string());
+            out.bulk(&row.consumer);
+            out.int(now - row.idle_ms as i64);
+            out.int(row.deliveries as i64);
+        }
+        conn.out.text("consumers");
+        conn.out.array(members.len());
+        for member in members {
+            let rows =
+                service.group_pending_rows(&who, topic, &group.name, first, last, count, Some(&member.name), 0).await?;
+            let out = &mut conn.out;
+            out.map(5);
+            out.text("name");
+            out.bulk(&member.name);
+            out.text("seen-time");
+            out.int(now - member.idle_ms as i64);
+            out.text("active-time");
+            out.int(member.inactive_ms.map_or(-1, |inactive| now - inactive as i64));
+            out.text("pel-count");
+            out.int(member.pending as i64);
+            out.text("pending");
+            out.array(rows.len());
+            for row in &rows {
+                out.array(3);
+                out.text(&row.id.to_string());
+                out.int(now - row.idle_ms as i64);
+                out.int(row.deliveries as i64);
+            }
+        }
     }
     Ok(())
 }

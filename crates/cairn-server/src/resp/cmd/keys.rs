@@ -10,16 +10,36 @@ use super::{topic, word};
 use crate::resp::conn::Conn;
 use crate::resp::error::{CmdResult, Fail, err, syntax};
 
-/// The readable topics that have events kept, by name, without the
-/// store's own (`cairn.start`, …): a Redis client listing its keys expects
-/// its own (they are still there by name: `EXISTS`, `XRANGE`).
+/// The readable streams, by name: topics that have events kept or a
+/// consumer group (`XGROUP CREATE … MKSTREAM` makes a stream with a group
+/// and no entry), without the store's own (`cairn.start`, …): a Redis
+/// client listing its keys expects its own (they are still there by name:
+/// `EXISTS`, `XRANGE`).
 pub(crate) async fn names(conn: &Conn) -> Result<Vec<String>, Fail> {
-    let topics = conn.app.service.topics(conn.who()?).await?;
-    Ok(topics
+    let who = conn.who()?;
+    let topics = conn.app.service.topics(who).await?;
+    let mut names: Vec<String> = topics
         .into_iter()
         .filter(|info| info.count > 0 && !info.topic.as_str().starts_with(SYSTEM_PREFIX))
         .map(|info| info.topic.as_str().to_owned())
-        .collect())
+        .collect();
+    names.extend(conn.app.service.group_topics(who).await?.into_iter().map(|topic| topic.as_str().to_owned()));
+    names.sort_unstable();
+    names.dedup();
+    Ok(names)
+}
+
+/// Whether the stream `key` exists for the caller: it has events kept or a
+/// consumer group.
+pub(crate) async fn exists_key(conn: &Conn, key: &[u8]) -> Result<bool, Fail> {
+    if head(conn, key).await?.is_some() {
+        return Ok(true);
+    }
+    let Some(topic) = std::str::from_utf8(key).ok().and_then(|name| Topic::new(name).ok()) else {
+        return Ok(false);
+    };
+    let who = conn.who()?;
+    Ok(who.can_read(&Pattern::Exact(topic.clone())) && conn.app.service.group_count(who, &topic).await? > 0)
 }
 
 /// The head of the topic named `key` if it has events kept and the caller
@@ -44,7 +64,7 @@ pub(crate) async fn dbsize(conn: &mut Conn, _args: &[Bytes]) -> CmdResult {
 pub(crate) async fn exists(conn: &mut Conn, args: &[Bytes]) -> CmdResult {
     let mut count = 0;
     for key in &args[1..] {
-        if head(conn, key).await?.is_some() {
+        if exists_key(conn, key).await? {
             count += 1;
         }
     }
@@ -53,7 +73,7 @@ pub(crate) async fn exists(conn: &mut Conn, args: &[Bytes]) -> CmdResult {
 }
 
 pub(crate) async fn kind(conn: &mut Conn, args: &[Bytes]) -> CmdResult {
-    let kind = if head(conn, &args[1]).await?.is_some() { "stream" } else { "none" };
+    let kind = if exists_key(conn, &args[1]).await? { "stream" } else { "none" };
     conn.out.simple(kind);
     Ok(())
 }

@@ -166,7 +166,20 @@ pub(crate) async fn info(conn: &mut Conn, args: &[Bytes]) -> CmdResult {
         );
     }
     if show("clients") && stats.is_some() {
-        let _ = write!(text, "# Clients\r\nconnected_clients:{}\r\n\r\n", app.metrics.open_connections.load(Relaxed));
+        let _ = write!(
+            text,
+            "# Clients\r\nconnected_clients:{}\r\nblocked_clients:{}\r\n\r\n",
+            app.metrics.open_connections.load(Relaxed),
+            app.metrics.blocked_clients.load(Relaxed),
+        );
+    }
+    if show("memory") && stats.is_some() {
+        let rss = resident_bytes();
+        let _ = write!(
+            text,
+            "# Memory\r\nused_memory:{rss}\r\nused_memory_human:{:.2}M\r\nused_memory_rss:{rss}\r\nmaxmemory:0\r\n\r\n",
+            rss as f64 / (1024.0 * 1024.0),
+        );
     }
     if show("persistence") {
         let _ = write!(text, "# Persistence\r\nloading:0\r\naof_enabled:1\r\n");
@@ -184,8 +197,10 @@ pub(crate) async fn info(conn: &mut Conn, args: &[Bytes]) -> CmdResult {
     {
         let _ = write!(
             text,
-            "# Stats\r\ntotal_connections_received:{}\r\nrejected_connections:{}\r\ncairn_events_appended:{}\r\ncairn_log_bytes_written:{}\r\n\r\n",
+            "# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\ninstantaneous_ops_per_sec:{:.0}\r\nrejected_connections:{}\r\ncairn_events_appended:{}\r\ncairn_log_bytes_written:{}\r\n\r\n",
             app.metrics.resp_connections.load(Relaxed),
+            app.metrics.resp_commands.load(Relaxed),
+            app.metrics.ops_per_second(),
             app.metrics.refused_connections.load(Relaxed),
             stats.events_appended,
             stats.log_bytes_written,
@@ -200,4 +215,16 @@ pub(crate) async fn info(conn: &mut Conn, args: &[Bytes]) -> CmdResult {
     }
     conn.out.bulk(text.as_bytes());
     Ok(())
+}
+
+/// The process's resident memory in bytes (Linux; 0 elsewhere). Redis's
+/// `used_memory` is its allocator's count; the resident size is the
+/// nearest honest figure for a process that is not only a cache.
+fn resident_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kib| kib * 1024)
 }

@@ -343,6 +343,8 @@ pub(crate) async fn xread(conn: &mut Conn, args: &[Bytes]) -> CmdResult {
     }
     let service = conn.app.service.clone();
     // Taken before the first look, so a wait misses nothing committed after it.
+    let app = conn.app.clone();
+    let _blocked = read.block.map(|_| crate::metrics::Blocked::new(&app.metrics));
     let mut follow = match read.block {
         Some(_) => Some(wait_on(conn, &read.keys)?),
         None => None,
