@@ -579,3 +579,106 @@ fn ioredis_node_redis_and_the_socket_io_streams_adapter() {
     let port = server.resp().port().to_string();
     run_client("node", &["node.mjs", &port, &token]);
 }
+
+#[test]
+fn monitor_info_client_and_command_docs_answer_what_tools_ask() {
+    let cairn = Cairn::new();
+    cairn.ok(&["user", "add", "admin", "--admin"], b"adminpw\n");
+    cairn.ok(&["user", "add", "alice", "--read", "alice.>", "--write", "alice.>"], b"pw\n");
+    let server = Server::start(&cairn, &["--resp-require-auth"]);
+    let login = |user: &[u8], password: &[u8]| {
+        let mut raw = Raw::connect(server.resp());
+        raw.command(&[b"AUTH", user, password]);
+        raw.expect(b"+OK\r\n");
+        raw
+    };
+    // MONITOR: administrators only; secrets redacted; quoted as Redis does.
+    let mut alice = login(b"alice", b"pw");
+    alice.command(&[b"MONITOR"]);
+    assert!(alice.line().starts_with("-NOPERM"));
+    let mut admin = login(b"admin", b"adminpw");
+    admin.command(&[b"MONITOR"]);
+    admin.expect(b"+OK\r\n");
+    let mut other = Raw::connect(server.resp());
+    other.command(&[b"AUTH", b"alice", b"pw"]);
+    other.expect(b"+OK\r\n");
+    other.command(&[b"XADD", b"alice.a", b"*", b"say", b"a \"quoted\"\nline"]);
+    let _ = other.frame();
+    let auth = admin.line();
+    assert!(auth.starts_with('+') && auth.ends_with(r#"] "AUTH" "(redacted)" "(redacted)""#), "{auth}");
+    let xadd = admin.line();
+    assert!(xadd.ends_with(r#"] "XADD" "alice.a" "*" "say" "a \"quoted\"\nline""#), "{xadd}");
+
+    // INFO's counters for who sees the whole store (what `redis-cli --stat` reads).
+    let mut admin = login(b"admin", b"adminpw");
+    admin.command(&[b"INFO"]);
+    let Value::Bulk(info) = admin.frame() else { panic!() };
+    let info = String::from_utf8(info).unwrap();
+    for field in [
+        "connected_clients:",
+        "blocked_clients:0",
+        "used_memory:",
+        "total_commands_processed:",
+        "instantaneous_ops_per_sec:",
+        "total_connections_received:",
+    ] {
+        assert!(info.contains(field), "{field} missing from {info}");
+    }
+    // Line-buffered (stdbuf), so what it printed survives its kill.
+    let output = std::process::Command::new("stdbuf")
+        .args([
+            "-oL",
+            "redis-cli",
+            "-p",
+            &server.resp().port().to_string(),
+            "--user",
+            "admin",
+            "--pass",
+            "adminpw",
+            "--no-auth-warning",
+        ])
+        .args(["--stat", "-i", "0.2"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut output = crate::KillOnDrop(output);
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    let _ = output.0.kill();
+    let mut text = String::new();
+    std::io::Read::read_to_string(output.0.stdout.as_mut().unwrap(), &mut text).unwrap();
+    assert!(text.contains("keys") && text.lines().count() >= 3, "{text}");
+    assert!(!text.contains("-9223372036854775808"), "{text}");
+
+    // CLIENT subcommands clients send on connect.
+    for (command, reply) in [
+        (&[&b"CLIENT"[..], b"NO-EVICT", b"on"][..], "+OK"),
+        (&[b"CLIENT", b"NO-TOUCH", b"on"], "+OK"),
+        (&[b"CLIENT", b"TRACKING", b"off"], "+OK"),
+        (&[b"CLIENT", b"MAINT_NOTIFICATIONS", b"ON", b"moving-endpoint-type", b"none"], "-ERR unknown subcommand"),
+        (&[b"CLIENT", b"TRACKING", b"on"], "-ERR client-side caching"),
+    ] {
+        admin.command(command);
+        let line = admin.line();
+        assert!(line.starts_with(reply), "{command:?}: {line}");
+    }
+    // COMMAND DOCS carries argument specs.
+    admin.command(&[b"COMMAND", b"DOCS", b"XADD"]);
+    let Value::Array(docs) = admin.frame() else { panic!() };
+    let mut shown = Vec::new();
+    texts(&Value::Array(docs), &mut shown);
+    for word in ["arguments", "NOMKSTREAM", "+optional", "+multiple", "oneof"] {
+        assert!(shown.iter().any(|text| text == word), "{word} not in {shown:?}");
+    }
+    // SET and GET stay out: an event store.
+    admin.command(&[b"SET", b"k", b"v"]);
+    assert!(admin.line().starts_with("-ERR unknown command 'set'"));
+}
+
+/// Every string in a reply, in order.
+fn texts(value: &Value, out: &mut Vec<String>) {
+    match value {
+        Value::Line(line) => out.push(line.clone()),
+        Value::Bulk(bytes) => out.push(String::from_utf8_lossy(bytes).into_owned()),
+        Value::Array(items) => items.iter().for_each(|item| texts(item, out)),
+    }
+}

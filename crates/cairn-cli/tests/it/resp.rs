@@ -648,7 +648,9 @@ fn redis_cli_interactive_mode_starts_and_answers() {
             String::from_utf8_lossy(&seen).into_owned()
         })
     };
-    for input in [&b"ECHO interactive\r"[..], b"quit\r"] {
+    // Typing `XADD ` shows the hint COMMAND DOCS's argument specs make;
+    // Ctrl-U clears the line.
+    for input in [&b"XADD "[..], b"\x15", b"ECHO interactive\r", b"quit\r"] {
         std::thread::sleep(Duration::from_millis(500));
         stdin.lock().unwrap().write_all(input).unwrap();
     }
@@ -660,6 +662,7 @@ fn redis_cli_interactive_mode_starts_and_answers() {
     drop(stdin);
     let output = answerer.join().unwrap();
     assert!(output.contains("\"interactive\""), "{output}");
+    assert!(output.contains("key [NOMKSTREAM] [MAXLEN|MINID"), "no argument hint: {output}");
 }
 
 /// Sends one command and returns its whole reply.

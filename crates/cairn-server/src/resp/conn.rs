@@ -83,6 +83,8 @@ pub(crate) struct Conn {
     /// The connection has sent something other than MeiliES's commands as
     /// MeiliES sends them: its `subscribe` is Redis's (`cmd/pubsub.rs`).
     pub(crate) redis_client: bool,
+    /// In MONITOR.
+    pub(crate) monitoring: bool,
 }
 
 impl Conn {
@@ -187,6 +189,9 @@ impl Drop for Conn {
         for pattern in &self.patterns {
             self.app.pubsub.punsubscribe(self.id, pattern);
         }
+        if self.monitoring {
+            self.app.pubsub.unmonitor(self.id);
+        }
     }
 }
 
@@ -268,6 +273,7 @@ pub(crate) async fn serve(
         channels: HashSet::new(),
         patterns: HashSet::new(),
         redis_client: false,
+        monitoring: false,
     };
     let mut ticket = None;
     if conn.principal.is_none() {
@@ -406,6 +412,9 @@ async fn run(conn: &mut Conn, commands: &mut VecDeque<Vec<Bytes>>) {
             break;
         }
         conn.app.metrics.resp_commands.fetch_add(1, Relaxed);
+        if conn.app.pubsub.monitoring() {
+            conn.app.pubsub.feed(conn.id, conn.peer, &args);
+        }
         if !conn.redis_client && !pubsub::is_meilies_form(&args) {
             conn.redis_client = true;
         }

@@ -9,6 +9,8 @@
 //!   written between replies, never inside one.
 //! - `table.rs`: the one command table (name, arity, flags, docs for
 //!   COMMAND, handler); `cmd/`: the handlers, one file per family.
+//! - `docs.rs`: each command's argument syntax, as `COMMAND DOCS` gives it
+//!   (redis-cli's hints).
 //! - `error.rs`: failed commands as error lines, service errors rendered
 //!   in one place.
 //! - `entry.rs`: events as stream entries (field-value pairs).
@@ -21,6 +23,7 @@
 
 pub(crate) mod cmd;
 mod conn;
+mod docs;
 mod entry;
 mod error;
 pub(crate) mod frame;

@@ -1,4 +1,5 @@
-//! Redis pub/sub: channels and patterns, fire and forget, in memory.
+//! Redis pub/sub: channels and patterns, fire and forget, in memory; and
+//! MONITOR, which is fed the same way.
 //!
 //! A message goes to the connections subscribed at the moment it is
 //! published and is kept nowhere: Redis's semantics, which pub/sub clients
@@ -17,6 +18,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 use bytes::{BufMut as _, Bytes, BytesMut};
 use cairn_service::{Glob, Principal, Topic};
@@ -32,10 +34,12 @@ pub(crate) struct Subscriber {
     pub(crate) principal: Principal,
 }
 
-/// Every subscription of the server.
+/// Every subscription of the server, and the MONITOR connections.
 #[derive(Default)]
 pub(crate) struct Broker {
     inner: Mutex<Inner>,
+    /// Connections in MONITOR (read without the lock on every command).
+    monitoring: AtomicUsize,
 }
 
 #[derive(Default)]
@@ -44,6 +48,8 @@ struct Inner {
     channels: HashMap<Bytes, HashMap<u64, Subscriber>>,
     /// Pattern -> its glob and its subscribers.
     patterns: HashMap<Bytes, (Glob, HashMap<u64, Subscriber>)>,
+    /// Connection id -> a MONITOR connection.
+    monitors: HashMap<u64, Pushes>,
 }
 
 impl Broker {
@@ -78,6 +84,57 @@ impl Broker {
             if subscribers.is_empty() {
                 inner.patterns.remove(pattern);
             }
+        }
+    }
+
+    pub(crate) fn monitor(&self, id: u64, pushes: Pushes) {
+        let mut inner = self.lock();
+        if inner.monitors.insert(id, pushes).is_none() {
+            self.monitoring.fetch_add(1, Relaxed);
+        }
+    }
+
+    pub(crate) fn unmonitor(&self, id: u64) {
+        if self.lock().monitors.remove(&id).is_some() {
+            self.monitoring.fetch_sub(1, Relaxed);
+        }
+    }
+
+    /// Whether any connection is in MONITOR (one atomic load per command).
+    pub(crate) fn monitoring(&self) -> bool {
+        self.monitoring.load(Relaxed) > 0
+    }
+
+    /// Shows a command to the MONITOR connections other than its own, as
+    /// Redis does: `+<seconds>.<micros> [0 <peer>] "arg" …`, secrets of
+    /// AUTH and HELLO replaced by `(redacted)`.
+    pub(crate) fn feed(&self, from: u64, peer: std::net::SocketAddr, args: &[Bytes]) {
+        let monitors: Vec<Pushes> =
+            self.lock().monitors.iter().filter(|(id, _)| **id != from).map(|(_, pushes)| pushes.clone()).collect();
+        if monitors.is_empty() {
+            return;
+        }
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let mut line = format!("+{}.{:06} [0 {peer}]", now.as_secs(), now.subsec_micros()).into_bytes();
+        let secret = if args[0].eq_ignore_ascii_case(b"auth") {
+            1
+        } else if args[0].eq_ignore_ascii_case(b"hello") {
+            args.iter().position(|arg| arg.eq_ignore_ascii_case(b"auth")).map_or(usize::MAX, |at| at + 1)
+        } else {
+            usize::MAX
+        };
+        for (index, arg) in args.iter().enumerate() {
+            line.push(b' ');
+            if index >= secret {
+                line.extend_from_slice(b"\"(redacted)\"");
+            } else {
+                quote(&mut line, arg);
+            }
+        }
+        line.extend_from_slice(b"\r\n");
+        let line = Bytes::from(line);
+        for pushes in monitors {
+            pushes.try_send(line.clone());
         }
     }
 
@@ -138,6 +195,24 @@ impl Broker {
             .filter(|(_, subscribers)| subscribers.values().any(|subscriber| keep(&subscriber.principal)))
             .count()
     }
+}
+
+/// Writes `arg` in double quotes with Redis's escapes (`\\n`, `\\"`,
+/// `\\xHH` for bytes that are not printable).
+fn quote(out: &mut Vec<u8>, arg: &[u8]) {
+    out.push(b'"');
+    for &byte in arg {
+        match byte {
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            0x20..=0x7e => out.push(byte),
+            _ => out.extend_from_slice(format!("\\x{byte:02x}").as_bytes()),
+        }
+    }
+    out.push(b'"');
 }
 
 /// A push of bulk strings: `*n` in RESP2, `>n` in RESP3.

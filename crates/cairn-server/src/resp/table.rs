@@ -112,6 +112,15 @@ pub(crate) const SPECS: &[Spec] = &[
         handler!(server::command),
     ),
     spec("info", -1, R, NONE, "server", "Returns information and statistics about the server.", handler!(server::info)),
+    spec(
+        "monitor",
+        1,
+        &["admin", "no-multi"],
+        NONE,
+        "server",
+        "Streams every command the server runs (administrators only).",
+        handler!(server::monitor),
+    ),
     spec("dbsize", 1, R, NONE, "server", "Returns the number of topics the caller may read.", handler!(keys::dbsize)),
     spec("time", 1, R, NONE, "server", "Returns the server's time (seconds, microseconds).", handler!(server::time)),
     spec(

@@ -84,6 +84,9 @@ pub(crate) async fn reset(conn: &mut Conn, _args: &[Bytes]) -> CmdResult {
     for pattern in conn.patterns.drain() {
         conn.app.pubsub.punsubscribe(conn.id, &pattern);
     }
+    if std::mem::take(&mut conn.monitoring) {
+        conn.app.pubsub.unmonitor(conn.id);
+    }
     conn.out.proto = 2;
     conn.principal = Conn::initial_principal(&conn.app);
     conn.out.simple("RESET");
@@ -214,7 +217,29 @@ pub(crate) async fn client(conn: &mut Conn, args: &[Bytes]) -> CmdResult {
             }
             conn.out.simple("OK");
         }
-        ("setname" | "getname" | "id" | "info" | "list" | "setinfo", _) => {
+        // Clients send these on connect; cairn evicts nothing and keeps no
+        // access times, so both are accepted and change nothing.
+        ("no-evict" | "no-touch", 3) if matches!(word(&args[2]).as_str(), "on" | "off") => conn.out.simple("OK"),
+        ("tracking", _) if args.len() >= 3 && word(&args[2]) == "off" => conn.out.simple("OK"),
+        ("tracking", _) => return Err(err("client-side caching (CLIENT TRACKING) is not supported by cairn")),
+        ("reply", 3) if word(&args[2]) == "on" => conn.out.simple("OK"),
+        ("reply", 3) => return Err(err("CLIENT REPLY OFF|SKIP is not supported by cairn: every command is answered")),
+        ("help", 2) => {
+            let lines = [
+                "CLIENT <subcommand> [<arg> ...]. Subcommands are:",
+                "GETNAME, SETNAME <name>, ID, INFO, LIST, SETINFO LIB-NAME|LIB-VER <value>",
+                "NO-EVICT ON|OFF, NO-TOUCH ON|OFF (accepted; cairn evicts nothing), TRACKING OFF, REPLY ON",
+                "HELP",
+            ];
+            conn.out.array(lines.len());
+            for line in lines {
+                conn.out.simple(line);
+            }
+        }
+        (
+            "setname" | "getname" | "id" | "info" | "list" | "setinfo" | "no-evict" | "no-touch" | "reply" | "help",
+            _,
+        ) => {
             return Err(err(format!("wrong number of arguments for 'client|{sub}' command")));
         }
         _ => return Err(err(format!("unknown subcommand '{sub}'. Try CLIENT HELP."))),

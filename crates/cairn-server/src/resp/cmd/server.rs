@@ -50,13 +50,19 @@ pub(crate) async fn command(conn: &mut Conn, args: &[Bytes]) -> CmdResult {
             out.map(specs.len());
             for spec in specs {
                 out.bulk(spec.name.as_bytes());
-                out.map(3);
+                let mut arguments = Out { buf: bytes::BytesMut::new(), proto: out.proto };
+                let has_arguments = crate::resp::docs::write_arguments(&mut arguments, spec.name);
+                out.map(3 + usize::from(has_arguments));
                 out.bulk(b"summary");
                 out.bulk(spec.summary.as_bytes());
                 out.bulk(b"since");
                 out.bulk(b"1.0.0");
                 out.bulk(b"group");
                 out.bulk(spec.group.as_bytes());
+                if has_arguments {
+                    out.bulk(b"arguments");
+                    out.buf.extend_from_slice(&arguments.buf);
+                }
             }
         }
         Some(other) => return Err(err(format!("unknown subcommand '{other}'. Try COMMAND HELP."))),
@@ -227,4 +233,19 @@ fn resident_bytes() -> u64 {
         .find_map(|line| line.strip_prefix("VmRSS:"))
         .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map_or(0, |kib| kib * 1024)
+}
+
+/// `MONITOR`: every command the server runs from then on, as it runs, to
+/// who sees the whole store only (an administrator; anyone where the port
+/// is open). A monitor that does not read is disconnected, never waited for.
+pub(crate) async fn monitor(conn: &mut Conn, _args: &[Bytes]) -> CmdResult {
+    if !conn.who()?.sees_all() {
+        return Err(crate::resp::error::Fail(
+            "NOPERM MONITOR shows every client's commands: administrators only".to_owned(),
+        ));
+    }
+    conn.app.pubsub.monitor(conn.id, conn.pushes.clone());
+    conn.monitoring = true;
+    conn.out.simple("OK");
+    Ok(())
 }
