@@ -68,7 +68,7 @@ fn bad_input_is_refused_with_the_field_named() {
     };
     check(cairn_store::Topic::new(""), "topic");
     check(cairn_store::Topic::new(&"a".repeat(256)), "topic");
-    check(cairn_store::Topic::new("has space"), "topic");
+    check(cairn_store::Topic::new("has\ttab"), "topic");
     check(cairn_store::Topic::new("a..b"), "topic");
     assert!(Pattern::parse("a.>.b").is_err());
     assert!(Ttl::parse("time:5x").is_err());
