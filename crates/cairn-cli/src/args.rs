@@ -113,6 +113,21 @@ pub enum Command {
     /// Read an export (NDJSON) from stdin, keeping ids, seqs and payloads.
     #[command(after_help = "Example:\n  cairn --store restored import < backup.ndjson")]
     Import,
+    /// Copy a consistent snapshot of the store into DIR while it runs.
+    ///
+    /// The copy holds every event acknowledged before the backup began, with
+    /// consumers, consumer groups and their snapshots, state records, users
+    /// and tokens, and content files. Run it again into the same DIR and only
+    /// what is new is copied. To restore, open DIR as a store (its index is
+    /// rebuilt from its log the first time). Through a running server it
+    /// needs an administrator, and DIR is a path on the server's machine.
+    #[command(
+        after_help = "Examples:\n  cairn backup /backups/cairn        # then again later: copies only what is new\n  cairn --store /backups/cairn verify\n  cairn --store /backups/cairn serve   # a restore is opening the copy"
+    )]
+    Backup {
+        /// Where the copy goes: a new or empty directory, or an earlier backup of this store.
+        dir: std::path::PathBuf,
+    },
 }
 
 #[derive(Args, Debug)]

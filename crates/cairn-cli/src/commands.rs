@@ -113,6 +113,13 @@ async fn command_on(service: &Service, out: &mut impl std::io::Write, command: C
             out.write_all(&bytes)?;
         }
         Command::Consumer(command) => consumer(service, out, command).await?,
+        Command::Backup { dir } => {
+            let progress = std::sync::Arc::new(cairn_service::BackupProgress::default());
+            let bar = progress_bar(progress.clone());
+            let report = service.backup(&LOCAL, dir, progress).await;
+            bar.finish();
+            output::json_line(out, &report?)?;
+        }
         Command::Verify => {
             let report = service.verify(&LOCAL).await?;
             output::json_line(out, &report)?;
@@ -361,4 +368,39 @@ async fn user(service: &Service, out: &mut impl std::io::Write, command: UserCom
         UserCommand::Token(TokenCommand::Revoke { id }) => service.token_revoke(&LOCAL, &id).await?,
     }
     Ok(())
+}
+
+/// A line on stderr showing a backup's bytes copied, redrawn five times a
+/// second while it runs, when stderr is a terminal.
+pub(crate) struct ProgressBar {
+    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+pub(crate) fn progress_bar(progress: std::sync::Arc<cairn_service::BackupProgress>) -> ProgressBar {
+    use std::sync::atomic::Ordering::Relaxed;
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let thread = std::io::stderr().is_terminal().then(|| {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
+            while !done.load(Relaxed) {
+                let (copied, total) = (progress.copied_bytes.load(Relaxed), progress.total_bytes.load(Relaxed));
+                let percent = if total == 0 { 0.0 } else { 100.0 * copied as f64 / total as f64 };
+                eprint!("\rbackup: {:.1} / {:.1} MiB ({percent:.0}%)   ", mib(copied), mib(total));
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            eprint!("\r\x1b[K");
+        })
+    });
+    ProgressBar { done, thread }
+}
+
+impl ProgressBar {
+    pub(crate) fn finish(mut self) {
+        self.done.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }

@@ -3,7 +3,7 @@
 //! same NDJSON lines, and JSON arrays are printed one element per line, as
 //! the server wrote each.
 
-use std::io::{BufRead as _, Read as _, Write as _};
+use std::io::{BufRead as _, IsTerminal as _, Read as _, Write as _};
 use std::process::ExitCode;
 
 use anyhow::{Context as _, Result, bail};
@@ -59,6 +59,20 @@ async fn dispatch(client: Client, command: Command, login_password: Option<Strin
             )?;
         }
         Command::Consumer(command) => consumer(&client, &mut out, command).await?,
+        Command::Backup { dir } => {
+            // The server writes the copy: DIR is a path on its machine.
+            let dir = std::path::absolute(&dir)?;
+            let dir = dir.to_str().ok_or_else(|| anyhow::anyhow!("{} is not UTF-8", dir.display()))?;
+            if std::io::stderr().is_terminal() {
+                eprint!("backup: the server is copying the store to {dir}…");
+            }
+            let body = client.request("POST", &format!("/v1/backup?dir={}", encode(dir)), &[], empty()).await?;
+            let body = body.bytes().await?;
+            if std::io::stderr().is_terminal() {
+                eprint!("\r\x1b[K");
+            }
+            line(&mut out, &body)?;
+        }
         Command::Verify => {
             let body = client.request("POST", "/v1/verify", &[], empty()).await?.bytes().await?;
             let report: serde_json::Value = serde_json::from_slice(&body)?;

@@ -39,9 +39,9 @@ mod users;
 pub use cairn_store::json;
 pub use cairn_store::limits;
 pub use cairn_store::{
-    Batch, Event, EventId, Expect, Hash, Imported, Limits, NewEvent, Options as StoreOptions, Pattern, Payload, Query,
-    RecoveryReport, SYSTEM_PREFIX, StoreError, StoreStats, SyncMode, Topic, TopicInfo, Truncation, Ttl, VerifyReport,
-    check_meta, parse_duration_ms,
+    BACKUP_MANIFEST, BackupProgress, BackupReport, Batch, Event, EventId, Expect, Hash, Imported, Limits, NewEvent,
+    Options as StoreOptions, Pattern, Payload, Query, RecoveryReport, SYSTEM_PREFIX, StoreError, StoreStats, SyncMode,
+    Topic, TopicInfo, Truncation, Ttl, VerifyReport, check_meta, parse_duration_ms,
 };
 pub use consumers::group::Claim;
 pub use consumers::groups::{

@@ -571,6 +571,27 @@ impl Service {
         Ok(self.inner.storage.verify().await?)
     }
 
+    /// Copies a consistent snapshot of the store, users and tokens included,
+    /// into `dest` while writers run (admin). Incremental: a second backup
+    /// into the same directory copies only what is new.
+    pub async fn backup(
+        &self,
+        who: &Principal,
+        dest: std::path::PathBuf,
+        progress: Arc<cairn_store::BackupProgress>,
+    ) -> Result<cairn_store::BackupReport> {
+        self.admit(who)?;
+        who.check_admin()?;
+        let report = self.inner.storage.backup(dest.clone(), progress).await?;
+        // After the log: a user added meanwhile is kept, a token revoked
+        // meanwhile stays revoked in the copy.
+        let service = self.clone();
+        tokio::task::spawn_blocking(move || service.inner.users.copy_to(&dest))
+            .await
+            .map_err(|error| ServiceError::invalid("backup", error.to_string()))??;
+        Ok(report)
+    }
+
     /// Version and store facts (the counters only for who sees all).
     pub async fn info(&self, who: &Principal) -> Result<Info> {
         self.admit(who)?;

@@ -154,6 +154,17 @@ impl Users {
         })
     }
 
+    /// Writes the users as they are now to `dir/users.json` (a backup).
+    pub fn copy_to(&self, dir: &Path) -> Result<()> {
+        let records = self.state.read().expect("users lock").records.clone();
+        write_file(&dir.join(USERS_FILE), &records).map_err(|error| {
+            ServiceError::Storage(StoreError::Io {
+                context: format!("write {}", dir.display()),
+                source: Arc::new(error),
+            })
+        })
+    }
+
     /// Whether any user exists.
     pub fn is_empty(&self) -> bool {
         self.state.read().expect("users lock").users.is_empty()

@@ -27,6 +27,7 @@
 //!
 //! This crate never opens a socket.
 
+mod backup;
 mod cas;
 pub mod conformance;
 mod error;
@@ -86,6 +87,7 @@ pub mod fuzzing {
     }
 }
 
+pub use backup::{BACKUP_MANIFEST, BackupProgress, BackupReport};
 pub use error::{Result, StoreError};
 pub use event::{
     Batch, Event, Expect, Hash, InlineBytes, NewEvent, Payload, Ttl, check_idempotency_key, check_meta,

@@ -207,6 +207,14 @@ impl Storage for Local {
     fn verify(&self) -> BoxFuture<'_, Result<VerifyReport>> {
         Box::pin(self.blocking(Store::verify))
     }
+
+    fn backup(
+        &self,
+        dest: std::path::PathBuf,
+        progress: std::sync::Arc<crate::BackupProgress>,
+    ) -> BoxFuture<'_, Result<crate::BackupReport>> {
+        Box::pin(self.blocking(move |store| store.backup(&dest, &progress)))
+    }
 }
 
 /// One chunk of history for a subscriber (see [`Storage::history`]).

@@ -28,11 +28,13 @@
 //! on a blocking pool (the local engine) or is truly asynchronous.
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 
 use tokio::sync::watch;
 
+use crate::backup::{BackupProgress, BackupReport};
 use crate::error::Result;
 use crate::event::{Batch, Event, Hash};
 use crate::id::EventId;
@@ -141,6 +143,11 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Checks everything stored (records, order, hashes).
     fn verify(&self) -> BoxFuture<'_, Result<VerifyReport>>;
+
+    /// Copies a consistent snapshot that opens as a local store into
+    /// `dest` while writers run (incremental into the same directory); a
+    /// backend whose data lives elsewhere refuses (its own tools back it up).
+    fn backup(&self, dest: PathBuf, progress: Arc<BackupProgress>) -> BoxFuture<'_, Result<BackupReport>>;
 }
 
 /// A lazily read sequence of stored events.

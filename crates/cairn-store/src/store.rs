@@ -305,11 +305,11 @@ impl<T> std::future::Future for Pending<T> {
 /// An open store. Cheap to clone; closes when the last clone is dropped.
 #[derive(Clone)]
 pub struct Store {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
-struct Inner {
-    shared: Arc<Shared>,
+pub(crate) struct Inner {
+    pub(crate) shared: Arc<Shared>,
     requests: Option<SyncSender<Request>>,
     writer: Option<JoinHandle<()>>,
     indexer: Option<JoinHandle<()>>,

@@ -8,6 +8,7 @@
 #![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
 
 mod auth;
+mod backup;
 mod cli;
 mod errors;
 mod hostile;

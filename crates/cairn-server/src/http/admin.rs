@@ -188,6 +188,25 @@ pub(crate) async fn verify(AxumState(app): State, Who(principal): Who, params: P
     Ok(json_response(StatusCode::OK, to_json(&report), None))
 }
 
+/// `POST /v1/backup?dir=/absolute/path` (admin): copies a consistent
+/// snapshot of the store into a directory of the server's machine (new,
+/// empty, or an earlier backup of this store: then only what is new).
+pub(crate) async fn backup(
+    AxumState(app): State,
+    Who(principal): Who,
+    mut params: Params,
+) -> ApiResult<Response<Body>> {
+    let dir = params.take("dir")?.ok_or_else(|| ApiError::invalid("dir", "is required: an absolute path"))?;
+    params.finish()?;
+    let dir = std::path::PathBuf::from(dir);
+    if !dir.is_absolute() {
+        return Err(ApiError::invalid("dir", "must be an absolute path on the server's machine"));
+    }
+    let progress = std::sync::Arc::new(cairn_service::BackupProgress::default());
+    let report = app.service.backup(&principal, dir, progress).await?;
+    Ok(json_response(StatusCode::OK, to_json(&report), None))
+}
+
 /// `GET /v1/info` (and the compatibility `/info`): version and store facts.
 pub(crate) async fn info(AxumState(app): State, Who(principal): Who, params: Params) -> ApiResult<Response<Body>> {
     params.finish()?;

@@ -60,6 +60,7 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/v1/tokens/{id}", axum::routing::delete(admin::token_revoke))
         .route("/v1/import", post(admin::import))
         .route("/v1/verify", post(admin::verify))
+        .route("/v1/backup", post(admin::backup))
         .route("/v1/info", get(admin::info))
         .route("/healthz", get(admin::healthz))
         .route("/metrics", get(admin::metrics))

@@ -98,6 +98,12 @@ pub(crate) const ROUTES: &[(&str, &str, &str, &[QueryParams])] = &[
     ("delete", "/v1/tokens/{id}", "Revoke a token by id (admin).", &[]),
     ("post", "/v1/import", "Import an export (NDJSON with content), keeping ids and seqs (admin).", &[]),
     ("post", "/v1/verify", "Check every record and content hash (admin).", &[]),
+    (
+        "post",
+        "/v1/backup",
+        "Copy a consistent snapshot of the store to ?dir= (an absolute path on the server's machine; new, empty, or an earlier backup of this store, then only what is new) while it runs (admin).",
+        &[],
+    ),
     ("get", "/v1/info", "Version and store facts.", &[]),
     ("get", "/healthz", "200 while serving, 503 while stopping; needs no credentials.", &[]),
     ("get", "/metrics", "Prometheus metrics.", &[]),

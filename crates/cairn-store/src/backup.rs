@@ -1,0 +1,284 @@
+//! Online backup: a copy of the store that opens as a store, made while
+//! writers run, incremental into the same directory.
+//!
+//! The log is the store: every event, removal, acknowledgement and state
+//! record is a record of it, and the index is rebuilt from it. So a backup
+//! is the log up to a point, plus the content files events refer to:
+//! 1. content files present now are copied (those missing from the copy);
+//! 2. everything acknowledged is made durable and the log's committed end
+//!    is taken: the backup holds the log up to there;
+//! 3. segments are copied up to that end. Segments are append-only (bytes
+//!    below the committed end never change), so a segment already copied is
+//!    skipped, and one copied in part gets only its new bytes;
+//! 4. content files are copied again, so content written between 1 and 2
+//!    is there too;
+//! 5. every copied file and directory is fdatasynced, and `cairn-backup.json`
+//!    says where the copy ends.
+//!
+//! The copy's index is built from its log when it is first opened (a
+//! restore is opening the directory as a store). A directory holding
+//! anything else than a backup of this store is refused.
+
+use std::fs::{self, File};
+use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use crate::error::{Result, StoreError};
+use crate::log::segment::{SEGMENT_HEADER_BYTES, list_segments, segment_path, sync_dir};
+use crate::store::Store;
+
+/// The file a backup writes last, naming where its log ends.
+pub const BACKUP_MANIFEST: &str = "cairn-backup.json";
+
+/// How far a running backup is, for a progress bar (read while it runs).
+#[derive(Debug, Default)]
+pub struct BackupProgress {
+    /// Bytes to copy, as far as known (grows when the log's end is taken).
+    pub total_bytes: AtomicU64,
+    /// Bytes copied so far.
+    pub copied_bytes: AtomicU64,
+}
+
+/// What a backup copied.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct BackupReport {
+    /// Where the copy is.
+    pub dir: PathBuf,
+    /// The log's end in the copy, `<segment>.<offset>`.
+    pub end: String,
+    /// Segments in the copy.
+    pub segments: u64,
+    /// Bytes of log in the copy.
+    pub log_bytes: u64,
+    /// Bytes of log this run copied.
+    pub log_bytes_copied: u64,
+    /// Content files in the copy.
+    pub content_files: u64,
+    /// Content files this run copied.
+    pub content_files_copied: u64,
+    /// Bytes of content this run copied.
+    pub content_bytes_copied: u64,
+}
+
+impl Store {
+    /// Copies a consistent snapshot of the store into `dest` while writers
+    /// run (see the module's documentation): it holds every event
+    /// acknowledged before the call. A second backup into the same
+    /// directory copies only what is new.
+    pub fn backup(&self, dest: &Path, progress: &BackupProgress) -> Result<BackupReport> {
+        let shared = &self.inner.shared;
+        let source_log = shared.dir.join("log");
+        let source_cas = shared.dir.join("cas").join("sha256");
+        let canonical = |path: &Path| fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        let (store_dir, target) = (canonical(&shared.dir), canonical(dest));
+        if target.starts_with(&store_dir) || store_dir.starts_with(&target) {
+            return Err(StoreError::invalid(
+                "backup",
+                "the backup directory must be outside the store (and not hold it)",
+            ));
+        }
+        prepare(dest, &source_log)?;
+        // Written first, so an interrupted backup is known as this store's.
+        write_manifest(dest, serde_json::json!({ "complete": false }))?;
+        let dest_log = dest.join("log");
+        let dest_cas = dest.join("cas").join("sha256");
+        let mut report = BackupReport { dir: dest.to_path_buf(), ..BackupReport::default() };
+
+        copy_content(&source_cas, &dest_cas, progress, &mut report)?;
+        self.sync()?;
+        let end = shared.progress.committed_end();
+        let mut plan = Vec::new();
+        for segment in list_segments(&source_log)? {
+            if segment > end.segment {
+                break;
+            }
+            let len = if segment == end.segment {
+                end.offset
+            } else {
+                fs::metadata(segment_path(&source_log, segment)).map_err(StoreError::io("stat a segment"))?.len()
+            };
+            let have = fs::metadata(segment_path(&dest_log, segment)).map_or(0, |meta| meta.len());
+            progress.total_bytes.fetch_add(len.saturating_sub(have), Relaxed);
+            plan.push((segment, len, have));
+        }
+        for (segment, len, have) in plan {
+            let copied = copy_segment(&source_log, &dest_log, segment, len, have, progress)?;
+            report.segments += 1;
+            report.log_bytes += len;
+            report.log_bytes_copied += copied;
+        }
+        // Segments past the end (from an older, longer copy of this store
+        // cannot exist: the log only grows) would be replayed; none is kept.
+        for segment in list_segments(&dest_log)? {
+            if segment > end.segment {
+                return Err(StoreError::invalid(
+                    "backup",
+                    format!("{} has segment {segment}, past this store's end: not a backup of it", dest.display()),
+                ));
+            }
+        }
+        copy_content(&source_cas, &dest_cas, progress, &mut report)?;
+        report.content_files = count_files(&dest_cas)?;
+        report.end = format!("{}.{}", end.segment, end.offset);
+        sync_dir(&dest_log)?;
+        write_manifest(dest, serde_json::json!({ "complete": true, "end": report.end, "version": self.version() }))?;
+        Ok(report)
+    }
+}
+
+/// Makes `dest` ready: created (0700) if missing; if it holds anything, it
+/// must be a backup of the store whose log is `source_log` (its first
+/// segment starts as the source's does).
+fn prepare(dest: &Path, source_log: &Path) -> Result<()> {
+    let io = |what: &str| StoreError::io(format!("{what} {}", dest.display()));
+    if dest.exists() {
+        let mut entries = fs::read_dir(dest).map_err(io("read"))?;
+        if entries.next().is_some() {
+            // A backup begun earlier has its manifest; once it has its
+            // first segment, that starts as this store's does.
+            let dest_first = segment_path(&dest.join("log"), 0);
+            let source_first = segment_path(source_log, 0);
+            let same = dest.join(BACKUP_MANIFEST).is_file()
+                && !dest.join("LOCK").exists()
+                && (!dest_first.exists() || same_start(&head_of(&dest_first)?, &head_of(&source_first)?));
+            if !same {
+                return Err(StoreError::invalid(
+                    "backup",
+                    format!(
+                        "{} is not empty and is not a backup of this store; give a new or empty directory",
+                        dest.display()
+                    ),
+                ));
+            }
+        }
+    }
+    for dir in [dest.to_path_buf(), dest.join("log"), dest.join("cas").join("sha256")] {
+        crate::private::ensure_private_dir(&dir).map_err(io("create"))?;
+    }
+    Ok(())
+}
+
+/// Whether two segment starts agree on the bytes both have.
+fn same_start(a: &[u8], b: &[u8]) -> bool {
+    let n = a.len().min(b.len());
+    n > 0 && a[..n] == b[..n]
+}
+
+/// Writes the manifest (atomically: a file then a rename).
+fn write_manifest(dest: &Path, manifest: serde_json::Value) -> Result<()> {
+    let tmp = dest.join(format!(".{BACKUP_MANIFEST}.tmp"));
+    write_file(&tmp, &serde_json::to_vec_pretty(&manifest).expect("JSON"))?;
+    fs::rename(&tmp, dest.join(BACKUP_MANIFEST)).map_err(StoreError::io("place the backup manifest"))?;
+    sync_dir(dest)
+}
+
+/// The first bytes of a segment: its header and first record.
+fn head_of(path: &Path) -> Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    if let Ok(file) = File::open(path) {
+        file.take(SEGMENT_HEADER_BYTES + 4096)
+            .read_to_end(&mut bytes)
+            .map_err(StoreError::io(format!("read {}", path.display())))?;
+    }
+    Ok(bytes)
+}
+
+/// Copies bytes `have..len` of a segment (all of it if the copy is longer
+/// than `len`, which an earlier copy of this store cannot be); returns the
+/// bytes copied.
+fn copy_segment(
+    source_log: &Path,
+    dest_log: &Path,
+    segment: u32,
+    len: u64,
+    have: u64,
+    progress: &BackupProgress,
+) -> Result<u64> {
+    if have == len {
+        return Ok(0);
+    }
+    let from = if have > len { 0 } else { have };
+    let source_path = segment_path(source_log, segment);
+    let dest_path = segment_path(dest_log, segment);
+    let mut source = File::open(&source_path).map_err(StoreError::io(format!("open {}", source_path.display())))?;
+    let mut dest = crate::private::file_options()
+        .create(true)
+        .write(true)
+        .truncate(from == 0)
+        .open(&dest_path)
+        .map_err(StoreError::io(format!("open {}", dest_path.display())))?;
+    source.seek(SeekFrom::Start(from)).map_err(StoreError::io("seek a segment"))?;
+    dest.seek(SeekFrom::Start(from)).map_err(StoreError::io("seek a copied segment"))?;
+    let mut remaining = len - from;
+    let mut buf = vec![0u8; 1 << 20];
+    while remaining > 0 {
+        let want = usize::try_from(remaining.min(buf.len() as u64)).expect("fits");
+        source.read_exact(&mut buf[..want]).map_err(StoreError::io(format!("read {}", source_path.display())))?;
+        dest.write_all(&buf[..want]).map_err(StoreError::io(format!("write {}", dest_path.display())))?;
+        remaining -= want as u64;
+        progress.copied_bytes.fetch_add(want as u64, Relaxed);
+    }
+    dest.set_len(len).map_err(StoreError::io("size a copied segment"))?;
+    dest.sync_data().map_err(StoreError::io(format!("fdatasync {}", dest_path.display())))?;
+    Ok(len - from)
+}
+
+/// Copies the content files missing from `dest` (content files never
+/// change: a file's name is its hash).
+fn copy_content(source: &Path, dest: &Path, progress: &BackupProgress, report: &mut BackupReport) -> Result<()> {
+    let Ok(prefixes) = fs::read_dir(source) else { return Ok(()) };
+    for prefix in prefixes {
+        let prefix = prefix.map_err(StoreError::io("list content"))?;
+        let files = fs::read_dir(prefix.path()).map_err(StoreError::io("list content"))?;
+        let dest_dir = dest.join(prefix.file_name());
+        let mut created = false;
+        for file in files {
+            let file = file.map_err(StoreError::io("list content"))?;
+            let target = dest_dir.join(file.file_name());
+            if target.exists() {
+                continue;
+            }
+            if !created {
+                crate::private::ensure_private_dir(&dest_dir).map_err(StoreError::io("create a content directory"))?;
+                created = true;
+            }
+            // Deleted since it was listed: it is no longer content of the store.
+            let Ok(bytes) = fs::read(file.path()) else { continue };
+            let tmp = dest_dir.join(format!(".{}.tmp", file.file_name().to_string_lossy()));
+            write_file(&tmp, &bytes)?;
+            fs::rename(&tmp, &target).map_err(StoreError::io("place a copied content file"))?;
+            progress.copied_bytes.fetch_add(bytes.len() as u64, Relaxed);
+            progress.total_bytes.fetch_add(bytes.len() as u64, Relaxed);
+            report.content_files_copied += 1;
+            report.content_bytes_copied += bytes.len() as u64;
+        }
+        if created {
+            sync_dir(&dest_dir)?;
+        }
+    }
+    sync_dir(dest)
+}
+
+fn count_files(dir: &Path) -> Result<u64> {
+    let mut count = 0;
+    let Ok(prefixes) = fs::read_dir(dir) else { return Ok(0) };
+    for prefix in prefixes.flatten() {
+        if let Ok(files) = fs::read_dir(prefix.path()) {
+            count += files.flatten().filter(|file| !file.file_name().to_string_lossy().starts_with('.')).count() as u64;
+        }
+    }
+    Ok(count)
+}
+
+/// Writes `bytes` to `path` (0600) and fdatasyncs it.
+fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut file = crate::private::file_options()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .open(path)
+        .map_err(StoreError::io(format!("create {}", path.display())))?;
+    file.write_all(bytes).map_err(StoreError::io(format!("write {}", path.display())))?;
+    file.sync_data().map_err(StoreError::io(format!("fdatasync {}", path.display())))
+}
