@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 use cairn_service::{
-    Batch, Delivered, EventId, Expect, FollowOptions, Hash, NewEvent, NewUser, Pattern, Principal, Query, Service,
-    ServiceOptions, StoreOptions, SyncMode, Topic, Ttl,
+    Batch, Delivered, EventId, Expect, FollowOptions, Hash, ImportRecord, NewEvent, NewUser, Pattern, Principal, Query,
+    Service, ServiceOptions, StoreOptions, SyncMode, Topic, Ttl,
 };
 
 use crate::args::{
@@ -136,6 +136,19 @@ async fn command_on(service: &Service, out: &mut impl std::io::Write, command: C
                 }
                 for item in items {
                     output::event_line(out, &item.event, item.content.as_deref())?;
+                }
+            }
+            if pattern == ">" {
+                // The whole store: content stored on its own and state
+                // records (consumers, groups, snapshots) follow the events.
+                let (hashes, state) = service.export_extras(&LOCAL).await?;
+                for hash in hashes {
+                    if let Some(line) = service.export_content(&LOCAL, hash).await? {
+                        output::json_line(out, &line)?;
+                    }
+                }
+                for line in state {
+                    output::json_line(out, &line)?;
                 }
             }
         }
@@ -296,13 +309,26 @@ async fn import(service: &Service, out: &mut impl std::io::Write) -> Result<()> 
         bar
     });
     let mut chunk = Vec::with_capacity(IMPORT_CHUNK_EVENTS);
+    let mut extras = Vec::new();
     let mut total = 0u64;
     for (idx, line) in std::io::stdin().lock().lines().enumerate() {
         let line = line.context("read stdin")?;
         if line.trim().is_empty() {
             continue;
         }
-        chunk.push(Service::import_line(line.as_bytes()).with_context(|| format!("line {}", idx + 1))?);
+        let record = Service::import_record(line.as_bytes()).with_context(|| format!("line {}", idx + 1))?;
+        let ImportRecord::Event(event) = record else {
+            // Content and state come after the events: write those first.
+            if !chunk.is_empty() {
+                total += service.import(&LOCAL, std::mem::take(&mut chunk)).await.context("import")? as u64;
+            }
+            extras.push(record);
+            if extras.len() == IMPORT_CHUNK_EVENTS {
+                service.import_extras(&LOCAL, std::mem::take(&mut extras)).await.context("import")?;
+            }
+            continue;
+        };
+        chunk.push(event);
         if chunk.len() == IMPORT_CHUNK_EVENTS {
             let events = std::mem::take(&mut chunk);
             total +=
@@ -314,6 +340,9 @@ async fn import(service: &Service, out: &mut impl std::io::Write) -> Result<()> 
     }
     if !chunk.is_empty() {
         total += service.import(&LOCAL, chunk).await.context("import")? as u64;
+    }
+    if !extras.is_empty() {
+        service.import_extras(&LOCAL, extras).await.context("import")?;
     }
     service.sync(&LOCAL).await?;
     if let Some(bar) = progress {

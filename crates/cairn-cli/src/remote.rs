@@ -88,6 +88,9 @@ async fn dispatch(client: Client, command: Command, login_password: Option<Strin
         Command::Export { pattern } => {
             let path = format!("/v1/events?topic={}&content=true", encode(&pattern));
             copy(&mut out, client.request("GET", &path, &[], empty()).await?, None).await?;
+            if pattern == ">" {
+                copy(&mut out, client.request("GET", "/v1/export/extras", &[], empty()).await?, None).await?;
+            }
         }
         Command::Import => {
             let (sender, receiver) = tokio::sync::mpsc::channel(4);

@@ -31,6 +31,7 @@ mod error;
 mod follow;
 mod glob;
 mod logins;
+mod portable;
 mod principal;
 mod service;
 mod stream_id;
@@ -54,6 +55,7 @@ pub use error::{Result, ServiceError};
 pub use follow::{Delivered, Follow, FollowOptions};
 pub use glob::Glob;
 pub use logins::{LOGIN_CHECKS_CONCURRENT, LOGIN_CHECKS_QUEUED_MAX};
+pub use portable::ImportRecord;
 pub use principal::{Principal, Session, User, covers};
 pub use service::{
     Appending, Budget, IDEMPOTENCY_KEY_BYTES_MAX, IfMatch, Info, Item, REPLY_BYTES_MAX, REPLY_ENTRY_BYTES, Read,

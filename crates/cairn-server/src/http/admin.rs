@@ -5,7 +5,7 @@
 use axum::body::Body;
 use axum::extract::State as AxumState;
 use axum::http::{HeaderMap, HeaderValue, Response, StatusCode, header};
-use cairn_service::{Imported, NewUser, Service};
+use cairn_service::{ImportRecord, Imported, NewUser, Service};
 
 use super::{
     ApiError, ApiResult, Params, Segment, State, Who, json_response, next_chunk, parse_json, read_body, to_json,
@@ -130,6 +130,7 @@ pub(crate) async fn import(
     // Bytes of `pending` known to hold no newline.
     let mut scanned = 0usize;
     let mut chunk = Vec::with_capacity(IMPORT_CHUNK_EVENTS);
+    let mut extras = Vec::new();
     let mut line_number = 0usize;
     let mut total = 0u64;
     loop {
@@ -141,7 +142,7 @@ pub(crate) async fn import(
         let mut start = 0;
         while let Some(end) = pending[scanned..].iter().position(|&b| b == b'\n').map(|at| scanned + at) {
             line_number += 1;
-            parse_import_line(&pending[start..end], line_number, &mut chunk)?;
+            parse_import_line(&pending[start..end], line_number, &mut chunk, &mut extras)?;
             start = end + 1;
             scanned = start;
         }
@@ -149,12 +150,12 @@ pub(crate) async fn import(
         scanned = pending.len();
         if finished && !pending.is_empty() {
             line_number += 1;
-            parse_import_line(&std::mem::take(&mut pending), line_number, &mut chunk)?;
+            parse_import_line(&std::mem::take(&mut pending), line_number, &mut chunk, &mut extras)?;
         }
         if pending.len() > IMPORT_LINE_BYTES_MAX {
             return Err(ApiError::too_large("import line", IMPORT_LINE_BYTES_MAX as u64));
         }
-        if chunk.len() >= IMPORT_CHUNK_EVENTS || (finished && !chunk.is_empty()) {
+        if chunk.len() >= IMPORT_CHUNK_EVENTS || ((finished || !extras.is_empty()) && !chunk.is_empty()) {
             let events = std::mem::take(&mut chunk);
             let imported = app
                 .service
@@ -162,6 +163,12 @@ pub(crate) async fn import(
                 .await
                 .map_err(|error| ApiError::invalid("body", format!("import up to line {line_number}: {error}")));
             total += imported? as u64;
+        }
+        if extras.len() >= IMPORT_CHUNK_EVENTS || (finished && !extras.is_empty()) {
+            app.service
+                .import_extras(&principal, std::mem::take(&mut extras))
+                .await
+                .map_err(|error| ApiError::invalid("body", format!("import up to line {line_number}: {error}")))?;
         }
         if finished {
             break;
@@ -171,13 +178,27 @@ pub(crate) async fn import(
     Ok(json_response(StatusCode::OK, to_json(&serde_json::json!({ "imported": total })), None))
 }
 
-fn parse_import_line(line: &[u8], number: usize, chunk: &mut Vec<Imported>) -> ApiResult<()> {
+fn parse_import_line(
+    line: &[u8],
+    number: usize,
+    chunk: &mut Vec<Imported>,
+    extras: &mut Vec<ImportRecord>,
+) -> ApiResult<()> {
     if line.iter().all(u8::is_ascii_whitespace) {
         return Ok(());
     }
-    let imported =
-        Service::import_line(line).map_err(|error| ApiError::invalid("body", format!("line {number}: {error}")))?;
-    chunk.push(imported);
+    let record =
+        Service::import_record(line).map_err(|error| ApiError::invalid("body", format!("line {number}: {error}")))?;
+    match record {
+        ImportRecord::Event(event) if extras.is_empty() => chunk.push(event),
+        ImportRecord::Event(_) => {
+            return Err(ApiError::invalid(
+                "body",
+                format!("line {number}: events come before content and state lines"),
+            ));
+        }
+        extra => extras.push(extra),
+    }
     Ok(())
 }
 
@@ -186,6 +207,40 @@ pub(crate) async fn verify(AxumState(app): State, Who(principal): Who, params: P
     params.finish()?;
     let report = app.service.verify(&principal).await?;
     Ok(json_response(StatusCode::OK, to_json(&report), None))
+}
+
+/// `GET /v1/export/extras` (admin): what an export of the whole store
+/// carries after its events, as NDJSON: content stored on its own, then
+/// state records (consumers, groups, snapshots). `cairn export` through a
+/// server appends it to the events.
+pub(crate) async fn export_extras(
+    AxumState(app): State,
+    Who(principal): Who,
+    params: Params,
+) -> ApiResult<Response<Body>> {
+    params.finish()?;
+    let (hashes, state) = app.service.export_extras(&principal).await?;
+    let (sender, receiver) = tokio::sync::mpsc::channel::<bytes::Bytes>(4);
+    tokio::spawn(async move {
+        for hash in hashes {
+            let Ok(Some(line)) = app.service.export_content(&principal, hash).await else { continue };
+            let mut bytes = serde_json::to_vec(&line).unwrap_or_default();
+            bytes.push(b'\n');
+            if sender.send(bytes.into()).await.is_err() {
+                return;
+            }
+        }
+        for line in state {
+            let mut bytes = serde_json::to_vec(&line).unwrap_or_default();
+            bytes.push(b'\n');
+            if sender.send(bytes.into()).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut response = Response::new(super::stream::channel_body(receiver));
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
+    Ok(response)
 }
 
 /// `POST /v1/backup?dir=/absolute/path` (admin): copies a consistent

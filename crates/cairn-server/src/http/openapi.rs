@@ -99,6 +99,12 @@ pub(crate) const ROUTES: &[(&str, &str, &str, &[QueryParams])] = &[
     ("post", "/v1/import", "Import an export (NDJSON with content), keeping ids and seqs (admin).", &[]),
     ("post", "/v1/verify", "Check every record and content hash (admin).", &[]),
     (
+        "get",
+        "/v1/export/extras",
+        "What an export of the whole store carries after its events (admin): content stored on its own, then state records (consumers, groups, snapshots), as NDJSON.",
+        &[],
+    ),
+    (
         "post",
         "/v1/backup",
         "Copy a consistent snapshot of the store to ?dir= (an absolute path on the server's machine; new, empty, or an earlier backup of this store, then only what is new) while it runs (admin).",

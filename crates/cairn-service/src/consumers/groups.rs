@@ -536,6 +536,12 @@ impl Service {
         Ok(AutoClaimed { next, claimed: entries, deleted: claimed.deleted })
     }
 
+    /// Drops the groups' in-memory table; the next use loads it from the
+    /// state records again (after an import wrote some).
+    pub(crate) async fn forget_groups(&self) {
+        *self.inner.groups.table.lock().await = None;
+    }
+
     /// The topics `who` may read that have a group (a stream made by
     /// `XGROUP CREATE … MKSTREAM` has a group and no entry yet).
     pub async fn group_topics(&self, who: &Principal) -> Result<Vec<Topic>> {
