@@ -58,9 +58,11 @@ async function ioredis() {
   const read = await r.xreadgroup("GROUP", "workers", "w1", "COUNT", 2, "STREAMS", key, ">");
   assert.equal(read[0][1].length, 2);
   assert.equal(await r.xack(key, "workers", read[0][1][0][0]), 1);
-  const later = setTimeout(() => other.xadd("app.io.live", "*", "x", "1"), 200);
-  const woken = await r.xread("BLOCK", 5000, "STREAMS", "app.io.live", "$");
-  clearTimeout(later);
+  // Appends keep coming until the read returns (one that lands before the
+  // read reaches the server is before its `$`).
+  const later = setInterval(() => other.xadd("app.io.live", "*", "x", "1"), 200);
+  const woken = await r.xread("BLOCK", 10000, "STREAMS", "app.io.live", "$");
+  clearInterval(later);
   assert.ok(woken, "the blocking read timed out");
   step("ioredis streams");
 
@@ -105,9 +107,10 @@ async function nodeRedis(create, name) {
   const subscriber = client.duplicate();
   subscriber.on("error", () => {});
   await subscriber.connect();
-  const received = new Promise((resolve) => subscriber.subscribe(`app.${name}.chat`, resolve));
-  // Subscribing is confirmed before the promise resolves.
-  await new Promise((resolve) => setTimeout(resolve, 100));
+  let deliver;
+  const received = new Promise((resolve) => (deliver = resolve));
+  // Resolves once the server confirmed the subscription.
+  await subscriber.subscribe(`app.${name}.chat`, deliver);
   assert.equal(await client.publish(`app.${name}.chat`, "hello"), 1);
   assert.equal(await withTimeout(received, 5000, "message"), "hello");
   step(`${name} pubsub`);
@@ -132,10 +135,14 @@ async function socketIo() {
   const client = connectSocket(`http://127.0.0.1:${servers[0].port}`, { transports: ["websocket"] });
   await withTimeout(once(client, "connect"), 5000, "socket.io connect");
   const received = once(client, "relayed");
-  // The adapter reads the stream from where it started; give it a moment.
-  await new Promise((resolve) => setTimeout(resolve, 300));
-  servers[1].io.emit("relayed", "across servers");
-  assert.deepEqual(await withTimeout(received, 10000, "relayed event"), ["across servers"]);
+  // The adapter reads the stream from where its polling started: emit
+  // until one arrives (a broadcast made before it polled is not relayed).
+  const emitting = setInterval(() => servers[1].io.emit("relayed", "across servers"), 200);
+  try {
+    assert.deepEqual(await withTimeout(received, 10000, "relayed event"), ["across servers"]);
+  } finally {
+    clearInterval(emitting);
+  }
   // And the number of sockets across servers.
   const sockets = await servers[1].io.fetchSockets();
   assert.equal(sockets.length, 1);

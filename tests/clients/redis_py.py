@@ -124,12 +124,17 @@ def sync_client(protocol):
     step(f"streams resp{protocol}")
 
     # Blocking read woken by another client's append.
+    # Appends keep coming until the read returns: one that lands before
+    # the read reaches the server is before its `$`.
+    done = threading.Event()
+
     def later():
-        time.sleep(0.2)
-        other.xadd(f"{key}.live", {"x": "1"})
+        while not done.wait(0.2):
+            other.xadd(f"{key}.live", {"x": "1"})
 
     threading.Thread(target=later).start()
-    got = r.xread({f"{key}.live": "$"}, block=5000)
+    got = r.xread({f"{key}.live": "$"}, block=10000)
+    done.set()
     assert got, "the blocking read timed out"
     step(f"blocking read resp{protocol}")
 

@@ -582,14 +582,8 @@ impl Service {
     ) -> Result<cairn_store::BackupReport> {
         self.admit(who)?;
         who.check_admin()?;
-        let report = self.inner.storage.backup(dest.clone(), progress).await?;
-        // After the log: a user added meanwhile is kept, a token revoked
-        // meanwhile stays revoked in the copy.
-        let service = self.clone();
-        tokio::task::spawn_blocking(move || service.inner.users.copy_to(&dest))
-            .await
-            .map_err(|error| ServiceError::invalid("backup", error.to_string()))??;
-        Ok(report)
+        let users = self.inner.users.to_bytes()?;
+        Ok(self.inner.storage.backup(dest, progress, vec![(crate::users::USERS_FILE, users)]).await?)
     }
 
     /// Version and store facts (the counters only for who sees all).

@@ -154,15 +154,11 @@ impl Users {
         })
     }
 
-    /// Writes the users as they are now to `dir/users.json` (a backup).
-    pub fn copy_to(&self, dir: &Path) -> Result<()> {
+    /// The users file as it would be written now (for a backup).
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
         let records = self.state.read().expect("users lock").records.clone();
-        write_file(&dir.join(USERS_FILE), &records).map_err(|error| {
-            ServiceError::Storage(StoreError::Io {
-                context: format!("write {}", dir.display()),
-                source: Arc::new(error),
-            })
-        })
+        serde_json::to_vec_pretty(&UsersFile { users: records })
+            .map_err(|error| ServiceError::invalid("users", error.to_string()))
     }
 
     /// Whether any user exists.

@@ -21,6 +21,7 @@
 
 use std::fs::{self, File};
 use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
+use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -66,19 +67,41 @@ impl Store {
     /// run (see the module's documentation): it holds every event
     /// acknowledged before the call. A second backup into the same
     /// directory copies only what is new.
-    pub fn backup(&self, dest: &Path, progress: &BackupProgress) -> Result<BackupReport> {
+    ///
+    /// `extra_files` (name, bytes) are written into `dest` before the
+    /// manifest says the backup is complete (the service's `users.json`).
+    pub fn backup(
+        &self,
+        dest: &Path,
+        progress: &BackupProgress,
+        extra_files: &[(&str, Vec<u8>)],
+    ) -> Result<BackupReport> {
         let shared = &self.inner.shared;
         let source_log = shared.dir.join("log");
         let source_cas = shared.dir.join("cas").join("sha256");
-        let canonical = |path: &Path| fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-        let (store_dir, target) = (canonical(&shared.dir), canonical(dest));
-        if target.starts_with(&store_dir) || store_dir.starts_with(&target) {
+        let store_dir = fs::canonicalize(&shared.dir).map_err(StoreError::io("resolve the store directory"))?;
+        let dest = &resolve(dest)?;
+        if dest.starts_with(&store_dir) || store_dir.starts_with(dest) {
             return Err(StoreError::invalid(
                 "backup",
                 "the backup directory must be outside the store (and not hold it)",
             ));
         }
-        prepare(dest, &source_log)?;
+        let owner = fs::metadata(&store_dir).map_err(StoreError::io("stat the store directory"))?.uid();
+        prepare(dest, &source_log, owner)?;
+        // One backup at a time into a directory.
+        let lock = crate::private::file_options()
+            .create(true)
+            .write(true)
+            .truncate(false)
+            .open(dest.join(".cairn-backup.lock"))
+            .map_err(StoreError::io("open the backup's lock"))?;
+        if lock.try_lock().is_err() {
+            return Err(StoreError::invalid(
+                "backup",
+                format!("{} is being written by another backup", dest.display()),
+            ));
+        }
         // Written first, so an interrupted backup is known as this store's.
         write_manifest(dest, serde_json::json!({ "complete": false }))?;
         let dest_log = dest.join("log");
@@ -122,21 +145,65 @@ impl Store {
         report.content_files = count_files(&dest_cas)?;
         report.end = format!("{}.{}", end.segment, end.offset);
         sync_dir(&dest_log)?;
+        for (name, bytes) in extra_files {
+            let tmp = dest.join(format!(".{name}.tmp"));
+            write_file(&tmp, bytes)?;
+            fs::rename(&tmp, dest.join(name)).map_err(StoreError::io(format!("place {name}")))?;
+        }
         write_manifest(dest, serde_json::json!({ "complete": true, "end": report.end, "version": self.version() }))?;
         Ok(report)
     }
 }
 
-/// Makes `dest` ready: created (0700) if missing; if it holds anything, it
-/// must be a backup of the store whose log is `source_log` (its first
-/// segment starts as the source's does).
-fn prepare(dest: &Path, source_log: &Path) -> Result<()> {
+/// `dest` made absolute, its existing part resolved (symbolic links,
+/// `..`): the nearest existing ancestor canonicalized, then the rest,
+/// which may hold no `..`.
+fn resolve(dest: &Path) -> Result<PathBuf> {
+    let absolute = std::path::absolute(dest).map_err(StoreError::io(format!("resolve {}", dest.display())))?;
+    let mut existing = absolute.as_path();
+    let mut rest = Vec::new();
+    while !existing.exists() {
+        let (Some(parent), Some(name)) = (existing.parent(), existing.file_name()) else { break };
+        rest.push(name.to_owned());
+        existing = parent;
+    }
+    let mut resolved = fs::canonicalize(existing).map_err(StoreError::io(format!("resolve {}", dest.display())))?;
+    for name in rest.iter().rev() {
+        if name == ".." || name == "." {
+            return Err(StoreError::invalid("backup", format!("{}: give a path without '..'", dest.display())));
+        }
+        resolved.push(name);
+    }
+    Ok(resolved)
+}
+
+/// A directory the backup may write into: its own (`owner`), and not
+/// writable by others (existing directories are never chmod-ed).
+fn check_directory(dir: &Path, owner: u32) -> Result<()> {
+    let meta = fs::symlink_metadata(dir).map_err(StoreError::io(format!("stat {}", dir.display())))?;
+    let mode = meta.permissions().mode();
+    if !meta.is_dir() || meta.uid() != owner || mode & 0o022 != 0 {
+        return Err(StoreError::invalid(
+            "backup",
+            format!(
+                "{} must be a directory of the store's owner that others cannot write to (give a new path)",
+                dir.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Makes `dest` ready: created (0700) where missing, checked where it
+/// exists; if it holds anything, it must be a backup of the store whose log
+/// is `source_log` (its manifest there, its first segment starting as the
+/// source's does, no store lock: never opened as a store).
+fn prepare(dest: &Path, source_log: &Path, owner: u32) -> Result<()> {
     let io = |what: &str| StoreError::io(format!("{what} {}", dest.display()));
     if dest.exists() {
+        check_directory(dest, owner)?;
         let mut entries = fs::read_dir(dest).map_err(io("read"))?;
         if entries.next().is_some() {
-            // A backup begun earlier has its manifest; once it has its
-            // first segment, that starts as this store's does.
             let dest_first = segment_path(&dest.join("log"), 0);
             let source_first = segment_path(source_log, 0);
             let same = dest.join(BACKUP_MANIFEST).is_file()
@@ -152,9 +219,15 @@ fn prepare(dest: &Path, source_log: &Path) -> Result<()> {
                 ));
             }
         }
+    } else {
+        crate::private::create_dir(dest).map_err(io("create"))?;
     }
-    for dir in [dest.to_path_buf(), dest.join("log"), dest.join("cas").join("sha256")] {
-        crate::private::ensure_private_dir(&dir).map_err(io("create"))?;
+    for dir in [dest.join("log"), dest.join("cas"), dest.join("cas").join("sha256")] {
+        if dir.exists() {
+            check_directory(&dir, owner)?;
+        } else {
+            crate::private::create_dir(&dir).map_err(io("create"))?;
+        }
     }
     Ok(())
 }
@@ -162,7 +235,7 @@ fn prepare(dest: &Path, source_log: &Path) -> Result<()> {
 /// Whether two segment starts agree on the bytes both have.
 fn same_start(a: &[u8], b: &[u8]) -> bool {
     let n = a.len().min(b.len());
-    n > 0 && a[..n] == b[..n]
+    a[..n] == b[..n]
 }
 
 /// Writes the manifest (atomically: a file then a rename).
@@ -195,12 +268,19 @@ fn copy_segment(
     have: u64,
     progress: &BackupProgress,
 ) -> Result<u64> {
-    if have == len {
-        return Ok(0);
-    }
-    let from = if have > len { 0 } else { have };
     let source_path = segment_path(source_log, segment);
     let dest_path = segment_path(dest_log, segment);
+    // The bytes already copied must still be this segment's: their last
+    // 4 KiB are compared (a copy from another history is copied again).
+    let same_tail = have <= len
+        && (have == 0 || {
+            let tail = have.min(4096);
+            read_range(&source_path, have - tail, tail)? == read_range(&dest_path, have - tail, tail)?
+        });
+    if same_tail && have == len {
+        return Ok(0);
+    }
+    let from = if same_tail { have } else { 0 };
     let mut source = File::open(&source_path).map_err(StoreError::io(format!("open {}", source_path.display())))?;
     let mut dest = crate::private::file_options()
         .create(true)
@@ -222,6 +302,15 @@ fn copy_segment(
     dest.set_len(len).map_err(StoreError::io("size a copied segment"))?;
     dest.sync_data().map_err(StoreError::io(format!("fdatasync {}", dest_path.display())))?;
     Ok(len - from)
+}
+
+/// `len` bytes of `path` at `at` (fewer if it is shorter).
+fn read_range(path: &Path, at: u64, len: u64) -> Result<Vec<u8>> {
+    let mut file = File::open(path).map_err(StoreError::io(format!("open {}", path.display())))?;
+    file.seek(SeekFrom::Start(at)).map_err(StoreError::io("seek"))?;
+    let mut bytes = Vec::new();
+    file.take(len).read_to_end(&mut bytes).map_err(StoreError::io(format!("read {}", path.display())))?;
+    Ok(bytes)
 }
 
 /// Copies the content files missing from `dest` (content files never

@@ -145,9 +145,15 @@ pub trait Storage: Send + Sync + 'static {
     fn verify(&self) -> BoxFuture<'_, Result<VerifyReport>>;
 
     /// Copies a consistent snapshot that opens as a local store into
-    /// `dest` while writers run (incremental into the same directory); a
+    /// `dest` while writers run (incremental into the same directory), with
+    /// `extra_files` (name, bytes) written before it is marked complete; a
     /// backend whose data lives elsewhere refuses (its own tools back it up).
-    fn backup(&self, dest: PathBuf, progress: Arc<BackupProgress>) -> BoxFuture<'_, Result<BackupReport>>;
+    fn backup(
+        &self,
+        dest: PathBuf,
+        progress: Arc<BackupProgress>,
+        extra_files: Vec<(&'static str, Vec<u8>)>,
+    ) -> BoxFuture<'_, Result<BackupReport>>;
 }
 
 /// A lazily read sequence of stored events.

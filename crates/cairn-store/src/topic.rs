@@ -72,13 +72,21 @@ const TOPIC_CHARS: &str = "topics are printable UTF-8: not '*' or '>' (pattern w
 /// characters Redis key conventions use, `{` `}` `#` `@` `:` `/`, and
 /// letters of any script) except the pattern wildcards `*` and `>`, the
 /// list separator `,`, control characters, whitespace other than a plain
-/// space, and the invisible formatting characters that would let two
-/// different names look alike (zero-width characters, bidirectional
-/// overrides, the byte-order mark). Every front end carries such names:
+/// space, and the invisible characters (Unicode's default-ignorable code
+/// points: zero-width characters, bidirectional controls, variation
+/// selectors, tags, fillers) that would make two names print the same.
+/// Letters of different scripts that look alike stay allowed, as in any
+/// name. Every front end carries such names:
 /// HTTP percent-encodes them in paths and queries, JSON escapes what it
 /// must, RESP is binary-safe.
 pub fn is_topic_char(c: char) -> bool {
-    let invisible = matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}' | '\u{00AD}');
+    // Unicode's default-ignorable code points and format controls (no std
+    // table exists for them; these are Unicode 15's, by range).
+    let invisible = matches!(c,
+        '\u{00AD}' | '\u{034F}' | '\u{061C}' | '\u{115F}' | '\u{1160}' | '\u{17B4}' | '\u{17B5}'
+        | '\u{180B}'..='\u{180F}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{206F}'
+        | '\u{3164}' | '\u{FE00}'..='\u{FE0F}' | '\u{FEFF}' | '\u{FFA0}' | '\u{FFF0}'..='\u{FFFB}'
+        | '\u{1BCA0}'..='\u{1BCA3}' | '\u{1D173}'..='\u{1D17A}' | '\u{E0000}'..='\u{E0FFF}');
     !(c.is_control() || (c.is_whitespace() && c != ' ') || invisible || matches!(c, '*' | '>' | ','))
 }
 

@@ -94,6 +94,26 @@ async fn an_online_backup_holds_every_acknowledged_event_and_opens_as_a_store() 
     let path_other = format!("/v1/backup?dir={}", cairn_client::encode(other.to_str().unwrap()));
     let refused = call(&socket, "POST", &path_other, &[], Vec::new()).await;
     assert_eq!(refused.status, 400, "{}", String::from_utf8_lossy(&refused.body));
+    // Never into the store, however the path is written.
+    let store = std::fs::canonicalize(cairn.store()).unwrap();
+    for sneaky in [
+        format!("/proc/self/root{}/log/0000000099.seg", store.display()),
+        format!("{}/../store/cas/new", store.display()),
+    ] {
+        let path = format!("/v1/backup?dir={}", cairn_client::encode(&sneaky));
+        let refused = call(&socket, "POST", &path, &[], Vec::new()).await;
+        assert_eq!(refused.status, 400, "{sneaky}: {}", String::from_utf8_lossy(&refused.body));
+        assert!(!std::path::Path::new(&sneaky).exists(), "{sneaky} was created");
+    }
+    // A directory others may write to is refused, and left as it was.
+    let shared = target.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::os::unix::fs::PermissionsExt::from_mode(0o1777)).unwrap();
+    let path_shared = format!("/v1/backup?dir={}", cairn_client::encode(shared.to_str().unwrap()));
+    let refused = call(&socket, "POST", &path_shared, &[], Vec::new()).await;
+    assert_eq!(refused.status, 400, "{}", String::from_utf8_lossy(&refused.body));
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&shared).unwrap().permissions());
+    assert_eq!(mode & 0o7777, 0o1777);
     drop(raw);
     drop(server);
 

@@ -40,6 +40,9 @@ const PUSH_QUEUE_FRAMES: usize = 256;
 /// Bytes of push frames waiting for a slow client, per connection (a
 /// larger frame waits for the queue to empty).
 const PUSH_QUEUE_BYTES: usize = 8 * 1024 * 1024;
+/// How long writing one push frame to a client may take before the client
+/// is taken for one that stopped reading and is disconnected.
+const PUSH_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a connection may take to authenticate where AUTH is required.
 const AUTH_DEADLINE: Duration = Duration::from_secs(10);
 /// Connections from one address (an IPv6 /64) that may await AUTH at once.
@@ -67,6 +70,8 @@ pub(crate) struct Conn {
     pub(crate) principal: Option<Principal>,
     /// Where subscription tasks send push frames.
     pub(crate) pushes: Pushes,
+    /// The frames they sent, written between replies.
+    push_queue: mpsc::Receiver<(Bytes, OwnedSemaphorePermit)>,
     pub(crate) subscriptions: Vec<tokio::task::AbortHandle>,
     /// Close after writing the replies (QUIT, a cross-protocol request).
     pub(crate) closing: bool,
@@ -97,6 +102,44 @@ impl Conn {
     /// What an unauthenticated connection starts as.
     pub(crate) fn initial_principal(app: &App) -> Option<Principal> {
         (!app.config.resp_require_auth).then_some(Principal::Anonymous)
+    }
+
+    /// Ends every subscription (MeiliES's, Redis channels and patterns) and
+    /// MONITOR, and drops the frames they queued: after RESET, or when the
+    /// connection authenticates as someone (what was granted to the old
+    /// principal never reaches the new one's replies).
+    pub(crate) fn drop_subscriptions(&mut self) {
+        for subscription in self.subscriptions.drain(..) {
+            subscription.abort();
+        }
+        for channel in self.channels.drain() {
+            self.app.pubsub.unsubscribe(self.id, &channel);
+        }
+        for pattern in self.patterns.drain() {
+            self.app.pubsub.punsubscribe(self.id, &pattern);
+        }
+        if std::mem::take(&mut self.monitoring) {
+            self.app.pubsub.unmonitor(self.id);
+        }
+        let (pushes, queue) = Pushes::new();
+        self.pushes = pushes;
+        self.push_queue = queue;
+    }
+
+    /// Authenticates the connection as `principal`, ending what the
+    /// previous principal subscribed to.
+    pub(crate) fn become_principal(&mut self, principal: Principal) {
+        self.drop_subscriptions();
+        self.principal = Some(principal);
+    }
+
+    /// Moves the push frames queued so far into the output, so they go
+    /// out before the replies of commands that run after them (a client
+    /// that unsubscribed sees no message after the confirmation).
+    pub(crate) fn drain_pushes(&mut self) {
+        while let Ok((frame, _room)) = self.push_queue.try_recv() {
+            self.out.buf.extend_from_slice(&frame);
+        }
     }
 
     /// Whether the connection is in Redis's subscribed mode (RESP2 then
@@ -251,7 +294,7 @@ pub(crate) async fn serve(
     awaiting: Arc<AwaitingAuth>,
 ) {
     let (mut reader, mut writer) = stream.into_split();
-    let (pushes, mut push_queue) = Pushes::new();
+    let (pushes, push_queue) = Pushes::new();
     let mut sessions = app.service.session_changes();
     let mut conn = Conn {
         principal: Conn::initial_principal(&app),
@@ -264,6 +307,7 @@ pub(crate) async fn serve(
         lib_name: None,
         lib_version: None,
         pushes,
+        push_queue,
         subscriptions: Vec::new(),
         closing: false,
         stop: stop.clone(),
@@ -355,20 +399,20 @@ pub(crate) async fn serve(
                 Ok(0) | Err(_) => return,
                 Ok(_) => {}
             },
-            Some(push) = push_queue.recv() => {
+            Some(push) = conn.push_queue.recv() => {
                 let mut frames = vec![push];
-                while frames.len() < 64 && let Ok(more) = push_queue.try_recv() {
+                while frames.len() < 64 && let Ok(more) = conn.push_queue.try_recv() {
                     frames.push(more);
                 }
                 for (frame, _room) in frames {
-                    if writer.write_all(&frame).await.is_err() {
+                    // A client that stops reading: the frames waiting for it
+                    // filled its queue (pub/sub never waits), or one write
+                    // does not finish in time.
+                    let written = tokio::time::timeout(PUSH_WRITE_TIMEOUT, writer.write_all(&frame)).await;
+                    if conn.pushes.overflowed() || !matches!(written, Ok(Ok(()))) {
+                        tracing::warn!("{peer}: closing a client that does not read what it subscribed to");
                         return;
                     }
-                }
-                if conn.pushes.overflowed() {
-                    tracing::warn!("{peer}: closing a pub/sub client that does not read its messages (queue full)");
-                    let _ = writer.shutdown().await;
-                    return;
                 }
             }
             // Only a user's session can be revoked.
@@ -418,6 +462,11 @@ async fn run(conn: &mut Conn, commands: &mut VecDeque<Vec<Bytes>>) {
         if !conn.redis_client && !pubsub::is_meilies_form(&args) {
             conn.redis_client = true;
         }
+        if conn.pushes.overflowed() {
+            conn.closing = true;
+            break;
+        }
+        conn.drain_pushes();
         if conn.multi.is_some() && !transactions::is_control(&args[0]) {
             settle(conn, &mut awaiting).await;
             transactions::queue(conn, args);

@@ -17,7 +17,14 @@
 //! past its output buffer limit.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+
+/// Pattern subscriptions the whole server holds (each is matched against
+/// every published channel).
+const PATTERN_SUBSCRIPTIONS_MAX: usize = 16 * 1024;
+/// Bytes of one argument a MONITOR line shows (longer ones are cut, as
+/// Redis's slow log cuts them).
+const MONITOR_ARG_BYTES_MAX: usize = 1024;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 use bytes::{BufMut as _, Bytes, BytesMut};
@@ -34,6 +41,9 @@ pub(crate) struct Subscriber {
     pub(crate) principal: Principal,
 }
 
+/// A pattern, compiled, with its subscribers.
+type PatternEntry = (Bytes, Arc<Glob>, Vec<Subscriber>);
+
 /// Every subscription of the server, and the MONITOR connections.
 #[derive(Default)]
 pub(crate) struct Broker {
@@ -47,9 +57,27 @@ struct Inner {
     /// Channel -> connection id -> subscriber.
     channels: HashMap<Bytes, HashMap<u64, Subscriber>>,
     /// Pattern -> its glob and its subscribers.
-    patterns: HashMap<Bytes, (Glob, HashMap<u64, Subscriber>)>,
+    patterns: HashMap<Bytes, (Arc<Glob>, HashMap<u64, Subscriber>)>,
+    /// The same, as publishing reads it: a snapshot rebuilt on every
+    /// change, so channels are matched outside the lock.
+    pattern_list: Arc<Vec<PatternEntry>>,
+    /// Pattern subscriptions of every connection.
+    pattern_subscriptions: usize,
     /// Connection id -> a MONITOR connection.
     monitors: HashMap<u64, Pushes>,
+}
+
+impl Inner {
+    fn rebuild_pattern_list(&mut self) {
+        self.pattern_list = Arc::new(
+            self.patterns
+                .iter()
+                .map(|(pattern, (glob, subscribers))| {
+                    (pattern.clone(), glob.clone(), subscribers.values().cloned().collect())
+                })
+                .collect(),
+        );
+    }
 }
 
 impl Broker {
@@ -61,10 +89,20 @@ impl Broker {
         self.lock().channels.entry(channel).or_default().insert(id, subscriber);
     }
 
-    pub(crate) fn psubscribe(&self, id: u64, pattern: Bytes, subscriber: Subscriber) {
+    /// Adds a pattern subscription; false when the server holds
+    /// [`PATTERN_SUBSCRIPTIONS_MAX`] already.
+    pub(crate) fn psubscribe(&self, id: u64, pattern: Bytes, subscriber: Subscriber) -> bool {
         let mut inner = self.lock();
-        let entry = inner.patterns.entry(pattern.clone()).or_insert_with(|| (Glob::new(&pattern), HashMap::new()));
-        entry.1.insert(id, subscriber);
+        if inner.pattern_subscriptions >= PATTERN_SUBSCRIPTIONS_MAX {
+            return false;
+        }
+        let entry =
+            inner.patterns.entry(pattern.clone()).or_insert_with(|| (Arc::new(Glob::new(&pattern)), HashMap::new()));
+        if entry.1.insert(id, subscriber).is_none() {
+            inner.pattern_subscriptions += 1;
+        }
+        inner.rebuild_pattern_list();
+        true
     }
 
     pub(crate) fn unsubscribe(&self, id: u64, channel: &[u8]) {
@@ -80,10 +118,13 @@ impl Broker {
     pub(crate) fn punsubscribe(&self, id: u64, pattern: &[u8]) {
         let mut inner = self.lock();
         if let Some((_, subscribers)) = inner.patterns.get_mut(pattern) {
-            subscribers.remove(&id);
-            if subscribers.is_empty() {
+            if subscribers.remove(&id).is_some() {
+                inner.pattern_subscriptions -= 1;
+            }
+            if inner.patterns.get(pattern).is_some_and(|(_, subscribers)| subscribers.is_empty()) {
                 inner.patterns.remove(pattern);
             }
+            inner.rebuild_pattern_list();
         }
     }
 
@@ -127,6 +168,9 @@ impl Broker {
             line.push(b' ');
             if index >= secret {
                 line.extend_from_slice(b"\"(redacted)\"");
+            } else if arg.len() > MONITOR_ARG_BYTES_MAX {
+                quote(&mut line, &arg[..MONITOR_ARG_BYTES_MAX]);
+                line.extend_from_slice(format!("... ({} more bytes)", arg.len() - MONITOR_ARG_BYTES_MAX).as_bytes());
             } else {
                 quote(&mut line, arg);
             }
@@ -143,21 +187,22 @@ impl Broker {
     pub(crate) fn publish(&self, channel: &Topic, message: &[u8]) -> usize {
         let name = channel.as_str().as_bytes();
         // Who receives, gathered under the lock; sent after it.
-        let mut direct: Vec<Subscriber> = Vec::new();
-        let mut matched: Vec<(Bytes, Subscriber)> = Vec::new();
-        {
+        let (direct, patterns) = {
             let inner = self.lock();
-            if let Some(subscribers) = inner.channels.get(name) {
-                direct.extend(subscribers.values().cloned());
+            let direct: Vec<Subscriber> =
+                inner.channels.get(name).map(|subscribers| subscribers.values().cloned().collect()).unwrap_or_default();
+            (direct, inner.pattern_list.clone())
+        };
+        // Matched outside the lock: at most PATTERN_SUBSCRIPTIONS_MAX
+        // patterns, each bounded work on a name of at most 255 bytes.
+        let mut matched: Vec<(&Bytes, &Subscriber)> = Vec::new();
+        for (pattern, glob, subscribers) in patterns.iter() {
+            if !glob.matches(name) {
+                continue;
             }
-            for (pattern, (glob, subscribers)) in &inner.patterns {
-                if !glob.matches(name) {
-                    continue;
-                }
-                for subscriber in subscribers.values() {
-                    if subscriber.principal.can_read_topic(channel) {
-                        matched.push((pattern.clone(), subscriber.clone()));
-                    }
+            for subscriber in subscribers {
+                if subscriber.principal.can_read_topic(channel) {
+                    matched.push((pattern, subscriber));
                 }
             }
         }

@@ -72,21 +72,10 @@ pub(crate) async fn quit(conn: &mut Conn, _args: &[Bytes]) -> CmdResult {
 }
 
 pub(crate) async fn reset(conn: &mut Conn, _args: &[Bytes]) -> CmdResult {
-    for subscription in conn.subscriptions.drain(..) {
-        subscription.abort();
-    }
+    conn.drop_subscriptions();
     conn.name = None;
     conn.multi = None;
     conn.watched.clear();
-    for channel in conn.channels.drain() {
-        conn.app.pubsub.unsubscribe(conn.id, &channel);
-    }
-    for pattern in conn.patterns.drain() {
-        conn.app.pubsub.punsubscribe(conn.id, &pattern);
-    }
-    if std::mem::take(&mut conn.monitoring) {
-        conn.app.pubsub.unmonitor(conn.id);
-    }
     conn.out.proto = 2;
     conn.principal = Conn::initial_principal(&conn.app);
     conn.out.simple("RESET");
@@ -99,7 +88,8 @@ pub(crate) async fn auth(conn: &mut Conn, args: &[Bytes]) -> CmdResult {
         3 => (Some(&args[1]), &args[2]),
         _ => return Err(syntax()),
     };
-    conn.principal = Some(authenticate(conn, user, secret).await?);
+    let principal = authenticate(conn, user, secret).await?;
+    conn.become_principal(principal);
     conn.out.simple("OK");
     Ok(())
 }
@@ -140,13 +130,16 @@ pub(crate) async fn hello(conn: &mut Conn, args: &[Bytes]) -> CmdResult {
         };
         at = 2;
     }
+    if proto != conn.out.proto && conn.subscribed() {
+        return Err(err("the protocol cannot change while the connection is subscribed (UNSUBSCRIBE first)"));
+    }
     let mut name = None;
     while at < args.len() {
         let option = word(&args[at]);
         match option.as_str() {
             "auth" if at + 2 < args.len() => {
                 let principal = authenticate(conn, Some(&args[at + 1]), &args[at + 2]).await?;
-                conn.principal = Some(principal);
+                conn.become_principal(principal);
                 at += 3;
             }
             "setname" if at + 1 < args.len() => {

@@ -22,8 +22,11 @@ use crate::resp::pubsub::Subscriber;
 
 /// Channels and patterns one connection may subscribe to at once.
 const SUBSCRIPTIONS_PER_CONNECTION_MAX: usize = 10_000;
-/// Bytes of one pattern.
-const PATTERN_BYTES_MAX: usize = 1024;
+/// Patterns one connection may subscribe to at once (each is matched
+/// against every published channel).
+const PATTERNS_PER_CONNECTION_MAX: usize = 256;
+/// Bytes of one pattern (a topic is at most 255 bytes).
+const PATTERN_BYTES_MAX: usize = 256;
 
 /// Whether `args` is a command as MeiliES's clients send it.
 /// (AUTH says nothing either way: `redis-cli -a` sends it before a
@@ -80,25 +83,34 @@ pub(crate) async fn subscribe(conn: &mut Conn, args: &[Bytes]) -> CmdResult {
     }
     let subscriber = subscriber(conn)?;
     for name in &args[1..] {
+        // A copy: a slice would keep the whole read buffer it came in alive.
+        let name = Bytes::copy_from_slice(name);
         if conn.channels.insert(name.clone()) {
             conn.app.pubsub.subscribe(conn.id, name.clone(), subscriber.clone());
         }
-        confirm(conn, "subscribe", Some(name));
+        confirm(conn, "subscribe", Some(&name));
     }
     Ok(())
 }
 
 pub(crate) async fn psubscribe(conn: &mut Conn, args: &[Bytes]) -> CmdResult {
     room(conn, args.len() - 1)?;
+    if conn.patterns.len() + args.len() - 1 > PATTERNS_PER_CONNECTION_MAX {
+        return Err(err(format!("a connection holds at most {PATTERNS_PER_CONNECTION_MAX} pattern subscriptions")));
+    }
     if args[1..].iter().any(|pattern| pattern.len() > PATTERN_BYTES_MAX) {
         return Err(err(format!("a pattern is at most {PATTERN_BYTES_MAX} bytes")));
     }
     let subscriber = subscriber(conn)?;
     for pattern in &args[1..] {
-        if conn.patterns.insert(pattern.clone()) {
-            conn.app.pubsub.psubscribe(conn.id, pattern.clone(), subscriber.clone());
+        let pattern = Bytes::copy_from_slice(pattern);
+        if !conn.patterns.contains(&pattern) {
+            if !conn.app.pubsub.psubscribe(conn.id, pattern.clone(), subscriber.clone()) {
+                return Err(err("the server holds as many pattern subscriptions as it takes; try again later"));
+            }
+            conn.patterns.insert(pattern.clone());
         }
-        confirm(conn, "psubscribe", Some(pattern));
+        confirm(conn, "psubscribe", Some(&pattern));
     }
     Ok(())
 }
@@ -111,6 +123,8 @@ pub(crate) async fn unsubscribe(conn: &mut Conn, args: &[Bytes]) -> CmdResult {
     for name in names {
         if conn.channels.remove(&name) {
             conn.app.pubsub.unsubscribe(conn.id, &name);
+            // What was queued for it goes before the confirmation.
+            conn.drain_pushes();
         }
         confirm(conn, "unsubscribe", Some(&name));
     }
@@ -126,6 +140,7 @@ pub(crate) async fn punsubscribe(conn: &mut Conn, args: &[Bytes]) -> CmdResult {
     for pattern in patterns {
         if conn.patterns.remove(&pattern) {
             conn.app.pubsub.punsubscribe(conn.id, &pattern);
+            conn.drain_pushes();
         }
         confirm(conn, "punsubscribe", Some(&pattern));
     }

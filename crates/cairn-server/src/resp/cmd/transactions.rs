@@ -32,6 +32,9 @@ use crate::resp::table;
 const QUEUED_COMMANDS_MAX: usize = cairn_service::limits::BATCH_EVENTS_MAX;
 /// Argument bytes one transaction may queue.
 const QUEUED_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Reply bytes one EXEC gathers before it answers its remaining reads with
+/// an error (its replies are sent as one array, after the commit).
+const EXEC_REPLY_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// Topics one connection may watch.
 const WATCHED_MAX: usize = 1024;
 
@@ -86,7 +89,7 @@ pub(crate) fn is_control(name: &[u8]) -> bool {
 pub(crate) fn queue(conn: &mut Conn, args: Vec<Bytes>) {
     let checked = check(conn, &args);
     let multi = conn.multi.as_mut().expect("queued only inside MULTI");
-    let bytes: usize = args.iter().map(|arg| arg.len() + 16).sum();
+    let bytes: usize = 128 + args.iter().map(|arg| arg.len() + 64).sum::<usize>();
     let checked = checked.and_then(|queued| {
         if multi.queued.len() >= QUEUED_COMMANDS_MAX || multi.bytes + bytes > QUEUED_BYTES_MAX {
             return Err(err(format!(
@@ -139,7 +142,9 @@ fn check(conn: &Conn, args: &[Bytes]) -> Result<Queued, Fail> {
         let topic = append.event.as_ref().and_then(|event| event.topic.as_ref()).expect("parsed with a topic");
         conn.who()?.check_write(topic)?;
     }
-    Ok(Queued { args: args.to_vec(), append, writes: spec.flags.contains(&"write") })
+    // Copies: slices would keep the whole read buffers they came in alive.
+    let args = args.iter().map(|arg| Bytes::copy_from_slice(arg)).collect();
+    Ok(Queued { args, append, writes: spec.flags.contains(&"write") })
 }
 
 pub(crate) async fn multi(conn: &mut Conn, _args: &[Bytes]) -> CmdResult {
@@ -256,6 +261,13 @@ pub(crate) async fn exec(conn: &mut Conn, _args: &[Bytes]) -> CmdResult {
             committed = Some(result.map_err(Aborted::into_fail));
         }
         let Some(append) = command.append else {
+            if conn.out.buf.len() > EXEC_REPLY_BYTES_MAX {
+                conn.out.error(&format!(
+                    "ERR not run: this EXEC's replies passed {} MiB; read in smaller transactions",
+                    EXEC_REPLY_BYTES_MAX >> 20
+                ));
+                continue;
+            }
             table::execute(conn, &command.args).await;
             continue;
         };
@@ -268,8 +280,12 @@ pub(crate) async fn exec(conn: &mut Conn, _args: &[Bytes]) -> CmdResult {
                 let event = &events[slot];
                 if let Some(trim) = append.trim {
                     let topic = event.topic.clone();
-                    if let Err(error) = conn.app.service.trim(conn.who()?, &topic, trim).await {
-                        conn.out.error(&Fail::from(error).0);
+                    let trimmed = match conn.who() {
+                        Ok(who) => conn.app.service.trim(who, &topic, trim).await.map_err(Fail::from),
+                        Err(fail) => Err(fail),
+                    };
+                    if let Err(fail) = trimmed {
+                        conn.out.error(&fail.0);
                         continue;
                     }
                 }
