@@ -242,6 +242,27 @@ fn transactions_are_authorized_per_command_and_bounded() {
     let Value::Array(replies) = raw.frame() else { panic!("EXEC answers an array") };
     assert!(matches!(&replies[0], Value::Bulk(_)), "{replies:?}");
     assert!(matches!(&replies[1], Value::Line(error) if error.starts_with("-NOPERM")), "{replies:?}");
+    // One EXEC's replies are bounded: reads past 64 MiB answer an error.
+    let value = vec![b'v'; 4 * 1024 * 1024];
+    for _ in 0..2 {
+        raw.command(&[b"XADD", b"alice.large", b"*", b"f", &value]);
+        assert!(matches!(raw.frame(), Value::Bulk(_)));
+    }
+    raw.command(&[b"MULTI"]);
+    raw.expect(b"+OK\r\n");
+    for _ in 0..12 {
+        raw.command(&[b"XRANGE", b"alice.large", b"-", b"+"]);
+        raw.expect(b"+QUEUED\r\n");
+    }
+    raw.command(&[b"EXEC"]);
+    let Value::Array(replies) = raw.frame() else { panic!("EXEC answers an array") };
+    assert_eq!(replies.len(), 12);
+    assert!(matches!(&replies[0], Value::Array(entries) if entries.len() == 2));
+    assert!(
+        matches!(&replies[11], Value::Line(error) if error.contains("replies passed 64 MiB")),
+        "{:?}",
+        &replies[11]
+    );
     // A queue that grows past its bound is refused and dropped.
     raw.command(&[b"MULTI"]);
     raw.expect(b"+OK\r\n");
