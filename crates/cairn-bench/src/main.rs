@@ -29,6 +29,14 @@ enum Which {
     /// Durable appends: single from 1, 8, 64 tasks; batches of 64 and 1,024;
     /// 100,000 events in one go; with the raw baseline.
     Append,
+    /// Only the 100,000 events in one durable batch, alternating with the
+    /// raw write + fdatasync of as many bytes, `rounds` times (for
+    /// profiling that path).
+    Bulk {
+        /// Rounds.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+    },
     /// Full scan of 1 million events.
     Scan,
     /// Publish-to-subscriber latency.
@@ -92,6 +100,7 @@ fn main() -> anyhow::Result<()> {
         Which::All => bench.open(10_000_000)?,
         Which::Open { events } => bench.open(events)?,
         Which::Cli { events } => bench.cli(&events)?,
+        Which::Bulk { rounds } => bench.bulk(rounds)?,
         _ => {}
     }
     Ok(())

@@ -138,6 +138,27 @@ impl Bench {
         Ok(())
     }
 
+    /// 100,000 events in one durable batch into a fresh store, alternating
+    /// with the raw write + fdatasync of as many bytes, `rounds` times.
+    pub fn bulk(&self, rounds: usize) -> Result<()> {
+        let topic = Topic::new("bench")?;
+        let mut cairn = Vec::new();
+        let mut raw = Vec::new();
+        for round in 0..rounds {
+            let (raw_rate, _) = self.raw(100_000, 100_000)?;
+            raw.push(Duration::from_secs_f64(100_000.0 / raw_rate));
+            let store = self.store(&format!("bulk-{round}"), SyncMode::Always)?;
+            let batch = Batch { events: vec![NewEvent::new(topic.clone(), PAYLOAD); 100_000], ..Batch::default() };
+            let started = Instant::now();
+            store.append_batch(batch)?;
+            cairn.push(started.elapsed());
+        }
+        let show = |samples: &[Duration]| samples.iter().map(|d| format_duration(*d)).collect::<Vec<_>>().join(", ");
+        row("raw: 100,000 events' bytes, one write + fdatasync (each round)", &show(&raw), None, None, None);
+        row("cairn: 100,000 events durably in one batch (each round)", &show(&cairn), None, None, None);
+        Ok(())
+    }
+
     /// Scans 1M events three times each way; the median pass counts (the
     /// first pass may still share the cores with fjall's compaction).
     pub fn scan(&self) -> Result<()> {
