@@ -13,6 +13,8 @@ import time
 
 import redis
 import redis.asyncio
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 PORT, TOKEN, USER, PASSWORD, ADMIN_PASSWORD = sys.argv[1:6]
 
@@ -32,8 +34,10 @@ def sync_client(protocol):
     assert r.ping()
     assert connect(username="default", password=TOKEN, protocol=protocol).ping()
     assert connect(username=USER, password=PASSWORD, protocol=protocol).acl_whoami() in (USER, USER.encode())
+    # One attempt (redis-py retries a failed connection by default, and
+    # each retry is one more failed login for the server's backoff).
     try:
-        connect(username=USER, password="wrong", protocol=protocol).ping()
+        connect(username=USER, password="wrong", protocol=protocol, retry=Retry(NoBackoff(), 0)).ping()
         raise AssertionError("a wrong password was accepted")
     except redis.exceptions.AuthenticationError:
         pass
