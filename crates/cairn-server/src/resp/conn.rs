@@ -126,10 +126,12 @@ impl Conn {
         self.push_queue = queue;
     }
 
-    /// Authenticates the connection as `principal`, ending what the
-    /// previous principal subscribed to.
+    /// Authenticates the connection as `principal`, ending what a different
+    /// previous principal subscribed to (the same one keeps it).
     pub(crate) fn become_principal(&mut self, principal: Principal) {
-        self.drop_subscriptions();
+        if self.principal.as_ref().map(Principal::scope) != Some(principal.scope()) {
+            self.drop_subscriptions();
+        }
         self.principal = Some(principal);
     }
 
