@@ -582,8 +582,17 @@ impl Service {
     ) -> Result<cairn_store::BackupReport> {
         self.admit(who)?;
         who.check_admin()?;
-        let users = self.inner.users.to_bytes()?;
-        Ok(self.inner.storage.backup(dest, progress, vec![(crate::users::USERS_FILE, users)]).await?)
+        // Taken after the log: a token revoked during the backup stays
+        // revoked in the copy.
+        let service = self.clone();
+        let users: cairn_store::ExtraFiles = Box::new(move || {
+            let bytes = service.inner.users.to_bytes().map_err(|error| cairn_store::StoreError::Io {
+                context: "write the users into the backup".to_owned(),
+                source: Arc::new(std::io::Error::other(error.to_string())),
+            })?;
+            Ok(vec![(crate::users::USERS_FILE, bytes)])
+        });
+        Ok(self.inner.storage.backup(dest, progress, users).await?)
     }
 
     /// Version and store facts (the counters only for who sees all).

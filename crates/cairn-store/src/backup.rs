@@ -29,6 +29,9 @@ use crate::error::{Result, StoreError};
 use crate::log::segment::{SEGMENT_HEADER_BYTES, list_segments, segment_path, sync_dir};
 use crate::store::Store;
 
+/// Files a backup writes after the log: made when called.
+pub type ExtraFiles = Box<dyn FnOnce() -> Result<Vec<(&'static str, Vec<u8>)>> + Send>;
+
 /// The file a backup writes last, naming where its log ends.
 pub const BACKUP_MANIFEST: &str = "cairn-backup.json";
 
@@ -68,14 +71,10 @@ impl Store {
     /// acknowledged before the call. A second backup into the same
     /// directory copies only what is new.
     ///
-    /// `extra_files` (name, bytes) are written into `dest` before the
-    /// manifest says the backup is complete (the service's `users.json`).
-    pub fn backup(
-        &self,
-        dest: &Path,
-        progress: &BackupProgress,
-        extra_files: &[(&str, Vec<u8>)],
-    ) -> Result<BackupReport> {
+    /// `extra_files` gives files (name, bytes) to write into `dest` after
+    /// the log, before the manifest says the backup is complete (the
+    /// service's `users.json`, as it is then).
+    pub fn backup(&self, dest: &Path, progress: &BackupProgress, extra_files: ExtraFiles) -> Result<BackupReport> {
         let shared = &self.inner.shared;
         let source_log = shared.dir.join("log");
         let source_cas = shared.dir.join("cas").join("sha256");
@@ -145,9 +144,9 @@ impl Store {
         report.content_files = count_files(&dest_cas)?;
         report.end = format!("{}.{}", end.segment, end.offset);
         sync_dir(&dest_log)?;
-        for (name, bytes) in extra_files {
+        for (name, bytes) in extra_files()? {
             let tmp = dest.join(format!(".{name}.tmp"));
-            write_file(&tmp, bytes)?;
+            write_file(&tmp, &bytes)?;
             fs::rename(&tmp, dest.join(name)).map_err(StoreError::io(format!("place {name}")))?;
         }
         write_manifest(dest, serde_json::json!({ "complete": true, "end": report.end, "version": self.version() }))?;
@@ -220,15 +219,29 @@ fn prepare(dest: &Path, source_log: &Path, owner: u32) -> Result<()> {
             }
         }
     } else {
-        crate::private::create_dir(dest).map_err(io("create"))?;
+        if let Some(parent) = dest.parent() {
+            crate::private::create_dir(parent).map_err(io("create the parent of"))?;
+        }
+        create_new_dir(dest)?;
     }
     for dir in [dest.join("log"), dest.join("cas"), dest.join("cas").join("sha256")] {
-        if dir.exists() {
-            check_directory(&dir, owner)?;
-        } else {
-            crate::private::create_dir(&dir).map_err(io("create"))?;
+        if !dir.exists() {
+            create_new_dir(&dir)?;
         }
+        // Checked after creating too: someone may have made it first.
+        check_directory(&dir, owner)?;
     }
+    check_directory(dest, owner)
+}
+
+/// Creates `dir` (0700), which must not exist yet (someone else's directory
+/// made in the meantime is not written into).
+fn create_new_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    fs::DirBuilder::new()
+        .mode(crate::private::DIR_MODE)
+        .create(dir)
+        .map_err(StoreError::io(format!("create {} (it must be new)", dir.display())))?;
     Ok(())
 }
 

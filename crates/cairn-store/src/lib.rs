@@ -87,7 +87,7 @@ pub mod fuzzing {
     }
 }
 
-pub use backup::{BACKUP_MANIFEST, BackupProgress, BackupReport};
+pub use backup::{BACKUP_MANIFEST, BackupProgress, BackupReport, ExtraFiles};
 pub use error::{Result, StoreError};
 pub use event::{
     Batch, Event, Expect, Hash, InlineBytes, NewEvent, Payload, Ttl, check_idempotency_key, check_meta,

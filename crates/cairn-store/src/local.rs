@@ -212,9 +212,9 @@ impl Storage for Local {
         &self,
         dest: std::path::PathBuf,
         progress: std::sync::Arc<crate::BackupProgress>,
-        extra_files: Vec<(&'static str, Vec<u8>)>,
+        extra_files: crate::ExtraFiles,
     ) -> BoxFuture<'_, Result<crate::BackupReport>> {
-        Box::pin(self.blocking(move |store| store.backup(&dest, &progress, &extra_files)))
+        Box::pin(self.blocking(move |store| store.backup(&dest, &progress, extra_files)))
     }
 }
 

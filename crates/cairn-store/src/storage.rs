@@ -152,7 +152,7 @@ pub trait Storage: Send + Sync + 'static {
         &self,
         dest: PathBuf,
         progress: Arc<BackupProgress>,
-        extra_files: Vec<(&'static str, Vec<u8>)>,
+        extra_files: crate::backup::ExtraFiles,
     ) -> BoxFuture<'_, Result<BackupReport>>;
 }
 

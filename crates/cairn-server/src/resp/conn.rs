@@ -377,7 +377,15 @@ pub(crate) async fn serve(
                 ticket = None;
             }
             if !conn.out.buf.is_empty() {
-                if writer.write_all(&conn.out.buf).await.is_err() {
+                // Replies may carry push frames (moved ahead of them): for a
+                // subscriber or a monitor, a write that stalls is a client
+                // that stopped reading, closed as the push writes are.
+                let written = if conn.subscribed() || conn.monitoring || !conn.subscriptions.is_empty() {
+                    tokio::time::timeout(PUSH_WRITE_TIMEOUT, writer.write_all(&conn.out.buf)).await
+                } else {
+                    Ok(writer.write_all(&conn.out.buf).await)
+                };
+                if !matches!(written, Ok(Ok(()))) {
                     return;
                 }
                 conn.out.buf.clear();

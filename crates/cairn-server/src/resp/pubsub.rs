@@ -41,9 +41,6 @@ pub(crate) struct Subscriber {
     pub(crate) principal: Principal,
 }
 
-/// A pattern, compiled, with its subscribers.
-type PatternEntry = (Bytes, Arc<Glob>, Vec<Subscriber>);
-
 /// Every subscription of the server, and the MONITOR connections.
 #[derive(Default)]
 pub(crate) struct Broker {
@@ -58,9 +55,11 @@ struct Inner {
     channels: HashMap<Bytes, HashMap<u64, Subscriber>>,
     /// Pattern -> its glob and its subscribers.
     patterns: HashMap<Bytes, (Arc<Glob>, HashMap<u64, Subscriber>)>,
-    /// The same, as publishing reads it: a snapshot rebuilt on every
-    /// change, so channels are matched outside the lock.
-    pattern_list: Arc<Vec<PatternEntry>>,
+    /// The patterns, as publishing matches them outside the lock: a
+    /// snapshot rebuilt by the first publish after a change.
+    pattern_list: Arc<Vec<(Bytes, Arc<Glob>)>>,
+    /// `pattern_list` is out of date.
+    patterns_changed: bool,
     /// Pattern subscriptions of every connection.
     pattern_subscriptions: usize,
     /// Connection id -> a MONITOR connection.
@@ -68,15 +67,13 @@ struct Inner {
 }
 
 impl Inner {
-    fn rebuild_pattern_list(&mut self) {
-        self.pattern_list = Arc::new(
-            self.patterns
-                .iter()
-                .map(|(pattern, (glob, subscribers))| {
-                    (pattern.clone(), glob.clone(), subscribers.values().cloned().collect())
-                })
-                .collect(),
-        );
+    fn pattern_list(&mut self) -> Arc<Vec<(Bytes, Arc<Glob>)>> {
+        if self.patterns_changed {
+            self.pattern_list =
+                Arc::new(self.patterns.iter().map(|(pattern, (glob, _))| (pattern.clone(), glob.clone())).collect());
+            self.patterns_changed = false;
+        }
+        self.pattern_list.clone()
     }
 }
 
@@ -89,19 +86,21 @@ impl Broker {
         self.lock().channels.entry(channel).or_default().insert(id, subscriber);
     }
 
-    /// Adds a pattern subscription; false when the server holds
-    /// [`PATTERN_SUBSCRIPTIONS_MAX`] already.
-    pub(crate) fn psubscribe(&self, id: u64, pattern: Bytes, subscriber: Subscriber) -> bool {
+    /// Adds the pattern subscriptions of one PSUBSCRIBE, all or none: false
+    /// when the server would hold more than [`PATTERN_SUBSCRIPTIONS_MAX`].
+    pub(crate) fn psubscribe(&self, id: u64, patterns: &[Bytes], subscriber: &Subscriber) -> bool {
         let mut inner = self.lock();
-        if inner.pattern_subscriptions >= PATTERN_SUBSCRIPTIONS_MAX {
+        if inner.pattern_subscriptions + patterns.len() > PATTERN_SUBSCRIPTIONS_MAX {
             return false;
         }
-        let entry =
-            inner.patterns.entry(pattern.clone()).or_insert_with(|| (Arc::new(Glob::new(&pattern)), HashMap::new()));
-        if entry.1.insert(id, subscriber).is_none() {
-            inner.pattern_subscriptions += 1;
+        for pattern in patterns {
+            let entry =
+                inner.patterns.entry(pattern.clone()).or_insert_with(|| (Arc::new(Glob::new(pattern)), HashMap::new()));
+            if entry.1.insert(id, subscriber.clone()).is_none() {
+                inner.pattern_subscriptions += 1;
+            }
         }
-        inner.rebuild_pattern_list();
+        inner.patterns_changed = true;
         true
     }
 
@@ -123,8 +122,8 @@ impl Broker {
             }
             if inner.patterns.get(pattern).is_some_and(|(_, subscribers)| subscribers.is_empty()) {
                 inner.patterns.remove(pattern);
+                inner.patterns_changed = true;
             }
-            inner.rebuild_pattern_list();
         }
     }
 
@@ -187,37 +186,31 @@ impl Broker {
     pub(crate) fn publish(&self, channel: &Topic, message: &[u8]) -> usize {
         let name = channel.as_str().as_bytes();
         // Who receives, gathered under the lock; sent after it.
-        let (direct, patterns) = {
-            let inner = self.lock();
-            let direct: Vec<Subscriber> =
-                inner.channels.get(name).map(|subscribers| subscribers.values().cloned().collect()).unwrap_or_default();
-            (direct, inner.pattern_list.clone())
-        };
+        let patterns = self.lock().pattern_list();
         // Matched outside the lock: at most PATTERN_SUBSCRIPTIONS_MAX
         // patterns, each bounded work on a name of at most 255 bytes.
-        let mut matched: Vec<(&Bytes, &Subscriber)> = Vec::new();
-        for (pattern, glob, subscribers) in patterns.iter() {
-            if !glob.matches(name) {
-                continue;
-            }
-            for subscriber in subscribers {
-                if subscriber.principal.can_read_topic(channel) {
-                    matched.push((pattern, subscriber));
-                }
-            }
-        }
+        let matching: Vec<&Bytes> =
+            patterns.iter().filter(|(_, glob)| glob.matches(name)).map(|(pattern, _)| pattern).collect();
+        // Sent under the lock (queuing never waits), so a connection that
+        // unsubscribed gets nothing queued after its confirmation.
+        let inner = self.lock();
         let mut frames: [Option<Bytes>; 2] = [None, None];
         let mut sent = 0;
-        for subscriber in &direct {
+        for subscriber in inner.channels.get(name).into_iter().flat_map(HashMap::values) {
             let frame = frames[usize::from(subscriber.proto == 3)]
                 .get_or_insert_with(|| frame(subscriber.proto, &[b"message", name, message]))
                 .clone();
             sent += usize::from(subscriber.pushes.try_send(frame));
         }
-        for (pattern, subscriber) in &matched {
-            sent += usize::from(
-                subscriber.pushes.try_send(frame(subscriber.proto, &[b"pmessage", pattern, name, message])),
-            );
+        for pattern in matching {
+            let Some((_, subscribers)) = inner.patterns.get(pattern) else { continue };
+            let mut frames: [Option<Bytes>; 2] = [None, None];
+            for subscriber in subscribers.values().filter(|subscriber| subscriber.principal.can_read_topic(channel)) {
+                let frame = frames[usize::from(subscriber.proto == 3)]
+                    .get_or_insert_with(|| frame(subscriber.proto, &[b"pmessage", pattern, name, message]))
+                    .clone();
+                sent += usize::from(subscriber.pushes.try_send(frame));
+            }
         }
         sent
     }

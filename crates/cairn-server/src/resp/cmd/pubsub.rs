@@ -102,14 +102,14 @@ pub(crate) async fn psubscribe(conn: &mut Conn, args: &[Bytes]) -> CmdResult {
         return Err(err(format!("a pattern is at most {PATTERN_BYTES_MAX} bytes")));
     }
     let subscriber = subscriber(conn)?;
-    for pattern in &args[1..] {
-        let pattern = Bytes::copy_from_slice(pattern);
-        if !conn.patterns.contains(&pattern) {
-            if !conn.app.pubsub.psubscribe(conn.id, pattern.clone(), subscriber.clone()) {
-                return Err(err("the server holds as many pattern subscriptions as it takes; try again later"));
-            }
-            conn.patterns.insert(pattern.clone());
-        }
+    // Copies: slices would keep the whole read buffer they came in alive.
+    let patterns: Vec<Bytes> = args[1..].iter().map(|pattern| Bytes::copy_from_slice(pattern)).collect();
+    let new: Vec<Bytes> = patterns.iter().filter(|pattern| !conn.patterns.contains(*pattern)).cloned().collect();
+    if !conn.app.pubsub.psubscribe(conn.id, &new, &subscriber) {
+        return Err(err("the server holds as many pattern subscriptions as it takes; try again later"));
+    }
+    for pattern in patterns {
+        conn.patterns.insert(pattern.clone());
         confirm(conn, "psubscribe", Some(&pattern));
     }
     Ok(())
