@@ -145,9 +145,7 @@ impl Store {
         report.end = format!("{}.{}", end.segment, end.offset);
         sync_dir(&dest_log)?;
         for (name, bytes) in extra_files()? {
-            let tmp = dest.join(format!(".{name}.tmp"));
-            write_file(&tmp, &bytes)?;
-            fs::rename(&tmp, dest.join(name)).map_err(StoreError::io(format!("place {name}")))?;
+            place_file(dest, name, &bytes)?;
         }
         write_manifest(dest, serde_json::json!({ "complete": true, "end": report.end, "version": self.version() }))?;
         Ok(report)
@@ -253,10 +251,15 @@ fn same_start(a: &[u8], b: &[u8]) -> bool {
 
 /// Writes the manifest (atomically: a file then a rename).
 fn write_manifest(dest: &Path, manifest: serde_json::Value) -> Result<()> {
-    let tmp = dest.join(format!(".{BACKUP_MANIFEST}.tmp"));
-    write_file(&tmp, &serde_json::to_vec_pretty(&manifest).expect("JSON"))?;
-    fs::rename(&tmp, dest.join(BACKUP_MANIFEST)).map_err(StoreError::io("place the backup manifest"))?;
+    place_file(dest, BACKUP_MANIFEST, &serde_json::to_vec_pretty(&manifest).expect("JSON"))?;
     sync_dir(dest)
+}
+
+/// Writes `dir/name` whole or not at all: a file beside it, then a rename.
+fn place_file(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    write_file(&tmp, bytes)?;
+    fs::rename(&tmp, dir.join(name)).map_err(StoreError::io(format!("place {name}")))
 }
 
 /// The first bytes of a segment: its header and first record.
@@ -347,9 +350,7 @@ fn copy_content(source: &Path, dest: &Path, progress: &BackupProgress, report: &
             }
             // Deleted since it was listed: it is no longer content of the store.
             let Ok(bytes) = fs::read(file.path()) else { continue };
-            let tmp = dest_dir.join(format!(".{}.tmp", file.file_name().to_string_lossy()));
-            write_file(&tmp, &bytes)?;
-            fs::rename(&tmp, &target).map_err(StoreError::io("place a copied content file"))?;
+            place_file(&dest_dir, &file.file_name().to_string_lossy(), &bytes)?;
             progress.copied_bytes.fetch_add(bytes.len() as u64, Relaxed);
             progress.total_bytes.fetch_add(bytes.len() as u64, Relaxed);
             report.content_files_copied += 1;

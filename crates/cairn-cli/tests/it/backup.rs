@@ -67,6 +67,10 @@ async fn an_online_backup_holds_every_acknowledged_event_and_opens_as_a_store() 
     // Only an administrator; the path must be absolute.
     let alice = server.tcp().with_basic("alice", "pw");
     assert_eq!(call(&alice, "POST", &path, &[], Vec::new()).await.status, 403);
+    assert_eq!(call(&server.tcp(), "POST", &path, &[], Vec::new()).await.status, 401);
+    // The export's extras (every user's state and standalone content) alike.
+    assert_eq!(call(&alice, "GET", "/v1/export/extras", &[], Vec::new()).await.status, 403);
+    assert_eq!(call(&server.tcp(), "GET", "/v1/export/extras", &[], Vec::new()).await.status, 401);
     assert_eq!(call(&socket, "POST", "/v1/backup?dir=relative/dir", &[], Vec::new()).await.status, 400);
     let began = Instant::now();
     let reply = call(&socket, "POST", &path, &[], Vec::new()).await;

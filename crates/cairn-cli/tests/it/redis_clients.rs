@@ -11,6 +11,27 @@ fn line(text: &str) -> Value {
     Value::Line(text.to_owned())
 }
 
+/// A connection authenticated as `user`.
+fn login(server: &Server, user: &[u8], password: &[u8]) -> Raw {
+    let mut raw = Raw::connect(server.resp());
+    raw.command(&[b"AUTH", user, password]);
+    raw.expect(b"+OK\r\n");
+    raw
+}
+
+/// Waits (at most `seconds`) until `channel` has no subscriber.
+fn wait_uncounted(raw: &mut Raw, channel: &[u8], seconds: u64, why: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    loop {
+        raw.command(&[b"PUBSUB", b"NUMSUB", channel]);
+        if raw.frame() == Value::Array(vec![Value::Bulk(channel.to_vec()), line(":0")]) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{why}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 fn xlen(raw: &mut Raw, key: &[u8]) -> String {
     raw.command(&[b"XLEN", key]);
     raw.line()
@@ -371,15 +392,7 @@ fn redis_pub_sub_beside_meilies_subscriptions() {
 
     // A connection that leaves is no longer counted.
     drop(resp3);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        publisher.command(&[b"PUBSUB", b"NUMSUB", b"q"]);
-        if publisher.frame() == Value::Array(vec![Value::Bulk(b"q".to_vec()), line(":0")]) {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "a closed subscriber stayed counted");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    wait_uncounted(&mut publisher, b"q", 10, "a closed subscriber stayed counted");
 
     // Channel names follow the topic rules; the bound on subscriptions.
     publisher.command(&[b"PUBLISH", b"bad\nname", b"x"]);
@@ -398,12 +411,7 @@ fn pub_sub_is_authorized_like_topics_and_never_waits_for_a_subscriber() {
     cairn.ok(&["user", "add", "alice", "--read", "alice.>", "--write", "alice.>"], b"pw1\n");
     cairn.ok(&["user", "add", "bob", "--read", "bob.>", "--write", "bob.>"], b"pw2\n");
     let server = Server::start(&cairn, &["--resp-require-auth"]);
-    let login = |user: &[u8], password: &[u8]| {
-        let mut raw = Raw::connect(server.resp());
-        raw.command(&[b"AUTH", user, password]);
-        raw.expect(b"+OK\r\n");
-        raw
-    };
+    let login = |user: &[u8], password: &[u8]| login(&server, user, password);
     let mut alice = login(b"alice", b"pw1");
     let mut bob = login(b"bob", b"pw2");
     // Nothing before AUTH.
@@ -460,15 +468,7 @@ fn pub_sub_is_authorized_like_topics_and_never_waits_for_a_subscriber() {
     assert_eq!(reached.last().unwrap(), ":0", "the idle subscriber was not dropped");
     // It is disconnected (its queue overflowed; a write to it stalls at
     // most 10 s), so it is no longer counted.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        alice_publisher.command(&[b"PUBSUB", b"NUMSUB", b"alice.flood"]);
-        if alice_publisher.frame() == Value::Array(vec![Value::Bulk(b"alice.flood".to_vec()), line(":0")]) {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "a subscriber that does not read stayed connected");
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
+    wait_uncounted(&mut alice_publisher, b"alice.flood", 20, "a subscriber that does not read stayed connected");
     drop(idle);
 
     // Authenticating as someone else ends what the connection subscribed
@@ -641,12 +641,7 @@ fn monitor_info_client_and_command_docs_answer_what_tools_ask() {
     cairn.ok(&["user", "add", "admin", "--admin"], b"adminpw\n");
     cairn.ok(&["user", "add", "alice", "--read", "alice.>", "--write", "alice.>"], b"pw\n");
     let server = Server::start(&cairn, &["--resp-require-auth"]);
-    let login = |user: &[u8], password: &[u8]| {
-        let mut raw = Raw::connect(server.resp());
-        raw.command(&[b"AUTH", user, password]);
-        raw.expect(b"+OK\r\n");
-        raw
-    };
+    let login = |user: &[u8], password: &[u8]| login(&server, user, password);
     // MONITOR: administrators only; secrets redacted; quoted as Redis does.
     let mut alice = login(b"alice", b"pw");
     alice.command(&[b"MONITOR"]);

@@ -109,6 +109,14 @@ impl Conn {
     /// connection authenticates as someone (what was granted to the old
     /// principal never reaches the new one's replies).
     pub(crate) fn drop_subscriptions(&mut self) {
+        self.end_subscriptions();
+        let (pushes, queue) = Pushes::new();
+        self.pushes = pushes;
+        self.push_queue = queue;
+    }
+
+    /// Ends every subscription and MONITOR (their queued frames stay).
+    fn end_subscriptions(&mut self) {
         for subscription in self.subscriptions.drain(..) {
             subscription.abort();
         }
@@ -121,9 +129,6 @@ impl Conn {
         if std::mem::take(&mut self.monitoring) {
             self.app.pubsub.unmonitor(self.id);
         }
-        let (pushes, queue) = Pushes::new();
-        self.pushes = pushes;
-        self.push_queue = queue;
     }
 
     /// Authenticates the connection as `principal`, ending what a different
@@ -225,18 +230,7 @@ impl Pushes {
 
 impl Drop for Conn {
     fn drop(&mut self) {
-        for subscription in &self.subscriptions {
-            subscription.abort();
-        }
-        for channel in &self.channels {
-            self.app.pubsub.unsubscribe(self.id, channel);
-        }
-        for pattern in &self.patterns {
-            self.app.pubsub.punsubscribe(self.id, pattern);
-        }
-        if self.monitoring {
-            self.app.pubsub.unmonitor(self.id);
-        }
+        self.end_subscriptions();
     }
 }
 

@@ -116,35 +116,36 @@ pub(crate) async fn psubscribe(conn: &mut Conn, args: &[Bytes]) -> CmdResult {
 }
 
 pub(crate) async fn unsubscribe(conn: &mut Conn, args: &[Bytes]) -> CmdResult {
-    let names: Vec<Bytes> = if args.len() > 1 { args[1..].to_vec() } else { conn.channels.iter().cloned().collect() };
-    if names.is_empty() {
-        confirm(conn, "unsubscribe", None);
-    }
-    for name in names {
-        if conn.channels.remove(&name) {
-            conn.app.pubsub.unsubscribe(conn.id, &name);
-            // What was queued for it goes before the confirmation.
-            conn.drain_pushes();
-        }
-        confirm(conn, "unsubscribe", Some(&name));
-    }
+    leave(conn, args, false);
     Ok(())
 }
 
 pub(crate) async fn punsubscribe(conn: &mut Conn, args: &[Bytes]) -> CmdResult {
-    let patterns: Vec<Bytes> =
-        if args.len() > 1 { args[1..].to_vec() } else { conn.patterns.iter().cloned().collect() };
-    if patterns.is_empty() {
-        confirm(conn, "punsubscribe", None);
+    leave(conn, args, true);
+    Ok(())
+}
+
+/// UNSUBSCRIBE (channels) or PUNSUBSCRIBE (`patterns`): the names given,
+/// or every one held; each confirmed, after the frames queued for it.
+fn leave(conn: &mut Conn, args: &[Bytes], patterns: bool) {
+    let kind = if patterns { "punsubscribe" } else { "unsubscribe" };
+    let held = if patterns { &conn.patterns } else { &conn.channels };
+    let names: Vec<Bytes> = if args.len() > 1 { args[1..].to_vec() } else { held.iter().cloned().collect() };
+    if names.is_empty() {
+        confirm(conn, kind, None);
     }
-    for pattern in patterns {
-        if conn.patterns.remove(&pattern) {
-            conn.app.pubsub.punsubscribe(conn.id, &pattern);
+    for name in names {
+        let held = if patterns { &mut conn.patterns } else { &mut conn.channels };
+        if held.remove(&name) {
+            if patterns {
+                conn.app.pubsub.punsubscribe(conn.id, &name);
+            } else {
+                conn.app.pubsub.unsubscribe(conn.id, &name);
+            }
             conn.drain_pushes();
         }
-        confirm(conn, "punsubscribe", Some(&pattern));
+        confirm(conn, kind, Some(&name));
     }
-    Ok(())
 }
 
 /// Redis's `PUBLISH channel message`: the number of connections it reached.
