@@ -128,6 +128,21 @@ pub enum Command {
         /// Where the copy goes: a new or empty directory, or an earlier backup of this store.
         dir: std::path::PathBuf,
     },
+    /// Give back the disk that removed events hold, now.
+    ///
+    /// Removed events (rm, XDEL, trims, `last:` and `time:` retention) stay
+    /// in the log's sealed segments until a segment is rewritten without
+    /// them; `cairn serve` does that in the background once they make half
+    /// a segment (--compact-ratio). This does it now, for every sealed
+    /// segment holding at least RATIO of removed bytes. Ids and seqs do not
+    /// change; readers and writers go on. Through a running server it needs
+    /// an administrator.
+    #[command(after_help = "Examples:\n  cairn compact\n  cairn compact --ratio 0.3")]
+    Compact {
+        /// Only segments at least this share of whose bytes are removed events (0 to 1).
+        #[arg(long, default_value_t = 0.0)]
+        ratio: f64,
+    },
 }
 
 #[derive(Args, Debug)]

@@ -120,6 +120,10 @@ async fn command_on(service: &Service, out: &mut impl std::io::Write, command: C
             bar.finish();
             output::json_line(out, &report?)?;
         }
+        Command::Compact { ratio } => {
+            let report = service.compact(&LOCAL, ratio).await?;
+            output::json_line(out, &report)?;
+        }
         Command::Verify => {
             let report = service.verify(&LOCAL).await?;
             output::json_line(out, &report)?;

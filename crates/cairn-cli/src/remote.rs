@@ -73,6 +73,10 @@ async fn dispatch(client: Client, command: Command, login_password: Option<Strin
             }
             line(&mut out, &body)?;
         }
+        Command::Compact { ratio } => {
+            let body = client.request("POST", &format!("/v1/compact?ratio={ratio}"), &[], empty()).await?;
+            line(&mut out, &body.bytes().await?)?;
+        }
         Command::Verify => {
             let body = client.request("POST", "/v1/verify", &[], empty()).await?.bytes().await?;
             let report: serde_json::Value = serde_json::from_slice(&body)?;

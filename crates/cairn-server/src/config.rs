@@ -33,7 +33,8 @@ pub struct ServeArgs {
     /// tls_key, insecure_no_auth, max_connections, header_timeout,
     /// body_timeout, shutdown_grace, compat_topic, allow_host, allow_origin,
     /// resp, no_resp, resp_require_auth, resp_command_bytes_max,
-    /// resp_unauthenticated_bytes_max, allow_delete). Flags and environment
+    /// resp_unauthenticated_bytes_max, allow_delete, compact_ratio,
+    /// segment_bytes). Flags and environment
     /// variables win.
     #[arg(long, env = "CAIRN_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -130,6 +131,19 @@ pub struct ServeArgs {
     /// events are kept). [config: allow_delete]
     #[arg(long, env = "CAIRN_ALLOW_DELETE")]
     pub allow_delete: bool,
+
+    /// Rewrite a sealed log segment without its removed events (rm, XDEL,
+    /// trims, retention) once they make this share of its bytes: a number
+    /// from 0 to 1, or `off` (then only `cairn compact` does it).
+    /// [default: 0.5] [config: compact_ratio]
+    #[arg(long, env = "CAIRN_COMPACT_RATIO", value_name = "RATIO|off")]
+    pub compact_ratio: Option<String>,
+
+    /// Size at which the log starts a new segment; only sealed segments
+    /// are compacted, so smaller ones give disk back sooner.
+    /// [default: 268435456] [config: segment_bytes]
+    #[arg(long, env = "CAIRN_SEGMENT_BYTES", value_name = "BYTES")]
+    pub segment_bytes: Option<u64>,
 }
 
 /// The settings file: the same settings as the flags, by the same names.
@@ -156,6 +170,8 @@ struct ConfigFile {
     resp_command_bytes_max: Option<usize>,
     resp_unauthenticated_bytes_max: Option<usize>,
     allow_delete: Option<bool>,
+    compact_ratio: Option<toml::Value>,
+    segment_bytes: Option<u64>,
 }
 
 /// Resolved settings of a server.
@@ -197,6 +213,10 @@ pub struct Config {
     pub resp_unauthenticated_bytes_max: usize,
     /// Redis DEL may remove a topic's events.
     pub allow_delete: bool,
+    /// Background compaction's threshold (`None`: off).
+    pub compact_ratio: Option<f64>,
+    /// Size at which the log rolls to a new segment.
+    pub segment_bytes: u64,
 }
 
 impl Config {
@@ -258,7 +278,19 @@ impl Config {
         let resp_require_auth = args.resp_require_auth
             || file.resp_require_auth.unwrap_or(false)
             || resp.is_some_and(|addr| !addr.ip().is_loopback());
+        let compact_ratio = match (args.compact_ratio, file.compact_ratio) {
+            (Some(text), _) => parse_ratio(&text)?,
+            (None, Some(toml::Value::String(text))) => parse_ratio(&text)?,
+            (None, Some(toml::Value::Float(ratio))) => parse_ratio(&ratio.to_string())?,
+            (None, Some(toml::Value::Integer(ratio))) => parse_ratio(&ratio.to_string())?,
+            (None, Some(other)) => bail!("invalid compact_ratio {other:?}: a number from 0 to 1, or \"off\""),
+            (None, None) => Some(cairn_service::limits::COMPACT_RATIO_DEFAULT),
+        };
+        let segment_bytes =
+            args.segment_bytes.or(file.segment_bytes).unwrap_or(cairn_service::limits::SEGMENT_BYTES_DEFAULT);
         Ok(Config {
+            compact_ratio,
+            segment_bytes,
             store,
             sync,
             http: args.http.or(file.http),
@@ -286,6 +318,17 @@ impl Config {
             resp_unauthenticated_bytes_max,
             allow_delete: args.allow_delete || file.allow_delete.unwrap_or(false),
         })
+    }
+}
+
+/// `off`, or a share from 0 to 1.
+fn parse_ratio(text: &str) -> Result<Option<f64>> {
+    if text.trim().eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    match text.trim().parse::<f64>() {
+        Ok(ratio) if (0.0..=1.0).contains(&ratio) => Ok(Some(ratio)),
+        _ => bail!("invalid compact_ratio {text:?}: a number from 0 to 1, or \"off\""),
     }
 }
 

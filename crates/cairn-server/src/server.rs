@@ -86,7 +86,12 @@ pub fn run(config: Config) -> Result<()> {
 /// bound addresses (`unix:<path>`, `http://<addr>`) once clients can
 /// connect. For embedding (benchmarks, tests); `run` is the CLI's entry.
 pub async fn serve(config: Config, until: impl Future<Output = ()>, ready: impl FnOnce(&[String])) -> Result<()> {
-    let store_options = StoreOptions { sync: config.sync, ..StoreOptions::default() };
+    let store_options = StoreOptions {
+        sync: config.sync,
+        compact_ratio: config.compact_ratio,
+        segment_bytes: config.segment_bytes,
+        ..StoreOptions::default()
+    };
     let options = ServiceOptions { allow_delete: config.allow_delete };
     let (service, truncated) = cairn_service::open_local(config.store.clone(), store_options, options)
         .await

@@ -595,6 +595,15 @@ impl Service {
         Ok(self.inner.storage.backup(dest, progress, users).await?)
     }
 
+    /// Rewrites sealed log segments without their removed events where
+    /// those make at least `ratio` of a segment (admin). Writers and
+    /// readers go on meanwhile.
+    pub async fn compact(&self, who: &Principal, ratio: f64) -> Result<cairn_store::CompactReport> {
+        self.admit(who)?;
+        who.check_admin()?;
+        Ok(self.inner.storage.compact(ratio).await?)
+    }
+
     /// Version and store facts (the counters only for who sees all).
     pub async fn info(&self, who: &Principal) -> Result<Info> {
         self.admit(who)?;

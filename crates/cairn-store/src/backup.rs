@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use crate::error::{Result, StoreError};
-use crate::log::segment::{SEGMENT_HEADER_BYTES, list_segments, segment_path, sync_dir};
+use crate::log::segment::{SEGMENT_HEADER_BYTES, list_segment_files, list_segments, segment_path_gen, sync_dir};
 use crate::store::Store;
 
 /// Files a backup writes after the log: made when called.
@@ -108,24 +108,37 @@ impl Store {
         let mut report = BackupReport { dir: dest.to_path_buf(), ..BackupReport::default() };
 
         copy_content(&source_cas, &dest_cas, progress, &mut report)?;
+        // No compaction may drop an event between the end taken here and
+        // the copy of its segment (it was acknowledged before the backup).
+        let _compaction = shared.compaction.lock().expect("compaction lock");
         self.sync()?;
         let end = shared.progress.committed_end();
+        shared.barrier()?;
         let mut plan = Vec::new();
         for segment in list_segments(&source_log)? {
             if segment > end.segment {
                 break;
             }
+            let generation = crate::compact::generation(&shared.index, segment)?;
             let len = if segment == end.segment {
                 end.offset
             } else {
-                fs::metadata(segment_path(&source_log, segment)).map_err(StoreError::io("stat a segment"))?.len()
+                fs::metadata(segment_path_gen(&source_log, segment, generation))
+                    .map_err(StoreError::io("stat a segment"))?
+                    .len()
             };
-            let have = fs::metadata(segment_path(&dest_log, segment)).map_or(0, |meta| meta.len());
+            let have = fs::metadata(segment_path_gen(&dest_log, segment, generation)).map_or(0, |meta| meta.len());
             progress.total_bytes.fetch_add(len.saturating_sub(have), Relaxed);
-            plan.push((segment, len, have));
+            plan.push((segment, generation, len, have));
         }
-        for (segment, len, have) in plan {
-            let copied = copy_segment(&source_log, &dest_log, segment, len, have, progress)?;
+        let dest_files = list_segment_files(&dest_log)?;
+        for (segment, generation, len, have) in plan {
+            let copied = copy_segment(&source_log, &dest_log, (segment, generation), len, have, progress)?;
+            // The copy's other generations of it are older than this one.
+            for (_, old) in dest_files.iter().filter(|(s, g)| *s == segment && *g != generation) {
+                let path = segment_path_gen(&dest_log, segment, *old);
+                fs::remove_file(&path).map_err(StoreError::io(format!("remove {}", path.display())))?;
+            }
             report.segments += 1;
             report.log_bytes += len;
             report.log_bytes_copied += copied;
@@ -201,11 +214,26 @@ fn prepare(dest: &Path, source_log: &Path, owner: u32) -> Result<()> {
         check_directory(dest, owner)?;
         let mut entries = fs::read_dir(dest).map_err(io("read"))?;
         if entries.next().is_some() {
-            let dest_first = segment_path(&dest.join("log"), 0);
-            let source_first = segment_path(source_log, 0);
+            // Segment 0 as each has it: compared when both hold the same
+            // generation (compaction rewrites a segment's start).
+            let first_file = |log: &Path| -> Result<Option<PathBuf>> {
+                if !log.is_dir() {
+                    return Ok(None);
+                }
+                let files = list_segment_files(log)?;
+                Ok(files.iter().find(|(s, _)| *s == 0).map(|(_, g)| segment_path_gen(log, 0, *g)))
+            };
+            let (dest_first, source_first) = (first_file(&dest.join("log"))?, first_file(source_log)?);
+            let comparable = match (&dest_first, &source_first) {
+                (Some(d), Some(s)) => d.file_name() == s.file_name(),
+                _ => false,
+            };
             let same = dest.join(BACKUP_MANIFEST).is_file()
                 && !dest.join("LOCK").exists()
-                && (!dest_first.exists() || same_start(&head_of(&dest_first)?, &head_of(&source_first)?));
+                && (!comparable || {
+                    let (d, s) = (dest_first.expect("comparable"), source_first.expect("comparable"));
+                    same_start(&head_of(&d)?, &head_of(&s)?)
+                });
             if !same {
                 return Err(StoreError::invalid(
                     "backup",
@@ -279,13 +307,13 @@ fn head_of(path: &Path) -> Result<Vec<u8>> {
 fn copy_segment(
     source_log: &Path,
     dest_log: &Path,
-    segment: u32,
+    (segment, generation): (u32, u32),
     len: u64,
     have: u64,
     progress: &BackupProgress,
 ) -> Result<u64> {
-    let source_path = segment_path(source_log, segment);
-    let dest_path = segment_path(dest_log, segment);
+    let source_path = segment_path_gen(source_log, segment, generation);
+    let dest_path = segment_path_gen(dest_log, segment, generation);
     // The bytes already copied must still be this segment's: their last
     // 4 KiB are compared (a copy from another history is copied again).
     let same_tail = have <= len

@@ -188,3 +188,13 @@ impl LogFile {
         Ok(())
     }
 }
+
+/// For tests that kill a process in the middle of a compaction: with
+/// `CAIRN_TEST_COMPACT_ABORT=<step>` in its environment, a process aborts
+/// (leaving its files as a kill -9 would) when a compaction reaches `step`
+/// (`written`, `renamed`, `logged`, `indexed`, `flushed`, `removed`).
+pub(crate) fn compaction_step(step: &str) {
+    if std::env::var_os("CAIRN_TEST_COMPACT_ABORT").is_some_and(|wanted| wanted == step) {
+        std::process::abort();
+    }
+}

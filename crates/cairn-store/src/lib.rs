@@ -29,6 +29,7 @@
 
 mod backup;
 mod cas;
+mod compact;
 pub mod conformance;
 mod error;
 mod event;
@@ -88,6 +89,7 @@ pub mod fuzzing {
 }
 
 pub use backup::{BACKUP_MANIFEST, BackupProgress, BackupReport, ExtraFiles};
+pub use compact::CompactReport;
 pub use error::{Result, StoreError};
 pub use event::{
     Batch, Event, Expect, Hash, InlineBytes, NewEvent, Payload, Ttl, check_idempotency_key, check_meta,

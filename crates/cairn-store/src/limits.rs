@@ -96,6 +96,10 @@ pub const READ_CHUNK_CONTENT_BYTES: usize = 4 * 1024 * 1024;
 /// held for long.
 pub const EXPIRE_EVENTS_PER_STEP: usize = 4096;
 
+/// Share of a sealed segment's bytes that removed events must make before
+/// the background compaction rewrites it (`Options::compact_ratio`).
+pub const COMPACT_RATIO_DEFAULT: f64 = 0.5;
+
 /// Default window in which an idempotency key returns the original events.
 pub const IDEMPOTENCY_WINDOW_MS_DEFAULT: u64 = 24 * 60 * 60 * 1000;
 

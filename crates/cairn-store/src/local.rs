@@ -216,6 +216,10 @@ impl Storage for Local {
     ) -> BoxFuture<'_, Result<crate::BackupReport>> {
         Box::pin(self.blocking(move |store| store.backup(&dest, &progress, extra_files)))
     }
+
+    fn compact(&self, ratio: f64) -> BoxFuture<'_, Result<crate::CompactReport>> {
+        Box::pin(self.blocking(move |store| store.compact(ratio)))
+    }
 }
 
 /// One chunk of history for a subscriber (see [`Storage::history`]).

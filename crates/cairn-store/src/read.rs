@@ -61,6 +61,8 @@ pub(crate) struct Scan {
     removed: Option<RemovedFilter>,
     reverse: bool,
     done: bool,
+    /// Keeps the generations the anchors name readable (see `Segments::pin`).
+    _pin: crate::log::segment::Pin,
 }
 
 enum Kind {
@@ -81,6 +83,7 @@ impl Scan {
         from_seq: Option<u64>,
         reverse: bool,
     ) -> Result<Scan> {
+        let pin = segments.pin();
         match pattern.exact() {
             Some(topic) => {
                 let from_seq = match (from_seq, after) {
@@ -109,6 +112,7 @@ impl Scan {
                     removed,
                     reverse,
                     done: false,
+                    _pin: pin,
                 })
             }
             None => {
@@ -132,6 +136,7 @@ impl Scan {
                     removed,
                     reverse,
                     done: false,
+                    _pin: pin,
                 })
             }
         }

@@ -154,6 +154,10 @@ pub trait Storage: Send + Sync + 'static {
         progress: Arc<BackupProgress>,
         extra_files: crate::backup::ExtraFiles,
     ) -> BoxFuture<'_, Result<BackupReport>>;
+
+    /// Gives back the disk that removed events hold, where at least `ratio`
+    /// of a unit of storage is removed (0: wherever anything is).
+    fn compact(&self, ratio: f64) -> BoxFuture<'_, Result<crate::CompactReport>>;
 }
 
 /// A lazily read sequence of stored events.

@@ -2,6 +2,7 @@
 //! payloads (inline or content store), hands writes to the single writer and
 //! waits for its acknowledgement, and serves reads from the index and log.
 
+use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read as _, Seek as _, Write as _};
 use std::path::{Path, PathBuf};
@@ -89,8 +90,13 @@ pub struct Options {
     pub payload_bytes_max: u64,
     /// How long an idempotency key returns its original events.
     pub idempotency_window: Duration,
-    /// How often expired (`time:<duration>`) events are removed.
+    /// How often expired (`time:<duration>`) events are removed (and, with
+    /// `compact_ratio`, segments compacted).
     pub retention_interval: Duration,
+    /// Compact a sealed segment in the background once this share of its
+    /// bytes is removed events (0 to 1); `None`: only when asked
+    /// ([`Store::compact`]).
+    pub compact_ratio: Option<f64>,
     /// Fault injection for tests (crashes, power loss, EIO, ENOSPC); `None`
     /// in real use.
     pub faults: Option<Arc<crate::faults::Faults>>,
@@ -105,6 +111,7 @@ impl Default for Options {
             payload_bytes_max: limits::PAYLOAD_BYTES_MAX_DEFAULT,
             idempotency_window: Duration::from_millis(limits::IDEMPOTENCY_WINDOW_MS_DEFAULT),
             retention_interval: Duration::from_secs(1),
+            compact_ratio: Some(limits::COMPACT_RATIO_DEFAULT),
             faults: None,
         }
     }
@@ -117,6 +124,9 @@ impl Options {
                 "segment_bytes",
                 format!("must be between {} and {}", limits::SEGMENT_BYTES_MIN, limits::SEGMENT_BYTES_MAX / 2),
             ));
+        }
+        if self.compact_ratio.is_some_and(|ratio| !(0.0..=1.0).contains(&ratio)) {
+            return Err(StoreError::invalid("compact_ratio", "must be between 0 and 1"));
         }
         if self.inline_payload_bytes > limits::INLINE_PAYLOAD_BYTES_CEILING {
             return Err(StoreError::invalid(
@@ -147,6 +157,9 @@ pub(crate) struct Shared {
     /// Notified by the writer whenever it takes requests off its queue, so
     /// async submitters wait for room without blocking a thread.
     pub(crate) queue_space: tokio::sync::Notify,
+    /// Held by a compaction, and by what must not see a segment's
+    /// generation change under it (backup, verify).
+    pub(crate) compaction: Mutex<()>,
     poison: Mutex<Option<String>>,
 }
 
@@ -214,6 +227,7 @@ impl Shared {
             _ => (None, &value[8..]),
         };
         let mut events = Vec::new();
+        let _pin = self.segments.pin();
         for chunk in ids.chunks_exact(16) {
             let id = EventId::from_bytes(chunk.try_into().expect("16 bytes"));
             if let Some(pos) = find_id(&self.index, &self.segments, id)? {
@@ -230,6 +244,7 @@ impl Shared {
 
     pub(crate) fn get(&self, id: EventId) -> Result<Option<Event>> {
         self.barrier()?;
+        let _pin = self.segments.pin();
         match find_id(&self.index, &self.segments, id)? {
             Some(pos) => self.segments.read_event(pos).map(Some),
             None => Ok(None),
@@ -382,6 +397,7 @@ impl Store {
             progress: Progress::new(end, last_id),
             stats: Stats::default(),
             queue_space: tokio::sync::Notify::new(),
+            compaction: Mutex::new(()),
             poison: Mutex::new(None),
         });
         let indexer_shared = shared.clone();
@@ -396,7 +412,7 @@ impl Store {
             .name("cairn-writer".to_owned())
             .spawn(move || writer.run(receiver))
             .map_err(StoreError::io("start the writer thread"))?;
-        let sweeper = spawn_sweeper(shared.clone(), options.retention_interval)?;
+        let sweeper = spawn_sweeper(shared.clone(), requests.clone(), &options)?;
         Ok(Store {
             inner: Arc::new(Inner {
                 shared,
@@ -800,6 +816,7 @@ impl Store {
     /// Call after the read barrier.
     fn event_with_hash(&self, hash: &Hash) -> Result<Option<Event>> {
         let shared = &self.inner.shared;
+        let _pin = shared.segments.pin();
         for guard in shared.index.prefix(Ks::Cas, &hash.0[..CAS_KEY_HASH_BYTES]) {
             let key = guard.key()?;
             let Some(id_bytes) = strip(&key).get(CAS_KEY_HASH_BYTES..CAS_KEY_HASH_BYTES + 16) else { continue };
@@ -820,6 +837,7 @@ impl Store {
     pub fn content_topics(&self, hash: &Hash, max: usize) -> Result<Vec<Topic>> {
         let shared = &self.inner.shared;
         shared.barrier()?;
+        let _pin = shared.segments.pin();
         let mut topics: Vec<Topic> = Vec::new();
         for guard in shared.index.prefix(Ks::Cas, &hash.0[..CAS_KEY_HASH_BYTES]).take(max) {
             let key = guard.key()?;
@@ -984,6 +1002,19 @@ impl Store {
         self.call(|reply| Request::Sync { reply })
     }
 
+    /// Compacts, now, every sealed segment whose removed events make at
+    /// least `ratio` of its bytes (0: any), without blocking writers or
+    /// readers (see `compact.rs`). Returns what it did.
+    pub fn compact(&self, ratio: f64) -> Result<crate::compact::CompactReport> {
+        if !(0.0..=1.0).contains(&ratio) {
+            return Err(StoreError::invalid("ratio", "must be between 0 and 1"));
+        }
+        let requests = self.inner.requests.as_ref().ok_or(StoreError::ShuttingDown)?;
+        // What is committed is indexed first, so the newest sealed segment counts.
+        self.inner.shared.barrier()?;
+        crate::compact::run(&self.inner.shared, requests, ratio, &mut HashMap::new(), &|| false)
+    }
+
     /// Checks every record, the order invariants and every content hash.
     pub fn verify(&self) -> Result<crate::verify::VerifyReport> {
         self.inner.shared.barrier()?;
@@ -1066,16 +1097,29 @@ fn lock(dir: &Path) -> Result<File> {
     Ok(file)
 }
 
-fn spawn_sweeper(shared: Arc<Shared>, interval: Duration) -> Result<(mpsc::Sender<()>, JoinHandle<()>)> {
+/// The background thread: retention sweeps, then compaction (when on),
+/// every `retention_interval`. Stopped (and joined) before the writer.
+fn spawn_sweeper(
+    shared: Arc<Shared>,
+    requests: SyncSender<Request>,
+    options: &Options,
+) -> Result<(mpsc::Sender<()>, JoinHandle<()>)> {
     let (stop, stopped) = mpsc::channel::<()>();
+    let (interval, ratio) = (options.retention_interval, options.compact_ratio);
     let handle = std::thread::Builder::new()
         .name("cairn-retention".to_owned())
         .spawn(move || {
+            let mut checked = HashMap::new();
             while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(interval) {
                 match shared.progress.request_expire(now_ms()).blocking_recv() {
                     Ok(Err(error)) => tracing::warn!("retention sweep failed: {error}"),
                     Err(_) => return,
                     Ok(Ok(_)) => {}
+                }
+                let Some(ratio) = ratio else { continue };
+                let stop = || matches!(stopped.try_recv(), Err(mpsc::TryRecvError::Disconnected));
+                if let Err(error) = crate::compact::run(&shared, &requests, ratio, &mut checked, &stop) {
+                    tracing::warn!("compaction failed: {error}");
                 }
             }
         })

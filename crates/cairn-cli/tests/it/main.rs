@@ -10,6 +10,7 @@
 mod auth;
 mod backup;
 mod cli;
+mod compaction;
 mod errors;
 mod hostile;
 mod http;

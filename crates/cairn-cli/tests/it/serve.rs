@@ -105,6 +105,12 @@ impl Server {
         wait(&mut child, Duration::from_secs(20))
     }
 
+    /// Waits (at most `limit`) for the server to exit on its own.
+    pub fn wait_exit(mut self, limit: Duration) -> ExitStatus {
+        let mut child = self.child.take().unwrap();
+        wait(&mut child, limit)
+    }
+
     /// SIGKILL, then waits.
     pub fn kill9(mut self) {
         let mut child = self.child.take().unwrap();

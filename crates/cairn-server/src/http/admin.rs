@@ -262,6 +262,27 @@ pub(crate) async fn backup(
     Ok(json_response(StatusCode::OK, to_json(&report), None))
 }
 
+/// `POST /v1/compact?ratio=0.5` (admin): rewrites sealed log segments
+/// without their removed events where those make at least `ratio` of a
+/// segment (default 0: wherever there are any).
+pub(crate) async fn compact(
+    AxumState(app): State,
+    Who(principal): Who,
+    mut params: Params,
+) -> ApiResult<Response<Body>> {
+    let ratio = match params.take("ratio")? {
+        None => 0.0,
+        Some(text) => text
+            .parse::<f64>()
+            .ok()
+            .filter(|ratio| (0.0..=1.0).contains(ratio))
+            .ok_or_else(|| ApiError::invalid("ratio", "must be a number from 0 to 1"))?,
+    };
+    params.finish()?;
+    let report = app.service.compact(&principal, ratio).await?;
+    Ok(json_response(StatusCode::OK, to_json(&report), None))
+}
+
 /// `GET /v1/info` (and the compatibility `/info`): version and store facts.
 pub(crate) async fn info(AxumState(app): State, Who(principal): Who, params: Params) -> ApiResult<Response<Body>> {
     params.finish()?;

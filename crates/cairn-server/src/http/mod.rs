@@ -61,6 +61,7 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/v1/import", post(admin::import))
         .route("/v1/verify", post(admin::verify))
         .route("/v1/backup", post(admin::backup))
+        .route("/v1/compact", post(admin::compact))
         .route("/v1/export/extras", get(admin::export_extras))
         .route("/v1/info", get(admin::info))
         .route("/healthz", get(admin::healthz))

@@ -110,6 +110,12 @@ pub(crate) const ROUTES: &[(&str, &str, &str, &[QueryParams])] = &[
         "Copy a consistent snapshot of the store to ?dir= (an absolute path on the server's machine; new, empty, or an earlier backup of this store, then only what is new) while it runs (admin).",
         &[],
     ),
+    (
+        "post",
+        "/v1/compact",
+        "Rewrite sealed log segments without their removed events, where those make at least ?ratio= (0 to 1, default 0) of a segment (admin).",
+        &[],
+    ),
     ("get", "/v1/info", "Version and store facts.", &[]),
     ("get", "/healthz", "200 while serving, 503 while stopping; needs no credentials.", &[]),
     ("get", "/metrics", "Prometheus metrics.", &[]),

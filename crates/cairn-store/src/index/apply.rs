@@ -10,7 +10,7 @@ use crate::id::EventId;
 use crate::index::sparse::{ANCHOR_EVENTS, Anchor, find_id};
 use crate::index::txn::{Ks, Txn};
 use crate::index::{Head, topic_key};
-use crate::log::codec::Pos;
+use crate::log::codec::{FRAME_HEADER_BYTES, Pos};
 use crate::log::segment::Segments;
 use crate::read::Scan;
 
@@ -75,6 +75,8 @@ pub(crate) struct Applier<'h> {
     pending_topics: HashMap<String, Vec<(u64, EventId)>>,
     /// Content-store files no event refers to any more; deleted after commit.
     pub(crate) garbage: Vec<Hash>,
+    /// Bytes of frames removed here, by segment (for compaction's ratio).
+    dead: HashMap<u32, u64>,
 }
 
 impl<'h> Applier<'h> {
@@ -86,7 +88,34 @@ impl<'h> Applier<'h> {
             pending_ids: HashMap::new(),
             pending_topics: HashMap::new(),
             garbage: Vec::new(),
+            dead: HashMap::new(),
         }
+    }
+
+    /// Writes what the transaction's removals add to each segment's dead
+    /// bytes. Called once, before the commit.
+    pub(crate) fn finish(&mut self, txn: &mut Txn<'_>) -> Result<()> {
+        for (segment, bytes) in self.dead.drain() {
+            let key = crate::compact::dead_key(segment);
+            let before = crate::compact::decode_u64(txn.get(Ks::Meta, &key)?.as_deref());
+            txn.insert(Ks::Meta, key, before.saturating_add(bytes).to_be_bytes().to_vec());
+        }
+        self.heads.flush(txn);
+        Ok(())
+    }
+
+    /// Raises topics' heads to seqs and ids compaction dropped (a floor
+    /// record, read only when the index is rebuilt from the whole log).
+    pub(crate) fn floor(&mut self, txn: &Txn<'_>, floors: Vec<(String, u64, EventId)>) -> Result<()> {
+        for (topic, seq, id) in floors {
+            let head = match self.heads.get(txn, &topic)? {
+                Some(head) if head.last_seq >= seq => continue,
+                Some(head) => Head { last_seq: seq, last_id: id, ..head },
+                None => Head { last_seq: seq, last_id: id, count: 0, trimmed_below: 0 },
+            };
+            self.heads.put(&topic, head);
+        }
+        Ok(())
     }
 
     /// Indexes the stored events of one batch record (already positioned in
@@ -104,8 +133,9 @@ impl<'h> Applier<'h> {
             let topic = event.topic.as_str();
             if idx % ANCHOR_EVENTS == 0 {
                 let n = (events.len() - idx).min(ANCHOR_EVENTS) as u32;
-                let anchor = Anchor { segment: pos.segment, offset: pos.offset, end: record_end, n };
-                txn.insert(Ks::Ids, event.id.to_bytes().to_vec(), anchor.to_bytes().to_vec());
+                let anchor =
+                    Anchor { segment: pos.segment, generation: pos.generation, offset: pos.offset, end: record_end, n };
+                txn.insert(Ks::Ids, event.id.to_bytes().to_vec(), anchor.to_bytes());
             }
             match by_topic.get_mut(topic) {
                 Some(indices) => indices.push(idx),
@@ -132,9 +162,14 @@ impl<'h> Applier<'h> {
         for (topic, indices) in by_topic {
             for chunk in indices.chunks(ANCHOR_EVENTS) {
                 let (first, pos) = events[chunk[0]];
-                let anchor =
-                    Anchor { segment: pos.segment, offset: pos.offset, end: record_end, n: chunk.len() as u32 };
-                txn.insert(Ks::Topics, topic_key(topic, first.seq), anchor.to_bytes().to_vec());
+                let anchor = Anchor {
+                    segment: pos.segment,
+                    generation: pos.generation,
+                    offset: pos.offset,
+                    end: record_end,
+                    n: chunk.len() as u32,
+                };
+                txn.insert(Ks::Topics, topic_key(topic, first.seq), anchor.to_bytes());
             }
             let (last, _) = events[*indices.last().expect("a topic has events")];
             let head = match self.heads.get(txn, topic)? {
@@ -205,6 +240,7 @@ impl<'h> Applier<'h> {
         };
         let Some(pos) = pos else { return Ok(false) };
         let event = self.segments.read_event(pos)?;
+        *self.dead.entry(pos.segment).or_default() += (FRAME_HEADER_BYTES as u32 + pos.len) as u64;
         self.remove_decoded(txn, &event)?;
         Ok(true)
     }

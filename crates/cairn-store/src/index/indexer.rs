@@ -66,7 +66,7 @@ fn index_chunk(
         shared.progress.advance_indexed(next, 0, EventId::MIN);
         return Ok(next);
     }
-    let map = segments.bytes(from.segment)?;
+    let map = segments.bytes(from.segment, 0)?;
     let bytes = map.get(..end as usize).ok_or_else(|| corrupt(from.segment, from.offset as u32, "past the map"))?;
     let mut offset = from.offset;
     let mut records = Vec::new();
@@ -76,10 +76,18 @@ fn index_chunk(
             .ok_or_else(|| corrupt(from.segment, offset as u32, "committed record is incomplete"))?;
         let record = codec::decode_record_with(body, &mut decoder)
             .map_err(|detail| corrupt(from.segment, offset as u32, &detail))?;
+        // A compaction record is applied alone (see `compact::apply`).
+        let compaction = matches!(record, codec::Record::Compact { .. });
+        if compaction && !records.is_empty() {
+            break;
+        }
         records.push((record, offset));
         offset += (FRAME_HEADER_BYTES + body.len()) as u64;
+        if compaction {
+            break;
+        }
     }
-    replay(segments, &shared.index, &shared.cas, heads, last_id, from.segment, records, offset)?;
+    replay(segments, &shared.index, &shared.cas, heads, last_id, (from.segment, 0), records, offset)?;
     let next = Checkpoint { segment: from.segment, offset };
     shared.progress.advance_indexed(next, offset - from.offset, *last_id);
     Ok(next)
@@ -92,7 +100,7 @@ fn expire(shared: &Shared, heads: &mut Heads, now_ms: u64) -> Result<usize> {
     let mut applier = Applier::new(heads, &shared.segments, true);
     let removed = applier.expire(&mut txn, now_ms, EXPIRE_EVENTS_PER_STEP)?;
     let garbage = std::mem::take(&mut applier.garbage);
-    heads.flush(&mut txn);
+    applier.finish(&mut txn)?;
     txn.commit()?;
     for hash in garbage {
         shared.cas.delete(&hash)?;

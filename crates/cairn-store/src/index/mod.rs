@@ -250,6 +250,21 @@ impl Index {
         Ok(flushed)
     }
 
+    /// Flushes every memtable into tables and waits for it: afterwards the
+    /// tables hold every index batch committed before the call (fjall
+    /// flushes memtables in order), so no replay goes back before them.
+    pub(crate) fn flush(&self) -> Result<()> {
+        self.data.rotate_memtable_and_wait()?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while self.data.sealed_memtable_count() > 0 {
+            if std::time::Instant::now() >= deadline {
+                return Err(StoreError::Index("the index did not flush within 60 s".to_owned()));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        Ok(())
+    }
+
     fn mark_clean(&self, how: &[u8]) -> Result<()> {
         use std::io::Write as _;
         let marker = self.path.join(CLEAN_CLOSE);

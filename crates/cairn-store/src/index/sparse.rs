@@ -23,6 +23,9 @@ pub(crate) const ANCHOR_EVENTS: usize = 256;
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) struct Anchor {
     pub(crate) segment: u32,
+    /// The segment's file (see `Segments`); stored only when not 0, so
+    /// anchors into files as written keep their 16 bytes.
+    pub(crate) generation: u32,
     pub(crate) offset: u32,
     pub(crate) end: u32,
     /// Events in the block (of the topic, for topic anchors).
@@ -30,12 +33,15 @@ pub(crate) struct Anchor {
 }
 
 impl Anchor {
-    pub(crate) fn to_bytes(self) -> [u8; 16] {
-        let mut out = [0u8; 16];
-        out[0..4].copy_from_slice(&self.segment.to_be_bytes());
-        out[4..8].copy_from_slice(&self.offset.to_be_bytes());
-        out[8..12].copy_from_slice(&self.end.to_be_bytes());
-        out[12..16].copy_from_slice(&self.n.to_be_bytes());
+    pub(crate) fn to_bytes(self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(20);
+        out.extend_from_slice(&self.segment.to_be_bytes());
+        out.extend_from_slice(&self.offset.to_be_bytes());
+        out.extend_from_slice(&self.end.to_be_bytes());
+        out.extend_from_slice(&self.n.to_be_bytes());
+        if self.generation != 0 {
+            out.extend_from_slice(&self.generation.to_be_bytes());
+        }
         out
     }
 
@@ -45,7 +51,8 @@ impl Anchor {
                 StoreError::Corrupt { location: "index".to_owned(), detail: "malformed anchor".to_owned() }
             })
         };
-        Ok(Anchor { segment: field(0)?, offset: field(4)?, end: field(8)?, n: field(12)? })
+        let generation = if bytes.len() >= 20 { field(16)? } else { 0 };
+        Ok(Anchor { segment: field(0)?, generation, offset: field(4)?, end: field(8)?, n: field(12)? })
     }
 }
 
@@ -67,7 +74,7 @@ pub(crate) fn walk(
     keep: impl Fn(&str) -> bool,
     out: &mut Vec<Located>,
 ) -> Result<()> {
-    let map = segments.bytes(anchor.segment)?;
+    let map = segments.bytes(anchor.segment, anchor.generation)?;
     let bytes =
         map.get(..anchor.end as usize).ok_or_else(|| corrupt(anchor.segment, anchor.end, "anchor past the map"))?;
     let mut offset = anchor.offset as usize;
@@ -94,7 +101,12 @@ pub(crate) fn walk(
         if in_topic {
             n_found += 1;
             if keep(event_topic) {
-                let pos = Pos { segment: anchor.segment, offset: offset as u32, len: len as u32 };
+                let pos = Pos {
+                    segment: anchor.segment,
+                    generation: anchor.generation,
+                    offset: offset as u32,
+                    len: len as u32,
+                };
                 out.push(Located { pos, id, seq });
             }
         }
@@ -104,7 +116,7 @@ pub(crate) fn walk(
 }
 
 /// Id, seq and topic of an event body, without decoding the rest.
-fn peek(body: &[u8]) -> Option<(EventId, u64, &str)> {
+pub(crate) fn peek(body: &[u8]) -> Option<(EventId, u64, &str)> {
     let id = EventId::from_bytes(body.get(0..16)?.try_into().ok()?);
     let seq = u64::from_le_bytes(body.get(16..24)?.try_into().ok()?);
     Some((id, seq, codec::peek_topic(body)?))

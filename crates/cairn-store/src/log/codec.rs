@@ -17,11 +17,13 @@ pub(crate) const FORMAT_VERSION: u8 = 1;
 /// Bytes of a frame header: length and crc.
 pub(crate) const FRAME_HEADER_BYTES: usize = 8;
 
-const KIND_BATCH: u8 = 1;
+pub(crate) const KIND_BATCH: u8 = 1;
 const KIND_REMOVE: u8 = 2;
 const KIND_ACK: u8 = 3;
 const KIND_CONSUMER_DELETE: u8 = 4;
 const KIND_STATE: u8 = 5;
+const KIND_COMPACT: u8 = 6;
+const KIND_FLOOR: u8 = 7;
 
 const STATE_PUT: u8 = 1;
 const STATE_DELETE: u8 = 2;
@@ -46,6 +48,8 @@ const TTL_LAST: u8 = 3;
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) struct Pos {
     pub(crate) segment: u32,
+    /// The segment's file: 0 as written, higher once compacted.
+    pub(crate) generation: u32,
     pub(crate) offset: u32,
     pub(crate) len: u32,
 }
@@ -123,6 +127,18 @@ pub(crate) fn encode_batch_of_frames(out: &mut Vec<u8>, count: usize, frames: &[
     });
 }
 
+/// Encodes a batch record with idempotency key `key` (empty for none) of
+/// `count` event frames copied from another record (compaction).
+pub(crate) fn encode_batch_of_raw_frames(out: &mut Vec<u8>, key: &[u8], count: usize, frames: &[u8]) {
+    frame(out, |body| {
+        body.push(FORMAT_VERSION);
+        body.push(KIND_BATCH);
+        put_short(body, key);
+        body.extend_from_slice(&(count as u32).to_le_bytes());
+        body.extend_from_slice(frames);
+    });
+}
+
 /// Encodes a remove record.
 pub(crate) fn encode_remove(out: &mut Vec<u8>, ids: &[EventId]) {
     frame(out, |body| {
@@ -151,6 +167,34 @@ pub(crate) fn encode_consumer_delete(out: &mut Vec<u8>, name: &str) {
         body.push(FORMAT_VERSION);
         body.push(KIND_CONSUMER_DELETE);
         put_short(body, name.as_bytes());
+    });
+}
+
+/// Encodes a compaction record: generation `to` of `segment` replaces
+/// generation `from` (see `compact.rs`).
+pub(crate) fn encode_compact(out: &mut Vec<u8>, segment: u32, from: u32, to: u32) {
+    frame(out, |body| {
+        body.push(FORMAT_VERSION);
+        body.push(KIND_COMPACT);
+        for field in [segment, from, to] {
+            body.extend_from_slice(&field.to_le_bytes());
+        }
+    });
+}
+
+/// Encodes a floor record: for each topic, the newest seq and id it ever
+/// had where compaction dropped that event (so an index rebuilt from the
+/// log never gives those seqs again).
+pub(crate) fn encode_floor(out: &mut Vec<u8>, floors: &[(String, u64, EventId)]) {
+    frame(out, |body| {
+        body.push(FORMAT_VERSION);
+        body.push(KIND_FLOOR);
+        body.extend_from_slice(&(floors.len() as u32).to_le_bytes());
+        for (topic, seq, id) in floors {
+            put_short(body, topic.as_bytes());
+            body.extend_from_slice(&seq.to_le_bytes());
+            body.extend_from_slice(&id.to_bytes());
+        }
     });
 }
 
@@ -264,6 +308,16 @@ pub(crate) enum Record {
     State {
         ops: Vec<StateOp>,
     },
+    /// Generation `to` of `segment` replaces generation `from`.
+    Compact {
+        segment: u32,
+        from: u32,
+        to: u32,
+    },
+    /// Seqs and ids that compaction dropped, per topic (newest of each).
+    Floor {
+        floors: Vec<(String, u64, EventId)>,
+    },
 }
 
 /// One change to the durable state kept for front ends (see
@@ -290,7 +344,7 @@ pub(crate) struct Decoder {
     /// The mapped segment the bodies being decoded lie in: inline payloads
     /// then become views of it instead of copies.
     pub(crate) map: Option<Arc<memmap2::Mmap>>,
-    pub(crate) map_segment: Option<u32>,
+    pub(crate) map_segment: Option<(u32, u32)>,
 }
 
 impl Decoder {
@@ -374,6 +428,15 @@ pub(crate) fn decode_record_with(body: &[u8], decoder: &mut Decoder) -> Result<R
                 ops.push(op);
             }
             Record::State { ops }
+        }
+        KIND_COMPACT => Record::Compact { segment: reader.u32()?, from: reader.u32()?, to: reader.u32()? },
+        KIND_FLOOR => {
+            let n = reader.u32()? as usize;
+            let mut floors = Vec::with_capacity(n.min(body.len() / 25));
+            for _ in 0..n {
+                floors.push((reader.short_str()?, reader.u64()?, reader.id()?));
+            }
+            Record::Floor { floors }
         }
         kind => return Err(format!("unknown record kind {kind}")),
     };

@@ -88,7 +88,11 @@ pub(crate) fn recover(segments: &Arc<Segments>, index: &Index, cas: &Cas) -> Res
         }
         None => Checkpoint { segment: first, offset: SEGMENT_HEADER_BYTES },
     };
-    let checkpoint_len = file_len(segments, start.segment)?;
+    let files = segments.files()?;
+    // A segment's oldest generation there is: a newer one is named by a
+    // compaction record later in the log, which switches to it.
+    let oldest = |segment: u32| files.iter().find(|(s, _)| *s == segment).map_or(0, |(_, g)| *g);
+    let checkpoint_len = crate::compact::file_len(segments, start.segment, oldest(start.segment))?;
     if start.offset > checkpoint_len {
         // The index saw bytes the log lost (only possible without fdatasync,
         // in `interval` or `none` mode, after a power loss).
@@ -100,9 +104,10 @@ pub(crate) fn recover(segments: &Arc<Segments>, index: &Index, cas: &Cas) -> Res
     let mut last_id = index.last_id()?;
     let mut end = Checkpoint { segment: start.segment, offset: start.offset };
     for &segment in list.iter().filter(|&&s| s >= start.segment) {
-        let len = file_len(segments, segment)?;
-        segments.map(segment, len)?;
-        let bytes = segments.bytes(segment)?;
+        let generation = oldest(segment);
+        let len = crate::compact::file_len(segments, segment, generation)?;
+        segments.map_gen(segment, generation, len)?;
+        let bytes = segments.bytes(segment, generation)?;
         let bytes = &bytes[..len as usize];
         if let Err(detail) = check_header(bytes, segment) {
             if segment == last && len < SEGMENT_HEADER_BYTES + FRAME_HEADER_BYTES as u64 {
@@ -123,6 +128,19 @@ pub(crate) fn recover(segments: &Arc<Segments>, index: &Index, cas: &Cas) -> Res
             match codec::unframe(&bytes[offset as usize..]) {
                 Ok(Some(body)) => match codec::decode_record_with(body, &mut decoder) {
                     Ok(record) => {
+                        if matches!(record, Record::Compact { .. }) && !batch.is_empty() {
+                            // A compaction record is applied alone (see `compact::apply`).
+                            report.records_replayed += replay(
+                                segments,
+                                index,
+                                cas,
+                                &mut heads,
+                                &mut last_id,
+                                (segment, generation),
+                                std::mem::take(&mut batch),
+                                offset,
+                            )?;
+                        }
                         batch.push((record, offset));
                         offset += (FRAME_HEADER_BYTES + body.len()) as u64;
                     }
@@ -141,20 +159,22 @@ pub(crate) fn recover(segments: &Arc<Segments>, index: &Index, cas: &Cas) -> Res
                     break;
                 }
             }
-            if batch.len() >= REPLAY_RECORDS_PER_TXN {
+            let compaction = matches!(batch.last(), Some((Record::Compact { .. }, _)));
+            if batch.len() >= REPLAY_RECORDS_PER_TXN || compaction {
                 report.records_replayed += replay(
                     segments,
                     index,
                     cas,
                     &mut heads,
                     &mut last_id,
-                    segment,
+                    (segment, generation),
                     std::mem::take(&mut batch),
                     offset,
                 )?;
             }
         }
-        report.records_replayed += replay(segments, index, cas, &mut heads, &mut last_id, segment, batch, offset)?;
+        report.records_replayed +=
+            replay(segments, index, cas, &mut heads, &mut last_id, (segment, generation), batch, offset)?;
         end = Checkpoint { segment, offset };
         if let Some(reason) = damage {
             let later_segments = list.iter().any(|&s| s > segment);
@@ -176,6 +196,7 @@ pub(crate) fn recover(segments: &Arc<Segments>, index: &Index, cas: &Cas) -> Res
     if !index.journal.flushed {
         report.expired_on_open = expire_all(segments, index, cas, &mut heads)?;
     }
+    crate::compact::remove_stale(index, segments)?;
     Ok((Tail { segment: end.segment, offset: end.offset, heads, last_id }, report))
 }
 
@@ -191,7 +212,7 @@ fn expire_all(segments: &Arc<Segments>, index: &Index, cas: &Cas, heads: &mut He
         let mut applier = Applier::new(heads, segments, true);
         let step = applier.expire(&mut txn, now_ms, EXPIRE_EVENTS_PER_STEP)?;
         let garbage = std::mem::take(&mut applier.garbage);
-        heads.flush(&mut txn);
+        applier.finish(&mut txn)?;
         txn.commit()?;
         for hash in garbage {
             cas.delete(&hash)?;
@@ -207,10 +228,6 @@ fn rebuild(index: &Index, report: &mut RecoveryReport) -> Result<()> {
     index.clear()?;
     report.rebuilt = true;
     Ok(())
-}
-
-fn file_len(segments: &Segments, segment: u32) -> Result<u64> {
-    Ok(std::fs::metadata(segments.path(segment)).map_err(StoreError::io(format!("stat segment {segment}")))?.len())
 }
 
 fn truncate(segments: &Segments, segment: u32, offset: u64) -> Result<()> {
@@ -229,7 +246,7 @@ pub(crate) fn replay(
     cas: &Cas,
     heads: &mut Heads,
     last_id: &mut crate::id::EventId,
-    segment: u32,
+    (segment, generation): (u32, u32),
     records: Vec<(Record, u64)>,
     end: u64,
 ) -> Result<u64> {
@@ -255,7 +272,7 @@ pub(crate) fn replay(
                     .into_iter()
                     .map(|(event, offset, len)| {
                         let at = record_offset + u64::from(offset);
-                        (event, Pos { segment, offset: at as u32, len })
+                        (event, Pos { segment, generation, offset: at as u32, len })
                     })
                     .collect();
                 if let Some((event, _)) = positioned.last() {
@@ -274,10 +291,21 @@ pub(crate) fn replay(
             Record::Ack { name, id } => applier.ack(&mut txn, &name, id),
             Record::ConsumerDelete { name } => applier.consumer_delete(&mut txn, &name),
             Record::State { ops } => applier.state(&mut txn, ops),
+            Record::Compact { segment, from, to } => crate::compact::apply(&mut txn, segments, segment, from, to)?,
+            Record::Floor { floors } => {
+                if let Some(newest) = floors.iter().map(|(_, _, id)| *id).max() {
+                    *last_id = (*last_id).max(newest);
+                }
+                applier.floor(&txn, floors)?;
+            }
         }
     }
+    if generation > 0 {
+        // Replaying a compacted file (a rebuild): the index names it.
+        txn.insert(Ks::Meta, crate::compact::generation_key(segment), generation.to_be_bytes().to_vec());
+    }
     let garbage = std::mem::take(&mut applier.garbage);
-    heads.flush(&mut txn);
+    applier.finish(&mut txn)?;
     txn.insert(Ks::Meta, META_APPLIED.to_vec(), encode_checkpoint(Checkpoint { segment, offset: end }).to_vec());
     txn.insert(Ks::Meta, META_LAST_ID.to_vec(), last_id.to_bytes().to_vec());
     txn.commit()?;

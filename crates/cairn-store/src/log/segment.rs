@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use memmap2::{Mmap, MmapOptions};
 
@@ -20,39 +20,130 @@ pub(crate) const SEGMENT_HEADER_BYTES: u64 = 16;
 const MAGIC: &[u8; 8] = b"CAIRNSEG";
 
 /// The segment files of one store, mapped for reading.
+///
+/// A sealed segment may be rewritten by compaction (`compact.rs`) into a
+/// new file of a higher generation: `<segment>.seg` is generation 0,
+/// `<segment>.<gen>.seg` a later one. Positions and anchors name the
+/// generation they point into, and the index says which one is current.
 #[derive(Debug)]
 pub(crate) struct Segments {
     dir: PathBuf,
-    maps: RwLock<BTreeMap<u32, Arc<Mmap>>>,
+    maps: RwLock<BTreeMap<(u32, u32), Arc<Mmap>>>,
+    pins: Arc<Mutex<Pins>>,
+}
+
+/// Readers that may still read a generation compaction replaced, and the
+/// replaced generations' maps they may need (see [`Segments::pin`]).
+#[derive(Debug, Default)]
+struct Pins {
+    /// The epoch a pin taken now gets; a retirement moves it on.
+    epoch: u64,
+    /// Live pins by the epoch they were taken in.
+    live: BTreeMap<u64, usize>,
+    /// Maps of replaced generations, with the epoch they were retired in:
+    /// kept while a pin from that epoch or before lives.
+    retired: Vec<(u64, (u32, u32), Arc<Mmap>)>,
+}
+
+impl Pins {
+    fn release_unneeded(&mut self) {
+        let oldest = self.live.keys().next().copied().unwrap_or(u64::MAX);
+        self.retired.retain(|(epoch, _, _)| oldest <= *epoch);
+    }
+}
+
+/// Held by a reader from before it reads index positions until it is done
+/// with them: a generation retired meanwhile stays readable to it.
+#[derive(Debug)]
+pub(crate) struct Pin {
+    pins: Arc<Mutex<Pins>>,
+    epoch: u64,
+}
+
+impl Drop for Pin {
+    fn drop(&mut self) {
+        let mut pins = self.pins.lock().expect("pins lock");
+        if let Some(count) = pins.live.get_mut(&self.epoch) {
+            *count -= 1;
+            if *count == 0 {
+                pins.live.remove(&self.epoch);
+            }
+        }
+        pins.release_unneeded();
+    }
 }
 
 impl Segments {
     pub(crate) fn new(dir: PathBuf) -> Segments {
-        Segments { dir, maps: RwLock::new(BTreeMap::new()) }
+        Segments { dir, maps: RwLock::new(BTreeMap::new()), pins: Arc::default() }
     }
 
     pub(crate) fn dir(&self) -> &Path {
         &self.dir
     }
 
+    /// The path of generation 0 of `segment` (the only one a segment the
+    /// writer appends to has).
     pub(crate) fn path(&self, segment: u32) -> PathBuf {
         segment_path(&self.dir, segment)
     }
 
-    /// Segment numbers present on disk, in order.
-    pub(crate) fn list(&self) -> Result<Vec<u32>> {
-        list_segments(&self.dir)
+    pub(crate) fn path_gen(&self, segment: u32, generation: u32) -> PathBuf {
+        segment_path_gen(&self.dir, segment, generation)
     }
 
-    /// Maps (or re-maps) `segment` so that at least `len` bytes are readable.
+    /// Segment numbers present on disk, in order (each once, whatever
+    /// generations it has).
+    pub(crate) fn list(&self) -> Result<Vec<u32>> {
+        let mut list: Vec<u32> = list_segment_files(&self.dir)?.into_iter().map(|(segment, _)| segment).collect();
+        list.dedup();
+        Ok(list)
+    }
+
+    /// Every segment file: (segment, generation), in order.
+    pub(crate) fn files(&self) -> Result<Vec<(u32, u32)>> {
+        list_segment_files(&self.dir)
+    }
+
+    /// A pin: positions read from the index after it stay readable until it
+    /// is dropped, even if compaction replaces their generation meanwhile.
+    pub(crate) fn pin(&self) -> Pin {
+        let mut pins = self.pins.lock().expect("pins lock");
+        let epoch = pins.epoch;
+        *pins.live.entry(epoch).or_default() += 1;
+        Pin { pins: self.pins.clone(), epoch }
+    }
+
+    /// Forgets generation `generation` of `segment` once no reader pinned
+    /// before now can need it (its file may be removed right after: the
+    /// map keeps the bytes for those readers).
+    pub(crate) fn retire(&self, segment: u32, generation: u32) {
+        let map = self.maps.write().expect("segment map lock").remove(&(segment, generation));
+        let mut pins = self.pins.lock().expect("pins lock");
+        let epoch = pins.epoch;
+        pins.epoch += 1;
+        if let Some(map) = map {
+            pins.retired.push((epoch, (segment, generation), map));
+        }
+        pins.release_unneeded();
+    }
+
+    /// Maps (or re-maps) generation 0 of `segment` so that at least `len`
+    /// bytes are readable.
     pub(crate) fn map(&self, segment: u32, len: u64) -> Result<()> {
+        self.map_gen(segment, 0, len)
+    }
+
+    /// Maps (or re-maps) `segment`'s generation so that at least `len`
+    /// bytes are readable.
+    pub(crate) fn map_gen(&self, segment: u32, generation: u32, len: u64) -> Result<()> {
         {
             let maps = self.maps.read().expect("segment map lock");
-            if maps.get(&segment).is_some_and(|map| map.len() as u64 >= len) {
+            if maps.get(&(segment, generation)).is_some_and(|map| map.len() as u64 >= len) {
                 return Ok(());
             }
         }
-        let path = self.path(segment);
+        let path = self.path_gen(segment, generation);
         let file = File::open(&path).map_err(StoreError::io(format!("open {}", path.display())))?;
         let map_len = len.max(SEGMENT_HEADER_BYTES);
         // The map may extend past the file's end (the active segment grows);
@@ -60,10 +151,11 @@ impl Segments {
         #[allow(unsafe_code)]
         // SAFETY: segment files are append-only while mapped: the writer only
         // appends, and truncation happens in recovery before any map exists.
+        // Compaction writes a new file and never changes an old one.
         // Readers only touch offsets the index published after they were written.
         let map = unsafe { MmapOptions::new().len(map_len as usize).map(&file) }
             .map_err(StoreError::io(format!("map {}", path.display())))?;
-        self.maps.write().expect("segment map lock").insert(segment, Arc::new(map));
+        self.maps.write().expect("segment map lock").insert((segment, generation), Arc::new(map));
         Ok(())
     }
 
@@ -72,17 +164,22 @@ impl Segments {
         self.maps.write().expect("segment map lock").clear();
     }
 
-    /// The bytes of `segment`, as mapped.
-    pub(crate) fn bytes(&self, segment: u32) -> Result<Arc<Mmap>> {
-        if let Some(map) = self.maps.read().expect("segment map lock").get(&segment) {
+    /// The bytes of `segment`'s generation, as mapped.
+    pub(crate) fn bytes(&self, segment: u32, generation: u32) -> Result<Arc<Mmap>> {
+        let key = (segment, generation);
+        if let Some(map) = self.maps.read().expect("segment map lock").get(&key) {
             return Ok(map.clone());
         }
-        let len = fs::metadata(self.path(segment)).map_err(StoreError::io(format!("stat segment {segment}")))?.len();
-        self.map(segment, len)?;
+        if let Some((_, _, map)) = self.pins.lock().expect("pins lock").retired.iter().find(|(_, k, _)| *k == key) {
+            return Ok(map.clone());
+        }
+        let path = self.path_gen(segment, generation);
+        let len = fs::metadata(&path).map_err(StoreError::io(format!("stat {}", path.display())))?.len();
+        self.map_gen(segment, generation, len)?;
         self.maps
             .read()
             .expect("segment map lock")
-            .get(&segment)
+            .get(&key)
             .cloned()
             .ok_or_else(|| corrupt(segment, 0, "segment vanished"))
     }
@@ -96,13 +193,14 @@ impl Segments {
     /// across the events of a scan.
     pub(crate) fn read_event_with(&self, pos: Pos, decoder: &mut codec::Decoder) -> Result<Event> {
         let end_needed = pos.offset as usize + FRAME_HEADER_BYTES + pos.len as usize;
+        let file = (pos.segment, pos.generation);
         let map = match &decoder.map {
             // The segment of the previous event, mapped far enough: no lookup.
-            Some(map) if decoder.map_segment == Some(pos.segment) && map.len() >= end_needed => map.clone(),
+            Some(map) if decoder.map_segment == Some(file) && map.len() >= end_needed => map.clone(),
             _ => {
-                let map = self.bytes(pos.segment)?;
+                let map = self.bytes(pos.segment, pos.generation)?;
                 decoder.map = Some(map.clone());
-                decoder.map_segment = Some(pos.segment);
+                decoder.map_segment = Some(file);
                 map
             }
         };
@@ -127,19 +225,44 @@ pub(crate) fn segment_path(dir: &Path, segment: u32) -> PathBuf {
     dir.join(format!("{segment:010}.seg"))
 }
 
+pub(crate) fn segment_path_gen(dir: &Path, segment: u32, generation: u32) -> PathBuf {
+    match generation {
+        0 => segment_path(dir, segment),
+        generation => dir.join(format!("{segment:010}.{generation}.seg")),
+    }
+}
+
+/// Segment numbers in `dir`, in order, each once.
 pub(crate) fn list_segments(dir: &Path) -> Result<Vec<u32>> {
+    let mut list: Vec<u32> = list_segment_files(dir)?.into_iter().map(|(segment, _)| segment).collect();
+    list.dedup();
+    Ok(list)
+}
+
+/// Segment files in `dir` as (segment, generation), in order.
+pub(crate) fn list_segment_files(dir: &Path) -> Result<Vec<(u32, u32)>> {
     let mut out = Vec::new();
     let entries = fs::read_dir(dir).map_err(StoreError::io(format!("list {}", dir.display())))?;
     for entry in entries {
         let entry = entry.map_err(StoreError::io("list log directory"))?;
         let name = entry.file_name();
-        let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".seg")) else { continue };
-        if let Ok(number) = stem.parse::<u32>() {
-            out.push(number);
+        if let Some(file) = name.to_str().and_then(parse_segment_name) {
+            out.push(file);
         }
     }
     out.sort_unstable();
     Ok(out)
+}
+
+/// `<segment>.seg` → (segment, 0); `<segment>.<gen>.seg` → (segment, gen).
+fn parse_segment_name(name: &str) -> Option<(u32, u32)> {
+    let stem = name.strip_suffix(".seg")?;
+    let (segment, generation) = match stem.split_once('.') {
+        Some((segment, generation)) => (segment, generation.parse::<u32>().ok().filter(|g| *g > 0)?),
+        None => (stem, 0),
+    };
+    (segment.len() == 10).then_some(())?;
+    Some((segment.parse().ok()?, generation))
 }
 
 /// Creates segment `segment` with its header, fsyncs it and the directory.

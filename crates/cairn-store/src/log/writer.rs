@@ -70,6 +70,13 @@ pub(crate) enum Request {
         ops: Vec<codec::StateOp>,
         reply: oneshot::Sender<Result<()>>,
     },
+    /// A compaction's record (see `compact.rs`).
+    Compact {
+        segment: u32,
+        from: u32,
+        to: u32,
+        reply: oneshot::Sender<Result<()>>,
+    },
     /// Replies once everything before it is durable (even in `none` mode).
     Sync {
         reply: oneshot::Sender<Result<()>>,
@@ -131,6 +138,7 @@ fn fail(request: Request, error: &StoreError) {
         | Request::Ack { reply, .. }
         | Request::ConsumerDelete { reply, .. }
         | Request::State { reply, .. }
+        | Request::Compact { reply, .. }
         | Request::Sync { reply } => drop(reply.send(Err(error()))),
     }
 }
@@ -259,7 +267,7 @@ impl Writer {
         let mut planned = Vec::with_capacity(group.len());
         let mut force_sync = false;
         for request in group {
-            force_sync |= matches!(request, Request::Sync { .. });
+            force_sync |= matches!(request, Request::Sync { .. } | Request::Compact { .. });
             planned.push(self.plan(request, &mut state));
         }
         self.encode_merged(&mut state);
@@ -333,6 +341,10 @@ impl Writer {
             }
             Request::State { ops, reply } => {
                 codec::encode_state(&mut self.buf, &ops);
+                Planned::Unit { reply }
+            }
+            Request::Compact { segment, from, to, reply } => {
+                codec::encode_compact(&mut self.buf, segment, from, to);
                 Planned::Unit { reply }
             }
             Request::Sync { reply } => Planned::Unit { reply },

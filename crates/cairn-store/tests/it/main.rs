@@ -2,7 +2,8 @@
 //!
 //! One binary (see the style guide): `conformance` runs the storage seam's
 //! conformance suite against the engine, `basics` pins the engine's own
-//! behaviour example by example, `model` checks random operation sequences against an in-memory
+//! behaviour example by example, `compact` rewrites sealed segments under
+//! readers and rebuilds, `model` checks random operation sequences against an in-memory
 //! model, `recovery` damages the log's tail byte by byte, `subscribe` checks
 //! the history/live switch under concurrent writers, and `crash` kills a
 //! child process that appends and checks every acknowledged event survives,
@@ -12,6 +13,7 @@
 #![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
 
 mod basics;
+mod compact;
 mod conformance;
 mod crash;
 mod model;

@@ -1,0 +1,548 @@
+//! Compaction: a sealed segment whose events are partly removed is
+//! rewritten without them, into a new file of the next generation.
+//!
+//! Removal is an index matter (markers by id and by topic and seq), so the
+//! dead bytes stay in the log until a segment is rewritten. The steps, each
+//! safe to be killed after:
+//! 1. the new generation is written beside the old one (`.tmp`, fsynced,
+//!    renamed, directory fsynced): events not removed, their frames copied
+//!    byte for byte (ids, seqs and checksums unchanged), the log's other
+//!    records kept where a rebuild of the index still needs them, and a
+//!    floor record for topics whose newest event was dropped;
+//! 2. a compaction record goes into the log through the writer (synced);
+//! 3. the indexer applies it like every record, alone in its index batch:
+//!    the segment's anchors move to the new generation, the dropped events'
+//!    removal markers go, the index's generation of the segment changes;
+//! 4. once the index is flushed past that record, the old generation's map
+//!    is retired (readers pinned before keep it) and its file removed.
+//!
+//! A crash before 2 leaves a file of a generation the index does not name:
+//! opening removes it. A crash after 2 replays the record (both files are
+//! still there). Opening removes every generation but the index's, after
+//! flushing the index. So exactly one generation of a segment is visible.
+//!
+//! The log's order is kept: records stay in place, so an index rebuilt from
+//! the whole log sees what it saw before, less the dropped events.
+
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::io::{BufWriter, Write as _};
+
+use crate::error::{Result, StoreError};
+use crate::id::EventId;
+use crate::index::sparse::{ANCHOR_EVENTS, Anchor, RemovedFilter, peek};
+use crate::index::{Index, Ks, topic_key};
+use crate::log::codec::{self, FRAME_HEADER_BYTES, Record};
+use crate::log::segment::{SEGMENT_HEADER_BYTES, Segments, check_header, corrupt, sync_dir};
+
+/// What a compaction run did.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct CompactReport {
+    /// Segments rewritten.
+    pub segments: u64,
+    /// Their bytes before.
+    pub bytes_before: u64,
+    /// Their bytes after.
+    pub bytes_after: u64,
+    /// Removed events dropped from the log.
+    pub events_dropped: u64,
+    /// Records other than events dropped (superseded acknowledgements and
+    /// state changes, removals of events no longer in the log).
+    pub records_dropped: u64,
+}
+
+/// Meta keys: the current generation of a segment (absent: 0), and the
+/// bytes of removed events' frames its current generation holds.
+const META_GENERATION: &[u8] = b"gen";
+const META_DEAD: &[u8] = b"dead";
+
+fn meta_key(prefix: &[u8], segment: u32) -> Vec<u8> {
+    let mut key = prefix.to_vec();
+    key.extend_from_slice(&segment.to_be_bytes());
+    key
+}
+
+pub(crate) fn generation_key(segment: u32) -> Vec<u8> {
+    meta_key(META_GENERATION, segment)
+}
+
+pub(crate) fn dead_key(segment: u32) -> Vec<u8> {
+    meta_key(META_DEAD, segment)
+}
+
+/// The index's current generation of `segment`.
+pub(crate) fn generation(index: &Index, segment: u32) -> Result<u32> {
+    Ok(decode_u32(index.get(Ks::Meta, &generation_key(segment))?.as_deref()))
+}
+
+/// Bytes of removed events' frames in `segment`'s current generation.
+pub(crate) fn dead_bytes(index: &Index, segment: u32) -> Result<u64> {
+    Ok(decode_u64(index.get(Ks::Meta, &dead_key(segment))?.as_deref()))
+}
+
+pub(crate) fn decode_u32(bytes: Option<&[u8]>) -> u32 {
+    bytes.and_then(|b| b.try_into().ok()).map_or(0, u32::from_be_bytes)
+}
+
+pub(crate) fn decode_u64(bytes: Option<&[u8]>) -> u64 {
+    bytes.and_then(|b| b.try_into().ok()).map_or(0, u64::from_be_bytes)
+}
+
+/// One event of a segment file, as the index sees it.
+struct Placed {
+    id: EventId,
+    seq: u64,
+    topic: String,
+    /// Frame length, header included.
+    bytes: u64,
+}
+
+/// The anchors `insert_events` gives a segment file, and its events.
+#[derive(Default)]
+struct FileAnchors {
+    ids: Vec<(Vec<u8>, Anchor)>,
+    topics: Vec<(Vec<u8>, Anchor)>,
+    events: Vec<Placed>,
+}
+
+/// Reads a whole segment file's records (crc-checked), calling `record`
+/// with each body and its offset.
+fn each_record<'a>(bytes: &'a [u8], segment: u32, mut record: impl FnMut(&'a [u8], u32) -> Result<()>) -> Result<()> {
+    check_header(bytes, segment).map_err(|detail| corrupt(segment, 0, &detail))?;
+    let mut offset = SEGMENT_HEADER_BYTES as usize;
+    while offset < bytes.len() {
+        let body = match codec::unframe(&bytes[offset..]) {
+            Ok(Some(body)) => body,
+            Ok(None) => return Err(corrupt(segment, offset as u32, "incomplete record in a sealed segment")),
+            Err(detail) => return Err(corrupt(segment, offset as u32, &detail)),
+        };
+        record(body, offset as u32)?;
+        offset += FRAME_HEADER_BYTES + body.len();
+    }
+    Ok(())
+}
+
+/// Event frames of a record body: (offset in the body, length with header).
+type Frames = Vec<(usize, usize)>;
+
+/// The event frames of a batch record body, and its idempotency key.
+/// `None` for other records.
+fn batch_frames(body: &[u8]) -> Option<(&[u8], Frames)> {
+    let (&version, rest) = body.split_first()?;
+    let (&kind, rest) = rest.split_first()?;
+    if version != codec::FORMAT_VERSION || kind != codec::KIND_BATCH {
+        return None;
+    }
+    let (&key_len, rest) = rest.split_first()?;
+    let key = rest.get(..key_len as usize)?;
+    let mut at = 3 + key_len as usize;
+    let n = u32::from_le_bytes(body.get(at..at + 4)?.try_into().ok()?) as usize;
+    at += 4;
+    let mut frames = Vec::with_capacity(n.min(body.len() / 40));
+    for _ in 0..n {
+        let len = u32::from_le_bytes(body.get(at..at + 4)?.try_into().ok()?) as usize;
+        let frame_len = FRAME_HEADER_BYTES + len;
+        body.get(at..at + frame_len)?;
+        frames.push((at, frame_len));
+        at += frame_len;
+    }
+    Some((key, frames))
+}
+
+/// The anchors and events of generation `generation` of `segment`.
+fn file_anchors(segments: &Segments, segment: u32, generation: u32) -> Result<FileAnchors> {
+    let len = file_len(segments, segment, generation)?;
+    let map = segments.bytes(segment, generation)?;
+    let bytes = map.get(..len as usize).ok_or_else(|| corrupt(segment, 0, "shorter than its file"))?;
+    let mut out = FileAnchors::default();
+    each_record(bytes, segment, |body, record_offset| {
+        let Some((_, frames)) = batch_frames(body) else { return Ok(()) };
+        let Some(&(last_at, last_len)) = frames.last() else { return Ok(()) };
+        let body_start = record_offset + FRAME_HEADER_BYTES as u32;
+        let record_end = body_start + (last_at + last_len) as u32;
+        let first_event = out.events.len();
+        let mut by_topic: HashMap<String, Vec<usize>> = HashMap::new();
+        for (idx, &(at, frame_len)) in frames.iter().enumerate() {
+            let event_body = &body[at + FRAME_HEADER_BYTES..at + frame_len];
+            let (id, seq, topic) =
+                peek(event_body).ok_or_else(|| corrupt(segment, record_offset, "event too short"))?;
+            let offset = body_start + at as u32;
+            if idx % ANCHOR_EVENTS == 0 {
+                let n = (frames.len() - idx).min(ANCHOR_EVENTS) as u32;
+                out.ids.push((id.to_bytes().to_vec(), Anchor { segment, generation, offset, end: record_end, n }));
+            }
+            by_topic.entry(topic.to_owned()).or_default().push(idx);
+            out.events.push(Placed { id, seq, topic: topic.to_owned(), bytes: frame_len as u64 });
+        }
+        for (topic, indices) in by_topic {
+            for chunk in indices.chunks(ANCHOR_EVENTS) {
+                let first = &out.events[first_event + chunk[0]];
+                let offset = body_start + frames[chunk[0]].0 as u32;
+                let anchor = Anchor { segment, generation, offset, end: record_end, n: chunk.len() as u32 };
+                out.topics.push((topic_key(&topic, first.seq), anchor));
+            }
+        }
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Applies a compaction record (alone in its index batch): `segment`'s
+/// anchors move from generation `from` to `to`, the markers of the removed
+/// events `to` dropped go, and the segment's dead bytes are counted anew.
+/// Replayed after the switch (or in a rebuild that read `to` or later
+/// already), it does nothing.
+pub(crate) fn apply(
+    txn: &mut crate::index::Txn<'_>,
+    segments: &Segments,
+    segment: u32,
+    from: u32,
+    to: u32,
+) -> Result<()> {
+    let current = decode_u32(txn.get(Ks::Meta, &generation_key(segment))?.as_deref());
+    if current >= to {
+        return Ok(());
+    }
+    if current != from {
+        return Err(corrupt(segment, 0, &format!("compaction from generation {from}, but the index has {current}")));
+    }
+    let old = file_anchors(segments, segment, from)?;
+    let new = file_anchors(segments, segment, to)?;
+    let new_ids: HashSet<&[u8]> = new.ids.iter().map(|(key, _)| key.as_slice()).collect();
+    let new_topics: HashSet<&[u8]> = new.topics.iter().map(|(key, _)| key.as_slice()).collect();
+    for (key, _) in &old.ids {
+        if !new_ids.contains(key.as_slice()) {
+            txn.remove(Ks::Ids, key.clone());
+        }
+    }
+    for (key, _) in &old.topics {
+        if !new_topics.contains(key.as_slice()) {
+            txn.remove(Ks::Topics, key.clone());
+        }
+    }
+    for (key, anchor) in new.ids.iter() {
+        txn.insert(Ks::Ids, key.clone(), anchor.to_bytes());
+    }
+    for (key, anchor) in new.topics.iter() {
+        txn.insert(Ks::Topics, key.clone(), anchor.to_bytes());
+    }
+    // Both in id order: what `old` has and `new` lacks was dropped.
+    let mut kept = new.events.iter().peekable();
+    for event in &old.events {
+        if kept.peek().is_some_and(|k| k.id == event.id) {
+            kept.next();
+            continue;
+        }
+        txn.remove(Ks::Removed, event.id.to_bytes().to_vec());
+        txn.remove(Ks::RemovedSeq, topic_key(&event.topic, event.seq));
+    }
+    let mut dead = 0u64;
+    if let (Some(first), Some(last)) = (new.events.first(), new.events.last()) {
+        let mut removed = RemovedFilter::new(txn.index, Ks::Removed, &first.id.to_bytes(), &last.id.to_bytes(), false);
+        for event in &new.events {
+            if removed.contains(&event.id.to_bytes())? {
+                dead += event.bytes;
+            }
+        }
+    }
+    txn.insert(Ks::Meta, generation_key(segment), to.to_be_bytes().to_vec());
+    txn.insert(Ks::Meta, dead_key(segment), dead.to_be_bytes().to_vec());
+    Ok(())
+}
+
+/// A new generation written and ready to be named by a compaction record.
+pub(crate) struct Rewritten {
+    pub(crate) from: u32,
+    pub(crate) to: u32,
+    pub(crate) bytes_before: u64,
+    pub(crate) bytes_after: u64,
+    pub(crate) events_dropped: u64,
+    pub(crate) records_dropped: u64,
+}
+
+/// Writes the next generation of `segment` without its removed events
+/// (step 1 above). `None` when there is nothing to drop.
+pub(crate) fn rewrite(index: &Index, segments: &Segments, segment: u32) -> Result<Option<Rewritten>> {
+    let from = generation(index, segment)?;
+    let len = file_len(segments, segment, from)?;
+    let map = segments.bytes(segment, from)?;
+    let bytes = map.get(..len as usize).ok_or_else(|| corrupt(segment, 0, "shorter than its file"))?;
+
+    // First pass: the records, and which acknowledgements and state keys
+    // a later record of this segment supersedes.
+    let mut records: Vec<(&[u8], u32)> = Vec::new();
+    each_record(bytes, segment, |body, offset| {
+        records.push((body, offset));
+        Ok(())
+    })?;
+    let mut last_ack: HashMap<String, usize> = HashMap::new();
+    let mut last_state: HashMap<Vec<u8>, (usize, usize)> = HashMap::new();
+    let mut decoded: HashMap<usize, Record> = HashMap::new();
+    for (idx, (body, offset)) in records.iter().enumerate() {
+        if batch_frames(body).is_some() {
+            continue;
+        }
+        let record = codec::decode_record(body).map_err(|detail| corrupt(segment, *offset, &detail))?;
+        match &record {
+            Record::Ack { name, .. } | Record::ConsumerDelete { name } => {
+                last_ack.insert(name.clone(), idx);
+            }
+            Record::State { ops } => {
+                for (op_idx, op) in ops.iter().enumerate() {
+                    let (codec::StateOp::Put(key, _) | codec::StateOp::Delete(key)) = op;
+                    last_state.insert(key.clone(), (idx, op_idx));
+                }
+            }
+            _ => {}
+        }
+        decoded.insert(idx, record);
+    }
+
+    // Second pass: what stays. Removed events are found by walking the
+    // removal markers alongside (both in id order).
+    let mut removed: Option<RemovedFilter> = None;
+    let mut out = Vec::new();
+    let mut n_dropped = 0u64;
+    let mut records_dropped = 0u64;
+    let mut dropped_ids: HashSet<EventId> = HashSet::new();
+    // Per topic: newest seq and id seen, and newest kept.
+    let mut newest: HashMap<String, (u64, EventId)> = HashMap::new();
+    let mut newest_kept: HashMap<String, u64> = HashMap::new();
+    let mut pending_floors: Vec<(String, u64, EventId)> = Vec::new();
+    for (idx, (body, offset)) in records.iter().enumerate() {
+        if let Some((key, frames)) = batch_frames(body) {
+            let mut kept = Vec::with_capacity(body.len());
+            let mut n_kept = 0usize;
+            for &(at, frame_len) in &frames {
+                let event_body = &body[at + FRAME_HEADER_BYTES..at + frame_len];
+                let (id, seq, topic) = peek(event_body).ok_or_else(|| corrupt(segment, *offset, "event too short"))?;
+                let filter = removed
+                    .get_or_insert_with(|| RemovedFilter::new(index, Ks::Removed, &id.to_bytes(), &[0xff; 16], false));
+                let entry = newest.entry(topic.to_owned()).or_insert((seq, id));
+                if seq >= entry.0 {
+                    *entry = (seq, id);
+                }
+                if filter.contains(&id.to_bytes())? {
+                    n_dropped += 1;
+                    dropped_ids.insert(id);
+                    continue;
+                }
+                let kept_seq = newest_kept.entry(topic.to_owned()).or_insert(seq);
+                *kept_seq = (*kept_seq).max(seq);
+                kept.extend_from_slice(&body[at..at + frame_len]);
+                n_kept += 1;
+            }
+            if n_kept == 0 {
+                // Its idempotency key goes with it: it could only repeat
+                // events that are gone.
+                records_dropped += 1;
+                continue;
+            }
+            if n_kept == frames.len() {
+                codec::frame(&mut out, |new_body| new_body.extend_from_slice(body));
+            } else {
+                codec::encode_batch_of_raw_frames(&mut out, key, n_kept, &kept);
+            }
+            continue;
+        }
+        let record = decoded.remove(&idx).expect("decoded in the first pass");
+        match record {
+            Record::Ack { ref name, .. } | Record::ConsumerDelete { ref name } if last_ack.get(name) != Some(&idx) => {
+                records_dropped += 1;
+            }
+            Record::State { ops } => {
+                let kept: Vec<codec::StateOp> = ops
+                    .into_iter()
+                    .enumerate()
+                    .filter(|(op_idx, op)| {
+                        let (codec::StateOp::Put(key, _) | codec::StateOp::Delete(key)) = op;
+                        last_state.get(key) == Some(&(idx, *op_idx))
+                    })
+                    .map(|(_, op)| op)
+                    .collect();
+                if kept.is_empty() {
+                    records_dropped += 1;
+                } else {
+                    codec::encode_state(&mut out, &kept);
+                }
+            }
+            Record::Remove { ids } => {
+                let mut kept = Vec::with_capacity(ids.len());
+                for id in ids {
+                    if !dropped_ids.contains(&id) && in_log(index, segments, id)? {
+                        kept.push(id);
+                    }
+                }
+                if kept.is_empty() {
+                    records_dropped += 1;
+                } else {
+                    codec::encode_remove(&mut out, &kept);
+                }
+            }
+            Record::Floor { floors } => {
+                // Folded into this generation's floor record, at the end.
+                pending_floors.extend(floors);
+                records_dropped += 1;
+            }
+            _ => codec::frame(&mut out, |new_body| new_body.extend_from_slice(body)),
+        }
+    }
+    if n_dropped == 0 && records_dropped == 0 {
+        return Ok(None);
+    }
+    // Topics whose newest event here was dropped keep their seq and id in a
+    // floor record, as do the floors of the generation before.
+    for (topic, seq, id) in pending_floors {
+        let entry = newest.entry(topic).or_insert((seq, id));
+        if seq > entry.0 {
+            *entry = (seq, id);
+        }
+    }
+    let mut floors: Vec<(String, u64, EventId)> = newest
+        .into_iter()
+        .filter(|(topic, (seq, _))| newest_kept.get(topic).is_none_or(|kept| kept < seq))
+        .map(|(topic, (seq, id))| (topic, seq, id))
+        .collect();
+    if !floors.is_empty() {
+        floors.sort();
+        codec::encode_floor(&mut out, &floors);
+    }
+
+    let to = segments.files()?.iter().filter(|(s, _)| *s == segment).map(|(_, g)| *g).max().unwrap_or(0).max(from) + 1;
+    let path = segments.path_gen(segment, to);
+    let tmp = path.with_extension("seg.tmp");
+    let io = |what: &'static str| StoreError::io(format!("{what} {}", tmp.display()));
+    let file =
+        crate::private::file_options().create(true).truncate(true).write(true).open(&tmp).map_err(io("create"))?;
+    let mut writer = BufWriter::with_capacity(1 << 20, file);
+    writer.write_all(&bytes[..SEGMENT_HEADER_BYTES as usize]).map_err(io("write"))?;
+    writer.write_all(&out).map_err(io("write"))?;
+    let file = writer.into_inner().map_err(|error| io("write")(error.into_error()))?;
+    file.sync_all().map_err(io("fsync"))?;
+    drop(file);
+    crate::faults::compaction_step("written");
+    fs::rename(&tmp, &path).map_err(io("rename"))?;
+    sync_dir(segments.dir())?;
+    crate::faults::compaction_step("renamed");
+    Ok(Some(Rewritten {
+        from,
+        to,
+        bytes_before: len,
+        bytes_after: SEGMENT_HEADER_BYTES + out.len() as u64,
+        events_dropped: n_dropped,
+        records_dropped,
+    }))
+}
+
+/// Whether the log holds event `id` (removed or not).
+fn in_log(index: &Index, segments: &Segments, id: EventId) -> Result<bool> {
+    let id_bytes = id.to_bytes();
+    let guard = index.range(Ks::Ids, std::ops::Bound::Unbounded, std::ops::Bound::Included(&id_bytes[..])).next_back();
+    let Some(guard) = guard else { return Ok(false) };
+    let anchor = Anchor::from_bytes(&guard.value()?)?;
+    let mut block = Vec::with_capacity(ANCHOR_EVENTS);
+    crate::index::sparse::walk(segments, anchor, None, |_| true, &mut block)?;
+    Ok(block.iter().any(|located| located.id == id))
+}
+
+pub(crate) fn file_len(segments: &Segments, segment: u32, generation: u32) -> Result<u64> {
+    let path = segments.path_gen(segment, generation);
+    Ok(fs::metadata(&path).map_err(StoreError::io(format!("stat {}", path.display())))?.len())
+}
+
+/// After recovery: removes every segment file of a generation the index
+/// does not name, and half-written ones. The index is flushed first, so
+/// the generations it names are durable before an older file goes.
+pub(crate) fn remove_stale(index: &Index, segments: &Segments) -> Result<usize> {
+    let mut stale = Vec::new();
+    for (segment, file_generation) in segments.files()? {
+        if generation(index, segment)? != file_generation {
+            stale.push(segments.path_gen(segment, file_generation));
+        }
+    }
+    for entry in fs::read_dir(segments.dir()).map_err(StoreError::io("list the log directory"))? {
+        let path = entry.map_err(StoreError::io("list the log directory"))?.path();
+        if path.to_str().is_some_and(|p| p.ends_with(".seg.tmp")) {
+            stale.push(path);
+        }
+    }
+    if stale.is_empty() {
+        return Ok(0);
+    }
+    index.flush()?;
+    for path in &stale {
+        tracing::info!("removing {}, left by an unfinished compaction", path.display());
+        fs::remove_file(path).map_err(StoreError::io(format!("remove {}", path.display())))?;
+    }
+    sync_dir(segments.dir())?;
+    Ok(stale.len())
+}
+
+/// Removes generation `from` of `segment` after the switch to a later one
+/// is durable in the index (step 4).
+pub(crate) fn remove_replaced(segments: &Segments, segment: u32, from: u32) -> Result<()> {
+    segments.retire(segment, from);
+    let path = segments.path_gen(segment, from);
+    fs::remove_file(&path).map_err(StoreError::io(format!("remove {}", path.display())))?;
+    sync_dir(segments.dir())
+}
+
+/// Compacts every sealed, fully indexed segment whose dead bytes are at
+/// least `ratio` of its size (any dead byte with 0), one at a time, until
+/// `stop` says so. Holds the store's compaction lock throughout.
+pub(crate) fn run(
+    shared: &crate::store::Shared,
+    requests: &std::sync::mpsc::SyncSender<crate::log::writer::Request>,
+    ratio: f64,
+    checked: &mut HashMap<(u32, u32), u64>,
+    stop: &dyn Fn() -> bool,
+) -> Result<CompactReport> {
+    let _guard = shared.compaction.lock().expect("compaction lock");
+    let mut report = CompactReport::default();
+    let limit = shared.progress.indexed().segment.min(shared.progress.committed_end().segment);
+    for segment in shared.segments.list()? {
+        if segment >= limit || stop() {
+            break;
+        }
+        let from = generation(&shared.index, segment)?;
+        let dead = dead_bytes(&shared.index, segment)?;
+        let live = file_len(&shared.segments, segment, from)?.saturating_sub(SEGMENT_HEADER_BYTES);
+        if dead == 0 || (dead as f64) < ratio * live as f64 {
+            continue;
+        }
+        // A segment found with nothing to drop is not read again until its
+        // dead bytes change.
+        if checked.get(&(segment, from)) == Some(&dead) {
+            continue;
+        }
+        let Some(rewritten) = rewrite(&shared.index, &shared.segments, segment)? else {
+            checked.insert((segment, from), dead);
+            continue;
+        };
+        let (reply, receiver) = tokio::sync::oneshot::channel();
+        let request = crate::log::writer::Request::Compact { segment, from: rewritten.from, to: rewritten.to, reply };
+        requests.send(request).map_err(|_| StoreError::ShuttingDown)?;
+        receiver.blocking_recv().map_err(|_| StoreError::ShuttingDown)??;
+        crate::faults::compaction_step("logged");
+        shared.progress.barrier()?;
+        crate::faults::compaction_step("indexed");
+        shared.index.flush()?;
+        crate::faults::compaction_step("flushed");
+        remove_replaced(&shared.segments, segment, rewritten.from)?;
+        crate::faults::compaction_step("removed");
+        tracing::info!(
+            segment,
+            generation = rewritten.to,
+            before = rewritten.bytes_before,
+            after = rewritten.bytes_after,
+            events = rewritten.events_dropped,
+            "compacted a segment"
+        );
+        report.segments += 1;
+        report.bytes_before += rewritten.bytes_before;
+        report.bytes_after += rewritten.bytes_after;
+        report.events_dropped += rewritten.events_dropped;
+        report.records_dropped += rewritten.records_dropped;
+    }
+    Ok(report)
+}
