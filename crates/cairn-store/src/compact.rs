@@ -408,8 +408,15 @@ pub(crate) fn rewrite(index: &Index, segments: &Segments, segment: u32) -> Resul
         codec::encode_floor(&mut out, &floors);
     }
 
-    let to = segments.files()?.iter().filter(|(s, _)| *s == segment).map(|(_, g)| *g).max().unwrap_or(0).max(from) + 1;
+    // A file of the next generation already there is one a failed
+    // compaction left (a named generation is never above the index's):
+    // replaced, so that files above the index's generation are always
+    // unnamed leftovers and a rebuild can read each segment's oldest file.
+    let to = from + 1;
     let path = segments.path_gen(segment, to);
+    if path.exists() {
+        fs::remove_file(&path).map_err(StoreError::io(format!("remove the leftover {}", path.display())))?;
+    }
     let tmp = path.with_extension("seg.tmp");
     let io = |what: &'static str| StoreError::io(format!("{what} {}", tmp.display()));
     let file =
@@ -498,6 +505,11 @@ pub(crate) fn run(
     stop: &dyn Fn() -> bool,
 ) -> Result<CompactReport> {
     let _guard = shared.compaction.lock().expect("compaction lock");
+    // A store that refuses writes may have logged a compaction record it
+    // could not acknowledge: its files are left for the next open.
+    if let Some(reason) = shared.poisoned() {
+        return Err(StoreError::Poisoned { reason });
+    }
     let mut report = CompactReport::default();
     let limit = shared.progress.indexed().segment.min(shared.progress.committed_end().segment);
     for segment in shared.segments.list()? {
@@ -521,6 +533,9 @@ pub(crate) fn run(
         };
         let (reply, receiver) = tokio::sync::oneshot::channel();
         let request = crate::log::writer::Request::Compact { segment, from: rewritten.from, to: rewritten.to, reply };
+        // On failure the new file stays: the record may still have reached
+        // the disk (a failed fdatasync). Opening keeps it if the log names
+        // it and removes it if not.
         requests.send(request).map_err(|_| StoreError::ShuttingDown)?;
         receiver.blocking_recv().map_err(|_| StoreError::ShuttingDown)??;
         crate::faults::compaction_step("logged");

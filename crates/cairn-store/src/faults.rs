@@ -78,7 +78,12 @@ impl Faults {
         assert!(state.crashed, "lose_power needs a crashed store (call crash() and drop the store first)");
         let mut cut = 0;
         for (path, lengths) in &state.files {
-            let len = std::fs::metadata(path)?.len();
+            // A segment compaction replaced (its removal was fsynced) stays gone.
+            let len = match std::fs::metadata(path) {
+                Ok(meta) => meta.len(),
+                Err(error) if error.kind() == io::ErrorKind::NotFound => continue,
+                Err(error) => return Err(error),
+            };
             let unsynced = len.saturating_sub(lengths.synced);
             let kept = lengths.synced + keep(unsynced).min(unsynced);
             if kept < len {

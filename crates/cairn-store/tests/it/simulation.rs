@@ -86,7 +86,7 @@ fn parse_payload(bytes: &[u8]) -> (u64, usize) {
 }
 
 fn options(faults: Option<Arc<Faults>>) -> Options {
-    Options { sync: SyncMode::Always, segment_bytes: 16 * 1024, faults, ..Options::default() }
+    Options { sync: SyncMode::Always, segment_bytes: 4 * 1024, faults, ..Options::default() }
 }
 
 fn run_seed(seed: u64) {
@@ -182,6 +182,15 @@ fn run_seed(seed: u64) {
                         && store.ack(CONSUMER, newest).is_ok()
                     {
                         model.consumer = Some(newest);
+                    }
+                }
+                8 if rng.chance(3) => {
+                    // Compaction of every sealed segment holding removed
+                    // events (it may fail under the faults; it loses nothing).
+                    settle(&runtime, &store, &mut in_flight, &mut model);
+                    let report = store.compact(0.0);
+                    if trace {
+                        eprintln!("  compact: {report:?}");
                     }
                 }
                 _ => settle(&runtime, &store, &mut in_flight, &mut model),
