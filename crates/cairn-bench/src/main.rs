@@ -48,6 +48,17 @@ enum Which {
     /// persistence) in the same run: redis-benchmark XADD at 1, 50, and 50
     /// pipelined clients; XRANGE of 1 million entries; XREAD BLOCK latency.
     Redis,
+    /// Compaction of a store whose log is half removed events: its rate,
+    /// and single durable appends while it runs next to appends while
+    /// nothing compacts.
+    Compact {
+        /// Events in the store.
+        #[arg(long, default_value_t = 2_000_000)]
+        events: usize,
+        /// Rounds (each fills a fresh store).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
     /// Open time of a store with 10 million events.
     Open {
         /// Events in the store.
@@ -101,6 +112,7 @@ fn main() -> anyhow::Result<()> {
         Which::Open { events } => bench.open(events)?,
         Which::Cli { events } => bench.cli(&events)?,
         Which::Bulk { rounds } => bench.bulk(rounds)?,
+        Which::Compact { events, rounds } => bench.compact(events, rounds)?,
         _ => {}
     }
     Ok(())

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use cairn_store::{
-    Batch, Delivery, Expect, NewEvent, Options, Pattern, Query, Store, SubscribeOptions, SyncMode, Topic,
+    Batch, Delivery, Expect, NewEvent, Options, Pattern, Query, Store, SubscribeOptions, SyncMode, Topic, Ttl,
 };
 
 use crate::measure::{Samples, format_duration, format_rate, row};
@@ -287,6 +287,89 @@ pub fn fill_and_wait(path: &Path, n: usize) -> Result<()> {
     println!("ready");
     loop {
         std::thread::sleep(Duration::from_secs(60));
+    }
+}
+
+impl Bench {
+    /// Compaction: a store of `n` events, half of them on a `last:10`
+    /// topic (so half the log is dead), 64 MiB segments. Each round fills a
+    /// fresh store, then times single durable appends from one task for as
+    /// long as a compaction of the whole store takes, alternating with as
+    /// many appends while nothing compacts.
+    pub fn compact(&self, n: usize, rounds: usize) -> Result<()> {
+        let keep = Topic::new("keep")?;
+        let churn = Topic::new("churn")?;
+        let options = |sync| Options { sync, segment_bytes: 64 << 20, compact_ratio: None, ..Options::default() };
+        let (mut quiet, mut busy) = (Samples::default(), Samples::default());
+        let (mut seconds, mut bytes_before, mut bytes_after, mut dropped) = (0.0, 0u64, 0u64, 0u64);
+        for round in 0..rounds {
+            let path = self.fresh(&format!("compact-{round}"));
+            let store = Store::open(&path, options(SyncMode::None))?;
+            let mut left = n;
+            while left > 0 {
+                let size = left.min(1024);
+                let events = (0..size)
+                    .map(|i| match i % 2 {
+                        0 => NewEvent::new(keep.clone(), PAYLOAD),
+                        _ => NewEvent::new(churn.clone(), PAYLOAD).with_ttl(Ttl::Last { n: 10 }),
+                    })
+                    .collect();
+                store.append_batch(Batch { events, ..Batch::default() })?;
+                left -= size;
+            }
+            store.sync()?;
+            drop(store);
+            let store = Store::open(&path, options(SyncMode::Always))?;
+            let appends = |samples: &mut Samples, until: &dyn Fn() -> bool| -> Result<usize> {
+                let mut count = 0;
+                while !until() {
+                    let t = Instant::now();
+                    store.append(NewEvent::new(keep.clone(), PAYLOAD), Expect::Any)?;
+                    samples.push(t.elapsed());
+                    count += 1;
+                }
+                Ok(count)
+            };
+            let compacting = {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    let started = Instant::now();
+                    let report = store.compact(0.0);
+                    (started.elapsed(), report)
+                })
+            };
+            let during = appends(&mut busy, &|| compacting.is_finished())?;
+            let (elapsed, report) = compacting.join().expect("compaction thread");
+            let report = report?;
+            let mut quiet_count = 0;
+            appends(&mut quiet, &|| {
+                quiet_count += 1;
+                quiet_count > during
+            })?;
+            seconds += elapsed.as_secs_f64();
+            bytes_before += report.bytes_before;
+            bytes_after += report.bytes_after;
+            dropped += report.events_dropped;
+        }
+        let mib = |bytes: u64| bytes as f64 / (1 << 20) as f64;
+        row(
+            &format!("cairn: compact {n} events, half removed (MiB/s of segments read)"),
+            &format!("{:.0} MiB/s", mib(bytes_before) / seconds),
+            None,
+            None,
+            None,
+        );
+        row("cairn: compaction, removed events dropped", &format_rate(dropped as f64 / seconds), None, None, None);
+        row(
+            "cairn: compaction, segments' bytes after / before",
+            &format!("{:.0} / {:.0} MiB", mib(bytes_after), mib(bytes_before)),
+            None,
+            None,
+            None,
+        );
+        row("cairn: durable append, 1 task, nothing compacting", "-", Some(&mut quiet), None, None);
+        row("cairn: durable append, 1 task, while compacting", "-", Some(&mut busy), None, None);
+        Ok(())
     }
 }
 
