@@ -341,10 +341,10 @@ impl Bench {
             let during = appends(&mut busy, &|| compacting.is_finished())?;
             let (elapsed, report) = compacting.join().expect("compaction thread");
             let report = report?;
-            let mut quiet_count = 0;
+            let quiet_count = std::cell::Cell::new(0);
             appends(&mut quiet, &|| {
-                quiet_count += 1;
-                quiet_count > during
+                quiet_count.set(quiet_count.get() + 1);
+                quiet_count.get() > during
             })?;
             seconds += elapsed.as_secs_f64();
             bytes_before += report.bytes_before;
