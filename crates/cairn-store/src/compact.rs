@@ -92,7 +92,6 @@ pub(crate) fn decode_u64(bytes: Option<&[u8]>) -> u64 {
 struct Placed {
     id: EventId,
     seq: u64,
-    topic: String,
     /// Frame length, header included.
     bytes: u64,
 }
@@ -149,11 +148,18 @@ fn batch_frames(body: &[u8]) -> Option<(&[u8], Frames)> {
     Some((key, frames))
 }
 
-/// The anchors and events of generation `generation` of `segment`.
-fn file_anchors(segments: &Segments, segment: u32, generation: u32) -> Result<FileAnchors> {
+/// The bytes of generation `generation` of `segment`, as long as its file.
+fn file_bytes(segments: &Segments, segment: u32, generation: u32) -> Result<std::sync::Arc<memmap2::Mmap>> {
     let len = file_len(segments, segment, generation)?;
     let map = segments.bytes(segment, generation)?;
-    let bytes = map.get(..len as usize).ok_or_else(|| corrupt(segment, 0, "shorter than its file"))?;
+    if (map.len() as u64) < len {
+        return Err(corrupt(segment, 0, "shorter than its file"));
+    }
+    Ok(map)
+}
+
+/// The anchors and events of a segment file's bytes.
+fn file_anchors(bytes: &[u8], segment: u32, generation: u32) -> Result<FileAnchors> {
     let mut out = FileAnchors::default();
     each_record(bytes, segment, |body, record_offset| {
         let Some((_, frames)) = batch_frames(body) else { return Ok(()) };
@@ -161,7 +167,7 @@ fn file_anchors(segments: &Segments, segment: u32, generation: u32) -> Result<Fi
         let body_start = record_offset + FRAME_HEADER_BYTES as u32;
         let record_end = body_start + (last_at + last_len) as u32;
         let first_event = out.events.len();
-        let mut by_topic: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut by_topic: HashMap<&str, Vec<usize>> = HashMap::new();
         for (idx, &(at, frame_len)) in frames.iter().enumerate() {
             let event_body = &body[at + FRAME_HEADER_BYTES..at + frame_len];
             let (id, seq, topic) =
@@ -171,15 +177,15 @@ fn file_anchors(segments: &Segments, segment: u32, generation: u32) -> Result<Fi
                 let n = (frames.len() - idx).min(ANCHOR_EVENTS) as u32;
                 out.ids.push((id.to_bytes().to_vec(), Anchor { segment, generation, offset, end: record_end, n }));
             }
-            by_topic.entry(topic.to_owned()).or_default().push(idx);
-            out.events.push(Placed { id, seq, topic: topic.to_owned(), bytes: frame_len as u64 });
+            by_topic.entry(topic).or_default().push(idx);
+            out.events.push(Placed { id, seq, bytes: frame_len as u64 });
         }
         for (topic, indices) in by_topic {
             for chunk in indices.chunks(ANCHOR_EVENTS) {
                 let first = &out.events[first_event + chunk[0]];
                 let offset = body_start + frames[chunk[0]].0 as u32;
                 let anchor = Anchor { segment, generation, offset, end: record_end, n: chunk.len() as u32 };
-                out.topics.push((topic_key(&topic, first.seq), anchor));
+                out.topics.push((topic_key(topic, first.seq), anchor));
             }
         }
         Ok(())
@@ -206,8 +212,11 @@ pub(crate) fn apply(
     if current != from {
         return Err(corrupt(segment, 0, &format!("compaction from generation {from}, but the index has {current}")));
     }
-    let old = file_anchors(segments, segment, from)?;
-    let new = file_anchors(segments, segment, to)?;
+    let (old_map, new_map) = (file_bytes(segments, segment, from)?, file_bytes(segments, segment, to)?);
+    let old_len = file_len(segments, segment, from)? as usize;
+    let new_len = file_len(segments, segment, to)? as usize;
+    let old = file_anchors(&old_map[..old_len], segment, from)?;
+    let new = file_anchors(&new_map[..new_len], segment, to)?;
     let new_ids: HashSet<&[u8]> = new.ids.iter().map(|(key, _)| key.as_slice()).collect();
     let new_topics: HashSet<&[u8]> = new.topics.iter().map(|(key, _)| key.as_slice()).collect();
     for (key, _) in &old.ids {
@@ -226,16 +235,9 @@ pub(crate) fn apply(
     for (key, anchor) in new.topics.iter() {
         txn.insert(Ks::Topics, key.clone(), anchor.to_bytes());
     }
-    // Both in id order: what `old` has and `new` lacks was dropped.
-    let mut kept = new.events.iter().peekable();
-    for event in &old.events {
-        if kept.peek().is_some_and(|k| k.id == event.id) {
-            kept.next();
-            continue;
-        }
-        txn.remove(Ks::Removed, event.id.to_bytes().to_vec());
-        txn.remove(Ks::RemovedSeq, topic_key(&event.topic, event.seq));
-    }
+    // The dropped events' removal marks are deleted later, in small steps
+    // (`run`): deleting them here would hold every reader behind the read
+    // barrier for as long. Marks left by a crash in between only cost space.
     let mut dead = 0u64;
     if let (Some(first), Some(last)) = (new.events.first(), new.events.last()) {
         let mut removed = RemovedFilter::new(txn.index, Ks::Removed, &first.id.to_bytes(), &last.id.to_bytes(), false);
@@ -258,6 +260,8 @@ pub(crate) struct Rewritten {
     pub(crate) bytes_after: u64,
     pub(crate) events_dropped: u64,
     pub(crate) records_dropped: u64,
+    /// The removal marks of the dropped events.
+    pub(crate) marks: Vec<crate::progress::Forget>,
 }
 
 /// Writes the next generation of `segment` without its removed events
@@ -278,6 +282,7 @@ pub(crate) fn rewrite(index: &Index, segments: &Segments, segment: u32) -> Resul
     let mut last_ack: HashMap<String, usize> = HashMap::new();
     let mut last_state: HashMap<Vec<u8>, (usize, usize)> = HashMap::new();
     let mut decoded: HashMap<usize, Record> = HashMap::new();
+    let mut has_removals = false;
     for (idx, (body, offset)) in records.iter().enumerate() {
         if batch_frames(body).is_some() {
             continue;
@@ -287,6 +292,7 @@ pub(crate) fn rewrite(index: &Index, segments: &Segments, segment: u32) -> Resul
             Record::Ack { name, .. } | Record::ConsumerDelete { name } => {
                 last_ack.insert(name.clone(), idx);
             }
+            Record::Remove { .. } => has_removals = true,
             Record::State { ops } => {
                 for (op_idx, op) in ops.iter().enumerate() {
                     let (codec::StateOp::Put(key, _) | codec::StateOp::Delete(key)) = op;
@@ -306,9 +312,10 @@ pub(crate) fn rewrite(index: &Index, segments: &Segments, segment: u32) -> Resul
     let mut records_dropped = 0u64;
     let mut dropped_ids: HashSet<EventId> = HashSet::new();
     // Per topic: newest seq and id seen, and newest kept.
-    let mut newest: HashMap<String, (u64, EventId)> = HashMap::new();
-    let mut newest_kept: HashMap<String, u64> = HashMap::new();
+    let mut newest: HashMap<&str, (u64, EventId)> = HashMap::new();
+    let mut newest_kept: HashMap<&str, u64> = HashMap::new();
     let mut pending_floors: Vec<(String, u64, EventId)> = Vec::new();
+    let mut marks = Vec::new();
     for (idx, (body, offset)) in records.iter().enumerate() {
         if let Some((key, frames)) = batch_frames(body) {
             let mut kept = Vec::with_capacity(body.len());
@@ -318,16 +325,19 @@ pub(crate) fn rewrite(index: &Index, segments: &Segments, segment: u32) -> Resul
                 let (id, seq, topic) = peek(event_body).ok_or_else(|| corrupt(segment, *offset, "event too short"))?;
                 let filter = removed
                     .get_or_insert_with(|| RemovedFilter::new(index, Ks::Removed, &id.to_bytes(), &[0xff; 16], false));
-                let entry = newest.entry(topic.to_owned()).or_insert((seq, id));
+                let entry = newest.entry(topic).or_insert((seq, id));
                 if seq >= entry.0 {
                     *entry = (seq, id);
                 }
                 if filter.contains(&id.to_bytes())? {
                     n_dropped += 1;
-                    dropped_ids.insert(id);
+                    marks.push((id.to_bytes(), topic_key(topic, seq)));
+                    if has_removals {
+                        dropped_ids.insert(id);
+                    }
                     continue;
                 }
-                let kept_seq = newest_kept.entry(topic.to_owned()).or_insert(seq);
+                let kept_seq = newest_kept.entry(topic).or_insert(seq);
                 *kept_seq = (*kept_seq).max(seq);
                 kept.extend_from_slice(&body[at..at + frame_len]);
                 n_kept += 1;
@@ -382,7 +392,6 @@ pub(crate) fn rewrite(index: &Index, segments: &Segments, segment: u32) -> Resul
             Record::Floor { floors } => {
                 // Folded into this generation's floor record, at the end.
                 pending_floors.extend(floors);
-                records_dropped += 1;
             }
             _ => codec::frame(&mut out, |new_body| new_body.extend_from_slice(body)),
         }
@@ -392,17 +401,19 @@ pub(crate) fn rewrite(index: &Index, segments: &Segments, segment: u32) -> Resul
     }
     // Topics whose newest event here was dropped keep their seq and id in a
     // floor record, as do the floors of the generation before.
-    for (topic, seq, id) in pending_floors {
-        let entry = newest.entry(topic).or_insert((seq, id));
-        if seq > entry.0 {
-            *entry = (seq, id);
-        }
-    }
     let mut floors: Vec<(String, u64, EventId)> = newest
         .into_iter()
         .filter(|(topic, (seq, _))| newest_kept.get(topic).is_none_or(|kept| kept < seq))
-        .map(|(topic, (seq, id))| (topic, seq, id))
+        .map(|(topic, (seq, id))| (topic.to_owned(), seq, id))
         .collect();
+    for (topic, seq, id) in pending_floors {
+        match floors.iter_mut().find(|(t, _, _)| *t == topic) {
+            Some(floor) if floor.1 >= seq => {}
+            Some(floor) => *floor = (topic, seq, id),
+            None if newest_kept.get(topic.as_str()).is_some_and(|kept| *kept >= seq) => {}
+            None => floors.push((topic, seq, id)),
+        }
+    }
     if !floors.is_empty() {
         floors.sort();
         codec::encode_floor(&mut out, &floors);
@@ -438,6 +449,7 @@ pub(crate) fn rewrite(index: &Index, segments: &Segments, segment: u32) -> Resul
         bytes_after: SEGMENT_HEADER_BYTES + out.len() as u64,
         events_dropped: n_dropped,
         records_dropped,
+        marks,
     }))
 }
 
@@ -527,6 +539,7 @@ pub(crate) fn run(
         if checked.get(&(segment, from)) == Some(&dead) {
             continue;
         }
+        let started = std::time::Instant::now();
         let Some(rewritten) = rewrite(&shared.index, &shared.segments, segment)? else {
             checked.insert((segment, from), dead);
             continue;
@@ -538,21 +551,34 @@ pub(crate) fn run(
         // it and removes it if not.
         requests.send(request).map_err(|_| StoreError::ShuttingDown)?;
         receiver.blocking_recv().map_err(|_| StoreError::ShuttingDown)??;
+        let written = started.elapsed();
         crate::faults::compaction_step("logged");
         shared.progress.barrier()?;
+        let indexed = started.elapsed();
         crate::faults::compaction_step("indexed");
         shared.index.flush()?;
+        let flushed = started.elapsed();
         crate::faults::compaction_step("flushed");
         remove_replaced(&shared.segments, segment, rewritten.from)?;
         crate::faults::compaction_step("removed");
+        let mut marks = rewritten.marks;
+        while !marks.is_empty() {
+            let rest = marks.split_off(marks.len().min(crate::limits::EXPIRE_EVENTS_PER_STEP));
+            let step = std::mem::replace(&mut marks, rest);
+            shared.progress.request_forget(step).blocking_recv().map_err(|_| StoreError::ShuttingDown)??;
+        }
         tracing::info!(
             segment,
             generation = rewritten.to,
             before = rewritten.bytes_before,
             after = rewritten.bytes_after,
             events = rewritten.events_dropped,
+            written_ms = written.as_millis(),
+            indexed_ms = indexed.as_millis(),
+            flushed_ms = flushed.as_millis(),
             "compacted a segment"
         );
+
         report.segments += 1;
         report.bytes_before += rewritten.bytes_before;
         report.bytes_after += rewritten.bytes_after;

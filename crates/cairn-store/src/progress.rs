@@ -35,6 +35,8 @@ struct State {
     indexed_last_id: EventId,
     /// Retention sweeps asked of the indexer.
     expire: Vec<(u64, oneshot::Sender<Result<usize>>)>,
+    /// Removal marks to delete (of events compaction dropped).
+    forget: Vec<(Vec<Forget>, oneshot::Sender<Result<()>>)>,
     /// Why the indexer stopped, if it failed.
     failed: Option<String>,
     /// The store is closing: the indexer finishes what is committed and stops.
@@ -55,6 +57,7 @@ impl Progress {
                 indexed_bytes: 0,
                 indexed_last_id: last_id,
                 expire: Vec::new(),
+                forget: Vec::new(),
                 failed: None,
                 closing: false,
                 readers_waiting: 0,
@@ -160,6 +163,15 @@ impl Progress {
         receiver
     }
 
+    /// Asks the indexer to delete the removal marks of events no longer in
+    /// the log.
+    pub(crate) fn request_forget(&self, marks: Vec<Forget>) -> oneshot::Receiver<Result<()>> {
+        let (reply, receiver) = oneshot::channel();
+        self.lock().forget.push((marks, reply));
+        self.changed.notify_all();
+        receiver
+    }
+
     pub(crate) fn close(&self) {
         self.lock().closing = true;
         self.changed.notify_all();
@@ -180,9 +192,10 @@ impl Progress {
                     || state.readers_waiting > 0
                     || state.committed_bytes - state.indexed_bytes >= INDEX_WAKE_BYTES
                     || waited >= delay);
-            if due || !state.expire.is_empty() {
+            if due || !state.expire.is_empty() || !state.forget.is_empty() {
                 let expire = std::mem::take(&mut state.expire);
-                return Some(Work { from: state.indexed, to: state.committed, expire });
+                let forget = std::mem::take(&mut state.forget);
+                return Some(Work { from: state.indexed, to: state.committed, expire, forget });
             }
             if state.closing {
                 return None;
@@ -201,7 +214,11 @@ pub(crate) struct Work {
     pub(crate) from: Checkpoint,
     pub(crate) to: Checkpoint,
     pub(crate) expire: Vec<(u64, oneshot::Sender<Result<usize>>)>,
+    pub(crate) forget: Vec<(Vec<Forget>, oneshot::Sender<Result<()>>)>,
 }
+
+/// A removal mark to delete: the id, and the topic key (topic 0x00 seq).
+pub(crate) type Forget = ([u8; 16], Vec<u8>);
 
 fn check_failed(state: &State) -> Result<()> {
     match &state.failed {

@@ -33,6 +33,19 @@ fn step(shared: &Shared, heads: &mut Heads, last_id: &mut EventId, work: Work) -
     while pos < work.to {
         pos = index_chunk(shared, heads, last_id, pos, work.to)?;
     }
+    for (marks, reply) in work.forget {
+        let mut txn = shared.index.txn();
+        for (id, topic_key) in marks {
+            txn.remove(crate::index::Ks::Removed, id.to_vec());
+            txn.remove(crate::index::Ks::RemovedSeq, topic_key);
+        }
+        let result = txn.commit();
+        let failed = result.as_ref().err().map(ToString::to_string);
+        let _ = reply.send(result);
+        if let Some(reason) = failed {
+            return Err(StoreError::Index(reason));
+        }
+    }
     for (now_ms, reply) in work.expire {
         let result = expire(shared, heads, now_ms);
         let failed = result.as_ref().err().map(ToString::to_string);

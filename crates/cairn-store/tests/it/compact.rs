@@ -184,3 +184,31 @@ fn background_compaction_keeps_a_retention_topic_within_bounds() {
     let report = store.verify().unwrap();
     assert!(report.ok(), "{:?}", report.problems);
 }
+
+#[test]
+fn a_backup_after_a_compaction_copies_the_new_generations_and_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), options()).unwrap();
+    fill(&store);
+    let target = tempfile::tempdir().unwrap();
+    let copy = target.path().join("copy");
+    let progress = cairn_store::BackupProgress::default();
+    store.backup(&copy, &progress, Box::new(|| Ok(Vec::new()))).unwrap();
+    assert!(!log_files(&copy).iter().any(|name| name.ends_with(".1.seg")));
+    store.compact(0.0).unwrap();
+    // Into the same directory: the compacted segments replace their copies.
+    store.backup(&copy, &progress, Box::new(|| Ok(Vec::new()))).unwrap();
+    let files = log_files(&copy);
+    assert!(files.iter().any(|name| name.ends_with(".1.seg")), "{files:?}");
+    for file in &files {
+        let same_segment = files.iter().filter(|other| other[..10] == file[..10]).count();
+        assert_eq!(same_segment, 1, "{files:?}");
+    }
+    let expected: Vec<_> = all(&store).iter().map(|e| (e.id, e.seq)).collect();
+    drop(store);
+    let restored = Store::open(&copy, options()).unwrap();
+    assert_eq!(all(&restored).iter().map(|e| (e.id, e.seq)).collect::<Vec<_>>(), expected);
+    let report = restored.verify().unwrap();
+    assert!(report.ok(), "{:?}", report.problems);
+    assert_eq!(restored.head(&topic("gone")).unwrap().unwrap().last_seq, 2);
+}
