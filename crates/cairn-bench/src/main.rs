@@ -59,6 +59,14 @@ enum Which {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
+    /// Compressed segments: the ratio on JSON-like events, the rate of
+    /// compressing, and a full scan of compressed segments next to the
+    /// same scan of plain ones.
+    Compress {
+        /// Events in the store.
+        #[arg(long, default_value_t = 1_000_000)]
+        events: usize,
+    },
     /// Open time of a store with 10 million events.
     Open {
         /// Events in the store.
@@ -113,6 +121,7 @@ fn main() -> anyhow::Result<()> {
         Which::Cli { events } => bench.cli(&events)?,
         Which::Bulk { rounds } => bench.bulk(rounds)?,
         Which::Compact { events, rounds } => bench.compact(events, rounds)?,
+        Which::Compress { events } => bench.compress(events)?,
         _ => {}
     }
     Ok(())

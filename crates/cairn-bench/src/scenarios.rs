@@ -373,6 +373,112 @@ impl Bench {
     }
 }
 
+impl Bench {
+    /// `n` JSON-like events in 64 MiB segments, scanned plain (median of 3
+    /// passes), compressed by `Store::compact`, scanned again; the scans
+    /// alternate once more to see the drift.
+    pub fn compress(&self, n: usize) -> Result<()> {
+        let path = self.fresh("compress");
+        let options = Options {
+            sync: SyncMode::None,
+            segment_bytes: 64 << 20,
+            compact_ratio: None,
+            compress: true,
+            ..Options::default()
+        };
+        let store = Store::open(&path, options.clone())?;
+        let topics: Vec<Topic> = (0..8).map(|t| Topic::new(&format!("orders.{t}"))).collect::<Result<_, _>>()?;
+        let mut left = n;
+        let mut i = 0usize;
+        while left > 0 {
+            let size = left.min(1024);
+            let events = (0..size)
+                .map(|_| {
+                    i += 1;
+                    let payload = format!(
+                        r#"{{"order":{i},"customer":"customer-{}","items":[{{"sku":"SKU-{}","qty":{}}}],"status":"placed","total":{}.{:02}}}"#,
+                        i % 9973,
+                        i % 1013,
+                        i % 5 + 1,
+                        i % 10_000,
+                        i % 100
+                    );
+                    NewEvent::new(topics[i % topics.len()].clone(), payload)
+                })
+                .collect();
+            store.append_batch(Batch { events, ..Batch::default() })?;
+            left -= size;
+        }
+        // A new segment, so every event is in a sealed one.
+        store.sync()?;
+        drop(store);
+        // Reopened with small segments, the next append rolls to a new one:
+        // every event of the fill is then in a sealed segment.
+        let store = Store::open(&path, Options { segment_bytes: 4096, ..options.clone() })?;
+        store.append(NewEvent::new(topics[0].clone(), "roll"), Expect::Any)?;
+        store.append(NewEvent::new(topics[0].clone(), "roll"), Expect::Any)?;
+        let n = n + 2;
+        let scan_n = |store: &Store| -> Result<f64> {
+            let mut rates = Vec::new();
+            for _ in 0..3 {
+                let started = Instant::now();
+                let mut count = 0usize;
+                for event in store.read(&Query::new(Pattern::all()))? {
+                    event?;
+                    count += 1;
+                }
+                anyhow::ensure!(count == n, "scanned {count} events, not {n}");
+                rates.push(count as f64 / started.elapsed().as_secs_f64());
+            }
+            rates.sort_by(f64::total_cmp);
+            Ok(rates[1])
+        };
+        let plain = scan_n(&store)?;
+        let started = Instant::now();
+        let report = store.compact(0.0)?;
+        let took = started.elapsed().as_secs_f64();
+        let compressed = scan_n(&store)?;
+        let plain_again = {
+            drop(store);
+            // The same segments plain again (compaction without compression
+            // writes them back plain), for the drift between the two scans.
+            let store = Store::open(&path, Options { segment_bytes: 4096, compress: false, ..options })?;
+            store.compact(0.0)?;
+            scan_n(&store)?
+        };
+        let mib = |bytes: u64| bytes as f64 / (1 << 20) as f64;
+        row(
+            "cairn: compress sealed segments of JSON-like events (MiB/s of plain bytes)",
+            &format!("{:.0} MiB/s", mib(report.plain_bytes_before) / took),
+            None,
+            None,
+            None,
+        );
+        row(
+            "cairn: compressed / plain bytes",
+            &format!(
+                "{:.1} / {:.1} MiB ({:.2})",
+                mib(report.bytes_after),
+                mib(report.plain_bytes_before),
+                report.bytes_after as f64 / report.plain_bytes_before as f64
+            ),
+            None,
+            None,
+            None,
+        );
+        row("cairn: full scan, plain segments (median of 3)", &format_rate(plain), None, None, None);
+        row(
+            "cairn: full scan, compressed segments (median of 3)",
+            &format_rate(compressed),
+            None,
+            Some(plain),
+            Some(compressed),
+        );
+        row("cairn: full scan, plain segments again (median of 3)", &format_rate(plain_again), None, None, None);
+        Ok(())
+    }
+}
+
 /// Appends `n` events round-robin over `topics` in batches of 1,024.
 fn fill(store: &Store, n: usize, topics: &[&str]) -> Result<()> {
     let topics: Vec<Topic> = topics.iter().map(|t| Topic::new(t)).collect::<Result<_, _>>()?;

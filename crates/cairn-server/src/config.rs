@@ -34,7 +34,7 @@ pub struct ServeArgs {
     /// body_timeout, shutdown_grace, compat_topic, allow_host, allow_origin,
     /// resp, no_resp, resp_require_auth, resp_command_bytes_max,
     /// resp_unauthenticated_bytes_max, allow_delete, compact_ratio,
-    /// segment_bytes). Flags and environment
+    /// no_compress, segment_bytes). Flags and environment
     /// variables win.
     #[arg(long, env = "CAIRN_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -144,6 +144,12 @@ pub struct ServeArgs {
     /// [default: 268435456] [config: segment_bytes]
     #[arg(long, env = "CAIRN_SEGMENT_BYTES", value_name = "BYTES")]
     pub segment_bytes: Option<u64>,
+
+    /// Keep sealed log segments plain. By default compaction rewrites each
+    /// sealed segment compressed (zstd, in blocks: reading one event
+    /// decompresses one block). [config: no_compress]
+    #[arg(long, env = "CAIRN_NO_COMPRESS")]
+    pub no_compress: bool,
 }
 
 /// The settings file: the same settings as the flags, by the same names.
@@ -172,6 +178,7 @@ struct ConfigFile {
     allow_delete: Option<bool>,
     compact_ratio: Option<toml::Value>,
     segment_bytes: Option<u64>,
+    no_compress: Option<bool>,
 }
 
 /// Resolved settings of a server.
@@ -217,6 +224,8 @@ pub struct Config {
     pub compact_ratio: Option<f64>,
     /// Size at which the log rolls to a new segment.
     pub segment_bytes: u64,
+    /// Sealed segments are compressed.
+    pub compress: bool,
 }
 
 impl Config {
@@ -291,6 +300,7 @@ impl Config {
         Ok(Config {
             compact_ratio,
             segment_bytes,
+            compress: !(args.no_compress || file.no_compress.unwrap_or(false)),
             store,
             sync,
             http: args.http.or(file.http),

@@ -90,6 +90,7 @@ pub async fn serve(config: Config, until: impl Future<Output = ()>, ready: impl 
         sync: config.sync,
         compact_ratio: config.compact_ratio,
         segment_bytes: config.segment_bytes,
+        compress: config.compress,
         ..StoreOptions::default()
     };
     let options = ServiceOptions { allow_delete: config.allow_delete };

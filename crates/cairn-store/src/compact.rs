@@ -33,6 +33,7 @@ use crate::id::EventId;
 use crate::index::sparse::{ANCHOR_EVENTS, Anchor, RemovedFilter, peek};
 use crate::index::{Index, Ks, topic_key};
 use crate::log::codec::{self, FRAME_HEADER_BYTES, Record};
+use crate::log::compressed::{self, Chunk};
 use crate::log::segment::{SEGMENT_HEADER_BYTES, Segments, check_header, corrupt, sync_dir};
 
 /// What a compaction run did.
@@ -44,6 +45,10 @@ pub struct CompactReport {
     pub bytes_before: u64,
     /// Their bytes after.
     pub bytes_after: u64,
+    /// Their bytes before, uncompressed.
+    pub plain_bytes_before: u64,
+    /// Their bytes after, uncompressed.
+    pub plain_bytes_after: u64,
     /// Removed events dropped from the log.
     pub events_dropped: u64,
     /// Records other than events dropped (superseded acknowledgements and
@@ -148,14 +153,11 @@ fn batch_frames(body: &[u8]) -> Option<(&[u8], Frames)> {
     Some((key, frames))
 }
 
-/// The bytes of generation `generation` of `segment`, as long as its file.
-fn file_bytes(segments: &Segments, segment: u32, generation: u32) -> Result<std::sync::Arc<memmap2::Mmap>> {
+/// The logical bytes of generation `generation` of `segment` (a
+/// compressed file decompressed).
+fn file_bytes(segments: &Segments, segment: u32, generation: u32) -> Result<Chunk> {
     let len = file_len(segments, segment, generation)?;
-    let map = segments.bytes(segment, generation)?;
-    if (map.len() as u64) < len {
-        return Err(corrupt(segment, 0, "shorter than its file"));
-    }
-    Ok(map)
+    segments.file(segment, generation)?.whole(len as usize)
 }
 
 /// The anchors and events of a segment file's bytes.
@@ -212,11 +214,9 @@ pub(crate) fn apply(
     if current != from {
         return Err(corrupt(segment, 0, &format!("compaction from generation {from}, but the index has {current}")));
     }
-    let (old_map, new_map) = (file_bytes(segments, segment, from)?, file_bytes(segments, segment, to)?);
-    let old_len = file_len(segments, segment, from)? as usize;
-    let new_len = file_len(segments, segment, to)? as usize;
-    let old = file_anchors(&old_map[..old_len], segment, from)?;
-    let new = file_anchors(&new_map[..new_len], segment, to)?;
+    let (old_bytes, new_bytes) = (file_bytes(segments, segment, from)?, file_bytes(segments, segment, to)?);
+    let old = file_anchors(&old_bytes, segment, from)?;
+    let new = file_anchors(&new_bytes, segment, to)?;
     let new_ids: HashSet<&[u8]> = new.ids.iter().map(|(key, _)| key.as_slice()).collect();
     let new_topics: HashSet<&[u8]> = new.topics.iter().map(|(key, _)| key.as_slice()).collect();
     for (key, _) in &old.ids {
@@ -258,6 +258,9 @@ pub(crate) struct Rewritten {
     pub(crate) to: u32,
     pub(crate) bytes_before: u64,
     pub(crate) bytes_after: u64,
+    /// The same as logical (uncompressed) bytes.
+    pub(crate) plain_before: u64,
+    pub(crate) plain_after: u64,
     pub(crate) events_dropped: u64,
     pub(crate) records_dropped: u64,
     /// The removal marks of the dropped events.
@@ -266,11 +269,17 @@ pub(crate) struct Rewritten {
 
 /// Writes the next generation of `segment` without its removed events
 /// (step 1 above). `None` when there is nothing to drop.
-pub(crate) fn rewrite(index: &Index, segments: &Segments, segment: u32) -> Result<Option<Rewritten>> {
+///
+/// With `compress`, the new generation is written compressed, and written
+/// even when nothing is dropped if the old one is not compressed yet.
+pub(crate) fn rewrite(index: &Index, segments: &Segments, segment: u32, compress: bool) -> Result<Option<Rewritten>> {
     let from = generation(index, segment)?;
     let len = file_len(segments, segment, from)?;
-    let map = segments.bytes(segment, from)?;
-    let bytes = map.get(..len as usize).ok_or_else(|| corrupt(segment, 0, "shorter than its file"))?;
+    let file = segments.file(segment, from)?;
+    let was_compressed = file.is_compressed();
+    let data = file.whole(len as usize)?;
+    let bytes: &[u8] = &data;
+    let logical_len = bytes.len() as u64;
 
     // First pass: the records, and which acknowledgements and state keys
     // a later record of this segment supersedes.
@@ -307,7 +316,10 @@ pub(crate) fn rewrite(index: &Index, segments: &Segments, segment: u32) -> Resul
     // Second pass: what stays. Removed events are found by walking the
     // removal markers alongside (both in id order).
     let mut removed: Option<RemovedFilter> = None;
-    let mut out = Vec::new();
+    // The new file's logical bytes: the header (marked plain), then records.
+    let mut out = bytes[..SEGMENT_HEADER_BYTES as usize].to_vec();
+    let version = u32::from_le_bytes(out[12..16].try_into().expect("4 bytes")) & !compressed::COMPRESSED;
+    out[12..16].copy_from_slice(&version.to_le_bytes());
     let mut n_dropped = 0u64;
     let mut records_dropped = 0u64;
     let mut dropped_ids: HashSet<EventId> = HashSet::new();
@@ -396,7 +408,7 @@ pub(crate) fn rewrite(index: &Index, segments: &Segments, segment: u32) -> Resul
             _ => codec::frame(&mut out, |new_body| new_body.extend_from_slice(body)),
         }
     }
-    if n_dropped == 0 && records_dropped == 0 {
+    if n_dropped == 0 && records_dropped == 0 && compress == was_compressed {
         return Ok(None);
     }
     // Topics whose newest event here was dropped keep their seq and id in a
@@ -430,11 +442,15 @@ pub(crate) fn rewrite(index: &Index, segments: &Segments, segment: u32) -> Resul
     }
     let tmp = path.with_extension("seg.tmp");
     let io = |what: &'static str| StoreError::io(format!("{what} {}", tmp.display()));
-    let file =
+    let new_file =
         crate::private::file_options().create(true).truncate(true).write(true).open(&tmp).map_err(io("create"))?;
-    let mut writer = BufWriter::with_capacity(1 << 20, file);
-    writer.write_all(&bytes[..SEGMENT_HEADER_BYTES as usize]).map_err(io("write"))?;
-    writer.write_all(&out).map_err(io("write"))?;
+    let mut writer = BufWriter::with_capacity(1 << 20, new_file);
+    let bytes_after = if compress {
+        compressed::encode(&out, &block_cuts(&out), &mut writer).map_err(io("write"))?
+    } else {
+        writer.write_all(&out).map_err(io("write"))?;
+        out.len() as u64
+    };
     let file = writer.into_inner().map_err(|error| io("write")(error.into_error()))?;
     file.sync_all().map_err(io("fsync"))?;
     drop(file);
@@ -446,11 +462,30 @@ pub(crate) fn rewrite(index: &Index, segments: &Segments, segment: u32) -> Resul
         from,
         to,
         bytes_before: len,
-        bytes_after: SEGMENT_HEADER_BYTES + out.len() as u64,
+        bytes_after,
+        plain_before: logical_len,
+        plain_after: out.len() as u64,
         events_dropped: n_dropped,
         records_dropped,
         marks,
     }))
+}
+
+/// Where blocks of a compressed file may end: after each event frame and
+/// each record of `plain` (a whole segment's logical bytes).
+fn block_cuts(plain: &[u8]) -> Vec<usize> {
+    let mut cuts = Vec::new();
+    let mut offset = SEGMENT_HEADER_BYTES as usize;
+    while offset < plain.len() {
+        let Some(body) = codec::unframe_trusted(&plain[offset..]) else { break };
+        let body_start = offset + FRAME_HEADER_BYTES;
+        if let Some((_, frames)) = batch_frames(body) {
+            cuts.extend(frames.iter().map(|(at, len)| body_start + at + len));
+        }
+        offset = body_start + body.len();
+        cuts.push(offset);
+    }
+    cuts
 }
 
 /// Whether the log holds event `id` (removed or not).
@@ -530,17 +565,21 @@ pub(crate) fn run(
         }
         let from = generation(&shared.index, segment)?;
         let dead = dead_bytes(&shared.index, segment)?;
-        let live = file_len(&shared.segments, segment, from)?.saturating_sub(SEGMENT_HEADER_BYTES);
-        if dead == 0 || (dead as f64) < ratio * live as f64 {
+        let file = shared.segments.file(segment, from)?;
+        let plain = file.logical_len(file_len(&shared.segments, segment, from)?);
+        let compress = shared.options.compress && !file.is_compressed();
+        drop(file);
+        let dead_enough = dead > 0 && (dead as f64) >= ratio * plain.saturating_sub(SEGMENT_HEADER_BYTES) as f64;
+        if !compress && !dead_enough {
             continue;
         }
         // A segment found with nothing to drop is not read again until its
         // dead bytes change.
-        if checked.get(&(segment, from)) == Some(&dead) {
+        if !compress && checked.get(&(segment, from)) == Some(&dead) {
             continue;
         }
         let started = std::time::Instant::now();
-        let Some(rewritten) = rewrite(&shared.index, &shared.segments, segment)? else {
+        let Some(rewritten) = rewrite(&shared.index, &shared.segments, segment, shared.options.compress)? else {
             checked.insert((segment, from), dead);
             continue;
         };
@@ -582,6 +621,8 @@ pub(crate) fn run(
         report.segments += 1;
         report.bytes_before += rewritten.bytes_before;
         report.bytes_after += rewritten.bytes_after;
+        report.plain_bytes_before += rewritten.plain_before;
+        report.plain_bytes_after += rewritten.plain_after;
         report.events_dropped += rewritten.events_dropped;
         report.records_dropped += rewritten.records_dropped;
     }

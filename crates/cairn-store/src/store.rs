@@ -97,6 +97,9 @@ pub struct Options {
     /// bytes is removed events (0 to 1); `None`: only when asked
     /// ([`Store::compact`]).
     pub compact_ratio: Option<f64>,
+    /// Compaction writes sealed segments compressed (zstd, in blocks), and
+    /// compresses every sealed segment, removed events or not.
+    pub compress: bool,
     /// Fault injection for tests (crashes, power loss, EIO, ENOSPC); `None`
     /// in real use.
     pub faults: Option<Arc<crate::faults::Faults>>,
@@ -112,6 +115,7 @@ impl Default for Options {
             idempotency_window: Duration::from_millis(limits::IDEMPOTENCY_WINDOW_MS_DEFAULT),
             retention_interval: Duration::from_secs(1),
             compact_ratio: Some(limits::COMPACT_RATIO_DEFAULT),
+            compress: true,
             faults: None,
         }
     }

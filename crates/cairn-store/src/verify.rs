@@ -60,10 +60,18 @@ pub(crate) fn verify(shared: &Shared) -> Result<VerifyReport> {
                 *seen_compacted = true;
             }
         }
-        let map = shared.segments.bytes(segment, generation)?;
         let len =
             std::fs::metadata(shared.segments.path_gen(segment, generation)).map(|m| m.len()).unwrap_or(0) as usize;
-        let bytes = &map[..len.min(map.len())];
+        // A compressed file (a compacted segment) is read decompressed;
+        // a damaged block is reported like a damaged record.
+        let data = match shared.segments.file(segment, generation).and_then(|file| file.whole(len)) {
+            Ok(data) => data,
+            Err(error) => {
+                report.problems.push(format!("segment {segment:010}: {error}"));
+                continue;
+            }
+        };
+        let bytes: &[u8] = &data;
         if let Err(detail) = check_header(bytes, segment) {
             report.problems.push(format!("segment {segment:010}: {detail}"));
             continue;

@@ -74,25 +74,40 @@ pub(crate) fn walk(
     keep: impl Fn(&str) -> bool,
     out: &mut Vec<Located>,
 ) -> Result<()> {
-    let map = segments.bytes(anchor.segment, anchor.generation)?;
-    let bytes =
-        map.get(..anchor.end as usize).ok_or_else(|| corrupt(anchor.segment, anchor.end, "anchor past the map"))?;
+    let file = segments.file(anchor.segment, anchor.generation)?;
+    let end = anchor.end as usize;
     let mut offset = anchor.offset as usize;
+    // A plain file gives all of the record at once; a compressed one a
+    // block at a time.
+    let (base, chunk) = file.window(offset, (offset + FRAME_HEADER_BYTES).min(end), end)?;
+    let mut window = crate::log::compressed::Window { base, chunk };
     let mut n_walked = 0usize;
     let mut n_found = 0u32;
-    while offset < bytes.len() {
+    while offset < end {
         if topic.is_none() && n_walked == ANCHOR_EVENTS {
             break;
         }
         if topic.is_some() && n_found == anchor.n {
             break;
         }
-        let header = bytes
-            .get(offset..offset + FRAME_HEADER_BYTES)
+        if !window.covers(offset, offset + FRAME_HEADER_BYTES) {
+            let (base, chunk) = file.window(offset, offset + FRAME_HEADER_BYTES, end)?;
+            window = crate::log::compressed::Window { base, chunk };
+        }
+        let header = window
+            .at(offset, offset + FRAME_HEADER_BYTES)
             .ok_or_else(|| corrupt(anchor.segment, offset as u32, "frame header past the record"))?;
         let len = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes")) as usize;
-        let body = bytes
-            .get(offset + FRAME_HEADER_BYTES..offset + FRAME_HEADER_BYTES + len)
+        let frame_end = offset + FRAME_HEADER_BYTES + len;
+        if frame_end > end {
+            return Err(corrupt(anchor.segment, offset as u32, "event frame past the record"));
+        }
+        if !window.covers(offset, frame_end) {
+            let (base, chunk) = file.window(offset, frame_end, end)?;
+            window = crate::log::compressed::Window { base, chunk };
+        }
+        let body = window
+            .at(offset + FRAME_HEADER_BYTES, frame_end)
             .ok_or_else(|| corrupt(anchor.segment, offset as u32, "event frame past the record"))?;
         let (id, seq, event_topic) =
             peek(body).ok_or_else(|| corrupt(anchor.segment, offset as u32, "event too short"))?;
@@ -110,7 +125,7 @@ pub(crate) fn walk(
                 out.push(Located { pos, id, seq });
             }
         }
-        offset += FRAME_HEADER_BYTES + len;
+        offset = frame_end;
     }
     Ok(())
 }

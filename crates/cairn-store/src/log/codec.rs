@@ -345,15 +345,17 @@ pub(crate) struct Decoder {
     /// then become views of it instead of copies.
     pub(crate) map: Option<Arc<memmap2::Mmap>>,
     pub(crate) map_segment: Option<(u32, u32)>,
+    /// The decompressed block of a compressed file read last.
+    pub(crate) window: Option<((u32, u32), crate::log::compressed::Window)>,
 }
 
 impl Decoder {
     pub(crate) fn full() -> Decoder {
-        Decoder { skip_payloads: false, topics: Vec::new(), map: None, map_segment: None }
+        Decoder { skip_payloads: false, topics: Vec::new(), map: None, map_segment: None, window: None }
     }
 
     pub(crate) fn for_index() -> Decoder {
-        Decoder { skip_payloads: true, topics: Vec::new(), map: None, map_segment: None }
+        Decoder { skip_payloads: true, topics: Vec::new(), map: None, map_segment: None, window: None }
     }
 
     /// Inline payload bytes: a view of the mapped segment when they lie in

@@ -5,6 +5,7 @@
 //! on open. Only `writer` appends to the log; only `recovery` truncates it.
 
 pub(crate) mod codec;
+pub(crate) mod compressed;
 pub(crate) mod recovery;
 pub(crate) mod segment;
 pub(crate) mod writer;

@@ -105,10 +105,12 @@ pub(crate) fn recover(segments: &Arc<Segments>, index: &Index, cas: &Cas) -> Res
     let mut end = Checkpoint { segment: start.segment, offset: start.offset };
     for &segment in list.iter().filter(|&&s| s >= start.segment) {
         let generation = oldest(segment);
-        let len = crate::compact::file_len(segments, segment, generation)?;
-        segments.map_gen(segment, generation, len)?;
-        let bytes = segments.bytes(segment, generation)?;
-        let bytes = &bytes[..len as usize];
+        let file_len = crate::compact::file_len(segments, segment, generation)?;
+        segments.map_gen(segment, generation, file_len)?;
+        // A compressed file (a compacted segment) is read decompressed.
+        let data = segments.file(segment, generation)?.whole(file_len as usize)?;
+        let bytes: &[u8] = &data;
+        let len = bytes.len() as u64;
         if let Err(detail) = check_header(bytes, segment) {
             if segment == last && len < SEGMENT_HEADER_BYTES + FRAME_HEADER_BYTES as u64 {
                 // A segment whose creation was cut short; recreate it.

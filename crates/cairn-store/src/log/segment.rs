@@ -14,6 +14,7 @@ use memmap2::{Mmap, MmapOptions};
 use crate::error::{Result, StoreError};
 use crate::event::Event;
 use crate::log::codec::{self, FRAME_HEADER_BYTES, Pos};
+use crate::log::compressed::{self, Chunk, Compressed, Window};
 
 /// Bytes of the header at the start of every segment.
 pub(crate) const SEGMENT_HEADER_BYTES: u64 = 16;
@@ -29,7 +30,58 @@ const MAGIC: &[u8; 8] = b"CAIRNSEG";
 pub(crate) struct Segments {
     dir: PathBuf,
     maps: RwLock<BTreeMap<(u32, u32), Arc<Mmap>>>,
+    /// Compressed generations, opened (their block index read) once.
+    compressed: RwLock<BTreeMap<(u32, u32), Arc<Compressed>>>,
     pins: Arc<Mutex<Pins>>,
+}
+
+/// A segment file to read: mapped as written, or compressed.
+#[derive(Clone, Debug)]
+pub(crate) enum SegmentFile {
+    Plain(Arc<Mmap>),
+    Compressed(Arc<Compressed>),
+}
+
+impl SegmentFile {
+    /// Logical bytes from `start`, at least up to `min_end`, at most up to
+    /// `max_end`: the logical offset where the returned bytes begin, and
+    /// the bytes (a plain file gives all of `..max_end` at once).
+    pub(crate) fn window(&self, start: usize, min_end: usize, max_end: usize) -> Result<(usize, Chunk)> {
+        match self {
+            SegmentFile::Plain(map) => {
+                if max_end > map.len() || min_end > max_end {
+                    return Err(corrupt(0, start as u32, "position past the end of the segment"));
+                }
+                Ok((0, Chunk::Map(map.clone(), 0, max_end)))
+            }
+            SegmentFile::Compressed(file) => file.window(start, min_end),
+        }
+    }
+
+    /// The whole logical file; `plain_len` is a plain file's length.
+    pub(crate) fn whole(&self, plain_len: usize) -> Result<Chunk> {
+        match self {
+            SegmentFile::Plain(map) => {
+                if plain_len > map.len() {
+                    return Err(corrupt(0, 0, "segment shorter than its file"));
+                }
+                Ok(Chunk::Map(map.clone(), 0, plain_len))
+            }
+            SegmentFile::Compressed(file) => Ok(Chunk::Owned(file.whole()?)),
+        }
+    }
+
+    /// Bytes of the logical file; `plain_len` is a plain file's length.
+    pub(crate) fn logical_len(&self, plain_len: u64) -> u64 {
+        match self {
+            SegmentFile::Plain(_) => plain_len,
+            SegmentFile::Compressed(file) => file.logical_len() as u64,
+        }
+    }
+
+    pub(crate) fn is_compressed(&self) -> bool {
+        matches!(self, SegmentFile::Compressed(_))
+    }
 }
 
 /// Readers that may still read a generation compaction replaced, and the
@@ -75,7 +127,7 @@ impl Drop for Pin {
 
 impl Segments {
     pub(crate) fn new(dir: PathBuf) -> Segments {
-        Segments { dir, maps: RwLock::new(BTreeMap::new()), pins: Arc::default() }
+        Segments { dir, maps: RwLock::new(BTreeMap::new()), compressed: RwLock::default(), pins: Arc::default() }
     }
 
     pub(crate) fn dir(&self) -> &Path {
@@ -119,6 +171,7 @@ impl Segments {
     /// map keeps the bytes for those readers).
     pub(crate) fn retire(&self, segment: u32, generation: u32) {
         let map = self.maps.write().expect("segment map lock").remove(&(segment, generation));
+        self.compressed.write().expect("segment map lock").remove(&(segment, generation));
         let mut pins = self.pins.lock().expect("pins lock");
         let epoch = pins.epoch;
         pins.epoch += 1;
@@ -184,6 +237,21 @@ impl Segments {
             .ok_or_else(|| corrupt(segment, 0, "segment vanished"))
     }
 
+    /// `segment`'s generation as a file to read, plain or compressed.
+    pub(crate) fn file(&self, segment: u32, generation: u32) -> Result<SegmentFile> {
+        if let Some(file) = self.compressed.read().expect("segment map lock").get(&(segment, generation)) {
+            return Ok(SegmentFile::Compressed(file.clone()));
+        }
+        let map = self.bytes(segment, generation)?;
+        if !compressed::is_compressed(&map[..map.len().min(SEGMENT_HEADER_BYTES as usize)]) {
+            return Ok(SegmentFile::Plain(map));
+        }
+        let len = map.len();
+        let file = Arc::new(Compressed::open(map, len, segment)?);
+        self.compressed.write().expect("segment map lock").insert((segment, generation), file.clone());
+        Ok(SegmentFile::Compressed(file))
+    }
+
     /// Reads and decodes the event at `pos`.
     pub(crate) fn read_event(&self, pos: Pos) -> Result<Event> {
         self.read_event_with(pos, &mut codec::Decoder::full())
@@ -192,21 +260,36 @@ impl Segments {
     /// Reads and decodes the event at `pos`, sharing `decoder`'s topic cache
     /// across the events of a scan.
     pub(crate) fn read_event_with(&self, pos: Pos, decoder: &mut codec::Decoder) -> Result<Event> {
-        let end_needed = pos.offset as usize + FRAME_HEADER_BYTES + pos.len as usize;
-        let file = (pos.segment, pos.generation);
-        let map = match &decoder.map {
-            // The segment of the previous event, mapped far enough: no lookup.
-            Some(map) if decoder.map_segment == Some(file) && map.len() >= end_needed => map.clone(),
-            _ => {
-                let map = self.bytes(pos.segment, pos.generation)?;
-                decoder.map = Some(map.clone());
-                decoder.map_segment = Some(file);
-                map
-            }
-        };
         let start = pos.offset as usize;
         let end = start + FRAME_HEADER_BYTES + pos.len as usize;
-        let frame = map.get(start..end).ok_or_else(|| corrupt(pos.segment, pos.offset, "position is past the end"))?;
+        let key = (pos.segment, pos.generation);
+        let window = match (&decoder.map, &decoder.window) {
+            // The file of the previous event, mapped far enough: no lookup.
+            (Some(map), _) if decoder.map_segment == Some(key) && map.len() >= end => {
+                Window { base: 0, chunk: Chunk::Map(map.clone(), 0, map.len()) }
+            }
+            // The decompressed block of the previous event.
+            (_, Some((window_key, window))) if *window_key == key && window.covers(start, end) => window.clone(),
+            _ => match self.file(pos.segment, pos.generation)? {
+                SegmentFile::Plain(map) => {
+                    decoder.map = Some(map.clone());
+                    decoder.map_segment = Some(key);
+                    let len = map.len();
+                    Window { base: 0, chunk: Chunk::Map(map, 0, len) }
+                }
+                SegmentFile::Compressed(file) => {
+                    let (base, chunk) = file.window(start, end)?;
+                    let window = Window { base, chunk };
+                    // Payloads are copied out of decompressed blocks.
+                    decoder.map = None;
+                    decoder.map_segment = None;
+                    decoder.window = Some((key, window.clone()));
+                    window
+                }
+            },
+        };
+        let frame =
+            window.at(start, end).ok_or_else(|| corrupt(pos.segment, pos.offset, "position is past the end"))?;
         let body = match codec::unframe(frame) {
             Ok(Some(body)) => body,
             Ok(None) => return Err(corrupt(pos.segment, pos.offset, "event frame is incomplete")),
