@@ -366,6 +366,13 @@ enum InlineRepr {
         start: usize,
         len: usize,
     },
+    /// `len` bytes at `start` of a decompressed block of a compressed
+    /// segment, which never changes either.
+    Block {
+        block: Arc<Vec<u8>>,
+        start: usize,
+        len: usize,
+    },
 }
 
 impl InlineBytes {
@@ -373,6 +380,13 @@ impl InlineBytes {
     pub(crate) fn mapped(map: Arc<memmap2::Mmap>, start: usize, len: usize) -> Option<InlineBytes> {
         map.get(start..start.checked_add(len)?)?;
         Some(InlineBytes(InlineRepr::Mapped { map, start, len }))
+    }
+
+    /// A view of `len` bytes at `start` of a decompressed block; `None` if
+    /// out of range.
+    pub(crate) fn in_block(block: Arc<Vec<u8>>, start: usize, len: usize) -> Option<InlineBytes> {
+        block.get(start..start.checked_add(len)?)?;
+        Some(InlineBytes(InlineRepr::Block { block, start, len }))
     }
 }
 
@@ -394,6 +408,7 @@ impl std::ops::Deref for InlineBytes {
         match &self.0 {
             InlineRepr::Owned(bytes) => bytes,
             InlineRepr::Mapped { map, start, len } => &map[*start..*start + *len],
+            InlineRepr::Block { block, start, len } => &block[*start..*start + *len],
         }
     }
 }

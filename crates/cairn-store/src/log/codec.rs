@@ -370,6 +370,15 @@ impl Decoder {
                 return view;
             }
         }
+        if let Some(crate::log::compressed::Chunk::Block(block, _, _)) = self.window.as_ref().map(|(_, w)| &w.chunk) {
+            let base = block.as_ptr() as usize;
+            let at = bytes.as_ptr() as usize;
+            if at >= base
+                && let Some(view) = InlineBytes::in_block(block.clone(), at - base, bytes.len())
+            {
+                return view;
+            }
+        }
         InlineBytes::from(bytes)
     }
 
