@@ -549,6 +549,7 @@ pub(crate) fn run(
     requests: &std::sync::mpsc::SyncSender<crate::log::writer::Request>,
     ratio: f64,
     checked: &mut HashMap<(u32, u32), u64>,
+    compress_after: std::time::Duration,
     stop: &dyn Fn() -> bool,
 ) -> Result<CompactReport> {
     let _guard = shared.compaction.lock().expect("compaction lock");
@@ -567,7 +568,14 @@ pub(crate) fn run(
         let dead = dead_bytes(&shared.index, segment)?;
         let file = shared.segments.file(segment, from)?;
         let plain = file.logical_len(file_len(&shared.segments, segment, from)?);
-        let compress = shared.options.compress && !file.is_compressed();
+        // Compressing only (nothing removed) waits until the segment has
+        // been sealed a while, so a bulk load does not share its cores with it.
+        let sealed_long_enough = || {
+            std::fs::metadata(shared.segments.path_gen(segment, from))
+                .and_then(|meta| meta.modified())
+                .is_ok_and(|modified| modified.elapsed().unwrap_or_default() >= compress_after)
+        };
+        let compress = shared.options.compress && !file.is_compressed() && sealed_long_enough();
         drop(file);
         let dead_enough = dead > 0 && (dead as f64) >= ratio * plain.saturating_sub(SEGMENT_HEADER_BYTES) as f64;
         if !compress && !dead_enough {

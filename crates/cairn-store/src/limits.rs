@@ -100,6 +100,10 @@ pub const EXPIRE_EVENTS_PER_STEP: usize = 4096;
 /// the background compaction rewrites it (`Options::compact_ratio`).
 pub const COMPACT_RATIO_DEFAULT: f64 = 0.5;
 
+/// Seconds a sealed segment waits before the background compaction
+/// compresses it when nothing in it is removed (a bulk load keeps its cores).
+pub const COMPRESS_AFTER_SECS: u64 = 30;
+
 /// Default window in which an idempotency key returns the original events.
 pub const IDEMPOTENCY_WINDOW_MS_DEFAULT: u64 = 24 * 60 * 60 * 1000;
 

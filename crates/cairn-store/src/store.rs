@@ -1016,7 +1016,7 @@ impl Store {
         let requests = self.inner.requests.as_ref().ok_or(StoreError::ShuttingDown)?;
         // What is committed is indexed first, so the newest sealed segment counts.
         self.inner.shared.barrier()?;
-        crate::compact::run(&self.inner.shared, requests, ratio, &mut HashMap::new(), &|| false)
+        crate::compact::run(&self.inner.shared, requests, ratio, &mut HashMap::new(), Duration::ZERO, &|| false)
     }
 
     /// Checks every record, the order invariants and every content hash.
@@ -1122,7 +1122,9 @@ fn spawn_sweeper(
                 }
                 let Some(ratio) = ratio else { continue };
                 let stop = || matches!(stopped.try_recv(), Err(mpsc::TryRecvError::Disconnected));
-                if let Err(error) = crate::compact::run(&shared, &requests, ratio, &mut checked, &stop) {
+                let compress_after = Duration::from_secs(limits::COMPRESS_AFTER_SECS);
+                if let Err(error) = crate::compact::run(&shared, &requests, ratio, &mut checked, compress_after, &stop)
+                {
                     tracing::warn!("compaction failed: {error}");
                 }
             }
