@@ -240,7 +240,8 @@ pub(crate) fn apply(
     // barrier for as long. Marks left by a crash in between only cost space.
     let mut dead = 0u64;
     if let (Some(first), Some(last)) = (new.events.first(), new.events.last()) {
-        let mut removed = RemovedFilter::new(txn.index, Ks::Removed, &first.id.to_bytes(), &last.id.to_bytes(), false);
+        let mut removed =
+            RemovedFilter::new(txn.index, None, Ks::Removed, &first.id.to_bytes(), &last.id.to_bytes(), false);
         for event in &new.events {
             if removed.contains(&event.id.to_bytes())? {
                 dead += event.bytes;
@@ -335,8 +336,9 @@ pub(crate) fn rewrite(index: &Index, segments: &Segments, segment: u32, compress
             for &(at, frame_len) in &frames {
                 let event_body = &body[at + FRAME_HEADER_BYTES..at + frame_len];
                 let (id, seq, topic) = peek(event_body).ok_or_else(|| corrupt(segment, *offset, "event too short"))?;
-                let filter = removed
-                    .get_or_insert_with(|| RemovedFilter::new(index, Ks::Removed, &id.to_bytes(), &[0xff; 16], false));
+                let filter = removed.get_or_insert_with(|| {
+                    RemovedFilter::new(index, None, Ks::Removed, &id.to_bytes(), &[0xff; 16], false)
+                });
                 let entry = newest.entry(topic).or_insert((seq, id));
                 if seq >= entry.0 {
                     *entry = (seq, id);
@@ -442,18 +444,23 @@ pub(crate) fn rewrite(index: &Index, segments: &Segments, segment: u32, compress
     }
     let tmp = path.with_extension("seg.tmp");
     let io = |what: &'static str| StoreError::io(format!("{what} {}", tmp.display()));
-    let new_file =
-        crate::private::file_options().create(true).truncate(true).write(true).open(&tmp).map_err(io("create"))?;
-    let mut writer = BufWriter::with_capacity(1 << 20, new_file);
-    let bytes_after = if compress {
-        compressed::encode(&out, &block_cuts(&out), &mut writer).map_err(io("write"))?
-    } else {
-        writer.write_all(&out).map_err(io("write"))?;
-        out.len() as u64
+    let write = || -> Result<u64> {
+        let new_file =
+            crate::private::file_options().create(true).truncate(true).write(true).open(&tmp).map_err(io("create"))?;
+        let mut writer = BufWriter::with_capacity(1 << 20, new_file);
+        let bytes_after = if compress {
+            compressed::encode(&out, &block_cuts(&out), &mut writer).map_err(io("write"))?
+        } else {
+            writer.write_all(&out).map_err(io("write"))?;
+            out.len() as u64
+        };
+        let file = writer.into_inner().map_err(|error| io("write")(error.into_error()))?;
+        file.sync_all().map_err(io("fsync"))?;
+        Ok(bytes_after)
     };
-    let file = writer.into_inner().map_err(|error| io("write")(error.into_error()))?;
-    file.sync_all().map_err(io("fsync"))?;
-    drop(file);
+    // A half-written file never stays behind (on a full disk, the retry
+    // would write it again and again).
+    let bytes_after = write().inspect_err(|_| drop(fs::remove_file(&tmp)))?;
     crate::faults::compaction_step("written");
     fs::rename(&tmp, &path).map_err(io("rename"))?;
     sync_dir(segments.dir())?;
@@ -542,97 +549,141 @@ pub(crate) fn remove_replaced(segments: &Segments, segment: u32, from: u32) -> R
 }
 
 /// Compacts every sealed, fully indexed segment whose dead bytes are at
-/// least `ratio` of its size (any dead byte with 0), one at a time, until
-/// `stop` says so. Holds the store's compaction lock throughout.
+/// least `ratio` of its size (any dead byte with 0), and compresses sealed
+/// segments sealed `compress_after` ago, one at a time, until `stop` says
+/// so or `budget` is spent. Each segment is done under the store's
+/// compaction lock (backup and verify wait for one segment, not a pass).
+/// A segment that fails is skipped until its dead bytes change.
 pub(crate) fn run(
     shared: &crate::store::Shared,
     requests: &std::sync::mpsc::SyncSender<crate::log::writer::Request>,
     ratio: f64,
     checked: &mut HashMap<(u32, u32), u64>,
     compress_after: std::time::Duration,
+    budget: Option<std::time::Duration>,
     stop: &dyn Fn() -> bool,
 ) -> Result<CompactReport> {
-    let _guard = shared.compaction.lock().expect("compaction lock");
-    // A store that refuses writes may have logged a compaction record it
-    // could not acknowledge: its files are left for the next open.
-    if let Some(reason) = shared.poisoned() {
-        return Err(StoreError::Poisoned { reason });
-    }
+    let started = std::time::Instant::now();
     let mut report = CompactReport::default();
     let limit = shared.progress.indexed().segment.min(shared.progress.committed_end().segment);
-    for segment in shared.segments.list()? {
-        if segment >= limit || stop() {
+    let files = shared.segments.files()?;
+    let mut segments: Vec<u32> = files.iter().map(|(segment, _)| *segment).collect();
+    segments.dedup();
+    for segment in segments {
+        if segment >= limit || stop() || budget.is_some_and(|budget| started.elapsed() >= budget) {
             break;
+        }
+        let _guard = shared.compaction.lock().expect("compaction lock");
+        // A store that refuses writes may have logged a compaction record it
+        // could not acknowledge: its files are left for the next open.
+        if let Some(reason) = shared.poisoned() {
+            return Err(StoreError::Poisoned { reason });
         }
         let from = generation(&shared.index, segment)?;
         let dead = dead_bytes(&shared.index, segment)?;
-        let file = shared.segments.file(segment, from)?;
-        let plain = file.logical_len(file_len(&shared.segments, segment, from)?);
-        // Compressing only (nothing removed) waits until the segment has
-        // been sealed a while, so a bulk load does not share its cores with it.
-        let sealed_long_enough = || {
-            std::fs::metadata(shared.segments.path_gen(segment, from))
-                .and_then(|meta| meta.modified())
-                .is_ok_and(|modified| modified.elapsed().unwrap_or_default() >= compress_after)
-        };
-        let compress = shared.options.compress && !file.is_compressed() && sealed_long_enough();
-        drop(file);
-        let dead_enough = dead > 0 && (dead as f64) >= ratio * plain.saturating_sub(SEGMENT_HEADER_BYTES) as f64;
-        if !compress && !dead_enough {
+        // Older generations still there (their removal failed): the index
+        // names `from` durably (it was flushed before any removal), so they go.
+        for (_, older) in files.iter().filter(|(s, g)| *s == segment && *g < from) {
+            remove_replaced(&shared.segments, segment, *older)?;
+        }
+        if checked.get(&(segment, from)) == Some(&dead) {
             continue;
         }
-        // A segment found with nothing to drop is not read again until its
-        // dead bytes change.
-        if !compress && checked.get(&(segment, from)) == Some(&dead) {
-            continue;
+        match compact_one(shared, requests, segment, from, dead, ratio, compress_after, &mut report) {
+            Ok(Outcome::Done | Outcome::NotYet) => {}
+            Ok(Outcome::NothingToDrop) => {
+                checked.insert((segment, from), dead);
+            }
+            Err(error @ (StoreError::ShuttingDown | StoreError::Poisoned { .. })) => return Err(error),
+            Err(error) => {
+                tracing::warn!(segment, "compaction of a segment failed (skipped until it changes): {error}");
+                checked.insert((segment, from), dead);
+            }
         }
-        let started = std::time::Instant::now();
-        let Some(rewritten) = rewrite(&shared.index, &shared.segments, segment, shared.options.compress)? else {
-            checked.insert((segment, from), dead);
-            continue;
-        };
-        let (reply, receiver) = tokio::sync::oneshot::channel();
-        let request = crate::log::writer::Request::Compact { segment, from: rewritten.from, to: rewritten.to, reply };
-        // On failure the new file stays: the record may still have reached
-        // the disk (a failed fdatasync). Opening keeps it if the log names
-        // it and removes it if not.
-        requests.send(request).map_err(|_| StoreError::ShuttingDown)?;
-        receiver.blocking_recv().map_err(|_| StoreError::ShuttingDown)??;
-        let written = started.elapsed();
-        crate::faults::compaction_step("logged");
-        shared.progress.barrier()?;
-        let indexed = started.elapsed();
-        crate::faults::compaction_step("indexed");
-        shared.index.flush()?;
-        let flushed = started.elapsed();
-        crate::faults::compaction_step("flushed");
-        remove_replaced(&shared.segments, segment, rewritten.from)?;
-        crate::faults::compaction_step("removed");
-        let mut marks = rewritten.marks;
-        while !marks.is_empty() {
-            let rest = marks.split_off(marks.len().min(crate::limits::EXPIRE_EVENTS_PER_STEP));
-            let step = std::mem::replace(&mut marks, rest);
-            shared.progress.request_forget(step).blocking_recv().map_err(|_| StoreError::ShuttingDown)??;
-        }
-        tracing::info!(
-            segment,
-            generation = rewritten.to,
-            before = rewritten.bytes_before,
-            after = rewritten.bytes_after,
-            events = rewritten.events_dropped,
-            written_ms = written.as_millis(),
-            indexed_ms = indexed.as_millis(),
-            flushed_ms = flushed.as_millis(),
-            "compacted a segment"
-        );
-
-        report.segments += 1;
-        report.bytes_before += rewritten.bytes_before;
-        report.bytes_after += rewritten.bytes_after;
-        report.plain_bytes_before += rewritten.plain_before;
-        report.plain_bytes_after += rewritten.plain_after;
-        report.events_dropped += rewritten.events_dropped;
-        report.records_dropped += rewritten.records_dropped;
     }
     Ok(report)
+}
+
+/// What `compact_one` did.
+enum Outcome {
+    Done,
+    /// Not due (too little removed, or too recently sealed to compress).
+    NotYet,
+    /// Read, and nothing found to drop (its dead-bytes count was stale).
+    NothingToDrop,
+}
+
+/// Compacts (or compresses) one segment if it needs it.
+#[allow(clippy::too_many_arguments)]
+fn compact_one(
+    shared: &crate::store::Shared,
+    requests: &std::sync::mpsc::SyncSender<crate::log::writer::Request>,
+    segment: u32,
+    from: u32,
+    dead: u64,
+    ratio: f64,
+    compress_after: std::time::Duration,
+    report: &mut CompactReport,
+) -> Result<Outcome> {
+    let file = shared.segments.file(segment, from)?;
+    let plain = file.logical_len(file_len(&shared.segments, segment, from)?);
+    // Compressing only (nothing removed) waits until the segment has
+    // been sealed a while, so a bulk load does not share its cores with it.
+    let sealed_long_enough = || {
+        std::fs::metadata(shared.segments.path_gen(segment, from))
+            .and_then(|meta| meta.modified())
+            .is_ok_and(|modified| modified.elapsed().unwrap_or_default() >= compress_after)
+    };
+    let compress = shared.options.compress && !file.is_compressed() && sealed_long_enough();
+    drop(file);
+    let dead_enough = dead > 0 && (dead as f64) >= ratio * plain.saturating_sub(SEGMENT_HEADER_BYTES) as f64;
+    if !compress && !dead_enough {
+        return Ok(Outcome::NotYet);
+    }
+    let started = std::time::Instant::now();
+    let Some(rewritten) = rewrite(&shared.index, &shared.segments, segment, shared.options.compress)? else {
+        return Ok(Outcome::NothingToDrop);
+    };
+    let (reply, receiver) = tokio::sync::oneshot::channel();
+    let request = crate::log::writer::Request::Compact { segment, from: rewritten.from, to: rewritten.to, reply };
+    // On failure the new file stays: the record may still have reached
+    // the disk (a failed fdatasync). Opening keeps it if the log names
+    // it and removes it if not.
+    requests.send(request).map_err(|_| StoreError::ShuttingDown)?;
+    receiver.blocking_recv().map_err(|_| StoreError::ShuttingDown)??;
+    let written = started.elapsed();
+    crate::faults::compaction_step("logged");
+    shared.progress.barrier()?;
+    let indexed = started.elapsed();
+    crate::faults::compaction_step("indexed");
+    shared.index.flush()?;
+    let flushed = started.elapsed();
+    crate::faults::compaction_step("flushed");
+    remove_replaced(&shared.segments, segment, rewritten.from)?;
+    crate::faults::compaction_step("removed");
+    let mut marks = rewritten.marks;
+    while !marks.is_empty() {
+        let rest = marks.split_off(marks.len().min(crate::limits::EXPIRE_EVENTS_PER_STEP));
+        let step = std::mem::replace(&mut marks, rest);
+        shared.progress.request_forget(step).blocking_recv().map_err(|_| StoreError::ShuttingDown)??;
+    }
+    tracing::info!(
+        segment,
+        generation = rewritten.to,
+        before = rewritten.bytes_before,
+        after = rewritten.bytes_after,
+        events = rewritten.events_dropped,
+        written_ms = written.as_millis(),
+        indexed_ms = indexed.as_millis(),
+        flushed_ms = flushed.as_millis(),
+        "compacted a segment"
+    );
+    report.segments += 1;
+    report.bytes_before += rewritten.bytes_before;
+    report.bytes_after += rewritten.bytes_after;
+    report.plain_bytes_before += rewritten.plain_before;
+    report.plain_bytes_after += rewritten.plain_after;
+    report.events_dropped += rewritten.events_dropped;
+    report.records_dropped += rewritten.records_dropped;
+    Ok(Outcome::Done)
 }

@@ -128,7 +128,15 @@ impl Progress {
     }
 
     pub(crate) fn fail(&self, reason: String) {
-        self.lock().failed = Some(reason);
+        let mut state = self.lock();
+        // Requests nobody will serve now get the reason, not a wait.
+        for (_, reply) in state.expire.drain(..) {
+            let _ = reply.send(Err(StoreError::Poisoned { reason: reason.clone() }));
+        }
+        for (_, reply) in state.forget.drain(..) {
+            let _ = reply.send(Err(StoreError::Poisoned { reason: reason.clone() }));
+        }
+        state.failed = Some(reason);
         self.changed.notify_all();
     }
 
@@ -158,7 +166,12 @@ impl Progress {
     /// Asks the indexer to remove events expired by `now_ms`.
     pub(crate) fn request_expire(&self, now_ms: u64) -> oneshot::Receiver<Result<usize>> {
         let (reply, receiver) = oneshot::channel();
-        self.lock().expire.push((now_ms, reply));
+        let mut state = self.lock();
+        match &state.failed {
+            Some(reason) => drop(reply.send(Err(StoreError::Poisoned { reason: reason.clone() }))),
+            None => state.expire.push((now_ms, reply)),
+        }
+        drop(state);
         self.changed.notify_all();
         receiver
     }
@@ -167,7 +180,12 @@ impl Progress {
     /// the log.
     pub(crate) fn request_forget(&self, marks: Vec<Forget>) -> oneshot::Receiver<Result<()>> {
         let (reply, receiver) = oneshot::channel();
-        self.lock().forget.push((marks, reply));
+        let mut state = self.lock();
+        match &state.failed {
+            Some(reason) => drop(reply.send(Err(StoreError::Poisoned { reason: reason.clone() }))),
+            None => state.forget.push((marks, reply)),
+        }
+        drop(state);
         self.changed.notify_all();
         receiver
     }

@@ -63,6 +63,9 @@ pub(crate) struct Scan {
     done: bool,
     /// Keeps the generations the anchors name readable (see `Segments::pin`).
     _pin: crate::log::segment::Pin,
+    /// The index as the scan found it: anchors compaction moves meanwhile
+    /// are seen as they were (see `Index::snapshot`).
+    _snapshot: fjall::Snapshot,
 }
 
 enum Kind {
@@ -83,7 +86,11 @@ impl Scan {
         from_seq: Option<u64>,
         reverse: bool,
     ) -> Result<Scan> {
+        // The pin first: every generation the snapshot's anchors name is
+        // then readable for as long as the scan lives.
         let pin = segments.pin();
+        let snapshot = index.snapshot();
+        let at = Some(&snapshot);
         match pattern.exact() {
             Some(topic) => {
                 let from_seq = match (from_seq, after) {
@@ -96,15 +103,15 @@ impl Scan {
                 let wanted = topic_key(topic.as_str(), from_seq);
                 // The block holding `from_seq` starts at the last anchor at or before it.
                 let start = index
-                    .range(Ks::Topics, Bound::Included(&first), Bound::Included(&wanted))
+                    .range_at(at, Ks::Topics, Bound::Included(&first), Bound::Included(&wanted))
                     .next_back()
                     .map(|guard| guard.key().map(|key| strip(&key).to_vec()))
                     .transpose()?
                     .unwrap_or_else(|| first.clone());
                 let anchors =
-                    directed(index.range(Ks::Topics, Bound::Included(&start), Bound::Included(&last)), reverse);
+                    directed(index.range_at(at, Ks::Topics, Bound::Included(&start), Bound::Included(&last)), reverse);
                 let removed_from = if reverse { &first } else { &wanted };
-                let removed = Some(RemovedFilter::new(index, Ks::RemovedSeq, removed_from, &last, reverse));
+                let removed = Some(RemovedFilter::new(index, at, Ks::RemovedSeq, removed_from, &last, reverse));
                 Ok(Scan {
                     anchors,
                     block: Default::default(),
@@ -113,22 +120,23 @@ impl Scan {
                     reverse,
                     done: false,
                     _pin: pin,
+                    _snapshot: snapshot,
                 })
             }
             None => {
                 let after_bytes = after.map(EventId::to_bytes);
                 let start = match &after_bytes {
                     Some(bytes) => index
-                        .range(Ks::Ids, Bound::Unbounded, Bound::Included(&bytes[..]))
+                        .range_at(at, Ks::Ids, Bound::Unbounded, Bound::Included(&bytes[..]))
                         .next_back()
                         .map(|guard| guard.key().map(|key| strip(&key).to_vec()))
                         .transpose()?,
                     None => None,
                 };
                 let lo = start.as_deref().map_or(Bound::Unbounded, Bound::Included);
-                let anchors = directed(index.range(Ks::Ids, lo, Bound::Unbounded), reverse);
+                let anchors = directed(index.range_at(at, Ks::Ids, lo, Bound::Unbounded), reverse);
                 let removed_from = after_bytes.unwrap_or([0; 16]);
-                let removed = Some(RemovedFilter::new(index, Ks::Removed, &removed_from, &[0xff; 16], reverse));
+                let removed = Some(RemovedFilter::new(index, at, Ks::Removed, &removed_from, &[0xff; 16], reverse));
                 Ok(Scan {
                     anchors,
                     block: Default::default(),
@@ -137,6 +145,7 @@ impl Scan {
                     reverse,
                     done: false,
                     _pin: pin,
+                    _snapshot: snapshot,
                 })
             }
         }

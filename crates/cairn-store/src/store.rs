@@ -1016,7 +1016,7 @@ impl Store {
         let requests = self.inner.requests.as_ref().ok_or(StoreError::ShuttingDown)?;
         // What is committed is indexed first, so the newest sealed segment counts.
         self.inner.shared.barrier()?;
-        crate::compact::run(&self.inner.shared, requests, ratio, &mut HashMap::new(), Duration::ZERO, &|| false)
+        crate::compact::run(&self.inner.shared, requests, ratio, &mut HashMap::new(), Duration::ZERO, None, &|| false)
     }
 
     /// Checks every record, the order invariants and every content hash.
@@ -1123,8 +1123,10 @@ fn spawn_sweeper(
                 let Some(ratio) = ratio else { continue };
                 let stop = || matches!(stopped.try_recv(), Err(mpsc::TryRecvError::Disconnected));
                 let compress_after = Duration::from_secs(limits::COMPRESS_AFTER_SECS);
-                if let Err(error) = crate::compact::run(&shared, &requests, ratio, &mut checked, compress_after, &stop)
-                {
+                // A pass gives the sweeps their turn every few seconds.
+                let budget = Some(Duration::from_secs(5));
+                let pass = crate::compact::run(&shared, &requests, ratio, &mut checked, compress_after, budget, &stop);
+                if let Err(error) = pass {
                     tracing::warn!("compaction failed: {error}");
                 }
             }

@@ -192,7 +192,26 @@ impl Index {
     }
 
     /// Keys of `ks` between two suffix bounds (keys keep their index byte).
+    /// A live view: writes committed while it is read may show.
     pub(crate) fn range(&self, ks: Ks, lo: Bound<&[u8]>, hi: Bound<&[u8]>) -> fjall::Iter {
+        self.range_at(None, ks, lo, hi)
+    }
+
+    /// A consistent view of the index as it is now, for reads made of
+    /// several lookups (a scan: its start, its anchors, its removal marks),
+    /// which compaction's moving of anchors must not tear.
+    pub(crate) fn snapshot(&self) -> fjall::Snapshot {
+        self.db.snapshot()
+    }
+
+    /// [`Index::range`], at `snapshot` when given.
+    pub(crate) fn range_at(
+        &self,
+        snapshot: Option<&fjall::Snapshot>,
+        ks: Ks,
+        lo: Bound<&[u8]>,
+        hi: Bound<&[u8]>,
+    ) -> fjall::Iter {
         let lo = match lo {
             Bound::Included(suffix) => Bound::Included(key(ks, suffix)),
             Bound::Excluded(suffix) => Bound::Excluded(key(ks, suffix)),
@@ -203,7 +222,10 @@ impl Index {
             Bound::Excluded(suffix) => Bound::Excluded(key(ks, suffix)),
             Bound::Unbounded => Bound::Excluded(vec![ks as u8 + 1]),
         };
-        self.data.range::<Vec<u8>, _>((lo, hi))
+        match snapshot {
+            Some(snapshot) => fjall::Readable::range::<Vec<u8>, _>(snapshot, &self.data, (lo, hi)),
+            None => self.data.range::<Vec<u8>, _>((lo, hi)),
+        }
     }
 
     /// Keys of `ks` starting with `suffix` (keys keep their index byte).

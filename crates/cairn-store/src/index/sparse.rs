@@ -162,8 +162,15 @@ pub(crate) struct RemovedFilter {
 
 impl RemovedFilter {
     /// Removed keys of `ks` from `start` onwards (in the scan's direction).
-    pub(crate) fn new(index: &Index, ks: Ks, lo: &[u8], hi: &[u8], reverse: bool) -> RemovedFilter {
-        let iter = index.range(ks, std::ops::Bound::Included(lo), std::ops::Bound::Included(hi));
+    pub(crate) fn new(
+        index: &Index,
+        snapshot: Option<&fjall::Snapshot>,
+        ks: Ks,
+        lo: &[u8],
+        hi: &[u8],
+        reverse: bool,
+    ) -> RemovedFilter {
+        let iter = index.range_at(snapshot, ks, std::ops::Bound::Included(lo), std::ops::Bound::Included(hi));
         let iter: crate::read::Guards = if reverse { Box::new(iter.rev()) } else { Box::new(iter) };
         RemovedFilter { iter, next: None, reverse }
     }

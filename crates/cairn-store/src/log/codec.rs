@@ -370,7 +370,12 @@ impl Decoder {
                 return view;
             }
         }
-        if let Some(crate::log::compressed::Chunk::Block(block, _, _)) = self.window.as_ref().map(|(_, w)| &w.chunk) {
+        // A view keeps its whole block alive: only for payloads big enough
+        // to be worth it (small ones are copied).
+        let worth_a_view = bytes.len() >= crate::log::compressed::BLOCK_BYTES / 4;
+        if worth_a_view
+            && let Some(crate::log::compressed::Chunk::Block(block, _, _)) = self.window.as_ref().map(|(_, w)| &w.chunk)
+        {
             let base = block.as_ptr() as usize;
             let at = bytes.as_ptr() as usize;
             if at >= base

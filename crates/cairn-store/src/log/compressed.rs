@@ -7,7 +7,7 @@
 //! header    16 bytes, as a plain segment's, with COMPRESSED in its version
 //! blocks    [zstd_len u32 LE][crc32c(zstd bytes) u32 LE][zstd bytes]...
 //! index     [count u32 LE], then per block [logical start u64][plain len u32][file offset u64]
-//! trailer   [index offset u64 LE]["CAIRNZIX"]
+//! trailer   [index offset u64 LE][crc32c(index) u32 LE]["CAIRNZIX"]
 //! ```
 //!
 //! A block holds whole event frames (it ends only where a frame or record
@@ -28,18 +28,49 @@ use crate::log::segment::{SEGMENT_HEADER_BYTES, corrupt};
 /// Set in the version field of a compressed file's header.
 pub(crate) const COMPRESSED: u32 = 1 << 16;
 const TRAILER_MAGIC: &[u8; 8] = b"CAIRNZIX";
-const TRAILER_BYTES: usize = 16;
+const TRAILER_BYTES: usize = 20;
 const INDEX_ENTRY_BYTES: usize = 20;
 /// Plain bytes per block, about (a block ends at the first frame end past it).
 pub(crate) const BLOCK_BYTES: usize = 64 * 1024;
+/// The most plain bytes a block can hold: `BLOCK_BYTES` and one record.
+/// A block index claiming more is damaged (and is not allocated for).
+const BLOCK_BYTES_MAX: usize = BLOCK_BYTES + crate::limits::RECORD_BYTES_MAX + 1024;
 /// zstd's level. Measured with `cairn-bench compress` (1M JSON-like
 /// events): level 3 kept 0.27 of the bytes and scanned at 0.63x the plain
 /// rate; -3 keeps 0.32 and scans at 0.71x (faster modes skip most entropy
 /// coding, which is what decompression spends its time undoing).
 const LEVEL: i32 = -3;
-/// Decompressed blocks kept per file: a scan, its index walk and its reads
-/// meet in the same few blocks.
-const CACHED_BLOCKS: usize = 8;
+/// Bytes of decompressed blocks kept for the whole store: a scan, its
+/// index walk and its reads meet in the same few blocks.
+const CACHE_BYTES: usize = 8 * 1024 * 1024;
+
+/// Recently decompressed blocks of every compressed file, within
+/// `CACHE_BYTES` (the oldest go first).
+#[derive(Debug, Default)]
+pub(crate) struct BlockCache {
+    /// Blocks, oldest first, by (segment, generation, block), and their bytes.
+    inner: Mutex<(VecDeque<(BlockKey, Arc<Vec<u8>>)>, usize)>,
+}
+
+/// A block of a file: (segment, generation, block number).
+type BlockKey = (u32, u32, usize);
+
+impl BlockCache {
+    fn get(&self, key: BlockKey) -> Option<Arc<Vec<u8>>> {
+        let inner = self.inner.lock().expect("block cache");
+        inner.0.iter().rev().find(|(k, _)| *k == key).map(|(_, block)| block.clone())
+    }
+
+    fn put(&self, key: BlockKey, block: Arc<Vec<u8>>) {
+        let mut inner = self.inner.lock().expect("block cache");
+        inner.1 += block.len();
+        inner.0.push_back((key, block));
+        while inner.1 > CACHE_BYTES && inner.0.len() > 1 {
+            let (_, old) = inner.0.pop_front().expect("not empty");
+            inner.1 -= old.len();
+        }
+    }
+}
 
 thread_local! {
     /// One zstd decompression context per thread, reused across blocks.
@@ -86,9 +117,11 @@ pub(crate) fn encode(plain: &[u8], cuts: &[usize], out: &mut impl Write) -> std:
         start = end;
     }
     let index_offset = written;
-    out.write_all(&((index.len() / INDEX_ENTRY_BYTES) as u32).to_le_bytes())?;
-    out.write_all(&index)?;
+    let mut index_region = ((index.len() / INDEX_ENTRY_BYTES) as u32).to_le_bytes().to_vec();
+    index_region.extend_from_slice(&index);
+    out.write_all(&index_region)?;
     out.write_all(&index_offset.to_le_bytes())?;
+    out.write_all(&crc32c::crc32c(&index_region).to_le_bytes())?;
     out.write_all(TRAILER_MAGIC)?;
     Ok(index_offset + 4 + index.len() as u64 + TRAILER_BYTES as u64)
 }
@@ -108,29 +141,42 @@ struct Block {
 pub(crate) struct Compressed {
     map: Arc<Mmap>,
     segment: u32,
+    generation: u32,
     blocks: Vec<Block>,
-    cache: Mutex<VecDeque<(usize, Arc<Vec<u8>>)>>,
+    cache: Arc<BlockCache>,
 }
 
 impl Compressed {
     /// Reads the block index of a compressed file `len` bytes long.
-    pub(crate) fn open(map: Arc<Mmap>, len: usize, segment: u32) -> Result<Compressed> {
+    pub(crate) fn open(
+        map: Arc<Mmap>,
+        len: usize,
+        (segment, generation): (u32, u32),
+        cache: Arc<BlockCache>,
+    ) -> Result<Compressed> {
         let bad = |detail: &str| corrupt(segment, 0, &format!("compressed segment: {detail}"));
         let bytes = map.get(..len).ok_or_else(|| bad("shorter than its file"))?;
-        let trailer = bytes.get(len.wrapping_sub(TRAILER_BYTES)..).filter(|_| len >= TRAILER_BYTES + 16);
-        let trailer = trailer.ok_or_else(|| bad("no trailer"))?;
-        if &trailer[8..16] != TRAILER_MAGIC {
+        if len < SEGMENT_HEADER_BYTES as usize + TRAILER_BYTES + 4 {
+            return Err(bad("too short"));
+        }
+        let trailer = &bytes[len - TRAILER_BYTES..];
+        if &trailer[12..20] != TRAILER_MAGIC {
             return Err(bad("bad trailer"));
         }
-        let index_at = u64::from_le_bytes(trailer[..8].try_into().expect("8 bytes")) as usize;
-        let count = bytes
-            .get(index_at..index_at + 4)
-            .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize)
-            .ok_or_else(|| bad("index past the end"))?;
-        let entries = bytes
-            .get(index_at + 4..index_at + 4 + count * INDEX_ENTRY_BYTES)
-            .filter(|e| index_at + 4 + e.len() + TRAILER_BYTES == len)
-            .ok_or_else(|| bad("index does not fit"))?;
+        let index_at = usize::try_from(u64::from_le_bytes(trailer[..8].try_into().expect("8 bytes")))
+            .ok()
+            .filter(|at| (SEGMENT_HEADER_BYTES as usize..=len - TRAILER_BYTES - 4).contains(at))
+            .ok_or_else(|| bad("index offset out of range"))?;
+        let index_region = &bytes[index_at..len - TRAILER_BYTES];
+        let crc = u32::from_le_bytes(trailer[8..12].try_into().expect("4 bytes"));
+        if crc32c::crc32c(index_region) != crc {
+            return Err(bad("block index checksum mismatch"));
+        }
+        let count = u32::from_le_bytes(index_region[..4].try_into().expect("4 bytes")) as usize;
+        let entries = &index_region[4..];
+        if entries.len() != count.checked_mul(INDEX_ENTRY_BYTES).ok_or_else(|| bad("index too long"))? {
+            return Err(bad("index does not fit"));
+        }
         let mut blocks = Vec::with_capacity(count);
         let mut expected_start = SEGMENT_HEADER_BYTES as usize;
         for entry in entries.chunks_exact(INDEX_ENTRY_BYTES) {
@@ -139,13 +185,13 @@ impl Compressed {
                 len: u32::from_le_bytes(entry[8..12].try_into().expect("4 bytes")) as usize,
                 at: u64::from_le_bytes(entry[12..20].try_into().expect("8 bytes")) as usize,
             };
-            if block.start != expected_start || block.at >= index_at {
+            if block.start != expected_start || block.at >= index_at || block.len > BLOCK_BYTES_MAX {
                 return Err(bad("block index out of order"));
             }
-            expected_start = block.start + block.len;
+            expected_start = block.start.checked_add(block.len).ok_or_else(|| bad("block index overflows"))?;
             blocks.push(block);
         }
-        Ok(Compressed { map, segment, blocks, cache: Mutex::new(VecDeque::new()) })
+        Ok(Compressed { map, segment, generation, blocks, cache })
     }
 
     /// Bytes of the logical (plain) file.
@@ -155,15 +201,17 @@ impl Compressed {
 
     /// Block `i`, decompressed (checked against its checksum).
     fn block(&self, i: usize) -> Result<Arc<Vec<u8>>> {
-        if let Some((_, bytes)) = self.cache.lock().expect("block cache").iter().find(|(n, _)| *n == i) {
-            return Ok(bytes.clone());
+        let key = (self.segment, self.generation, i);
+        if let Some(bytes) = self.cache.get(key) {
+            return Ok(bytes);
         }
         let block = self.blocks[i];
         let bad = |detail: &str| corrupt(self.segment, block.start as u32, &format!("compressed block {i}: {detail}"));
         let header = self.map.get(block.at..block.at + 8).ok_or_else(|| bad("past the end"))?;
         let zlen = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes")) as usize;
         let crc = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
-        let compressed = self.map.get(block.at + 8..block.at + 8 + zlen).ok_or_else(|| bad("past the end"))?;
+        let compressed =
+            self.map.get(block.at + 8..(block.at + 8).saturating_add(zlen)).ok_or_else(|| bad("past the end"))?;
         if crc32c::crc32c(compressed) != crc {
             return Err(bad("checksum mismatch"));
         }
@@ -180,11 +228,7 @@ impl Compressed {
             return Err(bad("decompressed to the wrong length"));
         }
         let plain = Arc::new(plain);
-        let mut cache = self.cache.lock().expect("block cache");
-        if cache.len() == CACHED_BLOCKS {
-            cache.pop_front();
-        }
-        cache.push_back((i, plain.clone()));
+        self.cache.put(key, plain.clone());
         Ok(plain)
     }
 
@@ -238,7 +282,7 @@ impl Compressed {
 
     /// The whole logical file, header included.
     pub(crate) fn whole(&self) -> Result<Vec<u8>> {
-        let mut out = Vec::with_capacity(self.logical_len());
+        let mut out = Vec::with_capacity(self.logical_len().min(1 << 30));
         out.extend_from_slice(&self.map[..SEGMENT_HEADER_BYTES as usize]);
         for i in 0..self.blocks.len() {
             out.extend_from_slice(&self.block(i)?);

@@ -92,7 +92,12 @@ pub(crate) fn recover(segments: &Arc<Segments>, index: &Index, cas: &Cas) -> Res
     // A segment's oldest generation there is: a newer one is named by a
     // compaction record later in the log, which switches to it.
     let oldest = |segment: u32| files.iter().find(|(s, _)| *s == segment).map_or(0, |(_, g)| *g);
-    let checkpoint_len = crate::compact::file_len(segments, start.segment, oldest(start.segment))?;
+    let checkpoint_len = {
+        let generation = oldest(start.segment);
+        let file_len = crate::compact::file_len(segments, start.segment, generation)?;
+        // A compressed file's offsets are those of its plain bytes.
+        segments.file(start.segment, generation)?.logical_len(file_len)
+    };
     if start.offset > checkpoint_len {
         // The index saw bytes the log lost (only possible without fdatasync,
         // in `interval` or `none` mode, after a power loss).
@@ -177,6 +182,13 @@ pub(crate) fn recover(segments: &Arc<Segments>, index: &Index, cas: &Cas) -> Res
         }
         report.records_replayed +=
             replay(segments, index, cas, &mut heads, &mut last_id, (segment, generation), batch, offset)?;
+        if generation > 0 {
+            // A compacted file read in a rebuild is the one the index names
+            // (also when compaction left it without records).
+            let mut txn = index.txn();
+            txn.insert(Ks::Meta, crate::compact::generation_key(segment), generation.to_be_bytes().to_vec());
+            txn.commit()?;
+        }
         end = Checkpoint { segment, offset };
         if let Some(reason) = damage {
             let later_segments = list.iter().any(|&s| s > segment);

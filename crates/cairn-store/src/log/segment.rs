@@ -32,6 +32,8 @@ pub(crate) struct Segments {
     maps: RwLock<BTreeMap<(u32, u32), Arc<Mmap>>>,
     /// Compressed generations, opened (their block index read) once.
     compressed: RwLock<BTreeMap<(u32, u32), Arc<Compressed>>>,
+    /// Their decompressed blocks, for the whole store.
+    blocks: Arc<compressed::BlockCache>,
     pins: Arc<Mutex<Pins>>,
 }
 
@@ -95,6 +97,9 @@ struct Pins {
     /// Maps of replaced generations, with the epoch they were retired in:
     /// kept while a pin from that epoch or before lives.
     retired: Vec<(u64, (u32, u32), Arc<Mmap>)>,
+    /// Every generation ever retired: never cached again (a reader that
+    /// still reaches one maps it for itself only).
+    retired_keys: std::collections::HashSet<(u32, u32)>,
 }
 
 impl Pins {
@@ -127,7 +132,13 @@ impl Drop for Pin {
 
 impl Segments {
     pub(crate) fn new(dir: PathBuf) -> Segments {
-        Segments { dir, maps: RwLock::new(BTreeMap::new()), compressed: RwLock::default(), pins: Arc::default() }
+        Segments {
+            dir,
+            maps: RwLock::new(BTreeMap::new()),
+            compressed: RwLock::default(),
+            blocks: Arc::default(),
+            pins: Arc::default(),
+        }
     }
 
     pub(crate) fn dir(&self) -> &Path {
@@ -170,15 +181,22 @@ impl Segments {
     /// before now can need it (its file may be removed right after: the
     /// map keeps the bytes for those readers).
     pub(crate) fn retire(&self, segment: u32, generation: u32) {
-        let map = self.maps.write().expect("segment map lock").remove(&(segment, generation));
-        self.compressed.write().expect("segment map lock").remove(&(segment, generation));
+        let key = (segment, generation);
+        // Under the maps' lock throughout, so no reader finds the map in
+        // neither place.
+        let mut maps = self.maps.write().expect("segment map lock");
+        let map = maps.remove(&key);
+        self.compressed.write().expect("segment map lock").remove(&key);
         let mut pins = self.pins.lock().expect("pins lock");
         let epoch = pins.epoch;
         pins.epoch += 1;
+        pins.retired_keys.insert(key);
         if let Some(map) = map {
-            pins.retired.push((epoch, (segment, generation), map));
+            pins.retired.push((epoch, key, map));
         }
         pins.release_unneeded();
+        drop(pins);
+        drop(maps);
     }
 
     /// Maps (or re-maps) generation 0 of `segment` so that at least `len`
@@ -208,8 +226,26 @@ impl Segments {
         // Readers only touch offsets the index published after they were written.
         let map = unsafe { MmapOptions::new().len(map_len as usize).map(&file) }
             .map_err(StoreError::io(format!("map {}", path.display())))?;
-        self.maps.write().expect("segment map lock").insert((segment, generation), Arc::new(map));
+        let mut maps = self.maps.write().expect("segment map lock");
+        if !self.is_retired((segment, generation)) {
+            maps.insert((segment, generation), Arc::new(map));
+        }
         Ok(())
+    }
+
+    fn is_retired(&self, key: (u32, u32)) -> bool {
+        self.pins.lock().expect("pins lock").retired_keys.contains(&key)
+    }
+
+    /// Maps a file for one reader, without caching it.
+    fn map_once(&self, segment: u32, generation: u32) -> Result<Arc<Mmap>> {
+        let path = self.path_gen(segment, generation);
+        let file = File::open(&path).map_err(StoreError::io(format!("open {}", path.display())))?;
+        #[allow(unsafe_code)]
+        // SAFETY: as in `map_gen`: a file compaction replaced is never changed.
+        let map =
+            unsafe { MmapOptions::new().map(&file) }.map_err(StoreError::io(format!("map {}", path.display())))?;
+        Ok(Arc::new(map))
     }
 
     /// Forgets the maps of all segments (used before truncation in recovery).
@@ -223,18 +259,25 @@ impl Segments {
         if let Some(map) = self.maps.read().expect("segment map lock").get(&key) {
             return Ok(map.clone());
         }
-        if let Some((_, _, map)) = self.pins.lock().expect("pins lock").retired.iter().find(|(_, k, _)| *k == key) {
-            return Ok(map.clone());
+        {
+            let pins = self.pins.lock().expect("pins lock");
+            if let Some((_, _, map)) = pins.retired.iter().find(|(_, k, _)| *k == key) {
+                return Ok(map.clone());
+            }
+            if pins.retired_keys.contains(&key) {
+                drop(pins);
+                return self.map_once(segment, generation);
+            }
         }
         let path = self.path_gen(segment, generation);
         let len = fs::metadata(&path).map_err(StoreError::io(format!("stat {}", path.display())))?.len();
         self.map_gen(segment, generation, len)?;
-        self.maps
-            .read()
-            .expect("segment map lock")
-            .get(&key)
-            .cloned()
-            .ok_or_else(|| corrupt(segment, 0, "segment vanished"))
+        let cached = self.maps.read().expect("segment map lock").get(&key).cloned();
+        match cached {
+            Some(map) => Ok(map),
+            // Retired meanwhile: mapped for this reader alone.
+            None => self.map_once(segment, generation),
+        }
     }
 
     /// `segment`'s generation as a file to read, plain or compressed.
@@ -247,8 +290,10 @@ impl Segments {
             return Ok(SegmentFile::Plain(map));
         }
         let len = map.len();
-        let file = Arc::new(Compressed::open(map, len, segment)?);
-        self.compressed.write().expect("segment map lock").insert((segment, generation), file.clone());
+        let file = Arc::new(Compressed::open(map, len, (segment, generation), self.blocks.clone())?);
+        if !self.is_retired((segment, generation)) {
+            self.compressed.write().expect("segment map lock").insert((segment, generation), file.clone());
+        }
         Ok(SegmentFile::Compressed(file))
     }
 
@@ -280,7 +325,7 @@ impl Segments {
                 SegmentFile::Compressed(file) => {
                     let (base, chunk) = file.window(start, end)?;
                     let window = Window { base, chunk };
-                    // Payloads are copied out of decompressed blocks.
+                    // Payloads are copied out of the block (large ones viewed in it).
                     decoder.map = None;
                     decoder.map_segment = None;
                     decoder.window = Some((key, window.clone()));
