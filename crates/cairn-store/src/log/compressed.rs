@@ -48,8 +48,14 @@ const CACHE_BYTES: usize = 8 * 1024 * 1024;
 /// `CACHE_BYTES` (the oldest go first).
 #[derive(Debug, Default)]
 pub(crate) struct BlockCache {
-    /// Blocks, oldest first, by (segment, generation, block), and their bytes.
-    inner: Mutex<(VecDeque<(BlockKey, Arc<Vec<u8>>)>, usize)>,
+    inner: Mutex<Cached>,
+}
+
+/// Blocks, oldest first, and their bytes.
+#[derive(Debug, Default)]
+struct Cached {
+    blocks: VecDeque<(BlockKey, Arc<Vec<u8>>)>,
+    bytes: usize,
 }
 
 /// A block of a file: (segment, generation, block number).
@@ -58,16 +64,16 @@ type BlockKey = (u32, u32, usize);
 impl BlockCache {
     fn get(&self, key: BlockKey) -> Option<Arc<Vec<u8>>> {
         let inner = self.inner.lock().expect("block cache");
-        inner.0.iter().rev().find(|(k, _)| *k == key).map(|(_, block)| block.clone())
+        inner.blocks.iter().rev().find(|(k, _)| *k == key).map(|(_, block)| block.clone())
     }
 
     fn put(&self, key: BlockKey, block: Arc<Vec<u8>>) {
         let mut inner = self.inner.lock().expect("block cache");
-        inner.1 += block.len();
-        inner.0.push_back((key, block));
-        while inner.1 > CACHE_BYTES && inner.0.len() > 1 {
-            let (_, old) = inner.0.pop_front().expect("not empty");
-            inner.1 -= old.len();
+        inner.bytes += block.len();
+        inner.blocks.push_back((key, block));
+        while inner.bytes > CACHE_BYTES && inner.blocks.len() > 1 {
+            let (_, old) = inner.blocks.pop_front().expect("not empty");
+            inner.bytes -= old.len();
         }
     }
 }
