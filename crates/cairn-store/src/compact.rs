@@ -428,6 +428,15 @@ pub(crate) fn rewrite(index: &Index, segments: &Segments, segment: u32, compress
             None => floors.push((topic, seq, id)),
         }
     }
+    // Only the newest seq a topic ever had needs keeping: an older one is
+    // below a later event's (itself kept, or floored where it is dropped).
+    let mut needed = Vec::with_capacity(floors.len());
+    for floor in floors {
+        if index.head(&floor.0)?.is_none_or(|head| head.last_seq <= floor.1) {
+            needed.push(floor);
+        }
+    }
+    let mut floors = needed;
     if !floors.is_empty() {
         floors.sort();
         codec::encode_floor(&mut out, &floors);

@@ -319,3 +319,45 @@ fn bit_rot_in_a_compressed_block_is_an_error_never_wrong_bytes() {
     assert!(!report.ok());
     assert!(report.problems.iter().any(|p| p.contains("checksum")), "{:?}", report.problems);
 }
+
+#[test]
+fn segments_left_with_no_records_still_rebuild() {
+    // Removals one by one fill segments with removal records only; once
+    // their events are compacted away, those segments are left empty.
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), options()).unwrap();
+    let ids: Vec<_> = (0..2000)
+        .map(|i| store.append(NewEvent::new(topic("short"), format!("{i:0100}")), Expect::Any).unwrap().id)
+        .collect();
+    for id in &ids {
+        store.remove(*id).unwrap();
+    }
+    let kept = store.append(NewEvent::new(topic("kept"), "k"), Expect::Any).unwrap();
+    for _ in 0..200 {
+        store.append(NewEvent::new(topic("filler"), "x".repeat(100)), Expect::Any).unwrap();
+    }
+    store.compact(0.0).unwrap();
+    store.compact(0.0).unwrap();
+    let empty = fs::read_dir(dir.path().join("log"))
+        .unwrap()
+        .filter(|e| {
+            let e = e.as_ref().unwrap();
+            e.file_name().to_str().unwrap().matches('.').count() == 2 && e.metadata().unwrap().len() < 100
+        })
+        .count();
+    let sizes: Vec<_> = fs::read_dir(dir.path().join("log"))
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (e.file_name().into_string().unwrap(), e.metadata().unwrap().len())
+        })
+        .collect();
+    assert!(empty > 0, "some segment holds no record any more: {sizes:?}");
+    store.close().unwrap();
+    fs::remove_dir_all(dir.path().join("index")).unwrap();
+    let store = Store::open(dir.path(), options()).unwrap();
+    assert_eq!(store.get(kept.id).unwrap().unwrap().seq, 0);
+    assert_eq!(store.head(&topic("short")).unwrap().unwrap().last_seq, 1999);
+    let report = store.verify().unwrap();
+    assert!(report.ok(), "{:?}", report.problems);
+}
