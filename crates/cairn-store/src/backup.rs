@@ -35,6 +35,10 @@ pub type ExtraFiles = Box<dyn FnOnce() -> Result<Vec<(&'static str, Vec<u8>)>> +
 /// The file a backup writes last, naming where its log ends.
 pub const BACKUP_MANIFEST: &str = "cairn-backup.json";
 
+/// The file naming a store (and its backups and restored copies), so a
+/// backup never writes into another store's backup.
+pub(crate) const STORE_ID: &str = "store-id";
+
 /// How far a running backup is, for a progress bar (read while it runs).
 #[derive(Debug, Default)]
 pub struct BackupProgress {
@@ -87,7 +91,7 @@ impl Store {
             ));
         }
         let owner = fs::metadata(&store_dir).map_err(StoreError::io("stat the store directory"))?.uid();
-        prepare(dest, &source_log, owner)?;
+        prepare(dest, &source_log, &shared.store_id, owner)?;
         // One backup at a time into a directory.
         let lock = crate::private::file_options()
             .create(true)
@@ -103,6 +107,7 @@ impl Store {
         }
         // Written first, so an interrupted backup is known as this store's.
         write_manifest(dest, serde_json::json!({ "complete": false }))?;
+        place_file(dest, STORE_ID, format!("{}\n", shared.store_id).as_bytes())?;
         let dest_log = dest.join("log");
         let dest_cas = dest.join("cas").join("sha256");
         let mut report = BackupReport { dir: dest.to_path_buf(), ..BackupReport::default() };
@@ -208,7 +213,7 @@ fn check_directory(dir: &Path, owner: u32) -> Result<()> {
 /// exists; if it holds anything, it must be a backup of the store whose log
 /// is `source_log` (its manifest there, its first segment starting as the
 /// source's does, no store lock: never opened as a store).
-fn prepare(dest: &Path, source_log: &Path, owner: u32) -> Result<()> {
+fn prepare(dest: &Path, source_log: &Path, store_id: &str, owner: u32) -> Result<()> {
     let io = |what: &str| StoreError::io(format!("{what} {}", dest.display()));
     if dest.exists() {
         check_directory(dest, owner)?;
@@ -228,9 +233,16 @@ fn prepare(dest: &Path, source_log: &Path, owner: u32) -> Result<()> {
                 (Some(d), Some(s)) => d.file_name() == s.file_name(),
                 _ => false,
             };
+            // The store's id decides where the copy has one (backups made
+            // before ids existed fall back on segment 0).
+            let same_id = match fs::read_to_string(dest.join(STORE_ID)) {
+                Ok(id) => Some(id.trim() == store_id),
+                Err(_) => None,
+            };
             let same = dest.join(BACKUP_MANIFEST).is_file()
                 && !dest.join("LOCK").exists()
-                && (!comparable || {
+                && same_id != Some(false)
+                && (same_id == Some(true) || !comparable || {
                     let (d, s) = (dest_first.expect("comparable"), source_first.expect("comparable"));
                     same_start(&head_of(&d)?, &head_of(&s)?)
                 });

@@ -153,6 +153,8 @@ pub(crate) struct Shared {
     pub(crate) dir: PathBuf,
     pub(crate) options: Options,
     pub(crate) segments: Arc<Segments>,
+    /// This store's id (`store-id`), kept by its backups and copies.
+    pub(crate) store_id: String,
     pub(crate) index: Index,
     pub(crate) cas: Cas,
     pub(crate) live: Live,
@@ -375,6 +377,7 @@ impl Store {
         crate::private::ensure_private_dir(&dir)
             .map_err(StoreError::io(format!("create store directory {}", dir.display())))?;
         let lock = lock(&dir)?;
+        let store_id = store_id(&dir)?;
         let log_dir = dir.join("log");
         crate::private::ensure_private_dir(&log_dir).map_err(StoreError::io("create log directory"))?;
         crate::private::ensure_private_dir(&dir.join("index")).map_err(StoreError::io("create index directory"))?;
@@ -395,6 +398,7 @@ impl Store {
             dir,
             options: options.clone(),
             segments,
+            store_id,
             index,
             cas,
             live: Live::new(last_id),
@@ -1070,6 +1074,31 @@ fn bad_index(keyspace: &str) -> StoreError {
 
 pub(crate) fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The store's id, made (a random SCRU128) the first time.
+fn store_id(dir: &Path) -> Result<String> {
+    let path = dir.join(crate::backup::STORE_ID);
+    match fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => return Ok(id.trim().to_owned()),
+        Ok(_) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(StoreError::io("read the store's id")(error)),
+    }
+    let id = scru128::new_string();
+    let tmp = dir.join(".store-id.tmp");
+    let mut file = crate::private::file_options()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)
+        .map_err(StoreError::io("write the store's id"))?;
+    file.write_all(format!("{id}\n").as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(StoreError::io("write the store's id"))?;
+    fs::rename(&tmp, &path).map_err(StoreError::io("write the store's id"))?;
+    crate::log::segment::sync_dir(dir)?;
+    Ok(id)
 }
 
 /// Takes the store's exclusive lock (`<dir>/LOCK`) and writes who holds it.

@@ -347,15 +347,32 @@ pub(crate) struct Decoder {
     pub(crate) map_segment: Option<(u32, u32)>,
     /// The decompressed block of a compressed file read last.
     pub(crate) window: Option<((u32, u32), crate::log::compressed::Window)>,
+    /// Whether the event being decoded came from that block again (a scan
+    /// moving through it, not a lookup landing in it).
+    pub(crate) window_reused: bool,
 }
 
 impl Decoder {
     pub(crate) fn full() -> Decoder {
-        Decoder { skip_payloads: false, topics: Vec::new(), map: None, map_segment: None, window: None }
+        Decoder {
+            skip_payloads: false,
+            topics: Vec::new(),
+            map: None,
+            map_segment: None,
+            window: None,
+            window_reused: false,
+        }
     }
 
     pub(crate) fn for_index() -> Decoder {
-        Decoder { skip_payloads: true, topics: Vec::new(), map: None, map_segment: None, window: None }
+        Decoder {
+            skip_payloads: true,
+            topics: Vec::new(),
+            map: None,
+            map_segment: None,
+            window: None,
+            window_reused: false,
+        }
     }
 
     /// Inline payload bytes: a view of the mapped segment when they lie in
@@ -370,9 +387,11 @@ impl Decoder {
                 return view;
             }
         }
-        // A view keeps its whole block alive: only for payloads big enough
-        // to be worth it (small ones are copied).
-        let worth_a_view = bytes.len() >= crate::log::compressed::BLOCK_BYTES / 4;
+        // A view keeps its whole block alive: worth it for events read one
+        // after another from a block (a scan), or for big payloads; events
+        // read here and there copy theirs, so a chunk of them does not keep
+        // a block each.
+        let worth_a_view = self.window_reused || bytes.len() >= crate::log::compressed::BLOCK_BYTES / 4;
         if worth_a_view
             && let Some(crate::log::compressed::Chunk::Block(block, _, _)) = self.window.as_ref().map(|(_, w)| &w.chunk)
         {

@@ -314,7 +314,10 @@ impl Segments {
                 Window { base: 0, chunk: Chunk::Map(map.clone(), 0, map.len()) }
             }
             // The decompressed block of the previous event.
-            (_, Some((window_key, window))) if *window_key == key && window.covers(start, end) => window.clone(),
+            (_, Some((window_key, window))) if *window_key == key && window.covers(start, end) => {
+                decoder.window_reused = true;
+                window.clone()
+            }
             _ => match self.file(pos.segment, pos.generation)? {
                 SegmentFile::Plain(map) => {
                     decoder.map = Some(map.clone());
@@ -329,6 +332,7 @@ impl Segments {
                     decoder.map = None;
                     decoder.map_segment = None;
                     decoder.window = Some((key, window.clone()));
+                    decoder.window_reused = false;
                     window
                 }
             },

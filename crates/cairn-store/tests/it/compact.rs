@@ -361,3 +361,24 @@ fn segments_left_with_no_records_still_rebuild() {
     let report = store.verify().unwrap();
     assert!(report.ok(), "{:?}", report.problems);
 }
+
+#[test]
+fn a_backup_never_writes_into_another_stores_backup() {
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Store::open(dir_a.path(), options()).unwrap();
+    let b = Store::open(dir_b.path(), options()).unwrap();
+    fill(&a);
+    fill(&b);
+    // After compaction, the two stores' segment 0 are in different generations.
+    a.compact(0.0).unwrap();
+    let target = tempfile::tempdir().unwrap();
+    let copy = target.path().join("copy");
+    let progress = cairn_store::BackupProgress::default();
+    a.backup(&copy, &progress, Box::new(|| Ok(Vec::new()))).unwrap();
+    let before = log_files(&copy);
+    let refused = b.backup(&copy, &progress, Box::new(|| Ok(Vec::new()))).unwrap_err();
+    assert!(refused.to_string().contains("not a backup of this store"), "{refused}");
+    assert_eq!(log_files(&copy), before, "nothing of the other store's backup was touched");
+    // Its own backup goes on incrementally.
+    a.backup(&copy, &progress, Box::new(|| Ok(Vec::new()))).unwrap();
+}
