@@ -134,7 +134,7 @@ pub struct ServeArgs {
 
     /// Rewrite a sealed log segment without its removed events (rm, XDEL,
     /// trims, retention) once they make this share of its bytes: a number
-    /// from 0 to 1, or `off` (then only `cairn compact` does it).
+    /// from 0 to 1, or `off` (then only `cairn compact` does it, and compresses).
     /// [default: 0.5] [config: compact_ratio]
     #[arg(long, env = "CAIRN_COMPACT_RATIO", value_name = "RATIO|off")]
     pub compact_ratio: Option<String>,
