@@ -567,7 +567,7 @@ pub(crate) fn run(
     shared: &crate::store::Shared,
     requests: &std::sync::mpsc::SyncSender<crate::log::writer::Request>,
     ratio: f64,
-    checked: &mut HashMap<(u32, u32), u64>,
+    checked: &mut HashMap<(u32, u32), Memo>,
     compress_after: std::time::Duration,
     budget: Option<std::time::Duration>,
     stop: &dyn Fn() -> bool,
@@ -575,10 +575,7 @@ pub(crate) fn run(
     let started = std::time::Instant::now();
     let mut report = CompactReport::default();
     let limit = shared.progress.indexed().segment.min(shared.progress.committed_end().segment);
-    let files = shared.segments.files()?;
-    let mut segments: Vec<u32> = files.iter().map(|(segment, _)| *segment).collect();
-    segments.dedup();
-    for segment in segments {
+    for segment in shared.segments.list()? {
         if segment >= limit || stop() || budget.is_some_and(|budget| started.elapsed() >= budget) {
             break;
         }
@@ -590,27 +587,57 @@ pub(crate) fn run(
         }
         let from = generation(&shared.index, segment)?;
         let dead = dead_bytes(&shared.index, segment)?;
-        // Older generations still there (their removal failed): the index
-        // names `from` durably (it was flushed before any removal), so they go.
-        for (_, older) in files.iter().filter(|(s, g)| *s == segment && *g < from) {
-            remove_replaced(&shared.segments, segment, *older)?;
+        match checked.get(&(segment, from)) {
+            Some(Memo::Checked(at)) if *at == dead => continue,
+            Some(Memo::Failed(when)) if when.elapsed() < RETRY_AFTER_FAILURE => continue,
+            _ => {}
         }
-        if checked.get(&(segment, from)) == Some(&dead) {
-            continue;
-        }
-        match compact_one(shared, requests, segment, from, dead, ratio, compress_after, &mut report) {
+        let outcome = remove_older(shared, segment, from)
+            .and_then(|()| compact_one(shared, requests, segment, from, dead, ratio, compress_after, &mut report));
+        match outcome {
             Ok(Outcome::Done | Outcome::NotYet) => {}
             Ok(Outcome::NothingToDrop) => {
-                checked.insert((segment, from), dead);
+                checked.insert((segment, from), Memo::Checked(dead));
             }
             Err(error @ (StoreError::ShuttingDown | StoreError::Poisoned { .. })) => return Err(error),
             Err(error) => {
-                tracing::warn!(segment, "compaction of a segment failed (skipped until it changes): {error}");
-                checked.insert((segment, from), dead);
+                tracing::warn!(segment, "compaction of a segment failed (tried again in a minute): {error}");
+                checked.insert((segment, from), Memo::Failed(std::time::Instant::now()));
             }
         }
     }
     Ok(report)
+}
+
+/// What `run` remembers of a segment between passes.
+pub(crate) enum Memo {
+    /// Read with these dead bytes, and nothing found to drop.
+    Checked(u64),
+    /// Its compaction failed then.
+    Failed(std::time::Instant),
+}
+
+/// How long a segment whose compaction failed waits for another try.
+const RETRY_AFTER_FAILURE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Removes generations of `segment` older than `from` still there (their
+/// removal failed). The index is flushed first: `from` may be named only
+/// in its memtable yet (a flush that failed after the switch), and a crash
+/// would then replay the switch from the older file.
+fn remove_older(shared: &crate::store::Shared, segment: u32, from: u32) -> Result<()> {
+    let older: Vec<u32> =
+        shared.segments.files()?.into_iter().filter(|(s, g)| *s == segment && *g < from).map(|(_, g)| g).collect();
+    if older.is_empty() {
+        return Ok(());
+    }
+    shared.index.flush()?;
+    for generation in older {
+        match remove_replaced(&shared.segments, segment, generation) {
+            Err(StoreError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
+            other => other?,
+        }
+    }
+    Ok(())
 }
 
 /// What `compact_one` did.

@@ -273,9 +273,15 @@ impl Segments {
         let len = fs::metadata(&path).map_err(StoreError::io(format!("stat {}", path.display())))?.len();
         self.map_gen(segment, generation, len)?;
         let cached = self.maps.read().expect("segment map lock").get(&key).cloned();
-        match cached {
+        if let Some(map) = cached {
+            return Ok(map);
+        }
+        // Retired meanwhile: from the retired maps (its file may be gone),
+        // else mapped for this reader alone.
+        let retired =
+            self.pins.lock().expect("pins lock").retired.iter().find(|(_, k, _)| *k == key).map(|e| e.2.clone());
+        match retired {
             Some(map) => Ok(map),
-            // Retired meanwhile: mapped for this reader alone.
             None => self.map_once(segment, generation),
         }
     }
@@ -291,8 +297,11 @@ impl Segments {
         }
         let len = map.len();
         let file = Arc::new(Compressed::open(map, len, (segment, generation), self.blocks.clone())?);
+        // Checked under the lock it is cached under, so a retirement between
+        // the check and the insert cannot be missed.
+        let mut cached = self.compressed.write().expect("segment map lock");
         if !self.is_retired((segment, generation)) {
-            self.compressed.write().expect("segment map lock").insert((segment, generation), file.clone());
+            cached.insert((segment, generation), file.clone());
         }
         Ok(SegmentFile::Compressed(file))
     }
