@@ -26,7 +26,8 @@ fn log_bytes(store: &Path) -> u64 {
 }
 
 /// Appends to `keep` (recording what is acknowledged) and to `churn` (kept
-/// to its last 2) until the server stops answering or `limit` passes.
+/// to its last 2), and reads both back, until the server stops answering or
+/// `limit` passes.
 async fn load(server: &Server, limit: Duration) -> Vec<(String, u64)> {
     let acknowledged: Arc<Mutex<Vec<(String, u64)>>> = Arc::default();
     let deadline = Instant::now() + limit;
@@ -60,8 +61,36 @@ async fn load(server: &Server, limit: Duration) -> Vec<(String, u64)> {
             }
         }));
     }
-    for writer in writers {
-        writer.await.unwrap();
+    // Readers meanwhile: a whole read of `keep` (nothing of it is ever
+    // removed) is seqs 0, 1, 2… with no gap and no repeat, and a read of
+    // everything has strictly increasing ids, while segments are compacted
+    // under them. A read cut short by the server's end counts up to there.
+    for path in ["/v1/topics/keep/events", "/v1/events"] {
+        let client = server.unix();
+        writers.push(tokio::spawn(async move {
+            while Instant::now() < deadline {
+                let Ok(mut connection) = client.connect().await else { return };
+                let Ok(reply) = connection.send("GET", path, &[], Vec::new().into()).await else { return };
+                let body = reply.bytes().await.unwrap_or_default();
+                let mut previous: Option<(String, u64)> = None;
+                for line in body.split(|b| *b == b'\n') {
+                    let Ok(event) = serde_json::from_slice::<serde_json::Value>(line) else { break };
+                    let (id, seq) = (event["id"].as_str().unwrap().to_owned(), event["seq"].as_u64().unwrap());
+                    if let Some((previous_id, previous_seq)) = &previous {
+                        assert!(id > *previous_id, "{path}: id {id} after {previous_id}");
+                        if path.contains("keep") {
+                            assert_eq!(seq, previous_seq + 1, "{path}: seq {seq} after {previous_seq}");
+                        }
+                    } else if path.contains("keep") {
+                        assert_eq!(seq, 0, "{path}: the first seq");
+                    }
+                    previous = Some((id, seq));
+                }
+            }
+        }));
+    }
+    for task in writers {
+        task.await.unwrap();
     }
     std::mem::take(&mut *acknowledged.lock().unwrap())
 }
