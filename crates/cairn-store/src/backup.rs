@@ -107,7 +107,7 @@ impl Store {
         }
         // Written first, so an interrupted backup is known as this store's.
         write_manifest(dest, serde_json::json!({ "complete": false }))?;
-        place_file(dest, STORE_ID, format!("{}\n", shared.store_id).as_bytes())?;
+        crate::private::place_file(dest, STORE_ID, format!("{}\n", shared.store_id).as_bytes())?;
         let dest_log = dest.join("log");
         let dest_cas = dest.join("cas").join("sha256");
         let mut report = BackupReport { dir: dest.to_path_buf(), ..BackupReport::default() };
@@ -163,7 +163,7 @@ impl Store {
         report.end = format!("{}.{}", end.segment, end.offset);
         sync_dir(&dest_log)?;
         for (name, bytes) in extra_files()? {
-            place_file(dest, name, &bytes)?;
+            crate::private::place_file(dest, name, &bytes)?;
         }
         write_manifest(dest, serde_json::json!({ "complete": true, "end": report.end, "version": self.version() }))?;
         Ok(report)
@@ -291,15 +291,8 @@ fn same_start(a: &[u8], b: &[u8]) -> bool {
 
 /// Writes the manifest (atomically: a file then a rename).
 fn write_manifest(dest: &Path, manifest: serde_json::Value) -> Result<()> {
-    place_file(dest, BACKUP_MANIFEST, &serde_json::to_vec_pretty(&manifest).expect("JSON"))?;
+    crate::private::place_file(dest, BACKUP_MANIFEST, &serde_json::to_vec_pretty(&manifest).expect("JSON"))?;
     sync_dir(dest)
-}
-
-/// Writes `dir/name` whole or not at all: a file beside it, then a rename.
-fn place_file(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
-    let tmp = dir.join(format!(".{name}.tmp"));
-    write_file(&tmp, bytes)?;
-    fs::rename(&tmp, dir.join(name)).map_err(StoreError::io(format!("place {name}")))
 }
 
 /// The first bytes of a segment: its header and first record.
@@ -390,7 +383,7 @@ fn copy_content(source: &Path, dest: &Path, progress: &BackupProgress, report: &
             }
             // Deleted since it was listed: it is no longer content of the store.
             let Ok(bytes) = fs::read(file.path()) else { continue };
-            place_file(&dest_dir, &file.file_name().to_string_lossy(), &bytes)?;
+            crate::private::place_file(&dest_dir, &file.file_name().to_string_lossy(), &bytes)?;
             progress.copied_bytes.fetch_add(bytes.len() as u64, Relaxed);
             progress.total_bytes.fetch_add(bytes.len() as u64, Relaxed);
             report.content_files_copied += 1;
@@ -412,16 +405,4 @@ fn count_files(dir: &Path) -> Result<u64> {
         }
     }
     Ok(count)
-}
-
-/// Writes `bytes` to `path` (0600) and fdatasyncs it.
-fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut file = crate::private::file_options()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .open(path)
-        .map_err(StoreError::io(format!("create {}", path.display())))?;
-    file.write_all(bytes).map_err(StoreError::io(format!("write {}", path.display())))?;
-    file.sync_data().map_err(StoreError::io(format!("fdatasync {}", path.display())))
 }

@@ -575,7 +575,12 @@ pub(crate) fn run(
     let started = std::time::Instant::now();
     let mut report = CompactReport::default();
     let limit = shared.progress.indexed().segment.min(shared.progress.committed_end().segment);
-    for segment in shared.segments.list()? {
+    // Listed once a pass; a segment with an older generation left is
+    // listed again under the lock before anything is removed.
+    let files = shared.segments.files()?;
+    let mut segments: Vec<u32> = files.iter().map(|(segment, _)| *segment).collect();
+    segments.dedup();
+    for segment in segments {
         if segment >= limit || stop() || budget.is_some_and(|budget| started.elapsed() >= budget) {
             break;
         }
@@ -592,7 +597,8 @@ pub(crate) fn run(
             Some(Memo::Failed(when)) if when.elapsed() < RETRY_AFTER_FAILURE => continue,
             _ => {}
         }
-        let outcome = remove_older(shared, segment, from)
+        let leftover = files.iter().any(|(s, g)| *s == segment && *g < from);
+        let outcome = (if leftover { remove_older(shared, segment, from) } else { Ok(()) })
             .and_then(|()| compact_one(shared, requests, segment, from, dead, ratio, compress_after, &mut report));
         match outcome {
             Ok(Outcome::Done | Outcome::NotYet) => {}
@@ -661,6 +667,9 @@ fn compact_one(
     compress_after: std::time::Duration,
     report: &mut CompactReport,
 ) -> Result<Outcome> {
+    if dead == 0 && !shared.options.compress {
+        return Ok(Outcome::NotYet);
+    }
     let file = shared.segments.file(segment, from)?;
     let plain = file.logical_len(file_len(&shared.segments, segment, from)?);
     // Compressing only (nothing removed) waits until the segment has

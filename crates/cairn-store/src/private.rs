@@ -29,6 +29,19 @@ pub(crate) fn ensure_private_dir(path: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Writes `dir/name` whole or not at all: a file beside it (0600),
+/// fdatasynced, then a rename. The caller fsyncs `dir` when the name must
+/// be durable.
+pub(crate) fn place_file(dir: &Path, name: &str, bytes: &[u8]) -> crate::Result<()> {
+    use std::io::Write as _;
+    let io = |what: &str| crate::StoreError::io(format!("{what} {}", dir.join(name).display()));
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let mut file = file_options().create(true).write(true).truncate(true).open(&tmp).map_err(io("create"))?;
+    file.write_all(bytes).map_err(io("write"))?;
+    file.sync_data().map_err(io("fdatasync"))?;
+    std::fs::rename(&tmp, dir.join(name)).map_err(io("place"))
+}
+
 /// Open options for a file only its owner may read and write.
 pub(crate) fn file_options() -> OpenOptions {
     let mut options = OpenOptions::new();

@@ -165,25 +165,26 @@ impl Progress {
 
     /// Asks the indexer to remove events expired by `now_ms`.
     pub(crate) fn request_expire(&self, now_ms: u64) -> oneshot::Receiver<Result<usize>> {
-        let (reply, receiver) = oneshot::channel();
-        let mut state = self.lock();
-        match &state.failed {
-            Some(reason) => drop(reply.send(Err(StoreError::Poisoned { reason: reason.clone() }))),
-            None => state.expire.push((now_ms, reply)),
-        }
-        drop(state);
-        self.changed.notify_all();
-        receiver
+        self.request(now_ms, |state| &mut state.expire)
     }
 
     /// Asks the indexer to delete the removal marks of events no longer in
     /// the log.
     pub(crate) fn request_forget(&self, marks: Vec<Forget>) -> oneshot::Receiver<Result<()>> {
+        self.request(marks, |state| &mut state.forget)
+    }
+
+    /// Queues work for the indexer; once it failed, answers with the reason.
+    fn request<A, T>(
+        &self,
+        work: A,
+        queue: impl FnOnce(&mut State) -> &mut Vec<(A, oneshot::Sender<Result<T>>)>,
+    ) -> oneshot::Receiver<Result<T>> {
         let (reply, receiver) = oneshot::channel();
         let mut state = self.lock();
         match &state.failed {
             Some(reason) => drop(reply.send(Err(StoreError::Poisoned { reason: reason.clone() }))),
-            None => state.forget.push((marks, reply)),
+            None => queue(&mut state).push((work, reply)),
         }
         drop(state);
         self.changed.notify_all();

@@ -1086,17 +1086,7 @@ fn store_id(dir: &Path) -> Result<String> {
         Err(error) => return Err(StoreError::io("read the store's id")(error)),
     }
     let id = scru128::new_string();
-    let tmp = dir.join(".store-id.tmp");
-    let mut file = crate::private::file_options()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&tmp)
-        .map_err(StoreError::io("write the store's id"))?;
-    file.write_all(format!("{id}\n").as_bytes())
-        .and_then(|()| file.sync_all())
-        .map_err(StoreError::io("write the store's id"))?;
-    fs::rename(&tmp, &path).map_err(StoreError::io("write the store's id"))?;
+    crate::private::place_file(dir, crate::backup::STORE_ID, format!("{id}\n").as_bytes())?;
     crate::log::segment::sync_dir(dir)?;
     Ok(id)
 }

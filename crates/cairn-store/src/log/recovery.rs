@@ -135,8 +135,10 @@ pub(crate) fn recover(segments: &Arc<Segments>, index: &Index, cas: &Cas) -> Res
             match codec::unframe(&bytes[offset as usize..]) {
                 Ok(Some(body)) => match codec::decode_record_with(body, &mut decoder) {
                     Ok(record) => {
-                        if matches!(record, Record::Compact { .. }) && !batch.is_empty() {
-                            // A compaction record is applied alone (see `compact::apply`).
+                        // A compaction record is applied alone (see `compact::apply`).
+                        let alone = |record: &Record| matches!(record, Record::Compact { .. });
+                        let ends_batch = alone(&record) || batch.last().is_some_and(|(last, _)| alone(last));
+                        if !batch.is_empty() && (ends_batch || batch.len() >= REPLAY_RECORDS_PER_TXN) {
                             report.records_replayed += replay(
                                 segments,
                                 index,
@@ -165,19 +167,6 @@ pub(crate) fn recover(segments: &Arc<Segments>, index: &Index, cas: &Cas) -> Res
                     damage = Some(detail);
                     break;
                 }
-            }
-            let compaction = matches!(batch.last(), Some((Record::Compact { .. }, _)));
-            if batch.len() >= REPLAY_RECORDS_PER_TXN || compaction {
-                report.records_replayed += replay(
-                    segments,
-                    index,
-                    cas,
-                    &mut heads,
-                    &mut last_id,
-                    (segment, generation),
-                    std::mem::take(&mut batch),
-                    offset,
-                )?;
             }
         }
         report.records_replayed +=
