@@ -189,6 +189,7 @@ async fn a_hostile_user_over_http_reaches_nothing_of_another_user() {
         "/v1/tokens/{}",
         "/v1/import",
         "/v1/verify",
+        "/v1/compact",
         "/v1/info",
         "/metrics",
         "/events",
@@ -197,7 +198,8 @@ async fn a_hostile_user_over_http_reaches_nothing_of_another_user() {
         "/storage/{}",
     ];
     const METHODS: &[&str] = &["GET", "GET", "POST", "PUT", "DELETE", "HEAD"];
-    const PARAMS: &[&str] = &["topic", "after", "owner", "id", "content", "follow", "last", "from", "to", "key"];
+    const PARAMS: &[&str] =
+        &["topic", "after", "owner", "id", "content", "follow", "last", "from", "to", "key", "ratio"];
     let first_id = alice.ids[0].clone();
     let values: Vec<String> = vec![
         "orders.%3E".into(),

@@ -548,6 +548,7 @@ fn random_request(rng: &mut Rng, host: &str) -> Vec<u8> {
         "/v1/tokens/{}",
         "/v1/import",
         "/v1/verify",
+        "/v1/compact",
         "/v1/info",
         "/healthz",
         "/metrics",
@@ -579,6 +580,7 @@ fn random_request(rng: &mut Rng, host: &str) -> Vec<u8> {
     ];
     const PARAMS: &[&str] = &[
         "topic",
+        "ratio",
         "after",
         "from_seq",
         "last",
