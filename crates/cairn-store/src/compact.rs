@@ -539,7 +539,7 @@ pub(crate) fn remove_stale(index: &Index, segments: &Segments) -> Result<usize> 
     if stale.is_empty() {
         return Ok(0);
     }
-    index.flush()?;
+    index.flush_main()?;
     for path in &stale {
         tracing::info!("removing {}, left by an unfinished compaction", path.display());
         fs::remove_file(path).map_err(StoreError::io(format!("remove {}", path.display())))?;
@@ -574,7 +574,12 @@ pub(crate) fn run(
 ) -> Result<CompactReport> {
     let started = std::time::Instant::now();
     let mut report = CompactReport::default();
-    let limit = shared.progress.indexed().segment.min(shared.progress.committed_end().segment);
+    let mut limit = shared.progress.indexed().segment.min(shared.progress.committed_end().segment);
+    // Segments the content references' catch-up has yet to read keep
+    // their offsets (see `index/refs.rs`).
+    if let Some(refs) = shared.progress.refs_behind() {
+        limit = limit.min(refs.segment);
+    }
     // Listed once a pass; a segment with an older generation left is
     // listed again under the lock before anything is removed.
     let files = shared.segments.files()?;
@@ -636,7 +641,7 @@ fn remove_older(shared: &crate::store::Shared, segment: u32, from: u32) -> Resul
     if older.is_empty() {
         return Ok(());
     }
-    shared.index.flush()?;
+    shared.index.flush_main()?;
     for generation in older {
         match remove_replaced(&shared.segments, segment, generation) {
             Err(StoreError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
@@ -689,6 +694,9 @@ fn compact_one(
     let Some(rewritten) = rewrite(&shared.index, &shared.segments, segment, shared.options.compress)? else {
         return Ok(Outcome::NothingToDrop);
     };
+    // The references' checkpoint on disk must be past this segment before
+    // its offsets change: a crash must not resume their catch-up in it.
+    shared.index.flush_refs_past(segment)?;
     let (reply, receiver) = tokio::sync::oneshot::channel();
     let request = crate::log::writer::Request::Compact { segment, from: rewritten.from, to: rewritten.to, reply };
     // On failure the new file stays: the record may still have reached
@@ -701,7 +709,7 @@ fn compact_one(
     shared.progress.barrier()?;
     let indexed = started.elapsed();
     crate::faults::compaction_step("indexed");
-    shared.index.flush()?;
+    shared.index.flush_main()?;
     let flushed = started.elapsed();
     crate::faults::compaction_step("flushed");
     remove_replaced(&shared.segments, segment, rewritten.from)?;

@@ -34,6 +34,8 @@ struct State {
     crashed: bool,
     /// Length and fdatasynced length of every log file written.
     files: HashMap<PathBuf, Lengths>,
+    /// The next open loses the content references.
+    lost_refs: bool,
 }
 
 #[derive(Clone, Copy, Default)]
@@ -92,6 +94,18 @@ impl Faults {
             }
         }
         Ok(cut)
+    }
+
+    /// The next open with these faults finds the content references
+    /// (`index/refs.rs`) empty, as after a crash that lost all of them
+    /// (their keyspace flushes apart from the rest of the index): they are
+    /// rebuilt from the log behind the open.
+    pub fn lose_content_refs(&self) {
+        self.lock().lost_refs = true;
+    }
+
+    pub(crate) fn take_lost_refs(&self) -> bool {
+        std::mem::take(&mut self.lock().lost_refs)
     }
 
     /// Bit rot at rest: flips one bit of the byte at `offset` of `path` (a

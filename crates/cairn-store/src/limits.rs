@@ -68,7 +68,7 @@ pub const GROUP_BYTES_MAX: usize = 8 * 1024 * 1024;
 /// How far (in log bytes) the index may fall behind the committed log
 /// before the writer waits for it. Bounds read-barrier waits and the replay
 /// after a crash.
-pub const INDEX_LAG_BYTES_MAX: u64 = 32 * 1024 * 1024;
+pub const INDEX_LAG_BYTES_MAX: u64 = 16 * 1024 * 1024;
 
 /// Unindexed log bytes at which a commit wakes the indexer at once.
 pub const INDEX_WAKE_BYTES: u64 = 1024 * 1024;

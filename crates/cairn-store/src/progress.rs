@@ -45,10 +45,16 @@ struct State {
     readers_waiting: usize,
     /// When the oldest commit the index does not cover yet happened.
     unindexed_since: Option<Instant>,
+    /// How far the content references cover the log while they lag
+    /// behind the index (see `index/refs.rs`); `None` once current.
+    refs_behind: Option<Checkpoint>,
+    /// The indexer has more to do for the references (catching up, or
+    /// deleting legacy ones): it does not wait for work then.
+    refs_work: bool,
 }
 
 impl Progress {
-    pub(crate) fn new(end: Checkpoint, last_id: EventId) -> Progress {
+    pub(crate) fn new(end: Checkpoint, last_id: EventId, refs_behind: Option<Checkpoint>, refs_work: bool) -> Progress {
         Progress {
             state: Mutex::new(State {
                 committed: end,
@@ -62,6 +68,8 @@ impl Progress {
                 closing: false,
                 readers_waiting: 0,
                 unindexed_since: None,
+                refs_behind,
+                refs_work,
             }),
             changed: Condvar::new(),
         }
@@ -155,6 +163,37 @@ impl Progress {
         check_failed(&state)
     }
 
+    /// How far the content references cover the log while they lag (the
+    /// indexer's catch-up reports each step); `None` once current.
+    /// `work`: whether it has more to do for them.
+    pub(crate) fn set_refs_behind(&self, behind: Option<Checkpoint>, work: bool) {
+        let mut state = self.lock();
+        state.refs_behind = behind;
+        state.refs_work = work;
+        drop(state);
+        if behind.is_none() {
+            self.changed.notify_all();
+        }
+    }
+
+    /// See [`Progress::set_refs_behind`].
+    pub(crate) fn refs_behind(&self) -> Option<Checkpoint> {
+        self.lock().refs_behind
+    }
+
+    /// Waits until the content references are current (lookups by hash).
+    pub(crate) fn wait_refs(&self) -> Result<()> {
+        let mut state = self.lock();
+        while state.refs_behind.is_some() && state.failed.is_none() && !state.closing {
+            state = self.changed.wait(state).expect("progress lock");
+        }
+        check_failed(&state)?;
+        if state.refs_behind.is_some() {
+            return Err(StoreError::ShuttingDown);
+        }
+        Ok(())
+    }
+
     /// The id up to which every stored event is indexed, and whether the
     /// index covers everything committed.
     pub(crate) fn indexed_snapshot(&self) -> Result<(EventId, bool)> {
@@ -218,6 +257,10 @@ impl Progress {
             }
             if state.closing {
                 return None;
+            }
+            if state.refs_work {
+                let at = state.indexed;
+                return Some(Work { from: at, to: at, expire: Vec::new(), forget: Vec::new() });
             }
             state = if behind {
                 self.changed.wait_timeout(state, delay - waited).expect("progress lock").0

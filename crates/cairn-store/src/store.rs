@@ -383,6 +383,9 @@ impl Store {
         crate::private::ensure_private_dir(&dir.join("index")).map_err(StoreError::io("create index directory"))?;
         let segments = Arc::new(Segments::new(log_dir));
         let index = Index::open(&dir.join("index"))?;
+        if options.faults.as_ref().is_some_and(|faults| faults.take_lost_refs()) {
+            index.clear_refs()?;
+        }
         let cas = Cas::open(dir.join("cas"))?;
         let (tail, report) = recovery::recover(&segments, &index, &cas)?;
         let file = OpenOptions::new()
@@ -402,17 +405,17 @@ impl Store {
             index,
             cas,
             live: Live::new(last_id),
-            progress: Progress::new(end, last_id),
+            progress: Progress::new(end, last_id, tail.refs.behind, tail.refs.lagging()),
             stats: Stats::default(),
             queue_space: tokio::sync::Notify::new(),
             compaction: Mutex::new(()),
             poison: Mutex::new(None),
         });
         let indexer_shared = shared.clone();
-        let heads = tail.heads;
+        let (heads, refs) = (tail.heads, tail.refs);
         let indexer = std::thread::Builder::new()
             .name("cairn-indexer".to_owned())
-            .spawn(move || indexer::run(indexer_shared, heads, last_id))
+            .spawn(move || indexer::run(indexer_shared, heads, last_id, refs))
             .map_err(StoreError::io("start the indexer thread"))?;
         let writer = Writer::new(shared.clone(), file, end, IdGenerator::new(last_id));
         let (requests, receiver) = mpsc::sync_channel(limits::WRITER_QUEUE_DEPTH);
@@ -821,9 +824,11 @@ impl Store {
 
     /// A stored event whose payload has `hash`, found through the content
     /// references (keyed by a prefix of the hash, so the full hash is checked).
-    /// Call after the read barrier.
+    /// Call after the read barrier; waits for the references to catch up
+    /// after an open that left them behind (see `index/refs.rs`).
     fn event_with_hash(&self, hash: &Hash) -> Result<Option<Event>> {
         let shared = &self.inner.shared;
+        shared.progress.wait_refs()?;
         let _pin = shared.segments.pin();
         for guard in shared.index.prefix(Ks::Cas, &hash.0[..CAS_KEY_HASH_BYTES]) {
             let key = guard.key()?;
@@ -845,6 +850,7 @@ impl Store {
     pub fn content_topics(&self, hash: &Hash, max: usize) -> Result<Vec<Topic>> {
         let shared = &self.inner.shared;
         shared.barrier()?;
+        shared.progress.wait_refs()?;
         let _pin = shared.segments.pin();
         let mut topics: Vec<Topic> = Vec::new();
         for guard in shared.index.prefix(Ks::Cas, &hash.0[..CAS_KEY_HASH_BYTES]).take(max) {

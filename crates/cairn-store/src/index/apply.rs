@@ -75,12 +75,19 @@ pub(crate) struct Applier<'h> {
     pending_topics: HashMap<String, Vec<(u64, EventId)>>,
     /// Content-store files no event refers to any more; deleted after commit.
     pub(crate) garbage: Vec<Hash>,
+    /// Whether the content references are current (see `refs.rs`): then
+    /// new events' references are written here, and files whose last
+    /// reference went are garbage; otherwise they wait in `unsure`.
+    refs_live: bool,
+    /// Content-store files whose last reference may have gone, found while
+    /// the references lag: checked again once they caught up.
+    pub(crate) unsure: Vec<Hash>,
     /// Bytes of frames removed here, by segment (for compaction's ratio).
     dead: HashMap<u32, u64>,
 }
 
 impl<'h> Applier<'h> {
-    pub(crate) fn new(heads: &'h mut Heads, segments: &'h Segments, track: bool) -> Applier<'h> {
+    pub(crate) fn new(heads: &'h mut Heads, segments: &'h Segments, track: bool, refs_live: bool) -> Applier<'h> {
         Applier {
             heads,
             segments,
@@ -88,6 +95,8 @@ impl<'h> Applier<'h> {
             pending_ids: HashMap::new(),
             pending_topics: HashMap::new(),
             garbage: Vec::new(),
+            refs_live,
+            unsure: Vec::new(),
             dead: HashMap::new(),
         }
     }
@@ -143,8 +152,10 @@ impl<'h> Applier<'h> {
                     by_topic.insert(topic, vec![idx]);
                 }
             }
-            if let Some(hash) = event.hash {
-                txn.insert(Ks::Cas, cas_key(hash, event.id), vec![u8::from(event.payload == Payload::Stored)]);
+            if let Some(hash) = event.hash
+                && self.refs_live
+            {
+                crate::index::refs::insert(txn, hash, event.id, &event.payload);
             }
             if let Ttl::Time { ms } = event.ttl {
                 let expires = event.timestamp_ms().saturating_add(ms);
@@ -256,8 +267,12 @@ impl<'h> Applier<'h> {
             txn.remove(Ks::Cas, cas_key(hash, event.id));
             // Another event with the same hash prefix keeps the file (a
             // different content sharing 8 hash bytes would only delay collection).
-            if event.payload == Payload::Stored && !txn.has_prefix(Ks::Cas, &hash.0[..CAS_KEY_HASH_BYTES])? {
-                self.garbage.push(hash);
+            if event.payload == Payload::Stored {
+                if !self.refs_live {
+                    self.unsure.push(hash);
+                } else if !crate::index::refs::live_ref(txn, &hash)? {
+                    self.garbage.push(hash);
+                }
             }
         }
         if let Some(head) = self.heads.get(txn, topic)? {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use crate::error::{Result, StoreError};
 use crate::id::EventId;
+use crate::index::refs::Refs;
 use crate::index::{Applier, Checkpoint, Heads};
 use crate::limits::{EXPIRE_EVENTS_PER_STEP, INDEX_RECORDS_PER_BATCH};
 use crate::log::codec::{self, FRAME_HEADER_BYTES};
@@ -17,9 +18,13 @@ use crate::store::Shared;
 
 /// Runs until the store closes (after indexing everything committed) or the
 /// index fails (then the store is poisoned and readers get the reason).
-pub(crate) fn run(shared: Arc<Shared>, mut heads: Heads, mut last_id: EventId) {
+pub(crate) fn run(shared: Arc<Shared>, mut heads: Heads, mut last_id: EventId, mut refs: Refs) {
+    // While the content references lag, `next_work` does not wait: each
+    // turn does what is due, then one step of their catch-up.
     while let Some(work) = shared.progress.next_work() {
-        if let Err(error) = step(&shared, &mut heads, &mut last_id, work) {
+        let done = step(&shared, &mut heads, &mut last_id, &mut refs, work)
+            .and_then(|()| if refs.lagging() { crate::index::refs::catch_up(&shared, &mut refs) } else { Ok(()) });
+        if let Err(error) = done {
             let reason = format!("index update failed: {error}");
             shared.poison(&reason);
             shared.progress.fail(reason);
@@ -28,10 +33,10 @@ pub(crate) fn run(shared: Arc<Shared>, mut heads: Heads, mut last_id: EventId) {
     }
 }
 
-fn step(shared: &Shared, heads: &mut Heads, last_id: &mut EventId, work: Work) -> Result<()> {
+fn step(shared: &Shared, heads: &mut Heads, last_id: &mut EventId, refs: &mut Refs, work: Work) -> Result<()> {
     let mut pos = work.from;
     while pos < work.to {
-        pos = index_chunk(shared, heads, last_id, pos, work.to)?;
+        pos = index_chunk(shared, heads, last_id, refs, pos, work.to)?;
     }
     for (marks, reply) in work.forget {
         let mut txn = shared.index.txn();
@@ -47,7 +52,7 @@ fn step(shared: &Shared, heads: &mut Heads, last_id: &mut EventId, work: Work) -
         }
     }
     for (now_ms, reply) in work.expire {
-        let result = expire(shared, heads, now_ms);
+        let result = expire(shared, heads, refs, now_ms);
         let failed = result.as_ref().err().map(ToString::to_string);
         let _ = reply.send(result);
         if let Some(reason) = failed {
@@ -62,6 +67,7 @@ fn index_chunk(
     shared: &Shared,
     heads: &mut Heads,
     last_id: &mut EventId,
+    refs: &mut Refs,
     from: Checkpoint,
     to: Checkpoint,
 ) -> Result<Checkpoint> {
@@ -100,19 +106,20 @@ fn index_chunk(
             break;
         }
     }
-    replay(segments, &shared.index, &shared.cas, heads, last_id, (from.segment, 0), records, offset)?;
+    replay(segments, &shared.index, &shared.cas, heads, last_id, refs, (from.segment, 0), records, offset)?;
     let next = Checkpoint { segment: from.segment, offset };
     shared.progress.advance_indexed(next, offset - from.offset, *last_id);
     Ok(next)
 }
 
 /// Removes events whose `time:` retention ran out by `now_ms`.
-fn expire(shared: &Shared, heads: &mut Heads, now_ms: u64) -> Result<usize> {
+fn expire(shared: &Shared, heads: &mut Heads, refs: &mut Refs, now_ms: u64) -> Result<usize> {
     let mut txn = shared.index.txn();
     txn.track_writes();
-    let mut applier = Applier::new(heads, &shared.segments, true);
+    let mut applier = Applier::new(heads, &shared.segments, true, refs.behind.is_none());
     let removed = applier.expire(&mut txn, now_ms, EXPIRE_EVENTS_PER_STEP)?;
     let garbage = std::mem::take(&mut applier.garbage);
+    refs.garbage.append(&mut applier.unsure);
     applier.finish(&mut txn)?;
     txn.commit()?;
     for hash in garbage {

@@ -2,25 +2,36 @@
 //! the log. Only the writer (and recovery, before the writer starts) writes
 //! them, through a [`Txn`]; readers read committed state.
 //!
-//! All indexes share one fjall keyspace; the first byte of each key says
-//! which index it belongs to ([`Ks`]). One keyspace means one memtable to
-//! flush on close and one journal to replay on open: measured, eight
-//! keyspaces took 2 s to reopen after 300,000 events, one takes far less.
+//! The indexes share one fjall keyspace, but for the content references
+//! (`refs`, see `refs.rs`); the first byte of each key says which index
+//! it belongs to ([`Ks`]). Few keyspaces mean few memtables to flush on
+//! close: measured, eight keyspaces took 2 s to reopen after 300,000
+//! events. The content references have their own because they are the
+//! one index with a key per event in random order (by hash): in the main
+//! keyspace they made every flushed table overlap the whole index, so
+//! fjall's merges rewrote it all, flushes fell behind, and an open after
+//! a kill -9 replayed half a million events; apart, the main keyspace is
+//! sealed every few MiB of log at little cost, and the references catch up
+//! behind it (`refs.rs`).
 //!
 //! Indexes and their keys (after the index byte; integers big-endian so
 //! byte order is numeric order):
 //! - `ids`, `topics`, `removed`, `removed_seq`: the sparse indexes over the
 //!   log, see `sparse.rs`
 //! - `heads`: topic → [`Head`]
-//! - `cas`: first 8 bytes of the hash, id(16) → stored(1)
+//! - `cas` (in the `refs` keyspace): first 8 bytes of the hash, id(16) →
+//!   stored(1)
 //! - `expiry`: expires_ms(8) id(16) → empty
 //! - `idem`: key → time_ms(8), the write's fingerprint(32), 1, then id(16)
 //!   per event (older entries lack the fingerprint and the 1)
 //! - `consumers`: name → id(16)
-//! - `meta`: `applied` → segment(4) offset(4); `last_id` → id(16)
+//! - `meta`: `applied` → segment(4) offset(8); `last_id` → id(16)
+//! - `refs_meta` (in the `refs` keyspace): `applied` → segment(4)
+//!   offset(8), how far the content references cover the log
 
 pub(crate) mod apply;
 pub(crate) mod indexer;
+pub(crate) mod refs;
 pub(crate) mod sparse;
 pub(crate) mod txn;
 
@@ -37,10 +48,12 @@ use crate::error::{Result, StoreError};
 use crate::id::EventId;
 use crate::log::segment::sync_dir;
 
-/// The fjall database and its one keyspace.
+/// The fjall database and its two keyspaces.
 pub(crate) struct Index {
     db: Database,
     data: Keyspace,
+    /// The content references (`Ks::Cas`, `Ks::RefsMeta`).
+    refs: Keyspace,
     /// Where it lives (for the clean-close marker).
     path: std::path::PathBuf,
     /// What opening found of fjall's journal (see [`Journal`]).
@@ -48,7 +61,18 @@ pub(crate) struct Index {
     /// Bytes of log applied since open, counting those replayed on open: at
     /// least what the tables may lack (fjall may have flushed some).
     applied_log_bytes: std::sync::atomic::AtomicU64,
+    /// Bytes of log applied since the main memtable was last sealed.
+    unsealed_log_bytes: std::sync::atomic::AtomicU64,
+    /// A checkpoint of the content references known to be in their tables.
+    refs_flushed: std::sync::Mutex<Option<Checkpoint>>,
 }
+
+/// The main keyspace's memtable is sealed (and flushed by fjall's worker)
+/// each time this much log was applied to it, so an open after a crash
+/// replays at most this much log beyond the index's lag. Its keys are few
+/// per event (anchors are sparse) and mostly in log order, so the tables
+/// this makes merge cheaply.
+const SEAL_LOG_BYTES: u64 = 8 * 1024 * 1024;
 
 /// A clean close flushes the memtable when it holds this much, or when the
 /// log applied since open reaches [`CLOSE_FLUSH_LOG_BYTES`]; otherwise it
@@ -107,6 +131,8 @@ pub(crate) enum Ks {
     RemovedSeq = b'x',
     /// Front ends' durable state (consumer groups), see `Store::state_write`.
     State = b's',
+    /// The content references' own meta keys (in the `refs` keyspace).
+    RefsMeta = b'M',
 }
 
 /// `suffix` prefixed with the index byte of `ks`.
@@ -175,20 +201,39 @@ impl Index {
             // fsynced; a small journal keeps reopening fast.
             .manual_journal_persist(true)
             .max_journaling_size(64 * 1024 * 1024)
-            .worker_threads(1)
+            // Two workers: the content references' merges (random keys, the
+            // index's largest) must not hold up the main keyspace's flushes,
+            // or those fall behind (and fjall halts writes at four sealed
+            // memtables or 30 tables in its first level).
+            .worker_threads(2)
             .open()?;
-        // Small memtables keep fjall's journal, and so the replay on open
-        // after a crash, short.
         let data = db.keyspace("index", || KeyspaceCreateOptions::default().max_memtable_size(8 * 1024 * 1024))?;
-        Ok(Index { db, data, path: path.to_path_buf(), journal, applied_log_bytes: Default::default() })
+        // The references catch up after a crash in the background, so their
+        // memtable may be large: fewer, larger tables to merge (measured at
+        // 10M events: a bulk load 320k events/s with 32 MiB, 368k with 64).
+        let refs = db.keyspace("refs", || KeyspaceCreateOptions::default().max_memtable_size(64 * 1024 * 1024))?;
+        Ok(Index {
+            db,
+            data,
+            refs,
+            path: path.to_path_buf(),
+            journal,
+            applied_log_bytes: Default::default(),
+            unsealed_log_bytes: Default::default(),
+            refs_flushed: Default::default(),
+        })
     }
 
-    pub(crate) fn keyspace(&self) -> &Keyspace {
-        &self.data
+    /// The keyspace holding `ks`.
+    pub(crate) fn keyspace(&self, ks: Ks) -> &Keyspace {
+        match ks {
+            Ks::Cas | Ks::RefsMeta => &self.refs,
+            _ => &self.data,
+        }
     }
 
     pub(crate) fn get(&self, ks: Ks, suffix: &[u8]) -> Result<Option<fjall::Slice>> {
-        Ok(self.data.get(key(ks, suffix))?)
+        Ok(self.keyspace(ks).get(key(ks, suffix))?)
     }
 
     /// Keys of `ks` between two suffix bounds (keys keep their index byte).
@@ -223,14 +268,14 @@ impl Index {
             Bound::Unbounded => Bound::Excluded(vec![ks as u8 + 1]),
         };
         match snapshot {
-            Some(snapshot) => fjall::Readable::range::<Vec<u8>, _>(snapshot, &self.data, (lo, hi)),
-            None => self.data.range::<Vec<u8>, _>((lo, hi)),
+            Some(snapshot) => fjall::Readable::range::<Vec<u8>, _>(snapshot, self.keyspace(ks), (lo, hi)),
+            None => self.keyspace(ks).range::<Vec<u8>, _>((lo, hi)),
         }
     }
 
     /// Keys of `ks` starting with `suffix` (keys keep their index byte).
     pub(crate) fn prefix(&self, ks: Ks, suffix: &[u8]) -> fjall::Iter {
-        self.data.prefix(key(ks, suffix))
+        self.keyspace(ks).prefix(key(ks, suffix))
     }
 
     pub(crate) fn txn(&self) -> Txn<'_> {
@@ -239,12 +284,26 @@ impl Index {
 
     /// Empties the index (before a full rebuild from the log).
     pub(crate) fn clear(&self) -> Result<()> {
-        Ok(self.data.clear()?)
+        self.data.clear()?;
+        self.clear_refs()
     }
 
-    /// Counts `bytes` of log applied to the index.
-    pub(crate) fn applied(&self, bytes: u64) {
-        self.applied_log_bytes.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+    /// Empties the content references (rebuilt from the log behind the
+    /// rest of the index, see `refs.rs`).
+    pub(crate) fn clear_refs(&self) -> Result<()> {
+        Ok(self.refs.clear()?)
+    }
+
+    /// Counts `bytes` of log applied to the main keyspace, sealing its
+    /// memtable every [`SEAL_LOG_BYTES`].
+    pub(crate) fn applied(&self, bytes: u64) -> Result<()> {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.applied_log_bytes.fetch_add(bytes, Relaxed);
+        if self.unsealed_log_bytes.fetch_add(bytes, Relaxed) + bytes >= SEAL_LOG_BYTES {
+            self.unsealed_log_bytes.store(0, Relaxed);
+            self.data.rotate_memtable()?;
+        }
+        Ok(())
     }
 
     /// On clean close, once nothing writes the index (and the log is
@@ -253,38 +312,51 @@ impl Index {
     /// then marks the close clean. Returns whether it flushed.
     pub(crate) fn close(&self) -> Result<bool> {
         use fjall::AbstractTree as _;
-        let memtable = self.data.tree.active_memtable().size();
+        let memtable = self.data.tree.active_memtable().size() + self.refs.tree.active_memtable().size();
         let applied = self.applied_log_bytes.load(std::sync::atomic::Ordering::Relaxed);
         let mut flushed = false;
         if memtable >= CLOSE_FLUSH_MEMTABLE_BYTES || applied >= CLOSE_FLUSH_LOG_BYTES {
             self.db.persist(PersistMode::SyncData)?;
-            self.data.rotate_memtable_and_wait()?;
-            // A memtable sealed earlier (fjall seals at 8 MB) may still wait
-            // for the worker, and fjall waits only for the one it sealed
-            // itself: wait for every one, or do not call the close flushed.
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-            while self.data.sealed_memtable_count() > 0 && std::time::Instant::now() < deadline {
-                std::thread::sleep(std::time::Duration::from_millis(5));
-            }
-            flushed = self.data.sealed_memtable_count() == 0;
+            // A memtable sealed earlier may still wait for the worker, and
+            // fjall waits only for the one it sealed itself: wait for every
+            // one, or do not call the close flushed.
+            flushed = self.flush().is_ok();
         }
         self.mark_clean(if flushed { FLUSHED } else { UNFLUSHED })?;
         Ok(flushed)
     }
 
-    /// Flushes every memtable into tables and waits for it: afterwards the
-    /// tables hold every index batch committed before the call (fjall
-    /// flushes memtables in order), so no replay goes back before them.
+    /// Flushes every memtable of both keyspaces into tables and waits for
+    /// it: afterwards the tables hold every index batch committed before
+    /// the call (fjall flushes memtables in order), so no replay goes back
+    /// before them.
     pub(crate) fn flush(&self) -> Result<()> {
-        self.data.rotate_memtable_and_wait()?;
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        while self.data.sealed_memtable_count() > 0 {
-            if std::time::Instant::now() >= deadline {
-                return Err(StoreError::Index("the index did not flush within 60 s".to_owned()));
-            }
-            std::thread::sleep(std::time::Duration::from_millis(2));
+        self.flush_main()?;
+        self.flush_refs()
+    }
+
+    /// [`Index::flush`] for the main keyspace only (what compaction's
+    /// switch of a segment needs to be in tables).
+    pub(crate) fn flush_main(&self) -> Result<()> {
+        flush_keyspace(&self.data)
+    }
+
+    /// Makes sure the content references' checkpoint in their tables is
+    /// past `segment` (see `refs.rs`), flushing them if not known to be.
+    pub(crate) fn flush_refs_past(&self, segment: u32) -> Result<()> {
+        if self.refs_flushed.lock().expect("refs lock").is_some_and(|at| at.segment > segment) {
+            return Ok(());
         }
+        // Read before the flush, so the flush covers it.
+        let at = self.refs_checkpoint()?;
+        self.flush_refs()?;
+        *self.refs_flushed.lock().expect("refs lock") = at;
         Ok(())
+    }
+
+    /// Flushes the content references and waits for it.
+    fn flush_refs(&self) -> Result<()> {
+        flush_keyspace(&self.refs)
     }
 
     fn mark_clean(&self, how: &[u8]) -> Result<()> {
@@ -305,6 +377,34 @@ impl Index {
         Ok(self.get(Ks::Meta, META_APPLIED)?.and_then(|bytes| decode_checkpoint(&bytes)))
     }
 
+    /// Whether content references an earlier version kept in the main
+    /// keyspace are left (see `refs.rs`).
+    pub(crate) fn has_legacy_refs(&self) -> bool {
+        self.data.prefix([Ks::Cas as u8]).next().is_some()
+    }
+
+    /// Deletes up to `limit` of those; returns whether more may be left.
+    pub(crate) fn delete_legacy_refs(&self, limit: usize) -> Result<bool> {
+        let keys: Vec<fjall::Slice> = self
+            .data
+            .prefix([Ks::Cas as u8])
+            .take(limit)
+            .map(|guard| guard.key())
+            .collect::<std::result::Result<_, _>>()?;
+        let more = keys.len() == limit;
+        let mut batch = self.db.batch();
+        for key in keys {
+            batch.remove(&self.data, key);
+        }
+        batch.commit()?;
+        Ok(more)
+    }
+
+    /// How far the content references cover the log (see `refs.rs`).
+    pub(crate) fn refs_checkpoint(&self) -> Result<Option<Checkpoint>> {
+        Ok(self.get(Ks::RefsMeta, META_APPLIED)?.and_then(|bytes| decode_checkpoint(&bytes)))
+    }
+
     pub(crate) fn last_id(&self) -> Result<EventId> {
         Ok(self
             .get(Ks::Meta, META_LAST_ID)?
@@ -322,6 +422,20 @@ impl Index {
             .and_then(|bytes| <[u8; 16]>::try_from(&*bytes).ok())
             .map(EventId::from_bytes))
     }
+}
+
+/// Seals `keyspace`'s memtable and waits until no sealed memtable is left
+/// (fjall's own wait covers only the one it sealed itself).
+fn flush_keyspace(keyspace: &Keyspace) -> Result<()> {
+    keyspace.rotate_memtable_and_wait()?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while keyspace.sealed_memtable_count() > 0 {
+        if std::time::Instant::now() >= deadline {
+            return Err(StoreError::Index("the index did not flush within 60 s".to_owned()));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    Ok(())
 }
 
 /// Before fjall opens: empties fjall's journal (see [`Journal`]),

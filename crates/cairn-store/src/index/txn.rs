@@ -42,7 +42,7 @@ impl<'a> Txn<'a> {
     }
 
     pub(crate) fn insert(&mut self, ks: Ks, suffix: Vec<u8>, value: Vec<u8>) {
-        let keyspace = self.index.keyspace();
+        let keyspace = self.index.keyspace(ks);
         self.n_writes += 1;
         if self.track {
             self.batch.insert(keyspace, key(ks, &suffix), value.clone());
@@ -53,7 +53,7 @@ impl<'a> Txn<'a> {
     }
 
     pub(crate) fn remove(&mut self, ks: Ks, suffix: Vec<u8>) {
-        let keyspace = self.index.keyspace();
+        let keyspace = self.index.keyspace(ks);
         self.n_writes += 1;
         self.batch.remove(keyspace, key(ks, &suffix));
         if self.track {
@@ -61,18 +61,23 @@ impl<'a> Txn<'a> {
         }
     }
 
-    /// Whether any live key starts with `prefix`.
-    pub(crate) fn has_prefix(&self, ks: Ks, prefix: &[u8]) -> Result<bool> {
-        let in_overlay = self
-            .overlay
-            .iter()
-            .any(|((entry_ks, key), value)| *entry_ks == ks && value.is_some() && key.starts_with(prefix));
-        if in_overlay {
-            return Ok(true);
+    /// Whether `test` holds for the suffix of some live key of `ks` that
+    /// starts with `prefix` (stops at the first).
+    pub(crate) fn any_prefixed(
+        &self,
+        ks: Ks,
+        prefix: &[u8],
+        mut test: impl FnMut(&[u8]) -> Result<bool>,
+    ) -> Result<bool> {
+        for ((entry_ks, key), value) in &self.overlay {
+            if *entry_ks == ks && value.is_some() && key.starts_with(prefix) && test(key)? {
+                return Ok(true);
+            }
         }
         for guard in self.index.prefix(ks, prefix) {
             let key = guard.key()?;
-            if !matches!(self.overlay.get(&(ks, crate::index::strip(&key).to_vec())), Some(None)) {
+            let suffix = crate::index::strip(&key);
+            if !self.overlay.contains_key(&(ks, suffix.to_vec())) && test(suffix)? {
                 return Ok(true);
             }
         }

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use crate::cas::Cas;
 use crate::error::{Result, StoreError};
 use crate::event::Event;
+use crate::index::refs::Refs;
 use crate::index::txn::Ks;
 use crate::index::{Applier, Checkpoint, Heads, Index, META_APPLIED, META_LAST_ID, encode_checkpoint};
 use crate::limits::{EXPIRE_EVENTS_PER_STEP, GROUP_BYTES_MAX, RECORD_BYTES_MAX};
@@ -38,6 +39,9 @@ pub struct RecoveryReport {
     pub expired_on_open: u64,
     /// Whether the index was rebuilt from the whole log.
     pub rebuilt: bool,
+    /// Whether the content references were left behind the rest of the
+    /// index, to catch up in the background (lookups by hash wait for it).
+    pub refs_behind: bool,
     /// Bytes cut from the end of the log, if any, and why.
     pub truncated: Option<Truncation>,
 }
@@ -61,6 +65,7 @@ pub(crate) struct Tail {
     pub(crate) offset: u64,
     pub(crate) heads: Heads,
     pub(crate) last_id: crate::id::EventId,
+    pub(crate) refs: Refs,
 }
 
 const REPLAY_RECORDS_PER_TXN: usize = 1024;
@@ -107,6 +112,9 @@ pub(crate) fn recover(segments: &Arc<Segments>, index: &Index, cas: &Cas) -> Res
     }
     let mut heads = Heads::default();
     let mut last_id = index.last_id()?;
+    // The content references are left to catch up after the open (see
+    // `refs.rs`): here only the rest of the index is replayed.
+    let mut refs = Refs::deferred();
     let mut end = Checkpoint { segment: start.segment, offset: start.offset };
     for &segment in list.iter().filter(|&&s| s >= start.segment) {
         let generation = oldest(segment);
@@ -145,6 +153,7 @@ pub(crate) fn recover(segments: &Arc<Segments>, index: &Index, cas: &Cas) -> Res
                                 cas,
                                 &mut heads,
                                 &mut last_id,
+                                &mut refs,
                                 (segment, generation),
                                 std::mem::take(&mut batch),
                                 offset,
@@ -170,7 +179,7 @@ pub(crate) fn recover(segments: &Arc<Segments>, index: &Index, cas: &Cas) -> Res
             }
         }
         report.records_replayed +=
-            replay(segments, index, cas, &mut heads, &mut last_id, (segment, generation), batch, offset)?;
+            replay(segments, index, cas, &mut heads, &mut last_id, &mut refs, (segment, generation), batch, offset)?;
         if generation > 0 {
             // A compacted file read in a rebuild is the one the index names
             // (also when compaction left it without records).
@@ -197,24 +206,27 @@ pub(crate) fn recover(segments: &Arc<Segments>, index: &Index, cas: &Cas) -> Res
         }
     }
     if !index.journal.flushed {
-        report.expired_on_open = expire_all(segments, index, cas, &mut heads)?;
+        report.expired_on_open = expire_all(segments, index, cas, &mut heads, &mut refs)?;
     }
     crate::compact::remove_stale(index, segments)?;
-    Ok((Tail { segment: end.segment, offset: end.offset, heads, last_id }, report))
+    let refs = Refs::open(index, segments, end, refs.garbage)?;
+    report.refs_behind = refs.behind.is_some();
+    Ok((Tail { segment: end.segment, offset: end.offset, heads, last_id, refs }, report))
 }
 
 /// Removes every event whose `time:` retention has run out (after a close
 /// that did not flush the index: a sweep whose index change was not yet in fjall's tables
 /// is lost with the journal, and its content files may be gone already).
-fn expire_all(segments: &Arc<Segments>, index: &Index, cas: &Cas, heads: &mut Heads) -> Result<u64> {
+fn expire_all(segments: &Arc<Segments>, index: &Index, cas: &Cas, heads: &mut Heads, refs: &mut Refs) -> Result<u64> {
     let now_ms = crate::store::now_ms();
     let mut removed = 0;
     loop {
         let mut txn = index.txn();
         txn.track_writes();
-        let mut applier = Applier::new(heads, segments, true);
+        let mut applier = Applier::new(heads, segments, true, false);
         let step = applier.expire(&mut txn, now_ms, EXPIRE_EVENTS_PER_STEP)?;
         let garbage = std::mem::take(&mut applier.garbage);
+        refs.garbage.append(&mut applier.unsure);
         applier.finish(&mut txn)?;
         txn.commit()?;
         for hash in garbage {
@@ -249,6 +261,7 @@ pub(crate) fn replay(
     cas: &Cas,
     heads: &mut Heads,
     last_id: &mut crate::id::EventId,
+    refs: &mut Refs,
     (segment, generation): (u32, u32),
     records: Vec<(Record, u64)>,
     end: u64,
@@ -267,7 +280,8 @@ pub(crate) fn replay(
     if removes {
         txn.track_writes();
     }
-    let mut applier = Applier::new(heads, segments, removes);
+    let refs_live = refs.behind.is_none();
+    let mut applier = Applier::new(heads, segments, removes, refs_live);
     for (record, record_offset) in records {
         match record {
             Record::Batch { key, events } => {
@@ -308,11 +322,16 @@ pub(crate) fn replay(
         txn.insert(Ks::Meta, crate::compact::generation_key(segment), generation.to_be_bytes().to_vec());
     }
     let garbage = std::mem::take(&mut applier.garbage);
+    refs.garbage.append(&mut applier.unsure);
     applier.finish(&mut txn)?;
-    txn.insert(Ks::Meta, META_APPLIED.to_vec(), encode_checkpoint(Checkpoint { segment, offset: end }).to_vec());
+    let checkpoint = Checkpoint { segment, offset: end };
+    txn.insert(Ks::Meta, META_APPLIED.to_vec(), encode_checkpoint(checkpoint).to_vec());
+    if refs_live {
+        crate::index::refs::mark(&mut txn, checkpoint);
+    }
     txn.insert(Ks::Meta, META_LAST_ID.to_vec(), last_id.to_bytes().to_vec());
     txn.commit()?;
-    index.applied(end.saturating_sub(first));
+    index.applied(end.saturating_sub(first))?;
     for hash in garbage {
         cas.delete(&hash)?;
     }
