@@ -3,9 +3,11 @@
 //! the hash. Which content is referenced is the index's business (`cas`
 //! keyspace); this module only stores, reads and deletes bytes.
 
+use std::collections::HashMap;
 use std::fs;
 use std::io::Write as _;
 use std::path::PathBuf;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::{Result, StoreError};
@@ -17,6 +19,14 @@ use crate::log::segment::sync_dir;
 pub(crate) struct Cas {
     dir: PathBuf,
     tmp_counter: AtomicU64,
+    /// Content of events the writer planned that the index has not seen
+    /// yet, with how many: their files are not collected meanwhile. The
+    /// index decides a file is unreferenced from the events it covers; a
+    /// new event whose content was already there (so the writer did not
+    /// put it again) is not among them until indexed, and its file must
+    /// outlive that (a `time:` sweep of the last older event holding the
+    /// same bytes would otherwise delete it).
+    pins: Mutex<HashMap<Hash, u32>>,
 }
 
 impl Cas {
@@ -32,7 +42,7 @@ impl Cas {
         }
         // Files a delete had set aside when the process died: whether an
         // event came to refer to them is unknown, so they go back.
-        let cas = Cas { dir, tmp_counter: AtomicU64::new(0) };
+        let cas = Cas { dir, tmp_counter: AtomicU64::new(0), pins: Mutex::default() };
         if let Ok(entries) = fs::read_dir(cas.dir.join("deleting")) {
             for entry in entries.flatten() {
                 if let Some(hash) = entry.file_name().to_str().and_then(|hex| Hash::parse(hex).ok()) {
@@ -95,6 +105,33 @@ impl Cas {
         };
         verify(hash, &bytes, || format!("content file {}", path.display()))?;
         Ok(Some(bytes))
+    }
+
+    /// Keeps the file for `hash` from collection until [`Cas::unpin`]
+    /// (taken by the writer before it checks for the file or puts it).
+    pub(crate) fn pin(&self, hash: &Hash) {
+        *self.pins.lock().expect("pins lock").entry(*hash).or_default() += 1;
+    }
+
+    /// An event with content `hash` is in the index now.
+    pub(crate) fn unpin(&self, hash: &Hash) {
+        let mut pins = self.pins.lock().expect("pins lock");
+        if let Some(count) = pins.get_mut(hash) {
+            *count -= 1;
+            if *count == 0 {
+                pins.remove(hash);
+            }
+        }
+    }
+
+    /// Deletes the file for `hash` that the index found unreferenced,
+    /// unless an event not yet indexed holds it (see `pins`).
+    pub(crate) fn collect(&self, hash: &Hash) -> Result<()> {
+        let pins = self.pins.lock().expect("pins lock");
+        if pins.contains_key(hash) {
+            return Ok(());
+        }
+        self.delete(hash)
     }
 
     /// Deletes the file for `hash`, if any.

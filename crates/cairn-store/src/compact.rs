@@ -329,6 +329,7 @@ pub(crate) fn rewrite(index: &Index, segments: &Segments, segment: u32, compress
     let mut newest_kept: HashMap<&str, u64> = HashMap::new();
     let mut pending_floors: Vec<(String, u64, EventId)> = Vec::new();
     let mut marks = Vec::new();
+    let mut decoder = codec::Decoder::for_index();
     for (idx, (body, offset)) in records.iter().enumerate() {
         if let Some((key, frames)) = batch_frames(body) {
             let mut kept = Vec::with_capacity(body.len());
@@ -345,7 +346,11 @@ pub(crate) fn rewrite(index: &Index, segments: &Segments, segment: u32, compress
                 }
                 if filter.contains(&id.to_bytes())? {
                     n_dropped += 1;
-                    marks.push((id.to_bytes(), topic_key(topic, seq)));
+                    let hash = codec::decode_event_with(event_body, &mut decoder)
+                        .map_err(|detail| corrupt(segment, *offset, &detail))?
+                        .hash;
+                    let reference = hash.map(|hash| crate::index::apply::cas_key(hash, id));
+                    marks.push((id.to_bytes(), topic_key(topic, seq), reference));
                     if has_removals {
                         dropped_ids.insert(id);
                     }

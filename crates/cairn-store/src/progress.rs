@@ -181,6 +181,11 @@ impl Progress {
         self.lock().refs_behind
     }
 
+    /// Whether the indexer has more to do for the content references.
+    pub(crate) fn refs_work(&self) -> bool {
+        self.lock().refs_work
+    }
+
     /// Waits until the content references are current (lookups by hash).
     pub(crate) fn wait_refs(&self) -> Result<()> {
         let mut state = self.lock();
@@ -279,8 +284,10 @@ pub(crate) struct Work {
     pub(crate) forget: Vec<(Vec<Forget>, oneshot::Sender<Result<()>>)>,
 }
 
-/// A removal mark to delete: the id, and the topic key (topic 0x00 seq).
-pub(crate) type Forget = ([u8; 16], Vec<u8>);
+/// A removal mark to delete: the id, the topic key (topic 0x00 seq), and
+/// the key of the event's content reference, if it has content (deleted
+/// too: a crash may have kept it when its removal deleted it).
+pub(crate) type Forget = ([u8; 16], Vec<u8>, Option<Vec<u8>>);
 
 fn check_failed(state: &State) -> Result<()> {
     match &state.failed {

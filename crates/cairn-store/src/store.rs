@@ -202,6 +202,11 @@ pub struct StoreStats {
     pub log_bytes: u64,
     /// Bytes in the content store.
     pub content_bytes: u64,
+    /// Whether the index still has background work on the content
+    /// references (catching up after an open that left them behind, or
+    /// moving those of an older store); lookups by hash wait for the
+    /// catch-up.
+    pub content_refs_catching_up: bool,
 }
 
 impl Shared {
@@ -870,6 +875,9 @@ impl Store {
     pub fn cas_has(&self, hash: &Hash) -> Result<bool> {
         let shared = &self.inner.shared;
         shared.barrier()?;
+        // Files whose last reference went while the references caught up
+        // are collected when they are current.
+        shared.progress.wait_refs()?;
         Ok(shared.cas.has_file(hash) || self.event_with_hash(hash)?.is_some())
     }
 
@@ -888,6 +896,7 @@ impl Store {
             log_bytes_written: shared.progress.committed_bytes(),
             log_bytes,
             content_bytes,
+            content_refs_catching_up: shared.progress.refs_work(),
         }
     }
 
@@ -916,6 +925,9 @@ impl Store {
     /// back if any exists.
     pub fn cas_delete(&self, hash: &Hash) -> Result<bool> {
         let shared = &self.inner.shared;
+        // Not while the references catch up: the file would be out of
+        // reach for as long as that takes.
+        shared.progress.wait_refs()?;
         let Some(aside) = shared.cas.set_aside(hash)? else { return Ok(false) };
         let referenced = self.sync().and_then(|()| {
             shared.barrier()?;

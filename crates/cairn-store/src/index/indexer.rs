@@ -40,9 +40,12 @@ fn step(shared: &Shared, heads: &mut Heads, last_id: &mut EventId, refs: &mut Re
     }
     for (marks, reply) in work.forget {
         let mut txn = shared.index.txn();
-        for (id, topic_key) in marks {
+        for (id, topic_key, reference) in marks {
             txn.remove(crate::index::Ks::Removed, id.to_vec());
             txn.remove(crate::index::Ks::RemovedSeq, topic_key);
+            if let Some(reference) = reference {
+                txn.remove(crate::index::Ks::Cas, reference);
+            }
         }
         let result = txn.commit();
         let failed = result.as_ref().err().map(ToString::to_string);
@@ -123,7 +126,7 @@ fn expire(shared: &Shared, heads: &mut Heads, refs: &mut Refs, now_ms: u64) -> R
     applier.finish(&mut txn)?;
     txn.commit()?;
     for hash in garbage {
-        shared.cas.delete(&hash)?;
+        shared.cas.collect(&hash)?;
     }
     Ok(removed)
 }

@@ -383,21 +383,28 @@ impl Index {
         self.data.prefix([Ks::Cas as u8]).next().is_some()
     }
 
-    /// Deletes up to `limit` of those; returns whether more may be left.
-    pub(crate) fn delete_legacy_refs(&self, limit: usize) -> Result<bool> {
+    /// Deletes up to `limit` of those, after the key `after` (where the
+    /// last call stopped: starting over would walk past every deletion
+    /// made so far); returns where it stopped if more may be left.
+    pub(crate) fn delete_legacy_refs(&self, after: Option<&[u8]>, limit: usize) -> Result<Option<Vec<u8>>> {
+        let lo = match after {
+            Some(key) => Bound::Excluded(key.to_vec()),
+            None => Bound::Included(vec![Ks::Cas as u8]),
+        };
+        let hi = Bound::Excluded(vec![Ks::Cas as u8 + 1]);
         let keys: Vec<fjall::Slice> = self
             .data
-            .prefix([Ks::Cas as u8])
+            .range::<Vec<u8>, _>((lo, hi))
             .take(limit)
             .map(|guard| guard.key())
             .collect::<std::result::Result<_, _>>()?;
-        let more = keys.len() == limit;
+        let next = (keys.len() == limit).then(|| keys.last().map(|key| key.to_vec())).flatten();
         let mut batch = self.db.batch();
         for key in keys {
             batch.remove(&self.data, key);
         }
         batch.commit()?;
-        Ok(more)
+        Ok(next)
     }
 
     /// How far the content references cover the log (see `refs.rs`).

@@ -52,17 +52,19 @@ pub(crate) struct Refs {
     /// Content files whose last reference may have gone while they lagged.
     pub(crate) garbage: Vec<Hash>,
     /// References an earlier version kept in the main keyspace are left to
-    /// delete.
+    /// delete (after the key where the last step stopped, if any).
     legacy: bool,
+    legacy_after: Option<Vec<u8>>,
     /// The sealed segment the catch-up is reading, whole (a compressed one
     /// is decompressed once, not per step).
     reading: Option<(u32, Chunk)>,
 }
 
 impl Refs {
-    /// Whether a catch-up step has work (lagging, or legacy keys left).
+    /// Whether a catch-up step has work: lagging, files to check again,
+    /// or legacy keys left.
     pub(crate) fn lagging(&self) -> bool {
-        self.behind.is_some() || self.legacy
+        self.behind.is_some() || !self.garbage.is_empty() || self.legacy
     }
 
     /// For recovery's replay: the references are not written, and files
@@ -91,7 +93,7 @@ impl Refs {
         if legacy {
             tracing::info!("moving the content references to their own keyspace (once, in the background)");
         }
-        Ok(Refs { behind: (at < end).then_some(at), garbage, legacy, reading: None })
+        Ok(Refs { behind: (at < end).then_some(at), garbage, legacy, legacy_after: None, reading: None })
     }
 }
 
@@ -116,10 +118,10 @@ pub(crate) fn mark(txn: &mut Txn<'_>, at: Checkpoint) {
     txn.insert(Ks::RefsMeta, META_APPLIED.to_vec(), encode_checkpoint(at).to_vec());
 }
 
-/// One step of catching up: deletes a slice of legacy references, or
-/// indexes up to a batch of records' references from the log, or, having
-/// reached the index, makes the references current and deletes the
-/// content files found unreferenced meanwhile.
+/// One step of catching up: indexes up to a batch of records' references
+/// from the log, or, having reached the index, makes the references
+/// current; then deletes the content files found unreferenced meanwhile,
+/// then legacy references, a slice a step.
 pub(crate) fn catch_up(shared: &Shared, refs: &mut Refs) -> Result<()> {
     step(shared, refs)?;
     shared.progress.set_refs_behind(refs.behind, refs.lagging());
@@ -128,11 +130,15 @@ pub(crate) fn catch_up(shared: &Shared, refs: &mut Refs) -> Result<()> {
 
 fn step(shared: &Shared, refs: &mut Refs) -> Result<()> {
     let index = &shared.index;
-    if refs.legacy {
-        refs.legacy = index.delete_legacy_refs(LEGACY_KEYS_PER_STEP)?;
+    let Some(at) = refs.behind else {
+        if !refs.garbage.is_empty() {
+            collect(shared, refs)?;
+        } else if refs.legacy {
+            refs.legacy_after = index.delete_legacy_refs(refs.legacy_after.as_deref(), LEGACY_KEYS_PER_STEP)?;
+            refs.legacy = refs.legacy_after.is_some();
+        }
         return Ok(());
-    }
-    let Some(at) = refs.behind else { return Ok(()) };
+    };
     let target = shared.progress.indexed();
     if at >= target {
         let mut txn = index.txn();
@@ -140,14 +146,8 @@ fn step(shared: &Shared, refs: &mut Refs) -> Result<()> {
         txn.commit()?;
         refs.behind = None;
         refs.reading = None;
-        let garbage = std::mem::take(&mut refs.garbage);
-        let txn = index.txn();
-        for hash in garbage {
-            if !live_ref(&txn, &hash)? {
-                shared.cas.delete(&hash)?;
-            }
-        }
-        return Ok(());
+        // Before anyone learns they are current.
+        return collect(shared, refs);
     }
     let segments = &shared.segments;
     let next = if at.segment < target.segment {
@@ -173,6 +173,18 @@ fn step(shared: &Shared, refs: &mut Refs) -> Result<()> {
         index_refs(index, at, bytes)?
     };
     refs.behind = Some(next);
+    Ok(())
+}
+
+/// Deletes the files in `refs.garbage` no event refers to (once current).
+fn collect(shared: &Shared, refs: &mut Refs) -> Result<()> {
+    let garbage = std::mem::take(&mut refs.garbage);
+    let txn = shared.index.txn();
+    for hash in garbage {
+        if !live_ref(&txn, &hash)? {
+            shared.cas.collect(&hash)?;
+        }
+    }
     Ok(())
 }
 

@@ -230,7 +230,7 @@ fn expire_all(segments: &Arc<Segments>, index: &Index, cas: &Cas, heads: &mut He
         applier.finish(&mut txn)?;
         txn.commit()?;
         for hash in garbage {
-            cas.delete(&hash)?;
+            cas.collect(&hash)?;
         }
         removed += step as u64;
         if step < EXPIRE_EVENTS_PER_STEP {
@@ -282,6 +282,17 @@ pub(crate) fn replay(
     }
     let refs_live = refs.behind.is_none();
     let mut applier = Applier::new(heads, segments, removes, refs_live);
+    // Their files, pinned by the writer until the index holds them.
+    let stored: Vec<crate::event::Hash> = records
+        .iter()
+        .filter_map(|(record, _)| match record {
+            Record::Batch { events, .. } => Some(events),
+            _ => None,
+        })
+        .flatten()
+        .filter(|(event, _, _)| event.payload == crate::event::Payload::Stored)
+        .filter_map(|(event, _, _)| event.hash)
+        .collect();
     for (record, record_offset) in records {
         match record {
             Record::Batch { key, events } => {
@@ -332,8 +343,11 @@ pub(crate) fn replay(
     txn.insert(Ks::Meta, META_LAST_ID.to_vec(), last_id.to_bytes().to_vec());
     txn.commit()?;
     index.applied(end.saturating_sub(first))?;
+    for hash in &stored {
+        cas.unpin(hash);
+    }
     for hash in garbage {
-        cas.delete(&hash)?;
+        cas.collect(&hash)?;
     }
     Ok(n_records)
 }

@@ -163,3 +163,29 @@ fn state_writes_are_durable_in_order_and_survive_an_index_rebuild() {
     assert_eq!(store.state_scan(b"").unwrap(), expected);
     assert!(store.verify().unwrap().ok());
 }
+
+#[test]
+fn content_shared_with_expiring_events_outlives_their_sweep() {
+    // An event of a `time:` topic expires just as another event with the
+    // same large content is appended. The writer does not store a file
+    // twice, so the new event relies on the file already there; the sweep
+    // that removes the older event must not delete it before the new
+    // event is indexed. Each round uses new content, so each is a chance.
+    let dir = tempfile::tempdir().unwrap();
+    let options =
+        cairn_store::Options { retention_interval: std::time::Duration::from_millis(1), ..crate::test_options() };
+    let store = cairn_store::Store::open(dir.path(), options).unwrap();
+    let mut kept = Vec::new();
+    for round in 0..400u32 {
+        let mut content = vec![0u8; 20_000];
+        content[..4].copy_from_slice(&round.to_be_bytes());
+        let fleeting = NewEvent::new(topic("fleeting"), content.clone()).with_ttl(Ttl::Time { ms: 1 });
+        store.append(fleeting, Expect::Any).unwrap();
+        std::thread::sleep(std::time::Duration::from_micros(500 + u64::from(round % 7) * 300));
+        kept.push((store.append(NewEvent::new(topic("kept"), content.clone()), Expect::Any).unwrap(), content));
+    }
+    for (event, content) in &kept {
+        let event = store.get(event.id).unwrap().expect("a kept event is there");
+        assert_eq!(&payload_of(&store, &event), content, "content of {}", event.id);
+    }
+}

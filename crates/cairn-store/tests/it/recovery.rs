@@ -265,3 +265,64 @@ fn content_references_lost_in_a_crash_are_rebuilt_and_keep_referenced_files() {
     assert!(!store.recovery_report().refs_behind);
     assert_eq!(store.cas_get(&inline.hash.unwrap()).unwrap(), b"tiny and inline");
 }
+
+/// Keys of the main index keyspace that start with `prefix`, read with
+/// fjall directly (the store closed).
+fn main_index_keys(dir: &Path, prefix: u8) -> usize {
+    let db = fjall::Database::builder(dir.join("index")).open().unwrap();
+    let main = db.keyspace("index", fjall::KeyspaceCreateOptions::default).unwrap();
+    main.prefix([prefix]).count()
+}
+
+#[test]
+fn a_store_from_before_the_references_had_their_keyspace_moves_them() {
+    // Earlier versions kept the content references (`c` keys) in the main
+    // keyspace and had no `refs` keyspace: made here with fjall itself
+    // from a closed store, the references moved back by hand.
+    let dir = tempfile::tempdir().unwrap();
+    let big = vec![5u8; 100_000];
+    let (stored, inline);
+    {
+        let store = Store::open(dir.path(), crate::test_options()).unwrap();
+        stored = store.append(NewEvent::new(topic("old"), big.clone()), Expect::Any).unwrap();
+        let filler: Vec<NewEvent> = (0..40_000).map(|n| NewEvent::new(topic("old"), format!("o{n}"))).collect();
+        store.append_batch(cairn_store::Batch { events: filler, ..cairn_store::Batch::default() }).unwrap();
+        inline = store.append(NewEvent::new(topic("old"), "inline, from before"), Expect::Any).unwrap();
+        store.close().unwrap();
+    }
+    {
+        let db = fjall::Database::builder(dir.path().join("index")).open().unwrap();
+        let main = db.keyspace("index", fjall::KeyspaceCreateOptions::default).unwrap();
+        let refs = db.keyspace("refs", fjall::KeyspaceCreateOptions::default).unwrap();
+        let mut moved = 0;
+        for guard in refs.prefix([b'c']) {
+            let (key, value) = guard.into_inner().unwrap();
+            main.insert(key, value).unwrap();
+            moved += 1;
+        }
+        assert_eq!(moved, 40_002, "a reference per event");
+        db.delete_keyspace(refs).unwrap();
+        main.rotate_memtable_and_wait().unwrap();
+        while main.sealed_memtable_count() > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+    assert_eq!(main_index_keys(dir.path(), b'c'), 40_002);
+    {
+        let store = Store::open(dir.path(), crate::test_options()).unwrap();
+        assert!(store.recovery_report().refs_behind, "rebuilt from the log");
+        assert_eq!(store.cas_get(&inline.hash.unwrap()).unwrap(), b"inline, from before");
+        store.remove(stored.id).unwrap();
+        assert!(!store.cas_has(&stored.hash.unwrap()).unwrap(), "the file of a removed event is collected");
+        // The old keys go in the background, a slice at a time.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while store.stats().content_refs_catching_up && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        store.close().unwrap();
+    }
+    assert_eq!(main_index_keys(dir.path(), b'c'), 0, "the old references are gone from the main keyspace");
+    let store = Store::open(dir.path(), crate::test_options()).unwrap();
+    assert!(!store.recovery_report().refs_behind);
+    assert_eq!(store.cas_get(&inline.hash.unwrap()).unwrap(), b"inline, from before");
+}
