@@ -404,7 +404,7 @@ impl Writer {
                 event.seq = last.map_or(0, |(seq, _)| seq + 1);
             }
             if let (Payload::Stored, Some(hash), Some(bytes)) = (&event.payload, event.hash, stored_bytes) {
-                stored_payloads.push((hash, bytes, event.ttl == Ttl::Ephemeral));
+                stored_payloads.push((hash, bytes));
             }
             if event.ttl != Ttl::Ephemeral {
                 // One allocation per topic, not per event.
@@ -417,11 +417,11 @@ impl Writer {
             }
             events.push(event);
         }
-        for (hash, bytes, ephemeral) in stored_payloads {
-            // Pinned first: collection checks pins, then deletes.
-            if !ephemeral {
-                self.shared.cas.pin(&hash);
-            }
+        for (hash, bytes) in stored_payloads {
+            // Pinned first (collection checks pins, then deletes), then put
+            // again if collection took the file after the caller put it.
+            // (Ephemeral events never store: their payloads stay inline.)
+            self.shared.cas.pin(&hash);
             if !self.shared.cas.has_file(&hash) {
                 self.shared.cas.put(&hash, &bytes)?;
             }
