@@ -23,6 +23,7 @@ use crate::limits::{GROUP_BYTES_MAX, RECORD_BYTES_MAX};
 use crate::log::codec;
 use crate::log::segment::{SEGMENT_HEADER_BYTES, create_segment};
 use crate::store::{Shared, SyncMode};
+use crate::topic::Topic;
 
 /// How long the writer waits for more requests when the previous group was
 /// bigger than what is queued now, in µs.
@@ -392,10 +393,22 @@ impl Writer {
         let mut events = Vec::with_capacity(prepared.len());
         let mut ids_floor = self.ids.last();
         let mut stored_payloads = Vec::new();
+        // Events of one topic usually come in runs: the tail of the current
+        // run's topic is kept here and goes into `scratch` when the run
+        // ends, so a run costs one map lookup, not two per event.
+        let mut run: Option<(Topic, Option<(u64, EventId)>)> = None;
         for Prepared { mut event, stored_bytes } in prepared {
-            let last = match scratch.get(event.topic.as_str()) {
-                Some(last) => Some(*last),
-                None => self.tail(state, event.topic.as_str())?,
+            let last = match &run {
+                Some((topic, tail)) if *topic == event.topic => *tail,
+                _ => {
+                    end_run(&mut scratch, run.take());
+                    let tail = match scratch.get(event.topic.as_str()) {
+                        Some(last) => Some(*last),
+                        None => self.tail(state, event.topic.as_str())?,
+                    };
+                    run = Some((event.topic.clone(), tail));
+                    tail
+                }
             };
             if import {
                 check_import(&event, last, ids_floor)?;
@@ -406,17 +419,14 @@ impl Writer {
             if let (Payload::Stored, Some(hash), Some(bytes)) = (&event.payload, event.hash, stored_bytes) {
                 stored_payloads.push((hash, bytes));
             }
-            if event.ttl != Ttl::Ephemeral {
-                // One allocation per topic, not per event.
-                match scratch.get_mut(event.topic.as_str()) {
-                    Some(tail) => *tail = (event.seq, event.id),
-                    None => {
-                        scratch.insert(event.topic.as_str().to_owned(), (event.seq, event.id));
-                    }
-                }
+            if event.ttl != Ttl::Ephemeral
+                && let Some((_, tail)) = &mut run
+            {
+                *tail = Some((event.seq, event.id));
             }
             events.push(event);
         }
+        end_run(&mut scratch, run);
         for (hash, bytes) in stored_payloads {
             // Pinned first (collection checks pins, then deletes), then put
             // again if collection took the file after the caller put it.
@@ -435,8 +445,13 @@ impl Writer {
                 event.id = self.ids.next_at(now_ms);
             }
         }
-        for event in events.iter().filter(|e| e.ttl != Ttl::Ephemeral) {
-            if let Some(tail) = scratch.get_mut(event.topic.as_str()) {
+        // The tails take the ids just assigned: the last event of each run
+        // (the last run of a topic comes last, so it is the one that stays).
+        let mut stored = events.iter().filter(|e| e.ttl != Ttl::Ephemeral).peekable();
+        while let Some(event) = stored.next() {
+            if stored.peek().is_none_or(|next| next.topic != event.topic)
+                && let Some(tail) = scratch.get_mut(event.topic.as_str())
+            {
                 *tail = (event.seq, event.id);
             }
         }
@@ -535,6 +550,18 @@ impl Writer {
         self.offset = SEGMENT_HEADER_BYTES;
         self.shared.segments.map(next, self.shared.options.segment_bytes)?;
         Ok(())
+    }
+}
+
+/// Puts the tail of a run of one topic's events (see `plan_append`) into
+/// the planning's scratch tails (one allocation per topic, not per event).
+fn end_run(scratch: &mut HashMap<String, (u64, EventId)>, run: Option<(Topic, Option<(u64, EventId)>)>) {
+    let Some((topic, Some(tail))) = run else { return };
+    match scratch.get_mut(topic.as_str()) {
+        Some(last) => *last = tail,
+        None => {
+            scratch.insert(topic.as_str().to_owned(), tail);
+        }
     }
 }
 
