@@ -383,14 +383,12 @@ impl Index {
         self.data.prefix([Ks::Cas as u8]).next().is_some()
     }
 
-    /// Deletes up to `limit` of those, after the key `after` (where the
-    /// last call stopped: starting over would walk past every deletion
-    /// made so far); returns where it stopped if more may be left.
-    pub(crate) fn delete_legacy_refs(&self, after: Option<&[u8]>, limit: usize) -> Result<Option<Vec<u8>>> {
-        let lo = match after {
-            Some(key) => Bound::Excluded(key.to_vec()),
-            None => Bound::Included(vec![Ks::Cas as u8]),
-        };
+    /// Deletes up to `limit` of those after the key `after` (where the last
+    /// call stopped, or the bare index byte: starting over would walk past
+    /// every deletion made so far); returns where it stopped if more may be
+    /// left.
+    pub(crate) fn delete_legacy_refs(&self, after: &[u8], limit: usize) -> Result<Option<Vec<u8>>> {
+        let lo = Bound::Excluded(after.to_vec());
         let hi = Bound::Excluded(vec![Ks::Cas as u8 + 1]);
         let keys: Vec<fjall::Slice> = self
             .data

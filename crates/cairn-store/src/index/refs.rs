@@ -52,9 +52,8 @@ pub(crate) struct Refs {
     /// Content files whose last reference may have gone while they lagged.
     pub(crate) garbage: Vec<Hash>,
     /// References an earlier version kept in the main keyspace are left to
-    /// delete (after the key where the last step stopped, if any).
-    legacy: bool,
-    legacy_after: Option<Vec<u8>>,
+    /// delete: those after this key (where the last step stopped).
+    legacy: Option<Vec<u8>>,
     /// The sealed segment the catch-up is reading, whole (a compressed one
     /// is decompressed once, not per step).
     reading: Option<(u32, Chunk)>,
@@ -64,7 +63,7 @@ impl Refs {
     /// Whether a catch-up step has work: lagging, files to check again,
     /// or legacy keys left.
     pub(crate) fn lagging(&self) -> bool {
-        self.behind.is_some() || !self.garbage.is_empty() || self.legacy
+        self.behind.is_some() || !self.garbage.is_empty() || self.legacy.is_some()
     }
 
     /// For recovery's replay: the references are not written, and files
@@ -78,7 +77,7 @@ impl Refs {
     /// position the log still has; otherwise they are rebuilt from the
     /// start of the log.
     pub(crate) fn open(index: &Index, segments: &Segments, end: Checkpoint, garbage: Vec<Hash>) -> Result<Refs> {
-        let legacy = index.has_legacy_refs();
+        let legacy = index.has_legacy_refs().then(|| vec![Ks::Cas as u8]);
         let list = segments.list()?;
         let start = Checkpoint { segment: list.first().copied().unwrap_or(0), offset: SEGMENT_HEADER_BYTES };
         let at = match index.refs_checkpoint()? {
@@ -90,10 +89,10 @@ impl Refs {
             }
             None => start,
         };
-        if legacy {
+        if legacy.is_some() {
             tracing::info!("moving the content references to their own keyspace (once, in the background)");
         }
-        Ok(Refs { behind: (at < end).then_some(at), garbage, legacy, legacy_after: None, reading: None })
+        Ok(Refs { behind: (at < end).then_some(at), garbage, legacy, reading: None })
     }
 }
 
@@ -133,9 +132,8 @@ fn step(shared: &Shared, refs: &mut Refs) -> Result<()> {
     let Some(at) = refs.behind else {
         if !refs.garbage.is_empty() {
             collect(shared, refs)?;
-        } else if refs.legacy {
-            refs.legacy_after = index.delete_legacy_refs(refs.legacy_after.as_deref(), LEGACY_KEYS_PER_STEP)?;
-            refs.legacy = refs.legacy_after.is_some();
+        } else if let Some(after) = &refs.legacy {
+            refs.legacy = index.delete_legacy_refs(after, LEGACY_KEYS_PER_STEP)?;
         }
         return Ok(());
     };
