@@ -282,7 +282,7 @@ impl Bench {
             std::thread::sleep(Duration::from_millis(5));
         }
         row(
-            "cairn: content references caught up, after that open",
+            "cairn: content references caught up (from the start of that open)",
             &format_duration(started.elapsed()),
             None,
             None,
