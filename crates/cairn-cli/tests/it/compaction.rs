@@ -159,8 +159,11 @@ async fn a_retention_topic_stays_within_a_bounded_disk() {
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(seconds) {
         let body = format!("{{\"n\":{n},\"reading\":\"{}\"}}", "r".repeat(200));
-        let path =
-            if n % 2 == 0 { "/v1/topics/metrics/events?ttl=last:10" } else { "/v1/topics/ticks/events?ttl=time:1s" };
+        let path = if n.is_multiple_of(2) {
+            "/v1/topics/metrics/events?ttl=last:10"
+        } else {
+            "/v1/topics/ticks/events?ttl=time:1s"
+        };
         let reply = connection.send("POST", path, &[], body.into_bytes().into()).await.unwrap();
         assert_eq!(reply.status, 201);
         reply.bytes().await.unwrap();
