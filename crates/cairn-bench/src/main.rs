@@ -37,8 +37,18 @@ enum Which {
         #[arg(long, default_value_t = 5)]
         rounds: usize,
     },
-    /// Full scan of 1 million events.
-    Scan,
+    /// Full scan, and scan of one topic, of 1 million events (instructions
+    /// per event: `valgrind --tool=callgrind --toggle-collect='*scan_rounds*'`
+    /// with `--events 100000`).
+    Scan {
+        /// Events in the store.
+        #[arg(long, default_value_t = 1_000_000)]
+        events: usize,
+        /// Keep the store here and scan it as it is when it exists (so a
+        /// profiler can skip the fill).
+        #[arg(long)]
+        store: Option<std::path::PathBuf>,
+    },
     /// Publish-to-subscriber latency.
     Latency,
     /// The HTTP server over its Unix socket: durable appends from 1 and 16
@@ -103,8 +113,10 @@ fn main() -> anyhow::Result<()> {
     if matches!(which, Which::All | Which::Append) {
         bench.append()?;
     }
-    if matches!(which, Which::All | Which::Scan) {
-        bench.scan()?;
+    match which {
+        Which::All => bench.scan(1_000_000, None)?,
+        Which::Scan { events, ref store } => bench.scan(events, store.as_deref())?,
+        _ => {}
     }
     if matches!(which, Which::All | Which::Latency) {
         bench.latency()?;

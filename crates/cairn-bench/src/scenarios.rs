@@ -161,26 +161,18 @@ impl Bench {
 
     /// Scans 1M events three times each way; the median pass counts (the
     /// first pass may still share the cores with fjall's compaction).
-    pub fn scan(&self) -> Result<()> {
-        let store = self.store("scan", SyncMode::None)?;
-        fill(&store, 1_000_000, &["scan.a"])?;
-        // Reopen, so the scan measures reading, not the load's index work.
-        drop(store);
-        let store = Store::open(self.root.path().join("scan"), Options { sync: SyncMode::None, ..Options::default() })?;
-        for (name, pattern) in [("full scan of 1M events", ">"), ("scan of one topic, 1M events", "scan.a")] {
-            let mut rates = Vec::new();
-            for _ in 0..3 {
-                let started = Instant::now();
-                let mut n = 0u64;
-                for event in store.read(&Query::new(Pattern::parse(pattern)?))? {
-                    event?;
-                    n += 1;
-                }
-                anyhow::ensure!(n == 1_000_000, "scanned {n} events");
-                rates.push(n as f64 / started.elapsed().as_secs_f64());
-            }
+    pub fn scan(&self, n: usize, keep: Option<&Path>) -> Result<()> {
+        let path = keep.map_or_else(|| self.fresh("scan"), Path::to_path_buf);
+        let options = || Options { sync: SyncMode::None, ..Options::default() };
+        if !path.exists() {
+            fill(&Store::open(&path, options())?, n, &["scan.a"])?;
+        }
+        // Reopened, so the scan measures reading, not the load's index work.
+        let store = Store::open(&path, options())?;
+        for (name, pattern) in [("full scan", ">"), ("scan of one topic", "scan.a")] {
+            let mut rates = scan_rounds(&store, &Pattern::parse(pattern)?, n)?;
             rates.sort_by(f64::total_cmp);
-            row(&format!("cairn: {name} (median of 3)"), &format_rate(rates[1]), None, None, None);
+            row(&format!("cairn: {name}, {n} events (median of 3)"), &format_rate(rates[1]), None, None, None);
         }
         Ok(())
     }
@@ -515,6 +507,23 @@ fn copy_dir(from: &Path, to: &Path) -> Result<()> {
 }
 
 /// Appends `n` events round-robin over `topics` in batches of 1,024.
+/// Three scans of `pattern`, each expected to see `n` events: their rates.
+#[inline(never)]
+fn scan_rounds(store: &Store, pattern: &Pattern, n: usize) -> Result<Vec<f64>> {
+    let mut rates = Vec::new();
+    for _ in 0..3 {
+        let started = Instant::now();
+        let mut seen = 0;
+        for event in store.read(&Query::new(pattern.clone()))? {
+            event?;
+            seen += 1;
+        }
+        anyhow::ensure!(seen == n, "scanned {seen} events, not {n}");
+        rates.push(n as f64 / started.elapsed().as_secs_f64());
+    }
+    Ok(rates)
+}
+
 fn fill(store: &Store, n: usize, topics: &[&str]) -> Result<()> {
     let topics: Vec<Topic> = topics.iter().map(|t| Topic::new(t)).collect::<Result<_, _>>()?;
     let mut left = n;

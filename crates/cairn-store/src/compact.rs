@@ -30,7 +30,7 @@ use std::io::{BufWriter, Write as _};
 
 use crate::error::{Result, StoreError};
 use crate::id::EventId;
-use crate::index::sparse::{ANCHOR_EVENTS, Anchor, RemovedFilter, peek};
+use crate::index::sparse::{ANCHOR_EVENTS, Anchor, RemovedFilter, peek_str};
 use crate::index::{Index, Ks, topic_key};
 use crate::log::codec::{self, FRAME_HEADER_BYTES, Record};
 use crate::log::compressed::{self, Chunk};
@@ -173,7 +173,7 @@ fn file_anchors(bytes: &[u8], segment: u32, generation: u32) -> Result<FileAncho
         for (idx, &(at, frame_len)) in frames.iter().enumerate() {
             let event_body = &body[at + FRAME_HEADER_BYTES..at + frame_len];
             let (id, seq, topic) =
-                peek(event_body).ok_or_else(|| corrupt(segment, record_offset, "event too short"))?;
+                peek_str(event_body).ok_or_else(|| corrupt(segment, record_offset, "event too short"))?;
             let offset = body_start + at as u32;
             if idx % ANCHOR_EVENTS == 0 {
                 let n = (frames.len() - idx).min(ANCHOR_EVENTS) as u32;
@@ -336,7 +336,8 @@ pub(crate) fn rewrite(index: &Index, segments: &Segments, segment: u32, compress
             let mut n_kept = 0usize;
             for &(at, frame_len) in &frames {
                 let event_body = &body[at + FRAME_HEADER_BYTES..at + frame_len];
-                let (id, seq, topic) = peek(event_body).ok_or_else(|| corrupt(segment, *offset, "event too short"))?;
+                let (id, seq, topic) =
+                    peek_str(event_body).ok_or_else(|| corrupt(segment, *offset, "event too short"))?;
                 let filter = removed.get_or_insert_with(|| {
                     RemovedFilter::new(index, None, Ks::Removed, &id.to_bytes(), &[0xff; 16], false)
                 });

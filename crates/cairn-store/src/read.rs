@@ -59,6 +59,9 @@ pub(crate) struct Scan {
     block: std::collections::VecDeque<Located>,
     kind: Kind,
     removed: Option<RemovedFilter>,
+    /// The key the removed filter is asked about (a topic scan's: the
+    /// topic, 0x00, then the seq written in for each event).
+    key: Vec<u8>,
     reverse: bool,
     done: bool,
     /// Keeps the generations the anchors name readable (see `Segments::pin`).
@@ -117,6 +120,7 @@ impl Scan {
                     block: Default::default(),
                     kind: Kind::Topic { topic: topic.clone(), from_seq },
                     removed,
+                    key: first.clone(),
                     reverse,
                     done: false,
                     _pin: pin,
@@ -142,6 +146,7 @@ impl Scan {
                     block: Default::default(),
                     kind: Kind::Global { pattern: pattern.clone(), after },
                     removed,
+                    key: Vec::new(),
                     reverse,
                     done: false,
                     _pin: pin,
@@ -179,11 +184,9 @@ impl Scan {
                 continue;
             };
             // Bounds: skip what lies before the start; stop past it going back.
-            let (before_start, key) = match &self.kind {
-                Kind::Topic { topic, from_seq } => (located.seq < *from_seq, topic_key(topic.as_str(), located.seq)),
-                Kind::Global { after, .. } => {
-                    (after.is_some_and(|after| located.id <= after), located.id.to_bytes().to_vec())
-                }
+            let before_start = match &self.kind {
+                Kind::Topic { from_seq, .. } => located.seq < *from_seq,
+                Kind::Global { after, .. } => after.is_some_and(|after| located.id <= after),
             };
             if before_start {
                 if self.reverse {
@@ -192,9 +195,20 @@ impl Scan {
                 continue;
             }
             if let Some(removed) = &mut self.removed
-                && removed.contains(&key)?
+                && !removed.exhausted()
             {
-                continue;
+                let is_removed = match &self.kind {
+                    Kind::Topic { .. } => {
+                        // The topic's key prefix stays; only the seq changes.
+                        let at = self.key.len() - 8;
+                        self.key[at..].copy_from_slice(&located.seq.to_be_bytes());
+                        removed.contains(&self.key)?
+                    }
+                    Kind::Global { .. } => removed.contains(&located.id.to_bytes())?,
+                };
+                if is_removed {
+                    continue;
+                }
             }
             return Ok(Some(located));
         }
@@ -210,7 +224,8 @@ impl Scan {
             Kind::Topic { topic, .. } => walk(segments, anchor, Some(topic.as_str()), |_| true, &mut block)?,
             Kind::Global { pattern, .. } => {
                 let all = matches!(pattern, Pattern::Wildcard(levels) if levels.len() == 1 && levels[0] == Level::Rest);
-                walk(segments, anchor, None, |topic| all || pattern.matches(topic), &mut block)?;
+                let keep = |topic: &[u8]| all || std::str::from_utf8(topic).is_ok_and(|topic| pattern.matches(topic));
+                walk(segments, anchor, None, keep, &mut block)?;
             }
         }
         if self.reverse {

@@ -66,12 +66,12 @@ pub(crate) struct Located {
 
 /// The events of `anchor`'s block, in log order: all of them (up to
 /// `ANCHOR_EVENTS`) or, with `topic`, the anchor's `n` events of that topic.
-/// With `pattern`, only events whose topic matches are returned.
+/// Only events whose topic's bytes `keep` accepts are returned.
 pub(crate) fn walk(
     segments: &Segments,
     anchor: Anchor,
     topic: Option<&str>,
-    keep: impl Fn(&str) -> bool,
+    keep: impl Fn(&[u8]) -> bool,
     out: &mut Vec<Located>,
 ) -> Result<()> {
     let file = segments.file(anchor.segment, anchor.generation)?;
@@ -112,7 +112,7 @@ pub(crate) fn walk(
         let (id, seq, event_topic) =
             peek(body).ok_or_else(|| corrupt(anchor.segment, offset as u32, "event too short"))?;
         n_walked += 1;
-        let in_topic = topic.is_none_or(|t| t == event_topic);
+        let in_topic = topic.is_none_or(|t| t.as_bytes() == event_topic);
         if in_topic {
             n_found += 1;
             if keep(event_topic) {
@@ -130,11 +130,18 @@ pub(crate) fn walk(
     Ok(())
 }
 
-/// Id, seq and topic of an event body, without decoding the rest.
-pub(crate) fn peek(body: &[u8]) -> Option<(EventId, u64, &str)> {
+/// Id, seq and topic (unchecked bytes) of an event body, without decoding
+/// the rest.
+pub(crate) fn peek(body: &[u8]) -> Option<(EventId, u64, &[u8])> {
     let id = EventId::from_bytes(body.get(0..16)?.try_into().ok()?);
     let seq = u64::from_le_bytes(body.get(16..24)?.try_into().ok()?);
     Some((id, seq, codec::peek_topic(body)?))
+}
+
+/// `peek`, with the topic checked to be text.
+pub(crate) fn peek_str(body: &[u8]) -> Option<(EventId, u64, &str)> {
+    let (id, seq, topic) = peek(body)?;
+    Some((id, seq, std::str::from_utf8(topic).ok()?))
 }
 
 /// Where event `id` is in the log, if the index has it and it is not removed.
@@ -157,6 +164,9 @@ pub(crate) fn find_id(index: &Index, segments: &Segments, id: EventId) -> Result
 pub(crate) struct RemovedFilter {
     iter: crate::read::Guards,
     next: Option<Vec<u8>>,
+    /// The iterator has nothing more: no key further on is removed (asking
+    /// fjall again for each event costs a merge of its sources every time).
+    exhausted: bool,
     reverse: bool,
 }
 
@@ -172,7 +182,12 @@ impl RemovedFilter {
     ) -> RemovedFilter {
         let iter = index.range_at(snapshot, ks, std::ops::Bound::Included(lo), std::ops::Bound::Included(hi));
         let iter: crate::read::Guards = if reverse { Box::new(iter.rev()) } else { Box::new(iter) };
-        RemovedFilter { iter, next: None, reverse }
+        RemovedFilter { iter, next: None, exhausted: false, reverse }
+    }
+
+    /// Whether no key from here on can be removed.
+    pub(crate) fn exhausted(&self) -> bool {
+        self.exhausted && self.next.is_none()
     }
 
     /// Whether `key` (a suffix: id bytes, or topic 0x00 seq) is removed.
@@ -180,9 +195,15 @@ impl RemovedFilter {
     pub(crate) fn contains(&mut self, key: &[u8]) -> Result<bool> {
         loop {
             if self.next.is_none() {
+                if self.exhausted {
+                    return Ok(false);
+                }
                 match self.iter.next() {
                     Some(guard) => self.next = Some(strip(&guard.key()?).to_vec()),
-                    None => return Ok(false),
+                    None => {
+                        self.exhausted = true;
+                        return Ok(false);
+                    }
                 }
             }
             let next = self.next.as_deref().expect("set above");

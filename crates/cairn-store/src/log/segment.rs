@@ -313,6 +313,7 @@ impl Segments {
 
     /// Reads and decodes the event at `pos`, sharing `decoder`'s topic cache
     /// across the events of a scan.
+    #[inline]
     pub(crate) fn read_event_with(&self, pos: Pos, decoder: &mut codec::Decoder) -> Result<Event> {
         let start = pos.offset as usize;
         let end = start + FRAME_HEADER_BYTES + pos.len as usize;
