@@ -49,6 +49,9 @@ enum Which {
         #[arg(long)]
         store: Option<std::path::PathBuf>,
     },
+    /// The CRC-32C of event frames (as every read checks one) next to the
+    /// `crc32c` crate's, on frame-sized buffers, alternating.
+    Crc,
     /// Publish-to-subscriber latency.
     Latency,
     /// The HTTP server over its Unix socket: durable appends from 1 and 16
@@ -132,6 +135,7 @@ fn main() -> anyhow::Result<()> {
         Which::Open { events } => bench.open(events)?,
         Which::Cli { events } => bench.cli(&events)?,
         Which::Bulk { rounds } => bench.bulk(rounds)?,
+        Which::Crc => scenarios::crc(),
         Which::Compact { events, rounds } => bench.compact(events, rounds)?,
         Which::Compress { events } => bench.compress(events)?,
         _ => {}

@@ -50,6 +50,15 @@ mod subscription;
 mod topic;
 mod verify;
 
+/// Internals that `cairn-bench` measures on their own; not a stable API.
+#[doc(hidden)]
+pub mod bench {
+    /// The CRC-32C every event frame is written and checked with.
+    pub fn frame_crc(bytes: &[u8]) -> u32 {
+        crate::log::crc::crc32c(bytes)
+    }
+}
+
 /// Entry points for fuzz targets and property tests (`fuzz/`); not a
 /// stable API.
 #[doc(hidden)]

@@ -60,7 +60,7 @@ pub(crate) fn frame(out: &mut Vec<u8>, fill: impl FnOnce(&mut Vec<u8>)) {
     out.extend_from_slice(&[0u8; FRAME_HEADER_BYTES]);
     fill(out);
     let body_len = out.len() - start - FRAME_HEADER_BYTES;
-    let crc = crc32c::crc32c(&out[start + FRAME_HEADER_BYTES..]);
+    let crc = crate::log::crc::crc32c(&out[start + FRAME_HEADER_BYTES..]);
     let len = u32::try_from(body_len).expect("record bodies are bounded by RECORD_BYTES_MAX");
     out[start..start + 4].copy_from_slice(&len.to_le_bytes());
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
@@ -80,7 +80,7 @@ pub(crate) fn unframe(bytes: &[u8]) -> Result<Option<&[u8]>, String> {
     let Some(body) = bytes.get(FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + len) else {
         return Ok(None);
     };
-    if crc32c::crc32c(body) != crc {
+    if crate::log::crc::crc32c(body) != crc {
         return Err("checksum mismatch".to_owned());
     }
     Ok(Some(body))

@@ -6,6 +6,7 @@
 
 pub(crate) mod codec;
 pub(crate) mod compressed;
+pub(crate) mod crc;
 pub(crate) mod recovery;
 pub(crate) mod segment;
 pub(crate) mod writer;
