@@ -100,6 +100,38 @@ impl Bench {
     }
 }
 
+impl Bench {
+    /// NDJSON catch-up reads of 1,000,000 events through the socket,
+    /// `rounds` times, on a store kept at `keep` when given (filled over
+    /// HTTP only when it does not exist yet, so a profiler can skip that).
+    pub fn catch_up(&self, rounds: usize, keep: Option<&std::path::Path>) -> Result<()> {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+        let n = 1_000_000;
+        let path = keep.map_or_else(|| self.fresh_dir("http-catch-up"), std::path::Path::to_path_buf);
+        let fresh = !path.exists();
+        let server = Running::start(path, "none")?;
+        let client = Client::unix(&server.socket);
+        if fresh {
+            runtime.block_on(fill(&client, n))?;
+        }
+        let mut rates = Vec::new();
+        for _ in 0..rounds {
+            rates.push(runtime.block_on(catch_up(&client, n))?);
+        }
+        let each: Vec<String> = rates.iter().map(|rate| format_rate(*rate)).collect();
+        rates.sort_by(f64::total_cmp);
+        let median = format_rate(rates[rates.len() / 2]);
+        row(
+            &format!("http: NDJSON catch-up read, {n} events (each round; median {median})"),
+            &each.join(", "),
+            None,
+            None,
+            None,
+        );
+        Ok(())
+    }
+}
+
 async fn appends(client: &Client, clients: usize, per_client: usize) -> Result<(f64, Samples)> {
     let started = Instant::now();
     let mut tasks = Vec::new();

@@ -49,6 +49,16 @@ enum Which {
         #[arg(long)]
         store: Option<std::path::PathBuf>,
     },
+    /// Only the HTTP NDJSON catch-up read of 1 million events, `rounds`
+    /// times (for profiling that path).
+    CatchUp {
+        /// Rounds.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Keep the store here and read it as it is when it exists.
+        #[arg(long)]
+        store: Option<std::path::PathBuf>,
+    },
     /// The CRC-32C of event frames (as every read checks one) next to the
     /// `crc32c` crate's, on frame-sized buffers, alternating.
     Crc,
@@ -136,6 +146,7 @@ fn main() -> anyhow::Result<()> {
         Which::Cli { events } => bench.cli(&events)?,
         Which::Bulk { rounds } => bench.bulk(rounds)?,
         Which::Crc => scenarios::crc(),
+        Which::CatchUp { rounds, ref store } => bench.catch_up(rounds, store.as_deref())?,
         Which::Compact { events, rounds } => bench.compact(events, rounds)?,
         Which::Compress { events } => bench.compress(events)?,
         _ => {}

@@ -125,16 +125,16 @@ impl EventJson {
 /// [`EventJson::from_event`]) straight into `out`, without building the
 /// owned `EventJson` first: streaming reads write millions of these.
 pub fn write_event(out: &mut Vec<u8>, event: &Event, content: Option<&[u8]>) {
-    use std::io::Write as _;
     let string = |out: &mut Vec<u8>, text: &str| {
         serde_json::to_writer(&mut *out, text).expect("writing a string to a Vec cannot fail");
     };
+    let mut digits = itoa::Buffer::new();
     out.extend_from_slice(b"{\"id\":\"");
-    let _ = write!(out, "{}", event.id);
+    out.extend_from_slice(&event.id.encode());
     out.extend_from_slice(b"\",\"topic\":");
     string(out, event.topic.as_str());
     out.extend_from_slice(b",\"seq\":");
-    let _ = write!(out, "{}", event.seq);
+    out.extend_from_slice(digits.format(event.seq).as_bytes());
     if let Some(kind) = &event.kind {
         out.extend_from_slice(b",\"type\":");
         string(out, kind);
@@ -151,7 +151,7 @@ pub fn write_event(out: &mut Vec<u8>, event: &Event, content: Option<&[u8]>) {
             .expect("44 bytes hold a base64 sha256");
         out.extend_from_slice(&encoded[..n]);
         out.extend_from_slice(b"\",\"size\":");
-        let _ = write!(out, "{}", event.size);
+        out.extend_from_slice(digits.format(event.size).as_bytes());
     }
     if event.ttl != Ttl::Forever {
         out.extend_from_slice(b",\"ttl\":");
