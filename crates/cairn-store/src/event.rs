@@ -480,3 +480,66 @@ impl Event {
         self.id.timestamp_ms()
     }
 }
+
+/// An event read in place by a [`crate::Cursor`]: its text and payload are
+/// views of the log (of the mapped segment, or of a decompressed block),
+/// valid until the cursor moves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EventRef<'a> {
+    /// Global position.
+    pub id: EventId,
+    /// The topic's name.
+    pub topic: &'a str,
+    /// Position within the topic.
+    pub seq: u64,
+    /// Optional type.
+    pub kind: Option<&'a str>,
+    /// Optional `meta`, compact JSON object text.
+    pub meta: Option<&'a str>,
+    /// sha256 of the payload, if there is one.
+    pub hash: Option<Hash>,
+    /// Payload length in bytes (0 without payload).
+    pub size: u64,
+    /// Retention.
+    pub ttl: Ttl,
+    /// Who appended it, when known.
+    pub user: Option<&'a str>,
+    /// The payload's location; inline bytes are a view.
+    pub payload: PayloadRef<'a>,
+    /// Whether it was imported with an explicit id and seq.
+    pub imported: bool,
+}
+
+/// Where a viewed event's payload lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PayloadRef<'a> {
+    /// No content.
+    None,
+    /// Inside the event record: these bytes.
+    Inline(&'a [u8]),
+    /// In the content store under `EventRef::hash` (`Store::cas_get`).
+    Stored,
+}
+
+impl EventRef<'_> {
+    /// The same event, owned.
+    pub fn to_event(&self) -> crate::Result<Event> {
+        Ok(Event {
+            id: self.id,
+            topic: Topic::new(self.topic)?,
+            seq: self.seq,
+            kind: self.kind.map(str::to_owned),
+            meta: self.meta.map(str::to_owned),
+            hash: self.hash,
+            size: self.size,
+            ttl: self.ttl,
+            user: self.user.map(str::to_owned),
+            payload: match self.payload {
+                PayloadRef::None => Payload::None,
+                PayloadRef::Inline(bytes) => Payload::Inline(InlineBytes::from(bytes)),
+                PayloadRef::Stored => Payload::Stored,
+            },
+            imported: self.imported,
+        })
+    }
+}

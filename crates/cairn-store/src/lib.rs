@@ -101,14 +101,14 @@ pub use backup::{BACKUP_MANIFEST, BackupProgress, BackupReport, ExtraFiles};
 pub use compact::CompactReport;
 pub use error::{Result, StoreError};
 pub use event::{
-    Batch, Event, Expect, Hash, InlineBytes, NewEvent, Payload, Ttl, check_idempotency_key, check_meta,
-    check_meta_value, check_type, check_user, parse_duration_ms,
+    Batch, Event, EventRef, Expect, Hash, InlineBytes, NewEvent, Payload, PayloadRef, Ttl, check_idempotency_key,
+    check_meta, check_meta_value, check_type, check_user, parse_duration_ms,
 };
 pub use id::EventId;
 pub use local::Local;
 pub use log::codec::StateOp;
 pub use log::recovery::{RecoveryReport, Truncation};
-pub use read::{Query, ReadIter};
+pub use read::{Cursor, Query, ReadIter};
 pub use storage::{BoxFuture, History, Item, Limits, Reader, StateEntries, Storage, Window};
 pub use store::{Imported, Options, Pending, Store, StoreStats, SyncMode, TopicInfo};
 pub use subscription::{Delivery, SubscribeOptions, Subscription};

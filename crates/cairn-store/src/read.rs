@@ -5,7 +5,7 @@
 use std::ops::Bound;
 
 use crate::error::{Result, StoreError};
-use crate::event::Event;
+use crate::event::{Event, EventRef};
 use crate::id::EventId;
 use crate::index::sparse::{ANCHOR_EVENTS, Anchor, Located, RemovedFilter, walk};
 use crate::index::{Index, Ks, strip, topic_key};
@@ -320,5 +320,64 @@ impl Iterator for ReadIter {
                 Some(pos.and_then(|pos| self.segments.read_event_with(pos, &mut self.decoder)))
             }
         }
+    }
+}
+
+/// Events of a query read in place, one at a time: each [`EventRef`] is a
+/// view of the log, valid until the next call, so reading one copies
+/// nothing and takes no reference count (`Store::read` gives owned events).
+/// Like a `ReadIter`, it sees the store as it was when opened.
+pub struct Cursor {
+    segments: std::sync::Arc<Segments>,
+    decoder: crate::log::codec::Decoder,
+    /// The scan (for `last`: the finished one, which keeps what it found
+    /// readable).
+    scan: Scan,
+    /// For `last`: the positions gathered, in the order to return them.
+    gathered: Option<std::vec::IntoIter<Pos>>,
+    remaining: u64,
+}
+
+impl Cursor {
+    pub(crate) fn open(index: &Index, segments: std::sync::Arc<Segments>, query: &Query) -> Result<Cursor> {
+        query.validate()?;
+        let remaining = query.limit.unwrap_or(u64::MAX);
+        let (scan, gathered) = match query.last {
+            Some(last) => {
+                let mut scan = Scan::open(index, &segments, &query.pattern, query.after, query.from_seq, true)?;
+                let mut newest = Vec::new();
+                while (newest.len() as u64) < last {
+                    let Some(pos) = scan.next_pos(&segments) else { break };
+                    newest.push(pos?);
+                }
+                if !query.reverse {
+                    newest.reverse();
+                }
+                (scan, Some(newest.into_iter()))
+            }
+            None => (Scan::open(index, &segments, &query.pattern, query.after, query.from_seq, query.reverse)?, None),
+        };
+        Ok(Cursor { segments, decoder: crate::log::codec::Decoder::full(), scan, gathered, remaining })
+    }
+
+    /// The next event, or `None` at the end.
+    #[allow(clippy::should_implement_trait)] // A lending cursor: each event borrows it.
+    pub fn next(&mut self) -> Result<Option<EventRef<'_>>> {
+        if self.remaining == 0 {
+            return Ok(None);
+        }
+        let pos = match &mut self.gathered {
+            Some(positions) => positions.next(),
+            None => self.scan.next_pos(&self.segments).transpose()?,
+        };
+        let Some(pos) = pos else {
+            self.remaining = 0;
+            return Ok(None);
+        };
+        self.remaining -= 1;
+        let body = self.segments.frame_body(pos, &mut self.decoder)?;
+        crate::log::codec::decode_event_ref(body)
+            .map(Some)
+            .map_err(|detail| crate::log::segment::corrupt(pos.segment, pos.offset, &detail))
     }
 }

@@ -757,6 +757,13 @@ impl Store {
         ReadIter::open(&self.inner.shared.index, self.inner.shared.segments.clone(), query)
     }
 
+    /// Stored events matching `query`, read in place: no copies, for
+    /// embedders that look at each event once (see [`crate::Cursor`]).
+    pub fn cursor(&self, query: &Query) -> Result<crate::Cursor> {
+        self.inner.shared.barrier()?;
+        crate::Cursor::open(&self.inner.shared.index, self.inner.shared.segments.clone(), query)
+    }
+
     /// This store behind the storage seam, as services and subscriptions
     /// use it (blocking calls on the blocking pool).
     pub fn storage(&self) -> Arc<dyn crate::Storage> {

@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use crate::event::{Event, Hash, InlineBytes, Payload, Ttl};
+use crate::event::{Event, EventRef, Hash, InlineBytes, Payload, PayloadRef, Ttl};
 use crate::id::EventId;
 use crate::topic::Topic;
 
@@ -481,20 +481,31 @@ pub(crate) fn decode_record_with(body: &[u8], decoder: &mut Decoder) -> Result<R
     Ok(record)
 }
 
-/// Decodes one event body.
-#[inline]
-pub(crate) fn decode_event_with(body: &[u8], decoder: &mut Decoder) -> Result<Event, String> {
+/// An event body split into its fields, nothing copied or checked as text.
+struct RawEvent<'a> {
+    id: EventId,
+    seq: u64,
+    flags: u8,
+    ttl: Ttl,
+    size: u64,
+    topic: &'a [u8],
+    kind: Option<&'a [u8]>,
+    user: Option<&'a [u8]>,
+    meta: Option<&'a [u8]>,
+    hash: Option<Hash>,
+    /// `Some` for an inline payload, with its bytes.
+    inline: Option<&'a [u8]>,
+    stored: bool,
+}
+
+#[inline(always)] // Into each decoder, so the fields are not moved through a struct.
+fn parse_event(body: &[u8]) -> Result<RawEvent<'_>, String> {
     // The fixed part, read with one bounds check (a scan decodes millions).
     let fixed: &[u8; EVENT_FIXED_BYTES] =
         body.get(..EVENT_FIXED_BYTES).and_then(|b| b.try_into().ok()).ok_or("record ends early")?;
     let u64_at = |at: usize| u64::from_le_bytes(fixed[at..at + 8].try_into().expect("8 bytes"));
-    let id = EventId::from_bytes(fixed[0..16].try_into().expect("16 bytes"));
-    let seq = u64_at(16);
     let (flags, payload_kind, ttl_kind) = (fixed[24], fixed[25], fixed[26]);
     let ttl_value = u64_at(27);
-    let size = u64_at(35);
-    let topic_len = fixed[43] as usize;
-    let mut reader = Reader { bytes: body, at: EVENT_FIXED_BYTES };
     let ttl = match ttl_kind {
         TTL_FOREVER => Ttl::Forever,
         TTL_EPHEMERAL => Ttl::Ephemeral,
@@ -502,29 +513,93 @@ pub(crate) fn decode_event_with(body: &[u8], decoder: &mut Decoder) -> Result<Ev
         TTL_LAST => Ttl::Last { n: ttl_value },
         other => return Err(format!("unknown ttl kind {other}")),
     };
-    let topic = decoder.topic(reader.take(topic_len)?)?;
-    let kind = if flags & FLAG_TYPE != 0 { Some(reader.short_str()?) } else { None };
-    let user = if flags & FLAG_USER != 0 { Some(reader.short_str()?) } else { None };
-    let meta = if flags & FLAG_META != 0 {
-        let len = reader.u32()? as usize;
-        Some(String::from_utf8(reader.take(len)?.to_vec()).map_err(|_| "meta is not UTF-8")?)
-    } else {
-        None
-    };
+    let size = u64_at(35);
+    let mut reader = Reader { bytes: body, at: EVENT_FIXED_BYTES };
+    let topic = reader.take(fixed[43] as usize)?;
+    let kind = if flags & FLAG_TYPE != 0 { Some(reader.short()?) } else { None };
+    let user = if flags & FLAG_USER != 0 { Some(reader.short()?) } else { None };
+    let meta = if flags & FLAG_META != 0 { Some(reader.long()?) } else { None };
     let hash = if flags & FLAG_HASH != 0 { Some(Hash(reader.take(32)?.try_into().expect("32 bytes"))) } else { None };
-    let payload = match payload_kind {
-        PAYLOAD_NONE => Payload::None,
-        PAYLOAD_INLINE => {
-            let bytes = reader.take(usize::try_from(size).map_err(|_| "size overflows")?)?;
-            if decoder.skip_payloads { Payload::None } else { Payload::Inline(decoder.inline(bytes)) }
-        }
-        PAYLOAD_STORED => Payload::Stored,
+    let (inline, stored) = match payload_kind {
+        PAYLOAD_NONE => (None, false),
+        PAYLOAD_INLINE => (Some(reader.take(usize::try_from(size).map_err(|_| "size overflows")?)?), false),
+        PAYLOAD_STORED => (None, true),
         other => return Err(format!("unknown payload kind {other}")),
     };
     if reader.at != body.len() {
         return Err("trailing bytes after event".to_owned());
     }
-    Ok(Event { id, topic, seq, kind, meta, hash, size, ttl, user, payload, imported: flags & FLAG_IMPORTED != 0 })
+    Ok(RawEvent {
+        id: EventId::from_bytes(fixed[0..16].try_into().expect("16 bytes")),
+        seq: u64_at(16),
+        flags,
+        ttl,
+        size,
+        topic,
+        kind,
+        user,
+        meta,
+        hash,
+        inline,
+        stored,
+    })
+}
+
+fn text<'a>(bytes: &'a [u8], what: &str) -> Result<&'a str, String> {
+    std::str::from_utf8(bytes).map_err(|_| format!("{what} is not UTF-8"))
+}
+
+/// Decodes one event body into an owned event.
+#[inline]
+pub(crate) fn decode_event_with(body: &[u8], decoder: &mut Decoder) -> Result<Event, String> {
+    let raw = parse_event(body)?;
+    let owned = |bytes: Option<&[u8]>, what| bytes.map(|b| text(b, what).map(str::to_owned)).transpose();
+    let payload = match (raw.inline, raw.stored) {
+        (Some(_), _) if decoder.skip_payloads => Payload::None,
+        (Some(bytes), _) => Payload::Inline(decoder.inline(bytes)),
+        (None, true) => Payload::Stored,
+        (None, false) => Payload::None,
+    };
+    Ok(Event {
+        id: raw.id,
+        topic: decoder.topic(raw.topic)?,
+        seq: raw.seq,
+        kind: owned(raw.kind, "type")?,
+        meta: owned(raw.meta, "meta")?,
+        hash: raw.hash,
+        size: raw.size,
+        ttl: raw.ttl,
+        user: owned(raw.user, "user")?,
+        payload,
+        imported: raw.flags & FLAG_IMPORTED != 0,
+    })
+}
+
+/// Decodes one event body in place: text and payload are views of `body`.
+#[inline]
+pub(crate) fn decode_event_ref(body: &[u8]) -> Result<EventRef<'_>, String> {
+    fn view<'a>(bytes: Option<&'a [u8]>, what: &str) -> Result<Option<&'a str>, String> {
+        bytes.map(|b| text(b, what)).transpose()
+    }
+    let raw = parse_event(body)?;
+    let payload = match (raw.inline, raw.stored) {
+        (Some(bytes), _) => PayloadRef::Inline(bytes),
+        (None, true) => PayloadRef::Stored,
+        (None, false) => PayloadRef::None,
+    };
+    Ok(EventRef {
+        id: raw.id,
+        topic: text(raw.topic, "topic")?,
+        seq: raw.seq,
+        kind: view(raw.kind, "type")?,
+        meta: view(raw.meta, "meta")?,
+        hash: raw.hash,
+        size: raw.size,
+        ttl: raw.ttl,
+        user: view(raw.user, "user")?,
+        payload,
+        imported: raw.flags & FLAG_IMPORTED != 0,
+    })
 }
 
 /// An event body's fixed part: id 16, seq 8, flags 1, payload kind 1, ttl
@@ -570,6 +645,11 @@ impl<'a> Reader<'a> {
     #[inline]
     fn long(&mut self) -> Result<&'a [u8], String> {
         let len = self.u32()? as usize;
+        self.take(len)
+    }
+    #[inline]
+    fn short(&mut self) -> Result<&'a [u8], String> {
+        let len = self.u8()? as usize;
         self.take(len)
     }
     #[inline]

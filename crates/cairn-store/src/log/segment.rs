@@ -356,6 +356,43 @@ impl Segments {
         };
         codec::decode_event_with(body, decoder).map_err(|detail| corrupt(pos.segment, pos.offset, &detail))
     }
+
+    /// The body of the event frame at `pos`, crc checked, as a view of what
+    /// `decoder` now holds: the map of its plain file, or the decompressed
+    /// block of a compressed one (kept there for the next event).
+    pub(crate) fn frame_body<'d>(&self, pos: Pos, decoder: &'d mut codec::Decoder) -> Result<&'d [u8]> {
+        let start = pos.offset as usize;
+        let end = start + FRAME_HEADER_BYTES + pos.len as usize;
+        let key = (pos.segment, pos.generation);
+        let in_map = decoder.map_segment == Some(key) && decoder.map.as_ref().is_some_and(|map| map.len() >= end);
+        let in_window =
+            !in_map && decoder.window.as_ref().is_some_and(|(held, window)| *held == key && window.covers(start, end));
+        if !in_map && !in_window {
+            match self.file(pos.segment, pos.generation)? {
+                SegmentFile::Plain(map) => {
+                    decoder.map = Some(map);
+                    decoder.map_segment = Some(key);
+                }
+                SegmentFile::Compressed(file) => {
+                    let (base, chunk) = file.window(start, end)?;
+                    decoder.map = None;
+                    decoder.map_segment = None;
+                    decoder.window = Some((key, Window { base, chunk }));
+                }
+            }
+        }
+        let frame = match (&decoder.map, &decoder.window) {
+            (Some(map), _) => map.get(start..end),
+            (None, Some((_, window))) => window.at(start, end),
+            (None, None) => None,
+        };
+        let frame = frame.ok_or_else(|| corrupt(pos.segment, pos.offset, "position is past the end"))?;
+        match codec::unframe(frame) {
+            Ok(Some(body)) => Ok(body),
+            Ok(None) => Err(corrupt(pos.segment, pos.offset, "event frame is incomplete")),
+            Err(detail) => Err(corrupt(pos.segment, pos.offset, &detail)),
+        }
+    }
 }
 
 /// A `Corrupt` error naming a place in the log.

@@ -23,7 +23,7 @@ mod simulation;
 mod subscribe;
 mod tidy;
 
-use cairn_store::{Options, Store, SyncMode, Topic};
+use cairn_store::{Event, Options, Query, Store, SyncMode, Topic};
 
 /// Options for tests: small segments so rolling is exercised.
 pub fn test_options() -> Options {
@@ -38,4 +38,17 @@ pub fn open(dir: &std::path::Path) -> Store {
 /// A topic that must be valid.
 pub fn topic(name: &str) -> Topic {
     Topic::new(name).expect("valid topic")
+}
+
+/// The events `query` reads, owned (`Store::read`), checked to be exactly
+/// what a cursor reading the same query sees in place.
+pub fn read_both(store: &Store, query: &Query) -> Vec<Event> {
+    let owned: Vec<Event> = store.read(query).unwrap().map(Result::unwrap).collect();
+    let mut cursor = store.cursor(query).unwrap();
+    let mut viewed = Vec::new();
+    while let Some(event) = cursor.next().unwrap() {
+        viewed.push(event.to_event().unwrap());
+    }
+    assert_eq!(viewed, owned, "a cursor and a read of {query:?} disagree");
+    owned
 }

@@ -220,14 +220,8 @@ fn read(
         expected.truncate(limit as usize);
     }
     let query = Query { pattern, after, from_seq: None, last, limit, reverse };
-    let got: Vec<(EventId, u64, Vec<u8>)> = store
-        .read(&query)
-        .unwrap()
-        .map(|e| {
-            let e = e.unwrap();
-            (e.id, e.seq, store.content(&e).unwrap().unwrap())
-        })
-        .collect();
+    let got: Vec<(EventId, u64, Vec<u8>)> =
+        crate::read_both(store, &query).iter().map(|e| (e.id, e.seq, store.content(e).unwrap().unwrap())).collect();
     let expected: Vec<(EventId, u64, Vec<u8>)> = expected.iter().map(|e| (e.id, e.seq, e.payload.clone())).collect();
     assert_eq!(got, expected, "read {text} after {after:?} limit {limit:?} reverse {reverse} last {last:?}");
 }
