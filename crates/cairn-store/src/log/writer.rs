@@ -457,11 +457,16 @@ impl Writer {
         }
         state.tails.extend(scratch);
         let stored_events: Vec<&Event> = events.iter().filter(|e| e.ttl != Ttl::Ephemeral).collect();
-        if key.is_none() && !import {
-            let estimate = |event: &Event| {
-                128 + event.meta.as_ref().map_or(0, String::len) + event.inline_payload().map_or(0, <[u8]>::len)
-            };
-            let bytes: usize = stored_events.iter().map(|event| estimate(event)).sum();
+        let estimate = |event: &Event| {
+            128 + event.meta.as_ref().map_or(0, String::len) + event.inline_payload().map_or(0, <[u8]>::len)
+        };
+        let bytes: usize = stored_events.iter().map(|event| estimate(event)).sum();
+        // A request that fills a merged record alone is its own record,
+        // encoded straight into the group's buffer: not into the merge
+        // buffer and then copied (for 100,000 events, 19 MB written twice
+        // and the merge buffer grown by doubling).
+        let alone = bytes >= MERGED_RECORD_BYTES;
+        if key.is_none() && !import && !alone {
             if state.merged.len() + bytes > MERGED_RECORD_BYTES {
                 self.encode_merged(state);
             }
@@ -473,6 +478,8 @@ impl Writer {
                 self.encode_merged(state);
             }
         } else if !stored_events.is_empty() {
+            // Records keep the order of requests: merged appends go first.
+            self.encode_merged(state);
             let record = self.buf.len();
             codec::encode_batch(&mut self.buf, key, &stored_events);
             // The store refuses batches whose estimate exceeds the limit.
