@@ -578,15 +578,32 @@ impl Store {
         if let Some(key) = &batch.idempotency_key {
             event::check_idempotency_key(key)?;
         }
-        let mut estimate = 16usize;
-        let mut events = Vec::with_capacity(batch.events.len());
-        for new_event in batch.events {
-            let prepared = self.prepare(new_event, system)?;
-            estimate += 128
+        let prepare_all = |events: Vec<NewEvent>| -> Result<Vec<Prepared>> {
+            events.into_iter().map(|new_event| self.prepare(new_event, system)).collect()
+        };
+        // A large batch is prepared on two threads (its hashes are most of
+        // the work): the caller's thread and a scoped helper, each half in
+        // order; the first error in batch order wins.
+        let events = if batch.events.len() >= PARALLEL_PREPARE_EVENTS {
+            let mut first = batch.events;
+            let second = first.split_off(first.len() / 2);
+            let (first, second) = std::thread::scope(|scope| {
+                let helper = scope.spawn(|| prepare_all(second));
+                let first = prepare_all(first);
+                (first, helper.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+            });
+            let mut events = first?;
+            events.extend(second?);
+            events
+        } else {
+            prepare_all(batch.events)?
+        };
+        let estimate = events.iter().fold(16usize, |estimate, prepared| {
+            estimate
+                + 128
                 + prepared.event.meta.as_ref().map_or(0, String::len)
-                + prepared.event.inline_payload().map_or(0, <[u8]>::len);
-            events.push(prepared);
-        }
+                + prepared.event.inline_payload().map_or(0, <[u8]>::len)
+        });
         if estimate > RECORD_BYTES_MAX {
             return Err(StoreError::TooLarge { what: "batch", bytes: estimate as u64, max: RECORD_BYTES_MAX as u64 });
         }
@@ -595,7 +612,8 @@ impl Store {
         Ok((Request::Append { events, expect, key: batch.idempotency_key, reply }, receiver))
     }
 
-    /// Validates an event and places its payload.
+    /// Validates an event and places its payload (it may run on a helper
+    /// thread, see `append_request`).
     fn prepare(&self, new_event: NewEvent, system: bool) -> Result<Prepared> {
         let topic = new_event.topic.ok_or_else(|| StoreError::invalid("topic", "is required"))?;
         if !system {
@@ -1200,3 +1218,8 @@ pub(crate) fn state_request(ops: Vec<StateOp>) -> Result<(Request, oneshot::Rece
     let (reply, receiver) = oneshot::channel();
     Ok((Request::State { ops, reply }, receiver))
 }
+
+/// Batches of at least this many events are prepared on two threads. A
+/// thread starts in tens of µs; half of preparing 4,096 small events (a
+/// sha256 each, about 150 ns with SHA-NI here) is about 0.3 ms.
+const PARALLEL_PREPARE_EVENTS: usize = 4096;

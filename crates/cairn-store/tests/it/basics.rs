@@ -189,3 +189,42 @@ fn content_shared_with_expiring_events_outlives_their_sweep() {
         assert_eq!(&payload_of(&store, &event), content, "content of {}", event.id);
     }
 }
+
+/// A large batch is prepared on two threads; it still fails as a whole,
+/// with the error of its first bad event in batch order.
+#[test]
+fn a_large_batch_fails_whole_with_its_first_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let batch = |bad: &[usize]| {
+        let events = (0..10_000)
+            .map(|i| {
+                let event = NewEvent::new(topic("big"), format!("{i}"));
+                match bad.iter().position(|&b| b == i) {
+                    Some(0) => event.with_type("t".repeat(300)),
+                    Some(_) => NewEvent { topic: None, ..event },
+                    None => event,
+                }
+            })
+            .collect();
+        cairn_store::Batch { events, ..cairn_store::Batch::default() }
+    };
+    // Only the second half is bad: that error.
+    let error = store.append_batch(batch(&[9_000])).unwrap_err().to_string();
+    assert!(error.contains("type"), "{error}");
+    // Both halves: the first half's error, not the second's.
+    let error = store.append_batch(batch(&[20, 9_000])).unwrap_err().to_string();
+    assert!(error.contains("type"), "{error}");
+    let error = store.append_batch(batch(&[9_000, 20])).unwrap_err().to_string();
+    assert!(error.contains("topic") && !error.contains("type"), "{error}");
+    assert!(store.head(&topic("big")).unwrap().is_none(), "nothing of a failed batch is stored");
+    // And a good one is stored whole, in order.
+    let events = store.append_batch(batch(&[])).unwrap();
+    assert_eq!(events.len(), 10_000);
+    assert!(
+        events
+            .iter()
+            .enumerate()
+            .all(|(i, e)| e.seq == i as u64 && e.inline_payload() == Some(i.to_string().as_bytes()))
+    );
+}
