@@ -98,13 +98,12 @@ impl Bench {
         row("http: publish → follower (durable, NDJSON follow)", "2000 events", Some(&mut samples), None, None);
         Ok(())
     }
-}
 
-impl Bench {
     /// NDJSON catch-up reads of 1,000,000 events through the socket,
     /// `rounds` times, on a store kept at `keep` when given (filled over
     /// HTTP only when it does not exist yet, so a profiler can skip that).
     pub fn catch_up(&self, rounds: usize, keep: Option<&std::path::Path>) -> Result<()> {
+        anyhow::ensure!(rounds > 0, "--rounds must be at least 1");
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
         let n = 1_000_000;
         let path = keep.map_or_else(|| self.fresh_dir("http-catch-up"), std::path::Path::to_path_buf);

@@ -381,10 +381,11 @@ impl Segments {
                 }
             }
         }
+        // Whichever holds this file (the other may hold another one).
         let frame = match (&decoder.map, &decoder.window) {
-            (Some(map), _) => map.get(start..end),
-            (None, Some((_, window))) => window.at(start, end),
-            (None, None) => None,
+            (Some(map), _) if decoder.map_segment == Some(key) => map.get(start..end),
+            (_, Some((held, window))) if *held == key => window.at(start, end),
+            _ => None,
         };
         let frame = frame.ok_or_else(|| corrupt(pos.segment, pos.offset, "position is past the end"))?;
         match codec::unframe(frame) {
