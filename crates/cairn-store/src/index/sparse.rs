@@ -187,7 +187,8 @@ impl RemovedFilter {
 
     /// Whether no key from here on can be removed.
     pub(crate) fn exhausted(&self) -> bool {
-        self.exhausted && self.next.is_none()
+        // Set only once the iterator ended, when no key is pending.
+        self.exhausted
     }
 
     /// Whether `key` (a suffix: id bytes, or topic 0x00 seq) is removed.
