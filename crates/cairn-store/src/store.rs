@@ -1134,6 +1134,9 @@ fn store_id(dir: &Path) -> Result<String> {
     Ok(id)
 }
 
+/// How long an open waits for a busy lock before it reports `locked`.
+const LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Takes the store's exclusive lock (`<dir>/LOCK`) and writes who holds it.
 fn lock(dir: &Path) -> Result<File> {
     let path = dir.join("LOCK");
@@ -1144,7 +1147,22 @@ fn lock(dir: &Path) -> Result<File> {
         .truncate(false)
         .open(&path)
         .map_err(StoreError::io(format!("open {}", path.display())))?;
-    match file.try_lock() {
+    // A lock that is busy is tried again for a moment before giving up. A
+    // process that starts a child shares its open files with the child from
+    // the fork until the exec closes them, so a store just closed by one
+    // thread of a process can stay locked for an instant while another thread
+    // starts a program; and a holder that is exiting releases its lock as it
+    // ends. Neither should make an open fail.
+    let deadline = std::time::Instant::now() + LOCK_PATIENCE;
+    let taken = loop {
+        match file.try_lock() {
+            Err(fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            taken => break taken,
+        }
+    };
+    match taken {
         Ok(()) => {}
         Err(fs::TryLockError::WouldBlock) => {
             let mut holder = String::new();

@@ -61,6 +61,26 @@ fn a_second_opener_gets_a_clear_lock_error() {
 }
 
 #[test]
+fn an_open_waits_a_moment_for_a_lock_being_released() {
+    // Another process (flock(1)) holds the lock for 0.2 s, as a child between
+    // its fork and its exec holds the lock of a store its parent just closed.
+    let dir = tempfile::tempdir().unwrap();
+    drop(open(dir.path()));
+    let taken = dir.path().join("taken");
+    let mut holder = std::process::Command::new("flock")
+        .arg(dir.path().join("LOCK"))
+        .args(["-c", &format!("touch {} && sleep 0.2", taken.display())])
+        .spawn()
+        .expect("flock(1) from util-linux");
+    while !taken.exists() {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    let store = cairn_store::Store::open(dir.path(), crate::test_options()).expect("the lock was released in time");
+    assert!(holder.wait().unwrap().success());
+    drop(store);
+}
+
+#[test]
 fn bad_input_is_refused_with_the_field_named() {
     let check = |result: Result<cairn_store::Topic, StoreError>, field: &str| {
         let error = result.unwrap_err();
