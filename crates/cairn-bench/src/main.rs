@@ -62,6 +62,14 @@ enum Which {
     /// The CRC-32C of event frames (as every read checks one) next to the
     /// `crc32c` crate's, on frame-sized buffers, alternating.
     Crc,
+    /// Overlapping fdatasyncs: appends of 2 KiB to one file, each followed by
+    /// an fdatasync, from 1 and from 2 threads (each with its own open file),
+    /// alternating; the sync rate of each (what pipelined group commit needs).
+    Syncs {
+        /// Rounds of 2 s each.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
     /// Publish-to-subscriber latency.
     Latency,
     /// The HTTP server over its Unix socket: durable appends from 1 and 16
@@ -114,6 +122,11 @@ enum Which {
     },
 }
 
+/// The allocator the `cairn` binary uses, so the in-process servers measured
+/// here run as `cairn serve` does.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let which = args.command.unwrap_or(Which::All);
@@ -146,6 +159,7 @@ fn main() -> anyhow::Result<()> {
         Which::Cli { events } => bench.cli(&events)?,
         Which::Bulk { rounds } => bench.bulk(rounds)?,
         Which::Crc => scenarios::crc(),
+        Which::Syncs { rounds } => bench.syncs(rounds)?,
         Which::CatchUp { rounds, ref store } => bench.catch_up(rounds, store.as_deref())?,
         Which::Compact { events, rounds } => bench.compact(events, rounds)?,
         Which::Compress { events } => bench.compress(events)?,

@@ -138,6 +138,35 @@ impl Bench {
         Ok(())
     }
 
+    /// Appends of 2 KiB, each followed by an fdatasync, from 1 and from 2
+    /// threads with their own open files, alternating, `rounds` times.
+    pub fn syncs(&self, rounds: usize) -> Result<()> {
+        anyhow::ensure!(rounds > 0, "--rounds must be at least 1");
+        let mut rates: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+        for round in 0..rounds {
+            for threads in [1, 2] {
+                let path = self.fresh_dir(&format!("syncs-{round}-{threads}"));
+                rates[threads - 1].push(sync_rate(&path, threads, Duration::from_secs(2))?);
+                std::fs::remove_file(&path)?;
+            }
+        }
+        let one = median(&rates[0]);
+        let syncs = |rate: f64| format!("{:.2}k syncs/s", rate / 1e3);
+        for (threads, rates) in rates.iter().enumerate() {
+            let (low, high) = rates.iter().fold((f64::MAX, 0f64), |(l, h), r| (l.min(*r), h.max(*r)));
+            println!(
+                "| raw: append 2 KiB + fdatasync, {} thread(s) on one file (median of {rounds}; range {} - {}) | {} | - | - | - | {} | {:.2}x |",
+                threads + 1,
+                syncs(low),
+                syncs(high),
+                syncs(median(rates)),
+                syncs(one),
+                median(rates) / one,
+            );
+        }
+        Ok(())
+    }
+
     /// 100,000 events in one durable batch into a fresh store, alternating
     /// with the raw write + fdatasync of as many bytes, `rounds` times.
     pub fn bulk(&self, rounds: usize) -> Result<()> {
@@ -657,4 +686,42 @@ fn concurrent(store: &Store, tasks: usize, per_task: usize) -> Result<(f64, Samp
     }
     let rate = (tasks * per_task) as f64 / started.elapsed().as_secs_f64();
     Ok((rate, all))
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted[sorted.len() / 2]
+}
+
+/// Syncs per second over `run`: `threads` threads, each with its own open
+/// file on `path`, each appending 2 KiB (under a lock, so the file grows in
+/// order, as a log does) and then fdatasyncing.
+fn sync_rate(path: &Path, threads: usize, run: Duration) -> Result<f64> {
+    let writer = std::sync::Mutex::new(OpenOptions::new().create_new(true).append(true).open(path)?);
+    let syncs = std::sync::atomic::AtomicU64::new(0);
+    let started = Instant::now();
+    std::thread::scope(|scope| -> Result<()> {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                let own = OpenOptions::new().read(true).open(path);
+                let (writer, syncs) = (&writer, &syncs);
+                scope.spawn(move || -> Result<()> {
+                    let own = own?;
+                    let block = [b'x'; 2048];
+                    while started.elapsed() < run {
+                        writer.lock().expect("no panics").write_all(&block)?;
+                        own.sync_data()?;
+                        syncs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for handle in handles {
+            handle.join().expect("no panics")?;
+        }
+        Ok(())
+    })?;
+    Ok(syncs.into_inner() as f64 / started.elapsed().as_secs_f64())
 }
