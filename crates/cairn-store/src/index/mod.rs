@@ -315,7 +315,9 @@ impl Index {
         let memtable = self.data.tree.active_memtable().size() + self.refs.tree.active_memtable().size();
         let applied = self.applied_log_bytes.load(std::sync::atomic::Ordering::Relaxed);
         let mut flushed = false;
-        if memtable >= CLOSE_FLUSH_MEMTABLE_BYTES || applied >= CLOSE_FLUSH_LOG_BYTES {
+        // A directory deleted under the open store cannot take a flush.
+        let there = self.path.exists();
+        if there && (memtable >= CLOSE_FLUSH_MEMTABLE_BYTES || applied >= CLOSE_FLUSH_LOG_BYTES) {
             self.db.persist(PersistMode::SyncData)?;
             // A memtable sealed earlier may still wait for the worker, and
             // fjall waits only for the one it sealed itself: wait for every
@@ -430,9 +432,11 @@ impl Index {
 }
 
 /// Seals `keyspace`'s memtable and waits until no sealed memtable is left
-/// (fjall's own wait covers only the one it sealed itself).
+/// (fjall's own wait covers only the one it sealed itself, and waits for
+/// ever when the flush fails: a store whose directory was deleted under it
+/// never closed).
 fn flush_keyspace(keyspace: &Keyspace) -> Result<()> {
-    keyspace.rotate_memtable_and_wait()?;
+    keyspace.rotate_memtable()?;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while keyspace.sealed_memtable_count() > 0 {
         if std::time::Instant::now() >= deadline {

@@ -81,6 +81,23 @@ fn an_open_waits_a_moment_for_a_lock_being_released() {
 }
 
 #[test]
+fn a_store_whose_directory_was_deleted_still_closes() {
+    // The close flushes the index after a large session; fjall's own wait
+    // for a flush never ended when the flush failed.
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let events = (0..20_000).map(|n| NewEvent::new(topic("gone"), format!("{n}:{}", "x".repeat(100)))).collect();
+    store.append_batch(cairn_store::Batch { events, ..cairn_store::Batch::default() }).unwrap();
+    std::fs::remove_dir_all(dir.path()).unwrap();
+    let (done, closed) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        drop(store);
+        let _ = done.send(());
+    });
+    closed.recv_timeout(std::time::Duration::from_secs(30)).expect("the store closed");
+}
+
+#[test]
 fn bad_input_is_refused_with_the_field_named() {
     let check = |result: Result<cairn_store::Topic, StoreError>, field: &str| {
         let error = result.unwrap_err();
