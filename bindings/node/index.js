@@ -231,26 +231,23 @@ class Store {
    * query: { topic | pattern (default every topic: '>'), after (an id),
    * fromSeq, last, limit, reverse, content (default true) }.
    */
-  async * read (query = {}) {
-    const pattern = query.topic ?? query.pattern ?? '>'
-    const reader = await this._call(this._native.read(
-      pattern,
-      query.after ?? undefined,
-      optionalCount(query.fromSeq, 'fromSeq'),
-      optionalCount(query.last, 'last'),
-      optionalCount(query.limit, 'limit'),
-      Boolean(query.reverse),
-      query.content !== false
-    ))
+  read (query = {}) {
+    let reader
     try {
-      for (;;) {
-        const page = await call(reader.next(1024))
-        if (page.done) return
-        yield * parseEvents(page.events)
-      }
-    } finally {
-      reader.close()
+      reader = this._call(this._native.read(
+        query.topic ?? query.pattern ?? '>',
+        query.after ?? undefined,
+        optionalCount(query.fromSeq, 'fromSeq'),
+        optionalCount(query.last, 'last'),
+        optionalCount(query.limit, 'limit'),
+        Boolean(query.reverse),
+        query.content !== false
+      ))
+    } catch (error) {
+      // Bad input is reported by the first next(), like every other error.
+      reader = Promise.reject(error)
     }
+    return new Reading(reader)
   }
 
   /**
@@ -340,6 +337,55 @@ class Store {
     this.closed = true
     openStores.delete(this)
     this._native.closeSync()
+  }
+}
+
+/**
+ * A read: an async iterator of events. The next page is fetched while the
+ * current one is handed out, and events come from a plain array (an async
+ * generator costs more per event than the read itself).
+ */
+class Reading {
+  constructor (reader) {
+    this._reader = reader
+    // Failing to start is reported by the first next().
+    reader.catch(() => {})
+    this._events = []
+    this._at = 0
+    this._ahead = null
+    this._done = false
+  }
+
+  [Symbol.asyncIterator] () {
+    return this
+  }
+
+  _fetch () {
+    return this._reader.then((reader) => call(reader.next(1024)))
+  }
+
+  async next () {
+    if (this._at < this._events.length) return { value: this._events[this._at++], done: false }
+    while (!this._done) {
+      const page = await (this._ahead || this._fetch())
+      this._ahead = null
+      if (page.done) break
+      this._ahead = this._fetch()
+      this._ahead.catch(() => {})
+      this._events = parseEvents(page.events)
+      this._at = 0
+      if (this._events.length > 0) return { value: this._events[this._at++], done: false }
+    }
+    await this.return()
+    return { value: undefined, done: true }
+  }
+
+  async return () {
+    this._done = true
+    this._events = []
+    const reader = await this._reader.catch(() => null)
+    if (reader) await reader.close()
+    return { value: undefined, done: true }
   }
 }
 

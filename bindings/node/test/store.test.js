@@ -111,6 +111,16 @@ test('a large batch of texts keeps every character and its order', async (t) => 
   const read = []
   for await (const event of store.read({ pattern: 'mixed.>' })) read.push([event.id, event.topic, event.content])
   assert.deepEqual(read, landed.map((e, k) => [e.id, topics[k], texts[k]]))
+  // Across pages (of 1,024), with the next fetched while one is handed out,
+  // and a read left early.
+  await store.appendBatch(Array.from({ length: 3000 }, (_, k) => ({ topic: 'paged', content: String(k) })))
+  let expected = 0
+  for await (const event of store.read({ topic: 'paged' })) assert.equal(event.content, String(expected++))
+  assert.equal(expected, 3000)
+  for await (const event of store.read({ topic: 'paged', reverse: true })) {
+    assert.equal(event.seq, 2999)
+    break
+  }
 })
 
 test('close frees the store; a second opener gets a LockedError naming the holder', async (t) => {
