@@ -156,3 +156,29 @@ test('concurrent appends all land, gapless, and the event loop keeps running', a
   assert.ok(ticks >= 3, `only ${ticks} timer ticks during a batch that took ${Date.now() - stringified} ms`)
   assert.equal((await store.head('big')).count, 50000)
 })
+
+test('a store left open is closed when the process exits', async (t) => {
+  const dir = tempDir(t)
+  const { spawnSync } = require('node:child_process')
+  // A subscription waits for live events and a read is half done when the
+  // script ends: the exit still closes the store, promptly.
+  const script = `
+    const cairn = require(${JSON.stringify(require.resolve('..'))})
+    ;(async () => {
+      const store = await cairn.open(${JSON.stringify(dir)})
+      await store.appendBatch(Array.from({ length: 3000 }, (_, n) => ({ topic: 'exit', content: String(n) })))
+      const live = store.subscribe('exit')
+      live.on('data', () => {})
+      await live.caughtUp
+      const reading = store.read({ topic: 'exit' })
+      await reading.next()
+      process.exit(0)
+    })()`
+  const child = spawnSync(process.execPath, ['-e', script], { timeout: 30000, encoding: 'utf8' })
+  assert.equal(child.status, 0, child.stderr)
+  // The engine marks a clean close in its index (a kill leaves no mark).
+  assert.ok(require('node:fs').existsSync(require('node:path').join(dir, 'index', 'cairn-clean-close')), 'closed cleanly')
+  const store = await cairn.open(dir)
+  assert.equal((await store.head('exit')).count, 3000)
+  await store.close()
+})
