@@ -87,7 +87,7 @@ export interface TopicHead {
 
 /** History, then live events: a Readable in object mode and an async iterable. */
 export declare class Subscription extends Readable implements AsyncIterable<StoredEvent> {
-  /** Resolves once the history has been read from the store. */
+  /** Resolves once the history has been read from the store; rejects if the subscription ends first. */
   readonly caughtUp: Promise<void>
   readonly isCaughtUp: boolean
   close(): void
@@ -99,6 +99,7 @@ export declare class Store {
   readonly closed: boolean
   append(event: NewEvent): Promise<Landed>
   appendBatch(events: NewEvent[], options?: { key?: string }): Promise<Landed[]>
+  /** An async iterator; a read left early should be ended with `return()` (a `for await` does it). */
   read(query?: Query): AsyncIterableIterator<StoredEvent>
   subscribe(pattern: string, options?: SubscribeOptions): Subscription
   head(topic: string): Promise<TopicHead | null>
@@ -151,16 +152,45 @@ export declare class CairnError extends Error {
   readonly code: string
 }
 
+export declare class InvalidError extends CairnError {}
+export declare class ExpectationFailedError extends CairnError {}
+export declare class IdempotencyConflictError extends CairnError {}
+export declare class TooLargeError extends CairnError {}
+export declare class NotFoundError extends CairnError {}
+export declare class InUseError extends CairnError {}
+export declare class LockedError extends CairnError {}
+export declare class ShuttingDownError extends CairnError {}
+export declare class PoisonedError extends CairnError {}
+export declare class CorruptError extends CairnError {}
+export declare class IndexError extends CairnError {}
+export declare class IoError extends CairnError {}
+export declare class PreconditionFailedError extends CairnError {}
+export declare class ExistsError extends CairnError {}
+export declare class ForbiddenError extends CairnError {}
+export declare class UnauthorizedError extends CairnError {}
+export declare class ThrottledError extends CairnError {}
+export declare class OverloadedError extends CairnError {}
+export declare class ClosedError extends CairnError {}
+
+/** Each kind's class by its code. */
 export declare const errors: {
-  invalid: typeof CairnError
-  expectation_failed: typeof CairnError
-  idempotency_conflict: typeof CairnError
-  too_large: typeof CairnError
-  not_found: typeof CairnError
-  in_use: typeof CairnError
-  locked: typeof CairnError
-  shutting_down: typeof CairnError
-  poisoned: typeof CairnError
-  corrupt: typeof CairnError
-  closed: typeof CairnError
+  invalid: typeof InvalidError
+  expectation_failed: typeof ExpectationFailedError
+  idempotency_conflict: typeof IdempotencyConflictError
+  too_large: typeof TooLargeError
+  not_found: typeof NotFoundError
+  in_use: typeof InUseError
+  locked: typeof LockedError
+  shutting_down: typeof ShuttingDownError
+  poisoned: typeof PoisonedError
+  corrupt: typeof CorruptError
+  index: typeof IndexError
+  io: typeof IoError
+  precondition_failed: typeof PreconditionFailedError
+  exists: typeof ExistsError
+  forbidden: typeof ForbiddenError
+  unauthorized: typeof UnauthorizedError
+  throttled: typeof ThrottledError
+  overloaded: typeof OverloadedError
+  closed: typeof ClosedError
 }

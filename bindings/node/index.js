@@ -42,6 +42,14 @@ for (const [code, name] of [
   ['shutting_down', 'ShuttingDownError'],
   ['poisoned', 'PoisonedError'],
   ['corrupt', 'CorruptError'],
+  ['index', 'IndexError'],
+  ['io', 'IoError'],
+  ['precondition_failed', 'PreconditionFailedError'],
+  ['exists', 'ExistsError'],
+  ['forbidden', 'ForbiddenError'],
+  ['unauthorized', 'UnauthorizedError'],
+  ['throttled', 'ThrottledError'],
+  ['overloaded', 'OverloadedError'],
   ['closed', 'ClosedError']
 ]) {
   // A named class per kind, so `instanceof` and stack traces say which.
@@ -51,6 +59,10 @@ for (const [code, name] of [
 /** The JS error for what the addon threw (`<code>\u0001<message>`). */
 function coded (error) {
   if (error instanceof CairnError) return error
+  // An argument of the wrong type, caught by napi before the call.
+  if (error && typeof error.code === 'string' && /Expected$|^InvalidArg$/.test(error.code)) {
+    return new errorClasses.invalid('invalid', `${error.message} (${error.code})`)
+  }
   const match = /^([a-z_]+)\u0001([\s\S]*)$/.exec(error && error.message)
   if (!match) return error
   const Class = errorClasses[match[1]] || CairnError
@@ -140,7 +152,8 @@ function contentOf (event) {
 
 function bytesOf (value, what) {
   if (typeof value === 'string') return Buffer.from(value, 'utf8')
-  if (value instanceof Uint8Array) return Buffer.from(value.buffer, value.byteOffset, value.byteLength)
+  // A copy: the addon reads it off the JS thread, while JS may change the original.
+  if (value instanceof Uint8Array) return Buffer.from(value)
   throw invalid(`${what}: give a Buffer, a Uint8Array or a string`)
 }
 
@@ -175,7 +188,16 @@ class Store {
     this._inFlight = new Set()
   }
 
-  _call (promise) {
+  /** Starts a call of the addon (`start` makes it), tracked until it settles. */
+  _call (start) {
+    if (this.closed) return Promise.reject(new errorClasses.closed('closed', 'the store is closed'))
+    let promise
+    try {
+      promise = start()
+    } catch (error) {
+      // napi checks argument types before the call starts.
+      return Promise.reject(coded(error))
+    }
     const tracked = call(promise)
     const settled = tracked.then(() => {}, () => {})
     this._inFlight.add(settled)
@@ -213,9 +235,13 @@ class Store {
 
   async _append (lines, key) {
     if (key !== undefined && key !== null && typeof key !== 'string') throw invalid('key: a string')
-    const landed = await this._call(columnar(lines)
+    const landed = await this._call(() => columnar(lines)
       ? this._native.appendColumns(...columns(lines), key ?? undefined)
       : this._native.appendBatch(JSON.stringify(lines), key ?? undefined))
+    if (landed.topics) {
+      // An idempotent repeat answered with fewer events (some were removed).
+      return landed.topics.map((topic, n) => ({ id: landed.ids.slice(n * 25, n * 25 + 25), topic, seq: landed.seqs[n] }))
+    }
     const out = new Array(lines.length)
     for (let n = 0; n < lines.length; n++) {
       const event = { id: landed.ids.slice(n * 25, n * 25 + 25), topic: lines[n].topic, seq: landed.seqs[n] }
@@ -234,7 +260,7 @@ class Store {
   read (query = {}) {
     let reader
     try {
-      reader = this._call(this._native.read(
+      reader = this._call(() => this._native.read(
         query.topic ?? query.pattern ?? '>',
         query.after ?? undefined,
         optionalCount(query.fromSeq, 'fromSeq'),
@@ -260,50 +286,62 @@ class Store {
    * events follow them. `close()` or `destroy()` ends it.
    */
   subscribe (pattern, options = {}) {
-    const handle = this._call(this._native.subscribe(
-      pattern,
-      options.after ?? undefined,
-      optionalCount(options.fromSeq, 'fromSeq'),
-      options.content !== false
-    ))
-    return new Subscription(handle, options.highWaterMark)
+    let handle
+    let highWaterMark = 1024
+    try {
+      if (options.highWaterMark !== undefined) {
+        highWaterMark = options.highWaterMark
+        if (!Number.isSafeInteger(highWaterMark) || highWaterMark < 1 || highWaterMark > 65536) throw invalid('highWaterMark: a whole number from 1 to 65,536')
+      }
+      handle = this._call(() => this._native.subscribe(
+        pattern,
+        options.after ?? undefined,
+        optionalCount(options.fromSeq, 'fromSeq'),
+        options.content !== false
+      ))
+    } catch (error) {
+      // Bad input is reported through the stream ('error'), like every other error.
+      highWaterMark = 1024
+      handle = Promise.reject(error)
+    }
+    return new Subscription(handle, highWaterMark)
   }
 
   /** A topic's head ({ topic, count, first_seq, last_seq, last_id }), or null. */
   async head (topic) {
-    const head = await this._call(this._native.head(topic))
+    const head = await this._call(() => this._native.head(topic))
     return head === null ? null : JSON.parse(head)
   }
 
   /** Every topic's head. */
   async topics () {
-    return JSON.parse(await this._call(this._native.topics()))
+    return JSON.parse(await this._call(() => this._native.topics()))
   }
 
   /** One event by id, with its content, or null. */
   async get (id) {
-    const event = await this._call(this._native.get(id))
+    const event = await this._call(() => this._native.get(id))
     return event === null ? null : parseEvents(event)[0]
   }
 
   /** Stores bytes by their sha256; resolves to the hash ('sha256-…'). */
   async contentPut (bytes) {
-    return this._call(this._native.contentPut(bytesOf(bytes, 'content')))
+    return this._call(() => this._native.contentPut(bytesOf(bytes, 'content')))
   }
 
   /** The content with `hash` ('sha256-…' or hex) as a Buffer, or null. */
   async contentGet (hash) {
-    return this._call(this._native.contentGet(hash))
+    return this._call(() => this._native.contentGet(hash))
   }
 
   /** Where consumer `name` stands ({ name, acked }), or null. */
   async consumer (name) {
-    return this._call(this._native.consumer(name))
+    return this._call(() => this._native.consumer(name))
   }
 
   /** Moves consumer `name` to event `id`, durably. */
   async ack (name, id) {
-    await this._call(this._native.ack(name, id))
+    await this._call(() => this._native.ack(name, id))
   }
 
   /**
@@ -312,12 +350,12 @@ class Store {
    * atomic, durable step.
    */
   async snapshotPut (name, at, bytes) {
-    await this._call(this._native.snapshotPut(name, at, bytesOf(bytes, 'snapshot')))
+    await this._call(() => this._native.snapshotPut(name, at, bytesOf(bytes, 'snapshot')))
   }
 
   /** Consumer `name`'s snapshot ({ at, bytes }), or null. */
   async snapshotGet (name) {
-    return this._call(this._native.snapshotGet(name))
+    return this._call(() => this._native.snapshotGet(name))
   }
 
   /**
@@ -325,15 +363,15 @@ class Store {
    * subscriptions, and frees the store's lock before it resolves.
    */
   async close () {
-    if (this.closed) return
     this.closed = true
-    openStores.delete(this)
     await Promise.all(this._inFlight)
+    // The addon's close resolves once the store is released (also when
+    // another close did it).
     await call(this._native.close())
+    openStores.delete(this)
   }
 
   _closeSync () {
-    if (this.closed) return
     this.closed = true
     openStores.delete(this)
     this._native.closeSync()
@@ -354,17 +392,41 @@ class Reading {
     this._at = 0
     this._ahead = null
     this._done = false
+    this._queue = Promise.resolve()
+    this._queued = 0
   }
 
   [Symbol.asyncIterator] () {
     return this
   }
 
+  // Calls are served one after another, as an async generator's are; one
+  // with an event at hand and none before it is answered at once.
+  next () {
+    if (this._queued === 0 && !this._done && this._at < this._events.length) {
+      return Promise.resolve({ value: this._events[this._at++], done: false })
+    }
+    return this._enqueue(() => this._next())
+  }
+
+  return () {
+    this._done = true
+    return this._enqueue(() => this._return())
+  }
+
+  _enqueue (step) {
+    this._queued += 1
+    const result = this._queue.then(step).finally(() => { this._queued -= 1 })
+    this._queue = result.catch(() => {})
+    return result
+  }
+
   _fetch () {
     return this._reader.then((reader) => call(reader.next(1024)))
   }
 
-  async next () {
+  async _next () {
+    if (this._done) return { value: undefined, done: true }
     if (this._at < this._events.length) return { value: this._events[this._at++], done: false }
     while (!this._done) {
       const page = await (this._ahead || this._fetch())
@@ -376,11 +438,10 @@ class Reading {
       this._at = 0
       if (this._events.length > 0) return { value: this._events[this._at++], done: false }
     }
-    await this.return()
-    return { value: undefined, done: true }
+    return this._return()
   }
 
-  async return () {
+  async _return () {
     this._done = true
     this._events = []
     const reader = await this._reader.catch(() => null)
@@ -394,9 +455,11 @@ class Subscription extends Readable {
   constructor (handle, highWaterMark = 1024) {
     super({ objectMode: true, highWaterMark })
     this._handle = handle
+    this._page = Math.min(highWaterMark, 1024)
     this._pulling = false
     this.isCaughtUp = false
-    this.caughtUp = new Promise((resolve) => { this._resolveCaughtUp = resolve })
+    this.caughtUp = new Promise((resolve, reject) => { this._resolveCaughtUp = resolve; this._rejectCaughtUp = reject })
+    this.caughtUp.catch(() => {})
     // Failing to start is reported through the stream, as an 'error'.
     handle.catch(() => {})
     // Start reading ahead (up to the buffer), so `caughtUp` resolves even
@@ -414,7 +477,7 @@ class Subscription extends Readable {
     try {
       const handle = await this._handle
       for (;;) {
-        const page = await call(handle.next(1024))
+        const page = await call(handle.next(this._page))
         if (this.destroyed) return
         let room = true
         for (const event of parseEvents(page.events)) room = this.push(event)
@@ -435,6 +498,8 @@ class Subscription extends Readable {
   }
 
   _destroy (error, callback) {
+    // Ended before the history was over: say so to who waits for it.
+    if (!this.isCaughtUp) this._rejectCaughtUp(error || new errorClasses.closed('closed', 'the subscription ended before it caught up'))
     this._handle.then((handle) => handle.close(), () => {}).finally(() => callback(error))
   }
 
@@ -539,38 +604,49 @@ class EventConsumer {
   }
 
   _attach (source) {
-    this._running = this._run(source).catch((error) => {
-      this._rejectCaughtUp(error)
-      this.error = error
-    })
+    this._running = this._run(source).then(
+      () => this._rejectCaughtUp(new errorClasses.closed('closed', 'the consumer was closed before it caught up')),
+      (error) => {
+        this._rejectCaughtUp(error)
+        this.error = error
+      })
   }
 
   async _run (source) {
     const store = source.store_
     const saved = await store.snapshotGet(this.name)
+    if (this._closing) return
     this.state = saved ? JSON.parse(saved.bytes.toString('utf8')) : structuredClone(this.defaultState)
     this.position = saved ? saved.at : null
     const subscription = store.subscribe(source.topic, this.position ? { after: this.position } : {})
     this._subscription = subscription
     let unsaved = 0
     let caughtUp = false
-    const save = async () => {
-      if (unsaved === 0 || this.position === null) return
-      await store.snapshotPut(this.name, this.position, JSON.stringify(this.state))
-      unsaved = 0
-    }
     let handling = false
+    // Saves run one at a time, and a save takes state and position
+    // together while no event is being handled (a handler may await).
+    let saving = Promise.resolve()
+    const save = () => {
+      const step = async () => {
+        if (handling || unsaved === 0 || this.position === null) return
+        const [at, bytes, count] = [this.position, JSON.stringify(this.state), unsaved]
+        await store.snapshotPut(this.name, at, bytes)
+        unsaved -= count
+      }
+      const done = saving.then(step)
+      saving = done.catch(() => {})
+      return done
+    }
     const idle = () => caughtUp && !handling && subscription.readableLength === 0
     subscription.on('caughtUp', () => {
       caughtUp = true
-      // Nothing (more) to handle in the history: caught up now.
+      // Nothing (more) to handle in the history: caught up once saved.
       if (idle()) save().then(() => this._resolveCaughtUp(), (error) => this._rejectCaughtUp(error))
     })
     try {
       for await (const event of subscription) {
         handling = true
-        const value = event.content === undefined ? null : JSON.parse(event.content)
-        const next = await this.handler(value, event.seq, this)
+        const next = await this.handler(valueOf(event), event.seq, this)
         if (next !== undefined) this.state = next
         this.position = event.id
         unsaved += 1
@@ -581,6 +657,8 @@ class EventConsumer {
       }
     } catch (error) {
       if (!this._closing) throw error
+    } finally {
+      handling = false
     }
     await save()
   }
@@ -590,6 +668,17 @@ class EventConsumer {
     this._closing = true
     if (this._subscription) this._subscription.close()
     if (this._running) await this._running
+  }
+}
+
+/** An event's content as a JSON value (its text when it is not JSON; null without content). */
+function valueOf (event) {
+  const content = event.content ?? (event.content_base64 === undefined ? undefined : Buffer.from(event.content_base64, 'base64').toString('utf8'))
+  if (content === undefined) return null
+  try {
+    return JSON.parse(content)
+  } catch {
+    return content
   }
 }
 
@@ -603,3 +692,5 @@ module.exports = {
   contentOf,
   errors: errorClasses
 }
+// Each kind's class by its name too (InvalidError, ExpectationFailedError, …).
+for (const Class of Object.values(errorClasses)) module.exports[Class.name] = Class

@@ -57,9 +57,23 @@ trait Handle: Send + Sync {
     fn end(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>;
 }
 
-impl<T: Send> Handle for Mutex<Option<T>> {
+/// A read's or a subscription's state.
+enum Slot<T> {
+    Open(T),
+    /// Read to its end, or closed by its owner.
+    Done,
+    /// Ended because the store closed.
+    Closed,
+}
+
+impl<T: Send> Handle for Mutex<Slot<T>> {
     fn end(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
-        Box::pin(async move { drop(self.lock().await.take()) })
+        Box::pin(async move {
+            let mut slot = self.lock().await;
+            if matches!(*slot, Slot::Open(_)) {
+                *slot = Slot::Closed;
+            }
+        })
     }
 }
 
@@ -69,12 +83,18 @@ struct Shared {
     service: RwLock<Option<Service>>,
     /// Reads and subscriptions, ended on close (each holds the service).
     handles: std::sync::Mutex<Vec<Weak<dyn Handle>>>,
+    /// Set once the store is closed (dropped: its lock is free).
+    closed: tokio::sync::watch::Sender<bool>,
 }
 
 impl Shared {
     fn register(&self, handle: Weak<dyn Handle>) {
         let mut handles = self.handles.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        handles.retain(|handle| handle.strong_count() > 0);
+        // Forget ended ones now and then (at each power of two: amortised
+        // constant work per registration).
+        if handles.len().is_power_of_two() {
+            handles.retain(|handle| handle.strong_count() > 0);
+        }
         handles.push(handle);
     }
 
@@ -99,7 +119,11 @@ pub async fn open(dir: String, sync: Option<String>) -> Result<NativeStore> {
     let (service, _) =
         cairn_service::open_local(dir.into(), options, ServiceOptions::default()).await.map_err(js_error)?;
     Ok(NativeStore {
-        shared: Arc::new(Shared { service: RwLock::new(Some(service)), handles: std::sync::Mutex::new(Vec::new()) }),
+        shared: Arc::new(Shared {
+            service: RwLock::new(Some(service)),
+            handles: std::sync::Mutex::new(Vec::new()),
+            closed: tokio::sync::watch::Sender::new(false),
+        }),
     })
 }
 
@@ -128,6 +152,9 @@ pub struct Appended {
     pub seqs: napi::bindgen_prelude::Float64Array,
     /// The hash of a single event's payload (`sha256-…`).
     pub hash: Option<String>,
+    /// Each event's topic, when they are not the batch's events one for one
+    /// (an idempotent repeat after some of them were removed).
+    pub topics: Option<Vec<String>>,
 }
 
 /// Consecutive pieces of one UTF-16 text.
@@ -138,8 +165,7 @@ struct Columns<'a> {
 
 impl<'a> Columns<'a> {
     fn new(text: &'a [u16], field: &'static str) -> Columns<'a> {
-        // napi's copy ends with the C string's terminator.
-        let text = text.strip_suffix(&[0]).unwrap_or(text);
+        // (napi's copy has no terminator: it truncates to what was written.)
         Columns { rest: text, field }
     }
 
@@ -265,6 +291,7 @@ impl NativeStore {
     }
 
     async fn append_prepared(&self, batch: Batch) -> Result<Appended> {
+        let asked = batch.events.len();
         if batch.events.is_empty() {
             return Err(invalid("events", "a batch needs at least one event"));
         }
@@ -284,7 +311,10 @@ impl NativeStore {
                 hashes = event.hash.map(|hash| hash.sri()).unwrap_or_default();
             }
         }
-        Ok(Appended { ids, seqs: seqs.into(), hash: (!hashes.is_empty()).then_some(hashes) })
+        // A repeat of an idempotent batch answers with the first append's
+        // events still stored, which may be fewer: then say whose they are.
+        let topics = (appended.len() != asked).then(|| appended.iter().map(|e| e.topic.as_str().to_owned()).collect());
+        Ok(Appended { ids, seqs: seqs.into(), hash: (!hashes.is_empty()).then_some(hashes), topics })
     }
 
     /// Starts a read (see `index.js` for the query's fields).
@@ -311,7 +341,7 @@ impl NativeStore {
         let guard = self.shared.service.read().await;
         let service = guard.as_ref().ok_or_else(closed)?;
         let read = service.read(&LOCAL, query, content.unwrap_or(true)).await.map_err(js_error)?;
-        let inner = Arc::new(Mutex::new(Some(read)));
+        let inner = Arc::new(Mutex::new(Slot::Open(read)));
         self.shared.register(Arc::downgrade(&inner) as Weak<dyn Handle>);
         Ok(NativeRead { inner })
     }
@@ -335,7 +365,7 @@ impl NativeStore {
         let guard = self.shared.service.read().await;
         let service = guard.as_ref().ok_or_else(closed)?;
         let follow = service.follow(&LOCAL, query, options).await.map_err(js_error)?;
-        let inner = Arc::new(Mutex::new(Some(follow)));
+        let inner = Arc::new(Mutex::new(Slot::Open(follow)));
         self.shared.register(Arc::downgrade(&inner) as Weak<dyn Handle>);
         Ok(NativeFollow { inner, closed: tokio::sync::watch::Sender::new(false) })
     }
@@ -439,19 +469,38 @@ impl NativeStore {
     /// resolves. Closing twice does nothing.
     #[napi]
     pub async fn close(&self) -> Result<()> {
-        let Some(service) = self.take().await else { return Ok(()) };
-        service.close().await;
+        match self.take().await {
+            Some(service) => {
+                service.close().await;
+                self.shared.closed.send_replace(true);
+            }
+            // Another close took it: resolve when that one is done.
+            None => drop(self.shared.closed.subscribe().wait_for(|closed| *closed).await),
+        }
         Ok(())
     }
 
-    /// `close` on the JS thread, for `process.on('exit')`.
+    /// `close` on the JS thread, for `process.on('exit')`: also waits (30 s
+    /// at most) for a `close` already under way.
     #[napi]
     pub fn close_sync(&self) {
         let shared = self.shared.clone();
         let closing = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
             if let Ok(runtime) = runtime {
-                runtime.block_on(async move { drop(take(&shared).await) });
+                runtime.block_on(async move {
+                    match take(&shared).await {
+                        Some(service) => {
+                            drop(service);
+                            shared.closed.send_replace(true);
+                        }
+                        None => {
+                            let mut closed = shared.closed.subscribe();
+                            let wait = closed.wait_for(|closed| *closed);
+                            let _ = tokio::time::timeout(std::time::Duration::from_secs(30), wait).await;
+                        }
+                    }
+                });
             }
         });
         let _ = closing.join();
@@ -462,23 +511,22 @@ impl NativeStore {
     }
 }
 
-/// Takes the service out of `shared`: stops subscriptions, ends every read
-/// and subscription, then waits for calls in flight.
+/// Takes the service out of `shared` once the calls in flight are done (no
+/// later call can start a read or a subscription), stops subscriptions
+/// waiting for events, and ends every read and subscription.
 async fn take(shared: &Shared) -> Option<Service> {
-    if let Some(service) = shared.service.read().await.as_ref() {
-        // Subscriptions waiting for events return at once.
-        service.shutdown();
-    }
+    let service = shared.service.write().await.take()?;
+    service.shutdown();
     for handle in shared.take_handles() {
         handle.end().await;
     }
-    shared.service.write().await.take()
+    Some(service)
 }
 
 /// A read in progress.
 #[napi]
 pub struct NativeRead {
-    inner: Arc<Mutex<Option<cairn_service::Read>>>,
+    inner: Arc<Mutex<Slot<cairn_service::Read>>>,
 }
 
 #[napi]
@@ -487,11 +535,16 @@ impl NativeRead {
     #[napi]
     pub async fn next(&self, max: u32) -> Result<Page> {
         let mut guard = self.inner.lock().await;
-        let Some(read) = guard.as_mut() else { return Ok(Page { events: "[]".into(), caught_up: true, done: true }) };
+        let read = match &mut *guard {
+            Slot::Open(read) => read,
+            Slot::Done => return Ok(Page { events: "[]".into(), caught_up: true, done: true }),
+            // Not the end of the data: a read cut short must not look whole.
+            Slot::Closed => return Err(coded("closed", "the store was closed during the read")),
+        };
         let items = read.next(max.max(1) as usize).await.map_err(js_error)?;
         let done = items.is_empty();
         if done {
-            guard.take();
+            *guard = Slot::Done;
         }
         let events = events_json(items.iter().map(|item| (&item.event, item.content.as_deref())));
         Ok(Page { events, caught_up: done, done })
@@ -500,14 +553,17 @@ impl NativeRead {
     /// Ends the read early.
     #[napi]
     pub async fn close(&self) {
-        self.inner.lock().await.take();
+        let mut slot = self.inner.lock().await;
+        if matches!(*slot, Slot::Open(_)) {
+            *slot = Slot::Done;
+        }
     }
 }
 
 /// A subscription: history, then live events.
 #[napi]
 pub struct NativeFollow {
-    inner: Arc<Mutex<Option<cairn_service::Follow>>>,
+    inner: Arc<Mutex<Slot<cairn_service::Follow>>>,
     /// Set by `close`, which must not wait behind a `next` waiting for
     /// live events (that wait is cancel-safe).
     closed: tokio::sync::watch::Sender<bool>,
@@ -522,7 +578,8 @@ impl NativeFollow {
         let ended = || Page { events: "[]".into(), caught_up: false, done: true };
         let mut closed = self.closed.subscribe();
         let mut guard = self.inner.lock().await;
-        let Some(follow) = guard.as_mut() else { return Ok(ended()) };
+        // Closing the store ends its subscriptions: that is their end.
+        let Slot::Open(follow) = &mut *guard else { return Ok(ended()) };
         let next = tokio::select! {
             next = follow.next(max.max(1) as usize) => next,
             _ = closed.wait_for(|closed| *closed) => Err(ServiceError::ShuttingDown),
@@ -530,7 +587,7 @@ impl NativeFollow {
         let delivered = match next {
             Ok(delivered) => delivered,
             Err(ServiceError::ShuttingDown) => {
-                guard.take();
+                *guard = Slot::Done;
                 return Ok(ended());
             }
             Err(error) => return Err(js_error(error)),
@@ -551,6 +608,6 @@ impl NativeFollow {
     #[napi]
     pub async fn close(&self) {
         self.closed.send_replace(true);
-        self.inner.lock().await.take();
+        *self.inner.lock().await = Slot::Done;
     }
 }

@@ -91,3 +91,21 @@ test('a consumer killed with SIGKILL mid-run resumes with no effect missing or d
   // Every event's effect exactly once: the sum of 1..N and N events.
   assert.deepEqual(final, { sum: N * (N + 1) / 2, count: N })
 })
+
+test('a consumer closed at once stops, and says it never caught up', async (t) => {
+  const dir = tempDir(t)
+  const es = await cairn.EventSource.open(dir, { topic: 'quiet' })
+  const consumer = es.subscribe(new cairn.EventConsumer('soon-closed', {}, {}, () => {}))
+  const closing = es.close()
+  const timeout = new Promise((_resolve, reject) => setTimeout(() => reject(new Error('close hung')), 10000))
+  await Promise.race([closing, timeout])
+  await assert.rejects(consumer.hasCaughtUp(), { code: 'closed' })
+  // Text that is not JSON reaches the handler as text.
+  const again = await cairn.EventSource.open(dir, { topic: 'plain' })
+  await again.store_.append({ topic: 'plain', content: 'not json' })
+  const got = []
+  const reader = again.subscribe(new cairn.EventConsumer('plain-reader', {}, {}, (value) => { got.push(value) }))
+  await reader.hasCaughtUp()
+  assert.deepEqual(got, ['not json'])
+  await again.close()
+})

@@ -182,3 +182,48 @@ test('a store left open is closed when the process exits', async (t) => {
   assert.equal((await store.head('exit')).count, 3000)
   await store.close()
 })
+
+test('reads: concurrent next() calls, a read cut short by close, wrong argument types', async (t) => {
+  const dir = tempDir(t)
+  const store = await cairn.open(dir)
+  await store.appendBatch(Array.from({ length: 3000 }, (_, k) => ({ topic: 'r', content: String(k) })))
+  const reading = store.read({ topic: 'r' })
+  const seen = []
+  for (;;) {
+    const [a, b, c] = await Promise.all([reading.next(), reading.next(), reading.next()])
+    for (const step of [a, b, c]) if (!step.done) seen.push(Number(step.value.content))
+    if (c.done) break
+  }
+  assert.deepEqual(seen, Array.from({ length: 3000 }, (_, k) => k))
+  await assert.rejects(store.get(123), { name: 'InvalidError', code: 'invalid' })
+  const bad = store.subscribe('r', { highWaterMark: -1 })
+  await assert.rejects(new Promise((resolve, reject) => { bad.on('error', reject); bad.on('data', resolve) }), { code: 'invalid' })
+
+  const cut = store.read({ topic: 'r' })
+  await cut.next()
+  await store.close()
+  await assert.rejects(async () => { for (;;) if ((await cut.next()).done) break }, { name: 'ClosedError' })
+  await assert.rejects(store.append({ topic: 'r', content: 'late' }), { name: 'ClosedError' })
+})
+
+test('the fast path keeps a trailing NUL, and a repeat names the events it returns', async (t) => {
+  const store = await openTemp(t)
+  const events = Array.from({ length: 100 }, (_, k) => ({ topic: 'nul', content: `x${k}` }))
+  events[99].content = 'ends with\u0000'
+  events[0].content = ''
+  await store.appendBatch(events)
+  const read = []
+  for await (const event of store.read({ topic: 'nul' })) read.push(event.content ?? '')
+  assert.equal(read[99], 'ends with\u0000')
+  assert.equal(read[0], '')
+
+  const first = await store.appendBatch([{ topic: 'kept.last', content: 'a', ttl: 'last:1' }, { topic: 'other', content: 'b' }], { key: 'repeat-me' })
+  await store.append({ topic: 'kept.last', content: 'c', ttl: 'last:1' }) // trims 'a'
+  const again = await store.appendBatch([{ topic: 'kept.last', content: 'a', ttl: 'last:1' }, { topic: 'other', content: 'b' }], { key: 'repeat-me' })
+  for (const event of again) {
+    const original = first.find((e) => e.id === event.id)
+    assert.ok(original, `${event.id} is one of the first append's`)
+    assert.equal(event.topic, original.topic)
+    assert.equal(event.seq, original.seq)
+  }
+})
