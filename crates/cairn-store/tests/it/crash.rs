@@ -176,19 +176,14 @@ fn overwrites_survive_kill_9_after_the_index_flushed() {
     // over the older values the tables hold (with no journal file at all,
     // fjall kept its sequence numbers below its tables', so they lost).
     let dir = tempfile::tempdir().unwrap();
-    let exe = std::env::current_exe().unwrap();
     let mut last = None;
     for cycle in 0..3 {
         let from = last.map_or(0, |version: u64| version + 1);
-        let mut child = Command::new(&exe)
-            .args(["crash::overwrite_child", "--exact", "--nocapture", "--test-threads", "1"])
-            .env("CAIRN_OVERWRITE_CHILD", dir.path())
-            .env("CAIRN_OVERWRITE_FROM", from.to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut reader = BufReader::new(child.stdout.take().unwrap());
+        let from_text = from.to_string();
+        let (mut child, mut reader) = spawn_child(
+            "crash::overwrite_child",
+            &[("CAIRN_OVERWRITE_CHILD", dir.path().as_os_str()), ("CAIRN_OVERWRITE_FROM", from_text.as_ref())],
+        );
         let mut line = String::new();
         // Past at least one flush of fjall's 8 MB memtable.
         let mut acked = None;
@@ -231,14 +226,7 @@ fn an_open_after_a_kill_during_a_load_replays_only_the_tail() {
     // 16 MiB, so after 96 MiB of load the replay is a fraction of the log.
     const BATCHES: u64 = 192;
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["crash::load_child", "--exact", "--nocapture", "--test-threads", "1"])
-        .env("CAIRN_LOAD_CHILD", dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut reader = BufReader::new(child.stdout.take().unwrap());
+    let (mut child, mut reader) = spawn_child("crash::load_child", &[("CAIRN_LOAD_CHILD", dir.path().as_os_str())]);
     let mut line = String::new();
     let mut acked = 0;
     while acked < BATCHES {
@@ -257,4 +245,21 @@ fn an_open_after_a_kill_during_a_load_replays_only_the_tail() {
     // 48 records of 512 KiB are 24 MiB: the lag bound plus one seal.
     assert!(report.records_replayed <= 48, "{} of {} records replayed", report.records_replayed, count / 256);
     drop(store);
+}
+
+/// Runs the test `name` of this binary as a child process with `env`; its
+/// stdout to read line by line.
+fn spawn_child(
+    name: &str,
+    env: &[(&str, &std::ffi::OsStr)],
+) -> (std::process::Child, BufReader<std::process::ChildStdout>) {
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([name, "--exact", "--nocapture", "--test-threads", "1"])
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    (child, stdout)
 }
