@@ -1,7 +1,9 @@
 //! Runs the package's JavaScript tests (`test/*.test.js`, `node --test`)
 //! against a debug build of the addon made by the package's own build
 //! script, with the `cairn` binary for the tests that share a store with
-//! the command line. Needs node (18 or later) on PATH; `.ci/run` installs it.
+//! the command line; and type-checks `test/types.ts` against `index.d.ts`
+//! with TypeScript (installed from the package's lock file when missing).
+//! Needs node (18 or later) and npm on PATH; `.ci/run` installs them.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -71,4 +73,30 @@ fn javascript_tests_pass() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(status.success(), "node --test failed: {status}");
+}
+
+#[test]
+fn typescript_types_check() {
+    let package = Path::new(env!("CARGO_MANIFEST_DIR"));
+    if !package.join("node_modules/typescript/bin/tsc").exists() {
+        // The dev dependencies, pinned by package-lock.json; no build script.
+        let installed = Command::new("npm")
+            .args(["ci", "--ignore-scripts", "--no-audit", "--no-fund"])
+            .current_dir(package)
+            .status()
+            .expect("npm is on PATH (Debian: npm)");
+        assert!(installed.success(), "npm ci failed");
+    }
+    let output = Command::new("node")
+        .args(["node_modules/typescript/bin/tsc", "--noEmit", "--strict", "--target", "es2022"])
+        .args(["--module", "commonjs", "--moduleResolution", "node", "--types", "node", "test/types.ts"])
+        .current_dir(package)
+        .output()
+        .expect("node runs");
+    assert!(
+        output.status.success(),
+        "index.d.ts does not type-check its use in test/types.ts:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
