@@ -122,11 +122,6 @@ enum Which {
     },
 }
 
-/// The allocator the `cairn` binary uses, so the in-process servers measured
-/// here run as `cairn serve` does.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let which = args.command.unwrap_or(Which::All);

@@ -13,13 +13,6 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 
-/// mimalloc, not glibc's malloc: a server's allocations are small, many,
-/// and often freed on another thread than the one that made them. Counted
-/// with `scripts/callgrind-server`, it took 6 % of the instructions of an
-/// XADD and 11 % of an HTTP append (README, performance).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let cli = args::Cli::parse();
     tracing_subscriber::fmt()
