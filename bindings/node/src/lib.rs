@@ -230,7 +230,8 @@ impl NativeStore {
     pub async fn append_batch(&self, events: String, key: Option<String>) -> Result<Appended> {
         let lines: Vec<cairn_service::json::BatchEventJson> =
             serde_json::from_str(&events).map_err(|e| invalid("event", e))?;
-        self.append_lines(lines, key).await
+        let batch = cairn_service::json::batch_from_json(lines, None, key).map_err(|e| js_error(e.into()))?;
+        self.append_prepared(batch).await
     }
 
     /// `append_batch` for events that are only a topic and text content,
@@ -275,18 +276,6 @@ impl NativeStore {
         if !topics.rest.is_empty() || !contents.rest.is_empty() {
             return Err(invalid("events", "the lengths do not add up to the text"));
         }
-        self.append_prepared(batch).await
-    }
-
-    async fn append_lines(
-        &self,
-        lines: Vec<cairn_service::json::BatchEventJson>,
-        key: Option<String>,
-    ) -> Result<Appended> {
-        if lines.is_empty() {
-            return Err(invalid("events", "a batch needs at least one event"));
-        }
-        let batch: Batch = cairn_service::json::batch_from_json(lines, None, key).map_err(|e| js_error(e.into()))?;
         self.append_prepared(batch).await
     }
 
