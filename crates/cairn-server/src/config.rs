@@ -32,7 +32,7 @@ pub struct ServeArgs {
     /// A TOML file of settings (keys: store, sync, http, socket, tls_cert,
     /// tls_key, insecure_no_auth, max_connections, header_timeout,
     /// body_timeout, shutdown_grace, compat_topic, allow_host, allow_origin,
-    /// resp, no_resp, resp_require_auth, resp_command_bytes_max,
+    /// cors_origin, resp, no_resp, resp_require_auth, resp_command_bytes_max,
     /// resp_unauthenticated_bytes_max, allow_delete, compact_ratio,
     /// no_compress, segment_bytes). Flags and environment
     /// variables win.
@@ -91,6 +91,15 @@ pub struct ServeArgs {
     /// with Origin) are refused. Repeat for more. [config: allow_origin]
     #[arg(long = "allow-origin", env = "CAIRN_ALLOW_ORIGIN", value_name = "ORIGIN", value_delimiter = ',')]
     pub allow_origins: Vec<String>,
+
+    /// A web origin whose pages may use this server's API with credentials
+    /// across origins (CORS: preflights answered, the browser session's
+    /// cookie and EventSource work from that origin; the cookie is
+    /// SameSite=Strict, so it reaches only origins of the same site, e.g.
+    /// another port). Implies --allow-origin. Off by default; repeat for
+    /// more. [config: cors_origin]
+    #[arg(long = "cors-origin", env = "CAIRN_CORS_ORIGIN", value_name = "ORIGIN", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
 
     /// On SIGINT/SIGTERM, how long open requests get to finish. [default: 10s] [config: shutdown_grace]
     #[arg(long, env = "CAIRN_SHUTDOWN_GRACE", value_name = "DURATION")]
@@ -170,6 +179,7 @@ struct ConfigFile {
     compat_topic: Option<String>,
     allow_host: Option<Vec<String>>,
     allow_origin: Option<Vec<String>>,
+    cors_origin: Option<Vec<String>>,
     resp: Option<SocketAddr>,
     no_resp: Option<bool>,
     resp_require_auth: Option<bool>,
@@ -210,6 +220,8 @@ pub struct Config {
     pub allow_hosts: Vec<String>,
     /// Web origins whose pages may call this server.
     pub allow_origins: Vec<String>,
+    /// Web origins answered with CORS headers, credentials allowed.
+    pub cors_origins: Vec<String>,
     /// TCP address of the Redis protocol, if served.
     pub resp: Option<SocketAddr>,
     /// Redis clients must AUTH first (always when `resp` is not loopback).
@@ -269,7 +281,19 @@ impl Config {
                 .collect()
         };
         let allow_hosts = listed(args.allow_hosts, file.allow_host);
-        let allow_origins = listed(args.allow_origins, file.allow_origin);
+        let cors_origins = listed(args.cors_origins, file.cors_origin);
+        for origin in &cors_origins {
+            let valid = origin.split_once("://").is_some_and(|(scheme, rest)| {
+                matches!(scheme, "http" | "https") && !rest.is_empty() && !rest.contains('/')
+            });
+            if !valid {
+                bail!(
+                    "invalid cors_origin {origin:?}: an origin is scheme://host[:port], e.g. https://app.example.com"
+                );
+            }
+        }
+        let mut allow_origins = listed(args.allow_origins, file.allow_origin);
+        allow_origins.extend(cors_origins.iter().cloned());
         let resp_command_bytes_max =
             args.resp_command_bytes_max.or(file.resp_command_bytes_max).unwrap_or(RESP_COMMAND_BYTES_MAX_DEFAULT);
         let resp_unauthenticated_bytes_max = args
@@ -322,6 +346,7 @@ impl Config {
             compat_topic,
             allow_hosts,
             allow_origins,
+            cors_origins,
             resp,
             resp_require_auth,
             resp_command_bytes_max,

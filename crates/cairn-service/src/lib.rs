@@ -15,6 +15,7 @@
 //!   mechanism (state records through the seam).
 //! - `accounts.rs`, `users.rs`, `logins.rs`: users and tokens, who may
 //!   manage them, password checks under a budget.
+//! - `sessions.rs`: browser sessions (a login kept in a cookie), bounded.
 //! - `principal.rs`: who is asking and what they may read and write.
 //! - `glob.rs`: Redis glob patterns, iterative and bounded.
 //! - `stream_id.rs`: positions within a topic (`<ms>-<seq>`).
@@ -34,6 +35,7 @@ mod logins;
 mod portable;
 mod principal;
 mod service;
+mod sessions;
 mod stream_id;
 mod users;
 
@@ -61,6 +63,7 @@ pub use service::{
     Appending, Budget, IDEMPOTENCY_KEY_BYTES_MAX, IfMatch, Info, Item, REPLY_BYTES_MAX, REPLY_ENTRY_BYTES, Read,
     Service, ServiceOptions, Trim, check_idempotency_key, parse_hash, topic_etag,
 };
+pub use sessions::{SESSION_IDLE, SESSION_LIFETIME, SESSIONS_MAX, SESSIONS_PER_USER_MAX};
 pub use stream_id::StreamId;
 pub use users::{IssuedToken, NewUser, USERS_FILE, UserInfo, Users};
 

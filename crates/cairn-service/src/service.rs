@@ -25,6 +25,7 @@ use crate::consumers::groups::Groups;
 use crate::error::{Result, ServiceError};
 use crate::logins::Logins;
 use crate::principal::Principal;
+use crate::sessions::Sessions;
 use crate::stream_id::StreamId;
 use crate::users::{NAME_BYTES_MAX, PASSWORD_BYTES_MAX, Users};
 
@@ -50,6 +51,7 @@ pub(crate) struct Inner {
     pub(crate) storage: Arc<dyn Storage>,
     pub(crate) users: Users,
     pub(crate) logins: Logins,
+    pub(crate) sessions: Sessions,
     pub(crate) groups: Groups,
     pub(crate) options: ServiceOptions,
     pub(crate) started: Instant,
@@ -152,6 +154,7 @@ impl Service {
                 storage,
                 users,
                 logins: Logins::default(),
+                sessions: Sessions::default(),
                 options,
                 started: Instant::now(),
                 stopping: watch::channel(false).0,

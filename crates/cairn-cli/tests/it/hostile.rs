@@ -182,6 +182,12 @@ async fn a_hostile_user_over_http_reaches_nothing_of_another_user() {
         "/v1/consumers/{}",
         "/v1/consumers/{}/events",
         "/v1/consumers/{}/snapshot",
+        "/v1/groups",
+        "/v1/topics/{}/groups/shipping",
+        "/v1/topics/{}/groups/shipping/ack",
+        "/v1/topics/{}/groups/shipping/claim",
+        "/v1/topics/{}/groups/shipping/position",
+        "/v1/session",
         "/v1/users",
         "/v1/users/{}",
         "/v1/users/{}/password",
@@ -221,6 +227,10 @@ async fn a_hostile_user_over_http_reaches_nothing_of_another_user() {
         r#"[{"topic":"orders.1","content":"forged"}]"#.into(),
         r#"{"eventType":"X","body":1,"eventId":"e"}"#.into(),
         format!(r#"{{"id":"{first_id}","topic":"orders.9","seq":0}}"#),
+        r#"{"id":"$"}"#.into(),
+        r#"{"ids":["0-0","99999999999999-0"]}"#.into(),
+        r#"{"consumer":"bob","ids":["0-1"]}"#.into(),
+        r#"{"user":"alice","password":"wrong"}"#.into(),
     ];
     const CREDENTIALS: &[&str] = &["bob:bob-pw", "bob:bob-pw", "bob:bob-pw", "", "bearer"];
     let bob_token = {

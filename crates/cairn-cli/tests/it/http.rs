@@ -354,7 +354,9 @@ async fn openapi_describes_exactly_the_routes() {
             .replace("{topic}", "t")
             .replace("{id}", "03hbhgms0zw4uzyevsf5646b8")
             .replace("{hash}", &"0".repeat(64))
-            .replace("{name}", "n");
+            .replace("{name}", "n")
+            .replace("{group}", "g")
+            .replace("{file}", "f");
         let reply = call(&unix, &method.to_uppercase(), &concrete, &[("content-type", "application/json")], "").await;
         assert_ne!(reply.status, 405, "{method} {path}");
         if reply.status == 404 && method != "head" {

@@ -11,6 +11,7 @@ mod auth;
 mod backup;
 mod cli;
 mod compaction;
+mod console;
 mod errors;
 mod hostile;
 mod http;

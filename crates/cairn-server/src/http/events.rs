@@ -269,20 +269,40 @@ pub(crate) async fn delete_event(
     Ok(super::no_content())
 }
 
-/// `GET /v1/topics`: every readable topic with its count, seqs and last id.
+/// Most topics one page of `GET /v1/topics` may ask for.
+const TOPICS_PAGE_MAX: u64 = 10_000;
+
+/// `GET /v1/topics`: the readable topics by name with their count, seqs
+/// and last id; `pattern` (a topic pattern) and `contains` (a substring)
+/// filter, `after` (a name) and `limit` page.
 pub(crate) async fn topics(
     AxumState(app): State,
     Who(principal): Who,
-    params: Params,
+    mut params: Params,
     headers: HeaderMap,
 ) -> ApiResult<Response<Body>> {
+    let pattern = params.take("pattern")?.map(|text| Pattern::parse(&text)).transpose()?;
+    let contains = params.take("contains")?;
+    let after = params.take("after")?;
+    let limit = params.number("limit")?;
     params.finish()?;
+    if limit.is_some_and(|limit| limit == 0 || limit > TOPICS_PAGE_MAX) {
+        return Err(ApiError::invalid("limit", format!("must be from 1 to {TOPICS_PAGE_MAX}")));
+    }
     let etag = format!("W/\"{}\"", app.service.version());
     if not_modified(&headers, &etag) {
         return Ok(not_modified_response(&etag));
     }
-    let topics = app.service.topics(&principal).await?;
-    Ok(json_response(StatusCode::OK, to_json(&topics), Some(&etag)))
+    let mut topics = app.service.topics(&principal).await?;
+    topics.sort_by(|a, b| a.topic.as_str().cmp(b.topic.as_str()));
+    let selected = topics
+        .iter()
+        .filter(|info| after.as_deref().is_none_or(|after| info.topic.as_str() > after))
+        .filter(|info| pattern.as_ref().is_none_or(|pattern| pattern.matches(info.topic.as_str())))
+        .filter(|info| contains.as_deref().is_none_or(|part| info.topic.as_str().contains(part)))
+        .take(limit.map_or(usize::MAX, |limit| limit as usize))
+        .collect::<Vec<_>>();
+    Ok(json_response(StatusCode::OK, to_json(&selected), Some(&etag)))
 }
 
 /// `GET /v1/topics/{topic}`: a topic's head (count, first and last seq,

@@ -12,9 +12,11 @@
 mod admin;
 mod cas;
 mod compat;
+mod console;
 mod consumers;
 pub(crate) mod error;
 mod events;
+mod groups;
 pub(crate) mod openapi;
 mod stream;
 
@@ -53,6 +55,11 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/v1/consumers/{name}", get(consumers::show).put(consumers::ack).delete(consumers::delete))
         .route("/v1/consumers/{name}/events", get(consumers::read))
         .route("/v1/consumers/{name}/snapshot", get(consumers::snapshot_get).put(consumers::snapshot_put))
+        .route("/v1/groups", get(groups::list))
+        .route("/v1/topics/{topic}/groups/{group}", get(groups::show))
+        .route("/v1/topics/{topic}/groups/{group}/ack", post(groups::ack))
+        .route("/v1/topics/{topic}/groups/{group}/claim", post(groups::claim))
+        .route("/v1/topics/{topic}/groups/{group}/position", put(groups::position))
         .route("/v1/users", get(admin::users).post(admin::user_add))
         .route("/v1/users/{name}", axum::routing::delete(admin::user_remove))
         .route("/v1/users/{name}/password", put(admin::user_passwd))
@@ -73,6 +80,10 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/storage/", put(compat::storage_put).post(compat::storage_put))
         .route("/storage/{hash}", get(compat::storage_get).delete(compat::storage_delete))
         .route("/info", get(admin::info))
+        .route("/", get(console::page))
+        .route("/console/", get(console::page))
+        .route("/console/{file}", get(console::asset))
+        .route("/v1/session", get(console::show).post(console::login).delete(console::logout))
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(app)
@@ -83,8 +94,8 @@ fn is_compat(path: &str) -> bool {
     path == "/events" || path.starts_with("/events/") || path.starts_with("/storage") || path == "/info"
 }
 
-/// The front door: refuses cross-site requests, authenticates, routes,
-/// renders compatibility errors, counts.
+/// The front door: answers CORS preflights, refuses cross-site requests,
+/// authenticates, routes, renders compatibility errors, counts.
 pub(crate) async fn handle(
     app: Arc<App>,
     router: Router,
@@ -92,13 +103,37 @@ pub(crate) async fn handle(
     mut request: Request<hyper::body::Incoming>,
 ) -> Response<Body> {
     let compat = is_compat(request.uri().path());
+    let cors = cors_origin(&app, &door, request.headers());
+    if let Some(origin) = &cors
+        && request.method() == axum::http::Method::OPTIONS
+        && request.headers().contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
+    {
+        let response = preflight(origin);
+        app.metrics.response(response.status().as_u16());
+        return response;
+    }
+    // A page's script (fetch, EventSource) says so; the browser's own
+    // login dialog is for navigations only.
+    let from_script = request
+        .headers()
+        .get("sec-fetch-mode")
+        .and_then(|mode| mode.to_str().ok())
+        .is_some_and(|mode| !mode.eq_ignore_ascii_case("navigate"));
+    let public = console::is_public(request.method(), request.uri().path());
     let admitted = match check_browser(&app, &door, request.uri().path(), request.headers()) {
-        Ok(()) => authenticate(&app, &door, &request).await,
+        Ok(()) => match authenticate(&app, &door, &request).await {
+            Ok((principal, by_cookie)) => check_forgery(&request, by_cookie).map(|()| Some(principal)),
+            Err(_) if public => Ok(None),
+            Err(error) => Err(error),
+        },
         Err(error) => Err(error),
     };
-    let response = match admitted {
+    let mut response = match admitted {
         Ok(principal) => {
-            request.extensions_mut().insert(principal);
+            if let Some(principal) = principal {
+                request.extensions_mut().insert(principal);
+            }
+            request.extensions_mut().insert(door);
             let response = match router.oneshot(request).await {
                 Ok(response) => response,
                 Err(infallible) => match infallible {},
@@ -111,8 +146,60 @@ pub(crate) async fn handle(
         Err(error) if compat => error.compat_response(),
         Err(error) => error.into_response(),
     };
+    let headers = response.headers_mut();
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    if from_script {
+        headers.remove(header::WWW_AUTHENTICATE);
+    }
+    if let Some(origin) = cors {
+        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        headers.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
+        headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static("etag, location, retry-after"));
+        headers.append(header::VARY, HeaderValue::from_static("origin"));
+    }
     app.metrics.response(response.status().as_u16());
     response
+}
+
+/// Request headers a page on a `--cors-origin` may send.
+const CORS_HEADERS: &str = "authorization, content-type, cairn-type, cairn-meta, cairn-expect, cairn-ttl, \
+     idempotency-key, if-match, if-none-match, last-event-id";
+
+/// The request's `Origin` when it is one `--cors-origin` names (TCP only).
+fn cors_origin(app: &App, door: &Door, headers: &HeaderMap) -> Option<HeaderValue> {
+    let Door::Tcp(_) = door else { return None };
+    let origin = headers.get(header::ORIGIN)?;
+    let text = origin.to_str().ok()?;
+    app.config.cors_origins.iter().any(|listed| listed.eq_ignore_ascii_case(text)).then(|| origin.clone())
+}
+
+/// The answer to a CORS preflight from a listed origin: it needs no
+/// credentials (browsers send none) and does nothing.
+fn preflight(origin: &HeaderValue) -> Response<Body> {
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+    headers.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
+    headers.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE"));
+    headers.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, HeaderValue::from_static(CORS_HEADERS));
+    headers.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
+    headers.insert(header::VARY, HeaderValue::from_static("origin"));
+    response
+}
+
+/// Refuses a state-changing request authenticated only by the session
+/// cookie unless the browser names its origin (which `check_browser` has
+/// already found to be this server's or a listed one): a browser always
+/// sends `Origin` on such requests, so one without it did not come from a
+/// page this server trusts.
+fn check_forgery<B>(request: &Request<B>, by_cookie: bool) -> ApiResult<()> {
+    let safe = matches!(*request.method(), axum::http::Method::GET | axum::http::Method::HEAD);
+    if by_cookie && !safe && !request.headers().contains_key(header::ORIGIN) {
+        return Err(ApiError::CrossOrigin(
+            "a state-changing request authenticated by the session cookie must carry an Origin header".to_owned(),
+        ));
+    }
+    Ok(())
 }
 
 /// Browser-reachable doors (TCP) refuse a request whose `Origin` is
@@ -147,18 +234,22 @@ fn check_browser(app: &App, door: &Door, path: &str, headers: &HeaderMap) -> Api
     Ok(())
 }
 
-async fn authenticate<B>(app: &Arc<App>, door: &Door, request: &Request<B>) -> ApiResult<Principal> {
-    let Door::Tcp(peer) = door else { return Ok(Principal::Local) };
+/// The caller, and whether only the browser session's cookie says so.
+async fn authenticate<B>(app: &Arc<App>, door: &Door, request: &Request<B>) -> ApiResult<(Principal, bool)> {
+    let Door::Tcp(peer) = door else { return Ok((Principal::Local, false)) };
     let credentials = request.headers().get(header::AUTHORIZATION).map(|value| value.to_str().unwrap_or(""));
     let Some(credentials) = credentials else {
+        if let Some(secret) = console::cookie(request.headers()) {
+            return Ok((app.service.session_get(secret)?, true));
+        }
         if app.config.insecure_no_auth || request.uri().path() == "/healthz" {
-            return Ok(Principal::Anonymous);
+            return Ok((Principal::Anonymous, false));
         }
         return Err(ServiceError::unauthenticated("authentication required: HTTP Basic or a bearer token").into());
     };
     let service = &app.service;
     if let Some(token) = credentials.strip_prefix("Bearer ") {
-        return Ok(service.login_token(token.trim())?);
+        return Ok((service.login_token(token.trim())?, false));
     }
     if let Some(encoded) = credentials.strip_prefix("Basic ") {
         let malformed = || ApiError::Service(ServiceError::unauthenticated("malformed Basic credentials"));
@@ -168,7 +259,7 @@ async fn authenticate<B>(app: &Arc<App>, door: &Door, request: &Request<B>) -> A
             .and_then(|bytes| String::from_utf8(bytes).ok())
             .ok_or_else(malformed)?;
         let (name, password) = decoded.split_once(':').ok_or_else(malformed)?;
-        return Ok(service.login_password(name, password, Some(peer.ip())).await?);
+        return Ok((service.login_password(name, password, Some(peer.ip())).await?, false));
     }
     Err(ServiceError::unauthenticated("unsupported Authorization scheme: use Basic or Bearer").into())
 }

@@ -35,7 +35,17 @@ type QueryParams = &'static [(&'static str, &'static str)];
 
 /// (method, path, summary, query parameters). Path parameters come from `{…}`.
 pub(crate) const ROUTES: &[(&str, &str, &str, &[QueryParams])] = &[
-    ("get", "/v1/topics", "Every topic with its count, first and last seq, and last id.", &[]),
+    (
+        "get",
+        "/v1/topics",
+        "The readable topics by name with their count, first and last seq, and last id.",
+        &[&[
+            ("pattern", "Only topics this pattern matches (orders.*, orders.>)."),
+            ("contains", "Only topics whose name contains this text."),
+            ("after", "Only topics after this name (paging)."),
+            ("limit", "At most n topics (1 to 10000)."),
+        ]],
+    ),
     ("get", "/v1/topics/{topic}", "A topic's head; its ETag is what If-Match on an append takes.", &[]),
     (
         "post",
@@ -120,6 +130,32 @@ pub(crate) const ROUTES: &[(&str, &str, &str, &[QueryParams])] = &[
     ("get", "/healthz", "200 while serving, 503 while stopping; needs no credentials.", &[]),
     ("get", "/metrics", "Prometheus metrics.", &[]),
     ("get", "/openapi.json", "This document.", &[]),
+    ("get", "/v1/groups", "Every consumer group on a readable topic: lag, pending, oldest pending age (ms).", &[]),
+    (
+        "get",
+        "/v1/topics/{topic}/groups/{group}",
+        "A consumer group: its consumers (pending, idle) and pending entries.",
+        &[&[("start", "Pending entries from this stream id."), ("count", "At most n pending entries (1 to 1000).")]],
+    ),
+    ("post", "/v1/topics/{topic}/groups/{group}/ack", "Acknowledge entries: {ids: [stream ids]}.", &[]),
+    (
+        "post",
+        "/v1/topics/{topic}/groups/{group}/claim",
+        "Give pending entries to a consumer: {consumer, ids, min_idle_ms?}.",
+        &[],
+    ),
+    (
+        "put",
+        "/v1/topics/{topic}/groups/{group}/position",
+        "Set the group's last delivered entry: {id: stream id or $}.",
+        &[],
+    ),
+    ("get", "/", "The web console (its files need no credentials).", &[]),
+    ("get", "/console/", "The web console.", &[]),
+    ("get", "/console/{file}", "One of the web console's files.", &[]),
+    ("get", "/v1/session", "Who the caller is: kind (local, anonymous, user), admin, read and write patterns.", &[]),
+    ("post", "/v1/session", "Browser login: {user, password} in, an HttpOnly SameSite=Strict session cookie out.", &[]),
+    ("delete", "/v1/session", "Logout: ends the cookie's session.", &[]),
     (
         "get",
         "/events",

@@ -1,0 +1,159 @@
+//! The web console and a browser's way in.
+//!
+//! The console is a page app of plain files (`crates/cairn-server/console/`),
+//! embedded in the binary with `include_str!`: no build step, no CDN. It
+//! calls the same `/v1` API as every client, so it can show a user only
+//! what the service lets that user see. Its files need no credentials
+//! (they hold no data); the API behind them does.
+//!
+//! A browser logs in with `POST /v1/session` (user and password, under the
+//! service's login budget) and gets a random secret in an HttpOnly,
+//! SameSite=Strict cookie (`Secure` with TLS); `DELETE /v1/session` logs
+//! out; `GET /v1/session` says who the caller is on any door. The front
+//! door (`mod.rs`) accepts the cookie where no `Authorization` header is
+//! given and refuses a state-changing request authenticated by it unless
+//! the browser says it comes from this server's own page or a listed
+//! origin (`Origin`): cross-site request forgery.
+
+use axum::body::Body;
+use axum::extract::State as AxumState;
+use axum::http::{HeaderMap, HeaderValue, Response, StatusCode, header};
+use cairn_service::Principal;
+
+use super::{ApiError, ApiResult, Segment, State, Who, json_response, parse_json, read_body, to_json};
+use crate::listen::Door;
+
+/// The session cookie's name.
+pub(crate) const COOKIE: &str = "cairn_session";
+/// The most bytes of a login request.
+const LOGIN_BODY_BYTES_MAX: u64 = 4096;
+
+/// The console's files: (name, media type, content).
+const FILES: &[(&str, &str, &str)] = &[
+    ("index.html", "text/html; charset=utf-8", include_str!("../../console/index.html")),
+    ("app.js", "text/javascript; charset=utf-8", include_str!("../../console/app.js")),
+    ("app.css", "text/css; charset=utf-8", include_str!("../../console/app.css")),
+];
+
+/// What the console's page may load and run: its own files only, so an
+/// event's payload, which it shows as text, can never run as script.
+const PAGE_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; \
+     connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
+
+fn file(name: &str) -> ApiResult<Response<Body>> {
+    let (_, kind, text) =
+        FILES.iter().find(|(file, _, _)| *file == name).ok_or_else(|| ApiError::not_found("console file", name))?;
+    let mut response = Response::new(Body::from(*text));
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(kind));
+    headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(PAGE_POLICY));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    Ok(response)
+}
+
+/// `GET /` and `GET /console/`: the console's page.
+pub(crate) async fn page() -> ApiResult<Response<Body>> {
+    file("index.html")
+}
+
+/// `GET /console/{file}`: one of the console's files.
+pub(crate) async fn asset(Segment(name): Segment) -> ApiResult<Response<Body>> {
+    file(&name)
+}
+
+/// Whether a path is one of the console's files (served without credentials).
+pub(crate) fn is_public(method: &axum::http::Method, path: &str) -> bool {
+    (method == axum::http::Method::GET || method == axum::http::Method::HEAD)
+        && (path == "/" || path == "/console/" || path.starts_with("/console/"))
+        || (path == "/v1/session" && (method == axum::http::Method::POST || method == axum::http::Method::DELETE))
+}
+
+/// The value of this request's session cookie, if it carries one.
+pub(crate) fn cookie(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == COOKIE)
+        .map(|(_, value)| value.trim())
+        .filter(|value| !value.is_empty())
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Login {
+    user: String,
+    password: String,
+}
+
+/// Who a principal is, as the console shows it.
+fn whoami(principal: &Principal) -> serde_json::Value {
+    match principal {
+        Principal::Local => serde_json::json!({ "kind": "local", "admin": true, "read": [">"], "write": [">"] }),
+        Principal::Anonymous => {
+            serde_json::json!({ "kind": "anonymous", "admin": false, "read": [">"], "write": [">"] })
+        }
+        Principal::User(session) => {
+            let user = session.user();
+            let list =
+                |patterns: &[cairn_service::Pattern]| patterns.iter().map(ToString::to_string).collect::<Vec<_>>();
+            serde_json::json!({
+                "kind": "user",
+                "user": user.name,
+                "admin": user.admin,
+                "read": list(&user.read),
+                "write": list(&user.write),
+            })
+        }
+    }
+}
+
+/// `POST /v1/session`: `{"user","password"}` in, a session cookie out.
+pub(crate) async fn login(
+    AxumState(app): State,
+    door: axum::Extension<Door>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response<Body>> {
+    let body = read_body(&app, &headers, body, "login", LOGIN_BODY_BYTES_MAX).await?;
+    let Login { user, password } = parse_json(&body, "{\"user\": …, \"password\": …}")?;
+    let from = match door.0 {
+        Door::Tcp(peer) => Some(peer.ip()),
+        Door::Unix => None,
+    };
+    let (secret, principal) = app.service.session_open(&user, &password, from).await?;
+    let secure = if app.config.tls.is_some() { "; Secure" } else { "" };
+    let max_age = cairn_service::SESSION_LIFETIME.as_secs();
+    let cookie = format!("{COOKIE}={secret}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}");
+    let mut response = json_response(StatusCode::OK, to_json(&whoami(&principal)), None);
+    let headers = response.headers_mut();
+    headers
+        .insert(header::SET_COOKIE, HeaderValue::from_str(&cookie).map_err(|_| ApiError::invalid("session", "bad"))?);
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+/// `GET /v1/session`: who the caller is and what they may read and write.
+pub(crate) async fn show(AxumState(app): State, Who(principal): Who) -> ApiResult<Response<Body>> {
+    if !app.service.is_current(&principal) {
+        return Err(cairn_service::ServiceError::unauthenticated("the session's credentials were revoked").into());
+    }
+    Ok(json_response(StatusCode::OK, to_json(&whoami(&principal)), None))
+}
+
+/// `DELETE /v1/session`: ends the cookie's session (logout).
+pub(crate) async fn logout(AxumState(app): State, headers: HeaderMap) -> ApiResult<Response<Body>> {
+    if let Some(secret) = cookie(&headers) {
+        app.service.session_close(secret);
+    }
+    let secure = if app.config.tls.is_some() { "; Secure" } else { "" };
+    let expired = format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0{secure}");
+    let mut response = super::no_content();
+    if let Ok(value) = HeaderValue::from_str(&expired) {
+        response.headers_mut().insert(header::SET_COOKIE, value);
+    }
+    Ok(response)
+}
