@@ -249,6 +249,32 @@ try {
   await admin.waitForFunction(() => /Events appended\/s\d/.test(document.querySelector("#server-rates").textContent));
   await admin.screenshot({ path: `${SHOTS}/server.png` });
 
+  step("scale: 10,000 topics are paged, a topic of 1,000,000 events opens at its end and jumps");
+  let started = Date.now();
+  await admin.goto(`${base}/#/topics?filter=scale.t.*`);
+  await admin.waitForFunction(() => document.querySelectorAll("table[aria-label=Topics] tbody tr").length === 100);
+  assert.equal(await admin.locator("table[aria-label=Topics] tbody td").first().textContent(), "scale.t.00000");
+  await admin.getByRole("link", { name: "Next page" }).click();
+  await admin.waitForFunction(() => document.querySelector("table[aria-label=Topics] tbody td")?.textContent === "scale.t.00100");
+  step(`  two pages of 10,000 topics in ${Date.now() - started} ms`);
+  started = Date.now();
+  await admin.goto(`${base}/#/topic/scale.big`);
+  const bigFirst = (seq) =>
+    admin.waitForFunction(
+      (want) => document.querySelector("table[aria-label='Events of scale.big'] tbody td")?.textContent === want,
+      String(seq),
+    );
+  await bigFirst(999950);
+  step(`  the newest page of 1,000,000 events in ${Date.now() - started} ms`);
+  started = Date.now();
+  await admin.getByLabel(/Jump to/).fill("500000");
+  await admin.getByRole("button", { name: "Go" }).click();
+  await bigFirst(500000);
+  await admin.keyboard.press("n");
+  await bigFirst(500050);
+  step(`  a jump and a page in ${Date.now() - started} ms`);
+  await admin.screenshot({ path: `${SHOTS}/scale.png` });
+
   // ---- another origin, named by --cors-origin --------------------------
   step("a page on a --cors-origin logs in and follows with EventSource");
   const site = http.createServer((request, response) => {

@@ -379,7 +379,7 @@ async function topicView(topic, query) {
     ),
     jumpForm,
     pager(),
-    table(EVENT_HEADINGS, rows.map(eventRow), `Events of ${topic}`),
+    table(EVENT_HEADINGS, rows.map((event) => eventRow(event)), `Events of ${topic}`),
     pager(),
   );
   const keys = (event) => {

@@ -230,6 +230,16 @@ fn the_console_in_a_real_browser() {
     let many: String =
         (0..2_000).map(|n| format!("{{\"topic\":\"orders.many.{n:05}\",\"content\":\"x\"}}\n")).collect();
     cairn.ok(&["append", "--batch"], many.as_bytes());
+    // The scale the console is built for: a topic of 1,000,000 events and
+    // 10,000 topics (only the admin reads them).
+    for part in 0..10 {
+        let lines: String = (part * 100_000..(part + 1) * 100_000)
+            .map(|n| format!("{{\"topic\":\"scale.big\",\"content\":\"{n}\"}}\n"))
+            .collect();
+        cairn.ok(&["append", "--batch"], lines.as_bytes());
+    }
+    let topics: String = (0..10_000).map(|n| format!("{{\"topic\":\"scale.t.{n:05}\",\"content\":\"x\"}}\n")).collect();
+    cairn.ok(&["append", "--batch"], topics.as_bytes());
     let secret = cairn.ok(&["append", "secret.plans"], b"launch on friday")[0]["id"].as_str().unwrap().to_owned();
     let png = base64_decode(PNG_BASE64);
     let image =
@@ -276,7 +286,9 @@ fn the_console_in_a_real_browser() {
         output.status,
         String::from_utf8_lossy(&output.stderr)
     );
-    for view in ["login", "topics", "topic", "event", "event-image", "tail", "consumers", "group", "server", "bob"] {
+    for view in
+        ["login", "topics", "topic", "event", "event-image", "tail", "consumers", "group", "server", "scale", "bob"]
+    {
         assert!(shots.join(format!("{view}.png")).exists(), "no screenshot of {view}");
     }
     eprintln!("{stdout}screenshots: {}", shots.display());
