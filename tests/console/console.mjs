@@ -184,6 +184,15 @@ try {
   await page.locator("#pending td", { hasText: "w2" }).first().waitFor();
   await page.screenshot({ path: `${SHOTS}/group.png` });
 
+  step("a durable consumer's position is set from the console");
+  await page.getByRole("link", { name: "Consumers" }).click();
+  await page.getByLabel("Consumer", { exact: true }).fill("billing");
+  await page.getByLabel(/^Acknowledged up to/).fill(firstId);
+  await page.getByRole("button", { name: "Set position" }).click();
+  await page.locator("#status").filter({ hasText: `billing now at ${firstId}` }).waitFor();
+  await page.locator("#cursors td", { hasText: "billing" }).waitFor();
+  assert.equal(await page.locator("#cursors a").first().textContent(), firstId);
+
   step("server: the version for alice; store-wide figures are for admins");
   await page.getByRole("link", { name: "Server" }).click();
   await page.locator("#server-info dd").first().waitFor();

@@ -591,6 +591,7 @@ async function consumersView() {
     ),
     h("h2", {}, "Durable consumers"),
     table([["Name"], ["Owner"], ["Acknowledged up to"], ["At"]], [], "Durable consumers"),
+    positionForm(),
   );
   const [groupsTable, cursorsTable] = main.querySelectorAll("table");
   groupsTable.replaceChild(groupsBody, groupsTable.querySelector("tbody"));
@@ -635,6 +636,32 @@ async function consumersView() {
   const mine = generation;
   await load();
   if (current(mine)) every(POLL_MS, load);
+}
+
+/** Moves a durable consumer to an event id (its new acknowledged position). */
+function positionForm() {
+  const name = h("input", { id: "cursor-name", placeholder: "consumer name" });
+  const owner = h("input", { id: "cursor-owner", placeholder: "user:<name> (admins: another's)" });
+  const id = h("input", { id: "cursor-id", placeholder: "event id" });
+  const form = h(
+    "form",
+    { class: "bar", "aria-label": "Set a durable consumer's position" },
+    h("label", { for: "cursor-name" }, "Consumer", name),
+    me && (me.admin || me.kind === "local") ? h("label", { for: "cursor-owner" }, "Owner", owner) : null,
+    h("label", { for: "cursor-id" }, "Acknowledged up to (event id)", id),
+    h("button", { type: "submit" }, "Set position"),
+  );
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const query = owner.value.trim() ? `?owner=${enc(owner.value.trim())}` : "";
+    try {
+      await api(`/v1/consumers/${enc(name.value.trim())}${query}`, { method: "PUT", body: { id: id.value.trim() } });
+      say(`${name.value.trim()} now at ${id.value.trim()}`, "ok");
+    } catch (error) {
+      failed(error);
+    }
+  });
+  return form;
 }
 
 async function groupView(topic, group) {
