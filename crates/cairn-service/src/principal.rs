@@ -44,6 +44,9 @@ pub(crate) enum Credential {
     Password,
     /// A bearer token, by its sha256.
     Token([u8; 32]),
+    /// A browser session's cookie (opened with the password), by the
+    /// sha256 of its secret: it ends on logout too (`sessions.rs`).
+    Browser([u8; 32]),
 }
 
 /// A user as sessions see it.

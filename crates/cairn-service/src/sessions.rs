@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Result, ServiceError};
-use crate::principal::Principal;
+use crate::principal::{Credential, Principal, Session};
 use crate::service::Service;
 
 /// Most browser sessions at once.
@@ -80,6 +80,14 @@ impl Sessions {
         Some(entry.principal.clone())
     }
 
+    /// Whether `session`, if it is a browser session, is still in the
+    /// table and live (other sessions: always).
+    pub(crate) fn holds(&self, session: &Session) -> bool {
+        let Credential::Browser(key) = session.credential else { return true };
+        let table = self.table.lock().expect("sessions lock");
+        table.get(&key).is_some_and(|entry| live(entry, Instant::now()))
+    }
+
     fn remove(&self, secret: &str) -> bool {
         self.table.lock().expect("sessions lock").remove(&key(secret)).is_some()
     }
@@ -106,11 +114,14 @@ impl Service {
         password: &str,
         from: Option<std::net::IpAddr>,
     ) -> Result<(String, Principal)> {
-        let principal = self.login_password(name, password, from).await?;
+        let Principal::User(session) = self.login_password(name, password, from).await? else {
+            return Err(ServiceError::unauthenticated("wrong user name or password"));
+        };
         let mut secret = [0u8; 32];
         getrandom::fill(&mut secret)
             .map_err(|error| ServiceError::invalid("session", format!("no randomness for a session: {error}")))?;
         let secret: String = secret.iter().map(|byte| format!("{byte:02x}")).collect();
+        let principal = Principal::User(Session { user: session.user, credential: Credential::Browser(key(&secret)) });
         self.inner.sessions.insert(&secret, principal.clone(), name.to_owned());
         Ok((secret, principal))
     }
@@ -124,7 +135,12 @@ impl Service {
 
     /// Ends a browser session (logout); whether it was live.
     pub fn session_close(&self, secret: &str) -> bool {
-        self.inner.sessions.remove(secret)
+        let removed = self.inner.sessions.remove(secret);
+        if removed {
+            // Its open streams re-check themselves and end.
+            self.inner.users.notify();
+        }
+        removed
     }
 }
 

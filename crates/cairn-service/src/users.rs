@@ -166,6 +166,11 @@ impl Users {
         self.state.read().expect("users lock").users.is_empty()
     }
 
+    /// Tells live sessions to re-check themselves (a browser session ended).
+    pub(crate) fn notify(&self) {
+        self.changed.send_modify(|generation| *generation += 1);
+    }
+
     /// A signal that changes with every change of users or tokens.
     pub fn changes(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
@@ -213,7 +218,7 @@ impl Users {
             return false;
         }
         match session.credential {
-            Credential::Password => true,
+            Credential::Password | Credential::Browser(_) => true,
             Credential::Token(key) => state.tokens.get(&key) == Some(&user.name),
         }
     }

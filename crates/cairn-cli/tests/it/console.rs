@@ -122,13 +122,29 @@ async fn browser_sessions_are_cookies_guarded_against_forgery() {
     let stale = call(&server, "GET", "/v1/topics", &[("cookie", "cairn_session=0123")], "").await;
     assert_eq!(stale.status, 401);
 
-    // Logout ends the session; a password change ends the others.
+    // Logout ends the session, and its open follow streams at once; a
+    // password change ends the others.
     let second = call(&server, "POST", "/v1/session", &json, r#"{"user":"alice","password":"alicepw"}"#).await;
     let second = cookie_of(&second);
+    let mut connection = server.tcp().connect().await.unwrap();
+    let path = "/v1/events?topic=orders.%3E&follow=true";
+    let mut follow = connection.send("GET", path, &[("cookie", &cookie)], Vec::new().into()).await.unwrap();
+    assert_eq!(follow.status, 200);
+    assert!(String::from_utf8_lossy(&follow.chunk().await.unwrap().unwrap()).contains("orders.eu"));
     let out = call(&server, "DELETE", "/v1/session", &[("cookie", &cookie), ("origin", &own_origin)], "").await;
     assert_eq!(out.status, 204);
     assert!(out.header("set-cookie").unwrap().contains("Max-Age=0"));
     assert_eq!(call(&server, "GET", "/v1/topics", &[("cookie", &cookie)], "").await.status, 401);
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        let mut tail = Vec::new();
+        while let Some(chunk) = follow.chunk().await.unwrap() {
+            tail.extend_from_slice(&chunk);
+        }
+        tail
+    })
+    .await
+    .expect("the follow stream ended");
+    assert!(String::from_utf8_lossy(&ended).contains("session ended"), "{}", String::from_utf8_lossy(&ended));
     assert_eq!(call(&server, "GET", "/v1/topics", &[("cookie", &second)], "").await.status, 200);
     cairn.ok(&["user", "passwd", "alice"], b"newpw\n");
     assert_eq!(call(&server, "GET", "/v1/topics", &[("cookie", &second)], "").await.status, 401);
