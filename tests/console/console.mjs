@@ -232,17 +232,33 @@ try {
   await bob.goto(`${base}/#/tail?pattern=secret.>`);
   await bob.locator("#tail-state").filter({ hasText: /closed|ended|reconnecting/ }).waitFor();
   assert.equal(await bob.locator("#tail-rows tr").count(), 0);
-  const status = await bob.evaluate(async (id) => (await fetch(`/v1/events/${id}?content=true`)).status, SECRET_ID);
+  // As the console calls the API: the cookie and the page's session check.
+  const check = () => ({ "cairn-session-check": localStorage.getItem("cairn.session-check") });
+  const status = await bob.evaluate(
+    async ([id, headers]) => (await fetch(`/v1/events/${id}?content=true`, { headers })).status,
+    [SECRET_ID, await bob.evaluate(check)],
+  );
   assert.equal(status, 404);
   // Bob may not ack: the group's actions are refused by the server.
-  const ackStatus = await bob.evaluate(async () => {
+  const ackStatus = await bob.evaluate(async (headers) => {
     const response = await fetch("/v1/topics/orders.eu/groups/workers/ack", {
-      method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ ids: ["0-0"] }),
+      method: "POST", headers: { ...headers, "content-type": "application/json" }, body: JSON.stringify({ ids: ["0-0"] }),
     });
     return response.status;
-  });
+  }, await bob.evaluate(check));
   assert.equal(ackStatus, 403);
   await bob.screenshot({ path: `${SHOTS}/bob.png` });
+
+  step("a tail paused before any event resumes with everything that came meanwhile");
+  await bob.goto(`${base}/#/tail?pattern=public.quiet.>`);
+  await bob.locator("#tail-state").filter({ hasText: "live" }).waitFor();
+  await bob.getByRole("button", { name: "Pause" }).click();
+  await bob.locator("#tail-state").filter({ hasText: "paused" }).waitFor();
+  await new Promise((resolve) => setTimeout(resolve, 300));
+  const quiet = Array.from({ length: 25 }, (_, n) => JSON.stringify({ topic: "public.quiet.x", content: String(n) })).join("\n");
+  execFileSync(CAIRN, ["--store", STORE, "append", "--batch"], { input: quiet });
+  await bob.getByRole("button", { name: "Resume" }).click();
+  await bob.waitForFunction(() => document.querySelectorAll("#tail-rows tr:not(.threshold)").length === 25);
 
   // ---- admin: the server's figures ------------------------------------
   step("server: an admin sees the store's figures, append rate and fsync latency");
@@ -301,8 +317,15 @@ try {
       body: JSON.stringify({ user: "alice", password: "alicepw" }),
     });
     if (!login.ok) return `login ${login.status}`;
+    const check = (await login.json()).session_check;
+    // The cookie alone is no session.
+    const bare = await fetch(`${server}/v1/session`, { credentials: "include" });
+    if (bare.status !== 401) return `the cookie alone answered ${bare.status}`;
+    const me = await fetch(`${server}/v1/session`, { credentials: "include", headers: { "cairn-session-check": check } });
+    if ((await me.json()).user !== "alice") return "no session with the check";
     return await new Promise((resolve) => {
-      const source = new EventSource(`${server}/v1/events?topic=orders.eu&follow=true&last=1`, { withCredentials: true });
+      const url = `${server}/v1/events?topic=orders.eu&follow=true&last=1&session_check=${check}`;
+      const source = new EventSource(url, { withCredentials: true });
       source.onmessage = (message) => {
         source.close();
         resolve(JSON.parse(message.data).topic);

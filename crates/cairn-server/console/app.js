@@ -51,9 +51,27 @@ class ApiError extends Error {
   }
 }
 
+// The browser session's check: the half of the session this origin keeps
+// (the other half is the HttpOnly cookie, which browsers would also hand to
+// other ports of this host). Sent with every request.
+const CHECK_KEY = "cairn.session-check";
+function sessionCheck() {
+  try {
+    return localStorage.getItem(CHECK_KEY) || "";
+  } catch {
+    return "";
+  }
+}
+function keepCheck(check) {
+  try {
+    if (check) localStorage.setItem(CHECK_KEY, check);
+    else localStorage.removeItem(CHECK_KEY);
+  } catch {}
+}
+
 /** Calls the API; JSON in and out; throws ApiError with the server's message. */
 async function api(path, { method = "GET", body, raw = false } = {}) {
-  const options = { method, credentials: "same-origin", headers: {} };
+  const options = { method, credentials: "same-origin", headers: { "cairn-session-check": sessionCheck() } };
   if (body !== undefined) {
     options.body = JSON.stringify(body);
     options.headers["content-type"] = "application/json";
@@ -82,7 +100,11 @@ async function api(path, { method = "GET", body, raw = false } = {}) {
 async function events(path) {
   const response = await api(path, { raw: true });
   const text = await response.text();
-  return text.split("\n").filter((line) => line.trim()).map((line) => JSON.parse(line));
+  const items = text.split("\n").filter((line) => line.trim()).map((line) => JSON.parse(line));
+  // A read that fails part-way ends with an error line.
+  const failure = items.find((item) => item.error);
+  if (failure) throw new ApiError(500, failure.error.code, failure.error.message);
+  return items;
 }
 
 const enc = encodeURIComponent;
@@ -94,9 +116,10 @@ function idTime(id) {
   return Number(value >> 80n);
 }
 
-/** The smallest SCRU128 id of a millisecond. */
-function idAt(ms) {
+/** The largest SCRU128 id before a millisecond ("after" it reads from that millisecond on). */
+function idBefore(ms) {
   let value = BigInt(ms) << 80n;
+  if (value > 0n) value -= 1n;
   let text = "";
   for (let i = 0; i < 25; i++) {
     text = (value % 36n).toString(36) + text;
@@ -129,6 +152,16 @@ function rate(value) {
   return value >= 100 ? value.toFixed(0) : value.toFixed(1);
 }
 
+/** Sends the console to its login if the session has ended. */
+function recheck() {
+  api("/v1/session").catch((error) => {
+    if (error.status === 401) {
+      me = null;
+      route();
+    }
+  });
+}
+
 function every(ms, fn) {
   const timer = setInterval(fn, ms);
   cleanup.push(() => clearInterval(timer));
@@ -142,7 +175,14 @@ function current(mine) {
 function hashParams() {
   const hash = location.hash.slice(1);
   const [path, query = ""] = hash.split("?");
-  return { parts: path.split("/").filter(Boolean).map(decodeURIComponent), query: new URLSearchParams(query) };
+  const decode = (part) => {
+    try {
+      return decodeURIComponent(part);
+    } catch {
+      return part;
+    }
+  };
+  return { parts: path.split("/").filter(Boolean).map(decode), query: new URLSearchParams(query) };
 }
 
 function go(hash) {
@@ -188,6 +228,7 @@ function loginView(message) {
     error.textContent = "";
     try {
       me = await api("/v1/session", { method: "POST", body: { user: user.value, password: password.value } });
+      keepCheck(me.session_check);
       if (!location.hash || location.hash === "#/login") location.hash = "#/topics";
       route();
     } catch (e) {
@@ -202,6 +243,7 @@ async function logout() {
   try {
     await api("/v1/session", { method: "DELETE" });
   } catch {}
+  keepCheck("");
   me = null;
   route();
 }
@@ -324,6 +366,7 @@ async function topicView(topic, query) {
   try {
     head = await api(path);
   } catch (error) {
+    if (!current(mine)) return;
     show(h("h1", {}, topic), h("p", { class: "error" }, error.message));
     return;
   }
@@ -401,7 +444,7 @@ async function resolveJump(topic, text) {
   }
   const ms = Date.parse(/[zZ]|[+-]\d\d:?\d\d$/.test(text) ? text : text.replace(" ", "T") + "Z");
   if (Number.isNaN(ms)) throw new Error(`${text} is not a seq, an event id or a time`);
-  const found = await events(`/v1/events?topic=${enc(topic)}&after=${idAt(Math.max(0, ms - 1))}&limit=1`);
+  const found = await events(`/v1/events?topic=${enc(topic)}&after=${idBefore(Math.max(0, ms))}&limit=1`);
   if (!found.length) throw new Error(`no event of ${topic} at or after ${when(ms)}`);
   return found[0].seq;
 }
@@ -532,6 +575,7 @@ function tailView(query) {
   }
   function open() {
     const params = new URLSearchParams({ topic: pattern, follow: "true", threshold: "true" });
+    if (sessionCheck()) params.set("session_check", sessionCheck());
     if (lastId) params.set("after", lastId);
     else params.set("last", "20");
     source = new EventSource(`/v1/events?${params}`);
@@ -548,9 +592,21 @@ function tailView(query) {
       add(h("tr", { class: "threshold" }, h("td", { colspan: 7 }, `live events above (since ${when(Date.now())}), history below`)));
     });
     source.addEventListener("error", (message) => {
-      if (message.data) state.textContent = `ended: ${message.data}`;
-      else if (source.readyState === EventSource.CONNECTING) state.textContent = "reconnecting";
-      else state.textContent = "closed";
+      if (message.data) {
+        // The server ended the stream with a reason (a refused read, a
+        // session that ended): say it, and do not reconnect.
+        let reason = message.data;
+        try {
+          reason = JSON.parse(message.data).error.message;
+        } catch {}
+        close();
+        state.textContent = `ended: ${reason}`;
+        recheck();
+      } else if (source && source.readyState === EventSource.CONNECTING) state.textContent = "reconnecting";
+      else if (!state.textContent.startsWith("ended")) {
+        state.textContent = "closed";
+        recheck();
+      }
     });
   }
   function close() {
@@ -564,6 +620,8 @@ function tailView(query) {
       close();
       live = false;
       state.textContent = "paused";
+      // Nothing seen yet: resume after what the store held at the pause.
+      if (!lastId) api("/v1/info").then((info) => (lastId = lastId || info.last_id), failed);
     } else open();
   });
   clear.addEventListener("click", () => body.replaceChildren());

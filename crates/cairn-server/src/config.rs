@@ -281,7 +281,14 @@ impl Config {
                 .collect()
         };
         let allow_hosts = listed(args.allow_hosts, file.allow_host);
-        let cors_origins = listed(args.cors_origins, file.cors_origin);
+        // Browsers leave a scheme's default port out of Origin.
+        let cors_origins: Vec<String> = listed(args.cors_origins, file.cors_origin)
+            .into_iter()
+            .map(|origin| {
+                let default = if origin.starts_with("https://") { ":443" } else { ":80" };
+                origin.strip_suffix(default).map_or(origin.clone(), str::to_owned)
+            })
+            .collect();
         for origin in &cors_origins {
             let valid = origin.split_once("://").is_some_and(|(scheme, rest)| {
                 matches!(scheme, "http" | "https") && !rest.is_empty() && !rest.contains('/')

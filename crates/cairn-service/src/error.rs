@@ -74,7 +74,7 @@ pub enum ServiceError {
         key: String,
     },
     /// A payload, body or batch is bigger than allowed.
-    #[error("{what} too large: {bytes} bytes, the maximum is {max}")]
+    #[error("{what} too large: {}the maximum is {max} bytes", known_size(*bytes))]
     TooLarge {
         /// What was too large.
         what: &'static str,
@@ -191,3 +191,8 @@ impl From<StoreError> for ServiceError {
 
 /// A service call's result.
 pub type Result<T, E = ServiceError> = std::result::Result<T, E>;
+
+/// "N bytes, " when a size is known (0: the limit was crossed while reading).
+fn known_size(bytes: u64) -> String {
+    if bytes == 0 { String::new() } else { format!("{bytes} bytes, ") }
+}

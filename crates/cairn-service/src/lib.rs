@@ -63,7 +63,7 @@ pub use service::{
     Appending, Budget, IDEMPOTENCY_KEY_BYTES_MAX, IfMatch, Info, Item, REPLY_BYTES_MAX, REPLY_ENTRY_BYTES, Read,
     Service, ServiceOptions, Trim, check_idempotency_key, parse_hash, topic_etag,
 };
-pub use sessions::{SESSION_IDLE, SESSION_LIFETIME, SESSIONS_MAX, SESSIONS_PER_USER_MAX};
+pub use sessions::{BrowserSession, SESSION_IDLE, SESSION_LIFETIME, SESSIONS_MAX, SESSIONS_PER_USER_MAX};
 pub use stream_id::StreamId;
 pub use users::{IssuedToken, NewUser, USERS_FILE, UserInfo, Users};
 

@@ -215,9 +215,9 @@ impl Service {
             Principal::User(session) if !self.inner.users.is_current(session) => Err(ServiceError::unauthenticated(
                 "the session's credentials were revoked (token revoked, password changed or user removed); log in again",
             )),
-            Principal::User(session) if !self.inner.sessions.holds(session) => Err(ServiceError::unauthenticated(
-                "the browser session ended (logged out or expired); log in again",
-            )),
+            Principal::User(session) if !self.inner.sessions.holds(session) => {
+                Err(ServiceError::unauthenticated("the browser session ended (logged out or expired); log in again"))
+            }
             _ => Ok(()),
         }
     }

@@ -2,6 +2,14 @@
 //! browser keeps in a cookie (the web console), because a page cannot
 //! attach credentials to an `EventSource` or a plain link.
 //!
+//! Browsers keep cookies per host, not per port, so any other web server on
+//! the same host (another user's, say) would receive the cookie, or plant
+//! one of its own. A session therefore has two halves: the secret in the
+//! HttpOnly cookie, and a *check* that the page keeps in its own origin's
+//! storage (per scheme, host and port) and sends with every request
+//! (`Cairn-Session-Check`, or `session_check` where a header cannot go).
+//! Neither half alone is a session.
+//!
 //! The table holds the sha256 of each secret (a leaked table gives no
 //! cookie) and is bounded: at most `SESSIONS_PER_USER_MAX` per user and
 //! `SESSIONS_MAX` in all, the least recently used going first. A session
@@ -30,6 +38,8 @@ pub const SESSION_IDLE: Duration = Duration::from_secs(12 * 3600);
 pub const SESSION_LIFETIME: Duration = Duration::from_secs(7 * 24 * 3600);
 
 struct Entry {
+    /// The sha256 of the session's check.
+    check: [u8; 32],
     principal: Principal,
     user: String,
     created: Instant,
@@ -48,15 +58,18 @@ fn key(secret: &str) -> [u8; 32] {
 
 fn ended() -> ServiceError {
     ServiceError::unauthenticated(
-        "the browser session ended (logged out, expired or the server restarted); log in again",
+        "no browser session: it ended (logged out, expired or the server restarted), or its check \
+         (Cairn-Session-Check) is missing or wrong; log in again",
     )
 }
 
 impl Sessions {
-    fn insert(&self, secret: &str, principal: Principal, user: String) {
+    /// Adds a session; whether another was evicted to make room.
+    fn insert(&self, secret: &str, check: &str, principal: Principal, user: String) -> bool {
         let now = Instant::now();
         let mut table = self.table.lock().expect("sessions lock");
         table.retain(|_, entry| live(entry, now));
+        let before = table.len();
         let of_user = table.iter().filter(|(_, entry)| entry.user == user).count();
         if of_user >= SESSIONS_PER_USER_MAX {
             evict_oldest(&mut table, |entry| entry.user == user);
@@ -64,14 +77,19 @@ impl Sessions {
         if table.len() >= SESSIONS_MAX {
             evict_oldest(&mut table, |_| true);
         }
-        table.insert(key(secret), Entry { principal, user, created: now, used: now });
+        let evicted = table.len() < before;
+        table.insert(key(secret), Entry { check: key(check), principal, user, created: now, used: now });
+        evicted
     }
 
-    fn get(&self, secret: &str) -> Option<Principal> {
+    fn get(&self, secret: &str, check: &str) -> Option<Principal> {
         let now = Instant::now();
         let mut table = self.table.lock().expect("sessions lock");
         let key = key(secret);
         let entry = table.get_mut(&key)?;
+        if entry.check != self::key(check) {
+            return None;
+        }
         if !live(entry, now) {
             table.remove(&key);
             return None;
@@ -105,30 +123,49 @@ fn evict_oldest(table: &mut HashMap<[u8; 32], Entry>, select: impl Fn(&Entry) ->
     }
 }
 
+/// A new browser session: the cookie's secret, the page's check, and who.
+pub struct BrowserSession {
+    /// Goes in the HttpOnly cookie.
+    pub secret: String,
+    /// Goes to the page, which sends it with every request.
+    pub check: String,
+    /// The user, as this session.
+    pub principal: Principal,
+}
+
+/// 32 random bytes as hex.
+fn random_hex() -> Result<String> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes)
+        .map_err(|error| ServiceError::invalid("session", format!("no randomness for a session: {error}")))?;
+    Ok(bytes.iter().map(|byte| format!("{byte:02x}")).collect())
+}
+
 impl Service {
     /// Logs in with a password (under the login budget, see `logins.rs`)
-    /// and opens a browser session: returns its secret and the principal.
+    /// and opens a browser session.
     pub async fn session_open(
         &self,
         name: &str,
         password: &str,
         from: Option<std::net::IpAddr>,
-    ) -> Result<(String, Principal)> {
+    ) -> Result<BrowserSession> {
         let Principal::User(session) = self.login_password(name, password, from).await? else {
             return Err(ServiceError::unauthenticated("wrong user name or password"));
         };
-        let mut secret = [0u8; 32];
-        getrandom::fill(&mut secret)
-            .map_err(|error| ServiceError::invalid("session", format!("no randomness for a session: {error}")))?;
-        let secret: String = secret.iter().map(|byte| format!("{byte:02x}")).collect();
+        let secret = random_hex()?;
+        let check = random_hex()?;
         let principal = Principal::User(Session { user: session.user, credential: Credential::Browser(key(&secret)) });
-        self.inner.sessions.insert(&secret, principal.clone(), name.to_owned());
-        Ok((secret, principal))
+        if self.inner.sessions.insert(&secret, &check, principal.clone(), name.to_owned()) {
+            // An evicted session's open streams re-check themselves and end.
+            self.inner.users.notify();
+        }
+        Ok(BrowserSession { secret, check, principal })
     }
 
-    /// The principal of a live browser session.
-    pub fn session_get(&self, secret: &str) -> Result<Principal> {
-        let principal = self.inner.sessions.get(secret).ok_or_else(ended)?;
+    /// The principal of a live browser session, given both its halves.
+    pub fn session_get(&self, secret: &str, check: &str) -> Result<Principal> {
+        let principal = self.inner.sessions.get(secret, check).ok_or_else(ended)?;
         self.admit(&principal)?;
         Ok(principal)
     }
@@ -152,13 +189,15 @@ mod tests {
     fn sessions_are_bounded_per_user_and_in_all() {
         let sessions = Sessions::default();
         for n in 0..SESSIONS_PER_USER_MAX + 5 {
-            sessions.insert(&format!("a{n}"), Principal::Anonymous, "alice".to_owned());
+            sessions.insert(&format!("a{n}"), "check", Principal::Anonymous, "alice".to_owned());
         }
         assert_eq!(sessions.table.lock().expect("sessions lock").len(), SESSIONS_PER_USER_MAX);
-        assert!(sessions.get("a0").is_none(), "the oldest of a user's sessions went first");
-        assert!(sessions.get(&format!("a{}", SESSIONS_PER_USER_MAX + 4)).is_some());
+        assert!(sessions.get("a0", "check").is_none(), "the oldest of a user's sessions went first");
+        let newest = format!("a{}", SESSIONS_PER_USER_MAX + 4);
+        assert!(sessions.get(&newest, "check").is_some());
+        assert!(sessions.get(&newest, "wrong").is_none(), "the secret alone is no session");
         for n in 0..SESSIONS_MAX + 10 {
-            sessions.insert(&format!("u{n}"), Principal::Anonymous, format!("user{}", n % 1000));
+            sessions.insert(&format!("u{n}"), "check", Principal::Anonymous, format!("user{}", n % 1000));
         }
         assert_eq!(sessions.table.lock().expect("sessions lock").len(), SESSIONS_MAX);
         assert!(sessions.remove(&format!("u{}", SESSIONS_MAX + 9)));

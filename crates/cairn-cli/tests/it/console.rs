@@ -77,27 +77,43 @@ async fn browser_sessions_are_cookies_guarded_against_forgery() {
     assert_eq!(login.status, 200);
     assert_eq!(login.json()["user"], "alice");
     let cookie = cookie_of(&login);
-    let me = call(&server, "GET", "/v1/session", &[("cookie", &cookie)], "").await;
+    let check = login.json()["session_check"].as_str().unwrap().to_owned();
+    let session = [("cookie", cookie.as_str()), ("cairn-session-check", check.as_str())];
+    // The cookie alone, or with a wrong check, is no session: browsers hand
+    // cookies to every port of a host, the check stays with the page.
+    for alone in [vec![("cookie", cookie.as_str())], vec![("cookie", cookie.as_str()), ("cairn-session-check", "0")]] {
+        assert_eq!(call(&server, "GET", "/v1/session", &alone, "").await.status, 401);
+    }
+    // Another server on the host may plant cookies of its own: the one
+    // whose check the page gives is found among them.
+    let planted = format!("cairn_session=planted; {cookie}");
+    let with_planted = [("cookie", planted.as_str()), ("cairn-session-check", check.as_str())];
+    assert_eq!(call(&server, "GET", "/v1/session", &with_planted, "").await.json()["user"], "alice");
+    // A page's EventSource gives the check as a parameter, which no route sees.
+    let by_param = format!("/v1/events?topic=orders.eu&session_check={check}&limit=1");
+    assert_eq!(call(&server, "GET", &by_param, &[("cookie", cookie.as_str())], "").await.status, 200);
+    let me = call(&server, "GET", "/v1/session", &session, "").await;
     assert_eq!((me.status, me.json()["read"][0].as_str()), (200, Some("orders.>")));
 
     // The cookie carries alice's rights, no more.
-    let topics = call(&server, "GET", "/v1/topics", &[("cookie", &cookie)], "").await;
+    let topics = call(&server, "GET", "/v1/topics", &session, "").await;
     assert_eq!(topics.status, 200);
-    let forbidden = call(&server, "GET", "/v1/events?topic=secret.%3E", &[("cookie", &cookie)], "").await;
+    let forbidden = call(&server, "GET", "/v1/events?topic=secret.%3E", &session, "").await;
     assert_eq!(forbidden.status, 403);
 
     // A state-changing request by cookie needs the browser's Origin, and
     // it must be this server's own (or a listed one).
     let append = "/v1/topics/orders.eu/events";
-    let no_origin = call(&server, "POST", append, &[("cookie", &cookie)], "x").await;
+    let no_origin = call(&server, "POST", append, &session, "x").await;
     assert_eq!((no_origin.status, no_origin.code()), (403, "cross_origin".to_owned()));
-    let foreign = call(&server, "POST", append, &[("cookie", &cookie), ("origin", "http://evil.example")], "x").await;
+    let foreign =
+        call(&server, "POST", append, &[session[0], session[1], ("origin", "http://evil.example")], "x").await;
     assert_eq!(foreign.status, 403);
-    let own = call(&server, "POST", append, &[("cookie", &cookie), ("origin", &own_origin)], "x").await;
+    let own = call(&server, "POST", append, &[session[0], session[1], ("origin", &own_origin)], "x").await;
     assert_eq!(own.status, 201, "{}", String::from_utf8_lossy(&own.body));
     assert_eq!(own.json()["user"], "alice");
     let listed =
-        call(&server, "POST", append, &[("cookie", &cookie), ("origin", "http://app.example:3000")], "y").await;
+        call(&server, "POST", append, &[session[0], session[1], ("origin", "http://app.example:3000")], "y").await;
     assert_eq!(listed.status, 201);
     assert_eq!(listed.header("access-control-allow-origin"), Some("http://app.example:3000"));
     assert_eq!(listed.header("access-control-allow-credentials"), Some("true"));
@@ -118,6 +134,29 @@ async fn browser_sessions_are_cookies_guarded_against_forgery() {
     assert_eq!(refused.status, 403);
     assert_eq!(refused.header("access-control-allow-origin"), None);
 
+    // Caches: replies are private, vary with the credentials, and a tag one
+    // caller was given never validates another's reply; access is checked
+    // before a 304.
+    let mine = call(&server, "GET", "/v1/topics", &session, "").await;
+    assert!(mine.header("vary").unwrap().contains("cookie"), "{:?}", mine.header("vary"));
+    assert_eq!(mine.header("cache-control"), Some("private, no-cache"));
+    let tag = mine.header("etag").unwrap().to_owned();
+    assert_eq!(
+        call(&server, "GET", "/v1/topics", &[session[0], session[1], ("if-none-match", &tag)], "").await.status,
+        304
+    );
+    let admin = [("authorization", "Basic YWRtaW46YWRtaW5wdw==")];
+    let admins = call(&server, "GET", "/v1/topics", &[admin[0], ("if-none-match", &tag)], "").await;
+    assert_eq!(admins.status, 200);
+    let read = call(&server, "GET", "/v1/events?topic=orders.eu", &session, "").await;
+    let read_tag = read.header("etag").unwrap().to_owned();
+    let bob = [("authorization", "Basic Ym9iOmJvYnB3"), ("if-none-match", read_tag.as_str())];
+    assert_eq!(call(&server, "GET", "/v1/events?topic=orders.eu", &bob, "").await.status, 403);
+    // A browser session is not a password session: it cannot mint a token.
+    let mint =
+        call(&server, "POST", "/v1/users/alice/tokens", &[session[0], session[1], ("origin", &own_origin)], "").await;
+    assert_eq!(mint.status, 403, "{}", String::from_utf8_lossy(&mint.body));
+
     // A bad cookie is refused, not taken for anonymous.
     let stale = call(&server, "GET", "/v1/topics", &[("cookie", "cairn_session=0123")], "").await;
     assert_eq!(stale.status, 401);
@@ -125,16 +164,18 @@ async fn browser_sessions_are_cookies_guarded_against_forgery() {
     // Logout ends the session, and its open follow streams at once; a
     // password change ends the others.
     let second = call(&server, "POST", "/v1/session", &json, r#"{"user":"alice","password":"alicepw"}"#).await;
+    let second_check = second.json()["session_check"].as_str().unwrap().to_owned();
     let second = cookie_of(&second);
+    let second = [("cookie", second.as_str()), ("cairn-session-check", second_check.as_str())];
     let mut connection = server.tcp().connect().await.unwrap();
     let path = "/v1/events?topic=orders.%3E&follow=true";
-    let mut follow = connection.send("GET", path, &[("cookie", &cookie)], Vec::new().into()).await.unwrap();
+    let mut follow = connection.send("GET", path, &session, Vec::new().into()).await.unwrap();
     assert_eq!(follow.status, 200);
     assert!(String::from_utf8_lossy(&follow.chunk().await.unwrap().unwrap()).contains("orders.eu"));
-    let out = call(&server, "DELETE", "/v1/session", &[("cookie", &cookie), ("origin", &own_origin)], "").await;
+    let out = call(&server, "DELETE", "/v1/session", &[session[0], session[1], ("origin", &own_origin)], "").await;
     assert_eq!(out.status, 204);
     assert!(out.header("set-cookie").unwrap().contains("Max-Age=0"));
-    assert_eq!(call(&server, "GET", "/v1/topics", &[("cookie", &cookie)], "").await.status, 401);
+    assert_eq!(call(&server, "GET", "/v1/topics", &session, "").await.status, 401);
     let ended = tokio::time::timeout(std::time::Duration::from_secs(10), async {
         let mut tail = Vec::new();
         while let Some(chunk) = follow.chunk().await.unwrap() {
@@ -145,9 +186,9 @@ async fn browser_sessions_are_cookies_guarded_against_forgery() {
     .await
     .expect("the follow stream ended");
     assert!(String::from_utf8_lossy(&ended).contains("session ended"), "{}", String::from_utf8_lossy(&ended));
-    assert_eq!(call(&server, "GET", "/v1/topics", &[("cookie", &second)], "").await.status, 200);
+    assert_eq!(call(&server, "GET", "/v1/topics", &second, "").await.status, 200);
     cairn.ok(&["user", "passwd", "alice"], b"newpw\n");
-    assert_eq!(call(&server, "GET", "/v1/topics", &[("cookie", &second)], "").await.status, 401);
+    assert_eq!(call(&server, "GET", "/v1/topics", &second, "").await.status, 401);
 
     // The Unix socket stays trusted and needs no session.
     let local = crate::serve::call(&server.unix(), "GET", "/v1/session", &[], "").await;

@@ -8,8 +8,10 @@
 //!
 //! A browser logs in with `POST /v1/session` (user and password, under the
 //! service's login budget) and gets a random secret in an HttpOnly,
-//! SameSite=Strict cookie (`Secure` with TLS); `DELETE /v1/session` logs
-//! out; `GET /v1/session` says who the caller is on any door. The front
+//! SameSite=Strict cookie (`Secure` with TLS) and, in the reply, the
+//! session's check, which the page keeps per origin and sends with every
+//! request (`sessions.rs` says why); `DELETE /v1/session` logs out;
+//! `GET /v1/session` says who the caller is on any door. The front
 //! door (`mod.rs`) accepts the cookie where no `Authorization` header is
 //! given and refuses a state-changing request authenticated by it unless
 //! the browser says it comes from this server's own page or a listed
@@ -69,18 +71,47 @@ pub(crate) fn is_public(method: &axum::http::Method, path: &str) -> bool {
         || (path == "/v1/session" && (method == axum::http::Method::POST || method == axum::http::Method::DELETE))
 }
 
-/// The value of this request's session cookie, if it carries one.
-pub(crate) fn cookie(headers: &HeaderMap) -> Option<&str> {
+/// The most session cookies of one request that are tried (another web
+/// server on the same host can plant more of them, on other paths).
+const COOKIES_TRIED_MAX: usize = 4;
+
+/// The values of this request's session cookies.
+pub(crate) fn cookies(headers: &HeaderMap) -> Vec<&str> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == COOKIE)
+        .filter(|(name, value)| *name == COOKIE && !value.trim().is_empty())
         .map(|(_, value)| value.trim())
-        .filter(|value| !value.is_empty())
+        .take(COOKIES_TRIED_MAX)
+        .collect()
 }
+
+/// The session check a request carries: the `Cairn-Session-Check` header,
+/// or a `session_check` query parameter (for `EventSource`, which cannot
+/// send headers), which is taken out of the URI so routes never see it.
+pub(crate) fn take_check<B>(request: &mut axum::http::Request<B>) -> Option<String> {
+    if let Some(value) = request.headers().get(CHECK_HEADER).and_then(|value| value.to_str().ok()) {
+        return Some(value.trim().to_owned());
+    }
+    let query = request.uri().query()?;
+    if !query.contains("session_check=") {
+        return None;
+    }
+    let mut pairs = serde_urlencoded::from_str::<Vec<(String, String)>>(query).ok()?;
+    let at = pairs.iter().position(|(name, _)| name == "session_check")?;
+    let (_, check) = pairs.remove(at);
+    let rest = serde_urlencoded::to_string(&pairs).ok()?;
+    let path = request.uri().path();
+    let rebuilt = if rest.is_empty() { path.to_owned() } else { format!("{path}?{rest}") };
+    *request.uri_mut() = rebuilt.parse().ok()?;
+    Some(check)
+}
+
+/// The header that carries a browser session's check.
+pub(crate) const CHECK_HEADER: &str = "cairn-session-check";
 
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -124,11 +155,14 @@ pub(crate) async fn login(
         Door::Tcp(peer) => Some(peer.ip()),
         Door::Unix => None,
     };
-    let (secret, principal) = app.service.session_open(&user, &password, from).await?;
+    let session = app.service.session_open(&user, &password, from).await?;
+    let (secret, principal) = (&session.secret, &session.principal);
     let secure = if app.config.tls.is_some() { "; Secure" } else { "" };
     let max_age = cairn_service::SESSION_LIFETIME.as_secs();
     let cookie = format!("{COOKIE}={secret}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}");
-    let mut response = json_response(StatusCode::OK, to_json(&whoami(&principal)), None);
+    let mut body = whoami(principal);
+    body["session_check"] = serde_json::Value::String(session.check.clone());
+    let mut response = json_response(StatusCode::OK, to_json(&body), None);
     let headers = response.headers_mut();
     headers
         .insert(header::SET_COOKIE, HeaderValue::from_str(&cookie).map_err(|_| ApiError::invalid("session", "bad"))?);
@@ -146,8 +180,13 @@ pub(crate) async fn show(AxumState(app): State, Who(principal): Who) -> ApiResul
 
 /// `DELETE /v1/session`: ends the cookie's session (logout).
 pub(crate) async fn logout(AxumState(app): State, headers: HeaderMap) -> ApiResult<Response<Body>> {
-    if let Some(secret) = cookie(&headers) {
-        app.service.session_close(secret);
+    // Only the session whose check the page gives: another server on the
+    // host cannot log the console out with a cookie it planted.
+    let check = headers.get(CHECK_HEADER).and_then(|value| value.to_str().ok()).unwrap_or("");
+    for secret in cookies(&headers) {
+        if app.service.session_get(secret, check).is_ok() {
+            app.service.session_close(secret);
+        }
     }
     let secure = if app.config.tls.is_some() { "; Secure" } else { "" };
     let expired = format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0{secure}");

@@ -278,6 +278,7 @@ const TOPICS_PAGE_MAX: u64 = 10_000;
 pub(crate) async fn topics(
     AxumState(app): State,
     Who(principal): Who,
+    uri: axum::http::Uri,
     mut params: Params,
     headers: HeaderMap,
 ) -> ApiResult<Response<Body>> {
@@ -289,11 +290,11 @@ pub(crate) async fn topics(
     if limit.is_some_and(|limit| limit == 0 || limit > TOPICS_PAGE_MAX) {
         return Err(ApiError::invalid("limit", format!("must be from 1 to {TOPICS_PAGE_MAX}")));
     }
-    let etag = format!("W/\"{}\"", app.service.version());
+    let etag = super::scoped_etag(&app, &principal, uri.query().unwrap_or(""));
+    let mut topics = app.service.topics(&principal).await?;
     if not_modified(&headers, &etag) {
         return Ok(not_modified_response(&etag));
     }
-    let mut topics = app.service.topics(&principal).await?;
     topics.sort_by(|a, b| a.topic.as_str().cmp(b.topic.as_str()));
     let selected = topics
         .iter()

@@ -17,6 +17,23 @@ use serde_json::{Value, json};
 use super::{ApiError, ApiResult, Params, State, Who, json_response, parse_json, read_body, to_json};
 use crate::server::App;
 
+/// A route's `{topic}` and `{group}`, percent-decoded, with a JSON error
+/// when they are not UTF-8 (a group named over the Redis protocol with
+/// bytes that are not UTF-8 is shown in lossy form and cannot be named here).
+pub(crate) struct GroupPath(String, String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for GroupPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<GroupPath, ApiError> {
+        let axum::extract::Path((topic, group)) =
+            axum::extract::Path::<(String, String)>::from_request_parts(parts, state)
+                .await
+                .map_err(|rejection| ApiError::invalid("path", rejection.body_text()))?;
+        Ok(GroupPath(topic, group))
+    }
+}
+
 /// Most pending entries one request lists.
 const PENDING_ROWS_MAX: u64 = 1000;
 /// The most bytes of an action's body.
@@ -66,7 +83,7 @@ pub(crate) async fn list(AxumState(app): State, Who(principal): Who, params: Par
 pub(crate) async fn show(
     AxumState(app): State,
     Who(principal): Who,
-    axum::extract::Path((topic, group)): axum::extract::Path<(String, String)>,
+    GroupPath(topic, group): GroupPath,
     mut params: Params,
 ) -> ApiResult<Response<Body>> {
     let start = params.take("start")?.map(|text| StreamId::parse(text.as_bytes(), 0)).transpose()?;
@@ -144,7 +161,7 @@ fn stream_ids(ids: &[String]) -> ApiResult<Vec<StreamId>> {
 pub(crate) async fn ack(
     AxumState(app): State,
     Who(principal): Who,
-    axum::extract::Path((topic, group)): axum::extract::Path<(String, String)>,
+    GroupPath(topic, group): GroupPath,
     params: Params,
     headers: HeaderMap,
     body: Body,
@@ -162,7 +179,7 @@ pub(crate) async fn ack(
 pub(crate) async fn claim(
     AxumState(app): State,
     Who(principal): Who,
-    axum::extract::Path((topic, group)): axum::extract::Path<(String, String)>,
+    GroupPath(topic, group): GroupPath,
     params: Params,
     headers: HeaderMap,
     body: Body,
@@ -184,7 +201,7 @@ pub(crate) async fn claim(
 pub(crate) async fn position(
     AxumState(app): State,
     Who(principal): Who,
-    axum::extract::Path((topic, group)): axum::extract::Path<(String, String)>,
+    GroupPath(topic, group): GroupPath,
     params: Params,
     headers: HeaderMap,
     body: Body,

@@ -103,6 +103,7 @@ pub(crate) async fn handle(
     mut request: Request<hyper::body::Incoming>,
 ) -> Response<Body> {
     let compat = is_compat(request.uri().path());
+    let api = request.uri().path().starts_with("/v1/");
     let cors = cors_origin(&app, &door, request.headers());
     if let Some(origin) = &cors
         && request.method() == axum::http::Method::OPTIONS
@@ -119,11 +120,14 @@ pub(crate) async fn handle(
         .get("sec-fetch-mode")
         .and_then(|mode| mode.to_str().ok())
         .is_some_and(|mode| !mode.eq_ignore_ascii_case("navigate"));
+    // The console's files, login and logout need no credentials, so none
+    // are checked (a wrong password on them costs no password check).
     let public = console::is_public(request.method(), request.uri().path());
+    let check = console::take_check(&mut request);
     let admitted = match check_browser(&app, &door, request.uri().path(), request.headers()) {
-        Ok(()) => match authenticate(&app, &door, &request).await {
+        Ok(()) if public => Ok(None),
+        Ok(()) => match authenticate(&app, &door, &request, check.as_deref()).await {
             Ok((principal, by_cookie)) => check_forgery(&request, by_cookie).map(|()| Some(principal)),
-            Err(_) if public => Ok(None),
             Err(error) => Err(error),
         },
         Err(error) => Err(error),
@@ -148,6 +152,13 @@ pub(crate) async fn handle(
     };
     let headers = response.headers_mut();
     headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    if api {
+        // What one caller was shown is never served from a cache to another.
+        headers.append(header::VARY, HeaderValue::from_static("authorization, cookie, cairn-session-check"));
+        if !headers.contains_key(header::CACHE_CONTROL) {
+            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("private, no-cache"));
+        }
+    }
     if from_script {
         headers.remove(header::WWW_AUTHENTICATE);
     }
@@ -163,7 +174,7 @@ pub(crate) async fn handle(
 
 /// Request headers a page on a `--cors-origin` may send.
 const CORS_HEADERS: &str = "authorization, content-type, cairn-type, cairn-meta, cairn-expect, cairn-ttl, \
-     idempotency-key, if-match, if-none-match, last-event-id";
+     idempotency-key, if-match, if-none-match, last-event-id, cairn-session-check";
 
 /// The request's `Origin` when it is one `--cors-origin` names (TCP only).
 fn cors_origin(app: &App, door: &Door, headers: &HeaderMap) -> Option<HeaderValue> {
@@ -234,13 +245,27 @@ fn check_browser(app: &App, door: &Door, path: &str, headers: &HeaderMap) -> Api
     Ok(())
 }
 
-/// The caller, and whether only the browser session's cookie says so.
-async fn authenticate<B>(app: &Arc<App>, door: &Door, request: &Request<B>) -> ApiResult<(Principal, bool)> {
+/// The caller, and whether only the browser session's cookie says so
+/// (with the session's check, `check`).
+async fn authenticate<B>(
+    app: &Arc<App>,
+    door: &Door,
+    request: &Request<B>,
+    check: Option<&str>,
+) -> ApiResult<(Principal, bool)> {
     let Door::Tcp(peer) = door else { return Ok((Principal::Local, false)) };
     let credentials = request.headers().get(header::AUTHORIZATION).map(|value| value.to_str().unwrap_or(""));
     let Some(credentials) = credentials else {
-        if let Some(secret) = console::cookie(request.headers()) {
-            return Ok((app.service.session_get(secret)?, true));
+        let cookies = console::cookies(request.headers());
+        if !cookies.is_empty() {
+            let mut refused = None;
+            for secret in cookies {
+                match app.service.session_get(secret, check.unwrap_or("")) {
+                    Ok(principal) => return Ok((principal, true)),
+                    Err(error) => refused = Some(error),
+                }
+            }
+            return Err(refused.expect("a cookie was tried").into());
         }
         if app.config.insecure_no_auth || request.uri().path() == "/healthz" {
             return Ok((Principal::Anonymous, false));
@@ -432,6 +457,16 @@ pub(crate) fn not_modified_response(etag: &str) -> Response<Body> {
         response.headers_mut().insert(header::ETAG, value);
     }
     response
+}
+
+/// A weak entity tag for what `who` is shown for `what` (the request's
+/// query) at the store's current version: scoped, so one caller's tag never
+/// validates a representation another caller was given.
+pub(crate) fn scoped_etag(app: &App, who: &Principal, what: &str) -> String {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut hasher = std::hash::DefaultHasher::new();
+    (who.scope(), what).hash(&mut hasher);
+    format!("W/\"{}-{:016x}\"", app.service.version(), hasher.finish())
 }
 
 /// 204 No Content.

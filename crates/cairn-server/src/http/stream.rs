@@ -118,11 +118,13 @@ pub(crate) async fn respond(
     if spec.follow {
         return follow(app, principal, spec).await;
     }
-    let etag = format!("W/\"{}\"", app.service.version());
+    // Access is checked (by opening the read) before any 304.
+    let what = format!("{:?} {} {:?}", spec.query, spec.content, spec.format);
+    let etag = super::scoped_etag(app, principal, &what);
+    let mut read = app.service.read(principal, spec.query.clone(), spec.content).await?;
     if not_modified(headers, &etag) {
         return Ok(not_modified_response(&etag));
     }
-    let mut read = app.service.read(principal, spec.query.clone(), spec.content).await?;
     let (sender, receiver) = mpsc::channel(CHUNKS_BUFFERED);
     let guard = StreamGuard::new(app);
     let format = spec.format;
