@@ -6,6 +6,7 @@
 mod cli;
 mod http;
 mod measure;
+mod postgres;
 mod redis;
 mod scenarios;
 
@@ -98,6 +99,18 @@ enum Which {
         #[arg(long, default_value_t = 1_000_000)]
         events: usize,
     },
+    /// How cairn on PostgreSQL keeps a global order: durable appends from 1
+    /// and 16 clients on a private cluster (Debian's postgresql package),
+    /// unsafe bigserial inserts next to a sequencer row per append and a
+    /// grouped sequencer (one per commit group, as cairn's writer does).
+    PostgresOrder {
+        /// Rounds (the ways alternate within each).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Seconds per way and round.
+        #[arg(long, default_value_t = 3)]
+        seconds: u64,
+    },
     /// Open time of a store with 10 million events.
     Open {
         /// Events in the store.
@@ -158,6 +171,7 @@ fn main() -> anyhow::Result<()> {
         Which::CatchUp { rounds, ref store } => bench.catch_up(rounds, store.as_deref())?,
         Which::Compact { events, rounds } => bench.compact(events, rounds)?,
         Which::Compress { events } => bench.compress(events)?,
+        Which::PostgresOrder { rounds, seconds } => postgres::order(rounds, seconds)?,
         _ => {}
     }
     Ok(())

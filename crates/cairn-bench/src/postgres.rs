@@ -1,0 +1,254 @@
+//! How cairn on PostgreSQL keeps a global order readers can trust, measured
+//! before it is built: durable single appends from 1 and 16 clients on a
+//! private cluster (synchronous_commit on, fsync on), alternating rounds,
+//! each way next to the unsafe baseline of the same run.
+//!
+//! - unsafe: a `bigserial` insert per append. Fast, but ids are drawn before
+//!   commit, so a reader following "after id X" can skip an event that
+//!   commits later with a lower id.
+//! - sequencer per append: each append's transaction takes the counter row
+//!   (`update … returning`), so transactions commit in id order. Safe, but
+//!   every commit waits for the one before: PostgreSQL's group commit
+//!   cannot gather them.
+//! - grouped sequencer (what cairn builds): each cairn process has a writer
+//!   that takes every append waiting at that moment and commits them in
+//!   one transaction that takes the counter row once. Safe for the same
+//!   reason, and the commit is shared as the local engine shares an
+//!   fdatasync. Shown with one writer, and with two writers (two cairn
+//!   processes on one database) contending for the row.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result};
+use cairn_postgres::Cluster;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::measure::{Samples, format_rate, row};
+
+/// Bytes of each appended payload.
+const PAYLOAD_BYTES: usize = 100;
+/// Most appends one group commits.
+const GROUP_MAX: usize = 1024;
+
+const SCHEMA: &str = "
+    create table raw_events (id bigserial primary key, topic text not null, payload bytea not null);
+    create table sequencer (one int primary key check (one = 1), last bigint not null);
+    insert into sequencer values (1, 0);
+    create table events (id bigint primary key, topic text not null, payload bytea not null);
+";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Way {
+    Unsafe,
+    PerAppend,
+    Grouped { writers: usize },
+}
+
+impl Way {
+    fn name(self) -> String {
+        match self {
+            Way::Unsafe => "unsafe bigserial insert per append".to_owned(),
+            Way::PerAppend => "sequencer row per append".to_owned(),
+            Way::Grouped { writers: 1 } => "grouped sequencer, 1 writer (cairn)".to_owned(),
+            Way::Grouped { writers } => format!("grouped sequencer, {writers} writers (cairn processes)"),
+        }
+    }
+}
+
+/// `cairn-bench postgres-order`.
+pub fn order(rounds: usize, seconds: u64) -> Result<()> {
+    anyhow::ensure!(rounds > 0, "--rounds must be at least 1");
+    let cluster = Cluster::start(&[("max_connections", "100"), ("shared_buffers", "'256MB'")])?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    runtime.block_on(async {
+        let (setup, connection) = connect(&cluster.url("postgres")).await?;
+        tokio::spawn(connection);
+        setup.batch_execute(SCHEMA).await.context("schema")?;
+        let ways = [Way::Unsafe, Way::PerAppend, Way::Grouped { writers: 1 }, Way::Grouped { writers: 2 }];
+        for clients in [1usize, 16] {
+            let mut rates: Vec<Vec<f64>> = vec![Vec::new(); ways.len()];
+            let mut samples: Vec<Samples> = ways.iter().map(|_| Samples::default()).collect();
+            for _ in 0..rounds {
+                for (n, way) in ways.iter().enumerate() {
+                    if clients == 1 && matches!(way, Way::Grouped { writers: 2 }) {
+                        continue;
+                    }
+                    let (rate, round) = run(&cluster, *way, clients, Duration::from_secs(seconds)).await?;
+                    rates[n].push(rate);
+                    samples[n].extend(round);
+                }
+            }
+            let baseline = median(&rates[0]);
+            for (n, way) in ways.iter().enumerate() {
+                if rates[n].is_empty() {
+                    continue;
+                }
+                let name = format!(
+                    "postgres: {}, {clients} client(s) (median of {rounds}; {})",
+                    way.name(),
+                    rates[n].iter().map(|rate| format_rate(*rate)).collect::<Vec<_>>().join(", ")
+                );
+                let rate = median(&rates[n]);
+                row(&name, &format_rate(rate), Some(&mut samples[n]), Some(baseline), Some(rate));
+            }
+        }
+        anyhow::Ok(())
+    })?;
+    Ok(())
+}
+
+async fn connect(
+    url: &str,
+) -> Result<(tokio_postgres::Client, impl std::future::Future<Output = ()> + Send + 'static)> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.context("connecting")?;
+    Ok((client, async move {
+        let _ = connection.await;
+    }))
+}
+
+/// One round: `clients` tasks append for `length`; appends per second and
+/// their latencies.
+async fn run(cluster: &Cluster, way: Way, clients: usize, length: Duration) -> Result<(f64, Samples)> {
+    let url = cluster.url("postgres");
+    let stop = Arc::new(AtomicBool::new(false));
+    // The grouped way's writers, each on its own connection.
+    let mut writers = Vec::new();
+    if let Way::Grouped { writers: count } = way {
+        for _ in 0..count {
+            let (sender, receiver) = mpsc::channel::<Append>(GROUP_MAX * 4);
+            let (client, connection) = connect(&url).await?;
+            tokio::spawn(connection);
+            tokio::spawn(writer(client, receiver));
+            writers.push(sender);
+        }
+    }
+    let mut tasks = Vec::new();
+    for n in 0..clients {
+        let stop = stop.clone();
+        let writer = writers.get(n % writers.len().max(1)).cloned();
+        let (client, connection) = connect(&url).await?;
+        tokio::spawn(connection);
+        tasks.push(tokio::spawn(async move {
+            // Prepared once per connection, as a real client does.
+            let unsafe_insert = client.prepare("insert into raw_events (topic, payload) values ($1, $2)").await?;
+            let sequenced_insert = client
+                .prepare(
+                    "with s as (update sequencer set last = last + 1 returning last) \
+                     insert into events (id, topic, payload) select last, $1, $2 from s",
+                )
+                .await?;
+            let payload = vec![b'x'; PAYLOAD_BYTES];
+            let topic = format!("bench.{n}");
+            let mut samples = Samples::default();
+            let mut count = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let started = Instant::now();
+                match (&writer, way) {
+                    (_, Way::Unsafe) => {
+                        client.execute(&unsafe_insert, &[&topic, &payload]).await?;
+                    }
+                    (_, Way::PerAppend) => {
+                        // One statement, so one round trip: the counter row
+                        // stays locked until the statement's commit.
+                        client.execute(&sequenced_insert, &[&topic, &payload]).await?;
+                    }
+                    (Some(writer), Way::Grouped { .. }) => {
+                        let (done, wait) = oneshot::channel();
+                        writer.send(Append { topic: topic.clone(), payload: payload.clone(), done }).await?;
+                        wait.await??;
+                    }
+                    (None, Way::Grouped { .. }) => unreachable!("grouped ways have writers"),
+                }
+                samples.push(started.elapsed());
+                count += 1;
+            }
+            anyhow::Ok((count, samples))
+        }));
+    }
+    let started = Instant::now();
+    tokio::time::sleep(length).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut total = 0;
+    let mut all = Samples::default();
+    for task in tasks {
+        let (count, samples) = task.await??;
+        total += count;
+        all.extend(samples);
+    }
+    let rate = total as f64 / started.elapsed().as_secs_f64();
+    Ok((rate, all))
+}
+
+/// An append waiting for its group.
+struct Append {
+    topic: String,
+    payload: Vec<u8>,
+    done: oneshot::Sender<Result<i64>>,
+}
+
+/// Commits every append waiting at the moment in one transaction that
+/// takes the sequencer row once.
+async fn writer(client: tokio_postgres::Client, mut queue: mpsc::Receiver<Append>) -> Result<()> {
+    // One statement per group (one round trip): it takes the counter row,
+    // which stays locked until the statement commits, so groups commit in
+    // id order, across writers too.
+    let insert = "with s as (update sequencer set last = last + $1 returning last) \
+                  insert into events (id, topic, payload) \
+                  select s.last - $1 + u.n, u.topic, u.payload \
+                  from s, unnest($2::text[], $3::bytea[]) with ordinality as u(topic, payload, n) \
+                  returning id";
+    let insert = client.prepare(insert).await?;
+    // A group of one (a lone client) takes the lighter single-row statement.
+    let insert_one = client
+        .prepare(
+            "with s as (update sequencer set last = last + 1 returning last) \
+             insert into events (id, topic, payload) select last, $1, $2 from s returning id",
+        )
+        .await?;
+    while let Some(first) = queue.recv().await {
+        let mut group = vec![first];
+        while group.len() < GROUP_MAX {
+            match queue.try_recv() {
+                Ok(next) => group.push(next),
+                Err(_) => break,
+            }
+        }
+        let result = async {
+            let count = group.len() as i64;
+            let topics: Vec<&str> = group.iter().map(|append| append.topic.as_str()).collect();
+            let payloads: Vec<&[u8]> = group.iter().map(|append| append.payload.as_slice()).collect();
+            let rows = if group.len() == 1 {
+                client.query(&insert_one, &[&topics[0], &payloads[0]]).await?
+            } else {
+                client.query(&insert, &[&count, &topics, &payloads]).await?
+            };
+            let mut ids: Vec<i64> = rows.iter().map(|row| row.get(0)).collect();
+            ids.sort_unstable();
+            anyhow::ensure!(ids.len() == group.len(), "{} ids for {} appends", ids.len(), group.len());
+            anyhow::Ok(ids)
+        }
+        .await;
+        match result {
+            Ok(ids) => {
+                for (append, id) in group.into_iter().zip(ids) {
+                    let _ = append.done.send(Ok(id));
+                }
+            }
+            Err(error) => {
+                let message = format!("{error:#}");
+                for append in group {
+                    let _ = append.done.send(Err(anyhow::anyhow!("{message}")));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted.get(sorted.len() / 2).copied().unwrap_or(0.0)
+}
