@@ -118,7 +118,8 @@ function idTime(id) {
 
 /** The largest SCRU128 id before a millisecond ("after" it reads from that millisecond on). */
 function idBefore(ms) {
-  let value = BigInt(ms) << 80n;
+  // Ids hold 48 bits of milliseconds (until the year 10889).
+  let value = BigInt(Math.min(Math.max(0, Math.floor(ms)), 2 ** 48 - 1)) << 80n;
   if (value > 0n) value -= 1n;
   let text = "";
   for (let i = 0; i < 25; i++) {
@@ -613,15 +614,26 @@ function tailView(query) {
     if (source) source.close();
     source = null;
   }
-  pause.addEventListener("click", () => {
+  pause.addEventListener("click", async () => {
     paused = !paused;
     pause.textContent = paused ? "Resume" : "Pause";
     if (paused) {
+      // Nothing seen yet: resume after what the store held at the pause.
+      // Asked before the stream closes, so an event committed meanwhile
+      // either arrives on the stream or comes after that id.
+      if (!lastId) {
+        pause.disabled = true;
+        try {
+          const info = await api("/v1/info");
+          lastId = lastId || info.last_id;
+        } catch (error) {
+          failed(error);
+        }
+        pause.disabled = false;
+      }
       close();
       live = false;
       state.textContent = "paused";
-      // Nothing seen yet: resume after what the store held at the pause.
-      if (!lastId) api("/v1/info").then((info) => (lastId = lastId || info.last_id), failed);
     } else open();
   });
   clear.addEventListener("click", () => body.replaceChildren());

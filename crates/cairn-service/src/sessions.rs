@@ -38,8 +38,8 @@ pub const SESSION_IDLE: Duration = Duration::from_secs(12 * 3600);
 pub const SESSION_LIFETIME: Duration = Duration::from_secs(7 * 24 * 3600);
 
 struct Entry {
-    /// The sha256 of the session's check.
-    check: [u8; 32],
+    /// The sha256 of the session's secret (the cookie).
+    secret: [u8; 32],
     principal: Principal,
     user: String,
     created: Instant,
@@ -49,11 +49,24 @@ struct Entry {
 /// The browser sessions of one service.
 #[derive(Default)]
 pub(crate) struct Sessions {
+    /// By the sha256 of each session's check.
     table: Mutex<HashMap<[u8; 32], Entry>>,
 }
 
 fn key(secret: &str) -> [u8; 32] {
     Sha256::digest(secret.as_bytes()).into()
+}
+
+/// Whether a value has the form this server gives secrets and checks (64
+/// hex digits); others are never hashed or looked up.
+fn well_formed(value: &str) -> bool {
+    value.len() == 64 && value.bytes().all(|byte| byte.is_ascii_hexdigit())
+}
+
+/// The sha256s of the well-formed values among `secrets`, computed before
+/// any lock is taken.
+fn keys(secrets: &[&str]) -> Vec<[u8; 32]> {
+    secrets.iter().filter(|secret| well_formed(secret)).map(|secret| key(secret)).collect()
 }
 
 fn ended() -> ServiceError {
@@ -78,20 +91,26 @@ impl Sessions {
             evict_oldest(&mut table, |_| true);
         }
         let evicted = table.len() < before;
-        table.insert(key(secret), Entry { check: key(check), principal, user, created: now, used: now });
+        table.insert(key(check), Entry { secret: key(secret), principal, user, created: now, used: now });
         evicted
     }
 
-    fn get(&self, secret: &str, check: &str) -> Option<Principal> {
+    /// The session whose check is `check`, if one of `secrets` (the
+    /// request's cookies, however many: a planted one cannot hide the
+    /// real one) is its secret and it is live.
+    fn get(&self, secrets: &[&str], check: &str) -> Option<Principal> {
+        if !well_formed(check) {
+            return None;
+        }
+        let (check, secrets) = (key(check), keys(secrets));
         let now = Instant::now();
         let mut table = self.table.lock().expect("sessions lock");
-        let key = key(secret);
-        let entry = table.get_mut(&key)?;
-        if entry.check != self::key(check) {
+        let entry = table.get_mut(&check)?;
+        if !secrets.contains(&entry.secret) {
             return None;
         }
         if !live(entry, now) {
-            table.remove(&key);
+            table.remove(&check);
             return None;
         }
         entry.used = now;
@@ -101,13 +120,24 @@ impl Sessions {
     /// Whether `session`, if it is a browser session, is still in the
     /// table and live (other sessions: always).
     pub(crate) fn holds(&self, session: &Session) -> bool {
-        let Credential::Browser(key) = session.credential else { return true };
+        let Credential::Browser(check) = session.credential else { return true };
         let table = self.table.lock().expect("sessions lock");
-        table.get(&key).is_some_and(|entry| live(entry, Instant::now()))
+        table.get(&check).is_some_and(|entry| live(entry, Instant::now()))
     }
 
-    fn remove(&self, secret: &str) -> bool {
-        self.table.lock().expect("sessions lock").remove(&key(secret)).is_some()
+    /// Ends the session whose check is `check` if one of `secrets` is its
+    /// secret; whether it did.
+    fn remove(&self, secrets: &[&str], check: &str) -> bool {
+        if !well_formed(check) {
+            return false;
+        }
+        let (check, secrets) = (key(check), keys(secrets));
+        let mut table = self.table.lock().expect("sessions lock");
+        if table.get(&check).is_some_and(|entry| secrets.contains(&entry.secret)) {
+            table.remove(&check);
+            return true;
+        }
+        false
     }
 }
 
@@ -155,7 +185,7 @@ impl Service {
         };
         let secret = random_hex()?;
         let check = random_hex()?;
-        let principal = Principal::User(Session { user: session.user, credential: Credential::Browser(key(&secret)) });
+        let principal = Principal::User(Session { user: session.user, credential: Credential::Browser(key(&check)) });
         if self.inner.sessions.insert(&secret, &check, principal.clone(), name.to_owned()) {
             // An evicted session's open streams re-check themselves and end.
             self.inner.users.notify();
@@ -163,16 +193,17 @@ impl Service {
         Ok(BrowserSession { secret, check, principal })
     }
 
-    /// The principal of a live browser session, given both its halves.
-    pub fn session_get(&self, secret: &str, check: &str) -> Result<Principal> {
-        let principal = self.inner.sessions.get(secret, check).ok_or_else(ended)?;
+    /// The principal of a live browser session, given its check and the
+    /// request's cookies (one of which must be its secret).
+    pub fn session_get(&self, secrets: &[&str], check: &str) -> Result<Principal> {
+        let principal = self.inner.sessions.get(secrets, check).ok_or_else(ended)?;
         self.admit(&principal)?;
         Ok(principal)
     }
 
     /// Ends a browser session (logout); whether it was live.
-    pub fn session_close(&self, secret: &str) -> bool {
-        let removed = self.inner.sessions.remove(secret);
+    pub fn session_close(&self, secrets: &[&str], check: &str) -> bool {
+        let removed = self.inner.sessions.remove(secrets, check);
         if removed {
             // Its open streams re-check themselves and end.
             self.inner.users.notify();
@@ -185,22 +216,36 @@ impl Service {
 mod tests {
     use super::*;
 
+    /// A well-formed value (64 hex digits) made from `n` and a tag.
+    fn hex(tag: u8, n: usize) -> String {
+        format!("{tag:02x}{n:062x}")
+    }
+
     #[test]
     fn sessions_are_bounded_per_user_and_in_all() {
         let sessions = Sessions::default();
         for n in 0..SESSIONS_PER_USER_MAX + 5 {
-            sessions.insert(&format!("a{n}"), "check", Principal::Anonymous, "alice".to_owned());
+            sessions.insert(&hex(1, n), &hex(2, n), Principal::Anonymous, "alice".to_owned());
         }
         assert_eq!(sessions.table.lock().expect("sessions lock").len(), SESSIONS_PER_USER_MAX);
-        assert!(sessions.get("a0", "check").is_none(), "the oldest of a user's sessions went first");
-        let newest = format!("a{}", SESSIONS_PER_USER_MAX + 4);
-        assert!(sessions.get(&newest, "check").is_some());
-        assert!(sessions.get(&newest, "wrong").is_none(), "the secret alone is no session");
+        assert!(sessions.get(&[&hex(1, 0)], &hex(2, 0)).is_none(), "the oldest of a user's sessions went first");
+        let newest = SESSIONS_PER_USER_MAX + 4;
+        assert!(sessions.get(&[&hex(1, newest)], &hex(2, newest)).is_some());
+        assert!(sessions.get(&[&hex(1, newest)], &hex(2, 0)).is_none(), "the secret alone is no session");
+        assert!(sessions.get(&[&hex(1, 0)], &hex(2, newest)).is_none(), "the check alone is no session");
+        let planted: Vec<String> = (0..20).map(|n| hex(9, n)).collect();
+        let mut cookies: Vec<&str> = planted.iter().map(String::as_str).collect();
+        cookies.push("not-hex");
+        let real = hex(1, newest);
+        cookies.push(&real);
+        assert!(sessions.get(&cookies, &hex(2, newest)).is_some(), "planted cookies do not hide the real one");
         for n in 0..SESSIONS_MAX + 10 {
-            sessions.insert(&format!("u{n}"), "check", Principal::Anonymous, format!("user{}", n % 1000));
+            sessions.insert(&hex(3, n), &hex(4, n), Principal::Anonymous, format!("user{}", n % 1000));
         }
         assert_eq!(sessions.table.lock().expect("sessions lock").len(), SESSIONS_MAX);
-        assert!(sessions.remove(&format!("u{}", SESSIONS_MAX + 9)));
-        assert!(!sessions.remove(&format!("u{}", SESSIONS_MAX + 9)));
+        let last = SESSIONS_MAX + 9;
+        assert!(!sessions.remove(&[&hex(1, 0)], &hex(4, last)), "only with its secret");
+        assert!(sessions.remove(&[&hex(3, last)], &hex(4, last)));
+        assert!(!sessions.remove(&[&hex(3, last)], &hex(4, last)));
     }
 }

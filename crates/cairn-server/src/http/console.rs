@@ -71,11 +71,10 @@ pub(crate) fn is_public(method: &axum::http::Method, path: &str) -> bool {
         || (path == "/v1/session" && (method == axum::http::Method::POST || method == axum::http::Method::DELETE))
 }
 
-/// The most session cookies of one request that are tried (another web
-/// server on the same host can plant more of them, on other paths).
-const COOKIES_TRIED_MAX: usize = 4;
-
-/// The values of this request's session cookies.
+/// The values of this request's session cookies (another web server on the
+/// same host can plant more of them, on other paths; all are given to the
+/// service, which looks the session up by its check and ignores values
+/// that are not of the form it gives).
 pub(crate) fn cookies(headers: &HeaderMap) -> Vec<&str> {
     headers
         .get_all(header::COOKIE)
@@ -85,7 +84,6 @@ pub(crate) fn cookies(headers: &HeaderMap) -> Vec<&str> {
         .filter_map(|pair| pair.trim().split_once('='))
         .filter(|(name, value)| *name == COOKIE && !value.trim().is_empty())
         .map(|(_, value)| value.trim())
-        .take(COOKIES_TRIED_MAX)
         .collect()
 }
 
@@ -93,9 +91,13 @@ pub(crate) fn cookies(headers: &HeaderMap) -> Vec<&str> {
 /// or a `session_check` query parameter (for `EventSource`, which cannot
 /// send headers), which is taken out of the URI so routes never see it.
 pub(crate) fn take_check<B>(request: &mut axum::http::Request<B>) -> Option<String> {
-    if let Some(value) = request.headers().get(CHECK_HEADER).and_then(|value| value.to_str().ok()) {
-        return Some(value.trim().to_owned());
-    }
+    let header = request.headers().get(CHECK_HEADER).and_then(|value| value.to_str().ok()).map(|v| v.trim().to_owned());
+    let param = take_check_param(request);
+    header.or(param)
+}
+
+/// Takes `session_check` out of the request's query, if there.
+fn take_check_param<B>(request: &mut axum::http::Request<B>) -> Option<String> {
     let query = request.uri().query()?;
     if !query.contains("session_check=") {
         return None;
@@ -179,14 +181,15 @@ pub(crate) async fn show(AxumState(app): State, Who(principal): Who) -> ApiResul
 }
 
 /// `DELETE /v1/session`: ends the cookie's session (logout).
-pub(crate) async fn logout(AxumState(app): State, headers: HeaderMap) -> ApiResult<Response<Body>> {
+pub(crate) async fn logout(
+    AxumState(app): State,
+    check: Option<axum::Extension<SessionCheck>>,
+    headers: HeaderMap,
+) -> ApiResult<Response<Body>> {
     // Only the session whose check the page gives: another server on the
     // host cannot log the console out with a cookie it planted.
-    let check = headers.get(CHECK_HEADER).and_then(|value| value.to_str().ok()).unwrap_or("");
-    for secret in cookies(&headers) {
-        if app.service.session_get(secret, check).is_ok() {
-            app.service.session_close(secret);
-        }
+    if let Some(axum::Extension(SessionCheck(check))) = check {
+        app.service.session_close(&cookies(&headers), &check);
     }
     let secure = if app.config.tls.is_some() { "; Secure" } else { "" };
     let expired = format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0{secure}");
@@ -196,3 +199,7 @@ pub(crate) async fn logout(AxumState(app): State, headers: HeaderMap) -> ApiResu
     }
     Ok(response)
 }
+
+/// The request's session check (header or parameter), for the routes.
+#[derive(Clone)]
+pub(crate) struct SessionCheck(pub(crate) String);

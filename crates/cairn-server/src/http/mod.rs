@@ -103,7 +103,6 @@ pub(crate) async fn handle(
     mut request: Request<hyper::body::Incoming>,
 ) -> Response<Body> {
     let compat = is_compat(request.uri().path());
-    let api = request.uri().path().starts_with("/v1/");
     let cors = cors_origin(&app, &door, request.headers());
     if let Some(origin) = &cors
         && request.method() == axum::http::Method::OPTIONS
@@ -124,6 +123,9 @@ pub(crate) async fn handle(
     // are checked (a wrong password on them costs no password check).
     let public = console::is_public(request.method(), request.uri().path());
     let check = console::take_check(&mut request);
+    if let Some(check) = &check {
+        request.extensions_mut().insert(console::SessionCheck(check.clone()));
+    }
     let admitted = match check_browser(&app, &door, request.uri().path(), request.headers()) {
         Ok(()) if public => Ok(None),
         Ok(()) => match authenticate(&app, &door, &request, check.as_deref()).await {
@@ -152,7 +154,7 @@ pub(crate) async fn handle(
     };
     let headers = response.headers_mut();
     headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    if api {
+    if !public {
         // What one caller was shown is never served from a cache to another.
         headers.append(header::VARY, HeaderValue::from_static("authorization, cookie, cairn-session-check"));
         if !headers.contains_key(header::CACHE_CONTROL) {
@@ -257,18 +259,25 @@ async fn authenticate<B>(
     let credentials = request.headers().get(header::AUTHORIZATION).map(|value| value.to_str().unwrap_or(""));
     let Some(credentials) = credentials else {
         let cookies = console::cookies(request.headers());
-        if !cookies.is_empty() {
-            let mut refused = None;
-            for secret in cookies {
-                match app.service.session_get(secret, check.unwrap_or("")) {
-                    Ok(principal) => return Ok((principal, true)),
-                    Err(error) => refused = Some(error),
-                }
+        let session = match check {
+            Some(check) if !cookies.is_empty() => Some(app.service.session_get(&cookies, check)),
+            _ => None,
+        };
+        match session {
+            Some(Ok(principal)) => return Ok((principal, true)),
+            // Where no credentials are needed, a cookie that is no session
+            // (planted, stale) is no reason to refuse.
+            _ if app.config.insecure_no_auth || request.uri().path() == "/healthz" => {
+                return Ok((Principal::Anonymous, false));
             }
-            return Err(refused.expect("a cookie was tried").into());
-        }
-        if app.config.insecure_no_auth || request.uri().path() == "/healthz" {
-            return Ok((Principal::Anonymous, false));
+            Some(Err(error)) => return Err(error.into()),
+            None if !cookies.is_empty() => {
+                return Err(ServiceError::unauthenticated(
+                    "a browser session needs its check (Cairn-Session-Check) with the cookie; log in again",
+                )
+                .into());
+            }
+            None => {}
         }
         return Err(ServiceError::unauthenticated("authentication required: HTTP Basic or a bearer token").into());
     };
