@@ -178,16 +178,8 @@ async fn browser_sessions_are_cookies_guarded_against_forgery() {
     assert_eq!(out.status, 204);
     assert!(out.header("set-cookie").unwrap().contains("Max-Age=0"));
     assert_eq!(call(&server, "GET", "/v1/topics", &session, "").await.status, 401);
-    let ended = tokio::time::timeout(std::time::Duration::from_secs(10), async {
-        let mut tail = Vec::new();
-        while let Some(chunk) = follow.chunk().await.unwrap() {
-            tail.extend_from_slice(&chunk);
-        }
-        tail
-    })
-    .await
-    .expect("the follow stream ended");
-    assert!(String::from_utf8_lossy(&ended).contains("session ended"), "{}", String::from_utf8_lossy(&ended));
+    let ended = crate::serve::until_end(&mut follow).await;
+    assert!(ended.contains("session ended"), "{ended}");
     assert_eq!(call(&server, "GET", "/v1/topics", &second, "").await.status, 200);
     cairn.ok(&["user", "passwd", "alice"], b"newpw\n");
     assert_eq!(call(&server, "GET", "/v1/topics", &second, "").await.status, 401);

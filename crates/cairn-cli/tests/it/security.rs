@@ -197,16 +197,8 @@ async fn revoking_a_token_or_removing_a_user_ends_live_sessions() {
     assert!(String::from_utf8_lossy(&first).contains("orders.1"));
     // Revoked: the stream ends with an error frame, the connection is told and closed.
     assert_eq!(call(&root, "DELETE", &format!("/v1/tokens/{token_id}"), &[], "").await.status, 204);
-    let ended = tokio::time::timeout(Duration::from_secs(10), async {
-        let mut tail = Vec::new();
-        while let Some(chunk) = follow.chunk().await.unwrap() {
-            tail.extend_from_slice(&chunk);
-        }
-        tail
-    })
-    .await
-    .expect("the follow stream ended");
-    assert!(String::from_utf8_lossy(&ended).contains("revoked"), "{}", String::from_utf8_lossy(&ended));
+    let ended = crate::serve::until_end(&mut follow).await;
+    assert!(ended.contains("revoked"), "{ended}");
     assert!(raw.line().starts_with("-NOAUTH"), "the RESP connection is told");
     assert!(raw.closed());
     // Nothing can be written on a revoked session.

@@ -176,6 +176,21 @@ impl Reply {
     }
 }
 
+/// The rest of a streamed reply, as text, once the server ends it (a follow
+/// ended by a revocation or a logout); panics after 10 s.
+pub async fn until_end(response: &mut cairn_client::Response) -> String {
+    let rest = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut tail = Vec::new();
+        while let Some(chunk) = response.chunk().await.unwrap() {
+            tail.extend_from_slice(&chunk);
+        }
+        tail
+    })
+    .await
+    .expect("the stream ended");
+    String::from_utf8_lossy(&rest).into_owned()
+}
+
 /// Sends one request and reads the whole reply, whatever its status.
 pub async fn call(
     client: &Client,

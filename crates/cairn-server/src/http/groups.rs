@@ -149,6 +149,22 @@ struct Position {
     id: String,
 }
 
+/// An action's topic and its JSON body of the given shape (no parameters).
+async fn action<T: serde::de::DeserializeOwned>(
+    app: &App,
+    topic: &str,
+    params: Params,
+    headers: &HeaderMap,
+    body: Body,
+    what: &'static str,
+    shape: &str,
+) -> ApiResult<(Topic, T)> {
+    params.finish()?;
+    let topic = Topic::new(topic)?;
+    let body = read_body(app, headers, body, what, ACTION_BODY_BYTES_MAX).await?;
+    Ok((topic, parse_json(&body, shape)?))
+}
+
 fn stream_ids(ids: &[String]) -> ApiResult<Vec<StreamId>> {
     if ids.is_empty() {
         return Err(ApiError::invalid("ids", "name at least one entry"));
@@ -166,10 +182,7 @@ pub(crate) async fn ack(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response<Body>> {
-    params.finish()?;
-    let topic = Topic::new(&topic)?;
-    let body = read_body(&app, &headers, body, "ack", ACTION_BODY_BYTES_MAX).await?;
-    let Ids { ids } = parse_json(&body, "{\"ids\": [stream ids]}")?;
+    let (topic, Ids { ids }) = action(&app, &topic, params, &headers, body, "ack", "{\"ids\": [stream ids]}").await?;
     let acked = app.service.group_ack(&principal, &topic, group.as_bytes(), &stream_ids(&ids)?).await?;
     Ok(json_response(StatusCode::OK, to_json(&json!({ "acked": acked })), None))
 }
@@ -184,10 +197,8 @@ pub(crate) async fn claim(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response<Body>> {
-    params.finish()?;
-    let topic = Topic::new(&topic)?;
-    let body = read_body(&app, &headers, body, "claim", ACTION_BODY_BYTES_MAX).await?;
-    let ClaimBody { consumer, ids, min_idle_ms } = parse_json(&body, "{\"consumer\", \"ids\", \"min_idle_ms\"?}")?;
+    let (topic, ClaimBody { consumer, ids, min_idle_ms }) =
+        action(&app, &topic, params, &headers, body, "claim", "{\"consumer\", \"ids\", \"min_idle_ms\"?}").await?;
     let delivered_ms = cairn_service::EventId::now().timestamp_ms();
     let claim = Claim { ids: stream_ids(&ids)?, min_idle_ms, delivered_ms, justid: true, ..Claim::default() };
     let consumer = Bytes::from(consumer.into_bytes());
@@ -206,10 +217,8 @@ pub(crate) async fn position(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response<Body>> {
-    params.finish()?;
-    let topic = Topic::new(&topic)?;
-    let body = read_body(&app, &headers, body, "position", ACTION_BODY_BYTES_MAX).await?;
-    let Position { id } = parse_json(&body, "{\"id\": a stream id or \"$\"}")?;
+    let (topic, Position { id }) =
+        action(&app, &topic, params, &headers, body, "position", "{\"id\": a stream id or \"$\"}").await?;
     let start = if id == "$" { GroupStart::Newest } else { GroupStart::After(StreamId::parse(id.as_bytes(), 0)?) };
     app.service.group_set_id(&principal, &topic, group.as_bytes(), start).await?;
     Ok(super::no_content())
