@@ -1,10 +1,24 @@
 //! cairn-postgres: cairn on PostgreSQL.
 //!
-//! So far this crate holds [`Cluster`], a private PostgreSQL cluster for
-//! tests and benchmarks, and the measurement that chose how the backend
-//! keeps a global order readers can trust (`cairn-bench postgres`; see
-//! ARCHITECTURE.md). The storage backend itself is built on them next.
+//! [`Postgres`] is the storage seam ([`cairn_store::Storage`]) over a
+//! PostgreSQL database, so `cairn serve --postgres URL` gives every front
+//! end the same API with the events in PostgreSQL, and several cairn
+//! processes can serve one database. How it keeps a global order readers
+//! can trust (a sequencer row taken once per commit group) is in
+//! ARCHITECTURE.md, with the measurements that chose it
+//! (`cairn-bench postgres-order`).
+//!
+//! [`Cluster`] is a private PostgreSQL cluster for tests and benchmarks.
 
+mod backend;
 mod cluster;
+mod error;
+mod import;
+mod reader;
+mod rows;
+mod schema;
+mod tasks;
+mod writer;
 
+pub use backend::{Options, Postgres};
 pub use cluster::Cluster;

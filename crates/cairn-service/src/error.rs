@@ -118,6 +118,13 @@ pub enum ServiceError {
     /// The service is stopping.
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// The storage behind the service is out of reach for now (its
+    /// database restarting, failing over or read-only): try again.
+    #[error("{reason}; try again shortly")]
+    Unavailable {
+        /// What happened.
+        reason: String,
+    },
     /// Storage failed (damage, a failed fsync, the disk): needs a human.
     #[error("{0}")]
     Storage(StoreError),
@@ -140,6 +147,7 @@ impl ServiceError {
             ServiceError::Throttled { .. } => "throttled",
             ServiceError::Overloaded { .. } => "overloaded",
             ServiceError::ShuttingDown => "shutting_down",
+            ServiceError::Unavailable { .. } => "unavailable",
             ServiceError::Storage(error) => error.code(),
         }
     }
@@ -184,6 +192,9 @@ impl From<StoreError> for ServiceError {
                 reason: format!("{hash} is the payload of event {event}; remove the event first"),
             },
             StoreError::ShuttingDown => ServiceError::ShuttingDown,
+            StoreError::Unavailable { detail } => {
+                ServiceError::Unavailable { reason: format!("storage unavailable: {detail}") }
+            }
             other => ServiceError::Storage(other),
         }
     }

@@ -81,6 +81,14 @@ pub enum StoreError {
     /// The store is closing and takes no new writes.
     #[error("the store is shutting down")]
     ShuttingDown,
+
+    /// The storage behind the store cannot be reached or refuses writes for
+    /// now (a database restarting, failing over, or read-only): retry.
+    #[error("storage unavailable: {detail}")]
+    Unavailable {
+        /// What happened, for a human.
+        detail: String,
+    },
     /// An earlier write failed in a way that makes the log's state uncertain
     /// (for example a failed fdatasync); writes are refused until reopen.
     #[error("the store refuses writes after an earlier failure ({reason}); close and reopen it")]
@@ -122,6 +130,7 @@ impl StoreError {
             StoreError::InUse { .. } => "in_use",
             StoreError::Locked { .. } => "locked",
             StoreError::ShuttingDown => "shutting_down",
+            StoreError::Unavailable { .. } => "unavailable",
             StoreError::Poisoned { .. } => "poisoned",
             StoreError::Corrupt { .. } => "corrupt",
             StoreError::Index(_) => "index",

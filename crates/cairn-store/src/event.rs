@@ -275,7 +275,7 @@ pub fn check_idempotency_key(key: &str) -> Result<(), StoreError> {
 /// What an idempotency key remembers of the write it was first used for:
 /// sha256 over each stored event's topic, payload hash and type, in order.
 /// A later write under the key must have the same (else it is a conflict).
-pub(crate) fn fingerprint<'a>(events: impl Iterator<Item = &'a Event>) -> [u8; 32] {
+pub fn fingerprint<'a>(events: impl Iterator<Item = &'a Event>) -> [u8; 32] {
     let mut digest = sha2::Sha256::new();
     for event in events.filter(|event| event.ttl != Ttl::Ephemeral) {
         digest.update(event.topic.as_str().as_bytes());
@@ -288,6 +288,53 @@ pub(crate) fn fingerprint<'a>(events: impl Iterator<Item = &'a Event>) -> [u8; 3
         digest.update([0]);
     }
     digest.finalize().into()
+}
+
+/// Checks a new event as every backend does before writing it: a topic
+/// (writable by users unless `system`), its type, `meta` (returned
+/// compacted), user and payload size. Returns the event still without id
+/// and seq, its hash and size set but its payload `None`, and the payload's
+/// bytes for the backend to place.
+pub fn check_new_event(
+    new_event: NewEvent,
+    system: bool,
+    payload_bytes_max: u64,
+) -> Result<(Event, Option<Vec<u8>>), StoreError> {
+    let topic = new_event.topic.ok_or_else(|| StoreError::invalid("topic", "is required"))?;
+    if !system {
+        topic.check_user_writable()?;
+    }
+    if let Some(kind) = &new_event.kind {
+        check_type(kind)?;
+    }
+    let meta = new_event.meta.as_deref().map(check_meta).transpose()?;
+    if let Some(user) = &new_event.user {
+        check_user(user)?;
+    }
+    let (hash, size) = match &new_event.payload {
+        None => (None, 0),
+        Some(bytes) => {
+            let size = bytes.len() as u64;
+            if size > payload_bytes_max {
+                return Err(StoreError::TooLarge { what: "payload", bytes: size, max: payload_bytes_max });
+            }
+            (Some(Hash::of(bytes)), size)
+        }
+    };
+    let event = Event {
+        id: EventId::MIN,
+        topic,
+        seq: 0,
+        kind: new_event.kind,
+        meta,
+        hash,
+        size,
+        ttl: new_event.ttl,
+        user: new_event.user,
+        payload: Payload::None,
+        imported: false,
+    };
+    Ok((event, new_event.payload))
 }
 
 /// An event to append.

@@ -102,9 +102,10 @@ pub use compact::CompactReport;
 pub use error::{Result, StoreError};
 pub use event::{
     Batch, Event, EventRef, Expect, Hash, InlineBytes, NewEvent, Payload, PayloadRef, Ttl, check_idempotency_key,
-    check_meta, check_meta_value, check_type, check_user, parse_duration_ms,
+    check_meta, check_meta_value, check_new_event, check_type, check_user, fingerprint, parse_duration_ms,
 };
 pub use id::EventId;
+pub use live::Live;
 pub use local::Local;
 pub use log::codec::StateOp;
 pub use log::recovery::{RecoveryReport, Truncation};

@@ -2,6 +2,10 @@
 //! ones), kept in memory so caught-up subscribers get new events without
 //! touching storage. Writers never wait for readers: the ring drops its
 //! oldest events, and a subscriber behind them reads from storage instead.
+//!
+//! Public for other backends: a backend feeds it in id order
+//! ([`Live::publish`]) and answers the seam's `watch`, `live_after` and
+//! `last_id` from it.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -15,7 +19,7 @@ use crate::storage::Window;
 use crate::topic::Pattern;
 
 /// Recently committed events and a signal for each new group.
-pub(crate) struct Live {
+pub struct Live {
     state: Mutex<Ring>,
     closed: std::sync::atomic::AtomicBool,
     /// Wakes subscriptions to wildcard patterns on every group.
@@ -34,7 +38,8 @@ struct Ring {
 }
 
 impl Live {
-    pub(crate) fn new(last: EventId) -> Live {
+    /// An empty ring whose events start after `last`.
+    pub fn new(last: EventId) -> Live {
         let (signal, _) = watch::channel(0);
         Live {
             state: Mutex::new(Ring { events: VecDeque::new(), floor: last, last }),
@@ -45,7 +50,7 @@ impl Live {
     }
 
     /// Whether any subscription exists (if none, groups need not be kept).
-    pub(crate) fn has_subscribers(&self) -> bool {
+    pub fn has_subscribers(&self) -> bool {
         self.signal.receiver_count() > 0 || !self.topics.lock().expect("topic signals lock").is_empty()
     }
 
@@ -53,7 +58,7 @@ impl Live {
     /// `complete` false the group's events were not collected (nobody was
     /// subscribed when it was planned): the ring then forgets everything up
     /// to `last`, and a subscriber that needs those events reads storage.
-    pub(crate) fn publish(&self, events: Vec<Arc<Event>>, last: EventId, complete: bool) {
+    pub fn publish(&self, events: Vec<Arc<Event>>, last: EventId, complete: bool) {
         let touched = complete.then(|| self.touched(&events));
         {
             let mut ring = self.state.lock().expect("live ring lock");
@@ -97,13 +102,13 @@ impl Live {
     }
 
     /// A signal that fires when a group touches `topic` (or the store closes).
-    pub(crate) fn watch_topic(&self, topic: &str) -> watch::Receiver<u64> {
+    pub fn watch_topic(&self, topic: &str) -> watch::Receiver<u64> {
         let mut topics = self.topics.lock().expect("topic signals lock");
         topics.entry(topic.into()).or_insert_with(|| watch::channel(0).0).subscribe()
     }
 
     /// Ends every subscription: the store is closing.
-    pub(crate) fn close(&self) {
+    pub fn close(&self) {
         self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
         self.wake_topics(None);
         self.signal.send_modify(|generation| *generation += 1);
@@ -126,21 +131,23 @@ impl Live {
         }
     }
 
-    pub(crate) fn is_closed(&self) -> bool {
+    /// Whether the ring was closed (subscriptions end).
+    pub fn is_closed(&self) -> bool {
         self.closed.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Id of the newest committed event (a cursor at "now").
-    pub(crate) fn last(&self) -> EventId {
+    pub fn last(&self) -> EventId {
         self.state.lock().expect("live ring lock").last
     }
 
-    pub(crate) fn watch(&self) -> watch::Receiver<u64> {
+    /// A signal that fires on every group (and when the ring closes).
+    pub fn watch(&self) -> watch::Receiver<u64> {
         self.signal.subscribe()
     }
 
     /// Up to `max` events after `cursor` matching `pattern`.
-    pub(crate) fn after(&self, cursor: EventId, pattern: &Pattern, max: usize) -> Window {
+    pub fn after(&self, cursor: EventId, pattern: &Pattern, max: usize) -> Window {
         let ring = self.state.lock().expect("live ring lock");
         if cursor < ring.floor {
             return Window::Behind;

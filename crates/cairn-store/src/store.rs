@@ -615,50 +615,19 @@ impl Store {
     /// Validates an event and places its payload (it may run on a helper
     /// thread, see `append_request`).
     fn prepare(&self, new_event: NewEvent, system: bool) -> Result<Prepared> {
-        let topic = new_event.topic.ok_or_else(|| StoreError::invalid("topic", "is required"))?;
-        if !system {
-            topic.check_user_writable()?;
-        }
-        if let Some(kind) = &new_event.kind {
-            event::check_type(kind)?;
-        }
-        let meta = new_event.meta.as_deref().map(event::check_meta).transpose()?;
-        if let Some(user) = &new_event.user {
-            event::check_user(user)?;
-        }
         let options = &self.inner.shared.options;
-        let (hash, size, payload, stored_bytes) = match new_event.payload {
-            None => (None, 0, Payload::None, None),
-            Some(bytes) => {
-                let size = bytes.len() as u64;
-                if size > options.payload_bytes_max {
-                    return Err(StoreError::TooLarge { what: "payload", bytes: size, max: options.payload_bytes_max });
-                }
-                let hash = Hash::of(&bytes);
-                if size <= options.inline_payload_bytes || new_event.ttl == Ttl::Ephemeral {
-                    (Some(hash), size, Payload::Inline(bytes.into()), None)
-                } else {
-                    self.inner.shared.cas.put(&hash, &bytes)?;
-                    (Some(hash), size, Payload::Stored, Some(bytes))
-                }
+        let (mut event, bytes) = event::check_new_event(new_event, system, options.payload_bytes_max)?;
+        let mut stored_bytes = None;
+        if let (Some(bytes), Some(hash)) = (bytes, event.hash) {
+            if event.size <= options.inline_payload_bytes || event.ttl == Ttl::Ephemeral {
+                event.payload = Payload::Inline(bytes.into());
+            } else {
+                self.inner.shared.cas.put(&hash, &bytes)?;
+                event.payload = Payload::Stored;
+                stored_bytes = Some(bytes);
             }
-        };
-        Ok(Prepared {
-            event: Event {
-                id: EventId::MIN,
-                topic,
-                seq: 0,
-                kind: new_event.kind,
-                meta,
-                hash,
-                size,
-                ttl: new_event.ttl,
-                user: new_event.user,
-                payload,
-                imported: false,
-            },
-            stored_bytes,
-        })
+        }
+        Ok(Prepared { event, stored_bytes })
     }
 
     /// Appends events with their original ids and seqs (restoring an

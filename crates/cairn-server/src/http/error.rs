@@ -149,7 +149,9 @@ impl ApiError {
                 let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
             }
-            ApiError::Service(ServiceError::Overloaded { .. } | ServiceError::ShuttingDown) => {
+            ApiError::Service(
+                ServiceError::Overloaded { .. } | ServiceError::ShuttingDown | ServiceError::Unavailable { .. },
+            ) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             ApiError::Service(ServiceError::PreconditionFailed { etag, .. }) => {
@@ -181,7 +183,9 @@ fn status(error: &ServiceError) -> StatusCode {
         ServiceError::Unauthenticated { .. } => StatusCode::UNAUTHORIZED,
         ServiceError::Forbidden { .. } => StatusCode::FORBIDDEN,
         ServiceError::Throttled { .. } => StatusCode::TOO_MANY_REQUESTS,
-        ServiceError::Overloaded { .. } | ServiceError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+        ServiceError::Overloaded { .. } | ServiceError::ShuttingDown | ServiceError::Unavailable { .. } => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }

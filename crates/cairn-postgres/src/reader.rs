@@ -1,0 +1,186 @@
+//! Reads of stored events in chunks: each chunk is one keyset query
+//! (`id > last seen order by id limit n`), so a long read holds no
+//! transaction or cursor open between chunks, and sees commits made while
+//! it runs.
+
+use std::sync::Arc;
+
+use cairn_store::limits::READ_CHUNK_CONTENT_BYTES;
+use cairn_store::{BoxFuture, EventId, Item, Payload, Query, Reader, StoreError};
+use tokio_postgres::types::ToSql;
+
+use crate::backend::{Shared, verified};
+use crate::error::{pg_error, pool_error};
+use crate::rows;
+
+/// Most rows one chunk asks for.
+const CHUNK_ROWS_MAX: usize = 10_000;
+
+pub(crate) struct PgReader {
+    shared: Arc<Shared>,
+    /// A condition on the topic and its parameter.
+    topic: Option<(String, String)>,
+    /// Only ids above this.
+    lower: Option<EventId>,
+    /// Only ids below this.
+    upper: Option<EventId>,
+    from_seq: Option<u64>,
+    reverse: bool,
+    remaining: Option<u64>,
+    content: bool,
+    done: bool,
+}
+
+type Params = Vec<Box<dyn ToSql + Sync + Send>>;
+
+impl PgReader {
+    pub(crate) async fn start(shared: Arc<Shared>, query: Query, content: bool) -> Result<PgReader, StoreError> {
+        let mut reader = PgReader {
+            shared,
+            topic: rows::pattern_condition(&query.pattern, 1).map(|(_, value)| {
+                let operator = if query.pattern.exact().is_some() { "=" } else { "~" };
+                (operator.to_owned(), value)
+            }),
+            lower: query.after,
+            upper: None,
+            from_seq: query.from_seq,
+            reverse: query.reverse,
+            remaining: query.limit,
+            content,
+            done: query.limit == Some(0),
+        };
+        if let Some(last) = query.last {
+            if reader.reverse {
+                reader.remaining = Some(reader.remaining.map_or(last, |limit| limit.min(last)));
+            } else {
+                // The n-th newest of the selection is where the read starts.
+                let (conditions, mut params) = reader.conditions();
+                let sql = format!(
+                    "select e.id from cairn_events e where true {conditions} order by e.id desc limit 1 offset ${}",
+                    params.len() + 1
+                );
+                params.push(Box::new(last.saturating_sub(1).min(i64::MAX as u64) as i64));
+                let context = "reading events";
+                let client = reader.shared.pool.get().await.map_err(pool_error(context))?;
+                let statement = client.prepare_cached(&sql).await.map_err(pg_error(context))?;
+                let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| &**p as &(dyn ToSql + Sync)).collect();
+                let row = client.query_opt(&statement, &refs).await.map_err(pg_error(context))?;
+                if let Some(row) = row {
+                    let id: &[u8] = row.get(0);
+                    if let Some(id) = rows::id_from(id) {
+                        reader.lower = Some(EventId::from_u128(id.to_u128().saturating_sub(1)));
+                        reader.from_seq = None;
+                    }
+                }
+            }
+        }
+        Ok(reader)
+    }
+
+    /// The `and …` conditions of the selection and their parameters.
+    fn conditions(&self) -> (String, Params) {
+        let mut sql = String::new();
+        let mut params: Params = Vec::new();
+        if let Some((operator, value)) = &self.topic {
+            params.push(Box::new(value.clone()));
+            sql.push_str(&format!(" and e.topic {operator} ${}", params.len()));
+        }
+        if let Some(lower) = self.lower {
+            params.push(Box::new(lower.to_bytes().to_vec()));
+            sql.push_str(&format!(" and e.id > ${}", params.len()));
+        }
+        if let Some(upper) = self.upper {
+            params.push(Box::new(upper.to_bytes().to_vec()));
+            sql.push_str(&format!(" and e.id < ${}", params.len()));
+        }
+        if let Some(seq) = self.from_seq {
+            params.push(Box::new(seq.min(i64::MAX as u64) as i64));
+            sql.push_str(&format!(" and e.seq >= ${}", params.len()));
+        }
+        (sql, params)
+    }
+
+    async fn chunk(&mut self, max: usize) -> Result<Vec<Item>, StoreError> {
+        if self.done || max == 0 {
+            return Ok(Vec::new());
+        }
+        let limit = self.remaining.map_or(max, |remaining| max.min(remaining.min(usize::MAX as u64) as usize));
+        let limit = limit.clamp(1, CHUNK_ROWS_MAX);
+        let (conditions, mut params) = self.conditions();
+        let (join, bytes_column) = if self.content {
+            (" left join cairn_content c on e.payload is null and c.hash = e.hash", ", c.bytes")
+        } else {
+            ("", "")
+        };
+        let sql = format!(
+            "select e.id, e.topic, e.seq, e.kind, e.meta, e.usr, e.hash, e.size, e.ttl, e.imported, e.payload\
+             {bytes_column} from cairn_events e{join} where true{conditions} order by e.id {} limit ${}",
+            if self.reverse { "desc" } else { "asc" },
+            params.len() + 1
+        );
+        params.push(Box::new(limit as i64));
+        let context = "reading events";
+        let client = self.shared.pool.get().await.map_err(pool_error(context))?;
+        let statement = client.prepare_cached(&sql).await.map_err(pg_error(context))?;
+        let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| &**p as &(dyn ToSql + Sync)).collect();
+        let rows = client.query(&statement, &refs).await.map_err(pg_error(context))?;
+        if rows.len() < limit {
+            self.done = true;
+        }
+        let mut items = Vec::with_capacity(rows.len());
+        let mut bytes = 0usize;
+        for row in &rows {
+            let event = rows::event(row)?;
+            let content = if self.content {
+                match (&event.payload, event.hash) {
+                    (Payload::None, _) => None,
+                    (Payload::Inline(inline), Some(hash)) => {
+                        Some(verified(hash, inline.to_vec(), || format!("the payload of event {}", event.id))?)
+                    }
+                    (Payload::Inline(inline), None) => Some(inline.to_vec()),
+                    (Payload::Stored, hash) => {
+                        let stored: Option<Vec<u8>> = row.get(11);
+                        match (stored, hash) {
+                            (Some(stored), Some(hash)) => {
+                                Some(verified(hash, stored, || format!("the payload of event {}", event.id))?)
+                            }
+                            _ => {
+                                return Err(StoreError::Corrupt {
+                                    location: format!("event {}", event.id),
+                                    detail: "its payload is missing from cairn_content".to_owned(),
+                                });
+                            }
+                        }
+                    }
+                }
+            } else {
+                None
+            };
+            bytes += content.as_ref().map_or(0, Vec::len);
+            if self.reverse {
+                self.upper = Some(event.id);
+            } else {
+                self.lower = Some(event.id);
+            }
+            items.push(Item { event, content });
+            if bytes >= READ_CHUNK_CONTENT_BYTES && items.len() < rows.len() {
+                // The rest comes with the next chunk.
+                self.done = false;
+                break;
+            }
+        }
+        if let Some(remaining) = &mut self.remaining {
+            *remaining = remaining.saturating_sub(items.len() as u64);
+            if *remaining == 0 {
+                self.done = true;
+            }
+        }
+        Ok(items)
+    }
+}
+
+impl Reader for PgReader {
+    fn next(&mut self, max: usize) -> BoxFuture<'_, cairn_store::Result<Vec<Item>>> {
+        Box::pin(self.chunk(max))
+    }
+}

@@ -1,0 +1,506 @@
+//! The commit writer: one task per process gathers every append waiting at
+//! that moment into one transaction, under one acquisition of the
+//! sequencer row (see ARCHITECTURE.md, "cairn on PostgreSQL").
+//!
+//! A group is two round trips, each a pipeline of statements:
+//! 1. `begin`; lock the sequencer row (`for update`); the touched topics'
+//!    last seq and id; the idempotency keys asked about; which large
+//!    payloads are in `cairn_content`. PostgreSQL runs pipelined statements
+//!    in order, and in READ COMMITTED each takes its snapshot when it
+//!    starts, so every read after the lock sees every commit before it.
+//! 2. The plan (expectations, seqs, ids, repeats) is made here; then the
+//!    new sequencer value, the rows, the topics, `last:<n>` trims, the
+//!    keys, and `commit`.
+//!
+//! The row lock is held from the first statement to the commit, so groups
+//! (of every process) commit one after another, in id order, and a reader
+//! never sees an id before a smaller one. A batch whose expectation or key
+//! fails is answered alone; the rest of its group commits. A failed
+//! statement fails its whole group, and nothing of it is acknowledged; when
+//! the commit's answer is lost (the connection broke) the callers get
+//! `Unavailable`, as their write may or may not have committed.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use cairn_store::{Event, EventId, Expect, Hash, StoreError, Topic, Ttl};
+use futures_util::future::{BoxFuture, try_join_all};
+use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, Statement};
+
+use crate::backend::Shared;
+use crate::error::pg_error;
+use crate::rows;
+
+/// Most events gathered into one group (a batch larger than this is a
+/// group of its own).
+const GROUP_EVENTS_MAX: usize = 8192;
+/// Most payload bytes gathered into one group.
+const GROUP_BYTES_MAX: usize = 8 * 1024 * 1024;
+
+/// Inserts rows from [`Columns::params`].
+pub(crate) const INSERT_EVENTS: &str = "insert into cairn_events (id, topic, seq, kind, meta, usr, hash, size, \
+     ttl, expires_ms, imported, payload) select * from unnest($1::bytea[], $2::text[], $3::int8[], $4::text[], \
+     $5::text[], $6::text[], $7::bytea[], $8::int8[], $9::text[], $10::int8[], $11::bool[], $12::bytea[])";
+
+/// An append waiting for its group.
+pub(crate) struct Request {
+    /// Checked events, payloads placed (inline, or stored beforehand).
+    pub(crate) events: Vec<Event>,
+    /// The bytes of stored payloads, put again if they were collected
+    /// between the caller's put and this commit.
+    pub(crate) stored: Vec<(Hash, Arc<Vec<u8>>)>,
+    pub(crate) expect: Vec<(Topic, Expect)>,
+    pub(crate) key: Option<(String, [u8; 32])>,
+    pub(crate) reply: oneshot::Sender<Result<Vec<Event>, StoreError>>,
+}
+
+impl Request {
+    fn bytes(&self) -> usize {
+        self.events.iter().map(|event| event.inline_payload().map_or(0, <[u8]>::len)).sum()
+    }
+}
+
+/// The writer's own connection and its prepared statements.
+struct Conn {
+    client: Client,
+    lock: Statement,
+    topics: Statement,
+    keys: Statement,
+    present: Statement,
+    advance: Statement,
+    insert: Statement,
+    insert_ephemeral: Statement,
+    upsert_topics: Statement,
+    trim: Statement,
+    insert_key: Statement,
+    put_content: Statement,
+}
+
+impl Conn {
+    async fn open(shared: &Shared) -> Result<Conn, StoreError> {
+        let client = shared.connect("the commit writer").await?;
+        let prepare = |sql: String| {
+            let client = &client;
+            async move { client.prepare(&sql).await.map_err(pg_error("preparing the commit writer's statements")) }
+        };
+        Ok(Conn {
+            lock: prepare("select ms, ctr::text from cairn_sequencer for update".into()).await?,
+            topics: prepare("select topic, last_seq, last_id from cairn_topics where topic = any($1)".into()).await?,
+            keys: prepare(
+                "select key, fingerprint, ids from cairn_idempotency where key = any($1) and at_ms >= $2".into(),
+            )
+            .await?,
+            present: prepare("select hash from cairn_content where hash = any($1)".into()).await?,
+            advance: prepare("update cairn_sequencer set ms = $1, ctr = $2::text::numeric".into()).await?,
+            insert: prepare(INSERT_EVENTS.into()).await?,
+            insert_ephemeral: prepare(
+                "insert into cairn_ephemeral (id, topic, seq, kind, meta, usr, hash, size, payload) select * from \
+                 unnest($1::bytea[], $2::text[], $3::int8[], $4::text[], $5::text[], $6::text[], $7::bytea[], \
+                 $8::int8[], $9::bytea[])"
+                    .into(),
+            )
+            .await?,
+            upsert_topics: prepare(
+                "insert into cairn_topics (topic, last_seq, last_id, count) select * from unnest($1::text[], \
+                 $2::int8[], $3::bytea[], $4::int8[]) on conflict (topic) do update set last_seq = \
+                 excluded.last_seq, last_id = excluded.last_id, count = cairn_topics.count + excluded.count"
+                    .into(),
+            )
+            .await?,
+            trim: prepare(
+                "with gone as (delete from cairn_events where topic = $1 and seq <= $2 returning 1) update \
+                 cairn_topics set count = count - (select count(*) from gone) where topic = $1"
+                    .into(),
+            )
+            .await?,
+            insert_key: prepare(
+                "insert into cairn_idempotency (key, fingerprint, ids, at_ms) values ($1, $2, $3, $4) on conflict \
+                 (key) do update set fingerprint = excluded.fingerprint, ids = excluded.ids, at_ms = excluded.at_ms"
+                    .into(),
+            )
+            .await?,
+            put_content: prepare(
+                "insert into cairn_content (hash, bytes, standalone) values ($1, $2, false) on conflict (hash) do \
+                 nothing"
+                    .into(),
+            )
+            .await?,
+            client,
+        })
+    }
+}
+
+/// Runs the writer until every sender is gone.
+pub(crate) async fn run(shared: Arc<Shared>, mut requests: mpsc::Receiver<Request>) {
+    let mut conn: Option<Conn> = None;
+    while let Some(first) = requests.recv().await {
+        let (mut events, mut bytes) = (first.events.len(), first.bytes());
+        let mut group = vec![first];
+        while events < GROUP_EVENTS_MAX && bytes < GROUP_BYTES_MAX {
+            let Ok(next) = requests.try_recv() else { break };
+            events += next.events.len();
+            bytes += next.bytes();
+            group.push(next);
+        }
+        if conn.as_ref().is_none_or(|conn| conn.client.is_closed()) {
+            conn = None;
+            match Conn::open(&shared).await {
+                Ok(opened) => conn = Some(opened),
+                Err(error) => {
+                    for request in group {
+                        let _ = request.reply.send(Err(error.clone()));
+                    }
+                    continue;
+                }
+            }
+        }
+        let Some(open) = &conn else { continue };
+        let started = Instant::now();
+        let (replies, group) = split(group);
+        match commit(&shared, open, group).await {
+            Ok(outcomes) => {
+                shared.stats.record_commit(started.elapsed(), events as u64);
+                for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                    let _ = reply.send(outcome);
+                }
+            }
+            Err(error) => {
+                // Ends a transaction still open (a warning when there is none).
+                let _ = open.client.batch_execute("rollback").await;
+                tracing::warn!("a commit group failed: {error}");
+                for reply in replies {
+                    let _ = reply.send(Err(error.clone()));
+                }
+            }
+        }
+    }
+}
+
+type Reply = oneshot::Sender<Result<Vec<Event>, StoreError>>;
+
+/// Work of a request, apart from its reply.
+struct Work {
+    events: Vec<Event>,
+    stored: Vec<(Hash, Arc<Vec<u8>>)>,
+    expect: Vec<(Topic, Expect)>,
+    key: Option<(String, [u8; 32])>,
+}
+
+fn split(group: Vec<Request>) -> (Vec<Reply>, Vec<Work>) {
+    group
+        .into_iter()
+        .map(|r| (r.reply, Work { events: r.events, stored: r.stored, expect: r.expect, key: r.key }))
+        .unzip()
+}
+
+/// What became of one request of a group.
+enum Planned {
+    Written(Vec<Event>),
+    /// A repeat of a key written before: its first write's ids.
+    Repeat(Vec<EventId>),
+    Failed(StoreError),
+}
+
+/// The columns of new rows.
+#[derive(Default)]
+pub(crate) struct Columns {
+    id: Vec<Vec<u8>>,
+    topic: Vec<String>,
+    seq: Vec<i64>,
+    kind: Vec<Option<String>>,
+    meta: Vec<Option<String>>,
+    user: Vec<Option<String>>,
+    hash: Vec<Option<Vec<u8>>>,
+    size: Vec<i64>,
+    ttl: Vec<String>,
+    expires: Vec<Option<i64>>,
+    imported: Vec<bool>,
+    payload: Vec<Option<Vec<u8>>>,
+}
+
+impl Columns {
+    pub(crate) fn push(&mut self, event: &Event) {
+        self.id.push(event.id.to_bytes().to_vec());
+        self.topic.push(event.topic.as_str().to_owned());
+        self.seq.push(event.seq as i64);
+        self.kind.push(event.kind.clone());
+        self.meta.push(event.meta.clone());
+        self.user.push(event.user.clone());
+        self.hash.push(event.hash.map(|hash| hash.0.to_vec()));
+        self.size.push(event.size as i64);
+        self.ttl.push(event.ttl.to_string());
+        self.expires.push(rows::expires_ms(event.id, event.ttl));
+        self.imported.push(event.imported);
+        self.payload.push(event.inline_payload().map(<[u8]>::to_vec));
+    }
+
+    /// The parameters of [`INSERT_EVENTS`].
+    pub(crate) fn params(&self) -> [&(dyn ToSql + Sync); 12] {
+        [
+            &self.id,
+            &self.topic,
+            &self.seq,
+            &self.kind,
+            &self.meta,
+            &self.user,
+            &self.hash,
+            &self.size,
+            &self.ttl,
+            &self.expires,
+            &self.imported,
+            &self.payload,
+        ]
+    }
+
+    /// The first row's id.
+    pub(crate) fn first_id(&self) -> [u8; 16] {
+        self.id.first().and_then(|id| id.as_slice().try_into().ok()).unwrap_or([0; 16])
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.id.is_empty()
+    }
+}
+
+/// Commits one group; the outcome of each request, in order.
+async fn commit(
+    shared: &Shared,
+    conn: &Conn,
+    group: Vec<Work>,
+) -> Result<Vec<Result<Vec<Event>, StoreError>>, StoreError> {
+    let context = "committing appends";
+    let client = &conn.client;
+    let mut topic_names: Vec<&str> = Vec::new();
+    let mut key_names: Vec<&str> = Vec::new();
+    let mut stored_hashes: Vec<Vec<u8>> = Vec::new();
+    for work in &group {
+        for event in &work.events {
+            if !topic_names.contains(&event.topic.as_str()) {
+                topic_names.push(event.topic.as_str());
+            }
+        }
+        for (topic, _) in &work.expect {
+            if !topic_names.contains(&topic.as_str()) {
+                topic_names.push(topic.as_str());
+            }
+        }
+        if let Some((key, _)) = &work.key {
+            key_names.push(key);
+        }
+        stored_hashes.extend(work.stored.iter().map(|(hash, _)| hash.0.to_vec()));
+    }
+    let now_ms = now_ms();
+    let window_start = now_ms.saturating_sub(shared.options.idempotency_window_ms) as i64;
+
+    // Round trip 1: the lock, then what the plan needs, in one pipeline.
+    let topics_params: [&(dyn ToSql + Sync); 1] = [&topic_names];
+    let keys_params: [&(dyn ToSql + Sync); 2] = [&key_names, &window_start];
+    let present_params: [&(dyn ToSql + Sync); 1] = [&stored_hashes];
+    let (_, sequencer, topic_rows, key_rows, present_rows) = tokio::try_join!(
+        client.batch_execute("begin"),
+        client.query_one(&conn.lock, &[]),
+        client.query(&conn.topics, &topics_params),
+        client.query(&conn.keys, &keys_params),
+        client.query(&conn.present, &present_params),
+    )
+    .map_err(pg_error(context))?;
+    let old_ms: i64 = sequencer.get(0);
+    let old_ctr: &str = sequencer.get(1);
+    let old_ctr: u128 = old_ctr.parse().map_err(|_| StoreError::Corrupt {
+        location: "PostgreSQL table cairn_sequencer".into(),
+        detail: format!("counter {old_ctr:?}"),
+    })?;
+    let old_last = EventId::from_u128(((old_ms as u128) << 80) | old_ctr);
+    let mut next = if now_ms > old_ms as u64 { u128::from(now_ms) << 80 } else { old_last.to_u128() + 1 };
+
+    let mut tails: HashMap<String, Option<(u64, EventId)>> = HashMap::new();
+    for row in &topic_rows {
+        let topic: String = row.get(0);
+        let seq: i64 = row.get(1);
+        let id: &[u8] = row.get(2);
+        let id = rows::id_from(id).ok_or_else(|| StoreError::Corrupt {
+            location: "PostgreSQL table cairn_topics".into(),
+            detail: format!("topic {topic}: a bad last id"),
+        })?;
+        tails.insert(topic, Some((seq as u64, id)));
+    }
+    let mut known_keys: HashMap<String, ([u8; 32], Vec<EventId>)> = HashMap::new();
+    for row in &key_rows {
+        let key: String = row.get(0);
+        let fingerprint: &[u8] = row.get(1);
+        let ids: Vec<Vec<u8>> = row.get(2);
+        let fingerprint: [u8; 32] = fingerprint.try_into().unwrap_or([0; 32]);
+        known_keys.insert(key, (fingerprint, ids.iter().filter_map(|id| rows::id_from(id)).collect()));
+    }
+    let present: Vec<Vec<u8>> = present_rows.iter().map(|row| row.get(0)).collect();
+
+    // The plan.
+    let mut planned = Vec::with_capacity(group.len());
+    let mut stored_rows = Columns::default();
+    let mut ephemeral_rows = Columns::default();
+    // Per topic: events stored by this group (count), and the last stored.
+    let mut touched: BTreeMap<String, (i64, u64, EventId)> = BTreeMap::new();
+    let mut trims: BTreeMap<String, u64> = BTreeMap::new();
+    let mut new_keys: Vec<(String, Vec<u8>, Vec<Vec<u8>>)> = Vec::new();
+    let mut in_group_keys: HashMap<String, ([u8; 32], usize)> = HashMap::new();
+    let mut missing_content: Vec<(Hash, Arc<Vec<u8>>)> = Vec::new();
+    for (index, work) in group.into_iter().enumerate() {
+        if let Some((key, fingerprint)) = &work.key {
+            let conflict = || StoreError::IdempotencyConflict { key: key.clone() };
+            if let Some((first, at)) = in_group_keys.get(key) {
+                // The same key twice in one group: the first's outcome.
+                planned.push(if first != fingerprint {
+                    Planned::Failed(conflict())
+                } else {
+                    match &planned[*at] {
+                        Planned::Written(events) => Planned::Written(events.clone()),
+                        Planned::Repeat(ids) => Planned::Repeat(ids.clone()),
+                        Planned::Failed(error) => Planned::Failed(error.clone()),
+                    }
+                });
+                continue;
+            }
+            if let Some((first, ids)) = known_keys.get(key) {
+                planned.push(if first == fingerprint {
+                    Planned::Repeat(ids.clone())
+                } else {
+                    Planned::Failed(conflict())
+                });
+                in_group_keys.insert(key.clone(), (*fingerprint, index));
+                continue;
+            }
+        }
+        let tail = |topic: &str, tails: &HashMap<String, Option<(u64, EventId)>>| tails.get(topic).copied().flatten();
+        if let Some((topic, expectation)) =
+            work.expect.iter().find(|(topic, expectation)| !expectation.check(tail(topic.as_str(), &tails)))
+        {
+            let last = tail(topic.as_str(), &tails);
+            planned.push(Planned::Failed(StoreError::ExpectationFailed {
+                topic: topic.as_str().to_owned(),
+                expected: expectation.to_string(),
+                actual_seq: last.map(|(seq, _)| seq),
+                actual_id: last.map(|(_, id)| id),
+            }));
+            if let Some((key, fingerprint)) = &work.key {
+                in_group_keys.insert(key.clone(), (*fingerprint, index));
+            }
+            continue;
+        }
+        let mut events = work.events;
+        for event in &mut events {
+            event.id = EventId::from_u128(next);
+            next += 1;
+            let last = tail(event.topic.as_str(), &tails);
+            event.seq = last.map_or(0, |(seq, _)| seq + 1);
+            if event.ttl == Ttl::Ephemeral {
+                ephemeral_rows.push(event);
+                continue;
+            }
+            tails.insert(event.topic.as_str().to_owned(), Some((event.seq, event.id)));
+            let entry = touched.entry(event.topic.as_str().to_owned()).or_insert((0, 0, EventId::MIN));
+            *entry = (entry.0 + 1, event.seq, event.id);
+            if let Ttl::Last { n } = event.ttl {
+                // The last `last:<n>` of a topic in the group decides.
+                trims.insert(event.topic.as_str().to_owned(), n);
+            }
+            stored_rows.push(event);
+        }
+        for (hash, bytes) in work.stored {
+            if !present.iter().any(|p| p.as_slice() == hash.0) && !missing_content.iter().any(|(h, _)| *h == hash) {
+                missing_content.push((hash, bytes));
+            }
+        }
+        if let Some((key, fingerprint)) = &work.key {
+            let ids = events.iter().map(|event| event.id.to_bytes().to_vec()).collect();
+            new_keys.push((key.clone(), fingerprint.to_vec(), ids));
+            in_group_keys.insert(key.clone(), (*fingerprint, index));
+        }
+        planned.push(Planned::Written(events));
+    }
+    let group_last = EventId::from_u128(next - 1);
+
+    // Round trip 2: the writes and the commit, in one pipeline.
+    let written = !stored_rows.is_empty() || !ephemeral_rows.is_empty();
+    if written {
+        let (ms, ctr) = ((group_last.to_u128() >> 80) as i64, (group_last.to_u128() & ((1 << 80) - 1)).to_string());
+        let trim_cuts: Vec<(String, i64)> = trims
+            .iter()
+            .filter_map(|(topic, n)| {
+                let (_, last_seq, _) = touched.get(topic)?;
+                (*last_seq >= *n).then(|| (topic.clone(), (*last_seq - *n) as i64))
+            })
+            .collect();
+        let topic_names: Vec<&str> = touched.keys().map(String::as_str).collect();
+        let topic_last_seqs: Vec<i64> = touched.values().map(|(_, seq, _)| *seq as i64).collect();
+        let topic_last_ids: Vec<Vec<u8>> = touched.values().map(|(_, _, id)| id.to_bytes().to_vec()).collect();
+        let topic_counts: Vec<i64> = touched.values().map(|(count, _, _)| *count).collect();
+        let content_params: Vec<(Vec<u8>, &[u8])> =
+            missing_content.iter().map(|(hash, bytes)| (hash.0.to_vec(), bytes.as_slice())).collect();
+        let now = now_ms as i64;
+        let mut steps: Vec<BoxFuture<'_, Result<u64, tokio_postgres::Error>>> = Vec::new();
+        steps.push(Box::pin(client.execute_raw(&conn.advance, [&ms as &(dyn ToSql + Sync), &ctr])));
+        for (hash, bytes) in &content_params {
+            steps.push(Box::pin(client.execute_raw(&conn.put_content, [hash as &(dyn ToSql + Sync), bytes])));
+        }
+        let c = &stored_rows;
+        let stored_params = c.params();
+        if !c.is_empty() {
+            steps.push(Box::pin(client.execute_raw(&conn.insert, stored_params)));
+            let topic_params: [&(dyn ToSql + Sync); 4] =
+                [&topic_names, &topic_last_seqs, &topic_last_ids, &topic_counts];
+            steps.push(Box::pin(client.execute_raw(&conn.upsert_topics, topic_params)));
+        }
+        let e = &ephemeral_rows;
+        let ephemeral_params: [&(dyn ToSql + Sync); 9] =
+            [&e.id, &e.topic, &e.seq, &e.kind, &e.meta, &e.user, &e.hash, &e.size, &e.payload];
+        if !e.is_empty() {
+            steps.push(Box::pin(client.execute_raw(&conn.insert_ephemeral, ephemeral_params)));
+        }
+        for (topic, cut) in &trim_cuts {
+            steps.push(Box::pin(client.execute_raw(&conn.trim, [topic as &(dyn ToSql + Sync), cut])));
+        }
+        for (key, fingerprint, ids) in &new_keys {
+            let params: [&(dyn ToSql + Sync); 4] = [key, fingerprint, ids, &now];
+            steps.push(Box::pin(client.execute_raw(&conn.insert_key, params)));
+        }
+        steps.push(Box::pin(async move { client.batch_execute("commit").await.map(|()| 0) }));
+        try_join_all(steps).await.map_err(pg_error(context))?;
+        shared.changes_if(!trim_cuts.is_empty());
+    } else {
+        client.batch_execute("rollback").await.map_err(pg_error(context))?;
+    }
+
+    // The ring, then the answers: a caller that reads after its answer
+    // finds its events (and `last_id`) in place.
+    if written {
+        let mut published: Vec<Arc<Event>> = Vec::new();
+        for outcome in &planned {
+            if let Planned::Written(events) = outcome {
+                published.extend(events.iter().cloned().map(Arc::new));
+            }
+        }
+        published.sort_by_key(|event| event.id);
+        published.dedup_by_key(|event| event.id);
+        shared.publish_own(published, old_last, group_last).await;
+        shared.notify_others();
+    }
+    let mut outcomes = Vec::with_capacity(planned.len());
+    for outcome in planned {
+        outcomes.push(match outcome {
+            Planned::Written(events) => Ok(events),
+            Planned::Failed(error) => Err(error),
+            Planned::Repeat(ids) => shared.events_by_id(&ids).await,
+        });
+    }
+    shared.stats.appended.fetch_add(stored_rows.id.len() as u64, Ordering::Relaxed);
+    Ok(outcomes)
+}
+
+/// Now, in ms since the Unix epoch.
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_millis() as u64)
+}
