@@ -17,7 +17,8 @@
 //!   swept after a minute;
 //! - `topics`: per topic the last seq and id ever appended and the count
 //!   of stored events;
-//! - `idempotency`: keys within their window, with the fingerprint and ids
+//! - `idempotency`: keys (bytes: front ends scope them with a NUL, which
+//!   `text` cannot hold) within their window, with the fingerprint and ids
 //!   of the first write;
 //! - `content`: payloads above the inline limit, and content stored on its
 //!   own (`standalone`), by sha256;
@@ -83,7 +84,7 @@ create table cairn_topics (
 );
 
 create table cairn_idempotency (
-    key text collate "C" primary key,
+    key bytea primary key,
     fingerprint bytea not null,
     ids bytea[] not null,
     at_ms bigint not null

@@ -197,6 +197,9 @@ fn split(group: Vec<Request>) -> (Vec<Reply>, Vec<Work>) {
         .unzip()
 }
 
+/// An idempotency key to remember: the key, the fingerprint, the ids.
+type NewKey = (Vec<u8>, Vec<u8>, Vec<Vec<u8>>);
+
 /// What became of one request of a group.
 enum Planned {
     Written(Vec<Event>),
@@ -275,7 +278,7 @@ async fn commit(
     let context = "committing appends";
     let client = &conn.client;
     let mut topic_names: Vec<&str> = Vec::new();
-    let mut key_names: Vec<&str> = Vec::new();
+    let mut key_names: Vec<&[u8]> = Vec::new();
     let mut stored_hashes: Vec<Vec<u8>> = Vec::new();
     for work in &group {
         for event in &work.events {
@@ -289,7 +292,7 @@ async fn commit(
             }
         }
         if let Some((key, _)) = &work.key {
-            key_names.push(key);
+            key_names.push(key.as_bytes());
         }
         stored_hashes.extend(work.stored.iter().map(|(hash, _)| hash.0.to_vec()));
     }
@@ -330,7 +333,8 @@ async fn commit(
     }
     let mut known_keys: HashMap<String, ([u8; 32], Vec<EventId>)> = HashMap::new();
     for row in &key_rows {
-        let key: String = row.get(0);
+        let key: Vec<u8> = row.get(0);
+        let key = String::from_utf8_lossy(&key).into_owned();
         let fingerprint: &[u8] = row.get(1);
         let ids: Vec<Vec<u8>> = row.get(2);
         let fingerprint: [u8; 32] = fingerprint.try_into().unwrap_or([0; 32]);
@@ -345,7 +349,7 @@ async fn commit(
     // Per topic: events stored by this group (count), and the last stored.
     let mut touched: BTreeMap<String, (i64, u64, EventId)> = BTreeMap::new();
     let mut trims: BTreeMap<String, u64> = BTreeMap::new();
-    let mut new_keys: Vec<(String, Vec<u8>, Vec<Vec<u8>>)> = Vec::new();
+    let mut new_keys: Vec<NewKey> = Vec::new();
     let mut in_group_keys: HashMap<String, ([u8; 32], usize)> = HashMap::new();
     let mut missing_content: Vec<(Hash, Arc<Vec<u8>>)> = Vec::new();
     for (index, work) in group.into_iter().enumerate() {
@@ -416,7 +420,7 @@ async fn commit(
         }
         if let Some((key, fingerprint)) = &work.key {
             let ids = events.iter().map(|event| event.id.to_bytes().to_vec()).collect();
-            new_keys.push((key.clone(), fingerprint.to_vec(), ids));
+            new_keys.push((key.as_bytes().to_vec(), fingerprint.to_vec(), ids));
             in_group_keys.insert(key.clone(), (*fingerprint, index));
         }
         planned.push(Planned::Written(events));

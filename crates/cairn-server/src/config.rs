@@ -34,7 +34,7 @@ pub struct ServeArgs {
     /// body_timeout, shutdown_grace, compat_topic, allow_host, allow_origin,
     /// cors_origin, resp, no_resp, resp_require_auth, resp_command_bytes_max,
     /// resp_unauthenticated_bytes_max, allow_delete, compact_ratio,
-    /// no_compress, segment_bytes). Flags and environment
+    /// no_compress, segment_bytes, postgres). Flags and environment
     /// variables win.
     #[arg(long, env = "CAIRN_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -44,6 +44,15 @@ pub struct ServeArgs {
     /// authentication unless --insecure-no-auth. [config: http]
     #[arg(long, env = "CAIRN_HTTP", value_name = "ADDR")]
     pub http: Option<SocketAddr>,
+
+    /// Keep the events in PostgreSQL instead of the store directory: a URL
+    /// (postgres://user:password@host:port/database) or a key=value
+    /// connection string. Several servers may serve one database; the store
+    /// directory then only holds this server's socket, lock and users.
+    /// Prefer the environment variable or the config file for a URL with a
+    /// password. [config: postgres]
+    #[arg(long, env = "CAIRN_POSTGRES", value_name = "URL", hide_env_values = true)]
+    pub postgres: Option<String>,
 
     /// The Unix socket to listen on (mode 0600: local, trusted access).
     /// [default: <store>/cairn.sock] [config: socket]
@@ -189,6 +198,7 @@ struct ConfigFile {
     compact_ratio: Option<toml::Value>,
     segment_bytes: Option<u64>,
     no_compress: Option<bool>,
+    postgres: Option<String>,
 }
 
 /// Resolved settings of a server.
@@ -238,6 +248,8 @@ pub struct Config {
     pub segment_bytes: u64,
     /// Sealed segments are compressed.
     pub compress: bool,
+    /// A PostgreSQL database that keeps the events instead of the store.
+    pub postgres: Option<String>,
 }
 
 impl Config {
@@ -329,6 +341,7 @@ impl Config {
         let segment_bytes =
             args.segment_bytes.or(file.segment_bytes).unwrap_or(cairn_service::limits::SEGMENT_BYTES_DEFAULT);
         Ok(Config {
+            postgres: args.postgres.or(file.postgres),
             compact_ratio,
             segment_bytes,
             compress: !(args.no_compress || file.no_compress.unwrap_or(false)),

@@ -94,18 +94,30 @@ pub async fn serve(config: Config, until: impl Future<Output = ()>, ready: impl 
         ..StoreOptions::default()
     };
     let options = ServiceOptions { allow_delete: config.allow_delete };
-    let (service, truncated) = cairn_service::open_local(config.store.clone(), store_options, options)
-        .await
-        .with_context(|| format!("open store {}", config.store.display()))?;
-    if let Some(cut) = &truncated {
-        tracing::warn!(
-            "recovered: cut {} bytes of an unfinished write at segment {} offset {} ({})",
-            cut.bytes,
-            cut.segment,
-            cut.offset,
-            cut.reason
-        );
-    }
+    // Held until the server ends: one server per directory.
+    let mut _lock = None;
+    let service = match &config.postgres {
+        Some(url) => {
+            let (service, lock) = open_postgres(url, &config.store, options).await?;
+            _lock = Some(lock);
+            service
+        }
+        None => {
+            let (service, truncated) = cairn_service::open_local(config.store.clone(), store_options, options)
+                .await
+                .with_context(|| format!("open store {}", config.store.display()))?;
+            if let Some(cut) = &truncated {
+                tracing::warn!(
+                    "recovered: cut {} bytes of an unfinished write at segment {} offset {} ({})",
+                    cut.bytes,
+                    cut.segment,
+                    cut.offset,
+                    cut.reason
+                );
+            }
+            service
+        }
+    };
     let unix = listen::bind_unix(&config.socket)?;
     let mut addresses = vec![format!("unix:{}", config.socket.display())];
     let (tcp, http) = match config.http {
@@ -179,6 +191,24 @@ pub async fn serve(config: Config, until: impl Future<Output = ()>, ready: impl 
     drop(app);
     service.close().await;
     Ok(())
+}
+
+/// A service whose events live in PostgreSQL: `dir` holds the socket, the
+/// lock and the users.
+async fn open_postgres(
+    url: &str,
+    dir: &std::path::Path,
+    options: ServiceOptions,
+) -> Result<(cairn_service::Service, std::fs::File)> {
+    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    let lock = cairn_service::lock_directory(dir).with_context(|| format!("lock {}", dir.display()))?;
+    let users = cairn_service::Users::open(dir).with_context(|| format!("read the users of {}", dir.display()))?;
+    // The URL may hold a password: errors name the database, not the URL.
+    let storage = cairn_postgres::Postgres::open(url, cairn_postgres::Options::default())
+        .await
+        .context("open the PostgreSQL database given by --postgres")?;
+    tracing::info!("events are kept in PostgreSQL; {} holds the socket and users", dir.display());
+    Ok((cairn_service::Service::new(std::sync::Arc::new(storage), users, options), lock))
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -381,7 +381,7 @@ impl Store {
         let dir = dir.as_ref().to_path_buf();
         crate::private::ensure_private_dir(&dir)
             .map_err(StoreError::io(format!("create store directory {}", dir.display())))?;
-        let lock = lock(&dir)?;
+        let lock = lock_directory(&dir)?;
         let store_id = store_id(&dir)?;
         let log_dir = dir.join("log");
         crate::private::ensure_private_dir(&log_dir).map_err(StoreError::io("create log directory"))?;
@@ -1107,7 +1107,9 @@ fn store_id(dir: &Path) -> Result<String> {
 const LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Takes the store's exclusive lock (`<dir>/LOCK`) and writes who holds it.
-fn lock(dir: &Path) -> Result<File> {
+/// Held while the returned file is open. A server on another backend takes
+/// it too, so its directory (socket, users) has one user at a time.
+pub fn lock_directory(dir: &Path) -> Result<File> {
     let path = dir.join("LOCK");
     let mut file = crate::private::file_options()
         .read(true)

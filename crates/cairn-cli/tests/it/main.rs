@@ -16,6 +16,7 @@ mod errors;
 mod hostile;
 mod http;
 mod lifecycle;
+mod postgres;
 mod redis_clients;
 mod resp;
 mod security;

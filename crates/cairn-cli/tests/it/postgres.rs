@@ -1,0 +1,239 @@
+//! cairn on PostgreSQL end to end: real `cairn serve --postgres` processes
+//! on one database of a private cluster (`cairn_postgres::Cluster`), with
+//! writers over HTTP and the Redis protocol and followers on every process.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use cairn_client::Client;
+use cairn_postgres::Cluster;
+
+use crate::Cairn;
+use crate::serve::{Server, call};
+
+/// A new database in `cluster`, by URL.
+fn database(cluster: &Cluster, name: &str) -> String {
+    cluster.psql(&format!("create database {name}")).unwrap();
+    cluster.url(name)
+}
+
+/// A server on `url`, with its own directory (socket, lock, users).
+fn server(url: &str) -> (Cairn, Server) {
+    let cairn = Cairn::new();
+    let mut command = cairn.command(&["serve", "--http", "127.0.0.1:0", "--insecure-no-auth"]);
+    command.env("CAIRN_POSTGRES", url);
+    let server = Server::spawn(command);
+    (cairn, server)
+}
+
+/// An event as a follower saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Seen {
+    id: String,
+    topic: String,
+    seq: u64,
+}
+
+/// Follows `>` on `client` until `total` events of topics starting `w.`
+/// arrived (or 120 s passed).
+async fn follow(client: Client, total: usize) -> Vec<Seen> {
+    let mut connection = client.connect().await.unwrap();
+    let mut stream = connection.request("GET", "/v1/events?topic=w.%3E&follow=true", &[], "".into()).await.unwrap();
+    assert_eq!(stream.status, 200);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let (mut seen, mut buffer) = (Vec::new(), Vec::new());
+    while seen.len() < total {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let chunk = tokio::time::timeout(left, stream.chunk()).await;
+        let chunk = chunk.unwrap_or_else(|_| panic!("a follower saw {} of {total} events", seen.len()));
+        let Some(chunk) = chunk.unwrap() else { panic!("a follow ended after {} of {total} events", seen.len()) };
+        buffer.extend_from_slice(&chunk);
+        while let Some(end) = buffer.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = buffer.drain(..=end).collect();
+            let event: serde_json::Value = serde_json::from_slice(&line).unwrap();
+            seen.push(Seen {
+                id: event["id"].as_str().unwrap().to_owned(),
+                topic: event["topic"].as_str().unwrap().to_owned(),
+                seq: event["seq"].as_u64().unwrap(),
+            });
+        }
+    }
+    seen
+}
+
+/// Checks one follower's view: ids strictly increase, and each topic's seqs
+/// run from 0 with no gap or repeat.
+fn check_order(seen: &[Seen]) {
+    let mut seqs: HashMap<&str, u64> = HashMap::new();
+    for pair in seen.windows(2) {
+        assert!(pair[0].id < pair[1].id, "ids out of order: {pair:?}");
+    }
+    for event in seen {
+        let expected = seqs.get(event.topic.as_str()).map_or(0, |seq| seq + 1);
+        assert_eq!(event.seq, expected, "a gap or repeat in {}", event.topic);
+        seqs.insert(&event.topic, event.seq);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_servers_on_one_database_agree_on_one_order() {
+    let cluster = Cluster::start(&[]).unwrap();
+    let url = database(&cluster, "three");
+    let servers: Vec<(Cairn, Server)> = (0..3).map(|_| server(&url)).collect();
+    const EACH: usize = 150;
+    // Per server: two HTTP writers and one Redis writer.
+    let total = servers.len() * 3 * EACH;
+    let followers: Vec<_> = servers.iter().map(|(_, server)| tokio::spawn(follow(server.tcp(), total))).collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut http_writers = Vec::new();
+    let mut resp_writers = Vec::new();
+    for (s, (_, server)) in servers.iter().enumerate() {
+        for w in 0..2 {
+            let tcp = server.tcp();
+            http_writers.push(tokio::spawn(async move {
+                let mut acked = Vec::new();
+                for n in 0..EACH {
+                    let reply = call(&tcp, "POST", &format!("/v1/topics/w.{s}.h{w}/events"), &[], format!("{n}")).await;
+                    assert_eq!(reply.status, 201, "{}", String::from_utf8_lossy(&reply.body));
+                    acked.push(reply.json()["id"].as_str().unwrap().to_owned());
+                }
+                acked
+            }));
+        }
+        let address = server.resp();
+        resp_writers.push(tokio::task::spawn_blocking(move || {
+            let mut redis = redis::Client::open(format!("redis://{address}/")).unwrap().get_connection().unwrap();
+            let topic = format!("w.{s}.r");
+            (0..EACH)
+                .map(|n| {
+                    let id: String = redis::cmd("XADD").arg(&topic).arg("*").arg("n").arg(n).query(&mut redis).unwrap();
+                    let seq: u64 = id.split_once('-').unwrap().1.parse().unwrap();
+                    (topic.clone(), seq)
+                })
+                .collect::<Vec<_>>()
+        }));
+    }
+    let mut acked_ids = HashSet::new();
+    for writer in http_writers {
+        acked_ids.extend(writer.await.unwrap());
+    }
+    let mut acked_entries = HashSet::new();
+    for writer in resp_writers {
+        acked_entries.extend(writer.await.unwrap());
+    }
+    let mut views = Vec::new();
+    for follower in followers {
+        views.push(follower.await.unwrap());
+    }
+    for view in &views {
+        check_order(view);
+        assert_eq!(view, &views[0], "every follower sees the same events in the same order");
+    }
+    let ids: HashSet<&str> = views[0].iter().map(|seen| seen.id.as_str()).collect();
+    assert!(acked_ids.iter().all(|id| ids.contains(id.as_str())), "every acknowledged HTTP append is seen");
+    let entries: HashSet<(String, u64)> = views[0].iter().map(|seen| (seen.topic.clone(), seen.seq)).collect();
+    assert!(acked_entries.iter().all(|entry| entries.contains(entry)), "every acknowledged XADD is seen");
+    // A read through any process gives the same events.
+    for (_, server) in &servers {
+        let reply = call(&server.tcp(), "GET", "/v1/events?topic=w.%3E", &[], "").await;
+        assert_eq!(reply.lines().len(), total);
+    }
+    for (_, server) in servers {
+        assert!(server.terminate().success());
+    }
+}
+
+/// Appends `count` events to `topic` through `tcp`, each under its own
+/// idempotency key, retrying each until it is acknowledged (or the server
+/// is gone); returns the acknowledged ids and the error codes seen.
+async fn persistent_writer(tcp: Client, topic: String, count: usize) -> (Vec<String>, Vec<String>) {
+    let (mut acked, mut errors) = (Vec::new(), Vec::new());
+    for n in 0..count {
+        let key = format!("{topic}-{n}");
+        let path = format!("/v1/topics/{topic}/events?key={key}");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            assert!(Instant::now() < deadline, "{topic}: append {n} never succeeded: {errors:?}");
+            let attempt = async {
+                let mut connection = tcp.connect().await.ok()?;
+                let response = connection
+                    .send("POST", &path, &[], cairn_client::RequestBody::from(format!("{n}").into_bytes()))
+                    .await
+                    .ok()?;
+                let status = response.status;
+                let body = response.bytes().await.ok()?;
+                Some((status, body))
+            };
+            match attempt.await {
+                Some((201 | 200, body)) => {
+                    let reply: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                    acked.push(reply["id"].as_str().unwrap().to_owned());
+                    break;
+                }
+                Some((status, body)) => {
+                    let reply: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                    errors.push(format!("{status} {}", reply["error"]["code"].as_str().unwrap_or("?")));
+                }
+                // The server is gone (killed): this writer is done.
+                None => return (acked, errors),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    (acked, errors)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_acknowledged_is_lost_when_a_server_dies_or_postgres_restarts() {
+    let cluster = Cluster::start(&[]).unwrap();
+    let url = database(&cluster, "outage");
+    let (_a_dir, a) = server(&url);
+    let (_b_dir, b) = server(&url);
+    const EACH: usize = 400;
+    let writers: Vec<_> = [("a", &a), ("b", &b)]
+        .into_iter()
+        .flat_map(|(name, server)| {
+            (0..2).map(move |w| tokio::spawn(persistent_writer(server.tcp(), format!("w.{name}{w}"), EACH)))
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    a.kill9();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cluster.restart().unwrap();
+    let mut acked = Vec::new();
+    let mut errors = Vec::new();
+    for writer in writers {
+        let (ids, seen) = writer.await.unwrap();
+        acked.extend(ids);
+        errors.extend(seen);
+    }
+    // The restart came while b's writers ran: they got clear, retryable
+    // errors, and then went on.
+    assert!(!errors.is_empty(), "the restart was not noticed");
+    assert!(errors.iter().all(|error| error == "503 unavailable"), "{errors:?}");
+    // Everything acknowledged is there once, through b and a new a.
+    let (_c_dir, c) = server(&url);
+    for server in [&b, &c] {
+        let reply = call(&server.tcp(), "GET", "/v1/events?topic=w.%3E", &[], "").await;
+        let stored: Vec<String> = reply.lines().iter().map(|event| event["id"].as_str().unwrap().to_owned()).collect();
+        let unique: HashSet<&String> = stored.iter().collect();
+        assert_eq!(unique.len(), stored.len(), "no event is stored twice");
+        for id in &acked {
+            assert!(unique.contains(id), "acknowledged event {id} was lost");
+        }
+        let seen: Vec<Seen> = reply
+            .lines()
+            .iter()
+            .map(|event| Seen {
+                id: event["id"].as_str().unwrap().to_owned(),
+                topic: event["topic"].as_str().unwrap().to_owned(),
+                seq: event["seq"].as_u64().unwrap(),
+            })
+            .collect();
+        check_order(&seen);
+    }
+    let b_topics = call(&b.tcp(), "GET", "/v1/topics/w.b0", &[], "").await;
+    assert_eq!(b_topics.json()["count"], EACH, "b's writers finished");
+    assert!(b.terminate().success());
+    assert!(c.terminate().success());
+}
