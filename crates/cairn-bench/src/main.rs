@@ -111,6 +111,21 @@ enum Which {
         #[arg(long, default_value_t = 3)]
         seconds: u64,
     },
+    /// cairn on PostgreSQL: durable appends from 1 and 16 clients and
+    /// batches of 100 through cairn's PostgreSQL backend next to raw
+    /// bigserial inserts in the same run, a catch-up read, and the latency
+    /// from an append on one cairn instance to delivery on another.
+    Postgres {
+        /// Rounds (cairn and the raw baseline alternate within each).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Seconds per way and round.
+        #[arg(long, default_value_t = 3)]
+        seconds: u64,
+        /// Events in the catch-up read.
+        #[arg(long, default_value_t = 1_000_000)]
+        events: usize,
+    },
     /// Open time of a store with 10 million events.
     Open {
         /// Events in the store.
@@ -172,6 +187,7 @@ fn main() -> anyhow::Result<()> {
         Which::Compact { events, rounds } => bench.compact(events, rounds)?,
         Which::Compress { events } => bench.compress(events)?,
         Which::PostgresOrder { rounds, seconds } => postgres::order(rounds, seconds)?,
+        Which::Postgres { rounds, seconds, events } => postgres::cairn(rounds, seconds, events)?,
         _ => {}
     }
     Ok(())

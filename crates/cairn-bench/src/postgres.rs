@@ -252,3 +252,186 @@ fn median(values: &[f64]) -> f64 {
     sorted.sort_by(f64::total_cmp);
     sorted.get(sorted.len() / 2).copied().unwrap_or(0.0)
 }
+
+/// `cairn-bench postgres`: cairn's PostgreSQL backend (the storage seam a
+/// server uses, in this process) on a private cluster, next to raw
+/// `bigserial` inserts of the same payloads in the same run and database
+/// settings (synchronous_commit on, fsync on): durable appends from 1 and
+/// 16 clients, batches of 100, a catch-up read of `events` events, and the
+/// latency from an append on one cairn instance to its delivery on another
+/// (separate connections, tails and listeners: what two processes have).
+pub fn cairn(rounds: usize, seconds: u64, events: usize) -> Result<()> {
+    use cairn_store::{Batch, Expect, NewEvent, Pattern, Query, Storage, Topic};
+
+    anyhow::ensure!(rounds > 0, "--rounds must be at least 1");
+    let cluster = Cluster::start(&[("max_connections", "100"), ("shared_buffers", "'256MB'")])?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    runtime.block_on(async {
+        let (setup, connection) = connect(&cluster.url("postgres")).await?;
+        tokio::spawn(connection);
+        setup.batch_execute(SCHEMA).await.context("schema")?;
+        setup.batch_execute("create database cairn").await.context("create database")?;
+        let url = cluster.url("cairn");
+        let storage: Arc<dyn Storage> =
+            Arc::new(cairn_postgres::Postgres::open(&url, cairn_postgres::Options::default()).await?);
+        let payload = vec![b'x'; PAYLOAD_BYTES];
+
+        for (clients, batch) in [(1usize, 1usize), (16, 1), (16, 100)] {
+            let (mut raw_rates, mut cairn_rates) = (Vec::new(), Vec::new());
+            let (mut raw_samples, mut cairn_samples) = (Samples::default(), Samples::default());
+            for _ in 0..rounds {
+                let (rate, samples) = if batch == 1 {
+                    run(&cluster, Way::Unsafe, clients, Duration::from_secs(seconds)).await?
+                } else {
+                    raw_batches(&cluster, clients, batch, Duration::from_secs(seconds)).await?
+                };
+                raw_rates.push(rate);
+                raw_samples.extend(samples);
+                let stop = Arc::new(AtomicBool::new(false));
+                let tasks: Vec<_> = (0..clients)
+                    .map(|n| {
+                        let (storage, stop, payload) = (storage.clone(), stop.clone(), payload.clone());
+                        tokio::spawn(async move {
+                            let topic = Topic::new(&format!("bench.{n}"))?;
+                            let (mut count, mut samples) = (0u64, Samples::default());
+                            while !stop.load(Ordering::Relaxed) {
+                                let events = (0..batch).map(|_| NewEvent::new(topic.clone(), payload.clone()));
+                                let batch = Batch { events: events.collect(), ..Batch::default() };
+                                let started = Instant::now();
+                                count += storage.submit(batch, false).await?.await?.len() as u64;
+                                samples.push(started.elapsed());
+                            }
+                            anyhow::Ok((count, samples))
+                        })
+                    })
+                    .collect();
+                let started = Instant::now();
+                tokio::time::sleep(Duration::from_secs(seconds)).await;
+                stop.store(true, Ordering::Relaxed);
+                let mut total = 0;
+                for task in tasks {
+                    let (count, samples) = task.await??;
+                    total += count;
+                    cairn_samples.extend(samples);
+                }
+                cairn_rates.push(total as f64 / started.elapsed().as_secs_f64());
+            }
+            let shape = if batch == 1 { "single appends".to_owned() } else { format!("batches of {batch}") };
+            let (raw, ours) = (median(&raw_rates), median(&cairn_rates));
+            let list = |rates: &[f64]| rates.iter().map(|rate| format_rate(*rate)).collect::<Vec<_>>().join(", ");
+            let name = format!("raw bigserial inserts, {shape}, {clients} client(s) ({})", list(&raw_rates));
+            row(&name, &format_rate(raw), Some(&mut raw_samples), None, None);
+            let name = format!("cairn on PostgreSQL, {shape}, {clients} client(s) ({})", list(&cairn_rates));
+            row(&name, &format_rate(ours), Some(&mut cairn_samples), Some(raw), Some(ours));
+        }
+
+        // Catch-up: a read of every event of one topic, in chunks.
+        let topic = Topic::new("catchup")?;
+        let mut written = 0;
+        while written < events {
+            let n = (events - written).min(10_000);
+            let batch = Batch {
+                events: (0..n).map(|_| NewEvent::new(topic.clone(), payload.clone())).collect(),
+                ..Batch::default()
+            };
+            storage.submit(batch, false).await?.await?;
+            written += n;
+        }
+        let started = Instant::now();
+        let mut reader = storage.read(Query::new(Pattern::Exact(topic.clone())), false).await?;
+        let mut read = 0;
+        loop {
+            let chunk = reader.next(10_000).await?;
+            if chunk.is_empty() {
+                break;
+            }
+            read += chunk.len();
+        }
+        anyhow::ensure!(read == events, "read {read} of {events}");
+        let ours = read as f64 / started.elapsed().as_secs_f64();
+        // The same rows read raw: keyset chunks, no decoding.
+        let (raw_client, connection) = connect(&url).await?;
+        tokio::spawn(connection);
+        let chunk = raw_client
+            .prepare(
+                "select id, topic, seq, payload from cairn_events where topic = $1 and id > $2 order by id limit 10000",
+            )
+            .await?;
+        let started = Instant::now();
+        let (mut last, mut raw_read) = (Vec::<u8>::new(), 0);
+        loop {
+            let rows = raw_client.query(&chunk, &[&"catchup", &last]).await?;
+            let Some(row) = rows.last() else { break };
+            last = row.get(0);
+            raw_read += rows.len();
+        }
+        let raw = raw_read as f64 / started.elapsed().as_secs_f64();
+        row(&format!("raw keyset read of {events} rows"), &format_rate(raw), None, None, None);
+        row(&format!("cairn catch-up read of {events} events"), &format_rate(ours), None, Some(raw), Some(ours));
+
+        // Publish on one instance, delivery on another.
+        let other: Arc<dyn Storage> =
+            Arc::new(cairn_postgres::Postgres::open(&url, cairn_postgres::Options::default()).await?);
+        let latency = Topic::new("latency")?;
+        let mut subscription = cairn_store::Subscription::live(
+            other.clone(),
+            Pattern::Exact(latency.clone()),
+            cairn_store::SubscribeOptions::default(),
+        );
+        let mut samples = Samples::default();
+        for _ in 0..rounds * 200 {
+            let started = Instant::now();
+            storage
+                .submit(Batch::single(NewEvent::new(latency.clone(), payload.clone()), Expect::Any), false)
+                .await?
+                .await?;
+            loop {
+                let delivered = tokio::time::timeout(Duration::from_secs(10), subscription.next()).await??;
+                if matches!(delivered, cairn_store::Delivery::Event(_)) {
+                    break;
+                }
+            }
+            samples.push(started.elapsed());
+        }
+        row("append on one cairn instance -> delivered on another", "-", Some(&mut samples), None, None);
+        anyhow::Ok(())
+    })?;
+    Ok(())
+}
+
+/// One round of raw batches: each client inserts `batch` rows per
+/// transaction with one multi-row insert.
+async fn raw_batches(cluster: &Cluster, clients: usize, batch: usize, length: Duration) -> Result<(f64, Samples)> {
+    let url = cluster.url("postgres");
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for n in 0..clients {
+        let stop = stop.clone();
+        let (client, connection) = connect(&url).await?;
+        tokio::spawn(connection);
+        tasks.push(tokio::spawn(async move {
+            let insert = client
+                .prepare("insert into raw_events (topic, payload) select * from unnest($1::text[], $2::bytea[])")
+                .await?;
+            let topics = vec![format!("bench.{n}"); batch];
+            let payloads = vec![vec![b'x'; PAYLOAD_BYTES]; batch];
+            let (mut count, mut samples) = (0u64, Samples::default());
+            while !stop.load(Ordering::Relaxed) {
+                let started = Instant::now();
+                count += client.execute(&insert, &[&topics, &payloads]).await?;
+                samples.push(started.elapsed());
+            }
+            anyhow::Ok((count, samples))
+        }));
+    }
+    let started = Instant::now();
+    tokio::time::sleep(length).await;
+    stop.store(true, Ordering::Relaxed);
+    let (mut total, mut all) = (0, Samples::default());
+    for task in tasks {
+        let (count, samples) = task.await??;
+        total += count;
+        all.extend(samples);
+    }
+    Ok((total as f64 / started.elapsed().as_secs_f64(), all))
+}

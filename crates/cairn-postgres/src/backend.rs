@@ -140,14 +140,15 @@ impl Shared {
     }
 
     /// Publishes events the tail read (in id order), skipping any already
-    /// in the ring.
-    pub(crate) async fn publish_read(&self, events: Vec<Arc<Event>>) {
+    /// in the ring; everything up to `through` was read.
+    pub(crate) async fn publish_read(&self, events: Vec<Arc<Event>>, through: EventId) {
         let _order = self.publish.lock().await;
         let ring_last = self.live.last();
-        let fresh: Vec<Arc<Event>> = events.into_iter().filter(|event| event.id > ring_last).collect();
-        if let Some(last) = fresh.last().map(|event| event.id) {
-            self.live.publish(fresh, last, true);
+        if through <= ring_last {
+            return;
         }
+        let fresh: Vec<Arc<Event>> = events.into_iter().filter(|event| event.id > ring_last).collect();
+        self.live.publish(fresh, through, true);
     }
 
     /// Tells other processes (through the notifier) that this one committed.
@@ -216,6 +217,16 @@ impl Postgres {
         if config.get_application_name().is_none() {
             config.application_name("cairn");
         }
+        // Every read cairn makes walks an index in id (or key) order with a
+        // limit; a sort instead means reading every matching row for each
+        // chunk. Right after a bulk append the statistics are stale and
+        // the planner would choose that (seen: 0.06x a raw read), so cairn's
+        // sessions price sorts out. It is a cost, not a ban.
+        let startup = match config.get_options() {
+            Some(given) => format!("{given} -c enable_sort=off"),
+            None => "-c enable_sort=off".to_owned(),
+        };
+        config.options(&startup);
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(10));
         }

@@ -130,26 +130,49 @@ pub(crate) async fn tail(shared: Arc<Shared>) {
     }
 }
 
-/// One read of the tail; whether it was a full chunk (more may follow).
+/// One read of the tail; whether more may follow. It looks at the
+/// sequencer first: most looks find it where the ring already is, and
+/// cost one lookup by primary key.
 async fn read_new(shared: &Shared) -> Result<bool, StoreError> {
     let context = "reading new commits";
     let client = shared.pool.get().await.map_err(pool_error(context))?;
-    let sql = format!(
-        "select * from ((select {EVENT_COLUMNS} from cairn_events where id > $1) union all \
-         (select {EPHEMERAL_COLUMNS} from cairn_ephemeral where id > $1)) e order by id limit $2"
-    );
-    let statement = client.prepare_cached(&sql).await.map_err(pg_error(context))?;
-    let changes = client.prepare_cached("select changes from cairn_sequencer").await.map_err(pg_error(context))?;
-    let after = shared.live.last().to_bytes().to_vec();
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&after, &TAIL_CHUNK];
-    let (changes, rows) = tokio::try_join!(client.query_one(&changes, &[]), client.query(&statement, &params))
-        .map_err(pg_error(context))?;
-    let changes: i64 = changes.get(0);
+    let sequencer =
+        client.prepare_cached("select ms, ctr::text, changes from cairn_sequencer").await.map_err(pg_error(context))?;
+    let row = client.query_one(&sequencer, &[]).await.map_err(pg_error(context))?;
+    let changes: i64 = row.get(2);
     shared.changes.fetch_max(changes as u64, Ordering::Relaxed);
-    let full = rows.len() as i64 == TAIL_CHUNK;
-    let events = rows::events(&rows)?;
-    shared.publish_read(events).await;
-    Ok(full)
+    let through = crate::backend::sequencer_id(row.get(0), row.get(1))?;
+    let after = shared.live.last();
+    if through <= after {
+        return Ok(false);
+    }
+    let stored = format!("select {EVENT_COLUMNS} from cairn_events where id > $1 and id <= $2 order by id limit $3");
+    let ephemeral =
+        format!("select {EPHEMERAL_COLUMNS} from cairn_ephemeral where id > $1 and id <= $2 order by id limit $3");
+    let stored = client.prepare_cached(&stored).await.map_err(pg_error(context))?;
+    let ephemeral = client.prepare_cached(&ephemeral).await.map_err(pg_error(context))?;
+    let (after_bytes, through_bytes) = (after.to_bytes().to_vec(), through.to_bytes().to_vec());
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&after_bytes, &through_bytes, &TAIL_CHUNK];
+    let (stored_rows, ephemeral_rows) =
+        tokio::try_join!(client.query(&stored, &params), client.query(&ephemeral, &params))
+            .map_err(pg_error(context))?;
+    let mut stored = rows::events(&stored_rows)?;
+    let mut ephemeral = rows::events(&ephemeral_rows)?;
+    // A full chunk of either ends what is known to be complete.
+    let mut bound = through;
+    for chunk in [&stored, &ephemeral] {
+        if chunk.len() as i64 == TAIL_CHUNK
+            && let Some(last) = chunk.last()
+        {
+            bound = bound.min(last.id);
+        }
+    }
+    stored.retain(|event| event.id <= bound);
+    ephemeral.retain(|event| event.id <= bound);
+    stored.append(&mut ephemeral);
+    stored.sort_by_key(|event| event.id);
+    shared.publish_read(stored, bound).await;
+    Ok(bound < through)
 }
 
 /// Listens for other processes' commits and wakes the tail; reconnects
@@ -238,11 +261,13 @@ pub(crate) async fn expire(shared: &Shared) -> Result<usize, StoreError> {
     loop {
         let mut client = shared.pool.get().await.map_err(pool_error(context))?;
         // A look without the lock first: most sweeps find nothing.
+        // By the index in its order (a plan made on stale statistics
+        // would scan the table).
         let due = client
-            .query_one("select exists (select 1 from cairn_events where expires_ms <= $1)", &[&now])
+            .query_opt("select 1 from cairn_events where expires_ms <= $1 order by expires_ms limit 1", &[&now])
             .await
             .map_err(pg_error(context))?;
-        if !due.get::<_, bool>(0) {
+        if due.is_none() {
             return Ok(total);
         }
         let tx = client.transaction().await.map_err(pg_error(context))?;

@@ -38,6 +38,9 @@ use crate::rows;
 /// Most events gathered into one group (a batch larger than this is a
 /// group of its own).
 const GROUP_EVENTS_MAX: usize = 8192;
+/// Scheduler turns a small group waits for the rest of the last group's
+/// callers.
+const GROUP_YIELDS: usize = 8;
 /// Most payload bytes gathered into one group.
 const GROUP_BYTES_MAX: usize = 8 * 1024 * 1024;
 
@@ -72,6 +75,7 @@ struct Conn {
     keys: Statement,
     present: Statement,
     advance: Statement,
+    advance_guarded: Statement,
     insert: Statement,
     insert_ephemeral: Statement,
     upsert_topics: Statement,
@@ -96,6 +100,14 @@ impl Conn {
             .await?,
             present: prepare("select hash from cairn_content where hash = any($1)".into()).await?,
             advance: prepare("update cairn_sequencer set ms = $1, ctr = $2::text::numeric".into()).await?,
+            // Sets ms to null (refused: not null) unless the row still
+            // holds the id the writer last saw.
+            advance_guarded: prepare(
+                "update cairn_sequencer set ms = case when ms = $1 and ctr = $2::text::numeric then $3::int8 end, \
+                 ctr = $4::text::numeric"
+                    .into(),
+            )
+            .await?,
             insert: prepare(INSERT_EVENTS.into()).await?,
             insert_ephemeral: prepare(
                 "insert into cairn_ephemeral (id, topic, seq, kind, meta, usr, hash, size, payload) select * from \
@@ -137,17 +149,34 @@ impl Conn {
 /// Runs the writer until every sender is gone.
 pub(crate) async fn run(shared: Arc<Shared>, mut requests: mpsc::Receiver<Request>) {
     let mut conn: Option<Conn> = None;
+    let mut cache = Cache::default();
+    // Requests in the last group: the callers just answered, most of whom
+    // submit again at once.
+    let mut last_group = 0;
     while let Some(first) = requests.recv().await {
         let (mut events, mut bytes) = (first.events.len(), first.bytes());
         let mut group = vec![first];
-        while events < GROUP_EVENTS_MAX && bytes < GROUP_BYTES_MAX {
-            let Ok(next) = requests.try_recv() else { break };
-            events += next.events.len();
-            bytes += next.bytes();
-            group.push(next);
+        let mut yields = 0;
+        loop {
+            while events < GROUP_EVENTS_MAX && bytes < GROUP_BYTES_MAX {
+                let Ok(next) = requests.try_recv() else { break };
+                events += next.events.len();
+                bytes += next.bytes();
+                group.push(next);
+            }
+            // The first caller to come back would otherwise commit alone
+            // and make the others wait for it: give the rest of the last
+            // group's callers a moment (a few scheduler turns) to join.
+            if group.len() * 2 > last_group || yields == GROUP_YIELDS || events >= GROUP_EVENTS_MAX {
+                break;
+            }
+            yields += 1;
+            tokio::task::yield_now().await;
         }
+        last_group = group.len();
         if conn.as_ref().is_none_or(|conn| conn.client.is_closed()) {
             conn = None;
+            cache.forget();
             match Conn::open(&shared).await {
                 Ok(opened) => conn = Some(opened),
                 Err(error) => {
@@ -161,7 +190,7 @@ pub(crate) async fn run(shared: Arc<Shared>, mut requests: mpsc::Receiver<Reques
         let Some(open) = &conn else { continue };
         let started = Instant::now();
         let (replies, group) = split(group);
-        match commit(&shared, open, group).await {
+        match commit(&shared, open, &mut cache, group).await {
             Ok(outcomes) => {
                 shared.stats.record_commit(started.elapsed(), events as u64);
                 for (reply, outcome) in replies.into_iter().zip(outcomes) {
@@ -264,29 +293,141 @@ impl Columns {
         self.id.first().and_then(|id| id.as_slice().try_into().ok()).unwrap_or([0; 16])
     }
 
+    pub(crate) fn len(&self) -> usize {
+        self.id.len()
+    }
+
     pub(crate) fn is_empty(&self) -> bool {
         self.id.is_empty()
     }
 }
 
-/// Commits one group; the outcome of each request, in order.
+/// What the writer knows of the database when it plans a group.
+struct Known {
+    /// The sequencer's id: the last handed out.
+    last: EventId,
+    /// Per topic, its last seq and id (`None`: no event yet).
+    tails: HashMap<String, Option<(u64, EventId)>>,
+    /// Idempotency keys asked about: fingerprint and ids.
+    keys: HashMap<String, ([u8; 32], Vec<EventId>)>,
+    /// Which stored payloads' hashes are in `cairn_content`.
+    present: Vec<Vec<u8>>,
+}
+
+/// What the writer remembers of its own last commit: while the sequencer
+/// still holds the id it wrote, no other process committed since, so the
+/// topics' tails it knows are current and a group needs no reads.
+#[derive(Default)]
+pub(crate) struct Cache {
+    last: Option<EventId>,
+    tails: HashMap<String, Option<(u64, EventId)>>,
+}
+
+/// Most topics the cache remembers (it starts over beyond).
+const CACHE_TOPICS_MAX: usize = 100_000;
+
+impl Cache {
+    /// What is known without a read, if enough for `group`: no idempotency
+    /// key to look up, no stored payload to check, every topic cached.
+    fn known(&self, group: &[Work]) -> Option<Known> {
+        let last = self.last?;
+        let mut tails = HashMap::new();
+        for work in group {
+            if work.key.is_some() || !work.stored.is_empty() {
+                return None;
+            }
+            let topics = work.events.iter().map(|event| &event.topic).chain(work.expect.iter().map(|(t, _)| t));
+            for topic in topics {
+                let tail = self.tails.get(topic.as_str())?;
+                tails.insert(topic.as_str().to_owned(), *tail);
+            }
+        }
+        Some(Known { last, tails, keys: HashMap::new(), present: Vec::new() })
+    }
+
+    fn remember(&mut self, last: EventId, tails: HashMap<String, Option<(u64, EventId)>>) {
+        if self.tails.len() + tails.len() > CACHE_TOPICS_MAX {
+            self.tails.clear();
+        }
+        self.last = Some(last);
+        self.tails.extend(tails);
+    }
+
+    fn forget(&mut self) {
+        self.last = None;
+        self.tails.clear();
+    }
+}
+
+/// Commits one group; the outcome of each request, in order. Tries the
+/// fast path first (one round trip, guarded by the sequencer's value),
+/// and reads what it needs under the lock when that cannot be used or
+/// another process committed in between.
 async fn commit(
     shared: &Shared,
     conn: &Conn,
+    cache: &mut Cache,
     group: Vec<Work>,
 ) -> Result<Vec<Result<Vec<Event>, StoreError>>, StoreError> {
+    let context = "committing appends";
+    let now = now_ms();
+    // A plan that writes nothing (every request refused) is not trusted
+    // to the cache: only the guard of a write proves it was current.
+    if let Some(known) = cache.known(&group)
+        && let plan = plan(&group, &known, now)
+        && plan.writes()
+    {
+        match write(conn, &plan, Some(known.last), now).await {
+            Ok(()) => {
+                cache.remember(plan.last, plan.tails.clone());
+                return Ok(finish(shared, plan, known.last).await);
+            }
+            Err(error) if moved(&error) => {
+                cache.forget();
+                conn.client.batch_execute("rollback").await.map_err(pg_error(context))?;
+            }
+            Err(error) => {
+                cache.forget();
+                return Err(pg_error(context)(error));
+            }
+        }
+    }
+    let known = match read_known(conn, &group, shared.options.idempotency_window_ms, now).await {
+        Ok(known) => known,
+        Err(error) => {
+            cache.forget();
+            return Err(error);
+        }
+    };
+    let plan = plan(&group, &known, now);
+    if let Err(error) = write(conn, &plan, None, now).await {
+        cache.forget();
+        return Err(pg_error(context)(error));
+    }
+    let mut tails = known.tails.clone();
+    tails.extend(plan.tails.clone());
+    cache.remember(plan.last.max(known.last), tails);
+    Ok(finish(shared, plan, known.last).await)
+}
+
+/// Whether `error` is the fast path's guard: the sequencer moved.
+fn moved(error: &tokio_postgres::Error) -> bool {
+    error.as_db_error().is_some_and(|db| {
+        *db.code() == tokio_postgres::error::SqlState::NOT_NULL_VIOLATION && db.table() == Some("cairn_sequencer")
+    })
+}
+
+/// Round trip 1 of the slow path: `begin`, the lock, then what the plan
+/// needs, in one pipeline. The transaction stays open for [`write`].
+async fn read_known(conn: &Conn, group: &[Work], window_ms: u64, now: u64) -> Result<Known, StoreError> {
     let context = "committing appends";
     let client = &conn.client;
     let mut topic_names: Vec<&str> = Vec::new();
     let mut key_names: Vec<&[u8]> = Vec::new();
     let mut stored_hashes: Vec<Vec<u8>> = Vec::new();
-    for work in &group {
-        for event in &work.events {
-            if !topic_names.contains(&event.topic.as_str()) {
-                topic_names.push(event.topic.as_str());
-            }
-        }
-        for (topic, _) in &work.expect {
+    for work in group {
+        let topics = work.events.iter().map(|event| &event.topic).chain(work.expect.iter().map(|(t, _)| t));
+        for topic in topics {
             if !topic_names.contains(&topic.as_str()) {
                 topic_names.push(topic.as_str());
             }
@@ -296,10 +437,7 @@ async fn commit(
         }
         stored_hashes.extend(work.stored.iter().map(|(hash, _)| hash.0.to_vec()));
     }
-    let now_ms = now_ms();
-    let window_start = now_ms.saturating_sub(shared.options.idempotency_window_ms) as i64;
-
-    // Round trip 1: the lock, then what the plan needs, in one pipeline.
+    let window_start = now.saturating_sub(window_ms) as i64;
     let topics_params: [&(dyn ToSql + Sync); 1] = [&topic_names];
     let keys_params: [&(dyn ToSql + Sync); 2] = [&key_names, &window_start];
     let present_params: [&(dyn ToSql + Sync); 1] = [&stored_hashes];
@@ -311,16 +449,15 @@ async fn commit(
         client.query(&conn.present, &present_params),
     )
     .map_err(pg_error(context))?;
-    let old_ms: i64 = sequencer.get(0);
-    let old_ctr: &str = sequencer.get(1);
-    let old_ctr: u128 = old_ctr.parse().map_err(|_| StoreError::Corrupt {
-        location: "PostgreSQL table cairn_sequencer".into(),
-        detail: format!("counter {old_ctr:?}"),
-    })?;
-    let old_last = EventId::from_u128(((old_ms as u128) << 80) | old_ctr);
-    let mut next = if now_ms > old_ms as u64 { u128::from(now_ms) << 80 } else { old_last.to_u128() + 1 };
-
-    let mut tails: HashMap<String, Option<(u64, EventId)>> = HashMap::new();
+    let mut known = Known {
+        last: crate::backend::sequencer_id(sequencer.get(0), sequencer.get(1))?,
+        tails: HashMap::new(),
+        keys: HashMap::new(),
+        present: Vec::new(),
+    };
+    for name in topic_names {
+        known.tails.insert(name.to_owned(), None);
+    }
     for row in &topic_rows {
         let topic: String = row.get(0);
         let seq: i64 = row.get(1);
@@ -329,38 +466,68 @@ async fn commit(
             location: "PostgreSQL table cairn_topics".into(),
             detail: format!("topic {topic}: a bad last id"),
         })?;
-        tails.insert(topic, Some((seq as u64, id)));
+        known.tails.insert(topic, Some((seq as u64, id)));
     }
-    let mut known_keys: HashMap<String, ([u8; 32], Vec<EventId>)> = HashMap::new();
     for row in &key_rows {
         let key: Vec<u8> = row.get(0);
         let key = String::from_utf8_lossy(&key).into_owned();
         let fingerprint: &[u8] = row.get(1);
         let ids: Vec<Vec<u8>> = row.get(2);
         let fingerprint: [u8; 32] = fingerprint.try_into().unwrap_or([0; 32]);
-        known_keys.insert(key, (fingerprint, ids.iter().filter_map(|id| rows::id_from(id)).collect()));
+        known.keys.insert(key, (fingerprint, ids.iter().filter_map(|id| rows::id_from(id)).collect()));
     }
-    let present: Vec<Vec<u8>> = present_rows.iter().map(|row| row.get(0)).collect();
+    known.present = present_rows.iter().map(|row| row.get(0)).collect();
+    Ok(known)
+}
 
-    // The plan.
-    let mut planned = Vec::with_capacity(group.len());
-    let mut stored_rows = Columns::default();
-    let mut ephemeral_rows = Columns::default();
-    // Per topic: events stored by this group (count), and the last stored.
-    let mut touched: BTreeMap<String, (i64, u64, EventId)> = BTreeMap::new();
-    let mut trims: BTreeMap<String, u64> = BTreeMap::new();
-    let mut new_keys: Vec<NewKey> = Vec::new();
-    let mut in_group_keys: HashMap<String, ([u8; 32], usize)> = HashMap::new();
-    let mut missing_content: Vec<(Hash, Arc<Vec<u8>>)> = Vec::new();
-    for (index, work) in group.into_iter().enumerate() {
+/// A group's plan: what each request becomes, and the rows to write.
+struct Plan {
+    planned: Vec<Planned>,
+    stored_rows: Columns,
+    ephemeral_rows: Columns,
+    /// Per topic: events stored by this group, and the last stored seq and id.
+    touched: BTreeMap<String, (i64, u64, EventId)>,
+    trims: BTreeMap<String, u64>,
+    new_keys: Vec<NewKey>,
+    missing_content: Vec<(Hash, Arc<Vec<u8>>)>,
+    /// The last id handed out (the sequencer's value when nothing is).
+    last: EventId,
+    /// The tails of the topics written.
+    tails: HashMap<String, Option<(u64, EventId)>>,
+}
+
+impl Plan {
+    fn writes(&self) -> bool {
+        !self.stored_rows.is_empty() || !self.ephemeral_rows.is_empty()
+    }
+}
+
+/// Plans `group` against `known`: idempotency keys, expectations, ids and
+/// seqs, in request order.
+fn plan(group: &[Work], known: &Known, now: u64) -> Plan {
+    let mut next = if now > known.last.timestamp_ms() { u128::from(now) << 80 } else { known.last.to_u128() + 1 };
+    let mut tails = known.tails.clone();
+    let mut plan = Plan {
+        planned: Vec::with_capacity(group.len()),
+        stored_rows: Columns::default(),
+        ephemeral_rows: Columns::default(),
+        touched: BTreeMap::new(),
+        trims: BTreeMap::new(),
+        new_keys: Vec::new(),
+        missing_content: Vec::new(),
+        last: known.last,
+        tails: HashMap::new(),
+    };
+    let mut in_group_keys: HashMap<&str, ([u8; 32], usize)> = HashMap::new();
+    for (index, work) in group.iter().enumerate() {
         if let Some((key, fingerprint)) = &work.key {
             let conflict = || StoreError::IdempotencyConflict { key: key.clone() };
-            if let Some((first, at)) = in_group_keys.get(key) {
+            if let Some((first, at)) = in_group_keys.get(key.as_str()) {
                 // The same key twice in one group: the first's outcome.
-                planned.push(if first != fingerprint {
+                plan.planned.push(if first != fingerprint {
                     Planned::Failed(conflict())
                 } else {
-                    match &planned[*at] {
+                    match &plan.planned[*at] {
                         Planned::Written(events) => Planned::Written(events.clone()),
                         Planned::Repeat(ids) => Planned::Repeat(ids.clone()),
                         Planned::Failed(error) => Planned::Failed(error.clone()),
@@ -368,13 +535,13 @@ async fn commit(
                 });
                 continue;
             }
-            if let Some((first, ids)) = known_keys.get(key) {
-                planned.push(if first == fingerprint {
+            in_group_keys.insert(key, (*fingerprint, index));
+            if let Some((first, ids)) = known.keys.get(key) {
+                plan.planned.push(if first == fingerprint {
                     Planned::Repeat(ids.clone())
                 } else {
                     Planned::Failed(conflict())
                 });
-                in_group_keys.insert(key.clone(), (*fingerprint, index));
                 continue;
             }
         }
@@ -383,125 +550,143 @@ async fn commit(
             work.expect.iter().find(|(topic, expectation)| !expectation.check(tail(topic.as_str(), &tails)))
         {
             let last = tail(topic.as_str(), &tails);
-            planned.push(Planned::Failed(StoreError::ExpectationFailed {
+            plan.planned.push(Planned::Failed(StoreError::ExpectationFailed {
                 topic: topic.as_str().to_owned(),
                 expected: expectation.to_string(),
                 actual_seq: last.map(|(seq, _)| seq),
                 actual_id: last.map(|(_, id)| id),
             }));
-            if let Some((key, fingerprint)) = &work.key {
-                in_group_keys.insert(key.clone(), (*fingerprint, index));
-            }
             continue;
         }
-        let mut events = work.events;
+        let mut events = work.events.clone();
         for event in &mut events {
             event.id = EventId::from_u128(next);
             next += 1;
             let last = tail(event.topic.as_str(), &tails);
             event.seq = last.map_or(0, |(seq, _)| seq + 1);
             if event.ttl == Ttl::Ephemeral {
-                ephemeral_rows.push(event);
+                plan.ephemeral_rows.push(event);
                 continue;
             }
             tails.insert(event.topic.as_str().to_owned(), Some((event.seq, event.id)));
-            let entry = touched.entry(event.topic.as_str().to_owned()).or_insert((0, 0, EventId::MIN));
+            plan.tails.insert(event.topic.as_str().to_owned(), Some((event.seq, event.id)));
+            let entry = plan.touched.entry(event.topic.as_str().to_owned()).or_insert((0, 0, EventId::MIN));
             *entry = (entry.0 + 1, event.seq, event.id);
             if let Ttl::Last { n } = event.ttl {
                 // The last `last:<n>` of a topic in the group decides.
-                trims.insert(event.topic.as_str().to_owned(), n);
+                plan.trims.insert(event.topic.as_str().to_owned(), n);
             }
-            stored_rows.push(event);
+            plan.stored_rows.push(event);
         }
-        for (hash, bytes) in work.stored {
-            if !present.iter().any(|p| p.as_slice() == hash.0) && !missing_content.iter().any(|(h, _)| *h == hash) {
-                missing_content.push((hash, bytes));
+        for (hash, bytes) in &work.stored {
+            let present = known.present.iter().any(|p| p.as_slice() == hash.0);
+            if !present && !plan.missing_content.iter().any(|(h, _)| h == hash) {
+                plan.missing_content.push((*hash, bytes.clone()));
             }
         }
         if let Some((key, fingerprint)) = &work.key {
             let ids = events.iter().map(|event| event.id.to_bytes().to_vec()).collect();
-            new_keys.push((key.as_bytes().to_vec(), fingerprint.to_vec(), ids));
-            in_group_keys.insert(key.clone(), (*fingerprint, index));
+            plan.new_keys.push((key.as_bytes().to_vec(), fingerprint.to_vec(), ids));
         }
-        planned.push(Planned::Written(events));
+        plan.planned.push(Planned::Written(events));
     }
-    let group_last = EventId::from_u128(next - 1);
+    if plan.writes() {
+        plan.last = EventId::from_u128(next - 1);
+    }
+    plan
+}
 
-    // Round trip 2: the writes and the commit, in one pipeline.
-    let written = !stored_rows.is_empty() || !ephemeral_rows.is_empty();
-    if written {
-        let (ms, ctr) = ((group_last.to_u128() >> 80) as i64, (group_last.to_u128() & ((1 << 80) - 1)).to_string());
-        let trim_cuts: Vec<(String, i64)> = trims
-            .iter()
-            .filter_map(|(topic, n)| {
-                let (_, last_seq, _) = touched.get(topic)?;
-                (*last_seq >= *n).then(|| (topic.clone(), (*last_seq - *n) as i64))
-            })
-            .collect();
-        let topic_names: Vec<&str> = touched.keys().map(String::as_str).collect();
-        let topic_last_seqs: Vec<i64> = touched.values().map(|(_, seq, _)| *seq as i64).collect();
-        let topic_last_ids: Vec<Vec<u8>> = touched.values().map(|(_, _, id)| id.to_bytes().to_vec()).collect();
-        let topic_counts: Vec<i64> = touched.values().map(|(count, _, _)| *count).collect();
-        let content_params: Vec<(Vec<u8>, &[u8])> =
-            missing_content.iter().map(|(hash, bytes)| (hash.0.to_vec(), bytes.as_slice())).collect();
-        let now = now_ms as i64;
-        let mut steps: Vec<BoxFuture<'_, Result<u64, tokio_postgres::Error>>> = Vec::new();
-        steps.push(Box::pin(client.execute_raw(&conn.advance, [&ms as &(dyn ToSql + Sync), &ctr])));
-        for (hash, bytes) in &content_params {
-            steps.push(Box::pin(client.execute_raw(&conn.put_content, [hash as &(dyn ToSql + Sync), bytes])));
+/// Round trip 2 (the fast path's only one): the new sequencer value, the
+/// rows, the topics, trims, keys, and `commit`, in one pipeline. With
+/// `guard`, it also begins the transaction and fails (a not-null
+/// violation on the sequencer) unless the sequencer still holds `guard`.
+async fn write(conn: &Conn, plan: &Plan, guard: Option<EventId>, now: u64) -> Result<(), tokio_postgres::Error> {
+    let client = &conn.client;
+    if !plan.writes() {
+        return match guard {
+            Some(_) => Ok(()),
+            None => client.batch_execute("rollback").await,
+        };
+    }
+    let split = |id: EventId| ((id.to_u128() >> 80) as i64, (id.to_u128() & ((1 << 80) - 1)).to_string());
+    let (ms, ctr) = split(plan.last);
+    let (old_ms, old_ctr) = split(guard.unwrap_or(EventId::MIN));
+    let trim_cuts: Vec<(String, i64)> = plan
+        .trims
+        .iter()
+        .filter_map(|(topic, n)| {
+            let (_, last_seq, _) = plan.touched.get(topic)?;
+            (*last_seq >= *n).then(|| (topic.clone(), (*last_seq - *n) as i64))
+        })
+        .collect();
+    let topic_names: Vec<&str> = plan.touched.keys().map(String::as_str).collect();
+    let topic_last_seqs: Vec<i64> = plan.touched.values().map(|(_, seq, _)| *seq as i64).collect();
+    let topic_last_ids: Vec<Vec<u8>> = plan.touched.values().map(|(_, _, id)| id.to_bytes().to_vec()).collect();
+    let topic_counts: Vec<i64> = plan.touched.values().map(|(count, _, _)| *count).collect();
+    let content_params: Vec<(Vec<u8>, &[u8])> =
+        plan.missing_content.iter().map(|(hash, bytes)| (hash.0.to_vec(), bytes.as_slice())).collect();
+    let now = now as i64;
+    let mut steps: Vec<BoxFuture<'_, Result<u64, tokio_postgres::Error>>> = Vec::new();
+    match guard {
+        Some(_) => {
+            steps.push(Box::pin(async { client.batch_execute("begin").await.map(|()| 0) }));
+            let params: [&(dyn ToSql + Sync); 4] = [&old_ms, &old_ctr, &ms, &ctr];
+            steps.push(Box::pin(client.execute_raw(&conn.advance_guarded, params)));
         }
-        let c = &stored_rows;
-        let stored_params = c.params();
-        if !c.is_empty() {
-            steps.push(Box::pin(client.execute_raw(&conn.insert, stored_params)));
-            let topic_params: [&(dyn ToSql + Sync); 4] =
-                [&topic_names, &topic_last_seqs, &topic_last_ids, &topic_counts];
-            steps.push(Box::pin(client.execute_raw(&conn.upsert_topics, topic_params)));
-        }
-        let e = &ephemeral_rows;
-        let ephemeral_params: [&(dyn ToSql + Sync); 9] =
+        None => steps.push(Box::pin(client.execute_raw(&conn.advance, [&ms as &(dyn ToSql + Sync), &ctr]))),
+    }
+    for (hash, bytes) in &content_params {
+        steps.push(Box::pin(client.execute_raw(&conn.put_content, [hash as &(dyn ToSql + Sync), bytes])));
+    }
+    if !plan.stored_rows.is_empty() {
+        steps.push(Box::pin(client.execute_raw(&conn.insert, plan.stored_rows.params())));
+        let topic_params: [&(dyn ToSql + Sync); 4] = [&topic_names, &topic_last_seqs, &topic_last_ids, &topic_counts];
+        steps.push(Box::pin(client.execute_raw(&conn.upsert_topics, topic_params)));
+    }
+    let e = &plan.ephemeral_rows;
+    if !e.is_empty() {
+        let params: [&(dyn ToSql + Sync); 9] =
             [&e.id, &e.topic, &e.seq, &e.kind, &e.meta, &e.user, &e.hash, &e.size, &e.payload];
-        if !e.is_empty() {
-            steps.push(Box::pin(client.execute_raw(&conn.insert_ephemeral, ephemeral_params)));
-        }
-        for (topic, cut) in &trim_cuts {
-            steps.push(Box::pin(client.execute_raw(&conn.trim, [topic as &(dyn ToSql + Sync), cut])));
-        }
-        for (key, fingerprint, ids) in &new_keys {
-            let params: [&(dyn ToSql + Sync); 4] = [key, fingerprint, ids, &now];
-            steps.push(Box::pin(client.execute_raw(&conn.insert_key, params)));
-        }
-        steps.push(Box::pin(async move { client.batch_execute("commit").await.map(|()| 0) }));
-        try_join_all(steps).await.map_err(pg_error(context))?;
-        shared.changes_if(!trim_cuts.is_empty());
-    } else {
-        client.batch_execute("rollback").await.map_err(pg_error(context))?;
+        steps.push(Box::pin(client.execute_raw(&conn.insert_ephemeral, params)));
     }
+    for (topic, cut) in &trim_cuts {
+        steps.push(Box::pin(client.execute_raw(&conn.trim, [topic as &(dyn ToSql + Sync), cut])));
+    }
+    for (key, fingerprint, ids) in &plan.new_keys {
+        let params: [&(dyn ToSql + Sync); 4] = [key, fingerprint, ids, &now];
+        steps.push(Box::pin(client.execute_raw(&conn.insert_key, params)));
+    }
+    steps.push(Box::pin(async move { client.batch_execute("commit").await.map(|()| 0) }));
+    try_join_all(steps).await?;
+    Ok(())
+}
 
-    // The ring, then the answers: a caller that reads after its answer
-    // finds its events (and `last_id`) in place.
-    if written {
+/// After the commit: the ring, then the answers, so a caller that reads
+/// after its answer finds its events (and `last_id`) in place.
+async fn finish(shared: &Shared, plan: Plan, before: EventId) -> Vec<Result<Vec<Event>, StoreError>> {
+    if plan.writes() {
+        shared.changes_if(!plan.trims.is_empty());
         let mut published: Vec<Arc<Event>> = Vec::new();
-        for outcome in &planned {
+        for outcome in &plan.planned {
             if let Planned::Written(events) = outcome {
                 published.extend(events.iter().cloned().map(Arc::new));
             }
         }
         published.sort_by_key(|event| event.id);
         published.dedup_by_key(|event| event.id);
-        shared.publish_own(published, old_last, group_last).await;
+        shared.publish_own(published, before, plan.last).await;
         shared.notify_others();
+        shared.stats.appended.fetch_add(plan.stored_rows.len() as u64, Ordering::Relaxed);
     }
-    let mut outcomes = Vec::with_capacity(planned.len());
-    for outcome in planned {
+    let mut outcomes = Vec::with_capacity(plan.planned.len());
+    for outcome in plan.planned {
         outcomes.push(match outcome {
             Planned::Written(events) => Ok(events),
             Planned::Failed(error) => Err(error),
             Planned::Repeat(ids) => shared.events_by_id(&ids).await,
         });
     }
-    shared.stats.appended.fetch_add(stored_rows.id.len() as u64, Ordering::Relaxed);
-    Ok(outcomes)
+    outcomes
 }
 
 /// Now, in ms since the Unix epoch.
