@@ -41,6 +41,15 @@ pub struct Cli {
     #[arg(long, global = true, env = "CAIRN_CACERT", value_name = "FILE")]
     pub cacert: Option<PathBuf>,
 
+    /// Keep the events in this PostgreSQL database instead of the store
+    /// directory (postgres://user:password@host:port/database or a key=value
+    /// string); the directory then holds only a server's socket, lock and
+    /// users. Commands open the database themselves when no server runs
+    /// on the directory (`cairn --postgres URL import < export.ndjson`).
+    /// Prefer $CAIRN_POSTGRES for a URL with a password.
+    #[arg(long, global = true, env = "CAIRN_POSTGRES", value_name = "URL", hide_env_values = true)]
+    pub postgres: Option<String>,
+
     #[command(subcommand)]
     pub command: Command,
 }

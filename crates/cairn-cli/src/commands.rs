@@ -29,7 +29,8 @@ const READ_CHUNK_EVENTS: usize = 4096;
 const LOCAL: Principal = Principal::Local;
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
-    if let Command::Serve(args) = cli.command {
+    if let Command::Serve(mut args) = cli.command {
+        args.postgres = args.postgres.or(cli.postgres);
         let config = cairn_server::Config::resolve(*args, cli.store, cli.sync)?;
         cairn_server::run(config)?;
         return Ok(ExitCode::SUCCESS);
@@ -52,9 +53,33 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
         return crate::remote::run(cairn_client::Client::unix(&socket), cli.command, None);
     }
-    let sync = SyncMode::parse(cli.sync.as_deref().unwrap_or("always"))?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    if let Some(url) = cli.postgres {
+        return runtime.block_on(postgres(&url, dir, cli.command));
+    }
+    let sync = SyncMode::parse(cli.sync.as_deref().unwrap_or("always"))?;
     runtime.block_on(local(dir, sync, cli.command))
+}
+
+/// Runs a command on a PostgreSQL database directly (no server runs on
+/// `dir`, which holds the users and is locked meanwhile).
+async fn postgres(url: &str, dir: std::path::PathBuf, command: Command) -> Result<ExitCode> {
+    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    let _lock = cairn_service::lock_directory(&dir).with_context(|| format!("lock {}", dir.display()))?;
+    let users = cairn_service::Users::open(&dir).with_context(|| format!("read the users of {}", dir.display()))?;
+    // The URL may hold a password: errors name the flag, not the URL.
+    let storage = cairn_postgres::Postgres::open(url, cairn_postgres::Options::default())
+        .await
+        .context("open the PostgreSQL database given by --postgres")?;
+    let service = Service::new(std::sync::Arc::new(storage), users, ServiceOptions::default());
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let result = command_on(&service, &mut out, command).await;
+    let flushed = out.flush();
+    service.close().await;
+    let code = result?;
+    flushed?;
+    Ok(code)
 }
 
 async fn local(dir: std::path::PathBuf, sync: SyncMode, command: Command) -> Result<ExitCode> {

@@ -18,8 +18,9 @@ use cairn_store::limits::{
     RECORD_BYTES_MAX, STATE_KEY_BYTES_MAX,
 };
 use cairn_store::{
-    Batch, BoxFuture, CompactReport, Event, EventId, Hash, History, Imported, Limits, Live, Pattern, Payload, Pending,
-    Query, Reader, StateEntries, StateOp, Storage, StoreError, StoreStats, Topic, TopicInfo, Ttl, VerifyReport, Window,
+    Batch, BoxFuture, CompactReport, DatabaseStats, Event, EventId, Hash, History, Imported, Limits, Live, Pattern,
+    Payload, Pending, Query, Reader, StateEntries, StateOp, Storage, StoreError, StoreStats, Topic, TopicInfo, Ttl,
+    VerifyReport, Window,
 };
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
@@ -280,12 +281,6 @@ impl Postgres {
 
     async fn client(&self, context: &'static str) -> Result<deadpool_postgres::Object, StoreError> {
         self.shared.pool.get().await.map_err(pool_error(context))
-    }
-
-    /// Pool figures for `/metrics`: (connections open, idle, callers waiting).
-    pub fn pool_status(&self) -> (usize, usize, usize) {
-        let status = self.shared.pool.status();
-        (status.size, status.available, status.waiting)
     }
 }
 
@@ -722,11 +717,18 @@ impl Storage for Postgres {
     fn stats(&self) -> BoxFuture<'_, StoreStats> {
         Box::pin(async move {
             let stats = &self.shared.stats;
+            let pool = self.shared.pool.status();
             let mut out = StoreStats {
                 events_appended: stats.appended.load(Ordering::Relaxed),
-                fsyncs: stats.commits.load(Ordering::Relaxed),
-                fsync_seconds: stats.commit_micros.load(Ordering::Relaxed) as f64 / 1e6,
-                fsync_seconds_max: stats.commit_micros_max.load(Ordering::Relaxed) as f64 / 1e6,
+                database: Some(DatabaseStats {
+                    commits: stats.commits.load(Ordering::Relaxed),
+                    commit_seconds: stats.commit_micros.load(Ordering::Relaxed) as f64 / 1e6,
+                    commit_seconds_max: stats.commit_micros_max.load(Ordering::Relaxed) as f64 / 1e6,
+                    pool_connections: pool.size,
+                    pool_idle: pool.available,
+                    pool_waiting: pool.waiting,
+                    pool_max: pool.max_size,
+                }),
                 ..StoreStats::default()
             };
             if let Ok(client) = self.client("reading sizes").await {

@@ -83,11 +83,16 @@ impl Cluster {
 
     /// Runs SQL with `psql` on the `postgres` database (setup only).
     pub fn psql(&self, sql: &str) -> anyhow::Result<String> {
+        self.psql_in("postgres", sql)
+    }
+
+    /// Runs SQL with `psql` on `database` (setup only).
+    pub fn psql_in(&self, database: &str, sql: &str) -> anyhow::Result<String> {
         let mut psql = command(&None, &self.bin.join("psql"));
         psql.args(["-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", "postgres"])
             .arg("-p")
             .arg(self.port.to_string())
-            .args(["-d", "postgres", "-c", sql]);
+            .args(["-d", database, "-c", sql]);
         let output = psql.output().context("psql")?;
         if !output.status.success() {
             bail!("psql: {}", String::from_utf8_lossy(&output.stderr));

@@ -45,13 +45,10 @@ pub struct ServeArgs {
     #[arg(long, env = "CAIRN_HTTP", value_name = "ADDR")]
     pub http: Option<SocketAddr>,
 
-    /// Keep the events in PostgreSQL instead of the store directory: a URL
-    /// (postgres://user:password@host:port/database) or a key=value
-    /// connection string. Several servers may serve one database; the store
-    /// directory then only holds this server's socket, lock and users.
-    /// Prefer the environment variable or the config file for a URL with a
-    /// password. [config: postgres]
-    #[arg(long, env = "CAIRN_POSTGRES", value_name = "URL", hide_env_values = true)]
+    /// The PostgreSQL database that keeps the events (`cairn --postgres`,
+    /// $CAIRN_POSTGRES; a global flag of the command line, set here by it).
+    /// [config: postgres]
+    #[arg(skip)]
     pub postgres: Option<String>,
 
     /// The Unix socket to listen on (mode 0600: local, trusted access).

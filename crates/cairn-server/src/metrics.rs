@@ -151,6 +151,40 @@ impl Metrics {
             "Bytes in the content store.",
             &one(store.content_bytes.to_string()),
         );
+        if let Some(database) = &store.database {
+            metric(
+                "cairn_database_commits_total",
+                "counter",
+                "Commit groups committed in the database.",
+                &one(database.commits.to_string()),
+            );
+            metric(
+                "cairn_database_commit_seconds_total",
+                "counter",
+                "Time spent committing groups, first statement to the commit's answer.",
+                &one(format!("{:.6}", database.commit_seconds)),
+            );
+            metric(
+                "cairn_database_commit_seconds_max",
+                "gauge",
+                "The longest commit of a group since start.",
+                &one(format!("{:.6}", database.commit_seconds_max)),
+            );
+            let busy = database.pool_connections.saturating_sub(database.pool_idle);
+            metric(
+                "cairn_database_pool_connections",
+                "gauge",
+                "Pooled database connections open, by state.",
+                &[("{state=\"idle\"}", database.pool_idle.to_string()), ("{state=\"busy\"}", busy.to_string())],
+            );
+            metric(
+                "cairn_database_pool_waiting",
+                "gauge",
+                "Callers waiting for a pooled connection.",
+                &one(database.pool_waiting.to_string()),
+            );
+            metric("cairn_database_pool_max", "gauge", "Most pooled connections.", &one(database.pool_max.to_string()));
+        }
         metric(
             "cairn_open_streams",
             "gauge",

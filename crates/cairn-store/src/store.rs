@@ -207,6 +207,30 @@ pub struct StoreStats {
     /// moving those of an older store); lookups by hash wait for the
     /// catch-up.
     pub content_refs_catching_up: bool,
+    /// A database backend's figures (none for the local engine).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database: Option<DatabaseStats>,
+}
+
+/// What a database backend (PostgreSQL) reports: its commits and its
+/// connection pool.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct DatabaseStats {
+    /// Commit groups committed since open.
+    pub commits: u64,
+    /// Time spent committing them (from the first statement to the
+    /// commit's answer), in seconds.
+    pub commit_seconds: f64,
+    /// The longest one, in seconds.
+    pub commit_seconds_max: f64,
+    /// Pooled connections open.
+    pub pool_connections: usize,
+    /// Of those, idle.
+    pub pool_idle: usize,
+    /// Callers waiting for a connection.
+    pub pool_waiting: usize,
+    /// Most pooled connections.
+    pub pool_max: usize,
 }
 
 impl Shared {
@@ -891,6 +915,7 @@ impl Store {
             log_bytes,
             content_bytes,
             content_refs_catching_up: shared.progress.refs_work(),
+            database: None,
         }
     }
 

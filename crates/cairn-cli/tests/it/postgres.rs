@@ -237,3 +237,115 @@ async fn nothing_acknowledged_is_lost_when_a_server_dies_or_postgres_restarts() 
     assert!(b.terminate().success());
     assert!(c.terminate().success());
 }
+
+/// Asserts two exports are the same, naming the first line that differs
+/// (shortened: payloads are long).
+fn same_export(left: &[u8], right: &[u8], what: &str) {
+    let (left, right) = (String::from_utf8_lossy(left), String::from_utf8_lossy(right));
+    let short = |line: Option<&str>| line.map(|line| line.chars().take(300).collect::<String>());
+    for (n, (a, b)) in left.lines().zip(right.lines()).enumerate() {
+        assert_eq!(short(Some(a)), short(Some(b)), "{what}: line {n} differs");
+        assert_eq!(a, b, "{what}: line {n} differs after its first 300 characters");
+    }
+    assert_eq!(left.lines().count(), right.lines().count(), "{what}: {:?}", short(right.lines().last()));
+}
+
+/// `cairn export` output, checked.
+fn export(cairn: &Cairn) -> Vec<u8> {
+    let output = cairn.run(&["export"], b"");
+    assert!(output.status.success(), "export: {}", String::from_utf8_lossy(&output.stderr));
+    output.stdout
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_and_import_move_a_store_both_ways_byte_for_byte() {
+    let cluster = Cluster::start(&[("fsync", "off")]).unwrap();
+    // A local store with typed, meta'd, large (stored apart), empty and
+    // retained events on several topics, one of them removed.
+    let local = Cairn::new();
+    let big = "b".repeat(100_000);
+    let lines = format!(
+        "{{\"topic\":\"orders.1\",\"content\":\"one\",\"type\":\"Placed\",\"meta\":{{\"by\":\"x\"}}}}\n\
+         {{\"topic\":\"orders.2\",\"content\":\"{big}\"}}\n\
+         {{\"topic\":\"orders.1\"}}\n\
+         {{\"topic\":\"cells\",\"content\":\"c\",\"ttl\":\"last:5\"}}\n\
+         {{\"topic\":\"orders.1\",\"content_base64\":\"AAEC/w==\"}}\n"
+    );
+    let appended = local.ok(&["append", "--batch"], lines.as_bytes());
+    let removed = appended[2]["id"].as_str().unwrap();
+    local.ok(&["rm", removed], b"");
+    let first = export(&local);
+    assert_eq!(String::from_utf8_lossy(&first).lines().filter(|line| line.contains("\"topic\"")).count(), 4);
+
+    // Into PostgreSQL by the command line on the database (no server yet:
+    // a server's start is an event of its own), and out again.
+    let url = database(&cluster, "moved");
+    let on_postgres = Cairn::new();
+    let run = |args: &[&str], stdin: &[u8]| {
+        let mut command = on_postgres.command(args);
+        command.env("CAIRN_POSTGRES", &url).stdin(std::process::Stdio::piped());
+        let mut child =
+            command.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), stdin).unwrap();
+        let output = child.wait_with_output().unwrap();
+        assert!(output.status.success(), "cairn {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        output.stdout
+    };
+    run(&["import"], &first);
+    let second = run(&["export"], b"");
+    same_export(&first, &second, "PostgreSQL's export is the local one");
+
+    // And back into a new local store.
+    let back = Cairn::new();
+    let restored = back.run(&["import"], &second);
+    assert!(restored.status.success(), "import: {}", String::from_utf8_lossy(&restored.stderr));
+    same_export(&second, &export(&back), "the local store's export is PostgreSQL's");
+
+    // Served: the imported events, appends after them, an import over them
+    // refused, the database's figures in /metrics.
+    let mut command = on_postgres.command(&["serve", "--http", "127.0.0.1:0", "--insecure-no-auth"]);
+    command.env("CAIRN_POSTGRES", &url);
+    let server = Server::spawn(command);
+    let served = call(&server.unix(), "GET", "/v1/events?topic=orders.%3E", &[], "").await;
+    assert_eq!(served.lines().len(), 3, "the imported events, served");
+    let next = on_postgres.ok(&["append", "orders.1"], b"after");
+    assert_eq!(next[0]["seq"], 3);
+    let again = on_postgres.run(&["import"], &first);
+    assert!(!again.status.success(), "importing ids already there is refused");
+    assert!(String::from_utf8_lossy(&again.stderr).contains("after the store's last id"));
+    let metrics = call(&server.tcp(), "GET", "/metrics", &[], "").await;
+    let text = String::from_utf8_lossy(&metrics.body).into_owned();
+    assert!(text.contains("cairn_database_commits_total"), "{text}");
+    assert!(text.contains("cairn_database_pool_connections{state=\"idle\"}"), "{text}");
+    // Backup and compaction are PostgreSQL's business: refused, clearly.
+    let backup = call(&server.unix(), "POST", "/v1/backup?dir=/tmp/nowhere", &[], "").await;
+    assert_eq!(backup.code(), "invalid");
+    assert!(String::from_utf8_lossy(&backup.body).contains("PostgreSQL"));
+    assert!(server.terminate().success());
+}
+
+#[test]
+fn clear_errors_when_the_database_is_missing_or_newer() {
+    let cluster = Cluster::start(&[("fsync", "off")]).unwrap();
+    // Nothing listens: the server says so and exits.
+    let cairn = Cairn::new();
+    let output = cairn
+        .command(&["serve", "--no-resp"])
+        .env("CAIRN_POSTGRES", "postgres://postgres@127.0.0.1:1/none")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("PostgreSQL") && stderr.contains("unavailable"), "{stderr}");
+    assert!(!stderr.contains("postgres://"), "the URL (it may hold a password) is not printed: {stderr}");
+    // A database migrated by a newer cairn is refused, and so is the
+    // start of a server on it.
+    let url = database(&cluster, "newer");
+    let (_dir, server) = server(&url);
+    assert!(server.terminate().success());
+    cluster.psql_in("newer", "update cairn_schema set version = 99").unwrap();
+    let output = cairn.command(&["serve", "--no-resp"]).env("CAIRN_POSTGRES", &url).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("schema version 99, newer than this cairn"), "{stderr}");
+}
