@@ -24,7 +24,8 @@ use cairn_store::{
 };
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::error::{pg_error, pool_error};
 use crate::reader::PgReader;
@@ -78,6 +79,8 @@ impl Stats {
 /// What the tasks and the storage share.
 pub(crate) struct Shared {
     config: tokio_postgres::Config,
+    /// TLS as the connection string asks (see `tls.rs`).
+    tls: MakeRustlsConnect,
     pub(crate) pool: Pool,
     pub(crate) live: Live,
     pub(crate) options: Options,
@@ -97,7 +100,7 @@ pub(crate) struct Shared {
 impl Shared {
     /// A connection of its own (not pooled), for a task.
     pub(crate) async fn connect(&self, what: &'static str) -> Result<Client, StoreError> {
-        let (client, connection) = self.config.connect(NoTls).await.map_err(pg_error(what))?;
+        let (client, connection) = self.config.connect(self.tls.clone()).await.map_err(pg_error(what))?;
         tokio::spawn(async move {
             if let Err(error) = connection.await {
                 tracing::debug!("PostgreSQL connection ended: {error}");
@@ -107,10 +110,10 @@ impl Shared {
         Ok(client)
     }
 
-    /// The config to connect with (for the listener, which drives its own
-    /// connection).
-    pub(crate) fn config(&self) -> &tokio_postgres::Config {
-        &self.config
+    /// The config and TLS to connect with (for the listener, which drives
+    /// its own connection).
+    pub(crate) fn config(&self) -> (&tokio_postgres::Config, MakeRustlsConnect) {
+        (&self.config, self.tls.clone())
     }
 
     /// Puts this process's committed group into the ring: at once when the
@@ -211,7 +214,8 @@ impl Postgres {
     /// `key=value` connection string), creates or migrates cairn's schema,
     /// and starts the writer, the tail and the sweeper.
     pub async fn open(url: &str, options: Options) -> Result<Postgres, StoreError> {
-        let mut config = tokio_postgres::Config::from_str(url).map_err(|error| StoreError::Invalid {
+        let (url, tls) = crate::tls::split(url)?;
+        let mut config = tokio_postgres::Config::from_str(&url).map_err(|error| StoreError::Invalid {
             field: "postgres",
             rule: format!("not a PostgreSQL connection URL or string: {error}"),
         })?;
@@ -231,7 +235,7 @@ impl Postgres {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(10));
         }
-        let (mut client, connection) = config.connect(NoTls).await.map_err(pg_error("connecting"))?;
+        let (mut client, connection) = config.connect(tls.clone()).await.map_err(pg_error("connecting"))?;
         tokio::spawn(async move {
             let _ = connection.await;
         });
@@ -244,8 +248,11 @@ impl Postgres {
         let changes: i64 = row.get(2);
         drop(client);
 
-        let manager =
-            Manager::from_config(config.clone(), NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let manager = Manager::from_config(
+            config.clone(),
+            tls.clone(),
+            ManagerConfig { recycling_method: RecyclingMethod::Fast },
+        );
         let pool = Pool::builder(manager)
             .max_size(options.pool_size.max(1))
             .runtime(deadpool_postgres::Runtime::Tokio1)
@@ -256,6 +263,7 @@ impl Postgres {
         let instance = format!("{}-{}", std::process::id(), EventId::now());
         let shared = Arc::new(Shared {
             config,
+            tls,
             pool,
             live: Live::new(last),
             options,

@@ -18,6 +18,7 @@ mod reader;
 mod rows;
 mod schema;
 mod tasks;
+mod tls;
 mod writer;
 
 pub use backend::{Options, Postgres};

@@ -12,7 +12,7 @@ use std::time::Duration;
 use cairn_store::{EventId, StateOp, StoreError, VerifyReport};
 use futures_util::StreamExt as _;
 use tokio::sync::{mpsc, oneshot};
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 
 use crate::backend::{Shared, delete_events, lock_sequencer};
 use crate::error::{pg_error, pool_error};
@@ -189,7 +189,8 @@ pub(crate) async fn listen(shared: Arc<Shared>) {
 }
 
 async fn listen_once(shared: &Shared) -> Result<(), StoreError> {
-    let (client, mut connection) = shared.config().connect(NoTls).await.map_err(pg_error("listening"))?;
+    let (config, tls) = shared.config();
+    let (client, mut connection) = config.connect(tls).await.map_err(pg_error("listening"))?;
     let (messages_tx, mut messages) = mpsc::unbounded_channel();
     let driver = tokio::spawn(async move {
         let mut stream = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
