@@ -66,12 +66,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
 async fn postgres(url: &str, dir: std::path::PathBuf, command: Command) -> Result<ExitCode> {
     std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
     let _lock = cairn_service::lock_directory(&dir).with_context(|| format!("lock {}", dir.display()))?;
-    let users = cairn_service::Users::open(&dir).with_context(|| format!("read the users of {}", dir.display()))?;
-    // The URL may hold a password: errors name the flag, not the URL.
-    let storage = cairn_postgres::Postgres::open(url, cairn_postgres::Options::default())
-        .await
-        .context("open the PostgreSQL database given by --postgres")?;
-    let service = Service::new(std::sync::Arc::new(storage), users, ServiceOptions::default());
+    let (service, _) = cairn_server::open_postgres_service(url, &dir, ServiceOptions::default()).await?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let result = command_on(&service, &mut out, command).await;

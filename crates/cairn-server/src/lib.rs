@@ -24,7 +24,7 @@ mod resp;
 mod server;
 
 pub use config::{Config, ServeArgs};
-pub use server::{run, serve};
+pub use server::{open_postgres_service, run, serve};
 
 /// Entry points for fuzz targets (`fuzz/`); not a stable API.
 #[doc(hidden)]

@@ -193,8 +193,8 @@ pub async fn serve(config: Config, until: impl Future<Output = ()>, ready: impl 
     Ok(())
 }
 
-/// A service whose events live in PostgreSQL: `dir` holds the socket, the
-/// lock and the users.
+/// A service whose events and users live in PostgreSQL: `dir` holds the
+/// socket and the lock (and, the first time, users to copy in).
 async fn open_postgres(
     url: &str,
     dir: &std::path::Path,
@@ -202,13 +202,37 @@ async fn open_postgres(
 ) -> Result<(cairn_service::Service, std::fs::File)> {
     std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     let lock = cairn_service::lock_directory(dir).with_context(|| format!("lock {}", dir.display()))?;
-    let users = cairn_service::Users::open(dir).with_context(|| format!("read the users of {}", dir.display()))?;
-    // The URL may hold a password: errors name the database, not the URL.
-    let storage = cairn_postgres::Postgres::open(url, cairn_postgres::Options::default())
-        .await
-        .context("open the PostgreSQL database given by --postgres")?;
-    tracing::info!("events are kept in PostgreSQL; {} holds the socket and users", dir.display());
-    Ok((cairn_service::Service::new(std::sync::Arc::new(storage), users, options), lock))
+    let (service, copied) = open_postgres_service(url, dir, options).await?;
+    if copied > 0 {
+        tracing::info!("copied {copied} users from {} into PostgreSQL", dir.join(cairn_service::USERS_FILE).display());
+    }
+    tracing::info!("events and users are kept in PostgreSQL; {} holds the socket", dir.display());
+    Ok((service, lock))
+}
+
+/// A service on the PostgreSQL database at `url`, its users kept there; the
+/// first time, the users of `dir`'s `users.json` are copied in. Returns
+/// how many were copied.
+pub async fn open_postgres_service(
+    url: &str,
+    dir: &std::path::Path,
+    options: ServiceOptions,
+) -> Result<(cairn_service::Service, usize)> {
+    // The URL may hold a password: errors name the flag, not the URL.
+    let storage: std::sync::Arc<dyn cairn_service::Storage> = std::sync::Arc::new(
+        cairn_postgres::Postgres::open(url, cairn_postgres::Options::default())
+            .await
+            .context("open the PostgreSQL database given by --postgres")?,
+    );
+    let users = cairn_service::Users::open_shared(storage.clone()).await.context("read the users in PostgreSQL")?;
+    let local = cairn_service::Users::open(dir).with_context(|| format!("read the users of {}", dir.display()))?;
+    let (users, copied) = tokio::task::spawn_blocking(move || {
+        let copied = users.adopt(&local);
+        (users, copied)
+    })
+    .await?;
+    let copied = copied.context("copy the directory's users into PostgreSQL")?;
+    Ok((cairn_service::Service::new(storage, users, options), copied))
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -43,8 +43,8 @@ pub use cairn_store::json;
 pub use cairn_store::limits;
 pub use cairn_store::{
     BACKUP_MANIFEST, BackupProgress, BackupReport, Batch, Event, EventId, Expect, Hash, Imported, Limits, NewEvent,
-    Options as StoreOptions, Pattern, Payload, Query, RecoveryReport, SYSTEM_PREFIX, StoreError, StoreStats, SyncMode,
-    Topic, TopicInfo, Truncation, Ttl, VerifyReport, check_meta, lock_directory, parse_duration_ms,
+    Options as StoreOptions, Pattern, Payload, Query, RecoveryReport, SYSTEM_PREFIX, Storage, StoreError, StoreStats,
+    SyncMode, Topic, TopicInfo, Truncation, Ttl, VerifyReport, check_meta, lock_directory, parse_duration_ms,
 };
 pub use consumers::group::Claim;
 pub use consumers::groups::{

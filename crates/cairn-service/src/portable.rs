@@ -91,7 +91,14 @@ impl Service {
                 ImportRecord::Content(bytes) => {
                     self.storage().cas_put(bytes).await?;
                 }
-                ImportRecord::State(key, value) => ops.push(StateOp::Put(key, value)),
+                ImportRecord::State(key, value) => {
+                    // Users are not state an import may write: they are
+                    // managed with the user commands, by admins.
+                    if key.first() == Some(&crate::users::USER_RECORD_PREFIX) {
+                        return Err(ServiceError::invalid("cairn_state", "user records are not imported"));
+                    }
+                    ops.push(StateOp::Put(key, value));
+                }
                 ImportRecord::Event(_) => {
                     return Err(ServiceError::invalid("body", "events are imported with Service::import"));
                 }
@@ -112,7 +119,10 @@ impl Service {
     pub async fn export_extras(&self, who: &Principal) -> Result<(Vec<Hash>, Vec<serde_json::Value>)> {
         self.admit(who)?;
         who.check_admin()?;
-        let state = self.storage().state_scan(Vec::new()).await?;
+        let mut state = self.storage().state_scan(Vec::new()).await?;
+        // Users (password and token hashes, where storage keeps them) are
+        // not exported, as `users.json` is not.
+        state.retain(|(key, _)| key.first() != Some(&crate::users::USER_RECORD_PREFIX));
         let mut hashes: Vec<Hash> = state
             .iter()
             .filter(|(key, _)| key.first() == Some(&b'o') && key.len() > 33)

@@ -146,8 +146,34 @@ impl Read {
 }
 
 impl Service {
-    /// A service over `storage` with these users.
+    /// A service over `storage` with these users. Users kept in shared
+    /// storage are read again every second (changes made through other
+    /// servers), while the service lives.
     pub fn new(storage: Arc<dyn Storage>, users: Users, options: ServiceOptions) -> Service {
+        let service = Service::build(storage, users, options);
+        if let (Some(shared), Ok(runtime)) =
+            (service.inner.users.shared_storage(), tokio::runtime::Handle::try_current())
+        {
+            let inner = Arc::downgrade(&service.inner);
+            runtime.spawn(async move {
+                loop {
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    let Some(inner) = inner.upgrade() else { return };
+                    match shared.state_scan(vec![crate::users::USER_RECORD_PREFIX]).await {
+                        Ok(entries) => {
+                            if let Err(error) = inner.users.refresh(entries) {
+                                tracing::warn!("the users in storage could not be read: {error}");
+                            }
+                        }
+                        Err(error) => tracing::debug!("reading the users in storage failed (retrying): {error}"),
+                    }
+                }
+            });
+        }
+        service
+    }
+
+    fn build(storage: Arc<dyn Storage>, users: Users, options: ServiceOptions) -> Service {
         Service {
             inner: Arc::new(Inner {
                 groups: Groups::default(),

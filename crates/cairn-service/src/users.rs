@@ -1,7 +1,13 @@
-//! Users, passwords and tokens, kept in `<store>/users.json`.
+//! Users, passwords and tokens, kept in `<store>/users.json`, or, where
+//! several servers share one storage (PostgreSQL), as one state record per
+//! user (`U<name>`) in it.
 //!
 //! The file (mode 0600) is rewritten atomically on each change (temporary
-//! file, fsync, rename, fsync of the directory). Passwords are argon2id PHC
+//! file, fsync, rename, fsync of the directory). Shared records are read
+//! again before each change (so a change made through another server is
+//! kept) and every second by the service ([`Users::refresh`]), so a
+//! revocation through one server ends sessions on every server within
+//! about a second. Passwords are argon2id PHC
 //! strings; tokens are `cairn_` + 64 hex digits of randomness, and only
 //! their sha256 is kept. Whoever holds the store (a server, or the CLI
 //! with the store's lock) is the only writer of the file.
@@ -18,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier as _, SaltString};
-use cairn_store::{Pattern, StoreError};
+use cairn_store::{Pattern, StateEntries, StateOp, Storage, StoreError};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use tokio::sync::watch;
@@ -111,13 +117,31 @@ pub struct IssuedToken {
     pub token: String,
 }
 
+/// The first byte of the state records that hold users.
+pub const USER_RECORD_PREFIX: u8 = b'U';
+
+/// Where the users are kept.
+enum Keep {
+    /// `<store>/users.json`.
+    File(PathBuf),
+    /// One state record per user in storage that several servers share.
+    Shared {
+        storage: Arc<dyn Storage>,
+        /// The records as last read, to notice changes made elsewhere.
+        seen: Mutex<StateEntries>,
+    },
+}
+
 /// The users of a store.
 pub struct Users {
-    path: PathBuf,
+    keep: Keep,
     state: RwLock<State>,
     /// sha256 of `name\0password` pairs that verified.
     verified: Mutex<HashMap<[u8; 32], Arc<User>>>,
     changed: watch::Sender<u64>,
+    /// Held while a change is made: one at a time, and `state` is locked
+    /// only to swap in the result (never while waiting for storage).
+    changing: Mutex<()>,
 }
 
 #[derive(Default)]
@@ -147,11 +171,69 @@ impl Users {
         };
         let state = State::build(file.users).map_err(damaged)?;
         Ok(Users {
-            path,
+            keep: Keep::File(path),
             state: RwLock::new(state),
             verified: Mutex::new(HashMap::new()),
             changed: watch::channel(0).0,
+            changing: Mutex::new(()),
         })
+    }
+
+    /// The users kept as state records of `storage`, which several servers
+    /// share.
+    pub async fn open_shared(storage: Arc<dyn Storage>) -> Result<Users> {
+        let entries = storage.state_scan(vec![USER_RECORD_PREFIX]).await?;
+        let state = State::build(parse_records(&entries)?)
+            .map_err(|detail| ServiceError::Storage(StoreError::Corrupt { location: "user records".into(), detail }))?;
+        Ok(Users {
+            keep: Keep::Shared { storage, seen: Mutex::new(entries) },
+            state: RwLock::new(state),
+            verified: Mutex::new(HashMap::new()),
+            changed: watch::channel(0).0,
+            changing: Mutex::new(()),
+        })
+    }
+
+    /// The storage the users are kept in, when shared.
+    pub(crate) fn shared_storage(&self) -> Option<Arc<dyn Storage>> {
+        match &self.keep {
+            Keep::File(_) => None,
+            Keep::Shared { storage, .. } => Some(storage.clone()),
+        }
+    }
+
+    /// Takes in the user records as just read from shared storage: when
+    /// they changed (through another server), rebuilds and tells sessions
+    /// to re-check themselves.
+    pub fn refresh(&self, entries: StateEntries) -> Result<()> {
+        let Keep::Shared { seen, .. } = &self.keep else { return Ok(()) };
+        let mut seen = seen.lock().expect("seen lock");
+        if *seen == entries {
+            return Ok(());
+        }
+        let rebuilt = State::build(parse_records(&entries)?)
+            .map_err(|detail| ServiceError::Storage(StoreError::Corrupt { location: "user records".into(), detail }))?;
+        *seen = entries;
+        *self.state.write().expect("users lock") = rebuilt;
+        drop(seen);
+        self.verified.lock().expect("cache lock").clear();
+        self.changed.send_modify(|generation| *generation += 1);
+        Ok(())
+    }
+
+    /// Copies users into shared storage that has none yet (a directory's
+    /// `users.json` when a server first serves a database); returns how many.
+    pub fn adopt(&self, from: &Users) -> Result<usize> {
+        let records = from.state.read().expect("users lock").records.clone();
+        if records.is_empty() || !self.is_empty() {
+            return Ok(0);
+        }
+        let count = records.len();
+        self.change(|existing| {
+            existing.extend(records);
+            Ok(())
+        })?;
+        Ok(count)
     }
 
     /// The users file as it would be written now (for a backup).
@@ -326,23 +408,87 @@ impl Users {
 
     /// Applies a change to the records, writes the file durably, rebuilds,
     /// and signals the change.
+    /// Applies `edit` to the records and keeps the result. Blocking (the
+    /// file's fsync; with shared storage, waiting for it on the runtime).
     fn change(&self, edit: impl FnOnce(&mut Vec<UserRecord>) -> Result<()>) -> Result<()> {
-        let mut state = self.state.write().expect("users lock");
-        let mut records = state.records.clone();
+        let _one_at_a_time = self.changing.lock().expect("change lock");
+        let mut records = self.state.read().expect("users lock").records.clone();
+        if let Keep::Shared { storage, seen } = &self.keep {
+            // Start from what storage holds now: another server may have
+            // changed users since the last refresh.
+            let runtime = tokio::runtime::Handle::current();
+            let entries = runtime.block_on(storage.state_scan(vec![USER_RECORD_PREFIX]))?;
+            records = parse_records(&entries)?;
+            *seen.lock().expect("seen lock") = entries;
+        }
+        let before = records.clone();
         edit(&mut records)?;
         let rebuilt = State::build(records).map_err(|detail| ServiceError::invalid("user", detail))?;
-        write_file(&self.path, &rebuilt.records).map_err(|error| {
-            ServiceError::Storage(StoreError::Io {
-                context: "write the users file".to_owned(),
-                source: Arc::new(error),
-            })
-        })?;
-        *state = rebuilt;
-        drop(state);
+        match &self.keep {
+            Keep::File(path) => write_file(path, &rebuilt.records).map_err(|error| {
+                ServiceError::Storage(StoreError::Io {
+                    context: "write the users file".to_owned(),
+                    source: Arc::new(error),
+                })
+            })?,
+            Keep::Shared { storage, seen } => {
+                let mut ops = Vec::new();
+                for record in &rebuilt.records {
+                    let unchanged = before.iter().any(|old| {
+                        old.name == record.name && serde_json::to_vec(old).ok() == serde_json::to_vec(record).ok()
+                    });
+                    if !unchanged {
+                        let value = serde_json::to_vec(record)
+                            .map_err(|error| ServiceError::invalid("user", error.to_string()))?;
+                        ops.push(StateOp::Put(record_key(&record.name), value));
+                    }
+                }
+                for old in &before {
+                    if !rebuilt.records.iter().any(|record| record.name == old.name) {
+                        ops.push(StateOp::Delete(record_key(&old.name)));
+                    }
+                }
+                if !ops.is_empty() {
+                    let runtime = tokio::runtime::Handle::current();
+                    runtime.block_on(async { storage.state_submit(ops).await?.await })?;
+                }
+                // What storage now holds, as the next refresh will read it.
+                let mut entries: StateEntries = rebuilt
+                    .records
+                    .iter()
+                    .filter_map(|record| Some((record_key(&record.name), serde_json::to_vec(record).ok()?)))
+                    .collect();
+                entries.sort();
+                *seen.lock().expect("seen lock") = entries;
+            }
+        }
+        *self.state.write().expect("users lock") = rebuilt;
         self.verified.lock().expect("cache lock").clear();
         self.changed.send_modify(|generation| *generation += 1);
         Ok(())
     }
+}
+
+/// The state record key of user `name`.
+fn record_key(name: &str) -> Vec<u8> {
+    let mut key = vec![USER_RECORD_PREFIX];
+    key.extend_from_slice(name.as_bytes());
+    key
+}
+
+/// Users from their state records.
+fn parse_records(entries: &StateEntries) -> Result<Vec<UserRecord>> {
+    entries
+        .iter()
+        .map(|(key, value)| {
+            serde_json::from_slice(value).map_err(|error| {
+                ServiceError::Storage(StoreError::Corrupt {
+                    location: format!("user record {}", String::from_utf8_lossy(key)),
+                    detail: error.to_string(),
+                })
+            })
+        })
+        .collect()
 }
 
 impl State {

@@ -349,3 +349,84 @@ fn clear_errors_when_the_database_is_missing_or_newer() {
     assert!(!output.status.success());
     assert!(stderr.contains("schema version 99, newer than this cairn"), "{stderr}");
 }
+
+/// Waits (at most 10 s) until `check` holds.
+async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !check().await {
+        assert!(Instant::now() < deadline, "{what} did not happen within 10 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_and_tokens_live_in_the_database_for_every_server() {
+    let cluster = Cluster::start(&[("fsync", "off")]).unwrap();
+    let url = database(&cluster, "users");
+    // A directory with a user of its own: copied in when a server first
+    // serves the database from it.
+    let a_dir = Cairn::new();
+    a_dir.ok(&["user", "add", "carol", "--read", "c.>", "--write", "c.>"], b"carolpw\n");
+    let start = |cairn: &Cairn| {
+        let mut command = cairn.command(&["serve", "--http", "127.0.0.1:0"]);
+        command.env("CAIRN_POSTGRES", &url);
+        Server::spawn(command)
+    };
+    let a = start(&a_dir);
+    let b_dir = Cairn::new();
+    let b = start(&b_dir);
+    let on = |server: &Server, user: &str, password: &str| server.tcp().with_basic(user, password);
+    eventually("carol, copied from a's directory, logs in on b", async || {
+        call(&on(&b, "carol", "carolpw"), "GET", "/v1/topics/c.1", &[], "").await.status == 404
+    })
+    .await;
+    // A user added through a's socket logs in on b.
+    a_dir.ok(&["user", "add", "alice", "--read", "a.>", "--write", "a.>"], b"alicepw\n");
+    eventually("alice logs in on b", async || {
+        call(&on(&b, "alice", "alicepw"), "POST", "/v1/topics/a.1/events", &[], "x").await.status == 201
+    })
+    .await;
+    assert_eq!(call(&on(&b, "alice", "wrong"), "GET", "/v1/topics/a.1", &[], "").await.status, 401);
+    assert_eq!(
+        call(&on(&b, "alice", "alicepw"), "GET", "/v1/topics/c.1", &[], "").await.status,
+        403,
+        "her patterns hold"
+    );
+    // A token issued through b works on a; a follow on a with it ends when
+    // b revokes it, and the token is refused everywhere.
+    let token = b_dir.ok(&["user", "token", "issue", "alice"], b"")[0]["token"].as_str().unwrap().to_owned();
+    let id = token_id(&b_dir, "alice");
+    let with_token = a.tcp().with_token(&token);
+    eventually("the token works on a", async || {
+        call(&with_token, "GET", "/v1/topics/a.1", &[], "").await.status == 200
+    })
+    .await;
+    let mut connection = with_token.connect().await.unwrap();
+    let mut follow = connection.request("GET", "/v1/events?topic=a.%3E&follow=true", &[], "".into()).await.unwrap();
+    assert_eq!(follow.status, 200);
+    b_dir.ok(&["user", "token", "revoke", &id], b"");
+    let ended = tokio::time::timeout(Duration::from_secs(10), crate::serve::until_end(&mut follow)).await;
+    assert!(ended.is_ok(), "the revoked token's stream on a ended");
+    eventually("the revoked token is refused on a", async || {
+        call(&with_token, "GET", "/v1/topics/a.1", &[], "").await.status == 401
+    })
+    .await;
+    // Removed through a: refused on b.
+    a_dir.ok(&["user", "rm", "alice"], b"");
+    eventually("alice is refused on b", async || {
+        call(&on(&b, "alice", "alicepw"), "GET", "/v1/topics/a.1", &[], "").await.status == 401
+    })
+    .await;
+    // Users are not part of an export.
+    let export = a_dir.run(&["export"], b"");
+    assert!(!String::from_utf8_lossy(&export.stdout).contains("carol"), "no user in an export");
+    assert!(a.terminate().success());
+    assert!(b.terminate().success());
+}
+
+/// The id of `user`'s only token.
+fn token_id(cairn: &Cairn, user: &str) -> String {
+    let users = cairn.ok(&["user", "list"], b"");
+    let user = users.iter().find(|entry| entry["name"] == user).unwrap();
+    user["tokens"][0].as_str().unwrap().to_owned()
+}
