@@ -20,13 +20,15 @@
 //! the commit's answer is lost (the connection broke) the callers get
 //! `Unavailable`, as their write may or may not have committed.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use cairn_store::{Event, EventId, Expect, Hash, StoreError, Topic, Ttl};
-use futures_util::future::{BoxFuture, try_join_all};
+use futures_util::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Statement};
@@ -148,12 +150,43 @@ impl Conn {
 
 /// Runs the writer until every sender is gone.
 pub(crate) async fn run(shared: Arc<Shared>, mut requests: mpsc::Receiver<Request>) {
-    let mut conn: Option<Conn> = None;
-    let mut cache = Cache::default();
+    let mut writer =
+        Writer { shared, conn: None, cache: Cache::default(), in_flight: VecDeque::new(), redo: Vec::new() };
     // Requests in the last group: the callers just answered, most of whom
     // submit again at once.
     let mut last_group = 0;
-    while let Some(first) = requests.recv().await {
+    let mut open = true;
+    loop {
+        let first = if writer.in_flight.is_empty() {
+            if !open {
+                return;
+            }
+            match requests.recv().await {
+                Some(first) => first,
+                None => return,
+            }
+        } else if writer.in_flight.len() < PIPELINE_DEPTH && open {
+            let front = writer.in_flight.front_mut().expect("a group in flight");
+            tokio::select! {
+                biased;
+                result = &mut front.write => {
+                    writer.landed(result).await;
+                    continue;
+                }
+                request = requests.recv() => match request {
+                    Some(first) => first,
+                    None => {
+                        open = false;
+                        continue;
+                    }
+                },
+            }
+        } else {
+            let front = writer.in_flight.front_mut().expect("a group in flight");
+            let result = (&mut front.write).await;
+            writer.landed(result).await;
+            continue;
+        };
         let (mut events, mut bytes) = (first.events.len(), first.bytes());
         let mut group = vec![first];
         let mut yields = 0;
@@ -174,38 +207,166 @@ pub(crate) async fn run(shared: Arc<Shared>, mut requests: mpsc::Receiver<Reques
             tokio::task::yield_now().await;
         }
         last_group = group.len();
-        if conn.as_ref().is_none_or(|conn| conn.client.is_closed()) {
-            conn = None;
-            cache.forget();
-            match Conn::open(&shared).await {
-                Ok(opened) => conn = Some(opened),
-                Err(error) => {
-                    for request in group {
-                        let _ = request.reply.send(Err(error.clone()));
-                    }
-                    continue;
+        let (replies, group) = split(group);
+        writer.start(replies, group, events).await;
+    }
+}
+
+/// Groups one writer may have sent and not yet seen committed: while one
+/// commits (its WAL flush), the next is planned and sent behind it on the
+/// same connection, so the client's work and the database's overlap.
+const PIPELINE_DEPTH: usize = 2;
+
+/// The commit writer's state.
+struct Writer {
+    shared: Arc<Shared>,
+    conn: Option<Arc<Conn>>,
+    cache: Cache,
+    /// Fast-path groups sent, oldest first.
+    in_flight: VecDeque<InFlight>,
+    /// Groups whose guard failed, to commit again by the slow path once
+    /// nothing is in flight.
+    redo: Vec<(Vec<Reply>, Vec<Work>, usize)>,
+}
+
+/// A fast-path group sent to the database.
+struct InFlight {
+    write: Pin<Box<dyn Future<Output = Result<(), tokio_postgres::Error>> + Send>>,
+    plan: Arc<Plan>,
+    /// The sequencer's value the group was planned after.
+    before: EventId,
+    replies: Vec<Reply>,
+    work: Vec<Work>,
+    events: usize,
+    started: Instant,
+}
+
+impl Writer {
+    /// The connection, opened if needed (all groups fail when it cannot be).
+    async fn conn(&mut self) -> Result<Arc<Conn>, StoreError> {
+        if let Some(conn) = &self.conn
+            && !conn.client.is_closed()
+        {
+            return Ok(conn.clone());
+        }
+        self.conn = None;
+        self.cache.forget();
+        let conn = Arc::new(Conn::open(&self.shared).await?);
+        self.conn = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// Commits a new group: sent behind those in flight on the fast path
+    /// when it can take it, else by the slow path once nothing is in flight.
+    async fn start(&mut self, replies: Vec<Reply>, group: Vec<Work>, events: usize) {
+        let conn = match self.conn().await {
+            Ok(conn) => conn,
+            Err(error) => return fail(replies, &error),
+        };
+        let now = now_ms();
+        // A plan that writes nothing (every request refused) is not
+        // trusted to the cache: only the guard of a write proves it current.
+        if let Some(known) = self.cache.known(&group)
+            && let plan = plan(&group, &known, now)
+            && plan.writes()
+        {
+            let plan = Arc::new(plan);
+            // What the next group is planned after: this one, if it commits.
+            self.cache.remember(plan.last, plan.tails.clone());
+            let (sent_conn, sent_plan) = (conn.clone(), plan.clone());
+            let mut write: Pin<Box<dyn Future<Output = Result<(), tokio_postgres::Error>> + Send>> =
+                Box::pin(async move { write(&sent_conn, &sent_plan, Some(known.last), now).await });
+            // The first poll sends the whole pipeline, so the next group's
+            // statements follow this one's on the connection.
+            let first = std::future::poll_fn(|cx| std::task::Poll::Ready(write.as_mut().poll(cx))).await;
+            if let std::task::Poll::Ready(result) = first {
+                write = Box::pin(std::future::ready(result));
+            }
+            self.in_flight.push_back(InFlight {
+                write,
+                plan,
+                before: known.last,
+                replies,
+                work: group,
+                events,
+                started: Instant::now(),
+            });
+            return;
+        }
+        self.drain().await;
+        self.slow(replies, group, events).await;
+    }
+
+    /// Waits for every group in flight, then commits those to redo.
+    async fn drain(&mut self) {
+        while let Some(front) = self.in_flight.front_mut() {
+            let result = (&mut front.write).await;
+            self.landed(result).await;
+        }
+    }
+
+    /// The oldest group in flight has its answer.
+    async fn landed(&mut self, result: Result<(), tokio_postgres::Error>) {
+        let Some(mut flight) = self.in_flight.pop_front() else { return };
+        flight.write = Box::pin(std::future::ready(Ok(())));
+        match result {
+            Ok(()) => {
+                self.shared.stats.record_commit(flight.started.elapsed(), flight.events as u64);
+                let plan = Arc::try_unwrap(flight.plan).unwrap_or_else(|shared| (*shared).clone());
+                let outcomes = finish(&self.shared, plan, flight.before).await;
+                for (reply, outcome) in flight.replies.into_iter().zip(outcomes) {
+                    let _ = reply.send(outcome);
                 }
             }
+            Err(error) if moved(&error) => {
+                // Another process committed since the cache was right (or
+                // a group before this one failed): plan it again, reading.
+                self.cache.forget();
+                self.redo.push((flight.replies, flight.work, flight.events));
+            }
+            Err(error) => {
+                self.cache.forget();
+                let error = pg_error("committing appends")(error);
+                tracing::warn!("a commit group failed: {error}");
+                fail(flight.replies, &error);
+            }
         }
-        let Some(open) = &conn else { continue };
+        if self.in_flight.is_empty() && !self.redo.is_empty() {
+            for (replies, group, events) in std::mem::take(&mut self.redo) {
+                self.slow(replies, group, events).await;
+            }
+        }
+    }
+
+    /// The slow path, alone on the connection.
+    async fn slow(&mut self, replies: Vec<Reply>, group: Vec<Work>, events: usize) {
+        let conn = match self.conn().await {
+            Ok(conn) => conn,
+            Err(error) => return fail(replies, &error),
+        };
+        // Ends a transaction a failed pipeline left (a warning when none).
+        let _ = conn.client.batch_execute("rollback").await;
         let started = Instant::now();
-        let (replies, group) = split(group);
-        match commit(&shared, open, &mut cache, group).await {
+        match commit_slow(&self.shared, &conn, &mut self.cache, group).await {
             Ok(outcomes) => {
-                shared.stats.record_commit(started.elapsed(), events as u64);
+                self.shared.stats.record_commit(started.elapsed(), events as u64);
                 for (reply, outcome) in replies.into_iter().zip(outcomes) {
                     let _ = reply.send(outcome);
                 }
             }
             Err(error) => {
-                // Ends a transaction still open (a warning when there is none).
-                let _ = open.client.batch_execute("rollback").await;
+                let _ = conn.client.batch_execute("rollback").await;
                 tracing::warn!("a commit group failed: {error}");
-                for reply in replies {
-                    let _ = reply.send(Err(error.clone()));
-                }
+                fail(replies, &error);
             }
         }
+    }
+}
+
+/// Answers every request of a group with `error`.
+fn fail(replies: Vec<Reply>, error: &StoreError) {
+    for reply in replies {
+        let _ = reply.send(Err(error.clone()));
     }
 }
 
@@ -230,6 +391,7 @@ fn split(group: Vec<Request>) -> (Vec<Reply>, Vec<Work>) {
 type NewKey = (Vec<u8>, Vec<u8>, Vec<Vec<u8>>);
 
 /// What became of one request of a group.
+#[derive(Clone)]
 enum Planned {
     Written(Vec<Event>),
     /// A repeat of a key written before: its first write's ids.
@@ -238,7 +400,7 @@ enum Planned {
 }
 
 /// The columns of new rows.
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub(crate) struct Columns {
     id: Vec<Vec<u8>>,
     topic: Vec<String>,
@@ -359,11 +521,9 @@ impl Cache {
     }
 }
 
-/// Commits one group; the outcome of each request, in order. Tries the
-/// fast path first (one round trip, guarded by the sequencer's value),
-/// and reads what it needs under the lock when that cannot be used or
-/// another process committed in between.
-async fn commit(
+/// Commits one group by the slow path: reads what the plan needs under
+/// the lock, plans, writes; the outcome of each request, in order.
+async fn commit_slow(
     shared: &Shared,
     conn: &Conn,
     cache: &mut Cache,
@@ -371,27 +531,6 @@ async fn commit(
 ) -> Result<Vec<Result<Vec<Event>, StoreError>>, StoreError> {
     let context = "committing appends";
     let now = now_ms();
-    // A plan that writes nothing (every request refused) is not trusted
-    // to the cache: only the guard of a write proves it was current.
-    if let Some(known) = cache.known(&group)
-        && let plan = plan(&group, &known, now)
-        && plan.writes()
-    {
-        match write(conn, &plan, Some(known.last), now).await {
-            Ok(()) => {
-                cache.remember(plan.last, plan.tails.clone());
-                return Ok(finish(shared, plan, known.last).await);
-            }
-            Err(error) if moved(&error) => {
-                cache.forget();
-                conn.client.batch_execute("rollback").await.map_err(pg_error(context))?;
-            }
-            Err(error) => {
-                cache.forget();
-                return Err(pg_error(context)(error));
-            }
-        }
-    }
     let known = match read_known(conn, &group, shared.options.idempotency_window_ms, now).await {
         Ok(known) => known,
         Err(error) => {
@@ -481,6 +620,7 @@ async fn read_known(conn: &Conn, group: &[Work], window_ms: u64, now: u64) -> Re
 }
 
 /// A group's plan: what each request becomes, and the rows to write.
+#[derive(Clone)]
 struct Plan {
     planned: Vec<Planned>,
     stored_rows: Columns,
@@ -657,7 +797,29 @@ async fn write(conn: &Conn, plan: &Plan, guard: Option<EventId>, now: u64) -> Re
         steps.push(Box::pin(client.execute_raw(&conn.insert_key, params)));
     }
     steps.push(Box::pin(async move { client.batch_execute("commit").await.map(|()| 0) }));
-    try_join_all(steps).await?;
+    in_order(steps).await
+}
+
+/// Runs pipelined statements: each future sends its statement when first
+/// polled, so each is polled once, in order, before any is awaited (a
+/// join's polling order is not promised); the first error in order wins.
+async fn in_order(
+    mut steps: Vec<BoxFuture<'_, Result<u64, tokio_postgres::Error>>>,
+) -> Result<(), tokio_postgres::Error> {
+    let mut early = Vec::with_capacity(steps.len());
+    for step in &mut steps {
+        let first = std::future::poll_fn(|cx| std::task::Poll::Ready(step.as_mut().poll(cx))).await;
+        early.push(match first {
+            std::task::Poll::Ready(result) => Some(result),
+            std::task::Poll::Pending => None,
+        });
+    }
+    for (step, early) in steps.iter_mut().zip(early) {
+        match early {
+            Some(result) => result?,
+            None => step.await?,
+        };
+    }
     Ok(())
 }
 
