@@ -106,7 +106,6 @@ impl Shared {
                 tracing::debug!("PostgreSQL connection ended: {error}");
             }
         });
-        prepare_session(&client).await?;
         Ok(client)
     }
 
@@ -179,18 +178,6 @@ impl Shared {
     }
 }
 
-/// Settings every cairn session needs: an acknowledged commit is durable
-/// (`synchronous_commit` never off or local for cairn's writes), and
-/// cairn's name in `pg_stat_activity`.
-async fn prepare_session(client: &Client) -> Result<(), StoreError> {
-    let row = client.query_one("show synchronous_commit", &[]).await.map_err(pg_error("reading settings"))?;
-    let setting: String = row.get(0);
-    if setting == "off" || setting == "local" {
-        client.batch_execute("set synchronous_commit = on").await.map_err(pg_error("setting synchronous_commit"))?;
-    }
-    Ok(())
-}
-
 /// cairn's storage in a PostgreSQL database. Cheap to share behind an
 /// `Arc`; its tasks stop when it is dropped.
 pub struct Postgres {
@@ -227,11 +214,18 @@ impl Postgres {
         // chunk. Right after a bulk append the statistics are stale and
         // the planner would choose that (seen: 0.06x a raw read), so cairn's
         // sessions price sorts out. It is a cost, not a ban.
-        let startup = match config.get_options() {
-            Some(given) => format!("{given} -c enable_sort=off"),
-            None => "-c enable_sort=off".to_owned(),
-        };
+        //
+        // A session idle inside a transaction for 15 s (a cairn process
+        // frozen or cut off while it holds the sequencer's lock) is ended by
+        // the server, so the other processes' commits go on.
+        let mut startup = config.get_options().map(|given| format!("{given} ")).unwrap_or_default();
+        startup.push_str("-c enable_sort=off -c idle_in_transaction_session_timeout=15s");
         config.options(&startup);
+        // A peer that vanished is noticed in about 30 s, not TCP's 2 hours.
+        if !url.contains("keepalives") {
+            config.keepalives(true).keepalives_idle(Duration::from_secs(15));
+            config.keepalives_interval(Duration::from_secs(5)).keepalives_retries(3);
+        }
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(10));
         }
@@ -239,6 +233,20 @@ impl Postgres {
         tokio::spawn(async move {
             let _ = connection.await;
         });
+        // An acknowledgement means durable: where the database or role
+        // turns synchronous_commit off (or local), cairn's sessions turn it
+        // on (a stronger setting, remote_apply, is kept).
+        let row = client.query_one("show synchronous_commit", &[]).await.map_err(pg_error("reading settings"))?;
+        let setting: String = row.get(0);
+        if setting == "off" || setting == "local" {
+            tracing::info!("synchronous_commit is {setting} for cairn's role here: cairn's sessions turn it on");
+            startup.push_str(" -c synchronous_commit=on");
+            config.options(&startup);
+            client
+                .batch_execute("set synchronous_commit = on")
+                .await
+                .map_err(pg_error("setting synchronous_commit"))?;
+        }
         schema::migrate(&mut client).await?;
         let row = client
             .query_one("select ms, ctr::text, changes from cairn_sequencer", &[])
@@ -605,8 +613,14 @@ impl Storage for Postgres {
             let hash = Hash::of(&bytes);
             let context = "storing content";
             let client = self.client(context).await?;
-            let sql = "insert into cairn_content (hash, bytes, standalone) values ($1, $2, true) \
-                       on conflict (hash) do nothing";
+            // Content already there as a stored event's payload stays the
+            // event's (removing the event collects it, as on the local
+            // engine); content there that no event uses any more (left by
+            // a trim, not yet collected) becomes content stored on its own,
+            // so a put that succeeded is never collected.
+            let sql = "insert into cairn_content as k (hash, bytes, standalone) values ($1, $2, true) \
+                       on conflict (hash) do update set standalone = k.standalone or not exists \
+                       (select 1 from cairn_events e where e.hash = excluded.hash)";
             let statement = client.prepare_cached(sql).await.map_err(pg_error(context))?;
             client.execute(&statement, &[&hash.0.as_slice(), &bytes]).await.map_err(pg_error(context))?;
             Ok(hash)

@@ -36,6 +36,9 @@ pub(crate) fn convert(context: &str, error: &tokio_postgres::Error) -> StoreErro
             )),
         };
     }
+    if *code == SqlState::LOCK_NOT_AVAILABLE || *code == SqlState::IDLE_IN_TRANSACTION_SESSION_TIMEOUT {
+        return StoreError::Unavailable { detail: format!("PostgreSQL, {context}: {}", db.message()) };
+    }
     let class = &code.code()[..2];
     // 08: connection exception; 57: operator intervention (shutdown,
     // restart, crash recovery); 53: insufficient resources; 40: a

@@ -19,6 +19,7 @@ pub(crate) async fn import(shared: &Shared, events: Vec<Imported>) -> Result<usi
     let mut stored: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
     // Per topic: events imported, and the last seq and id.
     let mut topics: BTreeMap<String, (i64, i64, EventId)> = BTreeMap::new();
+    let mut first_seqs: BTreeMap<String, i64> = BTreeMap::new();
     let mut previous = EventId::MIN;
     let count = events.len();
     for imported in events {
@@ -44,6 +45,7 @@ pub(crate) async fn import(shared: &Shared, events: Vec<Imported>) -> Result<usi
                 stored.push((hash.0.to_vec(), bytes));
             }
         }
+        first_seqs.entry(event.topic.as_str().to_owned()).or_insert(event.seq as i64);
         let entry = topics.entry(event.topic.as_str().to_owned()).or_insert((0, -1, EventId::MIN));
         if (event.seq as i64) <= entry.1 {
             return Err(StoreError::Invalid {
@@ -66,6 +68,22 @@ pub(crate) async fn import(shared: &Shared, events: Vec<Imported>) -> Result<usi
             rule: format!("imported events must come after the store's last id ({last}); import into a new store"),
         });
     }
+    // Each topic's imported seqs come after what it already holds.
+    let names: Vec<&str> = topics.keys().map(String::as_str).collect();
+    let existing = tx
+        .query("select topic, last_seq from cairn_topics where topic = any($1)", &[&names])
+        .await
+        .map_err(pg_error(context))?;
+    for row in existing {
+        let (topic, last_seq): (String, i64) = (row.get(0), row.get(1));
+        let first_seq = first_seqs.get(&topic).copied().unwrap_or(i64::MAX);
+        if first_seq <= last_seq {
+            return Err(StoreError::Invalid {
+                field: "seq",
+                rule: format!("topic {topic} already has seq {last_seq}; imported seqs must come after it"),
+            });
+        }
+    }
     for (hash, bytes) in &stored {
         tx.execute(
             "insert into cairn_content (hash, bytes, standalone) values ($1, $2, false) on conflict (hash) do nothing",
@@ -75,7 +93,6 @@ pub(crate) async fn import(shared: &Shared, events: Vec<Imported>) -> Result<usi
         .map_err(pg_error(context))?;
     }
     tx.execute(INSERT_EVENTS, &columns.params()).await.map_err(pg_error(context))?;
-    let names: Vec<&str> = topics.keys().map(String::as_str).collect();
     let counts: Vec<i64> = topics.values().map(|(n, _, _)| *n).collect();
     let seqs: Vec<i64> = topics.values().map(|(_, seq, _)| *seq).collect();
     let ids: Vec<Vec<u8>> = topics.values().map(|(_, _, id)| id.to_bytes().to_vec()).collect();

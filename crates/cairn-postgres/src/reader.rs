@@ -3,6 +3,7 @@
 //! transaction or cursor open between chunks, and sees commits made while
 //! it runs.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use cairn_store::limits::READ_CHUNK_CONTENT_BYTES;
@@ -107,14 +108,9 @@ impl PgReader {
         let limit = self.remaining.map_or(max, |remaining| max.min(remaining.min(usize::MAX as u64) as usize));
         let limit = limit.clamp(1, CHUNK_ROWS_MAX);
         let (conditions, mut params) = self.conditions();
-        let (join, bytes_column) = if self.content {
-            (" left join cairn_content c on e.payload is null and c.hash = e.hash", ", c.bytes")
-        } else {
-            ("", "")
-        };
         let sql = format!(
-            "select e.id, e.topic, e.seq, e.kind, e.meta, e.usr, e.hash, e.size, e.ttl, e.imported, e.payload\
-             {bytes_column} from cairn_events e{join} where true{conditions} order by e.id {} limit ${}",
+            "select e.id, e.topic, e.seq, e.kind, e.meta, e.usr, e.hash, e.size, e.ttl, e.imported, e.payload \
+             from cairn_events e where true{conditions} order by e.id {} limit ${}",
             if self.reverse { "desc" } else { "asc" },
             params.len() + 1
         );
@@ -127,47 +123,66 @@ impl PgReader {
         if rows.len() < limit {
             self.done = true;
         }
-        let mut items = Vec::with_capacity(rows.len());
+        let mut events = Vec::with_capacity(rows.len());
         let mut bytes = 0usize;
         for row in &rows {
             let event = rows::event(row)?;
+            bytes += if self.content { event.size as usize } else { 0 };
+            events.push(event);
+            if bytes >= READ_CHUNK_CONTENT_BYTES && events.len() < rows.len() {
+                // The rest comes with the next chunk: a chunk's payloads
+                // stay near the bound (one payload past it at most).
+                self.done = false;
+                break;
+            }
+        }
+        // Stored payloads of the events kept, in one query.
+        let mut stored: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
+        if self.content {
+            let mut hashes: Vec<Vec<u8>> = events
+                .iter()
+                .filter(|event| matches!(event.payload, Payload::Stored))
+                .filter_map(|event| event.hash.map(|hash| hash.0.to_vec()))
+                .collect();
+            hashes.sort();
+            hashes.dedup();
+            if !hashes.is_empty() {
+                let statement = client
+                    .prepare_cached("select hash, bytes from cairn_content where hash = any($1)")
+                    .await
+                    .map_err(pg_error(context))?;
+                for row in client.query(&statement, &[&hashes]).await.map_err(pg_error(context))? {
+                    stored.insert(row.get(0), row.get(1));
+                }
+            }
+        }
+        let mut items = Vec::with_capacity(events.len());
+        for event in events {
+            let what = || format!("the payload of event {}", event.id);
             let content = if self.content {
                 match (&event.payload, event.hash) {
                     (Payload::None, _) => None,
-                    (Payload::Inline(inline), Some(hash)) => {
-                        Some(verified(hash, inline.to_vec(), || format!("the payload of event {}", event.id))?)
-                    }
+                    (Payload::Inline(inline), Some(hash)) => Some(verified(hash, inline.to_vec(), what)?),
                     (Payload::Inline(inline), None) => Some(inline.to_vec()),
-                    (Payload::Stored, hash) => {
-                        let stored: Option<Vec<u8>> = row.get(11);
-                        match (stored, hash) {
-                            (Some(stored), Some(hash)) => {
-                                Some(verified(hash, stored, || format!("the payload of event {}", event.id))?)
-                            }
-                            _ => {
-                                return Err(StoreError::Corrupt {
-                                    location: format!("event {}", event.id),
-                                    detail: "its payload is missing from cairn_content".to_owned(),
-                                });
-                            }
+                    (Payload::Stored, hash) => match (hash, hash.and_then(|hash| stored.get(hash.0.as_slice()))) {
+                        (Some(hash), Some(bytes)) => Some(verified(hash, bytes.clone(), what)?),
+                        _ => {
+                            return Err(StoreError::Corrupt {
+                                location: format!("event {}", event.id),
+                                detail: "its payload is missing from cairn_content".to_owned(),
+                            });
                         }
-                    }
+                    },
                 }
             } else {
                 None
             };
-            bytes += content.as_ref().map_or(0, Vec::len);
             if self.reverse {
                 self.upper = Some(event.id);
             } else {
                 self.lower = Some(event.id);
             }
             items.push(Item { event, content });
-            if bytes >= READ_CHUNK_CONTENT_BYTES && items.len() < rows.len() {
-                // The rest comes with the next chunk.
-                self.done = false;
-                break;
-            }
         }
         if let Some(remaining) = &mut self.remaining {
             *remaining = remaining.saturating_sub(items.len() as u64);

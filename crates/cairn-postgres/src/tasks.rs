@@ -21,13 +21,20 @@ use crate::writer::now_ms;
 
 /// The channel cairn's processes notify each other on.
 const CHANNEL: &str = "cairn";
-/// Most rows the tail reads at once.
+/// Most rows the tail reads at once (stored payloads in rows are at most
+/// the inline limit, 4 KiB by default).
 const TAIL_CHUNK: i64 = 4096;
+/// Most ephemeral rows the tail reads at once: their payloads are in the
+/// row whatever their size (up to the payload limit).
+const TAIL_EPHEMERAL_CHUNK: i64 = 16;
 /// How often the tail looks without being woken (a lost notification, a
 /// listener reconnecting).
 const TAIL_POLL: Duration = Duration::from_millis(250);
 /// How long ephemeral rows stay for the tails of other processes.
 const EPHEMERAL_KEEP_MS: u64 = 60_000;
+/// Bytes of state writes gathered into one transaction (a larger request
+/// goes alone).
+const STATE_GROUP_BYTES_MAX: usize = 8 * 1024 * 1024;
 /// Most events an expiry step removes in one transaction.
 const EXPIRE_STEP: i64 = 4096;
 
@@ -40,10 +47,25 @@ pub(crate) struct StateRequest {
 /// Applies state writes in submission order, every waiting one in one
 /// transaction.
 pub(crate) async fn states(shared: Arc<Shared>, mut requests: mpsc::Receiver<StateRequest>) {
+    let size = |request: &StateRequest| -> usize {
+        request
+            .ops
+            .iter()
+            .map(|op| match op {
+                StateOp::Put(key, value) => key.len() + value.len(),
+                StateOp::Delete(key) => key.len(),
+            })
+            .sum()
+    };
     while let Some(first) = requests.recv().await {
+        // Bounded by requests and by bytes: one statement carries them all
+        // (PostgreSQL refuses a message over 1 GiB), and a failure answers
+        // every request of the group.
+        let mut bytes = size(&first);
         let mut group = vec![first];
-        while group.len() < 1024 {
+        while group.len() < 1024 && bytes < STATE_GROUP_BYTES_MAX {
             let Ok(next) = requests.try_recv() else { break };
+            bytes += size(&next);
             group.push(next);
         }
         // Later writes of a key win, as if applied one by one.
@@ -101,13 +123,22 @@ async fn write_states(shared: &Shared, changes: BTreeMap<Vec<u8>, Option<Vec<u8>
 /// ring, whenever woken or every [`TAIL_POLL`].
 pub(crate) async fn tail(shared: Arc<Shared>) {
     let mut failing = false;
+    // Its own connection: a pool drained by readers must not hold back
+    // the ring (appends wait for it when another process committed).
+    let mut conn: Option<TailConn> = None;
     loop {
         tokio::select! {
             () = shared.tail_kick.notified() => {}
             () = tokio::time::sleep(TAIL_POLL) => {}
         }
         loop {
-            match read_new(&shared).await {
+            let read = async {
+                if conn.as_ref().is_none_or(|conn| conn.client.is_closed()) {
+                    conn = Some(TailConn::open(&shared).await?);
+                }
+                read_new(&shared, conn.as_ref().expect("opened")).await
+            };
+            match read.await {
                 Ok(full) => {
                     if failing {
                         tracing::info!("the tail reads PostgreSQL again");
@@ -122,6 +153,7 @@ pub(crate) async fn tail(shared: Arc<Shared>) {
                         tracing::warn!("the tail cannot read PostgreSQL (retrying): {error}");
                         failing = true;
                     }
+                    conn = None;
                     tokio::time::sleep(Duration::from_millis(500)).await;
                     break;
                 }
@@ -130,15 +162,41 @@ pub(crate) async fn tail(shared: Arc<Shared>) {
     }
 }
 
+/// The tail's connection and statements.
+struct TailConn {
+    client: tokio_postgres::Client,
+    sequencer: tokio_postgres::Statement,
+    stored: tokio_postgres::Statement,
+    ephemeral: tokio_postgres::Statement,
+}
+
+impl TailConn {
+    async fn open(shared: &Shared) -> Result<TailConn, StoreError> {
+        let context = "preparing the tail";
+        let client = shared.connect("the tail").await?;
+        let stored =
+            format!("select {EVENT_COLUMNS} from cairn_events where id > $1 and id <= $2 order by id limit $3");
+        let ephemeral =
+            format!("select {EPHEMERAL_COLUMNS} from cairn_ephemeral where id > $1 and id <= $2 order by id limit $3");
+        Ok(TailConn {
+            sequencer: client
+                .prepare("select ms, ctr::text, changes from cairn_sequencer")
+                .await
+                .map_err(pg_error(context))?,
+            stored: client.prepare(&stored).await.map_err(pg_error(context))?,
+            ephemeral: client.prepare(&ephemeral).await.map_err(pg_error(context))?,
+            client,
+        })
+    }
+}
+
 /// One read of the tail; whether more may follow. It looks at the
 /// sequencer first: most looks find it where the ring already is, and
 /// cost one lookup by primary key.
-async fn read_new(shared: &Shared) -> Result<bool, StoreError> {
+async fn read_new(shared: &Shared, conn: &TailConn) -> Result<bool, StoreError> {
     let context = "reading new commits";
-    let client = shared.pool.get().await.map_err(pool_error(context))?;
-    let sequencer =
-        client.prepare_cached("select ms, ctr::text, changes from cairn_sequencer").await.map_err(pg_error(context))?;
-    let row = client.query_one(&sequencer, &[]).await.map_err(pg_error(context))?;
+    let client = &conn.client;
+    let row = client.query_one(&conn.sequencer, &[]).await.map_err(pg_error(context))?;
     let changes: i64 = row.get(2);
     shared.changes.fetch_max(changes as u64, Ordering::Relaxed);
     let through = crate::backend::sequencer_id(row.get(0), row.get(1))?;
@@ -146,22 +204,19 @@ async fn read_new(shared: &Shared) -> Result<bool, StoreError> {
     if through <= after {
         return Ok(false);
     }
-    let stored = format!("select {EVENT_COLUMNS} from cairn_events where id > $1 and id <= $2 order by id limit $3");
-    let ephemeral =
-        format!("select {EPHEMERAL_COLUMNS} from cairn_ephemeral where id > $1 and id <= $2 order by id limit $3");
-    let stored = client.prepare_cached(&stored).await.map_err(pg_error(context))?;
-    let ephemeral = client.prepare_cached(&ephemeral).await.map_err(pg_error(context))?;
     let (after_bytes, through_bytes) = (after.to_bytes().to_vec(), through.to_bytes().to_vec());
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&after_bytes, &through_bytes, &TAIL_CHUNK];
+    let stored_params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&after_bytes, &through_bytes, &TAIL_CHUNK];
+    let ephemeral_params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
+        [&after_bytes, &through_bytes, &TAIL_EPHEMERAL_CHUNK];
     let (stored_rows, ephemeral_rows) =
-        tokio::try_join!(client.query(&stored, &params), client.query(&ephemeral, &params))
+        tokio::try_join!(client.query(&conn.stored, &stored_params), client.query(&conn.ephemeral, &ephemeral_params))
             .map_err(pg_error(context))?;
     let mut stored = rows::events(&stored_rows)?;
     let mut ephemeral = rows::events(&ephemeral_rows)?;
     // A full chunk of either ends what is known to be complete.
     let mut bound = through;
-    for chunk in [&stored, &ephemeral] {
-        if chunk.len() as i64 == TAIL_CHUNK
+    for (chunk, full) in [(&stored, TAIL_CHUNK), (&ephemeral, TAIL_EPHEMERAL_CHUNK)] {
+        if chunk.len() as i64 == full
             && let Some(last) = chunk.last()
         {
             bound = bound.min(last.id);
@@ -305,16 +360,38 @@ async fn tidy(shared: &Shared) -> Result<(), StoreError> {
         .execute("delete from cairn_idempotency where at_ms < $1", &[&keys_before])
         .await
         .map_err(pg_error(context))?;
-    // Content of events trimmed by `last:<n>` (removals collect their own).
-    client
-        .execute(
-            "delete from cairn_content k where not k.standalone and not exists \
-             (select 1 from cairn_events e where e.hash = k.hash)",
-            &[],
-        )
-        .await
-        .map_err(pg_error(context))?;
+    // Content no event uses (a collection after a trim that failed), under
+    // the sequencer's lock, a bounded step at a time: a commit in flight
+    // may be about to use content again, and holds that lock.
+    let mut client = shared.pool.get().await.map_err(pool_error(context))?;
+    let tx = client.transaction().await.map_err(pg_error(context))?;
+    lock_sequencer(&tx).await?;
+    tx.execute(
+        "delete from cairn_content where hash in (select k.hash from cairn_content k where not k.standalone \
+         and not exists (select 1 from cairn_events e where e.hash = k.hash) limit 1000)",
+        &[],
+    )
+    .await
+    .map_err(pg_error(context))?;
+    tx.commit().await.map_err(pg_error(context))?;
     Ok(())
+}
+
+/// Deletes the content of `hashes` that no event uses and was not stored
+/// on its own, under the sequencer's lock.
+pub(crate) async fn collect_content(shared: &Shared, hashes: &[Vec<u8>]) -> Result<(), StoreError> {
+    let context = "collecting content";
+    let mut client = shared.pool.get().await.map_err(pool_error(context))?;
+    let tx = client.transaction().await.map_err(pg_error(context))?;
+    lock_sequencer(&tx).await?;
+    tx.execute(
+        "delete from cairn_content k where k.hash = any($1) and not k.standalone and not exists \
+         (select 1 from cairn_events e where e.hash = k.hash)",
+        &[&hashes],
+    )
+    .await
+    .map_err(pg_error(context))?;
+    tx.commit().await.map_err(pg_error(context))
 }
 
 /// Checks what is stored: payload hashes, content present and intact,

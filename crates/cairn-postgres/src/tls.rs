@@ -68,14 +68,9 @@ fn take_settings(url: &str) -> Result<(String, bool, Option<PathBuf>), StoreErro
         }
     } else {
         let mut kept = Vec::new();
-        for word in url.split_whitespace() {
-            match word.split_once('=') {
-                Some((key, value)) => {
-                    if let Some(value) = mode(key, value) {
-                        kept.push(format!("{key}={value}"));
-                    }
-                }
-                None => kept.push(word.to_owned()),
+        for (key, value) in pairs(url)? {
+            if let Some(value) = mode(&key, &value) {
+                kept.push(format!("{key}={}", quote(&value)));
             }
         }
         kept.join(" ")
@@ -85,6 +80,64 @@ fn take_settings(url: &str) -> Result<(String, bool, Option<PathBuf>), StoreErro
         verify = !cleaned.contains("sslmode=disable");
     }
     Ok((cleaned, verify, rootcert))
+}
+
+/// The `key=value` pairs of a connection string, values unquoted (libpq:
+/// single quotes, backslash escapes, spaces around `=` allowed).
+fn pairs(text: &str) -> Result<Vec<(String, String)>, StoreError> {
+    let mut chars = text.chars().peekable();
+    let mut out = Vec::new();
+    loop {
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        if chars.peek().is_none() {
+            return Ok(out);
+        }
+        let mut key = String::new();
+        while let Some(c) = chars.next_if(|c| *c != '=' && !c.is_whitespace()) {
+            key.push(c);
+        }
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        if chars.next() != Some('=') {
+            return Err(invalid(format!("the connection string has {key:?} without a value")));
+        }
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        let mut value = String::new();
+        if chars.next_if_eq(&'\'').is_some() {
+            loop {
+                match chars.next() {
+                    Some('\'') => break,
+                    Some('\\') => value.extend(chars.next()),
+                    Some(c) => value.push(c),
+                    None => return Err(invalid("the connection string has an unclosed quote".to_owned())),
+                }
+            }
+        } else {
+            while let Some(c) = chars.next_if(|c| !c.is_whitespace()) {
+                if c == '\\' {
+                    value.extend(chars.next());
+                } else {
+                    value.push(c);
+                }
+            }
+        }
+        out.push((key, value));
+    }
+}
+
+/// A value as a connection string holds it.
+fn quote(value: &str) -> String {
+    if !value.is_empty() && !value.chars().any(|c| c.is_whitespace() || c == '\'' || c == '\\') {
+        return value.to_owned();
+    }
+    let mut out = String::from("'");
+    for c in value.chars() {
+        if c == '\'' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('\'');
+    out
 }
 
 fn percent_decode(text: &str) -> String {
@@ -206,6 +259,8 @@ mod tests {
         assert_eq!((url.as_str(), verify, root), ("host=h sslmode=require dbname=d", false, None));
         let (url, verify, _) = take_settings("host=h sslrootcert=/ca.pem").expect("parsed");
         assert_eq!((url.as_str(), verify), ("host=h", true));
+        let (url, _, _) = take_settings("host=h password='a b\\'c' sslmode=verify-full").expect("parsed");
+        assert_eq!(url, "host=h password='a b\\'c' sslmode=require", "quoted values survive");
         let (url, verify, _) = take_settings("postgresql://h/db").expect("parsed");
         assert_eq!((url.as_str(), verify), ("postgresql://h/db", false));
     }

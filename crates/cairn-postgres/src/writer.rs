@@ -126,8 +126,9 @@ impl Conn {
             )
             .await?,
             trim: prepare(
-                "with gone as (delete from cairn_events where topic = $1 and seq <= $2 returning 1) update \
-                 cairn_topics set count = count - (select count(*) from gone) where topic = $1"
+                "with gone as (delete from cairn_events where topic = $1 and seq <= $2 returning hash, \
+                 (payload is null and hash is not null) as stored), counted as (update cairn_topics set count = \
+                 count - (select count(*) from gone) where topic = $1) select hash from gone where stored"
                     .into(),
             )
             .await?,
@@ -231,7 +232,7 @@ struct Writer {
 
 /// A fast-path group sent to the database.
 struct InFlight {
-    write: Pin<Box<dyn Future<Output = Result<(), tokio_postgres::Error>> + Send>>,
+    write: Pin<Box<dyn Future<Output = Written> + Send>>,
     plan: Arc<Plan>,
     /// The sequencer's value the group was planned after.
     before: EventId,
@@ -274,7 +275,7 @@ impl Writer {
             // What the next group is planned after: this one, if it commits.
             self.cache.remember(plan.last, plan.tails.clone());
             let (sent_conn, sent_plan) = (conn.clone(), plan.clone());
-            let mut write: Pin<Box<dyn Future<Output = Result<(), tokio_postgres::Error>> + Send>> =
+            let mut write: Pin<Box<dyn Future<Output = Written> + Send>> =
                 Box::pin(async move { write(&sent_conn, &sent_plan, Some(known.last), now).await });
             // The first poll sends the whole pipeline, so the next group's
             // statements follow this one's on the connection.
@@ -306,11 +307,12 @@ impl Writer {
     }
 
     /// The oldest group in flight has its answer.
-    async fn landed(&mut self, result: Result<(), tokio_postgres::Error>) {
+    async fn landed(&mut self, result: Written) {
         let Some(mut flight) = self.in_flight.pop_front() else { return };
-        flight.write = Box::pin(std::future::ready(Ok(())));
+        flight.write = Box::pin(std::future::ready(Ok(Vec::new())));
         match result {
-            Ok(()) => {
+            Ok(trimmed) => {
+                collect_content(&self.shared, trimmed);
                 self.shared.stats.record_commit(flight.started.elapsed(), flight.events as u64);
                 let plan = Arc::try_unwrap(flight.plan).unwrap_or_else(|shared| (*shared).clone());
                 let outcomes = finish(&self.shared, plan, flight.before).await;
@@ -348,7 +350,8 @@ impl Writer {
         let _ = conn.client.batch_execute("rollback").await;
         let started = Instant::now();
         match commit_slow(&self.shared, &conn, &mut self.cache, group).await {
-            Ok(outcomes) => {
+            Ok((outcomes, trimmed)) => {
+                collect_content(&self.shared, trimmed);
                 self.shared.stats.record_commit(started.elapsed(), events as u64);
                 for (reply, outcome) in replies.into_iter().zip(outcomes) {
                     let _ = reply.send(outcome);
@@ -361,6 +364,25 @@ impl Writer {
             }
         }
     }
+}
+
+/// What a group's write gives: the hashes of stored payloads its trims
+/// dropped.
+type Written = Result<Vec<Vec<u8>>, tokio_postgres::Error>;
+
+/// Collects the content of payloads trims dropped, if no event uses it,
+/// in a transaction of its own under the sequencer's lock (as removals do:
+/// a commit in flight may be about to use that content again).
+fn collect_content(shared: &Arc<Shared>, hashes: Vec<Vec<u8>>) {
+    if hashes.is_empty() {
+        return;
+    }
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        if let Err(error) = crate::tasks::collect_content(&shared, &hashes).await {
+            tracing::debug!("collecting trimmed content failed (the minute's tidy retries): {error}");
+        }
+    });
 }
 
 /// Answers every request of a group with `error`.
@@ -528,7 +550,7 @@ async fn commit_slow(
     conn: &Conn,
     cache: &mut Cache,
     group: Vec<Work>,
-) -> Result<Vec<Result<Vec<Event>, StoreError>>, StoreError> {
+) -> Result<(Vec<Result<Vec<Event>, StoreError>>, Vec<Vec<u8>>), StoreError> {
     let context = "committing appends";
     let now = now_ms();
     let known = match read_known(conn, &group, shared.options.idempotency_window_ms, now).await {
@@ -539,14 +561,17 @@ async fn commit_slow(
         }
     };
     let plan = plan(&group, &known, now);
-    if let Err(error) = write(conn, &plan, None, now).await {
-        cache.forget();
-        return Err(pg_error(context)(error));
-    }
+    let trimmed = match write(conn, &plan, None, now).await {
+        Ok(trimmed) => trimmed,
+        Err(error) => {
+            cache.forget();
+            return Err(pg_error(context)(error));
+        }
+    };
     let mut tails = known.tails.clone();
     tails.extend(plan.tails.clone());
     cache.remember(plan.last.max(known.last), tails);
-    Ok(finish(shared, plan, known.last).await)
+    Ok((finish(shared, plan, known.last).await, trimmed))
 }
 
 /// Whether `error` is the fast path's guard: the sequencer moved.
@@ -645,7 +670,27 @@ impl Plan {
 /// Plans `group` against `known`: idempotency keys, expectations, ids and
 /// seqs, in request order.
 fn plan(group: &[Work], known: &Known, now: u64) -> Plan {
-    let mut next = if now > known.last.timestamp_ms() { u128::from(now) << 80 } else { known.last.to_u128() + 1 };
+    let mut next =
+        if now > known.last.timestamp_ms() { u128::from(now) << 80 } else { known.last.to_u128().saturating_add(1) };
+    let events: usize = group.iter().map(|work| work.events.len()).sum();
+    if next.checked_add(events as u128).is_none() {
+        // An import reached the end of the id space: nothing can follow.
+        let exhausted = StoreError::Invalid {
+            field: "id",
+            rule: "the store's ids are used up (an import reached the last id)".into(),
+        };
+        return Plan {
+            planned: group.iter().map(|_| Planned::Failed(exhausted.clone())).collect(),
+            stored_rows: Columns::default(),
+            ephemeral_rows: Columns::default(),
+            touched: BTreeMap::new(),
+            trims: BTreeMap::new(),
+            new_keys: Vec::new(),
+            missing_content: Vec::new(),
+            last: known.last,
+            tails: HashMap::new(),
+        };
+    }
     let mut tails = known.tails.clone();
     let mut plan = Plan {
         planned: Vec::with_capacity(group.len()),
@@ -740,12 +785,17 @@ fn plan(group: &[Work], known: &Known, now: u64) -> Plan {
 /// rows, the topics, trims, keys, and `commit`, in one pipeline. With
 /// `guard`, it also begins the transaction and fails (a not-null
 /// violation on the sequencer) unless the sequencer still holds `guard`.
-async fn write(conn: &Conn, plan: &Plan, guard: Option<EventId>, now: u64) -> Result<(), tokio_postgres::Error> {
+async fn write(
+    conn: &Conn,
+    plan: &Plan,
+    guard: Option<EventId>,
+    now: u64,
+) -> Result<Vec<Vec<u8>>, tokio_postgres::Error> {
     let client = &conn.client;
     if !plan.writes() {
         return match guard {
-            Some(_) => Ok(()),
-            None => client.batch_execute("rollback").await,
+            Some(_) => Ok(Vec::new()),
+            None => client.batch_execute("rollback").await.map(|()| Vec::new()),
         };
     }
     let split = |id: EventId| ((id.to_u128() >> 80) as i64, (id.to_u128() & ((1 << 80) - 1)).to_string());
@@ -766,6 +816,9 @@ async fn write(conn: &Conn, plan: &Plan, guard: Option<EventId>, now: u64) -> Re
     let content_params: Vec<(Vec<u8>, &[u8])> =
         plan.missing_content.iter().map(|(hash, bytes)| (hash.0.to_vec(), bytes.as_slice())).collect();
     let now = now as i64;
+    // Trims report the hashes of the stored payloads they dropped: their
+    // content is collected after the commit (see `collect_content`).
+    let trimmed = std::sync::Mutex::new(Vec::new());
     let mut steps: Vec<BoxFuture<'_, Result<u64, tokio_postgres::Error>>> = Vec::new();
     match guard {
         Some(_) => {
@@ -790,14 +843,21 @@ async fn write(conn: &Conn, plan: &Plan, guard: Option<EventId>, now: u64) -> Re
         steps.push(Box::pin(client.execute_raw(&conn.insert_ephemeral, params)));
     }
     for (topic, cut) in &trim_cuts {
-        steps.push(Box::pin(client.execute_raw(&conn.trim, [topic as &(dyn ToSql + Sync), cut])));
+        let trimmed = &trimmed;
+        steps.push(Box::pin(async move {
+            let rows = client.query(&conn.trim, &[topic, cut]).await?;
+            let mut hashes = trimmed.lock().expect("trimmed lock");
+            hashes.extend(rows.iter().map(|row| row.get::<_, Vec<u8>>(0)));
+            Ok(rows.len() as u64)
+        }));
     }
     for (key, fingerprint, ids) in &plan.new_keys {
         let params: [&(dyn ToSql + Sync); 4] = [key, fingerprint, ids, &now];
         steps.push(Box::pin(client.execute_raw(&conn.insert_key, params)));
     }
     steps.push(Box::pin(async move { client.batch_execute("commit").await.map(|()| 0) }));
-    in_order(steps).await
+    in_order(steps).await?;
+    Ok(trimmed.into_inner().unwrap_or_default())
 }
 
 /// Runs pipelined statements: each future sends its statement when first
