@@ -18,9 +18,9 @@ use cairn_store::limits::{
     RECORD_BYTES_MAX, STATE_KEY_BYTES_MAX,
 };
 use cairn_store::{
-    Batch, BoxFuture, CompactReport, DatabaseStats, Event, EventId, Hash, History, Imported, Limits, Live, Pattern,
-    Payload, Pending, Query, Reader, StateEntries, StateOp, Storage, StoreError, StoreStats, Topic, TopicInfo, Ttl,
-    VerifyReport, Window,
+    Batch, BoxFuture, CompactReport, DatabaseStats, Event, EventId, Exclusive, Hash, History, Imported, Limits, Live,
+    Pattern, Payload, Pending, Query, Reader, StateEntries, StateOp, Storage, StoreError, StoreStats, Topic, TopicInfo,
+    Ttl, VerifyReport, Window,
 };
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
@@ -219,7 +219,9 @@ impl Postgres {
         // frozen or cut off while it holds the sequencer's lock) is ended by
         // the server, so the other processes' commits go on.
         let mut startup = config.get_options().map(|given| format!("{given} ")).unwrap_or_default();
-        startup.push_str("-c enable_sort=off -c idle_in_transaction_session_timeout=15s");
+        // No wait for a lock lasts over 10 s (then the caller gets
+        // `unavailable`, and may retry).
+        startup.push_str("-c enable_sort=off -c idle_in_transaction_session_timeout=15s -c lock_timeout=10s");
         config.options(&startup);
         // A peer that vanished is noticed in about 30 s, not TCP's 2 hours.
         if !url.contains("keepalives") {
@@ -381,6 +383,40 @@ fn topic_info(row: &tokio_postgres::Row) -> Result<TopicInfo, StoreError> {
         last_seq: last_seq as u64,
         last_id,
     })
+}
+
+/// The advisory lock key of a shared lock: "cairn" in its high bytes and
+/// a hash of the name below (FNV-1a), so cairn's locks keep to themselves.
+fn advisory_key(name: &str) -> i64 {
+    let mut hash: u32 = 0x811c_9dc5;
+    for byte in name.bytes() {
+        hash = (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193);
+    }
+    (0x6361_6972_i64 << 32) | i64::from(hash)
+}
+
+/// A held session advisory lock: unlocked when dropped, or, should that
+/// fail, its connection closed (which releases it) rather than pooled.
+struct SharedLock {
+    client: Option<deadpool_postgres::Object>,
+    key: i64,
+}
+
+impl Drop for SharedLock {
+    fn drop(&mut self) {
+        let Some(client) = self.client.take() else { return };
+        let key = self.key;
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    if client.execute("select pg_advisory_unlock($1)", &[&key]).await.is_err() {
+                        drop(deadpool_postgres::Object::take(client));
+                    }
+                });
+            }
+            Err(_) => drop(deadpool_postgres::Object::take(client)),
+        }
+    }
 }
 
 const TOPIC_COLUMNS: &str =
@@ -781,6 +817,17 @@ impl Storage for Postgres {
                 "the events live in PostgreSQL: back them up with PostgreSQL's tools (pg_dump, pg_basebackup, \
                  replicas), or copy them with `cairn export`",
             ))
+        })
+    }
+
+    fn exclusive(&self, name: &'static str) -> BoxFuture<'_, cairn_store::Result<Option<Exclusive>>> {
+        Box::pin(async move {
+            let context = "taking a lock shared by cairn's processes";
+            let key = advisory_key(name);
+            let client = self.client(context).await?;
+            // Waits at most lock_timeout (10 s) for another process.
+            client.execute("select pg_advisory_lock($1)", &[&key]).await.map_err(pg_error(context))?;
+            Ok(Some(Box::new(SharedLock { client: Some(client), key }) as Exclusive))
         })
     }
 

@@ -158,7 +158,18 @@ pub trait Storage: Send + Sync + 'static {
     /// Gives back the disk that removed events hold, where at least `ratio`
     /// of a unit of storage is removed (0: wherever anything is).
     fn compact(&self, ratio: f64) -> BoxFuture<'_, Result<crate::CompactReport>>;
+
+    /// A lock named `name` that every process using this storage shares,
+    /// held until the returned guard drops; `None` where one process owns
+    /// the storage (the local engine: its own locks are enough). Front ends
+    /// that keep state in memory (consumer groups) take it around a change.
+    fn exclusive(&self, _name: &'static str) -> BoxFuture<'_, Result<Option<Exclusive>>> {
+        Box::pin(async { Ok(None) })
+    }
 }
+
+/// A held lock of [`Storage::exclusive`]; released when dropped.
+pub type Exclusive = Box<dyn std::any::Any + Send + Sync>;
 
 /// A lazily read sequence of stored events.
 pub trait Reader: Send {

@@ -430,3 +430,82 @@ fn token_id(cairn: &Cairn, user: &str) -> String {
     let user = users.iter().find(|entry| entry["name"] == user).unwrap();
     user["tokens"][0].as_str().unwrap().to_owned()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_groups_are_one_group_across_servers() {
+    let cluster = Cluster::start(&[("fsync", "off")]).unwrap();
+    let url = database(&cluster, "groups");
+    let (_a_dir, a) = server(&url);
+    let (_b_dir, b) = server(&url);
+    let (a_resp, b_resp) = (a.resp(), b.resp());
+    let seen = tokio::task::spawn_blocking(move || {
+        let connect = |address| redis::Client::open(format!("redis://{address}/")).unwrap().get_connection().unwrap();
+        let (mut on_a, mut on_b) = (connect(a_resp), connect(b_resp));
+        for n in 0..200 {
+            let _: String = redis::cmd("XADD").arg("jobs").arg("*").arg("n").arg(n).query(&mut on_a).unwrap();
+        }
+        let _: String =
+            redis::cmd("XGROUP").arg("CREATE").arg("jobs").arg("workers").arg("0").query(&mut on_a).unwrap();
+        // Consumers on both servers take turns, five at a time: every entry
+        // goes to exactly one of them.
+        let mut seen: Vec<(String, String)> = Vec::new();
+        loop {
+            let mut got = 0;
+            for (name, connection) in [("on-a", &mut on_a), ("on-b", &mut on_b)] {
+                let reply: redis::Value = redis::cmd("XREADGROUP")
+                    .arg("GROUP")
+                    .arg("workers")
+                    .arg(name)
+                    .arg("COUNT")
+                    .arg(5)
+                    .arg("STREAMS")
+                    .arg("jobs")
+                    .arg(">")
+                    .query(connection)
+                    .unwrap();
+                for id in entry_ids(&reply) {
+                    seen.push((name.to_owned(), id));
+                    got += 1;
+                }
+            }
+            if got == 0 {
+                break;
+            }
+        }
+        // Acknowledged through the other server than the one that handed
+        // it out: the pending count, seen from either, drops.
+        let first_of_a = seen.iter().find(|(name, _)| name == "on-a").unwrap().1.clone();
+        let acked: i64 = redis::cmd("XACK").arg("jobs").arg("workers").arg(&first_of_a).query(&mut on_b).unwrap();
+        assert_eq!(acked, 1);
+        let pending: redis::Value = redis::cmd("XPENDING").arg("jobs").arg("workers").query(&mut on_a).unwrap();
+        let redis::Value::Array(summary) = pending else { panic!("{pending:?}") };
+        assert_eq!(summary[0], redis::Value::Int(199));
+        seen
+    })
+    .await
+    .unwrap();
+    assert_eq!(seen.len(), 200, "every entry was handed out");
+    let unique: HashSet<&String> = seen.iter().map(|(_, id)| id).collect();
+    assert_eq!(unique.len(), 200, "no entry went to two consumers");
+    assert!(seen.iter().any(|(name, _)| name == "on-a") && seen.iter().any(|(name, _)| name == "on-b"));
+    assert!(a.terminate().success());
+    assert!(b.terminate().success());
+}
+
+/// The entry ids of an XREADGROUP reply (RESP2 arrays).
+fn entry_ids(reply: &redis::Value) -> Vec<String> {
+    let redis::Value::Array(streams) = reply else { return Vec::new() };
+    let mut ids = Vec::new();
+    for stream in streams {
+        let redis::Value::Array(parts) = stream else { continue };
+        let Some(redis::Value::Array(entries)) = parts.get(1) else { continue };
+        for entry in entries {
+            if let redis::Value::Array(fields) = entry
+                && let Some(redis::Value::BulkString(id)) = fields.first()
+            {
+                ids.push(String::from_utf8_lossy(id).into_owned());
+            }
+        }
+    }
+    ids
+}

@@ -5,6 +5,12 @@
 //! records on first use. Every change is submitted to storage while the
 //! lock is held, so storage has the changes in the order they were made,
 //! and the call returns once they are durable.
+//!
+//! Where several servers share the storage (PostgreSQL), each use also
+//! takes the storage's shared lock ([`Storage::exclusive`]) and reads the
+//! groups' version record (`G`): a table older than it is loaded again,
+//! every change bumps it, and the shared lock is held until the change is
+//! durable. So the servers act on one table, one at a time.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -23,6 +29,31 @@ use crate::stream_id::StreamId;
 #[derive(Default)]
 pub(crate) struct Groups {
     table: Mutex<Option<GroupTable>>,
+    /// With shared storage: the version of the table loaded.
+    version: std::sync::Mutex<Option<u64>>,
+}
+
+/// The key of the groups' version record (shared storage only).
+const VERSION_KEY: &[u8] = b"G";
+
+/// The table, held: by this process's lock, and with shared storage by
+/// the lock every process shares, with the version read under it.
+pub(crate) struct TableGuard<'a> {
+    table: MutexGuard<'a, Option<GroupTable>>,
+    shared: Option<(cairn_store::Exclusive, u64)>,
+}
+
+impl std::ops::Deref for TableGuard<'_> {
+    type Target = Option<GroupTable>;
+    fn deref(&self) -> &Option<GroupTable> {
+        &self.table
+    }
+}
+
+impl std::ops::DerefMut for TableGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Option<GroupTable> {
+        &mut self.table
+    }
 }
 
 /// Where a new group starts.
@@ -156,33 +187,68 @@ fn check_use(who: &Principal, topic: &Topic) -> Result<()> {
 }
 
 impl Service {
-    async fn groups(&self) -> Result<MutexGuard<'_, Option<GroupTable>>> {
+    async fn groups(&self) -> Result<TableGuard<'_>> {
+        // The shared lock first, then this process's: every process takes
+        // them in that order.
+        let exclusive = self.storage().exclusive("consumer groups").await?;
         let mut table = self.inner.groups.table.lock().await;
+        let mut shared = None;
+        if let Some(exclusive) = exclusive {
+            let version = match self.state_get(VERSION_KEY.to_vec()).await? {
+                Some(bytes) => u64::from_be_bytes(bytes.as_slice().try_into().unwrap_or_default()),
+                None => 0,
+            };
+            if *self.inner.groups.version.lock().expect("version lock") != Some(version) {
+                *table = None;
+            }
+            shared = Some((exclusive, version));
+        }
         if table.is_none() {
             let mut entries = Vec::new();
             for prefix in [b"g", b"c", b"p"] {
                 entries.extend(self.storage().state_scan(prefix.to_vec()).await?);
             }
             *table = Some(GroupTable::load(&entries));
+            *self.inner.groups.version.lock().expect("version lock") = shared.as_ref().map(|(_, version)| *version);
         }
-        Ok(table)
+        Ok(TableGuard { table, shared })
     }
 
     /// Makes a change to the table durable and releases the table. The
     /// change was made in memory first; should storage refuse or fail it,
     /// the table is dropped, to be loaded again from what storage holds.
-    async fn commit(&self, mut table: MutexGuard<'_, Option<GroupTable>>, ops: Vec<StateOp>) -> Result<()> {
+    /// With shared storage the change bumps the version and is durable
+    /// before the shared lock goes.
+    async fn commit(&self, mut guard: TableGuard<'_>, mut ops: Vec<StateOp>) -> Result<()> {
         if ops.is_empty() {
             return Ok(());
+        }
+        let next = guard.shared.as_ref().map(|(_, version)| version + 1);
+        if let Some(next) = next {
+            ops.push(StateOp::Put(VERSION_KEY.to_vec(), next.to_be_bytes().to_vec()));
         }
         let pending = match self.storage().state_submit(ops).await {
             Ok(pending) => pending,
             Err(error) => {
-                *table = None;
+                *guard.table = None;
                 return Err(error.into());
             }
         };
-        drop(table);
+        if next.is_some() {
+            let result = pending.await;
+            let mut version = self.inner.groups.version.lock().expect("version lock");
+            match result {
+                Ok(()) => *version = next,
+                Err(error) => {
+                    *version = None;
+                    drop(version);
+                    *guard.table = None;
+                    return Err(error.into());
+                }
+            }
+            return Ok(());
+        }
+        drop(guard);
         if let Err(error) = pending.await {
             *self.inner.groups.table.lock().await = None;
             return Err(error.into());
