@@ -509,3 +509,50 @@ fn entry_ids(reply: &redis::Value) -> Vec<String> {
     }
     ids
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_database_and_missing_rights_are_named() {
+    let cluster = Cluster::start(&[("fsync", "off")]).unwrap();
+    let url = database(&cluster, "guarded");
+    let (_dir, server) = server(&url);
+    let tcp = server.tcp();
+    assert_eq!(call(&tcp, "POST", "/v1/topics/t/events", &[], "before").await.status, 201);
+    // Read-only (as a standby is): writes are refused as retryable, reads go on.
+    cluster.psql("alter database guarded set default_transaction_read_only = on").unwrap();
+    cluster.psql("select pg_terminate_backend(pid) from pg_stat_activity where datname = 'guarded'").unwrap();
+    let mut refused = None;
+    for _ in 0..50 {
+        let reply = call(&tcp, "POST", "/v1/topics/t/events", &[], "during").await;
+        if reply.status == 503 {
+            refused = Some(reply);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let refused = refused.expect("a read-only database refuses appends");
+    assert_eq!(refused.code(), "unavailable");
+    assert!(String::from_utf8_lossy(&refused.body).contains("read-only"), "{}", String::from_utf8_lossy(&refused.body));
+    let read = call(&tcp, "GET", "/v1/events?topic=t", &[], "").await;
+    assert_eq!(read.lines().len(), 1, "reads go on");
+    cluster.psql("alter database guarded reset default_transaction_read_only").unwrap();
+    cluster.psql("select pg_terminate_backend(pid) from pg_stat_activity where datname = 'guarded'").unwrap();
+    let mut written = false;
+    for _ in 0..50 {
+        if call(&tcp, "POST", "/v1/topics/t/events", &[], "after").await.status == 201 {
+            written = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(written, "writes resume once the database is writable");
+    assert!(server.terminate().success());
+
+    // A role without rights on cairn's tables: the server says what to grant.
+    cluster.psql("create role visitor login").unwrap();
+    let visitor = url.replace("postgres@", "visitor@");
+    let cairn = Cairn::new();
+    let output = cairn.command(&["serve", "--no-resp"]).env("CAIRN_POSTGRES", &visitor).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("permission denied") && stderr.contains("needs to"), "{stderr}");
+}
