@@ -114,7 +114,8 @@ enum Which {
     /// cairn on PostgreSQL: durable appends from 1 and 16 clients and
     /// batches of 100 through cairn's PostgreSQL backend next to raw
     /// bigserial inserts in the same run, a catch-up read, and the latency
-    /// from an append on one cairn instance to delivery on another.
+    /// from an append through this process to delivery by a `cairn serve`
+    /// process on the same database (needs target/release/cairn).
     Postgres {
         /// Rounds (cairn and the raw baseline alternate within each).
         #[arg(long, default_value_t = 3)]

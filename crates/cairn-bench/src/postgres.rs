@@ -258,8 +258,8 @@ fn median(values: &[f64]) -> f64 {
 /// `bigserial` inserts of the same payloads in the same run and database
 /// settings (synchronous_commit on, fsync on): durable appends from 1 and
 /// 16 clients, batches of 100, a catch-up read of `events` events, and the
-/// latency from an append on one cairn instance to its delivery on another
-/// (separate connections, tails and listeners: what two processes have).
+/// latency from an append through this process to its delivery by a
+/// `cairn serve` process on the same database (needs target/release/cairn).
 pub fn cairn(rounds: usize, seconds: u64, events: usize) -> Result<()> {
     use cairn_store::{Batch, Expect, NewEvent, Pattern, Query, Storage, Topic};
 
@@ -349,8 +349,10 @@ pub fn cairn(rounds: usize, seconds: u64, events: usize) -> Result<()> {
         }
         anyhow::ensure!(read == events, "read {read} of {events}");
         let ours = read as f64 / started.elapsed().as_secs_f64();
-        // The same rows read raw: keyset chunks, no decoding.
-        let (raw_client, connection) = connect(&url).await?;
+        // The same rows read raw: keyset chunks, no decoding, with the
+        // session setting cairn uses (else the plan made on the statistics
+        // of a table just filled sorts the whole topic for every chunk).
+        let (raw_client, connection) = connect(&format!("{url}?options=-c%20enable_sort%3Doff")).await?;
         tokio::spawn(connection);
         let chunk = raw_client
             .prepare(
@@ -369,31 +371,66 @@ pub fn cairn(rounds: usize, seconds: u64, events: usize) -> Result<()> {
         row(&format!("raw keyset read of {events} rows"), &format_rate(raw), None, None, None);
         row(&format!("cairn catch-up read of {events} events"), &format_rate(ours), None, Some(raw), Some(ours));
 
-        // Publish on one instance, delivery on another.
-        let other: Arc<dyn Storage> =
-            Arc::new(cairn_postgres::Postgres::open(&url, cairn_postgres::Options::default()).await?);
-        let latency = Topic::new("latency")?;
-        let mut subscription = cairn_store::Subscription::live(
-            other.clone(),
-            Pattern::Exact(latency.clone()),
-            cairn_store::SubscribeOptions::default(),
-        );
-        let mut samples = Samples::default();
-        for _ in 0..rounds * 200 {
-            let started = Instant::now();
-            storage
-                .submit(Batch::single(NewEvent::new(latency.clone(), payload.clone()), Expect::Any), false)
-                .await?
-                .await?;
+        // Publish through this process's cairn, delivery through another
+        // process: a `cairn serve` on the same database, followed over its
+        // socket (its tail woken by this process's NOTIFY).
+        let binary = std::env::current_exe()?.with_file_name("cairn");
+        anyhow::ensure!(binary.exists(), "no {} (cargo build --release -p cairn-cli first)", binary.display());
+        let dir = tempfile::tempdir()?;
+        let mut child = std::process::Command::new(&binary)
+            .arg("--store")
+            .arg(dir.path())
+            .args(["serve", "--no-resp"])
+            .env("CAIRN_POSTGRES", &url)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        let stdout = child.stdout.take().context("the server's stdout")?;
+        let socket = {
+            use std::io::BufRead as _;
+            let mut lines = std::io::BufReader::new(stdout).lines();
             loop {
-                let delivered = tokio::time::timeout(Duration::from_secs(10), subscription.next()).await??;
-                if matches!(delivered, cairn_store::Delivery::Event(_)) {
-                    break;
+                let line = lines.next().context("the server ended before listening")??;
+                if let Some(path) = line.strip_prefix("cairn: listening on unix:") {
+                    break std::path::PathBuf::from(path);
                 }
             }
-            samples.push(started.elapsed());
+        };
+        let result = async {
+            let client = cairn_client::Client::unix(&socket);
+            let mut connection = client.connect().await?;
+            let mut stream = connection.request("GET", "/v1/events?topic=latency&follow=true", &[], "".into()).await?;
+            let latency = Topic::new("latency")?;
+            let mut samples = Samples::default();
+            let mut buffer = Vec::new();
+            for _ in 0..rounds * 200 {
+                let started = Instant::now();
+                let event = NewEvent::new(latency.clone(), payload.clone());
+                storage.submit(Batch::single(event, Expect::Any), false).await?.await?;
+                while !buffer.contains(&b'\n') {
+                    let chunk = tokio::time::timeout(Duration::from_secs(10), stream.chunk())
+                        .await
+                        .context("no delivery within 10 s")??
+                        .context("the follow ended")?;
+                    buffer.extend_from_slice(&chunk);
+                }
+                let end = buffer.iter().position(|&b| b == b'\n').unwrap_or(0);
+                buffer.drain(..=end);
+                samples.push(started.elapsed());
+            }
+            row(
+                "append through one cairn process -> delivered by another (cairn serve)",
+                "-",
+                Some(&mut samples),
+                None,
+                None,
+            );
+            anyhow::Ok(())
         }
-        row("append on one cairn instance -> delivered on another", "-", Some(&mut samples), None, None);
+        .await;
+        let _ = child.kill();
+        let _ = child.wait();
+        result?;
         anyhow::Ok(())
     })?;
     Ok(())

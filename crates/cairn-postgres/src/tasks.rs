@@ -30,6 +30,8 @@ const TAIL_EPHEMERAL_CHUNK: i64 = 16;
 /// How often the tail looks without being woken (a lost notification, a
 /// listener reconnecting).
 const TAIL_POLL: Duration = Duration::from_millis(250);
+/// The least time between two notifications of other processes.
+const NOTIFY_SPACING: Duration = Duration::from_millis(1);
 /// How long ephemeral rows stay for the tails of other processes.
 const EPHEMERAL_KEEP_MS: u64 = 60_000;
 /// Bytes of state writes gathered into one transaction (a larger request
@@ -287,6 +289,10 @@ pub(crate) async fn notify(shared: Arc<Shared>) {
         if let Err(error) = sent.await {
             tracing::debug!("could not notify other processes (their tails poll): {error}");
         }
+        // At most one notification a millisecond: under load each would
+        // otherwise cost the database a transaction per commit group, for
+        // tails that read everything committed since anyway.
+        tokio::time::sleep(NOTIFY_SPACING).await;
     }
 }
 
