@@ -367,6 +367,18 @@ async fn users_and_tokens_live_in_the_database_for_every_server() {
     // serves the database from it.
     let a_dir = Cairn::new();
     a_dir.ok(&["user", "add", "carol", "--read", "c.>", "--write", "c.>"], b"carolpw\n");
+    // The command line on the database (no server yet) copies them in too.
+    let direct = |cairn: &Cairn, args: &[&str], stdin: &[u8]| {
+        let mut command = cairn.command(args);
+        command.env("CAIRN_POSTGRES", &url).stdin(std::process::Stdio::piped());
+        let mut child =
+            command.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), stdin).unwrap();
+        let output = child.wait_with_output().unwrap();
+        assert!(output.status.success(), "cairn {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stdout).unwrap()
+    };
+    assert!(direct(&a_dir, &["user", "list"], b"").contains("carol"), "carol copied into the database");
     let start = |cairn: &Cairn| {
         let mut command = cairn.command(&["serve", "--http", "127.0.0.1:0"]);
         command.env("CAIRN_POSTGRES", &url);
@@ -409,6 +421,12 @@ async fn users_and_tokens_live_in_the_database_for_every_server() {
     assert!(ended.is_ok(), "the revoked token's stream on a ended");
     eventually("the revoked token is refused on a", async || {
         call(&with_token, "GET", "/v1/topics/a.1", &[], "").await.status == 401
+    })
+    .await;
+    // Added by the command line on the database while the servers run.
+    direct(&Cairn::new(), &["user", "add", "erin", "--read", "e.>", "--write", "e.>"], b"erinpw\n");
+    eventually("erin logs in on a", async || {
+        call(&on(&a, "erin", "erinpw"), "GET", "/v1/topics/e.1", &[], "").await.status == 404
     })
     .await;
     // Removed through a: refused on b.
