@@ -78,6 +78,7 @@ struct Conn {
     present: Statement,
     advance: Statement,
     advance_guarded: Statement,
+    one_statement: Statement,
     insert: Statement,
     insert_ephemeral: Statement,
     upsert_topics: Statement,
@@ -111,6 +112,25 @@ impl Conn {
             )
             .await?,
             insert: prepare(INSERT_EVENTS.into()).await?,
+            // The fast path's usual group (stored events only) as one
+            // statement, its own transaction: the guarded sequencer, the
+            // rows, the topics.
+            one_statement: prepare(
+                "with advanced as (update cairn_sequencer set ms = case when ms = $1 and ctr = $2::text::numeric \
+                 then $3::int8 end, ctr = $4::text::numeric returning 1), \
+                 inserted as (insert into cairn_events (id, topic, seq, kind, meta, usr, hash, size, ttl, expires_ms, \
+                 imported, payload) select * from unnest($5::bytea[], $6::text[], $7::int8[], $8::text[], \
+                 $9::text[], $10::text[], $11::bytea[], $12::int8[], $13::text[], $14::int8[], $15::bool[], \
+                 $16::bytea[]) returning 1), \
+                 topics as (insert into cairn_topics (topic, last_seq, last_id, count) select * from \
+                 unnest($17::text[], $18::int8[], $19::bytea[], $20::int8[]) on conflict (topic) do update set \
+                 last_seq = excluded.last_seq, last_id = excluded.last_id, count = cairn_topics.count + \
+                 excluded.count returning 1) \
+                 select (select count(*) from advanced), (select count(*) from inserted), \
+                 (select count(*) from topics)"
+                    .into(),
+            )
+            .await?,
             insert_ephemeral: prepare(
                 "insert into cairn_ephemeral (id, topic, seq, kind, meta, usr, hash, size, payload) select * from \
                  unnest($1::bytea[], $2::text[], $3::int8[], $4::text[], $5::text[], $6::text[], $7::bytea[], \
@@ -820,6 +840,38 @@ async fn write(
     // content is collected after the commit (see `collect_content`).
     let trimmed = std::sync::Mutex::new(Vec::new());
     let mut steps: Vec<BoxFuture<'_, Result<u64, tokio_postgres::Error>>> = Vec::new();
+    let simple = plan.ephemeral_rows.is_empty()
+        && trim_cuts.is_empty()
+        && plan.new_keys.is_empty()
+        && content_params.is_empty()
+        && !plan.stored_rows.is_empty();
+    if guard.is_some() && simple {
+        let c = &plan.stored_rows;
+        let params: [&(dyn ToSql + Sync); 20] = [
+            &old_ms,
+            &old_ctr,
+            &ms,
+            &ctr,
+            &c.id,
+            &c.topic,
+            &c.seq,
+            &c.kind,
+            &c.meta,
+            &c.user,
+            &c.hash,
+            &c.size,
+            &c.ttl,
+            &c.expires,
+            &c.imported,
+            &c.payload,
+            &topic_names,
+            &topic_last_seqs,
+            &topic_last_ids,
+            &topic_counts,
+        ];
+        client.query_one(&conn.one_statement, &params).await?;
+        return Ok(Vec::new());
+    }
     match guard {
         Some(_) => {
             steps.push(Box::pin(async { client.batch_execute("begin").await.map(|()| 0) }));
