@@ -825,9 +825,26 @@ impl Storage for Postgres {
             let context = "taking a lock shared by cairn's processes";
             let key = advisory_key(name);
             let client = self.client(context).await?;
-            // Waits at most lock_timeout (10 s) for another process.
-            client.execute("select pg_advisory_lock($1)", &[&key]).await.map_err(pg_error(context))?;
-            Ok(Some(Box::new(SharedLock { client: Some(client), key }) as Exclusive))
+            // The wait (at most lock_timeout, 10 s) runs in a task of its
+            // own: a caller that goes away meanwhile must not leave the
+            // lock to be granted to a pooled connection nobody unlocks.
+            let (taken, answer) = oneshot::channel();
+            tokio::spawn(async move {
+                match client.execute("select pg_advisory_lock($1)", &[&key]).await {
+                    Ok(_) => {
+                        let lock = SharedLock { client: Some(client), key };
+                        // Unwanted now: dropping it unlocks.
+                        let _ = taken.send(Ok(lock));
+                    }
+                    Err(error) => {
+                        // Whatever the session holds goes with it.
+                        drop(deadpool_postgres::Object::take(client));
+                        let _ = taken.send(Err(pg_error(context)(error)));
+                    }
+                }
+            });
+            let lock = answer.await.map_err(|_| StoreError::ShuttingDown)??;
+            Ok(Some(Box::new(lock) as Exclusive))
         })
     }
 

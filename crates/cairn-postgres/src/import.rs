@@ -106,7 +106,7 @@ pub(crate) async fn import(shared: &Shared, events: Vec<Imported>) -> Result<usi
     .map_err(pg_error(context))?;
     let newest = previous.to_u128();
     let (ms, ctr) = ((newest >> 80) as i64, (newest & ((1 << 80) - 1)).to_string());
-    tx.execute("update cairn_sequencer set ms = $1, ctr = $2::text::numeric", &[&ms, &ctr])
+    tx.execute("update cairn_sequencer set ms = $1, ctr = $2::text::numeric, writer = 'import'", &[&ms, &ctr])
         .await
         .map_err(pg_error(context))?;
     tx.commit().await.map_err(pg_error(context))?;

@@ -9,8 +9,9 @@
 //! Tables (all prefixed `cairn_`, so cairn can share a database):
 //! - `sequencer`: one row; its lock orders every commit (see
 //!   ARCHITECTURE.md), and it holds the last id handed out (`ms`, `ctr`:
-//!   the id's 48-bit time and its 80-bit rest) and `changes`, a counter of
-//!   removals that entity tags include;
+//!   the id's 48-bit time and its 80-bit rest), `changes`, a counter of
+//!   removals that entity tags include, and `writer`, the process that
+//!   advanced it last (part of the fast path's guard);
 //! - `events`: stored events, payloads up to the inline limit in `payload`;
 //! - `ephemeral`: ephemeral events on their way to followers of every
 //!   process; UNLOGGED (never written to the WAL, emptied by a crash) and
@@ -41,7 +42,8 @@ create table cairn_sequencer (
     one boolean primary key default true check (one),
     ms bigint not null,
     ctr numeric(30, 0) not null,
-    changes bigint not null
+    changes bigint not null,
+    writer text not null default ''
 );
 insert into cairn_sequencer (ms, ctr, changes) values (0, 0, 0);
 

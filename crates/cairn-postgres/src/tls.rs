@@ -36,8 +36,12 @@ fn invalid(rule: String) -> StoreError {
 /// Takes `sslrootcert` out and maps verify modes to `require`; returns the
 /// rest, whether to verify, and the root file.
 fn take_settings(url: &str) -> Result<(String, bool, Option<PathBuf>), StoreError> {
-    let (mut verify, mut rootcert) = (false, None);
+    let (mut verify, mut rootcert, mut modes, mut disabled) = (false, None, 0, false);
     let mut mode = |key: &str, value: &str| -> Option<String> {
+        if key == "sslmode" {
+            modes += 1;
+            disabled = value == "disable";
+        }
         match (key, value) {
             ("sslrootcert", path) => {
                 rootcert = Some(PathBuf::from(path));
@@ -75,9 +79,13 @@ fn take_settings(url: &str) -> Result<(String, bool, Option<PathBuf>), StoreErro
         }
         kept.join(" ")
     };
+    if modes > 1 {
+        // Which one counts would differ between readers: refused.
+        return Err(invalid("sslmode is given more than once".to_owned()));
+    }
     if rootcert.is_some() && !verify {
         // As libpq: a root file given means the certificate is checked.
-        verify = !cleaned.contains("sslmode=disable");
+        verify = !disabled;
     }
     Ok((cleaned, verify, rootcert))
 }
@@ -261,6 +269,7 @@ mod tests {
         assert_eq!((url.as_str(), verify), ("host=h", true));
         let (url, _, _) = take_settings("host=h password='a b\\'c' sslmode=verify-full").expect("parsed");
         assert_eq!(url, "host=h password='a b\\'c' sslmode=require", "quoted values survive");
+        assert!(take_settings("postgres://h/db?sslmode=verify-full&sslmode=disable").is_err(), "two sslmodes");
         let (url, verify, _) = take_settings("postgresql://h/db").expect("parsed");
         assert_eq!((url.as_str(), verify), ("postgresql://h/db", false));
     }

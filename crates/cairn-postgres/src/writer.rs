@@ -72,6 +72,10 @@ impl Request {
 /// The writer's own connection and its prepared statements.
 struct Conn {
     client: Client,
+    /// Written with each advance of the sequencer, and part of the fast
+    /// path's guard: another process advancing it to the same value (the
+    /// same count from the same id in the same millisecond) still fails it.
+    instance: String,
     lock: Statement,
     topics: Statement,
     keys: Statement,
@@ -102,12 +106,12 @@ impl Conn {
             )
             .await?,
             present: prepare("select hash from cairn_content where hash = any($1)".into()).await?,
-            advance: prepare("update cairn_sequencer set ms = $1, ctr = $2::text::numeric".into()).await?,
+            advance: prepare("update cairn_sequencer set ms = $1, ctr = $2::text::numeric, writer = $3".into()).await?,
             // Sets ms to null (refused: not null) unless the row still
             // holds the id the writer last saw.
             advance_guarded: prepare(
-                "update cairn_sequencer set ms = case when ms = $1 and ctr = $2::text::numeric then $3::int8 end, \
-                 ctr = $4::text::numeric"
+                "update cairn_sequencer set ms = case when ms = $1 and ctr = $2::text::numeric and writer = $5 \
+                 then $3::int8 end, ctr = $4::text::numeric, writer = $5"
                     .into(),
             )
             .await?,
@@ -117,7 +121,7 @@ impl Conn {
             // rows, the topics.
             one_statement: prepare(
                 "with advanced as (update cairn_sequencer set ms = case when ms = $1 and ctr = $2::text::numeric \
-                 then $3::int8 end, ctr = $4::text::numeric returning 1), \
+                 and writer = $21 then $3::int8 end, ctr = $4::text::numeric, writer = $21 returning 1), \
                  inserted as (insert into cairn_events (id, topic, seq, kind, meta, usr, hash, size, ttl, expires_ms, \
                  imported, payload) select * from unnest($5::bytea[], $6::text[], $7::int8[], $8::text[], \
                  $9::text[], $10::text[], $11::bytea[], $12::int8[], $13::text[], $14::int8[], $15::bool[], \
@@ -165,6 +169,7 @@ impl Conn {
             )
             .await?,
             client,
+            instance: shared.instance.clone(),
         })
     }
 }
@@ -847,7 +852,7 @@ async fn write(
         && !plan.stored_rows.is_empty();
     if guard.is_some() && simple {
         let c = &plan.stored_rows;
-        let params: [&(dyn ToSql + Sync); 20] = [
+        let params: [&(dyn ToSql + Sync); 21] = [
             &old_ms,
             &old_ctr,
             &ms,
@@ -868,6 +873,7 @@ async fn write(
             &topic_last_seqs,
             &topic_last_ids,
             &topic_counts,
+            &conn.instance,
         ];
         client.query_one(&conn.one_statement, &params).await?;
         return Ok(Vec::new());
@@ -875,10 +881,13 @@ async fn write(
     match guard {
         Some(_) => {
             steps.push(Box::pin(async { client.batch_execute("begin").await.map(|()| 0) }));
-            let params: [&(dyn ToSql + Sync); 4] = [&old_ms, &old_ctr, &ms, &ctr];
+            let params: [&(dyn ToSql + Sync); 5] = [&old_ms, &old_ctr, &ms, &ctr, &conn.instance];
             steps.push(Box::pin(client.execute_raw(&conn.advance_guarded, params)));
         }
-        None => steps.push(Box::pin(client.execute_raw(&conn.advance, [&ms as &(dyn ToSql + Sync), &ctr]))),
+        None => {
+            let params: [&(dyn ToSql + Sync); 3] = [&ms, &ctr, &conn.instance];
+            steps.push(Box::pin(client.execute_raw(&conn.advance, params)));
+        }
     }
     for (hash, bytes) in &content_params {
         steps.push(Box::pin(client.execute_raw(&conn.put_content, [hash as &(dyn ToSql + Sync), bytes])));

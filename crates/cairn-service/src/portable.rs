@@ -97,6 +97,9 @@ impl Service {
                     if key.first() == Some(&crate::users::USER_RECORD_PREFIX) {
                         return Err(ServiceError::invalid("cairn_state", "user records are not imported"));
                     }
+                    if key == crate::consumers::groups::VERSION_KEY {
+                        return Err(ServiceError::invalid("cairn_state", "the groups' version record is not imported"));
+                    }
                     ops.push(StateOp::Put(key, value));
                 }
                 ImportRecord::Event(_) => {
@@ -105,9 +108,9 @@ impl Service {
             }
         }
         if !ops.is_empty() {
-            self.storage().state_submit(ops).await?.await?;
-            // Groups are cached in memory: read them again.
-            self.forget_groups().await;
+            // Group records go in as a change of the groups (under their
+            // locks, the version moved), so every server reads them again.
+            self.import_group_records(ops).await?;
         }
         Ok(())
     }
@@ -122,7 +125,9 @@ impl Service {
         let mut state = self.storage().state_scan(Vec::new()).await?;
         // Users (password and token hashes, where storage keeps them) are
         // not exported, as `users.json` is not.
-        state.retain(|(key, _)| key.first() != Some(&crate::users::USER_RECORD_PREFIX));
+        state.retain(|(key, _)| {
+            key.first() != Some(&crate::users::USER_RECORD_PREFIX) && key != crate::consumers::groups::VERSION_KEY
+        });
         let mut hashes: Vec<Hash> = state
             .iter()
             .filter(|(key, _)| key.first() == Some(&b'o') && key.len() > 33)

@@ -159,9 +159,10 @@ impl Service {
                 loop {
                     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
                     let Some(inner) = inner.upgrade() else { return };
+                    let generation = inner.users.generation();
                     match shared.state_scan(vec![crate::users::USER_RECORD_PREFIX]).await {
                         Ok(entries) => {
-                            if let Err(error) = inner.users.refresh(entries) {
+                            if let Err(error) = inner.users.refresh(entries, generation) {
                                 tracing::warn!("the users in storage could not be read: {error}");
                             }
                         }

@@ -142,6 +142,8 @@ pub struct Users {
     /// Held while a change is made: one at a time, and `state` is locked
     /// only to swap in the result (never while waiting for storage).
     changing: Mutex<()>,
+    /// Changes made by this process (see [`Users::refresh`]).
+    generation: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Default)]
@@ -176,6 +178,7 @@ impl Users {
             verified: Mutex::new(HashMap::new()),
             changed: watch::channel(0).0,
             changing: Mutex::new(()),
+            generation: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -191,6 +194,7 @@ impl Users {
             verified: Mutex::new(HashMap::new()),
             changed: watch::channel(0).0,
             changing: Mutex::new(()),
+            generation: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -205,13 +209,30 @@ impl Users {
     /// Takes in the user records as just read from shared storage: when
     /// they changed (through another server), rebuilds and tells sessions
     /// to re-check themselves.
-    pub fn refresh(&self, entries: StateEntries) -> Result<()> {
+    ///
+    /// `generation` is [`Users::generation`] from before the records were
+    /// read: if a change was made since (or is being made), what was read
+    /// may be older than it, and is not taken (the next refresh is).
+    /// A record that cannot be read is left out (that user cannot log in),
+    /// logged, and does not keep the others from changing.
+    pub fn refresh(&self, entries: StateEntries, generation: u64) -> Result<()> {
         let Keep::Shared { seen, .. } = &self.keep else { return Ok(()) };
+        let Ok(_no_change_running) = self.changing.try_lock() else { return Ok(()) };
+        if self.generation() != generation {
+            return Ok(());
+        }
         let mut seen = seen.lock().expect("seen lock");
         if *seen == entries {
             return Ok(());
         }
-        let rebuilt = State::build(parse_records(&entries)?)
+        let mut records = Vec::with_capacity(entries.len());
+        for entry in &entries {
+            match parse_records(std::slice::from_ref(entry)) {
+                Ok(mut one) => records.append(&mut one),
+                Err(error) => tracing::warn!("a user record is left out: {error}"),
+            }
+        }
+        let rebuilt = State::build(records)
             .map_err(|detail| ServiceError::Storage(StoreError::Corrupt { location: "user records".into(), detail }))?;
         *seen = entries;
         *self.state.write().expect("users lock") = rebuilt;
@@ -219,6 +240,12 @@ impl Users {
         self.verified.lock().expect("cache lock").clear();
         self.changed.send_modify(|generation| *generation += 1);
         Ok(())
+    }
+
+    /// How many changes this process made: a refresh started before a change
+    /// must not undo it.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Copies users into shared storage that has none yet (a directory's
@@ -413,10 +440,15 @@ impl Users {
     fn change(&self, edit: impl FnOnce(&mut Vec<UserRecord>) -> Result<()>) -> Result<()> {
         let _one_at_a_time = self.changing.lock().expect("change lock");
         let mut records = self.state.read().expect("users lock").records.clone();
+        // With shared storage, the lock every server shares, held until the
+        // change is written: changes made through two servers at once are
+        // made one after the other, each on the other's result.
+        let mut _shared_lock = None;
         if let Keep::Shared { storage, seen } = &self.keep {
+            let runtime = tokio::runtime::Handle::current();
+            _shared_lock = runtime.block_on(storage.exclusive("users"))?;
             // Start from what storage holds now: another server may have
             // changed users since the last refresh.
-            let runtime = tokio::runtime::Handle::current();
             let entries = runtime.block_on(storage.state_scan(vec![USER_RECORD_PREFIX]))?;
             records = parse_records(&entries)?;
             *seen.lock().expect("seen lock") = entries;
@@ -463,6 +495,7 @@ impl Users {
             }
         }
         *self.state.write().expect("users lock") = rebuilt;
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.verified.lock().expect("cache lock").clear();
         self.changed.send_modify(|generation| *generation += 1);
         Ok(())
@@ -477,7 +510,7 @@ fn record_key(name: &str) -> Vec<u8> {
 }
 
 /// Users from their state records.
-fn parse_records(entries: &StateEntries) -> Result<Vec<UserRecord>> {
+fn parse_records(entries: &[(Vec<u8>, Vec<u8>)]) -> Result<Vec<UserRecord>> {
     entries
         .iter()
         .map(|(key, value)| {

@@ -7,7 +7,8 @@
 //! and the call returns once they are durable.
 //!
 //! Where several servers share the storage (PostgreSQL), each use also
-//! takes the storage's shared lock ([`Storage::exclusive`]) and reads the
+//! takes the storage's shared lock (`Storage::exclusive`; after this
+//! process's lock, so one caller per process waits for it) and reads the
 //! groups' version record (`G`): a table older than it is loaded again,
 //! every change bumps it, and the shared lock is held until the change is
 //! durable. So the servers act on one table, one at a time.
@@ -34,7 +35,7 @@ pub(crate) struct Groups {
 }
 
 /// The key of the groups' version record (shared storage only).
-const VERSION_KEY: &[u8] = b"G";
+pub(crate) const VERSION_KEY: &[u8] = b"G";
 
 /// The table, held: by this process's lock, and with shared storage by
 /// the lock every process shares, with the version read under it.
@@ -188,10 +189,11 @@ fn check_use(who: &Principal, topic: &Topic) -> Result<()> {
 
 impl Service {
     async fn groups(&self) -> Result<TableGuard<'_>> {
-        // The shared lock first, then this process's: every process takes
-        // them in that order.
-        let exclusive = self.storage().exclusive("consumer groups").await?;
+        // This process's lock first, then the shared one: one caller per
+        // process waits for the shared lock (holding a pooled connection),
+        // so waiting callers cannot take every connection.
         let mut table = self.inner.groups.table.lock().await;
+        let exclusive = self.storage().exclusive("consumer groups").await?;
         let mut shared = None;
         if let Some(exclusive) = exclusive {
             let version = match self.state_get(VERSION_KEY.to_vec()).await? {
@@ -234,17 +236,23 @@ impl Service {
                 return Err(error.into());
             }
         };
-        if next.is_some() {
-            let result = pending.await;
-            let mut version = self.inner.groups.version.lock().expect("version lock");
-            match result {
-                Ok(()) => *version = next,
-                Err(error) => {
-                    *version = None;
-                    drop(version);
-                    *guard.table = None;
-                    return Err(error.into());
-                }
+        if let Some((exclusive, _)) = guard.shared.take() {
+            // The shared lock goes only once the change is durable, even if
+            // this caller goes away meanwhile (a client disconnecting): a
+            // task of its own waits, records the version, then unlocks. A
+            // failure leaves no version known, so the table is loaded again.
+            let service = self.clone();
+            let (done, answer) = tokio::sync::oneshot::channel();
+            tokio::spawn(async move {
+                let result = pending.await;
+                *service.inner.groups.version.lock().expect("version lock") = if result.is_ok() { next } else { None };
+                drop(exclusive);
+                let _ = done.send(result);
+            });
+            let result = answer.await.unwrap_or(Err(cairn_store::StoreError::ShuttingDown));
+            if let Err(error) = result {
+                *guard.table = None;
+                return Err(error.into());
             }
             return Ok(());
         }
@@ -600,6 +608,16 @@ impl Service {
         let entries =
             claimed.claimed.iter().filter_map(|id| loaded.iter().find(|entry| entry.id == *id).cloned()).collect();
         Ok(AutoClaimed { next, claimed: entries, deleted: claimed.deleted })
+    }
+
+    /// Writes imported state records as a change of the groups: under the
+    /// groups' locks, with the version moved, the table read again after.
+    pub(crate) async fn import_group_records(&self, ops: Vec<StateOp>) -> Result<()> {
+        let mut table = self.groups().await?;
+        *table = None;
+        self.commit(table, ops).await?;
+        self.forget_groups().await;
+        Ok(())
     }
 
     /// Drops the groups' in-memory table; the next use loads it from the
