@@ -2,7 +2,7 @@
 //! that moment into one transaction, under one acquisition of the
 //! sequencer row (see ARCHITECTURE.md, "cairn on PostgreSQL").
 //!
-//! A group is two round trips, each a pipeline of statements:
+//! The slow path is two round trips, each a pipeline of statements:
 //! 1. `begin`; lock the sequencer row (`for update`); the touched topics'
 //!    last seq and id; the idempotency keys asked about; which large
 //!    payloads are in `cairn_content`. PostgreSQL runs pipelined statements
@@ -11,6 +11,15 @@
 //! 2. The plan (expectations, seqs, ids, repeats) is made here; then the
 //!    new sequencer value, the rows, the topics, `last:<n>` trims, the
 //!    keys, and `commit`.
+//!
+//! The fast path is one round trip: while the sequencer holds the id and
+//! the tag this writer last wrote, no other process committed, so the
+//! topics' tails it remembers are current; the group is planned from them
+//! and written with an update of the sequencer guarded by that id and tag
+//! (a group of stored events only is a single statement). Two fast-path
+//! groups may be in flight: the next is planned after the one before and
+//! fails its guard if that one did not commit; such groups go again by the
+//! slow path.
 //!
 //! The row lock is held from the first statement to the commit, so groups
 //! (of every process) commit one after another, in id order, and a reader
