@@ -67,14 +67,7 @@ async fn postgres(url: &str, dir: std::path::PathBuf, command: Command) -> Resul
     std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
     let _lock = cairn_service::lock_directory(&dir).with_context(|| format!("lock {}", dir.display()))?;
     let (service, _) = cairn_server::open_postgres_service(url, &dir, ServiceOptions::default()).await?;
-    let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::new(stdout.lock());
-    let result = command_on(&service, &mut out, command).await;
-    let flushed = out.flush();
-    service.close().await;
-    let code = result?;
-    flushed?;
-    Ok(code)
+    run_and_close(service, command).await
 }
 
 async fn local(dir: std::path::PathBuf, sync: SyncMode, command: Command) -> Result<ExitCode> {
@@ -88,6 +81,11 @@ async fn local(dir: std::path::PathBuf, sync: SyncMode, command: Command) -> Res
             cut.bytes, cut.segment, cut.offset, cut.reason
         );
     }
+    run_and_close(service, command).await
+}
+
+/// Runs `command` on `service` with buffered stdout, then closes it.
+async fn run_and_close(service: Service, command: Command) -> Result<ExitCode> {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let result = command_on(&service, &mut out, command).await;

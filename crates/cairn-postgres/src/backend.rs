@@ -14,8 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use cairn_store::limits::{
-    BATCH_EVENTS_MAX, IDEMPOTENCY_WINDOW_MS_DEFAULT, INLINE_PAYLOAD_BYTES_DEFAULT, PAYLOAD_BYTES_MAX_DEFAULT,
-    RECORD_BYTES_MAX, STATE_KEY_BYTES_MAX,
+    IDEMPOTENCY_WINDOW_MS_DEFAULT, INLINE_PAYLOAD_BYTES_DEFAULT, PAYLOAD_BYTES_MAX_DEFAULT, RECORD_BYTES_MAX,
 };
 use cairn_store::{
     Batch, BoxFuture, CompactReport, DatabaseStats, Event, EventId, Exclusive, Hash, History, Imported, Limits, Live,
@@ -433,19 +432,7 @@ impl Storage for Postgres {
 
     fn submit(&self, batch: Batch, system: bool) -> BoxFuture<'_, cairn_store::Result<Pending<Vec<Event>>>> {
         Box::pin(async move {
-            if batch.events.is_empty() {
-                return Err(refuse("batch", "has no events"));
-            }
-            if batch.events.len() > BATCH_EVENTS_MAX {
-                return Err(StoreError::TooLarge {
-                    what: "batch",
-                    bytes: batch.events.len() as u64,
-                    max: BATCH_EVENTS_MAX as u64,
-                });
-            }
-            if let Some(key) = &batch.idempotency_key {
-                cairn_store::check_idempotency_key(key)?;
-            }
+            batch.check_shape()?;
             let options = &self.shared.options;
             let mut events = Vec::with_capacity(batch.events.len());
             let mut stored = Vec::new();
@@ -515,24 +502,7 @@ impl Storage for Postgres {
 
     fn state_submit(&self, ops: Vec<StateOp>) -> BoxFuture<'_, cairn_store::Result<Pending<()>>> {
         Box::pin(async move {
-            let mut bytes = 0usize;
-            for op in &ops {
-                let (StateOp::Put(key, _) | StateOp::Delete(key)) = op;
-                if key.is_empty() || key.len() > STATE_KEY_BYTES_MAX {
-                    return Err(refuse("key", &format!("state keys are 1-{STATE_KEY_BYTES_MAX} bytes")));
-                }
-                bytes += match op {
-                    StateOp::Put(key, value) => key.len() + value.len(),
-                    StateOp::Delete(key) => key.len(),
-                };
-            }
-            if bytes > RECORD_BYTES_MAX {
-                return Err(StoreError::TooLarge {
-                    what: "state change",
-                    bytes: bytes as u64,
-                    max: RECORD_BYTES_MAX as u64,
-                });
-            }
+            cairn_store::check_state_ops(&ops)?;
             let (reply, answer) = oneshot::channel();
             self.states.send(tasks::StateRequest { ops, reply }).await.map_err(|_| StoreError::ShuttingDown)?;
             Ok(Pending::from_future(async move { answer.await.map_err(|_| StoreError::ShuttingDown)? }))

@@ -696,6 +696,21 @@ struct Plan {
 }
 
 impl Plan {
+    /// A plan of nothing yet, after `last`.
+    fn empty(last: EventId) -> Plan {
+        Plan {
+            planned: Vec::new(),
+            stored_rows: Columns::default(),
+            ephemeral_rows: Columns::default(),
+            touched: BTreeMap::new(),
+            trims: BTreeMap::new(),
+            new_keys: Vec::new(),
+            missing_content: Vec::new(),
+            last,
+            tails: HashMap::new(),
+        }
+    }
+
     fn writes(&self) -> bool {
         !self.stored_rows.is_empty() || !self.ephemeral_rows.is_empty()
     }
@@ -713,30 +728,12 @@ fn plan(group: &[Work], known: &Known, now: u64) -> Plan {
             field: "id",
             rule: "the store's ids are used up (an import reached the last id)".into(),
         };
-        return Plan {
-            planned: group.iter().map(|_| Planned::Failed(exhausted.clone())).collect(),
-            stored_rows: Columns::default(),
-            ephemeral_rows: Columns::default(),
-            touched: BTreeMap::new(),
-            trims: BTreeMap::new(),
-            new_keys: Vec::new(),
-            missing_content: Vec::new(),
-            last: known.last,
-            tails: HashMap::new(),
-        };
+        let mut plan = Plan::empty(known.last);
+        plan.planned = group.iter().map(|_| Planned::Failed(exhausted.clone())).collect();
+        return plan;
     }
     let mut tails = known.tails.clone();
-    let mut plan = Plan {
-        planned: Vec::with_capacity(group.len()),
-        stored_rows: Columns::default(),
-        ephemeral_rows: Columns::default(),
-        touched: BTreeMap::new(),
-        trims: BTreeMap::new(),
-        new_keys: Vec::new(),
-        missing_content: Vec::new(),
-        last: known.last,
-        tails: HashMap::new(),
-    };
+    let mut plan = Plan::empty(known.last);
     let mut in_group_keys: HashMap<&str, ([u8; 32], usize)> = HashMap::new();
     for (index, work) in group.iter().enumerate() {
         if let Some((key, fingerprint)) = &work.key {

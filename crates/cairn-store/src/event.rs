@@ -386,6 +386,25 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// Checks what every backend checks of a batch before its events: some
+    /// events and not too many, and a well-formed idempotency key.
+    pub fn check_shape(&self) -> Result<(), StoreError> {
+        if self.events.is_empty() {
+            return Err(StoreError::invalid("batch", "has no events"));
+        }
+        if self.events.len() > crate::limits::BATCH_EVENTS_MAX {
+            return Err(StoreError::TooLarge {
+                what: "batch",
+                bytes: self.events.len() as u64,
+                max: crate::limits::BATCH_EVENTS_MAX as u64,
+            });
+        }
+        if let Some(key) = &self.idempotency_key {
+            check_idempotency_key(key)?;
+        }
+        Ok(())
+    }
+
     /// A batch of one event with an expectation on its topic.
     pub fn single(event: NewEvent, expect: Expect) -> Batch {
         let mut batch = Batch { events: vec![event], ..Batch::default() };

@@ -111,7 +111,9 @@ pub use log::codec::StateOp;
 pub use log::recovery::{RecoveryReport, Truncation};
 pub use read::{Cursor, Query, ReadIter};
 pub use storage::{BoxFuture, Exclusive, History, Item, Limits, Reader, StateEntries, Storage, Window};
-pub use store::{DatabaseStats, Imported, Options, Pending, Store, StoreStats, SyncMode, TopicInfo, lock_directory};
+pub use store::{
+    DatabaseStats, Imported, Options, Pending, Store, StoreStats, SyncMode, TopicInfo, check_state_ops, lock_directory,
+};
 pub use subscription::{Delivery, SubscribeOptions, Subscription};
 pub use topic::{Level, Pattern, SYSTEM_PREFIX, Topic};
 pub use verify::VerifyReport;

@@ -20,7 +20,7 @@ use crate::id::{EventId, IdGenerator};
 use crate::index::apply::CAS_KEY_HASH_BYTES;
 use crate::index::sparse::find_id;
 use crate::index::{Checkpoint, Index, Ks, indexer, strip};
-use crate::limits::{self, BATCH_EVENTS_MAX, CONSUMER_NAME_BYTES_MAX, RECORD_BYTES_MAX, STATE_KEY_BYTES_MAX};
+use crate::limits::{self, CONSUMER_NAME_BYTES_MAX, RECORD_BYTES_MAX, STATE_KEY_BYTES_MAX};
 use crate::live::Live;
 use crate::log::codec::StateOp;
 use crate::log::recovery::{self, RecoveryReport};
@@ -589,19 +589,7 @@ impl Store {
         batch: Batch,
         system: bool,
     ) -> Result<(Request, oneshot::Receiver<Result<Vec<Event>>>)> {
-        if batch.events.is_empty() {
-            return Err(StoreError::invalid("batch", "has no events"));
-        }
-        if batch.events.len() > BATCH_EVENTS_MAX {
-            return Err(StoreError::TooLarge {
-                what: "batch",
-                bytes: batch.events.len() as u64,
-                max: BATCH_EVENTS_MAX as u64,
-            });
-        }
-        if let Some(key) = &batch.idempotency_key {
-            event::check_idempotency_key(key)?;
-        }
+        batch.check_shape()?;
         let prepare_all = |events: Vec<NewEvent>| -> Result<Vec<Prepared>> {
             events.into_iter().map(|new_event| self.prepare(new_event, system)).collect()
         };
@@ -1213,7 +1201,15 @@ fn spawn_sweeper(
 
 /// A state change as a writer request, checked against the record limit.
 pub(crate) fn state_request(ops: Vec<StateOp>) -> Result<(Request, oneshot::Receiver<Result<()>>)> {
-    for op in &ops {
+    check_state_ops(&ops)?;
+    let (reply, receiver) = oneshot::channel();
+    Ok((Request::State { ops, reply }, receiver))
+}
+
+/// Checks state writes as every backend does: keys of 1 to
+/// [`STATE_KEY_BYTES_MAX`] bytes, and all of them within one record.
+pub fn check_state_ops(ops: &[StateOp]) -> Result<()> {
+    for op in ops {
         let (StateOp::Put(key, _) | StateOp::Delete(key)) = op;
         if key.is_empty() || key.len() > STATE_KEY_BYTES_MAX {
             return Err(StoreError::invalid("key", format!("state keys are 1-{STATE_KEY_BYTES_MAX} bytes")));
@@ -1229,8 +1225,7 @@ pub(crate) fn state_request(ops: Vec<StateOp>) -> Result<(Request, oneshot::Rece
     if bytes > RECORD_BYTES_MAX {
         return Err(StoreError::TooLarge { what: "state change", bytes: bytes as u64, max: RECORD_BYTES_MAX as u64 });
     }
-    let (reply, receiver) = oneshot::channel();
-    Ok((Request::State { ops, reply }, receiver))
+    Ok(())
 }
 
 /// Batches of at least this many events are prepared on two threads. A

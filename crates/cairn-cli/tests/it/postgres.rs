@@ -26,6 +26,18 @@ fn server(url: &str) -> (Cairn, Server) {
     (cairn, server)
 }
 
+/// Runs `cairn <args>` on the database at `url` directly (no server on
+/// `cairn`'s directory), expecting success; returns its stdout.
+fn on_database(cairn: &Cairn, url: &str, args: &[&str], stdin: &[u8]) -> Vec<u8> {
+    let mut command = cairn.command(args);
+    command.env("CAIRN_POSTGRES", url).stdin(std::process::Stdio::piped());
+    let mut child = command.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), stdin).unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "cairn {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    output.stdout
+}
+
 /// An event as a follower saw it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Seen {
@@ -281,16 +293,7 @@ async fn export_and_import_move_a_store_both_ways_byte_for_byte() {
     // a server's start is an event of its own), and out again.
     let url = database(&cluster, "moved");
     let on_postgres = Cairn::new();
-    let run = |args: &[&str], stdin: &[u8]| {
-        let mut command = on_postgres.command(args);
-        command.env("CAIRN_POSTGRES", &url).stdin(std::process::Stdio::piped());
-        let mut child =
-            command.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
-        std::io::Write::write_all(&mut child.stdin.take().unwrap(), stdin).unwrap();
-        let output = child.wait_with_output().unwrap();
-        assert!(output.status.success(), "cairn {args:?}: {}", String::from_utf8_lossy(&output.stderr));
-        output.stdout
-    };
+    let run = |args: &[&str], stdin: &[u8]| on_database(&on_postgres, &url, args, stdin);
     run(&["import"], &first);
     let second = run(&["export"], b"");
     same_export(&first, &second, "PostgreSQL's export is the local one");
@@ -368,16 +371,8 @@ async fn users_and_tokens_live_in_the_database_for_every_server() {
     let a_dir = Cairn::new();
     a_dir.ok(&["user", "add", "carol", "--read", "c.>", "--write", "c.>"], b"carolpw\n");
     // The command line on the database (no server yet) copies them in too.
-    let direct = |cairn: &Cairn, args: &[&str], stdin: &[u8]| {
-        let mut command = cairn.command(args);
-        command.env("CAIRN_POSTGRES", &url).stdin(std::process::Stdio::piped());
-        let mut child =
-            command.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
-        std::io::Write::write_all(&mut child.stdin.take().unwrap(), stdin).unwrap();
-        let output = child.wait_with_output().unwrap();
-        assert!(output.status.success(), "cairn {args:?}: {}", String::from_utf8_lossy(&output.stderr));
-        String::from_utf8(output.stdout).unwrap()
-    };
+    let direct =
+        |cairn: &Cairn, args: &[&str], stdin: &[u8]| String::from_utf8(on_database(cairn, &url, args, stdin)).unwrap();
     assert!(direct(&a_dir, &["user", "list"], b"").contains("carol"), "carol copied into the database");
     let start = |cairn: &Cairn| {
         let mut command = cairn.command(&["serve", "--http", "127.0.0.1:0"]);
