@@ -124,18 +124,30 @@ function columnar (lines) {
   return true
 }
 
-/** Topics and contents as two strings with the length of each piece. */
+/**
+ * Topics and contents as two strings with the length of each piece; when
+ * every event has the same topic, that topic and its one length.
+ */
 function columns (lines) {
-  const topics = new Array(lines.length)
   const contents = new Array(lines.length)
-  const topicLengths = new Uint32Array(lines.length)
   const contentLengths = new Uint32Array(lines.length)
+  const first = lines[0].topic
+  let topics = null
+  let topicLengths = null
   for (let n = 0; n < lines.length; n++) {
-    topics[n] = lines[n].topic
-    contents[n] = lines[n].content
-    topicLengths[n] = topics[n].length
-    contentLengths[n] = contents[n].length
+    const line = lines[n]
+    contents[n] = line.content
+    contentLengths[n] = line.content.length
+    if (topics === null && line.topic !== first) {
+      topics = new Array(lines.length).fill(first, 0, n)
+      topicLengths = new Uint32Array(lines.length).fill(first.length, 0, n)
+    }
+    if (topics !== null) {
+      topics[n] = line.topic
+      topicLengths[n] = line.topic.length
+    }
   }
+  if (topics === null) return [first, Uint32Array.of(first.length), contents.join(''), contentLengths]
   return [topics.join(''), topicLengths, contents.join(''), contentLengths]
 }
 

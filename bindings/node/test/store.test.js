@@ -111,6 +111,12 @@ test('a large batch of texts keeps every character and its order', async (t) => 
   const read = []
   for await (const event of store.read({ pattern: 'mixed.>' })) read.push([event.id, event.topic, event.content])
   assert.deepEqual(read, landed.map((e, k) => [e.id, topics[k], texts[k]]))
+  // One topic for a long run, then another (the run is sent as one topic
+  // until the switch); and a bad topic shared by every event.
+  const runs = Array.from({ length: 264 }, (_, k) => ({ topic: k < 200 ? 'run.a' : 'run.b', content: 'r' + k }))
+  assert.deepEqual((await store.appendBatch(runs)).map((e) => [e.topic, e.seq]), runs.map((e, k) => [e.topic, k < 200 ? k : k - 200]))
+  assert.deepEqual((await store.topics()).filter((h) => h.topic.startsWith('run.')).map((h) => [h.topic, h.count]), [['run.a', 200], ['run.b', 64]])
+  await assert.rejects(store.appendBatch(Array.from({ length: 100 }, () => ({ topic: 'bad..topic', content: 'x' }))), (error) => error.code === 'invalid' && error.message.includes('event 1'))
   // Across pages (of 1,024), with the next fetched while one is handed out,
   // and a read left early.
   await store.appendBatch(Array.from({ length: 3000 }, (_, k) => ({ topic: 'paged', content: String(k) })))

@@ -433,7 +433,7 @@ enum InlineRepr {
         len: usize,
     },
     /// `len` bytes at `start` of a decompressed block of a compressed
-    /// segment, which never changes either.
+    /// segment, which never changes either, or of a payload handed in.
     Block {
         block: Arc<Vec<u8>>,
         start: usize,
@@ -457,8 +457,11 @@ impl InlineBytes {
 }
 
 impl From<Vec<u8>> for InlineBytes {
+    /// Keeps the vector (an `Arc<[u8]>` would copy the bytes into a new
+    /// allocation, for every event appended).
     fn from(bytes: Vec<u8>) -> InlineBytes {
-        InlineBytes(InlineRepr::Owned(Arc::from(bytes)))
+        let len = bytes.len();
+        InlineBytes(InlineRepr::Block { block: Arc::new(bytes), start: 0, len })
     }
 }
 

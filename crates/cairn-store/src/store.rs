@@ -590,56 +590,71 @@ impl Store {
         system: bool,
     ) -> Result<(Request, oneshot::Receiver<Result<Vec<Event>>>)> {
         batch.check_shape()?;
-        let prepare_all = |events: Vec<NewEvent>| -> Result<Vec<Prepared>> {
-            events.into_iter().map(|new_event| self.prepare(new_event, system)).collect()
+        // Each event is taken out of its slot (left default), so neither the
+        // input nor a half of it is copied to another vector.
+        let prepare_into = |events: &mut [NewEvent], out: &mut Prepared| -> Result<()> {
+            events.iter_mut().try_for_each(|new_event| self.prepare(std::mem::take(new_event), system, out))
         };
+        let mut events = batch.events;
+        let mut prepared = Prepared { events: Vec::with_capacity(events.len()), stored: Vec::new() };
         // A large batch is prepared on two threads (its hashes are most of
         // the work): the caller's thread and a scoped helper, each half in
         // order; the first error in batch order wins.
-        let events = if batch.events.len() >= PARALLEL_PREPARE_EVENTS {
-            let mut first = batch.events;
-            let second = first.split_off(first.len() / 2);
-            let (first, second) = std::thread::scope(|scope| {
-                let helper = scope.spawn(|| prepare_all(second));
-                let first = prepare_all(first);
-                (first, helper.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+        if events.len() >= PARALLEL_PREPARE_EVENTS {
+            let half = events.len() / 2;
+            let (first, second) = events.split_at_mut(half);
+            let (done, rest) = std::thread::scope(|scope| {
+                let helper = std::thread::Builder::new()
+                    .name("cairn-prepare".to_owned())
+                    .spawn_scoped(scope, move || {
+                        let mut out = Prepared { events: Vec::with_capacity(second.len()), stored: Vec::new() };
+                        prepare_into(second, &mut out).map(|()| out)
+                    })
+                    .ok();
+                let done = prepare_into(first, &mut prepared);
+                let rest = helper.map(|helper| helper.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)));
+                (done, rest)
             });
-            let mut events = first?;
-            events.extend(second?);
-            events
+            done?;
+            match rest {
+                Some(rest) => {
+                    let rest = rest?;
+                    prepared.events.extend(rest.events);
+                    prepared.stored.extend(rest.stored);
+                }
+                // No thread to be had: the second half here, after the first.
+                None => prepare_into(&mut events[half..], &mut prepared)?,
+            }
         } else {
-            prepare_all(batch.events)?
-        };
-        let estimate = events.iter().fold(16usize, |estimate, prepared| {
-            estimate
-                + 128
-                + prepared.event.meta.as_ref().map_or(0, String::len)
-                + prepared.event.inline_payload().map_or(0, <[u8]>::len)
+            prepare_into(&mut events, &mut prepared)?;
+        }
+        let estimate = prepared.events.iter().fold(16usize, |estimate, event| {
+            estimate + 128 + event.meta.as_ref().map_or(0, String::len) + event.inline_payload().map_or(0, <[u8]>::len)
         });
         if estimate > RECORD_BYTES_MAX {
             return Err(StoreError::TooLarge { what: "batch", bytes: estimate as u64, max: RECORD_BYTES_MAX as u64 });
         }
         let expect = batch.expect.into_iter().map(|(topic, expect)| (topic.as_str().to_owned(), expect)).collect();
         let (reply, receiver) = oneshot::channel();
-        Ok((Request::Append { events, expect, key: batch.idempotency_key, reply }, receiver))
+        Ok((Request::Append { events: prepared, expect, key: batch.idempotency_key, reply }, receiver))
     }
 
     /// Validates an event and places its payload (it may run on a helper
     /// thread, see `append_request`).
-    fn prepare(&self, new_event: NewEvent, system: bool) -> Result<Prepared> {
+    fn prepare(&self, new_event: NewEvent, system: bool, out: &mut Prepared) -> Result<()> {
         let options = &self.inner.shared.options;
         let (mut event, bytes) = event::check_new_event(new_event, system, options.payload_bytes_max)?;
-        let mut stored_bytes = None;
         if let (Some(bytes), Some(hash)) = (bytes, event.hash) {
             if event.size <= options.inline_payload_bytes || event.ttl == Ttl::Ephemeral {
                 event.payload = Payload::Inline(bytes.into());
             } else {
                 self.inner.shared.cas.put(&hash, &bytes)?;
                 event.payload = Payload::Stored;
-                stored_bytes = Some(bytes);
+                out.stored.push((hash, bytes));
             }
         }
-        Ok(Prepared { event, stored_bytes })
+        out.events.push(event);
+        Ok(())
     }
 
     /// Appends events with their original ids and seqs (restoring an
@@ -648,7 +663,7 @@ impl Store {
         if events.is_empty() {
             return Ok(Vec::new());
         }
-        let mut prepared = Vec::with_capacity(events.len());
+        let mut prepared = Prepared { events: Vec::with_capacity(events.len()), stored: Vec::new() };
         for imported in events {
             if imported.event.ttl == Ttl::Ephemeral {
                 return Err(StoreError::invalid(
@@ -656,11 +671,11 @@ impl Store {
                     "ephemeral events are never stored, so they cannot be imported",
                 ));
             }
-            let mut p = self.prepare(imported.event, true)?;
-            p.event.id = imported.id;
-            p.event.seq = imported.seq;
-            p.event.imported = true;
-            prepared.push(p);
+            self.prepare(imported.event, true, &mut prepared)?;
+            let event = prepared.events.last_mut().expect("just prepared");
+            event.id = imported.id;
+            event.seq = imported.seq;
+            event.imported = true;
         }
         let (reply, receiver) = oneshot::channel();
         self.submit(Request::Import { events: prepared, reply })?;

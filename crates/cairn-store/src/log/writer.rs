@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use crate::error::{Result, StoreError};
-use crate::event::{Event, Expect, Payload, Ttl};
+use crate::event::{Event, Expect, Hash, Ttl};
 use crate::faults::LogFile;
 use crate::id::{EventId, IdGenerator};
 use crate::index::Checkpoint;
@@ -32,26 +32,30 @@ const LINGER_US: u64 = 100;
 /// may be bigger; records stay within `RECORD_BYTES_MAX`).
 const MERGED_RECORD_BYTES: usize = 4 * 1024 * 1024;
 
-/// An event ready for the writer: validated, payload placed.
-#[derive(Debug)]
+/// Events ready for the writer: validated, payloads placed. The writer
+/// assigns ids and seqs in place and hands the same vector back (a batch
+/// of 100,000 events is 20 MB of `Event`s: building a second one cost a
+/// copy and its page faults).
+#[derive(Debug, Default)]
 pub(crate) struct Prepared {
-    pub(crate) event: Event,
-    /// Bytes of a content-store payload, kept in case the file was collected
-    /// between the caller's put and this write (then the writer puts it again).
-    pub(crate) stored_bytes: Option<Vec<u8>>,
+    pub(crate) events: Vec<Event>,
+    /// Hashes and bytes of content-store payloads, kept in case a file was
+    /// collected between the caller's put and this write (then the writer
+    /// puts it again).
+    pub(crate) stored: Vec<(Hash, Vec<u8>)>,
 }
 
 /// What callers ask of the writer. Requests that name existing things
 /// (remove, consumer delete) were checked by the caller against the index.
 pub(crate) enum Request {
     Append {
-        events: Vec<Prepared>,
+        events: Prepared,
         expect: Vec<(String, Expect)>,
         key: Option<String>,
         reply: oneshot::Sender<Result<Vec<Event>>>,
     },
     Import {
-        events: Vec<Prepared>,
+        events: Prepared,
         reply: oneshot::Sender<Result<Vec<Event>>>,
     },
     Remove {
@@ -354,13 +358,14 @@ impl Writer {
 
     fn plan_append(
         &mut self,
-        prepared: Vec<Prepared>,
+        prepared: Prepared,
         expect: &[(String, Expect)],
         key: Option<&str>,
         state: &mut GroupState,
         import: bool,
     ) -> Result<PlanOutcome> {
-        let fingerprint = key.map(|_| crate::event::fingerprint(prepared.iter().map(|p| &p.event)));
+        let Prepared { mut events, stored: stored_payloads } = prepared;
+        let fingerprint = key.map(|_| crate::event::fingerprint(events.iter()));
         if let (Some(key), Some(fingerprint)) = (key, fingerprint) {
             let conflict = || StoreError::IdempotencyConflict { key: key.to_owned() };
             if let Some((events, first)) = state.keys.get(key) {
@@ -390,14 +395,12 @@ impl Writer {
         // Assign seqs on a scratch copy of the tails so a refused import
         // leaves the group's state untouched.
         let mut scratch: HashMap<String, (u64, EventId)> = HashMap::new();
-        let mut events = Vec::with_capacity(prepared.len());
         let mut ids_floor = self.ids.last();
-        let mut stored_payloads = Vec::new();
         // Events of one topic usually come in runs: the tail of the current
         // run's topic is kept here and goes into `scratch` when the run
         // ends, so a run costs one map lookup, not two per event.
         let mut run: Option<(Topic, Option<(u64, EventId)>)> = None;
-        for Prepared { mut event, stored_bytes } in prepared {
+        for event in &mut events {
             let last = match &run {
                 Some((topic, tail)) if *topic == event.topic => *tail,
                 _ => {
@@ -411,20 +414,16 @@ impl Writer {
                 }
             };
             if import {
-                check_import(&event, last, ids_floor)?;
+                check_import(event, last, ids_floor)?;
                 ids_floor = event.id;
             } else {
                 event.seq = last.map_or(0, |(seq, _)| seq + 1);
-            }
-            if let (Payload::Stored, Some(hash), Some(bytes)) = (&event.payload, event.hash, stored_bytes) {
-                stored_payloads.push((hash, bytes));
             }
             if event.ttl != Ttl::Ephemeral
                 && let Some((_, tail)) = &mut run
             {
                 *tail = Some((event.seq, event.id));
             }
-            events.push(event);
         }
         end_run(&mut scratch, run);
         for (hash, bytes) in stored_payloads {
@@ -601,7 +600,7 @@ enum PlanOutcome {
 fn request_bytes(request: &Request) -> usize {
     match request {
         Request::Append { events, .. } | Request::Import { events, .. } => {
-            events.iter().map(|p| 128 + p.event.inline_payload().map_or(0, <[u8]>::len)).sum()
+            events.events.iter().map(|event| 128 + event.inline_payload().map_or(0, <[u8]>::len)).sum()
         }
         _ => 64,
     }

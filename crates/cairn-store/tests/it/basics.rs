@@ -1,7 +1,7 @@
 //! Example-by-example behaviour of the engine's own API (what every storage
 //! backend must do is in the conformance suite, `conformance.rs`).
 
-use cairn_store::{EventId, Expect, Hash, NewEvent, Pattern, StoreError, Ttl};
+use cairn_store::{EventId, Expect, Hash, NewEvent, Pattern, Query, StoreError, Ttl};
 
 use crate::{open, topic};
 
@@ -264,4 +264,15 @@ fn a_large_batch_fails_whole_with_its_first_error() {
             .enumerate()
             .all(|(i, e)| e.seq == i as u64 && e.inline_payload() == Some(i.to_string().as_bytes()))
     );
+    // Its record (encoded on two threads) reads back whole after a reopen,
+    // every event's checksum checked.
+    drop(store);
+    let store = open(dir.path());
+    let read: Vec<_> = store.read(&Query::new(Pattern::parse("big").unwrap())).unwrap().map(Result::unwrap).collect();
+    assert_eq!(read.len(), 10_000);
+    assert!(read.iter().zip(&events).all(|(read, appended)| read.id == appended.id
+        && read.seq == appended.seq
+        && payload_of(&store, read) == appended.inline_payload().unwrap()));
+    let report = store.verify().unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
 }
