@@ -417,8 +417,9 @@ impl Store {
         }
         let cas = Cas::open(dir.join("cas"))?;
         let (tail, report) = recovery::recover(&segments, &index, &cas)?;
+        // Written at offsets the writer keeps, not appended (see `LogFile`).
         let file = OpenOptions::new()
-            .append(true)
+            .write(true)
             .open(segments.path(tail.segment))
             .map_err(StoreError::io("open the log's last segment"))?;
         let file = crate::faults::LogFile::new(file, &segments.path(tail.segment), options.faults.clone())

@@ -102,6 +102,13 @@ pub(crate) struct Writer {
     recent_keys: HashMap<String, (Vec<Event>, [u8; 32], Checkpoint)>,
     ids: IdGenerator,
     buf: Vec<u8>,
+    /// Bytes of the current group already written (from `offset`): a large
+    /// batch record is written while it is encoded, after what the group
+    /// held before it (`stream_batch`); `buf` holds what comes after.
+    group_written: u64,
+    /// A write of the current group that failed while it was planned: the
+    /// whole group fails with it.
+    group_error: Option<StoreError>,
     /// Bytes written but not yet fdatasynced (`interval` and `none` modes).
     unsynced: bool,
     last_sync: Instant,
@@ -159,6 +166,8 @@ impl Writer {
             recent_keys: HashMap::new(),
             ids,
             buf: Vec::new(),
+            group_written: 0,
+            group_error: None,
             unsynced: false,
             last_sync: Instant::now(),
         }
@@ -265,6 +274,8 @@ impl Writer {
         let indexed = self.shared.progress.indexed();
         self.recent_keys.retain(|_, (_, _, end)| *end > indexed);
         self.buf.clear();
+        self.group_written = 0;
+        self.group_error = None;
         // One allocation for the whole group's records, not a doubling per
         // growth (a large batch otherwise copies its bytes several times).
         self.buf.reserve(group_bytes);
@@ -286,7 +297,7 @@ impl Writer {
             }
             return;
         }
-        let bytes = self.buf.len() as u64;
+        let bytes = self.group_written + self.buf.len() as u64;
         self.offset += bytes;
         if let Err(error) = self.shared.segments.map(self.segment, self.offset.max(self.shared.options.segment_bytes)) {
             // The group is durable, but readers could not reach it.
@@ -476,6 +487,10 @@ impl Writer {
             if state.merged.len() >= MERGED_RECORD_BYTES {
                 self.encode_merged(state);
             }
+        } else if stored_events.len() >= codec::STREAM_BATCH_EVENTS {
+            // Records keep the order of requests: merged appends go first.
+            self.encode_merged(state);
+            self.stream_batch(key, &stored_events);
         } else if !stored_events.is_empty() {
             // Records keep the order of requests: merged appends go first.
             self.encode_merged(state);
@@ -515,9 +530,59 @@ impl Writer {
         Ok(self.shared.index.head(topic)?.map(|head| (head.last_seq, head.last_id)))
     }
 
+    /// Writes a large batch record while it is encoded (after what the group
+    /// holds so far), its header last, and asks the kernel to start writing
+    /// each piece back: the encoding, the copy into the page cache and the
+    /// disk overlap, where one write of the whole group would have waited
+    /// for the encoding and the fdatasync for the write. Until its header
+    /// is written the record reads as a torn tail; nothing of the group is
+    /// acknowledged before its fdatasync, as always. A failed write fails
+    /// the group (`group_error`).
+    fn stream_batch(&mut self, key: Option<&str>, events: &[&Event]) {
+        if self.group_error.is_some() {
+            return;
+        }
+        let writeback = self.shared.options.sync != SyncMode::None;
+        let mut at = self.offset + self.group_written;
+        let result = (|| {
+            if !self.buf.is_empty() {
+                self.file.write_all_at(&self.buf, at)?;
+                at += self.buf.len() as u64;
+                self.buf.clear();
+            }
+            let record = at;
+            let file = &mut self.file;
+            let header = codec::encode_batch_streamed(key, events, |bytes, offset| {
+                file.write_all_at(bytes, record + offset)?;
+                if writeback {
+                    file.start_writeback(record + offset, bytes.len() as u64);
+                }
+                at = at.max(record + offset + bytes.len() as u64);
+                Ok(())
+            })?;
+            let len = u64::from(u32::from_le_bytes(header[..4].try_into().expect("4 bytes")));
+            assert!(len as usize <= RECORD_BYTES_MAX, "a record exceeds RECORD_BYTES_MAX");
+            self.file.write_all_at(&header, record)?;
+            Ok::<_, std::io::Error>(())
+        })();
+        self.unsynced = true;
+        self.group_written = at - self.offset;
+        if let Err(source) = result {
+            self.group_error = Some(StoreError::Io {
+                context: format!("write log segment {}", self.segment),
+                source: Arc::new(source),
+            });
+        }
+    }
+
     fn write_and_sync(&mut self, force_sync: bool) -> Result<()> {
+        if let Some(error) = self.group_error.take() {
+            // Cut what was written so the log ends at the last good record.
+            let _ = self.file.cut(self.offset);
+            return Err(error);
+        }
         if !self.buf.is_empty() {
-            if let Err(source) = self.file.write_all(&self.buf) {
+            if let Err(source) = self.file.write_all_at(&self.buf, self.offset + self.group_written) {
                 // Cut the partial write so the log ends at the last good record.
                 let _ = self.file.cut(self.offset);
                 return Err(StoreError::Io {

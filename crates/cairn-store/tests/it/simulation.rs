@@ -397,6 +397,62 @@ fn a_torn_write_is_cut_on_recovery_and_nothing_of_it_is_visible() {
     }
 }
 
+/// A batch of 8,192 events or more is written while it is encoded, its
+/// record's header last: whatever fails on the way (a write torn in the
+/// middle of the record then a power loss, a full disk, a failed
+/// fdatasync), the batch is all there after a reopen or not at all, and
+/// what was acknowledged before it is kept.
+#[test]
+fn a_large_batch_written_while_it_is_encoded_is_all_or_nothing() {
+    let big = || Batch {
+        events: (0..10_000)
+            .map(|n| NewEvent::new(topic("big"), format!("event {n} {}", "x".repeat(n % 200))))
+            .collect(),
+        ..Batch::default()
+    };
+    let count = |store: &Store| store.read(&Query::new(Pattern::all())).unwrap().count();
+    for fault in ["tear at 0", "tear at 5", "tear at 100000", "no space", "failed fdatasync"] {
+        let dir = tempfile::tempdir().unwrap();
+        let faults = Arc::new(Faults::default());
+        let store = Store::open(dir.path(), options(Some(faults.clone()))).unwrap();
+        let kept = store.append(NewEvent::new(topic("t"), "kept"), Expect::Any).unwrap();
+        match fault {
+            "no space" => faults.set_no_space(true),
+            "failed fdatasync" => faults.fail_next_syncs(1),
+            tear => faults.tear_next_write_at(tear.trim_start_matches("tear at ").parse().unwrap()),
+        }
+        assert!(store.append_batch(big()).is_err(), "{fault}");
+        if fault == "no space" {
+            // Not a crash: the store cut what it wrote and goes on.
+            faults.set_no_space(false);
+            assert_eq!(count(&store), 1, "{fault}");
+            assert_eq!(store.append_batch(big()).unwrap().len(), 10_000);
+        }
+        drop(store);
+        if fault.starts_with("tear") {
+            // Everything written survives the power loss: the torn record's
+            // pieces without its header.
+            faults.lose_power(|unsynced| unsynced).unwrap();
+        }
+        let store = Store::open(dir.path(), options(None)).unwrap();
+        assert!(store.get(kept.id).unwrap().is_some(), "{fault}");
+        let n = count(&store);
+        match fault {
+            "no space" => assert_eq!(n, 10_001, "{fault}"),
+            // Written but not acknowledged: it may be there, whole.
+            "failed fdatasync" => assert!(n == 1 || n == 10_001, "{fault}: {n} events"),
+            _ => assert_eq!(n, 1, "{fault}"),
+        }
+        let report = store.verify().unwrap();
+        assert!(report.ok(), "{fault}: {:?}", report.problems);
+        // And the store takes a large batch again, whole after a reopen.
+        assert_eq!(store.append_batch(big()).unwrap().len(), 10_000);
+        drop(store);
+        let store = Store::open(dir.path(), options(None)).unwrap();
+        assert_eq!(count(&store), n + 10_000, "{fault}");
+    }
+}
+
 /// Flips one bit of `path` in the middle of the first occurrence of `needle`.
 fn flip(path: &std::path::Path, needle: &[u8]) {
     let bytes = std::fs::read(path).unwrap();
