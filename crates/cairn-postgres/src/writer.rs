@@ -74,7 +74,7 @@ pub(crate) struct Request {
 
 impl Request {
     fn bytes(&self) -> usize {
-        self.events.iter().map(|event| event.inline_payload().map_or(0, <[u8]>::len)).sum()
+        self.events.iter().map(|event| event.inline_len()).sum()
     }
 }
 

@@ -471,6 +471,22 @@ impl From<&[u8]> for InlineBytes {
     }
 }
 
+impl InlineBytes {
+    /// The length, without reaching the bytes (a batch's size estimates
+    /// would otherwise follow a pointer per event).
+    pub fn len(&self) -> usize {
+        match &self.0 {
+            InlineRepr::Owned(bytes) => bytes.len(),
+            InlineRepr::Mapped { len, .. } | InlineRepr::Block { len, .. } => *len,
+        }
+    }
+
+    /// Whether there are no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 impl std::ops::Deref for InlineBytes {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
@@ -541,6 +557,14 @@ impl Event {
         match &self.payload {
             Payload::Inline(bytes) => Some(bytes),
             _ => None,
+        }
+    }
+
+    /// The length of the inline payload (0 for none), without reading it.
+    pub fn inline_len(&self) -> usize {
+        match &self.payload {
+            Payload::Inline(bytes) => bytes.len(),
+            _ => 0,
         }
     }
 

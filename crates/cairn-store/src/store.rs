@@ -597,7 +597,7 @@ impl Store {
             events.iter_mut().try_for_each(|new_event| self.prepare(std::mem::take(new_event), system, out))
         };
         let mut events = batch.events;
-        let mut prepared = Prepared { events: Vec::with_capacity(events.len()), stored: Vec::new() };
+        let mut prepared = Prepared { events: Vec::with_capacity(events.len()), stored: Vec::new(), bytes: 0 };
         // A large batch is prepared on two threads (its hashes are most of
         // the work): the caller's thread and a scoped helper, each half in
         // order; the first error in batch order wins.
@@ -608,7 +608,8 @@ impl Store {
                 let helper = std::thread::Builder::new()
                     .name("cairn-prepare".to_owned())
                     .spawn_scoped(scope, move || {
-                        let mut out = Prepared { events: Vec::with_capacity(second.len()), stored: Vec::new() };
+                        let mut out =
+                            Prepared { events: Vec::with_capacity(second.len()), stored: Vec::new(), bytes: 0 };
                         prepare_into(second, &mut out).map(|()| out)
                     })
                     .ok();
@@ -629,12 +630,7 @@ impl Store {
         } else {
             prepare_into(&mut events, &mut prepared)?;
         }
-        let estimate = prepared.events.iter().fold(16usize, |estimate, event| {
-            estimate + 128 + event.meta.as_ref().map_or(0, String::len) + event.inline_payload().map_or(0, <[u8]>::len)
-        });
-        if estimate > RECORD_BYTES_MAX {
-            return Err(StoreError::TooLarge { what: "batch", bytes: estimate as u64, max: RECORD_BYTES_MAX as u64 });
-        }
+        prepared.measure(batch.idempotency_key.as_deref())?;
         let expect = batch.expect.into_iter().map(|(topic, expect)| (topic.as_str().to_owned(), expect)).collect();
         let (reply, receiver) = oneshot::channel();
         Ok((Request::Append { events: prepared, expect, key: batch.idempotency_key, reply }, receiver))
@@ -664,7 +660,7 @@ impl Store {
         if events.is_empty() {
             return Ok(Vec::new());
         }
-        let mut prepared = Prepared { events: Vec::with_capacity(events.len()), stored: Vec::new() };
+        let mut prepared = Prepared { events: Vec::with_capacity(events.len()), stored: Vec::new(), bytes: 0 };
         for imported in events {
             if imported.event.ttl == Ttl::Ephemeral {
                 return Err(StoreError::invalid(
@@ -678,6 +674,7 @@ impl Store {
             event.seq = imported.seq;
             event.imported = true;
         }
+        prepared.measure(None)?;
         let (reply, receiver) = oneshot::channel();
         self.submit(Request::Import { events: prepared, reply })?;
         receiver.blocking_recv().map_err(|_| StoreError::ShuttingDown)?

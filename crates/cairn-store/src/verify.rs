@@ -60,8 +60,14 @@ pub(crate) fn verify(shared: &Shared) -> Result<VerifyReport> {
                 *seen_compacted = true;
             }
         }
-        let len =
+        let mut len =
             std::fs::metadata(shared.segments.path_gen(segment, generation)).map(|m| m.len()).unwrap_or(0) as usize;
+        // The active segment is read to where the log is committed: past it
+        // a group may be being written (a large record's header comes last).
+        let committed = shared.progress.committed_end();
+        if segment == committed.segment {
+            len = len.min(committed.offset as usize);
+        }
         // A compressed file (a compacted segment) is read decompressed;
         // a damaged block is reported like a damaged record.
         let data = match shared.segments.file(segment, generation).and_then(|file| file.whole(len)) {

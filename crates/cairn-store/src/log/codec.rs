@@ -319,6 +319,24 @@ fn put_short(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(bytes);
 }
 
+/// The exact length of an event's frame as [`encode_event_frame`] writes it.
+pub(crate) fn event_frame_bytes(event: &Event) -> usize {
+    FRAME_HEADER_BYTES
+        + EVENT_FIXED_BYTES
+        + event.topic.as_str().len()
+        + event.kind.as_ref().map_or(0, |kind| 1 + kind.len())
+        + event.user.as_ref().map_or(0, |user| 1 + user.len())
+        + event.meta.as_ref().map_or(0, |meta| 4 + meta.len())
+        + if event.hash.is_some() { 32 } else { 0 }
+        + event.inline_len()
+}
+
+/// The exact length of a batch record with idempotency key `key` around
+/// event frames of `frames` bytes.
+pub(crate) fn batch_record_bytes(key: Option<&str>, frames: usize) -> usize {
+    FRAME_HEADER_BYTES + 2 + 1 + key.map_or(0, str::len) + 4 + frames
+}
+
 /// Encodes one event body (no frame).
 pub(crate) fn encode_event(out: &mut Vec<u8>, event: &Event) {
     out.extend_from_slice(&event.id.to_bytes());
@@ -788,11 +806,11 @@ mod tests {
                 topic: topics[usize::from(seq % 3 == 0)].clone(),
                 seq,
                 kind: (seq % 2 == 0).then(|| "k".to_owned()),
-                meta: None,
-                hash: None,
+                meta: (seq % 5 == 0).then(|| format!("{{\"n\":{seq}}}")),
+                hash: (seq % 7 == 0).then(|| Hash::of(b"x")),
                 size: seq % 500,
-                ttl: Ttl::Forever,
-                user: None,
+                ttl: if seq % 11 == 0 { Ttl::Time { ms: seq } } else { Ttl::Forever },
+                user: (seq % 3 == 1).then(|| "alice".to_owned()),
                 payload: Payload::Inline(InlineBytes::from(vec![seq as u8; (seq % 500) as usize])),
                 imported: false,
             })
@@ -800,6 +818,12 @@ mod tests {
         let refs: Vec<&Event> = events.iter().collect();
         let mut whole = Vec::new();
         encode_batch(&mut whole, Some("key"), &refs);
+        let frames = refs.iter().map(|event| event_frame_bytes(event)).sum();
+        assert_eq!(
+            batch_record_bytes(Some("key"), frames),
+            whole.len(),
+            "the record's length is known before it is encoded"
+        );
         // The pieces, placed where the sink is told, cover the record after
         // its header exactly once, in order.
         let mut streamed = vec![0u8; FRAME_HEADER_BYTES];

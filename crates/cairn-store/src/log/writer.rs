@@ -43,6 +43,24 @@ pub(crate) struct Prepared {
     /// collected between the caller's put and this write (then the writer
     /// puts it again).
     pub(crate) stored: Vec<(Hash, Vec<u8>)>,
+    /// The exact length of the batch's record (`Prepared::measure`), within
+    /// `RECORD_BYTES_MAX`: checked before anything is written, as a large
+    /// record is written while it is encoded.
+    pub(crate) bytes: usize,
+}
+
+impl Prepared {
+    /// The exact length of the record of these events with idempotency key
+    /// `key` (ephemeral events are not written); `TooLarge` above
+    /// `RECORD_BYTES_MAX`.
+    pub(crate) fn measure(&mut self, key: Option<&str>) -> Result<()> {
+        let frames = self.events.iter().filter(|e| e.ttl != Ttl::Ephemeral).map(codec::event_frame_bytes).sum();
+        self.bytes = codec::batch_record_bytes(key, frames);
+        if self.bytes > RECORD_BYTES_MAX {
+            return Err(StoreError::TooLarge { what: "batch", bytes: self.bytes as u64, max: RECORD_BYTES_MAX as u64 });
+        }
+        Ok(())
+    }
 }
 
 /// What callers ask of the writer. Requests that name existing things
@@ -119,6 +137,12 @@ enum Planned {
     /// Decided without writing: an error or an idempotent repeat.
     Done(oneshot::Sender<Result<Vec<Event>>>, Result<Vec<Event>>),
     Append {
+        events: Vec<Event>,
+        reply: oneshot::Sender<Result<Vec<Event>>>,
+    },
+    /// An idempotent repeat of an append in this group: answered with its
+    /// events once the group is durable, with the group's error otherwise.
+    Echo {
         events: Vec<Event>,
         reply: oneshot::Sender<Result<Vec<Event>>>,
     },
@@ -291,7 +315,7 @@ impl Writer {
             for plan in planned {
                 match plan {
                     Planned::Done(reply, result) => drop(reply.send(result)),
-                    Planned::Append { reply, .. } => drop(reply.send(Err(error.clone()))),
+                    Planned::Append { reply, .. } | Planned::Echo { reply, .. } => drop(reply.send(Err(error.clone()))),
                     Planned::Unit { reply } => drop(reply.send(Err(error.clone()))),
                 }
             }
@@ -319,6 +343,7 @@ impl Writer {
                     self.shared.stats.events.fetch_add(events.len() as u64, std::sync::atomic::Ordering::Relaxed);
                     drop(reply.send(Ok(events)));
                 }
+                Planned::Echo { events, reply } => drop(reply.send(Ok(events))),
                 Planned::Unit { reply } => drop(reply.send(Ok(()))),
             }
         }
@@ -335,12 +360,15 @@ impl Writer {
             Request::Append { events, expect, key, reply } => {
                 match self.plan_append(events, &expect, key.as_deref(), state, false) {
                     Ok(PlanOutcome::Repeat(events)) => Planned::Done(reply, Ok(events)),
+                    Ok(PlanOutcome::RepeatInGroup(events)) => Planned::Echo { events, reply },
                     Ok(PlanOutcome::New(events)) => Planned::Append { events, reply },
                     Err(error) => Planned::Done(reply, Err(error)),
                 }
             }
             Request::Import { events, reply } => match self.plan_append(events, &[], None, state, true) {
-                Ok(PlanOutcome::New(events) | PlanOutcome::Repeat(events)) => Planned::Append { events, reply },
+                Ok(PlanOutcome::New(events) | PlanOutcome::Repeat(events) | PlanOutcome::RepeatInGroup(events)) => {
+                    Planned::Append { events, reply }
+                }
                 Err(error) => Planned::Done(reply, Err(error)),
             },
             Request::Remove { ids, reply } => {
@@ -375,12 +403,16 @@ impl Writer {
         state: &mut GroupState,
         import: bool,
     ) -> Result<PlanOutcome> {
-        let Prepared { mut events, stored: stored_payloads } = prepared;
+        let Prepared { mut events, stored: stored_payloads, bytes } = prepared;
         let fingerprint = key.map(|_| crate::event::fingerprint(events.iter()));
         if let (Some(key), Some(fingerprint)) = (key, fingerprint) {
             let conflict = || StoreError::IdempotencyConflict { key: key.to_owned() };
             if let Some((events, first)) = state.keys.get(key) {
-                return if *first == fingerprint { Ok(PlanOutcome::Repeat(events.clone())) } else { Err(conflict()) };
+                return if *first == fingerprint {
+                    Ok(PlanOutcome::RepeatInGroup(events.clone()))
+                } else {
+                    Err(conflict())
+                };
             }
             if let Some((events, first, _)) = self.recent_keys.get(key) {
                 return if *first == fingerprint { Ok(PlanOutcome::Repeat(events.clone())) } else { Err(conflict()) };
@@ -467,10 +499,6 @@ impl Writer {
         }
         state.tails.extend(scratch);
         let stored_events: Vec<&Event> = events.iter().filter(|e| e.ttl != Ttl::Ephemeral).collect();
-        let estimate = |event: &Event| {
-            128 + event.meta.as_ref().map_or(0, String::len) + event.inline_payload().map_or(0, <[u8]>::len)
-        };
-        let bytes: usize = stored_events.iter().map(|event| estimate(event)).sum();
         // A request that fills a merged record alone is its own record,
         // encoded straight into the group's buffer: not into the merge
         // buffer and then copied (for 100,000 events, 19 MB written twice
@@ -490,7 +518,7 @@ impl Writer {
         } else if stored_events.len() >= codec::STREAM_BATCH_EVENTS {
             // Records keep the order of requests: merged appends go first.
             self.encode_merged(state);
-            self.stream_batch(key, &stored_events);
+            self.stream_batch(key, &stored_events, bytes);
         } else if !stored_events.is_empty() {
             // Records keep the order of requests: merged appends go first.
             self.encode_merged(state);
@@ -538,7 +566,7 @@ impl Writer {
     /// is written the record reads as a torn tail; nothing of the group is
     /// acknowledged before its fdatasync, as always. A failed write fails
     /// the group (`group_error`).
-    fn stream_batch(&mut self, key: Option<&str>, events: &[&Event]) {
+    fn stream_batch(&mut self, key: Option<&str>, events: &[&Event], expected: usize) {
         if self.group_error.is_some() {
             return;
         }
@@ -560,8 +588,15 @@ impl Writer {
                 at = at.max(record + offset + bytes.len() as u64);
                 Ok(())
             })?;
-            let len = u64::from(u32::from_le_bytes(header[..4].try_into().expect("4 bytes")));
-            assert!(len as usize <= RECORD_BYTES_MAX, "a record exceeds RECORD_BYTES_MAX");
+            // Measured before (`Prepared::measure`, within RECORD_BYTES_MAX):
+            // anything else is a bug, and the group fails rather than keep it.
+            let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
+            if codec::FRAME_HEADER_BYTES + len != expected {
+                return Err(std::io::Error::other(format!(
+                    "a batch record came out {} bytes long, not the {expected} measured",
+                    codec::FRAME_HEADER_BYTES + len
+                )));
+            }
             self.file.write_all_at(&header, record)?;
             Ok::<_, std::io::Error>(())
         })();
@@ -577,14 +612,12 @@ impl Writer {
 
     fn write_and_sync(&mut self, force_sync: bool) -> Result<()> {
         if let Some(error) = self.group_error.take() {
-            // Cut what was written so the log ends at the last good record.
-            let _ = self.file.cut(self.offset);
+            self.cut_failed_group();
             return Err(error);
         }
         if !self.buf.is_empty() {
             if let Err(source) = self.file.write_all_at(&self.buf, self.offset + self.group_written) {
-                // Cut the partial write so the log ends at the last good record.
-                let _ = self.file.cut(self.offset);
+                self.cut_failed_group();
                 return Err(StoreError::Io {
                     context: format!("write log segment {}", self.segment),
                     source: Arc::new(source),
@@ -601,6 +634,18 @@ impl Writer {
             self.sync()?;
         }
         Ok(())
+    }
+
+    /// Cuts what a failed group wrote, so the log ends at the last good
+    /// record; if even that fails, the bytes past it could be taken for
+    /// records later (a retry of the same length would end on them), so the
+    /// store is poisoned.
+    fn cut_failed_group(&mut self) {
+        if let Err(error) = self.file.cut(self.offset)
+            && !self.file.crashed()
+        {
+            self.shared.poison(&format!("cutting a failed write from log segment {} failed: {error}", self.segment));
+        }
     }
 
     fn roll(&mut self) -> Result<()> {
@@ -659,14 +704,15 @@ fn check_import(event: &Event, last: Option<(u64, EventId)>, ids_floor: EventId)
 
 enum PlanOutcome {
     Repeat(Vec<Event>),
+    /// A repeat of an append earlier in the same group: as durable as the
+    /// group, so it fails if the group does.
+    RepeatInGroup(Vec<Event>),
     New(Vec<Event>),
 }
 
 fn request_bytes(request: &Request) -> usize {
     match request {
-        Request::Append { events, .. } | Request::Import { events, .. } => {
-            events.events.iter().map(|event| 128 + event.inline_payload().map_or(0, <[u8]>::len)).sum()
-        }
+        Request::Append { events, .. } | Request::Import { events, .. } => events.bytes,
         _ => 64,
     }
 }

@@ -453,6 +453,66 @@ fn a_large_batch_written_while_it_is_encoded_is_all_or_nothing() {
     }
 }
 
+/// A batch is measured exactly before anything is written: one whose
+/// record would pass the limit only by an estimate (long topics and types,
+/// tiny payloads) is refused whole, and the store opens again as it was.
+#[test]
+fn a_batch_over_the_record_limit_is_refused_before_anything_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), options(None)).unwrap();
+    let kept = store.append(NewEvent::new(topic("t"), "kept"), Expect::Any).unwrap();
+    let long = format!("long.{}", "t".repeat(190));
+    let batch = Batch {
+        events: (0..80_000).map(|n| NewEvent::new(topic(&long), format!("{n}")).with_type("k".repeat(200))).collect(),
+        ..Batch::default()
+    };
+    let error = store.append_batch(batch).unwrap_err();
+    assert_eq!(error.code(), "too_large", "{error}");
+    assert!(store.head(&topic(&long)).unwrap().is_none());
+    drop(store);
+    let store = Store::open(dir.path(), options(None)).unwrap();
+    assert!(store.get(kept.id).unwrap().is_some());
+    assert_eq!(store.read(&Query::new(Pattern::all())).unwrap().count(), 1);
+    assert!(store.verify().unwrap().ok());
+}
+
+/// An idempotent repeat answered from its own group is acknowledged only
+/// if the group is: when the group's write fails, the repeat fails too.
+#[test]
+fn a_repeat_in_a_failed_group_is_not_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Arc::new(Faults::default());
+    let store = Store::open(dir.path(), options(Some(faults.clone()))).unwrap();
+    let keyed = || Batch {
+        events: vec![NewEvent::new(topic("k"), "once")],
+        idempotency_key: Some("the key".to_owned()),
+        ..Batch::default()
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    faults.set_no_space(true);
+    for _ in 0..5 {
+        // A large batch first keeps the writer busy while the two keyed
+        // appends queue behind it, so they share a group.
+        let big = Batch {
+            events: (0..20_000).map(|n| NewEvent::new(topic("big"), format!("{n}"))).collect(),
+            ..Batch::default()
+        };
+        let pending = [
+            store.append_start(big).unwrap(),
+            store.append_start(keyed()).unwrap(),
+            store.append_start(keyed()).unwrap(),
+        ];
+        for (n, pending) in pending.into_iter().enumerate() {
+            let result = runtime.block_on(pending);
+            assert!(result.is_err(), "append {n} of a group that could not be written was acknowledged");
+        }
+    }
+    faults.set_no_space(false);
+    let first = store.append_batch(keyed()).unwrap();
+    assert_eq!(store.append_batch(keyed()).unwrap()[0].id, first[0].id);
+    assert_eq!(store.read(&Query::new(Pattern::all())).unwrap().count(), 1);
+}
+
 /// Flips one bit of `path` in the middle of the first occurrence of `needle`.
 fn flip(path: &std::path::Path, needle: &[u8]) {
     let bytes = std::fs::read(path).unwrap();
