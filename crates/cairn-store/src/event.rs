@@ -458,8 +458,13 @@ impl InlineBytes {
 
 impl From<Vec<u8>> for InlineBytes {
     /// Keeps the vector (an `Arc<[u8]>` would copy the bytes into a new
-    /// allocation, for every event appended).
-    fn from(bytes: Vec<u8>) -> InlineBytes {
+    /// allocation, for every event appended), without much spare capacity:
+    /// that would be held as long as the event is, and the live ring counts
+    /// an event's bytes by their length.
+    fn from(mut bytes: Vec<u8>) -> InlineBytes {
+        if bytes.capacity() - bytes.len() > bytes.len() / 8 + 64 {
+            bytes.shrink_to_fit();
+        }
         let len = bytes.len();
         InlineBytes(InlineRepr::Block { block: Arc::new(bytes), start: 0, len })
     }
