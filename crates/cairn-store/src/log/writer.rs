@@ -710,9 +710,23 @@ enum PlanOutcome {
     New(Vec<Event>),
 }
 
+/// At least the bytes a request's record takes: a group stops gathering at
+/// `GROUP_BYTES_MAX`, so a group is at most that plus one request, which is
+/// what recovery allows after a damaged record at the log's tail.
 fn request_bytes(request: &Request) -> usize {
     match request {
         Request::Append { events, .. } | Request::Import { events, .. } => events.bytes,
-        _ => 64,
+        Request::State { ops, .. } => {
+            64 + ops
+                .iter()
+                .map(|op| match op {
+                    codec::StateOp::Put(key, value) => 16 + key.len() + value.len(),
+                    codec::StateOp::Delete(key) => 16 + key.len(),
+                })
+                .sum::<usize>()
+        }
+        Request::Remove { ids, .. } => 64 + 16 * ids.len(),
+        Request::Ack { name, .. } | Request::ConsumerDelete { name, .. } => 64 + name.len(),
+        Request::Compact { .. } | Request::Sync { .. } => 64,
     }
 }
