@@ -277,37 +277,30 @@ impl NativeStore {
         let mut contents = Columns::new(&contents, "content");
         let mut batch =
             Batch { idempotency_key: key, events: Vec::with_capacity(content_lengths.len()), ..Batch::default() };
-        let resolve = |topics: &Columns, name: &[u16], n: usize| -> Result<Topic> {
-            let text = String::from_utf8(topics.decode(name)?).expect("decoded from UTF-16");
-            Topic::new(&text).map_err(|error| match error {
-                cairn_service::StoreError::Invalid { field, rule } => {
-                    invalid(field, format_args!("event {}: {rule}", n + 1))
+        let one = if one_topic { Some(topics.next_units(topic_lengths[0])?) } else { None };
+        let mut last: Option<(&[u16], Topic)> = None;
+        for (n, &content_len) in content_lengths.iter().enumerate() {
+            let name = match one {
+                Some(name) => name,
+                None => topics.next_units(topic_lengths[n])?,
+            };
+            // Consecutive events mostly share a topic: checked once, and
+            // compared as the units they came in.
+            let topic = match &last {
+                Some((previous, topic)) if *previous == name => topic.clone(),
+                _ => {
+                    let text = String::from_utf8(topics.decode(name)?).expect("decoded from UTF-16");
+                    let topic = Topic::new(&text).map_err(|error| match error {
+                        cairn_service::StoreError::Invalid { field, rule } => {
+                            invalid(field, format_args!("event {}: {rule}", n + 1))
+                        }
+                        other => js_error(other.into()),
+                    })?;
+                    last = Some((name, topic.clone()));
+                    topic
                 }
-                other => js_error(other.into()),
-            })
-        };
-        if one_topic {
-            let name = topics.next_units(topic_lengths[0])?;
-            let topic = resolve(&topics, name, 0)?;
-            for &content_len in content_lengths.iter() {
-                batch.events.push(NewEvent::new(topic.clone(), contents.next(content_len)?));
-            }
-        } else {
-            let mut last: Option<(&[u16], Topic)> = None;
-            for (n, (&topic_len, &content_len)) in topic_lengths.iter().zip(content_lengths.iter()).enumerate() {
-                let name = topics.next_units(topic_len)?;
-                // Consecutive events mostly share a topic: checked once, and
-                // compared as the units they came in.
-                let topic = match &last {
-                    Some((previous, topic)) if *previous == name => topic.clone(),
-                    _ => {
-                        let topic = resolve(&topics, name, n)?;
-                        last = Some((name, topic.clone()));
-                        topic
-                    }
-                };
-                batch.events.push(NewEvent::new(topic, contents.next(content_len)?));
-            }
+            };
+            batch.events.push(NewEvent::new(topic, contents.next(content_len)?));
         }
         if !topics.rest.is_empty() || !contents.rest.is_empty() {
             return Err(invalid("events", "the lengths do not add up to the text"));

@@ -454,6 +454,20 @@ impl InlineBytes {
         block.get(start..start.checked_add(len)?)?;
         Some(InlineBytes(InlineRepr::Block { block, start, len }))
     }
+
+    /// The length, without reaching the bytes (measuring a batch would
+    /// otherwise follow a pointer per event).
+    pub fn len(&self) -> usize {
+        match &self.0 {
+            InlineRepr::Owned(bytes) => bytes.len(),
+            InlineRepr::Mapped { len, .. } | InlineRepr::Block { len, .. } => *len,
+        }
+    }
+
+    /// Whether there are no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 impl From<Vec<u8>> for InlineBytes {
@@ -473,22 +487,6 @@ impl From<Vec<u8>> for InlineBytes {
 impl From<&[u8]> for InlineBytes {
     fn from(bytes: &[u8]) -> InlineBytes {
         InlineBytes(InlineRepr::Owned(Arc::from(bytes)))
-    }
-}
-
-impl InlineBytes {
-    /// The length, without reaching the bytes (a batch's size estimates
-    /// would otherwise follow a pointer per event).
-    pub fn len(&self) -> usize {
-        match &self.0 {
-            InlineRepr::Owned(bytes) => bytes.len(),
-            InlineRepr::Mapped { len, .. } | InlineRepr::Block { len, .. } => *len,
-        }
-    }
-
-    /// Whether there are no bytes.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 

@@ -597,7 +597,7 @@ impl Store {
             events.iter_mut().try_for_each(|new_event| self.prepare(std::mem::take(new_event), system, out))
         };
         let mut events = batch.events;
-        let mut prepared = Prepared { events: Vec::with_capacity(events.len()), stored: Vec::new(), bytes: 0 };
+        let mut prepared = Prepared::with_capacity(events.len());
         // A large batch is prepared on two threads (its hashes are most of
         // the work): the caller's thread and a scoped helper, each half in
         // order; the first error in batch order wins.
@@ -608,8 +608,7 @@ impl Store {
                 let helper = std::thread::Builder::new()
                     .name("cairn-prepare".to_owned())
                     .spawn_scoped(scope, move || {
-                        let mut out =
-                            Prepared { events: Vec::with_capacity(second.len()), stored: Vec::new(), bytes: 0 };
+                        let mut out = Prepared::with_capacity(second.len());
                         prepare_into(second, &mut out).map(|()| out)
                     })
                     .ok();
@@ -660,7 +659,7 @@ impl Store {
         if events.is_empty() {
             return Ok(Vec::new());
         }
-        let mut prepared = Prepared { events: Vec::with_capacity(events.len()), stored: Vec::new(), bytes: 0 };
+        let mut prepared = Prepared::with_capacity(events.len());
         for imported in events {
             if imported.event.ttl == Ttl::Ephemeral {
                 return Err(StoreError::invalid(

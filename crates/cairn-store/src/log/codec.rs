@@ -152,41 +152,32 @@ pub(crate) fn encode_batch_streamed(
         chunk.clear();
         Ok(())
     };
+    // The second half, encoded and checksummed in one piece.
+    let encode_second = || {
+        let mut part = Vec::new();
+        encode(&mut part, second);
+        let crc = crc32c::crc32c(&part);
+        (part, crc)
+    };
     std::thread::scope(|scope| {
-        let helper = std::thread::Builder::new()
-            .name("cairn-encode".to_owned())
-            .spawn_scoped(scope, || {
-                let mut part = Vec::new();
-                encode(&mut part, second);
-                let crc = crc32c::crc32c(&part);
-                (part, crc)
-            })
-            .ok();
+        let helper =
+            std::thread::Builder::new().name("cairn-encode".to_owned()).spawn_scoped(scope, encode_second).ok();
         for event in first {
             frame(&mut chunk, |event_body| encode_event(event_body, event));
             if chunk.len() >= STREAM_CHUNK_BYTES {
                 flush(&mut chunk, &mut at, Some(&mut crc))?;
             }
         }
-        match helper.map(|helper| helper.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))) {
-            Some((mut part, crc_part)) => {
-                flush(&mut chunk, &mut at, Some(&mut crc))?;
-                // Checksummed by the helper: joined, not read again.
-                let len = part.len();
-                flush(&mut part, &mut at, None)?;
-                crc = crc32c::crc32c_combine(crc, crc_part, len);
-            }
+        flush(&mut chunk, &mut at, Some(&mut crc))?;
+        let (mut part, crc_part) = match helper {
+            Some(helper) => helper.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
             // No thread to be had: the second half here.
-            None => {
-                for event in second {
-                    frame(&mut chunk, |event_body| encode_event(event_body, event));
-                    if chunk.len() >= STREAM_CHUNK_BYTES {
-                        flush(&mut chunk, &mut at, Some(&mut crc))?;
-                    }
-                }
-                flush(&mut chunk, &mut at, Some(&mut crc))?;
-            }
-        }
+            None => encode_second(),
+        };
+        // Checksummed where it was encoded: joined, not read again.
+        let len = part.len();
+        flush(&mut part, &mut at, None)?;
+        crc = crc32c::crc32c_combine(crc, crc_part, len);
         let len = u32::try_from(at - FRAME_HEADER_BYTES as u64).expect("record bodies are bounded by RECORD_BYTES_MAX");
         let mut header = [0u8; FRAME_HEADER_BYTES];
         header[..4].copy_from_slice(&len.to_le_bytes());

@@ -36,7 +36,7 @@ const MERGED_RECORD_BYTES: usize = 4 * 1024 * 1024;
 /// assigns ids and seqs in place and hands the same vector back (a batch
 /// of 100,000 events is 20 MB of `Event`s: building a second one cost a
 /// copy and its page faults).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Prepared {
     pub(crate) events: Vec<Event>,
     /// Hashes and bytes of content-store payloads, kept in case a file was
@@ -50,6 +50,11 @@ pub(crate) struct Prepared {
 }
 
 impl Prepared {
+    /// Room for `n` events, measured once they are in.
+    pub(crate) fn with_capacity(n: usize) -> Prepared {
+        Prepared { events: Vec::with_capacity(n), stored: Vec::new(), bytes: 0 }
+    }
+
     /// The exact length of the record of these events with idempotency key
     /// `key` (ephemeral events are not written); `TooLarge` above
     /// `RECORD_BYTES_MAX`.
