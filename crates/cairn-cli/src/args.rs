@@ -109,6 +109,10 @@ pub enum Command {
     /// Durable consumers: named cursors that resume after their last ack.
     #[command(subcommand)]
     Consumer(ConsumerCommand),
+    /// Processors: programs a running server runs off the log (handlers,
+    /// generators, commands), registered as events.
+    #[command(subcommand)]
+    Proc(ProcCommand),
     /// Check every record checksum, the order invariants and every content hash.
     #[command(after_help = "Example:\n  cairn verify && echo store is sound")]
     Verify,
@@ -230,6 +234,131 @@ pub enum CasCommand {
         /// sha256-<base64> or 64 hex digits.
         hash: String,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ProcCommand {
+    /// Register (or replace) processor NAME; it runs in `cairn serve`.
+    #[command(
+        after_help = "A handler reads one event per line on stdin (the `cairn cat --content` form) and, for each,
+prints its output events (the `cairn append --batch` line form; topic defaults to NAME.out)
+and then one empty line. Its outputs and its position commit together: exactly once in effect.
+A generator's stdout lines become events on NAME.recv; a command runs once per event on NAME.call
+and answers on NAME.response (or NAME.error).
+
+Examples:
+  cairn proc create upper --kind handler --topics 'orders.>' -- \\
+      jq -rc --unbuffered '{content: (.content | ascii_upcase)}, \"\"'
+  cairn proc create ticker --kind generator --sh 'while sleep 1; do date; done'
+  cairn proc create resize --kind command --concurrency 2 --timeout-ms 5000 -- ./resize.sh"
+    )]
+    Create(Box<ProcCreateArgs>),
+    /// List processors: state, pid, restarts, position, lag.
+    #[command(after_help = "Example:\n  cairn proc ls")]
+    Ls,
+    /// A processor's stderr lines (NAME.log).
+    #[command(after_help = "Example:\n  cairn proc logs upper --follow")]
+    Logs {
+        /// Processor name.
+        name: String,
+        /// Keep printing new lines.
+        #[arg(long, short = 'f')]
+        follow: bool,
+    },
+    /// Stop a processor (it stays stopped until registered again).
+    #[command(after_help = "Example:\n  cairn proc term upper")]
+    Term {
+        /// Processor name.
+        name: String,
+    },
+}
+
+/// `cairn proc create`.
+#[derive(Args, Debug)]
+pub struct ProcCreateArgs {
+    /// Processor name: 1-64 ASCII letters, digits, `_`, `-`.
+    pub name: String,
+    /// handler, generator or command.
+    #[arg(long)]
+    pub kind: String,
+    /// A handler's topic patterns.
+    #[arg(long, num_args = 1.., value_name = "PATTERN")]
+    pub topics: Vec<String>,
+    /// Where a handler starts: new (default), first, or an event id.
+    #[arg(long, value_name = "new|first|ID")]
+    pub start: Option<String>,
+    /// A generator also gets NAME.send payloads on stdin.
+    #[arg(long)]
+    pub duplex: bool,
+    /// A generator's line form: text (each line a payload, default) or json (batch lines).
+    #[arg(long, value_name = "text|json")]
+    pub lines: Option<String>,
+    /// Commands running at once (default 4).
+    #[arg(long)]
+    pub concurrency: Option<usize>,
+    /// A command's longest run (default 60000).
+    #[arg(long, value_name = "MS")]
+    pub timeout_ms: Option<u64>,
+    /// Environment variables to add.
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Working directory.
+    #[arg(long)]
+    pub cwd: Option<String>,
+    /// A shell script instead of a program (run with `sh -c`).
+    #[arg(long, conflicts_with = "run")]
+    pub sh: Option<String>,
+    /// The program and its arguments, after `--`.
+    #[arg(last = true, value_name = "CMD ARGS")]
+    pub run: Vec<String>,
+}
+
+impl ProcCreateArgs {
+    /// The registration's JSON, checked as the server will check it.
+    pub fn registration(&self) -> anyhow::Result<Vec<u8>> {
+        let mut json = serde_json::json!({ "kind": self.kind });
+        match (&self.sh, self.run.is_empty()) {
+            (Some(script), _) => json["sh"] = script.clone().into(),
+            (None, false) => json["run"] = self.run.clone().into(),
+            (None, true) => anyhow::bail!(
+                "give the program after `--` (cairn proc create NAME --kind KIND -- CMD ARGS…) or --sh SCRIPT"
+            ),
+        }
+        if !self.topics.is_empty() {
+            json["topics"] = self.topics.clone().into();
+        }
+        if let Some(start) = &self.start {
+            json["start"] = start.clone().into();
+        }
+        if self.duplex {
+            json["duplex"] = true.into();
+        }
+        if let Some(lines) = &self.lines {
+            json["lines"] = lines.clone().into();
+        }
+        if let Some(concurrency) = self.concurrency {
+            json["concurrency"] = concurrency.into();
+        }
+        if let Some(timeout) = self.timeout_ms {
+            json["timeout_ms"] = timeout.into();
+        }
+        if let Some(cwd) = &self.cwd {
+            json["cwd"] = cwd.clone().into();
+        }
+        if !self.env.is_empty() {
+            let mut env = serde_json::Map::new();
+            for pair in &self.env {
+                let (key, value) =
+                    pair.split_once('=').ok_or_else(|| anyhow::anyhow!("--env {pair:?}: expected KEY=VALUE"))?;
+                env.insert(key.to_owned(), value.into());
+            }
+            json["env"] = env.into();
+        }
+        let bytes = serde_json::to_vec(&json)?;
+        cairn_proc::Spec::parse(&bytes).map_err(|rule| anyhow::anyhow!("{rule}"))?;
+        cairn_proc::check_name(&self.name).map_err(|rule| anyhow::anyhow!("{rule}"))?;
+        Ok(bytes)
+    }
 }
 
 #[derive(Subcommand, Debug)]

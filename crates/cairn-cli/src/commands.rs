@@ -15,7 +15,8 @@ use cairn_service::{
 };
 
 use crate::args::{
-    AppendArgs, CasCommand, CatArgs, Cli, Command, ConsumerCommand, SnapshotCommand, TokenCommand, UserCommand,
+    AppendArgs, CasCommand, CatArgs, Cli, Command, ConsumerCommand, ProcCommand, SnapshotCommand, TokenCommand,
+    UserCommand,
 };
 use crate::output;
 
@@ -131,6 +132,7 @@ async fn command_on(service: &Service, out: &mut impl std::io::Write, command: C
             out.write_all(&bytes)?;
         }
         Command::Consumer(command) => consumer(service, out, command).await?,
+        Command::Proc(command) => return proc(service, out, command).await,
         Command::Backup { dir } => {
             let progress = std::sync::Arc::new(cairn_service::BackupProgress::default());
             let bar = progress_bar(progress.clone());
@@ -454,4 +456,65 @@ impl ProgressBar {
             let _ = thread.join();
         }
     }
+}
+
+/// `cairn proc` on a store no server runs: registrations are events, so
+/// they are appended here and run when a server starts.
+async fn proc(service: &Service, out: &mut impl std::io::Write, command: ProcCommand) -> Result<ExitCode> {
+    let topic = |name: &str, what: &str| -> Result<Topic> {
+        cairn_proc::check_name(name).map_err(|rule| anyhow::anyhow!("{rule}"))?;
+        Ok(Topic::new(&format!("{}{name}.{what}", cairn_proc::PREFIX))?)
+    };
+    match command {
+        ProcCommand::Create(args) => {
+            let bytes = args.registration()?;
+            let event = NewEvent::new(topic(&args.name, "create")?, bytes).with_type("application/json");
+            let created = service.append(&LOCAL, Batch::single(event, Expect::Any)).await?;
+            let json = serde_json::json!({ "name": args.name, "proc_id": created[0].id, "state": "registered" });
+            output::json_line(out, &json)?;
+            eprintln!("cairn: no server runs on this store; the processor starts with `cairn serve`");
+        }
+        ProcCommand::Ls => {
+            for registration in cairn_proc::registrations(service, &LOCAL).await? {
+                let state = match (&registration.spec, registration.terminated) {
+                    (_, true) => "terminated",
+                    (Err(_), false) => "invalid",
+                    (Ok(_), false) => "not running",
+                };
+                let mut json = serde_json::json!({
+                    "name": registration.name,
+                    "proc_id": registration.proc_id,
+                    "state": state,
+                    "user": registration.user,
+                });
+                if let Ok(spec) = &registration.spec {
+                    json["kind"] = spec.kind.as_str().into();
+                    json["run"] = spec.argv.clone().into();
+                }
+                output::json_line(out, &json)?;
+            }
+        }
+        ProcCommand::Logs { name, follow } => {
+            cairn_proc::check_name(&name).map_err(|rule| anyhow::anyhow!("{rule}"))?;
+            let args = crate::args::CatArgs {
+                pattern: format!("{name}.log"),
+                after: None,
+                from_seq: None,
+                last: None,
+                limit: None,
+                reverse: false,
+                follow,
+                threshold: false,
+                pulse: None,
+                content: true,
+                consumer: None,
+            };
+            return cat(service, out, args).await;
+        }
+        ProcCommand::Term { name } => {
+            let event = NewEvent { topic: Some(topic(&name, "term")?), ..NewEvent::default() };
+            service.append(&LOCAL, Batch::single(event, Expect::Any)).await?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -11,7 +11,7 @@ use cairn_client::{Client, RequestBody, Response, encode};
 use serde_json::value::RawValue;
 
 use crate::args::{
-    AppendArgs, CasCommand, CatArgs, Command, ConsumerCommand, SnapshotCommand, TokenCommand, UserCommand,
+    AppendArgs, CasCommand, CatArgs, Command, ConsumerCommand, ProcCommand, SnapshotCommand, TokenCommand, UserCommand,
 };
 
 /// Runs `command` through a server; `login_password` is the password a
@@ -59,6 +59,7 @@ async fn dispatch(client: Client, command: Command, login_password: Option<Strin
             )?;
         }
         Command::Consumer(command) => consumer(&client, &mut out, command).await?,
+        Command::Proc(command) => proc(&client, &mut out, command).await?,
         Command::Backup { dir } => {
             // The server writes the copy: DIR is a path on its machine.
             let dir = std::path::absolute(&dir)?;
@@ -315,6 +316,28 @@ async fn user(
         }
         UserCommand::Token(TokenCommand::Revoke { id }) => {
             client.request("DELETE", &format!("/v1/tokens/{}", encode(&id)), &[], empty()).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn proc(client: &Client, out: &mut impl std::io::Write, command: ProcCommand) -> Result<()> {
+    match command {
+        ProcCommand::Create(args) => {
+            let body = RequestBody::Full(bytes::Bytes::from(args.registration()?));
+            let path = format!("/v1/procs/{}", encode(&args.name));
+            let response = client.request("POST", &path, &[("content-type", "application/json")], body).await?;
+            line(out, &response.bytes().await?)?;
+        }
+        ProcCommand::Ls => lines(out, client.request("GET", "/v1/procs", &[], empty()).await?).await?,
+        ProcCommand::Logs { name, follow } => {
+            let path =
+                format!("/v1/procs/{}/logs?content=true{}", encode(&name), if follow { "&follow=true" } else { "" });
+            let response = client.request("GET", &path, &[], empty()).await?;
+            copy(out, response, follow.then_some(())).await?;
+        }
+        ProcCommand::Term { name } => {
+            client.request("DELETE", &format!("/v1/procs/{}", encode(&name)), &[], empty()).await?;
         }
     }
     Ok(())

@@ -33,7 +33,7 @@ pub struct ServeArgs {
     /// tls_key, insecure_no_auth, max_connections, header_timeout,
     /// body_timeout, shutdown_grace, compat_topic, allow_host, allow_origin,
     /// cors_origin, resp, no_resp, resp_require_auth, resp_command_bytes_max,
-    /// resp_unauthenticated_bytes_max, allow_delete, compact_ratio,
+    /// resp_unauthenticated_bytes_max, allow_delete, no_procs, compact_ratio,
     /// no_compress, segment_bytes, postgres). Flags and environment
     /// variables win.
     #[arg(long, env = "CAIRN_CONFIG", value_name = "FILE")]
@@ -147,6 +147,11 @@ pub struct ServeArgs {
     #[arg(long, env = "CAIRN_ALLOW_DELETE")]
     pub allow_delete: bool,
 
+    /// Do not run processors (`cairn proc`): registrations are kept and
+    /// run by the next server that does. [config: no_procs]
+    #[arg(long, env = "CAIRN_NO_PROCS")]
+    pub no_procs: bool,
+
     /// Rewrite a sealed log segment without its removed events (rm, XDEL,
     /// trims, retention) once they make this share of its bytes: a number
     /// from 0 to 1, or `off` (then only `cairn compact` does it, and compresses).
@@ -192,6 +197,7 @@ struct ConfigFile {
     resp_command_bytes_max: Option<usize>,
     resp_unauthenticated_bytes_max: Option<usize>,
     allow_delete: Option<bool>,
+    no_procs: Option<bool>,
     compact_ratio: Option<toml::Value>,
     segment_bytes: Option<u64>,
     no_compress: Option<bool>,
@@ -239,6 +245,8 @@ pub struct Config {
     pub resp_unauthenticated_bytes_max: usize,
     /// Redis DEL may remove a topic's events.
     pub allow_delete: bool,
+    /// Processors run in this server.
+    pub procs: bool,
     /// Background compaction's threshold (`None`: off).
     pub compact_ratio: Option<f64>,
     /// Size at which the log rolls to a new segment.
@@ -369,6 +377,7 @@ impl Config {
             resp_command_bytes_max,
             resp_unauthenticated_bytes_max,
             allow_delete: args.allow_delete || file.allow_delete.unwrap_or(false),
+            procs: !(args.no_procs || file.no_procs.unwrap_or(false)),
         })
     }
 }

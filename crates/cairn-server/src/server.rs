@@ -30,6 +30,8 @@ pub(crate) struct App {
     pub(crate) stopping: watch::Receiver<bool>,
     /// Redis pub/sub's channels and patterns.
     pub(crate) pubsub: crate::resp::pubsub::Broker,
+    /// The processors' supervisor (none with `--no-procs`).
+    pub(crate) procs: Option<cairn_proc::Procs>,
 }
 
 impl App {
@@ -156,6 +158,7 @@ pub async fn serve(config: Config, until: impl Future<Output = ()>, ready: impl 
     let resp_bound = resp.as_ref().map(|(_, bound)| *bound);
     let resp = resp.map(|(listener, _)| listener);
     let (stop, stopping) = watch::channel(false);
+    let procs = config.procs.then(|| cairn_proc::Procs::start(service.clone()));
     let app = Arc::new(App {
         service,
         metrics: Metrics::default(),
@@ -164,6 +167,7 @@ pub async fn serve(config: Config, until: impl Future<Output = ()>, ready: impl 
         resp: resp_bound,
         stopping: stopping.clone(),
         pubsub: Default::default(),
+        procs,
     });
     let start =
         serde_json::json!({ "version": env!("CARGO_PKG_VERSION"), "pid": std::process::id(), "listen": addresses });
@@ -177,6 +181,9 @@ pub async fn serve(config: Config, until: impl Future<Output = ()>, ready: impl 
     until.await;
     tracing::info!("stopping: finishing open requests");
     let _ = stop.send(true);
+    if let Some(procs) = &app.procs {
+        procs.shutdown().await;
+    }
     app.service.shutdown();
     accepting.await?;
     if let Some(resp_accepting) = resp_accepting {

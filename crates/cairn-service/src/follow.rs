@@ -49,8 +49,9 @@ pub struct Follow {
     service: Service,
     who: Principal,
     subscription: Subscription,
-    /// Only events of these topics (empty: every topic of the pattern).
-    only: Vec<Topic>,
+    /// Only events matching one of these (empty: every topic of the
+    /// subscription's pattern).
+    only: Vec<Pattern>,
     content: bool,
     remaining: u64,
     sessions: watch::Receiver<u64>,
@@ -95,7 +96,34 @@ impl Service {
         let subscription = Subscription::live(self.inner.storage.clone(), pattern, subscribe);
         let mut follow = self.follow_with(who, subscription, options);
         if topics.len() > 1 {
-            follow.only = topics.to_vec();
+            follow.only = topics.iter().cloned().map(Pattern::Exact).collect();
+        }
+        Ok(follow)
+    }
+
+    /// History after `after` (or from the beginning), then live events,
+    /// of the topics any of `patterns` matches; each must be readable.
+    pub async fn follow_patterns(
+        &self,
+        who: &Principal,
+        patterns: &[Pattern],
+        after: Option<cairn_store::EventId>,
+        options: FollowOptions,
+    ) -> Result<Follow> {
+        self.admit(who)?;
+        for pattern in patterns {
+            who.check_read(pattern)?;
+        }
+        let pattern = match patterns {
+            [pattern] => pattern.clone(),
+            _ => Pattern::all(),
+        };
+        let query = Query { after, ..Query::new(pattern) };
+        let subscribe = SubscribeOptions { threshold: options.threshold, pulse: options.pulse };
+        let subscription = Subscription::start(self.inner.storage.clone(), &query, subscribe).await?;
+        let mut follow = self.follow_with(who, subscription, options);
+        if patterns.len() > 1 {
+            follow.only = patterns.to_vec();
         }
         Ok(follow)
     }
@@ -152,7 +180,11 @@ impl Follow {
     async fn push(&mut self, out: &mut Vec<Delivered>, delivery: Delivery) -> Result<usize> {
         let mut bytes = 0;
         out.push(match delivery {
-            Delivery::Event(event) if !self.only.is_empty() && !self.only.contains(&event.topic) => return Ok(0),
+            Delivery::Event(event)
+                if !self.only.is_empty() && !self.only.iter().any(|only| only.matches(event.topic.as_str())) =>
+            {
+                return Ok(0);
+            }
             Delivery::Event(event) => {
                 self.remaining -= 1;
                 let content = if self.content { self.service.storage().content(&event).await? } else { None };

@@ -58,7 +58,7 @@ pub use follow::{Delivered, Follow, FollowOptions};
 pub use glob::Glob;
 pub use logins::{LOGIN_CHECKS_CONCURRENT, LOGIN_CHECKS_QUEUED_MAX};
 pub use portable::ImportRecord;
-pub use principal::{Principal, Session, User, covers};
+pub use principal::{PROCESSOR_PREFIX, Principal, Session, User, covers, is_processor_control};
 pub use service::{
     Appending, Budget, IDEMPOTENCY_KEY_BYTES_MAX, IfMatch, Info, Item, REPLY_BYTES_MAX, REPLY_ENTRY_BYTES, Read,
     Service, ServiceOptions, Trim, check_idempotency_key, parse_hash, topic_etag,

@@ -47,6 +47,8 @@ pub(crate) enum Credential {
     /// A browser session's cookie (opened with the password), by the
     /// sha256 of its secret: it ends on logout too (`sessions.rs`).
     Browser([u8; 32]),
+    /// A processor the user registered: it holds while the user exists.
+    Processor,
 }
 
 /// A user as sessions see it.
@@ -131,10 +133,24 @@ impl Principal {
         )))
     }
 
-    /// Whether this principal may write `topic` (never the store's own).
+    /// Whether this principal may write `topic`: never the store's own
+    /// topics, except the processors' registrations (see
+    /// [`is_processor_control`]), which the socket, admins and users whose
+    /// write patterns name `cairn.proc.` explicitly may write (a processor
+    /// runs programs on the server: `>` alone does not grant it).
     pub fn can_write(&self, topic: &Topic) -> bool {
         if topic.is_system() {
-            return false;
+            return is_processor_control(topic.as_str())
+                && match self {
+                    Principal::Local => true,
+                    Principal::Anonymous => false,
+                    Principal::User(session) => {
+                        session.user.admin
+                            || session.user.write.iter().any(|allowed| {
+                                allowed.to_string().starts_with(PROCESSOR_PREFIX) && allowed.matches(topic.as_str())
+                            })
+                    }
+                };
         }
         match self {
             Principal::Local | Principal::Anonymous => true,
@@ -145,6 +161,18 @@ impl Principal {
     /// Refuses a write of `topic`: the store's own topics, or beyond the
     /// write patterns.
     pub fn check_write(&self, topic: &Topic) -> Result<()> {
+        if topic.is_system() && is_processor_control(topic.as_str()) {
+            return match self {
+                _ if self.can_write(topic) => Ok(()),
+                Principal::User(session) => Err(ServiceError::forbidden(format!(
+                    "user {} may not register or stop processors ({topic} needs an admin or a write pattern naming {PROCESSOR_PREFIX})",
+                    session.user.name
+                ))),
+                _ => Err(ServiceError::forbidden(format!(
+                    "registering or stopping processors ({topic}) needs the socket or an admin user"
+                ))),
+            };
+        }
         if topic.is_system() {
             return Err(ServiceError::invalid(
                 "topic",
@@ -187,6 +215,20 @@ impl Principal {
             }
             _ => Err(ServiceError::forbidden("managing the store needs an admin user")),
         }
+    }
+}
+
+/// Where the processors' topics live: `cairn.proc.<name>.<what>`.
+pub const PROCESSOR_PREFIX: &str = "cairn.proc.";
+
+/// Whether `topic` registers or stops a processor
+/// (`cairn.proc.<name>.create`, `cairn.proc.<name>.term`, one level of
+/// name): the only store topics a caller may write.
+pub fn is_processor_control(topic: &str) -> bool {
+    let Some(rest) = topic.strip_prefix(PROCESSOR_PREFIX) else { return false };
+    match rest.rsplit_once('.') {
+        Some((name, "create" | "term")) => !name.is_empty() && !name.contains('.'),
+        _ => false,
     }
 }
 

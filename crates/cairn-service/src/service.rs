@@ -327,7 +327,10 @@ impl Service {
             check_idempotency_key(key)?;
             batch.idempotency_key = Some(format!("{}\0{key}", who.scope()));
         }
-        let pending = self.inner.storage.submit(batch, false).await?;
+        // The only store topics `check_write` lets through are processor
+        // registrations, authorized above.
+        let system = batch.events.iter().any(|event| event.topic.as_ref().is_some_and(Topic::is_system));
+        let pending = self.inner.storage.submit(batch, system).await?;
         Ok(Appending { pending, key })
     }
 
@@ -364,6 +367,51 @@ impl Service {
                 Err(precondition(topic_etag(head.as_ref())))
             }
             other => other,
+        }
+    }
+
+    /// Appends `batch` as [`Service::append`] does for `who`, with `system`
+    /// events on the processors' own `cairn.proc.` topics in the same
+    /// atomic batch (a handler's outputs and its position past the input
+    /// that caused them, so both commit or neither does).
+    pub async fn append_with_system(&self, who: &Principal, batch: Batch, system: Vec<NewEvent>) -> Result<Vec<Event>> {
+        self.admit(who)?;
+        let user = who.user_name().map(str::to_owned);
+        let mut batch = batch;
+        for event in &mut batch.events {
+            let topic = event.topic.as_ref().ok_or_else(|| ServiceError::invalid("topic", "is required"))?;
+            who.check_write(topic)?;
+            event.user.clone_from(&user);
+        }
+        if !batch.expect.is_empty() || batch.idempotency_key.is_some() {
+            return Err(ServiceError::invalid(
+                "batch",
+                "a processor's outputs take no expectations or idempotency key",
+            ));
+        }
+        for event in &system {
+            match &event.topic {
+                Some(topic) if topic.as_str().starts_with(crate::principal::PROCESSOR_PREFIX) => {}
+                _ => return Err(ServiceError::invalid("topic", "system events here are the processors' own")),
+            }
+        }
+        batch.events.extend(system);
+        let pending = self.inner.storage.submit(batch, true).await?;
+        Ok(pending.await?)
+    }
+
+    /// The principal a processor registered by `user` runs as: the socket
+    /// for a registration through the socket or the store directory, the
+    /// user's rights otherwise (`Unauthenticated` once the user is gone).
+    pub fn processor_principal(&self, user: Option<&str>) -> Result<Principal> {
+        match user {
+            None => Ok(Principal::Local),
+            Some(name) => self
+                .inner
+                .users
+                .processor_session(name)
+                .map(Principal::User)
+                .ok_or_else(|| ServiceError::unauthenticated(format!("user {name} no longer exists"))),
         }
     }
 

@@ -310,6 +310,13 @@ impl Users {
         Some(Session { user, credential: Credential::Password })
     }
 
+    /// A session for a processor `name` registered: the user's rights as
+    /// they are now, holding while the user exists.
+    pub(crate) fn processor_session(&self, name: &str) -> Option<Session> {
+        let user = self.state.read().expect("users lock").users.get(name).cloned()?;
+        Some(Session { user, credential: Credential::Processor })
+    }
+
     /// A session for a bearer token, if it is live.
     pub(crate) fn verify_token(&self, token: &str) -> Option<Session> {
         let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
@@ -323,11 +330,12 @@ impl Users {
     pub fn is_current(&self, session: &Session) -> bool {
         let state = self.state.read().expect("users lock");
         let Some(user) = state.users.get(&session.user.name) else { return false };
-        if user.password != session.user.password {
+        if user.password != session.user.password && session.credential != Credential::Processor {
             return false;
         }
         match session.credential {
             Credential::Password | Credential::Browser(_) => true,
+            Credential::Processor => true,
             Credential::Token(key) => state.tokens.get(&key) == Some(&user.name),
         }
     }

@@ -81,6 +81,10 @@ async fn world() -> (Cairn, Server, Alice) {
     let mut stream_ids = Vec::new();
     collect_ids(&read, &mut stream_ids);
     assert_eq!(stream_ids.len(), 2, "{read:?}");
+    // A processor an admin runs: its program line is a secret too.
+    let root = server.tcp().with_basic("root", "root-pw");
+    let spec = r#"{"kind":"generator","sh":"echo ALICE-SECRET-proc >&2; sleep 600"}"#;
+    assert_eq!(call(&root, "POST", "/v1/procs/billing", &[], spec).await.status, 201);
     let token_id = token["id"].as_str().unwrap().to_owned();
     let token = token["token"].as_str().unwrap().to_owned();
     (cairn, server, Alice { ids, stream_ids, hashes, token_id, token })
@@ -111,6 +115,8 @@ async fn snapshot(server: &Server) -> Vec<String> {
         (&alice, "/v1/consumers/billing/snapshot"),
         (&root, "/v1/users"),
         (&root, "/v1/consumers"),
+        (&root, "/v1/procs"),
+        (&root, "/v1/procs/billing/logs?content=true"),
     ] {
         let reply = call(client, "GET", path, &[], "").await;
         assert_eq!(reply.status, 200, "{path}");
@@ -197,6 +203,9 @@ async fn a_hostile_user_over_http_reaches_nothing_of_another_user() {
         "/v1/verify",
         "/v1/compact",
         "/v1/info",
+        "/v1/procs",
+        "/v1/procs/{}",
+        "/v1/procs/{}/logs",
         "/metrics",
         "/events",
         "/events/{}",
@@ -231,6 +240,8 @@ async fn a_hostile_user_over_http_reaches_nothing_of_another_user() {
         r#"{"ids":["0-0","99999999999999-0"]}"#.into(),
         r#"{"consumer":"bob","ids":["0-1"]}"#.into(),
         r#"{"user":"alice","password":"wrong"}"#.into(),
+        r#"{"kind":"generator","sh":"echo pwned"}"#.into(),
+        r#"[{"topic":"cairn.proc.billing.term"}]"#.into(),
     ];
     const CREDENTIALS: &[&str] = &["bob:bob-pw", "bob:bob-pw", "bob:bob-pw", "", "bearer"];
     let bob_token = {
@@ -320,6 +331,8 @@ fn a_hostile_user_over_the_redis_protocol_reaches_nothing_of_another_user() {
             words(&[b"XTRIM", b"orders.1", b"MAXLEN", b"0"]),
             words(&[b"XADD", b"orders.1", b"*", b"forged", b"1"]),
             words(&[b"XADD", b"orders.1", b"MAXLEN", b"0", b"*", b"forged", b"1"]),
+            words(&[b"XADD", b"cairn.proc.billing.term", b"*", b"f", b"v"]),
+            words(&[b"XADD", b"cairn.proc.mine.create", b"*", b"kind", b"generator"]),
             words(&[b"DEL", b"orders.1"]),
             words(&[b"publish", b"orders.1", b"forged", b"1"]),
             words(&[b"last-event-number", b"orders.1"]),

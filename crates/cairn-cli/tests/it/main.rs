@@ -17,6 +17,7 @@ mod hostile;
 mod http;
 mod lifecycle;
 mod postgres;
+mod procs;
 mod redis_clients;
 mod resp;
 mod security;

@@ -18,6 +18,7 @@ pub(crate) mod error;
 mod events;
 mod groups;
 pub(crate) mod openapi;
+mod procs;
 mod stream;
 
 use std::sync::Arc;
@@ -70,6 +71,9 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/v1/backup", post(admin::backup))
         .route("/v1/compact", post(admin::compact))
         .route("/v1/export/extras", get(admin::export_extras))
+        .route("/v1/procs", get(procs::list))
+        .route("/v1/procs/{name}", post(procs::create).delete(procs::term))
+        .route("/v1/procs/{name}/logs", get(procs::logs))
         .route("/v1/info", get(admin::info))
         .route("/healthz", get(admin::healthz))
         .route("/metrics", get(admin::metrics))

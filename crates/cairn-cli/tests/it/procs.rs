@@ -1,0 +1,312 @@
+//! Processors (`cairn proc`): real programs (sh, jq, awk, python3) run by
+//! the real server, killed with SIGKILL mid-stream, restarted; checked
+//! through the CLI, HTTP and the events they leave.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use crate::Cairn;
+use crate::serve::{Server, call};
+
+/// Waits until `check` holds (polling), failing after `limit`.
+fn wait_for(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+fn events(cairn: &Cairn, pattern: &str) -> Vec<serde_json::Value> {
+    cairn.ok(&["cat", pattern, "--content"], b"")
+}
+
+fn listed(cairn: &Cairn, name: &str) -> serde_json::Value {
+    cairn.ok(&["proc", "ls"], b"").into_iter().find(|proc| proc["name"] == name).unwrap_or_default()
+}
+
+fn meta<'a>(event: &'a serde_json::Value, field: &str) -> &'a str {
+    event["meta"][field].as_str().unwrap_or_default()
+}
+
+fn kill9(pid: u64) {
+    let status = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
+    assert!(status.success());
+}
+
+/// A python3 handler: one output per input, a little slow, so kills land
+/// mid-stream.
+const SLOW_HANDLER: &str = r#"
+import json, sys, time
+for line in sys.stdin:
+    event = json.loads(line)
+    time.sleep(0.003)
+    print(json.dumps({"content": event["content"].upper()}))
+    print()
+    sys.stdout.flush()
+"#;
+
+#[test]
+fn a_handler_killed_mid_stream_and_a_server_killed_mid_stream_give_each_output_once() {
+    let cairn = Cairn::new();
+    let server = Server::start_raw(&cairn, &["serve", "--no-resp"]);
+    let script = cairn.store().parent().unwrap().join("handler.py");
+    std::fs::write(&script, SLOW_HANDLER).unwrap();
+    let created = cairn.ok(
+        &[
+            "proc",
+            "create",
+            "upper",
+            "--kind",
+            "handler",
+            "--topics",
+            "in.>",
+            "--",
+            "python3",
+            script.to_str().unwrap(),
+        ],
+        b"",
+    );
+    assert_eq!(created[0]["state"], "active", "{created:?}");
+    let inputs = 600;
+    let batch: String =
+        (0..inputs).map(|i| format!("{{\"topic\":\"in.{}\",\"content\":\"event {i}\"}}\n", i % 3)).collect();
+    cairn.ok(&["append", "--batch"], batch.as_bytes());
+    // Kill the handler once it is under way: it restarts and goes on.
+    wait_for(Duration::from_secs(20), "the first outputs", || !events(&cairn, "upper.out").is_empty());
+    let first_pid = listed(&cairn, "upper")["pid"].as_u64().unwrap();
+    kill9(first_pid);
+    wait_for(Duration::from_secs(20), "a restart", || {
+        listed(&cairn, "upper")["pid"].as_u64().is_some_and(|pid| pid != first_pid)
+    });
+    // Then the server, while the handler is still at work.
+    let done_before = events(&cairn, "upper.out").len();
+    assert!(done_before < inputs, "the handler finished before the server was killed; slow it down");
+    server.kill9();
+    let server = Server::start_raw(&cairn, &["serve", "--no-resp"]);
+    wait_for(Duration::from_secs(60), "every output", || events(&cairn, "upper.out").len() >= inputs);
+    std::thread::sleep(Duration::from_millis(300));
+    let outputs = events(&cairn, "upper.out");
+    let sources: Vec<&str> = outputs.iter().map(|event| meta(event, "source_id")).collect();
+    let mut unique = sources.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(outputs.len(), inputs, "each input gives exactly one output");
+    assert_eq!(unique.len(), inputs, "each source_id once");
+    let inputs_by_id: HashMap<String, String> = events(&cairn, "in.>")
+        .into_iter()
+        .map(|event| (event["id"].as_str().unwrap().to_owned(), event["content"].as_str().unwrap().to_owned()))
+        .collect();
+    for output in &outputs {
+        let source = &inputs_by_id[meta(output, "source_id")];
+        assert_eq!(output["content"].as_str().unwrap(), source.to_uppercase());
+        assert_eq!(meta(output, "proc_id"), created[0]["proc_id"].as_str().unwrap());
+    }
+    let lifecycle = events(&cairn, "cairn.proc.upper.>");
+    assert!(lifecycle.iter().any(|event| event["topic"] == "cairn.proc.upper.fin.error"), "the kill is reported");
+    drop(server);
+}
+
+#[test]
+fn inputs_without_outputs_advance_and_a_broken_line_stops_the_handler() {
+    let cairn = Cairn::new();
+    let server = Server::start_raw(&cairn, &["serve", "--no-resp"]);
+    // awk: outputs for inputs whose content is even, nothing for the rest
+    // (Debian's awk is mawk, which reads ahead unless `-W interactive`).
+    let awk = r#"{ if ($0 ~ /"content":"[0-9]*[02468]"/) print "{\"topic\":\"evens\",\"content\":\"even\"}"; print ""; fflush() }"#;
+    cairn.ok(
+        &["proc", "create", "evens", "--kind", "handler", "--topics", "n", "--", "awk", "-W", "interactive", awk],
+        b"",
+    );
+    let batch: String = (1..=9).map(|i| format!("{{\"topic\":\"n\",\"content\":\"{i}\"}}\n")).collect();
+    let appended = cairn.ok(&["append", "--batch"], batch.as_bytes());
+    let last = appended.last().unwrap()["id"].as_str().unwrap().to_owned();
+    wait_for(Duration::from_secs(10), "the position past the last input", || {
+        listed(&cairn, "evens")["position"] == last.as_str()
+    });
+    assert_eq!(events(&cairn, "evens").len(), 4);
+    // Each handler's own outputs never come back to it, even when its
+    // topics match them.
+    let loop_script = r#"while read -r line; do echo '{"topic":"loop.out","content":"x"}'; echo; done"#;
+    cairn.ok(&["proc", "create", "loop", "--kind", "handler", "--topics", "loop.>", "--sh", loop_script], b"");
+    cairn.ok(&["append", "loop.in"], b"go");
+    wait_for(Duration::from_secs(10), "one output", || events(&cairn, "loop.out").len() == 1);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(events(&cairn, "loop.out").len(), 1, "its own output is not its input");
+
+    // A line that is not an event stops it with the reason, and nothing
+    // of that input is committed.
+    cairn.ok(
+        &[
+            "proc",
+            "create",
+            "broken",
+            "--kind",
+            "handler",
+            "--topics",
+            "b",
+            "--sh",
+            "while read -r l; do echo nonsense; echo; done",
+        ],
+        b"",
+    );
+    cairn.ok(&["append", "b"], b"x");
+    wait_for(Duration::from_secs(10), "fin.error", || !events(&cairn, "cairn.proc.broken.fin.error").is_empty());
+    let error = &events(&cairn, "cairn.proc.broken.fin.error")[0];
+    assert!(meta(error, "reason").contains("not a JSON event line"), "{error}");
+    assert_eq!(listed(&cairn, "broken")["state"], "failed");
+    assert!(events(&cairn, "broken.out").is_empty());
+    drop(server);
+}
+
+#[test]
+fn generators_restart_with_backoff_and_duplex_ones_echo() {
+    let cairn = Cairn::new();
+    let server = Server::start_raw(&cairn, &["serve", "--no-resp"]);
+    let spec = serde_json::json!({
+        "kind": "generator",
+        "sh": "echo tick; echo oops >&2; exit 3",
+        "restart": {"backoff_ms": 50, "max_ms": 400},
+    });
+    let client = server.unix();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let created = runtime.block_on(call(&client, "POST", "/v1/procs/flaky", &[], spec.to_string()));
+    assert_eq!(created.status, 201, "{}", String::from_utf8_lossy(&created.body));
+    wait_for(Duration::from_secs(10), "three runs", || {
+        listed(&cairn, "flaky")["restarts"].as_u64().unwrap_or_default() >= 2
+    });
+    assert!(events(&cairn, "flaky.recv").len() >= 3);
+    let exits = events(&cairn, "cairn.proc.flaky.fin.error");
+    assert!(exits.iter().any(|event| event["meta"]["code"] == 3), "{exits:?}");
+    let logs = cairn.ok(&["proc", "logs", "flaky"], b"");
+    assert!(logs.iter().any(|event| event["content"] == "oops"), "stderr is kept: {logs:?}");
+    // The back-off grows: far fewer runs than a tight loop would make.
+    std::thread::sleep(Duration::from_millis(1000));
+    assert!(events(&cairn, "flaky.recv").len() < 20);
+    cairn.ok(&["proc", "term", "flaky"], b"");
+    assert!(!events(&cairn, "cairn.proc.flaky.fin.term").is_empty());
+    let count = events(&cairn, "flaky.recv").len();
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(events(&cairn, "flaky.recv").len(), count, "a terminated generator stays stopped");
+
+    cairn.ok(&["proc", "create", "echo", "--kind", "generator", "--duplex", "--", "cat"], b"");
+    cairn.ok(&["append", "echo.send"], b"ping");
+    cairn.ok(&["append", "echo.send"], b"pong\n");
+    wait_for(Duration::from_secs(10), "the echoes", || events(&cairn, "echo.recv").len() == 2);
+    let echoes: Vec<_> = events(&cairn, "echo.recv").iter().map(|event| event["content"].clone()).collect();
+    assert_eq!(echoes, ["ping", "pong"]);
+    // Stopping the server writes `stopped`; the next start runs it again,
+    // and a send made meanwhile is delivered then.
+    server.terminate();
+    assert!(!events(&cairn, "cairn.proc.echo.stopped").is_empty());
+    cairn.ok(&["append", "echo.send"], b"while down");
+    let server = Server::start_raw(&cairn, &["serve", "--no-resp"]);
+    wait_for(Duration::from_secs(10), "the echo after the restart", || events(&cairn, "echo.recv").len() == 3);
+    drop(server);
+}
+
+#[test]
+fn commands_answer_fail_time_out_and_answer_calls_made_while_down() {
+    let cairn = Cairn::new();
+    let server = Server::start_raw(&cairn, &["serve", "--no-resp"]);
+    cairn.ok(&["proc", "create", "shout", "--kind", "command", "--", "jq", "-j", ".content | ascii_upcase"], b"");
+    let script =
+        r#"read -r line; case "$line" in *fail*) echo "it failed" >&2; exit 2;; *slow*) sleep 5;; esac; echo ok"#;
+    cairn.ok(
+        &["proc", "create", "tricky", "--kind", "command", "--timeout-ms", "500", "--concurrency", "2", "--sh", script],
+        b"",
+    );
+    let call_id = cairn.ok(&["append", "shout.call"], b"hello")[0]["id"].as_str().unwrap().to_owned();
+    wait_for(Duration::from_secs(10), "the response", || !events(&cairn, "shout.response").is_empty());
+    let response = &events(&cairn, "shout.response")[0];
+    assert_eq!(response["content"], "HELLO");
+    assert_eq!(meta(response, "call_id"), call_id);
+    cairn.ok(&["append", "tricky.call"], b"please fail");
+    cairn.ok(&["append", "tricky.call"], b"be slow");
+    cairn.ok(&["append", "tricky.call"], b"fine");
+    wait_for(Duration::from_secs(10), "three answers", || {
+        events(&cairn, "tricky.error").len() + events(&cairn, "tricky.response").len() == 3
+    });
+    let errors = events(&cairn, "tricky.error");
+    let failed = errors.iter().find(|event| event["meta"]["code"] == 2).unwrap();
+    assert!(meta(failed, "stderr").contains("it failed"));
+    assert!(errors.iter().any(|event| event["meta"]["timeout"] == true));
+
+    // Calls made while no server runs are answered once one does, and
+    // calls answered before are not answered again.
+    server.terminate();
+    for i in 0..5 {
+        cairn.ok(&["append", "shout.call"], format!("down {i}").as_bytes());
+    }
+    let server = Server::start_raw(&cairn, &["serve", "--no-resp"]);
+    wait_for(Duration::from_secs(10), "six responses", || events(&cairn, "shout.response").len() == 6);
+    std::thread::sleep(Duration::from_millis(300));
+    let responses = events(&cairn, "shout.response");
+    assert_eq!(responses.len(), 6);
+    let mut calls: Vec<&str> = responses.iter().map(|event| meta(event, "call_id")).collect();
+    calls.sort_unstable();
+    calls.dedup();
+    assert_eq!(calls.len(), 6, "each call answered once");
+    drop(server);
+}
+
+#[test]
+fn only_the_socket_admins_and_named_grants_register_and_a_broken_replacement_keeps_the_last_good() {
+    let cairn = Cairn::new();
+    for (args, password) in [
+        (&["add", "root", "--admin"][..], "root-pw"),
+        (&["add", "writer", "--read", ">", "--write", ">"], "writer-pw"),
+        (&["add", "ops", "--read", ">", "--write", "cairn.proc.>", "--write", "ops.>"], "ops-pw"),
+    ] {
+        let mut full = vec!["user"];
+        full.extend_from_slice(args);
+        let output = cairn.command(&full).env("CAIRN_PASSWORD", password).output().unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    }
+    let server = Server::start(&cairn, &["--no-resp"]);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let spec = r#"{"kind":"generator","sh":"echo hi; sleep 60"}"#;
+    let post = |client: &cairn_client::Client, path: &str, body: &str| {
+        runtime.block_on(call(client, "POST", path, &[("content-type", "application/json")], body.to_owned()))
+    };
+    // `>` does not grant running programs; nor does anonymity.
+    let writer = server.tcp().with_basic("writer", "writer-pw");
+    assert_eq!(post(&writer, "/v1/procs/w", spec).status, 403);
+    let batch = r#"[{"topic":"cairn.proc.w.create","content":"{\"kind\":\"generator\",\"sh\":\"true\"}"}]"#;
+    assert_eq!(post(&writer, "/v1/batch", batch).status, 403);
+    assert_eq!(post(&server.tcp(), "/v1/procs/w", spec).status, 401);
+    // Lifecycle topics are the store's alone, even for an admin.
+    let root = server.tcp().with_basic("root", "root-pw");
+    let forged = r#"[{"topic":"cairn.proc.w.active"}]"#;
+    assert_eq!(post(&root, "/v1/batch", forged).status, 400);
+    assert_eq!(post(&root, "/v1/procs/good", spec).status, 201);
+    // A user granted cairn.proc.> may, and the processor runs with that
+    // user's rights: its outputs outside them fail it.
+    let ops = server.tcp().with_basic("ops", "ops-pw");
+    let reply = post(&ops, "/v1/procs/opsgen", r#"{"kind":"generator","sh":"echo hi; sleep 60"}"#);
+    assert_eq!(reply.status, 201, "{}", String::from_utf8_lossy(&reply.body));
+    wait_for(Duration::from_secs(10), "its failure", || !events(&cairn, "cairn.proc.opsgen.fin.error").is_empty());
+    let failure = &events(&cairn, "cairn.proc.opsgen.fin.error")[0];
+    assert!(meta(failure, "reason").contains("may not write opsgen.recv"), "{failure}");
+    let listed_by_writer: serde_json::Value = runtime.block_on(call(&writer, "GET", "/v1/procs", &[], "")).json();
+    assert_eq!(listed_by_writer.as_array().unwrap().len(), 2, "readers of cairn.proc.> see the processors");
+
+    // A replacement that cannot start leaves the running one alone.
+    let first = listed(&cairn, "good")["proc_id"].as_str().unwrap().to_owned();
+    let broken = post(&root, "/v1/procs/good", r#"{"kind":"generator","run":["/nonexistent/program"]}"#);
+    assert_eq!(broken.status, 400);
+    assert!(String::from_utf8_lossy(&broken.body).contains("could not start"));
+    assert_eq!(listed(&cairn, "good")["proc_id"], first.as_str());
+    assert_eq!(listed(&cairn, "good")["state"], "running");
+    let malformed = post(&root, "/v1/procs/good", r#"{"kind":"generator"}"#);
+    assert_eq!(malformed.status, 400);
+    // One that starts replaces it.
+    let second = post(&root, "/v1/procs/good", r#"{"kind":"generator","sh":"echo two; sleep 60"}"#).json();
+    assert_eq!(second["state"], "active");
+    let replaced = events(&cairn, "cairn.proc.good.replaced");
+    assert_eq!(meta(&replaced[0], "proc_id"), first);
+    assert_eq!(meta(&replaced[0], "by"), second["proc_id"].as_str().unwrap());
+    // A bad name is refused before anything is appended.
+    assert_eq!(post(&root, "/v1/procs/a.b", spec).status, 400);
+    drop(server);
+}

@@ -1,0 +1,182 @@
+//! Generators: long-running programs whose stdout lines become events on
+//! `<name>.recv` (the line as the payload, or with `"lines": "json"` an
+//! event in the `cairn append --batch` line form, topic defaulting to
+//! `<name>.recv`); with `duplex`, the payload of each event appended to
+//! `<name>.send` is written to stdin (with a newline if it has none), and
+//! the position past the last one written is kept with the next commit.
+//! Restarted with back-off when they exit; `stopped` when the server stops,
+//! started again when it starts.
+
+use std::time::Instant;
+
+use cairn_service::{Batch, Delivered, FollowOptions, NewEvent, Pattern, Principal};
+
+use crate::child::{self, Line, Running};
+use crate::handler::parse_line;
+use crate::spec::Lines;
+use crate::{Ctx, Ended, ended_by};
+
+/// Lines committed together at most.
+const COMMIT_LINES_MAX: usize = 4096;
+
+/// Runs a generator registration until it is stopped.
+pub(crate) async fn run(ctx: &mut Ctx, mut first: Option<Running>) {
+    let mut backoff = ctx.spec.backoff;
+    loop {
+        let started = Instant::now();
+        let ended = match ctx.who() {
+            Err(reason) => Ended::Fatal(reason),
+            Ok(who) => {
+                let running = match first.take() {
+                    Some(running) => Ok(running),
+                    None => {
+                        let proc_id = ctx.proc_id.to_string();
+                        let owner =
+                            child::Owner { service: &ctx.service, name: &ctx.name, proc_id: &proc_id, who: &who };
+                        child::spawn(&ctx.spec, &owner, ctx.spec.duplex)
+                            .map_err(|error| format!("could not start {:?}: {error}", ctx.spec.argv[0]))
+                    }
+                };
+                match running {
+                    Err(reason) => Ended::Retry(reason),
+                    Ok(running) => {
+                        let pid = running.pid;
+                        ctx.set(|status| {
+                            status.state = "running";
+                            status.pid = Some(pid);
+                        });
+                        if ctx.status.lock().expect("status lock").restarts > 0 {
+                            ctx.lifecycle("active", serde_json::json!({ "pid": pid })).await;
+                        }
+                        let mut running = running;
+                        let ended = session(ctx, &who, &mut running).await;
+                        let status = child::stop(&mut running.child, running.pid).await;
+                        match ended {
+                            Ended::Exited(_) => Ended::Exited(status),
+                            other => other,
+                        }
+                    }
+                }
+            }
+        };
+        if ctx.after_session(ended, started, &mut backoff).await.is_some() {
+            return;
+        }
+    }
+}
+
+async fn session(ctx: &mut Ctx, who: &Principal, running: &mut Running) -> Ended {
+    let mut sends = None;
+    if ctx.spec.duplex {
+        let after = match ctx.resume_after().await {
+            Ok(after) => after,
+            Err(error) => return ended_by("reading its position", error),
+        };
+        ctx.set(|status| status.position = after.map(|id| id.to_string()));
+        let pattern = Pattern::Exact(ctx.topic("send"));
+        let options = FollowOptions { content: true, ..FollowOptions::default() };
+        match ctx.service.follow_patterns(who, &[pattern], after, options).await {
+            Ok(follow) => sends = Some(follow),
+            Err(error) => return ended_by("following its send topic", error),
+        }
+    }
+    let stdin = running.stdin.take();
+    let mut stop = ctx.stop.clone();
+    let mut pending: Vec<NewEvent> = Vec::new();
+    let mut position = None;
+    loop {
+        tokio::select! {
+            biased;
+            why = async { stop.wait_for(Option::is_some).await.map_or(crate::Stop::Shutdown, |why| (*why).expect("stop is set")) } => {
+                return match commit(ctx, who, &mut pending, &mut position).await {
+                    Err(ended) => ended,
+                    Ok(()) => Ended::Stopped(why),
+                };
+            }
+            line = running.stdout.recv() => {
+                let mut line = line;
+                loop {
+                    match line {
+                        None => {
+                            return match commit(ctx, who, &mut pending, &mut position).await {
+                                Err(ended) => ended,
+                                Ok(()) => Ended::Exited(None),
+                            };
+                        }
+                        Some(Line::TooLong) => {
+                            return Ended::Fatal(format!("it printed a line over {} bytes", child::LINE_BYTES_MAX));
+                        }
+                        Some(Line::Line(bytes)) => match received(ctx, bytes) {
+                            Ok(event) => pending.push(event),
+                            Err(reason) => return Ended::Fatal(reason),
+                        },
+                    }
+                    if pending.len() >= COMMIT_LINES_MAX {
+                        break;
+                    }
+                    match running.stdout.try_recv() {
+                        Ok(next) => line = Some(next),
+                        Err(tokio::sync::mpsc::error::TryRecvError::Empty) => break,
+                        Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => line = None,
+                    }
+                }
+                if let Err(ended) = commit(ctx, who, &mut pending, &mut position).await {
+                    return ended;
+                }
+            }
+            delivered = async { sends.as_mut().expect("duplex").next(64).await }, if sends.is_some() => {
+                let delivered = match delivered {
+                    Ok(delivered) => delivered,
+                    Err(error) => return ended_by("reading its send topic", error),
+                };
+                let Some(stdin) = &stdin else { continue };
+                for item in delivered {
+                    let Delivered::Event(event, content) = item else { continue };
+                    let mut bytes = content.unwrap_or_default();
+                    if bytes.last() != Some(&b'\n') {
+                        bytes.push(b'\n');
+                    }
+                    // A generator that stops reading holds its send topic
+                    // back, not the server (this task waits alone).
+                    if stdin.send(bytes).await.is_err() {
+                        break;
+                    }
+                    position = Some(event.id);
+                }
+                if pending.is_empty() && let Err(ended) = commit(ctx, who, &mut pending, &mut position).await {
+                    return ended;
+                }
+            }
+        }
+    }
+}
+
+fn received(ctx: &Ctx, bytes: Vec<u8>) -> Result<NewEvent, String> {
+    match ctx.spec.lines {
+        Lines::Json => parse_line(ctx, &bytes, None, "recv").map_err(|reason| format!("a line it printed: {reason}")),
+        Lines::Text => {
+            let meta = serde_json::json!({ "proc_id": ctx.proc_id.to_string(), "proc": ctx.name });
+            Ok(NewEvent {
+                topic: Some(ctx.topic("recv")),
+                meta: Some(meta.to_string()),
+                payload: Some(bytes),
+                ..NewEvent::default()
+            })
+        }
+    }
+}
+
+async fn commit(
+    ctx: &Ctx,
+    who: &Principal,
+    pending: &mut Vec<NewEvent>,
+    position: &mut Option<cairn_service::EventId>,
+) -> Result<(), Ended> {
+    if pending.is_empty() && position.is_none() {
+        return Ok(());
+    }
+    let system = position.take().map(|id| ctx.position_event(id)).into_iter().collect();
+    let batch = Batch { events: std::mem::take(pending), ..Batch::default() };
+    ctx.service.append_with_system(who, batch, system).await.map_err(|error| ended_by("appending its lines", error))?;
+    Ok(())
+}
