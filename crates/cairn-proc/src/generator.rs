@@ -16,8 +16,10 @@ use crate::handler::parse_line;
 use crate::spec::Lines;
 use crate::{Ctx, Ended, ended_by};
 
-/// Lines committed together at most.
+/// Lines committed together at most ...
 const COMMIT_LINES_MAX: usize = 4096;
+/// ... or about this many bytes of them.
+const COMMIT_BYTES_MAX: usize = 4 * 1024 * 1024;
 
 /// Runs a generator registration until it is stopped.
 pub(crate) async fn run(ctx: &mut Ctx, mut first: Option<Running>) {
@@ -95,6 +97,7 @@ async fn session(ctx: &mut Ctx, who: &Principal, running: &mut Running) -> Ended
             }
             line = running.stdout.recv() => {
                 let mut line = line;
+                let mut bytes_read = 0;
                 loop {
                     match line {
                         None => {
@@ -106,12 +109,12 @@ async fn session(ctx: &mut Ctx, who: &Principal, running: &mut Running) -> Ended
                         Some(Line::TooLong) => {
                             return Ended::Fatal(format!("it printed a line over {} bytes", child::LINE_BYTES_MAX));
                         }
-                        Some(Line::Line(bytes)) => match received(ctx, bytes) {
+                        Some(Line::Line(bytes)) => match received(ctx, { bytes_read += bytes.len(); bytes }) {
                             Ok(event) => pending.push(event),
                             Err(reason) => return Ended::Fatal(reason),
                         },
                     }
-                    if pending.len() >= COMMIT_LINES_MAX {
+                    if pending.len() >= COMMIT_LINES_MAX || bytes_read >= COMMIT_BYTES_MAX {
                         break;
                     }
                     match running.stdout.try_recv() {

@@ -34,8 +34,10 @@ const WINDOW: usize = 256;
 const COMMIT_EVENTS_MAX: usize = 4096;
 /// ... or about this many bytes of them; reading stdout waits meanwhile.
 const COMMIT_BYTES_MAX: usize = 4 * 1024 * 1024;
-/// One input may cause at most this many outputs.
+/// One input may cause at most this many outputs ...
 const OUTPUTS_PER_INPUT_MAX: usize = limits::BATCH_EVENTS_MAX / 2;
+/// ... of at most this many bytes of payload together.
+const OUTPUT_BYTES_PER_INPUT_MAX: usize = 64 * 1024 * 1024;
 /// A position with no outputs waits this long for company.
 const POSITION_EVERY: Duration = Duration::from_millis(200);
 
@@ -92,8 +94,9 @@ struct Session<'a> {
     ctx: &'a Ctx,
     who: &'a Principal,
     queue: VecDeque<Slot>,
-    /// Outputs of the input at the front, not done yet.
+    /// Outputs of the input at the front, not done yet, and their bytes.
     outputs: Vec<NewEvent>,
+    output_bytes: usize,
     /// Outputs of inputs done, not committed yet, and the position past
     /// them.
     pending: Vec<NewEvent>,
@@ -123,6 +126,7 @@ async fn session(ctx: &mut Ctx, who: &Principal, mut running: Running) -> Ended 
         who,
         queue: VecDeque::new(),
         outputs: Vec::new(),
+        output_bytes: 0,
         pending: Vec::new(),
         pending_bytes: 0,
         pending_position: None,
@@ -256,8 +260,7 @@ impl Session<'_> {
         let source = *id;
         if line.is_empty() {
             self.queue.pop_front();
-            self.pending_bytes +=
-                self.outputs.iter().map(|event| event.payload.as_ref().map_or(0, Vec::len) + 128).sum::<usize>();
+            self.pending_bytes += std::mem::take(&mut self.output_bytes);
             self.pending.append(&mut self.outputs);
             self.advance(source);
             while let Some(Slot::Skip(id)) = self.queue.front() {
@@ -272,6 +275,10 @@ impl Session<'_> {
         }
         let event = parse_output(self.ctx, line, source, "out")
             .map_err(|reason| format!("output for input {source}: {reason}: {:?}", excerpt(line)))?;
+        self.output_bytes += event.payload.as_ref().map_or(0, Vec::len) + 128;
+        if self.output_bytes > OUTPUT_BYTES_PER_INPUT_MAX {
+            return Err(format!("input {source} caused more than {OUTPUT_BYTES_PER_INPUT_MAX} bytes of outputs"));
+        }
         self.outputs.push(event);
         Ok(())
     }

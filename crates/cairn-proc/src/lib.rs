@@ -382,6 +382,25 @@ impl Procs {
     async fn supervise(self) {
         let service = self.inner.service.clone();
         let mut stopping = self.inner.stop.subscribe();
+        // Several servers on one database: one runs the processors, the
+        // others wait to take over (the lock goes with a server's session).
+        let _lock = loop {
+            let attempt = tokio::select! {
+                _ = stopping.wait_for(|stop| *stop) => return,
+                attempt = service.shared_lock("processors") => attempt,
+            };
+            match attempt {
+                Ok(lock) => break lock,
+                Err(ServiceError::ShuttingDown) => return,
+                Err(error) => {
+                    tracing::info!("processors: another server runs them ({error}); waiting to take over");
+                    tokio::select! {
+                        _ = stopping.wait_for(|stop| *stop) => return,
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        };
         let since = service.last_id();
         match registrations(&service, &Principal::Local).await {
             Ok(found) => {

@@ -6,8 +6,10 @@
 //! authenticated user ([`Principal::User`]) reads topics its `read`
 //! patterns cover and writes topics its `write` patterns match; `admin`
 //! users manage users and the whole store. Topics starting with `cairn.`
-//! are the store's own: nobody but the store writes them, and only the
-//! trusted socket removes their events (the audit trail).
+//! are the store's own: nobody but the store writes them (but for
+//! processor registrations, which run programs and so need the socket, an
+//! admin or a grant naming `cairn.proc.`), and only the trusted socket
+//! removes their events (the audit trail).
 
 use std::sync::Arc;
 

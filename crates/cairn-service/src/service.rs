@@ -400,6 +400,14 @@ impl Service {
         Ok(pending.await?)
     }
 
+    /// The lock named `name` that every server on the same storage shares
+    /// (PostgreSQL), held until the guard drops; `None` where one process
+    /// owns the storage. For work that one server of several must do
+    /// alone (running processors).
+    pub async fn shared_lock(&self, name: &'static str) -> Result<Option<cairn_store::Exclusive>> {
+        Ok(self.inner.storage.exclusive(name).await?)
+    }
+
     /// The principal a processor registered by `user` runs as: the socket
     /// for a registration through the socket or the store directory, the
     /// user's rights otherwise (`Unauthenticated` once the user is gone).

@@ -572,3 +572,46 @@ async fn a_read_only_database_and_missing_rights_are_named() {
     assert!(!output.status.success());
     assert!(stderr.contains("permission denied") && stderr.contains("needs to"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processors_run_on_one_server_and_move_when_it_dies() {
+    let cluster = Cluster::start(&[("fsync", "off")]).unwrap();
+    let url = database(&cluster, "procs");
+    let (_a_dir, a) = server(&url);
+    let (_b_dir, b) = server(&url);
+    let spec = r#"{"kind":"command","sh":"cat > /dev/null; echo answered","concurrency":2}"#;
+    let created = call(&a.unix(), "POST", "/v1/procs/shout", &[], spec).await;
+    assert_eq!(created.status, 201, "{}", String::from_utf8_lossy(&created.body));
+    let answers = async |server: &Server| -> Vec<String> {
+        let reply = call(&server.unix(), "GET", "/v1/topics/shout.response/events", &[], "").await;
+        reply.lines().iter().map(|event| event["meta"]["call_id"].as_str().unwrap().to_owned()).collect()
+    };
+    let running = async |server: &Server| -> bool {
+        let list = call(&server.unix(), "GET", "/v1/procs", &[], "").await.json();
+        list.as_array().unwrap().iter().any(|proc| proc["name"] == "shout")
+    };
+    for n in 0..20 {
+        let on = if n % 2 == 0 { &a } else { &b };
+        let reply = call(&on.tcp(), "POST", "/v1/topics/shout.call/events", &[], format!("call {n}")).await;
+        assert_eq!(reply.status, 201);
+    }
+    eventually("20 answers", async || answers(&a).await.len() >= 20).await;
+    // Exactly one server runs it.
+    let (on_a, on_b) = (running(&a).await, running(&b).await);
+    assert!(on_a != on_b, "running on a: {on_a}, on b: {on_b}");
+    // Its server dies: the other takes over, and every call is answered once.
+    let (dead, alive) = if on_a { (a, b) } else { (b, a) };
+    dead.kill9();
+    for n in 20..30 {
+        let reply = call(&alive.tcp(), "POST", "/v1/topics/shout.call/events", &[], format!("call {n}")).await;
+        assert_eq!(reply.status, 201);
+    }
+    eventually("30 answers", async || answers(&alive).await.len() >= 30).await;
+    assert!(running(&alive).await);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut calls = answers(&alive).await;
+    assert_eq!(calls.len(), 30);
+    calls.sort_unstable();
+    calls.dedup();
+    assert_eq!(calls.len(), 30, "each call answered once");
+}
