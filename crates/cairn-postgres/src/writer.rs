@@ -602,6 +602,14 @@ async fn commit_slow(
             return Err(pg_error(context)(error));
         }
     };
+    // The tails read now are current; the others the cache holds are
+    // only if nobody committed since this writer last did (the sequencer
+    // read under the lock is still what the cache knew). Otherwise another
+    // process may have appended to them, and the next fast path after
+    // this commit would pass its guard with a stale tail.
+    if cache.last != Some(known.last) {
+        cache.forget();
+    }
     let mut tails = known.tails.clone();
     tails.extend(plan.tails.clone());
     cache.remember(plan.last.max(known.last), tails);

@@ -593,7 +593,7 @@ async fn processors_run_on_one_server_and_move_when_it_dies() {
     for n in 0..20 {
         let on = if n % 2 == 0 { &a } else { &b };
         let reply = call(&on.tcp(), "POST", "/v1/topics/shout.call/events", &[], format!("call {n}")).await;
-        assert_eq!(reply.status, 201);
+        assert_eq!(reply.status, 201, "{}", String::from_utf8_lossy(&reply.body));
     }
     eventually("20 answers", async || answers(&a).await.len() >= 20).await;
     // Exactly one server runs it.
@@ -614,4 +614,27 @@ async fn processors_run_on_one_server_and_move_when_it_dies() {
     calls.sort_unstable();
     calls.dedup();
     assert_eq!(calls.len(), 30, "each call answered once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_taking_turns_on_one_topic_keep_its_seqs() {
+    let cluster = Cluster::start(&[("fsync", "off")]).unwrap();
+    let url = database(&cluster, "turns");
+    let (_a_dir, a) = server(&url);
+    let (_b_dir, b) = server(&url);
+    // a appends to `turns`, b too, then a to another topic (its fast path
+    // fails: b moved the sequencer; the slow path reads that topic only),
+    // then a to `turns` again: its tail of `turns` must not be the one it
+    // remembered from before b's append (that gave a duplicate seq, 500).
+    let mut seqs = Vec::new();
+    for n in 0..50 {
+        for (on, topic) in [(&a, "turns"), (&b, "turns"), (&a, "other")] {
+            let reply = call(&on.tcp(), "POST", &format!("/v1/topics/{topic}/events"), &[], format!("{n}")).await;
+            assert_eq!(reply.status, 201, "append {n} to {topic}: {}", String::from_utf8_lossy(&reply.body));
+            if topic == "turns" {
+                seqs.push(reply.json()["seq"].as_u64().unwrap());
+            }
+        }
+    }
+    assert_eq!(seqs, (0..100).collect::<Vec<u64>>());
 }
