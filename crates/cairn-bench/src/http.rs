@@ -18,7 +18,7 @@ const PAYLOAD: &[u8] = &[b'x'; 100];
 pub(crate) struct Running {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<Result<()>>>,
-    socket: std::path::PathBuf,
+    pub(crate) socket: std::path::PathBuf,
     /// What it listens on (`unix:…`, `redis://…`).
     pub(crate) addresses: Vec<String>,
 }

@@ -7,6 +7,7 @@ mod cli;
 mod http;
 mod measure;
 mod postgres;
+mod procs;
 mod redis;
 mod scenarios;
 
@@ -127,6 +128,14 @@ enum Which {
         #[arg(long, default_value_t = 1_000_000)]
         events: usize,
     },
+    /// Processors: a handler's throughput with its checkpointed commits
+    /// and a command's call-to-response latency, next to the same programs
+    /// run without cairn.
+    Proc {
+        /// Rounds (each on a fresh store).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
     /// Open time of a store with 10 million events.
     Open {
         /// Events in the store.
@@ -187,6 +196,7 @@ fn main() -> anyhow::Result<()> {
         Which::CatchUp { rounds, ref store } => bench.catch_up(rounds, store.as_deref())?,
         Which::Compact { events, rounds } => bench.compact(events, rounds)?,
         Which::Compress { events } => bench.compress(events)?,
+        Which::Proc { rounds } => bench.procs(rounds)?,
         Which::PostgresOrder { rounds, seconds } => postgres::order(rounds, seconds)?,
         Which::Postgres { rounds, seconds, events } => postgres::cairn(rounds, seconds, events)?,
         _ => {}

@@ -15,8 +15,8 @@ use tokio::sync::mpsc;
 use crate::spec::Spec;
 
 /// A stdout line longer than this stops the processor (an event's payload
-/// is at most 8 MiB; JSON escaping may double it).
-pub const LINE_BYTES_MAX: usize = 20 * 1024 * 1024;
+/// is at most 8 MiB; as base64 in JSON, about 11 MiB).
+pub const LINE_BYTES_MAX: usize = 12 * 1024 * 1024;
 /// A stderr line is cut to this many bytes.
 pub const LOG_LINE_BYTES_MAX: usize = 4096;
 /// At most this many stderr lines a second become events; the rest are
@@ -49,6 +49,41 @@ pub struct Running {
     pub stdin: Option<mpsc::Sender<Vec<u8>>>,
     /// Its stdout, line by line; closed at end of file.
     pub stdout: mpsc::Receiver<Line>,
+    /// Stopped and reaped: its process group id may belong to another
+    /// group by now, so it is never signalled again.
+    reaped: bool,
+}
+
+impl Running {
+    /// Stops the program (see [`stop`]); returns its exit status.
+    pub async fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        let status = stop(&mut self.child, self.pid).await;
+        self.reaped = status.is_some();
+        status
+    }
+}
+
+impl Drop for Running {
+    /// A runner dropped without stopping its program (its task aborted)
+    /// takes the whole process group with it, not only the direct child
+    /// (`kill_on_drop`).
+    fn drop(&mut self) {
+        if !self.reaped {
+            kill_group(self.pid, Signal::KILL);
+        }
+    }
+}
+
+/// Kills a process group when dropped unless disarmed: a command's run
+/// aborted mid-way (the server stopping) takes its shell's children too.
+pub struct GroupGuard(pub Option<u32>);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            kill_group(pid, Signal::KILL);
+        }
+    }
 }
 
 /// Who a program runs for: its name, registration and principal, for its
@@ -86,7 +121,7 @@ pub fn spawn(spec: &Spec, owner: &Owner<'_>, stdin: bool) -> std::io::Result<Run
     let mut child = command.spawn()?;
     let pid = child.id().unwrap_or_default();
     let stdin = child.stdin.take().map(|mut pipe| {
-        let (send, mut receive) = mpsc::channel::<Vec<u8>>(64);
+        let (send, mut receive) = mpsc::channel::<Vec<u8>>(4);
         tokio::spawn(async move {
             while let Some(bytes) = receive.recv().await {
                 if pipe.write_all(&bytes).await.is_err() {
@@ -97,7 +132,9 @@ pub fn spawn(spec: &Spec, owner: &Owner<'_>, stdin: bool) -> std::io::Result<Run
         });
         send
     });
-    let (send, stdout) = mpsc::channel(256);
+    // Lines wait here while a commit runs: at most 8 (of at most
+    // `LINE_BYTES_MAX` each), then the program waits on its pipe.
+    let (send, stdout) = mpsc::channel(8);
     let out = child.stdout.take().expect("stdout is piped");
     tokio::spawn(read_lines(out, send));
     let err = child.stderr.take().expect("stderr is piped");
@@ -108,7 +145,7 @@ pub fn spawn(spec: &Spec, owner: &Owner<'_>, stdin: bool) -> std::io::Result<Run
         proc_id: owner.proc_id.to_owned(),
     };
     tokio::spawn(log.run(err));
-    Ok(Running { child, pid, stdin, stdout })
+    Ok(Running { child, pid, stdin, stdout, reaped: false })
 }
 
 async fn read_lines(out: impl AsyncRead + Unpin, send: mpsc::Sender<Line>) {

@@ -60,23 +60,42 @@ async fn session(ctx: &mut Ctx, who: &Principal) -> Ended {
     for suffix in ["response", "error"] {
         let query = Query { after, ..Query::new(Pattern::Exact(ctx.topic(suffix))) };
         match ctx.service.read_all(who, query, false).await {
-            Ok(items) => answered.extend(items.iter().filter_map(|item| call_id(&item.event))),
+            // Only its own answers count (stamped with its user): a writer
+            // of the same topic cannot silence a call.
+            Ok(items) => answered.extend(
+                items.iter().filter(|item| item.event.user == ctx.user).filter_map(|item| call_id(&item.event)),
+            ),
             Err(error) => return ended_by("reading its answers", error),
         }
     }
     let options = FollowOptions { content: true, ..FollowOptions::default() };
     let calls = Pattern::Exact(ctx.topic("call"));
     let mut follow = match ctx.service.follow_patterns(who, &[calls], after, options).await {
-        Ok(follow) => follow,
+        Ok(follow) => crate::follow_in_task(follow, ctx.spec.concurrency),
         Err(error) => return ended_by("following its call topic", error),
     };
     let payload_max = usize::try_from(ctx.service.limits().payload_bytes_max).unwrap_or(usize::MAX);
     let mut outstanding: BTreeSet<EventId> = BTreeSet::new();
     let mut newest = after;
     let mut runs: JoinSet<Answer> = JoinSet::new();
+    // Calls received, not running yet (at most `concurrency`).
+    let mut waiting: std::collections::VecDeque<(EventId, Vec<u8>)> = std::collections::VecDeque::new();
     let mut stop = ctx.stop.clone();
     loop {
-        let free = ctx.spec.concurrency.saturating_sub(runs.len());
+        while runs.len() < ctx.spec.concurrency
+            && let Some((call, line)) = waiting.pop_front()
+        {
+            let job = Job {
+                argv: ctx.spec.argv.clone(),
+                env: ctx.spec.env.clone().into_iter().collect(),
+                cwd: ctx.spec.cwd.clone(),
+                timeout: ctx.spec.timeout,
+                name: ctx.name.clone(),
+                proc_id: ctx.proc_id,
+                payload_max,
+            };
+            runs.spawn(async move { Answer { call, event: job.run(call, line).await } });
+        }
         tokio::select! {
             biased;
             why = async { stop.wait_for(Option::is_some).await.map_or(crate::Stop::Shutdown, |why| (*why).expect("stop is set")) } => {
@@ -93,21 +112,28 @@ async fn session(ctx: &mut Ctx, who: &Principal) -> Ended {
                 };
                 let batch = Batch { events: vec![answer.event], ..Batch::default() };
                 let system = vec![ctx.position_event(watermark)];
-                if let Err(error) = ctx.service.append_with_system(who, batch, system).await {
-                    runs.shutdown().await;
-                    return ended_by("appending an answer", error);
+                match ctx.service.append_with_system(who, batch, system, ctx.fence()).await {
+                    Ok(events) => ctx.committed(&events),
+                    Err(error) => {
+                        runs.shutdown().await;
+                        return crate::commit_failed("appending an answer", error);
+                    }
                 }
                 ctx.set(|status| {
                     status.position = Some(watermark.to_string());
                     status.in_flight = outstanding.len();
                 });
             }
-            delivered = follow.next(free.max(1)), if free > 0 => {
+            delivered = follow.recv(), if waiting.len() < ctx.spec.concurrency => {
                 let delivered = match delivered {
-                    Ok(delivered) => delivered,
-                    Err(error) => {
+                    Some(Ok(delivered)) => delivered,
+                    Some(Err(error)) => {
                         runs.shutdown().await;
                         return ended_by("reading its calls", error);
+                    }
+                    None => {
+                        runs.shutdown().await;
+                        return Ended::Retry("its calls' follow ended".to_owned());
                     }
                 };
                 for item in delivered {
@@ -120,17 +146,7 @@ async fn session(ctx: &mut Ctx, who: &Principal) -> Ended {
                     let mut line = Vec::new();
                     write_event(&mut line, &event, content.as_deref());
                     line.push(b'\n');
-                    let job = Job {
-                        argv: ctx.spec.argv.clone(),
-                        env: ctx.spec.env.clone().into_iter().collect(),
-                        cwd: ctx.spec.cwd.clone(),
-                        timeout: ctx.spec.timeout,
-                        name: ctx.name.clone(),
-                        proc_id: ctx.proc_id,
-                        payload_max,
-                    };
-                    let call = event.id;
-                    runs.spawn(async move { Answer { call, event: job.run(call, line).await } });
+                    waiting.push_back((event.id, line));
                 }
                 ctx.set(|status| status.in_flight = outstanding.len());
             }
@@ -187,6 +203,8 @@ impl Job {
             }
         };
         let pid = child.id().unwrap_or_default();
+        // Declared after the child, so dropped (the run aborted) first.
+        let mut guard = crate::child::GroupGuard(Some(pid));
         let mut stdin = child.stdin.take().expect("piped");
         let stdout = child.stdout.take().expect("piped");
         let stderr = child.stderr.take().expect("piped");
@@ -200,7 +218,11 @@ impl Job {
             (out, err, status)
         };
         let outcome = tokio::time::timeout(self.timeout, work).await;
+        // Whatever the program left running goes; its group is still its
+        // own (the child is not reaped on a timeout, and just reaped
+        // otherwise).
         crate::child::kill_group(pid, rustix::process::Signal::KILL);
+        guard.0 = None;
         let (out, err, status) = match outcome {
             Ok(done) => done,
             Err(_) => {

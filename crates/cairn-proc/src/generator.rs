@@ -7,9 +7,10 @@
 //! Restarted with back-off when they exit; `stopped` when the server stops,
 //! started again when it starts.
 
+use std::collections::{BTreeMap, VecDeque};
 use std::time::Instant;
 
-use cairn_service::{Batch, Delivered, FollowOptions, NewEvent, Pattern, Principal};
+use cairn_service::{Batch, Delivered, EventId, FollowOptions, NewEvent, Pattern, Principal};
 
 use crate::child::{self, Line, Running};
 use crate::handler::parse_line;
@@ -52,7 +53,7 @@ pub(crate) async fn run(ctx: &mut Ctx, mut first: Option<Running>) {
                         }
                         let mut running = running;
                         let ended = session(ctx, &who, &mut running).await;
-                        let status = child::stop(&mut running.child, running.pid).await;
+                        let status = running.stop().await;
                         match ended {
                             Ended::Exited(_) => Ended::Exited(status),
                             other => other,
@@ -78,11 +79,14 @@ async fn session(ctx: &mut Ctx, who: &Principal, running: &mut Running) -> Ended
         let pattern = Pattern::Exact(ctx.topic("send"));
         let options = FollowOptions { content: true, ..FollowOptions::default() };
         match ctx.service.follow_patterns(who, &[pattern], after, options).await {
-            Ok(follow) => sends = Some(follow),
+            Ok(follow) => sends = Some(crate::follow_in_task(follow, 64)),
             Err(error) => return ended_by("following its send topic", error),
         }
     }
     let stdin = running.stdin.take();
+    // Sends waiting for the program's stdin, each with its id: the
+    // position moves past a send once it is handed to the pipe's writer.
+    let mut to_write: VecDeque<(Vec<u8>, EventId)> = VecDeque::new();
     let mut stop = ctx.stop.clone();
     let mut pending: Vec<NewEvent> = Vec::new();
     let mut position = None;
@@ -109,10 +113,13 @@ async fn session(ctx: &mut Ctx, who: &Principal, running: &mut Running) -> Ended
                         Some(Line::TooLong) => {
                             return Ended::Fatal(format!("it printed a line over {} bytes", child::LINE_BYTES_MAX));
                         }
-                        Some(Line::Line(bytes)) => match received(ctx, { bytes_read += bytes.len(); bytes }) {
-                            Ok(event) => pending.push(event),
-                            Err(reason) => return Ended::Fatal(reason),
-                        },
+                        Some(Line::Line(bytes)) => {
+                            bytes_read += bytes.len();
+                            match received(ctx, bytes) {
+                                Ok(event) => pending.push(event),
+                                Err(reason) => return Ended::Fatal(reason),
+                            }
+                        }
                     }
                     if pending.len() >= COMMIT_LINES_MAX || bytes_read >= COMMIT_BYTES_MAX {
                         break;
@@ -127,27 +134,30 @@ async fn session(ctx: &mut Ctx, who: &Principal, running: &mut Running) -> Ended
                     return ended;
                 }
             }
-            delivered = async { sends.as_mut().expect("duplex").next(64).await }, if sends.is_some() => {
+            // A program that stops reading holds its sends back, never the
+            // loop: stop and its stdout are still served.
+            permit = async { stdin.as_ref().expect("duplex").reserve().await }, if stdin.is_some() && !to_write.is_empty() => {
+                let Ok(permit) = permit else { return Ended::Exited(None) };
+                let (bytes, id) = to_write.pop_front().expect("something to write");
+                permit.send(bytes);
+                position = Some(id);
+                if to_write.is_empty() && let Err(ended) = commit(ctx, who, &mut pending, &mut position).await {
+                    return ended;
+                }
+            }
+            delivered = async { sends.as_mut().expect("duplex").recv().await }, if sends.is_some() && to_write.len() < 64 => {
                 let delivered = match delivered {
-                    Ok(delivered) => delivered,
-                    Err(error) => return ended_by("reading its send topic", error),
+                    Some(Ok(delivered)) => delivered,
+                    Some(Err(error)) => return ended_by("reading its send topic", error),
+                    None => return Ended::Retry("its send topic's follow ended".to_owned()),
                 };
-                let Some(stdin) = &stdin else { continue };
                 for item in delivered {
                     let Delivered::Event(event, content) = item else { continue };
                     let mut bytes = content.unwrap_or_default();
                     if bytes.last() != Some(&b'\n') {
                         bytes.push(b'\n');
                     }
-                    // A generator that stops reading holds its send topic
-                    // back, not the server (this task waits alone).
-                    if stdin.send(bytes).await.is_err() {
-                        break;
-                    }
-                    position = Some(event.id);
-                }
-                if pending.is_empty() && let Err(ended) = commit(ctx, who, &mut pending, &mut position).await {
-                    return ended;
+                    to_write.push_back((bytes, event.id));
                 }
             }
         }
@@ -178,8 +188,19 @@ async fn commit(
     if pending.is_empty() && position.is_none() {
         return Ok(());
     }
-    let system = position.take().map(|id| ctx.position_event(id)).into_iter().collect();
+    let had_position = position.is_some();
+    let (system, fence) = match position.take() {
+        Some(id) => (vec![ctx.position_event(id)], ctx.fence()),
+        None => (Vec::new(), BTreeMap::new()),
+    };
     let batch = Batch { events: std::mem::take(pending), ..Batch::default() };
-    ctx.service.append_with_system(who, batch, system).await.map_err(|error| ended_by("appending its lines", error))?;
+    let events = ctx
+        .service
+        .append_with_system(who, batch, system, fence)
+        .await
+        .map_err(|error| crate::commit_failed("appending its lines", error))?;
+    if had_position {
+        ctx.committed(&events);
+    }
     Ok(())
 }

@@ -105,6 +105,9 @@ struct Session<'a> {
     position_since: Option<tokio::time::Instant>,
     /// The commit in flight, and the position it carries.
     commit: Option<(JoinHandle<cairn_service::Result<Vec<Event>>>, EventId)>,
+    /// A commit failed: nothing more commits in this session (a later
+    /// position would skip the failed commit's inputs).
+    failed: bool,
 }
 
 async fn session(ctx: &mut Ctx, who: &Principal, mut running: Running) -> Ended {
@@ -115,7 +118,7 @@ async fn session(ctx: &mut Ctx, who: &Principal, mut running: Running) -> Ended 
     ctx.set(|status| status.position = after.map(|id| id.to_string()));
     let options = FollowOptions { content: true, ..FollowOptions::default() };
     let mut follow = match ctx.service.follow_patterns(who, &ctx.spec.topics, after, options).await {
-        Ok(follow) => follow,
+        Ok(follow) => crate::follow_in_task(follow, 64),
         Err(error) => return stop_program(&mut running, ended_by("following its topics", error)).await,
     };
     let stdin = running.stdin.take().expect("a handler's stdin is piped");
@@ -132,6 +135,7 @@ async fn session(ctx: &mut Ctx, who: &Principal, mut running: Running) -> Ended 
         pending_position: None,
         position_since: None,
         commit: None,
+        failed: false,
     };
     let ended = loop {
         if let Err(ended) = s.maybe_commit(false) {
@@ -146,10 +150,8 @@ async fn session(ctx: &mut Ctx, who: &Principal, mut running: Running) -> Ended 
             }
             done = async { (&mut s.commit.as_mut().expect("a commit is in flight").0).await }, if s.commit.is_some() => {
                 let (_, position) = s.commit.take().expect("a commit is in flight");
-                match done {
-                    Ok(Ok(_)) => s.ctx.set(|status| status.position = Some(position.to_string())),
-                    Ok(Err(error)) => break ended_by("committing its outputs", error),
-                    Err(_) => break Ended::Retry("a commit task failed".to_owned()),
+                if let Err(ended) = s.committed(done, position) {
+                    break ended;
                 }
             }
             line = running.stdout.recv(), if room => match line {
@@ -165,9 +167,10 @@ async fn session(ctx: &mut Ctx, who: &Principal, mut running: Running) -> Ended 
                 Ok(permit) => permit.send(to_write.pop_front().expect("something to write")),
                 Err(_) => break Ended::Exited(None),
             },
-            delivered = follow.next(64), if s.queue.len() < WINDOW && to_write.len() < 16 => match delivered {
-                Err(error) => break ended_by("reading its inputs", error),
-                Ok(delivered) => {
+            delivered = follow.recv(), if s.queue.len() < WINDOW && to_write.len() < 16 => match delivered {
+                None => break Ended::Retry("its inputs' follow ended".to_owned()),
+                Some(Err(error)) => break ended_by("reading its inputs", error),
+                Some(Ok(delivered)) => {
                     let mut lines = Vec::new();
                     for item in delivered {
                         let Delivered::Event(event, content) = item else { continue };
@@ -199,7 +202,7 @@ async fn session(ctx: &mut Ctx, who: &Principal, mut running: Running) -> Ended 
         _ => ended,
     };
     drop(stdin);
-    let status = child::stop(&mut running.child, running.pid).await;
+    let status = running.stop().await;
     match ended {
         Ended::Exited(_) => Ended::Exited(status),
         other => other,
@@ -207,7 +210,7 @@ async fn session(ctx: &mut Ctx, who: &Principal, mut running: Running) -> Ended 
 }
 
 async fn stop_program(running: &mut Running, ended: Ended) -> Ended {
-    child::stop(&mut running.child, running.pid).await;
+    running.stop().await;
     ended
 }
 
@@ -225,19 +228,26 @@ impl Session<'_> {
         if topic.strip_prefix(name.as_str()) == Some(".log") {
             return true;
         }
-        event.meta.as_deref().is_some_and(|meta| {
-            meta.contains("\"proc\"")
-                && serde_json::from_str::<serde_json::Value>(meta)
-                    .ok()
-                    .is_some_and(|meta| meta.get("proc").and_then(|proc| proc.as_str()) == Some(name))
-        })
+        // Its own outputs: stamped with its user (a writer of the same
+        // topics cannot hide an event from it by copying the meta).
+        event.user == self.ctx.user
+            && event.meta.as_deref().is_some_and(|meta| {
+                meta.contains("\"proc\"")
+                    && serde_json::from_str::<serde_json::Value>(meta)
+                        .ok()
+                        .is_some_and(|meta| meta.get("proc").and_then(|proc| proc.as_str()) == Some(name))
+            })
     }
 
+    /// An event it does not get: done once the inputs before it are. Skips
+    /// alone never cause a commit (a handler of `>` would otherwise commit
+    /// a position for each of its own position records, for ever); they
+    /// ride along with the next one.
     fn skip(&mut self, id: EventId) {
-        if self.queue.is_empty() {
-            self.advance(id);
-        } else {
+        if !self.queue.is_empty() {
             self.queue.push_back(Slot::Skip(id));
+        } else if self.pending_position.is_some() {
+            self.pending_position = Some(id);
         }
     }
 
@@ -264,9 +274,8 @@ impl Session<'_> {
             self.pending.append(&mut self.outputs);
             self.advance(source);
             while let Some(Slot::Skip(id)) = self.queue.front() {
-                let id = *id;
+                self.pending_position = Some(*id);
                 self.queue.pop_front();
-                self.advance(id);
             }
             return Ok(());
         }
@@ -275,7 +284,8 @@ impl Session<'_> {
         }
         let event = parse_output(self.ctx, line, source, "out")
             .map_err(|reason| format!("output for input {source}: {reason}: {:?}", excerpt(line)))?;
-        self.output_bytes += event.payload.as_ref().map_or(0, Vec::len) + 128;
+        self.output_bytes +=
+            event.payload.as_ref().map_or(0, Vec::len) + event.meta.as_ref().map_or(0, String::len) + 128;
         if self.output_bytes > OUTPUT_BYTES_PER_INPUT_MAX {
             return Err(format!("input {source} caused more than {OUTPUT_BYTES_PER_INPUT_MAX} bytes of outputs"));
         }
@@ -286,7 +296,7 @@ impl Session<'_> {
     /// Starts a commit of what is pending unless one is in flight; a
     /// position alone waits `POSITION_EVERY` unless `due`.
     fn maybe_commit(&mut self, due: bool) -> Result<(), Ended> {
-        if self.commit.is_some() {
+        if self.commit.is_some() || self.failed {
             return Ok(());
         }
         let Some(position) = self.pending_position else { return Ok(()) };
@@ -300,21 +310,40 @@ impl Session<'_> {
         let service = self.ctx.service.clone();
         let who = self.who.clone();
         let system = vec![self.ctx.position_event(position)];
+        let fence = self.ctx.fence();
         let batch = Batch { events, ..Batch::default() };
-        let task = tokio::spawn(async move { service.append_with_system(&who, batch, system).await });
+        let task = tokio::spawn(async move { service.append_with_system(&who, batch, system, fence).await });
         self.commit = Some((task, position));
         Ok(())
     }
 
-    /// Waits for the commit in flight, then commits what is pending.
+    /// A commit's end: its position is the handler's now, or nothing more
+    /// commits in this session.
+    fn committed(
+        &mut self,
+        done: Result<cairn_service::Result<Vec<Event>>, tokio::task::JoinError>,
+        position: EventId,
+    ) -> Result<(), Ended> {
+        let ended = match done {
+            Ok(Ok(events)) => {
+                self.ctx.committed(&events);
+                self.ctx.set(|status| status.position = Some(position.to_string()));
+                return Ok(());
+            }
+            Ok(Err(error)) => crate::commit_failed("committing its outputs", error),
+            Err(_) => Ended::Retry("a commit task failed".to_owned()),
+        };
+        self.failed = true;
+        Err(ended)
+    }
+
+    /// Waits for the commit in flight, then commits what is pending
+    /// (unless a commit failed).
     async fn flush(&mut self) -> Result<(), Ended> {
         for _ in 0..2 {
             if let Some((task, position)) = self.commit.take() {
-                match task.await {
-                    Ok(Ok(_)) => self.ctx.set(|status| status.position = Some(position.to_string())),
-                    Ok(Err(error)) => return Err(ended_by("committing its outputs", error)),
-                    Err(_) => return Err(Ended::Retry("a commit task failed".to_owned())),
-                }
+                let done = task.await;
+                self.committed(done, position)?;
             }
             self.maybe_commit(true)?;
         }

@@ -35,10 +35,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cairn_service::{
-    Delivered, EventId, FollowOptions, NewEvent, Pattern, Principal, Query, Service, ServiceError, Topic, Ttl,
+    Delivered, Event, EventId, Expect, Follow, FollowOptions, NewEvent, Pattern, Principal, Query, Service,
+    ServiceError, Topic, Ttl,
 };
 use serde::Serialize;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 pub use spec::{Kind, Spec, check_name};
@@ -60,10 +61,13 @@ struct Inner {
     outcome_signal: watch::Sender<u64>,
     stop: watch::Sender<bool>,
     supervisor: Mutex<Option<JoinHandle<()>>>,
+    /// This server runs the processors (it holds the shared lock).
+    active: std::sync::atomic::AtomicBool,
 }
 
 struct Slot {
     proc_id: EventId,
+    user: Option<String>,
     status: Arc<Mutex<Status>>,
     stop: watch::Sender<Option<Stop>>,
     task: JoinHandle<()>,
@@ -78,6 +82,9 @@ pub(crate) enum Stop {
     Term(EventId),
     /// The server stops.
     Shutdown,
+    /// Its registering user was removed or lost the right to register
+    /// processors.
+    Revoked,
 }
 
 /// What became of a registration.
@@ -129,6 +136,10 @@ pub(crate) struct Ctx {
     pub(crate) spec: Spec,
     pub(crate) status: Arc<Mutex<Status>>,
     pub(crate) stop: watch::Receiver<Option<Stop>>,
+    /// What the position topic must still hold for the next commit to
+    /// land: a runner that lost its place to another (two servers, for a
+    /// moment) fails its commit instead of appending outputs twice.
+    pub(crate) fence: Mutex<Expect>,
 }
 
 /// How a runner's session ended.
@@ -151,9 +162,23 @@ impl Ctx {
         lifecycle(&self.service, &self.name, self.proc_id, what, extra).await;
     }
 
-    /// The principal it runs as, as of now.
+    /// The principal it runs as, as of now: its registering user must
+    /// still exist and still be allowed to register processors.
     pub(crate) fn who(&self) -> Result<Principal, String> {
-        self.service.processor_principal(self.user.as_deref()).map_err(|error| format!("its registering user: {error}"))
+        who(&self.service, &self.name, self.user.as_deref())
+    }
+
+    /// The expectation on the position topic for the next commit.
+    pub(crate) fn fence(&self) -> BTreeMap<Topic, Expect> {
+        let expect = *self.fence.lock().expect("fence lock");
+        BTreeMap::from([(position_topic(&self.name), expect)])
+    }
+
+    /// After a commit: its last event is the new position record.
+    pub(crate) fn committed(&self, events: &[Event]) {
+        if let Some(last) = events.last() {
+            *self.fence.lock().expect("fence lock") = Expect::UnchangedSince(last.id);
+        }
     }
 
     pub(crate) fn topic(&self, suffix: &str) -> Topic {
@@ -164,7 +189,7 @@ impl Ctx {
     pub(crate) fn position_event(&self, after: EventId) -> NewEvent {
         let meta = serde_json::json!({ "proc_id": self.proc_id.to_string(), "after": after.to_string() });
         NewEvent {
-            topic: Some(Topic::new(&format!("{PREFIX}{}.pos", self.name)).expect("valid topic")),
+            topic: Some(position_topic(&self.name)),
             meta: Some(meta.to_string()),
             ttl: Ttl::Last { n: 1 },
             ..NewEvent::default()
@@ -176,8 +201,10 @@ impl Ctx {
     /// stopped, or the registration itself; `first`: the beginning; an id:
     /// after it.
     pub(crate) async fn resume_after(&self) -> Result<Option<EventId>, ServiceError> {
-        let topic = Topic::new(&format!("{PREFIX}{}.pos", self.name)).expect("valid topic");
+        let topic = position_topic(&self.name);
         let last = self.service.last_entry(&Principal::Local, &topic).await?;
+        *self.fence.lock().expect("fence lock") =
+            last.as_ref().map_or(Expect::Empty, |item| Expect::UnchangedSince(item.event.id));
         let saved = last.and_then(|item| {
             let meta: serde_json::Value = serde_json::from_str(item.event.meta.as_deref()?).ok()?;
             let proc_id = EventId::parse(meta.get("proc_id")?.as_str()?).ok()?;
@@ -282,7 +309,60 @@ impl Ctx {
             Stop::Replaced(by) => self.lifecycle("replaced", serde_json::json!({ "by": by.to_string() })).await,
             Stop::Term(term) => self.lifecycle("fin.term", serde_json::json!({ "term_id": term.to_string() })).await,
             Stop::Shutdown => self.lifecycle("stopped", serde_json::json!({ "reason": "the server stopped" })).await,
+            Stop::Revoked => {
+                let reason = "its registering user was removed or may no longer register processors";
+                self.set(|status| status.last_exit = Some(reason.to_owned()));
+                self.lifecycle("fin.error", serde_json::json!({ "reason": reason, "restart": false })).await;
+            }
         }
+    }
+}
+
+/// `cairn.proc.<name>.pos`.
+fn position_topic(name: &str) -> Topic {
+    Topic::new(&format!("{PREFIX}{name}.pos")).expect("a checked name makes a valid topic")
+}
+
+/// The principal a processor of `user` runs as, if that user may still
+/// register processors.
+fn who(service: &Service, name: &str, user: Option<&str>) -> Result<Principal, String> {
+    let who = service.processor_principal(user).map_err(|error| format!("its registering user: {error}"))?;
+    let create = Topic::new(&format!("{PREFIX}{name}.create")).expect("a checked name makes a valid topic");
+    if !who.can_write(&create) {
+        return Err(format!("its registering user {} may no longer register processors", user.unwrap_or_default()));
+    }
+    Ok(who)
+}
+
+/// A follow run in a task of its own, its chunks through a channel: a
+/// `select!` may drop a `recv` at any time, but not a `Follow::next` that
+/// is loading payloads (what it took would be lost).
+pub(crate) fn follow_in_task(mut follow: Follow, max: usize) -> mpsc::Receiver<cairn_service::Result<Vec<Delivered>>> {
+    let (send, receive) = mpsc::channel(2);
+    tokio::spawn(async move {
+        loop {
+            let next = tokio::select! {
+                () = send.closed() => return,
+                next = follow.next(max) => next,
+            };
+            let failed = next.is_err();
+            if send.send(next).await.is_err() || failed {
+                return;
+            }
+        }
+    });
+    receive
+}
+
+/// How a session ends after a failed commit: as [`ended_by`], but a
+/// position moved by another runner (its fence) is a restart from the
+/// position as it is now.
+pub(crate) fn commit_failed(what: &str, error: ServiceError) -> Ended {
+    match error {
+        ServiceError::ExpectationFailed { .. } => {
+            Ended::Retry(format!("{what}: its position moved under it (another runner?); starting again from it"))
+        }
+        error => ended_by(what, error),
     }
 }
 
@@ -372,6 +452,7 @@ impl Procs {
                 outcome_signal: watch::channel(0).0,
                 stop,
                 supervisor: Mutex::new(None),
+                active: std::sync::atomic::AtomicBool::new(false),
             }),
         };
         let task = tokio::spawn(procs.clone().supervise());
@@ -386,7 +467,7 @@ impl Procs {
         // others wait to take over (the lock goes with a server's session).
         let _lock = loop {
             let attempt = tokio::select! {
-                _ = stopping.wait_for(|stop| *stop) => return,
+                () = until_true(&mut stopping) => return,
                 attempt = service.shared_lock("processors") => attempt,
             };
             match attempt {
@@ -395,12 +476,13 @@ impl Procs {
                 Err(error) => {
                     tracing::info!("processors: another server runs them ({error}); waiting to take over");
                     tokio::select! {
-                        _ = stopping.wait_for(|stop| *stop) => return,
+                        () = until_true(&mut stopping) => return,
                         () = tokio::time::sleep(Duration::from_secs(1)) => {}
                     }
                 }
             }
         };
+        self.inner.active.store(true, std::sync::atomic::Ordering::Relaxed);
         let since = service.last_id();
         match registrations(&service, &Principal::Local).await {
             Ok(found) => {
@@ -412,42 +494,62 @@ impl Procs {
             Err(error) => tracing::error!("processors: reading registrations: {error}"),
         }
         let pattern = Pattern::parse(&format!("{PREFIX}>")).expect("valid pattern");
-        let query = Query { after: Some(since), ..Query::new(pattern) };
         let options = FollowOptions { content: true, ..FollowOptions::default() };
-        let mut follow = match service.follow(&Principal::Local, query, options).await {
-            Ok(follow) => follow,
-            Err(error) => {
-                tracing::error!("processors: following registrations: {error}");
-                return;
-            }
-        };
-        loop {
-            let delivered = tokio::select! {
-                _ = stopping.wait_for(|stop| *stop) => break,
-                delivered = follow.next(64) => delivered,
-            };
-            let delivered = match delivered {
-                Ok(delivered) => delivered,
+        let mut sessions = service.session_changes();
+        let mut after = since;
+        'follow: loop {
+            let query = Query { after: Some(after), ..Query::new(pattern.clone()) };
+            let mut follow = match service.follow(&Principal::Local, query, options).await {
+                Ok(follow) => follow,
                 Err(ServiceError::ShuttingDown) => break,
                 Err(error) => {
-                    tracing::error!("processors: following registrations: {error}");
-                    break;
+                    tracing::error!("processors: following registrations: {error}; trying again");
+                    tokio::select! {
+                        () = until_true(&mut stopping) => break,
+                        () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    }
                 }
             };
-            for item in delivered {
-                let Delivered::Event(event, content) = item else { continue };
-                let Some(rest) = event.topic.as_str().strip_prefix(PREFIX) else { continue };
-                let Some((name, what)) = rest.split_once('.') else { continue };
-                if check_name(name).is_err() {
-                    continue;
-                }
-                match what {
-                    "create" => {
-                        let spec = Spec::parse(content.as_deref().unwrap_or_default());
-                        self.create(name, event.id, event.user.clone(), spec).await;
+            loop {
+                let delivered = tokio::select! {
+                    () = until_true(&mut stopping) => break 'follow,
+                    changed = sessions.changed() => {
+                        if changed.is_ok() {
+                            self.revoke().await;
+                        }
+                        continue;
                     }
-                    "term" => self.term(name, event.id).await,
-                    _ => {}
+                    delivered = follow.next(64) => delivered,
+                };
+                let delivered = match delivered {
+                    Ok(delivered) => delivered,
+                    Err(ServiceError::ShuttingDown) => break 'follow,
+                    Err(error) => {
+                        // One failed read must not stop every processor.
+                        tracing::error!("processors: following registrations: {error}; trying again");
+                        after = follow.cursor().max(after);
+                        tokio::select! {
+                            () = until_true(&mut stopping) => break 'follow,
+                            () = tokio::time::sleep(Duration::from_secs(1)) => continue 'follow,
+                        }
+                    }
+                };
+                for item in delivered {
+                    let Delivered::Event(event, content) = item else { continue };
+                    after = event.id;
+                    let Some(rest) = event.topic.as_str().strip_prefix(PREFIX) else { continue };
+                    let Some((name, what)) = rest.split_once('.') else { continue };
+                    if check_name(name).is_err() {
+                        continue;
+                    }
+                    match what {
+                        "create" => {
+                            let spec = Spec::parse(content.as_deref().unwrap_or_default());
+                            self.create(name, event.id, event.user.clone(), spec).await;
+                        }
+                        "term" => self.term(name, event.id).await,
+                        _ => {}
+                    }
                 }
             }
         }
@@ -457,7 +559,25 @@ impl Procs {
             let _ = slot.stop.send(Some(Stop::Shutdown));
         }
         for slot in slots {
-            let _ = slot.task.await;
+            join(slot.task).await;
+        }
+    }
+
+    /// Stops the processors whose registering user is gone or may no
+    /// longer register processors.
+    async fn revoke(&self) {
+        let revoked: Vec<Slot> = {
+            let mut table = self.inner.table.lock().expect("table lock");
+            let names: Vec<String> = table
+                .iter()
+                .filter(|(name, slot)| who(&self.inner.service, name, slot.user.as_deref()).is_err())
+                .map(|(name, _)| name.clone())
+                .collect();
+            names.iter().filter_map(|name| table.remove(name)).collect()
+        };
+        for slot in revoked {
+            let _ = slot.stop.send(Some(Stop::Revoked));
+            join(slot.task).await;
         }
     }
 
@@ -505,10 +625,11 @@ impl Procs {
             service: service.clone(),
             name: name.to_owned(),
             proc_id,
-            user,
+            user: user.clone(),
             spec,
             status: status.clone(),
             stop: stop_receiver,
+            fence: Mutex::new(Expect::Any),
         };
         // The program must start before anything is replaced.
         let prepared = match prepare(&ctx) {
@@ -522,7 +643,7 @@ impl Procs {
         let previous = self.inner.table.lock().expect("table lock").remove(name);
         if let Some(previous) = previous {
             let _ = previous.stop.send(Some(Stop::Replaced(proc_id)));
-            let _ = previous.task.await;
+            join(previous.task).await;
         }
         let pid = prepared.as_ref().map(|running| running.pid);
         ctx.set(|status| {
@@ -538,15 +659,25 @@ impl Procs {
                 Kind::Command => command::run(&mut ctx).await,
             }
         });
-        self.inner.table.lock().expect("table lock").insert(name.to_owned(), Slot { proc_id, status, stop, task });
+        self.inner
+            .table
+            .lock()
+            .expect("table lock")
+            .insert(name.to_owned(), Slot { proc_id, user, status, stop, task });
     }
 
     async fn term(&self, name: &str, term: EventId) {
         let slot = self.inner.table.lock().expect("table lock").remove(name);
         if let Some(slot) = slot {
             let _ = slot.stop.send(Some(Stop::Term(term)));
-            let _ = slot.task.await;
+            join(slot.task).await;
         }
+    }
+
+    /// Whether this server runs the processors (with several servers on
+    /// one database, one does).
+    pub fn is_active(&self) -> bool {
+        self.inner.active.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Waits up to `wait` for what became of registration `proc_id`.
@@ -594,6 +725,22 @@ impl Procs {
         if let Some(task) = task {
             let _ = task.await;
         }
+    }
+}
+
+/// Resolves once `signal` is true (or its sender is gone).
+async fn until_true(signal: &mut watch::Receiver<bool>) {
+    let _ = signal.wait_for(|value| *value).await;
+}
+
+/// Waits for a runner to end: it commits what it finished and stops its
+/// program within seconds; one that does not is aborted after 30 s (its
+/// program's process group is killed as its runner drops).
+async fn join(task: JoinHandle<()>) {
+    let abort = task.abort_handle();
+    if tokio::time::timeout(Duration::from_secs(30), task).await.is_err() {
+        tracing::warn!("processors: a runner did not stop within 30 s; aborted");
+        abort.abort();
     }
 }
 

@@ -8,6 +8,7 @@
 //! Reads answer "not found" for what the caller may not read, exactly as
 //! for what does not exist, so no answer tells an unreadable thing exists.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -16,7 +17,7 @@ pub use cairn_store::Item;
 use cairn_store::json::EventJson;
 use cairn_store::{
     Batch, Event, EventId, Expect, Hash, Imported, Limits, NewEvent, Pattern, Pending, Query, StoreStats, Topic,
-    TopicInfo, VerifyReport,
+    TopicInfo, Ttl, VerifyReport,
 };
 use cairn_store::{Reader, Storage, Store};
 use tokio::sync::watch;
@@ -315,6 +316,10 @@ impl Service {
         for event in &mut batch.events {
             let topic = event.topic.as_ref().ok_or_else(|| ServiceError::invalid("topic", "is required"))?;
             who.check_write(topic)?;
+            // Registrations are the audit trail of what runs: kept.
+            if topic.is_system() && event.ttl != Ttl::Forever {
+                return Err(ServiceError::invalid("ttl", format!("{topic}: registrations are kept (ttl forever)")));
+            }
             event.user.clone_from(&user);
         }
         for topic in batch.expect.keys() {
@@ -373,13 +378,28 @@ impl Service {
     /// Appends `batch` as [`Service::append`] does for `who`, with `system`
     /// events on the processors' own `cairn.proc.` topics in the same
     /// atomic batch (a handler's outputs and its position past the input
-    /// that caused them, so both commit or neither does).
-    pub async fn append_with_system(&self, who: &Principal, batch: Batch, system: Vec<NewEvent>) -> Result<Vec<Event>> {
+    /// that caused them, so both commit or neither does), under
+    /// `system_expect` (expectations on those topics only). The outputs may
+    /// not be store topics, registrations included: a processor never
+    /// registers processors.
+    pub async fn append_with_system(
+        &self,
+        who: &Principal,
+        batch: Batch,
+        system: Vec<NewEvent>,
+        system_expect: BTreeMap<Topic, Expect>,
+    ) -> Result<Vec<Event>> {
         self.admit(who)?;
         let user = who.user_name().map(str::to_owned);
         let mut batch = batch;
         for event in &mut batch.events {
             let topic = event.topic.as_ref().ok_or_else(|| ServiceError::invalid("topic", "is required"))?;
+            if topic.is_system() {
+                return Err(ServiceError::invalid(
+                    "topic",
+                    format!("{topic}: a processor's outputs may not be the store's own topics"),
+                ));
+            }
             who.check_write(topic)?;
             event.user.clone_from(&user);
         }
@@ -395,6 +415,12 @@ impl Service {
                 _ => return Err(ServiceError::invalid("topic", "system events here are the processors' own")),
             }
         }
+        for topic in system_expect.keys() {
+            if !system.iter().any(|event| event.topic.as_ref() == Some(topic)) {
+                return Err(ServiceError::invalid("expect", "names a topic of the system events only"));
+            }
+        }
+        batch.expect = system_expect;
         batch.events.extend(system);
         let pending = self.inner.storage.submit(batch, true).await?;
         Ok(pending.await?)

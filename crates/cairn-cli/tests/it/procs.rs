@@ -69,8 +69,14 @@ fn a_handler_killed_mid_stream_and_a_server_killed_mid_stream_give_each_output_o
     );
     assert_eq!(created[0]["state"], "active", "{created:?}");
     let inputs = 600;
-    let batch: String =
-        (0..inputs).map(|i| format!("{{\"topic\":\"in.{}\",\"content\":\"event {i}\"}}\n", i % 3)).collect();
+    // Every tenth payload is over the inline limit, so it is loaded from
+    // the content store while outputs arrive.
+    let batch: String = (0..inputs)
+        .map(|i| {
+            let content = if i % 10 == 0 { format!("event {i} {}", "z".repeat(10_000)) } else { format!("event {i}") };
+            format!("{{\"topic\":\"in.{}\",\"content\":\"{content}\"}}\n", i % 3)
+        })
+        .collect();
     cairn.ok(&["append", "--batch"], batch.as_bytes());
     // Kill the handler once it is under way: it restarts and goes on.
     wait_for(Duration::from_secs(20), "the first outputs", || !events(&cairn, "upper.out").is_empty());
@@ -156,6 +162,15 @@ fn inputs_without_outputs_advance_and_a_broken_line_stops_the_handler() {
     assert!(meta(error, "reason").contains("not a JSON event line"), "{error}");
     assert_eq!(listed(&cairn, "broken")["state"], "failed");
     assert!(events(&cairn, "broken.out").is_empty());
+    // A handler registered through the socket cannot register processors
+    // by its outputs: the store's topics are not outputs.
+    let sneaky = r#"while read -r l; do echo '{"topic":"cairn.proc.evil.create","content":"{\"kind\":\"generator\",\"sh\":\"true\"}"}'; echo; done"#;
+    cairn.ok(&["proc", "create", "sneaky", "--kind", "handler", "--topics", "s", "--sh", sneaky], b"");
+    cairn.ok(&["append", "s"], b"x");
+    wait_for(Duration::from_secs(10), "fin.error", || !events(&cairn, "cairn.proc.sneaky.fin.error").is_empty());
+    let error = &events(&cairn, "cairn.proc.sneaky.fin.error")[0];
+    assert!(meta(error, "reason").contains("may not be the store's own topics"), "{error}");
+    assert!(events(&cairn, "cairn.proc.evil.>").is_empty());
     drop(server);
 }
 
@@ -188,6 +203,18 @@ fn generators_restart_with_backoff_and_duplex_ones_echo() {
     let count = events(&cairn, "flaky.recv").len();
     std::thread::sleep(Duration::from_millis(600));
     assert_eq!(events(&cairn, "flaky.recv").len(), count, "a terminated generator stays stopped");
+
+    // A duplex generator that never reads its stdin holds back its sends,
+    // not the server: it stops promptly.
+    cairn.ok(&["proc", "create", "deaf", "--kind", "generator", "--duplex", "--", "sleep", "60"], b"");
+    let sends: String =
+        (0..200).map(|i| format!("{{\"topic\":\"deaf.send\",\"content\":\"{i} {}\"}}\n", "y".repeat(2000))).collect();
+    cairn.ok(&["append", "--batch"], sends.as_bytes());
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    cairn.ok(&["proc", "term", "deaf"], b"");
+    assert!(started.elapsed() < Duration::from_secs(8), "term took {:?}", started.elapsed());
+    assert!(!events(&cairn, "cairn.proc.deaf.fin.term").is_empty());
 
     cairn.ok(&["proc", "create", "echo", "--kind", "generator", "--duplex", "--", "cat"], b"");
     cairn.ok(&["append", "echo.send"], b"ping");
@@ -290,6 +317,21 @@ fn only_the_socket_admins_and_named_grants_register_and_a_broken_replacement_kee
     assert!(meta(failure, "reason").contains("may not write opsgen.recv"), "{failure}");
     let listed_by_writer: serde_json::Value = runtime.block_on(call(&writer, "GET", "/v1/procs", &[], "")).json();
     assert_eq!(listed_by_writer.as_array().unwrap().len(), 2, "readers of cairn.proc.> see the processors");
+
+    // A registration is kept: no retention on it, by any route.
+    let expiring =
+        r#"[{"topic":"cairn.proc.w.create","ttl":"last:1","content":"{\"kind\":\"generator\",\"sh\":\"true\"}"}]"#;
+    let reply = post(&root, "/v1/batch", expiring);
+    assert_eq!(reply.status, 400, "{}", String::from_utf8_lossy(&reply.body));
+    // A processor stops when its user may no longer register processors.
+    let spec =
+        r#"{"kind":"generator","lines":"json","sh":"echo '{\"topic\":\"ops.x\",\"content\":\"hi\"}'; sleep 60"}"#;
+    assert_eq!(post(&ops, "/v1/procs/opsok", spec).status, 201);
+    wait_for(Duration::from_secs(10), "its line", || !events(&cairn, "ops.x").is_empty());
+    let removed = runtime.block_on(call(&root, "DELETE", "/v1/users/ops", &[], ""));
+    assert_eq!(removed.status, 204, "{}", String::from_utf8_lossy(&removed.body));
+    wait_for(Duration::from_secs(10), "its stop", || !events(&cairn, "cairn.proc.opsok.fin.error").is_empty());
+    assert!(listed(&cairn, "opsok").is_null(), "no longer listed");
 
     // A replacement that cannot start leaves the running one alone.
     let first = listed(&cairn, "good")["proc_id"].as_str().unwrap().to_owned();

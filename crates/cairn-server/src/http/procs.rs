@@ -62,6 +62,11 @@ pub(crate) async fn create(
             json["reason"] = "this server runs no processors (--no-procs)".into();
             StatusCode::ACCEPTED
         }
+        Some(procs) if !procs.is_active() => {
+            json["state"] = "registered".into();
+            json["reason"] = "another server on this database runs the processors".into();
+            StatusCode::ACCEPTED
+        }
         Some(procs) => match procs.outcome(create.id, OUTCOME_WAIT).await {
             Some(outcome) if outcome.state == "invalid" => {
                 let reason = outcome.reason.unwrap_or_default();
@@ -81,7 +86,8 @@ pub(crate) async fn create(
 }
 
 /// `DELETE /v1/procs/{name}`: stops a processor (appends its term); 204
-/// once it stopped.
+/// once it stopped here, 202 when another server runs the processors or
+/// it is still stopping after 10 s.
 pub(crate) async fn term(
     AxumState(app): State,
     Who(principal): Who,
@@ -93,10 +99,16 @@ pub(crate) async fn term(
     let topic = Topic::new(&format!("{}{name}.term", cairn_proc::PREFIX))?;
     let event = NewEvent { topic: Some(topic), ..NewEvent::default() };
     app.service.append(&principal, Batch::single(event, Expect::Any)).await?;
-    if let Some(procs) = &app.procs {
-        procs.wait_gone(&name, Duration::from_secs(10)).await;
+    match &app.procs {
+        Some(procs) if procs.is_active() && procs.wait_gone(&name, Duration::from_secs(10)).await => {
+            Ok(super::no_content())
+        }
+        _ => Ok(json_response(
+            StatusCode::ACCEPTED,
+            to_json(&serde_json::json!({ "name": name, "state": "stopping" })),
+            None,
+        )),
     }
-    Ok(super::no_content())
 }
 
 /// `GET /v1/procs/{name}/logs`: the processor's stderr lines
