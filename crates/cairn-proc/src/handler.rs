@@ -36,8 +36,8 @@ const COMMIT_EVENTS_MAX: usize = 4096;
 const COMMIT_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// One input may cause at most this many outputs ...
 const OUTPUTS_PER_INPUT_MAX: usize = limits::BATCH_EVENTS_MAX / 2;
-/// ... of at most this many bytes of payload together.
-const OUTPUT_BYTES_PER_INPUT_MAX: usize = 64 * 1024 * 1024;
+/// ... of at most this many bytes together (a record holds 32 MiB).
+const OUTPUT_BYTES_PER_INPUT_MAX: usize = 24 * 1024 * 1024;
 /// A position with no outputs waits this long for company.
 const POSITION_EVERY: Duration = Duration::from_millis(200);
 
