@@ -33,7 +33,8 @@ pub struct ServeArgs {
     /// tls_key, insecure_no_auth, max_connections, header_timeout,
     /// body_timeout, shutdown_grace, compat_topic, allow_host, allow_origin,
     /// cors_origin, resp, no_resp, resp_require_auth, resp_command_bytes_max,
-    /// resp_unauthenticated_bytes_max, allow_delete, no_procs, compact_ratio,
+    /// resp_unauthenticated_bytes_max, allow_delete, no_procs, http_app,
+    /// http_app_timeout, http_app_ttl, compact_ratio,
     /// no_compress, segment_bytes, postgres). Flags and environment
     /// variables win.
     #[arg(long, env = "CAIRN_CONFIG", value_name = "FILE")]
@@ -152,6 +153,23 @@ pub struct ServeArgs {
     #[arg(long, env = "CAIRN_NO_PROCS")]
     pub no_procs: bool,
 
+    /// Serve HTTP from the store on this TCP address: every request becomes
+    /// an `http.request` event, and the `http.response` event(s) whose meta
+    /// `request_id` names it answer it (any handler can serve the app).
+    /// No authentication: it is the app's own door. [config: http_app]
+    #[arg(long, env = "CAIRN_HTTP_APP", value_name = "ADDR")]
+    pub http_app: Option<SocketAddr>,
+
+    /// How long an app request waits for its first `http.response` before
+    /// a 504. [default: 30s] [config: http_app_timeout]
+    #[arg(long, env = "CAIRN_HTTP_APP_TIMEOUT", value_name = "DURATION")]
+    pub http_app_timeout: Option<String>,
+
+    /// Retention of `http.request` and `http.disconnect` events (they come
+    /// from anyone who reaches the app's port). [default: time:1d] [config: http_app_ttl]
+    #[arg(long, env = "CAIRN_HTTP_APP_TTL", value_name = "TTL")]
+    pub http_app_ttl: Option<String>,
+
     /// Rewrite a sealed log segment without its removed events (rm, XDEL,
     /// trims, retention) once they make this share of its bytes: a number
     /// from 0 to 1, or `off` (then only `cairn compact` does it, and compresses).
@@ -198,6 +216,9 @@ struct ConfigFile {
     resp_unauthenticated_bytes_max: Option<usize>,
     allow_delete: Option<bool>,
     no_procs: Option<bool>,
+    http_app: Option<SocketAddr>,
+    http_app_timeout: Option<String>,
+    http_app_ttl: Option<String>,
     compact_ratio: Option<toml::Value>,
     segment_bytes: Option<u64>,
     no_compress: Option<bool>,
@@ -247,6 +268,9 @@ pub struct Config {
     pub allow_delete: bool,
     /// Processors run in this server.
     pub procs: bool,
+    /// HTTP served from the store: its address, first-response timeout and
+    /// the retention of its request events.
+    pub http_app: Option<(SocketAddr, Duration, cairn_service::Ttl)>,
     /// Background compaction's threshold (`None`: off).
     pub compact_ratio: Option<f64>,
     /// Size at which the log rolls to a new segment.
@@ -279,6 +303,20 @@ impl Config {
                 Some(text) => cairn_service::parse_duration_ms(&text)
                     .map(Duration::from_millis)
                     .map_err(|rule| anyhow::anyhow!("invalid {name}: {rule}")),
+            }
+        };
+        let http_app = match args.http_app.or(file.http_app) {
+            None => None,
+            Some(addr) => {
+                let timeout = duration(
+                    "http_app_timeout",
+                    args.http_app_timeout.or(file.http_app_timeout),
+                    Duration::from_secs(30),
+                )?;
+                let ttl = args.http_app_ttl.or(file.http_app_ttl).unwrap_or_else(|| "time:1d".to_owned());
+                let ttl = cairn_service::Ttl::parse(&ttl)
+                    .map_err(|error| anyhow::anyhow!("invalid http_app_ttl: {error}"))?;
+                Some((addr, timeout, ttl))
             }
         };
         let max_connections = args.max_connections.or(file.max_connections).unwrap_or(MAX_CONNECTIONS_DEFAULT);
@@ -378,6 +416,7 @@ impl Config {
             resp_unauthenticated_bytes_max,
             allow_delete: args.allow_delete || file.allow_delete.unwrap_or(false),
             procs: !(args.no_procs || file.no_procs.unwrap_or(false)),
+            http_app,
         })
     }
 }

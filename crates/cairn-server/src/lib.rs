@@ -16,6 +16,7 @@
 //! - `config.rs`: flags, environment, TOML file.
 //! - `metrics.rs`: counters for `/metrics`.
 
+mod app;
 mod config;
 mod http;
 mod listen;

@@ -155,6 +155,15 @@ pub async fn serve(config: Config, until: impl Future<Output = ()>, ready: impl 
             Some((listener, bound))
         }
     };
+    let http_app = match config.http_app {
+        None => None,
+        Some((addr, timeout, ttl)) => {
+            let listener = listen::bind_tcp(addr)
+                .with_context(|| format!("listen for the app served from the store on {addr} (--http-app)"))?;
+            addresses.push(format!("app:http://{}", listener.local_addr()?));
+            Some((listener, timeout, ttl))
+        }
+    };
     let resp_bound = resp.as_ref().map(|(_, bound)| *bound);
     let resp = resp.map(|(listener, _)| listener);
     let (stop, stopping) = watch::channel(false);
@@ -176,6 +185,10 @@ pub async fn serve(config: Config, until: impl Future<Output = ()>, ready: impl 
     let router = crate::http::router(app.clone());
     let resp_accepting =
         resp.map(|listener| tokio::spawn(crate::resp::accept(app.clone(), listener, stopping.clone())));
+    let app_serving = http_app.map(|(listener, timeout, ttl)| {
+        let limits = (app.config.max_connections, app.config.header_timeout, app.config.body_timeout);
+        tokio::spawn(crate::app::serve(app.service.clone(), listener, (timeout, ttl), limits, stopping.clone()))
+    });
     let accepting = tokio::spawn(listen::accept(app.clone(), router, Listeners { unix, tcp }, stopping));
     ready(&addresses);
     until.await;
@@ -188,6 +201,9 @@ pub async fn serve(config: Config, until: impl Future<Output = ()>, ready: impl 
     accepting.await?;
     if let Some(resp_accepting) = resp_accepting {
         resp_accepting.await?;
+    }
+    if let Some(app_serving) = app_serving {
+        app_serving.await?;
     }
     let stop_meta = serde_json::json!({ "pid": std::process::id() });
     app.service.append_system("cairn.stop", stop_meta).await.context("append cairn.stop")?;

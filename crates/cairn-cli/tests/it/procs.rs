@@ -352,3 +352,113 @@ fn only_the_socket_admins_and_named_grants_register_and_a_broken_replacement_kee
     assert_eq!(post(&root, "/v1/procs/a.b", spec).status, 400);
     drop(server);
 }
+
+/// A python3 handler serving the app: `/events` streams three server-sent
+/// events, `/forever` starts a stream and never ends it, `/bad` answers
+/// with a status HTTP has not, anything else echoes the path and body.
+const WEB_HANDLER: &str = r#"
+import json, sys
+def out(request, content, more=False, **meta):
+    meta["request_id"] = request["id"]
+    if more:
+        meta["more"] = True
+    print(json.dumps({"topic": "http.response", "meta": meta, "content": content}))
+for line in sys.stdin:
+    request = json.loads(line)
+    path = request["meta"]["path"]
+    if path == "/events":
+        out(request, "", more=True, headers={"content-type": "text/event-stream"})
+        for n in range(3):
+            out(request, "data: %d\n\n" % n, more=True)
+        out(request, "")
+    elif path == "/forever":
+        out(request, "data: start\n\n", more=True, headers={"content-type": "text/event-stream"})
+    elif path == "/bad":
+        out(request, "", status=99)
+    else:
+        out(request, "%s %s" % (path, request.get("content", "")), status=201, headers={"x-app": ["a", "b"]})
+    print()
+    sys.stdout.flush()
+"#;
+
+fn curl(args: &[&str]) -> (String, String) {
+    let output =
+        std::process::Command::new("curl").args(["-s", "-S", "-D", "/dev/stderr"]).args(args).output().unwrap();
+    (String::from_utf8_lossy(&output.stdout).into_owned(), String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
+#[test]
+fn http_requests_are_served_by_a_handler_from_the_store() {
+    let cairn = Cairn::new();
+    let server = Server::start_raw(
+        &cairn,
+        &["serve", "--no-resp", "--http-app", "127.0.0.1:0", "--http-app-timeout", "1s", "--max-connections", "64"],
+    );
+    let app = server.app().to_owned();
+    // Nobody serves it yet: 504 after the timeout, the request kept.
+    let (body, head) = curl(&[&format!("{app}/nobody")]);
+    assert!(head.starts_with("HTTP/1.1 504"), "{head}");
+    assert!(body.contains("no http.response"), "{body}");
+    let script = cairn.store().parent().unwrap().join("web.py");
+    std::fs::write(&script, WEB_HANDLER).unwrap();
+    cairn.ok(
+        &[
+            "proc",
+            "create",
+            "web",
+            "--kind",
+            "handler",
+            "--topics",
+            "http.request",
+            "--",
+            "python3",
+            script.to_str().unwrap(),
+        ],
+        b"",
+    );
+
+    let (body, head) = curl(&["-X", "POST", "--data-binary", "hello", &format!("{app}/echo/me?x=1")]);
+    assert!(head.starts_with("HTTP/1.1 201"), "{head}");
+    assert!(head.contains("x-app: a") && head.contains("x-app: b"), "{head}");
+    assert_eq!(body, "/echo/me hello");
+    let requests = events(&cairn, "http.request");
+    let last = requests.last().unwrap();
+    assert_eq!(last["meta"]["method"], "POST");
+    assert_eq!(last["meta"]["query"], "x=1");
+    assert_eq!(last["meta"]["headers"]["content-length"], "5");
+    assert!(last["meta"]["remote"].as_str().unwrap().starts_with("127.0.0.1:"));
+    assert_eq!(last["ttl"], "time:1d");
+
+    // A streamed response: server-sent events, chunk by chunk.
+    let (body, head) = curl(&["-N", &format!("{app}/events")]);
+    assert!(head.contains("content-type: text/event-stream"), "{head}");
+    assert_eq!(body, "data: 0\n\ndata: 1\n\ndata: 2\n\n");
+
+    // A response HTTP cannot carry is the app's fault: 502.
+    let (_, head) = curl(&[&format!("{app}/bad")]);
+    assert!(head.starts_with("HTTP/1.1 502"), "{head}");
+
+    // A client that goes away mid-stream: http.disconnect names its request.
+    let (body, _) = curl(&["-N", "-m", "1", &format!("{app}/forever")]);
+    assert_eq!(body, "data: start\n\n");
+    wait_for(Duration::from_secs(10), "http.disconnect", || !events(&cairn, "http.disconnect").is_empty());
+    let forever = events(&cairn, "http.request").into_iter().find(|event| event["meta"]["path"] == "/forever").unwrap();
+    let disconnect = &events(&cairn, "http.disconnect")[0];
+    assert_eq!(meta(disconnect, "request_id"), forever["id"].as_str().unwrap());
+    // Finished responses leave no disconnect behind.
+    assert_eq!(events(&cairn, "http.disconnect").len(), 1);
+
+    // Hostile clients: a body over the payload limit is refused unread,
+    // and malformed requests get a 400 without touching the store.
+    let (_, head) =
+        curl(&["-X", "POST", "-H", "content-length: 999999999", "--data-binary", "x", &format!("{app}/big")]);
+    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+    let before = events(&cairn, "http.request").len();
+    let mut stream = std::net::TcpStream::connect(app.trim_start_matches("http://")).unwrap();
+    std::io::Write::write_all(&mut stream, b"NOT HTTP AT ALL\r\n\r\n").unwrap();
+    let mut reply = String::new();
+    let _ = std::io::Read::read_to_string(&mut stream, &mut reply);
+    assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
+    assert_eq!(events(&cairn, "http.request").len(), before);
+    drop(server);
+}

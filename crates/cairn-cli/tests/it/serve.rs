@@ -18,6 +18,7 @@ pub struct Server {
     socket: PathBuf,
     url: Option<String>,
     resp: Option<std::net::SocketAddr>,
+    app: Option<String>,
 }
 
 impl Server {
@@ -48,24 +49,36 @@ impl Server {
                 }
             }
         });
-        let (mut socket, mut url, mut resp) = (None, None, None);
+        let (mut socket, mut url, mut resp, mut app) = (None, None, None, None);
+        let wants_app = command.get_args().any(|arg| arg == "--http-app");
         let deadline = Instant::now() + Duration::from_secs(20);
         let wants_tcp = args.iter().any(|arg| arg == "--http");
         let wants_resp =
             !args.iter().any(|arg| arg == "--no-resp") && command.get_envs().all(|(k, _)| k != "CAIRN_NO_RESP");
-        while socket.is_none() || (wants_tcp && url.is_none()) || (wants_resp && resp.is_none()) {
+        while socket.is_none()
+            || (wants_tcp && url.is_none())
+            || (wants_resp && resp.is_none())
+            || (wants_app && app.is_none())
+        {
             let line = receiver
                 .recv_timeout(deadline.saturating_duration_since(Instant::now()))
                 .expect("server did not start");
             if let Some(path) = line.strip_prefix("cairn: listening on unix:") {
                 socket = Some(PathBuf::from(path));
+            } else if let Some(address) = line.strip_prefix("cairn: listening on app:") {
+                app = Some(address.to_owned());
             } else if let Some(address) = line.strip_prefix("cairn: listening on redis://") {
                 resp = Some(address.parse().unwrap());
             } else if let Some(address) = line.strip_prefix("cairn: listening on ") {
                 url = Some(address.to_owned());
             }
         }
-        Server { child: Some(child), socket: socket.unwrap(), url, resp }
+        Server { child: Some(child), socket: socket.unwrap(), url, resp, app }
+    }
+
+    /// The app's address (`--http-app`), as `http://host:port`.
+    pub fn app(&self) -> &str {
+        self.app.as_deref().expect("the server serves an app (--http-app)")
     }
 
     /// The Redis-protocol address.
