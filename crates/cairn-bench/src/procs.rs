@@ -5,7 +5,10 @@
 //!   batch), next to the program fed the same lines through a pipe;
 //! - a command's latency from the durable append of a call to its
 //!   response reaching a follower, next to spawning the same program with
-//!   the call on stdin.
+//!   the call on stdin;
+//! - a request to the app served from the store (`--http-app`) through a
+//!   handler (its request and its response each a durable commit), next
+//!   to one durable append through the HTTP API.
 
 use std::io::Write as _;
 use std::process::{Command, Stdio};
@@ -34,9 +37,14 @@ impl Bench {
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
         let (mut cairn_rates, mut raw_rates) = (Vec::new(), Vec::new());
         let (mut latency, mut spawn) = (Samples::default(), Samples::default());
+        let (mut served, mut appended) = (Samples::default(), Samples::default());
         for round in 0..rounds {
             let server = Running::start_with(
-                cairn_server::ServeArgs { no_resp: true, ..cairn_server::ServeArgs::default() },
+                cairn_server::ServeArgs {
+                    no_resp: true,
+                    http_app: Some("127.0.0.1:0".parse()?),
+                    ..cairn_server::ServeArgs::default()
+                },
                 self.fresh_dir(&format!("procs-{round}")),
                 "always",
             )?;
@@ -45,6 +53,15 @@ impl Bench {
             cairn_rates.push(runtime.block_on(handler(&client))?);
             spawn.extend(raw_command()?);
             latency.extend(runtime.block_on(command(&client))?);
+            let app = server
+                .addresses
+                .iter()
+                .find_map(|address| address.strip_prefix("app:"))
+                .context("the app's address")?
+                .to_owned();
+            let (app_samples, append_samples) = runtime.block_on(http_app(&client, &app))?;
+            served.extend(app_samples);
+            appended.extend(append_samples);
         }
         let median = |rates: &mut Vec<f64>| {
             rates.sort_by(f64::total_cmp);
@@ -70,6 +87,16 @@ impl Bench {
         );
         let p50 = spawn.quantile(0.5);
         row("proc: baseline, spawn the same program with the call on stdin", &p50, Some(&mut spawn), None, None);
+        let p50 = served.quantile(0.5);
+        row(
+            &format!("proc: http app, GET through a handler (python3), {CALLS} requests x {rounds}"),
+            &p50,
+            Some(&mut served),
+            None,
+            None,
+        );
+        let p50 = appended.quantile(0.5);
+        row("proc: baseline, one durable append through the HTTP API (socket)", &p50, Some(&mut appended), None, None);
         Ok(())
     }
 }
@@ -157,4 +184,33 @@ async fn command(client: &Client) -> Result<Samples> {
     }
     client.request("DELETE", "/v1/procs/c", &[], RequestBody::from(Vec::new())).await?;
     Ok(samples)
+}
+
+/// The app's handler: answers each request with its path.
+const WEB: &str = r#"
+import json, sys
+for line in sys.stdin:
+    request = json.loads(line)
+    print(json.dumps({"topic": "http.response", "meta": {"request_id": request["id"]}, "content": request["meta"]["path"]}))
+    print()
+    sys.stdout.flush()
+"#;
+
+async fn http_app(client: &Client, app: &str) -> Result<(Samples, Samples)> {
+    let spec = serde_json::json!({ "kind": "handler", "run": ["python3", "-c", WEB], "topics": ["http.request"] });
+    let reply = client.request("POST", "/v1/procs/web", &[], RequestBody::from(spec.to_string().into_bytes())).await?;
+    ensure!(reply.status == 201, "registering the app's handler: {}", reply.status);
+    let web = Client::tcp(app, None)?;
+    let (mut served, mut appended) = (Samples::default(), Samples::default());
+    for _ in 0..CALLS {
+        let started = Instant::now();
+        let reply = web.request("GET", "/hello", &[], RequestBody::from(Vec::new())).await?;
+        ensure!(reply.bytes().await?.as_ref() == b"/hello", "the app answered something else");
+        served.push(started.elapsed());
+        let started = Instant::now();
+        client.request("POST", "/v1/topics/b/events", &[], RequestBody::from(b"x".to_vec())).await?;
+        appended.push(started.elapsed());
+    }
+    client.request("DELETE", "/v1/procs/web", &[], RequestBody::from(Vec::new())).await?;
+    Ok((served, appended))
 }
