@@ -33,7 +33,7 @@ pub struct ServeArgs {
     /// tls_key, insecure_no_auth, max_connections, header_timeout,
     /// body_timeout, shutdown_grace, compat_topic, allow_host, allow_origin,
     /// cors_origin, resp, no_resp, resp_require_auth, resp_command_bytes_max,
-    /// resp_unauthenticated_bytes_max, allow_delete, no_procs, http_app,
+    /// resp_unauthenticated_bytes_max, allow_delete, no_procs, mount, http_app,
     /// http_app_timeout, http_app_ttl, compact_ratio,
     /// no_compress, segment_bytes, postgres). Flags and environment
     /// variables win.
@@ -153,6 +153,13 @@ pub struct ServeArgs {
     #[arg(long, env = "CAIRN_NO_PROCS")]
     pub no_procs: bool,
 
+    /// Also serve the store directory DIR as NAME, on its own socket
+    /// (DIR/cairn.sock) with its own users and processors; repeat for more.
+    /// More come and go while the server runs (POST/DELETE /v1/mounts).
+    /// [config: mount]
+    #[arg(long = "mount", env = "CAIRN_MOUNT", value_name = "NAME=DIR", value_delimiter = ',')]
+    pub mounts: Vec<String>,
+
     /// Serve HTTP from the store on this TCP address: every request becomes
     /// an `http.request` event, and the `http.response` event(s) whose meta
     /// `request_id` names it answer it (any handler can serve the app).
@@ -216,6 +223,7 @@ struct ConfigFile {
     resp_unauthenticated_bytes_max: Option<usize>,
     allow_delete: Option<bool>,
     no_procs: Option<bool>,
+    mount: Option<Vec<String>>,
     http_app: Option<SocketAddr>,
     http_app_timeout: Option<String>,
     http_app_ttl: Option<String>,
@@ -268,6 +276,8 @@ pub struct Config {
     pub allow_delete: bool,
     /// Processors run in this server.
     pub procs: bool,
+    /// Further store directories served, by name.
+    pub mounts: Vec<(String, PathBuf)>,
     /// HTTP served from the store: its address, first-response timeout and
     /// the retention of its request events.
     pub http_app: Option<(SocketAddr, Duration, cairn_service::Ttl)>,
@@ -319,6 +329,17 @@ impl Config {
                 Some((addr, timeout, ttl))
             }
         };
+        let mounts = if args.mounts.is_empty() { file.mount.unwrap_or_default() } else { args.mounts };
+        let mounts = mounts
+            .iter()
+            .map(|given| {
+                let (name, dir) = given
+                    .split_once('=')
+                    .ok_or_else(|| anyhow::anyhow!("invalid mount {given:?}: expected NAME=DIR"))?;
+                crate::mounts::check_name(name).map_err(|rule| anyhow::anyhow!("invalid mount: {rule}"))?;
+                Ok((name.to_owned(), std::path::absolute(dir)?))
+            })
+            .collect::<Result<Vec<_>>>()?;
         let max_connections = args.max_connections.or(file.max_connections).unwrap_or(MAX_CONNECTIONS_DEFAULT);
         if max_connections == 0 {
             bail!("invalid max_connections: must be at least 1");
@@ -416,6 +437,7 @@ impl Config {
             resp_unauthenticated_bytes_max,
             allow_delete: args.allow_delete || file.allow_delete.unwrap_or(false),
             procs: !(args.no_procs || file.no_procs.unwrap_or(false)),
+            mounts,
             http_app,
         })
     }

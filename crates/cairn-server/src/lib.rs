@@ -21,6 +21,7 @@ mod config;
 mod http;
 mod listen;
 mod metrics;
+mod mounts;
 mod resp;
 mod server;
 

@@ -32,6 +32,8 @@ pub(crate) struct App {
     pub(crate) pubsub: crate::resp::pubsub::Broker,
     /// The processors' supervisor (none with `--no-procs`).
     pub(crate) procs: Option<cairn_proc::Procs>,
+    /// Further stores this server serves on their own sockets.
+    pub(crate) mounts: crate::mounts::Mounts,
 }
 
 impl App {
@@ -177,7 +179,12 @@ pub async fn serve(config: Config, until: impl Future<Output = ()>, ready: impl 
         stopping: stopping.clone(),
         pubsub: Default::default(),
         procs,
+        mounts: crate::mounts::Mounts::default(),
     });
+    for (name, dir) in &app.config.mounts {
+        app.mounts.mount(&app.config, name, dir.clone()).await.with_context(|| format!("mount {name}"))?;
+    }
+    app.mounts.restore(&app.config, &app.service).await;
     let start =
         serde_json::json!({ "version": env!("CARGO_PKG_VERSION"), "pid": std::process::id(), "listen": addresses });
     app.service.append_system("cairn.start", start).await.context("append cairn.start")?;
@@ -197,6 +204,7 @@ pub async fn serve(config: Config, until: impl Future<Output = ()>, ready: impl 
     if let Some(procs) = &app.procs {
         procs.shutdown().await;
     }
+    app.mounts.shutdown().await;
     app.service.shutdown();
     accepting.await?;
     if let Some(resp_accepting) = resp_accepting {

@@ -426,6 +426,22 @@ impl Service {
         Ok(pending.await?)
     }
 
+    /// Refuses who is not an admin (or the socket), for server state the
+    /// service does not hold (the server's mounts).
+    pub fn check_admin(&self, who: &Principal) -> Result<()> {
+        self.admit(who)?;
+        who.check_admin()
+    }
+
+    /// Records a change of the server's mounts (`cairn.mounts`: further
+    /// store directories the server serves, each on its own socket);
+    /// admins and the socket only. `meta` is the change.
+    pub async fn record_mount(&self, who: &Principal, meta: serde_json::Value) -> Result<Event> {
+        self.admit(who)?;
+        who.check_admin()?;
+        self.append_system("cairn.mounts", meta).await
+    }
+
     /// The lock named `name` that every server on the same storage shares
     /// (PostgreSQL), held until the guard drops; `None` where one process
     /// owns the storage. For work that one server of several must do

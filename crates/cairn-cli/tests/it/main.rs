@@ -16,6 +16,7 @@ mod errors;
 mod hostile;
 mod http;
 mod lifecycle;
+mod mounts;
 mod postgres;
 mod procs;
 mod redis_clients;

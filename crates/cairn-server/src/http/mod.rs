@@ -17,6 +17,7 @@ mod consumers;
 pub(crate) mod error;
 mod events;
 mod groups;
+mod mounts;
 pub(crate) mod openapi;
 mod procs;
 mod stream;
@@ -71,6 +72,8 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/v1/backup", post(admin::backup))
         .route("/v1/compact", post(admin::compact))
         .route("/v1/export/extras", get(admin::export_extras))
+        .route("/v1/mounts", get(mounts::list))
+        .route("/v1/mounts/{name}", post(mounts::mount).delete(mounts::unmount))
         .route("/v1/procs", get(procs::list))
         .route("/v1/procs/{name}", post(procs::create).delete(procs::term))
         .route("/v1/procs/{name}/logs", get(procs::logs))

@@ -126,6 +126,19 @@ pub(crate) const ROUTES: &[(&str, &str, &str, &[QueryParams])] = &[
         "Rewrite sealed log segments without their removed events, where those make at least ?ratio= (0 to 1, default 0) of a segment (admin).",
         &[],
     ),
+    ("get", "/v1/mounts", "The store directories this server serves besides its own (admins).", &[]),
+    (
+        "post",
+        "/v1/mounts/{name}",
+        "Serve the store directory {\"dir\": \"/absolute/path\"} as {name}, on its own socket dir/cairn.sock with its own users and processors (admins); kept across restarts.",
+        &[],
+    ),
+    (
+        "delete",
+        "/v1/mounts/{name}",
+        "Stop serving mount {name}: its requests finish, its processors stop, its store closes (admins).",
+        &[],
+    ),
     (
         "get",
         "/v1/procs",
