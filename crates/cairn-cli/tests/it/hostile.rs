@@ -206,6 +206,8 @@ async fn a_hostile_user_over_http_reaches_nothing_of_another_user() {
         "/v1/procs",
         "/v1/procs/{}",
         "/v1/procs/{}/logs",
+        "/v1/mounts",
+        "/v1/mounts/{}",
         "/metrics",
         "/events",
         "/events/{}",
@@ -242,6 +244,7 @@ async fn a_hostile_user_over_http_reaches_nothing_of_another_user() {
         r#"{"user":"alice","password":"wrong"}"#.into(),
         r#"{"kind":"generator","sh":"echo pwned"}"#.into(),
         r#"[{"topic":"cairn.proc.billing.term"}]"#.into(),
+        r#"{"dir":"/tmp/bob-mount"}"#.into(),
     ];
     const CREDENTIALS: &[&str] = &["bob:bob-pw", "bob:bob-pw", "bob:bob-pw", "", "bearer"];
     let bob_token = {
