@@ -184,6 +184,12 @@ pub struct AppendArgs {
     /// Read NDJSON events from stdin ({"topic", "type"?, "meta"?, "content"|"content_base64"?, "ttl"?, "expect"?}) and commit them atomically.
     #[arg(long, conflicts_with_all = ["topic", "kind", "meta", "ttl", "expect"])]
     pub batch: bool,
+    /// Append the event now and its payload in pieces as stdin delivers
+    /// them: followers see the event at once and read its content while it
+    /// is written (`GET /v1/events/{id}/content`); hash and size are final
+    /// at the end of stdin.
+    #[arg(long, conflicts_with_all = ["batch", "expect", "key", "empty"])]
+    pub chunked: bool,
 }
 
 #[derive(Args, Debug)]

@@ -185,6 +185,34 @@ async fn append(service: &Service, out: &mut impl std::io::Write, args: AppendAr
     if let Some(key) = &args.key {
         cairn_service::check_idempotency_key(key)?;
     }
+    if args.chunked {
+        let topic = Topic::new(args.topic.as_deref().expect("clap requires a topic without --batch"))?;
+        let event = NewEvent {
+            topic: Some(topic),
+            kind: args.kind,
+            meta: args.meta.as_deref().map(cairn_service::check_meta).transpose()?,
+            payload: None,
+            ttl: args.ttl.as_deref().map(Ttl::parse).transpose()?.unwrap_or_default(),
+            user: None,
+        };
+        let mut chunked = service.append_chunked(&LOCAL, event).await?;
+        let mut pieces = stdin_pieces();
+        while let Some(piece) = pieces.recv().await {
+            let written = match piece {
+                Ok(piece) => chunked.piece(&piece).await.map_err(anyhow::Error::from),
+                Err(error) => Err(anyhow::Error::from(error).context("read stdin")),
+            };
+            if let Err(error) = written {
+                chunked.abort(&format!("{error:#}")).await;
+                return Err(error);
+            }
+        }
+        let done = chunked.finish().await?;
+        let mut json = serde_json::to_value(cairn_service::json::EventJson::from_event(&done.event, None))?;
+        json["hash"] = done.hash.sri().into();
+        json["size"] = done.size.into();
+        return output::json_line(out, &json);
+    }
     let batch = if args.batch {
         batch_from_stdin(args.key)?
     } else {
@@ -517,4 +545,29 @@ async fn proc(service: &Service, out: &mut impl std::io::Write, command: ProcCom
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Stdin in pieces as it arrives (a read each), from a thread of its own.
+pub(crate) fn stdin_pieces() -> tokio::sync::mpsc::Receiver<std::io::Result<Vec<u8>>> {
+    let (send, receive) = tokio::sync::mpsc::channel(4);
+    std::thread::spawn(move || {
+        let mut stdin = std::io::stdin().lock();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match stdin.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => {
+                    if send.blocking_send(Ok(buf[..n].to_vec())).is_err() {
+                        return;
+                    }
+                }
+                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(error) => {
+                    let _ = send.blocking_send(Err(error));
+                    return;
+                }
+            }
+        }
+    });
+    receive
 }

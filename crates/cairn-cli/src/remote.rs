@@ -206,6 +206,20 @@ async fn append(client: &Client, out: &mut impl std::io::Write, args: AppendArgs
             headers.push((name, value));
         }
     }
+    if args.chunked {
+        let (send, receive) = tokio::sync::mpsc::channel(4);
+        let mut pieces = crate::commands::stdin_pieces();
+        tokio::spawn(async move {
+            while let Some(Ok(piece)) = pieces.recv().await {
+                if send.send(bytes::Bytes::from(piece)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let path = format!("/v1/topics/{}/events?chunked=true", encode(topic));
+        let response = client.request("POST", &path, &headers, RequestBody::Stream(receive)).await?;
+        return line(out, &response.bytes().await?);
+    }
     let body = if args.empty { Vec::new() } else { stdin_bytes()? };
     let path = format!("/v1/topics/{}/events", encode(topic));
     line(out, &client.request("POST", &path, &headers, body.into()).await?.bytes().await?)

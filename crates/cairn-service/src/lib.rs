@@ -26,6 +26,7 @@
 //! ends need no other crate. This crate never opens a socket.
 
 mod accounts;
+mod chunked;
 mod consumers;
 mod content;
 mod error;
@@ -46,6 +47,7 @@ pub use cairn_store::{
     Options as StoreOptions, Pattern, Payload, Query, RecoveryReport, SYSTEM_PREFIX, Storage, StoreError, StoreStats,
     SyncMode, Topic, TopicInfo, Truncation, Ttl, VerifyReport, check_meta, lock_directory, parse_duration_ms,
 };
+pub use chunked::{CHUNKS_PREFIX, Chunked, ChunkedAppend, ChunkedRead, is_chunked};
 pub use consumers::group::Claim;
 pub use consumers::groups::{
     AutoClaimed, Entry, GroupInfo, GroupRead, GroupStart, MemberInfo, PendingRow, PendingSummary,

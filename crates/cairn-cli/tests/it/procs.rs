@@ -462,3 +462,82 @@ fn http_requests_are_served_by_a_handler_from_the_store() {
     assert_eq!(events(&cairn, "http.request").len(), before);
     drop(server);
 }
+
+#[test]
+fn chunked_content_is_read_while_it_is_written() {
+    use std::io::{BufRead as _, Read as _, Write as _};
+    let cairn = Cairn::new();
+    let server = Server::start_raw(&cairn, &["serve", "--no-resp"]);
+    let socket = server.socket().to_str().unwrap().to_owned();
+    let mut writer = cairn
+        .command(&["append", "uploads", "--chunked", "--meta", r#"{"name":"log.txt"}"#])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = writer.stdin.take().unwrap();
+    stdin.write_all(b"first piece\n").unwrap();
+    stdin.flush().unwrap();
+    // A follower sees the event as soon as it starts ...
+    wait_for(Duration::from_secs(10), "the event", || !events(&cairn, "uploads").is_empty());
+    let event = events(&cairn, "uploads").remove(0);
+    assert_eq!(event["meta"]["chunked"], true);
+    assert_eq!(event["meta"]["name"], "log.txt");
+    let id = event["id"].as_str().unwrap().to_owned();
+    // ... and streams its content while it is written.
+    let mut reader = std::process::Command::new("curl")
+        .args(["-s", "-N", "--unix-socket", &socket, &format!("http://cairn/v1/events/{id}/content")])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(reader.stdout.take().unwrap());
+    let mut first = String::new();
+    lines.read_line(&mut first).unwrap();
+    assert_eq!(first, "first piece\n", "read before the writer finished");
+    stdin.write_all(b"second piece\n").unwrap();
+    stdin.write_all(&vec![b'z'; 100_000]).unwrap();
+    drop(stdin);
+    let output = writer.wait_with_output().unwrap();
+    assert!(output.status.success());
+    let done: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let mut rest = Vec::new();
+    lines.read_to_end(&mut rest).unwrap();
+    assert!(reader.wait().unwrap().success());
+    let mut whole = first.into_bytes();
+    whole.extend_from_slice(&rest);
+    assert_eq!(whole.len(), 12 + 13 + 100_000);
+    assert_eq!(done["size"], whole.len());
+    assert_eq!(done["id"], id.as_str());
+    // The hash is final now, and the content readable by it.
+    let by_hash = std::process::Command::new("curl")
+        .args(["-s", "--unix-socket", &socket])
+        .arg(format!("http://cairn/v1/cas/{}", cairn_client::encode(done["hash"].as_str().unwrap())))
+        .output()
+        .unwrap();
+    assert_eq!(by_hash.stdout, whole);
+
+    // A writer killed mid-way: its content ends as aborted, and a reader
+    // gets an error, never a short body that looks whole.
+    let mut writer = cairn
+        .command(&["append", "uploads", "--chunked"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    writer.stdin.as_mut().unwrap().write_all(b"partial").unwrap();
+    writer.stdin.as_mut().unwrap().flush().unwrap();
+    wait_for(Duration::from_secs(10), "the second event", || events(&cairn, "uploads").len() == 2);
+    std::thread::sleep(Duration::from_millis(200));
+    writer.kill().unwrap();
+    let _ = writer.wait();
+    let second = events(&cairn, "uploads").remove(1);
+    let path = format!("http://cairn/v1/events/{}/content", second["id"].as_str().unwrap());
+    wait_for(Duration::from_secs(10), "the abort", || {
+        let read = std::process::Command::new("curl")
+            .args(["-s", "-m", "20", "--unix-socket", &socket, &path])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&read.stdout).contains("its writer stopped before the end")
+    });
+    drop(server);
+}

@@ -46,8 +46,16 @@ pub(crate) async fn append(
     let key = idempotency_key(&mut params, &headers)?;
     let expect =
         option(&mut params, &headers, "expect", "cairn-expect")?.map(|text| Expect::parse(&text)).transpose()?;
+    let chunked = params.flag("chunked")?;
     params.finish()?;
     let condition = if_match(&headers)?;
+    if chunked {
+        if expect.is_some() || condition.is_some() || key.is_some() {
+            return Err(ApiError::invalid("chunked", "takes no expectation, If-Match or idempotency key"));
+        }
+        let event = NewEvent { topic: Some(topic), kind, meta, payload: None, ttl, user: None };
+        return append_chunked(&app, &principal, event, body).await;
+    }
     if expect.is_some() && condition.is_some() {
         return Err(ApiError::invalid("If-Match", "give If-Match or expect, not both"));
     }
@@ -73,6 +81,75 @@ pub(crate) async fn append(
     if let Ok(location) = format!("/v1/events/{}", event.id).parse() {
         response.headers_mut().insert(header::LOCATION, location);
     }
+    Ok(response)
+}
+
+/// `POST /v1/topics/{topic}/events?chunked=true`: the event is appended at
+/// once (followers see it), then each piece of the body as it arrives;
+/// answers when the body ends, with the event and its content's final
+/// `hash` and `size`. A body that stops (the client gone, too slow, too
+/// large) ends the content as aborted.
+async fn append_chunked(
+    app: &crate::server::App,
+    principal: &cairn_service::Principal,
+    event: NewEvent,
+    body: Body,
+) -> ApiResult<Response<Body>> {
+    let mut chunked = app.service.append_chunked(principal, event).await?;
+    let mut stream = body.into_data_stream();
+    loop {
+        let piece = match super::next_chunk(app.config.body_timeout, &mut stream).await {
+            Ok(Some(piece)) => piece,
+            Ok(None) => break,
+            Err(error) => {
+                chunked.abort("the request body failed or stalled").await;
+                return Err(error);
+            }
+        };
+        if let Err(error) = chunked.piece(&piece).await {
+            chunked.abort(&error.to_string()).await;
+            return Err(error.into());
+        }
+    }
+    let done = chunked.finish().await?;
+    let mut json = serde_json::to_value(EventJson::from_event(&done.event, None)).unwrap_or_default();
+    json["hash"] = done.hash.sri().into();
+    json["size"] = done.size.into();
+    let mut response = json_response(StatusCode::CREATED, to_json(&json), None);
+    if let Ok(location) = format!("/v1/events/{}", done.event.id).parse() {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    Ok(response)
+}
+
+/// `GET /v1/events/{id}/content`: the event's payload as raw bytes; for
+/// chunked content, each piece as it is written, to the end.
+pub(crate) async fn content(
+    AxumState(app): State,
+    Who(principal): Who,
+    Segment(id): Segment,
+    params: Params,
+) -> ApiResult<Response<Body>> {
+    let id = EventId::parse(&id)?;
+    params.finish()?;
+    let mut read = app.service.chunked_read(&principal, id).await?;
+    let first = read.next().await?;
+    let stream = futures_util::stream::unfold((first, Some(read)), |(first, read)| async move {
+        if let Some(first) = first {
+            return Some((Ok::<_, std::io::Error>(bytes::Bytes::from(first)), (None, read)));
+        }
+        let mut read = read?;
+        match read.next().await {
+            Ok(Some(piece)) => Some((Ok(bytes::Bytes::from(piece)), (None, Some(read)))),
+            Ok(None) => None,
+            // Cut short: the client sees a broken body, not a whole one.
+            Err(error) => Some((Err(std::io::Error::other(error.to_string())), (None, None))),
+        }
+    });
+    let mut response = Response::new(Body::from_stream(stream));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, axum::http::HeaderValue::from_static("application/octet-stream"));
     Ok(response)
 }
 

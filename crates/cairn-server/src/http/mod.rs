@@ -51,6 +51,7 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/v1/batch", post(events::batch))
         .route("/v1/events", get(events::read))
         .route("/v1/events/{id}", get(events::get_event).delete(events::delete_event))
+        .route("/v1/events/{id}/content", get(events::content))
         .route("/v1/cas", post(cas::put).put(cas::put))
         .route("/v1/cas/{hash}", get(cas::get).head(cas::head).delete(cas::delete))
         .route("/v1/consumers", get(consumers::list))

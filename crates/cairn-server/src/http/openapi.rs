@@ -28,6 +28,10 @@ const APPEND: &[(&str, &str)] = &[
     ("expect", "any, none, <seq>, unchanged-since:<id> (or header Cairn-Expect); 409 when it fails."),
     ("ttl", "forever, ephemeral, time:<duration>, last:<n> (or header Cairn-Ttl)."),
     ("key", "Idempotency key (or header Idempotency-Key): a retry returns the original event."),
+    (
+        "chunked",
+        "true: append the event now and its payload in pieces as the body arrives (chunked upload); readable while written.",
+    ),
 ];
 
 /// Query parameters: (name, description).
@@ -73,6 +77,12 @@ pub(crate) const ROUTES: &[(&str, &str, &str, &[QueryParams])] = &[
     ),
     ("get", "/v1/events/{id}", "One event by id.", &[&[("content", "Include the payload.")]]),
     ("delete", "/v1/events/{id}", "Remove one event (others keep their seqs).", &[]),
+    (
+        "get",
+        "/v1/events/{id}/content",
+        "An event's payload as raw bytes; for chunked content, each piece as it is written, to the end.",
+        &[],
+    ),
     ("post", "/v1/cas", "Store content; replies {hash, hex, size}.", &[]),
     ("put", "/v1/cas", "Store content; replies {hash, hex, size}.", &[]),
     ("get", "/v1/cas/{hash}", "Content by SRI (percent-encoded) or hex, verified.", &[]),
