@@ -33,7 +33,7 @@ pub struct ServeArgs {
     /// tls_key, insecure_no_auth, max_connections, header_timeout,
     /// body_timeout, shutdown_grace, compat_topic, allow_host, allow_origin,
     /// cors_origin, resp, no_resp, resp_require_auth, resp_command_bytes_max,
-    /// resp_unauthenticated_bytes_max, allow_delete, no_procs, mount, http_app,
+    /// resp_unauthenticated_bytes_max, allow_delete, no_procs, no_xs, mount, http_app,
     /// http_app_timeout, http_app_ttl, compact_ratio,
     /// no_compress, segment_bytes, postgres). Flags and environment
     /// variables win.
@@ -153,6 +153,11 @@ pub struct ServeArgs {
     #[arg(long, env = "CAIRN_NO_PROCS")]
     pub no_procs: bool,
 
+    /// Do not answer xs's HTTP API on STORE/sock (for the unmodified `xs`
+    /// command line). [config: no_xs]
+    #[arg(long, env = "CAIRN_NO_XS")]
+    pub no_xs: bool,
+
     /// Also serve the store directory DIR as NAME, on its own socket
     /// (DIR/cairn.sock) with its own users and processors; repeat for more.
     /// More come and go while the server runs (POST/DELETE /v1/mounts).
@@ -223,6 +228,7 @@ struct ConfigFile {
     resp_unauthenticated_bytes_max: Option<usize>,
     allow_delete: Option<bool>,
     no_procs: Option<bool>,
+    no_xs: Option<bool>,
     mount: Option<Vec<String>>,
     http_app: Option<SocketAddr>,
     http_app_timeout: Option<String>,
@@ -278,6 +284,8 @@ pub struct Config {
     pub procs: bool,
     /// Further store directories served, by name.
     pub mounts: Vec<(String, PathBuf)>,
+    /// xs's API is answered on STORE/sock.
+    pub xs: bool,
     /// HTTP served from the store: its address, first-response timeout and
     /// the retention of its request events.
     pub http_app: Option<(SocketAddr, Duration, cairn_service::Ttl)>,
@@ -438,6 +446,7 @@ impl Config {
             allow_delete: args.allow_delete || file.allow_delete.unwrap_or(false),
             procs: !(args.no_procs || file.no_procs.unwrap_or(false)),
             mounts,
+            xs: !(args.no_xs || file.no_xs.unwrap_or(false)),
             http_app,
         })
     }

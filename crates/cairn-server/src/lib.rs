@@ -24,6 +24,7 @@ mod metrics;
 mod mounts;
 mod resp;
 mod server;
+mod xs;
 
 pub use config::{Config, ServeArgs};
 pub use server::{open_postgres_service, run, serve};

@@ -124,6 +124,14 @@ pub async fn serve(config: Config, until: impl Future<Output = ()>, ready: impl 
     };
     let unix = listen::bind_unix(&config.socket)?;
     let mut addresses = vec![format!("unix:{}", config.socket.display())];
+    // xs's clients, on xs's socket name (a store on PostgreSQL has none).
+    let xs = match config.xs && config.postgres.is_none() {
+        false => None,
+        true => {
+            let path = config.store.join(crate::xs::SOCKET_NAME);
+            Some(listen::bind_unix(&path).with_context(|| format!("listen for xs's clients on {}", path.display()))?)
+        }
+    };
     let (tcp, http) = match config.http {
         None => (None, None),
         Some(addr) => {
@@ -192,6 +200,16 @@ pub async fn serve(config: Config, until: impl Future<Output = ()>, ready: impl 
     let router = crate::http::router(app.clone());
     let resp_accepting =
         resp.map(|listener| tokio::spawn(crate::resp::accept(app.clone(), listener, stopping.clone())));
+    let xs_serving = xs.map(|listener| {
+        let limits = (app.config.max_connections, app.config.header_timeout, app.config.body_timeout);
+        tokio::spawn(crate::xs::serve(
+            app.service.clone(),
+            app.config.store.clone(),
+            listener,
+            limits,
+            stopping.clone(),
+        ))
+    });
     let app_serving = http_app.map(|(listener, timeout, ttl)| {
         let limits = (app.config.max_connections, app.config.header_timeout, app.config.body_timeout);
         tokio::spawn(crate::app::serve(app.service.clone(), listener, (timeout, ttl), limits, stopping.clone()))
@@ -212,6 +230,9 @@ pub async fn serve(config: Config, until: impl Future<Output = ()>, ready: impl 
     }
     if let Some(app_serving) = app_serving {
         app_serving.await?;
+    }
+    if let Some(xs_serving) = xs_serving {
+        xs_serving.await?;
     }
     let stop_meta = serde_json::json!({ "pid": std::process::id() });
     app.service.append_system("cairn.stop", stop_meta).await.context("append cairn.stop")?;

@@ -24,6 +24,7 @@ mod resp;
 mod security;
 mod serve;
 mod soak;
+mod xs;
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
