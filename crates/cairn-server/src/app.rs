@@ -1,6 +1,8 @@
 //! HTTP served from the store (`--http-app ADDR`): every request becomes
 //! an `http.request` event (meta: `method`, `path`, `query`, `headers`,
-//! `remote`; the body as its payload), and the server answers with the
+//! `remote`; the body as its payload, or, streamed or over 1 MiB, as
+//! chunked content that follows the event piece by piece), and the server
+//! answers with the
 //! `http.response` events whose meta `request_id` names it: the first
 //! gives `status` (default 200) and `headers`, its payload the body; with
 //! `more: true` the response stays open and each further event's payload
@@ -33,6 +35,9 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, watch};
 
+/// A request body up to this many bytes (by its Content-Length) is the
+/// event's payload; a larger or streamed one is chunked content.
+const WHOLE_BODY_MAX: u64 = 1024 * 1024;
 /// Chunks queued for one response at most.
 const CHUNKS_QUEUED_MAX: usize = 64;
 /// Responses kept for a request not registered yet, at most ...
@@ -213,14 +218,6 @@ impl Door {
             // Refused by its length, unread.
             return Err((StatusCode::PAYLOAD_TOO_LARGE, format!("the request body is over {max} bytes")));
         }
-        let limited = http_body_util::Limited::new(body, usize::try_from(max).unwrap_or(usize::MAX));
-        let body = match tokio::time::timeout(self.body_timeout, limited.collect()).await {
-            Err(_) => return Err((StatusCode::REQUEST_TIMEOUT, "the request body took too long".to_owned())),
-            Ok(Err(_)) => {
-                return Err((StatusCode::PAYLOAD_TOO_LARGE, format!("the request body is over {max} bytes")));
-            }
-            Ok(Ok(collected)) => collected.to_bytes(),
-        };
         let mut headers = serde_json::Map::new();
         for (name, value) in &parts.headers {
             let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
@@ -241,19 +238,62 @@ impl Door {
             "headers": headers,
             "remote": peer.to_string(),
         });
-        let event = NewEvent {
+        let mut event = NewEvent {
             topic: Some(Topic::new("http.request").expect("valid topic")),
             meta: Some(meta.to_string()),
-            payload: (!body.is_empty()).then(|| body.to_vec()),
             ttl: self.ttl,
             ..NewEvent::default()
         };
-        let appended = self
-            .service
-            .append(&Principal::Local, Batch::single(event, Expect::Any))
-            .await
-            .map_err(|error| (StatusCode::SERVICE_UNAVAILABLE, format!("the request was not stored: {error}")))?;
-        let request = appended[0].id;
+        let streamed = parts.headers.contains_key("transfer-encoding")
+            || declared.is_some_and(|declared| declared > WHOLE_BODY_MAX);
+        let request = if streamed {
+            // A large or streamed body is chunked content: the request is an
+            // event at once, and its body follows piece by piece (a handler
+            // reads it with GET /v1/events/{id}/content).
+            let mut chunked =
+                self.service.append_chunked(&Principal::Local, event).await.map_err(|error| {
+                    (StatusCode::SERVICE_UNAVAILABLE, format!("the request was not stored: {error}"))
+                })?;
+            let id = chunked.event().id;
+            let body_timeout = self.body_timeout;
+            tokio::spawn(async move {
+                let mut body = body;
+                loop {
+                    let frame = match tokio::time::timeout(body_timeout, body.frame()).await {
+                        Ok(Some(Ok(frame))) => frame,
+                        Ok(None) => break,
+                        Ok(Some(Err(_))) | Err(_) => {
+                            chunked.abort("the request body failed or stalled").await;
+                            return;
+                        }
+                    };
+                    let Ok(data) = frame.into_data() else { continue };
+                    if let Err(error) = chunked.piece(&data).await {
+                        chunked.abort(&error.to_string()).await;
+                        return;
+                    }
+                }
+                if let Err(error) = chunked.finish().await {
+                    tracing::warn!("http app: the body of request {id}: {error}");
+                }
+            });
+            id
+        } else {
+            let limited = http_body_util::Limited::new(body, usize::try_from(max).unwrap_or(usize::MAX));
+            let body = match tokio::time::timeout(self.body_timeout, limited.collect()).await {
+                Err(_) => return Err((StatusCode::REQUEST_TIMEOUT, "the request body took too long".to_owned())),
+                Ok(Err(_)) => {
+                    return Err((StatusCode::PAYLOAD_TOO_LARGE, format!("the request body is over {max} bytes")));
+                }
+                Ok(Ok(collected)) => collected.to_bytes(),
+            };
+            event.payload = (!body.is_empty()).then(|| body.to_vec());
+            let appended =
+                self.service.append(&Principal::Local, Batch::single(event, Expect::Any)).await.map_err(|error| {
+                    (StatusCode::SERVICE_UNAVAILABLE, format!("the request was not stored: {error}"))
+                })?;
+            appended[0].id
+        };
         let mut chunks = self.register(request);
         let mut guard = Disconnect { door: Some(self.clone()), request };
         let first = match tokio::time::timeout(self.timeout, chunks.recv()).await {

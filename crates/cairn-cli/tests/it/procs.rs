@@ -448,6 +448,24 @@ fn http_requests_are_served_by_a_handler_from_the_store() {
     // Finished responses leave no disconnect behind.
     assert_eq!(events(&cairn, "http.disconnect").len(), 1);
 
+    // A shell handler serves it just as well; a streamed (chunked) body
+    // is chunked content, read while it arrives.
+    cairn.ok(&["proc", "term", "web"], b"");
+    let sh = r#"jq -rc --unbuffered '{topic: "http.response", meta: {request_id: .id, headers: {"x-chunked": ((.meta.chunked // false) | tostring)}}, content: ("sh " + .meta.path)}, ""'"#;
+    cairn.ok(&["proc", "create", "websh", "--kind", "handler", "--topics", "http.request", "--sh", sh], b"");
+    let (body, head) =
+        curl(&["-H", "transfer-encoding: chunked", "--data-binary", "streamed body", &format!("{app}/upload")]);
+    assert_eq!(body, "sh /upload", "{head}");
+    assert!(head.contains("x-chunked: true"), "{head}");
+    let upload = events(&cairn, "http.request").into_iter().find(|event| event["meta"]["path"] == "/upload").unwrap();
+    let socket = server.socket().to_str().unwrap().to_owned();
+    let content_url = format!("http://cairn/v1/events/{}/content", upload["id"].as_str().unwrap());
+    wait_for(Duration::from_secs(10), "the uploaded body", || {
+        let read =
+            std::process::Command::new("curl").args(["-s", "--unix-socket", &socket, &content_url]).output().unwrap();
+        read.stdout == b"streamed body"
+    });
+
     // Hostile clients: a body over the payload limit is refused unread,
     // and malformed requests get a 400 without touching the store.
     let (_, head) =
