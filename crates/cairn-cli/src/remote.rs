@@ -210,7 +210,16 @@ async fn append(client: &Client, out: &mut impl std::io::Write, args: AppendArgs
         let (send, receive) = tokio::sync::mpsc::channel(4);
         let mut pieces = crate::commands::stdin_pieces();
         tokio::spawn(async move {
-            while let Some(Ok(piece)) = pieces.recv().await {
+            while let Some(piece) = pieces.recv().await {
+                let piece = match piece {
+                    Ok(piece) => piece,
+                    Err(error) => {
+                        // Ending the body now would store what was read as
+                        // complete: leave, so the server records an abort.
+                        eprintln!("cairn: error: read stdin: {error}");
+                        std::process::exit(1);
+                    }
+                };
                 if send.send(bytes::Bytes::from(piece)).await.is_err() {
                     return;
                 }

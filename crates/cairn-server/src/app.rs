@@ -38,10 +38,18 @@ use tokio::sync::{Semaphore, mpsc, watch};
 /// A request body up to this many bytes (by its Content-Length) is the
 /// event's payload; a larger or streamed one is chunked content.
 const WHOLE_BODY_MAX: u64 = 1024 * 1024;
+/// A streamed request body must end within this long.
+const BODY_DEADLINE: Duration = Duration::from_secs(300);
+/// A streamed body's frames gather into pieces of this many bytes ...
+const PIECE_BYTES: usize = 64 * 1024;
+/// ... or of what came within this long.
+const PIECE_EVERY: Duration = Duration::from_millis(50);
 /// Chunks queued for one response at most.
 const CHUNKS_QUEUED_MAX: usize = 64;
 /// Responses kept for a request not registered yet, at most ...
 const UNCLAIMED_MAX: usize = 1024;
+/// ... holding at most this many bytes of payload ...
+const UNCLAIMED_BYTES_MAX: usize = 16 * 1024 * 1024;
 /// ... and for this long.
 const UNCLAIMED_FOR: Duration = Duration::from_secs(5);
 
@@ -84,7 +92,7 @@ pub(crate) async fn serve(
             return;
         }
     };
-    tokio::spawn(dispatch(door.clone(), follow, stop.clone()));
+    tokio::spawn(dispatch(door.clone(), Some(follow), stop.clone()));
     let permits = Arc::new(Semaphore::new(max_connections));
     loop {
         let accepted = tokio::select! {
@@ -129,18 +137,31 @@ pub(crate) async fn serve(
     }
 }
 
-/// Hands each `http.response` to the request it names.
-async fn dispatch(door: Arc<Door>, mut follow: cairn_service::Follow, mut stop: watch::Receiver<bool>) {
+/// Hands each `http.response` to the request it names; after a failed
+/// read it follows again (requests waiting meanwhile may time out).
+async fn dispatch(door: Arc<Door>, mut follow: Option<cairn_service::Follow>, mut stop: watch::Receiver<bool>) {
     loop {
+        let Some(current) = follow.as_mut() else {
+            tokio::select! {
+                () = crate::server::stopped(&mut stop) => return,
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            let responses = Pattern::Exact(Topic::new("http.response").expect("valid topic"));
+            let options = FollowOptions { content: true, ..FollowOptions::default() };
+            follow = door.service.follow_live(&Principal::Local, responses, options).ok();
+            continue;
+        };
         let delivered = tokio::select! {
             () = crate::server::stopped(&mut stop) => return,
-            delivered = follow.next(64) => delivered,
+            delivered = current.next(64) => delivered,
         };
         let delivered = match delivered {
             Ok(delivered) => delivered,
+            Err(cairn_service::ServiceError::ShuttingDown) => return,
             Err(error) => {
-                tracing::error!("http app: following http.response: {error}");
-                return;
+                tracing::error!("http app: following http.response: {error}; following again");
+                follow = None;
+                continue;
             }
         };
         for item in delivered {
@@ -155,27 +176,46 @@ async fn dispatch(door: Arc<Door>, mut follow: cairn_service::Follow, mut stop: 
     }
 }
 
+/// Drops what waited in `unclaimed` longer than `UNCLAIMED_FOR`.
+fn prune(unclaimed: &mut VecDeque<(Instant, EventId, Chunk)>) {
+    while unclaimed.front().is_some_and(|(at, _, _)| at.elapsed() > UNCLAIMED_FOR) {
+        unclaimed.pop_front();
+    }
+}
+
 fn meta_of(event: &Event) -> serde_json::Value {
     event.meta.as_deref().and_then(|meta| serde_json::from_str(meta).ok()).unwrap_or_default()
 }
 
 impl Door {
     fn deliver(&self, request: EventId, chunk: Chunk) {
-        let sender = self.waiting.lock().expect("waiting lock").get(&request).cloned();
-        match sender {
+        // Both locks, in `register`'s order: a request registering now
+        // either is in `waiting` here or finds the chunk in `unclaimed`.
+        let mut waiting = self.waiting.lock().expect("waiting lock");
+        match waiting.get(&request) {
             Some(sender) => {
-                // A client that does not keep up loses its response's end,
-                // never the server its memory.
+                // A client that does not keep up loses its response (it
+                // ends broken), never the server its memory.
                 if sender.try_send(chunk).is_err() {
-                    self.waiting.lock().expect("waiting lock").remove(&request);
+                    waiting.remove(&request);
                 }
             }
             None => {
+                // Only a request just appended can still register: its
+                // id is at most a few seconds old.
+                if request.timestamp_ms() + UNCLAIMED_FOR.as_millis() as u64 <= EventId::now().timestamp_ms() {
+                    return;
+                }
                 let mut unclaimed = self.unclaimed.lock().expect("unclaimed lock");
-                while unclaimed.len() >= UNCLAIMED_MAX
-                    || unclaimed.front().is_some_and(|(at, _, _)| at.elapsed() > UNCLAIMED_FOR)
+                prune(&mut unclaimed);
+                let bytes = |chunk: &Chunk| chunk.1.as_ref().map_or(0, Vec::len);
+                let mut held: usize = unclaimed.iter().map(|(_, _, chunk)| bytes(chunk)).sum();
+                while !unclaimed.is_empty()
+                    && (unclaimed.len() >= UNCLAIMED_MAX || held + bytes(&chunk) > UNCLAIMED_BYTES_MAX)
                 {
-                    unclaimed.pop_front();
+                    if let Some((_, _, dropped)) = unclaimed.pop_front() {
+                        held -= bytes(&dropped);
+                    }
                 }
                 unclaimed.push_back((Instant::now(), request, chunk));
             }
@@ -187,6 +227,7 @@ impl Door {
         let (send, receive) = mpsc::channel(CHUNKS_QUEUED_MAX);
         let mut waiting = self.waiting.lock().expect("waiting lock");
         let mut unclaimed = self.unclaimed.lock().expect("unclaimed lock");
+        prune(&mut unclaimed);
         unclaimed.retain(|(_, id, chunk)| {
             if *id == request {
                 let _ = send.try_send(chunk.clone());
@@ -258,20 +299,49 @@ impl Door {
             let body_timeout = self.body_timeout;
             tokio::spawn(async move {
                 let mut body = body;
+                let deadline = tokio::time::Instant::now() + BODY_DEADLINE;
+                // Frames gather into pieces of up to 64 KiB, or what came
+                // within 50 ms: a body of one-byte chunks is not one
+                // durable event per byte.
+                let mut gathered: Vec<u8> = Vec::new();
+                let mut since = tokio::time::Instant::now();
                 loop {
-                    let frame = match tokio::time::timeout(body_timeout, body.frame()).await {
+                    let stall_at = (tokio::time::Instant::now() + body_timeout).min(deadline);
+                    let flush_at = (!gathered.is_empty()).then(|| since + PIECE_EVERY);
+                    let wake = flush_at.map_or(stall_at, |flush_at| flush_at.min(stall_at));
+                    let frame = match tokio::time::timeout_at(wake, body.frame()).await {
                         Ok(Some(Ok(frame))) => frame,
                         Ok(None) => break,
+                        Err(_) if flush_at.is_some_and(|flush_at| flush_at <= tokio::time::Instant::now()) => {
+                            // What came within 50 ms is readable now.
+                            if let Err(error) = chunked.piece(&gathered).await {
+                                chunked.abort(&error.to_string()).await;
+                                return;
+                            }
+                            gathered.clear();
+                            continue;
+                        }
                         Ok(Some(Err(_))) | Err(_) => {
-                            chunked.abort("the request body failed or stalled").await;
+                            chunked.abort("the request body failed, stalled or took too long").await;
                             return;
                         }
                     };
                     let Ok(data) = frame.into_data() else { continue };
-                    if let Err(error) = chunked.piece(&data).await {
-                        chunked.abort(&error.to_string()).await;
-                        return;
+                    if gathered.is_empty() {
+                        since = tokio::time::Instant::now();
                     }
+                    gathered.extend_from_slice(&data);
+                    if gathered.len() >= PIECE_BYTES {
+                        if let Err(error) = chunked.piece(&gathered).await {
+                            chunked.abort(&error.to_string()).await;
+                            return;
+                        }
+                        gathered.clear();
+                    }
+                }
+                if let Err(error) = chunked.piece(&gathered).await {
+                    chunked.abort(&error.to_string()).await;
+                    return;
                 }
                 if let Err(error) = chunked.finish().await {
                     tracing::warn!("http app: the body of request {id}: {error}");
@@ -328,12 +398,17 @@ impl Door {
             (Some(head), chunks, guard, false),
             |(head, mut chunks, mut guard, done)| async move {
                 if let Some(head) = head {
-                    return Some((Ok::<_, Infallible>(bytes::Bytes::from(head)), (None, chunks, guard, done)));
+                    return Some((Ok::<_, std::io::Error>(bytes::Bytes::from(head)), (None, chunks, guard, done)));
                 }
                 if done {
                     return None;
                 }
-                let (event, content) = chunks.recv().await?;
+                let Some((event, content)) = chunks.recv().await else {
+                    // Dropped for falling behind: a broken body, not one
+                    // that looks complete.
+                    let cut = std::io::Error::other("the response fell behind and was cut");
+                    return Some((Err(cut), (None, chunks, guard, true)));
+                };
                 let last = meta_of(&event).get("more").and_then(serde_json::Value::as_bool) != Some(true);
                 if last {
                     guard.answered();

@@ -75,11 +75,44 @@ impl Mounts {
         if self.has(name).is_some_and(|mounted| mounted == dir) {
             return Ok(());
         }
-        self.unmount(name).await;
+        let dir = self.check_dir(config, name, &dir)?;
+        // The new one runs before the old one of the name goes: a mount
+        // that fails leaves the one before in place.
         let (stop, stopping) = watch::channel(false);
         let task = start(config, name, &dir, stopping).await?;
-        self.inner.lock().expect("mounts lock").insert(name.to_owned(), Mount { dir, stop, task });
+        let previous = self.inner.lock().expect("mounts lock").insert(name.to_owned(), Mount { dir, stop, task });
+        if let Some(previous) = previous {
+            let _ = previous.stop.send(true);
+            let _ = previous.task.await;
+        }
         Ok(())
+    }
+
+    /// Where a mount may go: an absolute path, a new or empty directory or
+    /// a cairn store (never a directory holding other files: opening makes
+    /// it private and writes a store into it), not in or around the main
+    /// store or another mount.
+    fn check_dir(&self, config: &Config, name: &str, dir: &std::path::Path) -> Result<PathBuf> {
+        anyhow::ensure!(dir.is_absolute(), "{} is not an absolute path", dir.display());
+        let dir = std::path::absolute(dir)?;
+        let real = |path: &std::path::Path| std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
+        let (target, main) = (real(&dir), real(&std::path::absolute(&config.store)?));
+        let overlaps = |other: &std::path::Path| target.starts_with(other) || other.starts_with(&target);
+        anyhow::ensure!(!overlaps(&main), "{} is in or around the server's own store", dir.display());
+        for (other_name, mount) in self.inner.lock().expect("mounts lock").iter() {
+            if other_name != name {
+                anyhow::ensure!(!overlaps(&real(&mount.dir)), "{} is in or around mount {other_name}", dir.display());
+            }
+        }
+        if let Ok(mut entries) = std::fs::read_dir(&dir) {
+            let is_store = dir.join("store-id").exists() || dir.join("log").is_dir();
+            anyhow::ensure!(
+                is_store || entries.next().is_none(),
+                "{} holds files but no cairn store; mount a new or empty directory, or a store",
+                dir.display()
+            );
+        }
+        Ok(dir)
     }
 
     /// Unmounts `name`, if mounted; returns once its store is closed.
@@ -131,6 +164,13 @@ impl Mounts {
             if self.has(&name).is_some() {
                 continue; // --mount gave this name for this run.
             }
+            if !dir.exists() {
+                tracing::error!(
+                    "mount {name}: {} is gone; not mounted (DELETE /v1/mounts/{name} forgets it)",
+                    dir.display()
+                );
+                continue;
+            }
             if let Err(error) = self.mount(config, &name, dir.clone()).await {
                 tracing::error!("mount {name} ({}): {error:#}", dir.display());
             }
@@ -162,7 +202,9 @@ async fn start(
     mount_config.http = None;
     mount_config.resp = None;
     mount_config.http_app = None;
-    let unix = match listen::bind_unix(&mount_config.socket) {
+    let meta = serde_json::json!({ "pid": std::process::id(), "mount": name });
+    let started = service.append_system("cairn.start", meta).await.context("append cairn.start");
+    let unix = match started.and_then(|_| listen::bind_unix(&mount_config.socket)) {
         Ok(unix) => unix,
         Err(error) => {
             service.close().await;
@@ -180,9 +222,8 @@ async fn start(
         pubsub: Default::default(),
         procs,
         mounts: Mounts::default(),
+        main: false,
     });
-    let meta = serde_json::json!({ "pid": std::process::id(), "mount": name });
-    service.append_system("cairn.start", meta).await.context("append cairn.start")?;
     tracing::info!("mounted {name}: {} on {}", dir.display(), app.config.socket.display());
     let name = name.to_owned();
     Ok(tokio::spawn(async move {

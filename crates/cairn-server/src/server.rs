@@ -34,6 +34,8 @@ pub(crate) struct App {
     pub(crate) procs: Option<cairn_proc::Procs>,
     /// Further stores this server serves on their own sockets.
     pub(crate) mounts: crate::mounts::Mounts,
+    /// The server's own store (false: a mount, which mounts nothing).
+    pub(crate) main: bool,
 }
 
 impl App {
@@ -188,6 +190,7 @@ pub async fn serve(config: Config, until: impl Future<Output = ()>, ready: impl 
         pubsub: Default::default(),
         procs,
         mounts: crate::mounts::Mounts::default(),
+        main: true,
     });
     for (name, dir) in &app.config.mounts {
         app.mounts.mount(&app.config, name, dir.clone()).await.with_context(|| format!("mount {name}"))?;

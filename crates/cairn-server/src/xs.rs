@@ -28,6 +28,10 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::UnixListener;
 use tokio::sync::{Semaphore, mpsc, watch};
 
+/// `GET /last` returns at most this many frames (they are gathered in
+/// memory).
+const LAST_MAX: u64 = 100_000;
+
 /// The socket's name in the store directory (xs's).
 pub(crate) const SOCKET_NAME: &str = "sock";
 
@@ -187,7 +191,7 @@ impl Door {
                     return Err((StatusCode::BAD_REQUEST, "Empty body".to_owned()));
                 }
                 let hash = self.service.cas_put(&Principal::Local, body.clone()).await.map_err(internal)?;
-                self.keep_for_xs(&hash, &body);
+                self.keep_for_xs(&hash, body).await;
                 Ok(typed(hash.sri(), "text/plain"))
             }
             (&Method::POST, "/import") => {
@@ -260,7 +264,7 @@ impl Door {
             self.service.append(&Principal::Local, Batch::single(event, Expect::Any)).await.map_err(internal)?;
         let event = appended.remove(0);
         if let Some(hash) = event.hash {
-            self.keep_for_xs(&hash, &body);
+            self.keep_for_xs(&hash, body).await;
         }
         Ok(typed(frame(&event), "application/json"))
     }
@@ -315,7 +319,13 @@ impl Door {
             tokio::spawn(async move {
                 let mut sent = 0;
                 while sent < limit_n {
-                    let Ok(delivered) = follow.next(64).await else { return };
+                    // A client that left ends the follow even when nothing
+                    // matches for it.
+                    let delivered = tokio::select! {
+                        () = send.closed() => return,
+                        delivered = follow.next(64) => delivered,
+                    };
+                    let Ok(delivered) = delivered else { return };
                     let mut out = String::new();
                     for item in delivered {
                         match item {
@@ -360,7 +370,7 @@ impl Door {
     /// `GET /last[/{topic}]`: the newest `last` frames (one: a JSON object;
     /// more: NDJSON; none: 404), or with `follow` those then live frames.
     async fn last(&self, topic: Option<&str>, query: &[(String, String)]) -> Result<Response<Body>, Failure> {
-        let n = param(query, "last").and_then(|n| n.parse::<u64>().ok()).unwrap_or(1).max(1);
+        let n = param(query, "last").and_then(|n| n.parse::<u64>().ok()).unwrap_or(1).clamp(1, LAST_MAX);
         let follow = param(query, "follow").is_some();
         let patterns = patterns(topic.unwrap_or("*"))?;
         if follow {
@@ -371,18 +381,33 @@ impl Door {
             return self.cat(&cat, false).await;
         }
         let (pattern, only) = query_pattern(&patterns);
-        // Several patterns: read more and keep the newest matching ones.
-        let wanted = if only.is_empty() { n } else { n.saturating_mul(64).max(4096) };
-        let read = Query { last: Some(wanted), ..Query::new(pattern) };
-        let items = self.service.read_all(&Principal::Local, read, false).await.map_err(internal)?;
-        let mut events: Vec<&Event> = items
-            .iter()
-            .map(|item| &item.event)
-            .filter(|event| only.is_empty() || only.iter().any(|p| p.matches(event.topic.as_str())))
-            .collect();
-        let skip = events.len().saturating_sub(usize::try_from(n).unwrap_or(usize::MAX));
-        events.drain(..skip);
-        match events.as_slice() {
+        // Several patterns: newest first through everything, keeping the
+        // first `n` that match (bounded by `n`, not by the store).
+        let mut events: Vec<Event> = Vec::new();
+        if only.is_empty() {
+            let read = Query { last: Some(n), ..Query::new(pattern) };
+            let items = self.service.read_all(&Principal::Local, read, false).await.map_err(internal)?;
+            events.extend(items.into_iter().map(|item| item.event));
+        } else {
+            let read = Query { reverse: true, ..Query::new(pattern) };
+            let mut reader = self.service.read(&Principal::Local, read, false).await.map_err(internal)?;
+            'read: loop {
+                let chunk = reader.next(512).await.map_err(internal)?;
+                if chunk.is_empty() {
+                    break;
+                }
+                for item in chunk {
+                    if only.iter().any(|p| p.matches(item.event.topic.as_str())) {
+                        events.push(item.event);
+                        if events.len() as u64 >= n {
+                            break 'read;
+                        }
+                    }
+                }
+            }
+            events.reverse();
+        }
+        match events.iter().collect::<Vec<_>>().as_slice() {
             [] => Err((StatusCode::NOT_FOUND, String::new())),
             [one] if n == 1 => Ok(typed(frame(one), "application/json")),
             many => {
@@ -449,8 +474,10 @@ impl Door {
     /// Writes content where `xs cas` looks for it on a local store:
     /// cacache's `content-v2/sha256/<2>/<2>/<rest of hex>` under `cacache/`
     /// (written aside, synced, renamed; private like every store file).
-    fn keep_for_xs(&self, hash: &Hash, bytes: &[u8]) {
-        if let Err(error) = write_cacache(&self.store, hash, bytes) {
+    async fn keep_for_xs(&self, hash: &Hash, bytes: Vec<u8>) {
+        let (store, hash) = (self.store.clone(), *hash);
+        let written = tokio::task::spawn_blocking(move || write_cacache(&store, &hash, &bytes)).await;
+        if let Ok(Err(error)) = written {
             tracing::warn!("xs content file for {}: {error}", hash.sri());
         }
     }
@@ -466,7 +493,9 @@ fn write_cacache(store: &Path, hash: &Hash, bytes: &[u8]) -> std::io::Result<()>
         return Ok(());
     }
     std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir)?;
-    let staged = dir.join(format!(".{}.{}", &hex[4..], std::process::id()));
+    static STAGED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = STAGED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let staged = dir.join(format!(".{}.{}.{n}", &hex[4..], std::process::id()));
     let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&staged)?;
     file.write_all(bytes)?;
     file.sync_data()?;

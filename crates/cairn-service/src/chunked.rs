@@ -11,13 +11,16 @@
 //! final hash and size are the done record's (the append's answer carries
 //! them).
 
-use cairn_store::{Batch, Event, EventId, Expect, Hash, NewEvent, Pattern, Query, Topic};
+use cairn_store::{Batch, Event, EventId, Expect, Hash, NewEvent, Pattern, Query, Topic, Ttl};
 use sha2::{Digest as _, Sha256};
 
 use crate::error::{Result, ServiceError};
 use crate::follow::{Delivered, FollowOptions};
 use crate::principal::Principal;
 use crate::service::Service;
+
+/// A reader waits this long for the next piece before it gives up.
+const READ_IDLE_MAX: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// Where an event's pieces go: `cairn.chunks.<id>`.
 pub const CHUNKS_PREFIX: &str = "cairn.chunks.";
@@ -36,15 +39,24 @@ pub fn is_chunked(event: &Event) -> bool {
         })
 }
 
-/// A chunked append in progress.
+/// A chunked append in progress. Dropped without [`ChunkedAppend::finish`]
+/// or [`ChunkedAppend::abort`], it records an abort on its own (in a task,
+/// if a runtime is there to run it).
 pub struct ChunkedAppend {
     service: Service,
     who: Principal,
     event: Event,
     topic: Topic,
+    /// The pieces' retention: the event's own, so they go with it.
+    ttl: Ttl,
     hasher: Sha256,
-    whole: Vec<u8>,
+    size: u64,
+    /// The whole content, kept to store it by hash at the end: only for
+    /// an event kept for ever (content with a lifetime is read through
+    /// its event, and its bytes go with it).
+    whole: Option<Vec<u8>>,
     max: u64,
+    ended: bool,
 }
 
 /// A finished chunked append: the event, and its content's hash and size.
@@ -58,6 +70,23 @@ pub struct Chunked {
     pub size: u64,
 }
 
+/// The meta key that marks chunked content; only a chunked append sets it.
+const CHUNKED_KEY: &str = "chunked";
+
+/// Refuses `meta` that claims to be chunked content (only a chunked append
+/// may say so: a reader of a forged one would wait for pieces that never
+/// come).
+pub(crate) fn check_not_chunked(meta: Option<&str>) -> Result<()> {
+    let claims = meta.is_some_and(|meta| {
+        meta.contains("\"chunked\"")
+            && serde_json::from_str::<serde_json::Value>(meta).is_ok_and(|meta| meta.get(CHUNKED_KEY).is_some())
+    });
+    if claims {
+        return Err(ServiceError::invalid("meta", "the key \"chunked\" is reserved for chunked appends"));
+    }
+    Ok(())
+}
+
 impl Service {
     /// Starts a chunked append: `event` (no payload; its meta gains
     /// `"chunked": true`) is appended now, as [`Service::append`] does for
@@ -66,6 +95,7 @@ impl Service {
         if event.payload.is_some() {
             return Err(ServiceError::invalid("payload", "a chunked append sends its payload in pieces"));
         }
+        check_not_chunked(event.meta.as_deref())?;
         let mut meta = match event.meta.as_deref() {
             None => serde_json::Map::new(),
             Some(text) => match serde_json::from_str(text) {
@@ -73,21 +103,27 @@ impl Service {
                 _ => return Err(ServiceError::invalid("meta", "is not a JSON object")),
             },
         };
-        meta.insert("chunked".to_owned(), true.into());
+        meta.insert(CHUNKED_KEY.to_owned(), true.into());
         event.meta = Some(cairn_store::check_meta_value(&serde_json::Value::Object(meta))?);
-        let mut appended = self.append(who, Batch::single(event, Expect::Any)).await?;
+        let ttl = event.ttl;
+        if ttl == Ttl::Ephemeral {
+            return Err(ServiceError::invalid("ttl", "chunked content is stored; ephemeral events are not"));
+        }
+        let mut appended = self.submit_marked(who, Batch::single(event, Expect::Any)).await?;
         let event = appended.remove(0);
         Ok(ChunkedAppend {
             service: self.clone(),
             who: who.clone(),
             topic: pieces_topic(event.id),
             event,
+            ttl,
             hasher: Sha256::new(),
-            whole: Vec::new(),
+            size: 0,
+            whole: (ttl == Ttl::Forever).then(Vec::new),
             max: self.limits().payload_bytes_max,
+            ended: false,
         })
     }
-
     /// The content of event `id` as it is written: each piece once durable,
     /// to the end (for an event that is not chunked, its payload at once).
     /// `who` must be allowed to read the event.
@@ -123,51 +159,96 @@ impl ChunkedAppend {
         &self.event
     }
 
-    /// Appends the next piece, durably.
+    /// Appends the next piece, durably (the writer's session must hold).
     pub async fn piece(&mut self, bytes: &[u8]) -> Result<()> {
         if bytes.is_empty() {
             return Ok(());
         }
-        let size = self.whole.len() as u64 + bytes.len() as u64;
+        let size = self.size + bytes.len() as u64;
         if size > self.max {
             return Err(ServiceError::TooLarge { what: "chunked content", bytes: size, max: self.max });
         }
+        self.service.admit(&self.who)?;
         self.hasher.update(bytes);
-        self.whole.extend_from_slice(bytes);
-        let event = NewEvent { topic: Some(self.topic.clone()), payload: Some(bytes.to_vec()), ..NewEvent::default() };
-        self.service.append_own(&self.who, event).await
+        self.size = size;
+        if let Some(whole) = &mut self.whole {
+            whole.extend_from_slice(bytes);
+        }
+        let event = NewEvent {
+            topic: Some(self.topic.clone()),
+            payload: Some(bytes.to_vec()),
+            ttl: self.ttl,
+            ..NewEvent::default()
+        };
+        self.service.append_record(event).await
     }
 
-    /// Ends the content: its hash and size are final, and it is kept by
-    /// its hash.
-    pub async fn finish(self) -> Result<Chunked> {
-        let hash = Hash(self.hasher.finalize().into());
-        let size = self.whole.len() as u64;
-        if size > 0 {
-            self.service.cas_put(&self.who, self.whole).await?;
-        }
+    /// Ends the content: its hash and size are final, and content kept for
+    /// ever is kept by its hash. A failure here records an abort.
+    pub async fn finish(mut self) -> Result<Chunked> {
+        self.ended = true;
+        let hash = Hash(std::mem::take(&mut self.hasher).finalize().into());
+        let size = self.size;
+        let kept = match self.whole.take() {
+            Some(whole) if !whole.is_empty() => self.service.cas_put(&self.who, whole).await.map(|_| ()),
+            _ => Ok(()),
+        };
         let meta = serde_json::json!({ "done": true, "hash": hash.sri(), "size": size });
-        let done = NewEvent { topic: Some(self.topic.clone()), meta: Some(meta.to_string()), ..NewEvent::default() };
-        self.service.append_own(&self.who, done).await?;
-        Ok(Chunked { event: self.event, hash, size })
+        let done = NewEvent {
+            topic: Some(self.topic.clone()),
+            meta: Some(meta.to_string()),
+            ttl: self.ttl,
+            ..NewEvent::default()
+        };
+        let finished = match kept {
+            Ok(()) => self.service.append_record(done).await,
+            Err(error) => Err(error),
+        };
+        if let Err(error) = finished {
+            self.record_abort(&format!("it could not be finished: {error}")).await;
+            return Err(error);
+        }
+        Ok(Chunked { event: self.event.clone(), hash, size })
     }
 
     /// Ends the content unfinished (the writer went away or failed):
     /// readers get an error at its end.
-    pub async fn abort(self, reason: &str) {
-        let meta = serde_json::json!({ "aborted": true, "reason": reason });
-        let event = NewEvent { topic: Some(self.topic.clone()), meta: Some(meta.to_string()), ..NewEvent::default() };
-        if let Err(error) = self.service.append_own(&self.who, event).await {
+    pub async fn abort(mut self, reason: &str) {
+        self.ended = true;
+        self.record_abort(reason).await;
+    }
+
+    async fn record_abort(&self, reason: &str) {
+        let event = abort_record(&self.topic, self.ttl, reason);
+        if let Err(error) = self.service.append_record(event).await {
             tracing::warn!("chunked content of {}: could not record its end: {error}", self.event.id);
         }
     }
 }
 
+fn abort_record(topic: &Topic, ttl: Ttl, reason: &str) -> NewEvent {
+    let meta = serde_json::json!({ "aborted": true, "reason": reason });
+    NewEvent { topic: Some(topic.clone()), meta: Some(meta.to_string()), ttl, ..NewEvent::default() }
+}
+
+impl Drop for ChunkedAppend {
+    fn drop(&mut self) {
+        if self.ended {
+            return;
+        }
+        let (service, event) = (self.service.clone(), abort_record(&self.topic, self.ttl, "its writer went away"));
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = service.append_record(event).await;
+            });
+        }
+    }
+}
+
 impl Service {
-    /// Appends one of a chunked append's own records (the store's topic)
-    /// for `who`, whose session must still hold.
-    async fn append_own(&self, who: &Principal, event: NewEvent) -> Result<()> {
-        self.admit(who)?;
+    /// Appends one of a chunked append's own records (the store's topic).
+    /// An end record is written whatever became of the writer's session.
+    async fn append_record(&self, event: NewEvent) -> Result<()> {
         let pending = self.storage().submit(Batch::single(event, Expect::Any), true).await?;
         pending.await?;
         Ok(())
@@ -188,7 +269,18 @@ impl ChunkedRead {
         }
         let Some(follow) = &mut self.follow else { return Ok(None) };
         loop {
-            let delivered = follow.next(1).await?;
+            // A writer that died without an end record (a crash) must not
+            // hold a reader for ever.
+            let delivered = match tokio::time::timeout(READ_IDLE_MAX, follow.next(1)).await {
+                Ok(delivered) => delivered?,
+                Err(_) => {
+                    self.follow = None;
+                    return Err(ServiceError::invalid(
+                        "content",
+                        format!("no piece for {} s: its writer stopped", READ_IDLE_MAX.as_secs()),
+                    ));
+                }
+            };
             for item in delivered {
                 let Delivered::Event(event, content) = item else { continue };
                 let meta: serde_json::Value =

@@ -310,12 +310,25 @@ impl Service {
     /// Every topic must be writable by `who` (never the store's own);
     /// expectations may name only topics `who` may read or write; events
     /// are stamped with `who`'s user; an idempotency key is `who`'s own.
-    pub async fn submit(&self, who: &Principal, mut batch: Batch) -> Result<Appending> {
+    pub async fn submit(&self, who: &Principal, batch: Batch) -> Result<Appending> {
+        self.submit_checked(who, batch, false).await
+    }
+
+    /// [`Service::submit`] for a chunked append's event, the one write
+    /// whose meta may say `chunked`; resolves once durable.
+    pub(crate) async fn submit_marked(&self, who: &Principal, batch: Batch) -> Result<Vec<Event>> {
+        self.submit_checked(who, batch, true).await?.await
+    }
+
+    async fn submit_checked(&self, who: &Principal, mut batch: Batch, chunked: bool) -> Result<Appending> {
         self.admit(who)?;
         let user = who.user_name().map(str::to_owned);
         for event in &mut batch.events {
             let topic = event.topic.as_ref().ok_or_else(|| ServiceError::invalid("topic", "is required"))?;
             who.check_write(topic)?;
+            if !chunked {
+                crate::chunked::check_not_chunked(event.meta.as_deref())?;
+            }
             // Registrations are the audit trail of what runs: kept.
             if topic.is_system() && event.ttl != Ttl::Forever {
                 return Err(ServiceError::invalid("ttl", format!("{topic}: registrations are kept (ttl forever)")));

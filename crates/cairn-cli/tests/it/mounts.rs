@@ -57,6 +57,18 @@ async fn mounts_come_and_go_while_the_server_runs() {
     let root = server.tcp().with_basic("root", "root-pw");
     let relative = call(&root, "POST", "/v1/mounts/two", &[], r#"{"dir":"relative/path"}"#).await;
     assert_eq!(relative.status, 400);
+    // Not into or around a store, and not over a directory of other files.
+    let main = serde_json::json!({ "dir": std::path::absolute(cairn.store()).unwrap().join("log") }).to_string();
+    assert_eq!(call(&root, "POST", "/v1/mounts/inside", &[], main).await.status, 400);
+    let around = serde_json::json!({ "dir": base.display().to_string() }).to_string();
+    assert_eq!(call(&root, "POST", "/v1/mounts/around", &[], around).await.status, 400);
+    let busy = base.join("papers");
+    std::fs::create_dir_all(&busy).unwrap();
+    std::fs::write(busy.join("thesis.txt"), "mine").unwrap();
+    let busy = serde_json::json!({ "dir": busy.display().to_string() }).to_string();
+    let reply = call(&root, "POST", "/v1/mounts/papers", &[], busy).await;
+    assert_eq!(reply.status, 400);
+    assert!(String::from_utf8_lossy(&reply.body).contains("holds files but no cairn store"));
     let mounted = call(&root, "POST", "/v1/mounts/two", &[], body.clone()).await;
     assert_eq!(mounted.status, 201, "{}", String::from_utf8_lossy(&mounted.body));
     let listed = call(&root, "GET", "/v1/mounts", &[], "").await.json();
@@ -65,6 +77,10 @@ async fn mounts_come_and_go_while_the_server_runs() {
     on(&two, &["proc", "create", "hello", "--kind", "generator", "--sh", "echo hi; sleep 60"], b"");
     wait_for("the generator's line", || !on(&two, &["cat", "hello.recv"], b"").is_empty());
     assert!(cairn.ok(&["cat", "hello.recv"], b"").is_empty());
+    // A mount's socket mounts nothing.
+    let nested = serde_json::json!({ "dir": base.join("three").display().to_string() }).to_string();
+    let reply = call(&cairn_client::Client::unix(&two.join("cairn.sock")), "POST", "/v1/mounts/three", &[], nested).await;
+    assert_eq!(reply.status, 400);
 
     // Unmounted while the server runs: its processors stop, its store
     // closes, its socket goes; the CLI then opens it itself.

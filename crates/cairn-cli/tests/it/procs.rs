@@ -458,6 +458,11 @@ fn http_requests_are_served_by_a_handler_from_the_store() {
     assert_eq!(body, "sh /upload", "{head}");
     assert!(head.contains("x-chunked: true"), "{head}");
     let upload = events(&cairn, "http.request").into_iter().find(|event| event["meta"]["path"] == "/upload").unwrap();
+    // Its pieces go with the request (its retention), and are not kept by
+    // hash for ever.
+    let pieces = events(&cairn, &format!("cairn.chunks.{}", upload["id"].as_str().unwrap()));
+    assert!(!pieces.is_empty());
+    assert!(pieces.iter().all(|piece| piece["ttl"] == "time:1d"), "{pieces:?}");
     let socket = server.socket().to_str().unwrap().to_owned();
     let content_url = format!("http://cairn/v1/events/{}/content", upload["id"].as_str().unwrap());
     wait_for(Duration::from_secs(10), "the uploaded body", || {
@@ -533,6 +538,12 @@ fn chunked_content_is_read_while_it_is_written() {
         .output()
         .unwrap();
     assert_eq!(by_hash.stdout, whole);
+
+    // Only a chunked append may mark an event chunked (a reader of a
+    // forged one would wait for pieces that never come).
+    let forged = cairn.run(&["append", "uploads", "--meta", r#"{"chunked":true}"#, "--empty"], b"");
+    assert!(!forged.status.success());
+    assert!(String::from_utf8_lossy(&forged.stderr).contains("reserved"));
 
     // A writer killed mid-way: its content ends as aborted, and a reader
     // gets an error, never a short body that looks whole.

@@ -34,15 +34,13 @@ pub(crate) async fn mount(
 ) -> ApiResult<Response<Body>> {
     params.finish()?;
     app.service.check_admin(&principal)?;
+    main_only(&app)?;
     crate::mounts::check_name(&name).map_err(|rule| ApiError::invalid("name", rule))?;
     let bytes = read_body(&app, &headers, body, "mount", 64 * 1024).await?;
     let given: MountBody = parse_json(&bytes, "{\"dir\": \"/absolute/path\"}")?;
     let dir = std::path::PathBuf::from(&given.dir);
     if !dir.is_absolute() {
         return Err(ApiError::invalid("dir", format!("{:?} is not an absolute path", given.dir)));
-    }
-    if dir == app.config.store || app.mounts.list().iter().any(|mount| mount.name != name && mount.dir == given.dir) {
-        return Err(ApiError::invalid("dir", format!("{} is already served", given.dir)));
     }
     app.mounts
         .mount(&app.config, &name, dir.clone())
@@ -67,10 +65,19 @@ pub(crate) async fn unmount(
 ) -> ApiResult<Response<Body>> {
     params.finish()?;
     app.service.check_admin(&principal)?;
+    main_only(&app)?;
     if app.mounts.has(&name).is_none() {
         return Err(ApiError::not_found("mount", &name));
     }
     app.service.record_mount(&principal, serde_json::json!({ "op": "unmount", "name": name })).await?;
     app.mounts.unmount(&name).await;
     Ok(super::no_content())
+}
+
+/// Mounts are the main server's: a mount's own socket mounts nothing.
+fn main_only(app: &crate::server::App) -> ApiResult<()> {
+    if !app.main {
+        return Err(ApiError::invalid("mount", "mounts are made through the main store's server, not a mount's"));
+    }
+    Ok(())
 }
