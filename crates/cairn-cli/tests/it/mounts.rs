@@ -80,7 +80,7 @@ async fn mounts_come_and_go_while_the_server_runs() {
     // A mount's socket mounts nothing.
     let nested = serde_json::json!({ "dir": base.join("three").display().to_string() }).to_string();
     let reply =
-        call(&cairn_client::Client::unix(&two.join("cairn.sock")), "POST", "/v1/mounts/three", &[], nested).await;
+        call(&cairn_client::Client::unix(two.join("cairn.sock")), "POST", "/v1/mounts/three", &[], nested).await;
     assert_eq!(reply.status, 400);
 
     // Unmounted while the server runs: its processors stop, its store
