@@ -40,10 +40,6 @@ use tokio::sync::{Semaphore, mpsc, watch};
 const WHOLE_BODY_MAX: u64 = 1024 * 1024;
 /// A streamed request body must end within this long.
 const BODY_DEADLINE: Duration = Duration::from_secs(300);
-/// A streamed body's frames gather into pieces of this many bytes ...
-const PIECE_BYTES: usize = 64 * 1024;
-/// ... or of what came within this long.
-const PIECE_EVERY: Duration = Duration::from_millis(50);
 /// Chunks queued for one response at most.
 const CHUNKS_QUEUED_MAX: usize = 64;
 /// Responses kept for a request not registered yet, at most ...
@@ -298,53 +294,14 @@ impl Door {
             let id = chunked.event().id;
             let body_timeout = self.body_timeout;
             tokio::spawn(async move {
-                let mut body = body;
                 let deadline = tokio::time::Instant::now() + BODY_DEADLINE;
-                // Frames gather into pieces of up to 64 KiB, or what came
-                // within 50 ms: a body of one-byte chunks is not one
-                // durable event per byte.
-                let mut gathered: Vec<u8> = Vec::new();
-                let mut since = tokio::time::Instant::now();
-                loop {
-                    let stall_at = (tokio::time::Instant::now() + body_timeout).min(deadline);
-                    let flush_at = (!gathered.is_empty()).then(|| since + PIECE_EVERY);
-                    let wake = flush_at.map_or(stall_at, |flush_at| flush_at.min(stall_at));
-                    let frame = match tokio::time::timeout_at(wake, body.frame()).await {
-                        Ok(Some(Ok(frame))) => frame,
-                        Ok(None) => break,
-                        Err(_) if flush_at.is_some_and(|flush_at| flush_at <= tokio::time::Instant::now()) => {
-                            // What came within 50 ms is readable now.
-                            if let Err(error) = chunked.piece(&gathered).await {
-                                chunked.abort(&error.to_string()).await;
-                                return;
-                            }
-                            gathered.clear();
-                            continue;
+                match crate::pump::pump(&mut chunked, body, body_timeout, deadline).await {
+                    Ok(()) => {
+                        if let Err(error) = chunked.finish().await {
+                            tracing::warn!("http app: the body of request {id}: {error}");
                         }
-                        Ok(Some(Err(_))) | Err(_) => {
-                            chunked.abort("the request body failed, stalled or took too long").await;
-                            return;
-                        }
-                    };
-                    let Ok(data) = frame.into_data() else { continue };
-                    if gathered.is_empty() {
-                        since = tokio::time::Instant::now();
                     }
-                    gathered.extend_from_slice(&data);
-                    if gathered.len() >= PIECE_BYTES {
-                        if let Err(error) = chunked.piece(&gathered).await {
-                            chunked.abort(&error.to_string()).await;
-                            return;
-                        }
-                        gathered.clear();
-                    }
-                }
-                if let Err(error) = chunked.piece(&gathered).await {
-                    chunked.abort(&error.to_string()).await;
-                    return;
-                }
-                if let Err(error) = chunked.finish().await {
-                    tracing::warn!("http app: the body of request {id}: {error}");
+                    Err(stopped) => chunked.abort(&stopped.reason()).await,
                 }
             });
             id

@@ -22,6 +22,7 @@ mod http;
 mod listen;
 mod metrics;
 mod mounts;
+mod pump;
 mod resp;
 mod server;
 mod xs;

@@ -539,6 +539,25 @@ fn chunked_content_is_read_while_it_is_written() {
         .unwrap();
     assert_eq!(by_hash.stdout, whole);
 
+    // A body of 2,000 one-byte HTTP chunks is gathered into a few pieces,
+    // not one durable event per byte.
+    let mut raw = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    let mut request =
+        b"POST /v1/topics/tiny/events?chunked=true HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+            .to_vec();
+    for _ in 0..2000 {
+        request.extend_from_slice(b"1\r\nx\r\n");
+    }
+    request.extend_from_slice(b"0\r\n\r\n");
+    raw.write_all(&request).unwrap();
+    let mut reply = String::new();
+    raw.read_to_string(&mut reply).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 201"), "{reply}");
+    let tiny = events(&cairn, "tiny").remove(0);
+    let pieces = events(&cairn, &format!("cairn.chunks.{}", tiny["id"].as_str().unwrap()));
+    assert!(pieces.len() <= 5, "{} pieces for 2,000 bytes", pieces.len());
+    assert_eq!(pieces.last().unwrap()["meta"]["size"], 2000);
+
     // Only a chunked append may mark an event chunked (a reader of a
     // forged one would wait for pieces that never come).
     let forged = cairn.run(&["append", "uploads", "--meta", r#"{"chunked":true}"#, "--empty"], b"");

@@ -84,6 +84,10 @@ pub(crate) async fn append(
     Ok(response)
 }
 
+/// A chunked upload must end within this long (each pause also within the
+/// body timeout).
+const CHUNKED_BODY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// `POST /v1/topics/{topic}/events?chunked=true`: the event is appended at
 /// once (followers see it), then each piece of the body as it arrives;
 /// answers when the body ends, with the event and its content's final
@@ -96,20 +100,14 @@ async fn append_chunked(
     body: Body,
 ) -> ApiResult<Response<Body>> {
     let mut chunked = app.service.append_chunked(principal, event).await?;
-    let mut stream = body.into_data_stream();
-    loop {
-        let piece = match super::next_chunk(app.config.body_timeout, &mut stream).await {
-            Ok(Some(piece)) => piece,
-            Ok(None) => break,
-            Err(error) => {
-                chunked.abort("the request body failed or stalled").await;
-                return Err(error);
-            }
-        };
-        if let Err(error) = chunked.piece(&piece).await {
-            chunked.abort(&error.to_string()).await;
-            return Err(error.into());
-        }
+    let deadline = tokio::time::Instant::now() + CHUNKED_BODY_DEADLINE;
+    if let Err(stopped) = crate::pump::pump(&mut chunked, body, app.config.body_timeout, deadline).await {
+        chunked.abort(&stopped.reason()).await;
+        return Err(match stopped {
+            crate::pump::Stopped::Store(error) => error.into(),
+            crate::pump::Stopped::Stalled => ApiError::BodyTimeout,
+            crate::pump::Stopped::Broken => ApiError::invalid("body", "the request body failed"),
+        });
     }
     let done = chunked.finish().await?;
     let mut json = serde_json::to_value(EventJson::from_event(&done.event, None)).unwrap_or_default();
