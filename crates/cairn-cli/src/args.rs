@@ -109,6 +109,18 @@ pub enum Command {
     /// Durable consumers: named cursors that resume after their last ack.
     #[command(subcommand)]
     Consumer(ConsumerCommand),
+    /// Keyed records' latest state: a topic's keys, or one key's state (as
+    /// of a revision with --rev).
+    #[command(after_help = "Examples:\n  cairn state accounts\n  cairn state accounts alice --rev 1767225600000")]
+    State {
+        /// The topic.
+        topic: String,
+        /// One key.
+        key: Option<String>,
+        /// The state as of this revision (milliseconds; replayed).
+        #[arg(long, requires = "key")]
+        rev: Option<u64>,
+    },
     /// Processors: programs a running server runs off the log (handlers,
     /// generators, commands), registered as events.
     #[command(subcommand)]

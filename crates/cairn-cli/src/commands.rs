@@ -133,6 +133,28 @@ async fn command_on(service: &Service, out: &mut impl std::io::Write, command: C
         }
         Command::Consumer(command) => consumer(service, out, command).await?,
         Command::Proc(command) => return proc(service, out, command).await,
+        Command::State { topic, key, rev } => {
+            let topic = Topic::new(&topic)?;
+            match key {
+                Some(key) => match service.key_state(&LOCAL, &topic, &key, rev).await? {
+                    Some(state) => output::json_line(out, &state)?,
+                    None => bail!("no key {key} on {topic}"),
+                },
+                None => {
+                    let mut after: Option<String> = None;
+                    loop {
+                        let page = service.key_states(&LOCAL, &topic, after.as_deref(), 1000).await?;
+                        for state in &page {
+                            output::json_line(out, state)?;
+                        }
+                        match page.last() {
+                            Some(last) if page.len() == 1000 => after = Some(last.key.clone()),
+                            _ => break,
+                        }
+                    }
+                }
+            }
+        }
         Command::Backup { dir } => {
             let progress = std::sync::Arc::new(cairn_service::BackupProgress::default());
             let bar = progress_bar(progress.clone());

@@ -60,6 +60,33 @@ async fn dispatch(client: Client, command: Command, login_password: Option<Strin
         }
         Command::Consumer(command) => consumer(&client, &mut out, command).await?,
         Command::Proc(command) => proc(&client, &mut out, command).await?,
+        Command::State { topic, key, rev } => match key {
+            Some(key) => {
+                let mut path = format!("/v1/state/{}/{}", encode(&topic), encode(&key));
+                if let Some(rev) = rev {
+                    path.push_str(&format!("?rev={rev}"));
+                }
+                line(&mut out, &client.request("GET", &path, &[], empty()).await?.bytes().await?)?;
+            }
+            None => {
+                let mut after: Option<String> = None;
+                loop {
+                    let mut path = format!("/v1/state/{}?limit=1000", encode(&topic));
+                    if let Some(after) = &after {
+                        path.push_str(&format!("&after={}", encode(after)));
+                    }
+                    let body = client.request("GET", &path, &[], empty()).await?.bytes().await?;
+                    let page: Vec<serde_json::Value> = serde_json::from_slice(&body)?;
+                    for state in &page {
+                        line(&mut out, state.to_string().as_bytes())?;
+                    }
+                    match page.last().and_then(|last| last["key"].as_str()) {
+                        Some(last) if page.len() == 1000 => after = Some(last.to_owned()),
+                        _ => break,
+                    }
+                }
+            }
+        },
         Command::Backup { dir } => {
             // The server writes the copy: DIR is a path on its machine.
             let dir = std::path::absolute(&dir)?;

@@ -49,6 +49,13 @@ pub enum ServiceError {
         /// Its current entity tag.
         etag: String,
     },
+    /// Keys a transaction touches changed after its base revision; nothing
+    /// was written.
+    #[error("conflict: keys changed after the base revision: {}", keys.join(", "))]
+    Conflict {
+        /// Each conflicting key: `<topic> <key> (rev <current>)`.
+        keys: Vec<String>,
+    },
     /// An idempotency key was used before for a different write.
     #[error(
         "idempotency key {key:?} was used for a different write (other topics or content); use a new key for a new write"
@@ -138,6 +145,7 @@ impl ServiceError {
             ServiceError::ExpectationFailed { .. } => "expectation_failed",
             ServiceError::PreconditionFailed { .. } => "precondition_failed",
             ServiceError::IdempotencyConflict { .. } => "idempotency_conflict",
+            ServiceError::Conflict { .. } => "conflict",
             ServiceError::InUse { .. } => "in_use",
             ServiceError::Exists { .. } => "exists",
             ServiceError::TooLarge { .. } => "too_large",

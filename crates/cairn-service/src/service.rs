@@ -54,6 +54,8 @@ pub(crate) struct Inner {
     pub(crate) logins: Logins,
     pub(crate) sessions: Sessions,
     pub(crate) groups: Groups,
+    /// Keyed transactions commit one at a time (`keyed.rs`).
+    pub(crate) hub: tokio::sync::Mutex<()>,
     pub(crate) options: ServiceOptions,
     pub(crate) started: Instant,
     pub(crate) stopping: watch::Sender<bool>,
@@ -179,6 +181,7 @@ impl Service {
         Service {
             inner: Arc::new(Inner {
                 groups: Groups::default(),
+                hub: tokio::sync::Mutex::new(()),
                 storage,
                 users,
                 logins: Logins::default(),

@@ -15,6 +15,7 @@ mod console;
 mod errors;
 mod hostile;
 mod http;
+mod keyed;
 mod lifecycle;
 mod mounts;
 mod postgres;

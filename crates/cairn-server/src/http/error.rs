@@ -174,6 +174,7 @@ fn status(error: &ServiceError) -> StatusCode {
     match error {
         ServiceError::Invalid { .. } => StatusCode::BAD_REQUEST,
         ServiceError::ExpectationFailed { .. }
+        | ServiceError::Conflict { .. }
         | ServiceError::IdempotencyConflict { .. }
         | ServiceError::InUse { .. }
         | ServiceError::Exists { .. } => StatusCode::CONFLICT,

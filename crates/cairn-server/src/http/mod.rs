@@ -17,6 +17,7 @@ mod consumers;
 pub(crate) mod error;
 mod events;
 mod groups;
+mod keyed;
 mod mounts;
 pub(crate) mod openapi;
 mod procs;
@@ -73,6 +74,9 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/v1/backup", post(admin::backup))
         .route("/v1/compact", post(admin::compact))
         .route("/v1/export/extras", get(admin::export_extras))
+        .route("/v1/transactions", post(keyed::publish))
+        .route("/v1/state/{topic}", get(keyed::states))
+        .route("/v1/state/{topic}/{key}", get(keyed::state))
         .route("/v1/mounts", get(mounts::list))
         .route("/v1/mounts/{name}", post(mounts::mount).delete(mounts::unmount))
         .route("/v1/procs", get(procs::list))

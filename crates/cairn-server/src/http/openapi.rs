@@ -136,6 +136,24 @@ pub(crate) const ROUTES: &[(&str, &str, &str, &[QueryParams])] = &[
         "Rewrite sealed log segments without their removed events, where those make at least ?ratio= (0 to 1, default 0) of a segment (admin).",
         &[],
     ),
+    (
+        "post",
+        "/v1/transactions",
+        "Commit a transaction of keyed actions {base?, created?, extra?, acts: [{top, key, cmd: new|mod|del, arg?}]} as one batch sharing one rev; 409 names each key changed after base.",
+        &[],
+    ),
+    (
+        "get",
+        "/v1/state/{topic}",
+        "The topic's keys with their latest state, rev and last event id, in key order.",
+        &[&[("after", "Only keys after this one (paging)."), ("limit", "At most n keys (1 to 10000; default 1000).")]],
+    ),
+    (
+        "get",
+        "/v1/state/{topic}/{key}",
+        "A key's latest state, rev and last event id.",
+        &[&[("rev", "The state as of this revision (replayed).")]],
+    ),
     ("get", "/v1/mounts", "The store directories this server serves besides its own (admins).", &[]),
     (
         "post",

@@ -1,0 +1,441 @@
+//! Keyed records (seed 003, evt): transactions of actions on keys, each
+//! key's latest state kept current, conflicts decided per key.
+//!
+//! An action `{top, key, cmd, arg}` is an event on topic `top` whose meta
+//! is the fixed shape `{"key", "cmd", "rev", "tx"?, "created"?, "extra"?}`
+//! (every front end shows meta) and whose payload is `arg` (a JSON object
+//! of field values). A transaction's actions commit as one batch and share
+//! one revision `rev`: milliseconds, strictly increasing from transaction
+//! to transaction (the larger of now and the last rev plus one, drawn under
+//! the hub's lock, so rev order is commit order is id order). Its audit is
+//! on every one of its events: `user` (the authenticated principal), meta
+//! `created` (the client's time), `rev` (its arrival), `extra`.
+//!
+//! Each key's state (`{state, rev, id}`) is a state record (`h<top>\0<key>`)
+//! so reads need no replay. A transaction is checked and applied under the
+//! hub's lock (and the storage's shared lock, where servers share it):
+//! every key it touches must not have changed after its `base`, and its
+//! actions apply in order by evt's rules (`new` on a missing key, `mod`
+//! merging fields into an existing one, `del` of an existing one; so
+//! del+new is a mod, new+mod a new with the fields applied, mod+mod
+//! overwrites field by field, anything+del a del, and mod after del, a
+//! double del or new on an existing key are refused). The events and the
+//! state records are two writes; a record of the transaction in flight
+//! (`P`: its topics and the last event before it) written first lets the
+//! next hub call finish a transaction a crash cut between them, so the
+//! states are a function of the log.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use cairn_store::{Batch, Event, EventId, NewEvent, Pattern, Query, StateOp, Topic};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, ServiceError};
+use crate::principal::Principal;
+use crate::service::Service;
+
+/// At most this many actions in one transaction.
+pub const ACTS_MAX: usize = 10_000;
+/// Keys are 1-255 bytes.
+pub const KEY_BYTES_MAX: usize = 255;
+
+/// What an action does to its key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Cmd {
+    /// Creates the key with `arg` as its state.
+    New,
+    /// Sets `arg`'s fields in the key's state.
+    Mod,
+    /// Deletes the key.
+    Del,
+}
+
+/// One action of a transaction.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Act {
+    /// The topic.
+    pub top: String,
+    /// The key within the topic.
+    pub key: String,
+    /// new, mod or del.
+    pub cmd: Cmd,
+    /// The fields (a JSON object; none for del).
+    #[serde(default)]
+    pub arg: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// A transaction: actions committed together against a base revision.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Trans {
+    /// The revision the writer last saw (ms): a key changed after it is a
+    /// conflict. None: no check.
+    #[serde(default)]
+    pub base: Option<u64>,
+    /// When the writer made it (ms), for the audit.
+    #[serde(default)]
+    pub created: Option<u64>,
+    /// Ignored: the user is the authenticated principal.
+    #[serde(default)]
+    pub usr: Option<String>,
+    /// Anything the writer wants kept with it.
+    #[serde(default)]
+    pub extra: Option<serde_json::Value>,
+    /// The actions, in order.
+    pub acts: Vec<Act>,
+}
+
+/// A committed transaction.
+#[derive(Clone, Debug)]
+pub struct Committed {
+    /// Its revision.
+    pub rev: u64,
+    /// Its events, one per action.
+    pub events: Vec<Event>,
+}
+
+/// A key's latest state.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct KeyState {
+    /// The key.
+    pub key: String,
+    /// Its fields.
+    pub state: serde_json::Map<String, serde_json::Value>,
+    /// The revision that last changed it.
+    pub rev: u64,
+    /// The last event that changed it.
+    pub id: EventId,
+}
+
+/// A key's record: its state, or its deletion (kept: a deletion is a
+/// change a later transaction's base may conflict with).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Record {
+    state: Option<serde_json::Map<String, serde_json::Value>>,
+    rev: u64,
+    id: EventId,
+}
+
+/// The hub's checkpoint (`H`): the last revision and its last event.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+struct Checkpoint {
+    rev: u64,
+    id: Option<EventId>,
+}
+
+/// A transaction in flight (`P`): its topics and where the log stood.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct InFlight {
+    topics: Vec<String>,
+    after: EventId,
+}
+
+fn record_key(top: &str, key: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(2 + top.len() + key.len());
+    out.push(b'h');
+    out.extend_from_slice(top.as_bytes());
+    out.push(0);
+    out.extend_from_slice(key.as_bytes());
+    out
+}
+
+const CHECKPOINT: &[u8] = b"H";
+const IN_FLIGHT: &[u8] = b"P";
+
+/// The meta of an action's event.
+#[derive(Serialize, Deserialize)]
+struct ActMeta {
+    key: String,
+    cmd: Cmd,
+    rev: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    created: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    extra: Option<serde_json::Value>,
+}
+
+/// An action read back from its event: (key, cmd, rev, arg).
+fn act_of(
+    event: &Event,
+    content: Option<&[u8]>,
+) -> Option<(String, Cmd, u64, serde_json::Map<String, serde_json::Value>)> {
+    let meta: ActMeta = serde_json::from_str(event.meta.as_deref()?).ok()?;
+    let arg = content.and_then(|bytes| serde_json::from_slice(bytes).ok()).unwrap_or_default();
+    Some((meta.key, meta.cmd, meta.rev, arg))
+}
+
+/// Applies one action to a key's state (`None`: missing or deleted).
+fn apply(
+    state: &mut Option<serde_json::Map<String, serde_json::Value>>,
+    cmd: Cmd,
+    arg: serde_json::Map<String, serde_json::Value>,
+) -> std::result::Result<(), &'static str> {
+    match (cmd, state.as_mut()) {
+        (Cmd::New, None) => *state = Some(arg),
+        (Cmd::New, Some(_)) => return Err("new on a key that exists"),
+        (Cmd::Mod, Some(fields)) => fields.extend(arg),
+        (Cmd::Mod, None) => return Err("mod of a key that does not exist (or was deleted)"),
+        (Cmd::Del, Some(_)) => *state = None,
+        (Cmd::Del, None) => return Err("del of a key that does not exist (or was deleted)"),
+    }
+    Ok(())
+}
+
+impl Service {
+    /// Commits `trans` for `who` (who must be allowed to write every topic
+    /// it touches): all its actions or none.
+    pub async fn publish(&self, who: &Principal, trans: Trans) -> Result<Committed> {
+        self.admit(who)?;
+        if trans.acts.is_empty() {
+            return Err(ServiceError::invalid("acts", "a transaction needs at least one action"));
+        }
+        if trans.acts.len() > ACTS_MAX {
+            return Err(ServiceError::invalid("acts", format!("at most {ACTS_MAX} actions")));
+        }
+        let mut topics = BTreeMap::new();
+        for act in &trans.acts {
+            if act.key.is_empty() || act.key.len() > KEY_BYTES_MAX || act.key.contains('\0') {
+                return Err(ServiceError::invalid("key", format!("keys are 1-{KEY_BYTES_MAX} bytes without NUL")));
+            }
+            let topic = Topic::new(&act.top)?;
+            who.check_write(&topic)?;
+            topics.insert(act.top.clone(), topic);
+        }
+        let _shared = self.shared_lock("hub").await?;
+        let _hub = self.inner.hub.lock().await;
+        let checkpoint = self.hub_recover().await?;
+        let now = EventId::now().timestamp_ms();
+        if let Some(base) = trans.base
+            && base > checkpoint.rev.max(now)
+        {
+            return Err(ServiceError::invalid("base", format!("{base} is in the future (now {now})")));
+        }
+        // The touched keys as they are, each checked against the base,
+        // then the actions in order.
+        let mut keys: BTreeMap<(String, String), Option<Record>> = BTreeMap::new();
+        for act in &trans.acts {
+            let slot = (act.top.clone(), act.key.clone());
+            if let std::collections::btree_map::Entry::Vacant(vacant) = keys.entry(slot) {
+                let record = self.state_get(record_key(&act.top, &act.key)).await?;
+                vacant.insert(record.and_then(|bytes| serde_json::from_slice::<Record>(&bytes).ok()));
+            }
+        }
+        if let Some(base) = trans.base {
+            let conflicts: Vec<String> = keys
+                .iter()
+                .filter_map(|((top, key), record)| {
+                    record
+                        .as_ref()
+                        .filter(|record| record.rev > base)
+                        .map(|record| format!("{top} {key} (rev {})", record.rev))
+                })
+                .collect();
+            if !conflicts.is_empty() {
+                return Err(ServiceError::Conflict { keys: conflicts });
+            }
+        }
+        let mut states: BTreeMap<(String, String), Option<serde_json::Map<String, serde_json::Value>>> = keys
+            .iter()
+            .map(|(slot, record)| (slot.clone(), record.as_ref().and_then(|record| record.state.clone())))
+            .collect();
+        for (n, act) in trans.acts.iter().enumerate() {
+            let state = states.get_mut(&(act.top.clone(), act.key.clone())).expect("every key was read");
+            apply(state, act.cmd, act.arg.clone().unwrap_or_default()).map_err(|rule| {
+                ServiceError::invalid("acts", format!("action {} ({} {}): {rule}", n + 1, act.top, act.key))
+            })?;
+        }
+        let rev = now.max(checkpoint.rev + 1);
+        let events = trans
+            .acts
+            .iter()
+            .map(|act| {
+                let meta = ActMeta {
+                    key: act.key.clone(),
+                    cmd: act.cmd,
+                    rev,
+                    created: trans.created,
+                    extra: trans.extra.clone(),
+                };
+                let payload =
+                    act.arg.as_ref().filter(|_| act.cmd != Cmd::Del).map(|arg| serde_json::to_vec(arg).expect("JSON"));
+                NewEvent {
+                    topic: Some(topics[&act.top].clone()),
+                    kind: Some(
+                        match act.cmd {
+                            Cmd::New => "new",
+                            Cmd::Mod => "mod",
+                            Cmd::Del => "del",
+                        }
+                        .to_owned(),
+                    ),
+                    meta: Some(serde_json::to_string(&meta).expect("JSON")),
+                    payload,
+                    ..NewEvent::default()
+                }
+            })
+            .collect();
+        // The transaction in flight first, so a crash after its events
+        // leaves the next call what it needs to update the states.
+        let in_flight = InFlight { topics: topics.keys().cloned().collect(), after: self.last_id() };
+        let bytes = serde_json::to_vec(&in_flight).expect("JSON");
+        self.storage().state_submit(vec![StateOp::Put(IN_FLIGHT.to_vec(), bytes)]).await?.await?;
+        let appended = match self.append(who, Batch { events, ..Batch::default() }).await {
+            Ok(appended) => appended,
+            Err(error) => {
+                self.storage().state_submit(vec![StateOp::Delete(IN_FLIGHT.to_vec())]).await?.await?;
+                return Err(error);
+            }
+        };
+        let mut ops = Vec::new();
+        for (act, event) in trans.acts.iter().zip(&appended) {
+            let state = states[&(act.top.clone(), act.key.clone())].clone();
+            let record = Record { state, rev, id: event.id };
+            ops.push((record_key(&act.top, &act.key), record));
+        }
+        // One record per key: its last action's event (the map keeps the
+        // last insert).
+        let mut ops: Vec<StateOp> = ops
+            .into_iter()
+            .collect::<BTreeMap<_, _>>()
+            .into_iter()
+            .map(|(key, record)| StateOp::Put(key, serde_json::to_vec(&record).expect("JSON")))
+            .collect();
+        let last = appended.last().map(|event| event.id);
+        ops.push(StateOp::Put(CHECKPOINT.to_vec(), serde_json::to_vec(&Checkpoint { rev, id: last }).expect("JSON")));
+        ops.push(StateOp::Delete(IN_FLIGHT.to_vec()));
+        self.storage().state_submit(ops).await?.await?;
+        Ok(Committed { rev, events: appended })
+    }
+
+    /// Finishes a transaction a crash cut between its events and its
+    /// states; returns the checkpoint. Under the hub's lock.
+    async fn hub_recover(&self) -> Result<Checkpoint> {
+        let checkpoint = self
+            .state_get(CHECKPOINT.to_vec())
+            .await?
+            .and_then(|bytes| serde_json::from_slice::<Checkpoint>(&bytes).ok())
+            .unwrap_or_default();
+        let Some(in_flight) =
+            self.state_get(IN_FLIGHT.to_vec()).await?.and_then(|bytes| serde_json::from_slice::<InFlight>(&bytes).ok())
+        else {
+            return Ok(checkpoint);
+        };
+        let mut found: Vec<Event> = Vec::new();
+        let mut contents = Vec::new();
+        for top in &in_flight.topics {
+            let Ok(topic) = Topic::new(top) else { continue };
+            let query = Query { after: Some(in_flight.after), ..Query::new(Pattern::Exact(topic)) };
+            for item in self.read_all(&Principal::Local, query, true).await? {
+                if let Some(act) = act_of(&item.event, item.content.as_deref()) {
+                    found.push(item.event);
+                    contents.push(act);
+                }
+            }
+        }
+        // In id order (the transaction's own order), once each.
+        let mut order: Vec<usize> = (0..found.len()).collect();
+        order.sort_by_key(|&n| found[n].id);
+        let mut checkpoint = checkpoint;
+        let mut records: BTreeMap<Vec<u8>, Record> = BTreeMap::new();
+        for n in order {
+            let event = &found[n];
+            let (key, cmd, rev, arg) = contents[n].clone();
+            if rev <= checkpoint.rev && checkpoint.id.is_some_and(|id| event.id <= id) {
+                continue;
+            }
+            let slot = record_key(event.topic.as_str(), &key);
+            let current = match records.get(&slot) {
+                Some(record) => Some(record.clone()),
+                None => {
+                    self.state_get(slot.clone()).await?.and_then(|bytes| serde_json::from_slice::<Record>(&bytes).ok())
+                }
+            };
+            let mut state = current.as_ref().and_then(|record| record.state.clone());
+            // The log is the truth: an action that applies keeps its effect.
+            let _ = apply(&mut state, cmd, arg);
+            records.insert(slot, Record { state, rev, id: event.id });
+            checkpoint = Checkpoint { rev: checkpoint.rev.max(rev), id: Some(event.id) };
+        }
+        let mut ops: Vec<StateOp> = records
+            .into_iter()
+            .map(|(key, record)| StateOp::Put(key, serde_json::to_vec(&record).expect("JSON")))
+            .collect();
+        ops.push(StateOp::Put(CHECKPOINT.to_vec(), serde_json::to_vec(&checkpoint).expect("JSON")));
+        ops.push(StateOp::Delete(IN_FLIGHT.to_vec()));
+        self.storage().state_submit(ops).await?.await?;
+        Ok(checkpoint)
+    }
+
+    /// `key`'s latest state on `topic` (None: never created, or deleted);
+    /// `who` must be allowed to read the topic. With `at`, the state as of
+    /// that revision, by replaying the topic.
+    pub async fn key_state(
+        &self,
+        who: &Principal,
+        topic: &Topic,
+        key: &str,
+        at: Option<u64>,
+    ) -> Result<Option<KeyState>> {
+        self.admit(who)?;
+        who.check_read(&Pattern::Exact(topic.clone()))?;
+        if let Some(at) = at {
+            let mut state = None;
+            let mut last = None;
+            for item in self.read_all(who, Query::new(Pattern::Exact(topic.clone())), true).await? {
+                let Some((act_key, cmd, rev, arg)) = act_of(&item.event, item.content.as_deref()) else { continue };
+                if act_key != key || rev > at {
+                    continue;
+                }
+                let _ = apply(&mut state, cmd, arg);
+                last = Some((rev, item.event.id));
+            }
+            return Ok(state.zip(last).map(|(state, (rev, id))| KeyState { key: key.to_owned(), state, rev, id }));
+        }
+        {
+            let _hub = self.inner.hub.lock().await;
+            self.hub_recover().await?;
+        }
+        let record = self.state_get(record_key(topic.as_str(), key)).await?;
+        let record = record.and_then(|bytes| serde_json::from_slice::<Record>(&bytes).ok());
+        Ok(record.and_then(|record| {
+            record.state.map(|state| KeyState { key: key.to_owned(), state, rev: record.rev, id: record.id })
+        }))
+    }
+
+    /// The keys of `topic` that exist, in key order, after `after`, at
+    /// most `limit`; `who` must be allowed to read the topic.
+    pub async fn key_states(
+        &self,
+        who: &Principal,
+        topic: &Topic,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<KeyState>> {
+        self.admit(who)?;
+        who.check_read(&Pattern::Exact(topic.clone()))?;
+        {
+            let _hub = self.inner.hub.lock().await;
+            self.hub_recover().await?;
+        }
+        let prefix = record_key(topic.as_str(), "");
+        let entries = self.storage().state_scan(prefix.clone()).await?;
+        let mut out = Vec::new();
+        let keys: BTreeSet<(Vec<u8>, Vec<u8>)> = entries.into_iter().collect();
+        for (raw, value) in keys {
+            let key = String::from_utf8_lossy(&raw[prefix.len()..]).into_owned();
+            if after.is_some_and(|after| key.as_str() <= after) {
+                continue;
+            }
+            let Ok(record) = serde_json::from_slice::<Record>(&value) else { continue };
+            if let Some(state) = record.state {
+                out.push(KeyState { key, state, rev: record.rev, id: record.id });
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+}
