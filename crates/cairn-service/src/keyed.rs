@@ -439,3 +439,78 @@ impl Service {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn act(key: &str, cmd: Cmd, arg: serde_json::Value) -> Act {
+        let arg = match arg {
+            serde_json::Value::Object(arg) => Some(arg),
+            _ => None,
+        };
+        Act { top: "t".to_owned(), key: key.to_owned(), cmd, arg }
+    }
+
+    /// A crash between a transaction's events and its state records: the
+    /// next hub call finishes it from the log.
+    #[tokio::test]
+    async fn a_transaction_cut_between_its_events_and_its_states_is_finished_by_the_next_call() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (service, _) =
+            crate::open_local(dir.path().join("s"), cairn_store::Options::default(), crate::ServiceOptions::default())
+                .await
+                .expect("open");
+        let who = Principal::Local;
+        let trans = |acts| Trans { acts, ..Trans::default() };
+        let first =
+            service.publish(&who, trans(vec![act("k1", Cmd::New, serde_json::json!({"a": 1}))])).await.expect("first");
+        // What `publish` does up to its events, and no further.
+        let in_flight = InFlight { topics: vec!["t".to_owned()], after: service.last_id() };
+        let ops = vec![StateOp::Put(IN_FLIGHT.to_vec(), serde_json::to_vec(&in_flight).expect("JSON"))];
+        service.storage().state_submit(ops).await.expect("queued").await.expect("durable");
+        let meta = ActMeta { key: "k1".to_owned(), cmd: Cmd::Mod, rev: first.rev + 1, created: None, extra: None };
+        let event = NewEvent {
+            topic: Some(Topic::new("t").expect("topic")),
+            meta: Some(serde_json::to_string(&meta).expect("JSON")),
+            payload: Some(br#"{"b":2}"#.to_vec()),
+            ..NewEvent::default()
+        };
+        let cut = service.append(&who, Batch { events: vec![event], ..Batch::default() }).await.expect("append");
+        // The states still say the first transaction ...
+        let raw = service.state_get(record_key("t", "k1")).await.expect("read").expect("record");
+        assert_eq!(serde_json::from_slice::<Record>(&raw).expect("record").rev, first.rev);
+        // ... until the next call, which finishes the cut one.
+        let topic = Topic::new("t").expect("topic");
+        let state = service.key_state(&who, &topic, "k1", None).await.expect("state").expect("k1");
+        assert_eq!(serde_json::Value::Object(state.state), serde_json::json!({"a": 1, "b": 2}));
+        assert_eq!((state.rev, state.id), (first.rev + 1, cut[0].id));
+        assert!(service.state_get(IN_FLIGHT.to_vec()).await.expect("read").is_none());
+        // And the next transaction's rev comes after it.
+        let next = service.publish(&who, trans(vec![act("k2", Cmd::New, serde_json::json!({}))])).await.expect("next");
+        assert!(next.rev > first.rev + 1);
+        // A refused transaction leaves nothing in flight.
+        let refused = service.publish(&who, trans(vec![act("k9", Cmd::Del, serde_json::Value::Null)])).await;
+        assert!(refused.is_err());
+        assert!(service.state_get(IN_FLIGHT.to_vec()).await.expect("read").is_none());
+        service.close().await;
+    }
+
+    #[test]
+    fn actions_apply_by_evts_rules() {
+        let fields = |value: serde_json::Value| match value {
+            serde_json::Value::Object(fields) => fields,
+            _ => serde_json::Map::new(),
+        };
+        let mut state = None;
+        apply(&mut state, Cmd::New, fields(serde_json::json!({"a": 1}))).expect("new");
+        apply(&mut state, Cmd::Mod, fields(serde_json::json!({"b": 2}))).expect("mod");
+        assert_eq!(state.clone().map(serde_json::Value::Object), Some(serde_json::json!({"a": 1, "b": 2})));
+        assert!(apply(&mut state, Cmd::New, serde_json::Map::new()).is_err());
+        apply(&mut state, Cmd::Del, serde_json::Map::new()).expect("del");
+        assert!(apply(&mut state, Cmd::Del, serde_json::Map::new()).is_err());
+        assert!(apply(&mut state, Cmd::Mod, serde_json::Map::new()).is_err());
+        apply(&mut state, Cmd::New, fields(serde_json::json!({"c": 3}))).expect("new after del");
+        assert_eq!(state.map(serde_json::Value::Object), Some(serde_json::json!({"c": 3})));
+    }
+}
