@@ -233,7 +233,9 @@ where
         .timer(TokioTimer::new())
         .header_read_timeout(app.config.header_timeout)
         .max_buf_size(HEAD_BYTES_MAX)
-        .serve_connection(TokioIo::new(io), service);
+        .serve_connection(TokioIo::new(io), service)
+        // The hub (`/v1/hub`) upgrades to WebSocket.
+        .with_upgrades();
     tokio::pin!(conn);
     let result = tokio::select! {
         result = conn.as_mut() => result,

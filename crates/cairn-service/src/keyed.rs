@@ -368,6 +368,12 @@ impl Service {
         Ok(checkpoint)
     }
 
+    /// The last revision committed (0: none yet).
+    pub async fn hub_rev(&self) -> Result<u64> {
+        let _hub = self.inner.hub.lock().await;
+        Ok(self.hub_recover().await?.rev)
+    }
+
     /// `key`'s latest state on `topic` (None: never created, or deleted);
     /// `who` must be allowed to read the topic. With `at`, the state as of
     /// that revision, by replaying the topic.
@@ -438,6 +444,14 @@ impl Service {
         }
         Ok(out)
     }
+}
+
+/// An action as an event carries it: (key, cmd, rev, arg), if `event` is one.
+pub fn action_of(
+    event: &Event,
+    content: Option<&[u8]>,
+) -> Option<(String, Cmd, u64, serde_json::Map<String, serde_json::Value>)> {
+    act_of(event, content)
 }
 
 #[cfg(test)]

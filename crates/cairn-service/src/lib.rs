@@ -59,7 +59,7 @@ pub use consumers::{
 pub use error::{Result, ServiceError};
 pub use follow::{Delivered, Follow, FollowOptions};
 pub use glob::Glob;
-pub use keyed::{Act, Cmd, Committed, KeyState, Trans};
+pub use keyed::{Act, Cmd, Committed, KeyState, Trans, action_of};
 pub use logins::{LOGIN_CHECKS_CONCURRENT, LOGIN_CHECKS_QUEUED_MAX};
 pub use portable::ImportRecord;
 pub use principal::{PROCESSOR_PREFIX, Principal, Session, User, covers, is_processor_control};

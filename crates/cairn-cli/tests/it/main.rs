@@ -15,6 +15,7 @@ mod console;
 mod errors;
 mod hostile;
 mod http;
+mod hub;
 mod keyed;
 mod lifecycle;
 mod mounts;

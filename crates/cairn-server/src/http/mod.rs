@@ -17,6 +17,7 @@ mod consumers;
 pub(crate) mod error;
 mod events;
 mod groups;
+mod hub;
 mod keyed;
 mod mounts;
 pub(crate) mod openapi;
@@ -44,6 +45,9 @@ use crate::server::App;
 type State = axum::extract::State<Arc<App>>;
 
 /// Every route. Keep `openapi.rs` in step (a test compares them).
+/// The largest hub message (a transaction of up to 10,000 actions).
+pub(crate) const HUB_MESSAGE_BYTES_MAX: usize = 16 * 1024 * 1024;
+
 pub(crate) fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/v1/topics", get(events::topics))
@@ -74,6 +78,7 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/v1/backup", post(admin::backup))
         .route("/v1/compact", post(admin::compact))
         .route("/v1/export/extras", get(admin::export_extras))
+        .route("/v1/hub", get(hub::upgrade))
         .route("/v1/transactions", post(keyed::publish))
         .route("/v1/state/{topic}", get(keyed::states))
         .route("/v1/state/{topic}/{key}", get(keyed::state))

@@ -137,6 +137,12 @@ pub(crate) const ROUTES: &[(&str, &str, &str, &[QueryParams])] = &[
         &[],
     ),
     (
+        "get",
+        "/v1/hub",
+        "The evt hub protocol over WebSocket: messages subj#tok\\n<json> (evt.pub, evt.sub, evt.unsub, evt.mon, evt.unmon, evt.stat), pushes evt.update.",
+        &[],
+    ),
+    (
         "post",
         "/v1/transactions",
         "Commit a transaction of keyed actions {base?, created?, extra?, acts: [{top, key, cmd: new|mod|del, arg?}]} as one batch sharing one rev; 409 names each key changed after base.",
