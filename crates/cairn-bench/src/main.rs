@@ -5,6 +5,7 @@
 
 mod cli;
 mod http;
+mod hub;
 mod measure;
 mod postgres;
 mod procs;
@@ -136,6 +137,11 @@ enum Which {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
+    /// Keyed transactions through the evt hub from 1 and 16 clients with 1
+    /// and 10 actions (next to plain batches of the same events), a key's
+    /// state next to a point read, and publish -> update at 100
+    /// subscribers.
+    Hub,
     /// Open time of a store with 10 million events.
     Open {
         /// Events in the store.
@@ -197,6 +203,7 @@ fn main() -> anyhow::Result<()> {
         Which::Compact { events, rounds } => bench.compact(events, rounds)?,
         Which::Compress { events } => bench.compress(events)?,
         Which::Proc { rounds } => bench.procs(rounds)?,
+        Which::Hub => bench.hub()?,
         Which::PostgresOrder { rounds, seconds } => postgres::order(rounds, seconds)?,
         Which::Postgres { rounds, seconds, events } => postgres::cairn(rounds, seconds, events)?,
         _ => {}

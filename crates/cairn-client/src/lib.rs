@@ -13,6 +13,9 @@
 //! [`Connection`] from [`Client::connect`] keeps one open for many requests.
 //! Error replies (`{"error":{"code","message"}}`) become [`ClientError::Api`].
 
+mod hub;
+pub use hub::Hub;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 

@@ -160,5 +160,16 @@ async fn the_hub_publishes_subscribes_monitors_and_refuses_conflicts() {
     })
     .await;
     assert!(end.is_ok(), "closed");
+
+    // cairn-client's hub client, on the socket.
+    let mut local = server.unix().hub().await.unwrap();
+    let stat = local.call("evt.stat", &serde_json::Value::Null).await.unwrap();
+    assert!(stat["rev"].as_str().unwrap().ends_with('Z'));
+    local.call("evt.sub", &serde_json::json!({"rev": 0, "tops": ["orders.1"]})).await.unwrap();
+    let update = local.update().await.unwrap().unwrap();
+    assert!(update["evs"].as_array().unwrap().iter().any(|ev| ev["key"] == "k1"), "history after rev 0: {update}");
+    let refused = local.call("evt.pub", &serde_json::json!({"acts": []})).await;
+    assert!(refused.is_err());
+    local.close().await;
     drop(server);
 }
