@@ -368,6 +368,17 @@ impl Service {
         Ok(checkpoint)
     }
 
+    /// Before a read: finishes a transaction a crash left in flight, if
+    /// there is one (one lookup when there is none, the usual case).
+    async fn hub_settle(&self) -> Result<()> {
+        if self.state_get(IN_FLIGHT.to_vec()).await?.is_some() {
+            let _shared = self.shared_lock("hub").await?;
+            let _hub = self.inner.hub.lock().await;
+            self.hub_recover().await?;
+        }
+        Ok(())
+    }
+
     /// The last revision committed (0: none yet).
     pub async fn hub_rev(&self) -> Result<u64> {
         let _hub = self.inner.hub.lock().await;
@@ -399,10 +410,7 @@ impl Service {
             }
             return Ok(state.zip(last).map(|(state, (rev, id))| KeyState { key: key.to_owned(), state, rev, id }));
         }
-        {
-            let _hub = self.inner.hub.lock().await;
-            self.hub_recover().await?;
-        }
+        self.hub_settle().await?;
         let record = self.state_get(record_key(topic.as_str(), key)).await?;
         let record = record.and_then(|bytes| serde_json::from_slice::<Record>(&bytes).ok());
         Ok(record.and_then(|record| {
@@ -421,10 +429,7 @@ impl Service {
     ) -> Result<Vec<KeyState>> {
         self.admit(who)?;
         who.check_read(&Pattern::Exact(topic.clone()))?;
-        {
-            let _hub = self.inner.hub.lock().await;
-            self.hub_recover().await?;
-        }
+        self.hub_settle().await?;
         let prefix = record_key(topic.as_str(), "");
         let entries = self.storage().state_scan(prefix.clone()).await?;
         let mut out = Vec::new();
