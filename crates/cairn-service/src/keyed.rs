@@ -132,6 +132,20 @@ struct InFlight {
     after: EventId,
 }
 
+/// A transaction waiting for its group.
+pub(crate) struct Queued {
+    who: Principal,
+    trans: Trans,
+    topics: BTreeMap<String, Topic>,
+    reply: tokio::sync::oneshot::Sender<Result<Committed>>,
+}
+
+fn fail_all(group: Vec<Queued>, error: &ServiceError) {
+    for queued in group {
+        let _ = queued.reply.send(Err(error.clone()));
+    }
+}
+
 fn record_key(top: &str, key: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(2 + top.len() + key.len());
     out.push(b'h');
@@ -185,7 +199,10 @@ fn apply(
 
 impl Service {
     /// Commits `trans` for `who` (who must be allowed to write every topic
-    /// it touches): all its actions or none.
+    /// it touches): all its actions or none. Transactions waiting at the
+    /// same moment commit as one group (one in-flight record, one batch,
+    /// one write of states, as the log's writer shares one fdatasync),
+    /// each checked in turn against the state the ones before it left.
     pub async fn publish(&self, who: &Principal, trans: Trans) -> Result<Committed> {
         self.admit(who)?;
         if trans.acts.is_empty() {
@@ -203,42 +220,143 @@ impl Service {
             who.check_write(&topic)?;
             topics.insert(act.top.clone(), topic);
         }
-        let _shared = self.shared_lock("hub").await?;
-        let _hub = self.inner.hub.lock().await;
-        let checkpoint = self.hub_recover().await?;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.inner.hub_queue.lock().expect("hub queue lock").push(Queued { who: who.clone(), trans, topics, reply });
+        // Whoever holds the lock next commits everything queued by then.
+        {
+            let _hub = self.inner.hub.lock().await;
+            let group = std::mem::take(&mut *self.inner.hub_queue.lock().expect("hub queue lock"));
+            if !group.is_empty() {
+                self.commit_group(group).await;
+            }
+        }
+        answer.await.map_err(|_| ServiceError::ShuttingDown)?
+    }
+
+    /// Commits a group of queued transactions (under the hub's lock),
+    /// answering each.
+    async fn commit_group(&self, group: Vec<Queued>) {
+        let shared = match self.shared_lock("hub").await {
+            Ok(shared) => shared,
+            Err(error) => return fail_all(group, &error),
+        };
+        let checkpoint = match self.hub_recover().await {
+            Ok(checkpoint) => checkpoint,
+            Err(error) => return fail_all(group, &error),
+        };
+        let mut keys: BTreeMap<(String, String), Option<Record>> = BTreeMap::new();
+        let mut last_rev = checkpoint.rev;
+        let mut accepted: Vec<(Queued, u64)> = Vec::new();
+        let mut events: Vec<NewEvent> = Vec::new();
+        let mut all_topics: BTreeSet<String> = BTreeSet::new();
+        for queued in group {
+            match self.plan(&queued, &mut keys, last_rev).await {
+                Err(error) => {
+                    let _ = queued.reply.send(Err(error));
+                }
+                Ok((rev, planned)) => {
+                    last_rev = rev;
+                    events.extend(planned);
+                    all_topics.extend(queued.topics.keys().cloned());
+                    accepted.push((queued, rev));
+                }
+            }
+        }
+        if accepted.is_empty() {
+            return;
+        }
+        // The group in flight first, so a crash after its events leaves
+        // the next call what it needs to update the states.
+        let in_flight = InFlight { topics: all_topics.into_iter().collect(), after: self.last_id() };
+        let bytes = serde_json::to_vec(&in_flight).expect("JSON");
+        if let Err(error) = self.state_ops(vec![StateOp::Put(IN_FLIGHT.to_vec(), bytes)]).await {
+            return fail_all(accepted.into_iter().map(|(queued, _)| queued).collect(), &error);
+        }
+        let appended = match self.storage().submit(Batch { events, ..Batch::default() }, false).await {
+            Ok(pending) => pending.await.map_err(ServiceError::from),
+            Err(error) => Err(ServiceError::from(error)),
+        };
+        let appended = match appended {
+            Ok(appended) => appended,
+            Err(error) => {
+                let _ = self.state_ops(vec![StateOp::Delete(IN_FLIGHT.to_vec())]).await;
+                return fail_all(accepted.into_iter().map(|(queued, _)| queued).collect(), &error);
+            }
+        };
+        // Each key's record: its last action's event and its transaction's rev.
+        let mut records: BTreeMap<Vec<u8>, Record> = BTreeMap::new();
+        let mut answers = Vec::new();
+        let mut at = 0;
+        for (queued, rev) in accepted {
+            let own = appended[at..at + queued.trans.acts.len()].to_vec();
+            at += queued.trans.acts.len();
+            for (act, event) in queued.trans.acts.iter().zip(&own) {
+                let state = keys[&(act.top.clone(), act.key.clone())].as_ref().and_then(|record| record.state.clone());
+                records.insert(record_key(&act.top, &act.key), Record { state, rev, id: event.id });
+            }
+            answers.push((queued.reply, Committed { rev, events: own }));
+        }
+        let mut ops: Vec<StateOp> = records
+            .into_iter()
+            .map(|(key, record)| StateOp::Put(key, serde_json::to_vec(&record).expect("JSON")))
+            .collect();
+        let last = appended.last().map(|event| event.id);
+        ops.push(StateOp::Put(
+            CHECKPOINT.to_vec(),
+            serde_json::to_vec(&Checkpoint { rev: last_rev, id: last }).expect("JSON"),
+        ));
+        ops.push(StateOp::Delete(IN_FLIGHT.to_vec()));
+        let stored = self.state_ops(ops).await;
+        drop(shared);
+        for (reply, committed) in answers {
+            let _ = reply.send(stored.clone().map(|()| committed.clone()));
+        }
+    }
+
+    /// Checks one queued transaction against `keys` (the state so far,
+    /// read on demand) and, if it holds, applies it there and returns its
+    /// rev and its events.
+    async fn plan(
+        &self,
+        queued: &Queued,
+        keys: &mut BTreeMap<(String, String), Option<Record>>,
+        last_rev: u64,
+    ) -> Result<(u64, Vec<NewEvent>)> {
+        let trans = &queued.trans;
         let now = EventId::now().timestamp_ms();
         if let Some(base) = trans.base
-            && base > checkpoint.rev.max(now)
+            && base > last_rev.max(now)
         {
             return Err(ServiceError::invalid("base", format!("{base} is in the future (now {now})")));
         }
-        // The touched keys as they are, each checked against the base,
-        // then the actions in order.
-        let mut keys: BTreeMap<(String, String), Option<Record>> = BTreeMap::new();
+        let mut touched = Vec::new();
         for act in &trans.acts {
             let slot = (act.top.clone(), act.key.clone());
-            if let std::collections::btree_map::Entry::Vacant(vacant) = keys.entry(slot) {
+            if let std::collections::btree_map::Entry::Vacant(vacant) = keys.entry(slot.clone()) {
                 let record = self.state_get(record_key(&act.top, &act.key)).await?;
                 vacant.insert(record.and_then(|bytes| serde_json::from_slice::<Record>(&bytes).ok()));
             }
+            if !touched.contains(&slot) {
+                touched.push(slot);
+            }
         }
         if let Some(base) = trans.base {
-            let conflicts: Vec<String> = keys
+            let conflicts: Vec<String> = touched
                 .iter()
-                .filter_map(|((top, key), record)| {
-                    record
+                .filter_map(|slot| {
+                    keys[slot]
                         .as_ref()
                         .filter(|record| record.rev > base)
-                        .map(|record| format!("{top} {key} (rev {})", record.rev))
+                        .map(|record| format!("{} {} (rev {})", slot.0, slot.1, record.rev))
                 })
                 .collect();
             if !conflicts.is_empty() {
                 return Err(ServiceError::Conflict { keys: conflicts });
             }
         }
-        let mut states: BTreeMap<(String, String), Option<serde_json::Map<String, serde_json::Value>>> = keys
+        let mut states: BTreeMap<(String, String), Option<serde_json::Map<String, serde_json::Value>>> = touched
             .iter()
-            .map(|(slot, record)| (slot.clone(), record.as_ref().and_then(|record| record.state.clone())))
+            .map(|slot| (slot.clone(), keys[slot].as_ref().and_then(|record| record.state.clone())))
             .collect();
         for (n, act) in trans.acts.iter().enumerate() {
             let state = states.get_mut(&(act.top.clone(), act.key.clone())).expect("every key was read");
@@ -246,7 +364,13 @@ impl Service {
                 ServiceError::invalid("acts", format!("action {} ({} {}): {rule}", n + 1, act.top, act.key))
             })?;
         }
-        let rev = now.max(checkpoint.rev + 1);
+        let rev = now.max(last_rev + 1);
+        // The next transactions of the group see this one's outcome (its
+        // events' ids are filled in once appended).
+        for (slot, state) in states {
+            keys.insert(slot, Some(Record { state, rev, id: EventId::MIN }));
+        }
+        let user = queued.who.user_name().map(str::to_owned);
         let events = trans
             .acts
             .iter()
@@ -261,7 +385,7 @@ impl Service {
                 let payload =
                     act.arg.as_ref().filter(|_| act.cmd != Cmd::Del).map(|arg| serde_json::to_vec(arg).expect("JSON"));
                 NewEvent {
-                    topic: Some(topics[&act.top].clone()),
+                    topic: Some(queued.topics[&act.top].clone()),
                     kind: Some(
                         match act.cmd {
                             Cmd::New => "new",
@@ -272,41 +396,17 @@ impl Service {
                     ),
                     meta: Some(serde_json::to_string(&meta).expect("JSON")),
                     payload,
+                    user: user.clone(),
                     ..NewEvent::default()
                 }
             })
             .collect();
-        // The transaction in flight first, so a crash after its events
-        // leaves the next call what it needs to update the states.
-        let in_flight = InFlight { topics: topics.keys().cloned().collect(), after: self.last_id() };
-        let bytes = serde_json::to_vec(&in_flight).expect("JSON");
-        self.storage().state_submit(vec![StateOp::Put(IN_FLIGHT.to_vec(), bytes)]).await?.await?;
-        let appended = match self.append(who, Batch { events, ..Batch::default() }).await {
-            Ok(appended) => appended,
-            Err(error) => {
-                self.storage().state_submit(vec![StateOp::Delete(IN_FLIGHT.to_vec())]).await?.await?;
-                return Err(error);
-            }
-        };
-        let mut ops = Vec::new();
-        for (act, event) in trans.acts.iter().zip(&appended) {
-            let state = states[&(act.top.clone(), act.key.clone())].clone();
-            let record = Record { state, rev, id: event.id };
-            ops.push((record_key(&act.top, &act.key), record));
-        }
-        // One record per key: its last action's event (the map keeps the
-        // last insert).
-        let mut ops: Vec<StateOp> = ops
-            .into_iter()
-            .collect::<BTreeMap<_, _>>()
-            .into_iter()
-            .map(|(key, record)| StateOp::Put(key, serde_json::to_vec(&record).expect("JSON")))
-            .collect();
-        let last = appended.last().map(|event| event.id);
-        ops.push(StateOp::Put(CHECKPOINT.to_vec(), serde_json::to_vec(&Checkpoint { rev, id: last }).expect("JSON")));
-        ops.push(StateOp::Delete(IN_FLIGHT.to_vec()));
+        Ok((rev, events))
+    }
+
+    async fn state_ops(&self, ops: Vec<StateOp>) -> Result<()> {
         self.storage().state_submit(ops).await?.await?;
-        Ok(Committed { rev, events: appended })
+        Ok(())
     }
 
     /// Finishes a transaction a crash cut between its events and its

@@ -56,6 +56,8 @@ pub(crate) struct Inner {
     pub(crate) groups: Groups,
     /// Keyed transactions commit one at a time (`keyed.rs`).
     pub(crate) hub: tokio::sync::Mutex<()>,
+    /// Keyed transactions waiting for the next group.
+    pub(crate) hub_queue: std::sync::Mutex<Vec<crate::keyed::Queued>>,
     pub(crate) options: ServiceOptions,
     pub(crate) started: Instant,
     pub(crate) stopping: watch::Sender<bool>,
@@ -182,6 +184,7 @@ impl Service {
             inner: Arc::new(Inner {
                 groups: Groups::default(),
                 hub: tokio::sync::Mutex::new(()),
+                hub_queue: std::sync::Mutex::new(Vec::new()),
                 storage,
                 users,
                 logins: Logins::default(),

@@ -127,6 +127,47 @@ async fn transactions_conflict_per_key_and_keep_each_keys_state() {
     .await;
     assert_eq!(future.status, 400);
 
+    // Transactions at the same moment commit as a group, each checked
+    // against the ones before it: of 16 writers with the same base on one
+    // key, exactly one wins; 16 on 16 new keys all win, with 16 revs.
+    let base = state("k1").await.json()["rev"].as_u64().unwrap();
+    let racing: Vec<_> = (0..16)
+        .map(|n| {
+            let alice = alice.clone();
+            tokio::spawn(async move {
+                let tx = serde_json::json!({"base": base, "acts": [{"top": "orders.1", "key": "k1", "cmd": "mod", "arg": {"n": n}}]});
+                call(&alice, "POST", "/v1/transactions", &[], tx.to_string()).await.status
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for task in racing {
+        statuses.push(task.await.unwrap());
+    }
+    assert_eq!(statuses.iter().filter(|status| **status == 200).count(), 1, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|status| **status == 409).count(), 15, "{statuses:?}");
+    let fresh: Vec<_> = (0..16)
+        .map(|n| {
+            let alice = alice.clone();
+            tokio::spawn(async move {
+                let tx =
+                    serde_json::json!({"acts": [{"top": "orders.2", "key": format!("n{n}"), "cmd": "new", "arg": {}}]});
+                call(&alice, "POST", "/v1/transactions", &[], tx.to_string()).await.json()["rev"].as_u64().unwrap()
+            })
+        })
+        .collect();
+    let mut revs = Vec::new();
+    for task in fresh {
+        revs.push(task.await.unwrap());
+    }
+    revs.sort_unstable();
+    revs.dedup();
+    assert_eq!(revs.len(), 16, "one rev per transaction");
+    let k1 = state("k1").await.json();
+    assert!(k1["state"]["n"].is_number(), "{k1}");
+    let mod_rev = k1["rev"].as_u64().unwrap();
+    assert!(mod_rev > base);
+
     // Paged listing, and the state at a past rev (replayed).
     let page = call(&alice, "GET", "/v1/state/orders.1?limit=1", &[], "").await.json();
     assert_eq!(page.as_array().unwrap().len(), 1);
