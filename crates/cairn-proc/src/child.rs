@@ -102,22 +102,8 @@ pub struct Owner<'a> {
 /// Starts `spec`'s program with piped stdin (if `stdin`) and stdout; its
 /// stderr goes to `<name>.log`.
 pub fn spawn(spec: &Spec, owner: &Owner<'_>, stdin: bool) -> std::io::Result<Running> {
-    let mut command = Command::new(&spec.argv[0]);
-    command.args(&spec.argv[1..]);
-    for secret in SECRETS {
-        command.env_remove(secret);
-    }
-    command.envs(&spec.env);
-    command.env("CAIRN_PROC_NAME", owner.name).env("CAIRN_PROC_ID", owner.proc_id);
-    if let Some(cwd) = &spec.cwd {
-        command.current_dir(cwd);
-    }
-    command
-        .stdin(if stdin { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
+    let mut command = command(spec, owner.name, owner.proc_id);
+    command.stdin(if stdin { Stdio::piped() } else { Stdio::null() });
     let mut child = command.spawn()?;
     let pid = child.id().unwrap_or_default();
     let stdin = child.stdin.take().map(|mut pipe| {
@@ -146,6 +132,26 @@ pub fn spawn(spec: &Spec, owner: &Owner<'_>, stdin: bool) -> std::io::Result<Run
     };
     tokio::spawn(log.run(err));
     Ok(Running { child, pid, stdin, stdout, reaped: false })
+}
+
+/// `spec`'s program as every processor starts it: the server's
+/// environment without its secrets, plus the registration's and
+/// `CAIRN_PROC_NAME` / `CAIRN_PROC_ID`; its working directory; stdout and
+/// stderr piped (stdin piped, for the caller to change); in a process
+/// group of its own; killed if dropped.
+pub fn command(spec: &Spec, name: &str, proc_id: &str) -> Command {
+    let mut command = Command::new(&spec.argv[0]);
+    command.args(&spec.argv[1..]);
+    for secret in SECRETS {
+        command.env_remove(secret);
+    }
+    command.envs(&spec.env);
+    command.env("CAIRN_PROC_NAME", name).env("CAIRN_PROC_ID", proc_id);
+    if let Some(cwd) = &spec.cwd {
+        command.current_dir(cwd);
+    }
+    command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0).kill_on_drop(true);
+    command
 }
 
 async fn read_lines(out: impl AsyncRead + Unpin, send: mpsc::Sender<Line>) {

@@ -11,8 +11,7 @@
 //! (a call whose run was cut short by a crash runs again).
 
 use std::collections::{BTreeSet, HashSet};
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use cairn_service::json::write_event;
 use cairn_service::{Batch, Delivered, Event, EventId, FollowOptions, NewEvent, Pattern, Principal, Query};
@@ -85,15 +84,7 @@ async fn session(ctx: &mut Ctx, who: &Principal) -> Ended {
         while runs.len() < ctx.spec.concurrency
             && let Some((call, line)) = waiting.pop_front()
         {
-            let job = Job {
-                argv: ctx.spec.argv.clone(),
-                env: ctx.spec.env.clone().into_iter().collect(),
-                cwd: ctx.spec.cwd.clone(),
-                timeout: ctx.spec.timeout,
-                name: ctx.name.clone(),
-                proc_id: ctx.proc_id,
-                payload_max,
-            };
+            let job = Job { spec: ctx.spec.clone(), name: ctx.name.clone(), proc_id: ctx.proc_id, payload_max };
             runs.spawn(async move { Answer { call, event: job.run(call, line).await } });
         }
         tokio::select! {
@@ -160,10 +151,7 @@ fn call_id(event: &Event) -> Option<EventId> {
 }
 
 struct Job {
-    argv: Vec<String>,
-    env: Vec<(String, String)>,
-    cwd: Option<std::path::PathBuf>,
-    timeout: Duration,
+    spec: crate::spec::Spec,
     name: String,
     proc_id: EventId,
     payload_max: usize,
@@ -176,29 +164,13 @@ impl Job {
             "proc_id": self.proc_id.to_string(),
             "proc": self.name,
         });
-        let mut command = tokio::process::Command::new(&self.argv[0]);
-        command
-            .args(&self.argv[1..])
-            .env_remove("CAIRN_PASSWORD")
-            .env_remove("CAIRN_TOKEN")
-            .env_remove("CAIRN_POSTGRES")
-            .envs(self.env.iter().map(|(key, value)| (key, value)))
-            .env("CAIRN_PROC_NAME", &self.name)
-            .env("CAIRN_PROC_ID", self.proc_id.to_string())
-            .env("CAIRN_CALL_ID", call.to_string())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true);
-        if let Some(cwd) = &self.cwd {
-            command.current_dir(cwd);
-        }
+        let mut command = crate::child::command(&self.spec, &self.name, &self.proc_id.to_string());
+        command.env("CAIRN_CALL_ID", call.to_string());
         let topic = |suffix: &str| cairn_service::Topic::new(&format!("{}.{suffix}", self.name)).expect("valid topic");
         let mut child = match command.spawn() {
             Ok(child) => child,
             Err(error) => {
-                meta["reason"] = format!("could not start {:?}: {error}", self.argv[0]).into();
+                meta["reason"] = format!("could not start {:?}: {error}", self.spec.argv[0]).into();
                 return NewEvent { topic: Some(topic("error")), meta: Some(meta.to_string()), ..NewEvent::default() };
             }
         };
@@ -217,7 +189,7 @@ impl Job {
                 tokio::join!(feed, read_bounded(stdout, self.payload_max), read_tail(stderr), child.wait());
             (out, err, status)
         };
-        let outcome = tokio::time::timeout(self.timeout, work).await;
+        let outcome = tokio::time::timeout(self.spec.timeout, work).await;
         // Whatever the program left running goes; its group is still its
         // own (the child is not reaped on a timeout, and just reaped
         // otherwise).
@@ -227,7 +199,7 @@ impl Job {
             Ok(done) => done,
             Err(_) => {
                 meta["timeout"] = true.into();
-                meta["reason"] = format!("no answer within {} ms", self.timeout.as_millis()).into();
+                meta["reason"] = format!("no answer within {} ms", self.spec.timeout.as_millis()).into();
                 return NewEvent { topic: Some(topic("error")), meta: Some(meta.to_string()), ..NewEvent::default() };
             }
         };

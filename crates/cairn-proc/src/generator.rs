@@ -32,25 +32,12 @@ pub(crate) async fn run(ctx: &mut Ctx, mut first: Option<Running>) {
             Ok(who) => {
                 let running = match first.take() {
                     Some(running) => Ok(running),
-                    None => {
-                        let proc_id = ctx.proc_id.to_string();
-                        let owner =
-                            child::Owner { service: &ctx.service, name: &ctx.name, proc_id: &proc_id, who: &who };
-                        child::spawn(&ctx.spec, &owner, ctx.spec.duplex)
-                            .map_err(|error| format!("could not start {:?}: {error}", ctx.spec.argv[0]))
-                    }
+                    None => ctx.spawn(&who, ctx.spec.duplex),
                 };
                 match running {
                     Err(reason) => Ended::Retry(reason),
                     Ok(running) => {
-                        let pid = running.pid;
-                        ctx.set(|status| {
-                            status.state = "running";
-                            status.pid = Some(pid);
-                        });
-                        if ctx.status.lock().expect("status lock").restarts > 0 {
-                            ctx.lifecycle("active", serde_json::json!({ "pid": pid })).await;
-                        }
+                        ctx.running(running.pid).await;
                         let mut running = running;
                         let ended = session(ctx, &who, &mut running).await;
                         let status = running.stop().await;

@@ -181,6 +181,26 @@ impl Ctx {
         }
     }
 
+    /// Starts the program (again), for `who`.
+    pub(crate) fn spawn(&self, who: &Principal, stdin: bool) -> Result<child::Running, String> {
+        let proc_id = self.proc_id.to_string();
+        let owner = child::Owner { service: &self.service, name: &self.name, proc_id: &proc_id, who };
+        child::spawn(&self.spec, &owner, stdin)
+            .map_err(|error| format!("could not start {:?}: {error}", self.spec.argv[0]))
+    }
+
+    /// The program runs as `pid`; a restart says so with `active` (the
+    /// first start's `active` comes from the supervisor).
+    pub(crate) async fn running(&self, pid: u32) {
+        self.set(|status| {
+            status.state = "running";
+            status.pid = Some(pid);
+        });
+        if self.status.lock().expect("status lock").restarts > 0 {
+            self.lifecycle("active", serde_json::json!({ "pid": pid })).await;
+        }
+    }
+
     pub(crate) fn topic(&self, suffix: &str) -> Topic {
         Topic::new(&format!("{}.{suffix}", self.name)).expect("a checked name makes a valid topic")
     }
@@ -757,12 +777,7 @@ fn prepare(ctx: &Ctx) -> Result<Option<child::Running>, String> {
         }
         Kind::Handler | Kind::Generator => {
             let who = ctx.who()?;
-            let stdin = ctx.spec.kind == Kind::Handler || ctx.spec.duplex;
-            let proc_id = ctx.proc_id.to_string();
-            let owner = child::Owner { service: &ctx.service, name: &ctx.name, proc_id: &proc_id, who: &who };
-            child::spawn(&ctx.spec, &owner, stdin)
-                .map(Some)
-                .map_err(|error| format!("could not start {program:?}: {error}"))
+            ctx.spawn(&who, ctx.spec.kind == Kind::Handler || ctx.spec.duplex).map(Some)
         }
     }
 }
