@@ -10,9 +10,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 
-use tokio_rustls::rustls;
-
-use crate::{Client, ClientError, Target};
+use crate::{Client, ClientError};
 
 /// Any of the client's transports.
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -28,33 +26,7 @@ pub struct Hub {
 impl Client {
     /// Opens the hub (`/v1/hub`) with this client's address and credentials.
     pub async fn hub(&self) -> Result<Hub, ClientError> {
-        let (stream, host): (Box<dyn Io>, String) = match &self.target {
-            Target::Unix(path) => {
-                let stream = tokio::net::UnixStream::connect(path)
-                    .await
-                    .map_err(|source| ClientError::Connect { target: path.display().to_string(), source })?;
-                (Box::new(stream), "localhost".to_owned())
-            }
-            Target::Tcp { host, port, tls } => {
-                let target = format!("{host}:{port}");
-                let stream = tokio::net::TcpStream::connect((host.as_str(), *port))
-                    .await
-                    .map_err(|source| ClientError::Connect { target: target.clone(), source })?;
-                let _ = stream.set_nodelay(true);
-                match tls {
-                    None => (Box::new(stream), target),
-                    Some(config) => {
-                        let name = rustls::pki_types::ServerName::try_from(host.clone())
-                            .map_err(|error| ClientError::Tls(format!("server name {host:?}: {error}")))?;
-                        let stream = tokio_rustls::TlsConnector::from(config.clone())
-                            .connect(name, stream)
-                            .await
-                            .map_err(|source| ClientError::Connect { target: target.clone(), source })?;
-                        (Box::new(stream), target)
-                    }
-                }
-            }
-        };
+        let (stream, host) = self.stream().await?;
         let mut request = format!("ws://{host}/v1/hub")
             .into_client_request()
             .map_err(|error| ClientError::Reply(error.to_string()))?;

@@ -150,12 +150,20 @@ impl Client {
 
     /// Opens a connection for many requests.
     pub async fn connect(&self) -> Result<Connection, ClientError> {
-        let sender = match &self.target {
+        let (stream, host) = self.stream().await?;
+        let sender = handshake(stream).await?;
+        Ok(Connection { sender, host, authorization: self.authorization.clone() })
+    }
+
+    /// A new transport to the server (Unix socket, TCP, or TLS over TCP)
+    /// and the host name its requests carry.
+    pub(crate) async fn stream(&self) -> Result<(Box<dyn hub::Io>, String), ClientError> {
+        match &self.target {
             Target::Unix(path) => {
                 let stream = tokio::net::UnixStream::connect(path)
                     .await
                     .map_err(|source| ClientError::Connect { target: path.display().to_string(), source })?;
-                handshake(stream).await?
+                Ok((Box::new(stream), "localhost".to_owned()))
             }
             Target::Tcp { host, port, tls } => {
                 let target = format!("{host}:{port}");
@@ -164,24 +172,19 @@ impl Client {
                     .map_err(|source| ClientError::Connect { target: target.clone(), source })?;
                 let _ = stream.set_nodelay(true);
                 match tls {
-                    None => handshake(stream).await?,
+                    None => Ok((Box::new(stream), target)),
                     Some(config) => {
                         let name = rustls::pki_types::ServerName::try_from(host.clone())
                             .map_err(|error| ClientError::Tls(format!("server name {host:?}: {error}")))?;
                         let stream = tokio_rustls::TlsConnector::from(config.clone())
                             .connect(name, stream)
                             .await
-                            .map_err(|source| ClientError::Connect { target, source })?;
-                        handshake(stream).await?
+                            .map_err(|source| ClientError::Connect { target: target.clone(), source })?;
+                        Ok((Box::new(stream), target))
                     }
                 }
             }
-        };
-        let host = match &self.target {
-            Target::Unix(_) => "localhost".to_owned(),
-            Target::Tcp { host, port, .. } => format!("{host}:{port}"),
-        };
-        Ok(Connection { sender, host, authorization: self.authorization.clone() })
+        }
     }
 
     /// One request on a new connection.

@@ -8,7 +8,6 @@
 //! started again when it starts.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::time::Instant;
 
 use cairn_service::{Batch, Delivered, EventId, FollowOptions, NewEvent, Pattern, Principal};
 
@@ -22,40 +21,9 @@ const COMMIT_LINES_MAX: usize = 4096;
 /// ... or about this many bytes of them.
 const COMMIT_BYTES_MAX: usize = 4 * 1024 * 1024;
 
-/// Runs a generator registration until it is stopped.
-pub(crate) async fn run(ctx: &mut Ctx, mut first: Option<Running>) {
-    let mut backoff = ctx.spec.backoff;
-    loop {
-        let started = Instant::now();
-        let ended = match ctx.who() {
-            Err(reason) => Ended::Fatal(reason),
-            Ok(who) => {
-                let running = match first.take() {
-                    Some(running) => Ok(running),
-                    None => ctx.spawn(&who, ctx.spec.duplex),
-                };
-                match running {
-                    Err(reason) => Ended::Retry(reason),
-                    Ok(running) => {
-                        ctx.running(running.pid).await;
-                        let mut running = running;
-                        let ended = session(ctx, &who, &mut running).await;
-                        let status = running.stop().await;
-                        match ended {
-                            Ended::Exited(_) => Ended::Exited(status),
-                            other => other,
-                        }
-                    }
-                }
-            }
-        };
-        if ctx.after_session(ended, started, &mut backoff).await.is_some() {
-            return;
-        }
-    }
-}
-
-async fn session(ctx: &mut Ctx, who: &Principal, running: &mut Running) -> Ended {
+/// One run of the program, until it exits or the generator must stop; the
+/// program is stopped by the caller (`Ctx::run_program`).
+pub(crate) async fn session(ctx: &mut Ctx, who: &Principal, running: &mut Running) -> Ended {
     let mut sends = None;
     if ctx.spec.duplex {
         let after = match ctx.resume_after().await {

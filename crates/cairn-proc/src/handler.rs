@@ -41,34 +41,6 @@ const OUTPUT_BYTES_PER_INPUT_MAX: usize = 24 * 1024 * 1024;
 /// A position with no outputs waits this long for company.
 const POSITION_EVERY: Duration = Duration::from_millis(200);
 
-/// Runs a handler registration until it is stopped, restarting its program
-/// with back-off when it exits.
-pub(crate) async fn run(ctx: &mut Ctx, mut first: Option<Running>) {
-    let mut backoff = ctx.spec.backoff;
-    loop {
-        let started = Instant::now();
-        let ended = match ctx.who() {
-            Err(reason) => Ended::Fatal(reason),
-            Ok(who) => {
-                let running = match first.take() {
-                    Some(running) => Ok(running),
-                    None => ctx.spawn(&who, true),
-                };
-                match running {
-                    Err(reason) => Ended::Retry(reason),
-                    Ok(running) => {
-                        ctx.running(running.pid).await;
-                        session(ctx, &who, running).await
-                    }
-                }
-            }
-        };
-        if ctx.after_session(ended, started, &mut backoff).await.is_some() {
-            return;
-        }
-    }
-}
-
 enum Slot {
     /// An input handed to the program.
     Input { id: EventId, sent: Instant },
@@ -97,16 +69,18 @@ struct Session<'a> {
     failed: bool,
 }
 
-async fn session(ctx: &mut Ctx, who: &Principal, mut running: Running) -> Ended {
+/// One run of the program, until it exits or the handler must stop; the
+/// program is stopped by the caller (`Ctx::run_program`).
+pub(crate) async fn session(ctx: &mut Ctx, who: &Principal, running: &mut Running) -> Ended {
     let after = match ctx.resume_after().await {
         Ok(after) => after,
-        Err(error) => return stop_program(&mut running, ended_by("reading its position", error)).await,
+        Err(error) => return ended_by("reading its position", error),
     };
     ctx.set(|status| status.position = after.map(|id| id.to_string()));
     let options = FollowOptions { content: true, ..FollowOptions::default() };
     let mut follow = match ctx.service.follow_patterns(who, &ctx.spec.topics, after, options).await {
         Ok(follow) => crate::follow_in_task(follow, 64),
-        Err(error) => return stop_program(&mut running, ended_by("following its topics", error)).await,
+        Err(error) => return ended_by("following its topics", error),
     };
     let stdin = running.stdin.take().expect("a handler's stdin is piped");
     let mut to_write: VecDeque<Vec<u8>> = VecDeque::new();
@@ -184,21 +158,10 @@ async fn session(ctx: &mut Ctx, who: &Principal, mut running: Running) -> Ended 
     };
     // Whatever was done commits before the program goes; inputs not done
     // are handed over again next time.
-    let ended = match s.flush().await {
+    match s.flush().await {
         Err(flush) if !matches!(ended, Ended::Fatal(_)) => flush,
         _ => ended,
-    };
-    drop(stdin);
-    let status = running.stop().await;
-    match ended {
-        Ended::Exited(_) => Ended::Exited(status),
-        other => other,
     }
-}
-
-async fn stop_program(running: &mut Running, ended: Ended) -> Ended {
-    running.stop().await;
-    ended
 }
 
 impl Session<'_> {

@@ -189,6 +189,38 @@ impl Ctx {
             .map_err(|error| format!("could not start {:?}: {error}", self.spec.argv[0]))
     }
 
+    /// Runs a handler or generator registration until it is stopped: each
+    /// run of its program a session (`first`: the program the supervisor
+    /// started), the program stopped after it, restarted with back-off.
+    pub(crate) async fn run_program(&mut self, mut first: Option<child::Running>) {
+        let stdin = self.spec.kind == Kind::Handler || self.spec.duplex;
+        let mut backoff = self.spec.backoff;
+        loop {
+            let started = Instant::now();
+            let ended = match self.who() {
+                Err(reason) => Ended::Fatal(reason),
+                Ok(who) => match first.take().map_or_else(|| self.spawn(&who, stdin), Ok) {
+                    Err(reason) => Ended::Retry(reason),
+                    Ok(mut running) => {
+                        self.running(running.pid).await;
+                        let ended = match self.spec.kind {
+                            Kind::Handler => handler::session(self, &who, &mut running).await,
+                            _ => generator::session(self, &who, &mut running).await,
+                        };
+                        let status = running.stop().await;
+                        match ended {
+                            Ended::Exited(_) => Ended::Exited(status),
+                            other => other,
+                        }
+                    }
+                },
+            };
+            if self.after_session(ended, started, &mut backoff).await.is_some() {
+                return;
+            }
+        }
+    }
+
     /// The program runs as `pid`; a restart says so with `active` (the
     /// first start's `active` comes from the supervisor).
     pub(crate) async fn running(&self, pid: u32) {
@@ -674,8 +706,7 @@ impl Procs {
         self.record(proc_id, Outcome { state: "active", reason: None });
         let task = tokio::spawn(async move {
             match ctx.spec.kind {
-                Kind::Handler => handler::run(&mut ctx, prepared).await,
-                Kind::Generator => generator::run(&mut ctx, prepared).await,
+                Kind::Handler | Kind::Generator => ctx.run_program(prepared).await,
                 Kind::Command => command::run(&mut ctx).await,
             }
         });

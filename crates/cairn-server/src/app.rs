@@ -20,7 +20,6 @@
 //! response ends).
 
 use std::collections::{HashMap, VecDeque};
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -31,7 +30,6 @@ use cairn_service::{
     Batch, Delivered, Event, EventId, Expect, FollowOptions, NewEvent, Pattern, Principal, Service, Topic, Ttl,
 };
 use http_body_util::BodyExt as _;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, watch};
 
@@ -107,27 +105,14 @@ pub(crate) async fn serve(
             drop(stream);
             continue;
         };
-        let (door, mut stop) = (door.clone(), stop.clone());
+        let (door, stop) = (door.clone(), stop.clone());
         tokio::spawn(async move {
             let _ = stream.set_nodelay(true);
-            let handler = door.clone();
-            let service = hyper::service::service_fn(move |request| {
-                let door = handler.clone();
-                async move { Ok::<_, Infallible>(door.handle(request, peer).await) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(header_timeout)
-                .max_buf_size(64 * 1024)
-                .serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            let _ = tokio::select! {
-                result = conn.as_mut() => result,
-                () = crate::server::stopped(&mut stop) => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
+            let handle = move |request| {
+                let door = door.clone();
+                async move { door.handle(request, peer).await }
             };
+            crate::listen::serve_http1(stream, header_timeout, handle, stop).await;
             drop(permit);
         });
     }

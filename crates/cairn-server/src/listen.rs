@@ -220,18 +220,39 @@ async fn refuse(accepted: Accepted) {
 }
 
 /// Serves one connection until it closes or the server stops.
-async fn connection<I>(app: &Arc<App>, router: Router, io: I, door: Door, mut stop: watch::Receiver<bool>)
+async fn connection<I>(app: &Arc<App>, router: Router, io: I, door: Door, stop: watch::Receiver<bool>)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let handler_app = app.clone();
-    let service = hyper::service::service_fn(move |request| {
+    let handle = move |request| {
         let (app, router, door) = (handler_app.clone(), router.clone(), door.clone());
-        async move { Ok::<_, Infallible>(crate::http::handle(app, router, door, request).await) }
+        async move { crate::http::handle(app, router, door, request).await }
+    };
+    serve_http1(io, app.config.header_timeout, handle, stop).await;
+}
+
+/// Serves one HTTP/1 connection with `handle` until it closes or the server
+/// stops (then it finishes its request): the head limit and read timeout
+/// of every door, upgrades allowed (the hub's WebSocket). The API's doors,
+/// the app's port and xs's socket all serve connections through here.
+pub(crate) async fn serve_http1<I, H, F>(
+    io: I,
+    header_timeout: std::time::Duration,
+    handle: H,
+    mut stop: watch::Receiver<bool>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    H: Fn(hyper::Request<hyper::body::Incoming>) -> F + Send + Sync + 'static,
+    F: Future<Output = hyper::Response<axum::body::Body>> + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |request| {
+        let response = handle(request);
+        async move { Ok::<_, Infallible>(response.await) }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(app.config.header_timeout)
+        .header_read_timeout(header_timeout)
         .max_buf_size(HEAD_BYTES_MAX)
         .serve_connection(TokioIo::new(io), service)
         // The hub (`/v1/hub`) upgrades to WebSocket.
