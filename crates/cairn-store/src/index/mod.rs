@@ -68,8 +68,9 @@ pub(crate) struct Index {
 }
 
 /// The main keyspace's memtable is sealed (and flushed by fjall's worker)
-/// each time this much log was applied to it, so an open after a crash
-/// replays at most this much log beyond the index's lag. Its keys are few
+/// each time this much log was applied to it, once the last sealed one is
+/// flushed, so an open after a crash replays at most twice this much log
+/// beyond the index's lag. Its keys are few
 /// per event (anchors are sparse) and mostly in log order, so the tables
 /// this makes merge cheaply.
 const SEAL_LOG_BYTES: u64 = 8 * 1024 * 1024;
@@ -301,6 +302,12 @@ impl Index {
         self.applied_log_bytes.fetch_add(bytes, Relaxed);
         if self.unsealed_log_bytes.fetch_add(bytes, Relaxed) + bytes >= SEAL_LOG_BYTES {
             self.unsealed_log_bytes.store(0, Relaxed);
+            // fjall's worker flushes sealed memtables on its own time; on a
+            // busy machine it can fall behind, and every memtable it has not
+            // flushed is log an open after a crash replays. Seal the next
+            // one only once the last is flushed, so the replay stays within
+            // the index's lag plus two seals.
+            wait_sealed_flushed(&self.data)?;
             self.data.rotate_memtable()?;
         }
         Ok(())
@@ -437,6 +444,11 @@ impl Index {
 /// never closed).
 fn flush_keyspace(keyspace: &Keyspace) -> Result<()> {
     keyspace.rotate_memtable()?;
+    wait_sealed_flushed(keyspace)
+}
+
+/// Waits until fjall's worker flushed every sealed memtable of `keyspace`.
+fn wait_sealed_flushed(keyspace: &Keyspace) -> Result<()> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while keyspace.sealed_memtable_count() > 0 {
         if std::time::Instant::now() >= deadline {

@@ -222,8 +222,10 @@ fn load_child() {
 #[test]
 fn an_open_after_a_kill_during_a_load_replays_only_the_tail() {
     // Counted, not timed: the open replays the log after the index's
-    // checkpoint, and the index is sealed every 8 MiB of log and may lag
-    // 16 MiB, so after 96 MiB of load the replay is a fraction of the log.
+    // checkpoint. The index may lag 16 MiB (plus the batch that crossed
+    // it), and is sealed every 8 MiB of log, the next seal waiting for the
+    // last one's flush; so after 96 MiB of load the replay is a fraction of
+    // the log however slowly fjall's worker flushes.
     const BATCHES: u64 = 192;
     let dir = tempfile::tempdir().unwrap();
     let (mut child, mut reader) = spawn_child("crash::load_child", &[("CAIRN_LOAD_CHILD", dir.path().as_os_str())]);
@@ -242,8 +244,9 @@ fn an_open_after_a_kill_during_a_load_replays_only_the_tail() {
     // Sync none: what the kill caught in the page cache is still there.
     let count = store.head(&topic("load")).unwrap().unwrap().count;
     assert!(count >= acked * 256, "{count} events, {acked} batches acknowledged");
-    // 48 records of 512 KiB are 24 MiB: the lag bound plus one seal.
-    assert!(report.records_replayed <= 48, "{} of {} records replayed", report.records_replayed, count / 256);
+    // Records of 512 KiB: 33 for the lag, 16 for the memtable being
+    // filled, 16 for the one being flushed.
+    assert!(report.records_replayed <= 65, "{} of {} records replayed", report.records_replayed, count / 256);
     drop(store);
 }
 
