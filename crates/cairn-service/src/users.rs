@@ -672,12 +672,16 @@ mod tests {
         users.add(new).expect("added");
         let time = |name: &str| {
             let started = std::time::Instant::now();
-            for _ in 0..3 {
-                assert!(users.verify_password(name, "wrong").is_none());
-            }
+            assert!(users.verify_password(name, "wrong").is_none());
             started.elapsed()
         };
-        let (known, unknown) = (time("alice"), time("nobody"));
+        // Alternating, and the fastest of each: other tests running at
+        // the same time only ever add time.
+        let (mut known, mut unknown) = (std::time::Duration::MAX, std::time::Duration::MAX);
+        for _ in 0..5 {
+            known = known.min(time("alice"));
+            unknown = unknown.min(time("nobody"));
+        }
         assert!(unknown * 2 > known && known * 2 > unknown, "known {known:?}, unknown {unknown:?}");
         assert!(users.verify_password("alice", "right").is_some());
         let _ = std::fs::remove_dir_all(&dir);
