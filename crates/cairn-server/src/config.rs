@@ -35,7 +35,8 @@ pub struct ServeArgs {
     /// cors_origin, resp, no_resp, resp_require_auth, resp_command_bytes_max,
     /// resp_unauthenticated_bytes_max, allow_delete, no_procs, no_xs, mount, http_app,
     /// http_app_timeout, http_app_ttl, compact_ratio,
-    /// no_compress, segment_bytes, postgres). Flags and environment
+    /// no_compress, segment_bytes, postgres, satellite_of, satellite_topics,
+    /// satellite_user). Flags and environment
     /// variables win.
     #[arg(long, env = "CAIRN_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -200,6 +201,25 @@ pub struct ServeArgs {
     /// decompresses one block). [config: no_compress]
     #[arg(long, env = "CAIRN_NO_COMPRESS")]
     pub no_compress: bool,
+
+    /// Run as a satellite of the evt hub at this WebSocket URL
+    /// (ws://host:port/v1/hub or wss://…): replicate its events of
+    /// --satellite-topics, queue transactions on them while the hub is out
+    /// of reach and send them when it is back. The password comes from
+    /// $CAIRN_PASSWORD (with --satellite-user) or a token from $CAIRN_TOKEN.
+    /// [config: satellite_of]
+    #[arg(long, env = "CAIRN_SATELLITE_OF", value_name = "URL")]
+    pub satellite_of: Option<String>,
+
+    /// The hub's topics (patterns: orders.>) a satellite replicates; they
+    /// are written only by replication. [config: satellite_topics]
+    #[arg(long, env = "CAIRN_SATELLITE_TOPICS", value_name = "PATTERN", value_delimiter = ',', num_args = 1..)]
+    pub satellite_topics: Vec<String>,
+
+    /// The hub's user a satellite logs in as (password in $CAIRN_PASSWORD).
+    /// [config: satellite_user]
+    #[arg(long, env = "CAIRN_SATELLITE_USER", value_name = "USER")]
+    pub satellite_user: Option<String>,
 }
 
 /// The settings file: the same settings as the flags, by the same names.
@@ -237,6 +257,9 @@ struct ConfigFile {
     segment_bytes: Option<u64>,
     no_compress: Option<bool>,
     postgres: Option<String>,
+    satellite_of: Option<String>,
+    satellite_topics: Option<Vec<String>>,
+    satellite_user: Option<String>,
 }
 
 /// Resolved settings of a server.
@@ -297,6 +320,35 @@ pub struct Config {
     pub compress: bool,
     /// A PostgreSQL database that keeps the events instead of the store.
     pub postgres: Option<String>,
+    /// The hub this server is a satellite of, if it is one.
+    pub satellite: Option<Satellite>,
+}
+
+/// A satellite's link to its hub.
+#[derive(Clone)]
+pub struct Satellite {
+    /// The hub's `http(s)://host:port` (from the WebSocket URL given).
+    pub url: String,
+    /// The topics replicated.
+    pub topics: Vec<cairn_service::Pattern>,
+    /// `Basic` or `Bearer` credentials, if any.
+    pub credentials: Option<SatelliteCredentials>,
+}
+
+/// How a satellite logs in to its hub.
+#[derive(Clone)]
+pub enum SatelliteCredentials {
+    /// A user and password.
+    Basic(String, String),
+    /// A bearer token.
+    Token(String),
+}
+
+impl std::fmt::Debug for Satellite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the password or token.
+        f.debug_struct("Satellite").field("url", &self.url).field("topics", &self.topics).finish_non_exhaustive()
+    }
 }
 
 impl Config {
@@ -337,6 +389,15 @@ impl Config {
                 Some((addr, timeout, ttl))
             }
         };
+        let satellite = satellite(
+            args.satellite_of.or(file.satellite_of),
+            if args.satellite_topics.is_empty() {
+                file.satellite_topics.unwrap_or_default()
+            } else {
+                args.satellite_topics
+            },
+            args.satellite_user.or(file.satellite_user),
+        )?;
         let mounts = if args.mounts.is_empty() { file.mount.unwrap_or_default() } else { args.mounts };
         let mounts = mounts
             .iter()
@@ -448,8 +509,53 @@ impl Config {
             mounts,
             xs: !(args.no_xs || file.no_xs.unwrap_or(false)),
             http_app,
+            satellite,
         })
     }
+}
+
+/// The satellite settings, checked together.
+fn satellite(url: Option<String>, topics: Vec<String>, user: Option<String>) -> Result<Option<Satellite>> {
+    let Some(url) = url else {
+        if !topics.is_empty() || user.is_some() {
+            bail!("--satellite-topics and --satellite-user go with --satellite-of URL");
+        }
+        return Ok(None);
+    };
+    let base = url.trim_end_matches('/').trim_end_matches("/v1/hub");
+    let base = if let Some(rest) = base.strip_prefix("ws://") {
+        format!("http://{rest}")
+    } else if let Some(rest) = base.strip_prefix("wss://") {
+        format!("https://{rest}")
+    } else {
+        bail!("--satellite-of {url:?}: a WebSocket URL of a hub, ws://host:port/v1/hub or wss://host:port/v1/hub");
+    };
+    if base.trim_start_matches("http://").trim_start_matches("https://").contains('/') {
+        bail!("--satellite-of {url:?}: the hub is at /v1/hub on its server (ws://host:port/v1/hub)");
+    }
+    if topics.is_empty() {
+        bail!("--satellite-of needs --satellite-topics: the hub's topics (patterns) to replicate");
+    }
+    let topics = topics
+        .iter()
+        .map(|text| {
+            let pattern = cairn_service::Pattern::parse(text)
+                .map_err(|error| anyhow::anyhow!("--satellite-topics {text:?}: {error}"))?;
+            if text.starts_with(cairn_service::SYSTEM_PREFIX) {
+                bail!("--satellite-topics {text:?}: the store's own topics (cairn.…) are not replicated; name the hub's topics");
+            }
+            Ok(pattern)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let credentials = match user {
+        Some(user) => {
+            let password = std::env::var("CAIRN_PASSWORD")
+                .map_err(|_| anyhow::anyhow!("--satellite-user needs the password in $CAIRN_PASSWORD"))?;
+            Some(SatelliteCredentials::Basic(user, password))
+        }
+        None => std::env::var("CAIRN_TOKEN").ok().map(SatelliteCredentials::Token),
+    };
+    Ok(Some(Satellite { url: base, topics, credentials }))
 }
 
 /// `off`, or a share from 0 to 1.

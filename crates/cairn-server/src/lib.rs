@@ -24,6 +24,7 @@ mod metrics;
 mod mounts;
 mod pump;
 mod resp;
+mod satellite;
 mod server;
 mod xs;
 

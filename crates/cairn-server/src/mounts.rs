@@ -192,7 +192,7 @@ async fn start(
         compress: config.compress,
         ..cairn_service::StoreOptions::default()
     };
-    let options = cairn_service::ServiceOptions { allow_delete: config.allow_delete };
+    let options = cairn_service::ServiceOptions { allow_delete: config.allow_delete, replicated: Vec::new() };
     let (service, _) = cairn_service::open_local(dir.to_owned(), store_options, options)
         .await
         .with_context(|| format!("open store {}", dir.display()))?;

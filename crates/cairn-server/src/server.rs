@@ -99,7 +99,10 @@ pub async fn serve(config: Config, until: impl Future<Output = ()>, ready: impl 
         compress: config.compress,
         ..StoreOptions::default()
     };
-    let options = ServiceOptions { allow_delete: config.allow_delete };
+    let options = ServiceOptions {
+        allow_delete: config.allow_delete,
+        replicated: config.satellite.as_ref().map(|satellite| satellite.topics.clone()).unwrap_or_default(),
+    };
     // Held until the server ends: one server per directory.
     let mut _lock = None;
     let service = match &config.postgres {
@@ -180,6 +183,10 @@ pub async fn serve(config: Config, until: impl Future<Output = ()>, ready: impl 
     let resp = resp.map(|(listener, _)| listener);
     let (stop, stopping) = watch::channel(false);
     let procs = config.procs.then(|| cairn_proc::Procs::start(service.clone()));
+    let satellite = config.satellite.clone().map(|satellite| {
+        tracing::info!("a satellite of the hub at {}, replicating {:?}", satellite.url, satellite.topics);
+        tokio::spawn(crate::satellite::run(service.clone(), satellite, stopping.clone()))
+    });
     let app = Arc::new(App {
         service,
         metrics: Metrics::default(),
@@ -226,6 +233,9 @@ pub async fn serve(config: Config, until: impl Future<Output = ()>, ready: impl 
         procs.shutdown().await;
     }
     app.mounts.shutdown().await;
+    if let Some(satellite) = satellite {
+        let _ = satellite.await;
+    }
     app.service.shutdown();
     accepting.await?;
     if let Some(resp_accepting) = resp_accepting {

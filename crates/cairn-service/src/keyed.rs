@@ -38,6 +38,8 @@ use crate::service::Service;
 pub const ACTS_MAX: usize = 10_000;
 /// Keys are 1-255 bytes.
 pub const KEY_BYTES_MAX: usize = 255;
+/// Transaction ids are 1-128 bytes.
+pub const TX_ID_BYTES_MAX: usize = 128;
 
 /// What an action does to its key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,7 +54,7 @@ pub enum Cmd {
 }
 
 /// One action of a transaction.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Act {
     /// The topic.
@@ -62,26 +64,31 @@ pub struct Act {
     /// new, mod or del.
     pub cmd: Cmd,
     /// The fields (a JSON object; none for del).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub arg: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// A transaction: actions committed together against a base revision.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Trans {
+    /// An id the writer chose: a transaction sent again with the same id
+    /// (by the same user) is answered with the first one's outcome, not
+    /// applied twice (satellites resend after a lost connection).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
     /// The revision the writer last saw (ms): a key changed after it is a
     /// conflict. None: no check.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base: Option<u64>,
     /// When the writer made it (ms), for the audit.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created: Option<u64>,
     /// Ignored: the user is the authenticated principal.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usr: Option<String>,
     /// Anything the writer wants kept with it.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub extra: Option<serde_json::Value>,
     /// The actions, in order.
     pub acts: Vec<Act>,
@@ -90,10 +97,14 @@ pub struct Trans {
 /// A committed transaction.
 #[derive(Clone, Debug)]
 pub struct Committed {
-    /// Its revision.
+    /// Its revision (on a satellite, for a transaction queued for the
+    /// hub: the hub's revision it was based on).
     pub rev: u64,
-    /// Its events, one per action.
+    /// Its events, one per action (none for a queued one).
     pub events: Vec<Event>,
+    /// Queued on a satellite for the hub (applied to its state
+    /// provisionally), with this id.
+    pub queued: Option<String>,
 }
 
 /// A key's latest state.
@@ -107,6 +118,9 @@ pub struct KeyState {
     pub rev: u64,
     /// The last event that changed it.
     pub id: EventId,
+    /// On a satellite: changed by transactions queued for the hub.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub provisional: bool,
 }
 
 /// A key's record: its state, or its deletion (kept: a deletion is a
@@ -118,11 +132,35 @@ struct Record {
     id: EventId,
 }
 
-/// The hub's checkpoint (`H`): the last revision and its last event.
+/// The hub's checkpoint (`H`): the last revision and its last event; on
+/// a satellite also the last event replicated from the hub, by the hub's
+/// id and revision.
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
-struct Checkpoint {
-    rev: u64,
+pub(crate) struct Checkpoint {
+    pub(crate) rev: u64,
     id: Option<EventId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) hub: Option<EventId>,
+    #[serde(default)]
+    pub(crate) hub_rev: u64,
+}
+
+/// A committed transaction that had an id (`t<user>\0<id>`): its outcome,
+/// for a resend.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct TxRecord {
+    rev: u64,
+    ids: Vec<EventId>,
+}
+
+fn tx_key(user: Option<&str>, id: &str) -> Vec<u8> {
+    let user = user.unwrap_or_default();
+    let mut out = Vec::with_capacity(2 + user.len() + id.len());
+    out.push(b't');
+    out.extend_from_slice(user.as_bytes());
+    out.push(0);
+    out.extend_from_slice(id.as_bytes());
+    out
 }
 
 /// A transaction in flight (`P`): its topics and where the log stood.
@@ -138,6 +176,17 @@ pub(crate) struct Queued {
     trans: Trans,
     topics: BTreeMap<String, Topic>,
     reply: tokio::sync::oneshot::Sender<Result<Committed>>,
+    /// Replicated from the hub (a satellite's copy): applied as the hub
+    /// decided, not checked again.
+    replica: Option<Replica>,
+}
+
+/// Where a replicated transaction came from: the hub's rev and ids.
+#[derive(Clone, Debug)]
+pub(crate) struct Replica {
+    pub(crate) rev: u64,
+    pub(crate) ids: Vec<EventId>,
+    pub(crate) user: Option<String>,
 }
 
 fn fail_all(group: Vec<Queued>, error: &ServiceError) {
@@ -146,7 +195,7 @@ fn fail_all(group: Vec<Queued>, error: &ServiceError) {
     }
 }
 
-fn record_key(top: &str, key: &str) -> Vec<u8> {
+pub(crate) fn record_key(top: &str, key: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(2 + top.len() + key.len());
     out.push(b'h');
     out.extend_from_slice(top.as_bytes());
@@ -159,15 +208,26 @@ const CHECKPOINT: &[u8] = b"H";
 const IN_FLIGHT: &[u8] = b"P";
 
 /// The meta of an action's event.
-#[derive(Serialize, Deserialize)]
-struct ActMeta {
-    key: String,
-    cmd: Cmd,
-    rev: u64,
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ActMeta {
+    /// The key.
+    pub key: String,
+    /// What the action did.
+    pub cmd: Cmd,
+    /// Its transaction's revision.
+    pub rev: u64,
+    /// Its transaction's id, if the writer gave one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    created: Option<u64>,
+    pub tx: Option<String>,
+    /// The writer's time (ms).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    extra: Option<serde_json::Value>,
+    pub created: Option<u64>,
+    /// What the writer kept with the transaction.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extra: Option<serde_json::Value>,
+    /// On a satellite: the event's id on the hub.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hub: Option<EventId>,
 }
 
 /// An action read back from its event: (key, cmd, rev, arg).
@@ -180,8 +240,13 @@ fn act_of(
     Some((meta.key, meta.cmd, meta.rev, arg))
 }
 
+/// An action's meta, if `event` is one.
+pub fn action_meta(event: &Event) -> Option<ActMeta> {
+    serde_json::from_str(event.meta.as_deref()?).ok()
+}
+
 /// Applies one action to a key's state (`None`: missing or deleted).
-fn apply(
+pub(crate) fn apply(
     state: &mut Option<serde_json::Map<String, serde_json::Value>>,
     cmd: Cmd,
     arg: serde_json::Map<String, serde_json::Value>,
@@ -197,31 +262,108 @@ fn apply(
     Ok(())
 }
 
+/// Checks a transaction's shape and `who`'s right to write its topics;
+/// returns its topics by name.
+pub(crate) fn check_trans(who: &Principal, trans: &Trans) -> Result<BTreeMap<String, Topic>> {
+    if trans.acts.is_empty() {
+        return Err(ServiceError::invalid("acts", "a transaction needs at least one action"));
+    }
+    if trans.acts.len() > ACTS_MAX {
+        return Err(ServiceError::invalid("acts", format!("at most {ACTS_MAX} actions")));
+    }
+    if let Some(id) = &trans.id
+        && (id.is_empty() || id.len() > TX_ID_BYTES_MAX || id.chars().any(char::is_control))
+    {
+        return Err(ServiceError::invalid(
+            "id",
+            format!("transaction ids are 1-{TX_ID_BYTES_MAX} bytes, no control characters"),
+        ));
+    }
+    let mut topics = BTreeMap::new();
+    for act in &trans.acts {
+        if act.key.is_empty() || act.key.len() > KEY_BYTES_MAX || act.key.contains('\0') {
+            return Err(ServiceError::invalid("key", format!("keys are 1-{KEY_BYTES_MAX} bytes without NUL")));
+        }
+        let topic = Topic::new(&act.top)?;
+        who.check_write(&topic)?;
+        topics.insert(act.top.clone(), topic);
+    }
+    Ok(topics)
+}
+
+/// A transaction's events at `rev`, by `user`; with the hub's ids for a
+/// replicated one.
+fn events_of(queued: &Queued, rev: u64, user: Option<&str>, hub: Option<&[EventId]>) -> Vec<NewEvent> {
+    let trans = &queued.trans;
+    trans
+        .acts
+        .iter()
+        .enumerate()
+        .map(|(n, act)| {
+            let meta = ActMeta {
+                key: act.key.clone(),
+                cmd: act.cmd,
+                rev,
+                tx: trans.id.clone(),
+                created: trans.created,
+                extra: trans.extra.clone(),
+                hub: hub.map(|ids| ids[n]),
+            };
+            let payload =
+                act.arg.as_ref().filter(|_| act.cmd != Cmd::Del).map(|arg| serde_json::to_vec(arg).expect("JSON"));
+            NewEvent {
+                topic: Some(queued.topics[&act.top].clone()),
+                kind: Some(
+                    match act.cmd {
+                        Cmd::New => "new",
+                        Cmd::Mod => "mod",
+                        Cmd::Del => "del",
+                    }
+                    .to_owned(),
+                ),
+                meta: Some(serde_json::to_string(&meta).expect("JSON")),
+                payload,
+                user: user.map(str::to_owned),
+                ..NewEvent::default()
+            }
+        })
+        .collect()
+}
+
 impl Service {
     /// Commits `trans` for `who` (who must be allowed to write every topic
     /// it touches): all its actions or none. Transactions waiting at the
     /// same moment commit as one group (one in-flight record, one batch,
     /// one write of states, as the log's writer shares one fdatasync),
     /// each checked in turn against the state the ones before it left.
+    /// On a satellite, a transaction on the hub's topics is queued for the
+    /// hub instead (see `satellite.rs`).
     pub async fn publish(&self, who: &Principal, trans: Trans) -> Result<Committed> {
         self.admit(who)?;
-        if trans.acts.is_empty() {
-            return Err(ServiceError::invalid("acts", "a transaction needs at least one action"));
+        let topics = check_trans(who, &trans)?;
+        let replicated = topics.values().filter(|topic| self.is_replicated(topic)).count();
+        if replicated == topics.len() {
+            return self.sat_enqueue(who, trans).await;
         }
-        if trans.acts.len() > ACTS_MAX {
-            return Err(ServiceError::invalid("acts", format!("at most {ACTS_MAX} actions")));
+        if replicated > 0 {
+            return Err(ServiceError::invalid(
+                "acts",
+                "a transaction touches either the hub's topics (queued for the hub) or this server's own, not both",
+            ));
         }
-        let mut topics = BTreeMap::new();
-        for act in &trans.acts {
-            if act.key.is_empty() || act.key.len() > KEY_BYTES_MAX || act.key.contains('\0') {
-                return Err(ServiceError::invalid("key", format!("keys are 1-{KEY_BYTES_MAX} bytes without NUL")));
-            }
-            let topic = Topic::new(&act.top)?;
-            who.check_write(&topic)?;
-            topics.insert(act.top.clone(), topic);
-        }
+        self.commit_queued(who.clone(), trans, topics, None).await
+    }
+
+    /// Queues `trans` for the next group and waits for its outcome.
+    pub(crate) async fn commit_queued(
+        &self,
+        who: Principal,
+        trans: Trans,
+        topics: BTreeMap<String, Topic>,
+        replica: Option<Replica>,
+    ) -> Result<Committed> {
         let (reply, answer) = tokio::sync::oneshot::channel();
-        self.inner.hub_queue.lock().expect("hub queue lock").push(Queued { who: who.clone(), trans, topics, reply });
+        self.inner.hub_queue.lock().expect("hub queue lock").push(Queued { who, trans, topics, reply, replica });
         // Whoever holds the lock next commits everything queued by then.
         {
             let _hub = self.inner.hub.lock().await;
@@ -246,10 +388,55 @@ impl Service {
         };
         let mut keys: BTreeMap<(String, String), Option<Record>> = BTreeMap::new();
         let mut last_rev = checkpoint.rev;
+        let (mut hub, mut hub_rev) = (checkpoint.hub, checkpoint.hub_rev);
         let mut accepted: Vec<(Queued, u64)> = Vec::new();
+        // Sent again while the first is in this group: answered alike.
+        let mut repeats: Vec<(Queued, usize)> = Vec::new();
         let mut events: Vec<NewEvent> = Vec::new();
         let mut all_topics: BTreeSet<String> = BTreeSet::new();
         for queued in group {
+            if let Some(replica) = &queued.replica {
+                if hub.is_some_and(|last| replica.ids.last().is_some_and(|id| *id <= last)) {
+                    let _ = queued.reply.send(Ok(Committed { rev: replica.rev, events: Vec::new(), queued: None }));
+                    continue;
+                }
+                let rev = replica.rev;
+                let planned = self.plan_replica(&queued, &mut keys).await;
+                match planned {
+                    Err(error) => {
+                        let _ = queued.reply.send(Err(error));
+                    }
+                    Ok(planned) => {
+                        (hub, hub_rev) = (replica.ids.last().copied().or(hub), hub_rev.max(rev));
+                        last_rev = last_rev.max(rev);
+                        events.extend(planned);
+                        all_topics.extend(queued.topics.keys().cloned());
+                        accepted.push((queued, rev));
+                    }
+                }
+                continue;
+            }
+            if let Some(id) = &queued.trans.id {
+                let user = queued.who.user_name();
+                let same = |(other, _): &(Queued, u64)| {
+                    other.replica.is_none() && other.trans.id.as_ref() == Some(id) && other.who.user_name() == user
+                };
+                if let Some(n) = accepted.iter().position(same) {
+                    repeats.push((queued, n));
+                    continue;
+                }
+                match self.committed_before(user, id).await {
+                    Err(error) => {
+                        let _ = queued.reply.send(Err(error));
+                        continue;
+                    }
+                    Ok(Some(committed)) => {
+                        let _ = queued.reply.send(Ok(committed));
+                        continue;
+                    }
+                    Ok(None) => {}
+                }
+            }
             match self.plan(&queued, &mut keys, last_rev).await {
                 Err(error) => {
                     let _ = queued.reply.send(Err(error));
@@ -265,12 +452,18 @@ impl Service {
         if accepted.is_empty() {
             return;
         }
+        let fail = |accepted: Vec<(Queued, u64)>, repeats: Vec<(Queued, usize)>, error: &ServiceError| {
+            fail_all(
+                accepted.into_iter().map(|(queued, _)| queued).chain(repeats.into_iter().map(|(q, _)| q)).collect(),
+                error,
+            )
+        };
         // The group in flight first, so a crash after its events leaves
         // the next call what it needs to update the states.
         let in_flight = InFlight { topics: all_topics.into_iter().collect(), after: self.last_id() };
         let bytes = serde_json::to_vec(&in_flight).expect("JSON");
         if let Err(error) = self.state_ops(vec![StateOp::Put(IN_FLIGHT.to_vec(), bytes)]).await {
-            return fail_all(accepted.into_iter().map(|(queued, _)| queued).collect(), &error);
+            return fail(accepted, repeats, &error);
         }
         let appended = match self.storage().submit(Batch { events, ..Batch::default() }, false).await {
             Ok(pending) => pending.await.map_err(ServiceError::from),
@@ -280,11 +473,13 @@ impl Service {
             Ok(appended) => appended,
             Err(error) => {
                 let _ = self.state_ops(vec![StateOp::Delete(IN_FLIGHT.to_vec())]).await;
-                return fail_all(accepted.into_iter().map(|(queued, _)| queued).collect(), &error);
+                return fail(accepted, repeats, &error);
             }
         };
-        // Each key's record: its last action's event and its transaction's rev.
+        // Each key's record: its last action's event and its transaction's
+        // rev; each identified transaction's outcome.
         let mut records: BTreeMap<Vec<u8>, Record> = BTreeMap::new();
+        let mut ops: Vec<StateOp> = Vec::new();
         let mut answers = Vec::new();
         let mut at = 0;
         for (queued, rev) in accepted {
@@ -294,23 +489,38 @@ impl Service {
                 let state = keys[&(act.top.clone(), act.key.clone())].as_ref().and_then(|record| record.state.clone());
                 records.insert(record_key(&act.top, &act.key), Record { state, rev, id: event.id });
             }
-            answers.push((queued.reply, Committed { rev, events: own }));
+            if let (Some(id), None) = (&queued.trans.id, &queued.replica) {
+                let record = TxRecord { rev, ids: own.iter().map(|event| event.id).collect() };
+                ops.push(StateOp::Put(tx_key(queued.who.user_name(), id), serde_json::to_vec(&record).expect("JSON")));
+            }
+            answers.push((queued.reply, Committed { rev, events: own, queued: None }));
         }
-        let mut ops: Vec<StateOp> = records
-            .into_iter()
-            .map(|(key, record)| StateOp::Put(key, serde_json::to_vec(&record).expect("JSON")))
-            .collect();
+        ops.extend(
+            records.into_iter().map(|(key, record)| StateOp::Put(key, serde_json::to_vec(&record).expect("JSON"))),
+        );
         let last = appended.last().map(|event| event.id);
-        ops.push(StateOp::Put(
-            CHECKPOINT.to_vec(),
-            serde_json::to_vec(&Checkpoint { rev: last_rev, id: last }).expect("JSON"),
-        ));
+        let checkpoint = Checkpoint { rev: last_rev, id: last, hub, hub_rev };
+        ops.push(StateOp::Put(CHECKPOINT.to_vec(), serde_json::to_vec(&checkpoint).expect("JSON")));
         ops.push(StateOp::Delete(IN_FLIGHT.to_vec()));
         let stored = self.state_ops(ops).await;
         drop(shared);
-        for (reply, committed) in answers {
-            let _ = reply.send(stored.clone().map(|()| committed.clone()));
+        for (queued, n) in repeats {
+            let _ = queued.reply.send(stored.clone().map(|()| answers[n].1.clone()));
         }
+        for (reply, committed) in answers {
+            let _ = reply.send(stored.clone().map(|()| committed));
+        }
+    }
+
+    /// The outcome of the transaction `id` of `user`, if it committed.
+    async fn committed_before(&self, user: Option<&str>, id: &str) -> Result<Option<Committed>> {
+        let Some(bytes) = self.state_get(tx_key(user, id)).await? else { return Ok(None) };
+        let Ok(record) = serde_json::from_slice::<TxRecord>(&bytes) else { return Ok(None) };
+        let mut events = Vec::with_capacity(record.ids.len());
+        for id in record.ids {
+            events.extend(self.storage().get(id).await?);
+        }
+        Ok(Some(Committed { rev: record.rev, events, queued: None }))
     }
 
     /// Checks one queued transaction against `keys` (the state so far,
@@ -329,17 +539,7 @@ impl Service {
         {
             return Err(ServiceError::invalid("base", format!("{base} is in the future (now {now})")));
         }
-        let mut touched = Vec::new();
-        for act in &trans.acts {
-            let slot = (act.top.clone(), act.key.clone());
-            if let std::collections::btree_map::Entry::Vacant(vacant) = keys.entry(slot.clone()) {
-                let record = self.state_get(record_key(&act.top, &act.key)).await?;
-                vacant.insert(record.and_then(|bytes| serde_json::from_slice::<Record>(&bytes).ok()));
-            }
-            if !touched.contains(&slot) {
-                touched.push(slot);
-            }
-        }
+        let touched = self.read_keys(trans, keys).await?;
         if let Some(base) = trans.base {
             let conflicts: Vec<String> = touched
                 .iter()
@@ -370,38 +570,49 @@ impl Service {
         for (slot, state) in states {
             keys.insert(slot, Some(Record { state, rev, id: EventId::MIN }));
         }
-        let user = queued.who.user_name().map(str::to_owned);
-        let events = trans
-            .acts
-            .iter()
-            .map(|act| {
-                let meta = ActMeta {
-                    key: act.key.clone(),
-                    cmd: act.cmd,
-                    rev,
-                    created: trans.created,
-                    extra: trans.extra.clone(),
-                };
-                let payload =
-                    act.arg.as_ref().filter(|_| act.cmd != Cmd::Del).map(|arg| serde_json::to_vec(arg).expect("JSON"));
-                NewEvent {
-                    topic: Some(queued.topics[&act.top].clone()),
-                    kind: Some(
-                        match act.cmd {
-                            Cmd::New => "new",
-                            Cmd::Mod => "mod",
-                            Cmd::Del => "del",
-                        }
-                        .to_owned(),
-                    ),
-                    meta: Some(serde_json::to_string(&meta).expect("JSON")),
-                    payload,
-                    user: user.clone(),
-                    ..NewEvent::default()
-                }
-            })
-            .collect();
-        Ok((rev, events))
+        Ok((rev, events_of(queued, rev, queued.who.user_name(), None)))
+    }
+
+    /// A transaction replicated from the hub: applied as the hub decided
+    /// (the hub's log is the truth), with the hub's rev and ids.
+    async fn plan_replica(
+        &self,
+        queued: &Queued,
+        keys: &mut BTreeMap<(String, String), Option<Record>>,
+    ) -> Result<Vec<NewEvent>> {
+        let replica = queued.replica.as_ref().expect("a replica");
+        if replica.ids.len() != queued.trans.acts.len() {
+            return Err(ServiceError::invalid("ids", "one per action"));
+        }
+        self.read_keys(&queued.trans, keys).await?;
+        for act in &queued.trans.acts {
+            let slot = (act.top.clone(), act.key.clone());
+            let mut state = keys[&slot].as_ref().and_then(|record| record.state.clone());
+            let _ = apply(&mut state, act.cmd, act.arg.clone().unwrap_or_default());
+            keys.insert(slot, Some(Record { state, rev: replica.rev, id: EventId::MIN }));
+        }
+        Ok(events_of(queued, replica.rev, replica.user.as_deref(), Some(&replica.ids)))
+    }
+
+    /// Reads into `keys` the records of the keys `trans` touches that it
+    /// lacks; returns those keys, once each, in order.
+    async fn read_keys(
+        &self,
+        trans: &Trans,
+        keys: &mut BTreeMap<(String, String), Option<Record>>,
+    ) -> Result<Vec<(String, String)>> {
+        let mut touched = Vec::new();
+        for act in &trans.acts {
+            let slot = (act.top.clone(), act.key.clone());
+            if let std::collections::btree_map::Entry::Vacant(vacant) = keys.entry(slot.clone()) {
+                let record = self.state_get(record_key(&act.top, &act.key)).await?;
+                vacant.insert(record.and_then(|bytes| serde_json::from_slice::<Record>(&bytes).ok()));
+            }
+            if !touched.contains(&slot) {
+                touched.push(slot);
+            }
+        }
+        Ok(touched)
     }
 
     async fn state_ops(&self, ops: Vec<StateOp>) -> Result<()> {
@@ -411,7 +622,7 @@ impl Service {
 
     /// Finishes a transaction a crash cut between its events and its
     /// states; returns the checkpoint. Under the hub's lock.
-    async fn hub_recover(&self) -> Result<Checkpoint> {
+    pub(crate) async fn hub_recover(&self) -> Result<Checkpoint> {
         let checkpoint = self
             .state_get(CHECKPOINT.to_vec())
             .await?
@@ -428,9 +639,11 @@ impl Service {
             let Ok(topic) = Topic::new(top) else { continue };
             let query = Query { after: Some(in_flight.after), ..Query::new(Pattern::Exact(topic)) };
             for item in self.read_all(&Principal::Local, query, true).await? {
-                if let Some(act) = act_of(&item.event, item.content.as_deref()) {
+                if let (Some(act), Some(meta)) =
+                    (act_of(&item.event, item.content.as_deref()), action_meta(&item.event))
+                {
                     found.push(item.event);
-                    contents.push(act);
+                    contents.push((act, meta));
                 }
             }
         }
@@ -439,11 +652,24 @@ impl Service {
         order.sort_by_key(|&n| found[n].id);
         let mut checkpoint = checkpoint;
         let mut records: BTreeMap<Vec<u8>, Record> = BTreeMap::new();
+        let mut txs: BTreeMap<Vec<u8>, TxRecord> = BTreeMap::new();
         for n in order {
             let event = &found[n];
-            let (key, cmd, rev, arg) = contents[n].clone();
-            if rev <= checkpoint.rev && checkpoint.id.is_some_and(|id| event.id <= id) {
+            let ((key, cmd, rev, arg), meta) = contents[n].clone();
+            if checkpoint.id.is_some_and(|id| event.id <= id) {
                 continue;
+            }
+            match (meta.hub, meta.tx) {
+                (Some(hub), _) => {
+                    checkpoint.hub = checkpoint.hub.max(Some(hub));
+                    checkpoint.hub_rev = checkpoint.hub_rev.max(rev);
+                }
+                (None, Some(tx)) => {
+                    let record =
+                        txs.entry(tx_key(event.user.as_deref(), &tx)).or_insert(TxRecord { rev, ids: Vec::new() });
+                    record.ids.push(event.id);
+                }
+                (None, None) => {}
             }
             let slot = record_key(event.topic.as_str(), &key);
             let current = match records.get(&slot) {
@@ -456,12 +682,13 @@ impl Service {
             // The log is the truth: an action that applies keeps its effect.
             let _ = apply(&mut state, cmd, arg);
             records.insert(slot, Record { state, rev, id: event.id });
-            checkpoint = Checkpoint { rev: checkpoint.rev.max(rev), id: Some(event.id) };
+            checkpoint = Checkpoint { rev: checkpoint.rev.max(rev), id: Some(event.id), ..checkpoint };
         }
         let mut ops: Vec<StateOp> = records
             .into_iter()
             .map(|(key, record)| StateOp::Put(key, serde_json::to_vec(&record).expect("JSON")))
             .collect();
+        ops.extend(txs.into_iter().map(|(key, record)| StateOp::Put(key, serde_json::to_vec(&record).expect("JSON"))));
         ops.push(StateOp::Put(CHECKPOINT.to_vec(), serde_json::to_vec(&checkpoint).expect("JSON")));
         ops.push(StateOp::Delete(IN_FLIGHT.to_vec()));
         self.storage().state_submit(ops).await?.await?;
@@ -508,14 +735,32 @@ impl Service {
                 let _ = apply(&mut state, cmd, arg);
                 last = Some((rev, item.event.id));
             }
-            return Ok(state.zip(last).map(|(state, (rev, id))| KeyState { key: key.to_owned(), state, rev, id }));
+            return Ok(state.zip(last).map(|(state, (rev, id))| KeyState {
+                key: key.to_owned(),
+                state,
+                rev,
+                id,
+                provisional: false,
+            }));
         }
         self.hub_settle().await?;
         let record = self.state_get(record_key(topic.as_str(), key)).await?;
         let record = record.and_then(|bytes| serde_json::from_slice::<Record>(&bytes).ok());
-        Ok(record.and_then(|record| {
-            record.state.map(|state| KeyState { key: key.to_owned(), state, rev: record.rev, id: record.id })
-        }))
+        let mut states: BTreeMap<String, KeyState> = record
+            .and_then(|record| {
+                record.state.map(|state| KeyState {
+                    key: key.to_owned(),
+                    state,
+                    rev: record.rev,
+                    id: record.id,
+                    provisional: false,
+                })
+            })
+            .into_iter()
+            .map(|state| (key.to_owned(), state))
+            .collect();
+        self.sat_overlay(topic, &mut states, Some(key)).await?;
+        Ok(states.remove(key))
     }
 
     /// The keys of `topic` that exist, in key order, after `after`, at
@@ -532,22 +777,20 @@ impl Service {
         self.hub_settle().await?;
         let prefix = record_key(topic.as_str(), "");
         let entries = self.storage().state_scan(prefix.clone()).await?;
-        let mut out = Vec::new();
-        let keys: BTreeSet<(Vec<u8>, Vec<u8>)> = entries.into_iter().collect();
-        for (raw, value) in keys {
+        let mut states: BTreeMap<String, KeyState> = BTreeMap::new();
+        for (raw, value) in entries {
             let key = String::from_utf8_lossy(&raw[prefix.len()..]).into_owned();
-            if after.is_some_and(|after| key.as_str() <= after) {
-                continue;
-            }
             let Ok(record) = serde_json::from_slice::<Record>(&value) else { continue };
             if let Some(state) = record.state {
-                out.push(KeyState { key, state, rev: record.rev, id: record.id });
-                if out.len() >= limit {
-                    break;
-                }
+                states.insert(key.clone(), KeyState { key, state, rev: record.rev, id: record.id, provisional: false });
             }
         }
-        Ok(out)
+        self.sat_overlay(topic, &mut states, None).await?;
+        Ok(states
+            .into_values()
+            .filter(|state| after.is_none_or(|after| state.key.as_str() > after))
+            .take(limit)
+            .collect())
     }
 }
 
@@ -588,7 +831,15 @@ mod tests {
         let in_flight = InFlight { topics: vec!["t".to_owned()], after: service.last_id() };
         let ops = vec![StateOp::Put(IN_FLIGHT.to_vec(), serde_json::to_vec(&in_flight).expect("JSON"))];
         service.storage().state_submit(ops).await.expect("queued").await.expect("durable");
-        let meta = ActMeta { key: "k1".to_owned(), cmd: Cmd::Mod, rev: first.rev + 1, created: None, extra: None };
+        let meta = ActMeta {
+            key: "k1".to_owned(),
+            cmd: Cmd::Mod,
+            rev: first.rev + 1,
+            tx: None,
+            created: None,
+            extra: None,
+            hub: None,
+        };
         let event = NewEvent {
             topic: Some(Topic::new("t").expect("topic")),
             meta: Some(serde_json::to_string(&meta).expect("JSON")),

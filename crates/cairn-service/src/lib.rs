@@ -36,6 +36,7 @@ mod keyed;
 mod logins;
 mod portable;
 mod principal;
+mod satellite;
 mod service;
 mod sessions;
 mod stream_id;
@@ -59,10 +60,11 @@ pub use consumers::{
 pub use error::{Result, ServiceError};
 pub use follow::{Delivered, Follow, FollowOptions};
 pub use glob::Glob;
-pub use keyed::{Act, Cmd, Committed, KeyState, Trans, action_of};
+pub use keyed::{Act, ActMeta, Cmd, Committed, KeyState, Trans, action_meta, action_of};
 pub use logins::{LOGIN_CHECKS_CONCURRENT, LOGIN_CHECKS_QUEUED_MAX};
 pub use portable::ImportRecord;
 pub use principal::{PROCESSOR_PREFIX, Principal, Session, User, covers, is_processor_control};
+pub use satellite::{QUEUE_TOPIC, QueuedTrans, REJECTED_TOPIC, Rejection};
 pub use service::{
     Appending, Budget, IDEMPOTENCY_KEY_BYTES_MAX, IfMatch, Info, Item, REPLY_BYTES_MAX, REPLY_ENTRY_BYTES, Read,
     Service, ServiceOptions, Trim, check_idempotency_key, parse_hash, topic_etag,

@@ -40,6 +40,9 @@ const SCAN_CHUNK_EVENTS: usize = 4096;
 pub struct ServiceOptions {
     /// Whether a whole topic's events may be removed at once (Redis `DEL`).
     pub allow_delete: bool,
+    /// On a satellite: the hub's topics it replicates (written only by
+    /// the replication; transactions on them are queued for the hub).
+    pub replicated: Vec<cairn_store::Pattern>,
 }
 
 /// The service: cheap to clone, shared by every front end of a server.
@@ -58,6 +61,8 @@ pub(crate) struct Inner {
     pub(crate) hub: tokio::sync::Mutex<()>,
     /// Keyed transactions waiting for the next group.
     pub(crate) hub_queue: std::sync::Mutex<Vec<crate::keyed::Queued>>,
+    /// Wakes a satellite's link when a transaction is queued for the hub.
+    pub(crate) sat_wake: tokio::sync::Notify,
     pub(crate) options: ServiceOptions,
     pub(crate) started: Instant,
     pub(crate) stopping: watch::Sender<bool>,
@@ -185,6 +190,7 @@ impl Service {
                 groups: Groups::default(),
                 hub: tokio::sync::Mutex::new(()),
                 hub_queue: std::sync::Mutex::new(Vec::new()),
+                sat_wake: tokio::sync::Notify::new(),
                 storage,
                 users,
                 logins: Logins::default(),
@@ -332,6 +338,7 @@ impl Service {
         for event in &mut batch.events {
             let topic = event.topic.as_ref().ok_or_else(|| ServiceError::invalid("topic", "is required"))?;
             who.check_write(topic)?;
+            self.check_not_replicated(topic)?;
             if !chunked {
                 crate::chunked::check_not_chunked(event.meta.as_deref())?;
             }
@@ -374,6 +381,7 @@ impl Service {
             _ => return Err(ServiceError::invalid("If-Match", "applies to appends to one topic")),
         };
         who.check_write(&topic)?;
+        self.check_not_replicated(&topic)?;
         let head = self.inner.storage.head(topic.clone()).await?;
         let current = topic_etag(head.as_ref());
         let precondition = |etag: String| ServiceError::PreconditionFailed { topic: topic.to_string(), etag };
@@ -420,6 +428,7 @@ impl Service {
                 ));
             }
             who.check_write(topic)?;
+            self.check_not_replicated(topic)?;
             event.user.clone_from(&user);
         }
         if !batch.expect.is_empty() || batch.idempotency_key.is_some() {
@@ -570,7 +579,8 @@ impl Service {
     /// Refuses removing events of `topic`: the store's own topics keep
     /// their events (the audit trail) for all but the trusted socket;
     /// others need write access.
-    fn check_remove(who: &Principal, topic: &Topic) -> Result<()> {
+    fn check_remove(&self, who: &Principal, topic: &Topic) -> Result<()> {
+        self.check_not_replicated(topic)?;
         match who {
             Principal::Local => Ok(()),
             _ if topic.is_system() => Err(ServiceError::forbidden(format!(
@@ -588,7 +598,7 @@ impl Service {
         let event = event
             .filter(|event| who.can_read_topic(&event.topic) || who.can_write(&event.topic))
             .ok_or_else(|| ServiceError::not_found("event", id))?;
-        Self::check_remove(who, &event.topic)?;
+        self.check_remove(who, &event.topic)?;
         if self.inner.storage.remove(vec![id]).await? == 0 {
             return Err(ServiceError::not_found("event", id));
         }
@@ -612,7 +622,7 @@ impl Service {
     /// returns how many were stored.
     pub async fn remove_entries(&self, who: &Principal, topic: &Topic, ids: &[StreamId]) -> Result<usize> {
         self.admit(who)?;
-        Self::check_remove(who, topic)?;
+        self.check_remove(who, topic)?;
         let mut remove = Vec::new();
         let mut largest = None;
         for id in ids {
@@ -634,7 +644,7 @@ impl Service {
     /// `XADD … MAXLEN|MINID`); returns how many.
     pub async fn trim(&self, who: &Principal, topic: &Topic, trim: Trim) -> Result<usize> {
         self.admit(who)?;
-        Self::check_remove(who, topic)?;
+        self.check_remove(who, topic)?;
         let ids: Vec<EventId> = match trim {
             Trim::MaxLen(keep) => {
                 let count = self.inner.storage.head(topic.clone()).await?.map_or(0, |head| head.count);
@@ -686,7 +696,7 @@ impl Service {
                 "deleting a topic is refused: cairn keeps events (start the server with --allow-delete to allow it; single events can be removed)",
             ));
         }
-        Self::check_remove(who, topic)?;
+        self.check_remove(who, topic)?;
         let ids: Vec<EventId> = self.all_of(topic).await?.iter().map(|event| event.id).collect();
         if ids.is_empty() {
             return Ok(0);

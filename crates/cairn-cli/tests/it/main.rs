@@ -23,6 +23,7 @@ mod postgres;
 mod procs;
 mod redis_clients;
 mod resp;
+mod satellite;
 mod security;
 mod serve;
 mod soak;

@@ -11,7 +11,19 @@
 //! - `evt.mon {rev, watch: [{top, keys}]}` → a monitor id, then notes
 //!   `{mon, watch: [{top, key}]}` naming the keys that changed (`"new"`
 //!   matches any creation on the topic); `evt.unmon {mon}`.
+//! - `evt.sat {rev | after, trans, tops}` (a satellite sending what it
+//!   queued): each transaction (each with an `id`) is checked and
+//!   committed on its own, in order, and answered in a list: `{rev, ids}`
+//!   or `{err, keys?}` (`retry: true` when the hub could not decide now);
+//!   a resent one is answered as the first time. With `tops`, a
+//!   subscription as `evt.sub` starts too.
 //! - `evt.stat` → `{rev, mig, on, off}`.
+//!
+//! `evt.sub` and `evt.sat` take topic patterns (`orders.>`) in `tops`,
+//! and `after` (an event id) instead of `rev` to resume exactly after an
+//! event of this server; the events pushed carry `tx`, `usr`, `created`
+//! and `extra` when their transaction had them, and on a satellite `hub`,
+//! the event's id on its hub.
 //! - A subject starting with `_` closes the connection; the server pings
 //!   every 30 s.
 //!
@@ -125,6 +137,13 @@ async fn serve(socket: WebSocket, service: Service, who: Principal, mut stopping
         let answer = match subject {
             "evt.stat" => stat(&service).await,
             "evt.pub" => publish(&service, &who, body).await,
+            "evt.sat" => {
+                let follows = subs.len() + mons.len();
+                satellite(&service, &who, body, &send, follows).await.map(|(results, follow)| {
+                    subs.extend(follow);
+                    results
+                })
+            }
             "evt.sub" => {
                 let follows = subs.len() + mons.len();
                 subscribe(&service, &who, body, &send, follows).await.map(|follow| {
@@ -189,7 +208,8 @@ async fn stat(service: &Service) -> Result<serde_json::Value, String> {
     Ok(serde_json::json!({ "rev": rev_text(rev), "mig": 0, "on": ON.load(Relaxed), "off": 0 }))
 }
 
-async fn publish(service: &Service, who: &Principal, mut body: serde_json::Value) -> Result<serde_json::Value, String> {
+/// A transaction from its JSON, times as Go writes them or milliseconds.
+fn trans_of(mut body: serde_json::Value) -> Result<Trans, String> {
     for field in ["base", "created"] {
         if let Some(value) = body.get(field).cloned() {
             body[field] = match rev_of(&value) {
@@ -199,8 +219,16 @@ async fn publish(service: &Service, who: &Principal, mut body: serde_json::Value
             };
         }
     }
-    let trans: Trans = serde_json::from_value(body).map_err(|error| format!("a transaction: {error}"))?;
+    serde_json::from_value(body).map_err(|error| format!("a transaction: {error}"))
+}
+
+async fn publish(service: &Service, who: &Principal, body: serde_json::Value) -> Result<serde_json::Value, String> {
+    let trans = trans_of(body)?;
     let committed = service.publish(who, trans).await.map_err(|error| error.to_string())?;
+    if let Some(tx) = committed.queued {
+        // A satellite queued it for the hub.
+        return Ok(serde_json::json!({ "rev": rev_text(committed.rev), "evs": [], "queued": tx }));
+    }
     let mut evs = Vec::with_capacity(committed.events.len());
     for event in &committed.events {
         let content = match event.inline_payload() {
@@ -212,16 +240,94 @@ async fn publish(service: &Service, who: &Principal, mut body: serde_json::Value
     Ok(serde_json::json!({ "rev": rev_text(committed.rev), "evs": evs }))
 }
 
-/// An action's event in the hub's form `{id, rev, top, key, cmd, arg}`.
+/// Transactions in one `evt.sat` at most.
+const SAT_TRANS_MAX: usize = 1000;
+
+/// `evt.sat`: the transactions a satellite queued, each committed on its
+/// own and answered in order; then, with `tops`, a subscription.
+async fn satellite(
+    service: &Service,
+    who: &Principal,
+    body: serde_json::Value,
+    send: &mpsc::Sender<String>,
+    follows: usize,
+) -> Result<(serde_json::Value, Option<Follow>), String> {
+    let list: Vec<serde_json::Value> = match body.get("trans") {
+        None | Some(serde_json::Value::Null) => Vec::new(),
+        Some(trans) => serde_json::from_value(trans.clone()).map_err(|error| format!("trans: {error}"))?,
+    };
+    if list.len() > SAT_TRANS_MAX {
+        return Err(format!("trans: at most {SAT_TRANS_MAX} transactions at once"));
+    }
+    // Parsed first, so every one is answered; committed together, in
+    // order (each queues before the next is polled), in groups.
+    let parsed: Vec<Result<Trans, String>> = list
+        .into_iter()
+        .map(|body| {
+            let trans = trans_of(body)?;
+            if trans.id.is_none() {
+                return Err("a satellite's transaction needs an id".to_owned());
+            }
+            Ok(trans)
+        })
+        .collect();
+    let outcomes = futures_util::future::join_all(parsed.into_iter().map(|trans| async move {
+        match trans {
+            Err(err) => serde_json::json!({ "err": err }),
+            Ok(trans) => match service.publish(who, trans).await {
+                Ok(committed) => serde_json::json!({
+                    "rev": rev_text(committed.rev),
+                    "ids": committed.events.iter().map(|event| event.id.to_string()).collect::<Vec<_>>(),
+                }),
+                Err(error) => {
+                    let retry = matches!(error.code(), "throttled" | "overloaded" | "shutting_down" | "unavailable")
+                        || matches!(error, cairn_service::ServiceError::Storage(_));
+                    let keys = match &error {
+                        cairn_service::ServiceError::Conflict { keys } => keys.clone(),
+                        _ => Vec::new(),
+                    };
+                    serde_json::json!({ "err": error.to_string(), "keys": keys, "retry": retry })
+                }
+            },
+        }
+    }))
+    .await;
+    let follow = match body.get("tops") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(_) => Some(subscribe(service, who, body.clone(), send, follows).await?),
+    };
+    Ok((serde_json::Value::Array(outcomes), follow))
+}
+
+/// An action's event in the hub's form `{id, rev, top, key, cmd, arg}`,
+/// with its transaction's `tx`, `usr`, `created` and `extra` if it had them.
 fn ev(event: &Event, content: Option<&[u8]>) -> Option<serde_json::Value> {
     let (key, cmd, rev, arg) = cairn_service::action_of(event, content)?;
     let arg = if cmd == cairn_service::Cmd::Del { serde_json::Value::Null } else { serde_json::Value::Object(arg) };
-    Some(
-        serde_json::json!({ "id": event.id, "rev": rev_text(rev), "top": event.topic, "key": key, "cmd": cmd, "arg": arg }),
-    )
+    let mut ev = serde_json::json!({ "id": event.id, "rev": rev_text(rev), "top": event.topic, "key": key, "cmd": cmd, "arg": arg });
+    if let Some(meta) = cairn_service::action_meta(event) {
+        if let Some(tx) = meta.tx {
+            ev["tx"] = tx.into();
+        }
+        if let Some(created) = meta.created {
+            ev["created"] = rev_text(created).into();
+        }
+        if let Some(extra) = meta.extra {
+            ev["extra"] = extra;
+        }
+        if let Some(hub) = meta.hub {
+            // On a satellite: the event's id on its hub.
+            ev["hub"] = hub.to_string().into();
+        }
+    }
+    if let Some(user) = &event.user {
+        ev["usr"] = user.clone().into();
+    }
+    Some(ev)
 }
 
-fn topics_of(body: &serde_json::Value, field: &str) -> Result<Vec<Topic>, String> {
+/// The topics or topic patterns of `field`.
+fn topics_of(body: &serde_json::Value, field: &str) -> Result<Vec<Pattern>, String> {
     let names: Vec<String> = body
         .get(field)
         .map(|tops| serde_json::from_value(tops.clone()).map_err(|error| format!("{field}: {error}")))
@@ -230,7 +336,10 @@ fn topics_of(body: &serde_json::Value, field: &str) -> Result<Vec<Topic>, String
     if names.is_empty() {
         return Err(format!("{field}: at least one topic"));
     }
-    names.iter().map(|name| Topic::new(name).map_err(|error| error.to_string())).collect()
+    if names.len() > FOLLOWS_MAX {
+        return Err(format!("{field}: at most {FOLLOWS_MAX} topics"));
+    }
+    names.iter().map(|name| Pattern::parse(name).map_err(|error| error.to_string())).collect()
 }
 
 /// `evt.sub`: a follow of the topics from their start, pushing the actions
@@ -245,11 +354,20 @@ async fn subscribe(
     if follows >= FOLLOWS_MAX {
         return Err(format!("at most {FOLLOWS_MAX} subscriptions and monitors per connection"));
     }
-    let after = body.get("rev").map_or(Some(0), rev_of).ok_or("rev: not a time (RFC 3339) or milliseconds")?;
-    let topics = topics_of(&body, "tops")?;
-    let patterns: Vec<Pattern> = topics.iter().cloned().map(Pattern::Exact).collect();
+    let since = match body.get("after") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(after) => Some(
+            after.as_str().and_then(|id| id.parse::<cairn_service::EventId>().ok()).ok_or("after: not an event id")?,
+        ),
+    };
+    let after = match since {
+        Some(_) => 0,
+        None => body.get("rev").map_or(Some(0), rev_of).ok_or("rev: not a time (RFC 3339) or milliseconds")?,
+    };
+    let patterns = topics_of(&body, "tops")?;
     let options = FollowOptions { content: true, ..FollowOptions::default() };
-    let mut follow = service.follow_patterns(who, &patterns, None, options).await.map_err(|error| error.to_string())?;
+    let mut follow =
+        service.follow_patterns(who, &patterns, since, options).await.map_err(|error| error.to_string())?;
     let send = send.clone();
     let task = tokio::spawn(async move {
         loop {
@@ -274,7 +392,7 @@ async fn subscribe(
             }
         }
     });
-    Ok(Follow { task, topics: topics.iter().map(ToString::to_string).collect() })
+    Ok(Follow { task, topics: patterns.iter().map(ToString::to_string).collect() })
 }
 
 /// `evt.mon`: notes naming the watched keys that change after `rev`.

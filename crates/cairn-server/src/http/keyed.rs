@@ -10,9 +10,10 @@ use cairn_service::{Topic, Trans};
 
 use super::{ApiError, ApiResult, Params, State, Who, json_response, parse_json, read_body, to_json};
 
-/// `POST /v1/transactions`: `{base?, created?, extra?, acts: [{top, key,
-/// cmd, arg?}]}` committed as one batch; `{rev, evs}`, or 409 naming each
-/// key that changed after `base`.
+/// `POST /v1/transactions`: `{id?, base?, created?, extra?, acts: [{top,
+/// key, cmd, arg?}]}` committed as one batch; `{rev, evs}`, or 409 naming
+/// each key that changed after `base`. On a satellite, a transaction on
+/// the hub's topics is queued for the hub: 202 `{rev, evs: [], queued}`.
 pub(crate) async fn publish(
     AxumState(app): State,
     Who(principal): Who,
@@ -22,8 +23,13 @@ pub(crate) async fn publish(
 ) -> ApiResult<Response<Body>> {
     params.finish()?;
     let bytes = read_body(&app, &headers, body, "transaction", app.service.limits().payload_bytes_max).await?;
-    let trans: Trans = parse_json(&bytes, "{base?, created?, extra?, acts: [{top, key, cmd, arg?}]}")?;
+    let trans: Trans = parse_json(&bytes, "{id?, base?, created?, extra?, acts: [{top, key, cmd, arg?}]}")?;
     let committed = app.service.publish(&principal, trans).await?;
+    if let Some(tx) = committed.queued {
+        // A satellite queued it for its hub: 202, not yet decided.
+        let body = serde_json::json!({ "rev": committed.rev, "evs": [], "queued": tx });
+        return Ok(json_response(StatusCode::ACCEPTED, to_json(&body), None));
+    }
     let evs: Vec<EventJson> = committed.events.iter().map(|event| EventJson::from_event(event, None)).collect();
     Ok(json_response(StatusCode::OK, to_json(&serde_json::json!({ "rev": committed.rev, "evs": evs })), None))
 }

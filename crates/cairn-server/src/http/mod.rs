@@ -17,7 +17,7 @@ mod consumers;
 pub(crate) mod error;
 mod events;
 mod groups;
-mod hub;
+pub(crate) mod hub;
 mod keyed;
 mod mounts;
 pub(crate) mod openapi;

@@ -1,0 +1,221 @@
+//! A satellite's link to its hub (`--satellite-of`): one WebSocket
+//! connection with the hub protocol, made again whenever it drops.
+//!
+//! Each connection starts with `evt.sat`: the transactions queued so far
+//! (in chunks), and a subscription of the replicated topics after the
+//! last hub event replicated (`after`, the hub's id). Then it writes each
+//! update's events through `Service::replicate` (a transaction per
+//! revision) and sends what is queued later as it is queued. The queue's
+//! answered end moves past a transaction once the hub's answer is in: a
+//! rejection recorded on `cairn.sat.rejected`, an acceptance once its
+//! revision is replicated. An answer the hub could not give now
+//! (`retry`), or a lost connection, sends the unanswered ones again on
+//! the next connection; the hub answers a resent transaction from its
+//! record of the id, so nothing applies twice. The server serves its
+//! local clients all the while.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+use cairn_service::{Act, EventId, QueuedTrans, Rejection, Service, Trans};
+use tokio::sync::watch;
+
+use crate::config::{Satellite, SatelliteCredentials};
+use crate::http::hub::rev_of;
+
+/// Queued transactions per `evt.sat` at most (the hub takes 1,000).
+const CHUNK: u64 = 500;
+/// The wait before connecting again grows to this.
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// Runs the link until the server stops.
+pub(crate) async fn run(service: Service, satellite: Satellite, mut stopping: watch::Receiver<bool>) {
+    let mut backoff = Duration::from_millis(100);
+    let mut reported = false;
+    loop {
+        let started = std::time::Instant::now();
+        let outcome = tokio::select! {
+            () = crate::server::stopped(&mut stopping) => return,
+            outcome = connection(&service, &satellite, &mut reported) => outcome,
+        };
+        if let Err(error) = outcome {
+            // Said once per outage, not at every attempt.
+            if !reported {
+                tracing::warn!(
+                    "satellite: the hub at {} is out of reach: {error:#}; transactions are queued",
+                    satellite.url
+                );
+                reported = true;
+            }
+        }
+        if started.elapsed() > Duration::from_secs(10) {
+            backoff = Duration::from_millis(100);
+        }
+        tokio::select! {
+            () = crate::server::stopped(&mut stopping) => return,
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+fn client(satellite: &Satellite) -> Result<cairn_client::Client> {
+    let client = cairn_client::Client::tcp(&satellite.url, None).context("the hub's address")?;
+    Ok(match &satellite.credentials {
+        Some(SatelliteCredentials::Basic(user, password)) => client.with_basic(user, password),
+        Some(SatelliteCredentials::Token(token)) => client.with_token(token),
+        None => client,
+    })
+}
+
+/// A queued transaction sent and answered, waiting for the queue's
+/// answered end to pass it.
+struct Answered {
+    at: EventId,
+    /// For an accepted one: the hub's revision, to be replicated first.
+    rev: Option<u64>,
+}
+
+/// One connection: runs until it drops (an error).
+async fn connection(service: &Service, satellite: &Satellite, reported: &mut bool) -> Result<()> {
+    let mut hub = client(satellite)?.hub().await?;
+    let (_, after) = service.sat_position().await?;
+    let tops: Vec<String> = satellite.topics.iter().map(ToString::to_string).collect();
+    let mut body = serde_json::json!({ "tops": tops });
+    match after {
+        Some(after) => body["after"] = after.to_string().into(),
+        None => body["rev"] = 0.into(),
+    }
+    let pending = service.sat_pending(None, CHUNK).await?;
+    body["trans"] = trans_json(&pending);
+    let results = hub.call("evt.sat", &body).await?;
+    if *reported {
+        tracing::info!("satellite: the hub at {} is back; sending what was queued", satellite.url);
+        *reported = false;
+    }
+    let mut answered = VecDeque::new();
+    let mut sent = answer(service, &pending, &results, &mut answered).await?;
+    loop {
+        settle(service, &mut answered).await?;
+        let more = service.sat_pending(sent, CHUNK).await?;
+        if !more.is_empty() {
+            let results = hub.call("evt.sat", &serde_json::json!({ "trans": trans_json(&more) })).await?;
+            sent = answer(service, &more, &results, &mut answered).await?.or(sent);
+            continue;
+        }
+        tokio::select! {
+            update = hub.update() => {
+                let Some(update) = update? else { bail!("the hub closed the connection") };
+                replicate(service, &update).await?;
+            }
+            () = service.sat_queued() => {}
+            // Answers waiting for their revision, should an update be slow.
+            () = tokio::time::sleep(Duration::from_secs(1)), if !answered.is_empty() => {}
+        }
+    }
+}
+
+fn trans_json(pending: &[QueuedTrans]) -> serde_json::Value {
+    pending.iter().map(|queued| serde_json::to_value(&queued.trans).expect("JSON")).collect()
+}
+
+/// Takes the hub's answers to `sent`: records rejections, keeps the
+/// rest for `settle`. Returns the last one answered. An answer the hub
+/// could not give now ends the connection (they are sent again).
+async fn answer(
+    service: &Service,
+    sent: &[QueuedTrans],
+    results: &serde_json::Value,
+    answered: &mut VecDeque<Answered>,
+) -> Result<Option<EventId>> {
+    let results = results.as_array().context("the hub's answer to evt.sat is not a list")?;
+    if results.len() != sent.len() {
+        bail!("the hub answered {} of {} transactions", results.len(), sent.len());
+    }
+    let mut last = None;
+    for (queued, result) in sent.iter().zip(results) {
+        if result.get("retry").and_then(serde_json::Value::as_bool) == Some(true) {
+            bail!("the hub could not take transaction {} now: {}", id_of(queued), result["err"]);
+        }
+        match result.get("err").and_then(serde_json::Value::as_str) {
+            Some(reason) => {
+                let keys = result
+                    .get("keys")
+                    .and_then(|keys| serde_json::from_value::<Vec<String>>(keys.clone()).ok())
+                    .unwrap_or_default();
+                let rejection = Rejection { tx: id_of(queued).to_owned(), reason: reason.to_owned(), keys };
+                service.sat_rejected(queued, rejection).await?;
+                answered.push_back(Answered { at: queued.at, rev: None });
+            }
+            None => {
+                let rev = result.get("rev").and_then(rev_of).context("an accepted transaction without its rev")?;
+                answered.push_back(Answered { at: queued.at, rev: Some(rev) });
+            }
+        }
+        last = Some(queued.at);
+    }
+    Ok(last)
+}
+
+fn id_of(queued: &QueuedTrans) -> &str {
+    queued.trans.id.as_deref().unwrap_or_default()
+}
+
+/// Moves the queue's answered end past the answered transactions whose
+/// accepted events are replicated.
+async fn settle(service: &Service, answered: &mut VecDeque<Answered>) -> Result<()> {
+    if answered.is_empty() {
+        return Ok(());
+    }
+    let (replicated, _) = service.sat_position().await?;
+    let mut last = None;
+    while let Some(front) = answered.front() {
+        if front.rev.is_some_and(|rev| rev > replicated) {
+            break;
+        }
+        last = Some(front.at);
+        answered.pop_front();
+    }
+    if let Some(at) = last {
+        service.sat_answered(at).await?;
+    }
+    Ok(())
+}
+
+/// Writes an update's events: one transaction per revision, in order.
+async fn replicate(service: &Service, update: &serde_json::Value) -> Result<()> {
+    let Some(evs) = update.get("evs").and_then(serde_json::Value::as_array) else { return Ok(()) };
+    let mut group: Option<(u64, Trans, Vec<EventId>, Option<String>)> = None;
+    for ev in evs {
+        let rev = ev.get("rev").and_then(rev_of).context("an event without its rev")?;
+        let id: EventId =
+            ev.get("id").and_then(serde_json::Value::as_str).context("an event without its id")?.parse()?;
+        let act: Act = serde_json::from_value(serde_json::json!({
+            "top": ev["top"],
+            "key": ev["key"],
+            "cmd": ev["cmd"],
+            "arg": ev.get("arg").filter(|arg| arg.is_object()),
+        }))
+        .context("an event that is not an action")?;
+        if group.as_ref().is_some_and(|(at, ..)| *at != rev) {
+            let (rev, trans, ids, user) = group.take().expect("a group");
+            service.replicate(trans, rev, ids, user).await?;
+        }
+        let (_, trans, ids, _) = group.get_or_insert_with(|| {
+            let trans = Trans {
+                id: ev.get("tx").and_then(serde_json::Value::as_str).map(str::to_owned),
+                created: ev.get("created").and_then(rev_of).filter(|created| *created > 0),
+                extra: ev.get("extra").cloned(),
+                ..Trans::default()
+            };
+            (rev, trans, Vec::new(), ev.get("usr").and_then(serde_json::Value::as_str).map(str::to_owned))
+        });
+        trans.acts.push(act);
+        ids.push(id);
+    }
+    if let Some((rev, trans, ids, user)) = group {
+        service.replicate(trans, rev, ids, user).await?;
+    }
+    Ok(())
+}

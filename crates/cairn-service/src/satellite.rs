@@ -1,0 +1,243 @@
+//! A satellite's side of the evt hub (seed 003): the hub's topics it
+//! replicates, and the transactions on them it queues for the hub.
+//!
+//! The replicated topics (`ServiceOptions::replicated`) hold the hub's
+//! events only, in the hub's order, with the hub's revisions (meta `rev`)
+//! and ids (meta `hub`): the link (`cairn-server`'s `satellite.rs`) writes
+//! them through [`Service::replicate`], and no caller can write or remove
+//! them. A local event's id is its position in this store's log, so the
+//! hub's id is kept beside it rather than as it.
+//!
+//! A transaction published on them is queued instead
+//! (`cairn.sat.queue`, an event each, durable before the publisher is
+//! answered) under an id (the writer's or a fresh one); reads of keyed
+//! state apply the queued ones over the replicated state and mark the keys
+//! they change `provisional`. The link sends the queue to the hub in
+//! order (`evt.sat`); the hub checks and commits each on its own and
+//! answers each; a rejection becomes an event on `cairn.sat.rejected`
+//! (the transaction, the reason, the conflicting keys); the queue's
+//! answered end (`Q`) moves once the hub's answer is in and, for an
+//! accepted one, its events are replicated. A resend after a crash on
+//! either side is answered by the hub from its record of the transaction's
+//! id, so nothing applies twice.
+
+use cairn_store::{Batch, EventId, Expect, NewEvent, Pattern, Query, StateOp, Topic};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, ServiceError};
+use crate::keyed::{Committed, KeyState, Replica, Trans, check_trans};
+use crate::principal::Principal;
+use crate::service::Service;
+
+/// Transactions queued for the hub, one event each.
+pub const QUEUE_TOPIC: &str = "cairn.sat.queue";
+/// Transactions the hub rejected, one event each.
+pub const REJECTED_TOPIC: &str = "cairn.sat.rejected";
+/// The last queued transaction the hub answered (and, if accepted,
+/// whose events were replicated).
+const ANSWERED: &[u8] = b"Q";
+
+/// A transaction in the queue.
+#[derive(Clone, Debug)]
+pub struct QueuedTrans {
+    /// Its queue event.
+    pub at: EventId,
+    /// The user who published it locally.
+    pub user: Option<String>,
+    /// The transaction (its id set).
+    pub trans: Trans,
+}
+
+/// A rejection, as recorded on `cairn.sat.rejected` (meta).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Rejection {
+    /// The transaction's id.
+    pub tx: String,
+    /// Why the hub refused it.
+    pub reason: String,
+    /// The conflicting keys (`<top> <key> (rev N)`), if that was why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keys: Vec<String>,
+}
+
+impl Service {
+    /// Whether `topic` is one of the hub's topics this satellite replicates.
+    pub fn is_replicated(&self, topic: &Topic) -> bool {
+        !topic.is_system() && self.inner.options.replicated.iter().any(|pattern| pattern.matches(topic.as_str()))
+    }
+
+    /// The hub's topics this satellite replicates (empty: not a satellite).
+    pub fn replicated(&self) -> &[Pattern] {
+        &self.inner.options.replicated
+    }
+
+    /// Refuses writes and removals of replicated topics.
+    pub(crate) fn check_not_replicated(&self, topic: &Topic) -> Result<()> {
+        if self.is_replicated(topic) {
+            return Err(ServiceError::forbidden(format!(
+                "{topic} is replicated from the hub: publish transactions on it (they are queued for the hub)"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Queues `trans` for the hub (durably), applied to this satellite's
+    /// state provisionally until the hub answers.
+    pub(crate) async fn sat_enqueue(&self, who: &Principal, mut trans: Trans) -> Result<Committed> {
+        let id = trans.id.clone().unwrap_or_else(fresh_id);
+        trans.id = Some(id.clone());
+        trans.usr = None;
+        let event = NewEvent {
+            topic: Some(Topic::new(QUEUE_TOPIC)?),
+            payload: Some(serde_json::to_vec(&trans).expect("JSON")),
+            user: who.user_name().map(str::to_owned),
+            ..NewEvent::default()
+        };
+        self.storage().submit(Batch::single(event, Expect::Any), true).await?.await?;
+        self.inner.sat_wake.notify_one();
+        let rev = self.sat_position().await?.0;
+        Ok(Committed { rev, events: Vec::new(), queued: Some(id) })
+    }
+
+    /// Resolves when a transaction was queued for the hub since the last
+    /// call (or one was queued before the first).
+    pub async fn sat_queued(&self) {
+        self.inner.sat_wake.notified().await;
+    }
+
+    /// The queued transactions the hub has not answered (or whose accepted
+    /// events are not replicated yet), oldest first, after `after` if
+    /// given, at most `limit`.
+    pub async fn sat_pending(&self, after: Option<EventId>, limit: u64) -> Result<Vec<QueuedTrans>> {
+        let answered = self.sat_answered_at().await?;
+        let after = after.max(answered);
+        let query = Query { after, limit: Some(limit), ..Query::new(Pattern::Exact(Topic::new(QUEUE_TOPIC)?)) };
+        let mut out = Vec::new();
+        for item in self.read_all(&Principal::Local, query, true).await? {
+            let Some(trans) = item.content.as_deref().and_then(|bytes| serde_json::from_slice::<Trans>(bytes).ok())
+            else {
+                continue;
+            };
+            out.push(QueuedTrans { at: item.event.id, user: item.event.user.clone(), trans });
+        }
+        Ok(out)
+    }
+
+    async fn sat_answered_at(&self) -> Result<Option<EventId>> {
+        Ok(self.state_get(ANSWERED.to_vec()).await?.and_then(|bytes| serde_json::from_slice(&bytes).ok()))
+    }
+
+    /// Records that the hub answered every queued transaction up to `at`
+    /// (and their accepted events are replicated).
+    pub async fn sat_answered(&self, at: EventId) -> Result<()> {
+        let ops = vec![StateOp::Put(ANSWERED.to_vec(), serde_json::to_vec(&at).expect("JSON"))];
+        self.storage().state_submit(ops).await?.await?;
+        Ok(())
+    }
+
+    /// Records the hub's rejection of `queued` on `cairn.sat.rejected`
+    /// (once, however often it is recorded).
+    pub async fn sat_rejected(&self, queued: &QueuedTrans, rejection: Rejection) -> Result<()> {
+        let event = NewEvent {
+            topic: Some(Topic::new(REJECTED_TOPIC)?),
+            kind: Some("rejected".to_owned()),
+            meta: Some(serde_json::to_string(&rejection).expect("JSON")),
+            payload: Some(serde_json::to_vec(&queued.trans).expect("JSON")),
+            user: queued.user.clone(),
+            ..NewEvent::default()
+        };
+        let batch = Batch {
+            events: vec![event],
+            idempotency_key: Some(format!("local\0sat-rejected\0{}", rejection.tx)),
+            ..Batch::default()
+        };
+        self.storage().submit(batch, true).await?.await?;
+        Ok(())
+    }
+
+    /// Where replication stands: the last hub revision and hub event id
+    /// replicated.
+    pub async fn sat_position(&self) -> Result<(u64, Option<EventId>)> {
+        let _hub = self.inner.hub.lock().await;
+        let checkpoint = self.hub_recover().await?;
+        Ok((checkpoint.hub_rev, checkpoint.hub))
+    }
+
+    /// Commits a transaction replicated from the hub: its actions (on
+    /// replicated topics only) with the hub's `rev`, `ids` and `user`;
+    /// nothing if it was replicated before.
+    pub async fn replicate(&self, trans: Trans, rev: u64, ids: Vec<EventId>, user: Option<String>) -> Result<()> {
+        let topics = check_trans(&Principal::Local, &trans)?;
+        if let Some(topic) = topics.values().find(|topic| !self.is_replicated(topic)) {
+            return Err(ServiceError::invalid("top", format!("{topic} is not one of the replicated topics")));
+        }
+        self.commit_queued(Principal::Local, trans, topics, Some(Replica { rev, ids, user })).await?;
+        Ok(())
+    }
+
+    /// Applies the transactions queued on `topic` over `states` (keys to
+    /// their confirmed states), each whole or not at all, as the hub would
+    /// if nothing came between; marks the keys they change provisional.
+    pub(crate) async fn sat_overlay(
+        &self,
+        topic: &Topic,
+        states: &mut std::collections::BTreeMap<String, KeyState>,
+        only: Option<&str>,
+    ) -> Result<()> {
+        if !self.is_replicated(topic) {
+            return Ok(());
+        }
+        for queued in self.sat_pending(None, u64::MAX).await? {
+            let acts: Vec<_> = queued
+                .trans
+                .acts
+                .iter()
+                .filter(|act| act.top == topic.as_str() && only.is_none_or(|key| act.key == key))
+                .collect();
+            if acts.is_empty() {
+                continue;
+            }
+            let mut changed: std::collections::BTreeMap<String, Option<serde_json::Map<String, serde_json::Value>>> =
+                std::collections::BTreeMap::new();
+            let mut applies = true;
+            for act in acts {
+                let state = changed
+                    .entry(act.key.clone())
+                    .or_insert_with(|| states.get(&act.key).map(|state| state.state.clone()));
+                if crate::keyed::apply(state, act.cmd, act.arg.clone().unwrap_or_default()).is_err() {
+                    applies = false;
+                    break;
+                }
+            }
+            if !applies {
+                continue;
+            }
+            for (key, state) in changed {
+                match state {
+                    None => {
+                        states.remove(&key);
+                    }
+                    Some(state) => {
+                        let entry = states.entry(key.clone()).or_insert_with(|| KeyState {
+                            key,
+                            state: serde_json::Map::new(),
+                            rev: 0,
+                            id: EventId::MIN,
+                            provisional: true,
+                        });
+                        entry.state = state;
+                        entry.provisional = true;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A transaction id no other satellite makes: 128 random bits.
+fn fresh_id() -> String {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).expect("the system's random numbers");
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
