@@ -6,7 +6,11 @@
 //!   (`POST /v1/batch`) from as many clients;
 //! - a key's state (`GET /v1/state/{topic}/{key}`) next to a point read of
 //!   an event (`GET /v1/events/{id}`);
-//! - publish → `evt.update` at 100 subscribers (the last of them).
+//! - publish → `evt.update` at 100 subscribers (the last of them);
+//! - a satellite's reconciliation of 10,000 transactions it queued while
+//!   its hub was away (a hub and a satellite, each a server in this
+//!   process on its own store), next to appending the same events as
+//!   plain batches of as many.
 
 use std::time::{Duration, Instant};
 
@@ -14,7 +18,7 @@ use anyhow::{Context as _, Result};
 use cairn_client::{Client, RequestBody};
 
 use crate::http::Running;
-use crate::measure::{Samples, format_rate, row};
+use crate::measure::{Samples, format_duration, format_rate, row};
 use crate::scenarios::Bench;
 
 impl Bench {
@@ -45,8 +49,144 @@ impl Bench {
         let mut fanout = runtime.block_on(fan_out(&client, 100, 50))?;
         let p50 = fanout.quantile(0.5);
         row("hub: evt.pub -> evt.update at the last of 100 subscribers", &p50, Some(&mut fanout), None, None);
+        drop(server);
+        self.reconciliation(&runtime, 10_000)
+    }
+
+    /// A satellite queues `n` transactions of one action while its hub is
+    /// away; the hub starts, then the satellite (so it connects at once):
+    /// the time until the hub took them all and the satellite replicated
+    /// them. Next to the same events appended to a fresh store as plain
+    /// batches of 500 (the chunk the satellite sends).
+    fn reconciliation(&self, runtime: &tokio::runtime::Runtime, n: usize) -> Result<()> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let hub_args = || cairn_server::ServeArgs {
+            no_resp: true,
+            no_procs: true,
+            no_xs: true,
+            http: Some(std::net::SocketAddr::from(([127, 0, 0, 1], port))),
+            insecure_no_auth: true,
+            ..cairn_server::ServeArgs::default()
+        };
+        let satellite_args = || cairn_server::ServeArgs {
+            no_resp: true,
+            no_procs: true,
+            no_xs: true,
+            satellite_of: Some(format!("ws://127.0.0.1:{port}/v1/hub")),
+            satellite_topics: vec!["bench.sat.>".to_owned()],
+            ..cairn_server::ServeArgs::default()
+        };
+        let satellite_dir = self.fresh_dir("satellite");
+        let satellite = Running::start_with(satellite_args(), satellite_dir.clone(), "always")?;
+        let local = Client::unix(&satellite.socket);
+        runtime.block_on(queue(&local, n))?;
+        drop(satellite);
+        let hub = Running::start_with(hub_args(), self.fresh_dir("hub-of-satellite"), "always")?;
+        let started = Instant::now();
+        let satellite = Running::start_with(satellite_args(), satellite_dir, "always")?;
+        let (on_hub, replicated) = runtime.block_on(async {
+            let hub = Client::unix(&hub.socket);
+            let local = Client::unix(&satellite.socket);
+            let on_hub = until_count(&hub, "bench.sat.x", n, started).await?;
+            let replicated = until_count(&local, "bench.sat.x", n, started).await?;
+            anyhow::Ok((on_hub, replicated))
+        })?;
+        drop(satellite);
+        drop(hub);
+        let plain = Running::start_with(
+            cairn_server::ServeArgs {
+                no_resp: true,
+                no_procs: true,
+                no_xs: true,
+                ..cairn_server::ServeArgs::default()
+            },
+            self.fresh_dir("plain-of-satellite"),
+            "always",
+        )?;
+        let plain_took = runtime.block_on(plain_batches(&Client::unix(&plain.socket), n, 500))?;
+        row(
+            &format!("hub: satellite reconciles {n} queued transactions (on the hub; transactions/s)"),
+            &format_rate(n as f64 / on_hub.as_secs_f64()),
+            None,
+            Some(n as f64 / plain_took.as_secs_f64()),
+            Some(n as f64 / on_hub.as_secs_f64()),
+        );
+        row(
+            &format!("hub: ... and replicated back on the satellite ({n} transactions)"),
+            &format_duration(replicated),
+            None,
+            None,
+            None,
+        );
         Ok(())
     }
+}
+
+/// Queues `n` transactions on a satellite, from 16 clients.
+async fn queue(client: &Client, n: usize) -> Result<()> {
+    let mut tasks = Vec::new();
+    for c in 0..16 {
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            for k in (c..n).step_by(16) {
+                let tx = serde_json::json!({"acts": [{"top": "bench.sat.x", "key": format!("k{k}"), "cmd": "new", "arg": {"n": k}}]});
+                let response = client
+                    .request(
+                        "POST",
+                        "/v1/transactions",
+                        &[("content-type", "application/json")],
+                        RequestBody::from(tx.to_string().into_bytes()),
+                    )
+                    .await?;
+                anyhow::ensure!(response.status == 202, "not queued: {}", response.status);
+                response.bytes().await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    Ok(())
+}
+
+/// Waits until `topic` on `client`'s server holds `n` events; the time
+/// since `started`.
+async fn until_count(client: &Client, topic: &str, n: usize, started: Instant) -> Result<Duration> {
+    loop {
+        // Not found until its first event.
+        if let Ok(response) =
+            client.request("GET", &format!("/v1/topics/{topic}"), &[], RequestBody::from(Vec::new())).await
+        {
+            let head: serde_json::Value = serde_json::from_slice(&response.bytes().await?)?;
+            if head["count"].as_u64() == Some(n as u64) {
+                return Ok(started.elapsed());
+            }
+        }
+        anyhow::ensure!(started.elapsed() < Duration::from_secs(300), "the reconciliation did not finish in 5 minutes");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// `n` events appended as plain batches of `per` from one client; the time.
+async fn plain_batches(client: &Client, n: usize, per: usize) -> Result<Duration> {
+    let started = Instant::now();
+    for from in (0..n).step_by(per) {
+        let body: String = (from..(from + per).min(n))
+            .map(|k| format!("{{\"topic\":\"bench.plain.x\",\"content\":\"{{\\\"n\\\":{k}}}\"}}\n"))
+            .collect();
+        let response = client
+            .request(
+                "POST",
+                "/v1/batch",
+                &[("content-type", "application/x-ndjson")],
+                RequestBody::from(body.into_bytes()),
+            )
+            .await?;
+        anyhow::ensure!(response.status == 201, "a plain batch failed: {}", response.status);
+        response.bytes().await?;
+    }
+    Ok(started.elapsed())
 }
 
 /// Hub transactions and plain batches of the same events, from `clients`

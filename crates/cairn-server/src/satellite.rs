@@ -18,7 +18,7 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
-use cairn_service::{Act, EventId, QueuedTrans, Rejection, Service, Trans};
+use cairn_service::{Act, EventId, QueuedTrans, Rejection, Replicated, Service, Trans};
 use tokio::sync::watch;
 
 use crate::config::{Satellite, SatelliteCredentials};
@@ -183,9 +183,11 @@ async fn settle(service: &Service, answered: &mut VecDeque<Answered>) -> Result<
     Ok(())
 }
 
-/// Writes an update's events: one transaction per revision, in order.
+/// Writes an update's events: one transaction per revision, in order,
+/// all in one batch.
 async fn replicate(service: &Service, update: &serde_json::Value) -> Result<()> {
     let Some(evs) = update.get("evs").and_then(serde_json::Value::as_array) else { return Ok(()) };
+    let mut replicas = Vec::new();
     let mut group: Option<(u64, Trans, Vec<EventId>, Option<String>)> = None;
     for ev in evs {
         let rev = ev.get("rev").and_then(rev_of).context("an event without its rev")?;
@@ -200,7 +202,7 @@ async fn replicate(service: &Service, update: &serde_json::Value) -> Result<()> 
         .context("an event that is not an action")?;
         if group.as_ref().is_some_and(|(at, ..)| *at != rev) {
             let (rev, trans, ids, user) = group.take().expect("a group");
-            service.replicate(trans, rev, ids, user).await?;
+            replicas.push(Replicated { trans, rev, ids, user });
         }
         let (_, trans, ids, _) = group.get_or_insert_with(|| {
             let trans = Trans {
@@ -215,7 +217,10 @@ async fn replicate(service: &Service, update: &serde_json::Value) -> Result<()> 
         ids.push(id);
     }
     if let Some((rev, trans, ids, user)) = group {
-        service.replicate(trans, rev, ids, user).await?;
+        replicas.push(Replicated { trans, rev, ids, user });
+    }
+    if !replicas.is_empty() {
+        service.replicate(replicas).await?;
     }
     Ok(())
 }

@@ -179,6 +179,33 @@ pub(crate) struct Queued {
     /// Replicated from the hub (a satellite's copy): applied as the hub
     /// decided, not checked again.
     replica: Option<Replica>,
+    /// About how many bytes its events take (for the group's bound).
+    bytes: usize,
+}
+
+/// A group commits at most this many actions (one transaction may have
+/// more, alone)...
+const GROUP_ACTS_MAX: usize = ACTS_MAX;
+/// ... and about this many bytes of arguments (the log takes records of
+/// 32 MiB, and the group's key states are one record too).
+const GROUP_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+/// A key's state is at most this many bytes (as JSON).
+pub const KEY_STATE_BYTES_MAX: usize = 1024 * 1024;
+/// State records are written in writes of about this many bytes at most.
+const STATE_WRITE_BYTES: usize = 8 * 1024 * 1024;
+
+/// About how many bytes `trans`'s events and key states take.
+fn trans_bytes(trans: &Trans) -> usize {
+    trans
+        .acts
+        .iter()
+        .map(|act| {
+            let arg = act.arg.as_ref().map_or(0, |arg| serde_json::to_vec(arg).map_or(0, |bytes| bytes.len()));
+            // The argument in the event and in its key's state.
+            128 + act.top.len() + act.key.len() + 2 * arg
+        })
+        .sum()
 }
 
 /// Where a replicated transaction came from: the hub's rev and ids.
@@ -363,16 +390,57 @@ impl Service {
         replica: Option<Replica>,
     ) -> Result<Committed> {
         let (reply, answer) = tokio::sync::oneshot::channel();
-        self.inner.hub_queue.lock().expect("hub queue lock").push(Queued { who, trans, topics, reply, replica });
-        // Whoever holds the lock next commits everything queued by then.
+        let bytes = trans_bytes(&trans);
+        self.inner.hub_queue.lock().expect("hub queue lock").push(Queued { who, trans, topics, reply, replica, bytes });
+        self.commit_queue().await;
+        answer.await.map_err(|_| ServiceError::ShuttingDown)?
+    }
+
+    /// Queues replicated transactions together, in order, for the next
+    /// group, and waits for all of them.
+    pub(crate) async fn commit_replicas(&self, replicas: Vec<(Trans, BTreeMap<String, Topic>, Replica)>) -> Result<()> {
+        let mut answers = Vec::with_capacity(replicas.len());
         {
-            let _hub = self.inner.hub.lock().await;
-            let group = std::mem::take(&mut *self.inner.hub_queue.lock().expect("hub queue lock"));
-            if !group.is_empty() {
-                self.commit_group(group).await;
+            let mut queue = self.inner.hub_queue.lock().expect("hub queue lock");
+            for (trans, topics, replica) in replicas {
+                let (reply, answer) = tokio::sync::oneshot::channel();
+                let bytes = trans_bytes(&trans);
+                queue.push(Queued { who: Principal::Local, trans, topics, reply, replica: Some(replica), bytes });
+                answers.push(answer);
             }
         }
-        answer.await.map_err(|_| ServiceError::ShuttingDown)?
+        self.commit_queue().await;
+        for answer in answers {
+            answer.await.map_err(|_| ServiceError::ShuttingDown)??;
+        }
+        Ok(())
+    }
+
+    /// Whoever holds the hub's lock next commits everything queued by then,
+    /// in groups of at most [`GROUP_ACTS_MAX`] actions and about
+    /// [`GROUP_BYTES_MAX`] bytes (one batch each, within the log's bounds
+    /// of a record), in order.
+    async fn commit_queue(&self) {
+        let _hub = self.inner.hub.lock().await;
+        loop {
+            let group = {
+                let mut queue = self.inner.hub_queue.lock().expect("hub queue lock");
+                let (mut acts, mut bytes, mut take) = (0, 0, 0);
+                for queued in queue.iter() {
+                    acts += queued.trans.acts.len();
+                    bytes += queued.bytes;
+                    if take > 0 && (acts > GROUP_ACTS_MAX || bytes > GROUP_BYTES_MAX) {
+                        break;
+                    }
+                    take += 1;
+                }
+                queue.drain(..take).collect::<Vec<_>>()
+            };
+            if group.is_empty() {
+                return;
+            }
+            self.commit_group(group).await;
+        }
     }
 
     /// Commits a group of queued transactions (under the hub's lock),
@@ -564,6 +632,17 @@ impl Service {
                 ServiceError::invalid("acts", format!("action {} ({} {}): {rule}", n + 1, act.top, act.key))
             })?;
         }
+        for ((top, key), state) in &states {
+            let bytes = state.as_ref().map_or(0, |state| serde_json::to_vec(state).map_or(0, |bytes| bytes.len()));
+            if bytes > KEY_STATE_BYTES_MAX {
+                return Err(ServiceError::invalid(
+                    "acts",
+                    format!(
+                        "the state of {top} {key} would be {bytes} bytes; a key's state is at most {KEY_STATE_BYTES_MAX}"
+                    ),
+                ));
+            }
+        }
         let rev = now.max(last_rev + 1);
         // The next transactions of the group see this one's outcome (its
         // events' ids are filled in once appended).
@@ -615,8 +694,28 @@ impl Service {
         Ok(touched)
     }
 
+    /// Writes state records in writes of at most [`STATE_WRITE_BYTES`]
+    /// (a group's key states may be more than the log takes in one
+    /// record), in order: the in-flight record's removal, last, makes them
+    /// final; a crash before it is finished from the log.
     async fn state_ops(&self, ops: Vec<StateOp>) -> Result<()> {
-        self.storage().state_submit(ops).await?.await?;
+        let mut chunk = Vec::new();
+        let mut bytes = 0;
+        for op in ops {
+            let size = match &op {
+                StateOp::Put(key, value) => key.len() + value.len(),
+                StateOp::Delete(key) => key.len(),
+            };
+            if !chunk.is_empty() && bytes + size > STATE_WRITE_BYTES {
+                self.storage().state_submit(std::mem::take(&mut chunk)).await?.await?;
+                bytes = 0;
+            }
+            bytes += size;
+            chunk.push(op);
+        }
+        if !chunk.is_empty() {
+            self.storage().state_submit(chunk).await?.await?;
+        }
         Ok(())
     }
 
@@ -691,7 +790,7 @@ impl Service {
         ops.extend(txs.into_iter().map(|(key, record)| StateOp::Put(key, serde_json::to_vec(&record).expect("JSON"))));
         ops.push(StateOp::Put(CHECKPOINT.to_vec(), serde_json::to_vec(&checkpoint).expect("JSON")));
         ops.push(StateOp::Delete(IN_FLIGHT.to_vec()));
-        self.storage().state_submit(ops).await?.await?;
+        self.state_ops(ops).await?;
         Ok(checkpoint)
     }
 
@@ -863,6 +962,42 @@ mod tests {
         let refused = service.publish(&who, trans(vec![act("k9", Cmd::Del, serde_json::Value::Null)])).await;
         assert!(refused.is_err());
         assert!(service.state_get(IN_FLIGHT.to_vec()).await.expect("read").is_none());
+        service.close().await;
+    }
+
+    /// Large transactions waiting together commit in several groups (one
+    /// group's key states would be more than the log takes in a record),
+    /// and a key's state is bounded.
+    #[tokio::test]
+    async fn large_transactions_waiting_together_all_commit_and_a_keys_state_is_bounded() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (service, _) =
+            crate::open_local(dir.path().join("s"), cairn_store::Options::default(), crate::ServiceOptions::default())
+                .await
+                .expect("open");
+        let big = "x".repeat(900_000);
+        let tasks: Vec<_> = (0..40)
+            .map(|n| {
+                let (service, big) = (service.clone(), big.clone());
+                tokio::spawn(async move {
+                    let acts = vec![act(&format!("b{n}"), Cmd::New, serde_json::json!({ "v": big }))];
+                    service.publish(&Principal::Local, Trans { acts, ..Trans::default() }).await
+                })
+            })
+            .collect();
+        let mut revs = Vec::new();
+        for task in tasks {
+            revs.push(task.await.expect("joined").expect("committed").rev);
+        }
+        revs.sort_unstable();
+        revs.dedup();
+        assert_eq!(revs.len(), 40);
+        let topic = Topic::new("t").expect("topic");
+        assert_eq!(service.key_states(&Principal::Local, &topic, None, 100).await.expect("states").len(), 40);
+        // Another 900 KB field would make b0's state 1.8 MB.
+        let acts = vec![act("b0", Cmd::Mod, serde_json::json!({ "w": big }))];
+        let refused = service.publish(&Principal::Local, Trans { acts, ..Trans::default() }).await;
+        assert!(matches!(refused, Err(ServiceError::Invalid { .. })), "{refused:?}");
         service.close().await;
     }
 

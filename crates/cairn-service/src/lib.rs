@@ -64,7 +64,7 @@ pub use keyed::{Act, ActMeta, Cmd, Committed, KeyState, Trans, action_meta, acti
 pub use logins::{LOGIN_CHECKS_CONCURRENT, LOGIN_CHECKS_QUEUED_MAX};
 pub use portable::ImportRecord;
 pub use principal::{PROCESSOR_PREFIX, Principal, Session, User, covers, is_processor_control};
-pub use satellite::{QUEUE_TOPIC, QueuedTrans, REJECTED_TOPIC, Rejection};
+pub use satellite::{QUEUE_TOPIC, QueuedTrans, REJECTED_TOPIC, Rejection, Replicated};
 pub use service::{
     Appending, Budget, IDEMPOTENCY_KEY_BYTES_MAX, IfMatch, Info, Item, REPLY_BYTES_MAX, REPLY_ENTRY_BYTES, Read,
     Service, ServiceOptions, Trim, check_idempotency_key, parse_hash, topic_etag,

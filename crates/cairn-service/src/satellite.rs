@@ -48,6 +48,19 @@ pub struct QueuedTrans {
     pub trans: Trans,
 }
 
+/// A transaction as the hub committed it, to replicate.
+#[derive(Clone, Debug)]
+pub struct Replicated {
+    /// Its actions (and id, time, extra).
+    pub trans: Trans,
+    /// The hub's revision.
+    pub rev: u64,
+    /// The hub's ids of its events, one per action.
+    pub ids: Vec<EventId>,
+    /// Who published it on the hub.
+    pub user: Option<String>,
+}
+
 /// A rejection, as recorded on `cairn.sat.rejected` (meta).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Rejection {
@@ -163,16 +176,24 @@ impl Service {
         Ok((checkpoint.hub_rev, checkpoint.hub))
     }
 
-    /// Commits a transaction replicated from the hub: its actions (on
-    /// replicated topics only) with the hub's `rev`, `ids` and `user`;
-    /// nothing if it was replicated before.
-    pub async fn replicate(&self, trans: Trans, rev: u64, ids: Vec<EventId>, user: Option<String>) -> Result<()> {
-        let topics = check_trans(&Principal::Local, &trans)?;
-        if let Some(topic) = topics.values().find(|topic| !self.is_replicated(topic)) {
-            return Err(ServiceError::invalid("top", format!("{topic} is not one of the replicated topics")));
+    /// Commits transactions replicated from the hub, in order, as one
+    /// group (one batch): each one's actions (on replicated topics only)
+    /// with the hub's rev, ids and user; those replicated before are
+    /// skipped. All are checked before any is committed.
+    pub async fn replicate(&self, replicas: Vec<Replicated>) -> Result<()> {
+        let mut queued = Vec::with_capacity(replicas.len());
+        for replicated in replicas {
+            let topics = check_trans(&Principal::Local, &replicated.trans)?;
+            if let Some(topic) = topics.values().find(|topic| !self.is_replicated(topic)) {
+                return Err(ServiceError::invalid("top", format!("{topic} is not one of the replicated topics")));
+            }
+            if replicated.ids.len() != replicated.trans.acts.len() {
+                return Err(ServiceError::invalid("ids", "one per action"));
+            }
+            let replica = Replica { rev: replicated.rev, ids: replicated.ids, user: replicated.user };
+            queued.push((replicated.trans, topics, replica));
         }
-        self.commit_queued(Principal::Local, trans, topics, Some(Replica { rev, ids, user })).await?;
-        Ok(())
+        self.commit_replicas(queued).await
     }
 
     /// Applies the transactions queued on `topic` over `states` (keys to
