@@ -139,13 +139,13 @@ pub(crate) const ROUTES: &[(&str, &str, &str, &[QueryParams])] = &[
     (
         "get",
         "/v1/hub",
-        "The evt hub protocol over WebSocket: messages subj#tok\\n<json> (evt.pub, evt.sub, evt.unsub, evt.mon, evt.unmon, evt.stat), pushes evt.update.",
+        "The evt hub protocol over WebSocket: messages subj#tok\\n<json> (evt.pub, evt.sub, evt.unsub, evt.mon, evt.unmon, evt.sat, evt.stat), pushes evt.update.",
         &[],
     ),
     (
         "post",
         "/v1/transactions",
-        "Commit a transaction of keyed actions {base?, created?, extra?, acts: [{top, key, cmd: new|mod|del, arg?}]} as one batch sharing one rev; 409 names each key changed after base.",
+        "Commit a transaction of keyed actions {id?, base?, created?, extra?, acts: [{top, key, cmd: new|mod|del, arg?}]} as one batch sharing one rev; 409 names each key changed after base; a resent id is answered as the first time. On a satellite, one on the hub's topics is queued for the hub: 202 {queued}.",
         &[],
     ),
     (
@@ -157,7 +157,7 @@ pub(crate) const ROUTES: &[(&str, &str, &str, &[QueryParams])] = &[
     (
         "get",
         "/v1/state/{topic}/{key}",
-        "A key's latest state, rev and last event id.",
+        "A key's latest state, rev and last event id (provisional: true on a satellite when transactions queued for the hub change it).",
         &[&[("rev", "The state as of this revision (replayed).")]],
     ),
     ("get", "/v1/mounts", "The store directories this server serves besides its own (admins).", &[]),
