@@ -85,6 +85,14 @@ async fn world() -> (Cairn, Server, Alice) {
     let root = server.tcp().with_basic("root", "root-pw");
     let spec = r#"{"kind":"generator","sh":"echo ALICE-SECRET-proc >&2; sleep 600"}"#;
     assert_eq!(call(&root, "POST", "/v1/procs/billing", &[], spec).await.status, 201);
+    // Its log line is there before the snapshot (it arrives on its own time).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !String::from_utf8_lossy(&call(&root, "GET", "/v1/procs/billing/logs?content=true", &[], "").await.body)
+        .contains("ALICE-SECRET-proc")
+    {
+        assert!(std::time::Instant::now() < deadline, "the processor's log line did not arrive");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     let token_id = token["id"].as_str().unwrap().to_owned();
     let token = token["token"].as_str().unwrap().to_owned();
     (cairn, server, Alice { ids, stream_ids, hashes, token_id, token })
