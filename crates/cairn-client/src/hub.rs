@@ -21,7 +21,13 @@ pub struct Hub {
     socket: WebSocketStream<Box<dyn Io>>,
     tok: u64,
     updates: VecDeque<serde_json::Value>,
+    /// When a frame last arrived (the hub pings every 30 s).
+    heard: std::time::Instant,
 }
+
+/// Messages and frames of at most this many bytes (a hub's updates may
+/// carry several events of the largest payload).
+const MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
 
 impl Client {
     /// Opens the hub (`/v1/hub`) with this client's address and credentials.
@@ -34,12 +40,18 @@ impl Client {
             let value = authorization.parse().map_err(|_| ClientError::Reply("bad credentials".to_owned()))?;
             request.headers_mut().insert("authorization", value);
         }
-        let (socket, _) = tokio_tungstenite::client_async(request, stream).await.map_err(|error| ClientError::Api {
-            status: 0,
-            code: "hub".to_owned(),
-            message: format!("the hub refused the connection: {error}"),
-        })?;
-        Ok(Hub { socket, tok: 0, updates: VecDeque::new() })
+        let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+            .max_message_size(Some(MESSAGE_BYTES_MAX))
+            .max_frame_size(Some(MESSAGE_BYTES_MAX));
+        let (socket, _) =
+            tokio_tungstenite::client_async_with_config(request, stream, Some(config)).await.map_err(|error| {
+                ClientError::Api {
+                    status: 0,
+                    code: "hub".to_owned(),
+                    message: format!("the hub refused the connection: {error}"),
+                }
+            })?;
+        Ok(Hub { socket, tok: 0, updates: VecDeque::new(), heard: std::time::Instant::now() })
     }
 }
 
@@ -83,9 +95,15 @@ impl Hub {
         }
     }
 
+    /// How long since the hub was last heard from (any frame, pings too).
+    pub fn silent_for(&self) -> std::time::Duration {
+        self.heard.elapsed()
+    }
+
     async fn receive(&mut self) -> Result<Option<(String, serde_json::Value)>, ClientError> {
         loop {
             let Some(message) = self.socket.next().await else { return Ok(None) };
+            self.heard = std::time::Instant::now();
             let message = message.map_err(|error| ClientError::Reply(error.to_string()))?;
             let Message::Text(text) = message else { continue };
             let (head, body) = text.split_once('\n').unwrap_or((text.as_str(), ""));

@@ -24,8 +24,16 @@ use tokio::sync::watch;
 use crate::config::{Satellite, SatelliteCredentials};
 use crate::http::hub::rev_of;
 
-/// Queued transactions per `evt.sat` at most (the hub takes 1,000).
+/// Queued transactions per `evt.sat` at most (the hub takes 1,000)...
 const CHUNK: u64 = 500;
+/// ... and about this many bytes of them (the hub takes messages of 16
+/// MiB; a larger transaction goes alone).
+const CHUNK_BYTES: usize = 8 * 1024 * 1024;
+/// A transaction the hub could never take: refused here.
+const TRANS_BYTES_MAX: usize = 15 * 1024 * 1024;
+/// A connection the hub has not been heard on for this long (it pings
+/// every 30 s) is dead; a call not answered in this long, too.
+const SILENCE_MAX: Duration = Duration::from_secs(90);
 /// The wait before connecting again grows to this.
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
@@ -87,21 +95,27 @@ async fn connection(service: &Service, satellite: &Satellite, reported: &mut boo
         Some(after) => body["after"] = after.to_string().into(),
         None => body["rev"] = 0.into(),
     }
-    let pending = service.sat_pending(None, CHUNK).await?;
-    body["trans"] = trans_json(&pending);
-    let results = hub.call("evt.sat", &body).await?;
+    // Answered transactions in queue order, and the last one sent.
+    let mut answered = VecDeque::new();
+    let (pending, trans) = chunk(service, None, &mut answered).await?;
+    body["trans"] = trans;
+    let results = call(&mut hub, &body).await?;
     if *reported {
         tracing::info!("satellite: the hub at {} is back; sending what was queued", satellite.url);
         *reported = false;
     }
-    let mut answered = VecDeque::new();
-    let mut sent = answer(service, &pending, &results, &mut answered).await?;
+    answer(service, &pending, &results, &mut answered).await?;
+    let mut sent = answered.back().map(|answer: &Answered| answer.at);
     loop {
         settle(service, &mut answered).await?;
-        let more = service.sat_pending(sent, CHUNK).await?;
+        let (more, trans) = chunk(service, sent, &mut answered).await?;
         if !more.is_empty() {
-            let results = hub.call("evt.sat", &serde_json::json!({ "trans": trans_json(&more) })).await?;
-            sent = answer(service, &more, &results, &mut answered).await?.or(sent);
+            let results = call(&mut hub, &serde_json::json!({ "trans": trans })).await?;
+            answer(service, &more, &results, &mut answered).await?;
+        }
+        let before = sent;
+        sent = answered.back().map(|answer| answer.at).max(sent);
+        if sent != before {
             continue;
         }
         tokio::select! {
@@ -112,28 +126,71 @@ async fn connection(service: &Service, satellite: &Satellite, reported: &mut boo
             () = service.sat_queued() => {}
             // Answers waiting for their revision, should an update be slow.
             () = tokio::time::sleep(Duration::from_secs(1)), if !answered.is_empty() => {}
+            () = tokio::time::sleep(Duration::from_secs(10)) => {
+                if hub.silent_for() > SILENCE_MAX {
+                    bail!("the hub was silent for {} s", SILENCE_MAX.as_secs());
+                }
+            }
         }
     }
 }
 
-fn trans_json(pending: &[QueuedTrans]) -> serde_json::Value {
-    pending.iter().map(|queued| serde_json::to_value(&queued.trans).expect("JSON")).collect()
+/// `evt.sat` with `body`, answered within [`SILENCE_MAX`].
+async fn call(hub: &mut cairn_client::Hub, body: &serde_json::Value) -> Result<serde_json::Value> {
+    match tokio::time::timeout(SILENCE_MAX, hub.call("evt.sat", body)).await {
+        Ok(answer) => Ok(answer?),
+        Err(_) => bail!("the hub did not answer evt.sat in {} s", SILENCE_MAX.as_secs()),
+    }
+}
+
+/// The next queued transactions after `after` to send, within [`CHUNK`]
+/// and [`CHUNK_BYTES`] (at least one), and their JSON. One too large for
+/// the hub ever to take, when it comes first, is recorded as rejected
+/// here (and answered, in queue order).
+async fn chunk(
+    service: &Service,
+    after: Option<EventId>,
+    answered: &mut VecDeque<Answered>,
+) -> Result<(Vec<QueuedTrans>, serde_json::Value)> {
+    let pending = service.sat_pending(after, CHUNK).await?;
+    let (mut out, mut list, mut bytes) = (Vec::new(), Vec::new(), 0);
+    for queued in pending {
+        let json = serde_json::to_value(&queued.trans).expect("JSON");
+        let size = json.to_string().len();
+        if size > TRANS_BYTES_MAX {
+            if !out.is_empty() {
+                break;
+            }
+            let reason = format!("{size} bytes: more than the hub takes in a message");
+            let rejection =
+                Rejection { tx: id_of(&queued).to_owned(), id: queued.local.clone(), reason, keys: Vec::new() };
+            service.sat_rejected(&queued, rejection).await?;
+            answered.push_back(Answered { at: queued.at, rev: None });
+            break;
+        }
+        if !out.is_empty() && bytes + size > CHUNK_BYTES {
+            break;
+        }
+        bytes += size;
+        list.push(json);
+        out.push(queued);
+    }
+    Ok((out, serde_json::Value::Array(list)))
 }
 
 /// Takes the hub's answers to `sent`: records rejections, keeps the
-/// rest for `settle`. Returns the last one answered. An answer the hub
-/// could not give now ends the connection (they are sent again).
+/// rest for `settle`. An answer the hub could not give now ends the
+/// connection (they are sent again).
 async fn answer(
     service: &Service,
     sent: &[QueuedTrans],
     results: &serde_json::Value,
     answered: &mut VecDeque<Answered>,
-) -> Result<Option<EventId>> {
+) -> Result<()> {
     let results = results.as_array().context("the hub's answer to evt.sat is not a list")?;
     if results.len() != sent.len() {
         bail!("the hub answered {} of {} transactions", results.len(), sent.len());
     }
-    let mut last = None;
     for (queued, result) in sent.iter().zip(results) {
         if result.get("retry").and_then(serde_json::Value::as_bool) == Some(true) {
             bail!("the hub could not take transaction {} now: {}", id_of(queued), result["err"]);
@@ -144,7 +201,12 @@ async fn answer(
                     .get("keys")
                     .and_then(|keys| serde_json::from_value::<Vec<String>>(keys.clone()).ok())
                     .unwrap_or_default();
-                let rejection = Rejection { tx: id_of(queued).to_owned(), reason: reason.to_owned(), keys };
+                let rejection = Rejection {
+                    tx: id_of(queued).to_owned(),
+                    id: queued.local.clone(),
+                    reason: reason.to_owned(),
+                    keys,
+                };
                 service.sat_rejected(queued, rejection).await?;
                 answered.push_back(Answered { at: queued.at, rev: None });
             }
@@ -153,9 +215,8 @@ async fn answer(
                 answered.push_back(Answered { at: queued.at, rev: Some(rev) });
             }
         }
-        last = Some(queued.at);
     }
-    Ok(last)
+    Ok(())
 }
 
 fn id_of(queued: &QueuedTrans) -> &str {
@@ -190,16 +251,20 @@ async fn replicate(service: &Service, update: &serde_json::Value) -> Result<()> 
     let mut replicas = Vec::new();
     let mut group: Option<(u64, Trans, Vec<EventId>, Option<String>)> = None;
     for ev in evs {
-        let rev = ev.get("rev").and_then(rev_of).context("an event without its rev")?;
-        let id: EventId =
-            ev.get("id").and_then(serde_json::Value::as_str).context("an event without its id")?.parse()?;
-        let act: Act = serde_json::from_value(serde_json::json!({
+        // What is not an action (a hub's writer can make events look like
+        // them) is skipped: the hub's own state ignores it too.
+        let rev = ev.get("rev").and_then(rev_of);
+        let id = ev.get("id").and_then(serde_json::Value::as_str).and_then(|id| id.parse::<EventId>().ok());
+        let act = serde_json::from_value::<Act>(serde_json::json!({
             "top": ev["top"],
             "key": ev["key"],
             "cmd": ev["cmd"],
             "arg": ev.get("arg").filter(|arg| arg.is_object()),
-        }))
-        .context("an event that is not an action")?;
+        }));
+        let (Some(rev), Some(id), Ok(act)) = (rev, id, act) else {
+            tracing::warn!("satellite: skipped an event of the hub that is not an action: {ev}");
+            continue;
+        };
         if group.as_ref().is_some_and(|(at, ..)| *at != rev) {
             let (rev, trans, ids, user) = group.take().expect("a group");
             replicas.push(Replicated { trans, rev, ids, user });

@@ -36,6 +36,8 @@ pub const REJECTED_TOPIC: &str = "cairn.sat.rejected";
 /// The last queued transaction the hub answered (and, if accepted,
 /// whose events were replicated).
 const ANSWERED: &[u8] = b"Q";
+/// The satellite's secret, for its transactions' ids.
+const SECRET: &[u8] = b"I";
 
 /// A transaction in the queue.
 #[derive(Clone, Debug)]
@@ -46,6 +48,8 @@ pub struct QueuedTrans {
     pub user: Option<String>,
     /// The transaction (its id set).
     pub trans: Trans,
+    /// The id its writer gave it, if any.
+    pub local: Option<String>,
 }
 
 /// A transaction as the hub committed it, to replicate.
@@ -64,8 +68,11 @@ pub struct Replicated {
 /// A rejection, as recorded on `cairn.sat.rejected` (meta).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Rejection {
-    /// The transaction's id.
+    /// The transaction's id (on the hub).
     pub tx: String,
+    /// The id its writer gave it, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
     /// Why the hub refused it.
     pub reason: String,
     /// The conflicting keys (`<top> <key> (rev N)`), if that was why.
@@ -96,20 +103,56 @@ impl Service {
 
     /// Queues `trans` for the hub (durably), applied to this satellite's
     /// state provisionally until the hub answers.
+    ///
+    /// The id the hub sees is this satellite's own: 128 random bits, or,
+    /// for a writer's id, a hash of this satellite's secret, the writer
+    /// and that id (so a writer's retry is one transaction on the hub, and
+    /// no writer, here or on another satellite, can take another's id).
     pub(crate) async fn sat_enqueue(&self, who: &Principal, mut trans: Trans) -> Result<Committed> {
-        let id = trans.id.clone().unwrap_or_else(fresh_id);
+        let local = trans.id.take();
+        let id = match &local {
+            None => fresh_id(),
+            Some(local) => {
+                use sha2::Digest as _;
+                let secret = self.sat_secret().await?;
+                let mut digest = sha2::Sha256::new();
+                for part in [secret.as_str(), &who.scope(), local] {
+                    digest.update(part.as_bytes());
+                    digest.update([0]);
+                }
+                digest.finalize()[..16].iter().map(|byte| format!("{byte:02x}")).collect()
+            }
+        };
         trans.id = Some(id.clone());
         trans.usr = None;
         let event = NewEvent {
             topic: Some(Topic::new(QUEUE_TOPIC)?),
             payload: Some(serde_json::to_vec(&trans).expect("JSON")),
+            meta: local.as_ref().map(|local| serde_json::json!({ "id": local }).to_string()),
             user: who.user_name().map(str::to_owned),
             ..NewEvent::default()
         };
         self.storage().submit(Batch::single(event, Expect::Any), true).await?.await?;
         self.inner.sat_wake.notify_one();
-        let rev = self.sat_position().await?.0;
-        Ok(Committed { rev, events: Vec::new(), queued: Some(id) })
+        let rev = self.hub_checkpoint().await?.hub_rev;
+        Ok(Committed { rev, queued: Some(local.unwrap_or(id)), ..Committed::default() })
+    }
+
+    /// This satellite's secret (for the ids of its transactions), made once.
+    async fn sat_secret(&self) -> Result<String> {
+        self.inner
+            .sat_secret
+            .get_or_try_init(|| async {
+                if let Some(bytes) = self.state_get(SECRET.to_vec()).await? {
+                    return Ok(String::from_utf8_lossy(&bytes).into_owned());
+                }
+                let secret = fresh_id();
+                let ops = vec![StateOp::Put(SECRET.to_vec(), secret.clone().into_bytes())];
+                self.storage().state_submit(ops).await?.await?;
+                Ok(secret)
+            })
+            .await
+            .cloned()
     }
 
     /// Resolves when a transaction was queued for the hub since the last
@@ -131,7 +174,13 @@ impl Service {
             else {
                 continue;
             };
-            out.push(QueuedTrans { at: item.event.id, user: item.event.user.clone(), trans });
+            let local = item
+                .event
+                .meta
+                .as_deref()
+                .and_then(|meta| serde_json::from_str::<serde_json::Value>(meta).ok())
+                .and_then(|meta| meta.get("id").and_then(serde_json::Value::as_str).map(str::to_owned));
+            out.push(QueuedTrans { at: item.event.id, user: item.event.user.clone(), trans, local });
         }
         Ok(out)
     }
@@ -169,29 +218,43 @@ impl Service {
     }
 
     /// Where replication stands: the last hub revision and hub event id
-    /// replicated.
+    /// replicated (as last stored: what a group in flight adds comes
+    /// later, and replicating it again is skipped).
     pub async fn sat_position(&self) -> Result<(u64, Option<EventId>)> {
-        let _hub = self.inner.hub.lock().await;
-        let checkpoint = self.hub_recover().await?;
+        let checkpoint = self.hub_checkpoint().await?;
         Ok((checkpoint.hub_rev, checkpoint.hub))
     }
 
     /// Commits transactions replicated from the hub, in order, as one
     /// group (one batch): each one's actions (on replicated topics only)
     /// with the hub's rev, ids and user; those replicated before are
-    /// skipped. All are checked before any is committed.
+    /// skipped, and so are (with a warning) those that are not valid
+    /// transactions (events a hub's writer made look like actions, which
+    /// the hub's own state ignores too).
     pub async fn replicate(&self, replicas: Vec<Replicated>) -> Result<()> {
         let mut queued = Vec::with_capacity(replicas.len());
         for replicated in replicas {
-            let topics = check_trans(&Principal::Local, &replicated.trans)?;
-            if let Some(topic) = topics.values().find(|topic| !self.is_replicated(topic)) {
-                return Err(ServiceError::invalid("top", format!("{topic} is not one of the replicated topics")));
-            }
-            if replicated.ids.len() != replicated.trans.acts.len() {
-                return Err(ServiceError::invalid("ids", "one per action"));
-            }
+            let checked = check_trans(&Principal::Local, &replicated.trans).and_then(|topics| {
+                if let Some(topic) = topics.values().find(|topic| !self.is_replicated(topic)) {
+                    return Err(ServiceError::invalid("top", format!("{topic} is not one of the replicated topics")));
+                }
+                if replicated.ids.len() != replicated.trans.acts.len() {
+                    return Err(ServiceError::invalid("ids", "one per action"));
+                }
+                Ok(topics)
+            });
+            let topics = match checked {
+                Ok(topics) => topics,
+                Err(error) => {
+                    tracing::warn!("satellite: skipped events {:?} of the hub: {error}", replicated.ids);
+                    continue;
+                }
+            };
             let replica = Replica { rev: replicated.rev, ids: replicated.ids, user: replicated.user };
             queued.push((replicated.trans, topics, replica));
+        }
+        if queued.is_empty() {
+            return Ok(());
         }
         self.commit_replicas(queued).await
     }

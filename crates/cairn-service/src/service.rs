@@ -61,8 +61,12 @@ pub(crate) struct Inner {
     pub(crate) hub: tokio::sync::Mutex<()>,
     /// Keyed transactions waiting for the next group.
     pub(crate) hub_queue: std::sync::Mutex<Vec<crate::keyed::Queued>>,
+    /// The next place in `hub_queue`.
+    pub(crate) hub_seq: std::sync::atomic::AtomicU64,
     /// Wakes a satellite's link when a transaction is queued for the hub.
     pub(crate) sat_wake: tokio::sync::Notify,
+    /// A satellite's secret, once read or made.
+    pub(crate) sat_secret: tokio::sync::OnceCell<String>,
     pub(crate) options: ServiceOptions,
     pub(crate) started: Instant,
     pub(crate) stopping: watch::Sender<bool>,
@@ -190,7 +194,9 @@ impl Service {
                 groups: Groups::default(),
                 hub: tokio::sync::Mutex::new(()),
                 hub_queue: std::sync::Mutex::new(Vec::new()),
+                hub_seq: std::sync::atomic::AtomicU64::new(0),
                 sat_wake: tokio::sync::Notify::new(),
+                sat_secret: tokio::sync::OnceCell::new(),
                 storage,
                 users,
                 logins: Logins::default(),

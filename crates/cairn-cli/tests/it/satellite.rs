@@ -127,6 +127,24 @@ async fn two_satellites_queue_while_the_hub_is_away_and_converge_with_it() {
     let k1_rev = states(&hub.unix()).await[0].2;
     assert_eq!(states(&two.unix()).await[0].2, k1_rev, "the hub's rev, replicated");
 
+    // A writer's id: its retry is one transaction on the hub.
+    let retried =
+        serde_json::json!({"id": "order-7", "acts": [{"top": "orders.x", "key": "k7", "cmd": "new", "arg": {}}]});
+    for _ in 0..2 {
+        let (status, reply) = publish(&one.unix(), retried.clone()).await;
+        assert_eq!((status, reply["queued"].as_str()), (202, Some("order-7")), "{reply}");
+    }
+    eventually("k7 on the hub", async || states(&hub.unix()).await.len() == 2).await;
+    let on_hub = events(&hub.unix(), "orders.x").await;
+    assert_eq!(on_hub.iter().filter(|event| event["meta"]["key"] == "k7").count(), 1, "{on_hub:?}");
+    assert_ne!(on_hub[1]["meta"]["tx"], "order-7", "the hub sees the satellite's own id, not the writer's");
+    let removed = serde_json::json!({"acts": [{"top": "orders.x", "key": "k7", "cmd": "del"}]});
+    assert_eq!(publish(&one.unix(), removed).await.0, 202);
+    eventually("k7 removed everywhere", async || {
+        states(&hub.unix()).await.len() == 1 && states(&two.unix()).await.len() == 1
+    })
+    .await;
+
     // Replicated topics are the replication's alone.
     let plain = call(&one.unix(), "POST", "/v1/topics/orders.x/events", &[], "x").await;
     assert_eq!(plain.status, 403, "{}", String::from_utf8_lossy(&plain.body));
@@ -228,8 +246,9 @@ async fn two_satellites_queue_while_the_hub_is_away_and_converge_with_it() {
         let expected: Vec<&str> = own.iter().map(String::as_str).filter(|id| n == winner || *id != own[0]).collect();
         assert_eq!(order, expected, "satellite {n}'s transactions on the hub");
     }
-    // k1, the winner of the pair, and two new and a mod from each.
-    assert_eq!(log.len(), 1 + 1 + 2 * 3, "{log:#?}");
+    // k1, k7 and its removal, the winner of the pair, and two new and a
+    // mod from each.
+    assert_eq!(log.len(), 3 + 1 + 2 * 3, "{log:#?}");
     // The satellites' copies carry the hub's ids.
     let copy = events(&one.unix(), "orders.x").await;
     let hub_ids: Vec<&serde_json::Value> = log.iter().map(|event| &event["id"]).collect();
@@ -301,7 +320,19 @@ async fn a_hub_killed_during_a_reconciliation_loses_nothing_accepted_and_applies
     let mut link = hub.tcp().with_basic("sat", "sat-pw").hub().await.unwrap();
     let answer = link.call("evt.sat", &again).await.unwrap();
     assert_eq!(answer[0]["ids"], serde_json::json!([first["id"]]), "{answer}");
-    // Another user's id is its own: the same id from them is a new transaction.
     assert_eq!(events(&hub.unix(), "orders.x").await.len(), N);
+    // A refusal is an answer too: the same id is refused again, whatever
+    // changed since.
+    let missing = serde_json::json!({"trans": [{
+        "id": "late", "acts": [{"top": "orders.x", "key": "later", "cmd": "mod", "arg": {"a": 1}}],
+    }]});
+    let first = link.call("evt.sat", &missing).await.unwrap();
+    assert!(first[0]["err"].as_str().unwrap().contains("does not exist"), "{first}");
+    assert_eq!(first[0]["retry"], false);
+    let create = serde_json::json!({"acts": [{"top": "orders.x", "key": "later", "cmd": "new", "arg": {}}]});
+    link.call("evt.pub", &create).await.unwrap();
+    let again = link.call("evt.sat", &missing).await.unwrap();
+    assert!(again[0]["err"].as_str().unwrap().contains("does not exist"), "{again}");
+    assert_eq!(events(&hub.unix(), "orders.x").await.len(), N + 1);
     link.close().await;
 }

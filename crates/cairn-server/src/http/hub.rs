@@ -271,13 +271,19 @@ async fn satellite(
             Ok(trans)
         })
         .collect();
+    // The subscription first: refused (no read right, a bad pattern), it
+    // refuses the whole message before anything is committed.
+    let follow = match body.get("tops") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(_) => Some(subscribe(service, who, body.clone(), send, follows).await?),
+    };
     let outcomes = futures_util::future::join_all(parsed.into_iter().map(|trans| async move {
         match trans {
             Err(err) => serde_json::json!({ "err": err }),
             Ok(trans) => match service.publish(who, trans).await {
                 Ok(committed) => serde_json::json!({
                     "rev": rev_text(committed.rev),
-                    "ids": committed.events.iter().map(|event| event.id.to_string()).collect::<Vec<_>>(),
+                    "ids": committed.ids.iter().map(ToString::to_string).collect::<Vec<_>>(),
                 }),
                 Err(error) => {
                     let retry = matches!(error.code(), "throttled" | "overloaded" | "shutting_down" | "unavailable")
@@ -292,10 +298,6 @@ async fn satellite(
         }
     }))
     .await;
-    let follow = match body.get("tops") {
-        None | Some(serde_json::Value::Null) => None,
-        Some(_) => Some(subscribe(service, who, body.clone(), send, follows).await?),
-    };
     Ok((serde_json::Value::Array(outcomes), follow))
 }
 
