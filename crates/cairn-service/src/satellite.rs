@@ -38,6 +38,9 @@ pub const REJECTED_TOPIC: &str = "cairn.sat.rejected";
 const ANSWERED: &[u8] = b"Q";
 /// The satellite's secret, for its transactions' ids.
 const SECRET: &[u8] = b"I";
+/// Transactions waiting for the hub at most (each state read applies
+/// them all).
+pub const QUEUE_MAX: u64 = 100_000;
 
 /// A transaction in the queue.
 #[derive(Clone, Debug)]
@@ -125,8 +128,20 @@ impl Service {
         };
         trans.id = Some(id.clone());
         trans.usr = None;
+        let queue = Topic::new(QUEUE_TOPIC)?;
+        if let Some(head) = self.storage().head(queue.clone()).await? {
+            let answered = match self.sat_answered_at().await? {
+                Some(at) => self.storage().get(at).await?.map_or(0, |event| event.seq + 1),
+                None => 0,
+            };
+            if head.last_seq + 1 - answered >= QUEUE_MAX {
+                return Err(ServiceError::Overloaded {
+                    reason: "the queue of transactions for the hub is full (100,000): the hub has been out of reach too long",
+                });
+            }
+        }
         let event = NewEvent {
-            topic: Some(Topic::new(QUEUE_TOPIC)?),
+            topic: Some(queue),
             payload: Some(serde_json::to_vec(&trans).expect("JSON")),
             meta: local.as_ref().map(|local| serde_json::json!({ "id": local }).to_string()),
             user: who.user_name().map(str::to_owned),

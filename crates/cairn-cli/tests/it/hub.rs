@@ -171,5 +171,21 @@ async fn the_hub_publishes_subscribes_monitors_and_refuses_conflicts() {
     let refused = local.call("evt.pub", &serde_json::json!({"acts": []})).await;
     assert!(refused.is_err());
     local.close().await;
+
+    // Reconnect and resume: after the last rev seen, exactly what was missed.
+    let seen = other["res"]["rev"].as_str().unwrap().to_owned();
+    let missed = ask(
+        &mut writer,
+        "evt.pub#11",
+        serde_json::json!({"acts": [{"top": "orders.1", "key": "k3", "cmd": "new", "arg": {"c": 3}}]}),
+    )
+    .await;
+    assert!(missed["res"].is_object(), "{missed}");
+    let mut again = server.tcp().with_basic("alice", "alice-pw").hub().await.unwrap();
+    again.call("evt.sub", &serde_json::json!({"rev": seen, "tops": ["orders.1"]})).await.unwrap();
+    let update = tokio::time::timeout(Duration::from_secs(10), again.update()).await.unwrap().unwrap().unwrap();
+    let keys: Vec<&str> = update["evs"].as_array().unwrap().iter().map(|ev| ev["key"].as_str().unwrap()).collect();
+    assert_eq!(keys, ["k3"], "{update}");
+    again.close().await;
     drop(server);
 }
