@@ -31,6 +31,8 @@ const CHUNK: u64 = 500;
 const CHUNK_BYTES: usize = 8 * 1024 * 1024;
 /// A transaction the hub could never take: refused here.
 const TRANS_BYTES_MAX: usize = 15 * 1024 * 1024;
+/// A held-back revision is written once the hub was quiet this long.
+const TAIL_WAIT: Duration = Duration::from_millis(20);
 /// A connection the hub has not been heard on for this long (it pings
 /// every 30 s) is dead; a call not answered in this long, too.
 const SILENCE_MAX: Duration = Duration::from_secs(90);
@@ -81,6 +83,7 @@ fn client(satellite: &Satellite) -> Result<cairn_client::Client> {
 /// answered end to pass it.
 struct Answered {
     at: EventId,
+    seq: u64,
     /// For an accepted one: the hub's revision, to be replicated first.
     rev: Option<u64>,
 }
@@ -106,6 +109,9 @@ async fn connection(service: &Service, satellite: &Satellite, reported: &mut boo
     }
     answer(service, &pending, &results, &mut answered).await?;
     let mut sent = answered.back().map(|answer: &Answered| answer.at);
+    let mut tail = None;
+    // When the hub was last heard with an update (the tail's quiet time).
+    let mut last_update = tokio::time::Instant::now();
     loop {
         settle(service, &mut answered).await?;
         let (more, trans) = chunk(service, sent, &mut answered).await?;
@@ -118,16 +124,23 @@ async fn connection(service: &Service, satellite: &Satellite, reported: &mut boo
         if sent != before {
             continue;
         }
+        // The hub pings every 30 s: silence until this deadline is a dead
+        // connection (TCP may not say so).
+        let quiet_left = SILENCE_MAX.saturating_sub(hub.silent_for());
         tokio::select! {
             update = hub.update() => {
                 let Some(update) = update? else { bail!("the hub closed the connection") };
-                replicate(service, &update).await?;
+                replicate(service, &update, &mut tail).await?;
+                last_update = tokio::time::Instant::now();
+            }
+            () = tokio::time::sleep_until(last_update + TAIL_WAIT), if tail.is_some() => {
+                flush(service, &mut tail).await?;
             }
             () = service.sat_queued() => {}
             // Answers waiting for their revision, should an update be slow.
             () = tokio::time::sleep(Duration::from_secs(1)), if !answered.is_empty() => {}
-            () = tokio::time::sleep(Duration::from_secs(10)) => {
-                if hub.silent_for() > SILENCE_MAX {
+            () = tokio::time::sleep(quiet_left) => {
+                if hub.silent_for() >= SILENCE_MAX {
                     bail!("the hub was silent for {} s", SILENCE_MAX.as_secs());
                 }
             }
@@ -165,7 +178,7 @@ async fn chunk(
             let rejection =
                 Rejection { tx: id_of(&queued).to_owned(), id: queued.local.clone(), reason, keys: Vec::new() };
             service.sat_rejected(&queued, rejection).await?;
-            answered.push_back(Answered { at: queued.at, rev: None });
+            answered.push_back(Answered { at: queued.at, seq: queued.seq, rev: None });
             break;
         }
         if !out.is_empty() && bytes + size > CHUNK_BYTES {
@@ -208,11 +221,11 @@ async fn answer(
                     keys,
                 };
                 service.sat_rejected(queued, rejection).await?;
-                answered.push_back(Answered { at: queued.at, rev: None });
+                answered.push_back(Answered { at: queued.at, seq: queued.seq, rev: None });
             }
             None => {
                 let rev = result.get("rev").and_then(rev_of).context("an accepted transaction without its rev")?;
-                answered.push_back(Answered { at: queued.at, rev: Some(rev) });
+                answered.push_back(Answered { at: queued.at, seq: queued.seq, rev: Some(rev) });
             }
         }
     }
@@ -235,21 +248,24 @@ async fn settle(service: &Service, answered: &mut VecDeque<Answered>) -> Result<
         if front.rev.is_some_and(|rev| rev > replicated) {
             break;
         }
-        last = Some(front.at);
+        last = Some((front.at, front.seq));
         answered.pop_front();
     }
-    if let Some(at) = last {
-        service.sat_answered(at).await?;
+    if let Some((at, seq)) = last {
+        service.sat_answered(at, seq).await?;
     }
     Ok(())
 }
 
 /// Writes an update's events: one transaction per revision, in order,
-/// all in one batch.
-async fn replicate(service: &Service, update: &serde_json::Value) -> Result<()> {
+/// all in one batch. The hub pushes what its follow read in one step (at
+/// most 256 events, at most 4 MiB of payloads), so an update's last
+/// revision may go on in the next: it is held back in `tail` (written
+/// with the next update, or by `flush` once the hub was quiet for
+/// [`TAIL_WAIT`]), so readers never see half a transaction.
+async fn replicate(service: &Service, update: &serde_json::Value, tail: &mut Option<Replicated>) -> Result<()> {
     let Some(evs) = update.get("evs").and_then(serde_json::Value::as_array) else { return Ok(()) };
-    let mut replicas = Vec::new();
-    let mut group: Option<(u64, Trans, Vec<EventId>, Option<String>)> = None;
+    let mut replicas: Vec<Replicated> = tail.take().into_iter().collect();
     for ev in evs {
         // What is not an action (a hub's writer can make events look like
         // them) is skipped: the hub's own state ignores it too.
@@ -265,27 +281,35 @@ async fn replicate(service: &Service, update: &serde_json::Value) -> Result<()> 
             tracing::warn!("satellite: skipped an event of the hub that is not an action: {ev}");
             continue;
         };
-        if group.as_ref().is_some_and(|(at, ..)| *at != rev) {
-            let (rev, trans, ids, user) = group.take().expect("a group");
-            replicas.push(Replicated { trans, rev, ids, user });
+        match replicas.last_mut() {
+            Some(last) if last.rev == rev => {
+                last.trans.acts.push(act);
+                last.ids.push(id);
+            }
+            _ => {
+                let trans = Trans {
+                    id: ev.get("tx").and_then(serde_json::Value::as_str).map(str::to_owned),
+                    created: ev.get("created").and_then(rev_of).filter(|created| *created > 0),
+                    extra: ev.get("extra").cloned(),
+                    acts: vec![act],
+                    ..Trans::default()
+                };
+                let user = ev.get("usr").and_then(serde_json::Value::as_str).map(str::to_owned);
+                replicas.push(Replicated { trans, rev, ids: vec![id], user });
+            }
         }
-        let (_, trans, ids, _) = group.get_or_insert_with(|| {
-            let trans = Trans {
-                id: ev.get("tx").and_then(serde_json::Value::as_str).map(str::to_owned),
-                created: ev.get("created").and_then(rev_of).filter(|created| *created > 0),
-                extra: ev.get("extra").cloned(),
-                ..Trans::default()
-            };
-            (rev, trans, Vec::new(), ev.get("usr").and_then(serde_json::Value::as_str).map(str::to_owned))
-        });
-        trans.acts.push(act);
-        ids.push(id);
     }
-    if let Some((rev, trans, ids, user)) = group {
-        replicas.push(Replicated { trans, rev, ids, user });
-    }
+    *tail = replicas.pop();
     if !replicas.is_empty() {
         service.replicate(replicas).await?;
+    }
+    Ok(())
+}
+
+/// Writes the held-back revision: the hub went quiet, so it is whole.
+async fn flush(service: &Service, tail: &mut Option<Replicated>) -> Result<()> {
+    if let Some(replica) = tail.take() {
+        service.replicate(vec![replica]).await?;
     }
     Ok(())
 }

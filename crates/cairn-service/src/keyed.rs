@@ -214,6 +214,21 @@ pub const KEY_STATE_BYTES_MAX: usize = 1024 * 1024;
 /// State records are written in writes of about this many bytes at most.
 const STATE_WRITE_BYTES: usize = 8 * 1024 * 1024;
 
+/// How many of `queue`'s first transactions make a group within the
+/// bounds (at least one, if there is one).
+fn group_len(queue: &[Queued]) -> usize {
+    let (mut acts, mut bytes, mut take) = (0, 0, 0);
+    for queued in queue {
+        acts += queued.trans.acts.len();
+        bytes += queued.bytes;
+        if take > 0 && (acts > GROUP_ACTS_MAX || bytes > GROUP_BYTES_MAX) {
+            break;
+        }
+        take += 1;
+    }
+    take
+}
+
 /// About how many bytes `trans`'s events and key states take.
 fn trans_bytes(trans: &Trans) -> usize {
     let extra = trans.extra.as_ref().map_or(0, |extra| serde_json::to_vec(extra).map_or(0, |bytes| bytes.len()));
@@ -421,7 +436,16 @@ impl Service {
     /// hub instead (see `satellite.rs`).
     pub async fn publish(&self, who: &Principal, trans: Trans) -> Result<Committed> {
         self.admit(who)?;
-        let topics = check_trans(who, &trans)?;
+        let topics = match check_trans(who, &trans) {
+            Ok(topics) => topics,
+            // A refusal of rights is final too: recorded for a resend
+            // (rights granted later do not turn it into an acceptance
+            // the sender was told was refused).
+            Err(error @ ServiceError::Forbidden { .. }) if trans.id.is_some() => {
+                return self.refuse_recorded(who, &trans, error).await;
+            }
+            Err(error) => return Err(error),
+        };
         let replicated = topics.values().filter(|topic| self.is_replicated(topic)).count();
         if replicated == topics.len() {
             return self.sat_enqueue(who, trans).await;
@@ -465,22 +489,29 @@ impl Service {
     /// Queues replicated transactions together, in order, for the next
     /// group, and waits for all of them.
     pub(crate) async fn commit_replicas(&self, replicas: Vec<(Trans, BTreeMap<String, Topic>, Replica)>) -> Result<()> {
+        // Not through the shared queue: under the lock, in groups within
+        // the bounds, and none after one that failed (replication must not
+        // move past a transaction it could not write).
+        let mut rest: Vec<Queued> = Vec::with_capacity(replicas.len());
         let mut answers = Vec::with_capacity(replicas.len());
-        let mut last = 0;
-        {
-            let mut queue = self.inner.hub_queue.lock().expect("hub queue lock");
-            for (trans, topics, replica) in replicas {
-                let (reply, answer) = tokio::sync::oneshot::channel();
-                let bytes = trans_bytes(&trans);
-                last = self.inner.hub_seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let replica = Some(replica);
-                queue.push(Queued { who: Principal::Local, trans, topics, reply, replica, bytes, seq: last });
-                answers.push(answer);
-            }
+        for (trans, topics, replica) in replicas {
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            let bytes = trans_bytes(&trans);
+            rest.push(Queued { who: Principal::Local, trans, topics, reply, replica: Some(replica), bytes, seq: 0 });
+            answers.push(answer);
         }
-        self.commit_queue(last).await;
-        for answer in answers {
-            answer.await.map_err(|_| ServiceError::ShuttingDown)??;
+        let _hub = self.inner.hub.lock().await;
+        let mut answers = answers.into_iter();
+        while !rest.is_empty() {
+            let take = group_len(&rest);
+            let group: Vec<Queued> = rest.drain(..take).collect();
+            self.commit_group(group).await;
+            for answer in answers.by_ref().take(take) {
+                if let Err(error) = answer.await.map_err(|_| ServiceError::ShuttingDown)? {
+                    fail_all(rest, &error);
+                    return Err(error);
+                }
+            }
         }
         Ok(())
     }
@@ -508,15 +539,7 @@ impl Service {
                 if done {
                     after_mine += 1;
                 }
-                let (mut acts, mut bytes, mut take) = (0, 0, 0);
-                for queued in queue.iter() {
-                    acts += queued.trans.acts.len();
-                    bytes += queued.bytes;
-                    if take > 0 && (acts > GROUP_ACTS_MAX || bytes > GROUP_BYTES_MAX) {
-                        break;
-                    }
-                    take += 1;
-                }
+                let take = group_len(&queue);
                 queue.drain(..take).collect::<Vec<_>>()
             };
             if group.is_empty() {
@@ -690,12 +713,32 @@ impl Service {
         }
     }
 
+    /// Refuses an identified transaction for `error`, recording the
+    /// refusal, unless it was decided before (then that answer).
+    async fn refuse_recorded(&self, who: &Principal, trans: &Trans, error: ServiceError) -> Result<Committed> {
+        let id = trans.id.as_deref().expect("an identified transaction");
+        let _hub = self.inner.hub.lock().await;
+        if let Some(answer) = self.decided_before(who.user_name(), id).await? {
+            let mut committed = answer?;
+            for id in &committed.ids {
+                committed.events.extend(self.storage().get(*id).await?);
+            }
+            return Ok(committed);
+        }
+        let record = TxRecord { rev: 0, ids: Vec::new(), err: Some(error.to_string()), keys: Vec::new() };
+        self.state_ops(vec![StateOp::Put(tx_key(who.user_name(), id), serde_json::to_vec(&record).expect("JSON"))])
+            .await?;
+        Err(error)
+    }
+
     /// The answer given to the transaction `id` of `user` before, if it
     /// was decided: accepted (its rev and ids; `publish` reads the events,
     /// outside the hub's lock) or refused.
     async fn decided_before(&self, user: Option<&str>, id: &str) -> Result<Option<Result<Committed>>> {
         let Some(bytes) = self.state_get(tx_key(user, id)).await? else { return Ok(None) };
-        let Ok(record) = serde_json::from_slice::<TxRecord>(&bytes) else { return Ok(None) };
+        let record = serde_json::from_slice::<TxRecord>(&bytes).map_err(|error| {
+            ServiceError::invalid("transaction", format!("the record of transaction {id} is damaged: {error}"))
+        })?;
         Ok(Some(match record.err {
             Some(_) if !record.keys.is_empty() => Err(ServiceError::Conflict { keys: record.keys }),
             Some(err) => Err(ServiceError::invalid("transaction", format!("refused when first sent: {err}"))),

@@ -38,15 +38,29 @@ pub const REJECTED_TOPIC: &str = "cairn.sat.rejected";
 const ANSWERED: &[u8] = b"Q";
 /// The satellite's secret, for its transactions' ids.
 const SECRET: &[u8] = b"I";
+/// A rejection's reason is cut to this many bytes...
+const REASON_BYTES_MAX: usize = 2048;
+/// ... and its keys to this many (each at most about 520 bytes).
+const KEYS_MAX: usize = 50;
 /// Transactions waiting for the hub at most (each state read applies
 /// them all).
 pub const QUEUE_MAX: u64 = 100_000;
+
+/// The queue's answered end (`Q`): the last transaction answered, by id
+/// and seq (the seq counts what waits even if that event were removed).
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+struct Mark {
+    at: EventId,
+    seq: u64,
+}
 
 /// A transaction in the queue.
 #[derive(Clone, Debug)]
 pub struct QueuedTrans {
     /// Its queue event.
     pub at: EventId,
+    /// Its queue event's seq.
+    pub seq: u64,
     /// The user who published it locally.
     pub user: Option<String>,
     /// The transaction (its id set).
@@ -130,11 +144,8 @@ impl Service {
         trans.usr = None;
         let queue = Topic::new(QUEUE_TOPIC)?;
         if let Some(head) = self.storage().head(queue.clone()).await? {
-            let answered = match self.sat_answered_at().await? {
-                Some(at) => self.storage().get(at).await?.map_or(0, |event| event.seq + 1),
-                None => 0,
-            };
-            if head.last_seq + 1 - answered >= QUEUE_MAX {
+            let answered = self.sat_answered_at().await?.map_or(0, |mark| mark.seq + 1);
+            if (head.last_seq + 1).saturating_sub(answered) >= QUEUE_MAX {
                 return Err(ServiceError::Overloaded {
                     reason: "the queue of transactions for the hub is full (100,000): the hub has been out of reach too long",
                 });
@@ -180,7 +191,7 @@ impl Service {
     /// events are not replicated yet), oldest first, after `after` if
     /// given, at most `limit`.
     pub async fn sat_pending(&self, after: Option<EventId>, limit: u64) -> Result<Vec<QueuedTrans>> {
-        let answered = self.sat_answered_at().await?;
+        let answered = self.sat_answered_at().await?.map(|mark| mark.at);
         let after = after.max(answered);
         let query = Query { after, limit: Some(limit), ..Query::new(Pattern::Exact(Topic::new(QUEUE_TOPIC)?)) };
         let mut out = Vec::new();
@@ -195,26 +206,42 @@ impl Service {
                 .as_deref()
                 .and_then(|meta| serde_json::from_str::<serde_json::Value>(meta).ok())
                 .and_then(|meta| meta.get("id").and_then(serde_json::Value::as_str).map(str::to_owned));
-            out.push(QueuedTrans { at: item.event.id, user: item.event.user.clone(), trans, local });
+            let (at, seq, user) = (item.event.id, item.event.seq, item.event.user.clone());
+            out.push(QueuedTrans { at, seq, user, trans, local });
         }
         Ok(out)
     }
 
-    async fn sat_answered_at(&self) -> Result<Option<EventId>> {
+    async fn sat_answered_at(&self) -> Result<Option<Mark>> {
         Ok(self.state_get(ANSWERED.to_vec()).await?.and_then(|bytes| serde_json::from_slice(&bytes).ok()))
     }
 
-    /// Records that the hub answered every queued transaction up to `at`
-    /// (and their accepted events are replicated).
-    pub async fn sat_answered(&self, at: EventId) -> Result<()> {
-        let ops = vec![StateOp::Put(ANSWERED.to_vec(), serde_json::to_vec(&at).expect("JSON"))];
+    /// Records that the hub answered every queued transaction up to the
+    /// one at `at` (its seq `seq`; their accepted events are replicated).
+    pub async fn sat_answered(&self, at: EventId, seq: u64) -> Result<()> {
+        let ops = vec![StateOp::Put(ANSWERED.to_vec(), serde_json::to_vec(&Mark { at, seq }).expect("JSON"))];
         self.storage().state_submit(ops).await?.await?;
         Ok(())
     }
 
     /// Records the hub's rejection of `queued` on `cairn.sat.rejected`
     /// (once, however often it is recorded).
-    pub async fn sat_rejected(&self, queued: &QueuedTrans, rejection: Rejection) -> Result<()> {
+    /// The reason and the keys are cut to fit an event's meta (a conflict
+    /// on many keys names them all in its reason).
+    pub async fn sat_rejected(&self, queued: &QueuedTrans, mut rejection: Rejection) -> Result<()> {
+        if rejection.reason.len() > REASON_BYTES_MAX {
+            let mut end = REASON_BYTES_MAX;
+            while !rejection.reason.is_char_boundary(end) {
+                end -= 1;
+            }
+            rejection.reason.truncate(end);
+            rejection.reason.push('…');
+        }
+        if rejection.keys.len() > KEYS_MAX {
+            let more = rejection.keys.len() - KEYS_MAX;
+            rejection.keys.truncate(KEYS_MAX);
+            rejection.keys.push(format!("… and {more} more"));
+        }
         let event = NewEvent {
             topic: Some(Topic::new(REJECTED_TOPIC)?),
             kind: Some("rejected".to_owned()),

@@ -676,9 +676,11 @@ mod tests {
             started.elapsed()
         };
         // Alternating, and the fastest of each: other tests running at
-        // the same time only ever add time.
+        // the same time only ever add time. (The first unknown name also
+        // makes the dummy hash, once: not timed.)
+        assert!(users.verify_password("warm-up", "wrong").is_none());
         let (mut known, mut unknown) = (std::time::Duration::MAX, std::time::Duration::MAX);
-        for _ in 0..5 {
+        for _ in 0..9 {
             known = known.min(time("alice"));
             unknown = unknown.min(time("nobody"));
         }

@@ -48,6 +48,9 @@ use tokio::task::JoinHandle;
 
 use super::{State, Who};
 
+/// The subject of the message that ends a connection.
+const CLOSE: &str = "evt.close";
+
 /// Connections open on the hub (for `evt.stat`).
 static ON: AtomicU64 = AtomicU64::new(0);
 /// Messages queued for a client at most; then follows wait (and read from
@@ -79,14 +82,19 @@ async fn serve(socket: WebSocket, service: Service, who: Principal, mut stopping
         let mut ping = tokio::time::interval(Duration::from_secs(30));
         ping.tick().await;
         loop {
+            let mut last = false;
             let message = tokio::select! {
                 text = outgoing.recv() => match text {
-                    Some(text) => Message::Text(text.into()),
+                    Some(text) => {
+                        // `evt.close` is the last message: the connection ends.
+                        last = text.starts_with(CLOSE) && text[CLOSE.len()..].starts_with('\n');
+                        Message::Text(text.into())
+                    }
                     None => break,
                 },
                 _ = ping.tick() => Message::Ping(Vec::new().into()),
             };
-            if sink.send(message).await.is_err() {
+            if sink.send(message).await.is_err() || last {
                 break;
             }
         }
@@ -102,7 +110,7 @@ async fn serve(socket: WebSocket, service: Service, who: Principal, mut stopping
             changed = sessions.changed() => {
                 // A revoked credential ends the connection, not only its follows.
                 if changed.is_err() || !service.is_current(&who) {
-                    let _ = send.send(reply("evt.close", Err("the session's credentials were revoked".to_owned()))).await;
+                    let _ = send.send(reply(CLOSE, Err("the session's credentials were revoked".to_owned()))).await;
                     break;
                 }
                 continue;
@@ -286,8 +294,14 @@ async fn satellite(
                     "ids": committed.ids.iter().map(ToString::to_string).collect::<Vec<_>>(),
                 }),
                 Err(error) => {
-                    let retry = matches!(error.code(), "throttled" | "overloaded" | "shutting_down" | "unavailable")
-                        || matches!(error, cairn_service::ServiceError::Storage(_));
+                    // Final only what the hub decided about the transaction
+                    // (and recorded, for a resend); anything else may go
+                    // otherwise when sent again.
+                    use cairn_service::ServiceError;
+                    let retry = !matches!(
+                        error,
+                        ServiceError::Invalid { .. } | ServiceError::Conflict { .. } | ServiceError::Forbidden { .. }
+                    );
                     let keys = match &error {
                         cairn_service::ServiceError::Conflict { keys } => keys.clone(),
                         _ => Vec::new(),
@@ -344,6 +358,12 @@ fn topics_of(body: &serde_json::Value, field: &str) -> Result<Vec<Pattern>, Stri
     names.iter().map(|name| Pattern::parse(name).map_err(|error| error.to_string())).collect()
 }
 
+/// A follow that failed ends its connection (with `evt.close` and the
+/// reason): a client must not go on believing it is subscribed.
+fn follow_ended(send: &mpsc::Sender<String>, error: &cairn_service::ServiceError) {
+    let _ = send.try_send(reply(CLOSE, Err(format!("a subscription ended: {error}"))));
+}
+
 /// `evt.sub`: a follow of the topics from their start, pushing the actions
 /// after `rev` as updates.
 async fn subscribe(
@@ -373,7 +393,10 @@ async fn subscribe(
     let send = send.clone();
     let task = tokio::spawn(async move {
         loop {
-            let Ok(delivered) = follow.next(256).await else { return };
+            let delivered = match follow.next(256).await {
+                Ok(delivered) => delivered,
+                Err(error) => return follow_ended(&send, &error),
+            };
             let mut evs = Vec::new();
             let mut last = 0;
             for item in delivered {
@@ -438,7 +461,10 @@ async fn monitor(
     let topics: Vec<String> = keys.keys().cloned().collect();
     let task = tokio::spawn(async move {
         loop {
-            let Ok(delivered) = follow.next(256).await else { return };
+            let delivered = match follow.next(256).await {
+                Ok(delivered) => delivered,
+                Err(error) => return follow_ended(&send, &error),
+            };
             let mut changed = Vec::new();
             let mut last = 0;
             for item in delivered {
