@@ -703,7 +703,6 @@ impl Procs {
             status.pid = pid;
         });
         ctx.lifecycle("active", serde_json::json!({ "pid": pid })).await;
-        self.record(proc_id, Outcome { state: "active", reason: None });
         let task = tokio::spawn(async move {
             match ctx.spec.kind {
                 Kind::Handler | Kind::Generator => ctx.run_program(prepared).await,
@@ -715,6 +714,8 @@ impl Procs {
             .lock()
             .expect("table lock")
             .insert(name.to_owned(), Slot { proc_id, user, status, stop, task });
+        // Answered once it is listed: who was told `active` finds it.
+        self.record(proc_id, Outcome { state: "active", reason: None });
     }
 
     async fn term(&self, name: &str, term: EventId) {

@@ -85,11 +85,17 @@ async fn world() -> (Cairn, Server, Alice) {
     let root = server.tcp().with_basic("root", "root-pw");
     let spec = r#"{"kind":"generator","sh":"echo ALICE-SECRET-proc >&2; sleep 600"}"#;
     assert_eq!(call(&root, "POST", "/v1/procs/billing", &[], spec).await.status, 201);
-    // Its log line is there before the snapshot (it arrives on its own time).
+    // It runs, and its log line is there, before the snapshot (both come
+    // on their own time).
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !String::from_utf8_lossy(&call(&root, "GET", "/v1/procs/billing/logs?content=true", &[], "").await.body)
-        .contains("ALICE-SECRET-proc")
-    {
+    loop {
+        let logs = call(&root, "GET", "/v1/procs/billing/logs?content=true", &[], "").await.body;
+        let list = call(&root, "GET", "/v1/procs", &[], "").await.body;
+        if String::from_utf8_lossy(&logs).contains("ALICE-SECRET-proc")
+            && String::from_utf8_lossy(&list).contains(r#""state":"running""#)
+        {
+            break;
+        }
         assert!(std::time::Instant::now() < deadline, "the processor's log line did not arrive");
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
