@@ -119,17 +119,28 @@ pub(crate) fn recover(segments: &Arc<Segments>, index: &Index, cas: &Cas) -> Res
     for &segment in list.iter().filter(|&&s| s >= start.segment) {
         let generation = oldest(segment);
         let file_len = crate::compact::file_len(segments, segment, generation)?;
+        // A segment whose creation was cut short (a kill between creating
+        // the file and writing its header): recreated. It is not mapped
+        // first: reading a map past the end of a file is a SIGBUS, and an
+        // empty file's map has no byte inside it.
+        let torn =
+            |len: u64| segment == last && generation == 0 && len < SEGMENT_HEADER_BYTES + FRAME_HEADER_BYTES as u64;
+        if file_len < SEGMENT_HEADER_BYTES {
+            if !torn(file_len) {
+                return Err(corrupt(segment, 0, &format!("{file_len} bytes, shorter than a segment's header")));
+            }
+            recreate(segments, segment)?;
+            end = Checkpoint { segment, offset: SEGMENT_HEADER_BYTES };
+            continue;
+        }
         segments.map_gen(segment, generation, file_len)?;
         // A compressed file (a compacted segment) is read decompressed.
         let data = segments.file(segment, generation)?.whole(file_len as usize)?;
         let bytes: &[u8] = &data;
         let len = bytes.len() as u64;
         if let Err(detail) = check_header(bytes, segment) {
-            if segment == last && len < SEGMENT_HEADER_BYTES + FRAME_HEADER_BYTES as u64 {
-                // A segment whose creation was cut short; recreate it.
-                std::fs::remove_file(segments.path(segment)).map_err(StoreError::io("remove torn segment"))?;
-                segments.unmap_all();
-                create_segment(segments.dir(), segment)?;
+            if torn(len) {
+                recreate(segments, segment)?;
                 end = Checkpoint { segment, offset: SEGMENT_HEADER_BYTES };
                 continue;
             }
@@ -242,6 +253,14 @@ fn expire_all(segments: &Arc<Segments>, index: &Index, cas: &Cas, heads: &mut He
 fn rebuild(index: &Index, report: &mut RecoveryReport) -> Result<()> {
     index.clear()?;
     report.rebuilt = true;
+    Ok(())
+}
+
+/// Replaces a segment whose creation was cut short with a new empty one.
+fn recreate(segments: &Segments, segment: u32) -> Result<()> {
+    std::fs::remove_file(segments.path(segment)).map_err(StoreError::io("remove torn segment"))?;
+    segments.unmap_all();
+    create_segment(segments.dir(), segment)?;
     Ok(())
 }
 

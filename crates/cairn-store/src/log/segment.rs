@@ -271,6 +271,10 @@ impl Segments {
         }
         let path = self.path_gen(segment, generation);
         let len = fs::metadata(&path).map_err(StoreError::io(format!("stat {}", path.display())))?.len();
+        if len < SEGMENT_HEADER_BYTES {
+            // Mapped, its header would be read past the file's end: a SIGBUS.
+            return Err(corrupt(segment, 0, "shorter than a segment's header"));
+        }
         self.map_gen(segment, generation, len)?;
         let cached = self.maps.read().expect("segment map lock").get(&key).cloned();
         if let Some(map) = cached {
