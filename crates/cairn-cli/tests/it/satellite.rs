@@ -20,9 +20,21 @@ fn user(cairn: &Cairn, args: &[&str], password: &str) {
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
 }
 
-/// A TCP port free now (the hub is restarted on the same one).
+/// A TCP port free now (the hub is restarted on the same one), below the
+/// kernel's ephemeral range (32768 and up), so no server of another test
+/// binding port 0 is handed it meanwhile.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    let mut seed = u64::from(std::process::id())
+        ^ std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    loop {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let port = 20_000 + (seed % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 fn start_hub(hub: &Cairn, port: u16) -> Server {
