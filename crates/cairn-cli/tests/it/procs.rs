@@ -392,7 +392,7 @@ fn http_requests_are_served_by_a_handler_from_the_store() {
     let cairn = Cairn::new();
     let server = Server::start_raw(
         &cairn,
-        &["serve", "--no-resp", "--http-app", "127.0.0.1:0", "--http-app-timeout", "1s", "--max-connections", "64"],
+        &["serve", "--no-resp", "--http-app", "127.0.0.1:0", "--http-app-timeout", "5s", "--max-connections", "64"],
     );
     let app = server.app().to_owned();
     // Nobody serves it yet: 504 after the timeout, the request kept.
@@ -439,7 +439,7 @@ fn http_requests_are_served_by_a_handler_from_the_store() {
     assert!(head.starts_with("HTTP/1.1 502"), "{head}");
 
     // A client that goes away mid-stream: http.disconnect names its request.
-    let (body, _) = curl(&["-N", "-m", "1", &format!("{app}/forever")]);
+    let (body, _) = curl(&["-N", "-m", "4", &format!("{app}/forever")]);
     assert_eq!(body, "data: start\n\n");
     wait_for(Duration::from_secs(10), "http.disconnect", || !events(&cairn, "http.disconnect").is_empty());
     let forever = events(&cairn, "http.request").into_iter().find(|event| event["meta"]["path"] == "/forever").unwrap();

@@ -409,13 +409,14 @@ fn redis_crate_streams_and_fields_round_trip() {
     ])]);
     assert_eq!(value, expected);
 
-    // XREAD BLOCK wakes on the commit of a new event.
+    // XREAD BLOCK wakes on the commit of a new event (after 0-0 of the
+    // empty stream, not `$`: the waiter may start after the XADD).
     let addr = server.resp();
     let waiter = std::thread::spawn(move || {
         let mut con = redis::Client::open(format!("redis://{addr}/")).unwrap().get_connection().unwrap();
         let started = Instant::now();
         let reply: StreamReadReply =
-            con.xread_options(&["live"], &["$"], &StreamReadOptions::default().block(10_000)).unwrap();
+            con.xread_options(&["live"], &["0-0"], &StreamReadOptions::default().block(10_000)).unwrap();
         (reply, started.elapsed())
     });
     std::thread::sleep(Duration::from_millis(300));

@@ -159,9 +159,10 @@ async fn soak_followers_idle_active_and_stalled_while_writers_append() {
     eprintln!(
         "soak: {secs} s, {n_writers} writers, {n_idle} idle + {n_active} active + {n_stalled} stalled followers; {events} events; writers' pace alone {alone}/s, slowest second with idle and stalled followers {slowest}/s; anonymous RSS {rss_start} KiB at start, peak {rss_peak} KiB"
     );
-    // Stalled and idle followers do not slow the writers (within the noise
-    // of two shared cores).
-    assert!(slowest * 2 >= alone, "writers slowed from {alone}/s to {slowest}/s with stalled followers");
+    // Stalled and idle followers do not hold the writers up (a follower
+    // that blocked them would bring them near zero); the bound leaves room
+    // for the other test sharing the two cores in some seconds only.
+    assert!(slowest * 4 >= alone, "writers slowed from {alone}/s to {slowest}/s with stalled followers");
     assert!(rss_peak - rss_start < 128 * 1024, "memory grew from {rss_start} to {rss_peak} KiB");
     assert!(server.terminate().success());
 }

@@ -110,13 +110,13 @@ fn xs_clients_get_the_replies_xs_gives() {
     let (_, _, body) = xs.call(&[&url(&format!("/?after={id}&topic=*"))]);
     assert_eq!(assert_frame(body.lines().next().unwrap())["topic"], "empty");
     // xs cat -f: history, xs.threshold, then live
-    let (_, _, body) = xs.call(&["-N", "-m", "1", &url("/?follow=true&topic=note")]);
+    let (_, _, body) = xs.call(&["-N", "-m", "3", &url("/?follow=true&topic=note")]);
     let frames: Vec<serde_json::Value> = body.lines().map(assert_frame).collect();
     assert_eq!(frames.len(), 2, "{body}");
     assert_eq!(frames[1]["topic"], "xs.threshold");
     assert_eq!(frames[1]["ttl"], "ephemeral");
     // xs cat --sse -p 200 --new: SSE blocks, pulses, no threshold
-    let (_, kind, body) = xs.call(&["-N", "-m", "1", "-H", "Accept: text/event-stream", &url("/?follow=200&new=true")]);
+    let (_, kind, body) = xs.call(&["-N", "-m", "3", "-H", "Accept: text/event-stream", &url("/?follow=200&new=true")]);
     assert_eq!(kind, "text/event-stream");
     let block = body.split("\n\n").next().unwrap();
     let (id_line, data_line) = block.split_once('\n').unwrap();

@@ -30,5 +30,7 @@ fn a_new_subscriber_gets_the_next_event_at_once() {
     let (delivery, at) = waited.expect("no delivery within 5 s").unwrap();
     delivery.unwrap();
     let waited = at.duration_since(appended);
-    assert!(waited < Duration::from_millis(500), "delivered {waited:?} after the append");
+    // A subscriber woken only by a periodic tick would take a second or
+    // more; a loaded machine can take a few hundred milliseconds anyway.
+    assert!(waited < Duration::from_millis(900), "delivered {waited:?} after the append");
 }
