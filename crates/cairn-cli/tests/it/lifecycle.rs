@@ -123,7 +123,13 @@ async fn graceful_shutdown_loses_nothing_and_ends_streams() {
             }
         }));
     }
+    // At least 300 ms of load, and some acknowledgements whatever the
+    // disk's speed.
     tokio::time::sleep(Duration::from_millis(300)).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while acked.lock().unwrap().len() <= 10 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let status = tokio::task::spawn_blocking(move || server.terminate()).await.unwrap();
     assert!(status.success(), "{status:?}");
     for writer in writers {
@@ -260,9 +266,20 @@ async fn kill9_during_load_on_every_interface_loses_nothing_acknowledged() {
                 }
             }
         }));
-        // A pseudo-random moment: between 150 and 650 ms into the load.
+        // A pseudo-random moment: between 150 and 650 ms into the load,
+        // and once this round has some acknowledgements of each kind
+        // (however slow the disk).
+        let counts = || {
+            let acked = acked.lock().unwrap();
+            (acked.http.len(), acked.resp.len())
+        };
+        let at_start = counts();
         let jitter = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() % 500;
         tokio::time::sleep(Duration::from_millis(150 + u64::from(jitter))).await;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while (counts().0 < at_start.0 + 20 || counts().1 < at_start.1 + 20) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         server.kill9();
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         for writer in writers {

@@ -692,7 +692,8 @@ fn monitor_info_client_and_command_docs_answer_what_tools_ask() {
         .spawn()
         .unwrap();
     let mut output = crate::KillOnDrop(output);
-    std::thread::sleep(std::time::Duration::from_millis(800));
+    // Its start, its login and a few rows at 0.2 s.
+    std::thread::sleep(std::time::Duration::from_millis(2000));
     let _ = output.0.kill();
     let mut text = String::new();
     std::io::Read::read_to_string(output.0.stdout.as_mut().unwrap(), &mut text).unwrap();

@@ -89,6 +89,8 @@ fn kill_9_loses_no_acknowledged_event() {
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
+        let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = seen.clone();
         let reader = std::thread::spawn(move || {
             // Only whole lines count: the kill may cut the last one short.
             let mut lines = Vec::new();
@@ -99,14 +101,19 @@ fn kill_9_loses_no_acknowledged_event() {
                     let text = String::from_utf8_lossy(&line[..line.len() - 1]).into_owned();
                     if let Some(rest) = text.strip_prefix("ACK ") {
                         lines.push(rest.to_owned());
+                        counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
                 }
                 line.clear();
             }
             lines
         });
+        // The cycle's time, and some acknowledgements (a slow disk or a
+        // slow start of the child must not leave the test with too few).
         let started = Instant::now();
-        while started.elapsed() < run_for {
+        while started.elapsed() < run_for
+            || (seen.load(std::sync::atomic::Ordering::Relaxed) < 5 && started.elapsed() < Duration::from_secs(10))
+        {
             std::thread::sleep(Duration::from_millis(5));
         }
         // SIGKILL: no destructor, no flush, mid-write.
