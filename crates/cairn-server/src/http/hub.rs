@@ -25,7 +25,9 @@
 //! and `extra` when their transaction had them, and on a satellite `hub`,
 //! the event's id on its hub.
 //! - A subject starting with `_` closes the connection; the server pings
-//!   every 30 s.
+//!   every 30 s. The server ends a connection with `evt.close {err}` (its
+//!   last message) when its credentials are revoked or one of its follows
+//!   fails.
 //!
 //! Revisions are written as Go writes times: RFC 3339, UTC, milliseconds,
 //! zero as `0001-01-01T00:00:00Z`; they are read in that form or as
