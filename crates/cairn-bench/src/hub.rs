@@ -175,18 +175,18 @@ async fn plain_batches(client: &Client, n: usize, per: usize) -> Result<Duration
         let body: String = (from..(from + per).min(n))
             .map(|k| format!("{{\"topic\":\"bench.plain.x\",\"content\":\"{{\\\"n\\\":{k}}}\"}}\n"))
             .collect();
-        let response = client
-            .request(
-                "POST",
-                "/v1/batch",
-                &[("content-type", "application/x-ndjson")],
-                RequestBody::from(body.into_bytes()),
-            )
-            .await?;
-        anyhow::ensure!(response.status == 201, "a plain batch failed: {}", response.status);
-        response.bytes().await?;
+        post_batch(client, body).await?;
     }
     Ok(started.elapsed())
+}
+
+/// One plain batch (NDJSON), appended durably.
+async fn post_batch(client: &Client, body: String) -> Result<()> {
+    let headers = [("content-type", "application/x-ndjson")];
+    let response = client.request("POST", "/v1/batch", &headers, RequestBody::from(body.into_bytes())).await?;
+    anyhow::ensure!(response.status == 201, "a plain batch failed: {}", response.status);
+    response.bytes().await?;
+    Ok(())
 }
 
 /// Hub transactions and plain batches of the same events, from `clients`
@@ -224,14 +224,7 @@ async fn transactions(client: &Client, clients: usize, acts: usize, per_client: 
                         format!("{{\"topic\":\"bench.plain.{c}\",\"content\":\"{{\\\"n\\\":{n},\\\"a\\\":{a}}}\"}}\n")
                     })
                     .collect();
-                client
-                    .request(
-                        "POST",
-                        "/v1/batch",
-                        &[("content-type", "application/x-ndjson")],
-                        RequestBody::from(body.into_bytes()),
-                    )
-                    .await?;
+                post_batch(&client, body).await?;
             }
             anyhow::Ok(())
         }));

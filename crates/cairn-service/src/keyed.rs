@@ -436,29 +436,31 @@ impl Service {
     /// hub instead (see `satellite.rs`).
     pub async fn publish(&self, who: &Principal, trans: Trans) -> Result<Committed> {
         self.admit(who)?;
-        let topics = match check_trans(who, &trans) {
-            Ok(topics) => topics,
+        let mut committed = match check_trans(who, &trans) {
             // A refusal of rights is final too: recorded for a resend
             // (rights granted later do not turn it into an acceptance
             // the sender was told was refused).
             Err(error @ ServiceError::Forbidden { .. }) if trans.id.is_some() => {
-                return self.refuse_recorded(who, &trans, error).await;
+                self.refuse_recorded(who, &trans, error).await?
             }
             Err(error) => return Err(error),
+            Ok(topics) => {
+                let replicated = topics.values().filter(|topic| self.is_replicated(topic)).count();
+                if replicated == topics.len() {
+                    return self.sat_enqueue(who, trans).await;
+                }
+                if replicated > 0 {
+                    return Err(ServiceError::invalid(
+                        "acts",
+                        "a transaction touches either the hub's topics (queued for the hub) or this server's own, not both",
+                    ));
+                }
+                self.commit_queued(who.clone(), trans, topics, None).await?
+            }
         };
-        let replicated = topics.values().filter(|topic| self.is_replicated(topic)).count();
-        if replicated == topics.len() {
-            return self.sat_enqueue(who, trans).await;
-        }
-        if replicated > 0 {
-            return Err(ServiceError::invalid(
-                "acts",
-                "a transaction touches either the hub's topics (queued for the hub) or this server's own, not both",
-            ));
-        }
-        let mut committed = self.commit_queued(who.clone(), trans, topics, None).await?;
         if committed.events.is_empty() {
-            // Answered from the record of its first sending: its events.
+            // Answered from the record of its first sending (outside the
+            // hub's lock): its events.
             for id in &committed.ids {
                 committed.events.extend(self.storage().get(*id).await?);
             }
@@ -714,16 +716,13 @@ impl Service {
     }
 
     /// Refuses an identified transaction for `error`, recording the
-    /// refusal, unless it was decided before (then that answer).
+    /// refusal, unless it was decided before (then that answer, its events
+    /// left to `publish`).
     async fn refuse_recorded(&self, who: &Principal, trans: &Trans, error: ServiceError) -> Result<Committed> {
         let id = trans.id.as_deref().expect("an identified transaction");
         let _hub = self.inner.hub.lock().await;
         if let Some(answer) = self.decided_before(who.user_name(), id).await? {
-            let mut committed = answer?;
-            for id in &committed.ids {
-                committed.events.extend(self.storage().get(*id).await?);
-            }
-            return Ok(committed);
+            return answer;
         }
         let record = TxRecord { rev: 0, ids: Vec::new(), err: Some(error.to_string()), keys: Vec::new() };
         self.state_ops(vec![StateOp::Put(tx_key(who.user_name(), id), serde_json::to_vec(&record).expect("JSON"))])
@@ -872,7 +871,7 @@ impl Service {
     /// (a group's key states may be more than the log takes in one
     /// record), in order: the in-flight record's removal, last, makes them
     /// final; a crash before it is finished from the log.
-    async fn state_ops(&self, ops: Vec<StateOp>) -> Result<()> {
+    pub(crate) async fn state_ops(&self, ops: Vec<StateOp>) -> Result<()> {
         let mut chunk = Vec::new();
         let mut bytes = 0;
         for op in ops {

@@ -173,8 +173,7 @@ impl Service {
                     return Ok(String::from_utf8_lossy(&bytes).into_owned());
                 }
                 let secret = fresh_id();
-                let ops = vec![StateOp::Put(SECRET.to_vec(), secret.clone().into_bytes())];
-                self.storage().state_submit(ops).await?.await?;
+                self.state_ops(vec![StateOp::Put(SECRET.to_vec(), secret.clone().into_bytes())]).await?;
                 Ok(secret)
             })
             .await
@@ -219,9 +218,8 @@ impl Service {
     /// Records that the hub answered every queued transaction up to the
     /// one at `at` (its seq `seq`; their accepted events are replicated).
     pub async fn sat_answered(&self, at: EventId, seq: u64) -> Result<()> {
-        let ops = vec![StateOp::Put(ANSWERED.to_vec(), serde_json::to_vec(&Mark { at, seq }).expect("JSON"))];
-        self.storage().state_submit(ops).await?.await?;
-        Ok(())
+        self.state_ops(vec![StateOp::Put(ANSWERED.to_vec(), serde_json::to_vec(&Mark { at, seq }).expect("JSON"))])
+            .await
     }
 
     /// Records the hub's rejection of `queued` on `cairn.sat.rejected`

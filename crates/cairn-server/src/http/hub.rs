@@ -360,10 +360,30 @@ fn topics_of(body: &serde_json::Value, field: &str) -> Result<Vec<Pattern>, Stri
     names.iter().map(|name| Pattern::parse(name).map_err(|error| error.to_string())).collect()
 }
 
-/// A follow that failed ends its connection (with `evt.close` and the
-/// reason): a client must not go on believing it is subscribed.
-fn follow_ended(send: &mpsc::Sender<String>, error: &cairn_service::ServiceError) {
-    let _ = send.try_send(reply(CLOSE, Err(format!("a subscription ended: {error}"))));
+/// The task of a subscription or monitor: each step of `follow` made into
+/// an update by `update` (none: nothing to push) and queued for the
+/// client. A follow that fails ends its connection (with `evt.close` and
+/// the reason): a client must not go on believing it is subscribed.
+fn push_updates(
+    mut follow: cairn_service::Follow,
+    send: mpsc::Sender<String>,
+    mut update: impl FnMut(Vec<Delivered>) -> Option<serde_json::Value> + Send + 'static,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let delivered = match follow.next(256).await {
+                Ok(delivered) => delivered,
+                Err(error) => {
+                    let _ = send.try_send(reply(CLOSE, Err(format!("a subscription ended: {error}"))));
+                    return;
+                }
+            };
+            let Some(update) = update(delivered) else { continue };
+            if send.send(format!("evt.update\n{update}")).await.is_err() {
+                return;
+            }
+        }
+    })
 }
 
 /// `evt.sub`: a follow of the topics from their start, pushing the actions
@@ -390,34 +410,20 @@ async fn subscribe(
     };
     let patterns = topics_of(&body, "tops")?;
     let options = FollowOptions { content: true, ..FollowOptions::default() };
-    let mut follow =
-        service.follow_patterns(who, &patterns, since, options).await.map_err(|error| error.to_string())?;
-    let send = send.clone();
-    let task = tokio::spawn(async move {
-        loop {
-            let delivered = match follow.next(256).await {
-                Ok(delivered) => delivered,
-                Err(error) => return follow_ended(&send, &error),
-            };
-            let mut evs = Vec::new();
-            let mut last = 0;
-            for item in delivered {
-                let Delivered::Event(event, content) = item else { continue };
-                let Some(ev) = ev(&event, content.as_deref()) else { continue };
-                let rev = rev_of(&ev["rev"]).unwrap_or_default();
-                if rev > after {
-                    last = last.max(rev);
-                    evs.push(ev);
-                }
-            }
-            if evs.is_empty() {
-                continue;
-            }
-            let update = serde_json::json!({ "rev": rev_text(last), "evs": evs, "note": [] });
-            if send.send(format!("evt.update\n{update}")).await.is_err() {
-                return;
+    let follow = service.follow_patterns(who, &patterns, since, options).await.map_err(|error| error.to_string())?;
+    let task = push_updates(follow, send.clone(), move |delivered| {
+        let mut evs = Vec::new();
+        let mut last = 0;
+        for item in delivered {
+            let Delivered::Event(event, content) = item else { continue };
+            let Some(ev) = ev(&event, content.as_deref()) else { continue };
+            let rev = rev_of(&ev["rev"]).unwrap_or_default();
+            if rev > after {
+                last = last.max(rev);
+                evs.push(ev);
             }
         }
+        (!evs.is_empty()).then(|| serde_json::json!({ "rev": rev_text(last), "evs": evs, "note": [] }))
     });
     Ok(Follow { task, topics: patterns.iter().map(ToString::to_string).collect() })
 }
@@ -458,37 +464,25 @@ async fn monitor(
         .map(|top| Topic::new(top).map(Pattern::Exact).map_err(|error| error.to_string()))
         .collect::<Result<_, _>>()?;
     let options = FollowOptions { content: false, ..FollowOptions::default() };
-    let mut follow = service.follow_patterns(who, &patterns, None, options).await.map_err(|error| error.to_string())?;
-    let send = send.clone();
+    let follow = service.follow_patterns(who, &patterns, None, options).await.map_err(|error| error.to_string())?;
     let topics: Vec<String> = keys.keys().cloned().collect();
-    let task = tokio::spawn(async move {
-        loop {
-            let delivered = match follow.next(256).await {
-                Ok(delivered) => delivered,
-                Err(error) => return follow_ended(&send, &error),
-            };
-            let mut changed = Vec::new();
-            let mut last = 0;
-            for item in delivered {
-                let Delivered::Event(event, _) = item else { continue };
-                let Some((key, cmd, rev, _)) = cairn_service::action_of(&event, None) else { continue };
-                let Some(watched) = keys.get(event.topic.as_str()) else { continue };
-                let matches =
-                    watched.contains(&key) || (cmd == cairn_service::Cmd::New && watched.iter().any(|k| k == "new"));
-                if rev > after && matches {
-                    last = last.max(rev);
-                    changed.push(serde_json::json!({ "top": event.topic, "key": key }));
-                }
-            }
-            if changed.is_empty() {
-                continue;
-            }
-            let update =
-                serde_json::json!({ "rev": rev_text(last), "evs": [], "note": [{ "mon": mon, "watch": changed }] });
-            if send.send(format!("evt.update\n{update}")).await.is_err() {
-                return;
+    let task = push_updates(follow, send.clone(), move |delivered| {
+        let mut changed = Vec::new();
+        let mut last = 0;
+        for item in delivered {
+            let Delivered::Event(event, _) = item else { continue };
+            let Some((key, cmd, rev, _)) = cairn_service::action_of(&event, None) else { continue };
+            let Some(watched) = keys.get(event.topic.as_str()) else { continue };
+            let matches =
+                watched.contains(&key) || (cmd == cairn_service::Cmd::New && watched.iter().any(|k| k == "new"));
+            if rev > after && matches {
+                last = last.max(rev);
+                changed.push(serde_json::json!({ "top": event.topic, "key": key }));
             }
         }
+        (!changed.is_empty()).then(
+            || serde_json::json!({ "rev": rev_text(last), "evs": [], "note": [{ "mon": mon, "watch": changed }] }),
+        )
     });
     Ok(Follow { task, topics })
 }
