@@ -257,7 +257,8 @@ fn median(values: &[f64]) -> f64 {
 /// server uses, in this process) on a private cluster, next to raw
 /// `bigserial` inserts of the same payloads in the same run and database
 /// settings (synchronous_commit on, fsync on): durable appends from 1 and
-/// 16 clients, batches of 100, a catch-up read of `events` events, and the
+/// 16 clients (the 16 also through two backends on the database, as two
+/// cairn processes would be), batches of 100, a catch-up read of `events` events, and the
 /// latency from an append through this process to its delivery by a
 /// `cairn serve` process on the same database (needs target/release/cairn).
 pub fn cairn(rounds: usize, seconds: u64, events: usize) -> Result<()> {
@@ -274,9 +275,13 @@ pub fn cairn(rounds: usize, seconds: u64, events: usize) -> Result<()> {
         let url = cluster.url("cairn");
         let storage: Arc<dyn Storage> =
             Arc::new(cairn_postgres::Postgres::open(&url, cairn_postgres::Options::default()).await?);
+        // A second backend on the same database: a second cairn process's
+        // writer, for the rounds with two.
+        let other: Arc<dyn Storage> =
+            Arc::new(cairn_postgres::Postgres::open(&url, cairn_postgres::Options::default()).await?);
         let payload = vec![b'x'; PAYLOAD_BYTES];
 
-        for (clients, batch) in [(1usize, 1usize), (16, 1), (16, 100)] {
+        for (clients, batch, writers) in [(1usize, 1usize, 1usize), (16, 1, 1), (16, 1, 2), (16, 100, 1)] {
             let (mut raw_rates, mut cairn_rates) = (Vec::new(), Vec::new());
             let (mut raw_samples, mut cairn_samples) = (Samples::default(), Samples::default());
             for _ in 0..rounds {
@@ -290,7 +295,8 @@ pub fn cairn(rounds: usize, seconds: u64, events: usize) -> Result<()> {
                 let stop = Arc::new(AtomicBool::new(false));
                 let tasks: Vec<_> = (0..clients)
                     .map(|n| {
-                        let (storage, stop, payload) = (storage.clone(), stop.clone(), payload.clone());
+                        let storage = if writers == 2 && n % 2 == 1 { other.clone() } else { storage.clone() };
+                        let (stop, payload) = (stop.clone(), payload.clone());
                         tokio::spawn(async move {
                             let topic = Topic::new(&format!("bench.{n}"))?;
                             let (mut count, mut samples) = (0u64, Samples::default());
@@ -316,7 +322,10 @@ pub fn cairn(rounds: usize, seconds: u64, events: usize) -> Result<()> {
                 }
                 cairn_rates.push(total as f64 / started.elapsed().as_secs_f64());
             }
-            let shape = if batch == 1 { "single appends".to_owned() } else { format!("batches of {batch}") };
+            let mut shape = if batch == 1 { "single appends".to_owned() } else { format!("batches of {batch}") };
+            if writers > 1 {
+                shape.push_str(&format!(" through {writers} writers (as {writers} processes)"));
+            }
             let (raw, ours) = (median(&raw_rates), median(&cairn_rates));
             let list = |rates: &[f64]| rates.iter().map(|rate| format_rate(*rate)).collect::<Vec<_>>().join(", ");
             let name = format!("raw bigserial inserts, {shape}, {clients} client(s) ({})", list(&raw_rates));
