@@ -248,6 +248,21 @@ impl Postgres {
                 .await
                 .map_err(pg_error("setting synchronous_commit"))?;
         }
+        // Every session of this process uses the schema the first one
+        // found, whatever later happens to the role's search_path.
+        let row = client.query_one("select current_schema()", &[]).await.map_err(pg_error("reading settings"))?;
+        let Some(schema) = row.get::<_, Option<String>>(0) else {
+            return Err(StoreError::Invalid {
+                field: "postgres",
+                rule: "no schema on the search_path to keep cairn's tables in: create one, or name one with \
+                       options=-c search_path=<schema> in the URL"
+                    .into(),
+            });
+        };
+        let quoted = format!("\"{}\"", schema.replace('"', "\"\""));
+        startup.push_str(&format!(" -c search_path={}", quoted.replace('\\', "\\\\").replace(' ', "\\ ")));
+        config.options(&startup);
+        client.batch_execute(&format!("set search_path = {quoted}")).await.map_err(pg_error("setting search_path"))?;
         schema::migrate(&mut client).await?;
         let row = client
             .query_one("select ms, ctr::text, changes from cairn_sequencer", &[])

@@ -53,8 +53,11 @@ impl PgReader {
         if let Some(last) = query.last {
             if reader.reverse {
                 reader.remaining = Some(reader.remaining.map_or(last, |limit| limit.min(last)));
+            } else if let Some(start) = reader.newest_by_seq(&query, last).await? {
+                reader.from_seq = Some(start);
             } else {
-                // The n-th newest of the selection is where the read starts.
+                // The n-th newest of the selection is where the read starts
+                // (an index walk of n entries).
                 let (conditions, mut params) = reader.conditions();
                 let sql = format!(
                     "select e.id from cairn_events e where true {conditions} order by e.id desc limit 1 offset ${}",
@@ -76,6 +79,37 @@ impl PgReader {
             }
         }
         Ok(reader)
+    }
+
+    /// Where a read of a whole topic's `last` newest starts, from the
+    /// topic's row and its oldest seq (no walk over the events): when no
+    /// event between its oldest and newest was removed, they are the last
+    /// `last` seqs. `None` when that does not hold or the query is not of
+    /// a whole topic.
+    async fn newest_by_seq(&self, query: &Query, last: u64) -> Result<Option<u64>, StoreError> {
+        let Some(topic) = query.pattern.exact() else { return Ok(None) };
+        if query.after.is_some() || query.from_seq.is_some() {
+            return Ok(None);
+        }
+        let context = "reading events";
+        let client = self.shared.pool.get().await.map_err(pool_error(context))?;
+        let statement = client
+            .prepare_cached(
+                "select t.last_seq, t.count, (select min(e.seq) from cairn_events e where e.topic = $1) from \
+                 cairn_topics t where t.topic = $1",
+            )
+            .await
+            .map_err(pg_error(context))?;
+        let Some(row) = client.query_opt(&statement, &[&topic.as_str()]).await.map_err(pg_error(context))? else {
+            return Ok(None);
+        };
+        let (last_seq, count, oldest): (i64, i64, Option<i64>) = (row.get(0), row.get(1), row.get(2));
+        let Some(oldest) = oldest else { return Ok(None) };
+        if last_seq < oldest || count != last_seq - oldest + 1 {
+            return Ok(None);
+        }
+        let from_newest = (last_seq as u64 + 1).saturating_sub(last);
+        Ok(Some(from_newest.max(oldest as u64)))
     }
 
     /// The `and …` conditions of the selection and their parameters.

@@ -262,6 +262,18 @@ pub async fn reads(backend: &mut dyn Backend) {
     let items = reader.next(2).await.unwrap();
     let payloads: Vec<&[u8]> = items.iter().map(|item| item.content.as_deref().unwrap()).collect();
     assert_eq!(payloads, [&b"0"[..], b"2"]);
+    // The last n of one topic: fewer than it holds, more, and after a
+    // removal left a hole among its seqs (the newest n still there).
+    let last = |n: u64| Query { last: Some(n), ..Query::new(pattern("orders.1")) };
+    assert_eq!(texts(read_all(s, last(2)).await), ["6", "8"]);
+    assert_eq!(texts(read_all(s, last(100)).await), ["0", "2", "4", "6", "8"]);
+    let limited = Query { limit: Some(1), ..last(3) };
+    assert_eq!(texts(read_all(s, limited).await), ["4"]);
+    assert_eq!(s.remove(vec![ids[6]]).await.unwrap(), 1);
+    assert_eq!(texts(read_all(s, last(3)).await), ["2", "4", "8"]);
+    assert_eq!(s.remove(vec![ids[0]]).await.unwrap(), 1);
+    assert_eq!(texts(read_all(s, last(3)).await), ["2", "4", "8"]);
+    assert_eq!(texts(read_all(s, last(1)).await), ["8"]);
 }
 
 /// Content by hash: event payloads (inline and stored) and content put on
