@@ -133,7 +133,7 @@ impl Shared {
         self.tail_kick.notify_one();
         let mut signal = self.live.watch();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while self.live.last() < last {
+        while self.live.last() < last && !self.live.is_closed() {
             if tokio::time::timeout_at(deadline, signal.changed()).await.is_err() {
                 tracing::warn!("the tail did not read this process's own commit within 5 s");
                 return;
@@ -192,6 +192,14 @@ impl Drop for Postgres {
         for task in &self.tasks {
             task.abort();
         }
+    }
+}
+
+/// The answer to a write a writer took and never answered (its task was
+/// cancelled, as when the runtime ends): it may or may not have committed.
+fn writer_gone() -> StoreError {
+    StoreError::Unavailable {
+        detail: "the writer stopped with this write in hand; it may or may not have committed".into(),
     }
 }
 
@@ -300,9 +308,12 @@ impl Postgres {
         });
         let (writer_tx, writer_rx) = mpsc::channel(1024);
         let (states_tx, states_rx) = mpsc::channel(1024);
+        // The two writers are not aborted with the rest: when the last
+        // sender goes they commit and answer what they hold, then end, so
+        // no append is answered "shutting down" after it committed.
+        tokio::spawn(writer::run(shared.clone(), writer_rx));
+        tokio::spawn(tasks::states(shared.clone(), states_rx));
         let tasks = vec![
-            tokio::spawn(writer::run(shared.clone(), writer_rx)),
-            tokio::spawn(tasks::states(shared.clone(), states_rx)),
             tokio::spawn(tasks::tail(shared.clone())),
             tokio::spawn(tasks::listen(shared.clone())),
             tokio::spawn(tasks::notify(shared.clone())),
@@ -493,7 +504,7 @@ impl Storage for Postgres {
             let (reply, answer) = oneshot::channel();
             let request = writer::Request { events, stored, expect, key, reply };
             self.writer.send(request).await.map_err(|_| StoreError::ShuttingDown)?;
-            Ok(Pending::from_future(async move { answer.await.map_err(|_| StoreError::ShuttingDown)? }))
+            Ok(Pending::from_future(async move { answer.await.map_err(|_| writer_gone())? }))
         })
     }
 
@@ -520,7 +531,7 @@ impl Storage for Postgres {
             cairn_store::check_state_ops(&ops)?;
             let (reply, answer) = oneshot::channel();
             self.states.send(tasks::StateRequest { ops, reply }).await.map_err(|_| StoreError::ShuttingDown)?;
-            Ok(Pending::from_future(async move { answer.await.map_err(|_| StoreError::ShuttingDown)? }))
+            Ok(Pending::from_future(async move { answer.await.map_err(|_| writer_gone())? }))
         })
     }
 

@@ -86,3 +86,29 @@ fn two_writers_on_one_database_keep_one_order() {
         }
     });
 }
+
+/// Appends handed to the writer before the storage is dropped are all
+/// committed and answered: none is refused as "shutting down" after it
+/// committed, or dropped.
+#[test]
+fn appends_in_hand_when_the_storage_goes_are_committed_and_answered() {
+    let cluster = Cluster::start(&[("fsync", "off")]).unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    runtime.block_on(async {
+        let url = cluster.url("postgres");
+        let storage = Postgres::open(&url, Options::default()).await.unwrap();
+        let topic = Topic::new("last.words").unwrap();
+        let mut pending = Vec::new();
+        for n in 0..500 {
+            let event = NewEvent::new(topic.clone(), format!("{n}").into_bytes());
+            pending.push(storage.submit(Batch::single(event, Expect::Any), false).await.unwrap());
+        }
+        drop(storage);
+        for (n, answer) in pending.into_iter().enumerate() {
+            let events = answer.await.unwrap_or_else(|error| panic!("append {n}: {error}"));
+            assert_eq!(events[0].seq, n as u64);
+        }
+        let storage = Postgres::open(&url, Options::default()).await.unwrap();
+        assert_eq!(storage.head(topic).await.unwrap().unwrap().count, 500);
+    });
+}
