@@ -64,6 +64,13 @@ pub(crate) struct Stats {
     commits: AtomicU64,
     commit_micros: AtomicU64,
     commit_micros_max: AtomicU64,
+    /// Groups committed by the fast path, rows first or sequencer first,
+    /// and by the slow path.
+    pub(crate) rows_first: AtomicU64,
+    pub(crate) lock_first: AtomicU64,
+    pub(crate) slow: AtomicU64,
+    /// Fast-path groups that went again by the slow path.
+    pub(crate) redone: AtomicU64,
 }
 
 impl Stats {
@@ -778,6 +785,10 @@ impl Storage for Postgres {
                     commits: stats.commits.load(Ordering::Relaxed),
                     commit_seconds: stats.commit_micros.load(Ordering::Relaxed) as f64 / 1e6,
                     commit_seconds_max: stats.commit_micros_max.load(Ordering::Relaxed) as f64 / 1e6,
+                    commits_rows_first: stats.rows_first.load(Ordering::Relaxed),
+                    commits_lock_first: stats.lock_first.load(Ordering::Relaxed),
+                    commits_slow: stats.slow.load(Ordering::Relaxed),
+                    groups_redone: stats.redone.load(Ordering::Relaxed),
                     pool_connections: pool.size,
                     pool_idle: pool.available,
                     pool_waiting: pool.waiting,

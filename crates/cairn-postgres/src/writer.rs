@@ -67,8 +67,10 @@ const ROWS_FIRST_LOCK_TIMEOUT: &str = "set lock_timeout = '1ms'";
 /// The sessions' usual lock timeout, set again when the writer goes back
 /// to taking the sequencer first.
 const LOCK_FIRST_LOCK_TIMEOUT: &str = "set lock_timeout = '10s'";
-/// Starts a slow-path transaction, with the usual lock timeout.
-const SLOW_BEGIN: &str = "begin; set local lock_timeout = '10s'";
+/// Starts a transaction that takes the sequencer first (the slow path, and
+/// fast-path groups that are not one statement), with the usual lock
+/// timeout whatever the session's.
+const BEGIN: &str = "begin; set local lock_timeout = '10s'";
 /// How long after another writer was met the fast path takes the
 /// sequencer first.
 const CONTENDED_FOR: std::time::Duration = std::time::Duration::from_secs(1);
@@ -333,6 +335,8 @@ struct Writer {
 /// A fast-path group sent to the database.
 struct InFlight {
     write: Pin<Box<dyn Future<Output = Written> + Send>>,
+    /// Whether it writes its rows before it takes the sequencer.
+    rows_first: bool,
     plan: Arc<Plan>,
     /// The sequencer's value the group was planned after.
     before: EventId,
@@ -365,15 +369,6 @@ impl Writer {
             Ok(conn) => conn,
             Err(error) => return fail(replies, &error),
         };
-        let rows_first = self.contended_until.is_none_or(|until| Instant::now() >= until);
-        if rows_first != self.rows_first_session {
-            // Behind the groups in flight, before this one.
-            let set = if rows_first { ROWS_FIRST_LOCK_TIMEOUT } else { LOCK_FIRST_LOCK_TIMEOUT };
-            if let Err(error) = conn.client.batch_execute(set).await {
-                return fail(replies, &pg_error("setting the commit writer's lock timeout")(error));
-            }
-            self.rows_first_session = rows_first;
-        }
         let now = now_ms();
         // A plan that writes nothing (every request refused) is not
         // trusted to the cache: only the guard of a write proves it current.
@@ -381,12 +376,25 @@ impl Writer {
             && let plan = plan(&group, &known, now)
             && plan.writes()
         {
+            // The session's lock timeout changes in the group's own
+            // pipeline, before its statement (awaited apart, it would wait
+            // behind the groups in flight while nobody reads their answers).
+            let calm = self.contended_until.is_none_or(|until| Instant::now() >= until);
+            let session = (calm != self.rows_first_session).then_some(if calm {
+                ROWS_FIRST_LOCK_TIMEOUT
+            } else {
+                LOCK_FIRST_LOCK_TIMEOUT
+            });
+            self.rows_first_session = calm;
+            let rows_first = calm && plan.one_statement();
             let plan = Arc::new(plan);
             // What the next group is planned after: this one, if it commits.
             self.cache.remember(plan.last, plan.tails.clone());
             let (sent_conn, sent_plan) = (conn.clone(), plan.clone());
             let mut write: Pin<Box<dyn Future<Output = Written> + Send>> =
-                Box::pin(async move { write(&sent_conn, &sent_plan, Some(known.last), rows_first, now).await });
+                Box::pin(
+                    async move { write(&sent_conn, &sent_plan, Some(known.last), session, rows_first, now).await },
+                );
             // The first poll sends the whole pipeline, so the next group's
             // statements follow this one's on the connection.
             let first = std::future::poll_fn(|cx| std::task::Poll::Ready(write.as_mut().poll(cx))).await;
@@ -395,6 +403,7 @@ impl Writer {
             }
             self.in_flight.push_back(InFlight {
                 write,
+                rows_first,
                 plan,
                 before: known.last,
                 replies,
@@ -424,17 +433,24 @@ impl Writer {
             Ok(trimmed) => {
                 collect_content(&self.shared, trimmed);
                 self.shared.stats.record_commit(flight.started.elapsed(), flight.events as u64);
+                let path =
+                    if flight.rows_first { &self.shared.stats.rows_first } else { &self.shared.stats.lock_first };
+                path.fetch_add(1, Ordering::Relaxed);
                 let plan = Arc::try_unwrap(flight.plan).unwrap_or_else(|shared| (*shared).clone());
                 let outcomes = finish(&self.shared, plan, flight.before).await;
                 for (reply, outcome) in flight.replies.into_iter().zip(outcomes) {
                     let _ = reply.send(outcome);
                 }
             }
-            Err(error) if moved(&error) => {
+            Err(error) if let Some(met) = moved(&error, flight.rows_first) => {
                 // Another process committed since the cache was right (or
-                // a group before this one failed): plan it again, reading.
+                // a group before this one failed), or a rows-first group
+                // met a lock: plan it again, reading.
                 self.cache.forget();
-                self.contended_until = Some(Instant::now() + CONTENDED_FOR);
+                self.shared.stats.redone.fetch_add(1, Ordering::Relaxed);
+                if met == Met::Writer {
+                    self.contended_until = Some(Instant::now() + CONTENDED_FOR);
+                }
                 self.redo.push((flight.replies, flight.work, flight.events));
             }
             Err(error) => {
@@ -464,6 +480,7 @@ impl Writer {
             Ok((outcomes, trimmed)) => {
                 collect_content(&self.shared, trimmed);
                 self.shared.stats.record_commit(started.elapsed(), events as u64);
+                self.shared.stats.slow.fetch_add(1, Ordering::Relaxed);
                 for (reply, outcome) in replies.into_iter().zip(outcomes) {
                     let _ = reply.send(outcome);
                 }
@@ -672,7 +689,7 @@ async fn commit_slow(
         }
     };
     let plan = plan(&group, &known, now);
-    let trimmed = match write(conn, &plan, None, false, now).await {
+    let trimmed = match write(conn, &plan, None, None, false, now).await {
         Ok(trimmed) => trimmed,
         Err(error) => {
             cache.forget();
@@ -693,20 +710,38 @@ async fn commit_slow(
     Ok((finish(shared, plan, known.last).await, trimmed))
 }
 
-/// Whether `error` says a fast-path group's plan may be stale, so that it
-/// goes again by the slow path: its guard found the sequencer moved (a
-/// not-null violation on it), another writer committed a row it planned
-/// (a unique violation on `cairn_events`), or it met another writer's lock
-/// ([`ROWS_FIRST_LOCK_TIMEOUT`]).
-fn moved(error: &tokio_postgres::Error) -> bool {
+/// What a fast-path group that failed met, when it is to go again by the
+/// slow path.
+#[derive(PartialEq, Eq)]
+enum Met {
+    /// Another writer's commit: the guard found the sequencer moved (a
+    /// not-null violation on it), or a row a rows-first group planned was
+    /// committed by another writer meanwhile (a unique violation on
+    /// `cairn_events`). The writer takes the sequencer first for a while.
+    Writer,
+    /// A lock a rows-first group may not wait for
+    /// ([`ROWS_FIRST_LOCK_TIMEOUT`]): maybe another writer, maybe this
+    /// process's removals or sweeps.
+    Lock,
+}
+
+/// Whether a fast-path group's `error` means it goes again by the slow
+/// path, and what it met. A group that took the sequencer first can only
+/// fail its guard that way: a unique violation or a lock timeout there
+/// is an error like any other.
+fn moved(error: &tokio_postgres::Error, rows_first: bool) -> Option<Met> {
     use tokio_postgres::error::SqlState;
-    error.as_db_error().is_some_and(|db| {
-        let code = db.code();
-        (*code == SqlState::NOT_NULL_VIOLATION && db.table() == Some("cairn_sequencer"))
-            || (*code == SqlState::UNIQUE_VIOLATION && db.table() == Some("cairn_events"))
-            || *code == SqlState::LOCK_NOT_AVAILABLE
-            || *code == SqlState::T_R_DEADLOCK_DETECTED
-    })
+    let db = error.as_db_error()?;
+    let code = db.code();
+    let guard_failed = *code == SqlState::NOT_NULL_VIOLATION && db.table() == Some("cairn_sequencer");
+    let row_taken = *code == SqlState::UNIQUE_VIOLATION && db.table() == Some("cairn_events");
+    if guard_failed || (rows_first && row_taken) {
+        Some(Met::Writer)
+    } else if rows_first && (*code == SqlState::LOCK_NOT_AVAILABLE || *code == SqlState::T_R_DEADLOCK_DETECTED) {
+        Some(Met::Lock)
+    } else {
+        None
+    }
 }
 
 /// Round trip 1 of the slow path: `begin`, the lock, then what the plan
@@ -734,7 +769,7 @@ async fn read_known(conn: &Conn, group: &[Work], window_ms: u64, now: u64) -> Re
     let keys_params: [&(dyn ToSql + Sync); 2] = [&key_names, &window_start];
     let present_params: [&(dyn ToSql + Sync); 1] = [&stored_hashes];
     let (_, sequencer, topic_rows, key_rows, present_rows) = tokio::try_join!(
-        client.batch_execute(SLOW_BEGIN),
+        client.batch_execute(BEGIN),
         client.query_one(&conn.lock, &[]),
         client.query(&conn.topics, &topics_params),
         client.query(&conn.keys, &keys_params),
@@ -790,6 +825,29 @@ struct Plan {
 }
 
 impl Plan {
+    /// The `last:<n>` trims that drop something: each topic and the last
+    /// seq to drop.
+    fn trim_cuts(&self) -> Vec<(String, i64)> {
+        self.trims
+            .iter()
+            .filter_map(|(topic, n)| {
+                let (_, last_seq, _) = self.touched.get(topic)?;
+                (*last_seq >= *n).then(|| (topic.clone(), (*last_seq - *n) as i64))
+            })
+            .collect()
+    }
+
+    /// Whether the fast path writes this group as one statement (see
+    /// [`one_statement`]): stored events only, no ephemeral event, trim,
+    /// key or stored payload.
+    fn one_statement(&self) -> bool {
+        self.ephemeral_rows.is_empty()
+            && self.trim_cuts().is_empty()
+            && self.new_keys.is_empty()
+            && self.missing_content.is_empty()
+            && !self.stored_rows.is_empty()
+    }
+
     /// A plan of nothing yet, after `last`.
     fn empty(last: EventId) -> Plan {
         Plan {
@@ -914,6 +972,7 @@ async fn write(
     conn: &Conn,
     plan: &Plan,
     guard: Option<EventId>,
+    session: Option<&'static str>,
     rows_first: bool,
     now: u64,
 ) -> Result<Vec<Vec<u8>>, tokio_postgres::Error> {
@@ -927,14 +986,7 @@ async fn write(
     let split = |id: EventId| ((id.to_u128() >> 80) as i64, (id.to_u128() & ((1 << 80) - 1)).to_string());
     let (ms, ctr) = split(plan.last);
     let (old_ms, old_ctr) = split(guard.unwrap_or(EventId::MIN));
-    let trim_cuts: Vec<(String, i64)> = plan
-        .trims
-        .iter()
-        .filter_map(|(topic, n)| {
-            let (_, last_seq, _) = plan.touched.get(topic)?;
-            (*last_seq >= *n).then(|| (topic.clone(), (*last_seq - *n) as i64))
-        })
-        .collect();
+    let trim_cuts = plan.trim_cuts();
     let topic_names: Vec<&str> = plan.touched.keys().map(String::as_str).collect();
     let topic_last_seqs: Vec<i64> = plan.touched.values().map(|(_, seq, _)| *seq as i64).collect();
     let topic_last_ids: Vec<Vec<u8>> = plan.touched.values().map(|(_, _, id)| id.to_bytes().to_vec()).collect();
@@ -946,12 +998,10 @@ async fn write(
     // content is collected after the commit (see `collect_content`).
     let trimmed = std::sync::Mutex::new(Vec::new());
     let mut steps: Vec<BoxFuture<'_, Result<u64, tokio_postgres::Error>>> = Vec::new();
-    let simple = plan.ephemeral_rows.is_empty()
-        && trim_cuts.is_empty()
-        && plan.new_keys.is_empty()
-        && content_params.is_empty()
-        && !plan.stored_rows.is_empty();
-    if guard.is_some() && simple {
+    if let Some(set) = session {
+        steps.push(Box::pin(async move { client.batch_execute(set).await.map(|()| 0) }));
+    }
+    if guard.is_some() && plan.one_statement() {
         let c = &plan.stored_rows;
         let params: [&(dyn ToSql + Sync); 21] = [
             &old_ms,
@@ -977,12 +1027,14 @@ async fn write(
             &conn.instance,
         ];
         let statement = if rows_first { &conn.rows_first } else { &conn.lock_first };
-        client.query_one(statement, &params).await?;
+        let mut steps = steps;
+        steps.push(Box::pin(async { client.query_one(statement, &params).await.map(|_| 0) }));
+        in_order(steps).await?;
         return Ok(Vec::new());
     }
     match guard {
         Some(_) => {
-            steps.push(Box::pin(async { client.batch_execute("begin").await.map(|()| 0) }));
+            steps.push(Box::pin(async { client.batch_execute(BEGIN).await.map(|()| 0) }));
             let params: [&(dyn ToSql + Sync); 5] = [&old_ms, &old_ctr, &ms, &ctr, &conn.instance];
             steps.push(Box::pin(client.execute_raw(&conn.advance_guarded, params)));
         }

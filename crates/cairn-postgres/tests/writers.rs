@@ -12,7 +12,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use cairn_postgres::{Cluster, Options, Postgres};
-use cairn_store::{Batch, EventId, Expect, NewEvent, Pattern, Query, Storage, Topic};
+use cairn_store::{
+    Batch, DatabaseStats, Delivery, EventId, Expect, NewEvent, Pattern, Query, Storage, SubscribeOptions, Subscription,
+    Topic,
+};
 
 #[test]
 fn two_writers_on_one_database_keep_one_order() {
@@ -22,6 +25,13 @@ fn two_writers_on_one_database_keep_one_order() {
         let url = cluster.url("postgres");
         let first: Arc<dyn Storage> = Arc::new(Postgres::open(&url, Options::default()).await.unwrap());
         let second: Arc<dyn Storage> = Arc::new(Postgres::open(&url, Options::default()).await.unwrap());
+        let database = |storage: Arc<dyn Storage>| async move { storage.stats().await.database.unwrap() };
+        // A live follower of everything on the second writer's backend,
+        // from the start (its tail reads the first one's commits).
+        let mut follower =
+            Subscription::start(second.clone(), &Query::new(Pattern::all()), SubscribeOptions::default())
+                .await
+                .unwrap();
         // Appends from many tasks to shared topics, through `writers`.
         let run = |writers: Vec<Arc<dyn Storage>>, length: Duration| async move {
             let stop = Arc::new(AtomicBool::new(false));
@@ -52,11 +62,18 @@ fn two_writers_on_one_database_keep_one_order() {
             all
         };
         // One writer alone (rows first), then both (each meets the other),
-        // then the first alone again (back to rows first after a while).
+        // then the first alone again (back to rows first after a second).
         let mut acknowledged = run(vec![first.clone()], Duration::from_millis(500)).await;
+        let alone: DatabaseStats = database(first.clone()).await;
+        assert!(alone.commits_rows_first > 0 && alone.groups_redone == 0, "alone, rows first: {alone:?}");
         acknowledged.extend(run(vec![first.clone(), second.clone()], Duration::from_secs(2)).await);
-        tokio::time::sleep(Duration::from_millis(1200)).await;
-        acknowledged.extend(run(vec![first.clone()], Duration::from_millis(500)).await);
+        let met = database(first.clone()).await;
+        assert!(met.groups_redone > 0 && met.commits_slow > alone.commits_slow, "the other writer was met: {met:?}");
+        // Its first group alone meets the other's last commits (a stale
+        // cache) and starts another second of sequencer first.
+        acknowledged.extend(run(vec![first.clone()], Duration::from_millis(1600)).await);
+        let again = database(first.clone()).await;
+        assert!(again.commits_rows_first > met.commits_rows_first, "rows first again when alone: {again:?}");
         assert!(acknowledged.len() > 100, "only {} appends acknowledged", acknowledged.len());
 
         // Everything, in id order, read through the second writer's backend.
@@ -70,6 +87,16 @@ fn two_writers_on_one_database_keep_one_order() {
             stored.extend(chunk.into_iter().map(|item| item.event));
         }
         assert_eq!(stored.len(), acknowledged.len(), "every acknowledged event stored once, nothing else");
+        // The follower saw the same events in the same order.
+        let mut followed = Vec::new();
+        while followed.len() < stored.len() {
+            let delivery = tokio::time::timeout(Duration::from_secs(10), follower.next()).await;
+            if let Delivery::Event(event) = delivery.expect("the follower stalled").unwrap() {
+                followed.push(event.id);
+            }
+        }
+        let read: Vec<EventId> = stored.iter().map(|event| event.id).collect();
+        assert_eq!(followed, read, "the live follower saw every event once, in id order");
         let mut next_seq: HashMap<String, u64> = HashMap::new();
         let mut last = EventId::MIN;
         for event in &stored {

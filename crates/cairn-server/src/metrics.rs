@@ -170,6 +170,23 @@ impl Metrics {
                 "The longest commit of a group since start.",
                 &one(format!("{:.6}", database.commit_seconds_max)),
             );
+            metric(
+                "cairn_database_commits_by_path_total",
+                "counter",
+                "Commit groups by path: the fast path with rows before the sequencer, the fast path with the \
+                 sequencer first, the slow path.",
+                &[
+                    ("{path=\"rows_first\"}", database.commits_rows_first.to_string()),
+                    ("{path=\"lock_first\"}", database.commits_lock_first.to_string()),
+                    ("{path=\"slow\"}", database.commits_slow.to_string()),
+                ],
+            );
+            metric(
+                "cairn_database_groups_redone_total",
+                "counter",
+                "Fast-path groups that went again by the slow path (another writer committed first, or a lock).",
+                &one(database.groups_redone.to_string()),
+            );
             let busy = database.pool_connections.saturating_sub(database.pool_idle);
             metric(
                 "cairn_database_pool_connections",

@@ -223,6 +223,17 @@ pub struct DatabaseStats {
     pub commit_seconds: f64,
     /// The longest one, in seconds.
     pub commit_seconds_max: f64,
+    /// Groups committed by the fast path with their rows written before
+    /// the sequencer is taken (a writer alone on its database).
+    pub commits_rows_first: u64,
+    /// ... by the fast path, sequencer first (after meeting another writer,
+    /// or groups that are not one statement).
+    pub commits_lock_first: u64,
+    /// ... by the slow path (reads under the lock, two round trips).
+    pub commits_slow: u64,
+    /// Fast-path groups that went again by the slow path: another writer
+    /// committed first, or a lock was met.
+    pub groups_redone: u64,
     /// Pooled connections open.
     pub pool_connections: usize,
     /// Of those, idle.

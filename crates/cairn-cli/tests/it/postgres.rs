@@ -320,6 +320,16 @@ async fn export_and_import_move_a_store_both_ways_byte_for_byte() {
     let text = String::from_utf8_lossy(&metrics.body).into_owned();
     assert!(text.contains("cairn_database_commits_total"), "{text}");
     assert!(text.contains("cairn_database_pool_connections{state=\"idle\"}"), "{text}");
+    // Every group committed by one of the writer's paths; the first ones
+    // read under the lock (nothing cached yet); none redone, alone.
+    let value = |name: &str| -> u64 {
+        let line = text.lines().find(|line| line.starts_with(name)).unwrap_or_else(|| panic!("no {name}: {text}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    let path = |name: &str| value(&format!("cairn_database_commits_by_path_total{{path=\"{name}\"}}"));
+    assert!(path("slow") >= 1, "{text}");
+    assert_eq!(path("rows_first") + path("lock_first") + path("slow"), value("cairn_database_commits_total "));
+    assert_eq!(value("cairn_database_groups_redone_total "), 0);
     // Backup and compaction are PostgreSQL's business: refused, clearly.
     let backup = call(&server.unix(), "POST", "/v1/backup?dir=/tmp/nowhere", &[], "").await;
     assert_eq!(backup.code(), "invalid");
