@@ -257,8 +257,9 @@ fn median(values: &[f64]) -> f64 {
 /// server uses, in this process) on a private cluster, next to raw
 /// `bigserial` inserts of the same payloads in the same run and database
 /// settings (synchronous_commit on, fsync on): durable appends from 1 and
-/// 16 clients (the 16 also through two backends on the database, as two
-/// cairn processes would be), batches of 100, a catch-up read of `events` events, and the
+/// 16 clients (the 16 also beside another writer syncing on the disk, and
+/// through two backends on the database, as two cairn processes would
+/// be), batches of 100, a catch-up read of `events` events, and the
 /// latency from an append through this process to its delivery by a
 /// `cairn serve` process on the same database (needs target/release/cairn).
 pub fn cairn(rounds: usize, seconds: u64, events: usize) -> Result<()> {
@@ -281,7 +282,17 @@ pub fn cairn(rounds: usize, seconds: u64, events: usize) -> Result<()> {
             Arc::new(cairn_postgres::Postgres::open(&url, cairn_postgres::Options::default()).await?);
         let payload = vec![b'x'; PAYLOAD_BYTES];
 
-        for (clients, batch, writers) in [(1usize, 1usize, 1usize), (16, 1, 1), (16, 1, 2), (16, 100, 1)] {
+        let shapes = [
+            (1usize, 1usize, 1usize, false),
+            (16, 1, 1, false),
+            (16, 1, 1, true),
+            (16, 1, 2, false),
+            (16, 100, 1, false),
+        ];
+        for (clients, batch, writers, noisy) in shapes {
+            // Another writer on the disk, syncing as it goes (as `dd
+            // oflag=dsync bs=256k` would), for both ways' rounds.
+            let noise = noisy.then(DiskNoise::start).transpose()?;
             let (mut raw_rates, mut cairn_rates) = (Vec::new(), Vec::new());
             let (mut raw_samples, mut cairn_samples) = (Samples::default(), Samples::default());
             for _ in 0..rounds {
@@ -326,6 +337,10 @@ pub fn cairn(rounds: usize, seconds: u64, events: usize) -> Result<()> {
             if writers > 1 {
                 shape.push_str(&format!(" through {writers} writers (as {writers} processes)"));
             }
+            if noisy {
+                shape.push_str(" beside a writer syncing 256 KiB at a time on the disk");
+            }
+            drop(noise);
             let (raw, ours) = (median(&raw_rates), median(&cairn_rates));
             let list = |rates: &[f64]| rates.iter().map(|rate| format_rate(*rate)).collect::<Vec<_>>().join(", ");
             let name = format!("raw bigserial inserts, {shape}, {clients} client(s) ({})", list(&raw_rates));
@@ -480,4 +495,42 @@ async fn raw_batches(cluster: &Cluster, clients: usize, batch: usize, length: Du
         all.extend(samples);
     }
     Ok((total as f64 / started.elapsed().as_secs_f64(), all))
+}
+
+/// A thread writing 256 KiB at a time to a file in the temporary directory
+/// (where the clusters live), each write synced, until dropped: a disk
+/// shared with another busy writer.
+struct DiskNoise {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl DiskNoise {
+    fn start() -> Result<DiskNoise> {
+        use std::io::{Seek, Write};
+        let mut file = tempfile::tempfile().context("the noise file")?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let chunk = vec![0u8; 256 * 1024];
+            while !flag.load(Ordering::Relaxed) {
+                let _ = file.rewind();
+                for _ in 0..40 {
+                    if file.write_all(&chunk).and_then(|()| file.sync_data()).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(DiskNoise { stop, thread: Some(thread) })
+    }
+}
+
+impl Drop for DiskNoise {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }

@@ -323,8 +323,8 @@ pub(crate) async fn run(shared: Arc<Shared>, mut requests: mpsc::Receiver<Reques
 /// 0.96-1.05x; with another process writing and syncing on the same disk
 /// two gave 0.78-0.83x and one 0.89-0.90x. A model of the two (compare the
 /// flush with the turnaround) picked one on both, so the writer measures
-/// instead: it runs a second at its depth, then a quarter second at the
-/// other, and keeps the other when that committed 5% more events a second.
+/// instead: it runs three seconds at its depth, then 0.3 s at the
+/// other, and keeps the other when that committed 8% more events a second.
 struct Pace {
     /// The depth the writer keeps.
     depth: usize,
@@ -338,8 +338,11 @@ struct Pace {
 }
 
 /// How long the writer keeps its depth, and tries the other.
-const PACE_KEEP: std::time::Duration = std::time::Duration::from_secs(1);
-const PACE_PROBE: std::time::Duration = std::time::Duration::from_millis(250);
+const PACE_KEEP: std::time::Duration = std::time::Duration::from_secs(3);
+const PACE_PROBE: std::time::Duration = std::time::Duration::from_millis(300);
+/// How much more a try must commit to be kept (the rates of stretches at
+/// one depth vary by a few percent).
+const PACE_BETTER: f64 = 1.08;
 
 impl Pace {
     fn new(now: Instant) -> Pace {
@@ -359,7 +362,7 @@ impl Pace {
         }
         let rate = self.events as f64 / took.as_secs_f64();
         if self.probing {
-            if rate > self.kept_rate * 1.05 {
+            if rate > self.kept_rate * PACE_BETTER {
                 self.depth = 3 - self.depth;
             }
         } else {
@@ -1207,21 +1210,22 @@ mod tests {
 
     #[test]
     fn the_pace_keeps_the_depth_that_commits_more() {
+        let (keep, probe) = (super::PACE_KEEP, super::PACE_PROBE);
         let mut now = Instant::now();
         let mut pace = Pace::new(now);
         assert_eq!(pace.depth(), 2);
-        run(&mut pace, &mut now, 30_000, Duration::from_secs(1));
-        assert_eq!(pace.depth(), 1, "a second kept, then a try of the other");
+        run(&mut pace, &mut now, 30_000, keep);
+        assert_eq!(pace.depth(), 1, "a stretch kept, then a try of the other");
         // The try commits no more: two is kept.
-        run(&mut pace, &mut now, 30_000, Duration::from_millis(250));
+        run(&mut pace, &mut now, 30_000, probe);
         assert_eq!(pace.depth(), 2);
-        run(&mut pace, &mut now, 20_000, Duration::from_secs(1));
+        run(&mut pace, &mut now, 20_000, keep);
         // The try of one commits 10% more: one is kept, and tried against two.
-        run(&mut pace, &mut now, 22_000, Duration::from_millis(250));
+        run(&mut pace, &mut now, 22_000, probe);
         assert_eq!(pace.depth(), 1);
-        run(&mut pace, &mut now, 22_000, Duration::from_secs(1));
-        assert_eq!(pace.depth(), 2, "after a second at one, a try of two");
-        run(&mut pace, &mut now, 22_500, Duration::from_millis(250));
-        assert_eq!(pace.depth(), 1, "2% more is not enough to move back");
+        run(&mut pace, &mut now, 22_000, keep);
+        assert_eq!(pace.depth(), 2, "after a stretch at one, a try of two");
+        run(&mut pace, &mut now, 23_000, probe);
+        assert_eq!(pace.depth(), 1, "5% more is not enough to move back");
     }
 }
