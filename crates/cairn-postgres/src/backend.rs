@@ -275,7 +275,22 @@ impl Postgres {
             });
         };
         let quoted = format!("\"{}\"", schema.replace('"', "\"\""));
-        startup.push_str(&format!(" -c search_path={}", quoted.replace('\\', "\\\\").replace(' ', "\\ ")));
+        // The server splits `options` at any whitespace byte unless it is
+        // escaped with a backslash: every character but letters and digits
+        // is. A name beyond ASCII is left to the session's own search_path
+        // (a byte of it could be whitespace in the server's locale).
+        if quoted.is_ascii() {
+            let mut escaped = String::new();
+            for c in quoted.chars() {
+                if !c.is_ascii_alphanumeric() {
+                    escaped.push('\\');
+                }
+                escaped.push(c);
+            }
+            startup.push_str(&format!(" -c search_path={escaped}"));
+        } else {
+            tracing::warn!("cairn's schema has a name beyond ASCII: its sessions are not pinned to it");
+        }
         config.options(&startup);
         client.batch_execute(&format!("set search_path = {quoted}")).await.map_err(pg_error("setting search_path"))?;
         schema::migrate(&mut client).await?;

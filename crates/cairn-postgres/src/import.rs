@@ -33,6 +33,12 @@ pub(crate) async fn import(shared: &Shared, events: Vec<Imported>) -> Result<usi
             return Err(StoreError::Invalid { field: "id", rule: "imported ids must increase".into() });
         }
         previous = imported.id;
+        if imported.seq > i64::MAX as u64 {
+            return Err(StoreError::Invalid {
+                field: "seq",
+                rule: format!("seq {} is beyond what PostgreSQL's bigint holds", imported.seq),
+            });
+        }
         let (mut event, bytes) = cairn_store::check_new_event(imported.event, true, options.payload_bytes_max)?;
         event.id = imported.id;
         event.seq = imported.seq;

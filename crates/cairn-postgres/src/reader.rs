@@ -104,11 +104,12 @@ impl PgReader {
             return Ok(None);
         };
         let (last_seq, count, oldest): (i64, i64, Option<i64>) = (row.get(0), row.get(1), row.get(2));
-        let Some(oldest) = oldest else { return Ok(None) };
-        if last_seq < oldest || count != last_seq - oldest + 1 {
+        // Imported seqs beyond i64 come back negative: the walk then.
+        let Some(oldest) = oldest.filter(|oldest| *oldest >= 0) else { return Ok(None) };
+        if last_seq < oldest || last_seq.checked_sub(oldest).and_then(|span| span.checked_add(1)) != Some(count) {
             return Ok(None);
         }
-        let from_newest = (last_seq as u64 + 1).saturating_sub(last);
+        let from_newest = (last_seq as u64).saturating_add(1).saturating_sub(last);
         Ok(Some(from_newest.max(oldest as u64)))
     }
 

@@ -260,9 +260,18 @@ pub(crate) async fn run(shared: Arc<Shared>, mut requests: mpsc::Receiver<Reques
             if !open {
                 return;
             }
-            match requests.recv().await {
-                Some(first) => first,
-                None => return,
+            match requests.try_recv() {
+                Ok(first) => first,
+                Err(_) => {
+                    // Idle: the time until the next request says nothing
+                    // of either depth.
+                    let first = requests.recv().await;
+                    writer.pace.restart(Instant::now());
+                    match first {
+                        Some(first) => first,
+                        None => return,
+                    }
+                }
             }
         } else if writer.in_flight.len() < writer.pace.depth() && open {
             let front = writer.in_flight.front_mut().expect("a group in flight");
@@ -351,6 +360,12 @@ impl Pace {
 
     fn depth(&self) -> usize {
         if self.probing { 3 - self.depth } else { self.depth }
+    }
+
+    /// Starts the current stretch again (the writer was idle).
+    fn restart(&mut self, now: Instant) {
+        self.started = now;
+        self.events = 0;
     }
 
     /// A fast-path group of `events` committed.
