@@ -263,10 +263,13 @@ pub(crate) async fn run(shared: Arc<Shared>, mut requests: mpsc::Receiver<Reques
             match requests.try_recv() {
                 Ok(first) => first,
                 Err(_) => {
-                    // Idle: the time until the next request says nothing
-                    // of either depth.
+                    // A lull says nothing of either depth (the short waits
+                    // for callers to come back are part of a depth's cost).
+                    let waiting = Instant::now();
                     let first = requests.recv().await;
-                    writer.pace.restart(Instant::now());
+                    if waiting.elapsed() >= PACE_LULL {
+                        writer.pace.skip(waiting.elapsed());
+                    }
                     match first {
                         Some(first) => first,
                         None => return,
@@ -349,6 +352,9 @@ struct Pace {
 /// How long the writer keeps its depth, and tries the other.
 const PACE_KEEP: std::time::Duration = std::time::Duration::from_secs(3);
 const PACE_PROBE: std::time::Duration = std::time::Duration::from_millis(300);
+/// A wait for a request at least this long is a lull, left out of the
+/// stretches.
+const PACE_LULL: std::time::Duration = std::time::Duration::from_millis(20);
 /// How much more a try must commit to be kept (the rates of stretches at
 /// one depth vary by a few percent).
 const PACE_BETTER: f64 = 1.08;
@@ -362,10 +368,9 @@ impl Pace {
         if self.probing { 3 - self.depth } else { self.depth }
     }
 
-    /// Starts the current stretch again (the writer was idle).
-    fn restart(&mut self, now: Instant) {
-        self.started = now;
-        self.events = 0;
+    /// Leaves `idle` out of the current stretch.
+    fn skip(&mut self, idle: std::time::Duration) {
+        self.started += idle;
     }
 
     /// A fast-path group of `events` committed.
@@ -1242,5 +1247,13 @@ mod tests {
         assert_eq!(pace.depth(), 2, "after a stretch at one, a try of two");
         run(&mut pace, &mut now, 23_000, probe);
         assert_eq!(pace.depth(), 1, "5% more is not enough to move back");
+        // A lull in a stretch does not count against the depth.
+        run(&mut pace, &mut now, 22_000, keep / 2);
+        now += Duration::from_secs(10);
+        pace.skip(Duration::from_secs(10));
+        run(&mut pace, &mut now, 22_000, keep / 2);
+        assert_eq!(pace.depth(), 2, "a try of two after the stretch");
+        run(&mut pace, &mut now, 22_000, probe);
+        assert_eq!(pace.depth(), 1, "the try of two no better than the stretch at one, lull left out");
     }
 }
