@@ -104,7 +104,8 @@ impl PgReader {
             return Ok(None);
         };
         let (last_seq, count, oldest): (i64, i64, Option<i64>) = (row.get(0), row.get(1), row.get(2));
-        // Imported seqs beyond i64 come back negative: the walk then.
+        // A negative seq (imports refuse seqs beyond bigint, but a row
+        // may say otherwise) leaves it to the walk.
         let Some(oldest) = oldest.filter(|oldest| *oldest >= 0) else { return Ok(None) };
         if last_seq < oldest || last_seq.checked_sub(oldest).and_then(|span| span.checked_add(1)) != Some(count) {
             return Ok(None);

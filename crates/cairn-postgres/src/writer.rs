@@ -36,7 +36,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cairn_store::{Event, EventId, Expect, Hash, StoreError, Topic, Ttl};
 use futures_util::future::BoxFuture;
@@ -73,7 +73,7 @@ const LOCK_FIRST_LOCK_TIMEOUT: &str = "set lock_timeout = '10s'";
 const BEGIN: &str = "begin; set local lock_timeout = '10s'";
 /// How long after another writer was met the fast path takes the
 /// sequencer first.
-const CONTENDED_FOR: std::time::Duration = std::time::Duration::from_secs(1);
+const CONTENDED_FOR: Duration = Duration::from_secs(1);
 
 /// The fast path's usual group (stored events only) as one statement, its
 /// own transaction: the sequencer advanced if it still holds the writer's
@@ -350,11 +350,11 @@ struct Pace {
 }
 
 /// How long the writer keeps its depth, and tries the other.
-const PACE_KEEP: std::time::Duration = std::time::Duration::from_secs(3);
-const PACE_PROBE: std::time::Duration = std::time::Duration::from_millis(300);
+const PACE_KEEP: Duration = Duration::from_secs(3);
+const PACE_PROBE: Duration = Duration::from_millis(300);
 /// A wait for a request at least this long is a lull, left out of the
 /// stretches.
-const PACE_LULL: std::time::Duration = std::time::Duration::from_millis(20);
+const PACE_LULL: Duration = Duration::from_millis(20);
 /// How much more a try must commit to be kept (the rates of stretches at
 /// one depth vary by a few percent).
 const PACE_BETTER: f64 = 1.08;
@@ -369,7 +369,7 @@ impl Pace {
     }
 
     /// Leaves `idle` out of the current stretch.
-    fn skip(&mut self, idle: std::time::Duration) {
+    fn skip(&mut self, idle: Duration) {
         self.started += idle;
     }
 
@@ -908,14 +908,11 @@ struct Plan {
 impl Plan {
     /// The `last:<n>` trims that drop something: each topic and the last
     /// seq to drop.
-    fn trim_cuts(&self) -> Vec<(String, i64)> {
-        self.trims
-            .iter()
-            .filter_map(|(topic, n)| {
-                let (_, last_seq, _) = self.touched.get(topic)?;
-                (*last_seq >= *n).then(|| (topic.clone(), (*last_seq - *n) as i64))
-            })
-            .collect()
+    fn trim_cuts(&self) -> impl Iterator<Item = (&str, i64)> {
+        self.trims.iter().filter_map(|(topic, n)| {
+            let (_, last_seq, _) = self.touched.get(topic)?;
+            (*last_seq >= *n).then(|| (topic.as_str(), (*last_seq - *n) as i64))
+        })
     }
 
     /// Whether the fast path writes this group as one statement (see
@@ -923,7 +920,7 @@ impl Plan {
     /// key or stored payload.
     fn one_statement(&self) -> bool {
         self.ephemeral_rows.is_empty()
-            && self.trim_cuts().is_empty()
+            && self.trim_cuts().next().is_none()
             && self.new_keys.is_empty()
             && self.missing_content.is_empty()
             && !self.stored_rows.is_empty()
@@ -1067,7 +1064,7 @@ async fn write(
     let split = |id: EventId| ((id.to_u128() >> 80) as i64, (id.to_u128() & ((1 << 80) - 1)).to_string());
     let (ms, ctr) = split(plan.last);
     let (old_ms, old_ctr) = split(guard.unwrap_or(EventId::MIN));
-    let trim_cuts = plan.trim_cuts();
+    let trim_cuts: Vec<(&str, i64)> = plan.trim_cuts().collect();
     let topic_names: Vec<&str> = plan.touched.keys().map(String::as_str).collect();
     let topic_last_seqs: Vec<i64> = plan.touched.values().map(|(_, seq, _)| *seq as i64).collect();
     let topic_last_ids: Vec<Vec<u8>> = plan.touched.values().map(|(_, _, id)| id.to_bytes().to_vec()).collect();
@@ -1108,6 +1105,7 @@ async fn write(
             &conn.instance,
         ];
         let statement = if rows_first { &conn.rows_first } else { &conn.lock_first };
+        // Moved to a binding after `params`, so that it drops first.
         let mut steps = steps;
         steps.push(Box::pin(async { client.query_one(statement, &params).await.map(|_| 0) }));
         in_order(steps).await?;
