@@ -40,6 +40,28 @@ enum Which {
         #[arg(long, default_value_t = 5)]
         rounds: usize,
     },
+    /// Only durable batches of `size` events from one caller, alternating
+    /// with the raw write + fdatasync of as many bytes per batch, `rounds`
+    /// times (for profiling that path).
+    Batches {
+        /// Events per batch.
+        #[arg(long, default_value_t = 1024)]
+        size: usize,
+        /// Rounds.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+    },
+    /// Only single durable appends from `tasks` concurrent tasks, alternating
+    /// with the raw write + fdatasync of batches of `tasks` events, `rounds`
+    /// times (for profiling that path).
+    Tasks {
+        /// Concurrent tasks.
+        #[arg(long, default_value_t = 64)]
+        tasks: usize,
+        /// Rounds.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+    },
     /// Full scan, and scan of one topic, of 1 million events (instructions
     /// per event: `valgrind --tool=callgrind --toggle-collect='*scan_rounds*'`
     /// with `--events 100000`).
@@ -197,6 +219,8 @@ fn main() -> anyhow::Result<()> {
         Which::Open { events } => bench.open(events)?,
         Which::Cli { events } => bench.cli(&events)?,
         Which::Bulk { rounds } => bench.bulk(rounds)?,
+        Which::Batches { size, rounds } => bench.batches(size, rounds)?,
+        Which::Tasks { tasks, rounds } => bench.tasks(tasks, rounds)?,
         Which::Crc => scenarios::crc(),
         Which::Syncs { rounds } => bench.syncs(rounds)?,
         Which::CatchUp { rounds, ref store } => bench.catch_up(rounds, store.as_deref())?,

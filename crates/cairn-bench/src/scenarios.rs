@@ -2,6 +2,7 @@
 
 use std::fs::OpenOptions;
 use std::io::Write as _;
+use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -45,9 +46,40 @@ impl Bench {
 
     /// Raw baseline: append `batch` events' worth of bytes, fdatasync; repeat.
     fn raw(&self, batch: usize, n_events: usize) -> Result<(f64, Samples)> {
+        self.raw_in(batch, n_events, RawFile::Append)
+    }
+
+    /// The raw baseline on a file made as `kind` says.
+    fn raw_in(&self, batch: usize, n_events: usize, kind: RawFile) -> Result<(f64, Samples)> {
         let path = self.fresh(&format!("raw-{batch}"));
         std::fs::create_dir_all(&path)?;
-        let mut file = OpenOptions::new().create(true).append(true).open(path.join("log"))?;
+        let path = path.join("log");
+        let ahead = (n_events * RAW_EVENT_BYTES + (1 << 20)) as u64;
+        match kind {
+            RawFile::Append => {}
+            RawFile::Zeroed => {
+                let file = OpenOptions::new().create_new(true).write(true).open(&path)?;
+                let zeroes = vec![0u8; 1 << 20];
+                let mut written = 0;
+                while written < ahead {
+                    file.write_all_at(&zeroes, written)?;
+                    written += zeroes.len() as u64;
+                }
+                file.sync_all()?;
+            }
+            RawFile::Allocated => {
+                let file = OpenOptions::new().create_new(true).write(true).open(&path)?;
+                let len = i64::try_from(ahead)?;
+                // SAFETY: a plain system call on a descriptor this function
+                // owns; it touches no memory of this process.
+                #[allow(unsafe_code)]
+                let done = unsafe { libc::fallocate(std::os::fd::AsRawFd::as_raw_fd(&file), 0, 0, len) };
+                anyhow::ensure!(done == 0, "fallocate: {}", std::io::Error::last_os_error());
+                file.sync_all()?;
+            }
+        }
+        // Written from its start, over what was made above.
+        let mut file = OpenOptions::new().create(true).truncate(false).write(true).open(&path)?;
         let buf = vec![b'r'; batch * RAW_EVENT_BYTES];
         let mut samples = Samples::default();
         let started = Instant::now();
@@ -90,34 +122,11 @@ impl Bench {
         cairn.report("cairn: durable append, 1 task", Some(raw1));
 
         for (tasks, per_task, raw_batch) in [(8, 250, 1), (64, 100, 64)] {
-            let store = self.store(&format!("tasks-{tasks}"), SyncMode::Always)?;
-            let (mut raw, mut cairn) = (Rounds::default(), Rounds::default());
-            for _ in 0..ROUNDS {
-                raw.add(self.raw(raw_batch, raw_batch * 300)?);
-                cairn.add(concurrent(&store, tasks, per_task)?);
-            }
-            let baseline =
-                raw.report(&format!("raw: write + fdatasync, batch of {raw_batch} (for {tasks} tasks)"), None);
-            cairn.report(&format!("cairn: durable append, {tasks} tasks"), Some(baseline));
+            self.task_rounds(tasks, per_task, raw_batch, ROUNDS, &[RawFile::Append])?;
         }
 
         for (size, n_batches) in [(64usize, 300usize), (1024, 130)] {
-            let store = self.store(&format!("batch-{size}"), SyncMode::Always)?;
-            let (mut raw, mut cairn) = (Rounds::default(), Rounds::default());
-            for _ in 0..ROUNDS {
-                raw.add(self.raw(size, size * n_batches)?);
-                let mut samples = Samples::default();
-                let started = Instant::now();
-                for _ in 0..n_batches {
-                    let batch = Batch { events: vec![NewEvent::new(topic.clone(), PAYLOAD); size], ..Batch::default() };
-                    let t = Instant::now();
-                    store.append_batch(batch)?;
-                    samples.push(t.elapsed());
-                }
-                cairn.add(((size * n_batches) as f64 / started.elapsed().as_secs_f64(), samples));
-            }
-            let baseline = raw.report(&format!("raw: write + fdatasync, batch of {size}"), None);
-            cairn.report(&format!("cairn: durable batch of {size}"), Some(baseline));
+            self.batch_rounds(size, n_batches, ROUNDS, &[RawFile::Append])?;
         }
 
         let store = self.store("bulk", SyncMode::Always)?;
@@ -136,6 +145,68 @@ impl Bench {
             Some(100_000.0 / took.as_secs_f64()),
         );
         Ok(())
+    }
+
+    /// `n_batches` durable batches of `size` events from one caller,
+    /// alternating with the raw baseline, `rounds` times.
+    fn batch_rounds(&self, size: usize, n_batches: usize, rounds: usize, files: &[RawFile]) -> Result<()> {
+        let topic = Topic::new("bench")?;
+        let store = self.store(&format!("batch-{size}"), SyncMode::Always)?;
+        let mut raw: Vec<Rounds> = files.iter().map(|_| Rounds::default()).collect();
+        let mut cairn = Rounds::default();
+        for _ in 0..rounds {
+            for (file, raw) in files.iter().zip(&mut raw) {
+                raw.add(self.raw_in(size, size * n_batches, *file)?);
+            }
+            let mut samples = Samples::default();
+            let started = Instant::now();
+            for _ in 0..n_batches {
+                let batch = Batch { events: vec![NewEvent::new(topic.clone(), PAYLOAD); size], ..Batch::default() };
+                let t = Instant::now();
+                store.append_batch(batch)?;
+                samples.push(t.elapsed());
+            }
+            cairn.add(((size * n_batches) as f64 / started.elapsed().as_secs_f64(), samples));
+        }
+        report_against(&format!("batch of {size}"), &format!("cairn: durable batch of {size}"), files, raw, cairn);
+        Ok(())
+    }
+
+    /// `tasks` tasks appending `per_task` single events each, alternating
+    /// with the raw baseline of batches of `raw_batch`, `rounds` times.
+    fn task_rounds(
+        &self,
+        tasks: usize,
+        per_task: usize,
+        raw_batch: usize,
+        rounds: usize,
+        files: &[RawFile],
+    ) -> Result<()> {
+        let store = self.store(&format!("tasks-{tasks}"), SyncMode::Always)?;
+        let mut raw: Vec<Rounds> = files.iter().map(|_| Rounds::default()).collect();
+        let mut cairn = Rounds::default();
+        for _ in 0..rounds {
+            for (file, raw) in files.iter().zip(&mut raw) {
+                raw.add(self.raw_in(raw_batch, raw_batch * 300, *file)?);
+            }
+            cairn.add(concurrent(&store, tasks, per_task)?);
+        }
+        let what = format!("batch of {raw_batch} (for {tasks} tasks)");
+        report_against(&what, &format!("cairn: durable append, {tasks} tasks"), files, raw, cairn);
+        Ok(())
+    }
+
+    /// Only single appends from `tasks` tasks (about 6,400 events a round),
+    /// next to raw batches of as many events.
+    pub fn tasks(&self, tasks: usize, rounds: usize) -> Result<()> {
+        anyhow::ensure!(tasks > 0 && rounds > 0, "--tasks and --rounds must be at least 1");
+        self.task_rounds(tasks, (6_400 / tasks).max(1), tasks, rounds, &RAW_FILES)
+    }
+
+    /// Only durable batches of `size` events (about 130,000 events a round).
+    pub fn batches(&self, size: usize, rounds: usize) -> Result<()> {
+        anyhow::ensure!(size > 0 && rounds > 0, "--size and --rounds must be at least 1");
+        self.batch_rounds(size, (133_120 / size).max(1), rounds, &RAW_FILES)
     }
 
     /// Appends of 2 KiB, each followed by an fdatasync, from 1 and from 2
@@ -636,6 +707,49 @@ fn fill(store: &Store, n: usize, topics: &[&str]) -> Result<()> {
     }
     store.sync()?;
     Ok(())
+}
+
+/// Every way of making the raw baseline's file, the (appending) first.
+const RAW_FILES: [RawFile; 3] = [RawFile::Append, RawFile::Zeroed, RawFile::Allocated];
+
+/// Prints the raw baselines (`what` of each kind of file), then cairn's
+/// row against the first and, if there are more, against each of them.
+fn report_against(what: &str, name: &str, files: &[RawFile], raw: Vec<Rounds>, mut cairn: Rounds) {
+    let baselines: Vec<f64> = files
+        .iter()
+        .zip(raw)
+        .map(|(file, mut raw)| {
+            let how = match file {
+                RawFile::Append => "",
+                RawFile::Zeroed => ", into a file of zeroes written before",
+                RawFile::Allocated => ", into a file allocated before (fallocate)",
+            };
+            raw.report(&format!("raw: write + fdatasync, {what}{how}"), None)
+        })
+        .collect();
+    let rate = cairn.report(name, baselines.first().copied());
+    for (file, baseline) in files.iter().zip(&baselines).skip(1) {
+        let against = match file {
+            RawFile::Append => "appending",
+            RawFile::Zeroed => "into zeroes",
+            RawFile::Allocated => "into an allocated file",
+        };
+        row(&format!("{name}, against the raw write {against}"), &format_rate(rate), None, Some(*baseline), Some(rate));
+    }
+}
+
+/// How the raw baseline's file is made before it is written.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum RawFile {
+    /// Empty: every write grows it (as a log appended to does).
+    Append,
+    /// Zeroes written over the whole length and synced first: the writes
+    /// land on blocks already written (as cairn's do with sync `always`,
+    /// `log/ahead.rs`).
+    Zeroed,
+    /// The whole length allocated with `fallocate` and synced first
+    /// (unwritten extents, converted at the first write).
+    Allocated,
 }
 
 /// Rates and latencies of one benchmark over several rounds.

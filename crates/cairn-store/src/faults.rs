@@ -15,6 +15,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use crate::log::ahead::Ahead;
+
 /// What to break, shared between a test and the store it opened.
 #[derive(Default)]
 pub struct Faults {
@@ -133,6 +135,8 @@ pub(crate) struct LogFile {
     file: File,
     path: PathBuf,
     faults: Option<std::sync::Arc<Faults>>,
+    /// Zeroes written ahead of the log's end, if the writer asked for them.
+    ahead: Option<Ahead>,
 }
 
 fn crashed() -> io::Error {
@@ -146,7 +150,35 @@ impl LogFile {
             let len = file.metadata()?.len();
             faults.lock().files.insert(path.to_owned(), Lengths { written: len, synced: len });
         }
-        Ok(LogFile { file, path: path.to_owned(), faults })
+        Ok(LogFile { file, path: path.to_owned(), faults, ahead: None })
+    }
+
+    /// Writes zeroes ahead of the log's end, which is at `end`, in a segment
+    /// of `segment_bytes` (`log/ahead.rs`).
+    pub(crate) fn zero_ahead(&mut self, end: u64, segment_bytes: u64) {
+        self.ahead = Ahead::new(&self.file, end, segment_bytes);
+    }
+
+    /// After a group, with the log ending at `end`: more zeroes ahead if
+    /// few are left.
+    pub(crate) fn top_up(&mut self, end: u64) {
+        if let Some(ahead) = &mut self.ahead {
+            ahead.top_up(end);
+        }
+    }
+
+    /// When the writer leaves the file (a roll, or the store closing) with
+    /// the log ending at `end`: waits for zeroes being written and cuts
+    /// those past `end`, durably, so a sealed or closed segment ends with
+    /// its last record.
+    pub(crate) fn seal(&mut self, end: u64) -> io::Result<()> {
+        let Some(ahead) = &mut self.ahead else { return Ok(()) };
+        ahead.join();
+        if self.file.metadata()?.len() > end {
+            self.cut(end)?;
+            self.sync_data()?;
+        }
+        Ok(())
     }
 
     /// Whether nothing may be written any more (a simulated crash).
@@ -158,6 +190,18 @@ impl LogFile {
     /// (and writes a streamed record's header after its body, see
     /// `codec::encode_batch_streamed`), so the file is not opened to append.
     pub(crate) fn write_all_at(&mut self, bytes: &[u8], offset: u64) -> io::Result<()> {
+        let end = offset + bytes.len() as u64;
+        if let Some(ahead) = &mut self.ahead {
+            ahead.before_write(end);
+        }
+        self.write_through(bytes, offset)?;
+        if let Some(ahead) = &mut self.ahead {
+            ahead.wrote(end);
+        }
+        Ok(())
+    }
+
+    fn write_through(&mut self, bytes: &[u8], offset: u64) -> io::Result<()> {
         use std::os::unix::fs::FileExt as _;
         let Some(faults) = &self.faults else { return self.file.write_all_at(bytes, offset) };
         let mut state = faults.lock();
@@ -228,7 +272,11 @@ impl LogFile {
             lengths.written = len;
             lengths.synced = lengths.synced.min(len);
         }
-        self.file.set_len(len)
+        self.file.set_len(len)?;
+        if let Some(ahead) = &mut self.ahead {
+            ahead.cut(len);
+        }
+        Ok(())
     }
 }
 

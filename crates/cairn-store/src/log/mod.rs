@@ -4,6 +4,7 @@
 //! `writer` is the single writer with group commit, `recovery` scans the tail
 //! on open. Only `writer` appends to the log; only `recovery` truncates it.
 
+pub(crate) mod ahead;
 pub(crate) mod codec;
 pub(crate) mod compressed;
 pub(crate) mod crc;

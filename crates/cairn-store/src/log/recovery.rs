@@ -201,7 +201,18 @@ pub(crate) fn recover(segments: &Arc<Segments>, index: &Index, cas: &Cas) -> Res
         end = Checkpoint { segment, offset };
         if let Some(reason) = damage {
             let later_segments = list.iter().any(|&s| s > segment);
-            let bytes_after = len - offset;
+            // Zeroes written ahead of the log's end (`log/ahead.rs`) are not
+            // damage: in the newest segment, a tail of nothing but zeroes is
+            // cut without a word. Otherwise what counts is how far past the
+            // damage anything but zeroes lies.
+            let rest = &bytes[offset as usize..];
+            let bytes_after = rest.iter().rposition(|&b| b != 0).map_or(0, |last| last as u64 + 1);
+            if bytes_after == 0 && !later_segments {
+                segments.unmap_all();
+                truncate(segments, segment, offset)?;
+                tracing::debug!(segment, offset, bytes = len - offset, "cut the zeroes written ahead of the log");
+                break;
+            }
             if later_segments || bytes_after > (GROUP_BYTES_MAX + RECORD_BYTES_MAX) as u64 {
                 return Err(corrupt(
                     segment,
@@ -211,8 +222,9 @@ pub(crate) fn recover(segments: &Arc<Segments>, index: &Index, cas: &Cas) -> Res
             }
             segments.unmap_all();
             truncate(segments, segment, offset)?;
-            tracing::warn!(segment, offset, bytes = bytes_after, "cut a torn tail from the log: {reason}");
-            report.truncated = Some(Truncation { segment, offset, bytes: bytes_after, reason });
+            let bytes = len - offset;
+            tracing::warn!(segment, offset, bytes, "cut a torn tail from the log: {reason}");
+            report.truncated = Some(Truncation { segment, offset, bytes, reason });
             break;
         }
     }

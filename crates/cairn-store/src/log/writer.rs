@@ -185,7 +185,10 @@ fn fail(request: Request, error: &StoreError) {
 }
 
 impl Writer {
-    pub(crate) fn new(shared: Arc<Shared>, file: LogFile, end: Checkpoint, ids: IdGenerator) -> Writer {
+    pub(crate) fn new(shared: Arc<Shared>, mut file: LogFile, end: Checkpoint, ids: IdGenerator) -> Writer {
+        if shared.options.sync == SyncMode::Always {
+            file.zero_ahead(end.offset, shared.options.segment_bytes);
+        }
         Writer {
             shared,
             file,
@@ -250,6 +253,13 @@ impl Writer {
             self.commit_group(group, group_bytes);
         }
         self.sync_if_unsynced();
+        // The zeroes ahead are cut, so a closed store's log ends with its
+        // last record (a crashed one cannot write: recovery cuts them).
+        if !self.file.crashed()
+            && let Err(error) = self.file.seal(self.offset)
+        {
+            tracing::warn!("cutting the zeroes ahead of the log failed: {error}");
+        }
     }
 
     fn wait_timeout(&self) -> Option<Duration> {
@@ -328,6 +338,7 @@ impl Writer {
         }
         let bytes = self.group_written + self.buf.len() as u64;
         self.offset += bytes;
+        self.file.top_up(self.offset);
         if let Err(error) = self.shared.segments.map(self.segment, self.offset.max(self.shared.options.segment_bytes)) {
             // The group is durable, but readers could not reach it.
             self.shared.poison(&format!("mapping the log failed: {error}"));
@@ -664,9 +675,15 @@ impl Writer {
                 source: Arc::new(std::io::Error::other("fault injection: the process has crashed")),
             });
         }
+        // Sealed before the next segment exists: recovery takes zeroes
+        // after the last record for a torn tail only in the newest one.
+        self.file.seal(self.offset).map_err(StoreError::io(format!("seal log segment {}", self.segment)))?;
         let file = create_segment(self.shared.segments.dir(), next)?;
         self.file = LogFile::new(file, &self.shared.segments.path(next), self.shared.options.faults.clone())
             .map_err(StoreError::io("open the new log segment"))?;
+        if self.shared.options.sync == SyncMode::Always {
+            self.file.zero_ahead(SEGMENT_HEADER_BYTES, self.shared.options.segment_bytes);
+        }
         self.segment = next;
         self.offset = SEGMENT_HEADER_BYTES;
         self.shared.segments.map(next, self.shared.options.segment_bytes)?;

@@ -358,3 +358,111 @@ fn a_store_from_before_the_references_had_their_keyspace_moves_them() {
     assert!(!store.recovery_report().refs_behind);
     assert_eq!(store.cas_get(&inline.hash.unwrap()).unwrap(), b"inline, from before");
 }
+
+/// Where the records of a segment end: the first offset holding no record
+/// (a zero length, or the file's end).
+fn log_end(segment: &[u8]) -> usize {
+    let mut offset = 16;
+    while offset + 8 <= segment.len() {
+        let len = u32::from_le_bytes(segment[offset..offset + 4].try_into().unwrap()) as usize;
+        if len == 0 {
+            break;
+        }
+        offset += 8 + len;
+    }
+    offset
+}
+
+/// With sync `always` a store writes zeroes ahead of its log's end
+/// (`log/ahead.rs`); a crashed store leaves them, the next open cuts them
+/// without reporting a torn tail, and the log goes on from its last record.
+fn crash_with_zeroes_ahead(dir: &Path) -> (Vec<String>, PathBuf, usize) {
+    let faults = std::sync::Arc::new(cairn_store::faults::Faults::default());
+    let options = Options {
+        sync: cairn_store::SyncMode::Always,
+        segment_bytes: 1024 * 1024,
+        faults: Some(faults.clone()),
+        ..test_options()
+    };
+    let store = Store::open(dir, options).unwrap();
+    let payloads: Vec<String> = (0..300).map(|i| format!("event-{i}-{}", "z".repeat(900))).collect();
+    for payload in &payloads {
+        store.append(NewEvent::new(topic("torn"), payload.clone()), Expect::Any).unwrap();
+    }
+    faults.crash();
+    drop(store);
+    let path = last_segment(dir);
+    let bytes = fs::read(&path).unwrap();
+    let end = log_end(&bytes);
+    assert!(bytes.len() > end + 4096, "zeroes were written ahead: {} bytes, the log ends at {end}", bytes.len());
+    assert!(bytes[end..].iter().all(|&b| b == 0));
+    (payloads, path, end)
+}
+
+#[test]
+fn zeroes_ahead_of_a_crashed_log_are_cut_without_a_word() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("store");
+    let (mut payloads, path, end) = crash_with_zeroes_ahead(&dir);
+    let options = || Options { sync: cairn_store::SyncMode::Always, segment_bytes: 1024 * 1024, ..test_options() };
+    let store = Store::open(&dir, options()).unwrap();
+    assert_eq!(store.recovery_report().truncated, None);
+    assert_eq!(fs::metadata(&path).unwrap().len(), end as u64, "the zeroes are cut");
+    assert_eq!(payloads_in(&store), payloads);
+    for i in 0..300 {
+        let payload = format!("after-{i}-{}", "y".repeat(900));
+        store.append(NewEvent::new(topic("torn"), payload.clone()), Expect::Any).unwrap();
+        payloads.push(payload);
+    }
+    drop(store);
+    // A clean close cuts them too: every segment ends with its last record.
+    for entry in fs::read_dir(dir.join("log")).unwrap() {
+        let bytes = fs::read(entry.unwrap().path()).unwrap();
+        assert_eq!(log_end(&bytes), bytes.len());
+    }
+    let store = Store::open(&dir, options()).unwrap();
+    assert_eq!(payloads_in(&store), payloads);
+    assert!(store.verify().unwrap().ok());
+}
+
+/// A torn group in the zeroes (bytes of a record, then zeroes) is still a
+/// torn tail: cut and reported.
+#[test]
+fn a_torn_write_into_the_zeroes_ahead_is_cut_and_reported() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("store");
+    let (payloads, path, end) = crash_with_zeroes_ahead(&dir);
+    let mut bytes = fs::read(&path).unwrap();
+    // A frame header promising 2,000 bytes, and a few of them.
+    bytes[end..end + 4].copy_from_slice(&2000u32.to_le_bytes());
+    bytes[end + 8..end + 108].fill(0x42);
+    fs::write(&path, bytes).unwrap();
+    let store = Store::open(&dir, Options { sync: cairn_store::SyncMode::Always, ..test_options() }).unwrap();
+    let cut = store.recovery_report().truncated.clone().expect("a torn write is reported");
+    assert_eq!(cut.offset, end as u64);
+    assert_eq!(fs::metadata(&path).unwrap().len(), end as u64);
+    assert_eq!(payloads_in(&store), payloads);
+}
+
+/// Nothing but zeroes after the last record of a segment that is not the
+/// newest is not taken for space written ahead (the writer cuts it before
+/// the next segment exists): opening refuses.
+#[test]
+fn zeroes_after_the_end_of_a_sealed_segment_are_damage() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("store");
+    let store = Store::open(&dir, test_options()).unwrap();
+    let filler = "f".repeat(1000);
+    while fs::read_dir(dir.join("log")).unwrap().count() < 2 {
+        store.append(NewEvent::new(topic("torn"), filler.clone()), Expect::Any).unwrap();
+    }
+    drop(store);
+    fs::remove_dir_all(dir.join("index")).unwrap();
+    let mut segments: Vec<PathBuf> = fs::read_dir(dir.join("log")).unwrap().map(|e| e.unwrap().path()).collect();
+    segments.sort();
+    let file = fs::OpenOptions::new().write(true).open(&segments[0]).unwrap();
+    let len = file.metadata().unwrap().len();
+    file.set_len(len + 4096).unwrap();
+    let error = Store::open(&dir, test_options()).err().expect("zeroes in a sealed segment are not cut");
+    assert_eq!(error.code(), "corrupt", "{error}");
+}
