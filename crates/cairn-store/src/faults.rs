@@ -76,7 +76,8 @@ impl Faults {
 
     /// After a crash, what a power loss leaves: each log file is cut back to
     /// its fdatasynced length plus `keep(unsynced)` bytes of what followed
-    /// (at most all of it). Returns the bytes cut.
+    /// (at most all of it); in a file with zeroes written ahead of the log,
+    /// those bytes turn back into zeroes instead. Returns the bytes lost.
     pub fn lose_power(&self, mut keep: impl FnMut(u64) -> u64) -> io::Result<u64> {
         let state = self.lock();
         assert!(state.crashed, "lose_power needs a crashed store (call crash() and drop the store first)");
@@ -88,6 +89,20 @@ impl Faults {
                 Err(error) if error.kind() == io::ErrorKind::NotFound => continue,
                 Err(error) => return Err(error),
             };
+            if len > lengths.written {
+                // Zeroes written ahead of the log (`log/ahead.rs`): the file
+                // keeps its length, and what the writer wrote there without
+                // syncing reads as those zeroes again, past what `keep` keeps.
+                let unsynced = lengths.written.saturating_sub(lengths.synced);
+                let kept = lengths.synced + keep(unsynced).min(unsynced);
+                if kept < lengths.written {
+                    use std::os::unix::fs::FileExt as _;
+                    let zeroes = vec![0u8; usize::try_from(lengths.written - kept).expect("fits")];
+                    std::fs::OpenOptions::new().write(true).open(path)?.write_all_at(&zeroes, kept)?;
+                    cut += lengths.written - kept;
+                }
+                continue;
+            }
             let unsynced = len.saturating_sub(lengths.synced);
             let kept = lengths.synced + keep(unsynced).min(unsynced);
             if kept < len {
@@ -124,6 +139,19 @@ impl Faults {
         std::fs::write(path, bytes)
     }
 
+    /// The error a write meets now (a simulated crash, a full disk), if
+    /// any: for writers beside the log's own (`log/ahead.rs`).
+    pub(crate) fn refuses_writes(&self) -> Option<io::Error> {
+        let state = self.lock();
+        if state.crashed {
+            Some(crashed())
+        } else if state.no_space {
+            Some(io::Error::from_raw_os_error(libc::ENOSPC))
+        } else {
+            None
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -156,7 +184,7 @@ impl LogFile {
     /// Writes zeroes ahead of the log's end, which is at `end`, in a segment
     /// of `segment_bytes` (`log/ahead.rs`).
     pub(crate) fn zero_ahead(&mut self, end: u64, segment_bytes: u64) {
-        self.ahead = Ahead::new(&self.file, end, segment_bytes);
+        self.ahead = Ahead::new(&self.path, end, segment_bytes, self.faults.clone());
     }
 
     /// After a group, with the log ending at `end`: more zeroes ahead if

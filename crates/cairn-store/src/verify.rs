@@ -60,11 +60,13 @@ pub(crate) fn verify(shared: &Shared) -> Result<VerifyReport> {
                 *seen_compacted = true;
             }
         }
+        // The active segment is read to where the log is committed: past it
+        // a group may be being written (a large record's header comes last),
+        // and zeroes written ahead. Taken before the file's length: a roll
+        // in between cuts those zeroes, and that length would read past it.
+        let committed = shared.progress.committed_end();
         let mut len =
             std::fs::metadata(shared.segments.path_gen(segment, generation)).map(|m| m.len()).unwrap_or(0) as usize;
-        // The active segment is read to where the log is committed: past it
-        // a group may be being written (a large record's header comes last).
-        let committed = shared.progress.committed_end();
         if segment == committed.segment {
             len = len.min(committed.offset as usize);
         }

@@ -19,21 +19,27 @@
 //! when it has caught up with the zeroes (a big batch), so the writer's next
 //! groups do not wait for it; the bytes between read as zeroes too (a hole).
 //!
-//! Recovery takes a tail of zeroes after the last record for this space (a
-//! record's length is never zero) and cuts it, telling it from a torn write
-//! by whether anything but zeroes follows (`recovery.rs`). The writer cuts
-//! it when it seals a segment and when it stops, so only the active segment
-//! of a store that was not closed has one.
+//! Recovery takes a tail of zeroes after the last record, no longer than
+//! [`ZEROES_AHEAD_MAX`], for this space (a record's length is never zero)
+//! and cuts it, telling it from a torn write by whether anything but zeroes
+//! follows (`recovery.rs`). The writer cuts it when it seals a segment and
+//! when it stops, so only the active segment of a store that was not closed
+//! has one. While the helper zeroes a range, the writer's fdatasync flushes
+//! the zeroes written so far too (an fdatasync covers the whole file).
 
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::thread::JoinHandle;
+
+use crate::faults::Faults;
 
 /// Zeroes are not written ahead before this much was written to the
 /// segment since it was opened (a short-lived process appending a few
-/// events never pays for them), nor ahead of a segment smaller than 16
-/// times this.
+/// events never pays for them). Each of these sizes is scaled down for a
+/// segment too small for it (`Scale`).
 const START_AFTER_BYTES: u64 = 64 * 1024;
 /// A new range is started once fewer than this many bytes are zeroed
 /// ahead of the log's end.
@@ -46,10 +52,23 @@ const GAP_BYTES: u64 = 512 * 1024;
 /// Zeroes written per call.
 const WRITE_BYTES: usize = 1024 * 1024;
 
+/// The most zeroes there can be past the log's end: a range starts below
+/// `LOW_BYTES` (or at `GAP_BYTES`) past it. Recovery cuts a tail of zeroes
+/// this long without a word; a longer one is reported like a torn write.
+pub(crate) const ZEROES_AHEAD_MAX: u64 = LOW_BYTES + RANGE_BYTES;
+const _: () = assert!(GAP_BYTES <= LOW_BYTES);
+
 /// The zeroes ahead of one segment file.
 pub(crate) struct Ahead {
-    /// A second descriptor of the segment file, for the helper.
-    file: File,
+    /// The segment file, opened again for the helper: its own open file
+    /// description, so an error of the writeback (which an fdatasync
+    /// reports once per description) still reaches the writer's fdatasync
+    /// when the helper's fdatasync meets it first.
+    file: Arc<File>,
+    path: PathBuf,
+    /// The fault injection of tests: the helper stops writing with the
+    /// writer (a simulated crash) and meets the same full disk.
+    faults: Option<Arc<Faults>>,
     /// How far zeroes may go: the segment's size, where the writer rolls.
     limit: u64,
     /// The scale of this segment's ranges (a fraction of a small segment,
@@ -72,6 +91,9 @@ struct Job {
     start: u64,
     end: u64,
     helper: JoinHandle<io::Result<()>>,
+    /// Whether the file was cut while the range was zeroed: then what lies
+    /// below its start is not known to be written.
+    cut: bool,
 }
 
 #[derive(Clone, Copy)]
@@ -95,12 +117,14 @@ impl Scale {
 }
 
 impl Ahead {
-    /// For the segment `file`, whose log ends at `end` (nothing after it),
-    /// of `segment_bytes`. `None` if the file cannot be opened twice.
-    pub(crate) fn new(file: &File, end: u64, segment_bytes: u64) -> Option<Ahead> {
-        let file = file.try_clone().ok()?;
+    /// For the segment file at `path`, whose log ends at `end` (nothing
+    /// after it), of `segment_bytes`. `None` if it cannot be opened again.
+    pub(crate) fn new(path: &Path, end: u64, segment_bytes: u64, faults: Option<Arc<Faults>>) -> Option<Ahead> {
+        let file = OpenOptions::new().write(true).open(path).ok()?;
         Some(Ahead {
-            file,
+            file: Arc::new(file),
+            path: path.to_owned(),
+            faults,
             limit: segment_bytes,
             scale: Scale::of(segment_bytes),
             opened_at: end,
@@ -127,6 +151,9 @@ impl Ahead {
     /// past it are gone. A range being zeroed still holds the writer off.
     pub(crate) fn cut(&mut self, len: u64) {
         self.written = len;
+        if let Some(job) = &mut self.job {
+            job.cut = true;
+        }
     }
 
     /// After a group, with the log ending at `end`: starts zeroing the next
@@ -151,14 +178,12 @@ impl Ahead {
         if stop <= start {
             return;
         }
-        let Ok(file) = self.file.try_clone() else {
-            self.off = true;
-            return;
-        };
-        let spawned =
-            std::thread::Builder::new().name("cairn-zeroes".to_owned()).spawn(move || zero(&file, start, stop));
+        let (file, faults) = (self.file.clone(), self.faults.clone());
+        let spawned = std::thread::Builder::new()
+            .name("cairn-zeroes".to_owned())
+            .spawn(move || zero(&file, start, stop, faults.as_deref()));
         match spawned {
-            Ok(helper) => self.job = Some(Job { start, end: stop, helper }),
+            Ok(helper) => self.job = Some(Job { start, end: stop, helper, cut: false }),
             Err(_) => self.off = true,
         }
     }
@@ -167,9 +192,11 @@ impl Ahead {
     pub(crate) fn join(&mut self) {
         let Some(job) = self.job.take() else { return };
         match job.helper.join() {
-            Ok(Ok(())) => self.written = self.written.max(job.end),
+            Ok(Ok(())) if !job.cut => self.written = self.written.max(job.end),
+            Ok(Ok(())) => {}
             Ok(Err(error)) => {
-                tracing::warn!("writing zeroes ahead of the log failed ({error}); the log goes on without them");
+                let path = self.path.display();
+                tracing::warn!("writing zeroes ahead of the log in {path} failed ({error}); it goes on without them");
                 self.off = true;
             }
             Err(_) => {
@@ -189,10 +216,13 @@ impl Drop for Ahead {
 }
 
 /// Writes zeroes over `start..stop` of `file` and fdatasyncs them.
-fn zero(file: &File, start: u64, stop: u64) -> io::Result<()> {
+fn zero(file: &File, start: u64, stop: u64, faults: Option<&Faults>) -> io::Result<()> {
     let zeroes = vec![0u8; WRITE_BYTES];
     let mut at = start;
     while at < stop {
+        if let Some(refused) = faults.and_then(Faults::refuses_writes) {
+            return Err(refused);
+        }
         let n = usize::try_from(stop - at).unwrap_or(usize::MAX).min(WRITE_BYTES);
         file.write_all_at(&zeroes[..n], at)?;
         at += n as u64;

@@ -18,6 +18,7 @@ use crate::index::refs::Refs;
 use crate::index::txn::Ks;
 use crate::index::{Applier, Checkpoint, Heads, Index, META_APPLIED, META_LAST_ID, encode_checkpoint};
 use crate::limits::{EXPIRE_EVENTS_PER_STEP, GROUP_BYTES_MAX, RECORD_BYTES_MAX};
+use crate::log::ahead::ZEROES_AHEAD_MAX;
 use crate::log::codec::{self, FRAME_HEADER_BYTES, Pos, Record};
 use crate::log::segment::{SEGMENT_HEADER_BYTES, Segments, check_header, corrupt, create_segment};
 
@@ -202,11 +203,13 @@ pub(crate) fn recover(segments: &Arc<Segments>, index: &Index, cas: &Cas) -> Res
         if let Some(reason) = damage {
             let later_segments = list.iter().any(|&s| s > segment);
             // Zeroes written ahead of the log's end (`log/ahead.rs`) are not
-            // damage: in the newest segment, a tail of nothing but zeroes is
-            // cut without a word. Otherwise what counts is how far past the
-            // damage anything but zeroes lies.
+            // damage: in the newest segment, a tail of nothing but zeroes, no
+            // longer than they can be, is cut without a word. Otherwise what
+            // counts is how far past the damage the bytes go, less that many
+            // zeroes at their end.
             let rest = &bytes[offset as usize..];
-            let bytes_after = rest.iter().rposition(|&b| b != 0).map_or(0, |last| last as u64 + 1);
+            let nonzero = rest.iter().rposition(|&b| b != 0).map_or(0, |last| last as u64 + 1);
+            let bytes_after = nonzero.max((len - offset).saturating_sub(ZEROES_AHEAD_MAX));
             if bytes_after == 0 && !later_segments {
                 segments.unmap_all();
                 truncate(segments, segment, offset)?;

@@ -220,10 +220,13 @@ impl Segments {
         // The map may extend past the file's end (the active segment grows);
         // only bytes below the committed end are ever read.
         #[allow(unsafe_code)]
-        // SAFETY: segment files are append-only while mapped: the writer only
-        // appends, and truncation happens in recovery before any map exists.
-        // Compaction writes a new file and never changes an old one.
-        // Readers only touch offsets the index published after they were written.
+        // SAFETY: below the committed end, segment files never change while
+        // mapped: the writer only appends, and cuts only what lies past the
+        // committed end (a failed group, the zeroes written ahead); other
+        // truncation happens in recovery before any map exists. Compaction
+        // writes a new file and never changes an old one. Readers only touch
+        // offsets the index published after they were written, or below the
+        // committed end they read before the file's length.
         let map = unsafe { MmapOptions::new().len(map_len as usize).map(&file) }
             .map_err(StoreError::io(format!("map {}", path.display())))?;
         let mut maps = self.maps.write().expect("segment map lock");

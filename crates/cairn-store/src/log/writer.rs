@@ -675,9 +675,15 @@ impl Writer {
                 source: Arc::new(std::io::Error::other("fault injection: the process has crashed")),
             });
         }
-        // Sealed before the next segment exists: recovery takes zeroes
-        // after the last record for a torn tail only in the newest one.
-        self.file.seal(self.offset).map_err(StoreError::io(format!("seal log segment {}", self.segment)))?;
+        // Sealed before the next segment exists: recovery takes zeroes after
+        // the last record for space written ahead only in the newest one. A
+        // failed cut or fdatasync poisons the store, as a failed fdatasync
+        // of a group does (a retry would find the length cut and not sync).
+        if let Err(source) = self.file.seal(self.offset) {
+            let reason = format!("sealing log segment {} failed: {source}", self.segment);
+            self.shared.poison(&reason);
+            return Err(StoreError::Poisoned { reason });
+        }
         let file = create_segment(self.shared.segments.dir(), next)?;
         self.file = LogFile::new(file, &self.shared.segments.path(next), self.shared.options.faults.clone())
             .map_err(StoreError::io("open the new log segment"))?;

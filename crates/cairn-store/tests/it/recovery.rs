@@ -466,3 +466,31 @@ fn zeroes_after_the_end_of_a_sealed_segment_are_damage() {
     let error = Store::open(&dir, test_options()).err().expect("zeroes in a sealed segment are not cut");
     assert_eq!(error.code(), "corrupt", "{error}");
 }
+
+/// More zeroes than the helper ever writes ahead (3 MiB) are not taken for
+/// its space: they are reported as a torn tail, and refused as rot when
+/// they go further than a torn write could (40 MiB past the zeroes).
+#[test]
+fn more_zeroes_than_are_written_ahead_are_reported_or_refused() {
+    for (extra, refused) in [(8u64 << 20, false), (64 << 20, true)] {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("store");
+        let (payloads, path, end) = crash_with_zeroes_ahead(&dir);
+        let file = fs::OpenOptions::new().write(true).open(&path).unwrap();
+        file.set_len(end as u64 + extra).unwrap();
+        drop(file);
+        let options = Options { sync: cairn_store::SyncMode::Always, ..test_options() };
+        match Store::open(&dir, options) {
+            Ok(store) => {
+                assert!(!refused, "{extra} bytes of zeroes must be refused");
+                let cut = store.recovery_report().truncated.clone().expect("long zeroes are reported");
+                assert_eq!(cut.offset, end as u64);
+                assert_eq!(payloads_in(&store), payloads);
+            }
+            Err(error) => {
+                assert!(refused, "{extra} bytes of zeroes must open: {error}");
+                assert_eq!(error.code(), "corrupt", "{error}");
+            }
+        }
+    }
+}
