@@ -4,8 +4,11 @@
 //! crash), and which remembers how much of each log file was fdatasynced;
 //! [`Faults::flip_bit`] rots data at rest.
 //! After a crash, [`Faults::lose_power`] cuts every log file back to what
-//! was synced (keeping a chosen part of the rest: a torn write), as a power
-//! loss would. Not a mock: the engine runs unchanged over real files.
+//! was synced (keeping a chosen part of the rest: a torn write), or, in a
+//! file with zeroes written ahead (`log/ahead.rs`, whose helper writes
+//! through its own open of the file but stops with a crash or a full disk
+//! here), turns the unsynced part back into zeroes, as a power loss would.
+//! Not a mock: the engine runs unchanged over real files.
 //!
 //! [`Options::faults`]: crate::Options::faults
 

@@ -69,6 +69,10 @@ pub(crate) fn verify(shared: &Shared) -> Result<VerifyReport> {
             std::fs::metadata(shared.segments.path_gen(segment, generation)).map(|m| m.len()).unwrap_or(0) as usize;
         if segment == committed.segment {
             len = len.min(committed.offset as usize);
+        } else if segment > committed.segment {
+            // Rolled to after the committed end was taken: nothing of it is
+            // committed yet but its header.
+            len = len.min(SEGMENT_HEADER_BYTES as usize);
         }
         // A compressed file (a compacted segment) is read decompressed;
         // a damaged block is reported like a damaged record.

@@ -2,7 +2,9 @@
 //!
 //! `codec` encodes records, `segment` manages the files and reads them,
 //! `writer` is the single writer with group commit, `recovery` scans the tail
-//! on open. Only `writer` appends to the log; only `recovery` truncates it.
+//! on open, `ahead` writes zeroes past the log's end for the writer's
+//! groups to land on. Only `writer` appends to the log; only `recovery`
+//! cuts records from it (the writer cuts a failed group and its zeroes).
 
 pub(crate) mod ahead;
 pub(crate) mod codec;

@@ -204,16 +204,17 @@ pub(crate) fn recover(segments: &Arc<Segments>, index: &Index, cas: &Cas) -> Res
             let later_segments = list.iter().any(|&s| s > segment);
             // Zeroes written ahead of the log's end (`log/ahead.rs`) are not
             // damage: in the newest segment, a tail of nothing but zeroes, no
-            // longer than they can be, is cut without a word. Otherwise what
-            // counts is how far past the damage the bytes go, less that many
-            // zeroes at their end.
+            // longer than they can be, is cut without a report (a line at
+            // info level: a disk that lost that much of a flushed write looks
+            // the same). Otherwise what counts is how far past the damage the
+            // bytes go, less that many zeroes at their end.
             let rest = &bytes[offset as usize..];
             let nonzero = rest.iter().rposition(|&b| b != 0).map_or(0, |last| last as u64 + 1);
             let bytes_after = nonzero.max((len - offset).saturating_sub(ZEROES_AHEAD_MAX));
             if bytes_after == 0 && !later_segments {
                 segments.unmap_all();
                 truncate(segments, segment, offset)?;
-                tracing::debug!(segment, offset, bytes = len - offset, "cut the zeroes written ahead of the log");
+                tracing::info!(segment, offset, bytes = len - offset, "cut the zeroes written ahead of the log");
                 break;
             }
             if later_segments || bytes_after > (GROUP_BYTES_MAX + RECORD_BYTES_MAX) as u64 {

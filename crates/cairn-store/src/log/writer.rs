@@ -338,7 +338,6 @@ impl Writer {
         }
         let bytes = self.group_written + self.buf.len() as u64;
         self.offset += bytes;
-        self.file.top_up(self.offset);
         if let Err(error) = self.shared.segments.map(self.segment, self.offset.max(self.shared.options.segment_bytes)) {
             // The group is durable, but readers could not reach it.
             self.shared.poison(&format!("mapping the log failed: {error}"));
@@ -363,6 +362,10 @@ impl Writer {
                 Planned::Unit { reply } => drop(reply.send(Ok(()))),
             }
         }
+        // After the replies (starting a range costs a thread), and after the
+        // committed end moved: `verify` reads a segment past it only as far
+        // as the file goes, which must not be zeroes yet.
+        self.file.top_up(self.offset);
     }
 
     /// Validates one request against the state including this group's earlier
