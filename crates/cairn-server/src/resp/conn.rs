@@ -493,7 +493,7 @@ async fn settle(conn: &mut Conn, awaiting: &mut VecDeque<Awaiting>) {
         let result = match next {
             Awaiting::Entry(appending) => appending.await.map(|events| {
                 let id = cairn_service::StreamId::of(&events[0]);
-                conn.out.bulk(id.to_string().as_bytes());
+                conn.out.bulk(id.text(&mut [0; cairn_service::StreamId::TEXT_MAX]));
             }),
             Awaiting::Published(appending) => appending.await.map(|_| conn.out.simple("OK")),
             Awaiting::Failed(fail) => {

@@ -242,7 +242,7 @@ pub(crate) async fn xpending(conn: &mut Conn, args: &[Bytes]) -> CmdResult {
     out.array(rows.len());
     for row in rows {
         out.array(4);
-        out.bulk(row.id.to_string().as_bytes());
+        out.bulk(row.id.text(&mut [0; StreamId::TEXT_MAX]));
         out.bulk(&row.consumer);
         out.int(row.idle_ms as i64);
         out.int(row.deliveries as i64);
@@ -298,7 +298,7 @@ pub(crate) async fn xclaim(conn: &mut Conn, args: &[Bytes]) -> CmdResult {
     if justid {
         conn.out.array(claimed.len());
         for entry in &claimed {
-            conn.out.bulk(entry.id.to_string().as_bytes());
+            conn.out.bulk(entry.id.text(&mut [0; StreamId::TEXT_MAX]));
         }
     } else {
         write_group_entries(conn, &claimed);
@@ -340,14 +340,14 @@ pub(crate) async fn xautoclaim(conn: &mut Conn, args: &[Bytes]) -> CmdResult {
     if justid {
         conn.out.array(claimed.claimed.len());
         for entry in &claimed.claimed {
-            conn.out.bulk(entry.id.to_string().as_bytes());
+            conn.out.bulk(entry.id.text(&mut [0; StreamId::TEXT_MAX]));
         }
     } else {
         write_group_entries(conn, &claimed.claimed);
     }
     conn.out.array(claimed.deleted.len());
     for id in claimed.deleted {
-        conn.out.bulk(id.to_string().as_bytes());
+        conn.out.bulk(id.text(&mut [0; StreamId::TEXT_MAX]));
     }
     Ok(())
 }

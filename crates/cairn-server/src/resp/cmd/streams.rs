@@ -24,7 +24,7 @@ const WOKEN_EVENTS_MAX: usize = 1024;
 /// Writes `[id, [field, value, ...]]` (`[id, nil]` for an entry no longer kept).
 pub(crate) fn write_entry(conn: &mut Conn, id: StreamId, item: Option<&Item>) {
     conn.out.array(2);
-    conn.out.bulk(id.to_string().as_bytes());
+    conn.out.bulk(id.text(&mut [0; StreamId::TEXT_MAX]));
     let Some(item) = item else {
         conn.out.null_array();
         return;
@@ -123,7 +123,7 @@ pub(crate) async fn xadd(conn: &mut Conn, args: &[Bytes]) -> CmdResult {
     if let Some(trim) = trim {
         service.trim(&who, &topic, trim).await?;
     }
-    conn.out.bulk(id.to_string().as_bytes());
+    conn.out.bulk(id.text(&mut [0; StreamId::TEXT_MAX]));
     Ok(())
 }
 

@@ -290,7 +290,7 @@ pub(crate) async fn exec(conn: &mut Conn, _args: &[Bytes]) -> CmdResult {
                     }
                 }
                 match append.reply {
-                    Reply::Entry => conn.out.bulk(StreamId::of(event).to_string().as_bytes()),
+                    Reply::Entry => conn.out.bulk(StreamId::of(event).text(&mut [0; StreamId::TEXT_MAX])),
                     Reply::Published => conn.out.simple("OK"),
                 }
             }
