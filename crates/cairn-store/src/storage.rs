@@ -97,7 +97,10 @@ pub trait Storage: Send + Sync + 'static {
     /// Every topic that ever had an event, by name.
     fn topics(&self) -> BoxFuture<'_, Result<Vec<TopicInfo>>>;
 
-    /// The payload of `event`, verified against its hash.
+    /// The payload of `event`, verified: against its hash, or, for a payload
+    /// the backend checked when it read the event from a store it wrote
+    /// (the engine's inline payloads, under their frame's CRC with the hash
+    /// it computed from them), by that check.
     fn content<'a>(&'a self, event: &'a Event) -> BoxFuture<'a, Result<Option<Vec<u8>>>>;
 
     /// Stores content on its own; returns its hash.
