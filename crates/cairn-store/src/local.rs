@@ -4,8 +4,8 @@
 //! (index lookups behind the read barrier, file reads and writes, waiting
 //! for the writer) runs on tokio's blocking pool; submissions to the
 //! writer's queue never block a thread (they wait for room
-//! asynchronously); only memory-only calls (the live ring, the last id)
-//! and the verification of small inline payloads run in place.
+//! asynchronously); only memory-only calls (the live ring, the last id,
+//! an inline payload's bytes) run in place.
 
 use std::sync::Arc;
 
@@ -141,7 +141,7 @@ impl Storage for Local {
     fn content<'a>(&'a self, event: &'a Event) -> BoxFuture<'a, Result<Option<Vec<u8>>>> {
         Box::pin(async move {
             match event.payload {
-                // Small and in memory: verified in place.
+                // In memory (its frame's CRC was checked when it was read).
                 Payload::None | Payload::Inline(_) => self.store.content(event),
                 Payload::Stored => {
                     let event = event.clone();

@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::oneshot;
 
-use crate::cas::Cas;
+use crate::cas::{self, Cas};
 use crate::error::{Result, StoreError};
 use crate::event::{self, Batch, Event, Expect, Hash, NewEvent, Payload, Ttl};
 use crate::id::{EventId, IdGenerator};
@@ -715,7 +715,9 @@ impl Store {
     /// event was read from the log (every read checks it), and the hash was
     /// computed by the engine from those bytes when they were appended, so a
     /// sha256 here would only repeat that (it was half of the instructions
-    /// of an XRANGE entry; `verify` still recomputes every hash).
+    /// of an XRANGE entry; `verify` still recomputes every hash). That holds
+    /// for events this store returned; an event built or changed by the
+    /// caller gets its own payload back unchecked.
     pub fn content(&self, event: &Event) -> Result<Option<Vec<u8>>> {
         match (&event.payload, event.hash) {
             (Payload::None, _) => Ok(None),
@@ -853,6 +855,9 @@ impl Store {
         if let Some(event) = self.event_with_hash(hash)?
             && let Some(bytes) = self.content(&event)?
         {
+            // Asked for by its hash: the bytes are hashed again, so what
+            // comes back hashes to what was asked, CRC or not.
+            cas::verify(hash, &bytes, || format!("inline payload of event {}", event.id))?;
             return Ok(bytes);
         }
         Err(StoreError::not_found("content", hash.sri()))
