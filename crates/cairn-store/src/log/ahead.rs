@@ -58,7 +58,8 @@ const WRITE_BYTES: usize = 128 * 1024;
 
 /// The most zeroes there can be past the log's end: a range starts below
 /// `LOW_BYTES` (or at `GAP_BYTES`) past it. Recovery cuts a tail of zeroes
-/// this long without a word; a longer one is reported like a torn write.
+/// this long without a report (a line at info level); a longer one is
+/// judged like a torn write or rot.
 pub(crate) const ZEROES_AHEAD_MAX: u64 = LOW_BYTES + RANGE_BYTES;
 const _: () = assert!(GAP_BYTES <= LOW_BYTES);
 
