@@ -720,20 +720,15 @@ fn report_against(what: &str, name: &str, files: &[RawFile], raw: Vec<Rounds>, m
         .zip(raw)
         .map(|(file, mut raw)| {
             let how = match file {
-                RawFile::Append => "",
-                RawFile::Zeroed => ", into a file of zeroes written before",
-                RawFile::Allocated => ", into a file allocated before (fallocate)",
+                RawFile::Append => String::new(),
+                other => format!(", {}", other.label()),
             };
             raw.report(&format!("raw: write + fdatasync, {what}{how}"), None)
         })
         .collect();
     let rate = cairn.report(name, baselines.first().copied());
     for (file, baseline) in files.iter().zip(&baselines).skip(1) {
-        let against = match file {
-            RawFile::Append => "appending",
-            RawFile::Zeroed => "into zeroes",
-            RawFile::Allocated => "into an allocated file",
-        };
+        let against = file.label();
         row(&format!("{name}, against the raw write {against}"), &format_rate(rate), None, Some(*baseline), Some(rate));
     }
 }
@@ -750,6 +745,17 @@ enum RawFile {
     /// The whole length allocated with `fallocate` and synced first
     /// (unwritten extents, converted at the first write).
     Allocated,
+}
+
+impl RawFile {
+    /// How its rows name it.
+    fn label(self) -> &'static str {
+        match self {
+            RawFile::Append => "appending",
+            RawFile::Zeroed => "into a file of zeroes written before",
+            RawFile::Allocated => "into a file allocated before (fallocate)",
+        }
+    }
 }
 
 /// Rates and latencies of one benchmark over several rounds.

@@ -185,11 +185,8 @@ fn fail(request: Request, error: &StoreError) {
 }
 
 impl Writer {
-    pub(crate) fn new(shared: Arc<Shared>, mut file: LogFile, end: Checkpoint, ids: IdGenerator) -> Writer {
-        if shared.options.sync == SyncMode::Always {
-            file.zero_ahead(end.offset, shared.options.segment_bytes);
-        }
-        Writer {
+    pub(crate) fn new(shared: Arc<Shared>, file: LogFile, end: Checkpoint, ids: IdGenerator) -> Writer {
+        let mut writer = Writer {
             shared,
             file,
             segment: end.segment,
@@ -202,6 +199,16 @@ impl Writer {
             group_error: None,
             unsynced: false,
             last_sync: Instant::now(),
+        };
+        writer.zero_ahead();
+        writer
+    }
+
+    /// With sync `always`, zeroes are written ahead of the log's end in the
+    /// active segment (`log/ahead.rs`): its fdatasyncs then write data alone.
+    fn zero_ahead(&mut self) {
+        if self.shared.options.sync == SyncMode::Always {
+            self.file.zero_ahead(self.offset, self.shared.options.segment_bytes);
         }
     }
 
@@ -690,11 +697,9 @@ impl Writer {
         let file = create_segment(self.shared.segments.dir(), next)?;
         self.file = LogFile::new(file, &self.shared.segments.path(next), self.shared.options.faults.clone())
             .map_err(StoreError::io("open the new log segment"))?;
-        if self.shared.options.sync == SyncMode::Always {
-            self.file.zero_ahead(SEGMENT_HEADER_BYTES, self.shared.options.segment_bytes);
-        }
         self.segment = next;
         self.offset = SEGMENT_HEADER_BYTES;
+        self.zero_ahead();
         self.shared.segments.map(next, self.shared.options.segment_bytes)?;
         Ok(())
     }
