@@ -327,6 +327,10 @@ pub(crate) async fn serve(
     let mut parser = Parser::new(conn.limits());
     let mut input = BytesMut::with_capacity(READ_CHUNK_BYTES);
     let mut stop = stop;
+    // One future for the whole connection, not one per read (it registers
+    // with the watch each time it is made).
+    let stopped = crate::server::stopped(&mut stop);
+    tokio::pin!(stopped);
     loop {
         let mut commands = Vec::new();
         loop {
@@ -432,7 +436,7 @@ pub(crate) async fn serve(
                 let _ = writer.shutdown().await;
                 return;
             }
-            () = crate::server::stopped(&mut stop) => return,
+            () = &mut stopped => return,
         }
     }
 }

@@ -21,30 +21,40 @@ const BASE64_META: &str = r#"{"redis_encoding":"base64"}"#;
 
 /// The event an `XADD` of `pairs` appends to `topic`.
 pub(crate) fn event_from_pairs(topic: Topic, pairs: &[bytes::Bytes]) -> NewEvent {
-    let all_text = pairs.iter().all(|bytes| std::str::from_utf8(bytes).is_ok());
-    let mut json = String::with_capacity(pairs.iter().map(|p| p.len() + 4).sum::<usize>() + 2);
-    json.push('{');
-    for (n, pair) in pairs.chunks(2).enumerate() {
-        if n > 0 {
-            json.push(',');
-        }
-        for (side, bytes) in pair.iter().enumerate() {
-            let text = match std::str::from_utf8(bytes) {
-                Ok(text) if all_text => serde_json::to_string(text),
-                _ => serde_json::to_string(&base64::engine::general_purpose::STANDARD.encode(bytes)),
-            };
-            json.push_str(&text.expect("strings serialize"));
-            if side == 0 {
-                json.push(':');
-            }
-        }
+    let mut json = Vec::with_capacity(pairs.iter().map(|p| p.len() + 4).sum::<usize>() + 2);
+    // Text (the usual case) in one pass; a side that is not UTF-8 makes
+    // every side base64, in a second.
+    let all_text = pairs_json(pairs, false, &mut json);
+    if !all_text {
+        json.clear();
+        pairs_json(pairs, true, &mut json);
     }
-    json.push('}');
-    let mut event = NewEvent::new(topic, json.into_bytes());
+    let mut event = NewEvent::new(topic, json);
     if !all_text {
         event.meta = Some(BASE64_META.to_owned());
     }
     event
+}
+
+/// Writes `pairs` (field, value, ...) as one JSON object into `json`, each
+/// side a string: its text, or with `base64` its bytes in base64. False,
+/// and `json` half written, if a side is not text (without `base64`).
+fn pairs_json(pairs: &[bytes::Bytes], base64: bool, json: &mut Vec<u8>) -> bool {
+    json.push(b'{');
+    for (n, side) in pairs.iter().enumerate() {
+        if n > 0 {
+            json.push(if n % 2 == 1 { b':' } else { b',' });
+        }
+        let written = if base64 {
+            serde_json::to_writer(&mut *json, &base64::engine::general_purpose::STANDARD.encode(side))
+        } else {
+            let Ok(text) = std::str::from_utf8(side) else { return false };
+            serde_json::to_writer(&mut *json, text)
+        };
+        written.expect("a string serializes into a vector");
+    }
+    json.push(b'}');
+    true
 }
 
 /// An event's field-value pairs (see the module docs), borrowing from

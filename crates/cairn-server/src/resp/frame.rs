@@ -184,12 +184,17 @@ fn line_number(buf: &[u8], from: usize, what: &str) -> Result<Option<(i64, usize
         Some(b'\n') => {}
         Some(_) => return Err(ProtocolError(format!("invalid {what}"))),
     }
-    let number = std::str::from_utf8(&rest[..cr])
-        .ok()
-        .filter(|text| !text.is_empty() && !text.starts_with('+'))
-        .and_then(|text| text.parse::<i64>().ok())
-        .ok_or_else(|| ProtocolError(format!("invalid {what}")))?;
-    Ok(Some((number, from + cr + 2)))
+    // By hand (this runs for every argument): an optional '-', then at
+    // most 18 digits, which no limit here comes near.
+    let (negative, digits) = match rest[..cr].split_first() {
+        Some((b'-', digits)) => (true, digits),
+        _ => (false, &rest[..cr]),
+    };
+    if digits.is_empty() || digits.len() > 18 || !digits.iter().all(u8::is_ascii_digit) {
+        return Err(ProtocolError(format!("invalid {what}")));
+    }
+    let number = digits.iter().fold(0i64, |n, digit| n * 10 + i64::from(digit - b'0'));
+    Ok(Some((if negative { -number } else { number }, from + cr + 2)))
 }
 
 /// Splits an inline line on spaces, honouring "double quotes" (with \n,

@@ -204,3 +204,22 @@ proptest! {
         prop_assert_eq!(parse_in_pieces(&mut parser, &frame, cut % 7 + 1), command);
     }
 }
+
+#[test]
+fn numbers_of_lengths() {
+    let parse = |text: &[u8]| line_number(text, 1, "length").map_err(|error| error.0);
+    assert_eq!(parse(b"*3\r\n"), Ok(Some((3, 4))));
+    assert_eq!(parse(b"$-1\r\n"), Ok(Some((-1, 5))));
+    assert_eq!(parse(b"$0\r\nrest"), Ok(Some((0, 4))));
+    assert_eq!(parse(b"$123456789012345678\r\n"), Ok(Some((123_456_789_012_345_678, 21))));
+    // Not complete yet.
+    assert_eq!(parse(b"$12"), Ok(None));
+    assert_eq!(parse(b"$12\r"), Ok(None));
+    // Malformed.
+    for bad in
+        [&b"$+3\r\n"[..], b"$\r\n", b"$-\r\n", b"$3x\r\n", b"$ 3\r\n", b"$3\n", b"$3\rx", b"$1234567890123456789\r\n"]
+    {
+        assert_eq!(parse(bad), Err("invalid length".to_owned()), "{}", String::from_utf8_lossy(bad));
+    }
+    assert_eq!(parse(&[b'1'; 40]), Err("invalid length".to_owned()));
+}

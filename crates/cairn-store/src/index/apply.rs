@@ -341,10 +341,15 @@ pub(crate) const CAS_KEY_HASH_BYTES: usize = 8;
 pub(crate) const IDEM_FINGERPRINT_MARK: u8 = 1;
 
 pub(crate) fn cas_key(hash: Hash, id: EventId) -> Vec<u8> {
-    let mut key = Vec::with_capacity(CAS_KEY_HASH_BYTES + 16);
-    key.extend_from_slice(&hash.0[..CAS_KEY_HASH_BYTES]);
-    key.extend_from_slice(&id.to_bytes());
-    key
+    cas_suffix(hash, id).to_vec()
+}
+
+/// [`cas_key`] on the stack.
+pub(crate) fn cas_suffix(hash: Hash, id: EventId) -> [u8; CAS_KEY_HASH_BYTES + 16] {
+    let mut suffix = [0u8; CAS_KEY_HASH_BYTES + 16];
+    suffix[..CAS_KEY_HASH_BYTES].copy_from_slice(&hash.0[..CAS_KEY_HASH_BYTES]);
+    suffix[CAS_KEY_HASH_BYTES..].copy_from_slice(&id.to_bytes());
+    suffix
 }
 
 pub(crate) fn expiry_key(expires_ms: u64, id: EventId) -> Vec<u8> {

@@ -30,7 +30,7 @@
 use crate::error::Result;
 use crate::event::{Hash, Payload};
 use crate::id::EventId;
-use crate::index::apply::{CAS_KEY_HASH_BYTES, cas_key};
+use crate::index::apply::{CAS_KEY_HASH_BYTES, cas_suffix};
 use crate::index::txn::{Ks, Txn};
 use crate::index::{Checkpoint, Index, META_APPLIED, encode_checkpoint};
 use crate::limits::INDEX_RECORDS_PER_BATCH;
@@ -99,7 +99,7 @@ impl Refs {
 /// A new event's reference, written with its index batch while the
 /// references are current.
 pub(crate) fn insert(txn: &mut Txn<'_>, hash: Hash, id: EventId, payload: &Payload) {
-    txn.insert(Ks::Cas, cas_key(hash, id), vec![u8::from(*payload == Payload::Stored)]);
+    txn.insert_borrowed(Ks::Cas, &cas_suffix(hash, id), &[u8::from(*payload == Payload::Stored)]);
 }
 
 /// Whether some event not removed (as `txn` sees it) refers to content

@@ -465,36 +465,47 @@ impl Writer {
         // leaves the group's state untouched.
         let mut scratch: HashMap<String, (u64, EventId)> = HashMap::new();
         let mut ids_floor = self.ids.last();
-        // Events of one topic usually come in runs: the tail of the current
-        // run's topic is kept here and goes into `scratch` when the run
-        // ends, so a run costs one map lookup, not two per event.
-        let mut run: Option<(Topic, Option<(u64, EventId)>)> = None;
-        for event in &mut events {
-            let last = match &run {
-                Some((topic, tail)) if *topic == event.topic => *tail,
-                _ => {
-                    end_run(&mut scratch, run.take());
-                    let tail = match scratch.get(event.topic.as_str()) {
-                        Some(last) => Some(*last),
-                        None => self.tail(state, event.topic.as_str())?,
-                    };
-                    run = Some((event.topic.clone(), tail));
-                    tail
+        // One event (most appends): its topic's tail is looked up once and
+        // goes straight into the group's tails below, with no scratch map
+        // (each map operation is a SipHash of the topic).
+        let single = events.len() == 1 && !import;
+        if let [event] = events.as_mut_slice()
+            && single
+        {
+            let last = self.tail(state, event.topic.as_str())?;
+            event.seq = last.map_or(0, |(seq, _)| seq + 1);
+        } else {
+            // Events of one topic usually come in runs: the tail of the current
+            // run's topic is kept here and goes into `scratch` when the run
+            // ends, so a run costs one map lookup, not two per event.
+            let mut run: Option<(Topic, Option<(u64, EventId)>)> = None;
+            for event in &mut events {
+                let last = match &run {
+                    Some((topic, tail)) if *topic == event.topic => *tail,
+                    _ => {
+                        end_run(&mut scratch, run.take());
+                        let tail = match scratch.get(event.topic.as_str()) {
+                            Some(last) => Some(*last),
+                            None => self.tail(state, event.topic.as_str())?,
+                        };
+                        run = Some((event.topic.clone(), tail));
+                        tail
+                    }
+                };
+                if import {
+                    check_import(event, last, ids_floor)?;
+                    ids_floor = event.id;
+                } else {
+                    event.seq = last.map_or(0, |(seq, _)| seq + 1);
                 }
-            };
-            if import {
-                check_import(event, last, ids_floor)?;
-                ids_floor = event.id;
-            } else {
-                event.seq = last.map_or(0, |(seq, _)| seq + 1);
+                if event.ttl != Ttl::Ephemeral
+                    && let Some((_, tail)) = &mut run
+                {
+                    *tail = Some((event.seq, event.id));
+                }
             }
-            if event.ttl != Ttl::Ephemeral
-                && let Some((_, tail)) = &mut run
-            {
-                *tail = Some((event.seq, event.id));
-            }
+            end_run(&mut scratch, run);
         }
-        end_run(&mut scratch, run);
         for (hash, bytes) in stored_payloads {
             // Pinned first (collection checks pins, then deletes), then put
             // again if collection took the file after the caller put it.
@@ -515,15 +526,26 @@ impl Writer {
         }
         // The tails take the ids just assigned: the last event of each run
         // (the last run of a topic comes last, so it is the one that stays).
-        let mut stored = events.iter().filter(|e| e.ttl != Ttl::Ephemeral).peekable();
-        while let Some(event) = stored.next() {
-            if stored.peek().is_none_or(|next| next.topic != event.topic)
-                && let Some(tail) = scratch.get_mut(event.topic.as_str())
+        if single {
+            if let [event] = events.as_slice()
+                && event.ttl != Ttl::Ephemeral
             {
-                *tail = (event.seq, event.id);
+                match state.tails.get_mut(event.topic.as_str()) {
+                    Some(tail) => *tail = (event.seq, event.id),
+                    None => drop(state.tails.insert(event.topic.as_str().to_owned(), (event.seq, event.id))),
+                }
             }
+        } else {
+            let mut stored = events.iter().filter(|e| e.ttl != Ttl::Ephemeral).peekable();
+            while let Some(event) = stored.next() {
+                if stored.peek().is_none_or(|next| next.topic != event.topic)
+                    && let Some(tail) = scratch.get_mut(event.topic.as_str())
+                {
+                    *tail = (event.seq, event.id);
+                }
+            }
+            state.tails.extend(scratch);
         }
-        state.tails.extend(scratch);
         let stored_events: Vec<&Event> = events.iter().filter(|e| e.ttl != Ttl::Ephemeral).collect();
         // A request that fills a merged record alone is its own record,
         // encoded straight into the group's buffer: not into the merge
