@@ -184,17 +184,24 @@ fn line_number(buf: &[u8], from: usize, what: &str) -> Result<Option<(i64, usize
         Some(b'\n') => {}
         Some(_) => return Err(ProtocolError(format!("invalid {what}"))),
     }
-    // By hand (this runs for every argument): an optional '-', then at
-    // most 18 digits, which no limit here comes near.
+    // By hand (this runs for every argument), accepting what `i64`'s
+    // `from_str` does but a leading '+': an optional '-', then digits
+    // (leading zeros too), within `i64`.
     let (negative, digits) = match rest[..cr].split_first() {
         Some((b'-', digits)) => (true, digits),
         _ => (false, &rest[..cr]),
     };
-    if digits.is_empty() || digits.len() > 18 || !digits.iter().all(u8::is_ascii_digit) {
-        return Err(ProtocolError(format!("invalid {what}")));
-    }
-    let number = digits.iter().fold(0i64, |n, digit| n * 10 + i64::from(digit - b'0'));
-    Ok(Some((if negative { -number } else { number }, from + cr + 2)))
+    let number = (!digits.is_empty())
+        .then_some(digits)
+        .filter(|digits| digits.iter().all(u8::is_ascii_digit))
+        .and_then(|digits| {
+            digits.iter().try_fold(0i64, |n, digit| {
+                let digit = i64::from(digit - b'0');
+                n.checked_mul(10).and_then(|n| if negative { n.checked_sub(digit) } else { n.checked_add(digit) })
+            })
+        })
+        .ok_or_else(|| ProtocolError(format!("invalid {what}")))?;
+    Ok(Some((number, from + cr + 2)))
 }
 
 /// Splits an inline line on spaces, honouring "double quotes" (with \n,

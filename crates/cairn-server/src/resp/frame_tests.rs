@@ -212,13 +212,29 @@ fn numbers_of_lengths() {
     assert_eq!(parse(b"$-1\r\n"), Ok(Some((-1, 5))));
     assert_eq!(parse(b"$0\r\nrest"), Ok(Some((0, 4))));
     assert_eq!(parse(b"$123456789012345678\r\n"), Ok(Some((123_456_789_012_345_678, 21))));
+    // What `i64`'s `from_str` takes: leading zeros, "-0", its whole range.
+    assert_eq!(parse(b"$0000000000000000004\r\n"), Ok(Some((4, 22))));
+    assert_eq!(parse(b"$-0\r\n"), Ok(Some((0, 5))));
+    assert_eq!(parse(b"*-1000000000000000000\r\n"), Ok(Some((-1_000_000_000_000_000_000, 23))));
+    assert_eq!(parse(b"$9223372036854775807\r\n"), Ok(Some((i64::MAX, 22))));
+    assert_eq!(parse(b"$-9223372036854775808\r\n"), Ok(Some((i64::MIN, 23))));
     // Not complete yet.
     assert_eq!(parse(b"$12"), Ok(None));
     assert_eq!(parse(b"$12\r"), Ok(None));
     // Malformed.
-    for bad in
-        [&b"$+3\r\n"[..], b"$\r\n", b"$-\r\n", b"$3x\r\n", b"$ 3\r\n", b"$3\n", b"$3\rx", b"$1234567890123456789\r\n"]
-    {
+    for bad in [
+        &b"$+3\r\n"[..],
+        b"$\r\n",
+        b"$-\r\n",
+        b"$3x\r\n",
+        b"$ 3\r\n",
+        b"$3\n",
+        b"$3\rx",
+        b"$9223372036854775808\r\n",
+        b"$-9223372036854775809\r\n",
+        b"$--3\r\n",
+        b"$-+3\r\n",
+    ] {
         assert_eq!(parse(bad), Err("invalid length".to_owned()), "{}", String::from_utf8_lossy(bad));
     }
     assert_eq!(parse(&[b'1'; 40]), Err("invalid length".to_owned()));

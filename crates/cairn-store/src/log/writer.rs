@@ -469,11 +469,12 @@ impl Writer {
         // goes straight into the group's tails below, with no scratch map
         // (each map operation is a SipHash of the topic).
         let single = events.len() == 1 && !import;
+        let mut single_tail = None;
         if let [event] = events.as_mut_slice()
             && single
         {
-            let last = self.tail(state, event.topic.as_str())?;
-            event.seq = last.map_or(0, |(seq, _)| seq + 1);
+            single_tail = self.tail(state, event.topic.as_str())?;
+            event.seq = single_tail.map_or(0, |(seq, _)| seq + 1);
         } else {
             // Events of one topic usually come in runs: the tail of the current
             // run's topic is kept here and goes into `scratch` when the run
@@ -527,12 +528,14 @@ impl Writer {
         // The tails take the ids just assigned: the last event of each run
         // (the last run of a topic comes last, so it is the one that stays).
         if single {
+            // The tail looked up stays known for the group (an ephemeral
+            // event leaves it where it was), as the general path keeps it.
             if let [event] = events.as_slice()
-                && event.ttl != Ttl::Ephemeral
+                && let Some(tail) = if event.ttl == Ttl::Ephemeral { single_tail } else { Some((event.seq, event.id)) }
             {
                 match state.tails.get_mut(event.topic.as_str()) {
-                    Some(tail) => *tail = (event.seq, event.id),
-                    None => drop(state.tails.insert(event.topic.as_str().to_owned(), (event.seq, event.id))),
+                    Some(last) => *last = tail,
+                    None => drop(state.tails.insert(event.topic.as_str().to_owned(), tail)),
                 }
             }
         } else {
