@@ -61,11 +61,11 @@ impl<'a> Txn<'a> {
     /// once each (three allocations fewer per write; a content reference
     /// per event is most of the index's writes).
     pub(crate) fn insert_borrowed(&mut self, ks: Ks, suffix: &[u8], value: &[u8]) {
-        let mut full = [0u8; SHORT_KEY_BYTES];
         if self.track || suffix.len() >= SHORT_KEY_BYTES {
             return self.insert(ks, suffix.to_vec(), value.to_vec());
         }
         self.n_writes += 1;
+        let mut full = [0u8; SHORT_KEY_BYTES];
         full[0] = ks as u8;
         full[1..=suffix.len()].copy_from_slice(suffix);
         self.batch.insert(self.index.keyspace(ks), &full[..=suffix.len()], value);
