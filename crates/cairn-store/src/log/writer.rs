@@ -530,13 +530,9 @@ impl Writer {
         if single {
             // The tail looked up stays known for the group (an ephemeral
             // event leaves it where it was), as the general path keeps it.
-            if let [event] = events.as_slice()
-                && let Some(tail) = if event.ttl == Ttl::Ephemeral { single_tail } else { Some((event.seq, event.id)) }
-            {
-                match state.tails.get_mut(event.topic.as_str()) {
-                    Some(last) => *last = tail,
-                    None => drop(state.tails.insert(event.topic.as_str().to_owned(), tail)),
-                }
+            if let [event] = events.as_slice() {
+                let tail = if event.ttl == Ttl::Ephemeral { single_tail } else { Some((event.seq, event.id)) };
+                end_run(&mut state.tails, Some((event.topic.clone(), tail)));
             }
         } else {
             let mut stored = events.iter().filter(|e| e.ttl != Ttl::Ephemeral).peekable();
