@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use cairn_store::limits::READ_CHUNK_CONTENT_BYTES;
-use cairn_store::{BoxFuture, EventId, Item, Payload, Query, Reader, StoreError};
+use cairn_store::{BoxFuture, EventId, InlineBytes, Item, Payload, Query, Reader, StoreError};
 use tokio_postgres::types::ToSql;
 
 use crate::backend::{Shared, verified};
@@ -218,7 +218,7 @@ impl PgReader {
             } else {
                 self.lower = Some(event.id);
             }
-            items.push(Item { event, content });
+            items.push(Item { event, content: content.map(InlineBytes::from) });
         }
         if let Some(remaining) = &mut self.remaining {
             *remaining = remaining.saturating_sub(items.len() as u64);

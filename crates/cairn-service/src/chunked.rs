@@ -130,7 +130,10 @@ impl Service {
     pub async fn chunked_read(&self, who: &Principal, id: EventId) -> Result<ChunkedRead> {
         let item = self.get(who, id, true).await?;
         if !is_chunked(&item.event) {
-            return Ok(ChunkedRead { follow: None, whole: Some(item.content.unwrap_or_default()) });
+            return Ok(ChunkedRead {
+                follow: None,
+                whole: Some(item.content.map(|bytes| bytes.to_vec()).unwrap_or_default()),
+            });
         }
         // Known aborted already: an error now, not a body cut after its
         // first bytes (which a client could take for the whole).

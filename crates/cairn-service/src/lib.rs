@@ -45,9 +45,10 @@ mod users;
 pub use cairn_store::json;
 pub use cairn_store::limits;
 pub use cairn_store::{
-    BACKUP_MANIFEST, BackupProgress, BackupReport, Batch, Event, EventId, Expect, Hash, Imported, Limits, NewEvent,
-    Options as StoreOptions, Pattern, Payload, Query, RecoveryReport, SYSTEM_PREFIX, Storage, StoreError, StoreStats,
-    SyncMode, Topic, TopicInfo, Truncation, Ttl, VerifyReport, check_meta, lock_directory, parse_duration_ms,
+    BACKUP_MANIFEST, BackupProgress, BackupReport, Batch, Event, EventId, Expect, Hash, Imported, InlineBytes, Limits,
+    NewEvent, Options as StoreOptions, Pattern, Payload, Query, RecoveryReport, SYSTEM_PREFIX, Storage, StoreError,
+    StoreStats, SyncMode, Topic, TopicInfo, Truncation, Ttl, VerifyReport, check_meta, lock_directory,
+    parse_duration_ms,
 };
 pub use chunked::{CHUNKS_PREFIX, Chunked, ChunkedAppend, ChunkedRead, is_chunked};
 pub use consumers::group::Claim;

@@ -16,8 +16,8 @@ use std::time::Instant;
 pub use cairn_store::Item;
 use cairn_store::json::EventJson;
 use cairn_store::{
-    Batch, Event, EventId, Expect, Hash, Imported, Limits, NewEvent, Pattern, Pending, Query, StoreStats, Topic,
-    TopicInfo, Ttl, VerifyReport,
+    Batch, Event, EventId, Expect, Hash, Imported, InlineBytes, Limits, NewEvent, Pattern, Pending, Query, StoreStats,
+    Topic, TopicInfo, Ttl, VerifyReport,
 };
 use cairn_store::{Reader, Storage, Store};
 use tokio::sync::watch;
@@ -546,7 +546,7 @@ impl Service {
             .filter(|event| who.can_read_topic(&event.topic))
             .ok_or_else(|| ServiceError::not_found("event", id))?;
         let content = if content { self.inner.storage.content(&event).await? } else { None };
-        Ok(Item { event, content })
+        Ok(Item { event, content: content.map(InlineBytes::from) })
     }
 
     /// The payload of an event `who` read.
@@ -891,7 +891,7 @@ impl Budget {
     /// Takes `item` from the budget: false (or, for a whole reply, an
     /// error) when it does not fit. A reply's first entry always fits.
     pub(crate) fn take(&mut self, item: &Item, first: bool) -> Result<bool> {
-        let bytes = REPLY_ENTRY_BYTES + item.content.as_ref().map_or(0, Vec::len);
+        let bytes = REPLY_ENTRY_BYTES + item.content.as_ref().map_or(0, |bytes| bytes.len());
         if bytes <= self.left || first {
             self.left = self.left.saturating_sub(bytes);
             return Ok(true);

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use crate::error::{Result, StoreError};
-use crate::event::{Batch, Event, Hash, Payload};
+use crate::event::{Batch, Event, Hash, InlineBytes, Payload};
 use crate::id::EventId;
 use crate::limits::READ_CHUNK_CONTENT_BYTES;
 use crate::log::codec::StateOp;
@@ -272,12 +272,12 @@ impl Reader for LocalReader {
                 while events.len() < max && bytes < READ_CHUNK_CONTENT_BYTES {
                     let loaded = iter.next().map(|event| {
                         let event = event?;
-                        let content = if content { store.content(&event)? } else { None };
+                        let content = if content { store.content_view(&event)? } else { None };
                         Ok(Item { event, content })
                     });
                     match loaded {
                         Some(Ok(item)) => {
-                            bytes += item.content.as_ref().map_or(0, Vec::len);
+                            bytes += item.content.as_ref().map_or(0, InlineBytes::len);
                             events.push(item);
                         }
                         Some(Err(error)) => return (None, Err(error)),

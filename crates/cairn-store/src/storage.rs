@@ -36,7 +36,7 @@ use tokio::sync::watch;
 
 use crate::backup::{BackupProgress, BackupReport};
 use crate::error::Result;
-use crate::event::{Batch, Event, Hash};
+use crate::event::{Batch, Event, Hash, InlineBytes};
 use crate::id::EventId;
 use crate::log::codec::StateOp;
 use crate::read::Query;
@@ -187,8 +187,9 @@ pub trait Reader: Send {
 pub struct Item {
     /// The event.
     pub event: Event,
-    /// Its payload, verified, if asked for and it has one.
-    pub content: Option<Vec<u8>>,
+    /// Its payload, verified, if asked for and it has one: for a payload
+    /// kept in the log, the event's own bytes (a view, not a copy).
+    pub content: Option<InlineBytes>,
 }
 
 /// Bounds of a storage, for front ends to check early and to report.

@@ -15,7 +15,7 @@ use tokio::sync::oneshot;
 
 use crate::cas::{self, Cas};
 use crate::error::{Result, StoreError};
-use crate::event::{self, Batch, Event, Expect, Hash, NewEvent, Payload, Ttl};
+use crate::event::{self, Batch, Event, Expect, Hash, InlineBytes, NewEvent, Payload, Ttl};
 use crate::id::{EventId, IdGenerator};
 use crate::index::apply::CAS_KEY_HASH_BYTES;
 use crate::index::sparse::find_id;
@@ -733,6 +733,15 @@ impl Store {
                 location: format!("event {}", event.id),
                 detail: "stored payload without a hash".to_owned(),
             }),
+        }
+    }
+
+    /// [`Store::content`] without copying a payload kept in the log: the
+    /// event's own bytes, shared.
+    pub(crate) fn content_view(&self, event: &Event) -> Result<Option<InlineBytes>> {
+        match &event.payload {
+            Payload::Inline(bytes) => Ok(Some(bytes.clone())),
+            _ => Ok(self.content(event)?.map(InlineBytes::from)),
         }
     }
 

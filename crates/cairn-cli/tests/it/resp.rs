@@ -442,6 +442,70 @@ fn redis_crate_streams_and_fields_round_trip() {
     assert_eq!(kind, "stream");
 }
 
+/// A reply longer than what the server builds before it starts sending
+/// (XRANGE writes as it goes): whole and in order, alone, pipelined, in
+/// EXEC, and a client that leaves without reading ends only itself.
+#[test]
+fn long_ranges_go_out_whole_in_order_and_in_exec() {
+    use redis::streams::StreamRangeReply;
+    let cairn = Cairn::new();
+    let server = Server::start(&cairn, &[]);
+    let mut con = client(&server);
+    let value = |n: usize| format!("{n:06}-{}", "v".repeat(200));
+    let mut pipe = redis::pipe();
+    for n in 0..3000 {
+        pipe.cmd("XADD").arg("long").arg("*").arg("n").arg(value(n)).ignore();
+    }
+    pipe.query::<()>(&mut con).unwrap();
+    let check = |range: &StreamRangeReply, reversed: bool| {
+        assert_eq!(range.ids.len(), 3000);
+        for (i, entry) in range.ids.iter().enumerate() {
+            let n = if reversed { 2999 - i } else { i };
+            assert!(entry.id.ends_with(&format!("-{n}")), "{} at {i}", entry.id);
+            assert_eq!(entry.get::<String>("n"), Some(value(n)));
+        }
+    };
+    let range: StreamRangeReply = redis::cmd("XRANGE").arg("long").arg("-").arg("+").query(&mut con).unwrap();
+    check(&range, false);
+    let range: StreamRangeReply = redis::cmd("XREVRANGE").arg("long").arg("+").arg("-").query(&mut con).unwrap();
+    check(&range, true);
+    // Pipelined between other commands, and inside a transaction.
+    let (pong, range, len): (String, StreamRangeReply, u64) = redis::pipe()
+        .cmd("PING")
+        .cmd("XRANGE")
+        .arg("long")
+        .arg("-")
+        .arg("+")
+        .cmd("XLEN")
+        .arg("long")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!((pong.as_str(), len), ("PONG", 3000));
+    check(&range, false);
+    let (range, len): (StreamRangeReply, u64) = redis::pipe()
+        .atomic()
+        .cmd("XRANGE")
+        .arg("long")
+        .arg("-")
+        .arg("+")
+        .cmd("XLEN")
+        .arg("long")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(len, 3000);
+    check(&range, false);
+    // Clients that ask for long replies and leave without reading them.
+    for _ in 0..20 {
+        let mut raw = Raw::connect(server.resp());
+        raw.send(&encode(&[b"XRANGE", b"long", b"-", b"+"]).repeat(8));
+    }
+    let pong: String = redis::cmd("PING").query(&mut con).unwrap();
+    assert_eq!(pong, "PONG");
+    let range: StreamRangeReply =
+        redis::cmd("XRANGE").arg("long").arg("-").arg("+").query(&mut client(&server)).unwrap();
+    check(&range, false);
+}
+
 #[test]
 fn redis_crate_consumer_groups_compete_claim_and_survive_restart() {
     use redis::Commands as _;

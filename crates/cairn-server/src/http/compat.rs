@@ -91,7 +91,7 @@ async fn find(app: &App, principal: &Principal, id: &str) -> ApiResult<Item> {
             items.into_iter().find(|item| item.event.meta.is_some() && client_id(&item.event).as_deref() == Some(id))
         {
             let content = app.service.content(principal, &item.event).await?;
-            return Ok(Item { content, ..item });
+            return Ok(Item { content: content.map(cairn_service::InlineBytes::from), ..item });
         }
     }
 }

@@ -26,6 +26,7 @@ use bytes::{Bytes, BytesMut};
 use cairn_service::{Appending, Principal, Topic};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
 use super::cmd::pubsub;
@@ -60,6 +61,8 @@ static NEXT_CLIENT_ID: AtomicU64 = AtomicU64::new(1);
 pub(crate) struct Conn {
     pub(crate) app: Arc<App>,
     pub(crate) out: Out,
+    /// Where replies go (`Conn::write_out`).
+    writer: OwnedWriteHalf,
     pub(crate) id: u64,
     pub(crate) peer: SocketAddr,
     pub(crate) created: Instant,
@@ -97,6 +100,24 @@ impl Conn {
     /// through before it is known; the others are refused earlier).
     pub(crate) fn who(&self) -> Result<&Principal, Fail> {
         self.principal.as_ref().ok_or_else(super::error::noauth)
+    }
+
+    /// Writes the replies so far; false if the client is gone (or, for a
+    /// subscriber or a monitor, stopped reading).
+    pub(crate) async fn write_out(&mut self) -> bool {
+        if self.out.buf.is_empty() {
+            return true;
+        }
+        // Replies may carry push frames (moved ahead of them): for a
+        // subscriber or a monitor, a write that stalls is a client that
+        // stopped reading, closed as the push writes are.
+        let written = if self.subscribed() || self.monitoring || !self.subscriptions.is_empty() {
+            tokio::time::timeout(PUSH_WRITE_TIMEOUT, self.writer.write_all(&self.out.buf)).await
+        } else {
+            Ok(self.writer.write_all(&self.out.buf).await)
+        };
+        self.out.buf.clear();
+        matches!(written, Ok(Ok(())))
     }
 
     /// What an unauthenticated connection starts as.
@@ -289,13 +310,14 @@ pub(crate) async fn serve(
     stop: watch::Receiver<bool>,
     awaiting: Arc<AwaitingAuth>,
 ) {
-    let (mut reader, mut writer) = stream.into_split();
+    let (mut reader, writer) = stream.into_split();
     let (pushes, push_queue) = Pushes::new();
     let mut sessions = app.service.session_changes();
     let mut conn = Conn {
         principal: Conn::initial_principal(&app),
         app,
         out: Out::new(),
+        writer,
         id: NEXT_CLIENT_ID.fetch_add(1, Relaxed),
         peer,
         created: Instant::now(),
@@ -319,7 +341,7 @@ pub(crate) async fn serve(
     if conn.principal.is_none() {
         ticket = awaiting.enter(peer.ip());
         if ticket.is_none() {
-            let _ = writer.write_all(b"-ERR too many connections awaiting AUTH from this address\r\n").await;
+            let _ = conn.writer.write_all(b"-ERR too many connections awaiting AUTH from this address\r\n").await;
             return;
         }
     }
@@ -374,19 +396,8 @@ pub(crate) async fn serve(
                 // free before the client reads the reply.
                 ticket = None;
             }
-            if !conn.out.buf.is_empty() {
-                // Replies may carry push frames (moved ahead of them): for a
-                // subscriber or a monitor, a write that stalls is a client
-                // that stopped reading, closed as the push writes are.
-                let written = if conn.subscribed() || conn.monitoring || !conn.subscriptions.is_empty() {
-                    tokio::time::timeout(PUSH_WRITE_TIMEOUT, writer.write_all(&conn.out.buf)).await
-                } else {
-                    Ok(writer.write_all(&conn.out.buf).await)
-                };
-                if !matches!(written, Ok(Ok(()))) {
-                    return;
-                }
-                conn.out.buf.clear();
+            if !conn.write_out().await {
+                return;
             }
             if commands.is_empty() || conn.closing {
                 break;
@@ -394,7 +405,7 @@ pub(crate) async fn serve(
         }
         parser.set_limits(conn.limits());
         if conn.closing {
-            let _ = writer.shutdown().await;
+            let _ = conn.writer.shutdown().await;
             return;
         }
         if parsed_any && !input.is_empty() {
@@ -416,7 +427,7 @@ pub(crate) async fn serve(
                     // A client that stops reading: the frames waiting for it
                     // filled its queue (pub/sub never waits), or one write
                     // does not finish in time.
-                    let written = tokio::time::timeout(PUSH_WRITE_TIMEOUT, writer.write_all(&frame)).await;
+                    let written = tokio::time::timeout(PUSH_WRITE_TIMEOUT, conn.writer.write_all(&frame)).await;
                     if conn.pushes.overflowed() || !matches!(written, Ok(Ok(()))) {
                         tracing::warn!("{peer}: closing a client that does not read what it subscribed to");
                         return;
@@ -426,14 +437,14 @@ pub(crate) async fn serve(
             // Only a user's session can be revoked.
             changed = sessions.changed(), if matches!(conn.principal, Some(Principal::User(_))) => {
                 if changed.is_ok() && revoked(&conn) {
-                    let _ = writer.write_all(b"-NOAUTH the connection's credentials were revoked\r\n").await;
-                    let _ = writer.shutdown().await;
+                    let _ = conn.writer.write_all(b"-NOAUTH the connection's credentials were revoked\r\n").await;
+                    let _ = conn.writer.shutdown().await;
                     return;
                 }
             }
             () = tokio::time::sleep_until(auth_deadline), if ticket.is_some() => {
-                let _ = writer.write_all(b"-NOAUTH Authentication required within 10 seconds; closing\r\n").await;
-                let _ = writer.shutdown().await;
+                let _ = conn.writer.write_all(b"-NOAUTH Authentication required within 10 seconds; closing\r\n").await;
+                let _ = conn.writer.shutdown().await;
                 return;
             }
             () = &mut stopped => return,

@@ -57,27 +57,34 @@ fn pairs_json(pairs: &[bytes::Bytes], base64: bool, json: &mut Vec<u8>) -> bool 
     true
 }
 
-/// An event's field-value pairs (see the module docs), borrowing from
-/// `content` where it can. `content` is its payload (`None` without one).
-pub(crate) fn pairs_of<'a>(event: &'a Event, content: Option<&'a [u8]>) -> Vec<Cow<'a, [u8]>> {
-    let mut pairs = Vec::new();
+/// An event's field-value pairs (see the module docs) into `pairs` (its
+/// old contents dropped), borrowing from `content` where it can. `content`
+/// is its payload (`None` without one). A caller writing many entries
+/// passes the same vector for each, so an entry costs no allocation.
+pub(crate) fn pairs_of<'a>(event: &'a Event, content: Option<&'a [u8]>, pairs: &mut Vec<Cow<'a, [u8]>>) {
+    pairs.clear();
     if let Some(kind) = &event.kind {
         pairs.push(Cow::Borrowed(&b"type"[..]));
         pairs.push(Cow::Borrowed(kind.as_bytes()));
     }
-    let Some(content) = content else { return pairs };
+    let Some(content) = content else { return };
+    let base64 = event.meta.as_deref() == Some(BASE64_META);
+    let bytes = |text: Cow<'a, str>| -> Cow<'a, [u8]> {
+        if base64 && let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(text.as_bytes()) {
+            return Cow::Owned(decoded);
+        }
+        match text {
+            Cow::Borrowed(text) => Cow::Borrowed(text.as_bytes()),
+            Cow::Owned(text) => Cow::Owned(text.into_bytes()),
+        }
+    };
+    let before = pairs.len();
+    if plain_object(content, |text| pairs.push(bytes(Cow::Borrowed(text)))) {
+        return;
+    }
+    pairs.truncate(before);
     match object_members(content) {
         Some(members) => {
-            let base64 = event.meta.as_deref() == Some(BASE64_META);
-            let bytes = |text: Cow<'a, str>| -> Cow<'a, [u8]> {
-                if base64 && let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(text.as_bytes()) {
-                    return Cow::Owned(decoded);
-                }
-                match text {
-                    Cow::Borrowed(text) => Cow::Borrowed(text.as_bytes()),
-                    Cow::Owned(text) => Cow::Owned(text.into_bytes()),
-                }
-            };
             for (Text(key), value) in members {
                 pairs.push(bytes(key));
                 let raw = value.get();
@@ -92,7 +99,49 @@ pub(crate) fn pairs_of<'a>(event: &'a Event, content: Option<&'a [u8]>) -> Vec<C
             pairs.push(Cow::Borrowed(content));
         }
     }
-    pairs
+}
+
+/// The payload as XADD writes it, read without a JSON parser: an object
+/// with no whitespace whose keys and values are all strings without
+/// escapes. Calls `each` with every key and value in order and says true;
+/// false for anything else (having called `each` for what came before),
+/// which [`object_members`] then reads. Where it says true, the strings it
+/// gives are exactly what a JSON parser would: it accepts only text in
+/// which no byte needs unescaping (no `"`, `\` or control byte inside a
+/// string) and that is UTF-8.
+fn plain_object<'a>(bytes: &'a [u8], mut each: impl FnMut(&'a str)) -> bool {
+    let Some(mut rest) = bytes.strip_prefix(b"{") else { return false };
+    if rest == b"}" {
+        return true;
+    }
+    loop {
+        let Some((key, after)) = plain_string(rest) else { return false };
+        let Some((value, after)) = after.strip_prefix(b":").and_then(plain_string) else { return false };
+        each(key);
+        each(value);
+        match after {
+            [b'}'] => return true,
+            [b',', more @ ..] => rest = more,
+            _ => return false,
+        }
+    }
+}
+
+/// A JSON string at the start of `bytes` that needs no unescaping, and
+/// what follows it.
+fn plain_string(bytes: &[u8]) -> Option<(&str, &[u8])> {
+    let text = bytes.strip_prefix(b"\"")?;
+    let end = memchr::memchr2(b'"', b'\\', text)?;
+    if text[end] != b'"' {
+        return None;
+    }
+    let (string, after) = text.split_at(end);
+    // A control byte is not allowed in a JSON string: the parser decides
+    // what such a payload reads as. (A fold, not `any`, so it vectorizes.)
+    if string.iter().fold(false, |control, &b| control | (b < 0x20)) {
+        return None;
+    }
+    Some((std::str::from_utf8(string).ok()?, &after[1..]))
 }
 
 /// A JSON string, borrowed when it has no escapes.
@@ -150,16 +199,23 @@ mod tests {
         (event, payload)
     }
 
+    fn pairs(event: &Event, payload: &[u8]) -> Vec<Vec<u8>> {
+        let mut pairs = vec![Cow::Borrowed(&b"left over"[..])];
+        pairs_of(event, Some(payload), &mut pairs);
+        pairs.into_iter().map(Cow::into_owned).collect()
+    }
+
     #[test]
     fn pairs_round_trip_in_order_with_repeats_and_binary() {
         let topic = Topic::new("s").unwrap();
-        for pairs in
-            [vec![&b"f"[..], b"v", b"g", b"{\"x\":1}", b"f", b"again"], vec![&b"a\r\n\0"[..], b"\xff\xfe", b"k", b""]]
-        {
-            let input: Vec<bytes::Bytes> = pairs.iter().map(|p| bytes::Bytes::copy_from_slice(p)).collect();
-            let (event, payload) = stored(event_from_pairs(topic.clone(), &input));
-            let output: Vec<Vec<u8>> = pairs_of(&event, Some(&payload)).into_iter().map(Cow::into_owned).collect();
-            assert_eq!(output, pairs.iter().map(|p| p.to_vec()).collect::<Vec<_>>());
+        for input in [
+            vec![&b"f"[..], b"v", b"g", b"{\"x\":1}", b"f", b"again"],
+            vec![&b"a\r\n\0"[..], b"\xff\xfe", b"k", b""],
+            vec![&b"f"[..], "caf\u{e9} \u{1F600}".as_bytes(), b"q\"uote", b"back\\slash"],
+        ] {
+            let wire: Vec<bytes::Bytes> = input.iter().map(|p| bytes::Bytes::copy_from_slice(p)).collect();
+            let (event, payload) = stored(event_from_pairs(topic.clone(), &wire));
+            assert_eq!(pairs(&event, &payload), input.iter().map(|p| p.to_vec()).collect::<Vec<_>>());
         }
     }
 
@@ -168,11 +224,88 @@ mod tests {
         let topic = Topic::new("s").unwrap();
         let (event, payload) = stored(NewEvent::new(topic.clone(), "Hello\r\n").with_type("greeting"));
         let expected: Vec<Vec<u8>> = vec![b"type".into(), b"greeting".into(), b"data".into(), b"Hello\r\n".into()];
-        let owned = |pairs: Vec<Cow<'_, [u8]>>| pairs.into_iter().map(Cow::into_owned).collect::<Vec<_>>();
-        assert_eq!(owned(pairs_of(&event, Some(&payload))), expected);
-        let (event, payload) = stored(NewEvent::new(topic, r#"{"n":1,"s":"t\u0041","o":{"a":[true]}}"#));
+        assert_eq!(pairs(&event, &payload), expected);
+        let (event, payload) = stored(NewEvent::new(topic.clone(), r#"{"n":1,"s":"t\u0041","o":{"a":[true]}}"#));
         let expected: Vec<Vec<u8>> =
             vec![b"n".into(), b"1".into(), b"s".into(), b"tA".into(), b"o".into(), br#"{"a":[true]}"#.into()];
-        assert_eq!(owned(pairs_of(&event, Some(&payload))), expected);
+        assert_eq!(pairs(&event, &payload), expected);
+        // Plain at first, then not: nothing of the plain start is kept twice.
+        for (payload, expected) in [
+            (&br#"{"a":"b","c":2}"#[..], vec![&b"a"[..], b"b", b"c", b"2"]),
+            (br#"{"a":"b", "c":"d"}"#, vec![b"a", b"b", b"c", b"d"]),
+            (br#"{"a":"b","c":"d"} "#, vec![b"a", b"b", b"c", b"d"]),
+            (b"{\"a\":\"b\",\"c\":\"\x01\"}", vec![b"data", b"{\"a\":\"b\",\"c\":\"\x01\"}"]),
+            (b"{\"a\":\"b\",\"c\":\"\xff\"}", vec![b"data", b"{\"a\":\"b\",\"c\":\"\xff\"}"]),
+            (br#"{"a":"b","c":"d"}x"#, vec![b"data", br#"{"a":"b","c":"d"}x"#]),
+            (br#"{"a":"b","#, vec![b"data", br#"{"a":"b","#]),
+            (br#"{}"#, vec![]),
+            (b"{\"a\":\"\x1f\"}", vec![b"data", b"{\"a\":\"\x1f\"}"]),
+            (b"{\"a\":\" \x7f\"}", vec![b"a", b" \x7f"]),
+        ] {
+            let (event, _) = stored(NewEvent::new(topic.clone(), payload));
+            assert_eq!(pairs(&event, payload), expected.iter().map(|p| p.to_vec()).collect::<Vec<_>>(), "{payload:?}");
+        }
+    }
+
+    /// The JSON parser's reading of `bytes` where every member is a string.
+    fn parsed_strings(bytes: &[u8]) -> Option<Vec<String>> {
+        let mut strings = Vec::new();
+        for (Text(key), value) in object_members(bytes)? {
+            strings.push(key.into_owned());
+            strings.push(serde_json::from_str::<String>(value.get()).ok()?);
+        }
+        Some(strings)
+    }
+
+    fn plain(bytes: &[u8]) -> Option<Vec<String>> {
+        let mut strings = Vec::new();
+        plain_object(bytes, |s| strings.push(s.to_owned())).then_some(strings)
+    }
+
+    proptest::proptest! {
+        /// Wherever the reader without a parser says yes, it reads what
+        /// the parser does.
+        #[test]
+        fn plain_objects_read_as_the_parser_does(
+            bytes in proptest::collection::vec(
+                proptest::sample::select(vec![b'{', b'}', b'"', b':', b',', b'\\', b' ', b'a', b'u', b'1', 0x01, 0x1f, 0x7f, 0xc3, 0xa9, 0xff]),
+                0..40,
+            ),
+        ) {
+            if let Some(strings) = plain(&bytes) {
+                proptest::prop_assert_eq!(Some(strings), parsed_strings(&bytes));
+            }
+        }
+
+        /// Objects as XADD writes them: read without the parser unless a
+        /// string needs unescaping, and the same either way; one byte
+        /// changed anywhere never makes them read differently.
+        #[test]
+        fn written_objects_read_alike(
+            strings in proptest::collection::vec(proptest::string::string_regex("(.|[\"\\\\\\x00-\\x1f])*").unwrap(), 0..6),
+            at in 0usize..1000,
+            byte in proptest::prop_oneof![
+                proptest::prelude::any::<u8>(),
+                proptest::sample::select(vec![b'"', b'\\', b'{', b'}', b':', b',', 0x1f, 0x20, 0x7f, 0xff]),
+            ],
+        ) {
+            let strings: Vec<String> = if strings.len() % 2 == 1 { strings[1..].to_vec() } else { strings };
+            let mut json = b"{".to_vec();
+            for (n, s) in strings.iter().enumerate() {
+                if n > 0 {
+                    json.push(if n % 2 == 1 { b':' } else { b',' });
+                }
+                serde_json::to_writer(&mut json, s).unwrap();
+            }
+            json.push(b'}');
+            let escaped = strings.iter().any(|s| s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20));
+            proptest::prop_assert_eq!(plain(&json).is_some(), !escaped);
+            proptest::prop_assert_eq!(parsed_strings(&json), Some(strings));
+            let at = at % json.len();
+            json[at] = byte;
+            if let Some(strings) = plain(&json) {
+                proptest::prop_assert_eq!(Some(strings), parsed_strings(&json));
+            }
+        }
     }
 }

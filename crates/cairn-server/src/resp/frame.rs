@@ -318,8 +318,7 @@ impl Out {
     }
 
     pub(crate) fn bulk(&mut self, bytes: &[u8]) {
-        self.buf.put_u8(b'$');
-        self.line(itoa::Buffer::new().format(bytes.len()).as_bytes());
+        self.header(b'$', bytes.len());
         self.buf.reserve(bytes.len() + 2);
         self.buf.put_slice(bytes);
         self.buf.put_slice(b"\r\n");
@@ -359,9 +358,16 @@ impl Out {
         self.bulk(text.as_bytes());
     }
 
+    /// `kind`, `len` and CRLF, put in one piece (every entry a read
+    /// returns has several).
     fn header(&mut self, kind: u8, len: usize) {
-        self.buf.put_u8(kind);
-        self.line(itoa::Buffer::new().format(len).as_bytes());
+        let mut number = itoa::Buffer::new();
+        let digits = number.format(len).as_bytes();
+        let mut line = [0u8; 24];
+        line[0] = kind;
+        line[1..1 + digits.len()].copy_from_slice(digits);
+        line[1 + digits.len()..3 + digits.len()].copy_from_slice(b"\r\n");
+        self.buf.put_slice(&line[..3 + digits.len()]);
     }
 
     fn line(&mut self, bytes: &[u8]) {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use cairn_service::{Budget, Claim, Entry, GroupRead, GroupStart, ServiceError, StreamId, Topic};
 
-use super::streams::{self, parse_bound, write_entry, write_items};
+use super::streams::{self, parse_bound, write_entry, write_entry_with, write_items};
 use super::{keys, parse_count, topic, word};
 use crate::resp::conn::Conn;
 use crate::resp::error::{CmdResult, Fail, err, invalid_id, syntax};
@@ -102,8 +102,9 @@ pub(crate) async fn xgroup(conn: &mut Conn, args: &[Bytes]) -> CmdResult {
 
 fn write_group_entries(conn: &mut Conn, entries: &[Entry]) {
     conn.out.array(entries.len());
+    let mut pairs = Vec::new();
     for entry in entries {
-        write_entry(conn, entry.id, entry.item.as_ref());
+        write_entry_with(conn, entry.id, entry.item.as_ref(), &mut pairs);
     }
 }
 

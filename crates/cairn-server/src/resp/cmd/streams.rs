@@ -2,6 +2,7 @@
 //! XDEL, XTRIM, XREAD (blocking reads wake on the commit of a new event).
 //! Consumer groups are in `groups.rs`. Entries are events (`entry.rs`).
 
+use std::borrow::Cow;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -18,20 +19,33 @@ use crate::resp::error::{CmdResult, Fail, arity, err, invalid_id, syntax};
 /// Most entries one XRANGE/XREAD without COUNT returns (a guard against
 /// building a reply of a whole huge topic by accident; COUNT lifts it).
 const RANGE_ENTRIES_DEFAULT_MAX: usize = 10_000_000;
+/// How much of a long reply is built before it starts going out.
+const STREAM_REPLY_BYTES: usize = 64 * 1024;
 /// Events a woken blocking read takes from its follow at once.
 const WOKEN_EVENTS_MAX: usize = 1024;
 
 /// Writes `[id, [field, value, ...]]` (`[id, nil]` for an entry no longer kept).
 pub(crate) fn write_entry(conn: &mut Conn, id: StreamId, item: Option<&Item>) {
+    write_entry_with(conn, id, item, &mut Vec::new());
+}
+
+/// [`write_entry`] with a vector for the entry's pairs, kept by a caller
+/// that writes many.
+pub(crate) fn write_entry_with<'a>(
+    conn: &mut Conn,
+    id: StreamId,
+    item: Option<&'a Item>,
+    pairs: &mut Vec<Cow<'a, [u8]>>,
+) {
     conn.out.array(2);
     conn.out.bulk(id.text(&mut [0; StreamId::TEXT_MAX]));
     let Some(item) = item else {
         conn.out.null_array();
         return;
     };
-    let pairs = entry::pairs_of(&item.event, item.content.as_deref());
+    entry::pairs_of(&item.event, item.content.as_deref(), pairs);
     conn.out.array(pairs.len());
-    for value in &pairs {
+    for value in pairs.iter() {
         conn.out.bulk(value);
     }
 }
@@ -39,8 +53,25 @@ pub(crate) fn write_entry(conn: &mut Conn, id: StreamId, item: Option<&Item>) {
 /// Writes entries that are all stored.
 pub(crate) fn write_items(conn: &mut Conn, items: &[Item]) {
     conn.out.array(items.len());
+    let mut pairs = Vec::new();
     for item in items {
-        write_entry(conn, StreamId::of(&item.event), Some(item));
+        write_entry_with(conn, StreamId::of(&item.event), Some(item), &mut pairs);
+    }
+}
+
+/// [`write_items`] for a reply that may be long (XRANGE's): what is
+/// written so far goes out every [`STREAM_REPLY_BYTES`], so the client
+/// reads the first entries while the rest are written (outside EXEC, whose
+/// reply is one). A client that is gone ends the connection.
+async fn stream_items(conn: &mut Conn, items: &[Item]) {
+    conn.out.array(items.len());
+    let mut pairs = Vec::new();
+    for item in items {
+        write_entry_with(conn, StreamId::of(&item.event), Some(item), &mut pairs);
+        if conn.out.buf.len() >= STREAM_REPLY_BYTES && !conn.in_exec && !conn.write_out().await {
+            conn.closing = true;
+            return;
+        }
     }
 }
 
@@ -226,7 +257,7 @@ async fn range(conn: &mut Conn, args: &[Bytes], reverse: bool) -> CmdResult {
         }
         _ => Vec::new(),
     };
-    write_items(conn, &items);
+    stream_items(conn, &items).await;
     Ok(())
 }
 
@@ -319,9 +350,10 @@ pub(crate) async fn wait_for_events(
         let items: Vec<Item> = deliveries
             .into_iter()
             .filter_map(|delivery| match delivery {
-                Delivered::Event(event, content) if keys.contains(&event.topic) => {
-                    Some(Item { event: std::sync::Arc::unwrap_or_clone(event), content })
-                }
+                Delivered::Event(event, content) if keys.contains(&event.topic) => Some(Item {
+                    event: std::sync::Arc::unwrap_or_clone(event),
+                    content: content.map(cairn_service::InlineBytes::from),
+                }),
                 _ => None,
             })
             .collect();
