@@ -128,12 +128,11 @@ impl Service {
     /// to the end (for an event that is not chunked, its payload at once).
     /// `who` must be allowed to read the event.
     pub async fn chunked_read(&self, who: &Principal, id: EventId) -> Result<ChunkedRead> {
-        let item = self.get(who, id, true).await?;
+        let item = self.get(who, id, false).await?;
         if !is_chunked(&item.event) {
-            return Ok(ChunkedRead {
-                follow: None,
-                whole: Some(item.content.map(|bytes| bytes.to_vec()).unwrap_or_default()),
-            });
+            // The payload as a vector of its own (one copy, not two).
+            let content = self.content(who, &item.event).await?;
+            return Ok(ChunkedRead { follow: None, whole: Some(content.unwrap_or_default()) });
         }
         // Known aborted already: an error now, not a body cut after its
         // first bytes (which a client could take for the whole).

@@ -506,6 +506,42 @@ fn long_ranges_go_out_whole_in_order_and_in_exec() {
     check(&range, false);
 }
 
+/// A client that asks for long replies and stops reading them is closed
+/// once a part of a reply waits on it too long (10 s), not kept with the
+/// rest of its entries in memory; the other clients never wait on it.
+#[test]
+fn a_client_that_stops_reading_a_long_range_is_closed() {
+    let cairn = Cairn::new();
+    let server = Server::start(&cairn, &[]);
+    let mut con = client(&server);
+    let mut pipe = redis::pipe();
+    for n in 0..3000 {
+        pipe.cmd("XADD").arg("long").arg("*").arg("n").arg(format!("{n:06}-{}", "v".repeat(1000))).ignore();
+    }
+    pipe.query::<()>(&mut con).unwrap();
+    let mut raw = Raw::connect(server.resp());
+    // About 3 MB a reply, 96 MB asked for: far beyond what the sockets buffer.
+    raw.send(&encode(&[b"XRANGE", b"long", b"-", b"+"]).repeat(32));
+    std::thread::sleep(Duration::from_secs(3));
+    let pong: String = redis::cmd("PING").query(&mut con).unwrap();
+    assert_eq!(pong, "PONG");
+    std::thread::sleep(Duration::from_secs(10));
+    let mut got = 0u64;
+    let mut buf = vec![0u8; 1 << 20];
+    let started = Instant::now();
+    loop {
+        match raw.reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got += n as u64,
+            Err(error) => panic!("not closed after {got} bytes ({:?} reading): {error}", started.elapsed()),
+        }
+    }
+    assert!(got < 32 * 3_000_000, "{got} bytes: the whole replies were sent");
+    let range: redis::streams::StreamRangeReply =
+        redis::cmd("XRANGE").arg("long").arg("-").arg("+").query(&mut con).unwrap();
+    assert_eq!(range.ids.len(), 3000);
+}
+
 #[test]
 fn redis_crate_consumer_groups_compete_claim_and_survive_restart() {
     use redis::Commands as _;

@@ -41,8 +41,9 @@ const PUSH_QUEUE_FRAMES: usize = 256;
 /// Bytes of push frames waiting for a slow client, per connection (a
 /// larger frame waits for the queue to empty).
 const PUSH_QUEUE_BYTES: usize = 8 * 1024 * 1024;
-/// How long writing one push frame to a client may take before the client
-/// is taken for one that stopped reading and is disconnected.
+/// How long writing one push frame (or one part of a long reply, or a
+/// subscriber's replies) to a client may take before the client is taken
+/// for one that stopped reading and is disconnected.
 const PUSH_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a connection may take to authenticate where AUTH is required.
 const AUTH_DEADLINE: Duration = Duration::from_secs(10);
@@ -105,13 +106,25 @@ impl Conn {
     /// Writes the replies so far; false if the client is gone (or, for a
     /// subscriber or a monitor, stopped reading).
     pub(crate) async fn write_out(&mut self) -> bool {
-        if self.out.buf.is_empty() {
-            return true;
-        }
         // Replies may carry push frames (moved ahead of them): for a
         // subscriber or a monitor, a write that stalls is a client that
         // stopped reading, closed as the push writes are.
-        let written = if self.subscribed() || self.monitoring || !self.subscriptions.is_empty() {
+        let bounded = self.subscribed() || self.monitoring || !self.subscriptions.is_empty();
+        self.write_bounded(bounded).await
+    }
+
+    /// Writes part of a long reply while the rest waits to be written: a
+    /// client that does not take it within [`PUSH_WRITE_TIMEOUT`] is
+    /// treated as gone (the rest's events wait on it otherwise).
+    pub(crate) async fn write_reply_part(&mut self) -> bool {
+        self.write_bounded(true).await
+    }
+
+    async fn write_bounded(&mut self, bounded: bool) -> bool {
+        if self.out.buf.is_empty() {
+            return true;
+        }
+        let written = if bounded {
             tokio::time::timeout(PUSH_WRITE_TIMEOUT, self.writer.write_all(&self.out.buf)).await
         } else {
             Ok(self.writer.write_all(&self.out.buf).await)

@@ -3,6 +3,7 @@
 //! Consumer groups are in `groups.rs`. Entries are events (`entry.rs`).
 
 use std::borrow::Cow;
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -62,13 +63,30 @@ pub(crate) fn write_items(conn: &mut Conn, items: &[Item]) {
 /// [`write_items`] for a reply that may be long (XRANGE's): what is
 /// written so far goes out every [`STREAM_REPLY_BYTES`], so the client
 /// reads the first entries while the rest are written (outside EXEC, whose
-/// reply is one). A client that is gone ends the connection.
-async fn stream_items(conn: &mut Conn, items: &[Item]) {
+/// reply is one). The events written are dropped before each write, and a
+/// client that does not take a part in time is closed
+/// (`Conn::write_reply_part`): a client that stops reading holds no more
+/// than the events not yet written, for a bounded time.
+async fn stream_items(conn: &mut Conn, items: Vec<Item>) {
     conn.out.array(items.len());
-    let mut pairs = Vec::new();
-    for item in items {
-        write_entry_with(conn, StreamId::of(&item.event), Some(item), &mut pairs);
-        if conn.out.buf.len() >= STREAM_REPLY_BYTES && !conn.in_exec && !conn.write_out().await {
+    let mut items = VecDeque::from(items);
+    loop {
+        let mut written = 0;
+        let mut pairs = Vec::new();
+        for item in &items {
+            write_entry_with(conn, StreamId::of(&item.event), Some(item), &mut pairs);
+            written += 1;
+            if conn.out.buf.len() >= STREAM_REPLY_BYTES && !conn.in_exec {
+                break;
+            }
+        }
+        drop(pairs);
+        items.drain(..written);
+        // The last part goes out with the connection's next write.
+        if items.is_empty() {
+            return;
+        }
+        if !conn.write_reply_part().await {
             conn.closing = true;
             return;
         }
@@ -257,7 +275,7 @@ async fn range(conn: &mut Conn, args: &[Bytes], reverse: bool) -> CmdResult {
         }
         _ => Vec::new(),
     };
-    stream_items(conn, &items).await;
+    stream_items(conn, items).await;
     Ok(())
 }
 
