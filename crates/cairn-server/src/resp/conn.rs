@@ -1,5 +1,7 @@
 //! One RESP connection: reads what the client sent, runs every complete
-//! command in order, and writes all replies in one write. Consecutive
+//! command in order, and writes all replies in one write (a long XRANGE
+//! reply goes out in parts while it is written: `write_reply_part`).
+//! Consecutive
 //! appends (`XADD`, `publish`) are submitted one after another (each
 //! queued before the next, so their order holds) and awaited after, so a
 //! pipelining client's appends share one commit (one fdatasync) instead of
@@ -41,8 +43,8 @@ const PUSH_QUEUE_FRAMES: usize = 256;
 /// Bytes of push frames waiting for a slow client, per connection (a
 /// larger frame waits for the queue to empty).
 const PUSH_QUEUE_BYTES: usize = 8 * 1024 * 1024;
-/// How long writing one push frame (or one part of a long reply, or a
-/// subscriber's replies) to a client may take before the client is taken
+/// How long writing one push frame (or a subscriber's replies, or one
+/// slice of a long reply) to a client may take before the client is taken
 /// for one that stopped reading and is disconnected.
 const PUSH_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a connection may take to authenticate where AUTH is required.
@@ -53,6 +55,9 @@ const AWAITING_AUTH_PER_ADDRESS_MAX: usize = 64;
 /// command runs: a pipeline of large reads holds one batch of replies, not
 /// all of them.
 const REPLY_FLUSH_BYTES: usize = 1024 * 1024;
+/// A long reply goes out in slices of this size, each within
+/// [`PUSH_WRITE_TIMEOUT`] (`Conn::write_reply_part`).
+const REPLY_PART_BYTES: usize = 64 * 1024;
 /// Input read per system call, at least.
 const READ_CHUNK_BYTES: usize = 16 * 1024;
 
@@ -113,11 +118,28 @@ impl Conn {
         self.write_bounded(bounded).await
     }
 
-    /// Writes part of a long reply while the rest waits to be written: a
-    /// client that does not take it within [`PUSH_WRITE_TIMEOUT`] is
-    /// treated as gone (the rest's events wait on it otherwise).
+    /// Writes part of a long reply while the rest waits to be written, in
+    /// slices of [`REPLY_PART_BYTES`]: a client that does not take one
+    /// within [`PUSH_WRITE_TIMEOUT`] (a minimum rate, so a slow reader is
+    /// served and one that stopped is not waited on) is treated as gone,
+    /// since the rest's events wait on it.
     pub(crate) async fn write_reply_part(&mut self) -> bool {
-        self.write_bounded(true).await
+        for slice in self.out.buf.chunks(REPLY_PART_BYTES) {
+            match tokio::time::timeout(PUSH_WRITE_TIMEOUT, self.writer.write_all(slice)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => {
+                    self.out.buf.clear();
+                    return false;
+                }
+                Err(_) => {
+                    tracing::warn!("{}: closing a client that stopped reading a long reply", self.peer);
+                    self.out.buf.clear();
+                    return false;
+                }
+            }
+        }
+        self.out.buf.clear();
+        true
     }
 
     async fn write_bounded(&mut self, bounded: bool) -> bool {

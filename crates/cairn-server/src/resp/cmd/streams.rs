@@ -64,9 +64,9 @@ pub(crate) fn write_items(conn: &mut Conn, items: &[Item]) {
 /// written so far goes out every [`STREAM_REPLY_BYTES`], so the client
 /// reads the first entries while the rest are written (outside EXEC, whose
 /// reply is one). The events written are dropped before each write, and a
-/// client that does not take a part in time is closed
+/// client that does not take 64 KiB within 10 s is closed
 /// (`Conn::write_reply_part`): a client that stops reading holds no more
-/// than the events not yet written, for a bounded time.
+/// than the events not yet written, and not for long.
 async fn stream_items(conn: &mut Conn, items: Vec<Item>) {
     conn.out.array(items.len());
     let mut items = VecDeque::from(items);
