@@ -470,30 +470,16 @@ fn long_ranges_go_out_whole_in_order_and_in_exec() {
     let range: StreamRangeReply = redis::cmd("XREVRANGE").arg("long").arg("+").arg("-").query(&mut con).unwrap();
     check(&range, true);
     // Pipelined between other commands, and inside a transaction.
-    let (pong, range, len): (String, StreamRangeReply, u64) = redis::pipe()
-        .cmd("PING")
-        .cmd("XRANGE")
-        .arg("long")
-        .arg("-")
-        .arg("+")
-        .cmd("XLEN")
-        .arg("long")
-        .query(&mut con)
-        .unwrap();
-    assert_eq!((pong.as_str(), len), ("PONG", 3000));
-    check(&range, false);
-    let (range, len): (StreamRangeReply, u64) = redis::pipe()
-        .atomic()
-        .cmd("XRANGE")
-        .arg("long")
-        .arg("-")
-        .arg("+")
-        .cmd("XLEN")
-        .arg("long")
-        .query(&mut con)
-        .unwrap();
-    assert_eq!(len, 3000);
-    check(&range, false);
+    for atomic in [false, true] {
+        let mut pipe = redis::pipe();
+        if atomic {
+            pipe.atomic();
+        }
+        pipe.cmd("PING").cmd("XRANGE").arg("long").arg("-").arg("+").cmd("XLEN").arg("long");
+        let (pong, range, len): (String, StreamRangeReply, u64) = pipe.query(&mut con).unwrap();
+        assert_eq!((pong.as_str(), len), ("PONG", 3000));
+        check(&range, false);
+    }
     // Clients that ask for long replies and leave without reading them.
     for _ in 0..20 {
         let mut raw = Raw::connect(server.resp());
