@@ -1,11 +1,10 @@
 //! One RESP connection: reads what the client sent, runs every complete
 //! command in order, and writes all replies in one write (a long XRANGE
 //! reply goes out in parts while it is written: `write_reply_part`).
-//! Consecutive
-//! appends (`XADD`, `publish`) are submitted one after another (each
-//! queued before the next, so their order holds) and awaited after, so a
-//! pipelining client's appends share one commit (one fdatasync) instead of
-//! waiting for one each. Subscription tasks send finished push frames over
+//! Consecutive appends (`XADD`, `publish`) are submitted one after another
+//! (each queued before the next, so their order holds) and awaited after,
+//! so a pipelining client's appends share one commit (one fdatasync)
+//! instead of waiting for one each. Subscription tasks send finished push frames over
 //! a bounded channel; the connection writes them between replies, so
 //! frames never interleave and a client that stops reading holds back its
 //! subscriptions (which then wait, reading from storage later), not the
@@ -111,11 +110,19 @@ impl Conn {
     /// Writes the replies so far; false if the client is gone (or, for a
     /// subscriber or a monitor, stopped reading).
     pub(crate) async fn write_out(&mut self) -> bool {
+        if self.out.buf.is_empty() {
+            return true;
+        }
         // Replies may carry push frames (moved ahead of them): for a
         // subscriber or a monitor, a write that stalls is a client that
         // stopped reading, closed as the push writes are.
-        let bounded = self.subscribed() || self.monitoring || !self.subscriptions.is_empty();
-        self.write_bounded(bounded).await
+        let written = if self.subscribed() || self.monitoring || !self.subscriptions.is_empty() {
+            tokio::time::timeout(PUSH_WRITE_TIMEOUT, self.writer.write_all(&self.out.buf)).await
+        } else {
+            Ok(self.writer.write_all(&self.out.buf).await)
+        };
+        self.out.buf.clear();
+        matches!(written, Ok(Ok(())))
     }
 
     /// Writes part of a long reply while the rest waits to be written, in
@@ -124,35 +131,18 @@ impl Conn {
     /// served and one that stopped is not waited on) is treated as gone,
     /// since the rest's events wait on it.
     pub(crate) async fn write_reply_part(&mut self) -> bool {
+        let mut written = true;
         for slice in self.out.buf.chunks(REPLY_PART_BYTES) {
             match tokio::time::timeout(PUSH_WRITE_TIMEOUT, self.writer.write_all(slice)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => {
-                    self.out.buf.clear();
-                    return false;
-                }
-                Err(_) => {
-                    tracing::warn!("{}: closing a client that stopped reading a long reply", self.peer);
-                    self.out.buf.clear();
-                    return false;
-                }
+                Ok(Ok(())) => continue,
+                Ok(Err(_)) => {}
+                Err(_) => tracing::warn!("{}: closing a client that stopped reading a long reply", self.peer),
             }
+            written = false;
+            break;
         }
         self.out.buf.clear();
-        true
-    }
-
-    async fn write_bounded(&mut self, bounded: bool) -> bool {
-        if self.out.buf.is_empty() {
-            return true;
-        }
-        let written = if bounded {
-            tokio::time::timeout(PUSH_WRITE_TIMEOUT, self.writer.write_all(&self.out.buf)).await
-        } else {
-            Ok(self.writer.write_all(&self.out.buf).await)
-        };
-        self.out.buf.clear();
-        matches!(written, Ok(Ok(())))
+        written
     }
 
     /// What an unauthenticated connection starts as.
