@@ -442,6 +442,20 @@ fn redis_crate_streams_and_fields_round_trip() {
     assert_eq!(kind, "stream");
 }
 
+/// Entry `n` of the stream `long`: its number, then `len` bytes.
+fn long_value(n: usize, len: usize) -> String {
+    format!("{n:06}-{}", "v".repeat(len))
+}
+
+/// Fills the stream `long` with 3,000 entries of field `n` (pipelined).
+fn fill_long(con: &mut redis::Connection, len: usize) {
+    let mut pipe = redis::pipe();
+    for n in 0..3000 {
+        pipe.cmd("XADD").arg("long").arg("*").arg("n").arg(long_value(n, len)).ignore();
+    }
+    pipe.query::<()>(con).unwrap();
+}
+
 /// A reply longer than what the server builds before it starts sending
 /// (XRANGE writes as it goes): whole and in order, alone, pipelined, in
 /// EXEC, and a client that leaves without reading ends only itself.
@@ -451,12 +465,8 @@ fn long_ranges_go_out_whole_in_order_and_in_exec() {
     let cairn = Cairn::new();
     let server = Server::start(&cairn, &[]);
     let mut con = client(&server);
-    let value = |n: usize| format!("{n:06}-{}", "v".repeat(200));
-    let mut pipe = redis::pipe();
-    for n in 0..3000 {
-        pipe.cmd("XADD").arg("long").arg("*").arg("n").arg(value(n)).ignore();
-    }
-    pipe.query::<()>(&mut con).unwrap();
+    let value = |n: usize| long_value(n, 200);
+    fill_long(&mut con, 200);
     let check = |range: &StreamRangeReply, reversed: bool| {
         assert_eq!(range.ids.len(), 3000);
         for (i, entry) in range.ids.iter().enumerate() {
@@ -500,11 +510,7 @@ fn a_client_that_stops_reading_a_long_range_is_closed() {
     let cairn = Cairn::new();
     let server = Server::start(&cairn, &[]);
     let mut con = client(&server);
-    let mut pipe = redis::pipe();
-    for n in 0..3000 {
-        pipe.cmd("XADD").arg("long").arg("*").arg("n").arg(format!("{n:06}-{}", "v".repeat(1000))).ignore();
-    }
-    pipe.query::<()>(&mut con).unwrap();
+    fill_long(&mut con, 1000);
     let mut raw = Raw::connect(server.resp());
     // About 3 MB a reply, 96 MB asked for: far beyond what the sockets buffer.
     raw.send(&encode(&[b"XRANGE", b"long", b"-", b"+"]).repeat(32));

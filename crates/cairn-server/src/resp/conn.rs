@@ -54,9 +54,10 @@ const AWAITING_AUTH_PER_ADDRESS_MAX: usize = 64;
 /// command runs: a pipeline of large reads holds one batch of replies, not
 /// all of them.
 const REPLY_FLUSH_BYTES: usize = 1024 * 1024;
-/// A long reply goes out in slices of this size, each within
+/// A long reply goes out in parts of at least this size (as soon as one is
+/// written), each in slices of this size taken within
 /// [`PUSH_WRITE_TIMEOUT`] (`Conn::write_reply_part`).
-const REPLY_PART_BYTES: usize = 64 * 1024;
+pub(crate) const REPLY_PART_BYTES: usize = 64 * 1024;
 /// Input read per system call, at least.
 const READ_CHUNK_BYTES: usize = 16 * 1024;
 

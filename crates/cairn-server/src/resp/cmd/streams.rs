@@ -13,15 +13,13 @@ use cairn_service::{
 use futures_util::future::BoxFuture;
 
 use super::{parse_count, topic, word};
-use crate::resp::conn::{Awaiting, Conn};
+use crate::resp::conn::{Awaiting, Conn, REPLY_PART_BYTES};
 use crate::resp::entry;
 use crate::resp::error::{CmdResult, Fail, arity, err, invalid_id, syntax};
 
 /// Most entries one XRANGE/XREAD without COUNT returns (a guard against
 /// building a reply of a whole huge topic by accident; COUNT lifts it).
 const RANGE_ENTRIES_DEFAULT_MAX: usize = 10_000_000;
-/// How much of a long reply is built before it starts going out.
-const STREAM_REPLY_BYTES: usize = 64 * 1024;
 /// Events a woken blocking read takes from its follow at once.
 const WOKEN_EVENTS_MAX: usize = 1024;
 
@@ -61,7 +59,7 @@ pub(crate) fn write_items(conn: &mut Conn, items: &[Item]) {
 }
 
 /// [`write_items`] for a reply that may be long (XRANGE's): what is
-/// written so far goes out every [`STREAM_REPLY_BYTES`], so the client
+/// written so far goes out every [`REPLY_PART_BYTES`], so the client
 /// reads the first entries while the rest are written (outside EXEC, whose
 /// reply is one). The events written are dropped before each write, and a
 /// client that does not take 64 KiB within 10 s is closed
@@ -76,7 +74,7 @@ async fn stream_items(conn: &mut Conn, items: Vec<Item>) {
         for item in &items {
             write_entry_with(conn, StreamId::of(&item.event), Some(item), &mut pairs);
             written += 1;
-            if conn.out.buf.len() >= STREAM_REPLY_BYTES && !conn.in_exec {
+            if conn.out.buf.len() >= REPLY_PART_BYTES && !conn.in_exec {
                 break;
             }
         }
