@@ -826,26 +826,43 @@ impl Service {
         };
         let mut reader = self.inner.storage.read(query, true).await?;
         loop {
-            let chunk = reader.next(count.saturating_sub(out.len()).clamp(16, SCAN_CHUNK_EVENTS)).await?;
+            let mut chunk = reader.next(count.saturating_sub(out.len()).clamp(16, SCAN_CHUNK_EVENTS)).await?;
             if chunk.is_empty() {
                 return Ok(out);
             }
-            for item in chunk {
+            // The entries kept are gathered at the chunk's front and moved
+            // into `out` at once: an item is a few hundred bytes, and
+            // moving each alone was a tenth of a long range's CPU.
+            let mut kept = 0;
+            let mut done = false;
+            for at in 0..chunk.len() {
+                let item = &chunk[at];
                 let id = StreamId::of(&item.event);
                 let (before, beyond) = if reverse { (id > end, id < start) } else { (id < start, id > end) };
                 if before {
                     continue;
                 }
-                if beyond {
-                    return Ok(out);
+                if beyond || !budget.take(item, out.is_empty() && kept == 0)? {
+                    done = true;
+                    break;
                 }
-                if !budget.take(&item, out.is_empty())? {
-                    return Ok(out);
+                if kept != at {
+                    chunk.swap(kept, at);
                 }
-                out.push(item);
-                if out.len() >= count {
-                    return Ok(out);
+                kept += 1;
+                if out.len() + kept >= count {
+                    done = true;
+                    break;
                 }
+            }
+            chunk.truncate(kept);
+            if out.is_empty() {
+                out = chunk;
+            } else {
+                out.append(&mut chunk);
+            }
+            if done {
+                return Ok(out);
             }
         }
     }

@@ -502,6 +502,68 @@ fn long_ranges_go_out_whole_in_order_and_in_exec() {
     check(&range, false);
 }
 
+/// XRANGE and XREVRANGE between any two ids (inclusive or exclusive, of
+/// entries that share a millisecond or not), with or without COUNT, give
+/// exactly that slice of the stream, also where it spans the server's
+/// reads of 4,096 events.
+#[test]
+fn ranges_are_exact_slices_of_the_stream() {
+    use redis::streams::StreamRangeReply;
+    let cairn = Cairn::new();
+    let server = Server::start(&cairn, &[]);
+    let mut con = client(&server);
+    let mut pipe = redis::pipe();
+    for n in 0..10_000 {
+        pipe.cmd("XADD").arg("s").arg("*").arg("n").arg(n).ignore();
+    }
+    pipe.query::<()>(&mut con).unwrap();
+    let all: StreamRangeReply = redis::cmd("XRANGE").arg("s").arg("-").arg("+").query(&mut con).unwrap();
+    let ids: Vec<String> = all.ids.iter().map(|entry| entry.id.clone()).collect();
+    assert_eq!(ids.len(), 10_000);
+    let shared = ids.windows(2).filter(|w| w[0].split('-').next() == w[1].split('-').next()).count();
+    assert!(shared > 1000, "only {shared} entries share a millisecond with the one before");
+    // A fixed pseudo-random walk over the cases.
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut next = |below: usize| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % below as u64) as usize
+    };
+    for _ in 0..60 {
+        let (a, b) = (next(10_000), next(10_000));
+        let (low, high) = (a.min(b), a.max(b));
+        let (open_low, open_high) = (next(2) == 1, next(2) == 1);
+        let count = [None, Some(1), Some(next(6000) + 1)][next(3)];
+        let bound = |at: usize, open: bool| if open { format!("({}", ids[at]) } else { ids[at].clone() };
+        let mut want: Vec<&str> = ids[low..=high].iter().map(String::as_str).collect();
+        if open_low {
+            want.retain(|id| *id != ids[low]);
+        }
+        if open_high {
+            want.retain(|id| *id != ids[high]);
+        }
+        let reverse = next(2) == 1;
+        let mut cmd = if reverse {
+            want.reverse();
+            let mut cmd = redis::cmd("XREVRANGE");
+            cmd.arg("s").arg(bound(high, open_high)).arg(bound(low, open_low));
+            cmd
+        } else {
+            let mut cmd = redis::cmd("XRANGE");
+            cmd.arg("s").arg(bound(low, open_low)).arg(bound(high, open_high));
+            cmd
+        };
+        if let Some(count) = count {
+            cmd.arg("COUNT").arg(count);
+            want.truncate(count);
+        }
+        let got: StreamRangeReply = cmd.query(&mut con).unwrap();
+        let got: Vec<&str> = got.ids.iter().map(|entry| entry.id.as_str()).collect();
+        assert_eq!(got, want, "{low}..={high} open {open_low}/{open_high}, count {count:?}, reverse {reverse}");
+    }
+}
+
 /// A client that asks for long replies and stops reading them is closed
 /// once 64 KiB of a reply wait on it too long (10 s), not kept open with
 /// the rest of its entries; the other clients never wait on it.

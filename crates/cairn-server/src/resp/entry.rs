@@ -69,8 +69,9 @@ pub(crate) fn pairs_of<'a>(event: &'a Event, content: Option<&'a [u8]>, pairs: &
     }
     let Some(content) = content else { return };
     let base64 = event.meta.as_deref() == Some(BASE64_META);
+    let decoded = |text: &[u8]| if base64 { base64::engine::general_purpose::STANDARD.decode(text).ok() } else { None };
     let bytes = |text: Cow<'a, str>| -> Cow<'a, [u8]> {
-        if base64 && let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(text.as_bytes()) {
+        if let Some(decoded) = decoded(text.as_bytes()) {
             return Cow::Owned(decoded);
         }
         match text {
@@ -79,7 +80,7 @@ pub(crate) fn pairs_of<'a>(event: &'a Event, content: Option<&'a [u8]>, pairs: &
         }
     };
     let before = pairs.len();
-    if plain_object(content, |text| pairs.push(bytes(Cow::Borrowed(text)))) {
+    if plain_object(content, |text| pairs.push(decoded(text).map_or(Cow::Borrowed(text), Cow::Owned))) {
         return;
     }
     pairs.truncate(before);
@@ -106,10 +107,10 @@ pub(crate) fn pairs_of<'a>(event: &'a Event, content: Option<&'a [u8]>, pairs: &
 /// escapes. Calls `each` with every key and value in order and says true;
 /// false for anything else (having called `each` for what came before),
 /// which [`object_members`] then reads. Where it says true, the strings it
-/// gives are exactly what a JSON parser would: it accepts only text in
-/// which no byte needs unescaping (no `"`, `\` or control byte inside a
-/// string) and that is UTF-8.
-fn plain_object<'a>(bytes: &'a [u8], mut each: impl FnMut(&'a str)) -> bool {
+/// gives (as their UTF-8 bytes) are exactly what a JSON parser would: it
+/// accepts only text in which no byte needs unescaping (no `"`, `\` or
+/// control byte inside a string) and that is UTF-8.
+fn plain_object<'a>(bytes: &'a [u8], mut each: impl FnMut(&'a [u8])) -> bool {
     let Some(mut rest) = bytes.strip_prefix(b"{") else { return false };
     if rest == b"}" {
         return true;
@@ -127,21 +128,38 @@ fn plain_object<'a>(bytes: &'a [u8], mut each: impl FnMut(&'a str)) -> bool {
     }
 }
 
-/// A JSON string at the start of `bytes` that needs no unescaping, and
-/// what follows it.
-fn plain_string(bytes: &[u8]) -> Option<(&str, &[u8])> {
+/// A JSON string at the start of `bytes` that needs no unescaping, as its
+/// UTF-8 bytes, and what follows it.
+fn plain_string(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
     let text = bytes.strip_prefix(b"\"")?;
-    let end = memchr::memchr2(b'"', b'\\', text)?;
-    if text[end] != b'"' {
-        return None;
+    // A byte this reader looks at: the end, an escape, a control byte (not
+    // allowed in a JSON string: the parser decides what such a payload
+    // reads as) or the start of a character beyond ASCII.
+    let special = |b: u8| (b == b'"') | (b == b'\\') | (b.wrapping_sub(0x20) >= 0x60);
+    // 32 bytes at a time while none is (a fold, not `any`, so it becomes
+    // vector compares), then one at a time.
+    let mut at = 0;
+    for chunk in text.chunks_exact(32) {
+        if chunk.iter().fold(false, |seen, &b| seen | special(b)) {
+            break;
+        }
+        at += 32;
     }
-    let (string, after) = text.split_at(end);
-    // A control byte is not allowed in a JSON string: the parser decides
-    // what such a payload reads as. (A fold, not `any`, so it vectorizes.)
-    if string.iter().fold(false, |control, &b| control | (b < 0x20)) {
-        return None;
+    let mut ascii = true;
+    loop {
+        match *text.get(at)? {
+            b'"' => break,
+            b'\\' | ..0x20 => return None,
+            0x80.. => ascii = false,
+            _ => {}
+        }
+        at += 1;
     }
-    Some((std::str::from_utf8(string).ok()?, &after[1..]))
+    let (string, after) = text.split_at(at);
+    if !ascii {
+        std::str::from_utf8(string).ok()?;
+    }
+    Some((string, &after[1..]))
 }
 
 /// A JSON string, borrowed when it has no escapes.
@@ -259,7 +277,7 @@ mod tests {
 
     fn plain(bytes: &[u8]) -> Option<Vec<String>> {
         let mut strings = Vec::new();
-        plain_object(bytes, |s| strings.push(s.to_owned())).then_some(strings)
+        plain_object(bytes, |s| strings.push(String::from_utf8(s.to_vec()).expect("UTF-8"))).then_some(strings)
     }
 
     proptest::proptest! {
@@ -274,6 +292,35 @@ mod tests {
         ) {
             if let Some(strings) = plain(&bytes) {
                 proptest::prop_assert_eq!(Some(strings), parsed_strings(&bytes));
+            }
+        }
+
+        /// The same for strings long enough to be read 32 bytes at a time
+        /// before the byte that decides.
+        #[test]
+        fn long_strings_read_as_the_parser_does(
+            run in 0usize..100,
+            tail in proptest::collection::vec(
+                proptest::sample::select(vec![b'"', b'}', b'\\', b'a', 0x00, 0x1f, 0x20, 0x7f, 0x80, 0xc3, 0xa9, 0xff]),
+                0..6,
+            ),
+            more in 0usize..40,
+        ) {
+            let mut bytes = br#"{"k":""#.to_vec();
+            bytes.extend(std::iter::repeat_n(b'a', run));
+            bytes.extend(&tail);
+            bytes.extend(std::iter::repeat_n(b'a', more));
+            if let Some(strings) = plain(&bytes) {
+                proptest::prop_assert_eq!(Some(strings), parsed_strings(&bytes));
+            }
+            bytes.extend(br#""}"#);
+            let parsed = parsed_strings(&bytes);
+            let plain = plain(&bytes);
+            if tail.iter().all(|&b| b != b'"' && b != b'\\' && b >= 0x20) && parsed.is_some() {
+                proptest::prop_assert_eq!(&plain, &parsed);
+            }
+            if let Some(strings) = plain {
+                proptest::prop_assert_eq!(Some(strings), parsed);
             }
         }
 

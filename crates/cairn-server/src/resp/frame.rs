@@ -361,6 +361,18 @@ impl Out {
     /// `kind`, `len` and CRLF, put in one piece (every entry a read
     /// returns has several).
     fn header(&mut self, kind: u8, len: usize) {
+        // Lengths under 1,000 (an entry's arrays, ids, most values) as
+        // slices of a fixed size, which compile to a few stores: a long
+        // reply writes several headers per entry.
+        let digit = |n: usize| b'0' + (n % 10) as u8;
+        match len {
+            0..10 => return self.buf.put_slice(&[kind, digit(len), b'\r', b'\n']),
+            10..100 => return self.buf.put_slice(&[kind, digit(len / 10), digit(len), b'\r', b'\n']),
+            100..1000 => {
+                return self.buf.put_slice(&[kind, digit(len / 100), digit(len / 10), digit(len), b'\r', b'\n']);
+            }
+            _ => {}
+        }
         let mut number = itoa::Buffer::new();
         let digits = number.format(len).as_bytes();
         let mut line = [0u8; 24];

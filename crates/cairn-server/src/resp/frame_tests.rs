@@ -239,3 +239,16 @@ fn numbers_of_lengths() {
     }
     assert_eq!(parse(&[b'1'; 40]), Err("invalid length".to_owned()));
 }
+
+#[test]
+fn lengths_are_written_in_decimal_at_every_width() {
+    for len in [0, 1, 9, 10, 11, 42, 99, 100, 101, 512, 999, 1000, 1001, 65_536, 123_456_789] {
+        let mut out = Out::new();
+        out.array(len);
+        out.bulk(&vec![b'x'; len.min(1001)]);
+        let mut want = format!("*{len}\r\n${}\r\n", len.min(1001)).into_bytes();
+        want.extend(vec![b'x'; len.min(1001)]);
+        want.extend(b"\r\n");
+        assert_eq!(out.buf[..], want[..], "{len}");
+    }
+}
