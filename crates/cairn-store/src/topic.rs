@@ -15,6 +15,14 @@ pub const SYSTEM_PREFIX: &str = "cairn.";
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Topic(std::sync::Arc<str>);
 
+/// A topic is its name to maps (`Topic` hashes and compares as the `str`
+/// does), so a map keyed by topics is looked up by name.
+impl std::borrow::Borrow<str> for Topic {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl Topic {
     /// Validates a topic name. Names starting with `cairn.` are accepted
     /// here; writes from users refuse them separately (see [`Topic::check_user_writable`]).

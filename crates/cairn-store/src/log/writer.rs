@@ -117,9 +117,11 @@ pub(crate) struct Writer {
     file: LogFile,
     segment: u32,
     offset: u64,
-    /// Last seq and id of every topic written since open. Other topics'
-    /// heads are read from the index, which covered the whole log at open.
-    tails: HashMap<String, (u64, EventId)>,
+    /// Last seq and id of every topic written since open, including the
+    /// group being planned (`GroupState::undo` puts them back if it fails).
+    /// Other topics' heads are read from the index, which covered the whole
+    /// log at open.
+    tails: HashMap<Topic, (u64, EventId)>,
     /// Idempotency keys whose events the indexer may not have applied yet,
     /// with the log position after them.
     recent_keys: HashMap<String, (Vec<Event>, [u8; 32], Checkpoint)>,
@@ -159,7 +161,13 @@ enum Planned {
 /// Per-group state of planning.
 #[derive(Default)]
 struct GroupState {
-    tails: HashMap<String, (u64, EventId)>,
+    /// The tails this group set, each with the one it replaced, in order.
+    /// The writer's map of tails is updated in place and this undoes a
+    /// failed group: two hashes of the topic per append, where a map per
+    /// group merged into the writer's after it cost five and an allocation
+    /// (`cairn-bench tasks --tasks 64` under callgrind: hashing was half the
+    /// writer's instructions).
+    undo: Vec<(Topic, Option<(u64, EventId)>)>,
     keys: HashMap<String, (Vec<Event>, [u8; 32])>,
     published: Vec<Arc<Event>>,
     /// Whether events are collected for the live ring (someone subscribes).
@@ -325,7 +333,11 @@ impl Writer {
         // One allocation for the whole group's records, not a doubling per
         // growth (a large batch otherwise copies its bytes several times).
         self.buf.reserve(group_bytes);
-        let mut state = GroupState { publish: self.shared.live.has_subscribers(), ..GroupState::default() };
+        let mut state = GroupState {
+            publish: self.shared.live.has_subscribers(),
+            undo: Vec::with_capacity(group.len()),
+            ..GroupState::default()
+        };
         let mut planned = Vec::with_capacity(group.len());
         let mut force_sync = false;
         for request in group {
@@ -334,6 +346,7 @@ impl Writer {
         }
         self.encode_merged(&mut state);
         if let Err(error) = self.write_and_sync(force_sync) {
+            self.undo_tails(state.undo);
             for plan in planned {
                 match plan {
                     Planned::Done(reply, result) => drop(reply.send(result)),
@@ -350,7 +363,6 @@ impl Writer {
             self.shared.poison(&format!("mapping the log failed: {error}"));
         }
         let end = Checkpoint { segment: self.segment, offset: self.offset };
-        self.tails.extend(state.tails);
         for (key, (events, fingerprint)) in state.keys {
             self.recent_keys.insert(key, (events, fingerprint, end));
         }
@@ -451,7 +463,7 @@ impl Writer {
             }
         }
         for (topic, expectation) in expect {
-            let last = self.tail(state, topic)?;
+            let last = self.tail(topic)?;
             if !expectation.check(last) {
                 return Err(StoreError::ExpectationFailed {
                     topic: topic.clone(),
@@ -463,7 +475,7 @@ impl Writer {
         }
         // Assign seqs on a scratch copy of the tails so a refused import
         // leaves the group's state untouched.
-        let mut scratch: HashMap<String, (u64, EventId)> = HashMap::new();
+        let mut scratch: HashMap<Topic, (u64, EventId)> = HashMap::new();
         let mut ids_floor = self.ids.last();
         // One event (most appends): its topic's tail is looked up once and
         // goes straight into the group's tails below, with no scratch map
@@ -473,7 +485,7 @@ impl Writer {
         if let [event] = events.as_mut_slice()
             && single
         {
-            single_tail = self.tail(state, event.topic.as_str())?;
+            single_tail = self.tail(event.topic.as_str())?;
             event.seq = single_tail.map_or(0, |(seq, _)| seq + 1);
         } else {
             // Events of one topic usually come in runs: the tail of the current
@@ -487,7 +499,7 @@ impl Writer {
                         end_run(&mut scratch, run.take());
                         let tail = match scratch.get(event.topic.as_str()) {
                             Some(last) => Some(*last),
-                            None => self.tail(state, event.topic.as_str())?,
+                            None => self.tail(event.topic.as_str())?,
                         };
                         run = Some((event.topic.clone(), tail));
                         tail
@@ -532,7 +544,9 @@ impl Writer {
             // event leaves it where it was), as the general path keeps it.
             if let [event] = events.as_slice() {
                 let tail = if event.ttl == Ttl::Ephemeral { single_tail } else { Some((event.seq, event.id)) };
-                end_run(&mut state.tails, Some((event.topic.clone(), tail)));
+                if let Some(tail) = tail {
+                    self.set_tail(state, &event.topic, tail);
+                }
             }
         } else {
             let mut stored = events.iter().filter(|e| e.ttl != Ttl::Ephemeral).peekable();
@@ -543,7 +557,9 @@ impl Writer {
                     *tail = (event.seq, event.id);
                 }
             }
-            state.tails.extend(scratch);
+            for (topic, tail) in scratch {
+                self.set_tail(state, &topic, tail);
+            }
         }
         let stored_events: Vec<&Event> = events.iter().filter(|e| e.ttl != Ttl::Ephemeral).collect();
         // A request that fills a merged record alone is its own record,
@@ -598,11 +614,33 @@ impl Writer {
         state.merged_events = 0;
     }
 
-    fn tail(&mut self, state: &GroupState, topic: &str) -> Result<Option<(u64, EventId)>> {
-        if let Some(tail) = state.tails.get(topic).or_else(|| self.tails.get(topic)) {
+    fn tail(&mut self, topic: &str) -> Result<Option<(u64, EventId)>> {
+        if let Some(tail) = self.tails.get(topic) {
             return Ok(Some(*tail));
         }
         Ok(self.shared.index.head(topic)?.map(|head| (head.last_seq, head.last_id)))
+    }
+
+    /// Sets `topic`'s tail for the group being planned.
+    fn set_tail(&mut self, state: &mut GroupState, topic: &Topic, tail: (u64, EventId)) {
+        let old = match self.tails.get_mut(topic.as_str()) {
+            Some(slot) => Some(std::mem::replace(slot, tail)),
+            None => {
+                self.tails.insert(topic.clone(), tail);
+                None
+            }
+        };
+        state.undo.push((topic.clone(), old));
+    }
+
+    /// Puts back the tails a failed group set: its events were not written.
+    fn undo_tails(&mut self, undo: Vec<(Topic, Option<(u64, EventId)>)>) {
+        for (topic, old) in undo.into_iter().rev() {
+            match old {
+                Some(tail) => self.tails.insert(topic, tail),
+                None => self.tails.remove(topic.as_str()),
+            };
+        }
     }
 
     /// Writes a large batch record while it is encoded (after what the group
@@ -727,13 +765,13 @@ impl Writer {
 }
 
 /// Puts the tail of a run of one topic's events (see `plan_append`) into
-/// the planning's scratch tails (one allocation per topic, not per event).
-fn end_run(scratch: &mut HashMap<String, (u64, EventId)>, run: Option<(Topic, Option<(u64, EventId)>)>) {
+/// the planning's scratch tails (one entry per topic, not per event).
+fn end_run(scratch: &mut HashMap<Topic, (u64, EventId)>, run: Option<(Topic, Option<(u64, EventId)>)>) {
     let Some((topic, Some(tail))) = run else { return };
     match scratch.get_mut(topic.as_str()) {
         Some(last) => *last = tail,
         None => {
-            scratch.insert(topic.as_str().to_owned(), tail);
+            scratch.insert(topic, tail);
         }
     }
 }

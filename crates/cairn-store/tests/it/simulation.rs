@@ -365,12 +365,22 @@ fn a_full_disk_refuses_writes_clearly_keeps_reads_and_recovers() {
         let error = appender.join().unwrap().unwrap_err();
         assert_eq!(error.io_kind(), Some(std::io::ErrorKind::StorageFull), "{error}");
     }
+    // A batch over several topics, one of them new: none of its seqs is
+    // taken either.
+    let batch = Batch {
+        events: ["t", "fresh", "t", "fresh"].iter().map(|name| NewEvent::new(topic(name), "refused")).collect(),
+        ..Batch::default()
+    };
+    assert_eq!(store.append_batch(batch).unwrap_err().code(), "io");
     faults.set_no_space(false);
     let second = store.append(NewEvent::new(topic("t"), "three"), Expect::Any).unwrap();
     assert_eq!(second.seq, first.seq + 1, "a refused write leaves no gap");
+    let fresh = store.append(NewEvent::new(topic("fresh"), "first"), Expect::Any).unwrap();
+    assert_eq!(fresh.seq, 0, "a refused write leaves no gap in a new topic");
     drop(store);
     let store = Store::open(dir.path(), options(None)).unwrap();
     assert_eq!(store.read(&Query::new(Pattern::parse("t").unwrap())).unwrap().count(), 2);
+    assert_eq!(store.read(&Query::new(Pattern::parse("fresh").unwrap())).unwrap().count(), 1);
     assert!(store.verify().unwrap().ok());
 }
 
