@@ -46,14 +46,41 @@ fn pairs_json(pairs: &[bytes::Bytes], base64: bool, json: &mut Vec<u8>) -> bool 
             json.push(if n % 2 == 1 { b':' } else { b',' });
         }
         let written = if base64 {
-            serde_json::to_writer(&mut *json, &base64::engine::general_purpose::STANDARD.encode(side))
+            write_string(json, base64::engine::general_purpose::STANDARD.encode(side).as_bytes())
         } else {
-            let Ok(text) = std::str::from_utf8(side) else { return false };
-            serde_json::to_writer(&mut *json, text)
+            write_string(json, side)
         };
-        written.expect("a string serializes into a vector");
+        if !written {
+            return false;
+        }
     }
     json.push(b'}');
+    true
+}
+
+/// Whether a byte of a JSON string needs a closer look: its end, an
+/// escape, a control byte (escaped when written, refused when read) or the
+/// start of a character beyond ASCII.
+fn special(b: u8) -> bool {
+    (b == b'"') | (b == b'\\') | (b.wrapping_sub(0x20) >= 0x60)
+}
+
+/// Writes `text` into `json` as a JSON string, as serde_json writes it;
+/// false (and nothing written) if it is not UTF-8.
+fn write_string(json: &mut Vec<u8>, text: &[u8]) -> bool {
+    // Printable ASCII without a quote or backslash (an XADD field usually
+    // is) is its own JSON text: written as it is, where serde_json's escaper
+    // goes byte by byte, and UTF-8 without a check. (A fold, not `any`, so
+    // it becomes vector compares.)
+    if !text.iter().fold(false, |seen, &b| seen | special(b)) {
+        json.reserve(text.len() + 2);
+        json.push(b'"');
+        json.extend_from_slice(text);
+        json.push(b'"');
+        return true;
+    }
+    let Ok(text) = std::str::from_utf8(text) else { return false };
+    serde_json::to_writer(&mut *json, text).expect("a string serializes into a vector");
     true
 }
 
@@ -132,12 +159,9 @@ fn plain_object<'a>(bytes: &'a [u8], mut each: impl FnMut(&'a [u8])) -> bool {
 /// UTF-8 bytes, and what follows it.
 fn plain_string(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
     let text = bytes.strip_prefix(b"\"")?;
-    // A byte this reader looks at: the end, an escape, a control byte (not
+    // 32 bytes at a time while none is `special` (a control byte is not
     // allowed in a JSON string: the parser decides what such a payload
-    // reads as) or the start of a character beyond ASCII.
-    let special = |b: u8| (b == b'"') | (b == b'\\') | (b.wrapping_sub(0x20) >= 0x60);
-    // 32 bytes at a time while none is (a fold, not `any`, so it becomes
-    // vector compares), then one at a time.
+    // reads as), then one at a time.
     let mut at = 0;
     for chunk in text.chunks_exact(32) {
         if chunk.iter().fold(false, |seen, &b| seen | special(b)) {
@@ -292,6 +316,29 @@ mod tests {
         ) {
             if let Some(strings) = plain(&bytes) {
                 proptest::prop_assert_eq!(Some(strings), parsed_strings(&bytes));
+            }
+        }
+
+        /// A string written for XADD is what serde_json writes, or refused
+        /// (with nothing written) exactly when it is not UTF-8.
+        #[test]
+        fn strings_are_written_as_serde_json_writes_them(
+            text in proptest::collection::vec(
+                proptest::prop_oneof![
+                    8 => proptest::sample::select(b"abz09 ~{}:,\"\\".to_vec()),
+                    1 => proptest::prelude::any::<u8>(),
+                ],
+                0..100,
+            ),
+        ) {
+            let mut json = Vec::new();
+            let written = write_string(&mut json, &text);
+            match std::str::from_utf8(&text) {
+                Ok(text) => {
+                    proptest::prop_assert!(written);
+                    proptest::prop_assert_eq!(json, serde_json::to_vec(text).unwrap());
+                }
+                Err(_) => proptest::prop_assert!(!written && json.is_empty()),
             }
         }
 
