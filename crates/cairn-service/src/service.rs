@@ -832,7 +832,8 @@ impl Service {
             }
             // The entries kept are gathered at the chunk's front and moved
             // into `out` at once: an item is a few hundred bytes, and
-            // moving each alone was a tenth of a long range's CPU.
+            // moving each alone (out of the chunk, into `out`) cost about
+            // 115 instructions per entry of a long range.
             let mut kept = 0;
             let mut done = false;
             for at in 0..chunk.len() {
