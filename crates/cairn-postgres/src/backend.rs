@@ -742,10 +742,7 @@ impl Storage for Postgres {
     }
 
     fn watch(&self, pattern: &Pattern) -> watch::Receiver<u64> {
-        match pattern.exact() {
-            Some(topic) => self.shared.live.watch_topic(topic.as_str()),
-            None => self.shared.live.watch(),
-        }
+        self.shared.live.watch_pattern(pattern)
     }
 
     fn live_after(&self, cursor: EventId, pattern: &Pattern, max: usize) -> Window {

@@ -22,11 +22,77 @@ use crate::topic::Pattern;
 pub struct Live {
     state: Mutex<Ring>,
     closed: std::sync::atomic::AtomicBool,
-    /// Wakes subscriptions to wildcard patterns on every group.
+    /// Wakes subscriptions to patterns that start with a wildcard on every
+    /// group.
     signal: watch::Sender<u64>,
-    /// Wakes subscriptions to one topic only when a group touches it, so a
-    /// thousand followers of quiet topics cost a busy writer nothing.
-    topics: Mutex<HashMap<Box<str>, watch::Sender<u64>>>,
+    /// The signals of subscriptions that wake only when a group touches
+    /// what they follow, so a thousand followers of quiet topics cost a busy
+    /// writer nothing. Locked from before a group enters the ring until its
+    /// subscribers are woken: a subscription that registers meanwhile
+    /// waits, then finds the group in the ring.
+    signals: Mutex<Signals>,
+}
+
+#[derive(Default)]
+struct Signals {
+    /// Subscriptions to one topic, by topic.
+    topics: HashMap<Box<str>, watch::Sender<u64>>,
+    /// Subscriptions to wildcard patterns that start with literal levels, by
+    /// those levels with their dots (`orders.` for `orders.*.created`):
+    /// every topic they match starts with it. (The server's processors
+    /// follow `cairn.proc.>`; woken by every group, they cost each append a
+    /// task wake-up.)
+    prefixes: HashMap<Box<str>, watch::Sender<u64>>,
+}
+
+impl Signals {
+    fn is_empty(&self) -> bool {
+        self.topics.is_empty() && self.prefixes.is_empty()
+    }
+
+    /// Drops the signals nobody listens to any more.
+    fn retain_listened(&mut self) {
+        self.topics.retain(|_, sender| sender.receiver_count() > 0);
+        self.prefixes.retain(|_, sender| sender.receiver_count() > 0);
+    }
+
+    /// The signals of `events`' topics and of the prefixes of their levels,
+    /// each once.
+    fn touched(&self, events: &[Arc<Event>]) -> Vec<&watch::Sender<u64>> {
+        let mut touched: Vec<&watch::Sender<u64>> = Vec::new();
+        if self.is_empty() {
+            return touched;
+        }
+        fn add<'a>(touched: &mut Vec<&'a watch::Sender<u64>>, sender: &'a watch::Sender<u64>) {
+            if !touched.iter().any(|seen| std::ptr::eq(*seen, sender)) {
+                touched.push(sender);
+            }
+        }
+        let mut previous: Option<&str> = None;
+        for event in events {
+            let topic = event.topic.as_str();
+            // Events of one topic come in runs.
+            if previous == Some(topic) {
+                continue;
+            }
+            previous = Some(topic);
+            if let Some(sender) = self.topics.get(topic) {
+                add(&mut touched, sender);
+            }
+            if !self.prefixes.is_empty() {
+                for (dot, _) in topic.match_indices('.') {
+                    if let Some(sender) = self.prefixes.get(&topic[..=dot]) {
+                        add(&mut touched, sender);
+                    }
+                }
+            }
+        }
+        touched
+    }
+
+    fn all(&self) -> Vec<&watch::Sender<u64>> {
+        self.topics.values().chain(self.prefixes.values()).collect()
+    }
 }
 
 struct Ring {
@@ -45,13 +111,13 @@ impl Live {
             state: Mutex::new(Ring { events: VecDeque::new(), floor: last, last }),
             closed: std::sync::atomic::AtomicBool::new(false),
             signal,
-            topics: Mutex::new(HashMap::new()),
+            signals: Mutex::new(Signals::default()),
         }
     }
 
     /// Whether any subscription exists (if none, groups need not be kept).
     pub fn has_subscribers(&self) -> bool {
-        self.signal.receiver_count() > 0 || !self.topics.lock().expect("topic signals lock").is_empty()
+        self.signal.receiver_count() > 0 || !self.signals.lock().expect("signals lock").is_empty()
     }
 
     /// Adds a committed group (in id order) and wakes subscribers. With
@@ -59,7 +125,13 @@ impl Live {
     /// subscribed when it was planned): the ring then forgets everything up
     /// to `last`, and a subscriber that needs those events reads storage.
     pub fn publish(&self, events: Vec<Arc<Event>>, last: EventId, complete: bool) {
-        let touched = complete.then(|| self.touched(&events));
+        let mut signals = self.signals.lock().expect("signals lock");
+        signals.retain_listened();
+        let touched = if complete { signals.touched(&events) } else { signals.all() };
+        // Widens the moment a subscription registering now could slip into
+        // were the signals not locked (`a_subscription_registering_…`).
+        #[cfg(test)]
+        std::thread::sleep(std::time::Duration::from_micros(20));
         {
             let mut ring = self.state.lock().expect("live ring lock");
             if !complete {
@@ -82,53 +154,33 @@ impl Live {
             }
         }
         // After the ring holds the group, so no woken subscriber misses it.
-        self.wake_topics(touched);
+        touched.into_iter().for_each(|sender| sender.send_modify(|generation| *generation += 1));
+        drop(signals);
         self.signal.send_modify(|generation| *generation += 1);
     }
 
-    /// The topics of `events` that someone follows on their own.
-    fn touched(&self, events: &[Arc<Event>]) -> Vec<crate::topic::Topic> {
-        let topics = self.topics.lock().expect("topic signals lock");
-        let mut touched: Vec<crate::topic::Topic> = Vec::new();
-        if topics.is_empty() {
-            return touched;
-        }
-        for event in events {
-            if topics.contains_key(event.topic.as_str()) && !touched.contains(&event.topic) {
-                touched.push(event.topic.clone());
-            }
-        }
-        touched
-    }
-
-    /// A signal that fires when a group touches `topic` (or the store closes).
-    pub fn watch_topic(&self, topic: &str) -> watch::Receiver<u64> {
-        let mut topics = self.topics.lock().expect("topic signals lock");
-        topics.entry(topic.into()).or_insert_with(|| watch::channel(0).0).subscribe()
+    /// A signal for a subscription to `pattern`: it fires when a group
+    /// touches a topic the pattern may match (every group, for a pattern
+    /// that starts with a wildcard), and when the store closes.
+    pub fn watch_pattern(&self, pattern: &Pattern) -> watch::Receiver<u64> {
+        let (key, exact) = match (pattern.exact(), pattern.literal_prefix()) {
+            (Some(topic), _) => (Box::from(topic.as_str()), true),
+            (None, Some(prefix)) => (prefix.into_boxed_str(), false),
+            (None, None) => return self.watch(),
+        };
+        let mut signals = self.signals.lock().expect("signals lock");
+        let map = if exact { &mut signals.topics } else { &mut signals.prefixes };
+        map.entry(key).or_insert_with(|| watch::channel(0).0).subscribe()
     }
 
     /// Ends every subscription: the store is closing.
     pub fn close(&self) {
         self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
-        self.wake_topics(None);
-        self.signal.send_modify(|generation| *generation += 1);
-    }
-
-    /// Fires the signals of `touched` topics (of every topic with `None`)
-    /// and drops the signals nobody listens to any more.
-    fn wake_topics(&self, touched: Option<Vec<crate::topic::Topic>>) {
-        let mut topics = self.topics.lock().expect("topic signals lock");
-        topics.retain(|_, sender| sender.receiver_count() > 0);
-        match touched {
-            None => topics.values().for_each(|sender| sender.send_modify(|generation| *generation += 1)),
-            Some(touched) => {
-                for topic in touched {
-                    if let Some(sender) = topics.get(topic.as_str()) {
-                        sender.send_modify(|generation| *generation += 1);
-                    }
-                }
-            }
+        {
+            let signals = self.signals.lock().expect("signals lock");
+            signals.all().into_iter().for_each(|sender| sender.send_modify(|generation| *generation += 1));
         }
+        self.signal.send_modify(|generation| *generation += 1);
     }
 
     /// Whether the ring was closed (subscriptions end).
@@ -165,5 +217,107 @@ impl Live {
             }
         }
         Window::Events(out, new_cursor)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::event::{Payload, Ttl};
+    use crate::topic::Topic;
+
+    fn event(id: u128, topic: &str) -> Arc<Event> {
+        Arc::new(Event {
+            id: EventId::from_u128(id),
+            topic: Topic::new(topic).unwrap(),
+            seq: 0,
+            kind: None,
+            meta: None,
+            hash: None,
+            size: 0,
+            ttl: Ttl::Forever,
+            user: None,
+            payload: Payload::None,
+            imported: false,
+        })
+    }
+
+    /// A follower of a topic, or of a pattern that starts with literal
+    /// levels, is woken only by groups that touch what it may match; one of
+    /// a pattern that starts with a wildcard by every group.
+    #[test]
+    fn followers_wake_only_for_what_they_may_match() {
+        let live = Live::new(EventId::MIN);
+        let pattern = |text: &str| Pattern::parse(text).unwrap();
+        let mut exact = live.watch_pattern(&pattern("a.b"));
+        let mut prefix = live.watch_pattern(&pattern("a.>"));
+        let mut deeper = live.watch_pattern(&pattern("a.*.c"));
+        let mut wildcard = live.watch_pattern(&pattern("*.b"));
+        let woken = |receivers: [&mut watch::Receiver<u64>; 4]| {
+            receivers.map(|receiver| {
+                let changed = receiver.has_changed().unwrap();
+                receiver.borrow_and_update();
+                changed
+            })
+        };
+        let cases = [
+            ("ab.c", [false, false, false, true]),
+            ("c.b", [false, false, false, true]),
+            ("a.x", [false, true, true, true]),
+            ("a.b", [true, true, true, true]),
+            ("a.x.c", [false, true, true, true]),
+        ];
+        for (n, (topic, expected)) in (1..).zip(cases) {
+            let id = n * 10;
+            live.publish(vec![event(id, topic), event(id + 1, "other")], EventId::from_u128(id + 1), true);
+            assert_eq!(woken([&mut exact, &mut prefix, &mut deeper, &mut wildcard]), expected, "{topic}");
+        }
+        // A group whose events were not collected wakes everyone.
+        live.publish(Vec::new(), EventId::from_u128(1000), false);
+        assert_eq!(woken([&mut exact, &mut prefix, &mut deeper, &mut wildcard]), [true; 4]);
+        live.close();
+        assert_eq!(woken([&mut exact, &mut prefix, &mut deeper, &mut wildcard]), [true; 4]);
+    }
+
+    /// A subscription that registers while a group is published either
+    /// finds the group in the ring or is woken for it: none waits for a
+    /// group already there.
+    #[test]
+    fn a_subscription_registering_during_a_publish_is_not_forgotten() {
+        let live = Arc::new(Live::new(EventId::MIN));
+        let rounds = 5_000u128;
+        let start = Arc::new(std::sync::Barrier::new(2));
+        let publisher = {
+            let (live, start) = (live.clone(), start.clone());
+            std::thread::spawn(move || {
+                for round in 1..=rounds {
+                    start.wait();
+                    let topic = format!("t{}", round % 8);
+                    live.publish(vec![event(round, &topic)], EventId::from_u128(round), true);
+                }
+            })
+        };
+        for round in 1..=rounds {
+            let pattern = Pattern::parse(&format!("t{}", round % 8)).unwrap();
+            let cursor = EventId::from_u128(round - 1);
+            start.wait();
+            let mut signal = live.watch_pattern(&pattern);
+            signal.borrow_and_update();
+            let in_ring = matches!(live.after(cursor, &pattern, 1), Window::Events(events, _) if !events.is_empty());
+            if !in_ring {
+                // The group comes after this look at the ring: it must wake.
+                while live.last() < EventId::from_u128(round) {
+                    std::hint::spin_loop();
+                }
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+                while !signal.has_changed().unwrap() {
+                    assert!(std::time::Instant::now() < deadline, "round {round}: not woken for a group it missed");
+                    std::thread::yield_now();
+                }
+            }
+            drop(signal);
+        }
+        publisher.join().unwrap();
     }
 }

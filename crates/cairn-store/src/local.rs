@@ -176,12 +176,9 @@ impl Storage for Local {
     }
 
     fn watch(&self, pattern: &Pattern) -> watch::Receiver<u64> {
-        let live = &self.store.shared().live;
-        match pattern.exact() {
-            // A follower of one topic wakes only for that topic's commits.
-            Some(topic) => live.watch_topic(topic.as_str()),
-            None => live.watch(),
-        }
+        // A follower of one topic (or of one prefix's) wakes only for its
+        // commits.
+        self.store.shared().live.watch_pattern(pattern)
     }
 
     fn live_after(&self, cursor: EventId, pattern: &Pattern, max: usize) -> Window {

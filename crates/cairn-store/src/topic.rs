@@ -192,6 +192,26 @@ impl Pattern {
             Pattern::Wildcard(_) => None,
         }
     }
+
+    /// The literal levels a wildcard pattern starts with, each with its dot
+    /// (`orders.eu.` for `orders.eu.>`, `orders.` for `orders.*.created`):
+    /// every topic the pattern matches starts with them. `None` for an
+    /// exact pattern and for one that starts with a wildcard.
+    pub fn literal_prefix(&self) -> Option<String> {
+        let Pattern::Wildcard(levels) = self else { return None };
+        let mut prefix = String::new();
+        for level in levels {
+            match level {
+                Level::Literal(text) => {
+                    prefix.push_str(text);
+                    prefix.push('.');
+                }
+                Level::One | Level::Rest => return (!prefix.is_empty()).then_some(prefix),
+            }
+        }
+        // Only literal levels: matched by one topic without a final dot.
+        None
+    }
 }
 
 fn matches_levels(levels: &[Level], topic: &str) -> bool {
