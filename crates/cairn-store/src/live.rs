@@ -43,6 +43,10 @@ struct Signals {
     /// follow `cairn.proc.>`; woken by every group, they cost each append a
     /// task wake-up.)
     prefixes: HashMap<Box<str>, watch::Sender<u64>>,
+    /// The lengths of those prefixes, each once: a topic is looked up
+    /// only at these, not at each of its dots (a topic of 128 levels would
+    /// otherwise cost 127 lookups of up to 255 bytes).
+    prefix_lengths: Vec<usize>,
 }
 
 impl Signals {
@@ -53,7 +57,17 @@ impl Signals {
     /// Drops the signals nobody listens to any more.
     fn retain_listened(&mut self) {
         self.topics.retain(|_, sender| sender.receiver_count() > 0);
+        let before = self.prefixes.len();
         self.prefixes.retain(|_, sender| sender.receiver_count() > 0);
+        if self.prefixes.len() != before {
+            self.measure_prefixes();
+        }
+    }
+
+    fn measure_prefixes(&mut self) {
+        self.prefix_lengths = self.prefixes.keys().map(|prefix| prefix.len()).collect();
+        self.prefix_lengths.sort_unstable();
+        self.prefix_lengths.dedup();
     }
 
     /// The signals of `events`' topics and of the prefixes of their levels,
@@ -79,11 +93,13 @@ impl Signals {
             if let Some(sender) = self.topics.get(topic) {
                 add(&mut touched, sender);
             }
-            if !self.prefixes.is_empty() {
-                for (dot, _) in topic.match_indices('.') {
-                    if let Some(sender) = self.prefixes.get(&topic[..=dot]) {
-                        add(&mut touched, sender);
-                    }
+            for &len in &self.prefix_lengths {
+                // A prefix ends with a dot, so where the topic has one the
+                // length is a character boundary.
+                if topic.as_bytes().get(len.wrapping_sub(1)) == Some(&b'.')
+                    && let Some(sender) = self.prefixes.get(&topic[..len])
+                {
+                    add(&mut touched, sender);
                 }
             }
         }
@@ -169,8 +185,12 @@ impl Live {
             (None, None) => return self.watch(),
         };
         let mut signals = self.signals.lock().expect("signals lock");
-        let map = if exact { &mut signals.topics } else { &mut signals.prefixes };
-        map.entry(key).or_insert_with(|| watch::channel(0).0).subscribe()
+        if exact {
+            return signals.topics.entry(key).or_insert_with(|| watch::channel(0).0).subscribe();
+        }
+        let receiver = signals.prefixes.entry(key).or_insert_with(|| watch::channel(0).0).subscribe();
+        signals.measure_prefixes();
+        receiver
     }
 
     /// Ends every subscription: the store is closing.
@@ -280,9 +300,9 @@ mod tests {
         assert_eq!(woken([&mut exact, &mut prefix, &mut deeper, &mut wildcard]), [true; 4]);
     }
 
-    /// A subscription that registers while a group is published either
-    /// finds the group in the ring or is woken for it: none waits for a
-    /// group already there.
+    /// A subscription (to a topic, or to a prefix) that registers while a
+    /// group is published either finds the group in the ring or is woken
+    /// for it: none waits for a group already there.
     #[test]
     fn a_subscription_registering_during_a_publish_is_not_forgotten() {
         let live = Arc::new(Live::new(EventId::MIN));
@@ -293,13 +313,15 @@ mod tests {
             std::thread::spawn(move || {
                 for round in 1..=rounds {
                     start.wait();
-                    let topic = format!("t{}", round % 8);
+                    let topic = format!("g{}.x", round % 8);
                     live.publish(vec![event(round, &topic)], EventId::from_u128(round), true);
                 }
             })
         };
         for round in 1..=rounds {
-            let pattern = Pattern::parse(&format!("t{}", round % 8)).unwrap();
+            // Followers of the topic and of its prefix, in turn.
+            let level = if round % 2 == 0 { "x" } else { ">" };
+            let pattern = Pattern::parse(&format!("g{}.{level}", round % 8)).unwrap();
             let cursor = EventId::from_u128(round - 1);
             start.wait();
             let mut signal = live.watch_pattern(&pattern);
