@@ -554,6 +554,26 @@ pub struct Event {
     pub imported: bool,
 }
 
+#[cfg(test)]
+impl Event {
+    /// An event of `topic` with an id and a seq and nothing else (tests).
+    pub(crate) fn bare(id: EventId, topic: Topic, seq: u64) -> Event {
+        Event {
+            id,
+            topic,
+            seq,
+            kind: None,
+            meta: None,
+            hash: None,
+            size: 0,
+            ttl: Ttl::Forever,
+            user: None,
+            payload: Payload::None,
+            imported: false,
+        }
+    }
+}
+
 impl Event {
     /// The inline payload, if the bytes came with the event.
     pub fn inline_payload(&self) -> Option<&[u8]> {

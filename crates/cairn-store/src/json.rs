@@ -258,19 +258,7 @@ mod tests {
     #[test]
     fn write_event_writes_what_serde_writes_for_event_json() {
         let topic = Topic::new("orders.1").expect("valid topic");
-        let plain = Event {
-            id: EventId::now(),
-            topic: topic.clone(),
-            seq: 7,
-            kind: None,
-            meta: None,
-            hash: None,
-            size: 0,
-            ttl: Ttl::Forever,
-            user: None,
-            payload: Payload::None,
-            imported: false,
-        };
+        let plain = Event::bare(EventId::now(), topic.clone(), 7);
         let full = Event {
             kind: Some("Quote\"d \u{e9}".to_owned()),
             meta: Some(r#"{"a":[1,2],"b":"\n"}"#.to_owned()),

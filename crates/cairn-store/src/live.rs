@@ -244,23 +244,10 @@ impl Live {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::event::{Payload, Ttl};
     use crate::topic::Topic;
 
     fn event(id: u128, topic: &str) -> Arc<Event> {
-        Arc::new(Event {
-            id: EventId::from_u128(id),
-            topic: Topic::new(topic).unwrap(),
-            seq: 0,
-            kind: None,
-            meta: None,
-            hash: None,
-            size: 0,
-            ttl: Ttl::Forever,
-            user: None,
-            payload: Payload::None,
-            imported: false,
-        })
+        Arc::new(Event::bare(EventId::from_u128(id), Topic::new(topic).unwrap(), 0))
     }
 
     /// A follower of a topic, or of a pattern that starts with literal
