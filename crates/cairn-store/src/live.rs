@@ -179,16 +179,13 @@ impl Live {
     /// touches a topic the pattern may match (every group, for a pattern
     /// that starts with a wildcard), and when the store closes.
     pub fn watch_pattern(&self, pattern: &Pattern) -> watch::Receiver<u64> {
-        let (key, exact) = match (pattern.exact(), pattern.literal_prefix()) {
-            (Some(topic), _) => (Box::from(topic.as_str()), true),
-            (None, Some(prefix)) => (prefix.into_boxed_str(), false),
-            (None, None) => return self.watch(),
-        };
-        let mut signals = self.signals.lock().expect("signals lock");
-        if exact {
-            return signals.topics.entry(key).or_insert_with(|| watch::channel(0).0).subscribe();
+        if let Some(topic) = pattern.exact() {
+            let mut signals = self.signals.lock().expect("signals lock");
+            return signals.topics.entry(topic.as_str().into()).or_insert_with(|| watch::channel(0).0).subscribe();
         }
-        let receiver = signals.prefixes.entry(key).or_insert_with(|| watch::channel(0).0).subscribe();
+        let Some(prefix) = pattern.literal_prefix() else { return self.watch() };
+        let mut signals = self.signals.lock().expect("signals lock");
+        let receiver = signals.prefixes.entry(prefix.into()).or_insert_with(|| watch::channel(0).0).subscribe();
         signals.measure_prefixes();
         receiver
     }
