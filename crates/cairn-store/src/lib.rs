@@ -27,6 +27,7 @@
 //!
 //! This crate never opens a socket.
 
+mod background;
 mod backup;
 mod cas;
 mod compact;

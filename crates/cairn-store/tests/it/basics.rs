@@ -277,3 +277,52 @@ fn a_large_batch_fails_whole_with_its_first_error() {
     let report = store.verify().unwrap();
     assert!(report.problems.is_empty(), "{:?}", report.problems);
 }
+
+/// The store's background threads (the indexer, fjall's workers, the
+/// retention sweeper) run at a lower CPU priority than its writer and the
+/// thread that opened it, so the writer is not kept waiting for a core
+/// after each fdatasync.
+#[cfg(target_os = "linux")]
+#[test]
+fn background_threads_yield_to_the_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    // The 19th field of a thread's stat, counted after its parenthesised name.
+    let nice =
+        |stat: &str| -> i32 { stat.rsplit_once(')').unwrap().1.split_whitespace().nth(16).unwrap().parse().unwrap() };
+    let own = nice(&std::fs::read_to_string("/proc/thread-self/stat").unwrap());
+    let lowered = (own + 10).min(19);
+    // Nice values by thread name (of every store this process has open).
+    let threads = || {
+        let mut threads: std::collections::BTreeMap<String, Vec<i32>> = Default::default();
+        for task in std::fs::read_dir("/proc/self/task").unwrap() {
+            let path = task.unwrap().path();
+            // A thread of another test may end meanwhile.
+            let (Ok(name), Ok(stat)) =
+                (std::fs::read_to_string(path.join("comm")), std::fs::read_to_string(path.join("stat")))
+            else {
+                continue;
+            };
+            threads.entry(name.trim().to_owned()).or_default().push(nice(&stat));
+        }
+        threads
+    };
+    let expected = |threads: &std::collections::BTreeMap<String, Vec<i32>>| {
+        let background = ["cairn-indexer", "fjall:worker", "cairn-retention"]
+            .into_iter()
+            .all(|name| threads.get(name).is_some_and(|values| values.iter().all(|&value| value == lowered)));
+        background && threads["cairn-writer"].iter().all(|&value| value == own)
+    };
+    // Another test's store may be between starting its threads and lowering
+    // them: a few looks.
+    let mut seen = threads();
+    for _ in 0..50 {
+        if expected(&seen) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        seen = threads();
+    }
+    assert!(expected(&seen), "background threads at {lowered}, writers at {own}: {seen:?}");
+    drop(store);
+}
