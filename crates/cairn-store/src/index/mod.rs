@@ -48,6 +48,9 @@ use crate::error::{Result, StoreError};
 use crate::id::EventId;
 use crate::log::segment::sync_dir;
 
+/// The threads fjall runs its flushes and merges on (see `Index::open`).
+const FJALL_WORKERS: usize = 2;
+
 /// The fjall database and its two keyspaces.
 pub(crate) struct Index {
     db: Database,
@@ -209,11 +212,10 @@ impl Index {
             // index's largest) must not hold up the main keyspace's flushes,
             // or those fall behind (and fjall halts writes at four sealed
             // memtables or 30 tables in its first level).
-            .worker_threads(2);
+            .worker_threads(FJALL_WORKERS);
         // Its workers are lowered below the writer once they run.
-        let before = crate::background::Starting::before();
+        let starting = crate::background::Starting::before();
         let db = builder.open()?;
-        let starting = before.after();
         let data = db.keyspace("index", || KeyspaceCreateOptions::default().max_memtable_size(8 * 1024 * 1024))?;
         // The references catch up after a crash in the background, so their
         // memtable may be large: fewer, larger tables to merge (measured at
@@ -237,7 +239,7 @@ impl Index {
     pub(crate) fn lower_workers(&self) {
         let starting = self.workers.lock().expect("workers lock").take();
         if let Some(starting) = starting {
-            starting.lower("fjall:worker");
+            starting.lower("fjall:worker", FJALL_WORKERS);
         }
     }
 

@@ -285,58 +285,43 @@ fn a_large_batch_fails_whole_with_its_first_error() {
 #[cfg(target_os = "linux")]
 #[test]
 fn background_threads_yield_to_the_writer() {
-    use std::collections::BTreeMap;
-    let tids = || -> Vec<String> {
-        std::fs::read_dir("/proc/self/task")
-            .unwrap()
-            .map(|task| task.unwrap().file_name().into_string().unwrap())
-            .collect()
-    };
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
     // The 19th field of a thread's stat, counted after its parenthesised name.
     let nice =
         |stat: &str| -> i32 { stat.rsplit_once(')').unwrap().1.split_whitespace().nth(16).unwrap().parse().unwrap() };
     let own = nice(&std::fs::read_to_string("/proc/thread-self/stat").unwrap());
     let lowered = (own + 10).min(19);
-    let before = tids();
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
-    // The threads that started meanwhile: this store's, and those of other
-    // tests' stores and fjall databases opened at the same time.
-    let started: Vec<String> = tids().into_iter().filter(|tid| !before.contains(tid)).collect();
-    // Nice values by thread name.
-    let look = || {
-        let mut threads: BTreeMap<String, Vec<i32>> = BTreeMap::new();
-        for tid in &started {
-            let (Ok(name), Ok(stat)) = (
-                std::fs::read_to_string(format!("/proc/self/task/{tid}/comm")),
-                std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")),
-            ) else {
+    // Nice values by thread name (of every store this process has open).
+    let threads = || {
+        let mut threads: std::collections::BTreeMap<String, Vec<i32>> = Default::default();
+        for task in std::fs::read_dir("/proc/self/task").unwrap() {
+            let path = task.unwrap().path();
+            // A thread of another test may end meanwhile.
+            let (Ok(name), Ok(stat)) =
+                (std::fs::read_to_string(path.join("comm")), std::fs::read_to_string(path.join("stat")))
+            else {
                 continue;
             };
             threads.entry(name.trim().to_owned()).or_default().push(nice(&stat));
         }
         threads
     };
-    let count = |threads: &BTreeMap<String, Vec<i32>>, name: &str, value: i32| {
-        threads.get(name).map_or(0, |values| values.iter().filter(|&&v| v == value).count())
+    let expected = |threads: &std::collections::BTreeMap<String, Vec<i32>>| {
+        let background = ["cairn-indexer", "fjall:worker", "cairn-retention"]
+            .into_iter()
+            .all(|name| threads.get(name).is_some_and(|values| values.iter().all(|&value| value == lowered)));
+        background && threads["cairn-writer"].iter().all(|&value| value == own)
     };
-    let expected = |threads: &BTreeMap<String, Vec<i32>>| {
-        // Fjall's workers of this store at least (another test may open a
-        // fjall database of its own, whose workers nobody lowers).
-        count(threads, "fjall:worker", lowered) >= 2
-            && ["cairn-indexer", "cairn-retention"]
-                .into_iter()
-                .all(|name| threads.get(name).is_some_and(|values| values.iter().all(|&value| value == lowered)))
-            && threads.get("cairn-writer").is_some_and(|values| values.iter().all(|&value| value == own))
-    };
-    // They are lowered as they start, and fjall's once the indexer runs.
-    let mut seen = look();
-    for _ in 0..100 {
+    // Another test's store may be between starting its threads and lowering
+    // them: a few looks.
+    let mut seen = threads();
+    for _ in 0..50 {
         if expected(&seen) {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
-        seen = look();
+        seen = threads();
     }
     assert!(expected(&seen), "background threads at {lowered}, writers at {own}: {seen:?}");
     drop(store);
