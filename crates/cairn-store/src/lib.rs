@@ -27,7 +27,6 @@
 //!
 //! This crate never opens a socket.
 
-mod background;
 mod backup;
 mod cas;
 mod compact;

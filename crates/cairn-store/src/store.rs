@@ -456,11 +456,7 @@ impl Store {
         let (heads, refs) = (tail.heads, tail.refs);
         let indexer = std::thread::Builder::new()
             .name("cairn-indexer".to_owned())
-            .spawn(move || {
-                crate::background::lower_this_thread();
-                indexer_shared.index.lower_workers();
-                indexer::run(indexer_shared, heads, last_id, refs)
-            })
+            .spawn(move || indexer::run(indexer_shared, heads, last_id, refs))
             .map_err(StoreError::io("start the indexer thread"))?;
         let writer = Writer::new(shared.clone(), file, end, IdGenerator::new(last_id));
         let (requests, receiver) = mpsc::sync_channel(limits::WRITER_QUEUE_DEPTH);
@@ -1220,7 +1216,6 @@ fn spawn_sweeper(
     let handle = std::thread::Builder::new()
         .name("cairn-retention".to_owned())
         .spawn(move || {
-            crate::background::lower_this_thread();
             let mut checked = HashMap::new();
             while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(interval) {
                 match shared.progress.request_expire(now_ms()).blocking_recv() {

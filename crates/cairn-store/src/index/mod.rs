@@ -48,9 +48,6 @@ use crate::error::{Result, StoreError};
 use crate::id::EventId;
 use crate::log::segment::sync_dir;
 
-/// The threads fjall runs its flushes and merges on (see `Index::open`).
-const FJALL_WORKERS: usize = 2;
-
 /// The fjall database and its two keyspaces.
 pub(crate) struct Index {
     db: Database,
@@ -68,9 +65,6 @@ pub(crate) struct Index {
     unsealed_log_bytes: std::sync::atomic::AtomicU64,
     /// A checkpoint of the content references known to be in their tables.
     refs_flushed: std::sync::Mutex<Option<Checkpoint>>,
-    /// fjall's workers, to be lowered below the writer by the indexer
-    /// ([`Index::lower_workers`]).
-    workers: std::sync::Mutex<Option<crate::background::Starting>>,
 }
 
 /// The main keyspace's memtable is sealed (and flushed by fjall's worker)
@@ -202,7 +196,7 @@ pub(crate) const META_LAST_ID: &[u8] = b"last_id";
 impl Index {
     pub(crate) fn open(path: &Path) -> Result<Index> {
         let journal = drop_journal(path)?;
-        let builder = Database::builder(path)
+        let db = Database::builder(path)
             // The log is the source of truth and is replayed from the last
             // checkpoint on open, so the index's own journal need not be
             // fsynced; a small journal keeps reopening fast.
@@ -212,10 +206,8 @@ impl Index {
             // index's largest) must not hold up the main keyspace's flushes,
             // or those fall behind (and fjall halts writes at four sealed
             // memtables or 30 tables in its first level).
-            .worker_threads(FJALL_WORKERS);
-        // Its workers are lowered below the writer once they run.
-        let starting = crate::background::Starting::before();
-        let db = builder.open()?;
+            .worker_threads(2)
+            .open()?;
         let data = db.keyspace("index", || KeyspaceCreateOptions::default().max_memtable_size(8 * 1024 * 1024))?;
         // The references catch up after a crash in the background, so their
         // memtable may be large: fewer, larger tables to merge (measured at
@@ -230,17 +222,7 @@ impl Index {
             applied_log_bytes: Default::default(),
             unsealed_log_bytes: Default::default(),
             refs_flushed: Default::default(),
-            workers: std::sync::Mutex::new(Some(starting)),
         })
-    }
-
-    /// Lowers fjall's workers below the thread that opened the index (see
-    /// `background.rs`); once, on the indexer's thread as it starts.
-    pub(crate) fn lower_workers(&self) {
-        let starting = self.workers.lock().expect("workers lock").take();
-        if let Some(starting) = starting {
-            starting.lower("fjall:worker", FJALL_WORKERS);
-        }
     }
 
     /// The keyspace holding `ks`.

@@ -184,10 +184,9 @@ impl Ahead {
             return;
         }
         let (file, faults) = (self.file.clone(), self.faults.clone());
-        let spawned = std::thread::Builder::new().name("cairn-zeroes".to_owned()).spawn(move || {
-            crate::background::lower_this_thread();
-            zero(&file, start, stop, faults.as_deref())
-        });
+        let spawned = std::thread::Builder::new()
+            .name("cairn-zeroes".to_owned())
+            .spawn(move || zero(&file, start, stop, faults.as_deref()));
         match spawned {
             Ok(helper) => self.job = Some(Job { start, end: stop, helper, cut: false }),
             Err(_) => self.off = true,
