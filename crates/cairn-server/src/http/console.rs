@@ -91,7 +91,8 @@ pub(crate) fn cookies(headers: &HeaderMap) -> Vec<&str> {
 /// or a `session_check` query parameter (for `EventSource`, which cannot
 /// send headers), which is taken out of the URI so routes never see it.
 pub(crate) fn take_check<B>(request: &mut axum::http::Request<B>) -> Option<String> {
-    let header = request.headers().get(CHECK_HEADER).and_then(|value| value.to_str().ok()).map(|v| v.trim().to_owned());
+    let header =
+        request.headers().get(&CHECK_HEADER).and_then(|value| value.to_str().ok()).map(|v| v.trim().to_owned());
     let param = take_check_param(request);
     header.or(param)
 }
@@ -113,7 +114,7 @@ fn take_check_param<B>(request: &mut axum::http::Request<B>) -> Option<String> {
 }
 
 /// The header that carries a browser session's check.
-pub(crate) const CHECK_HEADER: &str = "cairn-session-check";
+pub(crate) static CHECK_HEADER: axum::http::HeaderName = axum::http::HeaderName::from_static("cairn-session-check");
 
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]

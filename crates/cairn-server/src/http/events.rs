@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use axum::body::{Body, Bytes};
 use axum::extract::State as AxumState;
-use axum::http::{HeaderMap, Response, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, Response, StatusCode, header};
 use cairn_service::json::{BatchEventJson, EventJson};
 use cairn_service::limits::BATCH_EVENTS_MAX;
 use cairn_service::{Batch, Event, EventId, Expect, NewEvent, Pattern, Topic, Ttl, topic_etag};
@@ -37,15 +37,14 @@ pub(crate) async fn append(
     body: Body,
 ) -> ApiResult<Response<Body>> {
     let topic = Topic::new(&topic)?;
-    let kind = option(&mut params, &headers, "type", "cairn-type")?;
-    let meta = option(&mut params, &headers, "meta", "cairn-meta")?
-        .map(|meta| cairn_service::check_meta(&meta))
-        .transpose()?;
+    let kind = option(&mut params, &headers, "type", &CAIRN_TYPE)?;
+    let meta =
+        option(&mut params, &headers, "meta", &CAIRN_META)?.map(|meta| cairn_service::check_meta(&meta)).transpose()?;
     let ttl =
-        option(&mut params, &headers, "ttl", "cairn-ttl")?.map(|ttl| Ttl::parse(&ttl)).transpose()?.unwrap_or_default();
+        option(&mut params, &headers, "ttl", &CAIRN_TTL)?.map(|ttl| Ttl::parse(&ttl)).transpose()?.unwrap_or_default();
     let key = idempotency_key(&mut params, &headers)?;
     let expect =
-        option(&mut params, &headers, "expect", "cairn-expect")?.map(|text| Expect::parse(&text)).transpose()?;
+        option(&mut params, &headers, "expect", &CAIRN_EXPECT)?.map(|text| Expect::parse(&text)).transpose()?;
     let chunked = params.flag("chunked")?;
     params.finish()?;
     let condition = if_match(&headers)?;
@@ -163,7 +162,7 @@ pub(crate) async fn batch(
 ) -> ApiResult<Response<Body>> {
     let key = idempotency_key(&mut params, &headers)?;
     params.finish()?;
-    let kind = header_text(&headers, "content-type")?
+    let kind = header_text(&headers, &super::CONTENT_TYPE)?
         .unwrap_or("")
         .split(';')
         .next()
@@ -260,12 +259,19 @@ fn count_append(app: &Arc<App>, events: &[Event], bytes: u64) {
     app.metrics.appended_bytes.fetch_add(bytes, Relaxed);
 }
 
+/// The append options' headers (named once, see `SEC_FETCH_MODE`).
+static CAIRN_TYPE: HeaderName = HeaderName::from_static("cairn-type");
+static CAIRN_META: HeaderName = HeaderName::from_static("cairn-meta");
+static CAIRN_TTL: HeaderName = HeaderName::from_static("cairn-ttl");
+static CAIRN_EXPECT: HeaderName = HeaderName::from_static("cairn-expect");
+static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+
 /// An append option from its query parameter or its header, not both.
 fn option(
     params: &mut Params,
     headers: &HeaderMap,
     param: &'static str,
-    header_name: &'static str,
+    header_name: &'static HeaderName,
 ) -> ApiResult<Option<String>> {
     let from_param = params.take(param)?;
     let from_header = header_text(headers, header_name)?.map(str::to_owned);
@@ -279,7 +285,7 @@ fn option(
 }
 
 fn idempotency_key(params: &mut Params, headers: &HeaderMap) -> ApiResult<Option<String>> {
-    let key = option(params, headers, "key", "idempotency-key")?;
+    let key = option(params, headers, "key", &IDEMPOTENCY_KEY)?;
     if let Some(key) = &key {
         cairn_service::check_idempotency_key(key)?;
     }

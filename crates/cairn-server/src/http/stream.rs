@@ -71,7 +71,7 @@ impl ReadSpec {
         let content = params.flag("content")?;
         let format = if accepts_sse(headers) { Format::Sse } else { Format::Ndjson };
         if format == Format::Sse
-            && let Some(resume) = super::header_text(headers, "last-event-id")?.filter(|id| !id.is_empty())
+            && let Some(resume) = super::header_text(headers, &super::LAST_EVENT_ID)?.filter(|id| !id.is_empty())
         {
             query.after =
                 Some(EventId::parse(resume).map_err(|_| ApiError::invalid("Last-Event-ID", "is not an event id"))?);
