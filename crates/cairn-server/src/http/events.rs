@@ -76,7 +76,7 @@ pub(crate) async fn append(
     };
     count_append(&app, &events, bytes);
     let event = events.into_iter().next().ok_or_else(|| ApiError::not_found("event", "appended"))?;
-    let mut response = json_response(StatusCode::CREATED, to_json(&EventJson::from_event(&event, None)), None);
+    let mut response = json_response(StatusCode::CREATED, events_json(std::slice::from_ref(&event), false), None);
     if let Ok(location) = format!("/v1/events/{}", event.id).parse() {
         response.headers_mut().insert(header::LOCATION, location);
     }
@@ -191,8 +191,28 @@ pub(crate) async fn batch(
     let batch = cairn_service::json::batch_from_json(events, None, key)?;
     let events = app.service.append(&principal, batch).await?;
     count_append(&app, &events, bytes);
-    let json: Vec<EventJson> = events.iter().map(|event| EventJson::from_event(event, None)).collect();
-    Ok(json_response(StatusCode::CREATED, to_json(&json), None))
+    Ok(json_response(StatusCode::CREATED, events_json(&events, true), None))
+}
+
+/// Appended events as the JSON a response carries: one object, or an array
+/// of them. Written straight into the body (`json::write_event`, the bytes
+/// serde writes for `EventJson`), not through an `EventJson` per event,
+/// which formats the id and the hash into strings of their own.
+fn events_json(events: &[Event], array: bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(events.len() * 160 + 2);
+    if array {
+        out.push(b'[');
+    }
+    for (i, event) in events.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        cairn_service::json::write_event(&mut out, event, None);
+    }
+    if array {
+        out.push(b']');
+    }
+    out
 }
 
 /// Parses a batch body, stopping at the first event over the batch limit
