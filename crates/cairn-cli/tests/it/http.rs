@@ -18,7 +18,10 @@ async fn append_read_get_delete_topics_over_both_doors() {
     let headers = [("cairn-type", "OrderPlaced"), ("cairn-meta", r#"{"by":"ann"}"#), ("cairn-expect", "none")];
     let first = call(&unix, "POST", "/v1/topics/orders.1/events", &headers, "one").await;
     assert_eq!(first.status, 201, "{}", String::from_utf8_lossy(&first.body));
+    let location = first.header("location").map(str::to_owned);
     let first = first.json();
+    // Where the new event is.
+    assert_eq!(location, Some(format!("/v1/events/{}", first["id"].as_str().unwrap())));
     assert_eq!(
         (first["seq"].as_u64(), first["type"].as_str(), first["meta"]["by"].as_str()),
         (Some(0), Some("OrderPlaced"), Some("ann"))

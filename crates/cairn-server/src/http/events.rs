@@ -77,7 +77,12 @@ pub(crate) async fn append(
     count_append(&app, &events, bytes);
     let event = events.into_iter().next().ok_or_else(|| ApiError::not_found("event", "appended"))?;
     let mut response = json_response(StatusCode::CREATED, events_json(std::slice::from_ref(&event), false), None);
-    if let Ok(location) = format!("/v1/events/{}", event.id).parse() {
+    // Written out, not formatted: `format!` and parsing the text cost
+    // about 1k instructions, per append.
+    let mut location = Vec::with_capacity(36);
+    location.extend_from_slice(b"/v1/events/");
+    location.extend_from_slice(&event.id.encode());
+    if let Ok(location) = axum::http::HeaderValue::from_maybe_shared(Bytes::from(location)) {
         response.headers_mut().insert(header::LOCATION, location);
     }
     Ok(response)
