@@ -76,7 +76,9 @@ pub(crate) async fn append(
     };
     count_append(&app, &events, bytes);
     let event = events.into_iter().next().ok_or_else(|| ApiError::not_found("event", "appended"))?;
-    let mut response = json_response(StatusCode::CREATED, events_json(std::slice::from_ref(&event), false), None);
+    let mut body = Vec::with_capacity(256);
+    cairn_service::json::write_event(&mut body, &event, None);
+    let mut response = json_response(StatusCode::CREATED, body, None);
     // Written out, not formatted: `format!` and parsing the text cost
     // about 1k instructions, per append.
     let mut location = Vec::with_capacity(36);
@@ -196,27 +198,24 @@ pub(crate) async fn batch(
     let batch = cairn_service::json::batch_from_json(events, None, key)?;
     let events = app.service.append(&principal, batch).await?;
     count_append(&app, &events, bytes);
-    Ok(json_response(StatusCode::CREATED, events_json(&events, true), None))
+    Ok(json_response(StatusCode::CREATED, events_json(&events), None))
 }
 
-/// Appended events as the JSON a response carries: one object, or an array
-/// of them. Written straight into the body (`json::write_event`, the bytes
-/// serde writes for `EventJson`), not through an `EventJson` per event,
-/// which formats the id and the hash into strings of their own.
-fn events_json(events: &[Event], array: bool) -> Vec<u8> {
+/// Appended events as the JSON array a response carries, written straight
+/// into the body (`json::write_event`, the bytes serde writes for
+/// `EventJson`), not through an `EventJson` per event, which formats the id
+/// and the hash into strings of their own. (A single append's answer is one
+/// `write_event`.)
+fn events_json(events: &[Event]) -> Vec<u8> {
     let mut out = Vec::with_capacity(events.len() * 160 + 2);
-    if array {
-        out.push(b'[');
-    }
+    out.push(b'[');
     for (i, event) in events.iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
         cairn_service::json::write_event(&mut out, event, None);
     }
-    if array {
-        out.push(b']');
-    }
+    out.push(b']');
     out
 }
 
