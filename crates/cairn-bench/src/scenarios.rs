@@ -126,7 +126,7 @@ impl Bench {
         }
 
         for (size, n_batches) in [(64usize, 300usize), (1024, 130)] {
-            self.batch_rounds(size, n_batches, ROUNDS, &[RawFile::Append])?;
+            self.batch_rounds(size, n_batches, ROUNDS, &[RawFile::Append], false)?;
         }
 
         let store = self.store("bulk", SyncMode::Always)?;
@@ -148,12 +148,23 @@ impl Bench {
     }
 
     /// `n_batches` durable batches of `size` events from one caller,
-    /// alternating with the raw baseline, `rounds` times.
-    fn batch_rounds(&self, size: usize, n_batches: usize, rounds: usize, files: &[RawFile]) -> Result<()> {
+    /// alternating with the raw baseline, `rounds` times. With `distinct`,
+    /// each payload starts with the event's number, so that content hashes
+    /// (and the content references' keys) are in random order, as real
+    /// content's are; otherwise every event carries the same bytes.
+    fn batch_rounds(
+        &self,
+        size: usize,
+        n_batches: usize,
+        rounds: usize,
+        files: &[RawFile],
+        distinct: bool,
+    ) -> Result<()> {
         let topic = Topic::new("bench")?;
         let store = self.store(&format!("batch-{size}"), SyncMode::Always)?;
         let mut raw: Vec<Rounds> = files.iter().map(|_| Rounds::default()).collect();
         let mut cairn = Rounds::default();
+        let mut numbered = 0u64;
         for _ in 0..rounds {
             for (file, raw) in files.iter().zip(&mut raw) {
                 raw.add(self.raw_in(size, size * n_batches, *file)?);
@@ -161,14 +172,31 @@ impl Bench {
             let mut samples = Samples::default();
             let started = Instant::now();
             for _ in 0..n_batches {
-                let batch = Batch { events: vec![NewEvent::new(topic.clone(), PAYLOAD); size], ..Batch::default() };
+                let events = if distinct {
+                    (0..size)
+                        .map(|_| {
+                            numbered += 1;
+                            let mut payload = PAYLOAD;
+                            payload[..8].copy_from_slice(&numbered.to_be_bytes());
+                            NewEvent::new(topic.clone(), payload)
+                        })
+                        .collect()
+                } else {
+                    vec![NewEvent::new(topic.clone(), PAYLOAD); size]
+                };
+                let batch = Batch { events, ..Batch::default() };
                 let t = Instant::now();
                 store.append_batch(batch)?;
                 samples.push(t.elapsed());
             }
             cairn.add(((size * n_batches) as f64 / started.elapsed().as_secs_f64(), samples));
         }
-        report_against(&format!("batch of {size}"), &format!("cairn: durable batch of {size}"), files, raw, cairn);
+        let name = if distinct {
+            format!("cairn: durable batch of {size} (distinct payloads)")
+        } else {
+            format!("cairn: durable batch of {size}")
+        };
+        report_against(&format!("batch of {size}"), &name, files, raw, cairn);
         Ok(())
     }
 
@@ -203,10 +231,11 @@ impl Bench {
         self.task_rounds(tasks, (6_400 / tasks).max(1), tasks, rounds, &RAW_FILES)
     }
 
-    /// Only durable batches of `size` events (about 130,000 events a round).
-    pub fn batches(&self, size: usize, rounds: usize) -> Result<()> {
+    /// Only durable batches of `size` events (about 130,000 events a round);
+    /// `distinct`: each event's payload differs.
+    pub fn batches(&self, size: usize, rounds: usize, distinct: bool) -> Result<()> {
         anyhow::ensure!(size > 0 && rounds > 0, "--size and --rounds must be at least 1");
-        self.batch_rounds(size, (133_120 / size).max(1), rounds, &RAW_FILES)
+        self.batch_rounds(size, (133_120 / size).max(1), rounds, &RAW_FILES, distinct)
     }
 
     /// Appends of 2 KiB, each followed by an fdatasync, from 1 and from 2

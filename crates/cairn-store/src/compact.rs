@@ -586,6 +586,9 @@ pub(crate) fn run(
     if let Some(refs) = shared.progress.refs_behind() {
         limit = limit.min(refs.segment);
     }
+    // Nor may the segment their checkpoint is in (a crash resumes their
+    // catch-up there), or a later one.
+    limit = limit.min(shared.progress.refs_marked().segment);
     // Listed once a pass; a segment with an older generation left is
     // listed again under the lock before anything is removed.
     let files = shared.segments.files()?;

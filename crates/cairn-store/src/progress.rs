@@ -51,10 +51,19 @@ struct State {
     /// The indexer has more to do for the references (catching up, or
     /// deleting legacy ones): it does not wait for work then.
     refs_work: bool,
+    /// The references' checkpoint as last written: a crash resumes their
+    /// catch-up there, so compaction leaves its segment and later alone.
+    refs_marked: Checkpoint,
 }
 
 impl Progress {
-    pub(crate) fn new(end: Checkpoint, last_id: EventId, refs_behind: Option<Checkpoint>, refs_work: bool) -> Progress {
+    pub(crate) fn new(
+        end: Checkpoint,
+        last_id: EventId,
+        refs_behind: Option<Checkpoint>,
+        refs_work: bool,
+        refs_marked: Checkpoint,
+    ) -> Progress {
         Progress {
             state: Mutex::new(State {
                 committed: end,
@@ -70,6 +79,7 @@ impl Progress {
                 unindexed_since: None,
                 refs_behind,
                 refs_work,
+                refs_marked,
             }),
             changed: Condvar::new(),
         }
@@ -174,6 +184,16 @@ impl Progress {
         if behind.is_none() {
             self.changed.notify_all();
         }
+    }
+
+    /// Where the content references' checkpoint was last written.
+    pub(crate) fn set_refs_marked(&self, at: Checkpoint) {
+        self.lock().refs_marked = at;
+    }
+
+    /// See [`Progress::set_refs_marked`].
+    pub(crate) fn refs_marked(&self) -> Checkpoint {
+        self.lock().refs_marked
     }
 
     /// See [`Progress::set_refs_behind`].

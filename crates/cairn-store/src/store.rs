@@ -17,7 +17,6 @@ use crate::cas::{self, Cas};
 use crate::error::{Result, StoreError};
 use crate::event::{self, Batch, Event, Expect, Hash, InlineBytes, NewEvent, Payload, Ttl};
 use crate::id::{EventId, IdGenerator};
-use crate::index::apply::CAS_KEY_HASH_BYTES;
 use crate::index::sparse::find_id;
 use crate::index::{Checkpoint, Index, Ks, indexer, strip};
 use crate::limits::{self, CONSUMER_NAME_BYTES_MAX, RECORD_BYTES_MAX, STATE_KEY_BYTES_MAX};
@@ -446,7 +445,7 @@ impl Store {
             index,
             cas,
             live: Live::new(last_id),
-            progress: Progress::new(end, last_id, tail.refs.behind, tail.refs.lagging()),
+            progress: Progress::new(end, last_id, tail.refs.behind, tail.refs.lagging(), tail.refs.marked),
             stats: Stats::default(),
             queue_space: tokio::sync::Notify::new(),
             compaction: Mutex::new(()),
@@ -880,10 +879,7 @@ impl Store {
         let shared = &self.inner.shared;
         shared.progress.wait_refs()?;
         let _pin = shared.segments.pin();
-        for guard in shared.index.prefix(Ks::Cas, &hash.0[..CAS_KEY_HASH_BYTES]) {
-            let key = guard.key()?;
-            let Some(id_bytes) = strip(&key).get(CAS_KEY_HASH_BYTES..CAS_KEY_HASH_BYTES + 16) else { continue };
-            let id = EventId::from_bytes(id_bytes.try_into().expect("16 bytes"));
+        for id in crate::index::refs::ids_with_prefix(&shared.index, hash, usize::MAX)? {
             // The caller passed the read barrier already.
             let Some(pos) = find_id(&shared.index, &shared.segments, id)? else { continue };
             let event = shared.segments.read_event(pos)?;
@@ -903,10 +899,7 @@ impl Store {
         shared.progress.wait_refs()?;
         let _pin = shared.segments.pin();
         let mut topics: Vec<Topic> = Vec::new();
-        for guard in shared.index.prefix(Ks::Cas, &hash.0[..CAS_KEY_HASH_BYTES]).take(max) {
-            let key = guard.key()?;
-            let Some(id_bytes) = strip(&key).get(CAS_KEY_HASH_BYTES..CAS_KEY_HASH_BYTES + 16) else { continue };
-            let id = EventId::from_bytes(id_bytes.try_into().expect("16 bytes"));
+        for id in crate::index::refs::ids_with_prefix(&shared.index, hash, max)? {
             let Some(pos) = find_id(&shared.index, &shared.segments, id)? else { continue };
             let event = shared.segments.read_event(pos)?;
             if event.hash == Some(*hash) && !topics.contains(&event.topic) {

@@ -155,7 +155,7 @@ impl<'h> Applier<'h> {
             if let Some(hash) = event.hash
                 && self.refs_live
             {
-                crate::index::refs::insert(txn, hash, event.id, &event.payload);
+                crate::index::refs::insert(txn.index, hash, event.id, &event.payload);
             }
             if let Ttl::Time { ms } = event.ttl {
                 let expires = event.timestamp_ms().saturating_add(ms);
@@ -264,7 +264,7 @@ impl<'h> Applier<'h> {
             txn.remove(Ks::Expiry, expiry_key(event.timestamp_ms().saturating_add(ms), event.id));
         }
         if let Some(hash) = event.hash {
-            txn.remove(Ks::Cas, cas_key(hash, event.id));
+            crate::index::refs::remove(txn, cas_key(hash, event.id));
             // Another event with the same hash prefix keeps the file (a
             // different content sharing 8 hash bytes would only delay collection).
             if event.payload == Payload::Stored {

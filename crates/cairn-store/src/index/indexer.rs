@@ -31,6 +31,9 @@ pub(crate) fn run(shared: Arc<Shared>, mut heads: Heads, mut last_id: EventId, m
             return;
         }
     }
+    if let Err(error) = crate::index::refs::at_close(&shared, &mut refs) {
+        tracing::warn!("writing the content references at close failed (the next open catches them up): {error}");
+    }
 }
 
 fn step(shared: &Shared, heads: &mut Heads, last_id: &mut EventId, refs: &mut Refs, work: Work) -> Result<()> {
@@ -44,7 +47,7 @@ fn step(shared: &Shared, heads: &mut Heads, last_id: &mut EventId, refs: &mut Re
             txn.remove(crate::index::Ks::Removed, id.to_vec());
             txn.remove(crate::index::Ks::RemovedSeq, topic_key);
             if let Some(reference) = reference {
-                txn.remove(crate::index::Ks::Cas, reference);
+                crate::index::refs::remove(&mut txn, reference);
             }
         }
         let result = txn.commit();
@@ -111,6 +114,7 @@ fn index_chunk(
     }
     replay(segments, &shared.index, &shared.cas, heads, last_id, refs, (from.segment, 0), records, offset)?;
     let next = Checkpoint { segment: from.segment, offset };
+    crate::index::refs::after_batch(shared, refs, next)?;
     shared.progress.advance_indexed(next, offset - from.offset, *last_id);
     Ok(next)
 }

@@ -65,6 +65,11 @@ pub(crate) struct Index {
     unsealed_log_bytes: std::sync::atomic::AtomicU64,
     /// A checkpoint of the content references known to be in their tables.
     refs_flushed: std::sync::Mutex<Option<Checkpoint>>,
+    /// Content references not in their keyspace yet (see `refs.rs`).
+    pub(crate) pending_refs: std::sync::Mutex<refs::Pending>,
+    /// A run of references was ingested since open: its checkpoint is in
+    /// the memtable, which a close then flushes.
+    pub(crate) refs_ingested: std::sync::atomic::AtomicBool,
 }
 
 /// The main keyspace's memtable is sealed (and flushed by fjall's worker)
@@ -184,7 +189,7 @@ impl Head {
 
 /// A position in the log (segment, then byte offset): where the index's
 /// knowledge of the log ends, or where the committed log ends.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+#[derive(Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Debug)]
 pub(crate) struct Checkpoint {
     pub(crate) segment: u32,
     pub(crate) offset: u64,
@@ -202,11 +207,16 @@ impl Index {
             // fsynced; a small journal keeps reopening fast.
             .manual_journal_persist(true)
             .max_journaling_size(64 * 1024 * 1024)
-            // Two workers: the content references' merges (random keys, the
-            // index's largest) must not hold up the main keyspace's flushes,
-            // or those fall behind (and fjall halts writes at four sealed
-            // memtables or 30 tables in its first level).
-            .worker_threads(2)
+            // Three workers: the content references' merges (random keys,
+            // the index's largest) must not hold up the main keyspace's
+            // flushes, or those fall behind (and fjall halts writes at four
+            // sealed memtables or 30 tables in its first level). fjall keeps
+            // its first worker for flushes, and that worker hands each merge
+            // request it receives back to the queue, in a loop, while the
+            // others merge: with two, one core spun for as long as a merge
+            // of the references' ingested runs took (see `refs.rs`); a
+            // third takes the request instead.
+            .worker_threads(3)
             .open()?;
         let data = db.keyspace("index", || KeyspaceCreateOptions::default().max_memtable_size(8 * 1024 * 1024))?;
         // The references catch up after a crash in the background, so their
@@ -222,6 +232,8 @@ impl Index {
             applied_log_bytes: Default::default(),
             unsealed_log_bytes: Default::default(),
             refs_flushed: Default::default(),
+            pending_refs: Default::default(),
+            refs_ingested: Default::default(),
         })
     }
 
@@ -292,6 +304,7 @@ impl Index {
     /// Empties the content references (rebuilt from the log behind the
     /// rest of the index, see `refs.rs`).
     pub(crate) fn clear_refs(&self) -> Result<()> {
+        refs::Pending::clear(&self.pending_refs);
         Ok(self.refs.clear()?)
     }
 
@@ -321,10 +334,11 @@ impl Index {
         use fjall::AbstractTree as _;
         let memtable = self.data.tree.active_memtable().size() + self.refs.tree.active_memtable().size();
         let applied = self.applied_log_bytes.load(std::sync::atomic::Ordering::Relaxed);
+        let ingested = self.refs_ingested.load(std::sync::atomic::Ordering::Relaxed);
         let mut flushed = false;
         // A directory deleted under the open store cannot take a flush.
         let there = self.path.exists();
-        if there && (memtable >= CLOSE_FLUSH_MEMTABLE_BYTES || applied >= CLOSE_FLUSH_LOG_BYTES) {
+        if there && (memtable >= CLOSE_FLUSH_MEMTABLE_BYTES || applied >= CLOSE_FLUSH_LOG_BYTES || ingested) {
             self.db.persist(PersistMode::SyncData)?;
             // A memtable sealed earlier may still wait for the worker, and
             // fjall waits only for the one it sealed itself: wait for every

@@ -23,9 +23,26 @@
 //!   flushes the references before it switches a segment, so after a crash
 //!   their checkpoint never points into a segment whose offsets changed.
 //!
+//! New references are not written to the keyspace one by one: they gather
+//! in [`Pending`], a sorted map in memory that lookups read too, and go to
+//! the keyspace as one sorted run by fjall's ingestion ([`drain`]) every
+//! [`DRAIN_REFS`] references and whenever the indexer enters another
+//! segment. A memtable insert of a key in hash order cost about 2.8k
+//! instructions (a skiplist search through a memtable of random keys),
+//! the most of any index write per event. Their checkpoint moves only with
+//! a drain, so after a crash what was pending is caught up from the log
+//! like any lag, and compaction leaves alone the segments past the last
+//! drain ([`crate::progress::Progress::refs_marked`]). A run shorter than
+//! [`SMALL_RUN_REFS`] goes through the memtable instead (a table per small
+//! run would leave many to merge: a command that appends a few events
+//! drains at its close).
+//!
 //! A reference whose event is marked removed counts as gone ([`live_ref`]):
 //! a crash can lose a reference's deletion while the removal mark was
 //! flushed (the keyspaces flush apart).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::error::Result;
 use crate::event::{Hash, Payload};
@@ -43,12 +60,84 @@ use crate::store::Shared;
 /// deleted per catch-up step.
 const LEGACY_KEYS_PER_STEP: usize = 16 * 1024;
 
+/// Pending references drained to the keyspace at once, in one sorted run
+/// (about 25 bytes each in their table; about 50 in the map).
+pub(crate) const DRAIN_REFS: usize = 1 << 18;
+
+/// Runs shorter than this go to the keyspace through its memtable.
+const SMALL_RUN_REFS: usize = 4096;
+
+/// A reference's key in its keyspace, without the keyspace byte.
+type Suffix = [u8; CAS_KEY_HASH_BYTES + 16];
+
+/// References not in the keyspace yet: key suffix → whether the content
+/// is stored in a file (the keyspace's value).
+#[derive(Default)]
+pub(crate) struct Pending {
+    map: BTreeMap<Suffix, u8>,
+    /// Being ingested: lookups still read it until the keyspace has it.
+    draining: Option<Arc<BTreeMap<Suffix, u8>>>,
+}
+
+impl Pending {
+    fn lock(pending: &Mutex<Pending>) -> MutexGuard<'_, Pending> {
+        pending.lock().expect("pending references lock")
+    }
+
+    pub(crate) fn len(pending: &Mutex<Pending>) -> usize {
+        Pending::lock(pending).map.len()
+    }
+
+    pub(crate) fn clear(pending: &Mutex<Pending>) {
+        Pending::lock(pending).map.clear();
+    }
+
+    /// The pending keys with `prefix` (a prefix of a hash).
+    fn with_prefix(pending: &Mutex<Pending>, prefix: &[u8]) -> Vec<Suffix> {
+        let mut lo: Suffix = [0; CAS_KEY_HASH_BYTES + 16];
+        lo[..prefix.len()].copy_from_slice(prefix);
+        let pending = Pending::lock(pending);
+        let scan = |map: &BTreeMap<Suffix, u8>| -> Vec<Suffix> {
+            map.range(lo..).map(|(key, _)| *key).take_while(|key| key.starts_with(prefix)).collect()
+        };
+        let mut keys = scan(&pending.map);
+        if let Some(draining) = &pending.draining {
+            keys.extend(scan(draining));
+        }
+        keys
+    }
+}
+
+/// The ids of events that may refer to content with `hash`'s prefix: the
+/// keyspace's, then the pending ones (an id may be in both while a run is
+/// ingested; callers tolerate a repeat).
+pub(crate) fn ids_with_prefix(index: &Index, hash: &Hash, max: usize) -> Result<Vec<EventId>> {
+    let prefix = &hash.0[..CAS_KEY_HASH_BYTES];
+    let mut ids = Vec::new();
+    for guard in index.prefix(Ks::Cas, prefix).take(max) {
+        let key = guard.key()?;
+        if let Some(id) = crate::index::strip(&key).get(CAS_KEY_HASH_BYTES..CAS_KEY_HASH_BYTES + 16) {
+            ids.push(EventId::from_bytes(id.try_into().expect("16 bytes")));
+        }
+    }
+    for key in Pending::with_prefix(&index.pending_refs, prefix) {
+        if ids.len() >= max {
+            break;
+        }
+        ids.push(EventId::from_bytes(key[CAS_KEY_HASH_BYTES..].try_into().expect("16 bytes")));
+    }
+    Ok(ids)
+}
+
 /// The indexer's view of the references.
 #[derive(Default)]
 pub(crate) struct Refs {
     /// Where their coverage of the log ends while they lag behind the
     /// index; `None` once they are current.
     pub(crate) behind: Option<Checkpoint>,
+    /// Their checkpoint as last written (what the keyspace holds, pending
+    /// references aside): the last drain's.
+    pub(crate) marked: Checkpoint,
     /// Content files whose last reference may have gone while they lagged.
     pub(crate) garbage: Vec<Hash>,
     /// References an earlier version kept in the main keyspace are left to
@@ -92,21 +181,103 @@ impl Refs {
         if legacy.is_some() {
             tracing::info!("moving the content references to their own keyspace (once, in the background)");
         }
-        Ok(Refs { behind: (at < end).then_some(at), garbage, legacy, reading: None })
+        Ok(Refs { behind: (at < end).then_some(at), marked: at, garbage, legacy, reading: None })
     }
 }
 
-/// A new event's reference, written with its index batch while the
-/// references are current.
-pub(crate) fn insert(txn: &mut Txn<'_>, hash: Hash, id: EventId, payload: &Payload) {
-    txn.insert_borrowed(Ks::Cas, &cas_suffix(hash, id), &[u8::from(*payload == Payload::Stored)]);
+/// A new event's reference, added to the pending run while the
+/// references are current (or by their catch-up).
+pub(crate) fn insert(index: &Index, hash: Hash, id: EventId, payload: &Payload) {
+    Pending::lock(&index.pending_refs).map.insert(cas_suffix(hash, id), u8::from(*payload == Payload::Stored));
+}
+
+/// Deletes a reference (its key suffix, see `cas_key`), pending or in the
+/// keyspace. The keyspace's deletion is written either way: a crash may
+/// have left a drained copy of a pending key there (caught up twice).
+pub(crate) fn remove(txn: &mut Txn<'_>, suffix: Vec<u8>) {
+    if let Ok(key) = <Suffix>::try_from(suffix.as_slice()) {
+        Pending::lock(&txn.index.pending_refs).map.remove(&key);
+    }
+    txn.remove(Ks::Cas, suffix);
+}
+
+/// Writes the pending references to the keyspace with their checkpoint
+/// `covered` (every reference up to it is then in the keyspace): a large
+/// run as one sorted table by ingestion, a small one through the memtable
+/// (a table per small run would leave many to merge). Either way the
+/// checkpoint goes in with the run, so the keyspace's tables never hold a
+/// reference past the checkpoint they hold (a power loss can take log the
+/// references saw; a checkpoint past the log's end then rebuilds them).
+/// Runs on the indexer's thread, the only one that changes the pending run.
+pub(crate) fn drain(shared: &Shared, refs: &mut Refs, covered: Checkpoint) -> Result<()> {
+    // The checkpoint's key sorts before every reference's, as a sorted
+    // run needs.
+    const _: () = assert!((Ks::RefsMeta as u8) < (Ks::Cas as u8));
+    let index = &shared.index;
+    let run = {
+        let mut pending = Pending::lock(&index.pending_refs);
+        let run = Arc::new(std::mem::take(&mut pending.map));
+        pending.draining = Some(run.clone());
+        run
+    };
+    if run.len() >= SMALL_RUN_REFS {
+        let mut ingestion = index.keyspace(Ks::Cas).start_ingestion()?;
+        ingestion.write(crate::index::key(Ks::RefsMeta, META_APPLIED), &encode_checkpoint(covered)[..])?;
+        let mut key = [0u8; CAS_KEY_HASH_BYTES + 17];
+        key[0] = Ks::Cas as u8;
+        for (suffix, stored) in run.iter() {
+            key[1..].copy_from_slice(suffix);
+            ingestion.write(&key[..], &[*stored][..])?;
+        }
+        ingestion.finish()?;
+        index.refs_ingested.store(true, std::sync::atomic::Ordering::Relaxed);
+    } else {
+        let mut txn = index.txn();
+        for (suffix, stored) in run.iter() {
+            txn.insert(Ks::Cas, suffix.to_vec(), vec![*stored]);
+        }
+        mark(&mut txn, covered);
+        txn.commit()?;
+    }
+    Pending::lock(&index.pending_refs).draining = None;
+    refs.marked = covered;
+    shared.progress.set_refs_marked(covered);
+    Ok(())
+}
+
+/// After an index batch up to `covered` while the references are current:
+/// drains a full run, or any run once the indexer is in another segment
+/// than their checkpoint (compaction waits for that).
+pub(crate) fn after_batch(shared: &Shared, refs: &mut Refs, covered: Checkpoint) -> Result<()> {
+    if refs.behind.is_none()
+        && (covered.segment != refs.marked.segment || Pending::len(&shared.index.pending_refs) >= DRAIN_REFS)
+    {
+        drain(shared, refs, covered)?;
+    }
+    Ok(())
+}
+
+/// At a clean close: drains what is pending, so the next open finds the
+/// references current.
+pub(crate) fn at_close(shared: &Shared, refs: &mut Refs) -> Result<()> {
+    let indexed = shared.progress.indexed();
+    if refs.behind.is_none() && refs.marked != indexed {
+        drain(shared, refs, indexed)?;
+    }
+    Ok(())
 }
 
 /// Whether some event not removed (as `txn` sees it) refers to content
 /// with `hash`'s prefix. A different content sharing the eight bytes
 /// only keeps a file a little longer.
 pub(crate) fn live_ref(txn: &Txn<'_>, hash: &Hash) -> Result<bool> {
-    txn.any_prefixed(Ks::Cas, &hash.0[..CAS_KEY_HASH_BYTES], |suffix| {
+    let prefix = &hash.0[..CAS_KEY_HASH_BYTES];
+    for key in Pending::with_prefix(&txn.index.pending_refs, prefix) {
+        if txn.get(Ks::Removed, &key[CAS_KEY_HASH_BYTES..])?.is_none() {
+            return Ok(true);
+        }
+    }
+    txn.any_prefixed(Ks::Cas, prefix, |suffix| {
         let Some(id) = suffix.get(CAS_KEY_HASH_BYTES..CAS_KEY_HASH_BYTES + 16) else { return Ok(false) };
         Ok(txn.get(Ks::Removed, id)?.is_none())
     })
@@ -139,9 +310,7 @@ fn step(shared: &Shared, refs: &mut Refs) -> Result<()> {
     };
     let target = shared.progress.indexed();
     if at >= target {
-        let mut txn = index.txn();
-        mark(&mut txn, target);
-        txn.commit()?;
+        drain(shared, refs, target)?;
         refs.behind = None;
         refs.reading = None;
         // Before anyone learns they are current.
@@ -171,6 +340,9 @@ fn step(shared: &Shared, refs: &mut Refs) -> Result<()> {
         index_refs(index, at, bytes)?
     };
     refs.behind = Some(next);
+    if Pending::len(&index.pending_refs) >= DRAIN_REFS {
+        drain(shared, refs, next)?;
+    }
     Ok(())
 }
 
@@ -186,11 +358,10 @@ fn collect(shared: &Shared, refs: &mut Refs) -> Result<()> {
     Ok(())
 }
 
-/// Writes the references of up to a batch of records of `bytes` (a
-/// segment, or its indexed part) from `at`, with their checkpoint; returns
-/// where it stopped.
+/// Adds the references of up to a batch of records of `bytes` (a segment,
+/// or its indexed part) from `at` to the pending run; returns where it
+/// stopped.
 fn index_refs(index: &Index, at: Checkpoint, bytes: &[u8]) -> Result<Checkpoint> {
-    let mut txn = index.txn();
     let mut offset = at.offset;
     let mut decoder = codec::Decoder::for_index();
     let mut records = 0;
@@ -204,15 +375,12 @@ fn index_refs(index: &Index, at: Checkpoint, bytes: &[u8]) -> Result<Checkpoint>
             for (event, _, _) in events {
                 let Some(hash) = event.hash else { continue };
                 if index.get(Ks::Removed, &event.id.to_bytes())?.is_none() {
-                    insert(&mut txn, hash, event.id, &event.payload);
+                    insert(index, hash, event.id, &event.payload);
                 }
             }
         }
         offset += (FRAME_HEADER_BYTES + body.len()) as u64;
         records += 1;
     }
-    let next = Checkpoint { segment: at.segment, offset };
-    mark(&mut txn, next);
-    txn.commit()?;
-    Ok(next)
+    Ok(Checkpoint { segment: at.segment, offset })
 }

@@ -10,10 +10,6 @@ use crate::error::Result;
 pub(crate) use crate::index::Ks;
 use crate::index::{Index, key};
 
-/// Keys up to this long (with their index byte) are put together on the
-/// stack by [`Txn::insert_borrowed`].
-const SHORT_KEY_BYTES: usize = 32;
-
 /// Pending writes of one group.
 pub(crate) struct Txn<'a> {
     pub(crate) index: &'a Index,
@@ -54,21 +50,6 @@ impl<'a> Txn<'a> {
         } else {
             self.batch.insert(keyspace, key(ks, &suffix), value);
         }
-    }
-
-    /// [`Txn::insert`] from borrowed bytes: while writes are not tracked
-    /// the key is put together on the stack and fjall copies key and value
-    /// once each (three allocations fewer per write; a content reference
-    /// per event is most of the index's writes).
-    pub(crate) fn insert_borrowed(&mut self, ks: Ks, suffix: &[u8], value: &[u8]) {
-        if self.track || suffix.len() >= SHORT_KEY_BYTES {
-            return self.insert(ks, suffix.to_vec(), value.to_vec());
-        }
-        self.n_writes += 1;
-        let mut full = [0u8; SHORT_KEY_BYTES];
-        full[0] = ks as u8;
-        full[1..=suffix.len()].copy_from_slice(suffix);
-        self.batch.insert(self.index.keyspace(ks), &full[..=suffix.len()], value);
     }
 
     pub(crate) fn remove(&mut self, ks: Ks, suffix: Vec<u8>) {

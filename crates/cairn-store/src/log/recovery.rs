@@ -372,9 +372,6 @@ pub(crate) fn replay(
     applier.finish(&mut txn)?;
     let checkpoint = Checkpoint { segment, offset: end };
     txn.insert(Ks::Meta, META_APPLIED.to_vec(), encode_checkpoint(checkpoint).to_vec());
-    if refs_live {
-        crate::index::refs::mark(&mut txn, checkpoint);
-    }
     txn.insert(Ks::Meta, META_LAST_ID.to_vec(), last_id.to_bytes().to_vec());
     txn.commit()?;
     index.applied(end.saturating_sub(first))?;

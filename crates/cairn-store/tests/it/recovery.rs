@@ -298,6 +298,81 @@ fn content_references_lost_in_a_crash_are_rebuilt_and_keep_referenced_files() {
     assert_eq!(store.cas_get(&inline.hash.unwrap()).unwrap(), b"tiny and inline");
 }
 
+#[test]
+fn content_references_in_memory_and_in_sorted_runs_serve_lookups_removals_and_crashes() {
+    // New references gather in memory and go to their keyspace as sorted
+    // runs when the indexer enters another segment (`index/refs.rs`):
+    // lookups by hash and removals must see both, a clean close must leave
+    // them current, and a crash must lose none that the log keeps.
+    let dir = tempfile::tempdir().unwrap();
+    // 20,000 of these events fit in one segment: a run of that many is
+    // ingested as a table.
+    let options = Options { segment_bytes: 2 * 1024 * 1024, ..test_options() };
+    let payload = |n: u32| format!("distinct payload number {n:08}").into_bytes();
+    let big = |n: u8| vec![n; 100_000];
+    let store = Store::open(dir.path(), options.clone()).unwrap();
+    let early = store.append(NewEvent::new(topic("big"), big(1)), Expect::Any).unwrap();
+    let mut events = Vec::new();
+    for chunk in 0..4u32 {
+        let batch: Vec<NewEvent> =
+            (chunk * 5_000..(chunk + 1) * 5_000).map(|n| NewEvent::new(topic("small"), payload(n))).collect();
+        events
+            .extend(store.append_batch(cairn_store::Batch { events: batch, ..cairn_store::Batch::default() }).unwrap());
+    }
+    let sample = [0, 997, 5_000, 12_345, 19_999];
+    let look_up = |store: &Store, when: &str| {
+        for n in sample {
+            assert_eq!(store.cas_get(&events[n].hash.unwrap()).unwrap(), payload(n as u32), "event {n} by hash {when}");
+        }
+    };
+    // All in the first segment: their references are still in memory.
+    look_up(&store, "in memory");
+    // The next append goes to a new segment: the run goes to the keyspace.
+    let late = store.append(NewEvent::new(topic("big"), big(2)), Expect::Any).unwrap();
+    assert!(store.stats().log_bytes > options.segment_bytes, "the log crossed a segment");
+    look_up(&store, "in a run");
+    let last = store.append(NewEvent::new(topic("big"), big(3)), Expect::Any).unwrap();
+    let tail: Vec<NewEvent> = (20_000..20_100).map(|n| NewEvent::new(topic("small"), payload(n))).collect();
+    let tail = store.append_batch(cairn_store::Batch { events: tail, ..cairn_store::Batch::default() }).unwrap();
+    // Removed, one of each kind: in a run and in memory, inline and in a file.
+    for gone in [&events[10], &tail[5], &early, &last] {
+        store.remove(gone.id).unwrap();
+    }
+    for gone in [&events[10], &tail[5], &early, &last] {
+        assert!(!store.cas_has(&gone.hash.unwrap()).unwrap(), "content of a removed event");
+        assert!(store.content_topics(&gone.hash.unwrap(), 10).unwrap().is_empty());
+    }
+    assert_eq!(store.cas_get(&late.hash.unwrap()).unwrap(), big(2));
+    // A file two events share, both references in memory: removing one
+    // keeps it for the other.
+    let twin = store.append(NewEvent::new(topic("big"), big(4)), Expect::Any).unwrap();
+    store.append(NewEvent::new(topic("big"), big(4)), Expect::Any).unwrap();
+    store.remove(twin.id).unwrap();
+    assert_eq!(store.cas_get(&twin.hash.unwrap()).unwrap(), big(4), "the other event still holds the file");
+    assert_eq!(store.content_topics(&events[11].hash.unwrap(), 10).unwrap(), vec![topic("small")]);
+    assert_eq!(store.content_topics(&tail[6].hash.unwrap(), 10).unwrap(), vec![topic("small")]);
+    store.close().unwrap();
+
+    let faults = std::sync::Arc::new(cairn_store::faults::Faults::default());
+    let store = Store::open(dir.path(), Options { faults: Some(faults.clone()), ..options.clone() }).unwrap();
+    assert!(!store.recovery_report().refs_behind, "current after a clean close");
+    assert_eq!(store.cas_get(&events[12_345].hash.unwrap()).unwrap(), payload(12_345));
+    assert!(!store.cas_has(&events[10].hash.unwrap()).unwrap());
+    // References only in memory when the process dies.
+    let more: Vec<NewEvent> = (30_000..36_000).map(|n| NewEvent::new(topic("small"), payload(n))).collect();
+    let more = store.append_batch(cairn_store::Batch { events: more, ..cairn_store::Batch::default() }).unwrap();
+    store.sync().unwrap();
+    faults.crash();
+    drop(store);
+
+    let store = Store::open(dir.path(), options).unwrap();
+    for (n, event) in more.iter().enumerate().step_by(599) {
+        assert_eq!(store.cas_get(&event.hash.unwrap()).unwrap(), payload(30_000 + n as u32), "after the crash");
+    }
+    assert_eq!(store.cas_get(&events[0].hash.unwrap()).unwrap(), payload(0));
+    assert!(!store.cas_has(&tail[5].hash.unwrap()).unwrap());
+}
+
 /// Keys of the main index keyspace that start with `prefix`, read with
 /// fjall directly (the store closed).
 fn main_index_keys(dir: &Path, prefix: u8) -> usize {
