@@ -51,8 +51,10 @@ struct State {
     /// The indexer has more to do for the references (catching up, or
     /// deleting legacy ones): it does not wait for work then.
     refs_work: bool,
-    /// The references' checkpoint as last written: a crash resumes their
-    /// catch-up there, so compaction leaves its segment and later alone.
+    /// The references' checkpoint as last written. A crash resumes their
+    /// catch-up at the one in their tables, which compaction flushes before
+    /// it switches a segment (`Index::flush_refs_past`): it leaves this
+    /// one's segment and later ones alone.
     refs_marked: Checkpoint,
 }
 

@@ -76,7 +76,7 @@ pub(crate) struct Applier<'h> {
     /// Content-store files no event refers to any more; deleted after commit.
     pub(crate) garbage: Vec<Hash>,
     /// Whether the content references are current (see `refs.rs`): then
-    /// new events' references are written here, and files whose last
+    /// new events' references are added here (to the pending run), and files whose last
     /// reference went are garbage; otherwise they wait in `unsure`.
     refs_live: bool,
     /// Content-store files whose last reference may have gone, found while
@@ -264,7 +264,7 @@ impl<'h> Applier<'h> {
             txn.remove(Ks::Expiry, expiry_key(event.timestamp_ms().saturating_add(ms), event.id));
         }
         if let Some(hash) = event.hash {
-            crate::index::refs::remove(txn, cas_key(hash, event.id));
+            crate::index::refs::remove(txn.index, &cas_key(hash, event.id));
             // Another event with the same hash prefix keeps the file (a
             // different content sharing 8 hash bytes would only delay collection).
             if event.payload == Payload::Stored {

@@ -47,7 +47,7 @@ fn step(shared: &Shared, heads: &mut Heads, last_id: &mut EventId, refs: &mut Re
             txn.remove(crate::index::Ks::Removed, id.to_vec());
             txn.remove(crate::index::Ks::RemovedSeq, topic_key);
             if let Some(reference) = reference {
-                crate::index::refs::remove(&mut txn, reference);
+                crate::index::refs::remove(&shared.index, &reference);
             }
         }
         let result = txn.commit();

@@ -67,8 +67,9 @@ pub(crate) struct Index {
     refs_flushed: std::sync::Mutex<Option<Checkpoint>>,
     /// Content references not in their keyspace yet (see `refs.rs`).
     pub(crate) pending_refs: std::sync::Mutex<refs::Pending>,
-    /// A run of references was ingested since open: its checkpoint is in
-    /// the memtable, which a close then flushes.
+    /// A run of references was ingested since open: a close then flushes
+    /// the memtables (with the short runs drained after it, which would
+    /// otherwise be caught up again at the next open), as after a load.
     pub(crate) refs_ingested: std::sync::atomic::AtomicBool,
 }
 
@@ -80,8 +81,9 @@ pub(crate) struct Index {
 /// this makes merge cheaply.
 const SEAL_LOG_BYTES: u64 = 8 * 1024 * 1024;
 
-/// A clean close flushes the memtable when it holds this much, or when the
-/// log applied since open reaches [`CLOSE_FLUSH_LOG_BYTES`]; otherwise it
+/// A clean close flushes the memtable when it holds this much, when the log
+/// applied since open reaches [`CLOSE_FLUSH_LOG_BYTES`], or when a run of
+/// content references was ingested since open (`refs.rs`); otherwise it
 /// leaves the memtable unflushed and the next open replays that bit of log.
 /// Each flush adds a table, and every few tables fjall merges them into the
 /// rest of the index, which the closing process then waits for (2.4 s at
@@ -219,9 +221,9 @@ impl Index {
             .worker_threads(3)
             .open()?;
         let data = db.keyspace("index", || KeyspaceCreateOptions::default().max_memtable_size(8 * 1024 * 1024))?;
-        // The references catch up after a crash in the background, so their
-        // memtable may be large: fewer, larger tables to merge (measured at
-        // 10M events: a bulk load 320k events/s with 32 MiB, 368k with 64).
+        // The references come as ingested runs (`refs.rs`): their memtable
+        // holds only short runs (under 4,096 references with their
+        // checkpoint), so it is rarely flushed for its size.
         let refs = db.keyspace("refs", || KeyspaceCreateOptions::default().max_memtable_size(64 * 1024 * 1024))?;
         Ok(Index {
             db,

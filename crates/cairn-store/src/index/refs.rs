@@ -8,8 +8,8 @@
 //! where a reference per event would cost most of the replay; the indexer
 //! then catches the references up in the background ([`catch_up`]),
 //! between its own work, reading the log from their checkpoint. Once they
-//! reach the index they are kept current with every index batch again, and
-//! their checkpoint moves with it.
+//! reach the index they are kept current with every index batch again
+//! (in memory first, see below).
 //!
 //! While they lag:
 //! - a new event's reference is left to the catch-up, which skips events
@@ -23,19 +23,25 @@
 //!   flushes the references before it switches a segment, so after a crash
 //!   their checkpoint never points into a segment whose offsets changed.
 //!
-//! New references are not written to the keyspace one by one: they gather
-//! in [`Pending`], a sorted map in memory that lookups read too, and go to
-//! the keyspace as one sorted run by fjall's ingestion ([`drain`]) every
-//! [`DRAIN_REFS`] references and whenever the indexer enters another
-//! segment. A memtable insert of a key in hash order cost about 2.8k
-//! instructions (a skiplist search through a memtable of random keys),
-//! the most of any index write per event. Their checkpoint moves only with
-//! a drain, so after a crash what was pending is caught up from the log
-//! like any lag, and compaction leaves alone the segments past the last
-//! drain ([`crate::progress::Progress::refs_marked`]). A run shorter than
-//! [`SMALL_RUN_REFS`] goes through the memtable instead (a table per small
-//! run would leave many to merge: a command that appends a few events
-//! drains at its close).
+//! New references, and deletions of references, are not written to the
+//! keyspace one by one: they gather in [`Pending`], a sorted map in memory
+//! that lookups read too (first, see [`ids_with_prefix`]), and go to the
+//! keyspace as one sorted run by fjall's ingestion ([`drain`]) every
+//! [`DRAIN_REFS`] entries and whenever the indexer enters another segment,
+//! with their checkpoint in the same run. A memtable insert of a key in
+//! hash order cost about 2.8k instructions (a skiplist search through a
+//! memtable of random keys), the most of any index write per event.
+//! Deletions wait in the map too, so that the keyspace's tables never hold
+//! a change from past the checkpoint they hold: after a power loss cut the
+//! log below a removal, a deletion already in the tables would hide the
+//! reference of an event that is live again. The checkpoint moves only with
+//! a drain, so what a crash takes from memory is caught up from the log
+//! like any lag, and compaction leaves alone the segment of the last drain
+//! and later ones ([`crate::progress::Progress::refs_marked`]). A run
+//! shorter than [`SMALL_RUN_REFS`] goes through the memtable instead (a
+//! table per small run would leave many to merge); a clean close drains
+//! what is left that way, and the next open finds it unless the close did
+//! not flush the memtable (then it is caught up, as after a crash).
 //!
 //! A reference whose event is marked removed counts as gone ([`live_ref`]):
 //! a crash can lose a reference's deletion while the removal mark was
@@ -70,8 +76,11 @@ const SMALL_RUN_REFS: usize = 4096;
 /// A reference's key in its keyspace, without the keyspace byte.
 type Suffix = [u8; CAS_KEY_HASH_BYTES + 16];
 
-/// References not in the keyspace yet: key suffix → whether the content
-/// is stored in a file (the keyspace's value).
+/// A pending entry's value for a deletion (a reference's value is 0 or 1).
+const GONE: u8 = u8::MAX;
+
+/// Changes not in the keyspace yet: key suffix → whether the content is
+/// stored in a file (the keyspace's value), or [`GONE`] for a deletion.
 #[derive(Default)]
 pub(crate) struct Pending {
     map: BTreeMap<Suffix, u8>,
@@ -92,39 +101,50 @@ impl Pending {
         Pending::lock(pending).map.clear();
     }
 
-    /// The pending keys with `prefix` (a prefix of a hash).
-    fn with_prefix(pending: &Mutex<Pending>, prefix: &[u8]) -> Vec<Suffix> {
+    /// The pending entries with `prefix` (a prefix of a hash): the
+    /// references, and the deletions. The run being drained is read before
+    /// the map (an entry moves from the map to it, never back).
+    fn with_prefix(pending: &Mutex<Pending>, prefix: &[u8]) -> (Vec<Suffix>, Vec<Suffix>) {
         let mut lo: Suffix = [0; CAS_KEY_HASH_BYTES + 16];
         lo[..prefix.len()].copy_from_slice(prefix);
         let pending = Pending::lock(pending);
-        let scan = |map: &BTreeMap<Suffix, u8>| -> Vec<Suffix> {
-            map.range(lo..).map(|(key, _)| *key).take_while(|key| key.starts_with(prefix)).collect()
-        };
-        let mut keys = scan(&pending.map);
-        if let Some(draining) = &pending.draining {
-            keys.extend(scan(draining));
+        let mut entries: BTreeMap<Suffix, u8> = BTreeMap::new();
+        // The map's entries are newer than the draining run's.
+        for map in pending.draining.as_deref().into_iter().chain([&pending.map]) {
+            entries.extend(map.range(lo..).take_while(|(key, _)| key.starts_with(prefix)).map(|(k, v)| (*k, *v)));
         }
-        keys
+        let (gone, live): (Vec<_>, Vec<_>) = entries.into_iter().partition(|(_, value)| *value == GONE);
+        (live.into_iter().map(|(key, _)| key).collect(), gone.into_iter().map(|(key, _)| key).collect())
     }
 }
 
-/// The ids of events that may refer to content with `hash`'s prefix: the
-/// keyspace's, then the pending ones (an id may be in both while a run is
-/// ingested; callers tolerate a repeat).
+fn id_of(suffix: &[u8]) -> Option<EventId> {
+    let id = suffix.get(CAS_KEY_HASH_BYTES..CAS_KEY_HASH_BYTES + 16)?;
+    Some(EventId::from_bytes(id.try_into().ok()?))
+}
+
+/// The ids of events that may refer to content with `hash`'s prefix, at
+/// most `max`: the pending ones, then the keyspace's that no pending
+/// deletion hides. Pending first: a drain makes its run visible in the
+/// keyspace before it leaves the pending map, so an entry is in one or the
+/// other for a reader in this order (in both, sometimes: callers tolerate
+/// a repeat).
 pub(crate) fn ids_with_prefix(index: &Index, hash: &Hash, max: usize) -> Result<Vec<EventId>> {
     let prefix = &hash.0[..CAS_KEY_HASH_BYTES];
-    let mut ids = Vec::new();
-    for guard in index.prefix(Ks::Cas, prefix).take(max) {
-        let key = guard.key()?;
-        if let Some(id) = crate::index::strip(&key).get(CAS_KEY_HASH_BYTES..CAS_KEY_HASH_BYTES + 16) {
-            ids.push(EventId::from_bytes(id.try_into().expect("16 bytes")));
-        }
-    }
-    for key in Pending::with_prefix(&index.pending_refs, prefix) {
+    let (live, gone) = Pending::with_prefix(&index.pending_refs, prefix);
+    let mut ids: Vec<EventId> = live.iter().filter_map(|key| id_of(key)).take(max).collect();
+    for guard in index.prefix(Ks::Cas, prefix) {
         if ids.len() >= max {
             break;
         }
-        ids.push(EventId::from_bytes(key[CAS_KEY_HASH_BYTES..].try_into().expect("16 bytes")));
+        let key = guard.key()?;
+        let suffix = crate::index::strip(&key);
+        if gone.iter().any(|gone| gone[..] == *suffix) {
+            continue;
+        }
+        if let Some(id) = id_of(suffix) {
+            ids.push(id);
+        }
     }
     Ok(ids)
 }
@@ -191,14 +211,22 @@ pub(crate) fn insert(index: &Index, hash: Hash, id: EventId, payload: &Payload) 
     Pending::lock(&index.pending_refs).map.insert(cas_suffix(hash, id), u8::from(*payload == Payload::Stored));
 }
 
-/// Deletes a reference (its key suffix, see `cas_key`), pending or in the
-/// keyspace. The keyspace's deletion is written either way: a crash may
-/// have left a drained copy of a pending key there (caught up twice).
-pub(crate) fn remove(txn: &mut Txn<'_>, suffix: Vec<u8>) {
-    if let Ok(key) = <Suffix>::try_from(suffix.as_slice()) {
-        Pending::lock(&txn.index.pending_refs).map.remove(&key);
+/// Deletes a reference (its key suffix, see `cas_key`): a pending one from
+/// memory; one that may be in the keyspace by a pending deletion, written
+/// with the next run (see the module's notes).
+pub(crate) fn remove(index: &Index, suffix: &[u8]) {
+    let Ok(key) = <Suffix>::try_from(suffix) else { return };
+    let mut pending = Pending::lock(&index.pending_refs);
+    match pending.map.get(&key) {
+        Some(&value) if value != GONE => {
+            // Never drained: a key is in the keyspace only up to the
+            // checkpoint, and pending only past it.
+            pending.map.remove(&key);
+        }
+        _ => {
+            pending.map.insert(key, GONE);
+        }
     }
-    txn.remove(Ks::Cas, suffix);
 }
 
 /// Writes the pending references to the keyspace with their checkpoint
@@ -225,16 +253,24 @@ pub(crate) fn drain(shared: &Shared, refs: &mut Refs, covered: Checkpoint) -> Re
         ingestion.write(crate::index::key(Ks::RefsMeta, META_APPLIED), &encode_checkpoint(covered)[..])?;
         let mut key = [0u8; CAS_KEY_HASH_BYTES + 17];
         key[0] = Ks::Cas as u8;
-        for (suffix, stored) in run.iter() {
+        for (suffix, value) in run.iter() {
             key[1..].copy_from_slice(suffix);
-            ingestion.write(&key[..], &[*stored][..])?;
+            if *value == GONE {
+                ingestion.write_tombstone(&key[..])?;
+            } else {
+                ingestion.write(&key[..], &[*value][..])?;
+            }
         }
         ingestion.finish()?;
         index.refs_ingested.store(true, std::sync::atomic::Ordering::Relaxed);
     } else {
         let mut txn = index.txn();
-        for (suffix, stored) in run.iter() {
-            txn.insert(Ks::Cas, suffix.to_vec(), vec![*stored]);
+        for (suffix, value) in run.iter() {
+            if *value == GONE {
+                txn.remove(Ks::Cas, suffix.to_vec());
+            } else {
+                txn.insert(Ks::Cas, suffix.to_vec(), vec![*value]);
+            }
         }
         mark(&mut txn, covered);
         txn.commit()?;
@@ -257,8 +293,9 @@ pub(crate) fn after_batch(shared: &Shared, refs: &mut Refs, covered: Checkpoint)
     Ok(())
 }
 
-/// At a clean close: drains what is pending, so the next open finds the
-/// references current.
+/// At a clean close: drains what is pending (the next open finds the
+/// references current if the close flushes the memtable; see the module's
+/// notes).
 pub(crate) fn at_close(shared: &Shared, refs: &mut Refs) -> Result<()> {
     let indexed = shared.progress.indexed();
     if refs.behind.is_none() && refs.marked != indexed {
@@ -272,12 +309,16 @@ pub(crate) fn at_close(shared: &Shared, refs: &mut Refs) -> Result<()> {
 /// only keeps a file a little longer.
 pub(crate) fn live_ref(txn: &Txn<'_>, hash: &Hash) -> Result<bool> {
     let prefix = &hash.0[..CAS_KEY_HASH_BYTES];
-    for key in Pending::with_prefix(&txn.index.pending_refs, prefix) {
+    let (live, gone) = Pending::with_prefix(&txn.index.pending_refs, prefix);
+    for key in live {
         if txn.get(Ks::Removed, &key[CAS_KEY_HASH_BYTES..])?.is_none() {
             return Ok(true);
         }
     }
     txn.any_prefixed(Ks::Cas, prefix, |suffix| {
+        if gone.iter().any(|gone| gone[..] == *suffix) {
+            return Ok(false);
+        }
         let Some(id) = suffix.get(CAS_KEY_HASH_BYTES..CAS_KEY_HASH_BYTES + 16) else { return Ok(false) };
         Ok(txn.get(Ks::Removed, id)?.is_none())
     })
@@ -365,7 +406,12 @@ fn index_refs(index: &Index, at: Checkpoint, bytes: &[u8]) -> Result<Checkpoint>
     let mut offset = at.offset;
     let mut decoder = codec::Decoder::for_index();
     let mut records = 0;
-    while offset < bytes.len() as u64 && records < INDEX_RECORDS_PER_BATCH {
+    // Also stops at a full run, so memory stays bounded while batches of
+    // many events are read.
+    while offset < bytes.len() as u64
+        && records < INDEX_RECORDS_PER_BATCH
+        && Pending::len(&index.pending_refs) < DRAIN_REFS
+    {
         let body = codec::unframe(&bytes[offset as usize..])
             .map_err(|detail| corrupt(at.segment, offset as u32, &detail))?
             .ok_or_else(|| corrupt(at.segment, offset as u32, "indexed record is incomplete"))?;
