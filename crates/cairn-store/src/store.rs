@@ -879,15 +879,17 @@ impl Store {
         let shared = &self.inner.shared;
         shared.progress.wait_refs()?;
         let _pin = shared.segments.pin();
-        for id in crate::index::refs::ids_with_prefix(&shared.index, hash, usize::MAX)? {
+        let mut found = None;
+        crate::index::refs::visit_ids(&shared.index, hash, |id| {
             // The caller passed the read barrier already.
-            let Some(pos) = find_id(&shared.index, &shared.segments, id)? else { continue };
+            let Some(pos) = find_id(&shared.index, &shared.segments, id)? else { return Ok(false) };
             let event = shared.segments.read_event(pos)?;
             if event.hash == Some(*hash) {
-                return Ok(Some(event));
+                found = Some(event);
             }
-        }
-        Ok(None)
+            Ok(found.is_some())
+        })?;
+        Ok(found)
     }
 
     /// The distinct topics of stored events whose payload is `hash`,
@@ -899,13 +901,17 @@ impl Store {
         shared.progress.wait_refs()?;
         let _pin = shared.segments.pin();
         let mut topics: Vec<Topic> = Vec::new();
-        for id in crate::index::refs::ids_with_prefix(&shared.index, hash, max)? {
-            let Some(pos) = find_id(&shared.index, &shared.segments, id)? else { continue };
-            let event = shared.segments.read_event(pos)?;
-            if event.hash == Some(*hash) && !topics.contains(&event.topic) {
-                topics.push(event.topic);
+        let mut looked = 0;
+        crate::index::refs::visit_ids(&shared.index, hash, |id| {
+            looked += 1;
+            if let Some(pos) = find_id(&shared.index, &shared.segments, id)? {
+                let event = shared.segments.read_event(pos)?;
+                if event.hash == Some(*hash) && !topics.contains(&event.topic) {
+                    topics.push(event.topic);
+                }
             }
-        }
+            Ok(looked >= max)
+        })?;
         Ok(topics)
     }
 

@@ -47,7 +47,7 @@
 //! a crash can lose a reference's deletion while the removal mark was
 //! flushed (the keyspaces flush apart).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::error::Result;
@@ -104,7 +104,7 @@ impl Pending {
     /// The pending entries with `prefix` (a prefix of a hash): the
     /// references, and the deletions. The run being drained is read before
     /// the map (an entry moves from the map to it, never back).
-    fn with_prefix(pending: &Mutex<Pending>, prefix: &[u8]) -> (Vec<Suffix>, Vec<Suffix>) {
+    fn with_prefix(pending: &Mutex<Pending>, prefix: &[u8]) -> (Vec<Suffix>, BTreeSet<Suffix>) {
         let mut lo: Suffix = [0; CAS_KEY_HASH_BYTES + 16];
         lo[..prefix.len()].copy_from_slice(prefix);
         let pending = Pending::lock(pending);
@@ -118,35 +118,45 @@ impl Pending {
     }
 }
 
+/// Whether `suffix` (a key of the keyspace, stripped) is in `gone`.
+fn hidden(gone: &BTreeSet<Suffix>, suffix: &[u8]) -> bool {
+    !gone.is_empty() && <Suffix>::try_from(suffix).is_ok_and(|key| gone.contains(&key))
+}
+
 fn id_of(suffix: &[u8]) -> Option<EventId> {
     let id = suffix.get(CAS_KEY_HASH_BYTES..CAS_KEY_HASH_BYTES + 16)?;
     Some(EventId::from_bytes(id.try_into().ok()?))
 }
 
-/// The ids of events that may refer to content with `hash`'s prefix, at
-/// most `max`: the pending ones, then the keyspace's that no pending
-/// deletion hides. Pending first: a drain makes its run visible in the
-/// keyspace before it leaves the pending map, so an entry is in one or the
-/// other for a reader in this order (in both, sometimes: callers tolerate
-/// a repeat).
-pub(crate) fn ids_with_prefix(index: &Index, hash: &Hash, max: usize) -> Result<Vec<EventId>> {
+/// Visits the ids of events that may refer to content with `hash`'s
+/// prefix until `visit` says stop (`true`): the pending ones, then the
+/// keyspace's that no pending deletion hides, read as they are visited.
+/// Pending first: a drain makes its run visible in the keyspace before it
+/// leaves the pending map, so an entry is in one or the other for a reader
+/// in this order (in both, sometimes: visitors tolerate a repeat).
+pub(crate) fn visit_ids(index: &Index, hash: &Hash, mut visit: impl FnMut(EventId) -> Result<bool>) -> Result<()> {
     let prefix = &hash.0[..CAS_KEY_HASH_BYTES];
     let (live, gone) = Pending::with_prefix(&index.pending_refs, prefix);
-    let mut ids: Vec<EventId> = live.iter().filter_map(|key| id_of(key)).take(max).collect();
-    for guard in index.prefix(Ks::Cas, prefix) {
-        if ids.len() >= max {
-            break;
-        }
-        let key = guard.key()?;
-        let suffix = crate::index::strip(&key);
-        if gone.iter().any(|gone| gone[..] == *suffix) {
-            continue;
-        }
-        if let Some(id) = id_of(suffix) {
-            ids.push(id);
+    for key in &live {
+        if let Some(id) = id_of(key)
+            && visit(id)?
+        {
+            return Ok(());
         }
     }
-    Ok(ids)
+    for guard in index.prefix(Ks::Cas, prefix) {
+        let key = guard.key()?;
+        let suffix = crate::index::strip(&key);
+        if hidden(&gone, suffix) {
+            continue;
+        }
+        if let Some(id) = id_of(suffix)
+            && visit(id)?
+        {
+            return Ok(());
+        }
+    }
+    Ok(())
 }
 
 /// The indexer's view of the references.
@@ -316,7 +326,7 @@ pub(crate) fn live_ref(txn: &Txn<'_>, hash: &Hash) -> Result<bool> {
         }
     }
     txn.any_prefixed(Ks::Cas, prefix, |suffix| {
-        if gone.iter().any(|gone| gone[..] == *suffix) {
+        if hidden(&gone, suffix) {
             return Ok(false);
         }
         let Some(id) = suffix.get(CAS_KEY_HASH_BYTES..CAS_KEY_HASH_BYTES + 16) else { return Ok(false) };
