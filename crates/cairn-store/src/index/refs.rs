@@ -25,7 +25,7 @@
 //!
 //! New references, and deletions of references, are not written to the
 //! keyspace one by one: they gather in [`Pending`], a sorted map in memory
-//! that lookups read too (first, see [`ids_with_prefix`]), and go to the
+//! that lookups read too (first, see [`visit_ids`]), and go to the
 //! keyspace as one sorted run by fjall's ingestion ([`drain`]) every
 //! [`DRAIN_REFS`] entries and whenever the indexer enters another segment,
 //! with their checkpoint in the same run. A memtable insert of a key in
