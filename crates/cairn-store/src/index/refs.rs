@@ -68,7 +68,7 @@ const LEGACY_KEYS_PER_STEP: usize = 16 * 1024;
 
 /// Pending references drained to the keyspace at once, in one sorted run
 /// (about 25 bytes each in their table; about 50 in the map).
-pub(crate) const DRAIN_REFS: usize = 1 << 18;
+const DRAIN_REFS: usize = 1 << 18;
 
 /// Runs shorter than this go to the keyspace through its memtable.
 const SMALL_RUN_REFS: usize = 4096;
@@ -93,7 +93,7 @@ impl Pending {
         pending.lock().expect("pending references lock")
     }
 
-    pub(crate) fn len(pending: &Mutex<Pending>) -> usize {
+    fn len(pending: &Mutex<Pending>) -> usize {
         Pending::lock(pending).map.len()
     }
 
