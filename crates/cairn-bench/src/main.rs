@@ -93,6 +93,11 @@ enum Which {
     /// The CRC-32C of event frames (as every read checks one) next to the
     /// `crc32c` crate's, on frame-sized buffers, alternating.
     Crc,
+    /// The content references' pending map: inserts of 262,144 keys (8
+    /// bytes of a hash, then a 16-byte id) as bytes next to the same keys as
+    /// two integers, in the order one payload gives (one hash, ids rising)
+    /// and the order distinct payloads give (random hashes), alternating.
+    RefsMap,
     /// Overlapping fdatasyncs: appends of 2 KiB to one file, each followed by
     /// an fdatasync, from 1 and from 2 threads (each with its own open file),
     /// alternating; the sync rate of each (what pipelined group commit needs).
@@ -228,6 +233,7 @@ fn main() -> anyhow::Result<()> {
         Which::Batches { size, rounds, distinct } => bench.batches(size, rounds, distinct)?,
         Which::Tasks { tasks, rounds } => bench.tasks(tasks, rounds)?,
         Which::Crc => scenarios::crc(),
+        Which::RefsMap => scenarios::refs_map(),
         Which::Syncs { rounds } => bench.syncs(rounds)?,
         Which::CatchUp { rounds, ref store } => bench.catch_up(rounds, store.as_deref())?,
         Which::Compact { events, rounds } => bench.compact(events, rounds)?,

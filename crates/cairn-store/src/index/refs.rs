@@ -24,8 +24,10 @@
 //!   their checkpoint never points into a segment whose offsets changed.
 //!
 //! New references, and deletions of references, are not written to the
-//! keyspace one by one: they gather in [`Pending`], a sorted map in memory
-//! that lookups read too (first, see [`visit_ids`]), and go to the
+//! keyspace one by one: they gather in [`Pending`] in memory (a vector of
+//! new references, sorted once per run, and a sorted map for what lookups
+//! and removals have needed in order), which lookups read too (first, see
+//! [`visit_ids`]), and go to the
 //! keyspace as one sorted run by fjall's ingestion ([`drain`]) every
 //! [`DRAIN_REFS`] entries and whenever the indexer enters another segment,
 //! with their checkpoint in the same run. A memtable insert of a key in
@@ -53,7 +55,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use crate::error::Result;
 use crate::event::{Hash, Payload};
 use crate::id::EventId;
-use crate::index::apply::{CAS_KEY_HASH_BYTES, cas_suffix};
+use crate::index::apply::CAS_KEY_HASH_BYTES;
 use crate::index::txn::{Ks, Txn};
 use crate::index::{Checkpoint, Index, META_APPLIED, encode_checkpoint};
 use crate::limits::INDEX_RECORDS_PER_BATCH;
@@ -73,19 +75,68 @@ const DRAIN_REFS: usize = 1 << 18;
 /// Runs shorter than this go to the keyspace through its memtable.
 const SMALL_RUN_REFS: usize = 4096;
 
-/// A reference's key in its keyspace, without the keyspace byte.
-type Suffix = [u8; CAS_KEY_HASH_BYTES + 16];
+/// A reference's key in its keyspace without the keyspace byte (the
+/// hash's first [`CAS_KEY_HASH_BYTES`] bytes, then the id), as two
+/// integers read big-endian: they order as the bytes do, and compare in
+/// two instructions where bytes took a `memcmp` call.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Key {
+    hash: u64,
+    id: u128,
+}
+
+const _: () = assert!(CAS_KEY_HASH_BYTES == 8);
+
+impl Key {
+    fn new(hash: &Hash, id: EventId) -> Key {
+        Key { hash: prefix_of(hash), id: u128::from_be_bytes(id.to_bytes()) }
+    }
+
+    /// From a key suffix of the keyspace (`cas_suffix`).
+    fn from_suffix(suffix: &[u8]) -> Option<Key> {
+        let hash = u64::from_be_bytes(suffix.get(..CAS_KEY_HASH_BYTES)?.try_into().ok()?);
+        let id = u128::from_be_bytes(suffix.get(CAS_KEY_HASH_BYTES..)?.try_into().ok()?);
+        Some(Key { hash, id })
+    }
+
+    fn id(&self) -> EventId {
+        EventId::from_bytes(self.id.to_be_bytes())
+    }
+
+    /// The keyspace's key: the keyspace byte, then the suffix.
+    fn write(&self, key: &mut [u8; 1 + CAS_KEY_HASH_BYTES + 16]) {
+        key[0] = Ks::Cas as u8;
+        key[1..1 + CAS_KEY_HASH_BYTES].copy_from_slice(&self.hash.to_be_bytes());
+        key[1 + CAS_KEY_HASH_BYTES..].copy_from_slice(&self.id.to_be_bytes());
+    }
+}
+
+fn prefix_of(hash: &Hash) -> u64 {
+    u64::from_be_bytes(hash.0[..CAS_KEY_HASH_BYTES].try_into().expect("eight bytes"))
+}
 
 /// A pending entry's value for a deletion (a reference's value is 0 or 1).
 const GONE: u8 = u8::MAX;
 
-/// Changes not in the keyspace yet: key suffix → whether the content is
-/// stored in a file (the keyspace's value), or [`GONE`] for a deletion.
+/// A sorted run of pending entries, each key once.
+type Run = Vec<(Key, u8)>;
+
+/// Changes not in the keyspace yet: key → whether the content is stored in
+/// a file (the keyspace's value), or [`GONE`] for a deletion.
+///
+/// New references are pushed to `tail` as they come (a push, where an
+/// insert into the sorted map cost about 2k instructions: `cairn-bench
+/// refs-map`), and sorted once, when the run is drained. Only a lookup or
+/// a removal needs them in order before that: it moves the tail into
+/// `map` first.
 #[derive(Default)]
 pub(crate) struct Pending {
-    map: BTreeMap<Suffix, u8>,
+    map: BTreeMap<Key, u8>,
+    /// References (never deletions) added since the tail last moved into
+    /// `map`, in the order they came; newer than `map`'s entries.
+    tail: Vec<(Key, u8)>,
     /// Being ingested: lookups still read it until the keyspace has it.
-    draining: Option<Arc<BTreeMap<Suffix, u8>>>,
+    draining: Option<Arc<Run>>,
 }
 
 impl Pending {
@@ -94,33 +145,91 @@ impl Pending {
     }
 
     fn len(pending: &Mutex<Pending>) -> usize {
-        Pending::lock(pending).map.len()
+        let pending = Pending::lock(pending);
+        pending.map.len() + pending.tail.len()
     }
 
     pub(crate) fn clear(pending: &Mutex<Pending>) {
-        Pending::lock(pending).map.clear();
+        let mut pending = Pending::lock(pending);
+        pending.map.clear();
+        pending.tail.clear();
     }
 
-    /// The pending entries with `prefix` (a prefix of a hash): the
-    /// references, and the deletions. The run being drained is read before
-    /// the map (an entry moves from the map to it, never back).
-    fn with_prefix(pending: &Mutex<Pending>, prefix: &[u8]) -> (Vec<Suffix>, BTreeSet<Suffix>) {
-        let mut lo: Suffix = [0; CAS_KEY_HASH_BYTES + 16];
-        lo[..prefix.len()].copy_from_slice(prefix);
-        let pending = Pending::lock(pending);
-        let mut entries: BTreeMap<Suffix, u8> = BTreeMap::new();
-        // The map's entries are newer than the draining run's.
-        for map in pending.draining.as_deref().into_iter().chain([&pending.map]) {
-            entries.extend(map.range(lo..).take_while(|(key, _)| key.starts_with(prefix)).map(|(k, v)| (*k, *v)));
+    /// Moves the tail into the map (the tail's entries are newer).
+    fn settle(&mut self) {
+        self.map.extend(self.tail.drain(..));
+    }
+
+    /// Deletes `key`'s reference: forgets a pending one (never drained: a
+    /// key is in the keyspace only up to the checkpoint, and pending only
+    /// past it); otherwise records a deletion for the next run.
+    fn delete(&mut self, key: Key) {
+        self.settle();
+        match self.map.get(&key) {
+            Some(&value) if value != GONE => {
+                self.map.remove(&key);
+            }
+            _ => {
+                self.map.insert(key, GONE);
+            }
         }
+    }
+
+    /// Everything pending, sorted, each key once, leaving nothing: the
+    /// map's entries and the tail's (newer, so they win).
+    fn take_run(&mut self) -> Run {
+        let mut tail = std::mem::take(&mut self.tail);
+        tail.sort_unstable_by_key(|(key, _)| *key);
+        // A key pushed twice (the catch-up may read an event the index
+        // already gave) carries the same value both times: that event's.
+        tail.dedup_by_key(|(key, _)| *key);
+        let map = std::mem::take(&mut self.map);
+        if map.is_empty() {
+            return tail;
+        }
+        let mut run = Vec::with_capacity(map.len() + tail.len());
+        let mut tail = tail.into_iter().peekable();
+        for (key, value) in map {
+            while let Some(&(newer, _)) = tail.peek()
+                && newer < key
+            {
+                run.extend(tail.next());
+            }
+            match tail.peek() {
+                Some(&(newer, value)) if newer == key => {
+                    run.push((key, value));
+                    tail.next();
+                }
+                _ => run.push((key, value)),
+            }
+        }
+        run.extend(tail);
+        run
+    }
+
+    /// The pending entries with `hash`'s prefix: the references, and the
+    /// deletions. The run being drained is read before the map (an entry
+    /// moves from the map to it, never back).
+    fn with_prefix(pending: &Mutex<Pending>, hash: &Hash) -> (Vec<Key>, BTreeSet<Key>) {
+        let prefix = prefix_of(hash);
+        let (lo, hi) = (Key { hash: prefix, id: 0 }, Key { hash: prefix, id: u128::MAX });
+        let mut pending = Pending::lock(pending);
+        pending.settle();
+        let mut entries: BTreeMap<Key, u8> = BTreeMap::new();
+        // The map's entries are newer than the draining run's.
+        if let Some(run) = pending.draining.as_deref() {
+            let from = run.partition_point(|(key, _)| *key < lo);
+            entries.extend(run[from..].iter().take_while(|(key, _)| key.hash == prefix).copied());
+        }
+        entries.extend(pending.map.range(lo..=hi).map(|(key, value)| (*key, *value)));
         let (gone, live): (Vec<_>, Vec<_>) = entries.into_iter().partition(|(_, value)| *value == GONE);
         (live.into_iter().map(|(key, _)| key).collect(), gone.into_iter().map(|(key, _)| key).collect())
     }
 }
 
 /// Whether `suffix` (a key of the keyspace, stripped) is in `gone`.
-fn hidden(gone: &BTreeSet<Suffix>, suffix: &[u8]) -> bool {
-    !gone.is_empty() && <Suffix>::try_from(suffix).is_ok_and(|key| gone.contains(&key))
+fn hidden(gone: &BTreeSet<Key>, suffix: &[u8]) -> bool {
+    !gone.is_empty() && Key::from_suffix(suffix).is_some_and(|key| gone.contains(&key))
 }
 
 fn id_of(suffix: &[u8]) -> Option<EventId> {
@@ -135,16 +244,13 @@ fn id_of(suffix: &[u8]) -> Option<EventId> {
 /// leaves the pending map, so an entry is in one or the other for a reader
 /// in this order (in both, sometimes: visitors tolerate a repeat).
 pub(crate) fn visit_ids(index: &Index, hash: &Hash, mut visit: impl FnMut(EventId) -> Result<bool>) -> Result<()> {
-    let prefix = &hash.0[..CAS_KEY_HASH_BYTES];
-    let (live, gone) = Pending::with_prefix(&index.pending_refs, prefix);
+    let (live, gone) = Pending::with_prefix(&index.pending_refs, hash);
     for key in &live {
-        if let Some(id) = id_of(key)
-            && visit(id)?
-        {
+        if visit(key.id())? {
             return Ok(());
         }
     }
-    for guard in index.prefix(Ks::Cas, prefix) {
+    for guard in index.prefix(Ks::Cas, &hash.0[..CAS_KEY_HASH_BYTES]) {
         let key = guard.key()?;
         let suffix = crate::index::strip(&key);
         if hidden(&gone, suffix) {
@@ -218,24 +324,15 @@ impl Refs {
 /// A new event's reference, added to the pending run while the
 /// references are current (or by their catch-up).
 pub(crate) fn insert(index: &Index, hash: Hash, id: EventId, payload: &Payload) {
-    Pending::lock(&index.pending_refs).map.insert(cas_suffix(hash, id), u8::from(*payload == Payload::Stored));
+    Pending::lock(&index.pending_refs).tail.push((Key::new(&hash, id), u8::from(*payload == Payload::Stored)));
 }
 
 /// Deletes a reference (its key suffix, see `cas_key`): a pending one from
 /// memory; one that may be in the keyspace by a pending deletion, written
 /// with the next run (see the module's notes).
 pub(crate) fn remove(index: &Index, suffix: &[u8]) {
-    let Ok(key) = <Suffix>::try_from(suffix) else { return };
-    let mut pending = Pending::lock(&index.pending_refs);
-    match pending.map.get(&key) {
-        Some(&value) if value != GONE => {
-            // Never drained: a key is in the keyspace only up to the
-            // checkpoint, and pending only past it.
-            pending.map.remove(&key);
-        }
-        _ => {
-            pending.map.insert(key, GONE);
-        }
+    if let Some(key) = Key::from_suffix(suffix) {
+        Pending::lock(&index.pending_refs).delete(key);
     }
 }
 
@@ -253,18 +350,19 @@ pub(crate) fn drain(shared: &Shared, refs: &mut Refs, covered: Checkpoint) -> Re
     const _: () = assert!((Ks::RefsMeta as u8) < (Ks::Cas as u8));
     let index = &shared.index;
     let run = {
+        // Sorted under the lock, so that lookups meanwhile wait for the
+        // run rather than miss it (at most a few milliseconds a run).
         let mut pending = Pending::lock(&index.pending_refs);
-        let run = Arc::new(std::mem::take(&mut pending.map));
+        let run = Arc::new(pending.take_run());
         pending.draining = Some(run.clone());
         run
     };
+    let mut key = [0u8; CAS_KEY_HASH_BYTES + 17];
     if run.len() >= SMALL_RUN_REFS {
         let mut ingestion = index.keyspace(Ks::Cas).start_ingestion()?;
         ingestion.write(crate::index::key(Ks::RefsMeta, META_APPLIED), &encode_checkpoint(covered)[..])?;
-        let mut key = [0u8; CAS_KEY_HASH_BYTES + 17];
-        key[0] = Ks::Cas as u8;
         for (suffix, value) in run.iter() {
-            key[1..].copy_from_slice(suffix);
+            suffix.write(&mut key);
             if *value == GONE {
                 ingestion.write_tombstone(&key[..])?;
             } else {
@@ -276,10 +374,11 @@ pub(crate) fn drain(shared: &Shared, refs: &mut Refs, covered: Checkpoint) -> Re
     } else {
         let mut txn = index.txn();
         for (suffix, value) in run.iter() {
+            suffix.write(&mut key);
             if *value == GONE {
-                txn.remove(Ks::Cas, suffix.to_vec());
+                txn.remove(Ks::Cas, key[1..].to_vec());
             } else {
-                txn.insert(Ks::Cas, suffix.to_vec(), vec![*value]);
+                txn.insert(Ks::Cas, key[1..].to_vec(), vec![*value]);
             }
         }
         mark(&mut txn, covered);
@@ -318,14 +417,13 @@ pub(crate) fn at_close(shared: &Shared, refs: &mut Refs) -> Result<()> {
 /// with `hash`'s prefix. A different content sharing the eight bytes
 /// only keeps a file a little longer.
 pub(crate) fn live_ref(txn: &Txn<'_>, hash: &Hash) -> Result<bool> {
-    let prefix = &hash.0[..CAS_KEY_HASH_BYTES];
-    let (live, gone) = Pending::with_prefix(&txn.index.pending_refs, prefix);
+    let (live, gone) = Pending::with_prefix(&txn.index.pending_refs, hash);
     for key in live {
-        if txn.get(Ks::Removed, &key[CAS_KEY_HASH_BYTES..])?.is_none() {
+        if txn.get(Ks::Removed, &key.id.to_be_bytes())?.is_none() {
             return Ok(true);
         }
     }
-    txn.any_prefixed(Ks::Cas, prefix, |suffix| {
+    txn.any_prefixed(Ks::Cas, &hash.0[..CAS_KEY_HASH_BYTES], |suffix| {
         if hidden(&gone, suffix) {
             return Ok(false);
         }
@@ -439,4 +537,83 @@ fn index_refs(index: &Index, at: Checkpoint, bytes: &[u8]) -> Result<Checkpoint>
         records += 1;
     }
     Ok(Checkpoint { segment: at.segment, offset })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(hash: u64, id: u128) -> Key {
+        Key { hash, id }
+    }
+
+    #[test]
+    fn a_drained_run_is_sorted_once_per_key_and_the_tail_is_newer_than_the_map() {
+        let pending = Mutex::new(Pending::default());
+        {
+            let mut p = Pending::lock(&pending);
+            p.tail.extend([(key(9, 1), 0), (key(2, 7), 1), (key(2, 3), 0)]);
+            // A lookup or a removal settles the tail into the map.
+            p.settle();
+            assert!(p.tail.is_empty());
+            p.map.insert(key(5, 5), GONE);
+            p.map.insert(key(7, 1), GONE);
+            // Newer than the map: one key twice, one deleted in the map.
+            p.tail.extend([(key(8, 2), 1), (key(1, 4), 0), (key(7, 1), 1), (key(8, 2), 1), (key(2, 4), 0)]);
+        }
+        assert_eq!(Pending::len(&pending), 10);
+        let run = Pending::lock(&pending).take_run();
+        let expected = [
+            (key(1, 4), 0),
+            (key(2, 3), 0),
+            (key(2, 4), 0),
+            (key(2, 7), 1),
+            (key(5, 5), GONE),
+            (key(7, 1), 1),
+            (key(8, 2), 1),
+            (key(9, 1), 0),
+        ];
+        assert_eq!(
+            run.iter().map(|(k, v)| (k.hash, k.id, *v)).collect::<Vec<_>>(),
+            expected.map(|(k, v)| (k.hash, k.id, v))
+        );
+        assert_eq!(Pending::len(&pending), 0);
+    }
+
+    #[test]
+    fn a_deletion_forgets_a_pending_reference_and_is_kept_for_one_in_the_keyspace() {
+        let mut pending = Pending::default();
+        pending.tail.extend([(key(3, 1), 1), (key(3, 2), 0)]);
+        // Pending (still in the tail): forgotten.
+        pending.delete(key(3, 2));
+        // In the keyspace, as far as the map knows: a deletion.
+        pending.delete(key(4, 9));
+        pending.tail.push((key(3, 3), 0));
+        let run = pending.take_run();
+        assert_eq!(
+            run.iter().map(|(k, v)| (k.hash, k.id, *v)).collect::<Vec<_>>(),
+            [(3, 1, 1), (3, 3, 0), (4, 9, GONE)]
+        );
+    }
+
+    #[test]
+    fn keys_order_as_their_bytes_do() {
+        let ids = [0u128, 1, 255, 256, u128::MAX >> 1, u128::MAX];
+        let hashes = [0u64, 1, 0x00ff, 0x0100, u64::MAX];
+        let mut keys: Vec<Key> = hashes.iter().flat_map(|&hash| ids.iter().map(move |&id| key(hash, id))).collect();
+        keys.reverse();
+        let mut bytes: Vec<[u8; 25]> = keys
+            .iter()
+            .map(|k| {
+                let mut out = [0u8; 25];
+                k.write(&mut out);
+                out
+            })
+            .collect();
+        keys.sort();
+        bytes.sort();
+        for (k, b) in keys.iter().zip(&bytes) {
+            assert_eq!(Key::from_suffix(&b[1..]).map(|back| (back.hash, back.id)), Some((k.hash, k.id)));
+        }
+    }
 }
