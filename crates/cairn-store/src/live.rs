@@ -7,7 +7,7 @@
 //! ([`Live::publish`]) and answers the seam's `watch`, `live_after` and
 //! `last_id` from it.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
@@ -77,8 +77,24 @@ impl Signals {
         if self.is_empty() {
             return touched;
         }
-        fn add<'a>(touched: &mut Vec<&'a watch::Sender<u64>>, sender: &'a watch::Sender<u64>) {
-            if !touched.iter().any(|seen| std::ptr::eq(*seen, sender)) {
+        // Each signal once: a batch may touch as many followed topics as it
+        // has events, so past a few, seen ones are found by address in a
+        // set, not by a search.
+        let mut seen: HashSet<*const watch::Sender<u64>> = HashSet::new();
+        fn add<'a>(
+            touched: &mut Vec<&'a watch::Sender<u64>>,
+            seen: &mut HashSet<*const watch::Sender<u64>>,
+            sender: &'a watch::Sender<u64>,
+        ) {
+            let new = if touched.len() < 16 {
+                !touched.iter().any(|seen| std::ptr::eq(*seen, sender))
+            } else {
+                if seen.is_empty() {
+                    seen.extend(touched.iter().map(|seen| std::ptr::from_ref(*seen)));
+                }
+                seen.insert(std::ptr::from_ref(sender))
+            };
+            if new {
                 touched.push(sender);
             }
         }
@@ -91,7 +107,7 @@ impl Signals {
             }
             previous = Some(topic);
             if let Some(sender) = self.topics.get(topic) {
-                add(&mut touched, sender);
+                add(&mut touched, &mut seen, sender);
             }
             for &len in &self.prefix_lengths {
                 // A prefix ends with a dot, so where the topic has one the
@@ -99,7 +115,7 @@ impl Signals {
                 if topic.as_bytes().get(len.wrapping_sub(1)) == Some(&b'.')
                     && let Some(sender) = self.prefixes.get(&topic[..len])
                 {
-                    add(&mut touched, sender);
+                    add(&mut touched, &mut seen, sender);
                 }
             }
         }
@@ -282,6 +298,30 @@ mod tests {
         assert_eq!(woken([&mut exact, &mut prefix, &mut deeper, &mut wildcard]), [true; 4]);
         live.close();
         assert_eq!(woken([&mut exact, &mut prefix, &mut deeper, &mut wildcard]), [true; 4]);
+    }
+
+    /// A group over more followed topics than are searched one by one:
+    /// every touched follower's signal fires exactly once, no other does.
+    #[test]
+    fn a_group_over_many_followed_topics_wakes_each_follower_once() {
+        let live = Live::new(EventId::MIN);
+        let mut followers: Vec<_> =
+            (0..100).map(|n| live.watch_pattern(&Pattern::parse(&format!("t{n}")).unwrap())).collect();
+        let mut prefix = live.watch_pattern(&Pattern::parse("p.>").unwrap());
+        // Topics 0..60 twice each (in two runs), p.0..p.40, not 60..100.
+        let events: Vec<_> = (0..60)
+            .chain(0..60)
+            .map(|n| format!("t{n}"))
+            .chain((0..40).map(|n| format!("p.{n}")))
+            .zip(1..)
+            .map(|(topic, id)| event(id, &topic))
+            .collect();
+        live.publish(events, EventId::from_u128(160), true);
+        for (n, follower) in followers.iter_mut().enumerate() {
+            let generation = *follower.borrow_and_update();
+            assert_eq!(generation, u64::from(n < 60), "t{n}");
+        }
+        assert_eq!(*prefix.borrow_and_update(), 1);
     }
 
     /// A subscription (to a topic, or to a prefix) that registers while a

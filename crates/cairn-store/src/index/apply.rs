@@ -14,22 +14,24 @@ use crate::log::codec::{FRAME_HEADER_BYTES, Pos};
 use crate::log::segment::Segments;
 use crate::read::Scan;
 
-/// The writer's cache of topic heads, loaded lazily from the index.
+/// The indexer's cache of topic heads, loaded lazily from the index.
 #[derive(Default, Debug)]
 pub(crate) struct Heads {
-    cache: HashMap<String, Head>,
-    /// Topics whose head changed since the last `flush`.
+    /// Each head, and whether it changed since the last `flush`.
+    cache: HashMap<String, (Head, bool)>,
+    /// Topics whose head changed since the last `flush`, each once (a
+    /// batch may touch as many topics as it has events: no search here).
     dirty: Vec<String>,
 }
 
 impl Heads {
     pub(crate) fn get(&mut self, txn: &Txn<'_>, topic: &str) -> Result<Option<Head>> {
-        if let Some(head) = self.cache.get(topic) {
+        if let Some((head, _)) = self.cache.get(topic) {
             return Ok(Some(*head));
         }
         let head = txn.get(Ks::Heads, topic.as_bytes())?.and_then(|bytes| Head::from_bytes(&bytes));
         if let Some(head) = head {
-            self.cache.insert(topic.to_owned(), head);
+            self.cache.insert(topic.to_owned(), (head, false));
         }
         Ok(head)
     }
@@ -37,25 +39,27 @@ impl Heads {
     /// Changes a head in the cache; `flush` writes it.
     fn put(&mut self, topic: &str, head: Head) {
         match self.cache.get_mut(topic) {
-            Some(cached) => {
+            Some((cached, dirty)) => {
                 if *cached == head {
                     return;
                 }
                 *cached = head;
+                if std::mem::replace(dirty, true) {
+                    return;
+                }
             }
             None => {
-                self.cache.insert(topic.to_owned(), head);
+                self.cache.insert(topic.to_owned(), (head, true));
             }
         }
-        if !self.dirty.iter().any(|t| t == topic) {
-            self.dirty.push(topic.to_owned());
-        }
+        self.dirty.push(topic.to_owned());
     }
 
     /// Writes every changed head into `txn` (once per topic per group).
     pub(crate) fn flush(&mut self, txn: &mut Txn<'_>) {
         for topic in self.dirty.drain(..) {
-            let head = self.cache[&topic];
+            let Some((head, dirty)) = self.cache.get_mut(&topic) else { continue };
+            *dirty = false;
             txn.insert(Ks::Heads, topic.into_bytes(), head.to_bytes().to_vec());
         }
     }
@@ -137,7 +141,8 @@ impl<'h> Applier<'h> {
         idempotency: Option<(&str, u64)>,
     ) -> Result<()> {
         let mut by_topic: HashMap<&str, Vec<usize>> = HashMap::new();
-        let mut trims: Vec<(&str, u64)> = Vec::new();
+        // A topic's last `last:` retention in the record wins.
+        let mut trims: HashMap<&str, u64> = HashMap::new();
         for (idx, (event, pos)) in events.iter().enumerate() {
             let topic = event.topic.as_str();
             if idx % ANCHOR_EVENTS == 0 {
@@ -162,8 +167,7 @@ impl<'h> Applier<'h> {
                 txn.insert(Ks::Expiry, expiry_key(expires, event.id), Vec::new());
             }
             if let Ttl::Last { n } = event.ttl {
-                trims.retain(|(t, _)| *t != topic);
-                trims.push((topic, n));
+                trims.insert(topic, n);
             }
             if self.track {
                 self.pending_ids.insert(event.id, *pos);
