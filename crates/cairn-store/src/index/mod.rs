@@ -223,8 +223,16 @@ impl Index {
         let data = db.keyspace("index", || KeyspaceCreateOptions::default().max_memtable_size(8 * 1024 * 1024))?;
         // The references come as ingested runs (`refs.rs`): their memtable
         // holds only short runs (under 4,096 references with their
-        // checkpoint), so it is rarely flushed for its size.
-        let refs = db.keyspace("refs", || KeyspaceCreateOptions::default().max_memtable_size(64 * 1024 * 1024))?;
+        // checkpoint), so it is rarely flushed for its size. They are read
+        // by prefix (a hash's), never by a key of their own, so their tables
+        // build no bloom filters (the only point read is their checkpoint's,
+        // once per open). A store created before keeps its filters: fjall
+        // keeps a keyspace's options from its creation.
+        let refs = db.keyspace("refs", || {
+            KeyspaceCreateOptions::default()
+                .max_memtable_size(64 * 1024 * 1024)
+                .filter_policy(fjall::config::FilterPolicy::disabled())
+        })?;
         Ok(Index {
             db,
             data,
