@@ -86,6 +86,9 @@ pub(crate) struct Applier<'h> {
     /// Content-store files whose last reference may have gone, found while
     /// the references lag: checked again once they caught up.
     pub(crate) unsure: Vec<Hash>,
+    /// Files whose last reference may have gone in this transaction (the
+    /// references current): `finish` checks each once.
+    maybe_garbage: Vec<Hash>,
     /// Bytes of frames removed here, by segment (for compaction's ratio).
     dead: HashMap<u32, u64>,
 }
@@ -101,6 +104,7 @@ impl<'h> Applier<'h> {
             garbage: Vec::new(),
             refs_live,
             unsure: Vec::new(),
+            maybe_garbage: Vec::new(),
             dead: HashMap::new(),
         }
     }
@@ -108,6 +112,16 @@ impl<'h> Applier<'h> {
     /// Writes what the transaction's removals add to each segment's dead
     /// bytes. Called once, before the commit.
     pub(crate) fn finish(&mut self, txn: &mut Txn<'_>) -> Result<()> {
+        // Once per file, after every removal of the transaction: a trim of
+        // many events sharing content looks for a live reference once.
+        let mut maybe_garbage = std::mem::take(&mut self.maybe_garbage);
+        maybe_garbage.sort_unstable();
+        maybe_garbage.dedup();
+        for hash in maybe_garbage {
+            if !crate::index::refs::live_ref(txn, &hash)? {
+                self.garbage.push(hash);
+            }
+        }
         for (segment, bytes) in self.dead.drain() {
             let key = crate::compact::dead_key(segment);
             let before = crate::compact::decode_u64(txn.get(Ks::Meta, &key)?.as_deref());
@@ -274,8 +288,8 @@ impl<'h> Applier<'h> {
             if event.payload == Payload::Stored {
                 if !self.refs_live {
                     self.unsure.push(hash);
-                } else if !crate::index::refs::live_ref(txn, &hash)? {
-                    self.garbage.push(hash);
+                } else {
+                    self.maybe_garbage.push(hash);
                 }
             }
         }

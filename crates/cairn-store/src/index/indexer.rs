@@ -65,7 +65,7 @@ fn step(shared: &Shared, heads: &mut Heads, last_id: &mut EventId, refs: &mut Re
             return Err(StoreError::Index(reason));
         }
     }
-    Ok(())
+    crate::index::refs::after_removals(shared, refs)
 }
 
 /// Indexes records from `from` towards `to`; returns where it stopped.
@@ -125,9 +125,9 @@ fn expire(shared: &Shared, heads: &mut Heads, refs: &mut Refs, now_ms: u64) -> R
     txn.track_writes();
     let mut applier = Applier::new(heads, &shared.segments, true, refs.behind.is_none());
     let removed = applier.expire(&mut txn, now_ms, EXPIRE_EVENTS_PER_STEP)?;
+    applier.finish(&mut txn)?;
     let garbage = std::mem::take(&mut applier.garbage);
     refs.garbage.append(&mut applier.unsure);
-    applier.finish(&mut txn)?;
     txn.commit()?;
     for hash in garbage {
         shared.cas.collect(&hash)?;

@@ -24,16 +24,15 @@
 //!   their checkpoint never points into a segment whose offsets changed.
 //!
 //! New references, and deletions of references, are not written to the
-//! keyspace one by one: they gather in [`Pending`] in memory (a vector of
-//! new references, sorted once per run, and a sorted map for what lookups
-//! and removals have needed in order), which lookups read too (first, see
-//! [`visit_ids`]), and go to the
+//! keyspace one by one: they gather in [`Pending`] in memory (sorted runs
+//! made from what comes, merged as they grow), which lookups read too
+//! (first, see [`visit_ids`]), and go to the
 //! keyspace as one sorted run by fjall's ingestion ([`drain`]) every
 //! [`DRAIN_REFS`] entries and whenever the indexer enters another segment,
 //! with their checkpoint in the same run. A memtable insert of a key in
 //! hash order cost about 2.8k instructions (a skiplist search through a
 //! memtable of random keys), the most of any index write per event.
-//! Deletions wait in the map too, so that the keyspace's tables never hold
+//! Deletions wait there too, so that the keyspace's tables never hold
 //! a change from past the checkpoint they hold: after a power loss cut the
 //! log below a removal, a deletion already in the tables would hide the
 //! reference of an event that is live again. The checkpoint moves only with
@@ -69,54 +68,75 @@ use crate::store::Shared;
 const LEGACY_KEYS_PER_STEP: usize = 16 * 1024;
 
 /// Pending references drained to the keyspace at once, in one sorted run
-/// (about 25 bytes each in their table; about 50 in the map).
+/// (about 25 bytes each in their table; 32 in memory).
 const DRAIN_REFS: usize = 1 << 18;
 
 /// Runs shorter than this go to the keyspace through its memtable.
 const SMALL_RUN_REFS: usize = 4096;
 
+/// New entries are sorted into a run of their own once this many wait
+/// unsorted, so that whoever sorts them (the indexer, or a lookup that
+/// needs them in order) holds the lock for a bounded time.
+const TAIL_REFS: usize = 16 * 1024;
+
 /// A reference's key in its keyspace without the keyspace byte (the
-/// hash's first [`CAS_KEY_HASH_BYTES`] bytes, then the id), as two
-/// integers read big-endian: they order as the bytes do, and compare in
-/// two instructions where bytes took a `memcmp` call.
+/// hash's first [`CAS_KEY_HASH_BYTES`] bytes, then the id's 16), as three
+/// integers read big-endian: they order as the bytes do, and compare in a
+/// few instructions where bytes took a `memcmp` call.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct Key {
     hash: u64,
-    id: u128,
+    id_high: u64,
+    id_low: u64,
 }
 
 const _: () = assert!(CAS_KEY_HASH_BYTES == 8);
 
 impl Key {
     fn new(hash: &Hash, id: EventId) -> Key {
-        Key { hash: prefix_of(hash), id: u128::from_be_bytes(id.to_bytes()) }
+        let id = id.to_bytes();
+        Key { hash: prefix_of(hash), id_high: be_u64(&id[..8]), id_low: be_u64(&id[8..]) }
     }
 
     /// From a key suffix of the keyspace (`cas_suffix`).
     fn from_suffix(suffix: &[u8]) -> Option<Key> {
-        let hash = u64::from_be_bytes(suffix.get(..CAS_KEY_HASH_BYTES)?.try_into().ok()?);
-        let id = u128::from_be_bytes(suffix.get(CAS_KEY_HASH_BYTES..)?.try_into().ok()?);
-        Some(Key { hash, id })
+        let suffix: &[u8; CAS_KEY_HASH_BYTES + 16] = suffix.try_into().ok()?;
+        Some(Key { hash: be_u64(&suffix[..8]), id_high: be_u64(&suffix[8..16]), id_low: be_u64(&suffix[16..]) })
+    }
+
+    fn id_bytes(&self) -> [u8; 16] {
+        let mut id = [0u8; 16];
+        id[..8].copy_from_slice(&self.id_high.to_be_bytes());
+        id[8..].copy_from_slice(&self.id_low.to_be_bytes());
+        id
     }
 
     fn id(&self) -> EventId {
-        EventId::from_bytes(self.id.to_be_bytes())
+        EventId::from_bytes(self.id_bytes())
     }
 
     /// The keyspace's key: the keyspace byte, then the suffix.
     fn write(&self, key: &mut [u8; 1 + CAS_KEY_HASH_BYTES + 16]) {
         key[0] = Ks::Cas as u8;
         key[1..1 + CAS_KEY_HASH_BYTES].copy_from_slice(&self.hash.to_be_bytes());
-        key[1 + CAS_KEY_HASH_BYTES..].copy_from_slice(&self.id.to_be_bytes());
+        key[1 + CAS_KEY_HASH_BYTES..].copy_from_slice(&self.id_bytes());
     }
 }
 
+fn be_u64(bytes: &[u8]) -> u64 {
+    u64::from_be_bytes(bytes.try_into().expect("eight bytes"))
+}
+
 fn prefix_of(hash: &Hash) -> u64 {
-    u64::from_be_bytes(hash.0[..CAS_KEY_HASH_BYTES].try_into().expect("eight bytes"))
+    be_u64(&hash.0[..CAS_KEY_HASH_BYTES])
 }
 
 /// A pending entry's value for a deletion (a reference's value is 0 or 1).
 const GONE: u8 = u8::MAX;
+
+/// A pending entry's value for a reference deleted while still pending: as
+/// if it had never come (lookups and the drain skip it).
+const FORGOTTEN: u8 = u8::MAX - 1;
 
 /// A sorted run of pending entries, each key once.
 type Run = Vec<(Key, u8)>;
@@ -124,16 +144,19 @@ type Run = Vec<(Key, u8)>;
 /// Changes not in the keyspace yet: key → whether the content is stored in
 /// a file (the keyspace's value), or [`GONE`] for a deletion.
 ///
-/// New references are pushed to `tail` as they come (a push, where an
-/// insert into the sorted map cost about 2k instructions: `cairn-bench
-/// refs-map`), and sorted once, when the run is drained. Only a lookup or
-/// a removal needs them in order before that: it moves the tail into
-/// `map` first.
+/// New entries are pushed to `tail` as they come (a push, where an insert
+/// into a sorted map cost about 2k instructions: `cairn-bench refs-map`).
+/// Every [`TAIL_REFS`] of them, or when a lookup or a removal needs them in
+/// order, the tail is sorted into a run of its own, and the newest runs
+/// are merged while one is not at most half as long as the run before it:
+/// there are then few runs (a logarithm of the entries), each entry is
+/// merged a logarithmic number of times, and the drain merges what is left
+/// into one run.
 #[derive(Default)]
 pub(crate) struct Pending {
-    map: BTreeMap<Key, u8>,
-    /// References (never deletions) added since the tail last moved into
-    /// `map`, in the order they came; newer than `map`'s entries.
+    /// Sorted runs, oldest first; on equal keys a newer run wins.
+    runs: Vec<Run>,
+    /// Entries since the last run was made, in the order they came.
     tail: Vec<(Key, u8)>,
     /// Being ingested: lookups still read it until the keyspace has it.
     draining: Option<Arc<Run>>,
@@ -146,18 +169,47 @@ impl Pending {
 
     fn len(pending: &Mutex<Pending>) -> usize {
         let pending = Pending::lock(pending);
-        pending.map.len() + pending.tail.len()
+        pending.runs.iter().map(Vec::len).sum::<usize>() + pending.tail.len()
     }
 
     pub(crate) fn clear(pending: &Mutex<Pending>) {
         let mut pending = Pending::lock(pending);
-        pending.map.clear();
+        pending.runs.clear();
         pending.tail.clear();
     }
 
-    /// Moves the tail into the map (the tail's entries are newer).
+    fn push(&mut self, entry: (Key, u8)) {
+        self.tail.push(entry);
+        if self.tail.len() >= TAIL_REFS {
+            self.settle();
+        }
+    }
+
+    /// Sorts the tail into a run of its own, then merges the newest two
+    /// runs while the newer is more than half as long as the older.
     fn settle(&mut self) {
-        self.map.extend(self.tail.drain(..));
+        if !self.tail.is_empty() {
+            let mut run = std::mem::take(&mut self.tail);
+            // Stable, so that of a key pushed twice the later entry comes
+            // last and is the one kept (a deletion pushed, then the same
+            // reference again: it is the reference).
+            run.sort_by_key(|(key, _)| *key);
+            run.dedup_by(|later, earlier| {
+                let same = later.0 == earlier.0;
+                if same {
+                    *earlier = *later;
+                }
+                same
+            });
+            self.runs.push(run);
+        }
+        while let [.., older, newer] = self.runs.as_slice()
+            && older.len() <= 2 * newer.len()
+        {
+            let newer = self.runs.pop().expect("two runs");
+            let older = self.runs.pop().expect("two runs");
+            self.runs.push(merge(older, newer));
+        }
     }
 
     /// Deletes `key`'s reference: forgets a pending one (never drained: a
@@ -165,66 +217,82 @@ impl Pending {
     /// past it); otherwise records a deletion for the next run.
     fn delete(&mut self, key: Key) {
         self.settle();
-        match self.map.get(&key) {
-            Some(&value) if value != GONE => {
-                self.map.remove(&key);
-            }
-            _ => {
-                self.map.insert(key, GONE);
+        // The newest entry of the key decides.
+        for run in self.runs.iter_mut().rev() {
+            if let Ok(at) = run.binary_search_by_key(&key, |(key, _)| *key) {
+                match run[at].1 {
+                    GONE => return,
+                    FORGOTTEN => break,
+                    _ => {
+                        run[at].1 = FORGOTTEN;
+                        return;
+                    }
+                }
             }
         }
+        self.push((key, GONE));
     }
 
-    /// Everything pending, sorted, each key once, leaving nothing: the
-    /// map's entries and the tail's (newer, so they win).
+    /// Everything pending, sorted, each key once, leaving nothing.
     fn take_run(&mut self) -> Run {
-        let mut tail = std::mem::take(&mut self.tail);
-        tail.sort_unstable_by_key(|(key, _)| *key);
-        // A key pushed twice (the catch-up may read an event the index
-        // already gave) carries the same value both times: that event's.
-        tail.dedup_by_key(|(key, _)| *key);
-        let map = std::mem::take(&mut self.map);
-        if map.is_empty() {
-            return tail;
+        self.settle();
+        let mut runs = std::mem::take(&mut self.runs).into_iter().rev();
+        let mut run = runs.next().unwrap_or_default();
+        for older in runs {
+            run = merge(older, run);
         }
-        let mut run = Vec::with_capacity(map.len() + tail.len());
-        let mut tail = tail.into_iter().peekable();
-        for (key, value) in map {
-            while let Some(&(newer, _)) = tail.peek()
-                && newer < key
-            {
-                run.extend(tail.next());
-            }
-            match tail.peek() {
-                Some(&(newer, value)) if newer == key => {
-                    run.push((key, value));
-                    tail.next();
-                }
-                _ => run.push((key, value)),
-            }
-        }
-        run.extend(tail);
+        run.retain(|(_, value)| *value != FORGOTTEN);
         run
     }
 
     /// The pending entries with `hash`'s prefix: the references, and the
-    /// deletions. The run being drained is read before the map (an entry
-    /// moves from the map to it, never back).
+    /// deletions. The run being drained is read before the runs (an entry
+    /// moves from them to it, never back), and older runs before newer.
     fn with_prefix(pending: &Mutex<Pending>, hash: &Hash) -> (Vec<Key>, BTreeSet<Key>) {
         let prefix = prefix_of(hash);
-        let (lo, hi) = (Key { hash: prefix, id: 0 }, Key { hash: prefix, id: u128::MAX });
+        let lo = Key { hash: prefix, id_high: 0, id_low: 0 };
         let mut pending = Pending::lock(pending);
         pending.settle();
         let mut entries: BTreeMap<Key, u8> = BTreeMap::new();
-        // The map's entries are newer than the draining run's.
-        if let Some(run) = pending.draining.as_deref() {
+        for run in pending.draining.as_deref().into_iter().chain(&pending.runs) {
             let from = run.partition_point(|(key, _)| *key < lo);
             entries.extend(run[from..].iter().take_while(|(key, _)| key.hash == prefix).copied());
         }
-        entries.extend(pending.map.range(lo..=hi).map(|(key, value)| (*key, *value)));
-        let (gone, live): (Vec<_>, Vec<_>) = entries.into_iter().partition(|(_, value)| *value == GONE);
-        (live.into_iter().map(|(key, _)| key).collect(), gone.into_iter().map(|(key, _)| key).collect())
+        let (mut live, mut gone) = (Vec::new(), BTreeSet::new());
+        for (key, value) in entries {
+            match value {
+                FORGOTTEN => {}
+                GONE => {
+                    gone.insert(key);
+                }
+                _ => live.push(key),
+            }
+        }
+        (live, gone)
     }
+}
+
+/// `older` and `newer` (each sorted, each key once) as one run; on equal
+/// keys, `newer`'s entry.
+fn merge(older: Run, newer: Run) -> Run {
+    let mut run = Vec::with_capacity(older.len() + newer.len());
+    let mut newer = newer.into_iter().peekable();
+    for (key, value) in older {
+        while let Some(&(next, _)) = newer.peek()
+            && next < key
+        {
+            run.extend(newer.next());
+        }
+        match newer.peek() {
+            Some(&(next, value)) if next == key => {
+                run.push((key, value));
+                newer.next();
+            }
+            _ => run.push((key, value)),
+        }
+    }
+    run.extend(newer);
+    run
 }
 
 /// Whether `suffix` (a key of the keyspace, stripped) is in `gone`.
@@ -241,7 +309,7 @@ fn id_of(suffix: &[u8]) -> Option<EventId> {
 /// prefix until `visit` says stop (`true`): the pending ones, then the
 /// keyspace's that no pending deletion hides, read as they are visited.
 /// Pending first: a drain makes its run visible in the keyspace before it
-/// leaves the pending map, so an entry is in one or the other for a reader
+/// leaves the pending entries, so an entry is in one or the other for a reader
 /// in this order (in both, sometimes: visitors tolerate a repeat).
 pub(crate) fn visit_ids(index: &Index, hash: &Hash, mut visit: impl FnMut(EventId) -> Result<bool>) -> Result<()> {
     let (live, gone) = Pending::with_prefix(&index.pending_refs, hash);
@@ -324,7 +392,7 @@ impl Refs {
 /// A new event's reference, added to the pending run while the
 /// references are current (or by their catch-up).
 pub(crate) fn insert(index: &Index, hash: Hash, id: EventId, payload: &Payload) {
-    Pending::lock(&index.pending_refs).tail.push((Key::new(&hash, id), u8::from(*payload == Payload::Stored)));
+    Pending::lock(&index.pending_refs).push((Key::new(&hash, id), u8::from(*payload == Payload::Stored)));
 }
 
 /// Deletes a reference (its key suffix, see `cas_key`): a pending one from
@@ -343,15 +411,17 @@ pub(crate) fn remove(index: &Index, suffix: &[u8]) {
 /// checkpoint goes in with the run, so the keyspace's tables never hold a
 /// reference past the checkpoint they hold (a power loss can take log the
 /// references saw; a checkpoint past the log's end then rebuilds them).
-/// Runs on the indexer's thread, the only one that changes the pending run.
+/// Runs on the indexer's thread, the only one that adds or removes pending
+/// entries (a lookup only sorts and merges what is there).
 pub(crate) fn drain(shared: &Shared, refs: &mut Refs, covered: Checkpoint) -> Result<()> {
     // The checkpoint's key sorts before every reference's, as a sorted
     // run needs.
     const _: () = assert!((Ks::RefsMeta as u8) < (Ks::Cas as u8));
     let index = &shared.index;
     let run = {
-        // Sorted under the lock, so that lookups meanwhile wait for the
-        // run rather than miss it (at most a few milliseconds a run).
+        // Merged under the lock, so that lookups meanwhile wait for the
+        // run rather than miss it: runs already sorted (the tail is never
+        // longer than `TAIL_REFS`), merged in one pass each.
         let mut pending = Pending::lock(&index.pending_refs);
         let run = Arc::new(pending.take_run());
         pending.draining = Some(run.clone());
@@ -407,8 +477,20 @@ pub(crate) fn after_batch(shared: &Shared, refs: &mut Refs, covered: Checkpoint)
 /// notes).
 pub(crate) fn at_close(shared: &Shared, refs: &mut Refs) -> Result<()> {
     let indexed = shared.progress.indexed();
-    if refs.behind.is_none() && refs.marked != indexed {
+    // Deletions (of expired events, or of compacted ones' references) may
+    // be pending with the checkpoint already at the index.
+    if refs.behind.is_none() && (refs.marked != indexed || Pending::len(&shared.index.pending_refs) > 0) {
         drain(shared, refs, indexed)?;
+    }
+    Ok(())
+}
+
+/// After removals outside an index batch (expiry, compaction's forgets):
+/// drains a full run, so that deletions do not gather without bound while
+/// nothing is appended.
+pub(crate) fn after_removals(shared: &Shared, refs: &mut Refs) -> Result<()> {
+    if refs.behind.is_none() && Pending::len(&shared.index.pending_refs) >= DRAIN_REFS {
+        drain(shared, refs, shared.progress.indexed())?;
     }
     Ok(())
 }
@@ -418,18 +500,27 @@ pub(crate) fn at_close(shared: &Shared, refs: &mut Refs) -> Result<()> {
 /// only keeps a file a little longer.
 pub(crate) fn live_ref(txn: &Txn<'_>, hash: &Hash) -> Result<bool> {
     let (live, gone) = Pending::with_prefix(&txn.index.pending_refs, hash);
-    for key in live {
-        if txn.get(Ks::Removed, &key.id.to_be_bytes())?.is_none() {
+    // Newest first: what is removed is mostly the oldest (retention), so
+    // the first looked at is mostly live. The keyspace is read as it is:
+    // references are never written through a transaction that removes.
+    for key in live.iter().rev() {
+        if txn.get(Ks::Removed, &key.id_bytes())?.is_none() {
             return Ok(true);
         }
     }
-    txn.any_prefixed(Ks::Cas, &hash.0[..CAS_KEY_HASH_BYTES], |suffix| {
+    for guard in txn.index.prefix(Ks::Cas, &hash.0[..CAS_KEY_HASH_BYTES]).rev() {
+        let key = guard.key()?;
+        let suffix = crate::index::strip(&key);
         if hidden(&gone, suffix) {
-            return Ok(false);
+            continue;
         }
-        let Some(id) = suffix.get(CAS_KEY_HASH_BYTES..CAS_KEY_HASH_BYTES + 16) else { return Ok(false) };
-        Ok(txn.get(Ks::Removed, id)?.is_none())
-    })
+        if let Some(id) = suffix.get(CAS_KEY_HASH_BYTES..CAS_KEY_HASH_BYTES + 16)
+            && txn.get(Ks::Removed, id)?.is_none()
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// The references' checkpoint, written with a batch that keeps them current.
@@ -542,63 +633,55 @@ fn index_refs(index: &Index, at: Checkpoint, bytes: &[u8]) -> Result<Checkpoint>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn key(hash: u64, id: u128) -> Key {
-        Key { hash, id }
+        Key { hash, id_high: (id >> 64) as u64, id_low: id as u64 }
+    }
+
+    fn plain(run: &Run) -> Vec<(u64, u128, u8)> {
+        run.iter().map(|(k, v)| (k.hash, (u128::from(k.id_high) << 64) | u128::from(k.id_low), *v)).collect()
     }
 
     #[test]
-    fn a_drained_run_is_sorted_once_per_key_and_the_tail_is_newer_than_the_map() {
-        let pending = Mutex::new(Pending::default());
-        {
-            let mut p = Pending::lock(&pending);
-            p.tail.extend([(key(9, 1), 0), (key(2, 7), 1), (key(2, 3), 0)]);
-            // A lookup or a removal settles the tail into the map.
-            p.settle();
-            assert!(p.tail.is_empty());
-            p.map.insert(key(5, 5), GONE);
-            p.map.insert(key(7, 1), GONE);
-            // Newer than the map: one key twice, one deleted in the map.
-            p.tail.extend([(key(8, 2), 1), (key(1, 4), 0), (key(7, 1), 1), (key(8, 2), 1), (key(2, 4), 0)]);
+    fn a_drained_run_is_sorted_once_per_key_and_newer_entries_win() {
+        let mut pending = Pending::default();
+        for entry in [(key(9, 1), 0), (key(2, 7), 1), (key(2, 3), 0)] {
+            pending.push(entry);
         }
-        assert_eq!(Pending::len(&pending), 10);
-        let run = Pending::lock(&pending).take_run();
-        let expected = [
-            (key(1, 4), 0),
-            (key(2, 3), 0),
-            (key(2, 4), 0),
-            (key(2, 7), 1),
-            (key(5, 5), GONE),
-            (key(7, 1), 1),
-            (key(8, 2), 1),
-            (key(9, 1), 0),
-        ];
+        // As a lookup or a removal does.
+        pending.settle();
+        assert!(pending.tail.is_empty());
+        pending.delete(key(5, 5));
+        pending.delete(key(7, 1));
+        // Newer: one key twice, one deleted before.
+        for entry in [(key(8, 2), 1), (key(1, 4), 0), (key(7, 1), 1), (key(8, 2), 1), (key(2, 4), 0)] {
+            pending.push(entry);
+        }
+        let run = pending.take_run();
         assert_eq!(
-            run.iter().map(|(k, v)| (k.hash, k.id, *v)).collect::<Vec<_>>(),
-            expected.map(|(k, v)| (k.hash, k.id, v))
+            plain(&run),
+            [(1, 4, 0), (2, 3, 0), (2, 4, 0), (2, 7, 1), (5, 5, GONE), (7, 1, 1), (8, 2, 1), (9, 1, 0)]
         );
-        assert_eq!(Pending::len(&pending), 0);
+        assert!(pending.runs.is_empty() && pending.tail.is_empty());
     }
 
     #[test]
     fn a_deletion_forgets_a_pending_reference_and_is_kept_for_one_in_the_keyspace() {
         let mut pending = Pending::default();
-        pending.tail.extend([(key(3, 1), 1), (key(3, 2), 0)]);
+        pending.push((key(3, 1), 1));
+        pending.push((key(3, 2), 0));
         // Pending (still in the tail): forgotten.
         pending.delete(key(3, 2));
-        // In the keyspace, as far as the map knows: a deletion.
+        // In the keyspace, as far as the pending entries know: a deletion.
         pending.delete(key(4, 9));
-        pending.tail.push((key(3, 3), 0));
-        let run = pending.take_run();
-        assert_eq!(
-            run.iter().map(|(k, v)| (k.hash, k.id, *v)).collect::<Vec<_>>(),
-            [(3, 1, 1), (3, 3, 0), (4, 9, GONE)]
-        );
+        pending.push((key(3, 3), 0));
+        assert_eq!(plain(&pending.take_run()), [(3, 1, 1), (3, 3, 0), (4, 9, GONE)]);
     }
 
     #[test]
     fn keys_order_as_their_bytes_do() {
-        let ids = [0u128, 1, 255, 256, u128::MAX >> 1, u128::MAX];
+        let ids = [0u128, 1, 255, 256, 1 << 64, (1 << 64) - 1, u128::MAX >> 1, u128::MAX];
         let hashes = [0u64, 1, 0x00ff, 0x0100, u64::MAX];
         let mut keys: Vec<Key> = hashes.iter().flat_map(|&hash| ids.iter().map(move |&id| key(hash, id))).collect();
         keys.reverse();
@@ -613,7 +696,81 @@ mod tests {
         keys.sort();
         bytes.sort();
         for (k, b) in keys.iter().zip(&bytes) {
-            assert_eq!(Key::from_suffix(&b[1..]).map(|back| (back.hash, back.id)), Some((k.hash, k.id)));
+            assert!(Key::from_suffix(&b[1..]) == Some(*k));
+        }
+        let id = EventId::from_bytes([7; 16]);
+        assert_eq!(Key::new(&Hash([1; 32]), id).id(), id);
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Insert(u64, u128, u8),
+        Delete(u64, u128),
+        Lookup(u64),
+        Drain,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        // Few hashes and ids, so that keys meet again.
+        prop_oneof![
+            6 => (0..4u64, 0..64u128, 0..2u8).prop_map(|(h, i, v)| Op::Insert(h, i, v)),
+            3 => (0..4u64, 0..64u128).prop_map(|(h, i)| Op::Delete(h, i)),
+            1 => (0..4u64).prop_map(Op::Lookup),
+            1 => Just(Op::Drain),
+        ]
+    }
+
+    proptest! {
+        /// Runs, tail and merges hold what one sorted map of the same
+        /// changes would (a reference inserted, replaced by a later one;
+        /// a deletion forgets a pending reference or is kept), for
+        /// lookups and drains alike, and a drained run is strictly sorted.
+        #[test]
+        fn pending_runs_behave_as_one_sorted_map(ops in proptest::collection::vec(op(), 1..400)) {
+            let pending = Mutex::new(Pending::default());
+            let mut model: BTreeMap<(u64, u128), u8> = BTreeMap::new();
+            for op in ops {
+                match op {
+                    Op::Insert(hash, id, value) => {
+                        Pending::lock(&pending).push((key(hash, id), value));
+                        model.insert((hash, id), value);
+                    }
+                    Op::Delete(hash, id) => {
+                        Pending::lock(&pending).delete(key(hash, id));
+                        match model.get(&(hash, id)) {
+                            Some(&value) if value != GONE => {
+                                model.remove(&(hash, id));
+                            }
+                            _ => {
+                                model.insert((hash, id), GONE);
+                            }
+                        }
+                    }
+                    Op::Lookup(hash) => {
+                        let (live, gone) = Pending::with_prefix(&pending, &Hash([0; 32]).with_prefix(hash));
+                        let want_live: Vec<_> = model.iter().filter(|((h, _), v)| *h == hash && **v != GONE).map(|((h, i), _)| key(*h, *i)).collect();
+                        let want_gone: BTreeSet<_> = model.iter().filter(|((h, _), v)| *h == hash && **v == GONE).map(|((h, i), _)| key(*h, *i)).collect();
+                        prop_assert!(live == want_live);
+                        prop_assert!(gone == want_gone);
+                    }
+                    Op::Drain => {
+                        let run = Pending::lock(&pending).take_run();
+                        prop_assert!(run.windows(2).all(|pair| pair[0].0 < pair[1].0));
+                        let want: Vec<_> = model.iter().map(|((h, i), v)| (*h, *i, *v)).collect();
+                        prop_assert_eq!(plain(&run), want);
+                        model.clear();
+                    }
+                }
+                let p = Pending::lock(&pending);
+                prop_assert!(p.runs.windows(2).all(|pair| pair[0].len() > 2 * pair[1].len()));
+            }
+        }
+    }
+
+    impl Hash {
+        fn with_prefix(mut self, prefix: u64) -> Hash {
+            self.0[..8].copy_from_slice(&prefix.to_be_bytes());
+            self
         }
     }
 }

@@ -61,29 +61,6 @@ impl<'a> Txn<'a> {
         }
     }
 
-    /// Whether `test` holds for the suffix of some live key of `ks` that
-    /// starts with `prefix` (stops at the first).
-    pub(crate) fn any_prefixed(
-        &self,
-        ks: Ks,
-        prefix: &[u8],
-        mut test: impl FnMut(&[u8]) -> Result<bool>,
-    ) -> Result<bool> {
-        for ((entry_ks, key), value) in &self.overlay {
-            if *entry_ks == ks && value.is_some() && key.starts_with(prefix) && test(key)? {
-                return Ok(true);
-            }
-        }
-        for guard in self.index.prefix(ks, prefix) {
-            let key = guard.key()?;
-            let suffix = crate::index::strip(&key);
-            if !self.overlay.contains_key(&(ks, suffix.to_vec())) && test(suffix)? {
-                return Ok(true);
-            }
-        }
-        Ok(false)
-    }
-
     /// Commits every write atomically (visible to readers at once).
     pub(crate) fn commit(self) -> Result<()> {
         if self.n_writes == 0 {

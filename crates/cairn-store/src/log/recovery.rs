@@ -252,9 +252,9 @@ fn expire_all(segments: &Arc<Segments>, index: &Index, cas: &Cas, heads: &mut He
         txn.track_writes();
         let mut applier = Applier::new(heads, segments, true, false);
         let step = applier.expire(&mut txn, now_ms, EXPIRE_EVENTS_PER_STEP)?;
+        applier.finish(&mut txn)?;
         let garbage = std::mem::take(&mut applier.garbage);
         refs.garbage.append(&mut applier.unsure);
-        applier.finish(&mut txn)?;
         txn.commit()?;
         for hash in garbage {
             cas.collect(&hash)?;
@@ -367,9 +367,9 @@ pub(crate) fn replay(
         // Replaying a compacted file (a rebuild): the index names it.
         txn.insert(Ks::Meta, crate::compact::generation_key(segment), generation.to_be_bytes().to_vec());
     }
+    applier.finish(&mut txn)?;
     let garbage = std::mem::take(&mut applier.garbage);
     refs.garbage.append(&mut applier.unsure);
-    applier.finish(&mut txn)?;
     let checkpoint = Checkpoint { segment, offset: end };
     txn.insert(Ks::Meta, META_APPLIED.to_vec(), encode_checkpoint(checkpoint).to_vec());
     txn.insert(Ks::Meta, META_LAST_ID.to_vec(), last_id.to_bytes().to_vec());

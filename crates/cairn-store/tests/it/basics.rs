@@ -277,3 +277,43 @@ fn a_large_batch_fails_whole_with_its_first_error() {
     let report = store.verify().unwrap();
     assert!(report.problems.is_empty(), "{:?}", report.problems);
 }
+
+/// A trim that removes many events sharing a content file (and one that
+/// removes events with files of their own) keeps a shared file while any
+/// event holds it and collects every file no event holds: the check runs
+/// once per file, after all of the transaction's removals.
+#[test]
+fn a_trim_of_many_events_sharing_a_file_keeps_it_for_the_survivors() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let shared = vec![5u8; 50_000];
+    let shared_hash = Hash::of(&shared);
+    let own: Vec<Vec<u8>> = (100..120u8).map(|n| vec![n; 50_000]).collect();
+    let mut events = Vec::new();
+    for (n, own) in own.iter().enumerate() {
+        events.push(NewEvent::new(topic("trimmed"), shared.clone()));
+        if n % 2 == 0 {
+            events.push(NewEvent::new(topic("trimmed"), own.clone()));
+        }
+    }
+    store.append_batch(cairn_store::Batch { events, ..cairn_store::Batch::default() }).unwrap();
+    // Keeps the last three: two sharing the file, and this one.
+    let last = NewEvent::new(topic("trimmed"), shared.clone()).with_ttl(Ttl::Last { n: 3 });
+    store.append(last, Expect::Any).unwrap();
+    let left: Vec<_> =
+        store.read(&Query::new(Pattern::parse("trimmed").unwrap())).unwrap().map(|e| e.unwrap()).collect();
+    assert_eq!(left.len(), 3);
+    assert!(store.cas_has(&shared_hash).unwrap(), "the survivors' file is kept");
+    for event in &left {
+        assert_eq!(payload_of(&store, event).len(), 50_000);
+    }
+    let kept_own: Vec<_> = left.iter().filter_map(|e| e.hash).filter(|h| *h != shared_hash).collect();
+    for content in &own {
+        let hash = Hash::of(content);
+        assert_eq!(store.cas_has(&hash).unwrap(), kept_own.contains(&hash), "file of {}", content[0]);
+    }
+    // Now the shared content's last holders go.
+    let last = NewEvent::new(topic("trimmed"), b"small".to_vec()).with_ttl(Ttl::Last { n: 1 });
+    store.append(last, Expect::Any).unwrap();
+    assert!(!store.cas_has(&shared_hash).unwrap(), "a file no event holds is collected");
+}
