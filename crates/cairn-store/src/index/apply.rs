@@ -244,9 +244,11 @@ impl<'h> Applier<'h> {
             doomed.push(located.id);
         }
         if let Some(pending) = self.pending_topics.get(topic) {
-            doomed.extend(
-                pending.iter().filter(|(seq, _)| (head.trimmed_below..cutoff).contains(seq)).map(|(_, id)| *id),
-            );
+            // In seq order (indexed as written), so the range is found by
+            // halving: a transaction may trim one topic once per record.
+            let from = pending.partition_point(|(seq, _)| *seq < head.trimmed_below);
+            let to = pending.partition_point(|(seq, _)| *seq < cutoff);
+            doomed.extend(pending[from..to.max(from)].iter().map(|(_, id)| *id));
         }
         for id in doomed {
             self.remove(txn, id)?;
