@@ -58,7 +58,7 @@ impl Heads {
     /// Writes every changed head into `txn` (once per topic per group).
     pub(crate) fn flush(&mut self, txn: &mut Txn<'_>) {
         for topic in self.dirty.drain(..) {
-            let Some((head, dirty)) = self.cache.get_mut(&topic) else { continue };
+            let (head, dirty) = self.cache.get_mut(&topic).expect("a changed head is cached");
             *dirty = false;
             txn.insert(Ks::Heads, topic.into_bytes(), head.to_bytes().to_vec());
         }
