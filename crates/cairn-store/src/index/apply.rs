@@ -109,8 +109,10 @@ impl<'h> Applier<'h> {
         }
     }
 
-    /// Writes what the transaction's removals add to each segment's dead
-    /// bytes. Called once, before the commit.
+    /// Decides which files the transaction's removals left without a
+    /// reference (into `garbage`: take it after this), and writes what they
+    /// add to each segment's dead bytes and the changed heads. Called once,
+    /// before the commit.
     pub(crate) fn finish(&mut self, txn: &mut Txn<'_>) -> Result<()> {
         // Once per file, after every removal of the transaction: a trim of
         // many events sharing content looks for a live reference once.

@@ -297,7 +297,8 @@ fn a_trim_of_many_events_sharing_a_file_keeps_it_for_the_survivors() {
         }
     }
     store.append_batch(cairn_store::Batch { events, ..cairn_store::Batch::default() }).unwrap();
-    // Keeps the last three: two sharing the file, and this one.
+    // Keeps the last three: one with a file of its own, one sharing the
+    // file, and this one (sharing it too).
     let last = NewEvent::new(topic("trimmed"), shared.clone()).with_ttl(Ttl::Last { n: 3 });
     store.append(last, Expect::Any).unwrap();
     let left: Vec<_> =
@@ -316,4 +317,26 @@ fn a_trim_of_many_events_sharing_a_file_keeps_it_for_the_survivors() {
     let last = NewEvent::new(topic("trimmed"), b"small".to_vec()).with_ttl(Ttl::Last { n: 1 });
     store.append(last, Expect::Any).unwrap();
     assert!(!store.cas_has(&shared_hash).unwrap(), "a file no event holds is collected");
+}
+
+/// The last event holding a file is removed and another event with the
+/// same content is appended right after: when the indexer takes both in
+/// one transaction, the new event's reference must keep the file (the
+/// check for a file's last reference runs after every record of it).
+#[test]
+fn content_removed_and_appended_again_at_once_keeps_its_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let mut again = Vec::new();
+    for round in 0..300u32 {
+        let mut content = vec![1u8; 20_000];
+        content[..4].copy_from_slice(&round.to_be_bytes());
+        let first = store.append(NewEvent::new(topic("once"), content.clone()), Expect::Any).unwrap();
+        store.remove(first.id).unwrap();
+        again.push((store.append(NewEvent::new(topic("again"), content.clone()), Expect::Any).unwrap(), content));
+    }
+    for (event, content) in &again {
+        let event = store.get(event.id).unwrap().expect("the event is there");
+        assert_eq!(&payload_of(&store, &event), content, "content of {}", event.id);
+    }
 }
