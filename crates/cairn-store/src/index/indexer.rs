@@ -50,7 +50,11 @@ fn step(shared: &Shared, heads: &mut Heads, last_id: &mut EventId, refs: &mut Re
                 crate::index::refs::remove(&shared.index, &reference);
             }
         }
-        let result = txn.commit();
+        // The references' deletions reach the keyspace before the marks go:
+        // the events left the log with compaction, so a deletion lost in a
+        // crash after the marks went would leave references that count as
+        // live for good (their files never collected).
+        let result = crate::index::refs::before_forgetting(shared, refs).and_then(|()| txn.commit());
         let failed = result.as_ref().err().map(ToString::to_string);
         let _ = reply.send(result);
         if let Some(reason) = failed {

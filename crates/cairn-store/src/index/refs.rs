@@ -500,6 +500,17 @@ pub(crate) fn at_close(shared: &Shared, refs: &mut Refs) -> Result<()> {
     Ok(())
 }
 
+/// Before compaction's removal marks of events it dropped are deleted:
+/// drains what is pending, their references' deletions with it. (While
+/// the references lag, the deletions wait for the catch-up's drains, and a
+/// crash before one keeps those references, and their files, for good.)
+pub(crate) fn before_forgetting(shared: &Shared, refs: &mut Refs) -> Result<()> {
+    if refs.behind.is_none() && Pending::len(&shared.index.pending_refs) > 0 {
+        drain(shared, refs, shared.progress.indexed())?;
+    }
+    Ok(())
+}
+
 /// After removals outside an index batch (expiry, compaction's forgets):
 /// drains a full run, so that deletions do not gather without bound while
 /// nothing is appended.
