@@ -250,7 +250,7 @@ impl<'h> Applier<'h> {
             // halving: a transaction may trim one topic once per record.
             let from = pending.partition_point(|(seq, _)| *seq < head.trimmed_below);
             let to = pending.partition_point(|(seq, _)| *seq < cutoff);
-            doomed.extend(pending[from..to.max(from)].iter().map(|(_, id)| *id));
+            doomed.extend(pending[from..to].iter().map(|(_, id)| *id));
         }
         for id in doomed {
             self.remove(txn, id)?;

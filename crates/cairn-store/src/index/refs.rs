@@ -309,16 +309,6 @@ fn merge(older: Run, newer: Run) -> Run {
     run
 }
 
-/// Whether `suffix` (a key of the keyspace, stripped) is in `gone`.
-fn hidden(gone: &BTreeSet<Key>, suffix: &[u8]) -> bool {
-    !gone.is_empty() && Key::from_suffix(suffix).is_some_and(|key| gone.contains(&key))
-}
-
-fn id_of(suffix: &[u8]) -> Option<EventId> {
-    let id = suffix.get(CAS_KEY_HASH_BYTES..CAS_KEY_HASH_BYTES + 16)?;
-    Some(EventId::from_bytes(id.try_into().ok()?))
-}
-
 /// Visits the ids of events that may refer to content with `hash`'s
 /// prefix until `visit` says stop (`true`): the pending ones, then the
 /// keyspace's that no pending deletion hides, read as they are visited.
@@ -333,14 +323,8 @@ pub(crate) fn visit_ids(index: &Index, hash: &Hash, mut visit: impl FnMut(EventI
         }
     }
     for guard in index.prefix(Ks::Cas, &hash.0[..CAS_KEY_HASH_BYTES]) {
-        let key = guard.key()?;
-        let suffix = crate::index::strip(&key);
-        if hidden(&gone, suffix) {
-            continue;
-        }
-        if let Some(id) = id_of(suffix)
-            && visit(id)?
-        {
+        let Some(key) = Key::from_suffix(crate::index::strip(&guard.key()?)) else { continue };
+        if !gone.contains(&key) && visit(key.id())? {
             return Ok(());
         }
     }
@@ -535,14 +519,8 @@ pub(crate) fn live_ref(txn: &Txn<'_>, hash: &Hash) -> Result<bool> {
         }
     }
     for guard in txn.index.prefix(Ks::Cas, &hash.0[..CAS_KEY_HASH_BYTES]).rev() {
-        let key = guard.key()?;
-        let suffix = crate::index::strip(&key);
-        if hidden(&gone, suffix) {
-            continue;
-        }
-        if let Some(id) = suffix.get(CAS_KEY_HASH_BYTES..CAS_KEY_HASH_BYTES + 16)
-            && txn.get(Ks::Removed, id)?.is_none()
-        {
+        let Some(key) = Key::from_suffix(crate::index::strip(&guard.key()?)) else { continue };
+        if !gone.contains(&key) && txn.get(Ks::Removed, &key.id_bytes())?.is_none() {
             return Ok(true);
         }
     }
