@@ -98,6 +98,20 @@ enum Which {
     /// two integers, in the order one payload gives (one hash, ids rising)
     /// and the order distinct payloads give (random hashes), alternating.
     RefsMap,
+    /// Appends to a `last:10` topic whose events all carry the same stored
+    /// content (8 KiB: a file), each indexed before the next (as when a
+    /// client appends more slowly than the indexer batches), next to the
+    /// same appends kept for ever, alternating: the indexer's CPU per event
+    /// at each size. Each trim checks whether the file lost its last
+    /// reference, which should not cost more as references pile up.
+    Trims {
+        /// Events per round (comma-separated sizes).
+        #[arg(long, value_delimiter = ',', default_values_t = [5_000, 20_000])]
+        events: Vec<usize>,
+        /// Rounds.
+        #[arg(long, default_value_t = 2)]
+        rounds: usize,
+    },
     /// Overlapping fdatasyncs: appends of 2 KiB to one file, each followed by
     /// an fdatasync, from 1 and from 2 threads (each with its own open file),
     /// alternating; the sync rate of each (what pipelined group commit needs).
@@ -234,6 +248,7 @@ fn main() -> anyhow::Result<()> {
         Which::Tasks { tasks, rounds } => bench.tasks(tasks, rounds)?,
         Which::Crc => scenarios::crc(),
         Which::RefsMap => scenarios::refs_map(),
+        Which::Trims { ref events, rounds } => bench.trims(events, rounds)?,
         Which::Syncs { rounds } => bench.syncs(rounds)?,
         Which::CatchUp { rounds, ref store } => bench.catch_up(rounds, store.as_deref())?,
         Which::Compact { events, rounds } => bench.compact(events, rounds)?,

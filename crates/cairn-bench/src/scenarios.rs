@@ -238,6 +238,46 @@ impl Bench {
         self.batch_rounds(size, (133_120 / size).max(1), rounds, &RAW_FILES, distinct)
     }
 
+    /// Appends to a `last:10` topic of one stored content, each indexed
+    /// before the next, next to the same appends kept for ever, alternating
+    /// `rounds` times at each of `sizes`: the indexer's CPU per event.
+    pub fn trims(&self, sizes: &[usize], rounds: usize) -> Result<()> {
+        anyhow::ensure!(rounds > 0 && sizes.iter().all(|&n| n > 0), "--events and --rounds must be at least 1");
+        let payload = vec![b'y'; 8 * 1024];
+        let topic = Topic::new("shared")?;
+        for &n in sizes {
+            let mut per_event: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+            for _ in 0..rounds {
+                for (way, ttl) in [Ttl::Last { n: 10 }, Ttl::Forever].into_iter().enumerate() {
+                    let store =
+                        Store::open(self.fresh("trims"), Options { sync: SyncMode::None, ..Options::default() })?;
+                    // The newest event: a read of the topic's start would walk
+                    // every trimmed event on the bench's side.
+                    let query = Query { last: Some(1), ..Query::new(Pattern::Exact(topic.clone())) };
+                    for _ in 0..n {
+                        store.append(NewEvent::new(topic.clone(), payload.clone()).with_ttl(ttl), Expect::Any)?;
+                        // A read by topic waits for the index: one index
+                        // transaction (and trim) per event.
+                        store.read(&query)?.next().transpose()?;
+                    }
+                    per_event[way].push(indexer_cpu()?.as_secs_f64() / n as f64);
+                }
+            }
+            for (way, name) in ["last:10", "kept for ever"].iter().enumerate() {
+                let each: Vec<String> =
+                    per_event[way].iter().map(|s| format_duration(Duration::from_secs_f64(*s))).collect();
+                row(
+                    &format!("cairn: indexer CPU per event, {n} events of one stored content, {name} (each round)"),
+                    &each.join(", "),
+                    None,
+                    None,
+                    None,
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// Appends of 2 KiB, each followed by an fdatasync, from 1 and from 2
     /// threads with their own open files, alternating, `rounds` times.
     pub fn syncs(&self, rounds: usize) -> Result<()> {
@@ -672,6 +712,19 @@ pub fn crc() {
 /// order), and a vector pushed to and sorted once at the end (as a drain
 /// would): ns per key of 262,144 keys, median of 5 rounds alternating, for
 /// keys of one hash with rising ids and for keys of random hashes.
+/// CPU time of this process's (one) open store's indexer thread so far.
+fn indexer_cpu() -> Result<Duration> {
+    for task in std::fs::read_dir("/proc/self/task")? {
+        let task = task?.path();
+        if std::fs::read_to_string(task.join("comm"))?.trim() == "cairn-indexer" {
+            let schedstat = std::fs::read_to_string(task.join("schedstat"))?;
+            let nanos: u64 = schedstat.split_whitespace().next().unwrap_or("0").parse()?;
+            return Ok(Duration::from_nanos(nanos));
+        }
+    }
+    anyhow::bail!("no cairn-indexer thread in this process")
+}
+
 pub fn refs_map() {
     const KEYS: u64 = 1 << 18;
     for (what, one_hash) in [("one hash, ids rising", true), ("random hashes", false)] {

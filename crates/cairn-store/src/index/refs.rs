@@ -79,11 +79,15 @@ const SMALL_RUN_REFS: usize = 4096;
 /// needs them in order) holds the lock for a bounded time.
 const TAIL_REFS: usize = 16 * 1024;
 
+/// Pending entries a removal's check of a file's last reference looks at
+/// under the lock at a time (`Pending::newest_ref`).
+const LOOKED_AT_ONCE: usize = 4096;
+
 /// A reference's key in its keyspace without the keyspace byte (the
 /// hash's first [`CAS_KEY_HASH_BYTES`] bytes, then the id's 16), as three
 /// integers read big-endian: they order as the bytes do, and compare in a
 /// few instructions where bytes took a `memcmp` call.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct Key {
     hash: u64,
     id_high: u64,
@@ -284,6 +288,86 @@ impl Pending {
         }
         (live, gone)
     }
+
+    /// The newest pending reference (not a deletion) with `prefix`, each
+    /// key's newest entry deciding; only keys below `below` when given.
+    /// Nothing is copied or merged: each source's entries are walked from
+    /// their end, and no more than [`LOOKED_AT_ONCE`] per call (the lock is
+    /// held meanwhile), so a removal's check of content shared by many
+    /// pending events costs the entries it looks at, mostly one, not all
+    /// of them.
+    fn newest_ref(pending: &Mutex<Pending>, prefix: u64, below: Option<Key>) -> Newest {
+        let mut pending = Pending::lock(pending);
+        pending.settle();
+        let pending = &*pending;
+        let lo = Key { hash: prefix, id_high: 0, id_low: 0 };
+        // Oldest source first: the run being drained, then the runs.
+        let mut sources: Vec<&[(Key, u8)]> = pending
+            .draining
+            .as_deref()
+            .into_iter()
+            .chain(&pending.runs)
+            .map(|run| {
+                let from = run.partition_point(|(key, _)| *key < lo);
+                let to = match below {
+                    Some(below) => run.partition_point(|(key, _)| *key < below),
+                    None => run.partition_point(|(key, _)| key.hash <= prefix),
+                };
+                &run[from..to.max(from)]
+            })
+            .collect();
+        let mut looked = None;
+        for _ in 0..LOOKED_AT_ONCE {
+            // The largest key left; of equal keys, the newest source's entry.
+            let mut largest: Option<(Key, u8)> = None;
+            for source in &sources {
+                if let Some(&(key, value)) = source.last()
+                    && largest.is_none_or(|(most, _)| key >= most)
+                {
+                    largest = Some((key, value));
+                }
+            }
+            let Some((key, value)) = largest else { return Newest::None };
+            if value != GONE && value != FORGOTTEN {
+                return Newest::Ref(key);
+            }
+            for source in &mut sources {
+                if let Some(((last, _), rest)) = source.split_last()
+                    && *last == key
+                {
+                    *source = rest;
+                }
+            }
+            looked = Some(key);
+        }
+        looked.map_or(Newest::None, Newest::LookedTo)
+    }
+
+    /// Whether `key`'s newest pending entry is a deletion: a reference in
+    /// the keyspace that no longer counts.
+    fn deleted(pending: &Mutex<Pending>, key: Key) -> bool {
+        let mut pending = Pending::lock(pending);
+        pending.settle();
+        let pending = &*pending;
+        let newest = pending
+            .runs
+            .iter()
+            .rev()
+            .chain(pending.draining.as_deref())
+            .find_map(|run| run.binary_search_by_key(&key, |(key, _)| *key).ok().map(|at| run[at].1));
+        newest == Some(GONE)
+    }
+}
+
+/// What [`Pending::newest_ref`] found.
+#[derive(Debug, PartialEq)]
+enum Newest {
+    /// A reference.
+    Ref(Key),
+    /// None among the entries looked at, down to this key: go on below it.
+    LookedTo(Key),
+    /// None left.
+    None,
 }
 
 /// `older` and `newer` (each sorted, each key once) as one run; on equal
@@ -509,18 +593,30 @@ pub(crate) fn after_removals(shared: &Shared, refs: &mut Refs) -> Result<()> {
 /// with `hash`'s prefix. A different content sharing the eight bytes
 /// only keeps a file a little longer.
 pub(crate) fn live_ref(txn: &Txn<'_>, hash: &Hash) -> Result<bool> {
-    let (live, gone) = Pending::with_prefix(&txn.index.pending_refs, hash);
     // Newest first: what is removed is mostly the oldest (retention), so
-    // the first looked at is mostly live. The keyspace is read as it is:
-    // references are never written through a transaction that removes.
-    for key in live.iter().rev() {
-        if txn.get(Ks::Removed, &key.id_bytes())?.is_none() {
-            return Ok(true);
+    // the first looked at is mostly live, and the pending entries are
+    // walked only as far as the first live one (content that every event
+    // of a trimmed topic shares made a copy and merge of all of them per
+    // trim quadratic). The keyspace is read as it is: references are
+    // never written through a transaction that removes.
+    let pending = &txn.index.pending_refs;
+    let prefix = prefix_of(hash);
+    let mut below = None;
+    loop {
+        match Pending::newest_ref(pending, prefix, below) {
+            Newest::Ref(key) => {
+                if txn.get(Ks::Removed, &key.id_bytes())?.is_none() {
+                    return Ok(true);
+                }
+                below = Some(key);
+            }
+            Newest::LookedTo(key) => below = Some(key),
+            Newest::None => break,
         }
     }
     for guard in txn.index.prefix(Ks::Cas, &hash.0[..CAS_KEY_HASH_BYTES]).rev() {
         let Some(key) = Key::from_suffix(crate::index::strip(&guard.key()?)) else { continue };
-        if !gone.contains(&key) && txn.get(Ks::Removed, &key.id_bytes())?.is_none() {
+        if !Pending::deleted(pending, key) && txn.get(Ks::Removed, &key.id_bytes())?.is_none() {
             return Ok(true);
         }
     }
@@ -697,6 +793,48 @@ mod tests {
         assert_eq!(plain(&pending.take_run()), [(6, 1, GONE), (6, 2, 0)]);
     }
 
+    /// Every pending reference with `prefix`, newest first, as a removal's
+    /// check walks them; and the calls it took.
+    fn walk(pending: &Mutex<Pending>, prefix: u64) -> (Vec<Key>, usize) {
+        let (mut walked, mut below, mut calls) = (Vec::new(), None, 0);
+        loop {
+            calls += 1;
+            match Pending::newest_ref(pending, prefix, below) {
+                Newest::Ref(key) => {
+                    walked.push(key);
+                    below = Some(key);
+                }
+                Newest::LookedTo(key) => below = Some(key),
+                Newest::None => return (walked, calls),
+            }
+        }
+    }
+
+    #[test]
+    fn the_walk_to_the_newest_reference_goes_on_past_what_it_looks_at_at_once() {
+        let pending = Mutex::new(Pending::default());
+        let n = 3 * LOOKED_AT_ONCE as u128 + 5;
+        for id in 0..n {
+            Pending::lock(&pending).push((key(1, id), 1));
+        }
+        // Other content on both sides.
+        Pending::lock(&pending).push((key(0, n), 1));
+        Pending::lock(&pending).push((key(2, n), 1));
+        // Every reference but the oldest deleted while pending.
+        for id in 1..n {
+            Pending::lock(&pending).delete(key(1, id));
+        }
+        let (walked, calls) = walk(&pending, 1);
+        assert!(walked == [key(1, 0)]);
+        assert_eq!(calls, 5, "three calls of {LOOKED_AT_ONCE} entries, the reference, then none");
+        // The newest first, at once.
+        Pending::lock(&pending).push((key(1, n), 0));
+        assert_eq!(Pending::newest_ref(&pending, 1, None), Newest::Ref(key(1, n)));
+        assert!(!Pending::deleted(&pending, key(1, 5)), "forgotten, not a deletion");
+        Pending::lock(&pending).delete(key(3, 1));
+        assert!(Pending::deleted(&pending, key(3, 1)), "a deletion of a reference in the keyspace");
+    }
+
     #[test]
     fn keys_order_as_their_bytes_do() {
         let ids = [0u128, 1, 255, 256, 1 << 64, (1 << 64) - 1, u128::MAX >> 1, u128::MAX];
@@ -775,6 +913,14 @@ mod tests {
                         let want_gone: BTreeSet<_> = model.iter().filter(|((h, _), v)| *h == hash && **v == GONE).map(|((h, i), _)| key(*h, *i)).collect();
                         prop_assert!(live == want_live);
                         prop_assert!(gone == want_gone);
+                        // A removal's check: newest first.
+                        let (walked, _) = walk(&pending, hash);
+                        prop_assert!(walked.iter().rev().eq(want_live.iter()));
+                        for n in 0..64u128 {
+                            let id = n.rotate_right(3);
+                            let deleted = model.get(&(hash, id)) == Some(&GONE);
+                            prop_assert_eq!(Pending::deleted(&pending, key(hash, id)), deleted);
+                        }
                     }
                     Op::Drain => {
                         let run = Pending::lock(&pending).take_run();
