@@ -290,13 +290,14 @@ impl Pending {
     }
 
     /// The newest pending reference (not a deletion) with `prefix`, each
-    /// key's newest entry deciding; only keys below `below` when given.
+    /// key's newest entry deciding; only keys below `below` and above
+    /// `above` when given.
     /// Nothing is copied or merged: each source's entries are walked from
     /// their end, and no more than [`LOOKED_AT_ONCE`] per call (the lock is
     /// held meanwhile), so a removal's check of content shared by many
     /// pending events costs the entries it looks at, mostly one, not all
     /// of them.
-    fn newest_ref(pending: &Mutex<Pending>, prefix: u64, below: Option<Key>) -> Newest {
+    fn newest_ref(pending: &Mutex<Pending>, prefix: u64, below: Option<Key>, above: Option<Key>) -> Newest {
         let mut pending = Pending::lock(pending);
         pending.settle();
         let pending = &*pending;
@@ -308,7 +309,10 @@ impl Pending {
             .into_iter()
             .chain(&pending.runs)
             .map(|run| {
-                let from = run.partition_point(|(key, _)| *key < lo);
+                let from = match above {
+                    Some(above) => run.partition_point(|(key, _)| *key <= above),
+                    None => run.partition_point(|(key, _)| *key < lo),
+                };
                 let to = match below {
                     Some(below) => run.partition_point(|(key, _)| *key < below),
                     None => run.partition_point(|(key, _)| key.hash <= prefix),
@@ -366,7 +370,7 @@ enum Newest {
     Ref(Key),
     /// None among the entries looked at, down to this key: go on below it.
     LookedTo(Key),
-    /// None left.
+    /// None left (above the floor asked for).
     None,
 }
 
@@ -594,33 +598,48 @@ pub(crate) fn after_removals(shared: &Shared, refs: &mut Refs) -> Result<()> {
 /// only keeps a file a little longer.
 pub(crate) fn live_ref(txn: &Txn<'_>, hash: &Hash) -> Result<bool> {
     // Newest first: what is removed is mostly the oldest (retention), so
-    // the first looked at is mostly live, and the pending entries are
-    // walked only as far as the first live one (content that every event
-    // of a trimmed topic shares made a copy and merge of all of them per
-    // trim quadratic). The keyspace is read as it is: references are
-    // never written through a transaction that removes.
+    // the first looked at is mostly live. The pending entries and the
+    // keyspace are walked as one, by falling key, and only as far as the
+    // first live reference (content that every event of a trimmed topic
+    // shares made a copy and merge of all its pending entries per trim
+    // quadratic; pending deletions of older references must not be walked
+    // past a newer one in the keyspace either). The keyspace is read as it
+    // is: references are never written through a transaction that removes,
+    // and only this thread drains.
     let pending = &txn.index.pending_refs;
     let prefix = prefix_of(hash);
+    let is_live = |key: &Key| -> Result<bool> { Ok(txn.get(Ks::Removed, &key.id_bytes())?.is_none()) };
+    let mut stored = txn.index.prefix(Ks::Cas, &hash.0[..CAS_KEY_HASH_BYTES]).rev();
+    let mut next_stored = || -> Result<Option<Key>> {
+        for guard in stored.by_ref() {
+            if let Some(key) = Key::from_suffix(crate::index::strip(&guard.key()?)) {
+                return Ok(Some(key));
+            }
+        }
+        Ok(None)
+    };
+    let mut in_keyspace = next_stored()?;
     let mut below = None;
     loop {
-        match Pending::newest_ref(pending, prefix, below) {
+        // The pending references above the keyspace's newest left.
+        match Pending::newest_ref(pending, prefix, below, in_keyspace) {
             Newest::Ref(key) => {
-                if txn.get(Ks::Removed, &key.id_bytes())?.is_none() {
+                if is_live(&key)? {
                     return Ok(true);
                 }
                 below = Some(key);
             }
             Newest::LookedTo(key) => below = Some(key),
-            Newest::None => break,
+            Newest::None => {
+                let Some(key) = in_keyspace else { return Ok(false) };
+                if !Pending::deleted(pending, key) && is_live(&key)? {
+                    return Ok(true);
+                }
+                below = Some(key);
+                in_keyspace = next_stored()?;
+            }
         }
     }
-    for guard in txn.index.prefix(Ks::Cas, &hash.0[..CAS_KEY_HASH_BYTES]).rev() {
-        let Some(key) = Key::from_suffix(crate::index::strip(&guard.key()?)) else { continue };
-        if !Pending::deleted(pending, key) && txn.get(Ks::Removed, &key.id_bytes())?.is_none() {
-            return Ok(true);
-        }
-    }
-    Ok(false)
 }
 
 /// The references' checkpoint, written with a batch that keeps them current.
@@ -799,7 +818,7 @@ mod tests {
         let (mut walked, mut below, mut calls) = (Vec::new(), None, 0);
         loop {
             calls += 1;
-            match Pending::newest_ref(pending, prefix, below) {
+            match Pending::newest_ref(pending, prefix, below, None) {
                 Newest::Ref(key) => {
                     walked.push(key);
                     below = Some(key);
@@ -815,8 +834,14 @@ mod tests {
         let pending = Mutex::new(Pending::default());
         let n = 3 * LOOKED_AT_ONCE as u128 + 5;
         for id in 0..n {
-            Pending::lock(&pending).push((key(1, id), 1));
+            let mut pending = Pending::lock(&pending);
+            pending.push((key(1, id), 1));
+            // Several runs, as lookups and removals between appends leave.
+            if id % 3000 == 2999 {
+                pending.settle();
+            }
         }
+        assert!(Pending::lock(&pending).runs.len() > 1);
         // Other content on both sides.
         Pending::lock(&pending).push((key(0, n), 1));
         Pending::lock(&pending).push((key(2, n), 1));
@@ -829,10 +854,32 @@ mod tests {
         assert_eq!(calls, 5, "three calls of {LOOKED_AT_ONCE} entries, the reference, then none");
         // The newest first, at once.
         Pending::lock(&pending).push((key(1, n), 0));
-        assert_eq!(Pending::newest_ref(&pending, 1, None), Newest::Ref(key(1, n)));
+        assert_eq!(Pending::newest_ref(&pending, 1, None, None), Newest::Ref(key(1, n)));
         assert!(!Pending::deleted(&pending, key(1, 5)), "forgotten, not a deletion");
         Pending::lock(&pending).delete(key(3, 1));
         assert!(Pending::deleted(&pending, key(3, 1)), "a deletion of a reference in the keyspace");
+    }
+
+    #[test]
+    fn the_walk_reads_the_run_being_drained_as_the_oldest_and_stops_at_a_floor() {
+        let pending = Mutex::new(Pending::default());
+        Pending::lock(&pending).draining = Some(Arc::new(vec![(key(1, 2), 0), (key(1, 5), 1), (key(1, 7), GONE)]));
+        // Newer than the run being drained: a deletion of one of its
+        // references, and content of another hash.
+        Pending::lock(&pending).delete(key(1, 5));
+        Pending::lock(&pending).push((key(2, 9), 0));
+        assert_eq!(walk(&pending, 1).0, [key(1, 2)]);
+        assert!(Pending::deleted(&pending, key(1, 5)), "the newer run's deletion wins");
+        assert!(Pending::deleted(&pending, key(1, 7)), "a deletion being drained");
+        assert!(!Pending::deleted(&pending, key(1, 2)));
+        // The reference again, newer: it wins over the deletion.
+        Pending::lock(&pending).push((key(1, 7), 0));
+        assert!(!Pending::deleted(&pending, key(1, 7)));
+        assert_eq!(walk(&pending, 1).0, [key(1, 7), key(1, 2)]);
+        // Above a floor (the keyspace's newest key) only.
+        assert_eq!(Pending::newest_ref(&pending, 1, None, Some(key(1, 6))), Newest::Ref(key(1, 7)));
+        assert_eq!(Pending::newest_ref(&pending, 1, None, Some(key(1, 7))), Newest::None);
+        assert_eq!(Pending::newest_ref(&pending, 1, Some(key(1, 7)), Some(key(1, 1))), Newest::Ref(key(1, 2)));
     }
 
     #[test]
