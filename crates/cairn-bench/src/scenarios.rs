@@ -684,7 +684,19 @@ fn copy_dir(from: &Path, to: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Appends `n` events round-robin over `topics` in batches of 1,024.
+/// CPU time of this process's (one) open store's indexer thread so far.
+fn indexer_cpu() -> Result<Duration> {
+    for task in std::fs::read_dir("/proc/self/task")? {
+        let task = task?.path();
+        if std::fs::read_to_string(task.join("comm"))?.trim() == "cairn-indexer" {
+            let schedstat = std::fs::read_to_string(task.join("schedstat"))?;
+            let nanos: u64 = schedstat.split_whitespace().next().unwrap_or("0").parse()?;
+            return Ok(Duration::from_nanos(nanos));
+        }
+    }
+    anyhow::bail!("no cairn-indexer thread in this process")
+}
+
 /// Nanoseconds per CRC-32C of buffers of a few frame sizes: the store's
 /// (three lanes joined by a carry-less multiply) next to the crate's (one
 /// chain below 768 bytes), alternating five rounds of 0.1 s each.
@@ -712,19 +724,6 @@ pub fn crc() {
 /// order), and a vector pushed to and sorted once at the end (as a drain
 /// would): ns per key of 262,144 keys, median of 5 rounds alternating, for
 /// keys of one hash with rising ids and for keys of random hashes.
-/// CPU time of this process's (one) open store's indexer thread so far.
-fn indexer_cpu() -> Result<Duration> {
-    for task in std::fs::read_dir("/proc/self/task")? {
-        let task = task?.path();
-        if std::fs::read_to_string(task.join("comm"))?.trim() == "cairn-indexer" {
-            let schedstat = std::fs::read_to_string(task.join("schedstat"))?;
-            let nanos: u64 = schedstat.split_whitespace().next().unwrap_or("0").parse()?;
-            return Ok(Duration::from_nanos(nanos));
-        }
-    }
-    anyhow::bail!("no cairn-indexer thread in this process")
-}
-
 pub fn refs_map() {
     const KEYS: u64 = 1 << 18;
     for (what, one_hash) in [("one hash, ids rising", true), ("random hashes", false)] {
@@ -834,6 +833,7 @@ fn scan_rounds(store: &Store, pattern: &Pattern, n: usize) -> Result<Vec<f64>> {
     Ok(rates)
 }
 
+/// Appends `n` events round-robin over `topics` in batches of 1,024.
 fn fill(store: &Store, n: usize, topics: &[&str]) -> Result<()> {
     let topics: Vec<Topic> = topics.iter().map(|t| Topic::new(t)).collect::<Result<_, _>>()?;
     let mut left = n;
