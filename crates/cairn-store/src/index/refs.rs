@@ -259,7 +259,6 @@ impl Pending {
     /// events has as many entries); they are merged after it.
     fn with_prefix(pending: &Mutex<Pending>, hash: &Hash) -> (Vec<Key>, BTreeSet<Key>) {
         let prefix = prefix_of(hash);
-        let lo = Key { hash: prefix, id_high: 0, id_low: 0 };
         let slices: Vec<Run> = {
             let mut pending = Pending::lock(pending);
             pending.settle();
@@ -269,10 +268,7 @@ impl Pending {
                 .as_deref()
                 .into_iter()
                 .chain(&pending.runs)
-                .map(|run| {
-                    let from = run.partition_point(|(key, _)| *key < lo);
-                    run[from..].iter().take_while(|(key, _)| key.hash == prefix).copied().collect()
-                })
+                .map(|run| entries_with(run, prefix, None, None).to_vec())
                 .collect()
         };
         let entries = slices.into_iter().reduce(merge).unwrap_or_default();
@@ -301,24 +297,13 @@ impl Pending {
         let mut pending = Pending::lock(pending);
         pending.settle();
         let pending = &*pending;
-        let lo = Key { hash: prefix, id_high: 0, id_low: 0 };
         // Oldest source first: the run being drained, then the runs.
         let mut sources: Vec<&[(Key, u8)]> = pending
             .draining
             .as_deref()
             .into_iter()
             .chain(&pending.runs)
-            .map(|run| {
-                let from = match above {
-                    Some(above) => run.partition_point(|(key, _)| *key <= above),
-                    None => run.partition_point(|(key, _)| *key < lo),
-                };
-                let to = match below {
-                    Some(below) => run.partition_point(|(key, _)| *key < below),
-                    None => run.partition_point(|(key, _)| key.hash <= prefix),
-                };
-                &run[from..to.max(from)]
-            })
+            .map(|run| entries_with(run, prefix, below, above))
             .collect();
         let mut looked = None;
         for _ in 0..LOOKED_AT_ONCE {
@@ -361,6 +346,20 @@ impl Pending {
             .find_map(|run| run.binary_search_by_key(&key, |(key, _)| *key).ok().map(|at| run[at].1));
         newest == Some(GONE)
     }
+}
+
+/// The entries of `run` (sorted) with `prefix`, only those below `below`
+/// and above `above` when given.
+fn entries_with(run: &[(Key, u8)], prefix: u64, below: Option<Key>, above: Option<Key>) -> &[(Key, u8)] {
+    let from = match above {
+        Some(above) => run.partition_point(|(key, _)| *key <= above),
+        None => run.partition_point(|(key, _)| key.hash < prefix),
+    };
+    let to = match below {
+        Some(below) => run.partition_point(|(key, _)| *key < below),
+        None => run.partition_point(|(key, _)| key.hash <= prefix),
+    };
+    &run[from..to.max(from)]
 }
 
 /// What [`Pending::newest_ref`] found.
